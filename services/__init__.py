@@ -1,0 +1,1 @@
+"""alise services: gateway, predictor, engine, memory, and what they share (common)."""

@@ -1,0 +1,1 @@
+"""Code every service shares: contracts, gRPC server plumbing, errors, tokenizers."""

@@ -1,0 +1,118 @@
+"""Starting, announcing and stopping a service's grpc.aio server the same way in every service.
+
+Every server gets: the status-mapping interceptor, the standard grpc.health.v1 service (SERVING
+once `start_server` returns, NOT_SERVING while draining) and server reflection (so grpcurl works
+without .proto files). Port 0 asks the OS for a free port; `RunningServer.port` is the real one,
+which is how tests run every service in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import StatusMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+# Tokens are small, but a 32k-token prompt as uint32 varints plus text fits easily in 64 MiB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+@dataclass
+class RunningServer:
+    """A started server and what its owner needs to report on and stop it."""
+
+    server: grpc.aio.Server  # the grpc.aio server, already started
+    port: int  # the TCP port actually bound (never 0)
+    host: str  # the interface it listens on
+    health: health.aio.HealthServicer  # flip to NOT_SERVING while draining
+    service_names: tuple[str, ...]  # fully qualified names of the alise services it serves
+
+    @property
+    def address(self) -> str:
+        """host:port a client on this machine can dial."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "[::]", "::") else self.host
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace_s: float) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish for up to grace_s, then stops."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    *,
+    host: str,
+    port: int,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+) -> RunningServer:
+    """Builds, binds and starts a server; `register` adds the service's servicers to it."""
+    server = grpc.aio.server(interceptors=[StatusMappingInterceptor()], options=GRPC_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound_port = server.add_insecure_port(f"{host}:{port}")
+    if bound_port == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    await server.start()
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d", ", ".join(service_names), host, bound_port)
+    return RunningServer(server, bound_port, host, health_servicer, tuple(service_names))
+
+
+@dataclass
+class ServiceHandle:
+    """A running service: its server plus the clean-up of whatever else it started.
+
+    Returned by every service's `app.start(config)`, in tests (port 0) and in `__main__` alike.
+    """
+
+    running: RunningServer  # the gRPC server
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run after drain
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Drains the server for up to grace_s, then runs the clean-ups in order."""
+        await self.running.stop(grace_s)
+        for clean_up in self.on_stop:
+            await clean_up()
+
+
+async def run_until_signal(handle: ServiceHandle, *, grace_s: float) -> None:
+    """Serves until SIGINT or SIGTERM, then drains for grace_s and stops.
+
+    Prints `READY <service names> <host:port>` on stdout once serving, so a launcher that passed
+    --port 0 learns the real port.
+    """
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_requested.set)
+    print(f"READY {','.join(handle.running.service_names)} {handle.address}", flush=True)
+    await stop_requested.wait()
+    log.info("stopping: draining for up to %.1f s", grace_s)
+    await handle.stop(grace_s)
