@@ -1,0 +1,71 @@
+"""Checks an EngineServiceGenerateRequest and turns it into a domain Request.
+
+The gateway validates first; the engine checks again because it is also callable directly and
+must never crash on bad input.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from services.common.contracts import engine_service_pb2
+from services.common.errors import InvalidRequest
+from services.engine.request import Request, SamplingOptions
+
+MAX_REQUEST_ID_CHARS = 256
+# Scheduling prior when the request carries no prediction (tokens).
+DEFAULT_PREDICTED_OUTPUT_TOKENS = 256.0
+
+
+def build_request(
+    message: engine_service_pb2.EngineServiceGenerateRequest, *, vocab_size: int, max_model_len: int
+) -> Request:
+    """Raises InvalidRequest naming the bad field."""
+    request_id = message.request_id
+    if not request_id or len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(f"request_id must have 1..{MAX_REQUEST_ID_CHARS} characters")
+    prompt = list(message.prompt_token_ids)
+    if not prompt:
+        raise InvalidRequest("prompt_token_ids is empty")
+    bad = next((t for t in prompt if t >= vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
+    sampling = _sampling_options(message.sampling)
+    if len(prompt) + sampling.max_tokens > max_model_len:
+        raise InvalidRequest(
+            f"prompt ({len(prompt)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the model context "
+            f"of {max_model_len} tokens"
+        )
+    predicted = DEFAULT_PREDICTED_OUTPUT_TOKENS
+    if message.HasField("prediction") and message.prediction.mean_tokens > 0:
+        predicted = float(message.prediction.mean_tokens)
+    return Request(
+        request_id=request_id,
+        prompt_token_ids=prompt,
+        sampling=sampling,
+        arrival_time_s=time.monotonic(),
+        predicted_output_tokens=predicted,
+        priority_class=int(message.priority_class),
+    )
+
+
+def _sampling_options(params) -> SamplingOptions:
+    if not params.HasField("max_tokens") or params.max_tokens <= 0:
+        raise InvalidRequest("sampling.max_tokens must be set and > 0")
+    temperature = params.temperature if params.HasField("temperature") else 1.0
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidRequest(f"sampling.temperature must be a finite number >= 0, got {temperature}")
+    top_p = params.top_p if params.HasField("top_p") else 1.0
+    if not (0.0 < top_p <= 1.0):
+        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {top_p}")
+    if params.top_k < 0:
+        raise InvalidRequest(f"sampling.top_k must be >= 0, got {params.top_k}")
+    return SamplingOptions(
+        max_tokens=params.max_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=params.top_k,
+        seed=params.seed if params.HasField("seed") else 0,
+        ignore_eos=params.ignore_eos,
+    )

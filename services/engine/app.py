@@ -1,0 +1,99 @@
+"""Builds and starts an engine from its EngineConfig (used by __main__ and by tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import torch
+
+from services.common.contracts import engine_service_pb2_grpc, memory_service_pb2
+from services.common.server import ServiceHandle, start_server
+from services.engine.block_pool import KvBlockManager
+from services.engine.config import EngineConfig
+from services.engine.engine_core import EngineCore
+from services.engine.engine_loop import EngineLoop
+from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks
+from services.engine.memory_reporter import MemoryReporter
+from services.engine.model_loader import LoadedModel, load_model
+from services.engine.model_runner import ModelRunner
+from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
+from services.engine.servicer import EngineServicer, ServedModelInfo
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "alise.v1.EngineService"
+_KV_DTYPES = {
+    torch.float32: memory_service_pb2.KV_DTYPE_FLOAT32,
+    torch.float16: memory_service_pb2.KV_DTYPE_FLOAT16,
+    torch.bfloat16: memory_service_pb2.KV_DTYPE_BFLOAT16,
+}
+
+
+def resolve_device_and_dtype(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but torch sees no CUDA device")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if config.dtype == "auto":
+        return device, torch.bfloat16 if use_cuda else torch.float32
+    return device, getattr(torch, config.dtype)
+
+
+def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore, KvCacheShape, ServedModelInfo]:
+    """Sizes the KV pool, then wires scheduler, runner and core."""
+    model_config = loaded.model.config
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    probe = KvCacheShape(
+        model_config.num_hidden_layers, 1, config.block_size_tokens, model_config.num_key_value_heads, head_dim
+    )
+    dtype = next(loaded.model.parameters()).dtype
+    num_blocks = config.num_kv_blocks or kv_cache_num_blocks(
+        config.kv_cache_memory_mb * 1024 * 1024, probe.block_bytes(dtype)
+    )
+    max_model_len = min(config.max_model_len or loaded.max_context_tokens, loaded.max_context_tokens)
+    kv = KvBlockManager(num_blocks, config.block_size_tokens)
+    limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
+    scheduler = Scheduler(make_policy(config.scheduler_policy), limits, kv, loaded.eos_token_id)
+    runner = ModelRunner(loaded.model, kv, num_blocks)
+    info = ServedModelInfo(loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id)
+    return EngineCore(scheduler, runner), runner.cache_shape, info
+
+
+async def start(config: EngineConfig) -> ServiceHandle:
+    """Loads the model, starts the engine thread, the gRPC server and the memory reporter."""
+    device, dtype = resolve_device_and_dtype(config)
+    loaded = await asyncio.to_thread(load_model, config.model, dtype=dtype, device=device, seed=config.seed)
+    core, cache_shape, info = build_engine(config, loaded)
+    log.info(
+        "model %s on %s/%s; KV pool %d blocks x %d tokens", info.model_name, device, dtype,
+        cache_shape.num_blocks, cache_shape.block_size,
+    )
+    engine_loop = EngineLoop(core, config.engine_id)
+    engine_loop.start(asyncio.get_running_loop())
+    servicer = EngineServicer(engine_loop, info, config.max_waiting_requests)
+    running = await start_server(
+        host=config.host,
+        port=config.port,
+        register=lambda server: engine_service_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server),
+        service_names=[SERVICE_NAME],
+    )
+    handle = ServiceHandle(running)
+    if config.memory_address:
+        layout = memory_service_pb2.KvBlockLayout(
+            block_size_tokens=cache_shape.block_size,
+            num_layers=cache_shape.num_layers,
+            num_kv_heads=cache_shape.num_kv_heads,
+            head_dim=cache_shape.head_dim,
+            dtype=_KV_DTYPES.get(dtype, memory_service_pb2.KV_DTYPE_UNSPECIFIED),
+            block_bytes=cache_shape.block_bytes(dtype),
+        )
+        reporter = MemoryReporter(config.memory_address, running.address, info.model_name, engine_loop, layout)
+        reporter.start()
+        handle.on_stop.append(reporter.stop)
+
+    async def stop_engine_thread() -> None:
+        await asyncio.to_thread(engine_loop.stop)
+
+    handle.on_stop.append(stop_engine_thread)
+    return handle

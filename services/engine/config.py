@@ -1,0 +1,95 @@
+"""EngineConfig: every engine setting, validated once at the entry point."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import uuid
+from dataclasses import dataclass
+
+from services.common.flags import add_server_flags, validate_port
+from services.engine.scheduler.policy import POLICIES
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    host: str  # interface to listen on
+    port: int  # TCP port; 0 = the OS picks
+    log_level: str
+    drain_s: float  # on SIGTERM, time in-flight streams may finish
+    model: str  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
+    engine_id: str  # stable id of this replica ("" = hostname + random suffix)
+    dtype: str  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
+    device: str  # one of DEVICES; auto = cuda when available
+    seed: int  # seeds the default model's random weights
+    block_size_tokens: int  # token positions per KV block
+    num_kv_blocks: int  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
+    kv_cache_memory_mb: int  # KV pool size when num_kv_blocks is 0, MiB
+    max_num_seqs: int  # running batch size at most
+    max_num_batched_tokens: int  # tokens per step at most (chunked-prefill budget)
+    max_model_len: int  # prompt + output tokens at most; 0 = the model's own context
+    max_waiting_requests: int  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
+    scheduler_policy: str  # a name from services.engine.scheduler.policy.POLICIES
+    memory_address: str  # memory service host:port; "" = run without one
+
+    def __post_init__(self) -> None:
+        validate_port(self.port)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.scheduler_policy not in POLICIES:
+            raise ValueError(f"scheduler_policy must be one of {sorted(POLICIES)}, got {self.scheduler_policy!r}")
+        for name in ("block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("num_kv_blocks", "max_model_len", "kv_cache_memory_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_kv_blocks == 0 and self.kv_cache_memory_mb == 0:
+            raise ValueError("set num_kv_blocks or kv_cache_memory_mb")
+        if self.drain_s < 0:
+            raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "EngineConfig":
+        parser = argparse.ArgumentParser(prog="python -m services.engine", description=__doc__)
+        add_server_flags(parser, default_port=50052)
+        parser.add_argument("--model", default="default", help='"default" or a Hugging Face dir / hub id')
+        parser.add_argument("--engine-id", default="", help="stable replica id (default: hostname-random)")
+        parser.add_argument("--dtype", default="auto", choices=DTYPES)
+        parser.add_argument("--device", default="auto", choices=DEVICES)
+        parser.add_argument("--seed", type=int, default=0, help="seed of the default model's weights")
+        parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+        parser.add_argument("--num-kv-blocks", type=int, default=0, help="KV pool blocks (0: from memory)")
+        parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV pool MiB")
+        parser.add_argument("--max-num-seqs", type=int, default=64)
+        parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+        parser.add_argument("--max-model-len", type=int, default=0)
+        parser.add_argument("--max-waiting-requests", type=int, default=4096)
+        parser.add_argument("--scheduler-policy", default="fcfs", choices=sorted(POLICIES))
+        parser.add_argument("--memory-address", default="", help="memory service host:port")
+        args = parser.parse_args(argv)
+        return cls(
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            drain_s=args.drain_seconds,
+            model=args.model,
+            engine_id=args.engine_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+            dtype=args.dtype,
+            device=args.device,
+            seed=args.seed,
+            block_size_tokens=args.block_size,
+            num_kv_blocks=args.num_kv_blocks,
+            kv_cache_memory_mb=args.kv_cache_memory_mb,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            max_waiting_requests=args.max_waiting_requests,
+            scheduler_policy=args.scheduler_policy,
+            memory_address=args.memory_address,
+        )

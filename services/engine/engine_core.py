@@ -1,0 +1,59 @@
+"""One engine step, synchronous: schedule, run the model, apply the results.
+
+No threads and no gRPC here, so tests drive it step by step (arrivals at chosen steps); the
+threaded loop (engine_loop.py) calls `step()` repeatedly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from services.engine.model_runner import ModelRunner
+from services.engine.request import Request
+from services.engine.scheduler import Scheduler, StepResult
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured cost of one step, for the stats (and the cost model of the speculative scheduler)."""
+
+    duration_s: float  # wall time of schedule + forward + update
+    num_scheduled_tokens: int  # tokens fed to the model
+    num_sampled_tokens: int  # output tokens produced
+
+
+class EngineCore:
+    """Scheduler + model runner."""
+
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.num_steps = 0
+        self.num_generated_tokens = 0
+        self.last_step: StepTiming | None = None
+
+    def add(self, request: Request) -> None:
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> Request | None:
+        request = self.scheduler.abort(request_id)
+        if request is not None:
+            self.runner.forget(request_id)
+        return request
+
+    def step(self) -> list[StepResult]:
+        """Runs one iteration; returns per-request new tokens and finishes (may be empty)."""
+        started = time.perf_counter()
+        output = self.scheduler.schedule()
+        if output.is_empty:
+            return []
+        sampled = self.runner.execute(output)
+        results = self.scheduler.update(output, sampled)
+        for result in results:
+            if result.finish_reason is not None:
+                self.runner.forget(result.request_id)
+        self.num_steps += 1
+        self.num_generated_tokens += len(sampled)
+        self.last_step = StepTiming(time.perf_counter() - started, output.num_scheduled_tokens, len(sampled))
+        return results

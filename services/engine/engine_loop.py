@@ -1,0 +1,159 @@
+"""The engine thread: runs EngineCore steps back to back and hands results to asyncio.
+
+Why a thread: a model step is blocking torch work; gRPC handlers live on the asyncio loop. They
+talk through two one-way channels and share no mutable state:
+
+    asyncio handlers --submit/abort--> inbox (SimpleQueue) --> engine thread (owns the scheduler)
+    engine thread --call_soon_threadsafe--> per-request asyncio.Queue --> the request's handler
+
+The engine thread sleeps on the inbox while there is no work, so an idle engine burns no CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from services.engine.engine_core import EngineCore
+from services.engine.request import FinishReason, Request
+from services.engine.stats import EngineSnapshot, take_snapshot
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5  # how long the idle engine thread sleeps on the inbox between checks
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    """Engine-side latency figures of a finished request, seconds."""
+
+    queue_time_s: float  # arrival -> first step that computed its tokens
+    time_to_first_token_s: float  # arrival -> first output token
+    end_to_end_s: float  # arrival -> finish
+    num_preemptions: int
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """New tokens for one request; the last event of a request carries finish_reason and timings."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    timings: RequestTimings | None = None
+    error: str | None = None  # set when the engine failed the request (step raised)
+
+
+class EngineLoop:
+    """Owns the EngineCore on its own thread."""
+
+    def __init__(self, core: EngineCore, engine_id: str) -> None:
+        self.core = core
+        self.engine_id = engine_id
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, asyncio.Queue] = {}  # engine-thread side: where events go
+        self._requests: dict[str, Request] = {}  # engine-thread side: live requests
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self.snapshot: EngineSnapshot = take_snapshot(core, engine_id)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Aborts every live request and joins the thread."""
+        self._stopping.set()
+        self._inbox.put(("wake", None, None))
+        self._thread.join(timeout_s)
+
+    def submit(self, request: Request) -> asyncio.Queue:
+        """Queues a request (from the asyncio thread); returns the queue its events arrive on."""
+        events: asyncio.Queue = asyncio.Queue()
+        self._inbox.put(("add", request, events))
+        return events
+
+    def abort(self, request_id: str) -> None:
+        """Asks the engine thread to abort a request; its handler gets a final ABORTED event."""
+        self._inbox.put(("abort", request_id, None))
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._drain_inbox(block=not self.core.scheduler.has_work)
+            if self._stopping.is_set():
+                break
+            try:
+                results = self.core.step()
+            except Exception:  # a failed step fails its requests, not the engine
+                log.exception("engine step failed; failing all live requests")
+                self._fail_all("engine step failed")
+                continue
+            for result in results:
+                self._emit(result.request_id, result.new_token_ids, result.finish_reason)
+            self.snapshot = take_snapshot(self.core, self.engine_id)
+        for request_id in list(self._requests):
+            self._abort_now(request_id)
+
+    def _drain_inbox(self, *, block: bool) -> None:
+        try:
+            command = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(*command)
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, kind: str, payload, events: asyncio.Queue | None) -> None:
+        if kind == "add":
+            self._sinks[payload.request_id] = events
+            self._requests[payload.request_id] = payload
+            self.core.add(payload)
+            self.snapshot = take_snapshot(self.core, self.engine_id)
+        elif kind == "abort":
+            self._abort_now(payload)
+
+    def _abort_now(self, request_id: str) -> None:
+        if self.core.abort(request_id) is not None:
+            self._emit(request_id, [], FinishReason.ABORTED)
+            self.snapshot = take_snapshot(self.core, self.engine_id)
+
+    def _fail_all(self, message: str) -> None:
+        for request_id in list(self._requests):
+            self.core.abort(request_id)
+            self._publish(request_id, EngineEvent(request_id, [], FinishReason.ABORTED, error=message))
+
+    def _emit(self, request_id: str, token_ids: list[int], reason: FinishReason | None) -> None:
+        timings = None
+        if reason is not None:
+            timings = _timings_of(self._requests[request_id], time.monotonic())
+        self._publish(request_id, EngineEvent(request_id, token_ids, reason, timings))
+
+    def _publish(self, request_id: str, event: EngineEvent) -> None:
+        sink = self._sinks.get(request_id)
+        if event.finish_reason is not None:
+            self._sinks.pop(request_id, None)
+            self._requests.pop(request_id, None)
+        if sink is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(sink.put_nowait, event)
+
+
+def _timings_of(request: Request, now_s: float) -> RequestTimings:
+    def since_arrival(t: float | None) -> float:
+        return (t if t is not None else now_s) - request.arrival_time_s
+
+    return RequestTimings(
+        queue_time_s=since_arrival(request.first_scheduled_time_s),
+        time_to_first_token_s=since_arrival(request.first_token_time_s),
+        end_to_end_s=now_s - request.arrival_time_s,
+        num_preemptions=request.num_preemptions,
+    )

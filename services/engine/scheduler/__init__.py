@@ -1,0 +1,20 @@
+"""Iteration-level scheduling: which requests run this step, with how many tokens, who waits.
+
+Plain Python with no torch import, so the same code drives the real engine and (later) the
+discrete-event simulator, and is unit-tested on CPU with fake model outputs.
+"""
+
+from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
+from services.engine.scheduler.policy import FcfsPolicy, SchedulingPolicy, make_policy
+from services.engine.scheduler.scheduler import Scheduler, SchedulerLimits
+
+__all__ = [
+    "FcfsPolicy",
+    "ScheduledChunk",
+    "Scheduler",
+    "SchedulerLimits",
+    "SchedulerOutput",
+    "SchedulingPolicy",
+    "StepResult",
+    "make_policy",
+]

@@ -1,0 +1,44 @@
+"""The contract between the scheduler and the model runner, one step at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.engine.request import FinishReason, Request
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    """Tokens of one request to compute in this step."""
+
+    request: Request
+    # Positions [num_computed_tokens, num_computed_tokens + num_new_tokens) are fed this step.
+    num_new_tokens: int
+    # True when this chunk catches the request up to num_tokens: the step samples a token for it.
+    samples_token: bool
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """What one step runs."""
+
+    chunks: list[ScheduledChunk]  # in batch order
+    preempted_request_ids: list[str] = field(default_factory=list)  # lost their KV this step
+
+    @property
+    def num_scheduled_tokens(self) -> int:
+        """Tokens fed to the model this step (<= the step token budget)."""
+        return sum(chunk.num_new_tokens for chunk in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step produced for one request, as streamed back to its caller."""
+
+    request_id: str
+    new_token_ids: list[int]  # tokens sampled this step (0 or 1 today)
+    finish_reason: FinishReason | None  # set when the request finished this step

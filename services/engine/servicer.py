@@ -1,0 +1,138 @@
+"""EngineService over gRPC: protobuf in, domain Request to the engine thread, tokens out."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
+from services.common.errors import AlreadyExists, NotReady, Overloaded
+from services.engine.admission import build_request
+from services.engine.engine_loop import EngineEvent, EngineLoop
+from services.engine.request import FinishReason
+
+_FINISH_REASONS = {
+    FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
+    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    FinishReason.ABORTED: common_pb2.FINISH_REASON_ABORTED,
+}
+
+
+@dataclass(frozen=True)
+class ServedModelInfo:
+    """What GetModelInfo reports and admission checks against."""
+
+    model_name: str
+    tokenizer: str
+    max_model_len: int  # prompt + output tokens at most
+    vocab_size: int
+    eos_token_id: int | None
+
+
+class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
+    def __init__(self, loop: EngineLoop, info: ServedModelInfo, max_live_requests: int) -> None:
+        self._loop = loop
+        self._info = info
+        self._max_live_requests = max_live_requests
+        self._live_request_ids: set[str] = set()
+        self._draining = False
+
+    def start_draining(self) -> None:
+        """New requests get UNAVAILABLE; in-flight ones finish."""
+        self._draining = True
+
+    async def Generate(self, request, context):
+        if self._draining:
+            raise NotReady("engine is shutting down")
+        domain_request = build_request(
+            request, vocab_size=self._info.vocab_size, max_model_len=self._info.max_model_len
+        )
+        self._admit(domain_request)
+        events = self._loop.submit(domain_request)
+        finished = False
+        try:
+            while not finished:
+                event = await events.get()
+                token_ids, event = _coalesce(event, events)
+                finished = event.finish_reason is not None
+                yield self._response(token_ids, event)
+        finally:
+            self._live_request_ids.discard(domain_request.request_id)
+            if not finished:  # client cancelled or deadline passed: free the KV blocks now
+                self._loop.abort(domain_request.request_id)
+
+    def _admit(self, domain_request) -> None:
+        request_id = domain_request.request_id
+        if request_id in self._live_request_ids:
+            raise AlreadyExists(f"request id {request_id!r} is already running on this engine")
+        if len(self._live_request_ids) >= self._max_live_requests:
+            raise Overloaded(f"engine queue is full ({self._max_live_requests} live requests)")
+        if not self._loop.core.scheduler.can_ever_fit(
+            domain_request.num_prompt_tokens, domain_request.sampling.max_tokens
+        ):
+            raise Overloaded(
+                f"prompt + max_tokens ({domain_request.max_total_tokens} tokens) exceeds the whole KV cache "
+                f"of this engine"
+            )
+        self._live_request_ids.add(request_id)
+
+    def _response(self, token_ids: list[int], event: EngineEvent):
+        response = engine_service_pb2.EngineServiceGenerateResponse(token_ids=token_ids)
+        if event.error is not None:
+            raise NotReady(f"engine failed the request: {event.error}")
+        if event.finish_reason is not None:
+            response.finish_reason = _FINISH_REASONS[event.finish_reason]
+            timings = event.timings
+            response.timings.CopyFrom(
+                common_pb2.Timings(
+                    queue_time_s=timings.queue_time_s,
+                    time_to_first_token_s=timings.time_to_first_token_s,
+                    end_to_end_s=timings.end_to_end_s,
+                    num_preemptions=timings.num_preemptions,
+                )
+            )
+        return response
+
+    async def Abort(self, request, context):
+        found = request.request_id in self._live_request_ids
+        if found:
+            self._loop.abort(request.request_id)
+        return engine_service_pb2.AbortResponse(found=found)
+
+    async def GetStats(self, request, context):
+        snapshot = self._loop.snapshot
+        return engine_service_pb2.EngineServiceGetStatsResponse(
+            engine_id=snapshot.engine_id,
+            num_running=snapshot.num_running,
+            num_waiting=snapshot.num_waiting,
+            num_preempted=snapshot.num_preempted,
+            num_kv_blocks_total=snapshot.num_kv_blocks_total,
+            num_kv_blocks_used=snapshot.num_kv_blocks_used,
+            num_kv_blocks_free=snapshot.num_kv_blocks_free,
+            predicted_outstanding_tokens=snapshot.predicted_outstanding_tokens,
+            predicted_outstanding_work_s=snapshot.predicted_outstanding_work_s,
+            num_steps=snapshot.num_steps,
+            num_generated_tokens=snapshot.num_generated_tokens,
+            scheduler_policy=snapshot.scheduler_policy,
+        )
+
+    async def GetModelInfo(self, request, context):
+        info = self._info
+        return engine_service_pb2.EngineServiceGetModelInfoResponse(
+            model_name=info.model_name,
+            max_context_tokens=info.max_model_len,
+            vocab_size=info.vocab_size,
+            eos_token_id=info.eos_token_id if info.eos_token_id is not None else 0,
+            tokenizer=info.tokenizer,
+        )
+
+
+def _coalesce(event: EngineEvent, events: asyncio.Queue) -> tuple[list[int], EngineEvent]:
+    """Merges events already queued for this request into one message (fewer, larger writes)."""
+    token_ids = list(event.new_token_ids)
+    while event.finish_reason is None and not events.empty():
+        event = events.get_nowait()
+        token_ids.extend(event.new_token_ids)
+    return token_ids, event

@@ -1,0 +1,57 @@
+"""An immutable snapshot of the engine's load, taken on the engine thread after each change.
+
+gRPC handlers read the latest snapshot (one attribute read, atomic under the GIL) instead of
+touching the scheduler's lists from another thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    engine_id: str
+    scheduler_policy: str
+    num_running: int  # requests in the running batch
+    num_waiting: int  # never-run requests waiting (excludes preempted)
+    num_preempted: int  # preempted requests waiting to resume
+    num_kv_blocks_total: int
+    num_kv_blocks_used: int
+    num_kv_blocks_free: int
+    num_requests_holding_blocks: int
+    predicted_outstanding_tokens: float  # sum of predicted remaining output tokens
+    predicted_outstanding_work_s: float  # the same, at the last measured output-token rate
+    num_steps: int
+    num_generated_tokens: int
+
+
+def take_snapshot(core, engine_id: str) -> EngineSnapshot:
+    """Reads the core's counters (engine thread only)."""
+    scheduler = core.scheduler
+    pool = scheduler.kv.pool
+    num_preempted = scheduler.num_preempted
+    outstanding = scheduler.predicted_outstanding_tokens()
+    return EngineSnapshot(
+        engine_id=engine_id,
+        scheduler_policy=scheduler.policy.name,
+        num_running=len(scheduler.running),
+        num_waiting=len(scheduler.waiting) - num_preempted,
+        num_preempted=num_preempted,
+        num_kv_blocks_total=pool.num_blocks_total,
+        num_kv_blocks_used=pool.num_used_blocks,
+        num_kv_blocks_free=pool.num_free_blocks,
+        num_requests_holding_blocks=scheduler.kv.num_requests_holding_blocks,
+        predicted_outstanding_tokens=outstanding,
+        predicted_outstanding_work_s=outstanding * _seconds_per_output_token(core),
+        num_steps=core.num_steps,
+        num_generated_tokens=core.num_generated_tokens,
+    )
+
+
+def _seconds_per_output_token(core) -> float:
+    """Last step's wall time per sampled token (0 before any decode): a throughput-based drain rate."""
+    step = core.last_step
+    if step is None or step.num_sampled_tokens == 0:
+        return 0.0
+    return step.duration_s / step.num_sampled_tokens
