@@ -1,0 +1,1 @@
+"""The gateway: alise's public gRPC face (validate, tokenize, predict, forward, stream back)."""

@@ -1,0 +1,114 @@
+"""Client side of EngineService: model info, and one generation stream with errors mapped.
+
+Engine failures become the gateway's own error types, so the client sees a status that says what
+happened rather than INTERNAL:
+
+    engine status        -> gateway error (client status)
+    UNAVAILABLE          -> NotReady "engine unavailable: ..."        (UNAVAILABLE)
+    DEADLINE_EXCEEDED    -> DeadlineExceeded                          (DEADLINE_EXCEEDED)
+    INVALID_ARGUMENT     -> InvalidRequest with the engine's message  (INVALID_ARGUMENT)
+    RESOURCE_EXHAUSTED   -> Overloaded with the engine's message      (RESOURCE_EXHAUSTED)
+    CANCELLED            -> NotReady "engine cancelled ..."           (UNAVAILABLE; e.g. engine shutdown)
+    anything else        -> AliseError naming the engine status       (INTERNAL)
+
+Cancellation: `generate` is an async generator whose `finally` cancels the engine call, so when the
+client cancels (the handler task is cancelled), the deadline passes, or the gateway stops reading
+(a stop string matched), the engine sees its call cancelled and frees the request's KV blocks.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import grpc
+
+from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
+from services.common.errors import AliseError, DeadlineExceeded, InvalidRequest, NotReady, Overloaded
+from services.gateway.model_info import ModelInfo
+from services.gateway.validation import ResolvedRequest
+
+
+class EngineClient:
+    """One engine replica behind one long-lived channel (owned by the caller)."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+        self._stub = engine_service_pb2_grpc.EngineServiceStub(channel)
+        self.address = address  # host:port, for error messages
+
+    async def get_model_info(self, timeout_s: float) -> ModelInfo:
+        """One GetModelInfo call; raises NotReady when the engine cannot answer."""
+        try:
+            reply = await self._stub.GetModelInfo(
+                engine_service_pb2.EngineServiceGetModelInfoRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise NotReady(
+                f"engine unavailable: GetModelInfo on {self.address} failed: "
+                f"{error.code().name}: {error.details()}"
+            ) from error
+        if reply.vocab_size == 0 or reply.max_context_tokens == 0:
+            raise NotReady(
+                f"engine at {self.address} reported vocab_size={reply.vocab_size}, "
+                f"max_context_tokens={reply.max_context_tokens}; both must be > 0"
+            )
+        return ModelInfo(
+            model_name=reply.model_name,
+            max_context_tokens=reply.max_context_tokens,
+            vocab_size=reply.vocab_size,
+            eos_token_id=reply.eos_token_id,
+            tokenizer_spec=reply.tokenizer,
+        )
+
+    async def generate(
+        self, request: engine_service_pb2.EngineServiceGenerateRequest, *, timeout_s: float | None
+    ) -> AsyncIterator[engine_service_pb2.EngineServiceGenerateResponse]:
+        """Streams the engine's messages; raises mapped errors; always cancels the call on exit."""
+        call = self._stub.Generate(request, timeout=timeout_s)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as error:
+            raise self._map_error(error) from error
+        finally:
+            call.cancel()  # a no-op when the call already finished
+
+    def _map_error(self, error: grpc.aio.AioRpcError) -> AliseError:
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return NotReady(f"engine unavailable: {self.address}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"deadline exceeded while generating on engine {self.address}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidRequest(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Overloaded(details)
+        if code == grpc.StatusCode.CANCELLED:
+            return NotReady(f"engine {self.address} cancelled the request: {details}")
+        return AliseError(f"engine {self.address} failed: {code.name}: {details}")
+
+
+def build_engine_request(
+    engine_request_id: str,
+    request: ResolvedRequest,
+    prediction: common_pb2.OutputLengthPrediction,
+) -> engine_service_pb2.EngineServiceGenerateRequest:
+    """The engine's view of a resolved request: every sampling field set, stop strings omitted.
+
+    Stop strings are matched by the gateway on text (the engine only sees token ids), so they are
+    not forwarded; the gateway cancels the engine call when one matches.
+    """
+    sampling = request.sampling
+    return engine_service_pb2.EngineServiceGenerateRequest(
+        request_id=engine_request_id,
+        prompt_token_ids=request.prompt_token_ids,
+        sampling=common_pb2.SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            ignore_eos=sampling.ignore_eos,
+        ),
+        prediction=prediction,
+        priority_class=request.priority_class,
+    )

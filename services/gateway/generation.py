@@ -1,0 +1,189 @@
+"""One generation end to end: validate, predict, forward to the engine, relay tokens and text.
+
+    GenerateRequest -> resolve_generate_request -> OutputLengthEstimator.estimate
+                    -> EngineClient.generate (stream) -> OutputAssembler (detokenize, stop strings)
+                    -> GeneratedChunk ... (the last one carries a FinishSummary)
+
+The engine sees a gateway-made request id (`gw-<uuid>`), unique among all requests of all clients,
+because client request ids may repeat across clients. The client's deadline becomes the engine
+call's timeout, and leaving the stream early (client cancel, deadline, stop string) cancels the
+engine call (see engine_client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from services.common.contracts import common_pb2, engine_service_pb2, gateway_service_pb2
+from services.common.errors import AliseError, DeadlineExceeded
+from services.gateway.detokenizer import IncrementalDetokenizer
+from services.gateway.engine_client import EngineClient, build_engine_request
+from services.gateway.model_info import ServedModel, ServedModelCache
+from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
+from services.gateway.stop_strings import StopStringMatcher
+from services.gateway.validation import RequestLimits, ResolvedRequest, resolve_generate_request
+
+# Text prompts longer than this are tokenized in a worker thread, so one huge prompt does not stall
+# every other stream on the event loop (SentencePiece encodes ~1 MB of text in ~0.1 s).
+MAX_INLINE_TOKENIZE_CHARS = 16_384
+TimeRemaining = Callable[[], float | None]  # seconds left of the client's deadline; None = no deadline
+
+
+@dataclass(frozen=True)
+class FinishSummary:
+    """What the final message of a generation reports."""
+
+    finish_reason: int  # a common_pb2.FinishReason value, never UNSPECIFIED
+    num_prompt_tokens: int  # prompt length, BOS included
+    num_completion_tokens: int  # token ids returned (on a stop string: up to the message that matched)
+    prediction: common_pb2.OutputLengthPrediction  # the estimate the engine scheduled with
+    timings: common_pb2.Timings  # the engine's, or the gateway's own when it ended the call early
+
+
+@dataclass(frozen=True)
+class GeneratedChunk:
+    """One message of the client's stream."""
+
+    request_id: str  # the client's request id (or the generated one)
+    token_ids: list[int]  # ids generated since the previous chunk
+    text: str  # text released since the previous chunk (may lag token_ids)
+    finish: FinishSummary | None  # set on the final chunk only
+
+
+class GenerationPipeline:
+    """Runs generations; one instance per gateway, shared by all requests (holds no per-request state)."""
+
+    def __init__(
+        self,
+        served_models: ServedModelCache,
+        estimator: OutputLengthEstimator,
+        engine: EngineClient,
+        limits: RequestLimits,
+    ) -> None:
+        self._served_models = served_models
+        self._estimator = estimator
+        self._engine = engine
+        self._limits = limits
+
+    async def generate(
+        self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining
+    ) -> AsyncIterator[GeneratedChunk]:
+        """Yields the chunks of one generation; raises AliseError subclasses on failure."""
+        arrival_s = time.monotonic()
+        served = await self._served_models.get()
+        resolved = await self._resolve(request, served)
+        query = _prediction_query(resolved, served, decode_prompt=self._estimator.has_predictor)
+        prediction = await self._estimator.estimate(query, time_remaining_s=time_remaining_s())
+        timeout_s = time_remaining_s()
+        if timeout_s is not None and timeout_s <= 0:
+            raise DeadlineExceeded("deadline exceeded before the request reached the engine")
+        engine_request = build_engine_request(f"gw-{uuid.uuid4().hex}", resolved, prediction)
+        assembler = OutputAssembler(resolved, served, prediction, arrival_s)
+        stream = self._engine.generate(engine_request, timeout_s=timeout_s)
+        async with contextlib.aclosing(stream):
+            async for message in stream:
+                chunk = assembler.on_engine_message(message)
+                yield chunk
+                if chunk.finish is not None:
+                    return  # leaving the block cancels the engine call if it is still running
+        raise AliseError(f"engine {self._engine.address} ended the stream without a finish reason")
+
+    async def _resolve(
+        self, request: gateway_service_pb2.GenerateRequest, served: ServedModel
+    ) -> ResolvedRequest:
+        """Validates and tokenizes; a long text prompt is tokenized off the event loop."""
+        resolve = functools.partial(
+            resolve_generate_request,
+            request,
+            served.info,
+            served.tokenizer,
+            self._limits,
+            new_request_id=lambda: f"req-{uuid.uuid4().hex}",
+            draw_seed=lambda: secrets.randbits(63),  # 63 bits: also fits a signed int64
+        )
+        if len(request.prompt_text) > MAX_INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(resolve)
+        return resolve()
+
+
+class OutputAssembler:
+    """Per-request state between engine messages: detokenizer, stop matcher, counts, timings."""
+
+    def __init__(
+        self,
+        request: ResolvedRequest,
+        served: ServedModel,
+        prediction: common_pb2.OutputLengthPrediction,
+        arrival_s: float,
+    ) -> None:
+        self._request = request
+        self._prediction = prediction
+        self._detokenizer = IncrementalDetokenizer(served.tokenizer, request.prompt_token_ids)
+        self._stop_matcher = StopStringMatcher(request.sampling.stop_strings)
+        self._arrival_s = arrival_s  # time.monotonic() when the gateway got the request
+        self._first_token_s: float | None = None
+        self._num_completion_tokens = 0
+
+    def on_engine_message(self, message: engine_service_pb2.EngineServiceGenerateResponse) -> GeneratedChunk:
+        """Turns one engine message into one client chunk; a matched stop string ends the generation."""
+        token_ids = list(message.token_ids)
+        if token_ids and self._first_token_s is None:
+            self._first_token_s = time.monotonic()
+        self._num_completion_tokens += len(token_ids)
+        is_final = message.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+        text_delta = self._detokenizer.add(token_ids)
+        if is_final:
+            text_delta += self._detokenizer.flush()
+        scan = self._stop_matcher.feed(text_delta)
+        if scan.matched:
+            finish = self._summary(common_pb2.FINISH_REASON_STOP, self._gateway_timings())
+            return GeneratedChunk(self._request.request_id, token_ids, scan.text, finish)
+        if is_final:
+            finish = self._summary(message.finish_reason, message.timings)
+            text = scan.text + self._stop_matcher.flush()
+            return GeneratedChunk(self._request.request_id, token_ids, text, finish)
+        return GeneratedChunk(self._request.request_id, token_ids, scan.text, None)
+
+    def _summary(self, finish_reason: int, timings: common_pb2.Timings) -> FinishSummary:
+        return FinishSummary(
+            finish_reason=finish_reason,
+            num_prompt_tokens=len(self._request.prompt_token_ids),
+            num_completion_tokens=self._num_completion_tokens,
+            prediction=self._prediction,
+            timings=timings,
+        )
+
+    def _gateway_timings(self) -> common_pb2.Timings:
+        """Timings as the gateway saw them, used when it ends the call before the engine reports.
+
+        queue_time_s and num_preemptions are only known inside the engine; they are left at 0.
+        """
+        now_s = time.monotonic()
+        first_token_s = self._first_token_s if self._first_token_s is not None else now_s
+        return common_pb2.Timings(
+            time_to_first_token_s=first_token_s - self._arrival_s,
+            end_to_end_s=now_s - self._arrival_s,
+        )
+
+
+def _prediction_query(
+    request: ResolvedRequest, served: ServedModel, *, decode_prompt: bool
+) -> PredictionQuery:
+    """The predictor reads text: a token-id prompt is decoded for it (only when a predictor will ask)."""
+    prompt_text = request.prompt_text
+    if not prompt_text and decode_prompt:
+        prompt_text = served.tokenizer.decode(request.prompt_token_ids)
+    return PredictionQuery(
+        prompt_text=prompt_text,
+        num_prompt_tokens=len(request.prompt_token_ids),
+        served_model=served.info.model_name,
+        max_tokens=request.sampling.max_tokens,
+        expected_output_tokens=request.expected_output_tokens,
+    )

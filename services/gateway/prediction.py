@@ -1,0 +1,116 @@
+"""Output-length estimate for one request: the predictor if it answers in time, else a fallback.
+
+The predictor only improves scheduling; it must never fail or noticeably slow a request. So the call
+has a short deadline (tens of ms) and any failure (timeout, UNAVAILABLE, a malformed answer, no
+predictor configured) falls back to the client's expected_output_tokens hint (source CLIENT_HINT),
+or to a fixed prior (source FALLBACK). Fallback estimates are clipped to max_tokens, since the
+output cannot be longer than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.contracts import common_pb2, predictor_service_pb2, predictor_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionQuery:
+    """What the predictor needs to know of one request."""
+
+    prompt_text: str  # the prompt as text (features are computed from it)
+    num_prompt_tokens: int  # prompt length in the served model's tokens
+    served_model: str  # model name, for predictors trained per model
+    max_tokens: int  # resolved max_tokens: fallback estimates never exceed it
+    expected_output_tokens: int | None  # the client's hint, None when absent
+
+
+class OutputLengthEstimator:
+    """Asks the predictor with a deadline; never raises (except cancellation)."""
+
+    def __init__(
+        self,
+        stub: predictor_service_pb2_grpc.PredictorServiceStub | None,
+        *,
+        timeout_s: float,
+        fallback_output_tokens: int,
+    ) -> None:
+        self._stub = stub  # None = no predictor configured
+        self._timeout_s = timeout_s  # deadline of one PredictOutputLength call
+        self._fallback_output_tokens = fallback_output_tokens  # the prior, in tokens
+
+    @property
+    def has_predictor(self) -> bool:
+        """False when no predictor is configured (every estimate is a fallback)."""
+        return self._stub is not None
+
+    async def estimate(
+        self, query: PredictionQuery, *, time_remaining_s: float | None = None
+    ) -> common_pb2.OutputLengthPrediction:
+        """The predictor's answer (source PREDICTOR) or a fallback (CLIENT_HINT / FALLBACK)."""
+        if self._stub is not None:
+            timeout_s = self._timeout_s
+            if time_remaining_s is not None:
+                timeout_s = max(0.0, min(timeout_s, time_remaining_s))
+            prediction = await _ask_predictor(self._stub, query, timeout_s)
+            if prediction is not None:
+                return prediction
+        return self.fallback(query)
+
+    def fallback(self, query: PredictionQuery) -> common_pb2.OutputLengthPrediction:
+        """The estimate used when the predictor has no answer."""
+        if query.expected_output_tokens is not None:
+            mean_tokens = min(query.expected_output_tokens, query.max_tokens)
+            source = common_pb2.PREDICTION_SOURCE_CLIENT_HINT
+        else:
+            mean_tokens = min(self._fallback_output_tokens, query.max_tokens)
+            source = common_pb2.PREDICTION_SOURCE_FALLBACK
+        return common_pb2.OutputLengthPrediction(mean_tokens=float(mean_tokens), source=source)
+
+
+async def _ask_predictor(
+    stub: predictor_service_pb2_grpc.PredictorServiceStub, query: PredictionQuery, timeout_s: float
+) -> common_pb2.OutputLengthPrediction | None:
+    """One PredictOutputLength call; None (logged at DEBUG) on any failure."""
+    request = predictor_service_pb2.PredictOutputLengthRequest(
+        inputs=[
+            predictor_service_pb2.PredictionInput(
+                prompt_text=query.prompt_text,
+                num_prompt_tokens=query.num_prompt_tokens,
+                served_model=query.served_model,
+            )
+        ]
+    )
+    try:
+        reply = await stub.PredictOutputLength(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        log.debug("predictor gave no answer (%s: %s); falling back", error.code().name, error.details())
+        return None
+    except Exception as error:  # noqa: BLE001 - the predictor must never fail a request
+        log.warning("predictor call failed unexpectedly (%r); falling back", error)
+        return None
+    return _checked_prediction(reply)
+
+
+def _checked_prediction(
+    reply: predictor_service_pb2.PredictOutputLengthResponse,
+) -> common_pb2.OutputLengthPrediction | None:
+    """The single prediction of a reply, marked PREDICTOR; None when the reply is malformed."""
+    if len(reply.predictions) != 1:
+        log.warning("predictor returned %d predictions for 1 input; falling back", len(reply.predictions))
+        return None
+    prediction = common_pb2.OutputLengthPrediction()
+    prediction.CopyFrom(reply.predictions[0])
+    if not math.isfinite(prediction.mean_tokens) or prediction.mean_tokens < 0:
+        log.warning("predictor returned mean_tokens=%s; falling back", prediction.mean_tokens)
+        return None
+    prediction.source = common_pb2.PREDICTION_SOURCE_PREDICTOR
+    if not prediction.model_version:
+        prediction.model_version = reply.model_version
+    return prediction
