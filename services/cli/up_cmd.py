@@ -1,0 +1,94 @@
+"""`alise up`: flags -> UpConfig -> plan -> launcher."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import sys
+import tempfile
+import time
+
+from services.cli import arg_types
+from services.cli.launcher import LaunchSettings, run_stack
+from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `up` and its flags."""
+    parser = subparsers.add_parser(
+        "up",
+        help="start memory, predictor, engine and gateway locally until Ctrl-C",
+        description="Starts the four services as child processes on loopback, dependencies first, "
+        "waits until each reports SERVING, prints the gateway address and stays up until Ctrl-C or "
+        "SIGTERM. A child that dies stops the whole stack (exit status 1).",
+    )
+    parser.add_argument("--gateway-port", type=arg_types.port, default=50051, help="default 50051; 0 = any")
+    parser.add_argument("--gateway-host", default="127.0.0.1", help="gateway interface (0.0.0.0 to expose it)")
+    for service in ("engine", "predictor", "memory"):
+        parser.add_argument(f"--{service}-port", type=arg_types.port, default=0, help="default 0 = any free port")
+    parser.add_argument("--model", default="default", help="model the engine loads (default: default)")
+    parser.add_argument("--no-predictor", action="store_true", help="run without the predictor service")
+    parser.add_argument("--log-dir", type=pathlib.Path, help="children's logs (default: a new temp dir)")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="children's log level"
+    )
+    parser.add_argument("--drain-seconds", type=arg_types.non_negative_float, default=5.0, help="children's drain")
+    parser.add_argument(
+        "--stop-grace-s", type=arg_types.non_negative_float, default=10.0, help="after the drain, wait this before SIGKILL"
+    )
+    parser.add_argument(
+        "--startup-timeout-s", type=arg_types.positive_float, default=600.0, help="per service, until SERVING"
+    )
+    for service in ServiceName:
+        parser.add_argument(
+            f"--{service.value}-arg",
+            action="append",
+            default=[],
+            metavar="FLAG",
+            help=f"extra flag for the {service.value} (repeatable; use --{service.value}-arg=--flag=value)",
+        )
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> UpConfig:
+    """Builds (and so validates) the UpConfig; raises ValueError with a clear message."""
+    extra = tuple(
+        (service.value, tuple(getattr(args, f"{service.value}_arg")))
+        for service in ServiceName
+        if getattr(args, f"{service.value}_arg")
+    )
+    return UpConfig(
+        gateway_host=args.gateway_host,
+        gateway_port=args.gateway_port,
+        engine_port=args.engine_port,
+        predictor_port=args.predictor_port,
+        memory_port=args.memory_port,
+        model=args.model,
+        with_predictor=not args.no_predictor,
+        log_level=args.log_level,
+        drain_s=args.drain_seconds,
+        stop_grace_s=args.stop_grace_s,
+        startup_timeout_s=args.startup_timeout_s,
+        extra_args=extra,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `alise up`; returns the exit status."""
+    started_at_s = getattr(args, "started_at_s", time.monotonic())
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"alise up: error: {error}", file=sys.stderr)
+        return 2
+    log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix="alise-up-"))
+    settings = LaunchSettings(
+        log_dir=log_dir,
+        startup_timeout_s=config.startup_timeout_s,
+        stop_timeout_s=config.drain_s + config.stop_grace_s,
+        started_at_s=started_at_s,
+    )
+    return asyncio.run(run_stack(build_stack_plan(config), settings))
