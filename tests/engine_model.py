@@ -17,6 +17,7 @@ from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
 
 @functools.lru_cache(maxsize=1)
 def default_model() -> LoadedModel:
+    torch.set_num_threads(1)  # CI has 2 cores shared with other tests; OpenMP spinning is far slower
     return load_model("default", dtype=torch.float32, device=torch.device("cpu"), seed=0)
 
 

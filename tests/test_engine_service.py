@@ -18,10 +18,9 @@ BLOCK_SIZE = 16
 
 def engine_config(**overrides) -> EngineConfig:
     fields = dict(
-        host="127.0.0.1", port=0, log_level="INFO", drain_s=0.0, model="default", engine_id="test-engine",
-        dtype="float32", device="cpu", seed=0, block_size_tokens=BLOCK_SIZE, num_kv_blocks=NUM_KV_BLOCKS,
-        kv_cache_memory_mb=0, max_num_seqs=16, max_num_batched_tokens=256, max_model_len=0,
-        max_waiting_requests=512, scheduler_policy="fcfs", memory_address="",
+        port=0, drain_s=0.0, engine_id="test-engine", dtype="float32", device="cpu",
+        block_size_tokens=BLOCK_SIZE, num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16, max_num_batched_tokens=256,
+        max_waiting_requests=512, cpu_threads=1,
     )
     fields.update(overrides)
     return EngineConfig(**fields)

@@ -16,24 +16,25 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    host: str  # interface to listen on
-    port: int  # TCP port; 0 = the OS picks
+    host: str = "127.0.0.1"  # interface to listen on
+    port: int = 50052  # TCP port; 0 = the OS picks
     log_level: str
-    drain_s: float  # on SIGTERM, time in-flight streams may finish
-    model: str  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
-    engine_id: str  # stable id of this replica ("" = hostname + random suffix)
-    dtype: str  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
-    device: str  # one of DEVICES; auto = cuda when available
-    seed: int  # seeds the default model's random weights
-    block_size_tokens: int  # token positions per KV block
-    num_kv_blocks: int  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
-    kv_cache_memory_mb: int  # KV pool size when num_kv_blocks is 0, MiB
-    max_num_seqs: int  # running batch size at most
-    max_num_batched_tokens: int  # tokens per step at most (chunked-prefill budget)
-    max_model_len: int  # prompt + output tokens at most; 0 = the model's own context
-    max_waiting_requests: int  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
-    scheduler_policy: str  # a name from services.engine.scheduler.policy.POLICIES
-    memory_address: str  # memory service host:port; "" = run without one
+    drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
+    model: str = "default"  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
+    engine_id: str = "engine-0"  # stable id of this replica ("" = hostname + random suffix)
+    dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # one of DEVICES; auto = cuda when available
+    seed: int = 0  # seeds the default model's random weights
+    block_size_tokens: int = 16  # token positions per KV block
+    num_kv_blocks: int = 0  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
+    kv_cache_memory_mb: int = 256  # KV pool size when num_kv_blocks is 0, MiB
+    max_num_seqs: int = 64  # running batch size at most
+    max_num_batched_tokens: int = 512  # tokens per step at most (chunked-prefill budget)
+    max_model_len: int = 0  # prompt + output tokens at most; 0 = the model's own context
+    max_waiting_requests: int = 4096  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
+    scheduler_policy: str = "fcfs"  # a name from services.engine.scheduler.policy.POLICIES
+    memory_address: str = ""  # memory service host:port; "" = run without one
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -46,7 +47,7 @@ class EngineConfig:
         for name in ("block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("num_kv_blocks", "max_model_len", "kv_cache_memory_mb"):
+        for name in ("num_kv_blocks", "max_model_len", "kv_cache_memory_mb", "cpu_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_kv_blocks == 0 and self.kv_cache_memory_mb == 0:
@@ -72,6 +73,10 @@ class EngineConfig:
         parser.add_argument("--max-waiting-requests", type=int, default=4096)
         parser.add_argument("--scheduler-policy", default="fcfs", choices=sorted(POLICIES))
         parser.add_argument("--memory-address", default="", help="memory service host:port")
+        parser.add_argument(
+            "--cpu-threads", type=int, default=0,
+            help="torch CPU threads (0 = half the cores): more threads than free cores makes OpenMP spin",
+        )
         args = parser.parse_args(argv)
         return cls(
             host=args.host,
@@ -92,4 +97,5 @@ class EngineConfig:
             max_waiting_requests=args.max_waiting_requests,
             scheduler_policy=args.scheduler_policy,
             memory_address=args.memory_address,
+            cpu_threads=args.cpu_threads,
         )
