@@ -16,9 +16,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """Settings of one engine replica; ValueError names the bad field."""
+
     host: str = "127.0.0.1"  # interface to listen on
     port: int = 50052  # TCP port; 0 = the OS picks
-    log_level: str
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
     model: str = "default"  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
     engine_id: str = "engine-0"  # stable id of this replica ("" = hostname + random suffix)
