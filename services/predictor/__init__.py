@@ -1,0 +1,1 @@
+"""Output-length predictor: prompt features, XGBoost training to ONNX, and the gRPC service."""

@@ -1,0 +1,1 @@
+"""Shipped predictor models (data only; a package so that setuptools ships the files)."""

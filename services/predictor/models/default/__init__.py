@@ -1,0 +1,1 @@
+"""The default length model: model.onnx + metadata.json, trained by `alise predictor train`."""

@@ -1,0 +1,37 @@
+"""Training on the real shared data (a subsample, so it stays well under a minute on 2 cores)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.shared_data import SHARED_DATA_DIR, requires_shared_data
+
+pytest.importorskip("xgboost")
+pytest.importorskip("onnxmltools")
+
+from services.predictor import cli  # noqa: E402
+from services.predictor.artifact import read_metadata  # noqa: E402
+from services.predictor.data import ALPACA_EVAL_FILE, SHAREGPT_FILE  # noqa: E402
+
+pytestmark = [requires_shared_data, pytest.mark.shared_data]
+
+
+def test_training_on_shared_data_beats_prompt_length_baseline(tmp_path, capsys):
+    started = time.monotonic()
+    argv = [
+        "train", "--out", str(tmp_path / "model"), "--data-dir", str(SHARED_DATA_DIR), "--seed", "0",
+        "--generator", "text_davinci_003", "--max-examples", "3000", "--max-trees", "80",
+    ]
+    assert cli.main(argv) == 0
+    assert time.monotonic() - started < 60
+    assert "kendall_tau_p50" in capsys.readouterr().out
+    metadata = read_metadata(tmp_path / "model")
+    assert set(metadata.data_files_sha256) == {SHAREGPT_FILE, ALPACA_EVAL_FILE}
+    assert all(len(digest) == 64 for digest in metadata.data_files_sha256.values())
+    sharegpt = metadata.heldout_metrics["sharegpt"]
+    assert sharegpt["num_examples"] > 300
+    assert sharegpt["kendall_tau_p50"] > max(0.1, sharegpt["baseline_tau_prompt_tokens"])
+    assert sharegpt["mae_p50_tokens"] < sharegpt["baseline_mae_train_median_tokens"]
+    assert 0.6 < metadata.heldout_metrics["all"]["coverage_p90"] <= 1.0
