@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
-import functools
 import os
 import pathlib
 import signal
 import sys
-from typing import Callable, Mapping
+from typing import Mapping
 
 from services.cli.stack_plan import ChildSpec
 
 READY_PREFIX = "READY "
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ChildExited(RuntimeError):
@@ -36,21 +32,6 @@ class ChildExited(RuntimeError):
         self.name = name  # which child
         self.returncode = returncode  # its exit status (negative: killed by that signal)
         self.log_tail = log_tail  # its last log lines, for the user
-
-
-@functools.cache
-def _death_signal_setter() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent dies; None elsewhere.
-
-    libc is looked up here, in the parent, so the forked child only makes one foreign call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def parse_ready_line(line: str) -> str | None:
@@ -95,14 +76,16 @@ class ChildProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log_file:
+            # child_exec sets the process group and the parent-death signal (see its docstring).
             self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.cli.child_exec",
                 *self.argv(peer_addresses),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=env,
-                process_group=0,
-                preexec_fn=_death_signal_setter(),
             )
 
     async def wait_ready(self) -> str:

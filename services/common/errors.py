@@ -63,17 +63,22 @@ class Unauthenticated(AliseError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+async def _abort_with_status(error: Exception, context: grpc.aio.ServicerContext, behavior: Any) -> None:
+    """Ends the call with the error's status; an unexpected exception (a bug) becomes INTERNAL."""
+    if isinstance(error, _ABORT_ERRORS):
+        raise error
+    if isinstance(error, AliseError):
+        await context.abort(error.status_code, str(error))
+    log.error("unexpected error in %s", behavior, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
-        except AliseError as error:
-            await context.abort(error.status_code, str(error))
-        except Exception as error:  # a bug: report INTERNAL, keep the traceback in the log
-            if isinstance(error, _ABORT_ERRORS):
-                raise
-            log.exception("unexpected error in %s", behavior)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+        except Exception as error:
+            await _abort_with_status(error, context, behavior)
 
     return handler
 
@@ -83,13 +88,8 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
         try:
             async for response in behavior(request, context):
                 yield response
-        except AliseError as error:
-            await context.abort(error.status_code, str(error))
         except Exception as error:
-            if isinstance(error, _ABORT_ERRORS):
-                raise
-            log.exception("unexpected error in %s", behavior)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+            await _abort_with_status(error, context, behavior)
 
     return handler
 
