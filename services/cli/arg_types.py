@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from services.common.flags import is_host_port
+
 
 def _number(text: str, kind: type) -> int | float:
     try:
@@ -74,7 +76,6 @@ def seed(text: str) -> int:
 
 def address(text: str) -> str:
     """host:port with a port in [1, 65535] (an IPv6 host goes in brackets: [::1]:50051)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not is_host_port(text):
         raise argparse.ArgumentTypeError(f"must be host:port with a port in [1, 65535], got {text!r}")
     return text

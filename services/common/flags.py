@@ -20,6 +20,12 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int) -> N
     )
 
 
+def is_host_port(address: str) -> bool:
+    """True for `host:port` (IPv6 as `[::1]:port`) with a numeric port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
+
+
 def validate_port(port: int) -> int:
     """Raises ValueError unless 0 <= port <= 65535."""
     if not 0 <= port <= 65535:

@@ -7,6 +7,7 @@ must never crash on bad input.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 
 from services.common.contracts import engine_service_pb2
@@ -66,6 +67,6 @@ def _sampling_options(params) -> SamplingOptions:
         temperature=float(temperature),
         top_p=float(top_p),
         top_k=params.top_k,
-        seed=params.seed if params.HasField("seed") else 0,
+        seed=params.seed if params.HasField("seed") else secrets.randbits(63),  # contract: unset = fresh
         ignore_eos=params.ignore_eos,
     )

@@ -7,7 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from services.common.flags import add_server_flags, validate_port
+from services.common.flags import add_server_flags, is_host_port, validate_port
 from services.engine.scheduler.policy import POLICIES
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -23,7 +23,7 @@ class EngineConfig:
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
     model: str = "default"  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
-    engine_id: str = "engine-0"  # stable id of this replica ("" = hostname + random suffix)
+    engine_id: str = "engine-0"  # stable id of this replica (the --engine-id flag defaults to hostname-random)
     dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # one of DEVICES; auto = cuda when available
     seed: int = 0  # seeds the default model's random weights
@@ -40,6 +40,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         validate_port(self.port)
+        if self.memory_address and not is_host_port(self.memory_address):
+            raise ValueError(f"memory_address must be host:port or empty, got {self.memory_address!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:

@@ -111,21 +111,20 @@ class EngineLoop:
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        self.snapshot = take_snapshot(self.core, self.engine_id)  # once per burst: it is O(requests)
 
     def _apply(self, kind: str, payload, events: asyncio.Queue | None) -> None:
         if kind == "add":
             self._sinks[payload.request_id] = events
             self._requests[payload.request_id] = payload
             self.core.add(payload)
-            self.snapshot = take_snapshot(self.core, self.engine_id)
         elif kind == "abort":
             self._abort_now(payload)
 
     def _abort_now(self, request_id: str) -> None:
         if self.core.abort(request_id) is not None:
             self._emit(request_id, [], FinishReason.ABORTED)
-            self.snapshot = take_snapshot(self.core, self.engine_id)
 
     def _fail_all(self, message: str) -> None:
         for request_id in list(self._requests):

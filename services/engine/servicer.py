@@ -78,9 +78,9 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
         self._live_request_ids.add(request_id)
 
     def _response(self, token_ids: list[int], event: EngineEvent):
-        response = engine_service_pb2.EngineServiceGenerateResponse(token_ids=token_ids)
         if event.error is not None:
             raise NotReady(f"engine failed the request: {event.error}")
+        response = engine_service_pb2.EngineServiceGenerateResponse(token_ids=token_ids)
         if event.finish_reason is not None:
             response.finish_reason = _FINISH_REASONS[event.finish_reason]
             timings = event.timings

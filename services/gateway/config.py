@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Sequence
 
-from services.common.flags import add_server_flags, validate_port
+from services.common.flags import add_server_flags, is_host_port, validate_port
 
 DEFAULT_PORT = 50051
 
@@ -32,9 +32,9 @@ class GatewayConfig:
     drain_seconds: float = 5.0  # on SIGTERM, how long in-flight calls may finish
 
     def __post_init__(self) -> None:
-        if not _is_host_port(self.engine_address):
+        if not is_host_port(self.engine_address):
             raise ValueError(f"engine_address must be host:port, got {self.engine_address!r}")
-        if self.predictor_address and not _is_host_port(self.predictor_address):
+        if self.predictor_address and not is_host_port(self.predictor_address):
             raise ValueError(f"predictor_address must be host:port or empty, got {self.predictor_address!r}")
         for name in (
             "predictor_timeout_ms",
@@ -99,8 +99,3 @@ class GatewayConfig:
             parser.error(str(error))
             raise  # unreachable: parser.error exits
 
-
-def _is_host_port(address: str) -> bool:
-    """True for `host:port` (IPv6 as `[::1]:port`) with a numeric port in 1..65535."""
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
