@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Sets up alise in ./.venv on a fresh machine: torch first (CPU wheel), contracts generated from
-# protos/, then the project itself with the CPU, training and test extras.
-# Usage: scripts/install.sh            (EXTRAS=gpu,train,test for a CUDA machine)
+# protos/, then the project itself with the CPU, training, benchmark and test extras.
+# Usage: scripts/install.sh            (EXTRAS=gpu,train,bench,test for a CUDA machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-cpu,train,test}"
+EXTRAS="${EXTRAS:-cpu,train,bench,test}"
 PYTHON="${PYTHON:-python3}"
 
 if [ ! -x .venv/bin/python ]; then

@@ -66,10 +66,8 @@ class BenchStackConfig:
             raise ValueError("num_warmup must be >= 0 and timeout_s > 0")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Registers `bench stack` and its flags."""
-    bench = subparsers.add_parser("bench", help="benchmarks of a running stack")
-    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    """Registers `bench stack` and its flags under `alise bench`."""
     parser = kinds.add_parser("stack", help="tokens/s at 1 and 16 streams; latency the gateway adds")
     parser.add_argument("--gateway-address", type=arg_types.address, default="127.0.0.1:50051")
     parser.add_argument("--engine-address", type=arg_types.address, required=True, help="printed by alise up")

@@ -2,7 +2,7 @@
 
     alise up                 start the local stack until Ctrl-C
     alise generate "prompt"  stream one completion
-    alise bench stack        throughput and gateway overhead of a running stack
+    alise bench KIND         benchmarks: stack, scheduler, sim, serve, ... (alise bench --help)
     alise predictor ...      the predictor's own commands (training, evaluation), forwarded as is
 """
 
@@ -26,14 +26,14 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; subcommand modules add their own flags and a `handler`."""
-    from services.cli import bench_stack, generate_cmd, up_cmd
+    from services.cli import bench_cmd, generate_cmd, up_cmd
 
     parser = argparse.ArgumentParser(prog="alise", description="alise: LLM serving with speculative scheduling")
     parser.add_argument("--version", action="version", version=f"alise {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     up_cmd.add_parser(subparsers)
     generate_cmd.add_parser(subparsers)
-    bench_stack.add_parser(subparsers)
+    bench_cmd.add_parser(subparsers)
     subparsers.add_parser(
         "predictor", help="predictor commands (train, evaluate, ...): alise predictor --help", add_help=False
     )

@@ -1,0 +1,18 @@
+"""`alise bench KIND`: one parent command; each benchmark module registers its own KIND.
+
+A benchmark prints and saves figures (JSON, and a PNG where a curve says more); it asserts nothing.
+Modules are imported here so that `alise bench --help` lists every kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `bench` and every benchmark kind under it."""
+    from services.cli import bench_stack
+
+    bench = subparsers.add_parser("bench", help="benchmarks (stack, scheduler, simulator, serving, ...)")
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+    bench_stack.add_parser(kinds)
