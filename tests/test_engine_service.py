@@ -109,7 +109,7 @@ async def test_model_info_and_stats(engine):
     info = await engine.GetModelInfo(engine_service_pb2.EngineServiceGetModelInfoRequest())
     assert (info.vocab_size, info.max_context_tokens, info.eos_token_id, info.tokenizer) == (32000, 2048, 2, "default")
     stats = await engine.GetStats(engine_service_pb2.EngineServiceGetStatsRequest())
-    assert stats.num_kv_blocks_total == NUM_KV_BLOCKS and stats.scheduler_policy == "fcfs"
+    assert stats.num_kv_blocks_total == NUM_KV_BLOCKS and stats.scheduler_policy == "alise"
     assert stats.num_kv_blocks_used + stats.num_kv_blocks_free == NUM_KV_BLOCKS
 
 

@@ -16,3 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks (stack, scheduler, simulator, serving, ...)")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     bench_stack.add_parser(kinds)
+    from services.bench import scheduler_overhead
+
+    scheduler_overhead.add_parser(kinds)
+    from services.bench import serve_cmd
+
+    serve_cmd.add_parser(kinds)

@@ -12,6 +12,7 @@ import time
 
 from services.common.contracts import engine_service_pb2
 from services.common.errors import InvalidRequest
+from services.engine.length_distribution import LengthDistribution
 from services.engine.request import Request, SamplingOptions
 
 MAX_REQUEST_ID_CHARS = 256
@@ -38,17 +39,28 @@ def build_request(
             f"prompt ({len(prompt)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the model context "
             f"of {max_model_len} tokens"
         )
-    predicted = DEFAULT_PREDICTED_OUTPUT_TOKENS
-    if message.HasField("prediction") and message.prediction.mean_tokens > 0:
-        predicted = float(message.prediction.mean_tokens)
+    distribution = _length_distribution(message)
     return Request(
         request_id=request_id,
         prompt_token_ids=prompt,
         sampling=sampling,
         arrival_time_s=time.monotonic(),
-        predicted_output_tokens=predicted,
+        predicted_output_tokens=distribution.mean_tokens,
         priority_class=int(message.priority_class),
+        length_distribution=distribution,
     )
+
+
+def _length_distribution(message) -> LengthDistribution:
+    """The prediction's mean and quantiles, or the prior; a malformed prediction is rejected."""
+    if not message.HasField("prediction") or not message.prediction.mean_tokens > 0:
+        return LengthDistribution(DEFAULT_PREDICTED_OUTPUT_TOKENS)
+    prediction = message.prediction
+    quantiles = [(q.level, q.num_tokens) for q in prediction.quantiles]
+    try:
+        return LengthDistribution(float(prediction.mean_tokens), quantiles)
+    except ValueError as error:
+        raise InvalidRequest(f"prediction: {error}") from None
 
 
 def _sampling_options(params) -> SamplingOptions:

@@ -18,7 +18,7 @@ from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks
 from services.engine.memory_reporter import MemoryReporter
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
-from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
+from services.engine.scheduler import OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
 from services.engine.servicer import EngineServicer, ServedModelInfo
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     )
     max_model_len = min(config.max_model_len or loaded.max_context_tokens, loaded.max_context_tokens)
     kv = KvBlockManager(num_blocks, config.block_size_tokens)
-    limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
-    scheduler = Scheduler(make_policy(config.scheduler_policy), limits, kv, loaded.eos_token_id)
+    limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, max_model_len, config.max_wait_s)
+    cost_model = OnlineStepCostModel()  # calibrated from this engine's measured steps
+    policy = make_policy(config.scheduler_policy, cost_model)
+    scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
     runner = ModelRunner(loaded.model, kv, num_blocks)
     info = ServedModelInfo(loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id)
     return EngineCore(scheduler, runner), runner.cache_shape, info

@@ -70,6 +70,8 @@ class KvBlockManager:
     def allocate_slots(self, request_id: str, num_tokens: int) -> bool:
         """Grows the request's table to hold num_tokens positions; False (no change) if short."""
         table = self._block_tables.setdefault(request_id, [])
+        if num_tokens <= len(table) * self.block_size:  # the common decode step: room in the last block
+            return True
         missing = num_blocks_for(num_tokens, self.block_size) - len(table)
         if missing <= 0:
             return True

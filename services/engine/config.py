@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from services.common.flags import add_server_flags, is_host_port, validate_port
-from services.engine.scheduler.policy import POLICIES
+from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,7 +34,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens per step at most (chunked-prefill budget)
     max_model_len: int = 0  # prompt + output tokens at most; 0 = the model's own context
     max_waiting_requests: int = 4096  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
-    scheduler_policy: str = "fcfs"  # a name from services.engine.scheduler.policy.POLICIES
+    scheduler_policy: str = DEFAULT_POLICY  # one of services.engine.scheduler.policy.POLICY_NAMES
+    max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
     memory_address: str = ""  # memory service host:port; "" = run without one
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
 
@@ -46,8 +47,10 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.scheduler_policy not in POLICIES:
-            raise ValueError(f"scheduler_policy must be one of {sorted(POLICIES)}, got {self.scheduler_policy!r}")
+        if self.scheduler_policy not in POLICY_NAMES:
+            raise ValueError(f"scheduler_policy must be one of {POLICY_NAMES}, got {self.scheduler_policy!r}")
+        if not self.max_wait_s > 0:
+            raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         for name in ("block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -75,7 +78,14 @@ class EngineConfig:
         parser.add_argument("--max-num-batched-tokens", type=int, default=512)
         parser.add_argument("--max-model-len", type=int, default=0)
         parser.add_argument("--max-waiting-requests", type=int, default=4096)
-        parser.add_argument("--scheduler-policy", default="fcfs", choices=sorted(POLICIES))
+        parser.add_argument(
+            "--scheduler-policy", default=DEFAULT_POLICY, choices=POLICY_NAMES,
+            help="alise: shortest predicted remaining time; fcfs: vLLM-like; srpt-oracle: benchmarks only",
+        )
+        parser.add_argument(
+            "--max-wait-s", type=float, default=60.0,
+            help="starvation bound: a request that waited this long is promoted ahead of all others",
+        )
         parser.add_argument("--memory-address", default="", help="memory service host:port")
         parser.add_argument(
             "--cpu-threads", type=int, default=0,
@@ -100,6 +110,7 @@ class EngineConfig:
             max_model_len=args.max_model_len,
             max_waiting_requests=args.max_waiting_requests,
             scheduler_policy=args.scheduler_policy,
+            max_wait_s=args.max_wait_s,
             memory_address=args.memory_address,
             cpu_threads=args.cpu_threads,
         )

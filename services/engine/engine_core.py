@@ -53,7 +53,9 @@ class EngineCore:
         for result in results:
             if result.finish_reason is not None:
                 self.runner.forget(result.request_id)
+        duration_s = time.perf_counter() - started
+        self.scheduler.record_step_time(output, duration_s)
         self.num_steps += 1
         self.num_generated_tokens += len(sampled)
-        self.last_step = StepTiming(time.perf_counter() - started, output.num_scheduled_tokens, len(sampled))
+        self.last_step = StepTiming(duration_s, output.num_scheduled_tokens, len(sampled))
         return results

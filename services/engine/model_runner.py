@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import torch
 
-from services.engine.attention import AttentionMetadata, paged_attention_reference
+from services.engine.attention import AttentionMetadata
 from services.engine.block_pool import KvBlockManager
+from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.sampler import make_generator, sample_next_tokens
 from services.engine.scheduler.output import SchedulerOutput
+
+
+def _padded_block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
+    """int64 [num_requests, max_blocks], rows padded with block 0: one host-to-device copy per step."""
+    width = max(len(table) for table in tables)
+    return torch.tensor([table + [0] * (width - len(table)) for table in tables], dtype=torch.long, device=device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +56,8 @@ class ModelRunner:
             config.num_hidden_layers, num_blocks, kv.block_size, self.num_kv_heads, self.head_dim
         )
         self.cache = PagedKvCache(self.cache_shape, self.dtype, self.device)
+        # CUDA decode kernel where it loads (kernels/backend.py), else the torch reference.
+        self.attention = make_attention(self.device, self.dtype, self.head_dim, kv.block_size)
         self._generators: dict[str, torch.Generator | None] = {}
 
     def forget(self, request_id: str) -> None:
@@ -80,7 +89,8 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         starts = [0]
-        context_lens, block_tables = [], []
+        context_lens: list[int] = []
+        tables: list[list[int]] = []
         block_size = self.kv.block_size
         for chunk in step.chunks:
             request = chunk.request
@@ -91,13 +101,15 @@ class ModelRunner:
             slots.extend(table[p // block_size] * block_size + p % block_size for p in range(first, last))
             starts.append(starts[-1] + chunk.num_new_tokens)
             context_lens.append(last)
-            block_tables.append(torch.tensor(table[: -(-last // block_size)], dtype=torch.long, device=self.device))
+            tables.append(table[: -(-last // block_size)])
+        block_tables = _padded_block_tables(tables, self.device)
         metadata = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             query_start_locs=starts,
             context_lens=context_lens,
-            block_tables=block_tables,
+            block_tables=[block_tables[r, : len(table)] for r, table in enumerate(tables)],
         )
+        metadata = self.attention.prepare(metadata, block_tables)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(token_ids), as_tensor(positions), metadata
 
@@ -120,8 +132,6 @@ class ModelRunner:
         key = attn.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         value = attn.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         query, key = _apply_rope(query, cos, sin), _apply_rope(key, cos, sin)
-        self.cache.write(layer_index, metadata.slot_mapping, key, value)
-        attended = paged_attention_reference(
-            query, self.cache.key_cache[layer_index], self.cache.value_cache[layer_index], metadata, self.scale
-        )
+        self.attention.write(self.cache, layer_index, metadata.slot_mapping, key, value)
+        attended = self.attention.attend(query, self.cache, layer_index, metadata, self.scale)
         return attn.o_proj(attended.reshape(num_tokens, self.num_heads * self.head_dim))

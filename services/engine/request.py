@@ -17,6 +17,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from services.engine.length_distribution import LengthDistribution
+
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"  # admitted, never run
@@ -43,23 +45,36 @@ class SamplingOptions:
     ignore_eos: bool  # keep going past EOS until max_tokens
 
 
-@dataclass
+@dataclass(eq=False)  # identity equality: list.remove and `in` must not compare every field
 class Request:
-    """Mutable per-request state, owned by the engine thread."""
+    """Mutable per-request state, owned by the engine thread (or the simulator)."""
 
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
     arrival_time_s: float  # time.monotonic() at admission
-    predicted_output_tokens: float  # the estimate the scheduler uses (mean), tokens
+    predicted_output_tokens: float  # predicted mean output length, tokens
     priority_class: int = 0  # alise.v1.PriorityClass value; 0 = unspecified
+    # Predicted output-length distribution; None = exponential with mean predicted_output_tokens.
+    length_distribution: LengthDistribution | None = None
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     first_scheduled_time_s: float | None = None  # monotonic time of its first step
     first_token_time_s: float | None = None  # monotonic time of its first output token
+    finish_time_s: float | None = None  # monotonic time it finished (any reason)
     num_preemptions: int = 0
+    # Scheduler bookkeeping (see scheduler.py): when it last started waiting, when it was promoted
+    # for having waited max_wait_s (None = never), and its cached rank in the waiting queue.
+    wait_started_s: float = 0.0
+    promoted_at_s: float | None = None
+    rank_key: float = 0.0
+    total_wait_s: float = 0.0  # time spent waiting (queued or preempted) so far, seconds
+
+    def __post_init__(self) -> None:
+        if self.length_distribution is None:
+            self.length_distribution = LengthDistribution(max(1.0, self.predicted_output_tokens))
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -94,6 +109,9 @@ class Request:
 
     @property
     def predicted_remaining_tokens(self) -> float:
-        """Predicted output tokens still to come; at least 1 while the request is live."""
-        limit = self.sampling.max_tokens - self.num_output_tokens
-        return max(1.0, min(self.predicted_output_tokens - self.num_output_tokens, limit))
+        """Expected output tokens still to come given those produced so far (re-estimated from the
+        length distribution, so a request that outlived its prediction gets a fresh estimate),
+        capped by max_tokens; at least 1 while the request is live."""
+        limit = self.sampling.max_tokens - len(self.output_token_ids)
+        expected = self.length_distribution.expected_remaining_tokens(len(self.output_token_ids))
+        return max(1.0, min(expected, limit))

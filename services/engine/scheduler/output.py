@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 from services.engine.request import FinishReason, Request
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ is slow, and one is built per request per step
 class ScheduledChunk:
-    """Tokens of one request to compute in this step."""
+    """Tokens of one request to compute in this step (treat as read-only)."""
 
     request: Request
     # Positions [num_computed_tokens, num_computed_tokens + num_new_tokens) are fed this step.
     num_new_tokens: int
     # True when this chunk catches the request up to num_tokens: the step samples a token for it.
     samples_token: bool
+    # num_computed_tokens + num_new_tokens at scheduling time: the context attention reads.
+    num_context_tokens: int
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,11 @@ class SchedulerOutput:
     def num_scheduled_tokens(self) -> int:
         """Tokens fed to the model this step (<= the step token budget)."""
         return sum(chunk.num_new_tokens for chunk in self.chunks)
+
+    @property
+    def num_kv_tokens_read(self) -> int:
+        """Cached tokens attention reads this step (an input of the step-time cost model)."""
+        return sum(chunk.num_context_tokens for chunk in self.chunks)
 
     @property
     def is_empty(self) -> bool:

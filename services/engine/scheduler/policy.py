@@ -1,49 +1,84 @@
-"""Scheduling policies behind one interface, so that they can be compared on identical work.
+"""Scheduling policies behind one interface, so that they are compared on identical work.
 
-A policy only orders requests; the Scheduler owns the mechanics (token budget, KV blocks,
-preemption). The speculative (ALISE) policy and the baselines plug in here.
+A policy only ranks requests and says when a waiting request may displace a running one; the
+Scheduler owns the mechanics (token budget, KV blocks, preemption, starvation promotion), so every
+policy gets the same chunked prefill and the same budget.
+
+    fcfs         arrival order; never displaces a running request (vLLM's default)
+    alise        shortest predicted remaining time, re-estimated every step (speculative_policy.py)
+    srpt-oracle  the same with the true remaining length (benchmarks only)
+    mlfq         FastServe-like skip-join multi-level feedback queue (mlfq_policy.py)
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol
 
 from services.engine.request import Request
+from services.engine.scheduler.cost_model import OnlineStepCostModel
+
+# One float, smaller runs first; >= 0 (the scheduler puts promoted requests below 0). A float, not a
+# tuple: sorting the running batch every step compares keys thousands of times. Ties keep queue order.
+PriorityKey = float
 
 
 class SchedulingPolicy(Protocol):
-    """Orders requests; lower sort key = served first, preempted last."""
+    """Ranks requests. Invariant the scheduler relies on: the key of a request that is waiting does
+    not change while it waits, except when the cost model's `version` changes (the scheduler then
+    re-ranks the waiting queue), so the queue is kept sorted instead of re-sorted every step."""
 
     name: str
+    preempts_for_waiting: bool  # may a better-ranked waiting request displace a running one?
 
-    def priority_key(self, request: Request, now_s: float) -> tuple[float, ...]:
-        """Sort key of a request at time now_s (smaller runs first)."""
+    def priority_key(self, request: Request) -> PriorityKey:
+        """Rank of a request now (smaller = served first, preempted last)."""
+        ...
+
+    def displaces(self, waiting: Request, running: Request) -> bool:
+        """Whether `waiting` is better enough than `running` to preempt it (hysteresis lives here)."""
         ...
 
 
+def priority_keys(policy: SchedulingPolicy, requests: list[Request]) -> list[PriorityKey]:
+    """The keys of many requests: the policy's own batch method where it has one (faster)."""
+    batch = getattr(policy, "priority_keys", None)
+    if batch is not None:
+        return batch(requests)
+    return [policy.priority_key(request) for request in requests]
+
+
 class FcfsPolicy:
-    """First come, first served: the vLLM default. Preempted requests keep their arrival time,
-    so they resume ahead of later arrivals; the newest running request is preempted first."""
+    """First come, first served: the vLLM default. Preempted requests keep their arrival time, so
+    they resume ahead of later arrivals; the newest running request is preempted first when KV runs
+    out; a waiting request never displaces a running one."""
 
     name = "fcfs"
+    preempts_for_waiting = False
 
-    def priority_key(self, request: Request, now_s: float) -> tuple[float, ...]:
-        return (request.arrival_time_s,)
+    def __init__(self, cost_model: OnlineStepCostModel) -> None:
+        del cost_model  # arrival order needs no cost estimates
+
+    def priority_key(self, request: Request) -> PriorityKey:
+        return request.arrival_time_s
+
+    def displaces(self, waiting: Request, running: Request) -> bool:
+        return False
 
 
-POLICIES = {FcfsPolicy.name: FcfsPolicy}
+def _registry() -> dict[str, Callable[[OnlineStepCostModel], SchedulingPolicy]]:
+    from services.engine.scheduler.mlfq_policy import MlfqPolicy
+    from services.engine.scheduler.speculative_policy import AlisePolicy, SrptOraclePolicy
+
+    return {cls.name: cls for cls in (AlisePolicy, FcfsPolicy, MlfqPolicy, SrptOraclePolicy)}
 
 
-def make_policy(name: str) -> SchedulingPolicy:
+POLICY_NAMES = ("alise", "fcfs", "mlfq", "srpt-oracle")
+DEFAULT_POLICY = "alise"
+
+
+def make_policy(name: str, cost_model: OnlineStepCostModel | None = None) -> SchedulingPolicy:
     """Builds a policy by name; ValueError lists the known ones."""
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(POLICIES)}") from None
-
-
-def sorted_by_priority(
-    policy: SchedulingPolicy, requests: Sequence[Request], now_s: float
-) -> list[Request]:
-    """Requests in service order (stable for equal keys)."""
-    return sorted(requests, key=lambda request: policy.priority_key(request, now_s))
+    factories = _registry()
+    if name not in factories:
+        raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(factories)}")
+    return factories[name](cost_model or OnlineStepCostModel())

@@ -1,39 +1,56 @@
-"""Continuous batching under a per-step token budget, over a paged KV pool.
+"""Continuous batching under a per-step token budget, over a paged KV pool, for any policy.
 
 Every step:
-  1. running requests, in policy order, get the tokens they need (1 for a decode, a chunk of
-     the prompt otherwise), within the token budget; if KV blocks run out, the lowest-priority
-     running request not yet scheduled this step is preempted (recompute: its blocks are freed)
-     until the request fits, or the request itself is preempted if it is the lowest;
-  2. if nothing was preempted, waiting requests, in policy order, are admitted while the budget,
-     the batch size limit and the free blocks allow (head-of-line: stop at the first misfit, so a
-     big request is not starved by smaller ones behind it under FCFS).
-The long prompt of a new request is chunked, so it never stalls running decodes.
+  0. starvation promotion: a request that has waited max_wait_s is promoted; promoted requests rank
+     ahead of all others (among themselves, in promotion order) and are never displaced;
+  1. displacement (policies with preempts_for_waiting): while the best waiting request cannot get a
+     batch seat or KV blocks, and the policy says it displaces the worst running request, that one
+     is preempted (recompute) to make room;
+  2. running requests, best first, get the tokens they need (1 for a decode, a chunk of the prompt
+     otherwise) within the token budget; if KV blocks run out, the worst running request not yet
+     scheduled this step is preempted until the request fits (or the request itself, if it is worst);
+  3. unless step 2 ran short of KV, waiting requests are admitted best first while the budget, the
+     seats and the free blocks allow (head-of-line: stop at the first misfit, so a big request is
+     not starved by smaller ones behind it).
+Running decodes are served before any prompt chunk, so a long prompt never stalls them.
+
+Worst-case wait (the aging bound): a request that has waited max_wait_s is promoted, so it starts at
+the first step after that at which the requests promoted before it leave room; with displacing
+policies, promotion evicts unpromoted running requests, so a lone promoted request starts at the
+next step. Once promoted it keeps the rank until it finishes (no further starvation).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from services.engine.block_pool import KvBlockManager
+from services.engine.block_pool import KvBlockManager, num_blocks_for
 from services.engine.request import FinishReason, Request, RequestStatus
+from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
-from services.engine.scheduler.policy import SchedulingPolicy, sorted_by_priority
+from services.engine.scheduler.policy import SchedulingPolicy, priority_keys
+from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
+
+# Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
+# in promotion order among promoted requests.
+PROMOTED_BASE = -1e15
 
 
 @dataclass(frozen=True)
 class SchedulerLimits:
-    """Per-step limits of the batch."""
+    """Per-step limits of the batch, and the starvation bound."""
 
     max_num_seqs: int  # requests in the running batch at most
     max_num_batched_tokens: int  # tokens fed to the model per step at most (the token budget)
     max_model_len: int  # prompt + output tokens per request at most
+    max_wait_s: float = 60.0  # a request waiting this long is promoted (math.inf disables)
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) <= 0:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_wait_s"):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
@@ -47,16 +64,21 @@ class Scheduler:
         kv: KvBlockManager,
         eos_token_id: int | None,
         clock: Callable[[], float] = time.monotonic,
+        cost_model: OnlineStepCostModel | None = None,
     ) -> None:
         self.policy = policy
         self.limits = limits
         self.kv = kv
         self.eos_token_id = eos_token_id
         self.clock = clock
-        self.waiting: list[Request] = []
+        self.cost_model = cost_model or getattr(policy, "cost_model", None) or OnlineStepCostModel()
+        self.waiting = WaitingQueue(self._rank_key)  # best first
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
-        self.num_preemptions = 0  # preemptions since start
+        self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
+        self.num_recomputed_tokens = 0  # KV tokens dropped by preemption, to be computed again
+        self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
+        self._ranked_version = self.cost_model.version
 
     # -- admission and abort -------------------------------------------------------------
 
@@ -65,7 +87,7 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already live")
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self.waiting.add(request, self.clock())
 
     def can_ever_fit(self, num_prompt_tokens: int, max_tokens: int) -> bool:
         """Whether the whole KV pool can hold the request at its longest."""
@@ -83,68 +105,129 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         now_s = self.clock()
-        budget = self.limits.max_num_batched_tokens
-        chunks: list[ScheduledChunk] = []
-        scheduled_ids: set[str] = set()
+        if self.cost_model.version != self._ranked_version:
+            self._ranked_version = self.cost_model.version
+            self.waiting.rerank()
+        if not math.isinf(self.limits.max_wait_s):
+            self.waiting.promote_starved(now_s, self.limits.max_wait_s)
+        ranked = self._ranked_running()
         preempted: list[str] = []
-        for request in sorted_by_priority(self.policy, self.running, now_s):
-            if budget == 0:
-                break
-            if request.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
-                continue
-            num_new = min(request.num_uncomputed_tokens, budget)
-            if not self._make_room(request, num_new, scheduled_ids, preempted, now_s):
-                continue
-            chunks.append(self._chunk(request, num_new, now_s))
-            scheduled_ids.add(request.request_id)
-            budget -= num_new
-        if not preempted:
-            budget = self._admit_waiting(budget, chunks, now_s)
+        if self.policy.preempts_for_waiting and self.waiting:
+            self._displace(ranked, preempted, now_s)
+        chunks: list[ScheduledChunk] = []
+        budget, short_of_kv = self._schedule_running(ranked, chunks, preempted, now_s)
+        if not short_of_kv:
+            self._admit_waiting(budget, chunks, set(preempted), now_s)
         return SchedulerOutput(chunks, preempted)
 
-    def _make_room(
-        self, request: Request, num_new: int, scheduled_ids: set[str], preempted: list[str], now_s: float
-    ) -> bool:
-        """Allocates blocks for num_new more tokens, preempting lower-priority running requests."""
-        target = request.num_computed_tokens + num_new
-        while not self.kv.allocate_slots(request.request_id, target):
-            candidates = [r for r in self.running if r.request_id not in scheduled_ids]
-            victim = max(candidates, key=lambda r: self.policy.priority_key(r, now_s))
-            self._preempt(victim)
-            preempted.append(victim.request_id)
-            if victim is request:
-                return False
-        return True
+    def _schedule_running(
+        self, ranked: list[Request], chunks: list[ScheduledChunk], preempted: list[str], now_s: float
+    ) -> tuple[int, bool]:
+        """Step 2; returns the budget left and whether KV ran short."""
+        budget = self.limits.max_num_batched_tokens
+        short_of_kv = False
+        allocate_slots = self.kv.allocate_slots
+        for request in ranked:  # victims come from the end: worse than every request scheduled so far
+            if budget == 0:
+                break
+            if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
+                continue
+            computed = request.num_computed_tokens
+            num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+            num_new = num_tokens - computed if num_tokens - computed <= budget else budget
+            target = computed + num_new
+            while not allocate_slots(request.request_id, target):
+                short_of_kv = True
+                victim = next(r for r in reversed(ranked) if r.status is RequestStatus.RUNNING)
+                self._preempt(victim, now_s)
+                preempted.append(victim.request_id)
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                continue
+            if request.first_scheduled_time_s is None:
+                request.first_scheduled_time_s = now_s
+            chunks.append(ScheduledChunk(request, num_new, target == num_tokens, target))
+            budget -= num_new
+        return budget, short_of_kv
 
-    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], now_s: float) -> int:
-        for request in sorted_by_priority(self.policy, self.waiting, now_s):
+    def _displace(self, ranked: list[Request], preempted: list[str], now_s: float) -> None:
+        """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better."""
+        victims = [r for r in reversed(ranked) if r.promoted_at_s is None]  # worst first
+        seats = self.limits.max_num_seqs - len(self.running)
+        free_blocks = self.kv.pool.num_free_blocks
+        chosen: list[Request] = []
+        for waiting in self.waiting:
+            first_chunk = min(waiting.num_uncomputed_tokens, self.limits.max_num_batched_tokens)
+            needed = num_blocks_for(waiting.num_computed_tokens + first_chunk, self.kv.block_size)
+            taken = 0
+            while (seats < 1 or free_blocks < needed) and len(chosen) + taken < len(victims):
+                victim = victims[len(chosen) + taken]
+                if waiting.promoted_at_s is None and not self.policy.displaces(waiting, victim):
+                    break
+                seats += 1
+                free_blocks += len(self.kv.block_table(victim.request_id))
+                taken += 1
+            if seats < 1 or free_blocks < needed:
+                break  # head-of-line: nothing behind it is better
+            chosen.extend(victims[len(chosen) : len(chosen) + taken])
+            seats -= 1
+            free_blocks -= needed
+        for victim in chosen:
+            self._preempt(victim, now_s)
+            preempted.append(victim.request_id)
+
+    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], just_preempted: set[str], now_s: float) -> None:
+        admitted = 0
+        for request in self.waiting:
             if budget == 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
+            if request.request_id in just_preempted:
+                break  # do not take back in the same step what was just evicted
             num_new = min(request.num_uncomputed_tokens, budget)
             if not self.kv.allocate_slots(request.request_id, request.num_computed_tokens + num_new):
                 break
-            self.waiting.remove(request)
+            admitted += 1
+            request.total_wait_s += now_s - request.wait_started_s
+            self.max_wait_s = max(self.max_wait_s, now_s - request.wait_started_s)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks.append(self._chunk(request, num_new, now_s))
             budget -= num_new
-        return budget
+        self.waiting.pop_head(admitted)  # admitted requests are exactly the head of the queue
 
     def _chunk(self, request: Request, num_new: int, now_s: float) -> ScheduledChunk:
         if request.first_scheduled_time_s is None:
             request.first_scheduled_time_s = now_s
-        samples = request.num_computed_tokens + num_new == request.num_tokens
-        return ScheduledChunk(request, num_new, samples)
+        target = request.num_computed_tokens + num_new
+        num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+        return ScheduledChunk(request, num_new, target == num_tokens, target)
 
-    def _preempt(self, request: Request) -> None:
+    def _preempt(self, request: Request, now_s: float) -> None:
         """Recompute preemption: drop the KV, keep the output, wait to run again."""
         self.kv.free(request.request_id)
         self.running.remove(request)
+        self.num_recomputed_tokens += request.num_computed_tokens
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.append(request)
+        self.waiting.add(request, now_s)
+
+    # -- ranking ---------------------------------------------------------------
+
+    def _ranked_running(self) -> list[Request]:
+        """The running batch best first, with fresh rank keys (remaining work changed last step)."""
+        keys = priority_keys(self.policy, self.running)
+        for request, key in zip(self.running, keys):
+            promoted_at_s = request.promoted_at_s
+            request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
+        return sorted(self.running, key=RANK)
+
+    def _rank_key(self, request: Request) -> RankKey:
+        if request.promoted_at_s is not None:
+            return PROMOTED_BASE + request.promoted_at_s
+        return self.policy.priority_key(request)
 
     # -- after the model ran -------------------------------------------------------------
 
@@ -169,12 +252,17 @@ class Scheduler:
             results.append(StepResult(request.request_id, [token_id], reason))
         return results
 
+    def record_step_time(self, output: SchedulerOutput, step_s: float) -> None:
+        """Feeds one measured (or simulated) step to the cost model."""
+        self.cost_model.observe(output.num_scheduled_tokens, output.num_kv_tokens_read, step_s)
+
     def _finish_reason(self, request: Request, token_id: int) -> FinishReason | None:
         if token_id == self.eos_token_id and not request.sampling.ignore_eos:
             return FinishReason.EOS
-        if request.num_output_tokens >= request.sampling.max_tokens:
+        num_output = len(request.output_token_ids)
+        if num_output >= request.sampling.max_tokens:
             return FinishReason.LENGTH
-        if request.num_tokens >= self.limits.max_model_len:
+        if len(request.prompt_token_ids) + num_output >= self.limits.max_model_len:
             return FinishReason.LENGTH
         return None
 
@@ -186,6 +274,7 @@ class Scheduler:
             self.waiting.remove(request)
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
+        request.finish_time_s = self.clock()
         del self.requests[request.request_id]
 
     # -- figures -------------------------------------------------------------------------
@@ -201,3 +290,11 @@ class Scheduler:
     def predicted_outstanding_tokens(self) -> float:
         """Sum of predicted remaining output tokens over live requests."""
         return sum(r.predicted_remaining_tokens for r in self.requests.values())
+
+    def predicted_outstanding_work_s(self) -> float:
+        """Predicted seconds of work left over live requests, by the calibrated cost model."""
+        cost = self.cost_model
+        return sum(
+            cost.prefill_s_per_token * r.num_uncomputed_tokens + cost.decode_step_s * r.predicted_remaining_tokens
+            for r in self.requests.values()
+        )

@@ -1,0 +1,129 @@
+"""Step-time cost models of named GPU + model pairs, from the roofline.
+
+A step feeds `num_batched_tokens` tokens (decodes and prompt chunks) and reads the KV cache of every
+scheduled request. Its time is the larger of its compute time and its memory time, plus a fixed
+per-step overhead (launches, sampling, the scheduler itself):
+
+    memory_s  = (weight bytes + KV bytes read + KV bytes written) / (bandwidth * bandwidth_efficiency)
+    compute_s = (2 * params * tokens + 4 * layers * hidden * sum_chunks(new tokens * context)) / (peak * mfu)
+    step_s    = overhead_s + max(memory_s, compute_s)
+
+Decode steps are memory-bound (the weights are read once per step whatever the batch), long prompt
+chunks compute-bound. The KV pool is what the card holds after the weights and an activation reserve.
+Efficiencies are typical of vLLM-class engines (80% of copy bandwidth, 60% MFU); `--cost-coefficients`
+replaces the roofline with a linear model fitted on measured steps (OnlineStepCostModel's terms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.engine.block_pool import num_blocks_for
+from services.engine.scheduler import SchedulerOutput, StepCostCoefficients
+
+GB = 1e9
+BLOCK_SIZE_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    memory_bytes: float  # HBM capacity
+    bandwidth_bytes_per_s: float  # peak HBM bandwidth
+    peak_flops: float  # dense bf16/fp16 tensor FLOP/s
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    num_params: float
+    num_layers: int
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+    bytes_per_param: float = 2.0  # bf16
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.num_params * self.bytes_per_param
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """K and V, every layer, bf16."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2.0
+
+
+H100_SXM = GpuSpec("H100-SXM-80GB", 80 * GB, 3.35e12, 989e12)
+A100_40GB = GpuSpec("A100-SXM-40GB", 40 * GB, 1.555e12, 312e12)
+LLAMA3_8B = ModelSpec("Llama-3-8B", 8.03e9, 32, 4096, 8, 128)
+LLAMA2_7B = ModelSpec("Llama-2-7B", 6.74e9, 32, 4096, 32, 128)
+LLAMA2_13B = ModelSpec("Llama-2-13B", 13.0e9, 40, 5120, 40, 128)
+
+
+@dataclass(frozen=True)
+class RooflineCostModel:
+    """Step time of one GPU + model pair; also sizes the KV pool."""
+
+    name: str  # preset name
+    gpu: GpuSpec
+    model: ModelSpec
+    gpu_memory_utilization: float = 0.9  # share of HBM the engine may use (vLLM's default)
+    activation_reserve_bytes: float = 4 * GB  # activations, CUDA graphs, allocator slack
+    bandwidth_efficiency: float = 0.8
+    mfu: float = 0.6
+    step_overhead_s: float = 0.002
+
+    @property
+    def kv_cache_bytes(self) -> float:
+        usable = self.gpu.memory_bytes * self.gpu_memory_utilization
+        return usable - self.model.weight_bytes - self.activation_reserve_bytes
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return int(self.kv_cache_bytes // (self.model.kv_bytes_per_token * BLOCK_SIZE_TOKENS))
+
+    def step_time_s(self, output: SchedulerOutput) -> float:
+        model = self.model
+        num_tokens = output.num_scheduled_tokens
+        kv_read = output.num_kv_tokens_read
+        memory_bytes = model.weight_bytes + model.kv_bytes_per_token * (kv_read + num_tokens)
+        memory_s = memory_bytes / (self.gpu.bandwidth_bytes_per_s * self.bandwidth_efficiency)
+        attention_pairs = sum(chunk.num_new_tokens * chunk.num_context_tokens for chunk in output.chunks)
+        flops = 2 * model.num_params * num_tokens + 4 * model.num_layers * model.hidden_size * attention_pairs
+        compute_s = flops / (self.gpu.peak_flops * self.mfu)
+        return self.step_overhead_s + max(memory_s, compute_s)
+
+    def linear_prior(self) -> StepCostCoefficients:
+        """A first guess for the engine's online cost model (it refits from the simulated steps)."""
+        bandwidth = self.gpu.bandwidth_bytes_per_s * self.bandwidth_efficiency
+        return StepCostCoefficients(
+            base_s=self.step_overhead_s + self.model.weight_bytes / bandwidth,
+            per_token_s=2 * self.model.num_params / (self.gpu.peak_flops * self.mfu),
+            per_kv_token_s=self.model.kv_bytes_per_token / bandwidth,
+        )
+
+
+@dataclass(frozen=True)
+class LinearCostModel:
+    """A step-time model fitted on measured steps (e.g. the engine's OnlineStepCostModel)."""
+
+    name: str
+    coefficients: StepCostCoefficients
+    num_kv_blocks: int
+
+    def step_time_s(self, output: SchedulerOutput) -> float:
+        return self.coefficients.step_time_s(output.num_scheduled_tokens, output.num_kv_tokens_read)
+
+    def linear_prior(self) -> StepCostCoefficients:
+        return self.coefficients
+
+
+PRESETS = {
+    "llama3-8b-h100": RooflineCostModel("llama3-8b-h100", H100_SXM, LLAMA3_8B),
+    "llama2-7b-h100": RooflineCostModel("llama2-7b-h100", H100_SXM, LLAMA2_7B),
+    "llama2-13b-a100-40g": RooflineCostModel("llama2-13b-a100-40g", A100_40GB, LLAMA2_13B),
+}
+
+
+def kv_blocks_for_tokens(num_tokens: int) -> int:
+    return num_blocks_for(num_tokens, BLOCK_SIZE_TOKENS)

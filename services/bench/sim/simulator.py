@@ -1,0 +1,139 @@
+"""The discrete-event simulator: the engine's own Scheduler, on a virtual clock, with a GPU cost model.
+
+    arrivals (trace + Poisson/gamma times) --> Scheduler.add at their virtual time
+    loop: output = schedule(); clock += cost_model.step_time_s(output); update(output, fake tokens)
+
+Nothing but the model forward is simulated: admission, chunked prefill, KV blocks, preemption,
+re-estimation, starvation promotion and the online step-cost calibration are the production code.
+Each request produces exactly its trace's output length (ignore_eos, max_tokens = true length: vLLM's
+benchmark method). Deterministic: no wall clock, no randomness inside the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from services.bench.latency_metrics import RequestRecord
+from services.bench.sim.sim_request import make_sim_request
+from services.bench.workload import TraceRequest
+from services.engine.block_pool import KvBlockManager
+from services.engine.length_distribution import LengthDistribution
+from services.engine.request import Request
+from services.engine.scheduler import (
+    OnlineStepCostModel,
+    Scheduler,
+    SchedulerLimits,
+    SchedulerOutput,
+    StepCostCoefficients,
+    make_policy,
+)
+from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
+
+SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" (never EOS: the scheduler has no EOS id)
+
+
+class StepCost(Protocol):
+    num_kv_blocks: int
+
+    def step_time_s(self, output: SchedulerOutput) -> float: ...
+
+    def linear_prior(self) -> StepCostCoefficients: ...
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """The simulated engine's limits (the engine's flags of the same names)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 4096
+    max_wait_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One policy at one arrival sequence."""
+
+    records: list[RequestRecord]  # finished requests
+    num_steps: int
+    num_preemptions: int
+    num_recomputed_tokens: int  # KV tokens dropped by preemption and computed again (wasted work)
+    max_wait_s: float  # longest wait from (re)queueing to running, s
+    kv_swap_bytes: int  # bytes swapped to host (0: recompute-only preemption until the memory manager)
+    num_rejected: int  # requests that could never fit the KV pool (not simulated)
+    busy_s: float  # virtual time the engine spent in steps
+
+
+def simulate(
+    trace: Sequence[TraceRequest],
+    arrivals_s: Sequence[float],
+    predictions: Sequence[LengthDistribution],
+    *,
+    policy: str,
+    cost: StepCost,
+    shape: EngineShape,
+) -> SimResult:
+    """Runs every request of the trace to completion under `policy`."""
+    clock = [0.0]
+    cost_model = OnlineStepCostModel(cost.linear_prior())
+    limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
+    kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
+    scheduler = Scheduler(make_policy(policy, cost_model), limits, kv, None, lambda: clock[0], cost_model)
+    pending = _requests(trace, arrivals_s, predictions, scheduler)
+    live: dict[str, Request] = {}
+    records: list[RequestRecord] = []
+    num_steps, busy_s, next_index = 0, 0.0, 0
+    while next_index < len(pending) or scheduler.has_work:
+        while next_index < len(pending) and pending[next_index].arrival_time_s <= clock[0]:
+            request = pending[next_index]
+            scheduler.add(request)
+            live[request.request_id] = request
+            next_index += 1
+        if not scheduler.has_work:
+            clock[0] = pending[next_index].arrival_time_s
+            continue
+        output = scheduler.schedule()
+        if output.is_empty:
+            raise RuntimeError("the scheduler made no progress with work queued (a request cannot fit?)")
+        step_s = cost.step_time_s(output)
+        clock[0] += step_s
+        busy_s += step_s
+        num_steps += 1
+        results = scheduler.update(output, {c.request.request_id: SAMPLED_TOKEN_ID for c in output.chunks if c.samples_token})
+        scheduler.record_step_time(output, step_s)
+        for result in results:
+            if result.finish_reason is not None:
+                records.append(_record(live.pop(result.request_id)))
+    return SimResult(
+        records, num_steps, scheduler.num_preemptions, scheduler.num_recomputed_tokens,
+        scheduler.max_wait_s, 0, len(trace) - len(pending), busy_s,
+    )
+
+
+def _requests(trace, arrivals_s, predictions, scheduler: Scheduler) -> list[Request]:
+    if not len(trace) == len(arrivals_s) == len(predictions):
+        raise ValueError("trace, arrivals and predictions must have the same length")
+    requests = []
+    for item, arrival_s, prediction in zip(trace, arrivals_s, predictions):
+        if not scheduler.can_ever_fit(item.num_prompt_tokens, item.num_output_tokens):
+            continue
+        requests.append(
+            make_sim_request(
+                item.request_id, num_prompt_tokens=item.num_prompt_tokens,
+                num_output_tokens=item.num_output_tokens, arrival_time_s=arrival_s, prediction=prediction,
+            )
+        )
+    return sorted(requests, key=lambda request: request.arrival_time_s)
+
+
+def _record(request: Request) -> RequestRecord:
+    return RequestRecord(
+        request_id=request.request_id,
+        arrival_s=request.arrival_time_s,
+        first_token_s=request.first_token_time_s,
+        finish_s=request.finish_time_s,
+        num_prompt_tokens=request.num_prompt_tokens,
+        num_output_tokens=request.num_output_tokens,
+        num_preemptions=request.num_preemptions,
+    )

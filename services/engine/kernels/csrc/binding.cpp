@@ -1,0 +1,238 @@
+// Torch binding of the paged-attention kernels: validates the tensors, fills the plain argument
+// structs of launchers.h and launches on the tensors' current CUDA stream.
+//
+// Only device-agnostic torch headers are included (no CUDA header): the current stream comes
+// through c10's virtual guard as an opaque handle. So this file also compiles against the CPU
+// build of torch, which is how CI syntax-checks it on machines without a GPU. Invalid input raises
+// ValueError (TORCH_CHECK_VALUE); a failed launch raises RuntimeError naming the CUDA error.
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <pybind11/stl.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <cstdint>
+#include <exception>
+#include <optional>
+
+#include "launchers.h"
+
+namespace alise {
+namespace {
+
+constexpr int64_t kMaxGridYZ = 65535;  // CUDA limit of grid dimensions y and z
+constexpr int64_t kVectorElems = 8;    // the kernels move 8 elements per vector
+constexpr int64_t kTileTokens = 16;    // partitions must hold whole 16-position tiles
+
+ElementType element_type(const at::Tensor& tensor, const char* name) {
+  switch (tensor.scalar_type()) {
+    case at::kHalf: return ElementType::kFloat16;
+    case at::kBFloat16: return ElementType::kBFloat16;
+    case at::kChar: return ElementType::kInt8;
+    default: break;
+  }
+  TORCH_CHECK_VALUE(false, name, " must be float16, bfloat16 or int8, got ", tensor.scalar_type());
+  return ElementType::kFloat16;
+}
+
+void* current_stream(const at::Device& device) {
+  const c10::impl::VirtualGuardImpl guard_impl(c10::DeviceType::CUDA);
+  return guard_impl.getStream(device).native_handle();
+}
+
+void check_on(const at::Tensor& tensor, const at::Device& device, const char* name) {
+  TORCH_CHECK_VALUE(tensor.is_cuda(), name, " must be a CUDA tensor, got ", tensor.device());
+  TORCH_CHECK_VALUE(tensor.device() == device, name, " must be on ", device, ", got ", tensor.device());
+}
+
+// Last dimension contiguous, every other used stride a whole number of vectors, base 16-byte aligned.
+void check_vector_layout(const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK_VALUE(tensor.stride(-1) == 1, name, " must be contiguous in its last dimension");
+  for (int64_t dim = 0; dim + 1 < tensor.dim(); ++dim) {
+    TORCH_CHECK_VALUE(tensor.size(dim) == 1 || tensor.stride(dim) % kVectorElems == 0, name, " stride ", dim,
+                      " must be a multiple of ", kVectorElems, " elements, got ", tensor.stride(dim));
+  }
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(tensor.data_ptr()) % 16 == 0, name, " must be 16-byte aligned");
+}
+
+void check_cache_pair(const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  TORCH_CHECK_VALUE(key_cache.dim() == 4, "key_cache must be [num_blocks, block_size, num_kv_heads, head_dim]");
+  TORCH_CHECK_VALUE(key_cache.sizes() == value_cache.sizes() && key_cache.strides() == value_cache.strides(),
+                    "key_cache and value_cache must have the same shape and strides");
+  TORCH_CHECK_VALUE(key_cache.scalar_type() == value_cache.scalar_type(), "caches must share one dtype");
+  check_vector_layout(key_cache, "key_cache");
+  check_vector_layout(value_cache, "value_cache");
+}
+
+// The scale tensors of an int8 cache ([num_blocks, num_kv_heads] float32), or none for fp16/bf16.
+std::pair<float*, float*> scale_pointers(const at::Tensor& key_cache, const std::optional<at::Tensor>& key_scales,
+                                         const std::optional<at::Tensor>& value_scales, int64_t* block_stride) {
+  *block_stride = 0;
+  if (key_cache.scalar_type() != at::kChar) {
+    TORCH_CHECK_VALUE(!key_scales && !value_scales, "scales are only for an int8 cache");
+    return {nullptr, nullptr};
+  }
+  TORCH_CHECK_VALUE(key_scales && value_scales, "an int8 cache needs key_scales and value_scales");
+  const std::vector<int64_t> shape = {key_cache.size(0), key_cache.size(2)};
+  for (const at::Tensor* scales : {&*key_scales, &*value_scales}) {
+    check_on(*scales, key_cache.device(), "scales");
+    TORCH_CHECK_VALUE(scales->scalar_type() == at::kFloat, "scales must be float32");
+    TORCH_CHECK_VALUE(scales->sizes() == at::IntArrayRef(shape), "scales must be [num_blocks, num_kv_heads]");
+    TORCH_CHECK_VALUE(scales->stride(1) == 1 && scales->stride(0) == key_scales->stride(0),
+                      "key_scales and value_scales must be row-major with equal strides");
+  }
+  *block_stride = key_scales->stride(0);
+  return {key_scales->data_ptr<float>(), value_scales->data_ptr<float>()};
+}
+
+void check_decode_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                         const at::Tensor& block_tables, const at::Tensor& context_lens) {
+  const at::Device device = query.device();
+  check_on(query, device, "query");
+  check_on(out, device, "out");
+  check_on(key_cache, device, "key_cache");
+  check_on(block_tables, device, "block_tables");
+  check_on(context_lens, device, "context_lens");
+  TORCH_CHECK_VALUE(query.dim() == 3, "query must be [num_seqs, num_heads, head_dim]");
+  TORCH_CHECK_VALUE(query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16,
+                    "query must be float16 or bfloat16, got ", query.scalar_type());
+  check_vector_layout(query, "query");
+  TORCH_CHECK_VALUE(out.sizes() == query.sizes() && out.scalar_type() == query.scalar_type(),
+                    "out must have the query's shape and dtype");
+  TORCH_CHECK_VALUE(out.stride(-1) == 1, "out must be contiguous in its last dimension");
+  const ElementType cache_type = element_type(key_cache, "key_cache");
+  TORCH_CHECK_VALUE(cache_type == ElementType::kInt8 || key_cache.scalar_type() == query.scalar_type(),
+                    "key_cache must have the query's dtype or be int8");
+  TORCH_CHECK_VALUE(key_cache.size(3) == query.size(2), "cache head_dim must equal the query's");
+  TORCH_CHECK_VALUE(query.size(2) == 64 || query.size(2) == 128, "head_dim must be 64 or 128, got ", query.size(2));
+  TORCH_CHECK_VALUE(key_cache.size(1) == 16 || key_cache.size(1) == 32, "block_size must be 16 or 32");
+  TORCH_CHECK_VALUE(query.size(1) % key_cache.size(2) == 0, "num_heads must be a multiple of num_kv_heads");
+  TORCH_CHECK_VALUE(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 && block_tables.stride(1) == 1,
+                    "block_tables must be int32 [num_seqs, max_blocks], row-major");
+  TORCH_CHECK_VALUE(context_lens.scalar_type() == at::kInt && context_lens.dim() == 1 && context_lens.stride(0) == 1,
+                    "context_lens must be a contiguous int32 vector");
+  TORCH_CHECK_VALUE(block_tables.size(0) == query.size(0) && context_lens.size(0) == query.size(0),
+                    "block_tables and context_lens must have one row per query");
+  TORCH_CHECK_VALUE(query.size(0) <= kMaxGridYZ, "at most ", kMaxGridYZ, " sequences per call");
+}
+
+void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                  const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
+                  const std::optional<at::Tensor>& value_scales, const at::Tensor& block_tables,
+                  const at::Tensor& context_lens, double scale, int64_t num_splits, int64_t partition_tokens) {
+  check_decode_inputs(out, query, key_cache, block_tables, context_lens);
+  check_cache_pair(key_cache, value_cache);
+  TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= kMaxGridYZ, "num_splits must be in [1, 65535]");
+  TORCH_CHECK_VALUE(partition_tokens > 0 && partition_tokens % kTileTokens == 0,
+                    "partition_tokens must be a positive multiple of 16");
+  PagedDecodeArgs args{};
+  const auto scales = scale_pointers(key_cache, key_scales, value_scales, &args.scale_block_stride);
+  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
+  if (num_seqs == 0) return;
+  const c10::DeviceGuard device_guard(query.device());
+  at::Tensor partial_acc, partial_stats;
+  if (num_splits > 1) {
+    const auto options = query.options().dtype(at::kFloat);
+    partial_acc = at::empty({num_seqs, num_heads, num_splits, head_dim}, options);
+    partial_stats = at::empty({2, num_seqs, num_heads, num_splits}, options);
+    args.partial_acc = partial_acc.data_ptr<float>();
+    args.partial_max = partial_stats[0].data_ptr<float>();
+    args.partial_sum = partial_stats[1].data_ptr<float>();
+  }
+  args.query = query.data_ptr();
+  args.query_seq_stride = query.stride(0);
+  args.query_head_stride = query.stride(1);
+  args.key_cache = key_cache.data_ptr();
+  args.value_cache = value_cache.data_ptr();
+  args.cache_block_stride = key_cache.stride(0);
+  args.cache_token_stride = key_cache.stride(1);
+  args.cache_head_stride = key_cache.stride(2);
+  args.key_scales = scales.first;
+  args.value_scales = scales.second;
+  args.block_tables = block_tables.data_ptr<int32_t>();
+  args.block_table_stride = block_tables.stride(0);
+  args.context_lens = context_lens.data_ptr<int32_t>();
+  args.out = out.data_ptr();
+  args.out_seq_stride = out.stride(0);
+  args.out_head_stride = out.stride(1);
+  args.num_seqs = static_cast<int32_t>(num_seqs);
+  args.num_heads = static_cast<int32_t>(num_heads);
+  args.num_kv_heads = static_cast<int32_t>(key_cache.size(2));
+  args.head_dim = static_cast<int32_t>(head_dim);
+  args.block_size = static_cast<int32_t>(key_cache.size(1));
+  args.num_splits = static_cast<int32_t>(num_splits);
+  args.partition_tokens = static_cast<int32_t>(partition_tokens);
+  args.scale = static_cast<float>(scale);
+  args.query_type = element_type(query, "query");
+  args.cache_type = element_type(key_cache, "key_cache");
+  const int status = launch_paged_decode(args, current_stream(query.device()));
+  TORCH_CHECK(status == 0, "paged decode attention launch failed: ", cuda_error_name(status));
+}
+
+void write_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                 const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
+                 const std::optional<at::Tensor>& value_scales, const at::Tensor& slot_mapping) {
+  const at::Device device = key.device();
+  for (const auto* tensor : {&key, &value, &key_cache, &value_cache, &slot_mapping}) check_on(*tensor, device, "input");
+  TORCH_CHECK_VALUE(key.dim() == 3, "key must be [num_tokens, num_kv_heads, head_dim]");
+  TORCH_CHECK_VALUE(key.sizes() == value.sizes() && key.strides() == value.strides() &&
+                        key.scalar_type() == value.scalar_type(),
+                    "key and value must have the same shape, strides and dtype");
+  check_vector_layout(key, "key");
+  check_vector_layout(value, "value");
+  check_cache_pair(key_cache, value_cache);
+  const ElementType source_type = element_type(key, "key");
+  TORCH_CHECK_VALUE(source_type != ElementType::kInt8, "key must be float16 or bfloat16");
+  TORCH_CHECK_VALUE(key_cache.scalar_type() == key.scalar_type() || key_cache.scalar_type() == at::kChar,
+                    "the cache must have the key's dtype or be int8");
+  TORCH_CHECK_VALUE(key_cache.size(2) == key.size(1) && key_cache.size(3) == key.size(2),
+                    "key heads and head_dim must match the cache");
+  TORCH_CHECK_VALUE(key.size(2) % kVectorElems == 0, "head_dim must be a multiple of 8");
+  TORCH_CHECK_VALUE(key.size(1) <= kMaxGridYZ, "at most 65535 kv heads");
+  TORCH_CHECK_VALUE(slot_mapping.scalar_type() == at::kLong && slot_mapping.dim() == 1 &&
+                        slot_mapping.stride(0) == 1 && slot_mapping.size(0) == key.size(0),
+                    "slot_mapping must be a contiguous int64 vector with one slot per token");
+  TORCH_CHECK_VALUE(key.size(0) <= INT32_MAX, "too many tokens");
+  CacheWriteArgs args{};
+  const auto scales = scale_pointers(key_cache, key_scales, value_scales, &args.scale_block_stride);
+  const c10::DeviceGuard device_guard(device);
+  args.key = key.data_ptr();
+  args.value = value.data_ptr();
+  args.source_token_stride = key.stride(0);
+  args.source_head_stride = key.stride(1);
+  args.key_cache = key_cache.data_ptr();
+  args.value_cache = value_cache.data_ptr();
+  args.cache_block_stride = key_cache.stride(0);
+  args.cache_token_stride = key_cache.stride(1);
+  args.cache_head_stride = key_cache.stride(2);
+  args.key_scales = scales.first;
+  args.value_scales = scales.second;
+  args.slot_mapping = slot_mapping.data_ptr<int64_t>();
+  args.num_tokens = static_cast<int32_t>(key.size(0));
+  args.num_kv_heads = static_cast<int32_t>(key.size(1));
+  args.head_dim = static_cast<int32_t>(key.size(2));
+  args.block_size = static_cast<int32_t>(key_cache.size(1));
+  args.source_type = source_type;
+  args.cache_type = element_type(key_cache, "key_cache");
+  const int status = launch_cache_write(args, current_stream(device));
+  TORCH_CHECK(status == 0, "KV cache write launch failed: ", cuda_error_name(status));
+}
+
+}  // namespace
+}  // namespace alise
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "alise paged-attention CUDA kernels (see services/engine/kernels)";
+  // This module's c10 errors: ValueError for bad input, RuntimeError otherwise, without C++ backtrace.
+  pybind11::register_local_exception_translator([](std::exception_ptr pointer) {
+    try {
+      if (pointer) std::rethrow_exception(pointer);
+    } catch (const c10::ValueError& error) {
+      PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    } catch (const c10::Error& error) {
+      PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
+    }
+  });
+  module.def("paged_decode", &alise::paged_decode, "paged decode attention into out");
+  module.def("write_cache", &alise::write_cache, "writes keys/values into the paged cache");
+}

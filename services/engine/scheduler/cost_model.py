@@ -1,0 +1,116 @@
+"""Step-time cost model, calibrated online from the engine's own measured steps.
+
+A step's time is modelled as linear in what it does:
+
+    step_s = base_s + per_token_s * num_batched_tokens + per_kv_token_s * num_kv_tokens_read
+
+(base: weights read once per step plus launch overheads; per token: the matmuls of each fed token;
+per KV token: attention reading the cache of every scheduled request). The speculative policy turns a
+request's remaining work into seconds with it:
+
+    remaining_s = prefill_s_per_token * uncomputed tokens + decode_step_s * remaining output tokens
+
+where decode_step_s is the recent mean step time (a running request produces one token per step,
+and every step of the batch costs the same to each of its requests).
+
+Calibration: least squares over the last `window` steps, refitted every `refit_every` steps; until
+enough varied steps are seen, the prior coefficients hold. The two published rates change only when
+a refit moves one of them by more than REPUBLISH_RELATIVE_CHANGE, and `version` bumps with them, so
+callers that cache priorities (the scheduler's waiting queue) know when to recompute them, and do
+not re-rank 1,000 waiting requests for a 1% wobble. Plain Python + numpy.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepCostCoefficients:
+    """One fitted (or prior) set of coefficients; all >= 0."""
+
+    base_s: float  # fixed cost of a step, seconds
+    per_token_s: float  # cost of each fed token (prompt chunk or decode input), seconds
+    per_kv_token_s: float  # cost of each cached token read by attention, seconds
+
+    def step_time_s(self, num_batched_tokens: int, num_kv_tokens_read: int) -> float:
+        return self.base_s + self.per_token_s * num_batched_tokens + self.per_kv_token_s * num_kv_tokens_read
+
+
+REPUBLISH_RELATIVE_CHANGE = 0.05
+
+# A CPU-ish prior: 10 ms per step, 0.2 ms per fed token; replaced after the first refit.
+DEFAULT_PRIOR = StepCostCoefficients(base_s=0.010, per_token_s=2e-4, per_kv_token_s=1e-7)
+
+
+class OnlineStepCostModel:
+    """Measured steps in, coefficients and per-request cost rates out."""
+
+    def __init__(
+        self,
+        prior: StepCostCoefficients = DEFAULT_PRIOR,
+        *,
+        window: int = 512,
+        refit_every: int = 64,
+        min_steps_to_fit: int = 32,
+        step_time_smoothing: float = 0.05,
+    ) -> None:
+        if window < min_steps_to_fit or refit_every <= 0 or not 0 < step_time_smoothing <= 1:
+            raise ValueError("need window >= min_steps_to_fit, refit_every > 0, smoothing in (0, 1]")
+        self.coefficients = prior
+        self.version = 0  # bumps when prefill_s_per_token / decode_step_s change
+        self._steps: collections.deque[tuple[int, int, float]] = collections.deque(maxlen=window)
+        self._refit_every = refit_every
+        self._min_steps_to_fit = min_steps_to_fit
+        self._smoothing = step_time_smoothing  # weight of the newest step in the mean step time
+        self._since_refit = 0
+        self.mean_step_s = prior.step_time_s(1, 0)  # exponentially weighted mean of measured steps
+        # The two rates policies read, as plain attributes (read for every request every step);
+        # they change only at a refit, together with `version`.
+        self.prefill_s_per_token = prior.per_token_s  # marginal cost of one more prompt token in a step
+        # Seconds a running request waits per output token: the mean step time at the last refit.
+        self.decode_step_s = self.mean_step_s
+
+    def observe(self, num_batched_tokens: int, num_kv_tokens_read: int, step_s: float) -> None:
+        """Records one measured step; refits every refit_every steps."""
+        if step_s <= 0 or num_batched_tokens <= 0:
+            return
+        self._steps.append((num_batched_tokens, num_kv_tokens_read, step_s))
+        self.mean_step_s += self._smoothing * (step_s - self.mean_step_s)
+        self._since_refit += 1
+        if self._since_refit >= self._refit_every:
+            self._since_refit = 0
+            self._refit()
+
+    def _refit(self) -> None:
+        if len(self._steps) >= self._min_steps_to_fit:
+            fitted = _least_squares(self._steps)
+            if fitted is not None:
+                self.coefficients = fitted
+        if _moved(self.prefill_s_per_token, self.coefficients.per_token_s) or _moved(
+            self.decode_step_s, self.mean_step_s
+        ):
+            self.prefill_s_per_token = self.coefficients.per_token_s
+            self.decode_step_s = self.mean_step_s
+            self.version += 1
+
+
+def _moved(published: float, fitted: float) -> bool:
+    return abs(fitted - published) > REPUBLISH_RELATIVE_CHANGE * max(abs(published), 1e-12)
+
+
+def _least_squares(steps) -> StepCostCoefficients | None:
+    """Non-negative fit; None when the steps do not vary enough to separate the terms."""
+    data = np.asarray(steps, dtype=np.float64)
+    design = np.column_stack([np.ones(len(data)), data[:, 0], data[:, 1]])
+    if np.linalg.matrix_rank(design) < 3:
+        design = design[:, :2]  # e.g. all-decode steps of a fixed batch: no KV term to learn
+        if np.linalg.matrix_rank(design) < 2:
+            return None
+    solution, *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+    solution = np.clip(solution, 0.0, None)
+    per_kv = float(solution[2]) if len(solution) == 3 else 0.0
+    return StepCostCoefficients(float(solution[0]), float(solution[1]), per_kv)
