@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 
 from services.engine.block_pool import KvBlockManager
+from services.engine.length_distribution import LengthDistribution
 from services.engine.request import Request, SamplingOptions
-from services.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, make_policy
+from services.engine.scheduler import OnlineStepCostModel, Scheduler, SchedulerLimits, SchedulerOutput, make_policy
+from services.engine.scheduler.cost_model import StepCostCoefficients
 
 EOS = 2
 _arrivals = itertools.count()
@@ -20,12 +22,51 @@ def make_request(
     return Request(request_id, list(range(10, 10 + num_prompt_tokens)), sampling, arrival, float(max_tokens))
 
 
+def make_predicted_request(
+    request_id: str,
+    num_prompt_tokens: int,
+    *,
+    max_tokens: int,
+    predicted_tokens: float,
+    arrival_time_s: float | None = None,
+) -> Request:
+    """A request whose prediction is log-normal-ish around predicted_tokens (p10 / p50 / p90)."""
+    request = make_request(request_id, num_prompt_tokens, max_tokens, arrival_time_s=arrival_time_s)
+    quantiles = [(0.1, predicted_tokens / 2), (0.5, predicted_tokens), (0.9, predicted_tokens * 2)]
+    request.length_distribution = LengthDistribution(predicted_tokens * 1.1, quantiles)
+    request.predicted_output_tokens = predicted_tokens * 1.1
+    return request
+
+
+class FakeClock:
+    """A clock tests advance by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+# Steps cost 10 ms plus 0.1 ms per fed token: a prompt token costs 1% of a decode step.
+TEST_COSTS = StepCostCoefficients(base_s=0.010, per_token_s=1e-4, per_kv_token_s=0.0)
+
+
 def make_scheduler(
-    *, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8, token_budget: int = 64, max_model_len: int = 256
+    *,
+    num_blocks: int = 64,
+    block_size: int = 4,
+    max_num_seqs: int = 8,
+    token_budget: int = 64,
+    max_model_len: int = 256,
+    policy: str = "fcfs",
+    max_wait_s: float = 60.0,
+    clock=lambda: 0.0,
 ) -> Scheduler:
     kv = KvBlockManager(num_blocks, block_size)
-    limits = SchedulerLimits(max_num_seqs, token_budget, max_model_len)
-    return Scheduler(make_policy("fcfs"), limits, kv, eos_token_id=EOS, clock=lambda: 0.0)
+    limits = SchedulerLimits(max_num_seqs, token_budget, max_model_len, max_wait_s)
+    cost_model = OnlineStepCostModel(TEST_COSTS)
+    return Scheduler(make_policy(policy, cost_model), limits, kv, eos_token_id=EOS, clock=clock, cost_model=cost_model)
 
 
 def fake_model_outputs(output: SchedulerOutput, token_id: int = 7) -> dict[str, int]:

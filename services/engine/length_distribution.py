@@ -16,12 +16,14 @@ S is piecewise linear between the quantile knots and exponential beyond the last
         +--+------+-----------+-----------> x (tokens)
            p10    p50         p90
 
-The tail's mean excess is chosen so that the whole distribution's mean equals the predicted mean
-(floored, so a mean below the knots cannot make it negative). Consequences the scheduler relies on:
-  * a request that outlives its prediction gets a new, larger estimate (the tail's mean excess, at
-    least), never "0 tokens left"; a stale estimate cannot pin a job at the head of the queue;
-  * with only a mean (no quantiles), the distribution is exponential: memoryless, so the estimate
-    stays at the mean however long the request has run.
+Beyond the last knot the tail is heavy (generalized Pareto): its mean excess starts at
+tail_mean_tokens, chosen so that the whole distribution's mean equals the predicted mean (floored,
+so a mean below the knots cannot make it negative), and grows by TAIL_GROWTH tokens per token
+survived. Consequences the scheduler relies on:
+  * a request that outlives its prediction gets a new estimate that grows the longer it runs,
+    never "0 tokens left": a stale estimate cannot pin a job at the head of the queue (it becomes
+    displaceable by fresh short requests);
+  * with only a mean (no quantiles), the whole distribution is that tail from 0.
 Queried for every running request every step (see the benchmark `alise bench scheduler`), so a
 query is a few float operations on a cached piece. Plain Python.
 """
@@ -32,6 +34,7 @@ import bisect
 import math
 from typing import Sequence
 
+TAIL_GROWTH = 0.5  # beyond the last quantile, each token survived adds this to the expected remainder
 MIN_TAIL_MEAN_TOKENS = 1.0  # floor of the exponential tail's mean excess
 TAIL_FLOOR_SHARE_OF_LAST_KNOT = 0.1  # ... and at least this share of the last knot's length
 
@@ -73,8 +76,8 @@ class LengthDistribution:
 
     def _piece_at(self, g: float) -> tuple[float, float, float, float, float, float, float]:
         xs = self._xs
-        if g >= xs[-1]:  # exponential tail: memoryless
-            return (xs[-1], math.inf, self.tail_mean_tokens, 0.0, 0.0, 1.0, 0.0)
+        if g >= xs[-1]:  # Pareto tail: mean excess tail_mean + TAIL_GROWTH * (g - last knot)
+            return (xs[-1], math.inf, self.tail_mean_tokens - TAIL_GROWTH * xs[-1], TAIL_GROWTH, 0.0, 1.0, 0.0)
         i = max(0, bisect.bisect_right(xs, g) - 1)
         x0, x1 = xs[i], xs[i + 1]
         s0, s1 = self._survival[i], self._survival[i + 1]
@@ -92,7 +95,10 @@ class LengthDistribution:
             s0, s1 = self._survival[i], self._survival[i + 1]
             if s1 <= target <= s0 and s0 > s1:
                 return self._xs[i] + (s0 - target) / (s0 - s1) * (self._xs[i + 1] - self._xs[i])
-        return self._xs[-1] + self.tail_mean_tokens * math.log(self._survival[-1] / max(target, 1e-12))
+        # generalized Pareto beyond the last knot: shape xi, scale sigma give mean excess e(0) = tail mean
+        xi = TAIL_GROWTH / (1.0 + TAIL_GROWTH)
+        sigma = self.tail_mean_tokens * (1.0 - xi)
+        return self._xs[-1] + sigma / xi * ((self._survival[-1] / max(target, 1e-12)) ** xi - 1.0)
 
 
 def _knots(quantiles: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -72,9 +72,12 @@ class RooflineCostModel:
     bandwidth_efficiency: float = 0.8
     mfu: float = 0.6
     step_overhead_s: float = 0.002
+    kv_cache_bytes_override: float | None = None  # a smaller pool than the card holds (KV-scarce runs)
 
     @property
     def kv_cache_bytes(self) -> float:
+        if self.kv_cache_bytes_override is not None:
+            return self.kv_cache_bytes_override
         usable = self.gpu.memory_bytes * self.gpu_memory_utilization
         return usable - self.model.weight_bytes - self.activation_reserve_bytes
 

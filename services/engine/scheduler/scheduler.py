@@ -6,13 +6,14 @@ Every step:
   1. displacement (policies with preempts_for_waiting): while the best waiting request cannot get a
      batch seat or KV blocks, and the policy says it displaces the worst running request, that one
      is preempted (recompute) to make room;
-  2. running requests, best first, get the tokens they need (1 for a decode, a chunk of the prompt
-     otherwise) within the token budget; if KV blocks run out, the worst running request not yet
-     scheduled this step is preempted until the request fits (or the request itself, if it is worst);
+  2. running requests get the tokens they need within the token budget: decodes first (1 token
+     each), then prompt chunks, each group best first; if KV blocks run out, the worst running
+     request not yet scheduled this step is preempted until the request fits (or the request itself);
   3. unless step 2 ran short of KV, waiting requests are admitted best first while the budget, the
      seats and the free blocks allow (head-of-line: stop at the first misfit, so a big request is
      not starved by smaller ones behind it).
-Running decodes are served before any prompt chunk, so a long prompt never stalls them.
+Running decodes are served before any prompt chunk, so a long prompt never stalls them, whatever
+rank a policy gives the prompt's request.
 
 Worst-case wait (the aging bound): a request that has waited max_wait_s is promoted, so it starts at
 the first step after that at which the requests promoted before it leave room; with displacing
@@ -127,7 +128,8 @@ class Scheduler:
         budget = self.limits.max_num_batched_tokens
         short_of_kv = False
         allocate_slots = self.kv.allocate_slots
-        for request in ranked:  # victims come from the end: worse than every request scheduled so far
+        scheduled: set[Request] = set()
+        for request in _decodes_first(ranked):
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
@@ -137,8 +139,8 @@ class Scheduler:
             num_new = num_tokens - computed if num_tokens - computed <= budget else budget
             target = computed + num_new
             while not allocate_slots(request.request_id, target):
-                short_of_kv = True
-                victim = next(r for r in reversed(ranked) if r.status is RequestStatus.RUNNING)
+                short_of_kv = True  # the victim is the worst running request not scheduled yet
+                victim = next(r for r in reversed(ranked) if r.status is RequestStatus.RUNNING and r not in scheduled)
                 self._preempt(victim, now_s)
                 preempted.append(victim.request_id)
                 if victim is request:
@@ -148,6 +150,7 @@ class Scheduler:
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
             chunks.append(ScheduledChunk(request, num_new, target == num_tokens, target))
+            scheduled.add(request)
             budget -= num_new
         return budget, short_of_kv
 
@@ -298,3 +301,17 @@ class Scheduler:
             cost.prefill_s_per_token * r.num_uncomputed_tokens + cost.decode_step_s * r.predicted_remaining_tokens
             for r in self.requests.values()
         )
+
+
+def _decodes_first(ranked: list[Request]) -> list[Request]:
+    """Running requests that only decode (one token), then those still prefilling, each group in
+    rank order: a policy may rank a short job with a long prompt first, but its prompt chunks must
+    never take the budget that running decodes need."""
+    decodes, prefills = [], []
+    for request in ranked:
+        computed = request.num_computed_tokens
+        if len(request.prompt_token_ids) + len(request.output_token_ids) - computed <= 1:
+            decodes.append(request)
+        else:
+            prefills.append(request)
+    return decodes + prefills if prefills else decodes
