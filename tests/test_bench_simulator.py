@@ -56,7 +56,7 @@ def test_under_load_shortest_first_beats_fcfs_on_mean_normalized_latency():
     trace = _trace(300)
 
     def mean_normalized(policy):
-        records = _run(policy, 2.5, trace).records
+        records = _run(policy, 3.0, trace).records
         return sum(r.normalized_latency_s_per_token for r in records) / len(records)
 
     assert mean_normalized("srpt-oracle") < mean_normalized("fcfs")

@@ -69,7 +69,7 @@ class _RequestStream:
         self.next += 1
         return make_sim_request(
             f"r{self.next}", num_prompt_tokens=int(self.prompts[i]), num_output_tokens=int(self.outputs[i]),
-            arrival_time_s=now_s, prediction=self.predictions[i],
+            arrival_time_s=now_s, prediction=self.predictions[i], reveal_length=True,
         )
 
 

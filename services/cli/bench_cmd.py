@@ -17,8 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     bench_stack.add_parser(kinds)
     from services.bench import scheduler_overhead
+    from services.bench.sim import cli as sim_cli
 
     scheduler_overhead.add_parser(kinds)
+    sim_cli.add_parser(kinds)
     from services.bench import serve_cmd
 
     serve_cmd.add_parser(kinds)
+    from services.cli import bench_replicas
+
+    bench_replicas.add_parser(kinds)
+    from services.engine.kernels import bench_attention
+
+    bench_attention.add_parser(kinds)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
           f"predictions {args.prediction} (tau {reached_tau:.3f})")
     result = run_sweep(trace, predictions, cost=cost, shape=shape, config=config)
     _print_bounds(result)
-    stem = args.out_dir / f"sim_{args.trace}_{args.preset}"
+    stem = args.out_dir / f"sim_{args.trace}_{cost.name}"
     settings = {
         "trace": args.trace, "num_requests": len(trace), "cost_model": dataclasses.asdict(cost), "engine": shape,
         "sweep": config, "prediction": args.prediction, "target_tau": args.tau, "reached_tau": reached_tau,

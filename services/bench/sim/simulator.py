@@ -5,8 +5,9 @@
 
 Nothing but the model forward is simulated: admission, chunked prefill, KV blocks, preemption,
 re-estimation, starvation promotion and the online step-cost calibration are the production code.
-Each request produces exactly its trace's output length (ignore_eos, max_tokens = true length: vLLM's
-benchmark method). Deterministic: no wall clock, no randomness inside the loop.
+Each request produces exactly its trace's output length: the simulated model samples EOS at that
+length, and max_tokens is left at what the context allows, so only srpt-oracle (whose requests carry
+max_tokens = true length) knows it. Deterministic: no wall clock, no randomness inside the loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from services.bench.latency_metrics import RequestRecord
-from services.bench.sim.sim_request import make_sim_request
+from services.bench.sim.sim_request import SIM_EOS_TOKEN_ID, make_sim_request
 from services.bench.workload import TraceRequest
 from services.engine.block_pool import KvBlockManager
 from services.engine.length_distribution import LengthDistribution
@@ -30,7 +31,8 @@ from services.engine.scheduler import (
 )
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
 
-SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" (never EOS: the scheduler has no EOS id)
+SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" before a request's last token
+ORACLE_POLICY = "srpt-oracle"
 
 
 class StepCost(Protocol):
@@ -79,8 +81,9 @@ def simulate(
     cost_model = OnlineStepCostModel(cost.linear_prior())
     limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
     kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
-    scheduler = Scheduler(make_policy(policy, cost_model), limits, kv, None, lambda: clock[0], cost_model)
-    pending = _requests(trace, arrivals_s, predictions, scheduler)
+    scheduler = Scheduler(make_policy(policy, cost_model), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model)
+    pending = _requests(trace, arrivals_s, predictions, scheduler, reveal_length=policy == ORACLE_POLICY)
+    true_lengths = {item.request_id: item.num_output_tokens for item in trace}
     live: dict[str, Request] = {}
     records: list[RequestRecord] = []
     num_steps, busy_s, next_index = 0, 0.0, 0
@@ -100,7 +103,7 @@ def simulate(
         clock[0] += step_s
         busy_s += step_s
         num_steps += 1
-        results = scheduler.update(output, {c.request.request_id: SAMPLED_TOKEN_ID for c in output.chunks if c.samples_token})
+        results = scheduler.update(output, _sampled(output, true_lengths))
         scheduler.record_step_time(output, step_s)
         for result in results:
             if result.finish_reason is not None:
@@ -111,7 +114,18 @@ def simulate(
     )
 
 
-def _requests(trace, arrivals_s, predictions, scheduler: Scheduler) -> list[Request]:
+def _sampled(output: SchedulerOutput, true_lengths: dict[str, int]) -> dict[str, int]:
+    """EOS for a request about to produce its last true token, a filler token otherwise."""
+    sampled = {}
+    for chunk in output.chunks:
+        if chunk.samples_token:
+            request = chunk.request
+            last = len(request.output_token_ids) + 1 >= true_lengths[request.request_id]
+            sampled[request.request_id] = SIM_EOS_TOKEN_ID if last else SAMPLED_TOKEN_ID
+    return sampled
+
+
+def _requests(trace, arrivals_s, predictions, scheduler: Scheduler, *, reveal_length: bool) -> list[Request]:
     if not len(trace) == len(arrivals_s) == len(predictions):
         raise ValueError("trace, arrivals and predictions must have the same length")
     requests = []
@@ -122,6 +136,7 @@ def _requests(trace, arrivals_s, predictions, scheduler: Scheduler) -> list[Requ
             make_sim_request(
                 item.request_id, num_prompt_tokens=item.num_prompt_tokens,
                 num_output_tokens=item.num_output_tokens, arrival_time_s=arrival_s, prediction=prediction,
+                reveal_length=reveal_length, max_model_len=scheduler.limits.max_model_len,
             )
         )
     return sorted(requests, key=lambda request: request.arrival_time_s)

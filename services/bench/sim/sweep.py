@@ -25,7 +25,7 @@ from services.engine.length_distribution import LengthDistribution
 
 NUM_UNLOADED_REQUESTS = 200  # requests simulated alone for the unloaded latency
 UNLOADED_RATE_PER_S = 1e-6  # arrivals so sparse that no two requests overlap
-DEFAULT_RATE_FRACTIONS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)  # of the measured capacity
+DEFAULT_RATE_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0)  # of the measured capacity
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,140 @@
+"""`alise bench serve` end to end: trace -> per policy (stack, unloaded latency, sweep) -> results.
+
+    trace = scale_trace(load_trace(...))              identical requests for every policy
+    for each policy:
+        gateway = the running one | a fresh local stack running that policy (--start-stack)
+        warm-up request, unloaded latency (sequential requests), rate sweep
+    bounds and the goodput SLO come from the FIRST policy's unloaded latency, pinned before any
+    sweep runs, so every policy is judged against the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pathlib
+import sys
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from services.bench.latency_metrics import Slo
+from services.bench.serve_config import RUNNING_STACK_LABEL, ServeConfig
+from services.bench.serve_prompts import ServeRequest, build_requests
+from services.bench.serve_stack import StackStartError, local_stack, stack_config
+from services.bench.serve_sweep import RateRun, measure_unloaded, sweep
+from services.bench.sustainable_rate import latency_bounds
+from services.bench.workload import TraceRequest, load_trace, scale_trace
+from services.common.contracts import (
+    engine_service_pb2,
+    engine_service_pb2_grpc,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+)
+from services.common.server import GRPC_OPTIONS
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """Everything measured for one policy."""
+
+    policy: str  # engine --scheduler-policy (or the label of a running stack)
+    unloaded_mean_s_per_token: float  # mean normalized latency of sequential requests, s/token (nan: failed)
+    runs: list[RateRun]  # one per swept rate, ascending (empty when the stack failed)
+    error: str | None = None  # why this policy's stack could not be measured (e.g. an unknown policy)
+
+
+@dataclass(frozen=True)
+class ServeOutcome:
+    """The whole run: shared judging settings and each policy's results."""
+
+    trace: list[TraceRequest]  # the scaled trace every policy served
+    reference_unloaded_s_per_token: float  # the first policy's unloaded mean: bounds derive from it
+    bounds_s_per_token: tuple[float, ...]  # one per config.bound_multiples
+    slo: Slo  # goodput SLO
+    results: list[PolicyResult]  # in config.policies order
+
+
+def scaled_trace(config: ServeConfig) -> list[TraceRequest]:
+    trace = load_trace(
+        config.trace, num_requests=config.num_requests, seed=config.seed, max_model_len=config.max_model_len
+    )
+    return scale_trace(
+        trace,
+        divisor=config.length_divisor,
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_output_tokens=config.max_output_tokens,
+    )
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(policy: str, config: ServeConfig, log_dir: pathlib.Path) -> AsyncIterator[str]:
+    """The running gateway, or a fresh local stack running `policy` (stopped on exit)."""
+    if not config.start_stack:
+        assert config.gateway_address is not None
+        yield config.gateway_address
+        return
+    up_config = stack_config(
+        policy,
+        engine_args=config.engine_args,
+        with_predictor=config.with_predictor,
+        startup_timeout_s=config.startup_timeout_s,
+    )
+    async with local_stack(up_config, log_dir / policy) as address:
+        yield address
+
+
+async def running_policy_label(config: ServeConfig) -> str:
+    """The running engine's policy name when --engine-address is given, else a neutral label."""
+    if config.engine_address is None:
+        return config.policies[0]
+    async with grpc.aio.insecure_channel(config.engine_address, options=GRPC_OPTIONS) as channel:
+        stub = engine_service_pb2_grpc.EngineServiceStub(channel)
+        stats = await stub.GetStats(engine_service_pb2.EngineServiceGetStatsRequest(), timeout=config.timeout_s)
+    return stats.scheduler_policy or RUNNING_STACK_LABEL
+
+
+async def requests_for(gateway_address: str, trace: list[TraceRequest], config: ServeConfig) -> list[ServeRequest]:
+    """The trace as this gateway's model takes it (tokenizer checked against the served vocabulary)."""
+    from services.common.tokenizer import load_tokenizer
+
+    async with grpc.aio.insecure_channel(gateway_address, options=GRPC_OPTIONS) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=config.timeout_s)
+    tokenizer = load_tokenizer(config.tokenizer)
+    if tokenizer.vocab_size != info.vocab_size:
+        raise ValueError(
+            f"--tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} tokens but the served model "
+            f"{info.model_name!r} has {info.vocab_size}: pass the served model's tokenizer"
+        )
+    return build_requests(trace, tokenizer, max_context_tokens=info.max_context_tokens)
+
+
+async def run_serve(
+    config: ServeConfig, log_dir: pathlib.Path, on_run: Callable[[str, RateRun], None]
+) -> ServeOutcome:
+    """Runs every policy's phases in order; on_run(policy, run) sees each rate point as it completes."""
+    trace = scaled_trace(config)
+    policies = config.policies if config.start_stack else (await running_policy_label(config),)
+    results: list[PolicyResult] = []
+    pinned: tuple[float, tuple[float, ...], Slo] | None = None
+    for policy in policies:
+        try:
+            async with gateway_for(policy, config, log_dir) as address:
+                requests = await requests_for(address, trace, config)
+                await measure_unloaded(address, requests[:1], config)  # warm-up, not recorded
+                unloaded = await measure_unloaded(address, requests[: config.num_unloaded_requests], config)
+                print(f"{policy}: unloaded mean normalized latency {unloaded * 1e3:.2f} ms/token", file=sys.stderr)
+                if pinned is None:
+                    slo = Slo(config.slo_ttft_s, unloaded * config.slo_bound_multiple)
+                    pinned = (unloaded, latency_bounds(unloaded, config.bound_multiples), slo)
+                runs = await sweep(address, requests, config, pinned[2], lambda run: on_run(policy, run))
+        except StackStartError as error:  # one policy that cannot start must not cost the others' results
+            print(f"{policy}: skipped: {error}", file=sys.stderr)
+            results.append(PolicyResult(policy, math.nan, [], str(error)))
+            continue
+        results.append(PolicyResult(policy, unloaded, runs))
+    if pinned is None:
+        raise RuntimeError("no policy could be measured: " + "; ".join(f"{r.policy}: {r.error}" for r in results))
+    return ServeOutcome(trace, pinned[0], pinned[1], pinned[2], results)

@@ -1,0 +1,130 @@
+"""The measurements of `alise bench serve` against one gateway: unloaded latency, then the rate sweep.
+
+    unloaded: the first num_unloaded_requests requests, one at a time (no queueing at all)
+    sweep:    for each rate, every request at its gamma/Poisson arrival time (the same requests and,
+              for a seed, the same arrival pattern scaled by the rate) from the client processes
+
+Latency is measured from the moment the client sent the request (vLLM's convention); how late
+that send was against its schedule is the client's send lag, reported separately so that a run
+limited by the load generator is flagged rather than blamed on the server.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import grpc
+
+from services.bench.arrivals import arrival_times_s
+from services.bench.latency_metrics import LatencySummary, RequestRecord, Slo, queue_is_growing, summarize
+from services.bench.serve_clients import ClientHealth, ClientResult, run_load
+from services.bench.serve_config import ServeConfig
+from services.bench.serve_prompts import ServeRequest
+from services.bench.serve_worker import send_one
+from services.bench.sustainable_rate import RatePoint
+from services.common.contracts import gateway_service_pb2_grpc
+from services.common.server import GRPC_OPTIONS
+
+
+@dataclass(frozen=True)
+class RateRun:
+    """One rate point of one policy."""
+
+    rate_per_s: float  # offered request rate, requests/s
+    summary: LatencySummary | None  # figures of the finished requests; None if none finished
+    queue_growing: bool  # in-system count still rising over the second half (latency_metrics)
+    num_failed: int  # requests that ended with an error
+    errors: dict[str, int]  # failed requests by gRPC status name
+    num_short: int  # finished requests with fewer tokens than max_tokens (should be 0: ignore_eos)
+    client: ClientHealth  # the load generator's figures
+    client_bottleneck: bool  # send lag or client CPU above the configured limits
+
+    def point(self) -> RatePoint:
+        mean = self.summary.mean_normalized_latency_s_per_token if self.summary else float("inf")
+        p99 = self.summary.p99_normalized_latency_s_per_token if self.summary else float("inf")
+        return RatePoint(self.rate_per_s, mean, p99, self.queue_growing, self.num_failed)
+
+
+def to_records(results: Sequence[ClientResult]) -> list[RequestRecord]:
+    """Records of the requests that finished without error and produced tokens."""
+    return [
+        RequestRecord(
+            request_id=r.request_id,
+            arrival_s=r.sent_s,
+            first_token_s=r.first_token_s,
+            finish_s=r.finish_s,
+            num_prompt_tokens=r.num_prompt_tokens,
+            num_output_tokens=r.num_output_tokens,
+            num_preemptions=r.num_preemptions,
+        )
+        for r in results
+        if r.error is None and r.first_token_s is not None and r.num_output_tokens > 0
+    ]
+
+
+async def measure_unloaded(gateway_address: str, requests: Sequence[ServeRequest], config: ServeConfig) -> float:
+    """Mean normalized latency (s/token) of requests sent one at a time; RuntimeError if one fails."""
+    async with grpc.aio.insecure_channel(gateway_address, options=GRPC_OPTIONS) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        normalized = []
+        for index, request in enumerate(requests):
+            job = {
+                "request_id": f"{request.request_id}-unloaded",
+                "prompt_token_ids": list(request.prompt_token_ids),
+                "max_tokens": request.max_tokens,
+                "seed": config.seed + index,
+            }
+            result = await send_one(stub, job, 0.0, config.timeout_s)
+            if result["error"] is not None or result["num_output_tokens"] == 0:
+                raise RuntimeError(f"unloaded request {request.request_id} failed: {result['error']}")
+            normalized.append((result["finish_s"] - result["sent_s"]) / result["num_output_tokens"])
+    return statistics.fmean(normalized)
+
+
+async def run_rate(
+    gateway_address: str, requests: Sequence[ServeRequest], rate_per_s: float, config: ServeConfig, slo: Slo
+) -> RateRun:
+    """Offers `requests` at `rate_per_s` and summarizes what came back."""
+    arrivals_s = arrival_times_s(len(requests), rate_per_s, seed=config.seed, burstiness=config.burstiness)
+    load = await run_load(
+        requests,
+        arrivals_s,
+        gateway_address=gateway_address,
+        num_processes=config.num_client_processes,
+        timeout_s=config.timeout_s,
+        seed=config.seed,
+    )
+    records = to_records(load.results)
+    max_tokens = {request.request_id: request.max_tokens for request in requests}
+    errors = collections.Counter(r.error.split(":", 1)[0] for r in load.results if r.error is not None)
+    return RateRun(
+        rate_per_s=rate_per_s,
+        summary=summarize(records, slo=slo) if records else None,
+        queue_growing=queue_is_growing(records) if records else True,
+        num_failed=len(load.results) - len(records),
+        errors=dict(errors),
+        num_short=sum(1 for r in records if r.num_output_tokens < max_tokens[r.request_id]),
+        client=load.health,
+        client_bottleneck=(
+            load.health.p99_send_lag_s > config.max_send_lag_s
+            or load.health.max_cpu_utilization > config.max_client_cpu_utilization
+        ),
+    )
+
+
+async def sweep(
+    gateway_address: str,
+    requests: Sequence[ServeRequest],
+    config: ServeConfig,
+    slo: Slo,
+    on_run: Callable[[RateRun], None] = lambda run: None,
+) -> list[RateRun]:
+    """run_rate for every configured rate, lowest first; on_run sees each as it completes."""
+    runs = []
+    for rate_per_s in config.rates_per_s:
+        runs.append(await run_rate(gateway_address, requests, rate_per_s, config, slo))
+        on_run(runs[-1])
+    return runs

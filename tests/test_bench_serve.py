@@ -1,0 +1,148 @@
+"""`alise bench serve` against real services: an in-process stack, client subprocesses, a tiny trace."""
+
+import dataclasses
+import json
+
+import pytest
+import pytest_asyncio
+
+from services.bench import serve_report
+from services.bench.serve_clients import run_load
+from services.bench.serve_config import ServeConfig
+from services.bench.serve_prompts import FILLER_TEXT, ServeRequest, build_requests, fit_prompt
+from services.bench.serve_run import run_serve
+from services.bench.serve_sweep import run_rate, to_records
+from services.bench.latency_metrics import Slo
+from services.bench.workload import TraceRequest
+from services.cli import main as cli_main
+from services.common.tokenizer import load_tokenizer
+from services.engine import app as engine_app
+from services.engine.config import EngineConfig
+from services.gateway import app as gateway_app
+from services.gateway.config import GatewayConfig
+from services.memory import app as memory_app
+from services.memory.config import MemoryConfig
+from tests.shared_data import requires_shared_data
+
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def make_config(**overrides) -> ServeConfig:
+    fields = dict(
+        gateway_address="127.0.0.1:1", engine_address=None, start_stack=False, policies=("test",), engine_args=(),
+        with_predictor=False, trace="alpaca", num_requests=6, seed=0, max_model_len=2048, length_divisor=8.0,
+        max_prompt_tokens=16, max_output_tokens=6, rates_per_s=(2.0, float("inf")), burstiness=1.0,
+        num_client_processes=2, num_unloaded_requests=2, bound_multiples=(2.0, 4.0), slo_ttft_s=None,
+        slo_bound_multiple=4.0, max_send_lag_s=0.05, max_client_cpu_utilization=0.9, tokenizer="default",
+        timeout_s=120.0, startup_timeout_s=120.0,
+    )
+    return ServeConfig(**{**fields, **overrides})
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def gateway_address():
+    memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.5, stale_after_s=5.0))
+    engine = await engine_app.start(
+        EngineConfig(port=0, dtype="float32", device="cpu", num_kv_blocks=128, max_num_seqs=8,
+                     memory_address=memory.address, engine_id="bench-serve", cpu_threads=1, drain_s=0.0)
+    )
+    gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0, drain_seconds=0.0))
+    yield gateway.address
+    for handle in (gateway, engine, memory):
+        await handle.stop()
+
+
+def synthetic_requests(num_requests: int, max_tokens: int = 5) -> list[ServeRequest]:
+    tokenizer = load_tokenizer("default")
+    return [ServeRequest(f"s{i}", fit_prompt(f"prompt {i}", 4 + i, tokenizer), max_tokens) for i in range(num_requests)]
+
+
+@module_loop
+async def test_client_processes_send_every_request_on_schedule(gateway_address):
+    requests = synthetic_requests(6)
+    arrivals = [0.0, 0.05, 0.1, 0.3, 0.3, 0.6]
+    load = await run_load(requests, arrivals, gateway_address=gateway_address, num_processes=2, timeout_s=60.0, seed=1)
+    assert sorted(r.request_id for r in load.results) == sorted(r.request_id for r in requests)
+    assert all(r.error is None and r.num_output_tokens == 5 for r in load.results)
+    by_id = {r.request_id: r for r in load.results}
+    start = by_id["s0"].scheduled_s
+    for request, arrival in zip(requests, arrivals):
+        result = by_id[request.request_id]
+        assert result.scheduled_s == pytest.approx(start + arrival, abs=1e-6)
+        assert result.sent_s >= result.scheduled_s and result.sent_s <= result.first_token_s <= result.finish_s
+        assert result.num_prompt_tokens == len(request.prompt_token_ids)
+    assert load.health.num_processes == 2 and 0 <= load.health.p99_send_lag_s < 1.0
+    assert len(to_records(load.results)) == 6
+
+
+@module_loop
+async def test_failed_requests_are_counted_not_recorded(gateway_address):
+    requests = synthetic_requests(2) + [ServeRequest("too-long", (1, 2, 3), 100_000)]  # beyond the context
+    config = make_config(gateway_address=gateway_address, max_client_cpu_utilization=1e-9)
+    run = await run_rate(gateway_address, requests, 50.0, config, Slo())
+    assert run.num_failed == 1 and run.errors == {"INVALID_ARGUMENT": 1}
+    assert run.summary.num_requests == 2 and run.point().num_failed == 1
+    assert run.client_bottleneck  # a client CPU limit of ~0 flags every run
+
+
+@requires_shared_data
+@module_loop
+async def test_sweep_on_a_tiny_alpaca_trace(gateway_address, tmp_path):
+    config = make_config(gateway_address=gateway_address)
+    seen = []
+    outcome = await run_serve(config, tmp_path, lambda policy, run: seen.append((policy, run.rate_per_s)))
+    assert seen == [("test", 2.0), ("test", float("inf"))]
+    (result,) = outcome.results
+    assert outcome.reference_unloaded_s_per_token == result.unloaded_mean_s_per_token > 0
+    unloaded = result.unloaded_mean_s_per_token
+    assert outcome.bounds_s_per_token == pytest.approx((2 * unloaded, 4 * unloaded))
+    for run in result.runs:
+        assert run.num_failed == 0 and run.num_short == 0 and run.summary.num_requests == 6
+    rows = serve_report.sustainable_table(outcome, config)
+    assert [row["bound_multiple"] for row in rows] == [2.0, 4.0] and rows[0]["baseline"] == "test"
+    figures = serve_report.figures(outcome, config, rows)
+    assert figures["trace_stats"]["max_output_tokens"] <= 6 and "test" in figures["policies"]
+
+
+def test_fit_prompt_is_exact_and_deterministic():
+    tokenizer = load_tokenizer("default")
+    short = fit_prompt("Hi", 9, tokenizer)
+    assert len(short) == 10 and short[0] == tokenizer.bos_token_id
+    filler = tokenizer.encode(FILLER_TEXT, add_bos=False)
+    assert fit_prompt(None, 80, tokenizer)[1:] == tuple((filler * 10)[:80]) and len(filler) < 80
+    long_text = "word " * 500
+    assert fit_prompt(long_text, 7, tokenizer) == fit_prompt(long_text, 7, tokenizer)
+    assert len(fit_prompt(long_text, 7, tokenizer)) == 8
+    trace = [TraceRequest("a", "text", 10, 2040)]
+    with pytest.raises(ValueError, match="exceed the model context"):
+        build_requests(trace, tokenizer, max_context_tokens=2048)
+
+
+def test_config_rejects_contradictions():
+    with pytest.raises(ValueError, match="exactly one"):
+        make_config(start_stack=True)
+    with pytest.raises(ValueError, match="--start-stack"):
+        make_config(policies=("fcfs", "alise"))
+    with pytest.raises(ValueError, match="ascending"):
+        make_config(rates_per_s=(4.0, 2.0))
+    with pytest.raises(ValueError, match="--trace"):
+        make_config(trace="nope")
+    assert dataclasses.replace(make_config(), seed=3).seed == 3
+
+
+@requires_shared_data
+def test_cli_starts_a_stack_per_policy_and_saves_json_and_png(tmp_path):
+    out = tmp_path / "serve.json"
+    status = cli_main.main([
+        "bench", "serve", "--start-stack", "--policies", "fcfs", "--no-predictor", "--trace", "alpaca",
+        "--num-requests", "4", "--rates", "4", "--num-unloaded", "1", "--max-output-tokens", "4",
+        "--max-prompt-tokens", "8", "--engine-arg=--num-kv-blocks=64", "--engine-arg=--cpu-threads=1",
+        "--log-dir", str(tmp_path / "logs"), "--out", str(out),
+    ])
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "serve" and report["config"]["policies"] == ["fcfs"]
+    (run,) = report["policies"]["fcfs"]["runs"]
+    assert run["summary"]["num_requests"] == 4 and run["num_failed"] == 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert (tmp_path / "logs" / "fcfs" / "engine.log").exists()
