@@ -9,7 +9,8 @@ import pytest
 
 from services.predictor import features
 from services.predictor.features import FEATURE_NAMES, NUM_FEATURES, extract_feature_matrix, extract_features
-from services.predictor.metrics import kendall_tau_b, length_metrics
+from services.predictor.metrics import bucket_accuracy, kendall_tau_b, prediction_metrics, share_within, spearman_rho
+from services.predictor.model_inputs import InputLayout, build_matrix
 
 
 def _named(prompt_text: str, num_prompt_tokens: int = 0) -> dict[str, float]:
@@ -126,17 +127,44 @@ def test_kendall_tau_b_matches_scipy_with_ties():
     assert kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-9)
 
 
-def test_length_metrics_coverage_and_baselines():
-    actual = np.array([10.0, 20.0, 30.0, 40.0])
-    quantiles = np.stack([actual * 0.5, actual, actual * 2], axis=1)
-    metrics = length_metrics(
-        actual_tokens=actual,
-        mean_tokens=actual,
-        quantile_tokens=quantiles,
-        quantile_levels=(0.1, 0.5, 0.9),
-        prompt_tokens=np.array([4.0, 3.0, 2.0, 1.0]),
-        train_median_tokens=25.0,
+def test_prediction_metrics_on_a_known_case():
+    actual = np.array([10.0, 20.0, 30.0, 400.0])
+    quantiles = np.stack([actual * 0.5, actual + np.array([0, 0, 60, 120]), actual * 2], axis=1)
+    metrics = prediction_metrics(
+        actual_tokens=actual, mean_tokens=actual, quantile_tokens=quantiles, quantile_levels=(0.1, 0.5, 0.9)
     )
-    assert metrics["kendall_tau_p50"] == 1.0 and metrics["baseline_tau_prompt_tokens"] == -1.0
-    assert metrics["mae_p50_tokens"] == 0.0 and metrics["baseline_mae_train_median_tokens"] == 10.0
+    assert metrics["kendall_tau"] == 1.0 and metrics["spearman_rho"] == 1.0
+    assert metrics["mae_tokens"] == 45.0  # (0 + 0 + 60 + 120) / 4
+    assert (metrics["acc_50"], metrics["acc_100"]) == (0.5, 0.75)
+    assert metrics["bucket_accuracy"] == 0.5  # 30 -> 90 crosses 64; 400 -> 520 crosses 512
     assert (metrics["coverage_p10"], metrics["coverage_p50"], metrics["coverage_p90"]) == (0.0, 1.0, 1.0)
+
+
+def test_rank_metrics_match_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 10, size=300).astype(float)
+    y = x + rng.integers(0, 6, size=300)
+    assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-9)
+    assert math.isnan(spearman_rho(np.ones(4), np.arange(4.0)))
+    assert share_within(np.array([0.0, 100.0]), np.array([50.0, 0.0]), 50) == 0.5
+    assert bucket_accuracy(np.array([64.0, 65.0]), np.array([1.0, 1.0])) == 0.5
+
+
+def test_input_rows_put_each_block_in_its_columns():
+    layout = InputLayout(embedding_version="emb-test", generators=("a", "b"))
+    lexical = extract_feature_matrix([("Hi", 1), ("List 5 ideas", 4)])
+    heads = np.array([[1.5, 2.5], [3.5, 4.5]])
+    one_hot = layout.one_hot(["b", "a"])
+    np.testing.assert_array_equal(one_hot, [[0.0, 1.0], [1.0, 0.0]])
+    matrix = build_matrix(layout, lexical, heads, one_hot)
+    assert matrix.shape == (2, layout.num_columns) == (2, len(layout.feature_names())) == (2, NUM_FEATURES + 4)
+    np.testing.assert_array_equal(matrix[:, :NUM_FEATURES], lexical)
+    np.testing.assert_array_equal(matrix[:, NUM_FEATURES:], np.hstack([heads, one_hot]))
+    assert layout.feature_names()[NUM_FEATURES:] == ("text_head_tfidf", "text_head_embedding", "generator=a", "generator=b")
+    with pytest.raises(ValueError, match="generator 'c'"):
+        layout.one_hot(["a", "c"])
+    with pytest.raises(ValueError, match="head"):
+        build_matrix(layout, lexical, heads[:, :1], one_hot)
+    lexical_only = InputLayout(embedding_version="", generators=("a",))
+    assert lexical_only.feature_names()[NUM_FEATURES:] == ("text_head_tfidf", "generator=a")

@@ -1,4 +1,4 @@
-"""XGBoost -> ONNX export, the training command on synthetic data, and the served LengthModel."""
+"""XGBoost -> ONNX export, the training command on synthetic data, and the served LengthPredictor."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxmltools")
 
 from services.predictor import cli, features  # noqa: E402
-from services.predictor.artifact import INPUT_NAME, read_metadata  # noqa: E402
+from services.predictor.artifact import INPUT_NAME, TEXT_HEADS_FILE_NAME, read_metadata  # noqa: E402
 from services.predictor.config import DEFAULT_MODEL_DIR  # noqa: E402
 from services.predictor.data import SHAREGPT_FILE  # noqa: E402
 from services.predictor.export import Head, HeadTransform, merge_heads  # noqa: E402
-from services.predictor.model import LengthModel, PromptInput, make_monotone  # noqa: E402
+from services.predictor.embedding import EMBEDDING_DIM, EmbeddingSpec, default_cache_dir  # noqa: E402
+from services.predictor.model import LengthModel, LengthPredictor, PromptInput, make_monotone  # noqa: E402
+from services.predictor.model_inputs import INPUT_VERSION  # noqa: E402
+from services.predictor.reload import LoadSettings, PredictorLoader  # noqa: E402
+from services.predictor.text_heads import TextHeads  # noqa: E402
 
 
 def _synthetic_xy(num_rows: int = 600, num_features: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -77,21 +81,50 @@ def _write_synthetic_data(data_dir: Path, num_records: int = 500) -> None:
             stream.write(json.dumps(record) + "\n")
 
 
+def _load(model_dir: Path) -> LengthPredictor:
+    settings = LoadSettings(model_dir, default_cache_dir(), tree_threads=1, embedding_threads=1, allow_cuda=False)
+    return PredictorLoader(settings).load()
+
+
 def test_train_command_on_synthetic_data_is_deterministic_and_loadable(tmp_path, capsys):
     _write_synthetic_data(tmp_path / "data")
-    argv = ["train", "--data-dir", str(tmp_path / "data"), "--seed", "3", "--max-trees", "40", "--threads", "1"]
+    argv = ["train", "--data-dir", str(tmp_path / "data"), "--seed", "3", "--max-trees", "40", "--threads", "1",
+            "--no-embedding"]
     assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
-    assert "held-out metrics" in printed and "kendall_tau_p50" in printed
+    assert "held-out metrics" in printed and "baseline_prompt_length" in printed
     first, second = read_metadata(tmp_path / "a"), read_metadata(tmp_path / "b")
     assert first.model_version == second.model_version  # same seed, same bytes
-    assert first.seed == 3 and first.feature_names == features.FEATURE_NAMES
+    assert first.seed == 3 and first.feature_names[: features.NUM_FEATURES] == features.FEATURE_NAMES
+    assert first.generators == ("sharegpt",) and first.default_generator == "sharegpt"
     assert set(first.data_files_sha256) == {SHAREGPT_FILE}
-    assert first.heldout_metrics["sharegpt"]["kendall_tau_p50"] > 0.5  # the signal is strong
-    model = LengthModel(tmp_path / "a", allow_cuda=False)
-    short, long = model.predict([PromptInput("Say hi to 7", 3), PromptInput("Give me 15 ideas about topic 9", 8)])
+    heldout = first.heldout_metrics["sharegpt"]
+    assert heldout["model"]["kendall_tau"] > 0.5  # the signal is strong
+    assert heldout["model"]["mae_tokens"] < heldout["baseline_train_median"]["mae_tokens"]
+    predictor = _load(tmp_path / "a")
+    short, long = predictor.predict([PromptInput("Say hi to 7", 3), PromptInput("Give me 15 ideas about topic 9", 8)])
     assert short.quantiles[1].num_tokens < long.quantiles[1].num_tokens
+
+
+def test_training_with_embedding_exports_what_xgboost_predicts(tmp_path):
+    _write_synthetic_data(tmp_path / "data", num_records=160)
+    argv = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--max-trees", "20",
+            "--threads", "1"]
+    assert cli.main(argv) == 0
+    metadata = read_metadata(tmp_path / "m")
+    assert metadata.embedding_version == EmbeddingSpec().version
+    assert metadata.feature_names[features.NUM_FEATURES :] == (
+        "text_head_tfidf", "text_head_embedding", "generator=sharegpt")
+    heads = TextHeads.from_bytes((tmp_path / "m" / TEXT_HEADS_FILE_NAME).read_bytes())
+    assert heads.embedding_coef.shape == (EMBEDDING_DIM + 1,) and heads.idf.dtype == np.float16
+    assert metadata.training["onnx_vs_xgboost_max_relative_difference"] < 1e-3
+    predictor = _load(tmp_path / "m")
+    prompts = [PromptInput("Give me 3 ideas about topic 5", 8), PromptInput("Say hi to 4", 3)]
+    served = predictor.predict(prompts)
+    mean, quantiles = predictor.model.predict_matrix(predictor.input_matrix(prompts))
+    assert [d.mean_tokens for d in served] == pytest.approx(mean.tolist())
+    assert [d.quantiles[1].num_tokens for d in served] == pytest.approx(quantiles[:, 1].tolist())
 
 
 def test_train_command_reports_missing_data_dir(tmp_path, capsys):
@@ -99,26 +132,52 @@ def test_train_command_reports_missing_data_dir(tmp_path, capsys):
     assert "data file not found" in capsys.readouterr().err
 
 
-def test_model_refuses_other_feature_version(tmp_path):
-    (tmp_path / "model.onnx").write_bytes((DEFAULT_MODEL_DIR / "model.onnx").read_bytes())
-    raw = json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text())
-    raw["feature_version"] = "lex-v0"
+def _copy_default(tmp_path: Path) -> dict:
+    for name in ("model.onnx", TEXT_HEADS_FILE_NAME):
+        (tmp_path / name).write_bytes((DEFAULT_MODEL_DIR / name).read_bytes())
+    return json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text())
+
+
+def test_model_refuses_other_inputs_and_torn_files(tmp_path):
+    raw = _copy_default(tmp_path)
+    raw["input_version"] = "lex-v0"
     (tmp_path / "metadata.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="retrain"):
+        LengthModel(tmp_path, allow_cuda=False)
+    raw = _copy_default(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(raw))
+    (tmp_path / "model.onnx").write_bytes((DEFAULT_MODEL_DIR / "model.onnx").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="does not match"):
         LengthModel(tmp_path, allow_cuda=False)
 
 
 def test_shipped_default_model_loads_and_predicts_monotone():
     assert (DEFAULT_MODEL_DIR / "model.onnx").stat().st_size < 5_000_000
-    model = LengthModel(DEFAULT_MODEL_DIR, allow_cuda=False)
-    assert model.model_version.startswith(f"lenpred-{features.FEATURE_VERSION}-")
-    assert model.metadata.quantile_levels == (0.1, 0.5, 0.9)
-    assert model.metadata.heldout_metrics["all"]["kendall_tau_p50"] > 0.0
+    predictor = _load(DEFAULT_MODEL_DIR)
+    metadata = predictor.model.metadata
+    assert predictor.model_version.startswith(f"lenpred-{INPUT_VERSION}-")
+    assert metadata.quantile_levels == (0.1, 0.5, 0.9) and metadata.embedding_version
+    assert metadata.default_generator == "sharegpt"
+    sharegpt = metadata.heldout_metrics["sharegpt"]
+    assert sharegpt["model"]["kendall_tau"] > sharegpt["baseline_prompt_length"]["kendall_tau"]
     prompts = ["Hi", "Write a detailed 2000-word essay on Rome", "", "x" * 50_000]
-    predictions = model.predict([PromptInput(text, 0) for text in prompts])
+    predictions = predictor.predict([PromptInput(text, 0 if text else 5) for text in prompts])
     assert len(predictions) == len(prompts)
     for prediction in predictions:
         values = [quantile.num_tokens for quantile in prediction.quantiles]
         assert values == sorted(values) and values[0] >= 1.0 and prediction.mean_tokens >= 1.0
-        assert prediction.model_version == model.model_version
-    assert model.predict([]) == []
+        assert prediction.model_version == predictor.model_version
+    assert predictions[0].quantiles[1].num_tokens < predictions[1].quantiles[1].num_tokens
+    assert predictor.predict([]) == []
+
+
+def test_default_generator_override_picks_the_workload():
+    settings = LoadSettings(DEFAULT_MODEL_DIR, default_cache_dir(), 1, 1, allow_cuda=False,
+                            default_generator="alpaca_eval:text_davinci_003")
+    davinci = PredictorLoader(settings).load()
+    prompt = [PromptInput("Explain how a transformer neural network works, step by step.", 14, "tiny-llama")]
+    shorter = davinci.predict(prompt)[0].quantiles[1].num_tokens
+    longer = _load(DEFAULT_MODEL_DIR).predict(prompt)[0].quantiles[1].num_tokens  # sharegpt (ChatGPT)
+    assert shorter < longer
+    with pytest.raises(ValueError, match="not one of"):
+        PredictorLoader(LoadSettings(DEFAULT_MODEL_DIR, default_cache_dir(), 1, 1, False, "nobody")).load()

@@ -17,6 +17,7 @@ from services.predictor import app  # noqa: E402
 from services.predictor.artifact import read_metadata  # noqa: E402
 from services.predictor.batcher import MicroBatcher  # noqa: E402
 from services.predictor.config import DEFAULT_MODEL_DIR, PredictorConfig  # noqa: E402
+from services.predictor.feedback_store import read_feedback  # noqa: E402
 from services.predictor.model import LengthDistribution, LengthQuantile, PromptInput  # noqa: E402
 
 PROMPTS = [
@@ -29,8 +30,12 @@ PROMPTS = [
 
 
 @pytest.fixture
-async def predictor():
-    handle = await app.start(PredictorConfig(port=0, max_inputs_per_request=8, max_batch_inputs=64))
+async def predictor(tmp_path):
+    config = PredictorConfig(
+        port=0, max_inputs_per_request=8, max_batch_inputs=64, feedback_dir=tmp_path / "feedback",
+        live_window_size=100, embedding_threads=1,
+    )
+    handle = await app.start(config)
     async with grpc.aio.insecure_channel(handle.address) as channel:
         yield handle, predictor_service_pb2_grpc.PredictorServiceStub(channel)
     await handle.stop(0.0)
@@ -82,14 +87,58 @@ async def test_concurrent_calls_each_get_their_own_answers(predictor):
         assert alone.predictions[0].quantiles[1].num_tokens == pytest.approx(batched.predictions[0].quantiles[1].num_tokens)
 
 
+def _finished(index: int, *, actual: int, p50: float, finish=common_pb2.FINISH_REASON_EOS, ours=True):
+    source = common_pb2.PREDICTION_SOURCE_PREDICTOR if ours else common_pb2.PREDICTION_SOURCE_FALLBACK
+    prediction = common_pb2.OutputLengthPrediction(
+        mean_tokens=p50, source=source, model_version="m1",
+        quantiles=[common_pb2.LengthQuantile(level=level, num_tokens=p50 * factor)
+                   for level, factor in ((0.1, 0.5), (0.5, 1.0), (0.9, 2.0))],
+    )
+    return predictor_service_pb2.FinishedRequest(
+        request_id=f"gw-{index}", prompt_text=f"prompt {index}", num_prompt_tokens=5, num_output_tokens=actual,
+        served_model="tiny", finish_reason=finish, max_tokens=512, prediction=prediction, finished_at_unix_s=1e9,
+    )
+
+
+async def test_feedback_is_stored_and_scored_in_stats(predictor, tmp_path):
+    handle, stub = predictor
+    reports = [_finished(i, actual=10 * (i + 1), p50=10.0 * (i + 1) + 5) for i in range(20)]
+    reports += [_finished(20, actual=300, p50=1.0, finish=common_pb2.FINISH_REASON_LENGTH)]  # censored: not scored
+    reports += [_finished(21, actual=300, p50=1.0, ours=False)]  # a fallback estimate: not scored
+    reports += [_finished(22, actual=7, p50=7.0, finish=common_pb2.FINISH_REASON_ABORTED)]  # ignored
+    reply = await stub.ReportFeedback(predictor_service_pb2.ReportFeedbackRequest(requests=reports), timeout=10)
+    assert (reply.num_accepted, reply.num_ignored) == (22, 1)
+    await stub.PredictOutputLength(_request(PROMPTS[:2]), timeout=10)
+    stats = await stub.GetStats(predictor_service_pb2.PredictorServiceGetStatsRequest(), timeout=10)
+    assert stats.model_version == read_metadata(DEFAULT_MODEL_DIR).model_version
+    assert stats.num_predictions == 2 and stats.num_batches >= 1 and "CPUExecutionProvider" in stats.execution_providers
+    assert (stats.num_feedback_accepted, stats.num_feedback_censored) == (22, 1)
+    assert (stats.live.num_requests, stats.live.window_size) == (20, 100)
+    assert stats.live.kendall_tau == pytest.approx(1.0) and stats.live.mae_tokens == pytest.approx(5.0)
+    assert stats.live.coverage_p90 == pytest.approx(1.0)
+    stored = list(read_feedback(tmp_path / "feedback"))
+    assert len(stored) == 22 and sum(record.censored for record in stored) == 1
+    assert stored[0].prompt_text == "prompt 0" and stored[0].predicted_p50_tokens == pytest.approx(15.0)
+    assert stored[21].predicted_p50_tokens is None  # the fallback one
+
+
+async def test_bad_feedback_is_invalid_argument(predictor):
+    _, stub = predictor
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ReportFeedback(predictor_service_pb2.ReportFeedbackRequest(), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "must not be empty" in raised.value.details()
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="intra_op_threads"):
         PredictorConfig(intra_op_threads=0)
     with pytest.raises(ValueError, match="max_batch_inputs"):
         PredictorConfig(max_inputs_per_request=300, max_batch_inputs=100)
-    config = PredictorConfig.from_args(["--port", "0", "--intra-op-threads", "2", "--cpu-only"])
+    with pytest.raises(ValueError, match="live_window_size"):
+        PredictorConfig(live_window_size=1)
+    config = PredictorConfig.from_args(["--port", "0", "--intra-op-threads", "2", "--cpu-only", "--feedback-dir", "fb"])
     assert (config.port, config.intra_op_threads, config.allow_cuda) == (0, 2, False)
-    assert config.model_dir == DEFAULT_MODEL_DIR
+    assert config.model_dir == DEFAULT_MODEL_DIR and str(config.feedback_dir) == "fb"
 
 
 def _fake_distribution(item: PromptInput) -> LengthDistribution:

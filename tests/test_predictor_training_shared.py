@@ -23,15 +23,17 @@ def test_training_on_shared_data_beats_prompt_length_baseline(tmp_path, capsys):
     argv = [
         "train", "--out", str(tmp_path / "model"), "--data-dir", str(SHARED_DATA_DIR), "--seed", "0",
         "--generator", "text_davinci_003", "--max-examples", "3000", "--max-trees", "80",
+        "--no-embedding",  # a fresh CI machine has no embedding cache: MiniLM on 3000 prompts takes minutes
     ]
     assert cli.main(argv) == 0
     assert time.monotonic() - started < 60
-    assert "kendall_tau_p50" in capsys.readouterr().out
+    assert "baseline_prompt_length" in capsys.readouterr().out
     metadata = read_metadata(tmp_path / "model")
     assert set(metadata.data_files_sha256) == {SHAREGPT_FILE, ALPACA_EVAL_FILE}
     assert all(len(digest) == 64 for digest in metadata.data_files_sha256.values())
+    assert metadata.generators == ("alpaca_eval:text_davinci_003", "sharegpt")
     sharegpt = metadata.heldout_metrics["sharegpt"]
-    assert sharegpt["num_examples"] > 300
-    assert sharegpt["kendall_tau_p50"] > max(0.1, sharegpt["baseline_tau_prompt_tokens"])
-    assert sharegpt["mae_p50_tokens"] < sharegpt["baseline_mae_train_median_tokens"]
-    assert 0.6 < metadata.heldout_metrics["all"]["coverage_p90"] <= 1.0
+    assert sharegpt["model"]["num_examples"] > 300
+    assert sharegpt["model"]["kendall_tau"] > max(0.1, sharegpt["baseline_prompt_length"]["kendall_tau"])
+    assert sharegpt["model"]["mae_tokens"] < sharegpt["baseline_train_median"]["mae_tokens"]
+    assert 0.6 < metadata.heldout_metrics["all"]["model"]["coverage_p90"] <= 1.0

@@ -1,25 +1,61 @@
-"""Starting the predictor service: load the model, start the micro-batcher, serve gRPC."""
+"""Starting the predictor service: load the model, start batcher and file watcher, serve gRPC."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 
 from services.common.contracts import predictor_service_pb2_grpc
 from services.common.server import ServiceHandle, start_server
 from services.predictor.batcher import MicroBatcher
 from services.predictor.config import PredictorConfig
-from services.predictor.model import LengthModel
+from services.predictor.feedback_intake import FeedbackIntake
+from services.predictor.feedback_store import FeedbackStore
+from services.predictor.live_accuracy import LiveAccuracyWindow
+from services.predictor.reload import LoadSettings, ModelHolder, PredictorLoader
 from services.predictor.servicer import SERVICE_NAME, PredictorServicer
 
 
-async def start(config: PredictorConfig) -> ServiceHandle:
-    """A serving predictor (tests use port 0); `await handle.stop()` shuts it down."""
-    model = await asyncio.to_thread(
-        LengthModel, config.model_dir, intra_op_threads=config.intra_op_threads, allow_cuda=config.allow_cuda
+@dataclass
+class PredictorHandle(ServiceHandle):
+    """A running predictor; tests reach its model holder and batcher through it."""
+
+    holder: ModelHolder | None = None  # the model serving now (reload counters)
+    batcher: MicroBatcher | None = None  # the micro-batcher (batch counters)
+
+
+def _load_settings(config: PredictorConfig) -> LoadSettings:
+    return LoadSettings(
+        model_dir=config.model_dir,
+        cache_dir=config.resolved_cache_dir,
+        tree_threads=config.intra_op_threads,
+        embedding_threads=config.embedding_threads,
+        allow_cuda=config.allow_cuda,
+        default_generator=config.default_generator,
     )
-    batcher = MicroBatcher(model.predict, max_batch_inputs=config.max_batch_inputs)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def start(config: PredictorConfig) -> PredictorHandle:
+    """A serving predictor (tests use port 0); `await handle.stop()` shuts it down."""
+    holder = await ModelHolder.open(PredictorLoader(_load_settings(config)))
+    store = FeedbackStore(config.feedback_dir) if config.feedback_dir is not None else None
+    intake = FeedbackIntake(LiveAccuracyWindow(config.live_window_size), store)
+    batcher = MicroBatcher(holder.predict, max_batch_inputs=config.max_batch_inputs)
     batcher.start()
-    servicer = PredictorServicer(batcher, max_inputs_per_request=config.max_inputs_per_request)
+    servicer = PredictorServicer(
+        batcher,
+        holder,
+        intake,
+        max_inputs_per_request=config.max_inputs_per_request,
+        max_feedback_per_request=config.max_feedback_per_request,
+    )
     try:
         running = await start_server(
             host=config.host,
@@ -32,4 +68,8 @@ async def start(config: PredictorConfig) -> ServiceHandle:
     except BaseException:
         await batcher.close()
         raise
-    return ServiceHandle(running, on_stop=[batcher.close])
+    on_stop = [batcher.close]
+    if config.reload_poll_interval_s > 0:
+        watcher = asyncio.create_task(holder.watch(config.reload_poll_interval_s), name="predictor-model-watch")
+        on_stop.insert(0, lambda: _cancel(watcher))
+    return PredictorHandle(running, on_stop=on_stop, holder=holder, batcher=batcher)

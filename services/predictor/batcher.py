@@ -49,6 +49,7 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._closed = False
         self.num_batches = 0  # batches run so far (for tests and metrics)
+        self.num_inputs = 0  # prompts predicted so far
 
     def start(self) -> None:
         """Starts the worker task on the running event loop."""
@@ -91,6 +92,7 @@ class MicroBatcher:
             _fail(batch, error)
             return
         self.num_batches += 1
+        self.num_inputs += len(flat)
         offset = 0
         for pending in batch:
             count = len(pending.inputs)

@@ -1,9 +1,10 @@
 """`alise predictor ...` / `python -m services.predictor.cli ...`: offline commands of the predictor.
 
-    train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator text_davinci_003 ...]
-          [--no-sharegpt] [--max-examples N] [--threads 2] [--max-trees 300]
-    eval  [--model-dir DIR] [--data-dir ...]   held-out metrics of a model on the split it was
-                                               trained with (same seed and sources)
+    train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
+          [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding] [--max-examples N]
+    eval  [--model-dir DIR] [--data FILE ...] [--generator G] [--out-dir DIR] [--name NAME]
+    bench [--model-dir DIR] [--num-requests N] [--concurrency 32] [--out FILE]
+    export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graph now (install step)
 
 Serving is `python -m services.predictor` (see __main__.py).
 """
@@ -15,98 +16,113 @@ import sys
 from pathlib import Path
 
 from services.predictor.config import DEFAULT_MODEL_DIR
+from services.predictor.embedding import default_cache_dir
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-_METRICS_SHOWN = (
-    "num_examples", "kendall_tau_p50", "kendall_tau_mean", "baseline_tau_prompt_tokens",
-    "mae_p50_tokens", "mae_mean_tokens", "baseline_mae_train_median_tokens",
-    "coverage_p10", "coverage_p50", "coverage_p90",
-)
+DEFAULT_EVAL_DIR = Path("runs") / "predictor"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alise predictor", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a length model and write it as ONNX + metadata.json")
     train.add_argument("--out", type=Path, required=True, help="output model directory")
     train.add_argument("--seed", type=int, default=0, help="seed of split, subsampling and XGBoost")
     train.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
     train.add_argument("--generator", action="append", default=[],
                        help="add this AlpacaEval generator's answers (repeatable), e.g. text_davinci_003")
+    train.add_argument("--all-generators", action="store_true", help="add all 10 AlpacaEval generators")
     train.add_argument("--no-sharegpt", action="store_true", help="leave the ShareGPT first turns out")
+    train.add_argument("--from-feedback", type=Path, default=None,
+                       help="add the served model's recorded lengths from this feedback directory")
+    train.add_argument("--include-censored", action="store_true",
+                       help="with --from-feedback: count LENGTH-capped requests with their cap as length")
+    train.add_argument("--default-generator", default="", help="generator served by default ('' = automatic)")
+    train.add_argument("--no-embedding", action="store_true", help="lexical features only (no MiniLM)")
+    train.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     train.add_argument("--heldout-fraction", type=float, default=0.2, help="share of prompts held out")
     train.add_argument("--max-examples", type=int, default=0, help="subsample to this many (0 = all)")
-    train.add_argument("--threads", type=int, default=2, help="XGBoost threads")
-    train.add_argument("--max-trees", type=int, default=300, help="boosting rounds per head")
+    train.add_argument("--threads", type=int, default=2, help="XGBoost and ONNX Runtime threads")
+    train.add_argument("--max-trees", type=int, default=600, help="boosting rounds per head")
     train.add_argument("--max-depth", type=int, default=6, help="tree depth")
-    evaluate = commands.add_parser("eval", help="held-out metrics of a trained model")
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="a model vs both baselines on data files (JSON + PNG)")
     evaluate.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
+    evaluate.add_argument("--data", type=Path, action="append", default=[],
+                          help="data file (ShareGPT, AlpacaEval or JSONL with prompt and output_tokens); "
+                               "repeatable; default: the model's training files, held-out rows")
     evaluate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
+    evaluate.add_argument("--generator", default="", help="generator column for plain JSONL rows")
+    evaluate.add_argument("--heldout-only", action="store_true", help="keep only held-out groups of every file")
+    evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
+    evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
+    evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
+    evaluate.add_argument("--name", default="eval", help="file name stem of the JSON and PNG")
+    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the embedding")
+    evaluate.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alise predictor", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_eval(commands)
+    from services.predictor.bench import add_bench_parser
+
+    add_bench_parser(commands)
+    export = commands.add_parser("export-embedding", help="build the cached MiniLM ONNX graph now")
+    export.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default ~/.cache/alise)")
     return parser
 
 
-def print_metrics(metrics: dict[str, dict[str, float]]) -> None:
-    """One row per headline metric, one column per split (all, then each source)."""
-    splits = list(metrics)
-    print("held-out metrics:")
-    print(f"  {'':<34}" + "".join(f"{name:>30}" for name in splits))
-    for name in _METRICS_SHOWN:
-        cells = "".join(f"{metrics[split].get(name, float('nan')):>30.4g}" for split in splits)
-        print(f"  {name:<34}{cells}")
-
-
 def _train(args: argparse.Namespace) -> int:
+    from services.predictor.data import ALPACA_EVAL_GENERATORS
+    from services.predictor.eval_report import format_table
     from services.predictor.train import TrainSettings, run_training
 
+    use_sharegpt = not args.no_sharegpt
+    if args.from_feedback is not None and not args.data_dir.is_dir() and use_sharegpt and not args.generator:
+        print(f"{args.data_dir} not found: training on the feedback only", flush=True)
+        use_sharegpt = False
     settings = TrainSettings(
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        seed=args.seed,
-        generators=tuple(args.generator),
-        use_sharegpt=not args.no_sharegpt,
-        heldout_fraction=args.heldout_fraction,
-        max_examples=args.max_examples,
-        num_threads=args.threads,
-        max_trees=args.max_trees,
-        max_depth=args.max_depth,
+        data_dir=args.data_dir, out_dir=args.out, seed=args.seed,
+        generators=ALPACA_EVAL_GENERATORS if args.all_generators else tuple(args.generator),
+        use_sharegpt=use_sharegpt, feedback_dir=args.from_feedback, include_censored=args.include_censored,
+        default_generator=args.default_generator, use_embedding=not args.no_embedding, cache_dir=args.cache_dir,
+        heldout_fraction=args.heldout_fraction, max_examples=args.max_examples, num_threads=args.threads,
+        max_trees=args.max_trees, max_depth=args.max_depth,
     )
     metadata = run_training(settings, progress=lambda line: print(line, flush=True))
-    print_metrics(metadata.heldout_metrics)
+    print("held-out metrics:")
+    print(format_table(metadata.heldout_metrics))
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from services.predictor import data
-    from services.predictor.data import ALPACA_EVAL_SOURCE_PREFIX, SOURCE_SHAREGPT
-    from services.predictor.model import LengthModel
-    from services.predictor.train import TrainSettings, evaluate, load_examples
+def _export_embedding(args: argparse.Namespace) -> int:
+    from services.predictor.embedding import ensure_embedding_model
 
-    model = LengthModel(args.model_dir, allow_cuda=False)
-    meta = model.metadata
-    prefix = ALPACA_EVAL_SOURCE_PREFIX
-    generators = tuple(source[len(prefix) :] for source in meta.sources if source.startswith(prefix))
-    settings = TrainSettings(
-        data_dir=args.data_dir, out_dir=args.model_dir, seed=meta.seed, generators=generators,
-        use_sharegpt=SOURCE_SHAREGPT in meta.sources,
-        heldout_fraction=float(meta.training.get("heldout_fraction", 0.2)),
-        max_examples=int(meta.training.get("max_examples", 0)),
-    )
-    examples, hashes = load_examples(settings)
-    if hashes != meta.data_files_sha256:
-        print("warning: data files differ from the ones the model was trained on", file=sys.stderr)
-    examples = data.subsample(examples, max_examples=settings.max_examples, seed=settings.seed)
-    _, heldout = data.split_by_group(examples, heldout_fraction=settings.heldout_fraction, seed=settings.seed)
-    train_median = float(meta.training.get("train_median_tokens", 0.0))
-    print(f"model {meta.model_version}: {len(heldout)} held-out examples")
-    print_metrics(evaluate(model, heldout, train_median_tokens=train_median))
+    path = ensure_embedding_model(args.cache_dir or default_cache_dir(), progress=lambda line: print(line, flush=True))
+    print(f"embedding graph: {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `alise predictor`; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if getattr(args, "cache_dir", None) is None and args.command in ("eval", "bench"):
+        args.cache_dir = default_cache_dir()
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            from services.predictor.eval_cmd import run_eval
+
+            return run_eval(args)
+        if args.command == "bench":
+            from services.predictor.bench import run_bench
+
+            return run_bench(args)
+        return _export_embedding(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"alise predictor {args.command}: error: {error}", file=sys.stderr)
         return 2

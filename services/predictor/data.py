@@ -12,6 +12,7 @@ features absorb.
 
 from __future__ import annotations
 
+import enum
 import gzip
 import hashlib
 import json
@@ -25,6 +26,20 @@ SHAREGPT_FILE = "sharegpt/sharegpt_v3_first_turn.dev.jsonl.gz"
 ALPACA_EVAL_FILE = "alpaca_eval/model_outputs_10_generators.dev.jsonl.gz"
 SOURCE_SHAREGPT = "sharegpt"
 ALPACA_EVAL_SOURCE_PREFIX = "alpaca_eval:"
+JSONL_SOURCE_PREFIX = "jsonl:"
+# The generators of ALPACA_EVAL_FILE (see ../shared/data/README.md).
+ALPACA_EVAL_GENERATORS: tuple[str, ...] = (
+    "text_davinci_003", "alpaca-7b", "vicuna-7b", "llama-2-7b-chat-hf", "Meta-Llama-3-8B-Instruct",
+    "Mistral-7B-Instruct-v0.2", "Qwen1.5-7B-Chat", "gpt-3.5-turbo-0613", "gpt4_1106_preview", "gpt-4o-2024-05-13",
+)
+
+
+class DataFormat(enum.Enum):
+    """Record layouts `load_file` understands, told apart by their fields."""
+
+    SHAREGPT = "sharegpt"  # prompt, response_llama2_tokens, ...
+    ALPACA_EVAL = "alpaca_eval"  # generator, instruction, output_llama2_tokens, ...
+    PLAIN = "plain"  # prompt, output_tokens [, prompt_tokens, id]
 
 
 @dataclass(frozen=True)
@@ -48,40 +63,68 @@ def file_sha256(path: Path) -> str:
 
 
 def _read_jsonl_gz(path: Path) -> Iterator[dict]:
+    """Records of a JSONL file, gzip-compressed when its name ends in .gz."""
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    with gzip.open(path, "rt", encoding="utf-8") as stream:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as stream:
         for line in stream:
             if line.strip():
                 yield json.loads(line)
 
 
-def load_sharegpt(data_dir: Path) -> list[LengthExample]:
-    """ShareGPT first turns with a non-empty prompt and answer, in file order."""
-    examples = []
-    for record in _read_jsonl_gz(data_dir / SHAREGPT_FILE):
-        num_prompt_tokens = int(record["prompt_llama2_tokens"])
-        num_output_tokens = int(record["response_llama2_tokens"])
-        if num_prompt_tokens < 1 or num_output_tokens < 1:
-            continue
-        conversation_id = str(record["id"]).rsplit("_", 1)[0]  # "QWJhYvA_0" -> "QWJhYvA"
-        examples.append(
-            LengthExample(
-                prompt_text=record["prompt"],
-                num_prompt_tokens=num_prompt_tokens,
-                num_output_tokens=num_output_tokens,
-                source=SOURCE_SHAREGPT,
-                group_id=f"{SOURCE_SHAREGPT}:{conversation_id}",
-            )
+def _prompt_key(prompt: str) -> str:
+    """Prompts equal up to case and whitespace share a key (a conversation shared twice, "hi")."""
+    return "prompt:" + hashlib.sha256(" ".join(prompt.lower().split()).encode("utf-8")).hexdigest()[:16]
+
+
+def _connected_groups(links: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Union-find over linked keys: key -> the smallest key of its connected component."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for first, second in links:
+        low, high = sorted((root(first), root(second)))
+        parent[high] = low
+    return {key: root(key) for key in parent}
+
+
+def load_sharegpt(data_dir: Path, *, path: Path | None = None) -> list[LengthExample]:
+    """ShareGPT first turns with a non-empty prompt and answer, in file order.
+
+    Groups join the chunks of one conversation and every record with the same prompt text (the
+    same conversation is often shared more than once, with near-identical answers): otherwise a
+    copy in training would answer its twin in the held-out split.
+    """
+    kept = []
+    for record in _read_jsonl_gz(path or data_dir / SHAREGPT_FILE):
+        if int(record["prompt_llama2_tokens"]) >= 1 and int(record["response_llama2_tokens"]) >= 1:
+            conversation = "conversation:" + str(record["id"]).rsplit("_", 1)[0]  # "QWJhYvA_0" -> "QWJhYvA"
+            kept.append((record, conversation, _prompt_key(record["prompt"])))
+    groups = _connected_groups([(conversation, prompt) for _, conversation, prompt in kept])
+    return [
+        LengthExample(
+            prompt_text=record["prompt"],
+            num_prompt_tokens=int(record["prompt_llama2_tokens"]),
+            num_output_tokens=int(record["response_llama2_tokens"]),
+            source=SOURCE_SHAREGPT,
+            group_id=f"{SOURCE_SHAREGPT}:{groups[conversation]}",
         )
-    return examples
+        for record, conversation, _ in kept
+    ]
 
 
-def load_alpaca_eval(data_dir: Path, generators: Sequence[str]) -> list[LengthExample]:
+def load_alpaca_eval(data_dir: Path, generators: Sequence[str], *, path: Path | None = None) -> list[LengthExample]:
     """AlpacaEval answers of the named generators; ValueError naming the valid ones if unknown."""
     wanted = set(generators)
     examples, seen_generators = [], set()
-    for record in _read_jsonl_gz(data_dir / ALPACA_EVAL_FILE):
+    for record in _read_jsonl_gz(path or data_dir / ALPACA_EVAL_FILE):
         generator = record["generator"]
         seen_generators.add(generator)
         num_output_tokens = int(record["output_llama2_tokens"])
@@ -103,18 +146,29 @@ def load_alpaca_eval(data_dir: Path, generators: Sequence[str]) -> list[LengthEx
     return examples
 
 
+def is_heldout(group_id: str, *, heldout_fraction: float, seed: int) -> bool:
+    """Whether a group is held out: a hash of (seed, group id), so the split of one group never
+    depends on which other examples are loaded (a file evaluated later splits the same way)."""
+    digest = hashlib.sha256(f"{seed}:{group_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < heldout_fraction
+
+
+def group_fold(group_id: str, *, num_folds: int, seed: int) -> int:
+    """A fold in [0, num_folds) from a hash of (seed, group id), like `is_heldout`."""
+    digest = hashlib.sha256(f"fold:{seed}:{group_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_folds
+
+
 def split_by_group(
     examples: Sequence[LengthExample], *, heldout_fraction: float, seed: int
 ) -> tuple[list[LengthExample], list[LengthExample]]:
-    """(train, held-out): whole groups go to one side; deterministic for a given seed and input."""
+    """(train, held-out): whole groups go to one side, chosen by `is_heldout`; order is kept."""
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    group_ids = sorted({example.group_id for example in examples})
-    order = np.random.default_rng(seed).permutation(len(group_ids))
-    num_heldout_groups = max(1, round(heldout_fraction * len(group_ids)))
-    heldout_groups = {group_ids[index] for index in order[:num_heldout_groups]}
-    train = [example for example in examples if example.group_id not in heldout_groups]
-    heldout = [example for example in examples if example.group_id in heldout_groups]
+    train, heldout = [], []
+    for example in examples:
+        side = heldout if is_heldout(example.group_id, heldout_fraction=heldout_fraction, seed=seed) else train
+        side.append(example)
     return train, heldout
 
 
@@ -124,3 +178,54 @@ def subsample(examples: Sequence[LengthExample], *, max_examples: int, seed: int
         return list(examples)
     chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=max_examples, replace=False))
     return [examples[index] for index in chosen]
+
+
+def load_plain_jsonl(path: Path) -> list[LengthExample]:
+    """`{"prompt": ..., "output_tokens": N[, "prompt_tokens": N, "id": ...]}` lines (a user's logs).
+
+    A missing prompt_tokens is 0 (estimated from the characters, features.py); the group is the id,
+    else the prompt text, so repeated prompts stay on one side of a split.
+    """
+    examples = []
+    for number, record in enumerate(_read_jsonl_gz(path), start=1):
+        if "prompt" not in record or "output_tokens" not in record:
+            raise ValueError(f"{path} line {number}: needs 'prompt' and 'output_tokens' fields")
+        num_output_tokens = int(record["output_tokens"])
+        if num_output_tokens < 1:
+            continue
+        prompt = str(record["prompt"])
+        group = str(record.get("id") or hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16])
+        examples.append(
+            LengthExample(
+                prompt_text=prompt,
+                num_prompt_tokens=int(record.get("prompt_tokens", 0)),
+                num_output_tokens=num_output_tokens,
+                source=JSONL_SOURCE_PREFIX + path.name,
+                group_id=f"jsonl:{group}",
+            )
+        )
+    return examples
+
+
+def detect_format(path: Path) -> DataFormat:
+    """The layout of a data file, from the fields of its first record."""
+    first = next(_read_jsonl_gz(path), None)
+    if first is None:
+        raise ValueError(f"{path} holds no records")
+    if "response_llama2_tokens" in first and "prompt" in first:
+        return DataFormat.SHAREGPT
+    if "generator" in first and "output_llama2_tokens" in first:
+        return DataFormat.ALPACA_EVAL
+    if "prompt" in first and "output_tokens" in first:
+        return DataFormat.PLAIN
+    raise ValueError(f"{path}: unknown record layout (fields {sorted(first)}); plain files need prompt and output_tokens")
+
+
+def load_file(path: Path, generators: Sequence[str] = ALPACA_EVAL_GENERATORS) -> list[LengthExample]:
+    """Examples of any supported data file (AlpacaEval: the named generators' answers)."""
+    data_format = detect_format(path)
+    if data_format is DataFormat.SHAREGPT:
+        return load_sharegpt(path.parent, path=path)
+    if data_format is DataFormat.ALPACA_EVAL:
+        return load_alpaca_eval(path.parent, generators, path=path)
+    return load_plain_jsonl(path)

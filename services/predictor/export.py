@@ -102,7 +102,10 @@ def merge_heads(heads: Sequence[Head], num_features: int) -> onnx.ModelProto:
         initializer=graph_parts["initializers"],
     )
     first = head_models[0]
-    merged = helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="alise")
+    # Sorted: the converter lists opsets in set order, which varies between runs (hash seeds), and
+    # the bytes (hence model_version) must depend on the model alone.
+    opsets = sorted(first.opset_import, key=lambda opset: opset.domain)
+    merged = helper.make_model(graph, opset_imports=opsets, producer_name="alise")
     merged.ir_version = first.ir_version
     onnx.checker.check_model(merged)
     return merged

