@@ -6,7 +6,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Sequence
 
-from services.common.flags import add_server_flags, is_host_port, validate_port
+from services.common.flags import add_server_flags, validate_port
+from services.gateway.replica_discovery import parse_targets
+from services.gateway.routing import ROUTING_POLICIES
 
 DEFAULT_PORT = 50051
 
@@ -15,8 +17,8 @@ DEFAULT_PORT = 50051
 class GatewayConfig:
     """Configuration of one gateway process; invalid values raise ValueError in __post_init__."""
 
-    engine_address: str  # host:port of the EngineService replica requests are forwarded to
-    predictor_address: str = ""  # host:port of the PredictorService; "" = no predictor (fallbacks only)
+    engine_address: str  # host:port[,host:port...]; every address a name resolves to is one engine replica
+    predictor_address: str = ""  # the same for PredictorService replicas; "" = no predictor (fallbacks only)
     predictor_timeout_ms: int = 50  # deadline of one PredictOutputLength call before falling back
     tokenizer: str = ""  # tokenizer spec for load_tokenizer; "" = the one the engine's GetModelInfo names
     default_max_tokens: int = 256  # max_tokens when the client leaves it unset (clipped to the context room)
@@ -30,12 +32,23 @@ class GatewayConfig:
     port: int = DEFAULT_PORT  # TCP port (0 = the OS picks one)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     drain_seconds: float = 5.0  # on SIGTERM, how long in-flight calls may finish
+    engine_routing: str = "least-work"  # a RoutingPolicy value: least-work or round-robin
+    discovery_interval_s: float = 5.0  # between two DNS lookups of the peer names (finds added/removed replicas)
+    health_check_interval_s: float = 0.5  # between two health checks (and stats polls) of one replica
+    health_check_timeout_s: float = 1.0  # deadline of one health check; silence counts as a failure
+    max_health_failures: int = 3  # failed checks in a row that mark a replica down and abort its streams
+    max_engine_attempts: int = 2  # engine replicas tried per request before its first message
+    feedback_queue_size: int = 4096  # finished-request reports waiting for the predictor; 0 = none sent
 
     def __post_init__(self) -> None:
-        if not is_host_port(self.engine_address):
-            raise ValueError(f"engine_address must be host:port, got {self.engine_address!r}")
-        if self.predictor_address and not is_host_port(self.predictor_address):
-            raise ValueError(f"predictor_address must be host:port or empty, got {self.predictor_address!r}")
+        for name in ("engine_address", "predictor_address"):
+            try:
+                targets = parse_targets(getattr(self, name))
+            except ValueError as error:
+                raise ValueError(f"{name} must be host:port[,host:port...]: {error}") from None
+            if name == "engine_address" and not targets:
+                raise ValueError("engine_address must be host:port[,host:port...], got ''")
+        self._validate_replica_settings()
         for name in (
             "predictor_timeout_ms",
             "default_max_tokens",
@@ -56,6 +69,18 @@ class GatewayConfig:
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         validate_port(self.port)
+        if self.feedback_queue_size < 0:
+            raise ValueError(f"feedback_queue_size must be >= 0, got {self.feedback_queue_size}")
+
+    def _validate_replica_settings(self) -> None:
+        if self.engine_routing not in ROUTING_POLICIES:
+            raise ValueError(f"engine_routing must be one of {ROUTING_POLICIES}, got {self.engine_routing!r}")
+        for name in ("discovery_interval_s", "health_check_interval_s", "health_check_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_health_failures", "max_engine_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def predictor_timeout_s(self) -> float:
@@ -67,8 +92,13 @@ class GatewayConfig:
         """Parses `python -m services.gateway` flags; argparse exits with a usage message on bad flags."""
         parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
         add_server_flags(parser, default_port=DEFAULT_PORT)
-        parser.add_argument("--engine-address", required=True, help="host:port of the engine")
-        parser.add_argument("--predictor-address", default="", help="host:port of the predictor ('' = none)")
+        parser.add_argument(
+            "--engine-address", required=True,
+            help="host:port[,host:port...] of the engines; a name resolving to several addresses "
+            "(compose service, Kubernetes headless Service) is one replica per address",
+        )
+        parser.add_argument("--predictor-address", default="", help="the same for predictors ('' = none)")
+        _add_replica_flags(parser)
         parser.add_argument("--predictor-timeout-ms", type=int, default=50)
         parser.add_argument("--tokenizer", default="", help="tokenizer spec ('' = ask the engine)")
         parser.add_argument("--default-max-tokens", type=int, default=256)
@@ -77,6 +107,8 @@ class GatewayConfig:
         parser.add_argument("--max-request-id-chars", type=int, default=128)
         parser.add_argument("--fallback-output-tokens", type=int, default=256)
         parser.add_argument("--model-info-timeout-s", type=float, default=2.0)
+        parser.add_argument("--feedback-queue-size", type=int, default=4096,
+                            help="finished requests queued for the predictor's feedback (0 = off)")
         args = parser.parse_args(argv)
         try:
             return cls(
@@ -94,8 +126,29 @@ class GatewayConfig:
                 port=args.port,
                 log_level=args.log_level,
                 drain_seconds=args.drain_seconds,
+                **{name: getattr(args, name) for name in _REPLICA_FIELDS},
+                feedback_queue_size=args.feedback_queue_size,
             )
         except ValueError as error:
             parser.error(str(error))
             raise  # unreachable: parser.error exits
 
+
+_REPLICA_FIELDS = (
+    "engine_routing",
+    "discovery_interval_s",
+    "health_check_interval_s",
+    "health_check_timeout_s",
+    "max_health_failures",
+    "max_engine_attempts",
+)
+
+
+def _add_replica_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of replica discovery, health checking and routing (dest names = _REPLICA_FIELDS)."""
+    parser.add_argument("--engine-routing", default="least-work", choices=ROUTING_POLICIES)
+    parser.add_argument("--discovery-interval-s", type=float, default=5.0, help="DNS re-resolve period")
+    parser.add_argument("--health-check-interval-s", type=float, default=0.5)
+    parser.add_argument("--health-check-timeout-s", type=float, default=1.0)
+    parser.add_argument("--max-health-failures", type=int, default=3, help="failed checks = replica down")
+    parser.add_argument("--max-engine-attempts", type=int, default=2, help="replicas tried per request")

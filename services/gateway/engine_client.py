@@ -59,6 +59,10 @@ class EngineClient:
             tokenizer_spec=reply.tokenizer,
         )
 
+    async def get_stats(self, timeout_s: float) -> engine_service_pb2.EngineServiceGetStatsResponse:
+        """One GetStats call (load figures for routing); raises grpc.aio.AioRpcError on failure."""
+        return await self._stub.GetStats(engine_service_pb2.EngineServiceGetStatsRequest(), timeout=timeout_s)
+
     async def generate(
         self, request: engine_service_pb2.EngineServiceGenerateRequest, *, timeout_s: float | None
     ) -> AsyncIterator[engine_service_pb2.EngineServiceGenerateResponse]:

@@ -1,7 +1,7 @@
 """One generation end to end: validate, predict, forward to the engine, relay tokens and text.
 
     GenerateRequest -> resolve_generate_request -> OutputLengthEstimator.estimate
-                    -> EngineClient.generate (stream) -> OutputAssembler (detokenize, stop strings)
+                    -> EnginePool.generate (stream from one replica) -> OutputAssembler (detokenize, stop strings)
                     -> GeneratedChunk ... (the last one carries a FinishSummary)
 
 The engine sees a gateway-made request id (`gw-<uuid>`), unique among all requests of all clients,
@@ -24,7 +24,9 @@ from typing import AsyncIterator, Callable
 from services.common.contracts import common_pb2, engine_service_pb2, gateway_service_pb2
 from services.common.errors import AliseError, DeadlineExceeded
 from services.gateway.detokenizer import IncrementalDetokenizer
-from services.gateway.engine_client import EngineClient, build_engine_request
+from services.gateway.engine_client import build_engine_request
+from services.gateway.engine_pool import EnginePool
+from services.gateway.feedback import FeedbackReporter, FinishedGeneration
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
 from services.gateway.stop_strings import StopStringMatcher
@@ -64,13 +66,15 @@ class GenerationPipeline:
         self,
         served_models: ServedModelCache,
         estimator: OutputLengthEstimator,
-        engine: EngineClient,
+        engine: EnginePool,
         limits: RequestLimits,
+        feedback: FeedbackReporter | None = None,
     ) -> None:
         self._served_models = served_models
         self._estimator = estimator
         self._engine = engine
         self._limits = limits
+        self._feedback = feedback  # None = finished requests are not reported to the predictor
 
     async def generate(
         self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining
@@ -90,6 +94,10 @@ class GenerationPipeline:
         async with contextlib.aclosing(stream):
             async for message in stream:
                 chunk = assembler.on_engine_message(message)
+                if chunk.finish is not None and self._feedback is not None:  # before the yield: the
+                    self._feedback.report_finish(  # client may close the stream at it
+                        _finished_generation(engine_request.request_id, query, chunk.finish)
+                    )
                 yield chunk
                 if chunk.finish is not None:
                     return  # leaving the block cancels the engine call if it is still running
@@ -186,4 +194,18 @@ def _prediction_query(
         served_model=served.info.model_name,
         max_tokens=request.sampling.max_tokens,
         expected_output_tokens=request.expected_output_tokens,
+    )
+
+
+def _finished_generation(request_id: str, query: PredictionQuery, finish: FinishSummary) -> FinishedGeneration:
+    """The feedback report of a finished request (the predictor learns the served model's lengths)."""
+    return FinishedGeneration(
+        request_id=request_id,
+        prompt_text=query.prompt_text,
+        num_prompt_tokens=query.num_prompt_tokens,
+        num_output_tokens=finish.num_completion_tokens,
+        served_model=query.served_model,
+        finish_reason=finish.finish_reason,
+        max_tokens=query.max_tokens,
+        prediction=finish.prediction,
     )

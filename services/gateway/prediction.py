@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.common.contracts import common_pb2, predictor_service_pb2, predictor_service_pb2_grpc
+from services.common.errors import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ async def _ask_predictor(
         reply = await stub.PredictOutputLength(request, timeout=timeout_s)
     except grpc.aio.AioRpcError as error:
         log.debug("predictor gave no answer (%s: %s); falling back", error.code().name, error.details())
+        return None
+    except NotReady as error:  # a predictor pool with no serving replica
+        log.debug("%s; falling back", error)
         return None
     except Exception as error:  # noqa: BLE001 - the predictor must never fail a request
         log.warning("predictor call failed unexpectedly (%r); falling back", error)

@@ -1,0 +1,94 @@
+"""Predicted outstanding work of one engine replica: its last polled stats plus this gateway's
+own traffic since that poll.
+
+The engine reports (GetStats) the predicted remaining output tokens of everything it holds and that
+figure in seconds. A poll every few hundred ms is too slow on its own: a burst of requests arriving
+between two polls would all see the same figure and all go to the same replica. So the gateway
+keeps its own ledger of what it sent and moves the figure with it:
+
+    offset_tokens      = polled_tokens - mine_at_poll        (work of other gateways, and the
+                                                              engine's corrections of mine)
+    outstanding_tokens = max(0, offset_tokens + mine_now)    mine_* = sum over this gateway's live
+                                                              requests of their remaining tokens
+    outstanding_s      = outstanding_tokens * seconds_per_token
+
+So between polls the estimate moves exactly with this gateway's sends, streamed tokens and finishes;
+at each poll it snaps back to the engine's own figure. A request's remaining tokens mirror the
+engine's rule: max(1, min(predicted - generated, max_tokens - generated)) while it is live.
+seconds_per_token is the engine's own rate (polled seconds / polled tokens), as the median of its
+last RATE_WINDOW answers: the engine derives it from its last step alone, and a step that was mostly
+prefill (many tokens in, one sampled) reports a rate many times the usual, which a median ignores.
+Before an engine has reported a rate, the caller supplies a default (e.g. the other replicas').
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import statistics
+from dataclasses import dataclass
+
+RATE_WINDOW = 9  # polled seconds-per-token figures the median is taken over (~4.5 s at 0.5 s polls)
+
+
+@dataclass
+class InFlightRequest:
+    """One request this gateway has sent to the replica and not yet seen finish."""
+
+    request_key: int  # unique within the tracker
+    predicted_output_tokens: float  # the prediction the engine schedules with (> 0)
+    max_tokens: int  # the request's max_tokens (the engine never generates more)
+    num_received_tokens: int = 0  # output tokens streamed back so far
+
+    @property
+    def remaining_tokens(self) -> float:
+        """Predicted output tokens still to come (at least 1 while live), as the engine counts them."""
+        left_by_prediction = self.predicted_output_tokens - self.num_received_tokens
+        left_by_limit = self.max_tokens - self.num_received_tokens
+        return max(1.0, min(left_by_prediction, left_by_limit))
+
+
+class ReplicaLoadTracker:
+    """The ledger above for one replica; all methods run on the event loop (no locking)."""
+
+    def __init__(self) -> None:
+        self._live: dict[int, InFlightRequest] = {}
+        self._keys = itertools.count()
+        self._offset_tokens = 0.0  # polled tokens minus this gateway's share at poll time
+        self.seconds_per_token: float | None = None  # engine's drain rate; None until reported
+        self._recent_rates: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
+        self.num_polls = 0  # stats answers received
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._live)
+
+    def begin(self, predicted_output_tokens: float, max_tokens: int) -> InFlightRequest:
+        """Records a request about to be sent."""
+        request = InFlightRequest(next(self._keys), max(1.0, predicted_output_tokens), max_tokens)
+        self._live[request.request_key] = request
+        return request
+
+    def end(self, request: InFlightRequest) -> None:
+        """The request finished, failed or was cancelled: it no longer loads the replica."""
+        self._live.pop(request.request_key, None)
+
+    def mine_tokens(self) -> float:
+        """Remaining predicted tokens of this gateway's live requests."""
+        return sum(request.remaining_tokens for request in self._live.values())
+
+    def on_stats(self, polled_tokens: float, polled_work_s: float, mine_at_poll: float) -> None:
+        """A GetStats answer; mine_at_poll = mine_tokens() when the poll was sent."""
+        self.num_polls += 1
+        self._offset_tokens = polled_tokens - mine_at_poll
+        if polled_tokens > 0 and polled_work_s > 0:
+            self._recent_rates.append(polled_work_s / polled_tokens)
+            self.seconds_per_token = statistics.median(self._recent_rates)
+
+    def outstanding_tokens(self) -> float:
+        return max(0.0, self._offset_tokens + self.mine_tokens())
+
+    def outstanding_work_s(self, default_seconds_per_token: float) -> float:
+        """Predicted seconds of work queued on the replica (its rate, or the default before it has one)."""
+        rate = self.seconds_per_token if self.seconds_per_token is not None else default_seconds_per_token
+        return self.outstanding_tokens() * rate

@@ -1,0 +1,204 @@
+"""Every engine replica behind the gateway's --engine-address, and the choice of one per request.
+
+    request -> candidates: SERVING replicas; else UNKNOWN ones (just discovered); else all the
+               others as a last resort (health may be stale: such a call fails fast if really down)
+            -> policy (routing.py): least predicted outstanding work, or round-robin
+            -> stream from that replica, moving its ledger (engine_load) with every message
+
+Failures before the first message is relayed (the replica refused: UNAVAILABLE while it died or
+drains, RESOURCE_EXHAUSTED when its queue is full) are retried on another replica, up to
+max_attempts in all, within the client's deadline: the client has seen nothing yet, so this is safe.
+After the first message an error ends the client's stream with that error's status.
+
+A stream on a replica that goes DOWN (engine_replica) is aborted when its channel is replaced; the
+client gets UNAVAILABLE naming the replica, within max_failures checks of it going silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from services.common.contracts import engine_service_pb2
+from services.common.errors import AliseError, DeadlineExceeded, NotReady, Overloaded
+from services.gateway.engine_replica import ChannelFactory, EngineReplica, ReplicaReport
+from services.gateway.model_info import ModelInfo
+from services.gateway.replica_discovery import Resolve, resolve_target
+from services.gateway.replica_health import HealthSettings, ReplicaState
+from services.gateway.replica_set import ReplicaSet
+from services.gateway.routing import ReplicaLoad, RoutingPolicy, pick_replica
+
+log = logging.getLogger(__name__)
+
+# The engine's scheduling prior for a request that carries no prediction (services/engine/admission.py).
+ENGINE_PRIOR_OUTPUT_TOKENS = 256.0
+# Work in seconds per predicted token while no replica has reported a rate: routing then compares tokens.
+UNMEASURED_SECONDS_PER_TOKEN = 1.0
+_RETRYABLE = (NotReady, Overloaded)
+
+
+@dataclass(frozen=True)
+class EnginePoolSettings:
+    """How the pool finds, checks and chooses engines (a slice of GatewayConfig)."""
+
+    spec: str  # --engine-address: comma-separated host:port entries, each resolved to all its addresses
+    policy: RoutingPolicy  # how a replica is chosen per request
+    health: HealthSettings  # health-check cadence, deadline and failure threshold
+    discovery_interval_s: float  # seconds between two DNS lookups of the spec's names
+    max_attempts: int  # replicas tried per request before its first message (>= 1)
+
+
+class EnginePool:
+    """Chooses an engine replica per request and relays its stream (same interface as EngineClient)."""
+
+    def __init__(
+        self, settings: EnginePoolSettings, make_channel: ChannelFactory, *, resolve: Resolve = resolve_target
+    ) -> None:
+        self._settings = settings
+        self.address = settings.spec  # what error messages name as "the engine"
+        self._replicas: ReplicaSet[EngineReplica] = ReplicaSet(
+            settings.spec,
+            discovery_interval_s=settings.discovery_interval_s,
+            create=lambda address: EngineReplica(address, make_channel=make_channel, health=settings.health),
+            resolve=resolve,
+        )
+        self._num_decisions = 0  # routing decisions so far (round-robin position and tie-breaker)
+
+    async def start(self) -> None:
+        await self._replicas.start()
+
+    async def close(self) -> None:
+        await self._replicas.close()
+
+    def reports(self) -> list[ReplicaReport]:
+        """A snapshot of every replica (retiring ones included), in address order."""
+        rate = self._default_seconds_per_token()
+        return [self._replicas.replicas[a].report(rate) for a in sorted(self._replicas.replicas)]
+
+    async def get_model_info(self, timeout_s: float) -> ModelInfo:
+        """GetModelInfo from the first replica that answers, healthiest first."""
+        replicas = sorted(self._replicas.active(), key=lambda r: _STATE_ORDER[r.health.state])
+        error = NotReady(f"engine unavailable: no replica of {self.address} has been resolved yet")
+        for replica in replicas:
+            try:
+                return await replica.client.get_model_info(timeout_s)
+            except NotReady as failure:
+                error = failure
+        raise error
+
+    async def generate(
+        self, request: engine_service_pb2.EngineServiceGenerateRequest, *, timeout_s: float | None
+    ) -> AsyncIterator[engine_service_pb2.EngineServiceGenerateResponse]:
+        """Streams the request from a chosen replica, retrying refusals before the first message."""
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+        tried: set[str] = set()
+        last_error: AliseError | None = None
+        while len(tried) < self._settings.max_attempts:
+            replica = self._choose(exclude=tried)
+            if replica is None:
+                break
+            tried.add(replica.address)
+            remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
+            if remaining_s is not None and remaining_s <= 0:
+                raise DeadlineExceeded("deadline exceeded before an engine replica accepted the request")
+            relayed = False
+            attempt = self._stream_from(replica, request, remaining_s)
+            try:
+                async with contextlib.aclosing(attempt):  # closed at once when the caller stops reading
+                    async for message in attempt:
+                        relayed = True
+                        yield message
+                return
+            except _RETRYABLE as error:
+                if relayed:
+                    raise
+                last_error = error
+                log.info("engine %s refused request %s (%s)", replica.address, request.request_id, error)
+        if last_error is not None:
+            raise last_error
+        raise NotReady(f"engine unavailable: {self._describe_no_replica()}")
+
+    def _choose(self, exclude: set[str]) -> EngineReplica | None:
+        """The replica for the next attempt, or None when no replica is left to try."""
+        active = [r for r in self._replicas.active() if r.address not in exclude]
+        candidates = [r for r in active if r.health.state == ReplicaState.SERVING]
+        candidates = candidates or [r for r in active if r.health.state == ReplicaState.UNKNOWN] or active
+        if not candidates:
+            return None
+        rate = self._default_seconds_per_token()
+        loads = [ReplicaLoad(r.address, r.load.outstanding_work_s(rate), r.num_in_flight) for r in candidates]
+        chosen = pick_replica(self._settings.policy, loads, self._num_decisions)
+        self._num_decisions += 1
+        return next(r for r in candidates if r.address == chosen.address)
+
+    async def _stream_from(
+        self, replica: EngineReplica, request: engine_service_pb2.EngineServiceGenerateRequest,
+        timeout_s: float | None,
+    ) -> AsyncIterator[engine_service_pb2.EngineServiceGenerateResponse]:
+        """One attempt on one replica, with its ledger and counters kept in step."""
+        predicted = request.prediction.mean_tokens if request.prediction.mean_tokens > 0 else ENGINE_PRIOR_OUTPUT_TOKENS
+        in_flight = replica.load.begin(predicted, request.sampling.max_tokens)
+        counters = replica.counters
+        counters.num_routed += 1
+        counters.routed_predicted_tokens += in_flight.remaining_tokens
+        rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
+        if rate is None:
+            counters.num_routed_without_rate += 1
+        else:
+            counters.routed_predicted_work_s += in_flight.remaining_tokens * rate
+        epoch = replica.channel_epoch
+        stream = replica.client.generate(request, timeout_s=timeout_s)
+        try:
+            async with contextlib.aclosing(stream):  # its `finally` cancels the engine call
+                async for message in stream:
+                    in_flight.num_received_tokens += len(message.token_ids)
+                    counters.num_output_tokens += len(message.token_ids)
+                    yield message
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if replica.channel_epoch == epoch or (task is not None and task.cancelling()):
+                raise  # a real cancellation (client gone, stop string), not an aborted replica
+            counters.num_failed += 1
+            raise NotReady(
+                f"engine unavailable: {replica.address} stopped answering health checks "
+                f"({replica.health.last_error}); its in-flight requests were aborted"
+            ) from None
+        except AliseError as error:
+            counters.num_failed += 1
+            if isinstance(error, NotReady):
+                replica.health.on_call_failed(str(error))
+            raise
+        finally:
+            replica.load.end(in_flight)
+            self._replicas.release(replica)
+
+    def _default_seconds_per_token(self) -> float:
+        """What a replica without its own rate is charged: the others' median, else a fixed 1 s."""
+        measured = self._measured_default_seconds_per_token()
+        return UNMEASURED_SECONDS_PER_TOKEN if measured is None else measured
+
+    def _measured_default_seconds_per_token(self) -> float | None:
+        """The median reported rate over all replicas, None while none has reported one."""
+        rates = [r.load.seconds_per_token for r in self._replicas.replicas.values() if r.load.seconds_per_token]
+        return statistics.median(rates) if rates else None
+
+    def _describe_no_replica(self) -> str:
+        replicas = self._replicas.active()
+        if not replicas:
+            return f"no replica of {self.address} has been resolved"
+        states = ", ".join(f"{r.address} {r.health.state.value} ({r.health.last_error})" for r in replicas)
+        return f"no replica of {self.address} can take the request: {states}"
+
+
+_STATE_ORDER = {
+    ReplicaState.SERVING: 0,
+    ReplicaState.UNKNOWN: 1,
+    ReplicaState.SUSPECT: 2,
+    ReplicaState.DRAINING: 3,
+    ReplicaState.DOWN: 4,
+}
