@@ -116,6 +116,50 @@ void check_decode_inputs(const at::Tensor& out, const at::Tensor& query, const a
   TORCH_CHECK_VALUE(query.size(0) <= kMaxGridYZ, "at most ", kMaxGridYZ, " sequences per call");
 }
 
+// Pointers, strides and sizes of the paged cache, shared by both argument structs.
+template <typename Args>
+void set_cache_fields(Args& args, const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  args.key_cache = key_cache.data_ptr();
+  args.value_cache = value_cache.data_ptr();
+  args.cache_block_stride = key_cache.stride(0);
+  args.cache_token_stride = key_cache.stride(1);
+  args.cache_head_stride = key_cache.stride(2);
+  args.block_size = static_cast<int32_t>(key_cache.size(1));
+  args.cache_type = element_type(key_cache, "key_cache");
+}
+
+PagedDecodeArgs decode_args(const at::Tensor& out, const at::Tensor& query, const at::Tensor& block_tables,
+                            const at::Tensor& context_lens, double scale) {
+  PagedDecodeArgs args{};
+  args.query = query.data_ptr();
+  args.query_seq_stride = query.stride(0);
+  args.query_head_stride = query.stride(1);
+  args.block_tables = block_tables.data_ptr<int32_t>();
+  args.block_table_stride = block_tables.stride(0);
+  args.context_lens = context_lens.data_ptr<int32_t>();
+  args.out = out.data_ptr();
+  args.out_seq_stride = out.stride(0);
+  args.out_head_stride = out.stride(1);
+  args.num_seqs = static_cast<int32_t>(query.size(0));
+  args.num_heads = static_cast<int32_t>(query.size(1));
+  args.head_dim = static_cast<int32_t>(query.size(2));
+  args.scale = static_cast<float>(scale);
+  args.query_type = element_type(query, "query");
+  return args;
+}
+
+// Float32 partials of a split launch; empty tensors (and null pointers) without a split.
+std::pair<at::Tensor, at::Tensor> split_scratch(PagedDecodeArgs& args, const at::Tensor& query) {
+  if (args.num_splits == 1) return {};
+  const auto options = query.options().dtype(at::kFloat);
+  at::Tensor acc = at::empty({query.size(0), query.size(1), args.num_splits, query.size(2)}, options);
+  at::Tensor stats = at::empty({2, query.size(0), query.size(1), args.num_splits}, options);
+  args.partial_acc = acc.data_ptr<float>();
+  args.partial_max = stats[0].data_ptr<float>();
+  args.partial_sum = stats[1].data_ptr<float>();
+  return {acc, stats};
+}
+
 void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                   const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
                   const std::optional<at::Tensor>& value_scales, const at::Tensor& block_tables,
@@ -123,98 +167,69 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
   check_decode_inputs(out, query, key_cache, block_tables, context_lens);
   check_cache_pair(key_cache, value_cache);
   TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= kMaxGridYZ, "num_splits must be in [1, 65535]");
-  TORCH_CHECK_VALUE(partition_tokens > 0 && partition_tokens % kTileTokens == 0,
+  TORCH_CHECK_VALUE(partition_tokens > 0 && partition_tokens % kTileTokens == 0 && partition_tokens <= INT32_MAX,
                     "partition_tokens must be a positive multiple of 16");
-  PagedDecodeArgs args{};
+  PagedDecodeArgs args = decode_args(out, query, block_tables, context_lens, scale);
+  set_cache_fields(args, key_cache, value_cache);
   const auto scales = scale_pointers(key_cache, key_scales, value_scales, &args.scale_block_stride);
-  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
-  if (num_seqs == 0) return;
-  const c10::DeviceGuard device_guard(query.device());
-  at::Tensor partial_acc, partial_stats;
-  if (num_splits > 1) {
-    const auto options = query.options().dtype(at::kFloat);
-    partial_acc = at::empty({num_seqs, num_heads, num_splits, head_dim}, options);
-    partial_stats = at::empty({2, num_seqs, num_heads, num_splits}, options);
-    args.partial_acc = partial_acc.data_ptr<float>();
-    args.partial_max = partial_stats[0].data_ptr<float>();
-    args.partial_sum = partial_stats[1].data_ptr<float>();
-  }
-  args.query = query.data_ptr();
-  args.query_seq_stride = query.stride(0);
-  args.query_head_stride = query.stride(1);
-  args.key_cache = key_cache.data_ptr();
-  args.value_cache = value_cache.data_ptr();
-  args.cache_block_stride = key_cache.stride(0);
-  args.cache_token_stride = key_cache.stride(1);
-  args.cache_head_stride = key_cache.stride(2);
   args.key_scales = scales.first;
   args.value_scales = scales.second;
-  args.block_tables = block_tables.data_ptr<int32_t>();
-  args.block_table_stride = block_tables.stride(0);
-  args.context_lens = context_lens.data_ptr<int32_t>();
-  args.out = out.data_ptr();
-  args.out_seq_stride = out.stride(0);
-  args.out_head_stride = out.stride(1);
-  args.num_seqs = static_cast<int32_t>(num_seqs);
-  args.num_heads = static_cast<int32_t>(num_heads);
   args.num_kv_heads = static_cast<int32_t>(key_cache.size(2));
-  args.head_dim = static_cast<int32_t>(head_dim);
-  args.block_size = static_cast<int32_t>(key_cache.size(1));
   args.num_splits = static_cast<int32_t>(num_splits);
   args.partition_tokens = static_cast<int32_t>(partition_tokens);
-  args.scale = static_cast<float>(scale);
-  args.query_type = element_type(query, "query");
-  args.cache_type = element_type(key_cache, "key_cache");
+  if (args.num_seqs == 0) return;
+  const c10::DeviceGuard device_guard(query.device());
+  const auto scratch = split_scratch(args, query);  // kept alive until the launch is queued
   const int status = launch_paged_decode(args, current_stream(query.device()));
   TORCH_CHECK(status == 0, "paged decode attention launch failed: ", cuda_error_name(status));
 }
 
-void write_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
-                 const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
-                 const std::optional<at::Tensor>& value_scales, const at::Tensor& slot_mapping) {
-  const at::Device device = key.device();
-  for (const auto* tensor : {&key, &value, &key_cache, &value_cache, &slot_mapping}) check_on(*tensor, device, "input");
+void check_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                        const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  for (const auto* tensor : {&key, &value, &key_cache, &value_cache, &slot_mapping}) {
+    check_on(*tensor, key.device(), "every write_cache tensor");
+  }
   TORCH_CHECK_VALUE(key.dim() == 3, "key must be [num_tokens, num_kv_heads, head_dim]");
   TORCH_CHECK_VALUE(key.sizes() == value.sizes() && key.strides() == value.strides() &&
                         key.scalar_type() == value.scalar_type(),
                     "key and value must have the same shape, strides and dtype");
+  TORCH_CHECK_VALUE(key.scalar_type() == at::kHalf || key.scalar_type() == at::kBFloat16,
+                    "key must be float16 or bfloat16, got ", key.scalar_type());
   check_vector_layout(key, "key");
   check_vector_layout(value, "value");
   check_cache_pair(key_cache, value_cache);
-  const ElementType source_type = element_type(key, "key");
-  TORCH_CHECK_VALUE(source_type != ElementType::kInt8, "key must be float16 or bfloat16");
   TORCH_CHECK_VALUE(key_cache.scalar_type() == key.scalar_type() || key_cache.scalar_type() == at::kChar,
                     "the cache must have the key's dtype or be int8");
   TORCH_CHECK_VALUE(key_cache.size(2) == key.size(1) && key_cache.size(3) == key.size(2),
                     "key heads and head_dim must match the cache");
   TORCH_CHECK_VALUE(key.size(2) % kVectorElems == 0, "head_dim must be a multiple of 8");
   TORCH_CHECK_VALUE(key.size(1) <= kMaxGridYZ, "at most 65535 kv heads");
+  TORCH_CHECK_VALUE(key.size(0) <= INT32_MAX, "too many tokens");
   TORCH_CHECK_VALUE(slot_mapping.scalar_type() == at::kLong && slot_mapping.dim() == 1 &&
                         slot_mapping.stride(0) == 1 && slot_mapping.size(0) == key.size(0),
                     "slot_mapping must be a contiguous int64 vector with one slot per token");
-  TORCH_CHECK_VALUE(key.size(0) <= INT32_MAX, "too many tokens");
+}
+
+void write_cache(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                 const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
+                 const std::optional<at::Tensor>& value_scales, const at::Tensor& slot_mapping) {
+  check_write_inputs(key, value, key_cache, value_cache, slot_mapping);
   CacheWriteArgs args{};
+  set_cache_fields(args, key_cache, value_cache);
   const auto scales = scale_pointers(key_cache, key_scales, value_scales, &args.scale_block_stride);
-  const c10::DeviceGuard device_guard(device);
+  args.key_scales = scales.first;
+  args.value_scales = scales.second;
   args.key = key.data_ptr();
   args.value = value.data_ptr();
   args.source_token_stride = key.stride(0);
   args.source_head_stride = key.stride(1);
-  args.key_cache = key_cache.data_ptr();
-  args.value_cache = value_cache.data_ptr();
-  args.cache_block_stride = key_cache.stride(0);
-  args.cache_token_stride = key_cache.stride(1);
-  args.cache_head_stride = key_cache.stride(2);
-  args.key_scales = scales.first;
-  args.value_scales = scales.second;
   args.slot_mapping = slot_mapping.data_ptr<int64_t>();
   args.num_tokens = static_cast<int32_t>(key.size(0));
   args.num_kv_heads = static_cast<int32_t>(key.size(1));
   args.head_dim = static_cast<int32_t>(key.size(2));
-  args.block_size = static_cast<int32_t>(key_cache.size(1));
-  args.source_type = source_type;
-  args.cache_type = element_type(key_cache, "key_cache");
-  const int status = launch_cache_write(args, current_stream(device));
+  args.source_type = element_type(key, "key");
+  const c10::DeviceGuard device_guard(key.device());
+  const int status = launch_cache_write(args, current_stream(key.device()));
   TORCH_CHECK(status == 0, "KV cache write launch failed: ", cuda_error_name(status));
 }
 

@@ -1,0 +1,118 @@
+"""Builds and drives the SIMT emulator of tests/kernel_sim (the CUDA kernels' code on CPU).
+
+`build_driver` compiles the real kernel sources with g++ -DALISE_SIMT; `simulate_decode` and
+`simulate_write` pass tensors to it through raw files; `EmulatedKernels` offers the extension's
+interface (paged_decode, write_cache) on CPU tensors, so the engine's CUDA backend can run on CPU.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+
+from services.engine.kernels.loader import CSRC_DIR, CUDA_SOURCES
+from services.engine.kernels.ops import SplitPlan
+
+SIM_DIR = pathlib.Path(__file__).resolve().parent / "kernel_sim"
+HOST_COMPILER = shutil.which("g++")
+ELEMENT_TYPES = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
+
+
+def build_driver(directory: pathlib.Path) -> pathlib.Path:
+    """Compiles the emulator with the kernel sources; returns the binary's path."""
+    binary = directory / "simt_driver"
+    sources = [str(CSRC_DIR / name) for name in CUDA_SOURCES] + [str(SIM_DIR / "driver.cpp")]
+    command = [HOST_COMPILER, "-std=c++20", "-O1", "-Wall", "-DALISE_SIMT", f"-I{SIM_DIR}", f"-I{CSRC_DIR}"]
+    result = subprocess.run([*command, "-x", "c++", *sources, "-o", str(binary)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the SIMT emulator failed:\n{result.stderr[-4000:]}")
+    return binary
+
+
+def _save(directory: pathlib.Path, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.view(torch.int16)
+    tensor.numpy().tofile(directory / f"{name}.bin")
+
+
+def _load(directory: pathlib.Path, name: str, like: torch.Tensor) -> torch.Tensor:
+    storage = torch.int16 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+    raw = torch.from_numpy(np.fromfile(directory / f"{name}.bin", dtype=torch.empty(0, dtype=storage).numpy().dtype))
+    return raw.view(like.dtype).reshape(like.shape)
+
+
+def _run(driver, mode: str, directory: pathlib.Path, params: dict[str, float]) -> None:
+    (directory / "params.txt").write_text("".join(f"{name} {value!r}\n" for name, value in params.items()))
+    result = subprocess.run([str(driver), mode, str(directory)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"simt_driver {mode} failed: {result.stderr[-2000:]}")
+
+
+def simulate_decode(driver, case, plan: SplitPlan, directory: pathlib.Path) -> torch.Tensor:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = torch.full_like(case.query, float("nan"))  # poisoned
+    for name in ("query", "key_cache", "value_cache", "block_tables", "context_lens"):
+        _save(directory, name, getattr(case, name))
+    if case.key_scales is not None:
+        _save(directory, "key_scales", case.key_scales)
+        _save(directory, "value_scales", case.value_scales)
+    _save(directory, "out", out)
+    num_seqs, num_heads, head_dim = case.query.shape
+    params = {
+        "num_seqs": num_seqs, "num_heads": num_heads, "num_kv_heads": case.key_cache.shape[2], "head_dim": head_dim,
+        "block_size": case.key_cache.shape[1], "max_blocks": case.block_tables.shape[1],
+        "num_splits": plan.num_splits, "partition_tokens": plan.partition_tokens, "scale": case.scale,
+        "query_type": ELEMENT_TYPES[case.query.dtype], "cache_type": ELEMENT_TYPES[case.key_cache.dtype],
+    }
+    _run(driver, "decode", directory, params)
+    return _load(directory, "out", out)
+
+
+def simulate_write(driver, tmp_path, keys, values, caches, scales, slot_mapping, block_size) -> None:
+    """Runs the write kernel on copies; updates caches (and scales) in place."""
+    params = {
+        "num_tokens": keys.shape[0], "num_kv_heads": keys.shape[1], "head_dim": keys.shape[2],
+        "block_size": block_size, "source_type": ELEMENT_TYPES[keys.dtype], "cache_type": ELEMENT_TYPES[caches[0].dtype],
+    }
+    for name, tensor in (("key", keys), ("value", values), ("key_cache", caches[0]), ("value_cache", caches[1]),
+                         ("slot_mapping", slot_mapping)):
+        _save(tmp_path, name, tensor)
+    if scales is not None:
+        _save(tmp_path, "key_scales", scales[0])
+        _save(tmp_path, "value_scales", scales[1])
+    _run(driver, "write", tmp_path, params)
+    for index, name in enumerate(("key_cache", "value_cache")):
+        caches[index].copy_(_load(tmp_path, name, caches[index]))
+        if scales is not None:
+            scales[index].copy_(_load(tmp_path, name.replace("cache", "scales"), scales[index]))
+
+
+class EmulatedKernels:
+    """The extension's two functions on CPU tensors, run by the emulator (contiguous inputs)."""
+
+    def __init__(self, driver: pathlib.Path) -> None:
+        self.driver = driver
+        self.num_calls = 0
+
+    def paged_decode(self, out, query, key_cache, value_cache, key_scales, value_scales, block_tables,
+                     context_lens, scale, num_splits, partition_tokens) -> None:
+        from tests.kernel_cases import PagedCase
+
+        case = PagedCase(query, key_cache, value_cache, key_scales, value_scales, block_tables, context_lens,
+                         context_lens.tolist(), scale)
+        with tempfile.TemporaryDirectory() as directory:
+            out.copy_(simulate_decode(self.driver, case, SplitPlan(num_splits, partition_tokens), pathlib.Path(directory)))
+        self.num_calls += 1
+
+    def write_cache(self, key, value, key_cache, value_cache, key_scales, value_scales, slot_mapping) -> None:
+        scales = None if key_scales is None else [key_scales, value_scales]
+        with tempfile.TemporaryDirectory() as directory:
+            simulate_write(self.driver, pathlib.Path(directory), key.contiguous(), value.contiguous(),
+                           [key_cache, value_cache], scales, slot_mapping, key_cache.shape[1])
+        self.num_calls += 1
