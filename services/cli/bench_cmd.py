@@ -1,7 +1,7 @@
 """`alise bench KIND`: one parent command; each benchmark module registers its own KIND.
 
 A benchmark prints and saves figures (JSON, and a PNG where a curve says more); it asserts nothing.
-Modules are imported here so that `alise bench --help` lists every kind.
+Modules are imported when the parser is built (not at import of the CLI), so `alise up` stays light.
 """
 
 from __future__ import annotations
@@ -11,22 +11,12 @@ import argparse
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers `bench` and every benchmark kind under it."""
-    from services.cli import bench_stack
-
-    bench = subparsers.add_parser("bench", help="benchmarks (stack, scheduler, simulator, serving, ...)")
-    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    bench_stack.add_parser(kinds)
-    from services.bench import scheduler_overhead
+    from services.bench import scheduler_overhead, serve_cmd
     from services.bench.sim import cli as sim_cli
-
-    scheduler_overhead.add_parser(kinds)
-    sim_cli.add_parser(kinds)
-    from services.bench import serve_cmd
-
-    serve_cmd.add_parser(kinds)
-    from services.cli import bench_replicas
-
-    bench_replicas.add_parser(kinds)
+    from services.cli import bench_replicas, bench_stack
     from services.engine.kernels import bench_attention
 
-    bench_attention.add_parser(kinds)
+    bench = subparsers.add_parser("bench", help="benchmarks (stack, scheduler, sim, serve, replicas, attention)")
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+    for module in (bench_stack, scheduler_overhead, sim_cli, serve_cmd, bench_replicas, bench_attention):
+        module.add_parser(kinds)
