@@ -98,12 +98,25 @@ def _build(verbose: bool) -> ModuleType:
     )
 
 
-def main() -> int:
-    """Builds the extension now (verbose); exit status 1 with the reason when it cannot."""
+def main(argv: list[str] | None = None) -> int:
+    """Builds the extension now (verbose); exit status 1 with the reason when it cannot.
+
+    --build-only: compile without a visible GPU (an image build), for the architectures in
+    TORCH_CUDA_ARCH_LIST; only a CUDA build of torch is needed.
+    """
+    build_only = "--build-only" in (sys.argv[1:] if argv is None else argv)
     try:
-        load_kernels(verbose=True)
+        if build_only and torch.version.cuda is not None:
+            if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+                raise KernelUnavailable("--build-only needs TORCH_CUDA_ARCH_LIST (no GPU to detect it from)")
+            _build(verbose=True)
+        else:
+            load_kernels(verbose=True)
     except KernelUnavailable as error:
         print(f"alise kernels: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # compiler or linker failure of --build-only
+        print(f"alise kernels: building failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(f"alise kernels built in {build_directory()}")
     return 0
