@@ -69,7 +69,8 @@ def test_every_service_is_health_checked_restarted_and_drains_before_it_is_kille
 
 def test_every_command_is_accepted_by_the_services_own_flag_parser():
     for name, service in _load(BASE)["services"].items():
-        parse_service_args(name, _command(service))
+        config = parse_service_args(name, _command(service))  # fails the test on a rejected flag
+        assert config.port == SERVICES[name][1], f"{name} would listen on {config.port}"
 
 
 def test_dependencies_wait_for_healthy_services():
