@@ -13,8 +13,6 @@ turns that into UNAVAILABLE for the client), instead of waiting on a host that m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -26,6 +24,7 @@ from services.gateway.engine_load import ReplicaLoadTracker
 from services.gateway.replica_health import (
     HealthSettings,
     HealthTracker,
+    PeriodicallyChecked,
     ReplicaState,
     check_serving,
     describe_rpc_error,
@@ -64,7 +63,7 @@ class ReplicaReport:
     counters: ReplicaCounters  # a copy of its counters
 
 
-class EngineReplica:
+class EngineReplica(PeriodicallyChecked):
     """An engine replica; created and started by the pool's ReplicaSet."""
 
     def __init__(self, address: str, *, make_channel: ChannelFactory, health: HealthSettings) -> None:
@@ -78,30 +77,10 @@ class EngineReplica:
         self._make_channel = make_channel
         self._channel = make_channel(address)
         self.client = EngineClient(self._channel, address)
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def num_in_flight(self) -> int:
         return self.load.num_in_flight
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._check_loop(), name=f"check {self.address}")
-
-    async def close(self) -> None:
-        """Stops the checks and closes the channel (cancelling any call still on it)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._channel.close()
-
-    async def _check_loop(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except Exception:  # noqa: BLE001 - a bug in one check must not stop checking for good
-                log.exception("health check of engine %s failed unexpectedly", self.address)
-            await asyncio.sleep(self._settings.interval_s)
 
     async def check_once(self) -> None:
         """One health check, then (when SERVING) one stats poll."""

@@ -13,8 +13,6 @@ With no routable replica the call raises NotReady, which callers treat as "no an
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,6 +24,7 @@ from services.common.errors import NotReady
 from services.gateway.replica_health import (
     HealthSettings,
     HealthTracker,
+    PeriodicallyChecked,
     ReplicaState,
     check_serving,
     describe_rpc_error,
@@ -49,7 +48,7 @@ class PredictorReplicaReport:
     num_failed_calls: int  # of those, failed with any gRPC error
 
 
-class PredictorReplica:
+class PredictorReplica(PeriodicallyChecked):
     """One predictor replica: channel, stub, health checks, call counters."""
 
     def __init__(self, address: str, *, make_channel: ChannelFactory, health: HealthSettings) -> None:
@@ -62,28 +61,15 @@ class PredictorReplica:
         self._settings = health
         self._channel = make_channel(address)
         self.stub = predictor_service_pb2_grpc.PredictorServiceStub(self._channel)
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._check_loop(), name=f"check {self.address}")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._channel.close()
-
-    async def _check_loop(self) -> None:
-        while True:
-            try:
-                serving = await check_serving(self._channel, PREDICTOR_SERVICE_NAME, self._settings.timeout_s)
-            except grpc.aio.AioRpcError as error:
-                if self.health.on_failure(describe_rpc_error(error)):
-                    log.warning("predictor %s is down: %s", self.address, self.health.last_error)
-            else:
-                self.health.on_answer(serving)
-            await asyncio.sleep(self._settings.interval_s)
+    async def check_once(self) -> None:
+        try:
+            serving = await check_serving(self._channel, PREDICTOR_SERVICE_NAME, self._settings.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if self.health.on_failure(describe_rpc_error(error)):
+                log.warning("predictor %s is down: %s", self.address, self.health.last_error)
+        else:
+            self.health.on_answer(serving)
 
     def report(self) -> PredictorReplicaReport:
         return PredictorReplicaReport(self.address, self.health.state.value, self.num_calls, self.num_failed_calls)

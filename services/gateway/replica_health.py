@@ -18,12 +18,17 @@ A check with a deadline turns silence into a failure within timeout_s.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import logging
 import time
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaState(str, enum.Enum):
@@ -97,3 +102,36 @@ async def check_serving(channel: grpc.aio.Channel, service: str, timeout_s: floa
 def describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     """`UNAVAILABLE: failed to connect ...`, short enough for a status message."""
     return f"{error.code().name}: {(error.details() or '').strip()[:200]}"
+
+
+class PeriodicallyChecked:
+    """Base of a replica with its own check loop: `check_once()` every `_settings.interval_s` on the
+    event loop (a slow replica never delays the checks of the others), until `close()`, which also
+    closes the replica's current channel. A bug in one check is logged, never ends the checking."""
+
+    address: str
+    _settings: HealthSettings
+    _channel: grpc.aio.Channel
+    _task: asyncio.Task[None] | None = None
+
+    async def check_once(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._check_loop(), name=f"check {self.address}")
+
+    async def close(self) -> None:
+        """Stops the checks and closes the channel (cancelling any call still on it)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._channel.close()
+
+    async def _check_loop(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except Exception:  # noqa: BLE001 - a bug in one check must not stop checking for good
+                log.exception("health check of %s failed unexpectedly", self.address)
+            await asyncio.sleep(self._settings.interval_s)
