@@ -89,7 +89,7 @@ class LengthDistribution:
         return (x0, x1, c0, (b * x1 - p) / 2, -b / 2, a, b)
 
     def quantile_tokens(self, level: float) -> float:
-        """Inverse of the CDF (used by the simulator and for stats)."""
+        """Inverse of the CDF: the length at cumulative probability `level` (sampling, tests)."""
         target = 1.0 - level
         for i in range(len(self._xs) - 1):
             s0, s1 = self._survival[i], self._survival[i + 1]

@@ -70,7 +70,6 @@ class Request:
     wait_started_s: float = 0.0
     promoted_at_s: float | None = None
     rank_key: float = 0.0
-    total_wait_s: float = 0.0  # time spent waiting (queued or preempted) so far, seconds
 
     def __post_init__(self) -> None:
         if self.length_distribution is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.engine.block_pool import num_blocks_for
 from services.engine.scheduler import SchedulerOutput, StepCostCoefficients
 
 GB = 1e9
@@ -127,6 +126,3 @@ PRESETS = {
     "llama2-13b-a100-40g": RooflineCostModel("llama2-13b-a100-40g", A100_40GB, LLAMA2_13B),
 }
 
-
-def kv_blocks_for_tokens(num_tokens: int) -> int:
-    return num_blocks_for(num_tokens, BLOCK_SIZE_TOKENS)

@@ -209,7 +209,6 @@ class Scheduler:
             if not self.kv.allocate_slots(request.request_id, request.num_computed_tokens + num_new):
                 break
             admitted += 1
-            request.total_wait_s += now_s - request.wait_started_s
             self.max_wait_s = max(self.max_wait_s, now_s - request.wait_started_s)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
@@ -310,15 +309,6 @@ class Scheduler:
     def predicted_outstanding_tokens(self) -> float:
         """Sum of predicted remaining output tokens over live requests."""
         return sum(r.predicted_remaining_tokens for r in self.requests.values())
-
-    def predicted_outstanding_work_s(self) -> float:
-        """Predicted seconds of work left over live requests, by the calibrated cost model."""
-        cost = self.cost_model
-        return sum(
-            cost.prefill_s_per_token * r.num_uncomputed_tokens + cost.decode_step_s * r.predicted_remaining_tokens
-            for r in self.requests.values()
-        )
-
 
 
 def _worst_first(requests: list[Request]) -> Iterator[Request]:

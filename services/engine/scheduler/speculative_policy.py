@@ -35,11 +35,9 @@ class AlisePolicy:
         self.cost_model = cost_model
 
     def remaining_output_tokens(self, request: Request, num_generated: int) -> float:
-        """Predicted output tokens still to come, re-estimated from the distribution, capped by
-        max_tokens (the same as request.predicted_remaining_tokens, inlined: this is the hot path)."""
-        remaining = request.length_distribution.expected_remaining_tokens(num_generated)
-        limit = request.sampling.max_tokens - num_generated
-        return limit if remaining > limit else remaining
+        """Predicted output tokens still to come (re-estimated from the distribution, capped by
+        max_tokens); priority_keys inlines the same for the running batch."""
+        return request.predicted_remaining_tokens
 
     def remaining_s(self, request: Request) -> float:
         """Estimated seconds of work left (see the module docstring)."""
