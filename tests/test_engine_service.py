@@ -84,6 +84,22 @@ async def test_bad_sampling_values_are_invalid_argument(engine):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, sampling
 
 
+async def test_a_malformed_prediction_is_invalid_argument_and_a_good_one_is_used(engine):
+    bad = generate_request("bad-prediction")
+    bad.prediction.mean_tokens = 20.0
+    bad.prediction.quantiles.add(level=1.5, num_tokens=10.0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(engine, bad)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prediction" in caught.value.details()
+    good = generate_request("good-prediction", max_tokens=5)
+    good.prediction.mean_tokens = 20.0
+    for level, tokens in ((0.1, 5.0), (0.5, 15.0), (0.9, 40.0)):
+        good.prediction.quantiles.add(level=level, num_tokens=tokens)
+    tokens = [t for r in await collect(engine, good) for t in r.token_ids]
+    assert len(tokens) == 5
+
+
 async def test_duplicate_live_request_id_is_already_exists(engine):
     first = engine.Generate(generate_request("dup", max_tokens=200))
     await first.read()
