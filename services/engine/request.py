@@ -9,7 +9,8 @@ A request is scheduled by two counts, not by "prefill" or "decode" modes:
 Each step assigns a request some tokens so that num_computed_tokens catches up with num_tokens; a
 step that catches up fully yields one new sampled token. A prompt longer than the step's token
 budget is fed over several steps (chunked prefill). Preemption by recompute resets
-num_computed_tokens to 0 and keeps the output generated so far.
+num_computed_tokens to 0 and keeps the output generated so far; preemption by swap keeps it, with
+the KV in the host tier until the request is admitted again.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ class Request:
     # Predicted output-length distribution; None = exponential with mean predicted_output_tokens.
     length_distribution: LengthDistribution | None = None
     output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0  # tokens whose KV is in the cache
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache (device, or host while swapped)
+    # Tokens whose KV waits in the memory service's host tier (swapped out while preempted); 0 = none.
+    # While > 0, num_computed_tokens equals it and the KV comes back on admission (kv_eviction.py).
+    num_host_kv_tokens: int = 0
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     first_scheduled_time_s: float | None = None  # monotonic time of its first step

@@ -5,29 +5,53 @@ from __future__ import annotations
 from services.common.contracts import memory_service_pb2, memory_service_pb2_grpc
 from services.common.server import ServiceHandle, start_server
 from services.memory.config import MemoryConfig
+from pathlib import Path
+
+from services.memory.eviction_policy import PlanSettings
+from services.memory.host_region import HostRegion, default_region_path
 from services.memory.ledger import KvLedger
 from services.memory.servicer import MemoryServicer
+from services.memory.swap_manager import SwapManager
 
 SERVICE_NAME = memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
-def build_servicer(config: MemoryConfig) -> MemoryServicer:
-    """The servicer over a fresh, empty ledger sized by `config`."""
+def build_swap_manager(config: MemoryConfig) -> SwapManager:
+    """A fresh, empty ledger and host tier sized by `config` (with its region file, if any)."""
+    num_slots = config.host_tier_capacity_bytes // config.host_tier_block_bytes
     ledger = KvLedger(
-        host_tier_capacity_bytes=config.host_tier_capacity_bytes,
+        host_tier_capacity_bytes=num_slots * config.host_tier_block_bytes,
         host_tier_block_bytes=config.host_tier_block_bytes,
         stale_after_s=config.stale_after_s,
     )
-    return MemoryServicer(ledger, report_interval_s=config.report_interval_s)
+    region = None
+    if num_slots:
+        path = Path(config.host_tier_path) if config.host_tier_path else default_region_path()
+        region = HostRegion(path, num_slots, config.host_tier_block_bytes)
+    settings = PlanSettings(
+        slot_bytes=config.host_tier_block_bytes,
+        max_relative_error=config.max_kv_relative_error,
+        assumed_bytes_per_s=config.assumed_transfer_bytes_per_s,
+    )
+    return SwapManager(ledger, region, settings)
 
 
 async def start(config: MemoryConfig) -> ServiceHandle:
     """Starts serving alise.v1.MemoryService (plus health and reflection) on config.host:config.port."""
-    servicer = build_servicer(config)
+    swaps = build_swap_manager(config)
+    servicer = MemoryServicer(swaps, report_interval_s=config.report_interval_s)
     running = await start_server(
         host=config.host,
         port=config.port,
         register=lambda server: memory_service_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    return ServiceHandle(running)
+    handle = ServiceHandle(running)
+    if swaps.region is not None:
+        region = swaps.region
+
+        async def close_region() -> None:
+            region.close()
+
+        handle.on_stop.append(close_region)
+    return handle

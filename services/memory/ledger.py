@@ -221,6 +221,10 @@ class KvLedger:
             raise UnknownEngine(f"engine {owner.engine_id!r} is not registered")
         self._host_pool.set_held(owner, num_blocks)
 
+    def host_owners(self) -> dict[BlockOwner, int]:
+        """Host-tier blocks per owner (a copy)."""
+        return self._host_pool.owners()
+
     def registration(self, engine_id: str) -> EngineRegistration | None:
         entry = self._engines.get(engine_id)
         return None if entry is None else entry.registration

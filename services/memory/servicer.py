@@ -1,18 +1,21 @@
-"""MemoryService over gRPC: protobuf in, ledger calls inside, protobuf out.
+"""MemoryService over gRPC: protobuf in, ledger and swap-manager calls inside, protobuf out.
 
 Validation lives here only where it is about the wire (a missing message, an unset enum); the rest
-is the domain objects' own checks, whose LedgerError becomes INVALID_ARGUMENT with the same message.
+is the domain objects' own checks: LedgerError becomes INVALID_ARGUMENT with the same message,
+UnknownEngine FAILED_PRECONDITION (the engine must register again), and a swap call that does not
+match a record's state (HostTierError) FAILED_PRECONDITION too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import grpc
 
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
-from services.common.errors import InvalidRequest
+from services.common.errors import AliseError, InvalidRequest
 from services.memory.ledger import (
     EngineRegistration,
     EngineUsage,
@@ -21,9 +24,20 @@ from services.memory.ledger import (
     KvLedger,
     LedgerError,
     ReportOutcome,
+    UnknownEngine,
     UsageReport,
 )
+from services.memory.host_tier import HostTierError
 from services.memory.pool import Tier, TierUsage
+from services.memory.swap_convert import (
+    codec_errors_from_pb,
+    counters_to_pb,
+    decision_to_pb,
+    grant_to_pb,
+    region_to_pb,
+    victims_from_pb,
+)
+from services.memory.swap_manager import SwapManager
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +52,34 @@ _DTYPE_TO_PB = {dtype: value for value, dtype in _DTYPE_FROM_PB.items()}
 _TIER_TO_PB = {Tier.DEVICE: pb.MEMORY_TIER_DEVICE, Tier.HOST: pb.MEMORY_TIER_HOST}
 
 
-class MemoryServicer(rpc.MemoryServiceServicer):
-    """Adapter between alise.v1.MemoryService and a KvLedger."""
+class SwapStateMismatch(AliseError):
+    """A swap call for a record that is not in the state it needs (or an unregistered engine)."""
 
-    def __init__(self, ledger: KvLedger, *, report_interval_s: float) -> None:
-        self._ledger = ledger
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class MemoryServicer(rpc.MemoryServiceServicer):
+    """Adapter between alise.v1.MemoryService and a SwapManager (which owns the KvLedger)."""
+
+    def __init__(self, swaps: SwapManager, *, report_interval_s: float) -> None:
+        self._swaps = swaps
+        self._ledger: KvLedger = swaps.ledger
         self._report_interval_s = report_interval_s
 
     async def RegisterEngine(self, request: pb.RegisterEngineRequest, context: grpc.aio.ServicerContext):
         registration = _registration_from_pb(request)
-        was_registered = self._ledger.register(registration)
+        was_registered = self._swaps.register(registration)
         log.info("%s engine %s at %s: %d device blocks of %d bytes",
                  "re-registered" if was_registered else "registered", registration.engine_id,
                  registration.address, registration.num_device_blocks, registration.layout.block_bytes)
         return pb.RegisterEngineResponse(
-            report_interval_s=self._report_interval_s, was_registered=was_registered
+            report_interval_s=self._report_interval_s, was_registered=was_registered,
+            host_region=region_to_pb(self._swaps.region),
         )
 
     async def UnregisterEngine(self, request: pb.UnregisterEngineRequest, context: grpc.aio.ServicerContext):
         _require_engine_id(request.engine_id)
-        found = self._ledger.unregister(request.engine_id)
+        found = self._swaps.unregister(request.engine_id)
         log.info("unregister engine %s: %s", request.engine_id, "done" if found else "was not registered")
         return pb.UnregisterEngineResponse(found=found)
 
@@ -81,13 +103,87 @@ class MemoryServicer(rpc.MemoryServiceServicer):
 
     async def GetStats(self, request: pb.MemoryServiceGetStatsRequest, context: grpc.aio.ServicerContext):
         snapshot = self._ledger.snapshot()
-        for violation in snapshot.violations:
+        violations = self._swaps.violations()
+        for violation in violations:
             log.error("ledger inconsistent: %s", violation)
         return pb.MemoryServiceGetStatsResponse(
             engines=[_engine_usage_to_pb(engine) for engine in snapshot.engines],
             host=_tier_usage_to_pb(snapshot.host),
-            ledger_consistent=snapshot.is_consistent,
+            ledger_consistent=not violations,
+            ledger_violations=violations,
+            swap_counters=counters_to_pb(self._swaps.counters),
+            host_region=region_to_pb(self._swaps.region),
         )
+
+    # -- swap negotiation ---------------------------------------------------------------------
+
+    async def PlanEviction(self, request: pb.PlanEvictionRequest, context: grpc.aio.ServicerContext):
+        _require_engine_id(request.engine_id)
+        victims, errors = victims_from_pb(request), codec_errors_from_pb(request)
+        with _swap_errors():
+            planned, dropped = self._swaps.plan(request.engine_id, victims, errors)
+        for item in planned:
+            log.debug("plan %s/%s: %s (%s)", request.engine_id, item.decision.request_id,
+                      item.decision.action.value, item.decision.reason)
+        return pb.PlanEvictionResponse(
+            decisions=[decision_to_pb(item) for item in planned],
+            dropped_request_ids=[request_id for _, request_id in dropped],
+        )
+
+    async def CommitSwapOut(self, request: pb.CommitSwapOutRequest, context: grpc.aio.ServicerContext):
+        _require_engine_id(request.engine_id)
+        with _swap_errors():
+            committed = self._swaps.commit(request.engine_id, list(request.request_ids))
+        return pb.CommitSwapOutResponse(committed_request_ids=committed)
+
+    async def UploadSwapped(self, request_iterator, context: grpc.aio.ServicerContext):
+        key, num_bytes, expected_offset = None, 0, 0
+        async for chunk in request_iterator:
+            if key is None:
+                _require_engine_id(chunk.engine_id)
+                key = (chunk.engine_id, chunk.request_id)
+            elif (chunk.engine_id, chunk.request_id) != key:
+                raise InvalidRequest("every message of an upload must name the same engine_id and request_id")
+            if chunk.offset_bytes != expected_offset:
+                raise InvalidRequest(f"chunks must arrive in order: offset {chunk.offset_bytes}, expected {expected_offset}")
+            with _swap_errors():
+                self._swaps.write_chunk(*key, chunk.offset_bytes, chunk.data)
+            expected_offset += len(chunk.data)
+            num_bytes += len(chunk.data)
+        if key is None:
+            raise InvalidRequest("an upload needs at least one message")
+        with _swap_errors():
+            self._swaps.commit(key[0], [key[1]])
+        return pb.UploadSwappedResponse(num_bytes=num_bytes)
+
+    async def BeginRestore(self, request: pb.BeginRestoreRequest, context: grpc.aio.ServicerContext):
+        _require_engine_id(request.engine_id)
+        request_ids = list(request.request_ids)
+        with _swap_errors():
+            records = self._swaps.begin_restore(request.engine_id, request_ids)
+        return pb.BeginRestoreResponse(grants=[grant_to_pb(rid, rec) for rid, rec in zip(request_ids, records)])
+
+    async def DownloadSwapped(self, request: pb.DownloadSwappedRequest, context: grpc.aio.ServicerContext):
+        _require_engine_id(request.engine_id)
+        with _swap_errors():
+            chunks = list(self._swaps.read_chunks(request.engine_id, request.request_id))
+        for offset, data in chunks:
+            yield pb.DownloadSwappedResponse(offset_bytes=offset, data=data)
+
+    async def ReleaseSwapped(self, request: pb.ReleaseSwappedRequest, context: grpc.aio.ServicerContext):
+        _require_engine_id(request.engine_id)
+        with _swap_errors():
+            freed = self._swaps.release(request.engine_id, list(request.request_ids))
+        return pb.ReleaseSwappedResponse(num_slots_freed=freed)
+
+
+@contextlib.contextmanager
+def _swap_errors():
+    """Domain errors of the swap path as their gRPC statuses."""
+    try:
+        yield
+    except (UnknownEngine, HostTierError) as error:
+        raise SwapStateMismatch(str(error)) from error
 
 
 def _require_engine_id(engine_id: str) -> None:

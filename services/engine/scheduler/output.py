@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.engine.request import FinishReason, Request
+from services.engine.scheduler.kv_eviction import KvRestore
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ is slow, and one is built per request per step
@@ -25,7 +26,8 @@ class SchedulerOutput:
     """What one step runs."""
 
     chunks: list[ScheduledChunk]  # in batch order
-    preempted_request_ids: list[str] = field(default_factory=list)  # lost their KV this step
+    preempted_request_ids: list[str] = field(default_factory=list)  # lost their device KV this step
+    restores: list[KvRestore] = field(default_factory=list)  # saved KV to copy in before the model runs
 
     @property
     def num_scheduled_tokens(self) -> int:

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 from services.engine.block_pool import KvBlockManager, num_blocks_for
 from services.engine.request import FinishReason, Request, RequestStatus
 from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.kv_eviction import EvictedKv, KvEvictionHandler, KvRestore, RecomputeOnly, expected_wait_s
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
 from services.engine.scheduler.policy import SchedulingPolicy, priority_keys
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
@@ -38,6 +39,8 @@ from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 # Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
 # in promotion order among promoted requests.
 PROMOTED_BASE = -1e15
+# Swapped requests among this many at the head of the waiting queue are prefetched.
+PREFETCH_SCAN = 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Scheduler:
         eos_token_id: int | None,
         clock: Callable[[], float] = time.monotonic,
         cost_model: OnlineStepCostModel | None = None,
+        eviction: KvEvictionHandler | None = None,
     ) -> None:
         self.policy = policy
         self.limits = limits
@@ -73,12 +77,18 @@ class Scheduler:
         self.eos_token_id = eos_token_id
         self.clock = clock
         self.cost_model = cost_model or getattr(policy, "cost_model", None) or OnlineStepCostModel()
+        self.eviction: KvEvictionHandler = eviction or RecomputeOnly()
         self.waiting = WaitingQueue(self._rank_key)  # best first
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
         self.num_recomputed_tokens = 0  # KV tokens dropped by preemption, to be computed again
         self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
+        self.num_swapped_out = 0  # preemptions whose KV the eviction handler saved
+        self.num_restored = 0  # resumes that got their saved KV back
+        self.num_restores_lost = 0  # resumes whose saved KV was gone (recomputed instead)
+        # This step's victims (request, its block ids, its KV tokens), settled at the end of schedule().
+        self._evicted: list[tuple[Request, list[int], int]] = []
         self._ranked_version = self.cost_model.version
 
     # -- admission and abort -------------------------------------------------------------
@@ -116,10 +126,15 @@ class Scheduler:
         if self.policy.preempts_for_waiting and self.waiting:
             self._displace(preempted, now_s)
         chunks: list[ScheduledChunk] = []
+        restores: list[KvRestore] = []
         budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
         if not short_of_kv:
-            self._admit_waiting(budget, chunks, set(preempted), now_s)
-        return SchedulerOutput(chunks, preempted)
+            self._admit_waiting(budget, chunks, restores, now_s)
+        if self._evicted:
+            self._settle_evictions(now_s)
+        if self.eviction.saves_kv and self.waiting:
+            self.eviction.prefetch([r for r in self.waiting.head(PREFETCH_SCAN) if r.num_host_kv_tokens])
+        return SchedulerOutput(chunks, preempted, restores)
 
     def _schedule_running(self, chunks: list[ScheduledChunk], preempted: list[str], now_s: float) -> tuple[int, bool]:
         """Step 2; returns the budget left and whether KV ran short."""
@@ -198,16 +213,20 @@ class Scheduler:
             self._preempt(victim, now_s)
             preempted.append(victim.request_id)
 
-    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], just_preempted: set[str], now_s: float) -> None:
+    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float) -> None:
+        """Step 3. This step's victims are not in the queue yet (see _settle_evictions), so what
+        was just evicted is not taken back in the same step."""
         admitted = 0
         for request in self.waiting:
             if budget == 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
-            if request.request_id in just_preempted:
-                break  # do not take back in the same step what was just evicted
+            if request.num_host_kv_tokens and not self.eviction.ensure_restorable(request):
+                self._lose_host_kv(request)
             num_new = min(request.num_uncomputed_tokens, budget)
             if not self.kv.allocate_slots(request.request_id, request.num_computed_tokens + num_new):
                 break
+            if request.num_host_kv_tokens:
+                restores.append(self._restore_of(request))
             admitted += 1
             self.max_wait_s = max(self.max_wait_s, now_s - request.wait_started_s)
             request.status = RequestStatus.RUNNING
@@ -224,15 +243,54 @@ class Scheduler:
         return ScheduledChunk(request, num_new, target == num_tokens, target)
 
     def _preempt(self, request: Request, now_s: float) -> None:
-        """Recompute preemption: drop the KV, keep the output, wait to run again."""
+        """Takes the request's blocks back, keeps its output; whether its KV is saved or will be
+        recomputed is settled for all of the step's victims at once, at the end of the step."""
+        block_ids = list(self.kv.block_table(request.request_id))
         self.kv.free(request.request_id)
         self.running.remove(request)
-        self.num_recomputed_tokens += request.num_computed_tokens
+        self._evicted.append((request, block_ids, request.num_computed_tokens))
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.add(request, now_s)
+
+    def _settle_evictions(self, now_s: float) -> None:
+        """One eviction event per step: the handler saves some victims' KV, the rest recompute;
+        then every victim waits to run again."""
+        victims, self._evicted = self._evicted, []
+        saved: set[str] = set()
+        if self.eviction.saves_kv and any(num_kv for _, _, num_kv in victims):
+            saved = self.eviction.evict([self._evicted_kv(*victim) for victim in victims if victim[2]])
+        for request, _, num_kv_tokens in victims:
+            if request.request_id in saved:
+                request.num_host_kv_tokens = request.num_computed_tokens = num_kv_tokens
+                self.num_swapped_out += 1
+            else:
+                self.num_recomputed_tokens += num_kv_tokens
+            self.waiting.add(request, now_s)
+
+    def _evicted_kv(self, request: Request, block_ids: list[int], num_kv_tokens: int) -> EvictedKv:
+        prefill_s = self.cost_model.prefill_s_per_token
+        wait_s = expected_wait_s(request.rank_key, self.waiting, self._remaining_s, self.limits.max_num_seqs)
+        return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
+
+    def _remaining_s(self, request: Request) -> float:
+        """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
+        cost = self.cost_model
+        return cost.prefill_s_per_token * request.num_uncomputed_tokens + cost.decode_step_s * request.predicted_remaining_tokens
+
+    def _restore_of(self, request: Request) -> KvRestore:
+        """The admitted request's saved KV goes into its first blocks before the model runs."""
+        num_kv_tokens, request.num_host_kv_tokens = request.num_host_kv_tokens, 0
+        num_blocks = num_blocks_for(num_kv_tokens, self.kv.block_size)
+        self.num_restored += 1
+        return KvRestore(request.request_id, self.kv.block_table(request.request_id)[:num_blocks], num_kv_tokens)
+
+    def _lose_host_kv(self, request: Request) -> None:
+        """Its saved KV is gone (memory service down, dropped for room): it recomputes."""
+        self.num_recomputed_tokens += request.num_host_kv_tokens
+        self.num_restores_lost += 1
+        request.num_host_kv_tokens = request.num_computed_tokens = 0
 
     # -- ranking ---------------------------------------------------------------
 
@@ -287,6 +345,9 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.kv.free(request.request_id)
+        if request.num_host_kv_tokens:
+            request.num_host_kv_tokens = 0
+            self.eviction.discard(request.request_id)
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):

@@ -49,6 +49,10 @@ class WaitingQueue:
         if request.promoted_at_s is None:
             self._wait_order[request.request_id] = request
 
+    def head(self, count: int) -> list[Request]:
+        """The `count` best waiting requests, best first."""
+        return self._by_rank[:count]
+
     def remove(self, request: Request) -> None:
         self._by_rank.remove(request)
         self._wait_order.pop(request.request_id, None)
