@@ -78,7 +78,7 @@ async def test_two_engines_register_report_and_show_in_stats(stub):
     assert e2.layout == make_layout(block_bytes=2 * BLOCK_BYTES) and e2.model_name == "tiny"
     assert 0.0 <= e1.report_age_s < 30.0
     assert stats.host.tier == pb.MEMORY_TIER_HOST
-    assert (stats.host.num_blocks_total, stats.host.num_blocks_used) == (0, 0)
+    assert (stats.host.num_blocks_total, stats.host.num_blocks_used) == (4096, 0)  # 1 GiB of 256 KiB slots
 
 
 async def test_reregister_stale_report_unknown_engine_and_unregister(stub):

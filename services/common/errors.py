@@ -99,7 +99,7 @@ _ABORT_ERRORS: tuple[type[BaseException], ...] = (grpc.aio.AbortError,)
 
 
 class StatusMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps `AliseError` subclasses raised by unary and server-streaming handlers to statuses."""
+    """Maps `AliseError` subclasses raised by any handler (unary or streaming either way) to statuses."""
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
         handler = await continuation(handler_call_details)
@@ -114,6 +114,18 @@ class StatusMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:  # a client stream: same awaitable shape as unary-unary
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:  # bidirectional: same async-iterator shape as unary-stream
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

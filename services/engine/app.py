@@ -15,6 +15,8 @@ from services.engine.config import EngineConfig
 from services.engine.engine_core import EngineCore
 from services.engine.engine_loop import EngineLoop
 from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks
+from services.engine.kv_offload.memory_client import MemoryClient
+from services.engine.kv_offload.offloader import KvOffloader
 from services.engine.memory_reporter import MemoryReporter
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
@@ -76,6 +78,9 @@ async def start(config: EngineConfig) -> ServiceHandle:
         "model %s on %s/%s; KV pool %d blocks x %d tokens", info.model_name, device, dtype,
         cache_shape.num_blocks, cache_shape.block_size,
     )
+    if config.memory_address:  # preempted KV is negotiated with the memory service from the first step
+        offloader = KvOffloader(core.runner.cache, MemoryClient(config.memory_address, config.engine_id))
+        core.scheduler.eviction = offloader
     engine_loop = EngineLoop(core, config.engine_id)
     engine_loop.start(asyncio.get_running_loop())
     servicer = EngineServicer(engine_loop, info, config.max_waiting_requests)
@@ -95,7 +100,9 @@ async def start(config: EngineConfig) -> ServiceHandle:
             dtype=_KV_DTYPES.get(dtype, memory_service_pb2.KV_DTYPE_UNSPECIFIED),
             block_bytes=cache_shape.block_bytes(dtype),
         )
-        reporter = MemoryReporter(config.memory_address, running.address, info.model_name, engine_loop, layout)
+        reporter = MemoryReporter(
+            config.memory_address, running.address, info.model_name, engine_loop, layout, offloader.attach_region
+        )
         reporter.start()
         handle.on_stop.append(reporter.stop)
 
@@ -103,4 +110,10 @@ async def start(config: EngineConfig) -> ServiceHandle:
         await asyncio.to_thread(engine_loop.stop)
 
     handle.on_stop.append(stop_engine_thread)
+    if config.memory_address:  # after the engine thread, its only caller, has stopped
+
+        async def close_offloader() -> None:
+            await asyncio.to_thread(offloader.close)
+
+        handle.on_stop.append(close_offloader)
     return handle

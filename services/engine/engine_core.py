@@ -48,6 +48,8 @@ class EngineCore:
         output = self.scheduler.schedule()
         if output.is_empty:
             return []
+        if output.restores:  # swapped KV back into its new blocks before the model reads them
+            self.scheduler.eviction.restore(output.restores)
         sampled = self.runner.execute(output)
         results = self.scheduler.update(output, sampled)
         for result in results:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import grpc
 
@@ -22,12 +23,16 @@ RETRY_INTERVAL_S = 2.0
 
 
 class MemoryReporter:
-    def __init__(self, address: str, engine_address: str, model_name: str, loop: EngineLoop, layout) -> None:
+    def __init__(
+        self, address: str, engine_address: str, model_name: str, loop: EngineLoop, layout,
+        on_region: Callable[[memory_service_pb2.HostRegion], None] | None = None,
+    ) -> None:
         self._address = address
         self._engine_address = engine_address
         self._model_name = model_name
         self._loop = loop
         self._layout = layout  # memory_service_pb2.KvBlockLayout
+        self._on_region = on_region  # told the host tier's region at every (re-)registration
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = memory_service_pb2_grpc.MemoryServiceStub(self._channel)
         self._task: asyncio.Task | None = None
@@ -78,6 +83,8 @@ class MemoryReporter:
                 continue
             log.info("registered with memory service at %s", self._address)
             self._warned = False
+            if self._on_region is not None:
+                self._on_region(reply.host_region)
             return max(reply.report_interval_s, 0.1)
 
     async def _report(self) -> bool:

@@ -115,6 +115,11 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             num_steps=snapshot.num_steps,
             num_generated_tokens=snapshot.num_generated_tokens,
             scheduler_policy=snapshot.scheduler_policy,
+            num_preemptions=snapshot.num_preemptions,
+            num_swapped_out=snapshot.num_swapped_out,
+            num_restored=snapshot.num_restored,
+            num_restores_lost=snapshot.num_restores_lost,
+            num_recomputed_tokens=snapshot.num_recomputed_tokens,
         )
 
     async def GetModelInfo(self, request, context):

@@ -24,6 +24,11 @@ class EngineSnapshot:
     predicted_outstanding_work_s: float  # the same, at the last measured output-token rate
     num_steps: int
     num_generated_tokens: int
+    num_preemptions: int  # since start
+    num_swapped_out: int  # preemptions whose KV went to the host tier
+    num_restored: int  # resumes that got their swapped KV back
+    num_restores_lost: int  # resumes whose swapped KV was gone (recomputed)
+    num_recomputed_tokens: int  # KV tokens dropped by preemption, computed again
 
 
 def take_snapshot(core, engine_id: str) -> EngineSnapshot:
@@ -46,6 +51,11 @@ def take_snapshot(core, engine_id: str) -> EngineSnapshot:
         predicted_outstanding_work_s=outstanding * _seconds_per_output_token(core),
         num_steps=core.num_steps,
         num_generated_tokens=core.num_generated_tokens,
+        num_preemptions=scheduler.num_preemptions,
+        num_swapped_out=scheduler.preempted_kv.num_swapped_out,
+        num_restored=scheduler.preempted_kv.num_restored,
+        num_restores_lost=scheduler.preempted_kv.num_restores_lost,
+        num_recomputed_tokens=scheduler.num_recomputed_tokens,
     )
 
 

@@ -2,9 +2,11 @@
 
     alise bench sim --trace sharegpt --preset llama3-8b-h100 --kv-cache-gb 8
     alise bench sim --trace alpaca --preset llama3-8b-h100 --prediction noisy-oracle --tau 0.6
+    alise bench sim --kv-cache-gb 4 --policies alise,fcfs --kv-offload recompute,swap-compress --host-tier-gb 64
 
-Prints one line per (rate, policy) and a table of sustainable rates per latency bound; saves
-<out-dir>/sim_<trace>_<preset>.json and .png (normalized latency vs rate, one line per policy).
+Prints one line per (rate, policy, offload mode) and a table of sustainable rates per latency bound;
+saves <out-dir>/sim_<trace>_<preset>[_host<N>gb].json and .png (normalized latency vs rate, one line
+per policy, or per policy+mode when swap modes are swept).
 """
 
 from __future__ import annotations
@@ -15,15 +17,22 @@ import pathlib
 
 from services.bench.plots import plot_latency_vs_rate
 from services.bench.results import build_report, write_report
-from services.bench.sim.gpu_presets import GB, PRESETS, LinearCostModel
+from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, LinearCostModel
+from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR, CodecTimes, KvLayout
+from services.bench.sim.kv_offload import (
+    DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, KvOffloadConfig, OffloadMode,
+)
 from services.bench.sim.predictions import constant_distributions, noisy_oracle_distributions
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.workload import TRACE_NAMES, load_trace
 from services.cli import arg_types
 from services.engine.scheduler import POLICY_NAMES, StepCostCoefficients
+from services.memory.eviction_policy import KvCodec
 
 PREDICTION_MODES = ("noisy-oracle", "none")
+DEFAULT_HOST_TIER_GB = 64.0
+DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 at their measured errors
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
@@ -47,6 +56,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-model-len", type=arg_types.positive_int, default=4096)
     parser.add_argument("--max-wait-s", type=arg_types.positive_float, default=60.0)
     parser.add_argument("--seed", type=arg_types.seed, default=0)
+    _add_offload_flags(parser)
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("runs"))
     parser.set_defaults(handler=run)
 
@@ -57,24 +67,29 @@ def run(args: argparse.Namespace) -> int:
         cost = _cost_model(args)
         rates = tuple(float(x) for x in args.rates.split(",") if x)
         bounds = tuple(float(x) for x in args.bounds.split(",") if x)
+        modes = _names(args.kv_offload, OFFLOAD_MODES, what="KV offload modes")
+        offload = _offload_config(args, modes)
+        config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed, modes, offload)
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
     except (ValueError, FileNotFoundError) as error:
         print(f"alise bench sim: error: {error}")
         return 2
     predictions, reached_tau = _predictions(args, trace)
     shape = EngineShape(args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s)
-    config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed)
     print(f"{args.trace}: {len(trace)} requests; {cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; "
-          f"predictions {args.prediction} (tau {reached_tau:.3f})")
+          f"predictions {args.prediction} (tau {reached_tau:.3f}); KV offload {', '.join(modes)}")
+    if offload is not None:
+        print(_offload_line(offload))
     result = run_sweep(trace, predictions, cost=cost, shape=shape, config=config)
     _print_bounds(result)
-    stem = args.out_dir / f"sim_{args.trace}_{cost.name}"
+    stem = args.out_dir / f"sim_{args.trace}_{cost.name}{'' if offload is None else f'_host{args.host_tier_gb:g}gb'}"
     settings = {
         "trace": args.trace, "num_requests": len(trace), "cost_model": dataclasses.asdict(cost), "engine": shape,
         "sweep": config, "prediction": args.prediction, "target_tau": args.tau, "reached_tau": reached_tau,
     }
     write_report(stem.with_suffix(".json"), build_report("simulator", settings, {"result": result}))
-    curves = {p: [pt.rate_point() for pt in result.points if pt.policy == p] for p in policies}
+    labels = [config.label(policy, mode) for policy in policies for mode in modes]
+    curves = {label: [pt.rate_point() for pt in result.points if pt.label == label] for label in labels}
     plot_latency_vs_rate(
         curves, bounds_s_per_token=[b.bound_s_per_token for b in result.bounds],
         title=f"{args.trace} on {cost.name} (tau {reached_tau:.2f})", path=stem.with_suffix(".png"),
@@ -83,12 +98,58 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _names(text: str, known) -> tuple[str, ...]:
+def _names(text: str, known, what: str = "policies") -> tuple[str, ...]:
     names = tuple(name for name in text.split(",") if name)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise ValueError(f"unknown policies {unknown}; known: {list(known)}")
+        raise ValueError(f"unknown {what} {unknown}; known: {list(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} repeated: {list(names)}")
     return names
+
+
+def _add_offload_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kv-offload", default=OffloadMode.RECOMPUTE.value,
+        help=f"comma-separated KV offload modes, each swept (one curve per policy+mode): {', '.join(OFFLOAD_MODES)}",
+    )
+    parser.add_argument("--host-tier-gb", type=arg_types.positive_float, default=DEFAULT_HOST_TIER_GB,
+                        help="host memory for swapped KV (swap modes)")
+    parser.add_argument("--host-slot-kb", type=arg_types.positive_float,
+                        help="host tier allocation unit (default: one full-precision KV block of the preset's model)")
+    parser.add_argument("--host-link-gb-per-s", type=arg_types.positive_float, default=DEFAULT_HOST_LINK_BYTES_PER_S / GB,
+                        help="effective host<->device copy rate per direction (H100 PCIe Gen5 pinned copies: ~25)")
+    parser.add_argument("--kv-error-budget", type=arg_types.non_negative_float, default=DEFAULT_KV_ERROR_BUDGET,
+                        help="relative Frobenius error a lossy codec may add (swap-compress)")
+    parser.add_argument("--int8-error", type=arg_types.non_negative_float, default=INT8_RELATIVE_ERROR,
+                        help="measured relative error of the int8 codec on real KV")
+    parser.add_argument("--int4-error", type=arg_types.non_negative_float, default=INT4_RELATIVE_ERROR,
+                        help="measured relative error of the int4 codec on real KV")
+
+
+def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOffloadConfig | None:
+    """The host tier of the preset's model and GPU; None when only recompute is swept."""
+    swap_modes = [OffloadMode(mode) for mode in modes if mode != OffloadMode.RECOMPUTE.value]
+    if not swap_modes:
+        return None
+    preset = PRESETS[args.preset]
+    model = preset.model
+    layout = KvLayout(model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS)
+    times = CodecTimes(args.host_link_gb_per_s * GB, preset.gpu.bandwidth_bytes_per_s * preset.bandwidth_efficiency)
+    slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
+    return KvOffloadConfig(
+        swap_modes[0], layout, times, int(args.host_tier_gb * GB), slot_bytes,
+        args.kv_error_budget, args.int8_error, args.int4_error,
+    )
+
+
+def _offload_line(offload: KvOffloadConfig) -> str:
+    sizes = ", ".join(f"{codec.value} {offload.layout.block_bytes(codec) / 2**20:.3f}" for codec in KvCodec)
+    return (
+        f"host tier {offload.host_tier_bytes / GB:g} GB in {offload.num_host_slots} slots of {offload.host_slot_bytes} B; "
+        f"link {offload.times.link_bytes_per_s / GB:g} GB/s; block MiB: {sizes}; error budget "
+        f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g})"
+    )
 
 
 def _cost_model(args):
@@ -113,5 +174,11 @@ def _print_bounds(result: SweepResult) -> None:
           f"({result.unloaded_mean_s_per_token * 1e3:.2f} ms/token)")
     for bound in result.bounds:
         rates = "  ".join(f"{p} {r:.3f} (x{bound.ratio_to_fcfs[p]:.2f})" for p, r in bound.sustainable_rate_per_s.items())
-        recovered = "" if bound.oracle_gain_recovered is None else f"  alise recovers {bound.oracle_gain_recovered:.0%} of oracle gain"
+        recovered = "".join(
+            f"  alise recovers {share:.0%} of oracle gain{'' if len(bound.oracle_gain_recovered) == 1 else f' ({mode})'}"
+            for mode, share in bound.oracle_gain_recovered.items() if share is not None
+        )
         print(f"  {bound.multiple:g}x: {rates}{recovered}")
+        if bound.ratio_to_recompute:
+            ratios = "  ".join(f"{label} x{ratio:.2f}" for label, ratio in bound.ratio_to_recompute.items())
+            print(f"       vs the same policy recomputing: {ratios}")

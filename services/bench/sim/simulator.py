@@ -1,13 +1,18 @@
 """The discrete-event simulator: the engine's own Scheduler, on a virtual clock, with a GPU cost model.
 
     arrivals (trace + Poisson/gamma times) --> Scheduler.add at their virtual time
-    loop: output = schedule(); clock += cost_model.step_time_s(output); update(output, fake tokens)
+    loop: output = schedule(); clock += cost.step_time_s(output) + swap stalls; update(output, fake tokens)
 
 Nothing but the model forward is simulated: admission, chunked prefill, KV blocks, preemption,
 re-estimation, starvation promotion and the online step-cost calibration are the production code.
 Each request produces exactly its trace's output length: the simulated model samples EOS at that
 length, and max_tokens is left at what the context allows, so only srpt-oracle (whose requests carry
 max_tokens = true length) knows it. Deterministic: no wall clock, no randomness inside the loop.
+
+KV offload (kv_offload.py): with a swap mode, preempted KV goes to a simulated host tier as the
+memory manager's plan decides; its swap-out and not-yet-prefetched swap-in stall the step in which
+they happen (added to the step's model time). The online cost model is fed the model time alone: a
+swap stall does not scale with tokens or KV read, and would only blur the fit.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from services.bench.latency_metrics import RequestRecord
+from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, make_handler
 from services.bench.sim.sim_request import SIM_EOS_TOKEN_ID, make_sim_request
 from services.bench.workload import TraceRequest
 from services.engine.block_pool import KvBlockManager
@@ -62,9 +68,10 @@ class SimResult:
     num_preemptions: int
     num_recomputed_tokens: int  # KV tokens dropped by preemption and computed again (wasted work)
     max_wait_s: float  # longest wait from (re)queueing to running, s
-    kv_swap_bytes: int  # bytes swapped to host (0: recompute-only preemption until the memory manager)
+    kv_swap_bytes: int  # bytes swapped out to the host tier (0 in recompute mode)
     num_rejected: int  # requests that could never fit the KV pool (not simulated)
-    busy_s: float  # virtual time the engine spent in steps
+    busy_s: float  # virtual time the engine spent in steps (swap stalls included)
+    offload: OffloadCounters | None = None  # what the host tier did (None in recompute mode)
 
 
 def simulate(
@@ -75,13 +82,17 @@ def simulate(
     policy: str,
     cost: StepCost,
     shape: EngineShape,
+    offload: KvOffloadConfig | None = None,
 ) -> SimResult:
-    """Runs every request of the trace to completion under `policy`."""
+    """Runs every request of the trace to completion under `policy` (and the offload mode, if any)."""
     clock = [0.0]
     cost_model = OnlineStepCostModel(cost.linear_prior())
     limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
     kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
-    scheduler = Scheduler(make_policy(policy, cost_model), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model)
+    handler = make_handler(offload, lambda: clock[0])
+    scheduler = Scheduler(
+        make_policy(policy, cost_model), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model, eviction=handler
+    )
     pending = _requests(trace, arrivals_s, predictions, scheduler, reveal_length=policy == ORACLE_POLICY)
     true_lengths = {item.request_id: item.num_output_tokens for item in trace}
     live: dict[str, Request] = {}
@@ -99,18 +110,24 @@ def simulate(
         output = scheduler.schedule()
         if output.is_empty:
             raise RuntimeError("the scheduler made no progress with work queued (a request cannot fit?)")
-        step_s = cost.step_time_s(output)
+        model_s = cost.step_time_s(output)
+        step_s = model_s
+        if handler is not None:
+            handler.restore(output.restores)  # what the engine does before running the model
+            step_s += handler.take_step_stall_s()
         clock[0] += step_s
         busy_s += step_s
         num_steps += 1
         results = scheduler.update(output, _sampled(output, true_lengths))
-        scheduler.record_step_time(output, step_s)
+        scheduler.record_step_time(output, model_s)
         for result in results:
             if result.finish_reason is not None:
                 records.append(_record(live.pop(result.request_id)))
+    counters = None if handler is None else handler.counters
     return SimResult(
         records, num_steps, scheduler.num_preemptions, scheduler.num_recomputed_tokens,
-        scheduler.max_wait_s, 0, len(trace) - len(pending), busy_s,
+        scheduler.max_wait_s, 0 if counters is None else counters.swap_out_bytes, len(trace) - len(pending), busy_s,
+        counters,
     )
 
 

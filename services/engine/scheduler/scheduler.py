@@ -5,7 +5,7 @@ Every step:
      ahead of all others (among themselves, in promotion order) and are never displaced;
   1. displacement (policies with preempts_for_waiting): while the best waiting request cannot get a
      batch seat or KV blocks, and the policy says it displaces the worst running request, that one
-     is preempted (recompute) to make room;
+     is preempted to make room;
   2. running requests get the tokens they need within the token budget: decodes first (1 token
      each), then prompt chunks, each group best first; if KV blocks run out, the worst running
      request not yet scheduled this step is preempted until the request fits (or the request itself);
@@ -13,7 +13,8 @@ Every step:
      seats and the free blocks allow (head-of-line: stop at the first misfit, so a big request is
      not starved by smaller ones behind it).
 Running decodes are served before any prompt chunk, so a long prompt never stalls them, whatever
-rank a policy gives the prompt's request.
+rank a policy gives the prompt's request. A preempted request's KV is saved (swapped) or dropped
+(recompute), for all of the step's victims at once at the end of the step (preempted_kv.py).
 
 Worst-case wait (the aging bound): a request that has waited max_wait_s is promoted, so it starts at
 the first step after that at which the requests promoted before it leave room; with displacing
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from services.engine.block_pool import KvBlockManager, num_blocks_for
 from services.engine.request import FinishReason, Request, RequestStatus
 from services.engine.scheduler.cost_model import OnlineStepCostModel
-from services.engine.scheduler.kv_eviction import EvictedKv, KvEvictionHandler, KvRestore, RecomputeOnly, expected_wait_s
+from services.engine.scheduler.kv_eviction import KvEvictionHandler, KvRestore
+from services.engine.scheduler.limits import SchedulerLimits
+from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
 from services.engine.scheduler.policy import SchedulingPolicy, priority_keys
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
@@ -41,21 +43,6 @@ from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 PROMOTED_BASE = -1e15
 # Swapped requests among this many at the head of the waiting queue are prefetched.
 PREFETCH_SCAN = 16
-
-
-@dataclass(frozen=True)
-class SchedulerLimits:
-    """Per-step limits of the batch, and the starvation bound."""
-
-    max_num_seqs: int  # requests in the running batch at most
-    max_num_batched_tokens: int  # tokens fed to the model per step at most (the token budget)
-    max_model_len: int  # prompt + output tokens per request at most
-    max_wait_s: float = 60.0  # a request waiting this long is promoted (math.inf disables)
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_wait_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 class Scheduler:
@@ -77,18 +64,15 @@ class Scheduler:
         self.eos_token_id = eos_token_id
         self.clock = clock
         self.cost_model = cost_model or getattr(policy, "cost_model", None) or OnlineStepCostModel()
-        self.eviction: KvEvictionHandler = eviction or RecomputeOnly()
         self.waiting = WaitingQueue(self._rank_key)  # best first
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
-        self.num_recomputed_tokens = 0  # KV tokens dropped by preemption, to be computed again
         self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
-        self.num_swapped_out = 0  # preemptions whose KV the eviction handler saved
-        self.num_restored = 0  # resumes that got their saved KV back
-        self.num_restores_lost = 0  # resumes whose saved KV was gone (recomputed instead)
-        # This step's victims (request, its block ids, its KV tokens), settled at the end of schedule().
-        self._evicted: list[tuple[Request, list[int], int]] = []
+        # Where preempted KV goes (saved by the eviction handler, or recomputed) and its counters.
+        self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size, limits.max_num_seqs)
+        if eviction is not None:
+            self.preempted_kv.handler = eviction
         self._ranked_version = self.cost_model.version
 
     # -- admission and abort -------------------------------------------------------------
@@ -130,8 +114,8 @@ class Scheduler:
         budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
         if not short_of_kv:
             self._admit_waiting(budget, chunks, restores, now_s)
-        if self._evicted:
-            self._settle_evictions(now_s)
+        if self.preempted_kv.has_victims:
+            self.preempted_kv.settle(self.waiting, now_s)
         if self.eviction.saves_kv and self.waiting:
             self.eviction.prefetch([r for r in self.waiting.head(PREFETCH_SCAN) if r.num_host_kv_tokens])
         return SchedulerOutput(chunks, preempted, restores)
@@ -220,13 +204,12 @@ class Scheduler:
         for request in self.waiting:
             if budget == 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
-            if request.num_host_kv_tokens and not self.eviction.ensure_restorable(request):
-                self._lose_host_kv(request)
+            self.preempted_kv.check_restorable(request)
             num_new = min(request.num_uncomputed_tokens, budget)
             if not self.kv.allocate_slots(request.request_id, request.num_computed_tokens + num_new):
                 break
             if request.num_host_kv_tokens:
-                restores.append(self._restore_of(request))
+                restores.append(self.preempted_kv.restore_of(request, self.kv.block_table(request.request_id)))
             admitted += 1
             self.max_wait_s = max(self.max_wait_s, now_s - request.wait_started_s)
             request.status = RequestStatus.RUNNING
@@ -245,52 +228,12 @@ class Scheduler:
     def _preempt(self, request: Request, now_s: float) -> None:
         """Takes the request's blocks back, keeps its output; whether its KV is saved or will be
         recomputed is settled for all of the step's victims at once, at the end of the step."""
-        block_ids = list(self.kv.block_table(request.request_id))
+        self.preempted_kv.add_victim(request, list(self.kv.block_table(request.request_id)))
         self.kv.free(request.request_id)
         self.running.remove(request)
-        self._evicted.append((request, block_ids, request.num_computed_tokens))
-        request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
-
-    def _settle_evictions(self, now_s: float) -> None:
-        """One eviction event per step: the handler saves some victims' KV, the rest recompute;
-        then every victim waits to run again."""
-        victims, self._evicted = self._evicted, []
-        saved: set[str] = set()
-        if self.eviction.saves_kv and any(num_kv for _, _, num_kv in victims):
-            saved = self.eviction.evict([self._evicted_kv(*victim) for victim in victims if victim[2]])
-        for request, _, num_kv_tokens in victims:
-            if request.request_id in saved:
-                request.num_host_kv_tokens = request.num_computed_tokens = num_kv_tokens
-                self.num_swapped_out += 1
-            else:
-                self.num_recomputed_tokens += num_kv_tokens
-            self.waiting.add(request, now_s)
-
-    def _evicted_kv(self, request: Request, block_ids: list[int], num_kv_tokens: int) -> EvictedKv:
-        prefill_s = self.cost_model.prefill_s_per_token
-        wait_s = expected_wait_s(request.rank_key, self.waiting, self._remaining_s, self.limits.max_num_seqs)
-        return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
-
-    def _remaining_s(self, request: Request) -> float:
-        """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
-        cost = self.cost_model
-        return cost.prefill_s_per_token * request.num_uncomputed_tokens + cost.decode_step_s * request.predicted_remaining_tokens
-
-    def _restore_of(self, request: Request) -> KvRestore:
-        """The admitted request's saved KV goes into its first blocks before the model runs."""
-        num_kv_tokens, request.num_host_kv_tokens = request.num_host_kv_tokens, 0
-        num_blocks = num_blocks_for(num_kv_tokens, self.kv.block_size)
-        self.num_restored += 1
-        return KvRestore(request.request_id, self.kv.block_table(request.request_id)[:num_blocks], num_kv_tokens)
-
-    def _lose_host_kv(self, request: Request) -> None:
-        """Its saved KV is gone (memory service down, dropped for room): it recomputes."""
-        self.num_recomputed_tokens += request.num_host_kv_tokens
-        self.num_restores_lost += 1
-        request.num_host_kv_tokens = request.num_computed_tokens = 0
 
     # -- ranking ---------------------------------------------------------------
 
@@ -345,9 +288,7 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.kv.free(request.request_id)
-        if request.num_host_kv_tokens:
-            request.num_host_kv_tokens = 0
-            self.eviction.discard(request.request_id)
+        self.preempted_kv.discard(request)
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
@@ -358,6 +299,19 @@ class Scheduler:
         del self.requests[request.request_id]
 
     # -- figures -------------------------------------------------------------------------
+
+    @property
+    def eviction(self) -> KvEvictionHandler:
+        """Who keeps preempted KV (default: nobody, every victim recomputes)."""
+        return self.preempted_kv.handler
+
+    @eviction.setter
+    def eviction(self, handler: KvEvictionHandler) -> None:
+        self.preempted_kv.handler = handler
+
+    @property
+    def num_recomputed_tokens(self) -> int:
+        return self.preempted_kv.num_recomputed_tokens
 
     @property
     def num_preempted(self) -> int:

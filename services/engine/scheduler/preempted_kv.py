@@ -1,0 +1,83 @@
+"""The scheduler's bookkeeping of preempted KV: the step's victims, whose KV is saved, and taking it
+back at admission (see kv_eviction.py for the whole life cycle).
+
+Victims are collected while the step is planned and settled once at its end, so the handler sees
+one eviction event per step and a victim never re-enters the waiting queue in the step that evicted
+it. Plain Python, no torch.
+"""
+
+from __future__ import annotations
+
+from services.engine.block_pool import num_blocks_for
+from services.engine.request import Request
+from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.kv_eviction import EvictedKv, KvEvictionHandler, KvRestore, RecomputeOnly, expected_wait_s
+from services.engine.scheduler.waiting_queue import WaitingQueue
+
+
+class PreemptedKv:
+    """Victims of the current step and the counters of where preempted KV went."""
+
+    def __init__(self, cost_model: OnlineStepCostModel, block_size: int, num_seats: int) -> None:
+        self.handler: KvEvictionHandler = RecomputeOnly()
+        self._cost_model = cost_model
+        self._block_size = block_size
+        self._num_seats = num_seats
+        self._victims: list[tuple[Request, list[int], int]] = []  # (request, its block ids, its KV tokens)
+        self.num_swapped_out = 0  # preemptions whose KV the handler saved
+        self.num_restored = 0  # resumes that got their saved KV back
+        self.num_restores_lost = 0  # resumes whose saved KV was gone (recomputed instead)
+        self.num_recomputed_tokens = 0  # KV tokens dropped by preemption, to be computed again
+
+    @property
+    def has_victims(self) -> bool:
+        return bool(self._victims)
+
+    def add_victim(self, request: Request, block_ids: list[int]) -> None:
+        """The request lost its device blocks (freed, contents intact until the model runs)."""
+        self._victims.append((request, block_ids, request.num_computed_tokens))
+        request.num_computed_tokens = 0
+
+    def settle(self, waiting: WaitingQueue, now_s: float) -> None:
+        """One eviction event: the handler saves some victims' KV, the rest recompute; then every
+        victim waits to run again."""
+        victims, self._victims = self._victims, []
+        saved: set[str] = set()
+        if self.handler.saves_kv and any(num_kv for _, _, num_kv in victims):
+            saved = self.handler.evict([self._evicted_kv(waiting, *victim) for victim in victims if victim[2]])
+        for request, _, num_kv_tokens in victims:
+            if request.request_id in saved:
+                request.num_host_kv_tokens = request.num_computed_tokens = num_kv_tokens
+                self.num_swapped_out += 1
+            else:
+                self.num_recomputed_tokens += num_kv_tokens
+            waiting.add(request, now_s)
+
+    def _evicted_kv(self, waiting: WaitingQueue, request: Request, block_ids: list[int], num_kv_tokens: int) -> EvictedKv:
+        prefill_s = self._cost_model.prefill_s_per_token
+        wait_s = expected_wait_s(request.rank_key, waiting, self._remaining_s, self._num_seats)
+        return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
+
+    def _remaining_s(self, request: Request) -> float:
+        """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
+        cost = self._cost_model
+        return cost.prefill_s_per_token * request.num_uncomputed_tokens + cost.decode_step_s * request.predicted_remaining_tokens
+
+    def check_restorable(self, request: Request) -> None:
+        """Before admitting a request with saved KV: if the KV is gone, it recomputes from token 0."""
+        if request.num_host_kv_tokens and not self.handler.ensure_restorable(request):
+            self.num_recomputed_tokens += request.num_host_kv_tokens
+            self.num_restores_lost += 1
+            request.num_host_kv_tokens = request.num_computed_tokens = 0
+
+    def restore_of(self, request: Request, block_table: list[int]) -> KvRestore:
+        """The admitted request's saved KV goes into its first blocks before the model runs."""
+        num_kv_tokens, request.num_host_kv_tokens = request.num_host_kv_tokens, 0
+        self.num_restored += 1
+        return KvRestore(request.request_id, block_table[: num_blocks_for(num_kv_tokens, self._block_size)], num_kv_tokens)
+
+    def discard(self, request: Request) -> None:
+        """The request finished or was aborted: its saved KV (if any) is freed."""
+        if request.num_host_kv_tokens:
+            request.num_host_kv_tokens = 0
+            self.handler.discard(request.request_id)

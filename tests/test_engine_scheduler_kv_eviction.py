@@ -1,0 +1,122 @@
+"""The scheduler's side of swapping: one eviction event per step, saved KV kept across the wait and
+handed back at admission, lost KV recomputed, discarded on abort (fake handler, fake model)."""
+
+from services.engine.request import RequestStatus
+from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
+from tests.engine_factories import make_request, make_scheduler, run_step
+
+
+class RecordingHandler:
+    """Saves every victim (or none when `keeps` is False) and records what it was asked."""
+
+    saves_kv = True
+
+    def __init__(self, *, keeps: bool = True) -> None:
+        self.keeps = keeps
+        self.events: list[list[EvictedKv]] = []
+        self.prefetched: list[str] = []
+        self.restored: list[KvRestore] = []
+        self.discarded: list[str] = []
+
+    def evict(self, victims):
+        self.events.append(list(victims))
+        return {v.request.request_id for v in victims}
+
+    def ensure_restorable(self, request):
+        return self.keeps
+
+    def prefetch(self, requests):
+        self.prefetched.extend(r.request_id for r in requests)
+
+    def restore(self, restores):
+        self.restored.extend(restores)
+
+    def discard(self, request_id):
+        self.discarded.append(request_id)
+
+
+def _memory_bound_scheduler(handler):
+    """4 blocks of 4 tokens: two 6-token prompts fit, the third request's arrival cannot grow both."""
+    scheduler = make_scheduler(num_blocks=4, block_size=4, token_budget=64, max_num_seqs=8)
+    scheduler.eviction = handler
+    return scheduler
+
+
+def _run_until_preempted(scheduler):
+    scheduler.add(make_request("a", 6, max_tokens=8))
+    scheduler.add(make_request("b", 6, max_tokens=8))
+    for _ in range(10):
+        output, _ = run_step(scheduler)
+        if output.preempted_request_ids:
+            return output
+    raise AssertionError("no preemption happened")
+
+
+def test_victims_of_a_step_are_settled_in_one_event_and_keep_their_computed_tokens():
+    handler = RecordingHandler()
+    scheduler = _memory_bound_scheduler(handler)
+    output = _run_until_preempted(scheduler)
+    assert len(handler.events) == 1
+    (victim,) = handler.events[0]
+    request = victim.request
+    assert output.preempted_request_ids == [request.request_id]
+    assert victim.num_kv_tokens > 0 and len(victim.block_ids) == -(-victim.num_kv_tokens // 4)
+    assert victim.recompute_s > 0 and victim.expected_wait_s >= 0
+    assert request.status is RequestStatus.PREEMPTED
+    assert request.num_host_kv_tokens == request.num_computed_tokens == victim.num_kv_tokens
+    assert all(chunk.request is not request for chunk in output.chunks)  # not taken back in the same step
+    assert scheduler.num_recomputed_tokens == 0 and scheduler.preempted_kv.num_swapped_out == 1
+
+
+def test_a_resumed_request_gets_its_kv_restored_into_its_first_blocks_and_is_prefetched_first():
+    handler = RecordingHandler()
+    scheduler = _memory_bound_scheduler(handler)
+    _run_until_preempted(scheduler)
+    victim = handler.events[0][0]
+    for _ in range(40):
+        output, _ = run_step(scheduler)
+        if output.restores:
+            break
+    (restore,) = output.restores
+    assert restore.request_id == victim.request.request_id and restore.num_kv_tokens == victim.num_kv_tokens
+    assert restore.block_ids == scheduler.kv.block_table(restore.request_id)[: len(victim.block_ids)]
+    assert victim.request.request_id in handler.prefetched
+    chunk = next(c for c in output.chunks if c.request.request_id == restore.request_id)
+    assert chunk.num_context_tokens - chunk.num_new_tokens == victim.num_kv_tokens  # no recompute
+    assert victim.request.num_host_kv_tokens == 0 and scheduler.preempted_kv.num_restored == 1
+
+
+def test_lost_kv_is_recomputed_from_the_first_token():
+    handler = RecordingHandler(keeps=False)
+    scheduler = _memory_bound_scheduler(handler)
+    _run_until_preempted(scheduler)
+    victim = handler.events[0][0]
+    for _ in range(40):
+        output, _ = run_step(scheduler)
+        chunks = [c for c in output.chunks if c.request is victim.request]
+        if chunks:
+            break
+    assert not output.restores
+    assert chunks[0].num_context_tokens == chunks[0].num_new_tokens  # from token 0
+    assert scheduler.preempted_kv.num_restores_lost == 1
+    assert scheduler.num_recomputed_tokens == victim.num_kv_tokens
+
+
+def test_aborting_a_swapped_request_discards_its_saved_kv():
+    handler = RecordingHandler()
+    scheduler = _memory_bound_scheduler(handler)
+    _run_until_preempted(scheduler)
+    victim = handler.events[0][0].request
+    scheduler.abort(victim.request_id)
+    assert handler.discarded == [victim.request_id] and victim.num_host_kv_tokens == 0
+    for request_id in list(scheduler.requests):
+        scheduler.abort(request_id)
+    assert scheduler.kv.pool.num_free_blocks == 4 and handler.discarded == [victim.request_id]
+
+
+def test_without_a_handler_every_victim_recomputes():
+    scheduler = make_scheduler(num_blocks=4, block_size=4, token_budget=64, max_num_seqs=8)
+    _run_until_preempted(scheduler)
+    preempted = [r for r in scheduler.waiting if r.status is RequestStatus.PREEMPTED]
+    assert preempted and all(r.num_computed_tokens == 0 and r.num_host_kv_tokens == 0 for r in preempted)
+    assert scheduler.num_recomputed_tokens > 0
