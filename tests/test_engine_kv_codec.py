@@ -7,6 +7,7 @@ import torch
 from services.engine import kv_quant
 from services.engine.attention import AttentionMetadata, paged_attention_reference
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
+from services.engine.kv_offload import swap_agreement
 from services.engine.kv_offload.kv_codec import (
     KvCodec,
     decode_blocks,
@@ -15,8 +16,7 @@ from services.engine.kv_offload.kv_codec import (
     encoded_size_bytes,
     measure_codec_errors,
 )
-from services.engine.kv_offload import swap_agreement
-from services.engine.kv_offload.swap_agreement import generate, measure_agreement
+from services.engine.kv_offload.swap_agreement import SwapRoundTrip, generate, measure_agreement
 from tests.engine_model import make_core
 
 torch.set_num_threads(1)
@@ -72,7 +72,8 @@ def test_encoding_size_is_encoded_size_bytes(dtype, codec, num_blocks):
 def test_encoded_sizes_follow_the_layout_arithmetic():
     num_blocks, group = 5, default_int4_group_size(SHAPE.head_dim)
     values = 2 * SHAPE.num_layers * num_blocks * SHAPE.block_size * SHAPE.num_kv_heads * SHAPE.head_dim
-    assert encoded_size_bytes(SHAPE, torch.bfloat16, num_blocks, KvCodec.FULL) == num_blocks * SHAPE.block_bytes(torch.bfloat16)
+    full_bfloat16 = encoded_size_bytes(SHAPE, torch.bfloat16, num_blocks, KvCodec.FULL)
+    assert full_bfloat16 == num_blocks * SHAPE.block_bytes(torch.bfloat16)
     assert encoded_size_bytes(SHAPE, torch.float32, num_blocks, KvCodec.FULL) == 4 * values
     # int8: one byte per value + a float32 scale per (K/V, layer, block, head)
     scales = 2 * SHAPE.num_layers * num_blocks * SHAPE.num_kv_heads
@@ -128,7 +129,7 @@ def test_relative_errors_on_gaussian_kv(dtype):
         copy = _random_cache(dtype, seed=3)
         _round_trip(copy, codec)
         actual = kv_quant.relative_error(_kv(copy, BLOCK_IDS), original)
-        assert errors[codec] == pytest.approx(actual, rel=1e-9)  # the measure is the real round trip's
+        assert errors[codec] == pytest.approx(actual, rel=1e-6)  # the measure is the real round trip's
         assert 0 < errors[codec] < bound
     assert errors[KvCodec.FULL] == 0.0
 
@@ -160,6 +161,21 @@ def test_decode_rejects_mismatched_data_and_bad_block_ids():
         decode_blocks(data, cache, [0, 1, 2, 12], KvCodec.INT8)
 
 
+def test_encode_into_a_slot_of_a_shared_buffer():
+    """A host-tier slot: the encoding written in place equals a fresh one; a bad slot is refused."""
+    cache = _random_cache(torch.bfloat16)
+    for codec in KvCodec:
+        fresh = encode_blocks(cache, BLOCK_IDS, codec)
+        region = torch.zeros(fresh.numel() + 8, dtype=torch.uint8)
+        slot = region[4 : 4 + fresh.numel()]
+        assert encode_blocks(cache, BLOCK_IDS, codec, out=slot).data_ptr() == slot.data_ptr()
+        assert torch.equal(slot, fresh) and not region[:4].any() and not region[-4:].any()
+        with pytest.raises(ValueError, match="multiple of 4"):
+            encode_blocks(cache, BLOCK_IDS, codec, out=region[2 : 2 + fresh.numel()])
+        with pytest.raises(ValueError, match="bytes"):
+            encode_blocks(cache, BLOCK_IDS, codec, out=region[4:])
+
+
 def test_decode_accepts_bytes_at_an_unaligned_offset():
     """A host-tier slot may start anywhere in a shared buffer; float views need 4-byte alignment."""
     cache = _random_cache()
@@ -180,17 +196,24 @@ def test_decode_accepts_bytes_at_an_unaligned_offset():
     [(KvCodec.INT8, 0, 0.015), (KvCodec.INT8, 4, 0.035), (KvCodec.INT4, 0, 0.13), (KvCodec.INT4, 4, 0.22)],
 )
 def test_attention_output_error_after_round_trip(codec, outlier_channels, bound):
-    """GQA 8 query heads on 2 KV heads, a decode row and a prefill chunk, against the float32 cache."""
+    """GQA 8 query heads on 2 KV heads, a decode row and a 9-token prefill chunk, every layer,
+    against the float32 cache."""
     cache = _random_cache(seed=5, outlier_channels=outlier_channels)
-    context_lens, num_queries, tables = [60, 37], [1, 9], [torch.tensor(BLOCK_IDS), torch.tensor([3, 0, 11])]
-    metadata = AttentionMetadata(torch.zeros(10, dtype=torch.long), [0, 1, 10], context_lens, tables)
+    tables = [torch.tensor(BLOCK_IDS), torch.tensor([3, 0, 11])]  # 60 and 37 positions of context
+    metadata = AttentionMetadata(torch.zeros(10, dtype=torch.long), [0, 1, 10], [60, 37], tables)
     query = torch.randn(10, 8, SHAPE.head_dim, generator=torch.Generator().manual_seed(6))
-    scale = SHAPE.head_dim**-0.5
-    exact = [paged_attention_reference(query, cache.key_cache[i], cache.value_cache[i], metadata, scale) for i in range(3)]
+
+    def attend_all_layers():
+        return torch.stack([
+            paged_attention_reference(query, keys, values, metadata, SHAPE.head_dim**-0.5)
+            for keys, values in zip(cache.key_cache, cache.value_cache)
+        ])
+
+    exact = attend_all_layers()
     for table in tables:
         _round_trip(cache, codec, table.tolist(), table.tolist())
-    approximate = [paged_attention_reference(query, cache.key_cache[i], cache.value_cache[i], metadata, scale) for i in range(3)]
-    error = kv_quant.relative_error(torch.stack(approximate), torch.stack(exact))
+    approximate = attend_all_layers()
+    error = kv_quant.relative_error(approximate, exact)
     assert 0 < error <= bound
 
 
@@ -215,8 +238,10 @@ def prompts_and_reference():
     "codec, floor",
     # Measured on this model (6 prompts, 32 compared tokens each, 192 in all): full 100%, int8 100%
     # (192/192), int4 65% (125/192; first divergence 0-26 tokens after the swap in 5 of 6 prompts).
-    # Floors: full must be exact; int8 0.95 leaves room for other CPUs' float order; int4 0.4.
-    [(KvCodec.FULL, 1.0), (KvCodec.INT8, 0.95), (KvCodec.INT4, 0.4)],
+    # On 16 ShareGPT prompts (alise bench kv-codec) int8 kept 96.1% (2 of 16 prompts flipped a
+    # near-tie, 7 and 16 tokens after the swap), int4 73.6%. Floors: full must be exact; int8 0.85
+    # (one early flip in one of these 6 prompts costs up to 17%); int4 0.4.
+    [(KvCodec.FULL, 1.0), (KvCodec.INT8, 0.85), (KvCodec.INT4, 0.4)],
 )
 def test_greedy_tokens_after_swap_round_trip_match_no_swap(prompts_and_reference, codec, floor):
     prompts, reference = prompts_and_reference
@@ -236,9 +261,10 @@ def test_greedy_tokens_after_losing_the_kv_diverge(prompts_and_reference, monkey
     """The agreement test can fail: zeroed KV (a decode that wrote nothing) changes the output."""
     prompts, reference = prompts_and_reference
     monkeypatch.setattr(swap_agreement, "decode_blocks", lambda *args: None)
-    broken = generate(_core(), prompts, NUM_OUTPUT_TOKENS, (KvCodec.FULL, SWAP_AFTER_TOKENS, None))
-    assert [tokens[:SWAP_AFTER_TOKENS] for tokens in broken] == [tokens[:SWAP_AFTER_TOKENS] for tokens in reference]
-    assert all(tokens[SWAP_AFTER_TOKENS:] != expected[SWAP_AFTER_TOKENS:] for tokens, expected in zip(broken, reference))
+    broken = generate(_core(), prompts, NUM_OUTPUT_TOKENS, SwapRoundTrip(KvCodec.FULL, SWAP_AFTER_TOKENS))
+    for tokens, expected in zip(broken, reference):
+        assert tokens[:SWAP_AFTER_TOKENS] == expected[:SWAP_AFTER_TOKENS]
+        assert tokens[SWAP_AFTER_TOKENS:] != expected[SWAP_AFTER_TOKENS:]
 
 
 @pytest.mark.gpu

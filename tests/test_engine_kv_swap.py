@@ -74,7 +74,7 @@ async def _stats(address: str) -> pb.MemoryServiceGetStatsResponse:
 
 async def test_swap_preemption_gives_exactly_the_tokens_of_a_run_without_preemption(memory):
     reference = await asyncio.to_thread(run_to_completion, make_core(num_blocks=256, block_size=BLOCK_SIZE, token_budget=32), _arrivals())
-    core, offloader = _swapping_core(memory.address, "swap-exact", SCARCE_BLOCKS)
+    core, offloader = await asyncio.to_thread(_swapping_core, memory.address, "swap-exact", SCARCE_BLOCKS)
     outputs = await asyncio.to_thread(run_to_completion, core, _arrivals())
     await asyncio.to_thread(offloader.close)
 
@@ -90,7 +90,7 @@ async def test_swap_preemption_gives_exactly_the_tokens_of_a_run_without_preempt
 
 async def test_memory_service_killed_mid_run_costs_recompute_and_no_request():
     doomed = await memory_app.start(_memory_config())
-    core, offloader = _swapping_core(doomed.address, "swap-fault", SCARCE_BLOCKS)
+    core, offloader = await asyncio.to_thread(_swapping_core, doomed.address, "swap-fault", SCARCE_BLOCKS)
     run = asyncio.create_task(asyncio.to_thread(run_to_completion, core, _arrivals()))
     while core.scheduler.preempted_kv.num_swapped_out < 2 and not run.done():
         await asyncio.sleep(0.005)
@@ -105,7 +105,7 @@ async def test_memory_service_killed_mid_run_costs_recompute_and_no_request():
 
 
 async def test_aborting_swapped_requests_frees_their_host_slots(memory):
-    core, offloader = _swapping_core(memory.address, "swap-abort", SCARCE_BLOCKS)
+    core, offloader = await asyncio.to_thread(_swapping_core, memory.address, "swap-abort", SCARCE_BLOCKS)
 
     def run_until_swapped() -> list[str]:
         arrivals = _arrivals()

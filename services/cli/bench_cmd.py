@@ -16,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from services.cli import bench_replicas, bench_stack
     from services.engine.kernels import bench_attention
     from services.engine.kv_offload import bench_kv_codec
+    from services.memory import bench_transfer
 
     bench = subparsers.add_parser("bench", help="benchmarks (stack, scheduler, sim, serve, replicas, attention)")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    for module in (bench_stack, scheduler_overhead, sim_cli, serve_cmd, bench_replicas, bench_attention, bench_kv_codec):
+    for module in (bench_stack, scheduler_overhead, sim_cli, serve_cmd, bench_replicas, bench_attention, bench_kv_codec,
+                   bench_transfer):
         module.add_parser(kinds)

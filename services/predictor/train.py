@@ -105,7 +105,7 @@ def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
         return None
     cache_dir = settings.cache_dir or default_cache_dir()
     embedder = PromptEmbedder(
-        EmbeddingSpec(), cache_dir=cache_dir, intra_op_threads=settings.num_threads, allow_cuda=False
+        EmbeddingSpec(), cache_dir=cache_dir, num_threads=settings.num_threads, allow_cuda=False
     )
     return EmbeddingCache(embedder, cache_dir)
 

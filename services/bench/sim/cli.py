@@ -146,7 +146,8 @@ def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOfflo
 def _offload_line(offload: KvOffloadConfig) -> str:
     sizes = ", ".join(f"{codec.value} {offload.layout.block_bytes(codec) / 2**20:.3f}" for codec in KvCodec)
     return (
-        f"host tier {offload.host_tier_bytes / GB:g} GB in {offload.num_host_slots} slots of {offload.host_slot_bytes} B; "
+        f"host tier {offload.host_tier_bytes / GB:g} GB in {offload.num_host_slots} slots "
+        f"of {offload.host_slot_bytes} B; "
         f"link {offload.times.link_bytes_per_s / GB:g} GB/s; block MiB: {sizes}; error budget "
         f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g})"
     )

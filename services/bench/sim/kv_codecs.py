@@ -80,7 +80,9 @@ class CodecTimes:
             raise ValueError(f"rates must be > 0, got {self.link_bytes_per_s}, {self.gpu_bytes_per_s}")
 
 
-def codec_costs(layout: KvLayout, times: CodecTimes, num_kv_tokens: int, codecs: tuple[KvCodec, ...]) -> tuple[CodecCost, ...]:
+def codec_costs(
+    layout: KvLayout, times: CodecTimes, num_kv_tokens: int, codecs: tuple[KvCodec, ...]
+) -> tuple[CodecCost, ...]:
     """What moving `num_kv_tokens` of KV out (and back) costs in each codec, most precise first.
 
     Swap-out and swap-in are symmetric: the same bytes over the link, and a quantize or a

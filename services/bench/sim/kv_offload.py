@@ -18,8 +18,11 @@ Time charged on the virtual clock, as stall seconds added to the step (take_step
 Where prefetched KV waits between ready_at and its restore is not charged to the device KV pool
 (an engine stages it in spare memory); `peak_prefetched_bytes` says how much that was at most.
 A request dropped by the plan (its slots given to a victim expecting a shorter wait) is lost: its
-`ensure_restorable` is False and the scheduler recomputes it. Entries whose swap-in has started are
-never dropped (the plan's "restoring" rule). Invariant: used + free host slots == total, always.
+`ensure_restorable` is False and the scheduler recomputes it. An entry whose swap-in is in flight is
+never dropped (the plan's "restoring" rule); one whose prefetch has completed may be (its staged copy
+goes with it). Nor is one the scheduler claimed (ensure_restorable) at this clock time: admission
+runs before the step's evictions are settled, so without this a plan could drop a request that the
+same step is restoring. Invariant: used + free host slots == total, always.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class HostEntry:
     written_at_s: float  # when its swap-out completes
     expected_resume_at_s: float  # when the scheduler expected it to run again (at eviction)
     ready_at_s: float | None = None  # when its prefetched swap-in completes; None = not started
+    claimed_at_s: float | None = None  # last time the scheduler checked it before admitting it
 
 
 class SimKvOffload:
@@ -145,9 +149,8 @@ class SimKvOffload:
         now_s = self.clock()
         costs = {v.request.request_id: self._costs(v.num_kv_tokens) for v in victims}
         plan = plan_eviction(
-            [Victim(v.request.request_id, v.num_kv_tokens, v.recompute_s, v.expected_wait_s, costs[v.request.request_id])
-             for v in victims],
-            num_free_slots=self.num_free_slots, droppable=self._droppable(),
+            [_victim(v, costs[v.request.request_id]) for v in victims],
+            num_free_slots=self.num_free_slots, droppable=self._droppable(now_s),
             codec_errors=self.config.codec_errors, settings=self._settings, now_s=now_s,
         )
         for _, request_id in plan.dropped:
@@ -167,7 +170,10 @@ class SimKvOffload:
         return saved
 
     def ensure_restorable(self, request: Request) -> bool:
-        if request.request_id in self.entries:
+        """True and claimed (not droppable by this step's plan) while its KV is held."""
+        entry = self.entries.get(request.request_id)
+        if entry is not None:
+            entry.claimed_at_s = self.clock()
             return True
         self._dropped.discard(request.request_id)
         return False
@@ -234,18 +240,21 @@ class SimKvOffload:
     def _costs(self, num_kv_tokens: int) -> tuple[CodecCost, ...]:
         return codec_costs(self.config.layout, self.config.times, num_kv_tokens, self.config.codecs)
 
-    def _droppable(self) -> list[DroppableEntry]:
-        """Committed entries whose swap-in has not started (the plan never drops a restoring one)."""
+    def _droppable(self, now_s: float) -> list[DroppableEntry]:
+        """Entries neither being read back nor claimed for admission in this step."""
         return [
             DroppableEntry((SIM_ENGINE_ID, request_id), entry.num_slots, entry.expected_resume_at_s)
             for request_id, entry in self.entries.items()
-            if entry.ready_at_s is None
+            if (entry.ready_at_s is None or entry.ready_at_s <= now_s)
+            and (entry.claimed_at_s is None or entry.claimed_at_s < now_s)
         ]
 
     def _store(self, request_id: str, cost: CodecCost, num_slots: int, written_at_s: float, resume_at_s: float) -> None:
         if num_slots > self.num_free_slots:
             raise RuntimeError(f"plan overcommitted the host tier: {num_slots} slots, {self.num_free_slots} free")
-        self.entries[request_id] = HostEntry(cost.codec, cost.size_bytes, num_slots, cost.swap_in_s, written_at_s, resume_at_s)
+        self.entries[request_id] = HostEntry(
+            cost.codec, cost.size_bytes, num_slots, cost.swap_in_s, written_at_s, resume_at_s
+        )
         self.num_free_slots -= num_slots
         counters = self.counters
         counters.num_swaps_by_codec[cost.codec.value] += 1
@@ -270,6 +279,12 @@ class SimKvOffload:
         start_s = max(now_s, self._in_link_free_at_s, entry.written_at_s)
         self._in_link_free_at_s = start_s + entry.swap_in_s
         return self._in_link_free_at_s
+
+
+def _victim(evicted: EvictedKv, costs: tuple[CodecCost, ...]) -> Victim:
+    """The plan's view of one of the scheduler's victims."""
+    request_id = evicted.request.request_id
+    return Victim(request_id, evicted.num_kv_tokens, evicted.recompute_s, evicted.expected_wait_s, costs)
 
 
 def make_handler(config: KvOffloadConfig | None, clock: Callable[[], float]) -> SimKvOffload | None:

@@ -161,7 +161,8 @@ def _point(policy: str, mode: str, label: str, rate: float, result: SimResult, s
 def _progress_line(point: PolicyPoint) -> str:
     s = point.summary
     return (
-        f"rate {point.rate_per_s:8.3f}/s {point.label:<26} normalized mean {s.mean_normalized_latency_s_per_token * 1e3:9.2f}"
+        f"rate {point.rate_per_s:8.3f}/s {point.label:<26}"
+        f" normalized mean {s.mean_normalized_latency_s_per_token * 1e3:9.2f}"
         f" p99 {s.p99_normalized_latency_s_per_token * 1e3:9.2f} ms/token  ttft p99 {s.p99_ttft_s:7.2f} s"
         f"  preemptions {point.num_preemptions:5d}  recomputed {point.num_recomputed_tokens:8d} tokens"
         f"  max wait {point.max_wait_s:6.1f} s{_offload_text(point.offload)}"
@@ -173,9 +174,10 @@ def _offload_text(counters: OffloadCounters | None) -> str:
     if counters is None:
         return ""
     swaps = "/".join(str(n) for n in counters.num_swaps_by_codec.values())
+    stall_s = counters.swap_out_stall_s + counters.swap_in_stall_s
     return (
         f"  swaps {'/'.join(counters.num_swaps_by_codec)} {swaps}  drops {counters.num_dropped}"
-        f"  swapped out {counters.swap_out_bytes / 1e9:.1f} GB  stall {counters.swap_out_stall_s + counters.swap_in_stall_s:.2f} s"
+        f"  swapped out {counters.swap_out_bytes / 1e9:.1f} GB  stall {stall_s:.2f} s"
     )
 
 

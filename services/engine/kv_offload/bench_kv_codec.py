@@ -48,7 +48,7 @@ class KvCodecBenchConfig:
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("kv-codec", help="KV swap codecs: GB/s, size, error, greedy-token agreement")
-    parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8)
+    parser.add_argument("--num-prompts", type=arg_types.positive_int, default=16)
     parser.add_argument("--max-prompt-tokens", type=arg_types.positive_int, default=512)
     parser.add_argument("--num-random-blocks", type=arg_types.positive_int, default=16)
     parser.add_argument("--num-repeats", type=arg_types.positive_int, default=7)
@@ -77,20 +77,26 @@ def _prompts(config: KvCodecBenchConfig) -> tuple[str, list[list[int]]]:
 
 
 def _model_core_factory(config: KvCodecBenchConfig, prompts: list[list[int]]):
-    """Fresh default-model engines with room for the prompts twice (source + decode targets)."""
+    """Fresh default-model engines (FCFS) with room for the prompts twice (source + decode targets)."""
     import torch
 
-    from services.engine.app import build_engine
-    from services.engine.config import EngineConfig
+    from services.engine.block_pool import KvBlockManager
+    from services.engine.engine_core import EngineCore
     from services.engine.model_loader import load_model
+    from services.engine.model_runner import ModelRunner
+    from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
 
     loaded = load_model("default", dtype=torch.float32, device=torch.device("cpu"), seed=0)
     num_tokens = sum(len(p) + config.num_output_tokens for p in prompts)
-    engine_config = EngineConfig(
-        block_size_tokens=MODEL_BLOCK_SIZE, num_kv_blocks=2 * (num_tokens // MODEL_BLOCK_SIZE + len(prompts) + 1),
-        max_num_seqs=len(prompts), max_num_batched_tokens=max(512, num_tokens), scheduler_policy="fcfs",
-    )
-    return lambda: build_engine(engine_config, loaded)[0]
+    num_blocks = 2 * (num_tokens // MODEL_BLOCK_SIZE + len(prompts) + 1)
+    limits = SchedulerLimits(len(prompts), max(512, num_tokens), loaded.max_context_tokens)
+
+    def make_core() -> EngineCore:
+        kv = KvBlockManager(num_blocks, MODEL_BLOCK_SIZE)
+        scheduler = Scheduler(make_policy("fcfs"), limits, kv, loaded.eos_token_id)
+        return EngineCore(scheduler, ModelRunner(loaded.model, kv, num_blocks))
+
+    return make_core
 
 
 def _sources(config: KvCodecBenchConfig, core, origin: str, prompts: list[list[int]]) -> list:
@@ -146,10 +152,13 @@ def _print(figures: dict[str, object]) -> None:
     for source in figures["sources"]:
         print(f"\n{source.source}: {source.num_blocks} blocks, {source.source_bytes / 2**20:.1f} MiB {source.dtype}"
               f" (int4 group {source.int4_group_size})")
-        print(f"{'codec':<6} {'bytes':>12} {'ratio':>7} {'encode GB/s':>12} {'decode GB/s':>12} {'rel error':>10}")
+        print(f"{'':<27} {'GB/s per wall s':>17} {'GB/s per CPU s':>17}")
+        print(f"{'codec':<6} {'bytes':>13} {'ratio':>6} {'encode':>8} {'decode':>8} {'encode':>8} {'decode':>8}"
+              f" {'rel error':>10}")
         for row in source.codecs:
-            print(f"{row.codec:<6} {row.encoded_bytes:>12,d} {row.size_ratio:>7.3f} {row.encode_gb_s:>12.2f}"
-                  f" {row.decode_gb_s:>12.2f} {row.relative_error:>10.4%}")
+            print(f"{row.codec:<6} {row.encoded_bytes:>13,d} {row.size_ratio:>6.3f} {row.encode_gb_s:>8.3f}"
+                  f" {row.decode_gb_s:>8.3f} {row.encode_cpu_gb_s:>8.3f} {row.decode_cpu_gb_s:>8.3f}"
+                  f" {row.relative_error:>10.3%}")
         groups = ", ".join(f"{g}: {e:.2%}" for g, e in source.int4_error_by_group_size.items())
         print(f"int4 error by group size: {groups}")
     print("\ngreedy tokens after a swap round trip vs no swap (default model)")

@@ -3,7 +3,9 @@
 Encoding reads the source blocks; decoding writes into separate target blocks of the same cache, so
 the source stays exact across repeats (decoding lossy bytes over the source would quantize already
 quantized values). Throughput counts source KV bytes (the FULL size of the blocks in the cache
-dtype) per second, for encoding and decoding alike, so the codecs compare on the work they serve.
+dtype) per second, for encoding and decoding alike, so the codecs compare on the work they serve;
+per wall second, and per thread-CPU second, which other processes on a shared machine inflate less
+(it counts all the work only with one torch thread, the benchmark's default).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ class CodecFigures:
     size_ratio: float  # encoded_bytes / FULL size
     encode_ms: float  # median wall time of encode_blocks over all source blocks, ms
     decode_ms: float  # median wall time of decode_blocks into the target blocks, ms
-    encode_gb_s: float  # source KV bytes / encode time, 1e9 bytes per second
-    decode_gb_s: float  # source KV bytes / decode time, 1e9 bytes per second
+    encode_gb_s: float  # source KV bytes / encode wall time, 1e9 bytes per second
+    decode_gb_s: float  # source KV bytes / decode wall time, 1e9 bytes per second
+    encode_cpu_gb_s: float  # the same per thread-CPU second (steadier on a shared machine; 1 thread)
+    decode_cpu_gb_s: float  # the same per thread-CPU second
     relative_error: float  # ||x' - x|| / ||x|| over all source K and V (0 for FULL)
 
 
@@ -60,20 +64,23 @@ class SourceFigures:
     int4_error_by_group_size: dict[int, float]  # relative error of int4 per group size
 
 
-def _median_s(action, num_repeats: int) -> float:
-    action()  # warm-up: first-touch page faults and lazy initialization are not the codec's cost
-    times = []
+def _median_s(action, num_repeats: int) -> tuple[float, float]:
+    """Median wall and thread-CPU seconds of action() (after one untimed warm-up call: first-touch
+    page faults and lazy initialization are not the codec's cost)."""
+    action()
+    wall, cpu = [], []
     for _ in range(num_repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.thread_time() - started_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure_codec(
     cache: PagedKvCache, source_ids: list[int], target_ids: list[int], codec: KvCodec, group_size: int, num_repeats: int
-) -> tuple[float, float]:
-    """Median encode and decode seconds of one codec."""
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Median (wall, thread-CPU) seconds of encoding the source blocks and of decoding into the targets."""
     data = encode_blocks(cache, source_ids, codec, group_size)
     encode_s = _median_s(lambda: encode_blocks(cache, source_ids, codec, group_size), num_repeats)
     decode_s = _median_s(lambda: decode_blocks(data, cache, target_ids, codec, group_size), num_repeats)
@@ -91,13 +98,17 @@ def measure_source(
     full_bytes = encoded_size_bytes(shape, dtype, len(source_ids), KvCodec.FULL)
     rows = []
     for codec in KvCodec:
-        encode_s, decode_s = measure_codec(cache, source_ids, target_ids, codec, group_size, num_repeats)
+        (encode_s, encode_cpu_s), (decode_s, decode_cpu_s) = measure_codec(
+            cache, source_ids, target_ids, codec, group_size, num_repeats
+        )
         size = encoded_size_bytes(shape, dtype, len(source_ids), codec, group_size)
+        gb = full_bytes / BYTES_PER_GB
         rows.append(CodecFigures(
-            codec.value, size, size / full_bytes, encode_s * 1e3, decode_s * 1e3,
-            full_bytes / encode_s / BYTES_PER_GB, full_bytes / decode_s / BYTES_PER_GB, errors[codec],
+            codec.value, size, size / full_bytes, encode_s * 1e3, decode_s * 1e3, gb / encode_s, gb / decode_s,
+            gb / encode_cpu_s, gb / decode_cpu_s, errors[codec],
         ))
-    by_group = {g: measure_codec_errors(cache, source_ids, g)[KvCodec.INT4] for g in INT4_GROUP_SIZES if shape.head_dim % g == 0}
+    groups = [g for g in INT4_GROUP_SIZES if shape.head_dim % g == 0]
+    by_group = {g: measure_codec_errors(cache, source_ids, g)[KvCodec.INT4] for g in groups}
     return SourceFigures(
         source, str(dtype).removeprefix("torch."), shape.num_layers, shape.num_kv_heads, shape.head_dim,
         shape.block_size, len(source_ids), full_bytes, group_size, rows, by_group,

@@ -37,27 +37,36 @@ class SwapAgreement:
     first_divergence: list[int | None]  # per prompt, first differing output position; None = none
 
 
+@dataclass(frozen=True)
+class SwapRoundTrip:
+    """When and how generate() swaps each request out and back in."""
+
+    codec: KvCodec  # encoding of the round trip
+    after_tokens: int  # right after the step that produced this many output tokens
+    int4_group_size: int | None = None  # None = kv_codec's default
+
+
 def _greedy(max_tokens: int) -> SamplingOptions:
     return SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True)
 
 
-def _round_trip(core: EngineCore, request_id: str, codec: KvCodec, int4_group_size: int | None) -> None:
+def _round_trip(core: EngineCore, request_id: str, swap: SwapRoundTrip) -> None:
     """Encodes the request's blocks, zeroes them, decodes them back in place."""
     block_ids = core.scheduler.kv.block_table(request_id)
     cache = core.runner.cache
-    data = encode_blocks(cache, block_ids, codec, int4_group_size)
+    data = encode_blocks(cache, block_ids, swap.codec, swap.int4_group_size)
     cache.key_cache[:, block_ids] = 0
     cache.value_cache[:, block_ids] = 0
-    decode_blocks(data, cache, block_ids, codec, int4_group_size)
+    decode_blocks(data, cache, block_ids, swap.codec, swap.int4_group_size)
 
 
 def generate(
     core: EngineCore,
     prompts: list[list[int]],
     num_output_tokens: int,
-    swap: tuple[KvCodec, int, int | None] | None = None,
+    swap: SwapRoundTrip | None = None,
 ) -> list[list[int]]:
-    """Greedy outputs per prompt, all requests added at once; swap = (codec, after_tokens, group size)."""
+    """Greedy outputs per prompt, all requests added at once; with one swap round trip each if given."""
     request_ids = [f"prompt-{i}" for i in range(len(prompts))]
     for request_id, prompt in zip(request_ids, prompts):
         options = _greedy(num_output_tokens)
@@ -71,8 +80,8 @@ def generate(
             return [outputs[request_id] for request_id in request_ids]
         for result in core.step():
             outputs[result.request_id].extend(result.new_token_ids)
-            if swap and len(outputs[result.request_id]) == swap[1] and result.finish_reason is None:
-                _round_trip(core, result.request_id, swap[0], swap[2])
+            if swap and len(outputs[result.request_id]) == swap.after_tokens and result.finish_reason is None:
+                _round_trip(core, result.request_id, swap)
                 swapped.add(result.request_id)
     raise RuntimeError(f"generation did not finish in {MAX_STEPS} steps")
 
@@ -93,7 +102,8 @@ def measure_agreement(
         raise ValueError(f"swap_after_tokens must be in (0, {num_output_tokens}), got {swap_after_tokens}")
     if reference is None:
         reference = generate(make_core(), prompts, num_output_tokens)
-    swapped = generate(make_core(), prompts, num_output_tokens, (codec, swap_after_tokens, int4_group_size))
+    swap = SwapRoundTrip(codec, swap_after_tokens, int4_group_size)
+    swapped = generate(make_core(), prompts, num_output_tokens, swap)
     compared = identical = 0
     first_divergence: list[int | None] = []
     for expected, actual in zip(reference, swapped):
