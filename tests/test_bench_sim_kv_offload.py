@@ -37,8 +37,8 @@ class Clock:
         return self.now_s
 
 
-def _handler(mode=OffloadMode.SWAP, host_blocks=64, budget=0.1):
-    config = KvOffloadConfig(mode, TINY, TINY_TIMES, host_blocks * 2048, 2048, budget)
+def _handler(mode=OffloadMode.SWAP, host_blocks=64, budget=0.1, prefetch=True):
+    config = KvOffloadConfig(mode, TINY, TINY_TIMES, host_blocks * 2048, 2048, budget, prefetch=prefetch)
     clock = Clock()
     return SimKvOffload(config, clock), clock
 
@@ -112,6 +112,16 @@ def test_a_restore_never_prefetched_stalls_for_the_whole_swap_in():
     handler.take_step_stall_s()
     assert _restore(handler, "a") == pytest.approx(BLOCK_S)
     assert handler.counters.num_restores_not_prefetched == 1
+
+
+def test_without_prefetch_every_restore_stalls_for_its_whole_swap_in():
+    handler, clock = _handler(prefetch=False)
+    handler.evict([_victim("a")])
+    handler.take_step_stall_s()
+    handler.prefetch([_request("a")])
+    clock.now_s = 10.0
+    assert _restore(handler, "a") == pytest.approx(BLOCK_S)
+    assert handler.counters.num_restores_not_prefetched == 1 and handler.counters.peak_prefetched_bytes == 0
 
 
 def test_prefetches_queue_on_the_host_to_device_link():

@@ -155,7 +155,9 @@ def test_close_while_copies_run_waits_for_them(tmp_path):
 
 def test_map_region_refuses_what_is_not_the_service_region(region, tmp_path):
     good = region_to_pb(region)
-    assert map_region(good) is not None  # (closed by the garbage collector)
+    mapping = map_region(good)
+    assert mapping is not None
+    mapping.close()
     other_token = pb.HostRegion()
     other_token.CopyFrom(good)
     other_token.region_token = bytes(len(good.region_token))
@@ -177,3 +179,14 @@ def test_open_transport_falls_back_to_the_stream(region):
         assert opened.commits_on_write
         assert isinstance(open_transport(pb.HostRegion(), rpc.MemoryServiceStub(channel), "e1", 1.0),
                           GrpcStreamTransport)
+
+
+def test_a_region_re_created_under_the_mapping_is_refused(region, transport):
+    transport.write("r", [1], random_bytes(8))
+    with open(region.path, "r+b") as same_file:  # a restarted service at the same path: a new token
+        same_file.seek(len(host_region.MAGIC))
+        same_file.write(bytes(host_region.TOKEN_BYTES))
+    with pytest.raises(TransferFailed, match="re-created"):
+        transport.write("r", [1], random_bytes(8))
+    with pytest.raises(TransferFailed, match="re-created"):
+        transport.read("r", [1], 8)

@@ -24,16 +24,17 @@ from tests.engine_model import greedy, make_core, new_request, run_to_completion
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PROMPT_LENGTHS = (5, 37, 12, 70, 1, 23, 30, 9)
-ARRIVAL_STEPS = (0, 0, 3, 6, 7, 15, 16, 20)
-MAX_TOKENS = 24
+PROMPT_LENGTHS = (5, 37, 12, 40, 1, 23)
+ARRIVAL_STEPS = (0, 0, 3, 6, 7, 10)
+MAX_TOKENS = 16
 BLOCK_SIZE = 8
-SCARCE_BLOCKS = 20  # 160 positions for ~400 wanted at the peak: preemptions must happen
+SCARCE_BLOCKS = 12  # 96 positions for ~210 wanted at the peak: preemptions must happen
 
 
 def _memory_config() -> MemoryConfig:
+    """An error budget of 0 allows only bit-exact (full precision) swaps: greedy tokens must not change."""
     return MemoryConfig(port=0, host_tier_capacity_bytes=64 * 1024 * 1024, host_tier_block_bytes=64 * 1024,
-                        report_interval_s=0.5, stale_after_s=30.0)
+                        report_interval_s=0.5, stale_after_s=30.0, max_kv_relative_error=0.0)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -81,27 +82,39 @@ async def test_swap_preemption_gives_exactly_the_tokens_of_a_run_without_preempt
     assert outputs == reference
     scheduler = core.scheduler
     assert scheduler.preempted_kv.num_swapped_out > 0 and scheduler.preempted_kv.num_restored == scheduler.preempted_kv.num_swapped_out
-    assert scheduler.num_recomputed_tokens == 0 and scheduler.preempted_kv.num_restores_lost == 0
+    assert scheduler.preempted_kv.num_restores_lost == 0
+    # (A victim whose swap would stall longer than recomputing it recomputes: timing-dependent.)
     assert scheduler.kv.pool.num_free_blocks == SCARCE_BLOCKS
     stats = await _stats(memory.address)
-    assert stats.swap_counters.num_swapped_full == scheduler.preempted_kv.num_swapped_out  # bit-exact codec chosen
+    assert stats.swap_counters.num_swapped_full == scheduler.preempted_kv.num_swapped_out
+    assert stats.swap_counters.num_swapped_int8 == stats.swap_counters.num_swapped_int4 == 0
     assert stats.host.num_blocks_used == 0 and stats.ledger_consistent, list(stats.ledger_violations)
 
 
 async def test_memory_service_killed_mid_run_costs_recompute_and_no_request():
     doomed = await memory_app.start(_memory_config())
     core, offloader = await asyncio.to_thread(_swapping_core, doomed.address, "swap-fault", SCARCE_BLOCKS)
-    run = asyncio.create_task(asyncio.to_thread(run_to_completion, core, _arrivals()))
-    while core.scheduler.preempted_kv.num_swapped_out < 2 and not run.done():
-        await asyncio.sleep(0.005)
+    arrivals = _arrivals()
+    outputs: dict[str, list[int]] = {}
+    for step in range(500):  # until some KV sits in the memory service's host tier
+        for request in arrivals.pop(step, []):
+            core.add(request)
+        for result in await asyncio.to_thread(core.step):
+            outputs.setdefault(result.request_id, []).extend(result.new_token_ids)
+        if any(r.num_host_kv_tokens for r in core.scheduler.waiting):
+            break
     await doomed.stop(0)  # killed with swapped KV in its host tier
-    outputs = await run
+    num_preemptions_at_kill = core.scheduler.num_preemptions
+    later = {arrival_step - step - 1: requests for arrival_step, requests in arrivals.items()} or {0: []}
+    for request_id, tokens in (await asyncio.to_thread(run_to_completion, core, later)).items():
+        outputs.setdefault(request_id, []).extend(tokens)
     await asyncio.to_thread(offloader.close)
 
-    assert core.scheduler.preempted_kv.num_swapped_out >= 2
     assert sorted(outputs) == [f"r{i}" for i in range(len(PROMPT_LENGTHS))]
     assert all(len(tokens) == MAX_TOKENS for tokens in outputs.values())
     assert core.scheduler.kv.pool.num_free_blocks == SCARCE_BLOCKS
+    if core.scheduler.num_preemptions > num_preemptions_at_kill:  # later evictions fell back to recompute
+        assert offloader.client.num_failed_calls > 0
 
 
 async def test_aborting_swapped_requests_frees_their_host_slots(memory):

@@ -226,7 +226,7 @@ async def test_random_events_over_grpc_keep_the_exported_ledger_consistent():
     handle = await app.start(MemoryConfig(port=0, host_tier_capacity_bytes=NUM_HOST_SLOTS * SLOT_BYTES,
                                           host_tier_block_bytes=SLOT_BYTES))
     try:
-        driver = await asyncio.to_thread(_run_over_grpc, handle.address, 400)
+        driver = await asyncio.to_thread(_run_over_grpc, handle.address, 250)
     finally:
         await handle.stop(0)
     for path in ("plan swap", "dropped", "restore done", "swap out"):

@@ -28,14 +28,22 @@ from services.predictor.reload import spec_from_version  # noqa: E402
 TEXTS = [
     "Hello there",
     "Write a Python function that parses a CSV file and returns the rows as dictionaries.",
-    "Explain the causes of the First World War in detail. " * 40,  # over the 256-piece window
+    "Explain the causes of the First World War in detail. " * 40,  # over the max_tokens window
     "",
 ]
 
 
 @pytest.fixture(scope="module")
 def embedder() -> PromptEmbedder:
-    return PromptEmbedder(EmbeddingSpec(), cache_dir=default_cache_dir(), intra_op_threads=1, allow_cuda=False)
+    return PromptEmbedder(EmbeddingSpec(), cache_dir=default_cache_dir(), num_threads=1, allow_cuda=False)
+
+
+@pytest.fixture(scope="module")
+def two_core_embedder() -> PromptEmbedder:
+    """Runs a lone prompt on 2 intra-op threads and a batch on 2 one-thread workers."""
+    embedder = PromptEmbedder(EmbeddingSpec(), cache_dir=default_cache_dir(), num_threads=2, allow_cuda=False)
+    yield embedder
+    embedder.close()
 
 
 def test_graph_is_cached_and_named_by_spec(embedder):
@@ -43,8 +51,19 @@ def test_graph_is_cached_and_named_by_spec(embedder):
     assert path.is_file() and path.name == f"{EmbeddingSpec().version}.onnx"
     assert path.stat().st_size < 40_000_000  # int8 weights, not the 90 MB float ones
     assert spec_from_version(EmbeddingSpec().version) == EmbeddingSpec()
+    assert spec_from_version(EmbeddingSpec(max_tokens=128).version).max_tokens == 128
     with pytest.raises(ValueError, match="embedding"):
         spec_from_version("minilm-other-t256")
+    with pytest.raises(ValueError, match="embedding"):  # export revision 1 (SDPA graph): not built any more
+        spec_from_version("minilm-l6-v2-0.1.0-int8-per-channel-t256")
+
+
+def test_graph_has_eager_attention_and_int8_matmuls():
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(ensure_embedding_model(default_cache_dir()))).graph
+    op_types = {node.op_type for node in graph.node}
+    assert "MatMulInteger" in op_types and "Softmax" in op_types
+    assert "IsNaN" not in op_types  # the SDPA export's masking guard (revision 1) is gone
 
 
 def test_token_ids_keep_head_and_tail_without_padding(embedder):
@@ -64,6 +83,14 @@ def test_vectors_are_unit_norm_and_independent_of_batch_mates(embedder):
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-4)
     for row, text in enumerate(TEXTS):
         np.testing.assert_array_equal(embedder.embed([text])[0], together[row])
+
+
+def test_batch_path_gives_the_single_prompt_bits(embedder, two_core_embedder):
+    texts = TEXTS + [f"Question {index}: how do I sort a list in Python?" for index in range(5)]
+    batched = two_core_embedder.embed(texts)  # prompts spread over 2 one-thread workers
+    for row, text in enumerate(texts):
+        np.testing.assert_array_equal(two_core_embedder.embed([text])[0], batched[row])  # 2 intra-op threads
+        np.testing.assert_array_equal(embedder.embed([text])[0], batched[row])  # 1 thread
 
 
 def test_int8_graph_agrees_with_sentence_transformers(embedder):

@@ -32,6 +32,7 @@ from services.memory.eviction_policy import KvCodec
 
 PREDICTION_MODES = ("noisy-oracle", "none")
 DEFAULT_HOST_TIER_GB = 64.0
+DEFAULT_LINK_GB_PER_S = DEFAULT_HOST_LINK_BYTES_PER_S / GB
 DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 at their measured errors
 
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print(_offload_line(offload))
     result = run_sweep(trace, predictions, cost=cost, shape=shape, config=config)
     _print_bounds(result)
-    stem = args.out_dir / f"sim_{args.trace}_{cost.name}{'' if offload is None else f'_host{args.host_tier_gb:g}gb'}"
+    stem = args.out_dir / f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
     settings = {
         "trace": args.trace, "num_requests": len(trace), "cost_model": dataclasses.asdict(cost), "engine": shape,
         "sweep": config, "prediction": args.prediction, "target_tau": args.tau, "reached_tau": reached_tau,
@@ -117,7 +118,7 @@ def _add_offload_flags(parser: argparse.ArgumentParser) -> None:
                         help="host memory for swapped KV (swap modes)")
     parser.add_argument("--host-slot-kb", type=arg_types.positive_float,
                         help="host tier allocation unit (default: one full-precision KV block of the preset's model)")
-    parser.add_argument("--host-link-gb-per-s", type=arg_types.positive_float, default=DEFAULT_HOST_LINK_BYTES_PER_S / GB,
+    parser.add_argument("--host-link-gb-per-s", type=arg_types.positive_float, default=DEFAULT_LINK_GB_PER_S,
                         help="effective host<->device copy rate per direction (H100 PCIe Gen5 pinned copies: ~25)")
     parser.add_argument("--kv-error-budget", type=arg_types.non_negative_float, default=DEFAULT_KV_ERROR_BUDGET,
                         help="relative Frobenius error a lossy codec may add (swap-compress)")
@@ -125,6 +126,8 @@ def _add_offload_flags(parser: argparse.ArgumentParser) -> None:
                         help="measured relative error of the int8 codec on real KV")
     parser.add_argument("--int4-error", type=arg_types.non_negative_float, default=INT4_RELATIVE_ERROR,
                         help="measured relative error of the int4 codec on real KV")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="swap-ins are not started ahead of a restore: each stalls its step in full")
 
 
 def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOffloadConfig | None:
@@ -139,8 +142,16 @@ def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOfflo
     slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
     return KvOffloadConfig(
         swap_modes[0], layout, times, int(args.host_tier_gb * GB), slot_bytes,
-        args.kv_error_budget, args.int8_error, args.int4_error,
+        args.kv_error_budget, args.int8_error, args.int4_error, not args.no_prefetch,
     )
+
+
+def _offload_suffix(args: argparse.Namespace, offload: KvOffloadConfig | None) -> str:
+    """What tells apart the files of runs with different host tier settings."""
+    if offload is None:
+        return ""
+    link = "" if args.host_link_gb_per_s == DEFAULT_LINK_GB_PER_S else f"_link{args.host_link_gb_per_s:g}gbps"
+    return f"_host{args.host_tier_gb:g}gb{link}{'_noprefetch' if args.no_prefetch else ''}"
 
 
 def _offload_line(offload: KvOffloadConfig) -> str:
@@ -149,7 +160,8 @@ def _offload_line(offload: KvOffloadConfig) -> str:
         f"host tier {offload.host_tier_bytes / GB:g} GB in {offload.num_host_slots} slots "
         f"of {offload.host_slot_bytes} B; "
         f"link {offload.times.link_bytes_per_s / GB:g} GB/s; block MiB: {sizes}; error budget "
-        f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g})"
+        f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g}); "
+        f"prefetch {'on' if offload.prefetch else 'off'}"
     )
 
 
@@ -175,9 +187,10 @@ def _print_bounds(result: SweepResult) -> None:
           f"({result.unloaded_mean_s_per_token * 1e3:.2f} ms/token)")
     for bound in result.bounds:
         rates = "  ".join(f"{p} {r:.3f} (x{bound.ratio_to_fcfs[p]:.2f})" for p, r in bound.sustainable_rate_per_s.items())
+        by_mode = bound.oracle_gain_recovered
         recovered = "".join(
-            f"  alise recovers {share:.0%} of oracle gain{'' if len(bound.oracle_gain_recovered) == 1 else f' ({mode})'}"
-            for mode, share in bound.oracle_gain_recovered.items() if share is not None
+            f"  alise recovers {share:.0%} of oracle gain{'' if len(by_mode) == 1 else f' ({mode})'}"
+            for mode, share in by_mode.items() if share is not None
         )
         print(f"  {bound.multiple:g}x: {rates}{recovered}")
         if bound.ratio_to_recompute:

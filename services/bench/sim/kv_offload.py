@@ -16,7 +16,8 @@ Time charged on the virtual clock, as stall seconds added to the step (take_step
                      prefetched queues on the link then); out and in stalls of one step add up
 
 Where prefetched KV waits between ready_at and its restore is not charged to the device KV pool
-(an engine stages it in spare memory); `peak_prefetched_bytes` says how much that was at most.
+(an engine stages it in spare memory); `peak_prefetched_bytes` says how much that was at most, and
+`prefetch=False` (`--no-prefetch`) charges every swap-in in full at its restore instead.
 A request dropped by the plan (its slots given to a victim expecting a shorter wait) is lost: its
 `ensure_restorable` is False and the scheduler recomputes it. An entry whose swap-in is in flight is
 never dropped (the plan's "restoring" rule); one whose prefetch has completed may be (its staged copy
@@ -63,6 +64,7 @@ class KvOffloadConfig:
     max_relative_error: float  # error budget of lossy codecs (relative Frobenius error)
     int8_relative_error: float = INT8_RELATIVE_ERROR  # measured error of the int8 codec
     int4_relative_error: float = INT4_RELATIVE_ERROR  # measured error of the int4 codec
+    prefetch: bool = True  # False: ignore prefetch hints, every swap-in stalls its restore in full
 
     def __post_init__(self) -> None:
         if self.host_tier_bytes < 0:
@@ -180,6 +182,8 @@ class SimKvOffload:
 
     def prefetch(self, requests: list[Request]) -> None:
         """Starts the swap-in of each named request not started yet, in order, on the in-link."""
+        if not self.config.prefetch:
+            return
         now_s = self.clock()
         for request in requests:
             entry = self.entries.get(request.request_id)

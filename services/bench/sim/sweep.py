@@ -192,7 +192,7 @@ def _bound_figures(points: list[PolicyPoint], config: SweepConfig, multiple: flo
         fcfs = mode_rates.get("fcfs", 0.0)
         for policy, rate in mode_rates.items():
             rates[own[policy]] = rate
-            ratios[own[policy]] = rate / fcfs if fcfs > 0 else math.inf
+            ratios[own[policy]] = _ratio(rate, fcfs)
         recovered[mode] = _recovered(mode_rates)
         if "alise" in mode_rates:
             for policy in ("alise", "fcfs"):
@@ -212,8 +212,15 @@ def _ratios_to_recompute(rates: dict[str, float], config: SweepConfig) -> dict[s
         for mode in config.offload_modes:
             if mode != recompute:
                 label = config.label(policy, mode)
-                ratios[label] = rates[label] / base if base > 0 else math.inf
+                ratios[label] = _ratio(rates[label], base)
     return ratios
+
+
+def _ratio(rate: float, base: float) -> float:
+    """rate / base; inf when only the base is 0, nan when both are (nothing sustained: no ratio)."""
+    if base > 0:
+        return rate / base
+    return math.inf if rate > 0 else math.nan
 
 
 def _recovered(rates: dict[str, float]) -> float | None:

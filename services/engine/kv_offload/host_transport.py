@@ -20,9 +20,10 @@ A record's bytes run through its slots in the order given (slot_ids[k] holds byt
 
     slot_ids [5, 6, 7, 2]   -> region pieces: slots 5..7 (3 * slot_bytes), slot 2 (the rest)
 
-Every failure (gRPC status, I/O error, size mismatch, closed transport) raises TransferFailed,
-which the offloader turns into recompute. Thread-safe: the engine thread writes while the prefetch
-thread reads; `close` while a copy runs defers the unmap until that copy ends.
+Every failure (gRPC status, I/O error, size mismatch, closed transport, a region file re-created
+by a restarted service at the same path: the header no longer holds our token) raises
+TransferFailed, which the offloader turns into recompute. Thread-safe: the engine thread writes
+while the prefetch thread reads; `close` while a copy runs defers the unmap until that copy ends.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class SharedMemoryTransport:
         self._slot_bytes = region.slot_bytes
         self._first_slot_offset_bytes = region.first_slot_offset_bytes
         self._num_slots = (region.size_bytes - region.first_slot_offset_bytes) // region.slot_bytes
+        self._header = np.frombuffer(REGION_MAGIC + region.region_token, dtype=np.uint8)  # the file's first bytes
         self._map: mmap.mmap | None = mapping
         self._bytes: np.ndarray | None = np.frombuffer(mapping, dtype=np.uint8)  # the whole file, no copy
         self._lock = threading.Lock()  # guards _closed, _num_active and the unmap
@@ -142,6 +144,8 @@ class SharedMemoryTransport:
             self._num_active += 1
         try:
             region = self._bytes  # no local reference may outlive the copy: _unmap needs none left
+            if not np.array_equal(region[: self._header.size], self._header):
+                raise TransferFailed(f"{request_id}: the region file was re-created (memory service restarted)")
             for region_start, data_start, length in pieces:
                 if to_region:
                     region[region_start : region_start + length] = data[data_start : data_start + length]

@@ -66,6 +66,7 @@ class KvOffloader:
         self._saved: dict[str, SavedKv] = {}
         self._prefetching: dict[str, Future] = {}  # request id -> Future[uint8 tensor | None]
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-prefetch")
+        self._pending_releases: list[Future] = []  # background ReleaseSwapped calls not yet done
 
     def attach_region(self, region: pb.HostRegion) -> None:
         """The memory service (re)registered us with this region; the next eviction maps it."""
@@ -77,6 +78,7 @@ class KvOffloader:
         transport = self._current_transport()
         if transport is None or not self.client.available:
             return set()
+        self._finish_releases()  # a late release of a victim's earlier swap must not free its new one
         self.measurements.maybe_measure_errors(self.cache, victims[0].block_ids)
         plan = self.client.plan([self._candidate(v) for v in victims], self.measurements.qualities_pb())
         if plan is None:
@@ -202,7 +204,13 @@ class KvOffloader:
         return self._saved.pop(request_id, None) is not None
 
     def _release_in_background(self, request_ids: list[str]) -> None:
-        self._background.submit(self.client.release, request_ids)
+        self._pending_releases.append(self._background.submit(self.client.release, request_ids))
+
+    def _finish_releases(self) -> None:
+        """Waits for the background releases (normally long done: they are small calls)."""
+        for future in self._pending_releases:
+            future.result()
+        self._pending_releases.clear()
 
     def close(self) -> None:
         self._background.shutdown(wait=True, cancel_futures=False)
