@@ -27,10 +27,29 @@ TOKEN_BYTES = 16
 HEADER_BYTES = 4096  # one page, so slot 0 is page-aligned
 
 
+REGION_FILE_PREFIX = "alise-host-tier-"
+
+
 def default_region_path() -> Path:
-    """A fresh path in /dev/shm (tmpfs) when the host has one, else the temp dir."""
+    """A fresh path in /dev/shm (tmpfs) when the host has one, else the temp dir. Region files
+    of memory services that died without cleaning up (killed) are removed first: their pid, in the
+    name, no longer runs."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return base / f"alise-host-tier-{os.getpid()}-{secrets.token_hex(4)}"
+    for stale in base.glob(f"{REGION_FILE_PREFIX}*"):
+        pid = stale.name.removeprefix(REGION_FILE_PREFIX).split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            stale.unlink(missing_ok=True)
+    return base / f"{REGION_FILE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class HostRegion:

@@ -4,9 +4,10 @@
   (encode + write), read back, decode. Until measured, the engine reports 0 and the memory
   service assumes its configured bandwidth.
 - Error of the lossy codecs on this engine's real KV: the first MEASURE_FIRST_EVENTS evictions and
-  then every MEASURE_EVERY-th are measured on the first victim's blocks (a round trip of int8 and
-  int4 each, a few ms), so the memory service's error budget judges measured figures, and int4 gets
-  measured even while full precision is what is being used.
+  then every MEASURE_EVERY-th are measured on up to MEASURE_MAX_BLOCKS of the first victim's blocks
+  (a round trip of int8 and int4 each; ~25 ms of CPU per MiB, so the sample is kept small), so the
+  memory service's error budget judges measured figures, and int4 gets measured even while full
+  precision is what is being used.
 
 Updated from the engine thread and (reads) the prefetch thread: plain float assignments.
 """
@@ -22,6 +23,7 @@ from services.engine.kv_offload.kv_codec import KvCodec, measure_codec_errors
 SMOOTHING = 0.2  # weight of the newest sample in the moving averages
 MEASURE_FIRST_EVENTS = 8
 MEASURE_EVERY = 16
+MEASURE_MAX_BLOCKS = 4
 _CODEC_TO_PB = {KvCodec.FULL: pb.KV_CODEC_FULL, KvCodec.INT8: pb.KV_CODEC_INT8, KvCodec.INT4: pb.KV_CODEC_INT4}
 
 
@@ -69,6 +71,7 @@ class SwapMeasurements:
         sampled = self.num_events <= MEASURE_FIRST_EVENTS or self.num_events % MEASURE_EVERY == 0
         if not sampled or not block_ids:
             return
+        block_ids = block_ids[:MEASURE_MAX_BLOCKS]
         for codec, error in measure_codec_errors(cache, block_ids).items():
             if codec is KvCodec.FULL:
                 continue
