@@ -2,8 +2,10 @@
 handed back at admission, lost KV recomputed, discarded on abort (fake handler, fake model)."""
 
 from services.engine.request import RequestStatus
+from services.engine.scheduler import OnlineStepCostModel
 from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
-from tests.engine_factories import make_request, make_scheduler, run_step
+from services.engine.scheduler.speculative_policy import MIN_GAIN_STEPS, AlisePolicy
+from tests.engine_factories import TEST_COSTS, make_predicted_request, make_request, make_scheduler, run_step
 
 
 class RecordingHandler:
@@ -33,6 +35,9 @@ class RecordingHandler:
 
     def discard(self, request_id):
         self.discarded.append(request_id)
+
+    def preemption_cost_s(self, num_kv_tokens, num_blocks, recompute_s):
+        return recompute_s / 10
 
 
 def _memory_bound_scheduler(handler):
@@ -120,3 +125,17 @@ def test_without_a_handler_every_victim_recomputes():
     preempted = [r for r in scheduler.waiting if r.status is RequestStatus.PREEMPTED]
     assert preempted and all(r.num_computed_tokens == 0 and r.num_host_kv_tokens == 0 for r in preempted)
     assert scheduler.num_recomputed_tokens > 0
+
+
+def test_alise_displacement_weighs_what_setting_the_victim_aside_costs():
+    """A victim that is cheap to swap out and back may be displaced where recomputing it would not pay."""
+    cost_model = OnlineStepCostModel(TEST_COSTS)
+    policy = AlisePolicy(cost_model)
+    running = make_predicted_request("long", 2000, max_tokens=500, predicted_tokens=40)
+    running.num_computed_tokens = 2000
+    waiting = make_predicted_request("short", 8, max_tokens=500, predicted_tokens=20)
+    margin_s = policy.remaining_s(running) - policy.remaining_s(waiting) - MIN_GAIN_STEPS * cost_model.decode_step_s
+    recompute_s = cost_model.prefill_s_per_token * running.num_computed_tokens
+    assert 0 < margin_s < recompute_s  # recomputing 2,000 tokens costs more than the waiting one saves
+    assert not policy.displaces(waiting, running, recompute_s)
+    assert policy.displaces(waiting, running, margin_s * 0.5)  # a swap costing half the margin pays

@@ -8,8 +8,10 @@ request holds ceil(its bytes / slot bytes) of them until it is restored, discard
 
 Time charged on the virtual clock, as stall seconds added to the step (take_step_stall_s):
 
-    evict at t:      victims' swap-outs run one after another on the device->host link before the
-                     model overwrites their blocks: the step stalls for the sum of their swap-out times
+    evict at t:      the engine asks the memory service for a plan (plan_latency_s, one call per
+                     event), then the victims' swap-outs run one after another on the device->host
+                     link before the model overwrites their blocks: the step stalls for the call plus
+                     the sum of their swap-out times
     prefetch at t':  the swap-in starts when the host->device link is free (transfers queue, first
                      named first) and its copy is written: ready_at = max(t', link free, written) + in_s
     restore at t'':  the step stalls for max(0, latest ready_at of its restores - t'') (a restore never
@@ -36,7 +38,7 @@ from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERRO
 from services.engine.request import Request
 from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
 from services.memory.eviction_policy import (
-    PRECISION_ORDER, Action, CodecCost, DroppableEntry, KvCodec, PlanSettings, Victim, plan_eviction,
+    PRECISION_ORDER, Action, CodecCost, DroppableEntry, KvCodec, PlanSettings, Victim, allowed_codecs, plan_eviction,
 )
 
 SIM_ENGINE_ID = "sim"  # the one engine sharing the simulated host tier
@@ -65,13 +67,14 @@ class KvOffloadConfig:
     int8_relative_error: float = INT8_RELATIVE_ERROR  # measured error of the int8 codec
     int4_relative_error: float = INT4_RELATIVE_ERROR  # measured error of the int4 codec
     prefetch: bool = True  # False: ignore prefetch hints, every swap-in stalls its restore in full
+    plan_latency_s: float = 0.0  # engine <-> memory service round trip per eviction event (0 = not charged)
 
     def __post_init__(self) -> None:
         if self.host_tier_bytes < 0:
             raise ValueError(f"host_tier_bytes must be >= 0, got {self.host_tier_bytes}")
         if self.host_slot_bytes <= 0:
             raise ValueError(f"host_slot_bytes must be > 0, got {self.host_slot_bytes}")
-        for name in ("max_relative_error", "int8_relative_error", "int4_relative_error"):
+        for name in ("max_relative_error", "int8_relative_error", "int4_relative_error", "plan_latency_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -97,6 +100,7 @@ class OffloadCounters:
     """What the handler did in one simulated run."""
 
     num_swaps_by_codec: dict[str, int] = field(default_factory=lambda: {c.value: 0 for c in KvCodec})  # swap-outs
+    num_plans: int = 0  # eviction events planned (one memory service call each)
     num_recompute_decisions: int = 0  # victims the plan sent to recompute
     num_dropped: int = 0  # swapped requests dropped for room (they recompute)
     num_restores: int = 0  # swapped requests brought back
@@ -157,8 +161,9 @@ class SimKvOffload:
         )
         for _, request_id in plan.dropped:
             self._drop(request_id)
+        self.counters.num_plans += 1
         saved: set[str] = set()
-        out_s = 0.0
+        out_s = self.config.plan_latency_s
         for victim, decision in zip(victims, plan.decisions):
             if decision.action is Action.RECOMPUTE:
                 self.counters.num_recompute_decisions += 1
@@ -216,6 +221,16 @@ class SimKvOffload:
         if request_id in self.entries:
             self._release(request_id)
         self._dropped.discard(request_id)
+
+    def preemption_cost_s(self, num_kv_tokens: int, num_blocks: int, recompute_s: float) -> float:
+        """The cheapest allowed codec's swap out + in (no prefetch credit: an upper bound), or
+        recompute_s when the host tier could never hold it."""
+        allowed = allowed_codecs(self.config.codec_errors, self.config.max_relative_error)
+        round_trips = [
+            cost.swap_out_s + cost.swap_in_s for cost in self._costs(num_kv_tokens)
+            if cost.codec in allowed and cost.size_bytes <= self.config.host_tier_bytes
+        ]
+        return min(round_trips + [recompute_s])
 
     # -- the simulator's side --------------------------------------------------------------
 

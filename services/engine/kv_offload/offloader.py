@@ -185,6 +185,15 @@ class KvOffloader:
         if self._forget(request_id):
             self._release_in_background([request_id])
 
+    def preemption_cost_s(self, num_kv_tokens: int, num_blocks: int, recompute_s: float) -> float:
+        """Measured full-precision swap out + in (the codec every error budget allows); recompute_s
+        until both directions have been measured or while the memory service is unreachable."""
+        if self._region is None or not self.client.available:
+            return recompute_s
+        size = encoded_size_bytes(self.cache.shape, self.cache.key_cache.dtype, num_blocks, KvCodec.FULL)
+        out_s, in_s = self.measurements.estimate_s(KvCodec.FULL, size)
+        return out_s + in_s if out_s and in_s else recompute_s
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _current_transport(self) -> HostTransport | None:

@@ -69,6 +69,10 @@ class KvEvictionHandler(Protocol):
     def discard(self, request_id: str) -> None:
         """The request finished or was aborted while its KV was saved: free it."""
 
+    def preemption_cost_s(self, num_kv_tokens: int, num_blocks: int, recompute_s: float) -> float:
+        """Estimated engine stall of saving this much KV and bringing it back (recompute_s when
+        it would not be saved): what a policy weighs before displacing a running request."""
+
 
 class RecomputeOnly:
     """Saves nothing: every victim recomputes (vLLM's default preemption mode)."""
@@ -89,6 +93,9 @@ class RecomputeOnly:
 
     def discard(self, request_id: str) -> None:
         pass
+
+    def preemption_cost_s(self, num_kv_tokens: int, num_blocks: int, recompute_s: float) -> float:
+        return recompute_s
 
 
 def expected_wait_s(

@@ -41,5 +41,5 @@ class MlfqPolicy:
     def priority_key(self, request: Request) -> float:
         return self.level(request) * LEVEL_SPAN_S + request.arrival_time_s
 
-    def displaces(self, waiting: Request, running: Request) -> bool:
+    def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
         return self.level(waiting) < self.level(running)

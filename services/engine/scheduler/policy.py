@@ -34,8 +34,10 @@ class SchedulingPolicy(Protocol):
         """Rank of a request now (smaller = served first, preempted last)."""
         ...
 
-    def displaces(self, waiting: Request, running: Request) -> bool:
-        """Whether `waiting` is better enough than `running` to preempt it (hysteresis lives here)."""
+    def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
+        """Whether `waiting` is better enough than `running` to preempt it (hysteresis lives here);
+        victim_cost_s is what preempting `running` costs: recomputing its KV, or swapping it out and
+        back when the eviction handler would save it more cheaply."""
         ...
 
 
@@ -61,7 +63,7 @@ class FcfsPolicy:
     def priority_key(self, request: Request) -> PriorityKey:
         return request.arrival_time_s
 
-    def displaces(self, waiting: Request, running: Request) -> bool:
+    def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
         return False
 
 

@@ -58,6 +58,14 @@ class PreemptedKv:
         wait_s = expected_wait_s(request.rank_key, waiting, self._remaining_s, self._num_seats)
         return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
 
+    def preemption_cost_s(self, request: Request, num_blocks: int) -> float:
+        """What preempting a running request costs the engine: recomputing its KV, or what the
+        handler estimates for saving and restoring it, whichever is less."""
+        recompute_s = self._cost_model.prefill_s_per_token * request.num_computed_tokens
+        if not self.handler.saves_kv or not request.num_computed_tokens:
+            return recompute_s
+        return min(recompute_s, self.handler.preemption_cost_s(request.num_computed_tokens, num_blocks, recompute_s))
+
     def _remaining_s(self, request: Request) -> float:
         """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
         cost = self._cost_model

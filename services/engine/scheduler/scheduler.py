@@ -183,7 +183,8 @@ class Scheduler:
                 victim = next(victims, None)
                 if victim is None:
                     break
-                if waiting.promoted_at_s is None and not self.policy.displaces(waiting, victim):
+                victim_cost_s = self.preempted_kv.preemption_cost_s(victim, len(self.kv.block_table(victim.request_id)))
+                if waiting.promoted_at_s is None and not self.policy.displaces(waiting, victim, victim_cost_s):
                     break  # and then the head-of-line stop below: worse waiting ones displace no one
                 seats += 1
                 free_blocks += len(self.kv.block_table(victim.request_id))

@@ -11,8 +11,9 @@ that outlives its prediction is not pinned at the head of the queue.
 
 Hysteresis (no thrash): a waiting request displaces a running one only if
     remaining_s(waiting) < (1 - MIN_RELATIVE_GAIN) * remaining_s(running)     and
-    remaining_s(running) - remaining_s(waiting) > recompute_s(running) + MIN_GAIN_STEPS * decode_step_s
-i.e. it must be clearly shorter, and the time saved must pay for recomputing the victim's KV.
+    remaining_s(running) - remaining_s(waiting) > victim_cost_s(running) + MIN_GAIN_STEPS * decode_step_s
+i.e. it must be clearly shorter, and the time saved must pay for setting the victim's KV aside:
+recomputing it, or swapping it out and back where the memory manager would do that more cheaply.
 Aging (the worst-case wait) is the scheduler's starvation promotion, common to all policies.
 """
 
@@ -64,12 +65,11 @@ class AlisePolicy:
             keys.append(prefill_s * uncomputed + decode_s * (limit if remaining > limit else remaining))
         return keys
 
-    def displaces(self, waiting: Request, running: Request) -> bool:
+    def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
         waiting_s, running_s = self.remaining_s(waiting), self.remaining_s(running)
         if waiting_s >= (1.0 - MIN_RELATIVE_GAIN) * running_s:
             return False
-        recompute_s = self.cost_model.prefill_s_per_token * running.num_computed_tokens
-        return running_s - waiting_s > recompute_s + MIN_GAIN_STEPS * self.cost_model.decode_step_s
+        return running_s - waiting_s > victim_cost_s + MIN_GAIN_STEPS * self.cost_model.decode_step_s
 
 
 class SrptOraclePolicy(AlisePolicy):
