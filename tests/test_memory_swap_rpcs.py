@@ -286,7 +286,6 @@ async def test_transport_errors_are_transfer_failed(stub, sync_stub):
     shared.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: UploadSwapped commits a record whose upload was shorter than reserved")
 async def test_a_short_upload_is_not_committed(stub):
     await register(stub)
     await plan(stub, "e1", candidate("a", 100))
@@ -296,7 +295,6 @@ async def test_a_short_upload_is_not_committed(stub):
     assert not grant.restorable  # 40 bytes of garbage must not be restored as KV
 
 
-@pytest.mark.xfail(strict=True, reason="bug: SwapManager.plan lists a re-planned victim's own old record as droppable")
 async def test_replanning_a_swapped_request_on_a_full_tier(stub):
     await register(stub)
     await plan(stub, "e1", candidate("a", 32 * SLOT_BYTES, wait_s=600.0))

@@ -18,7 +18,8 @@ KV) or does not fit. Victims are placed in order of expected wait, shortest firs
 for a short wait saves the same recompute for less time held.
 
 Host tier full: a victim may take the slots of swapped requests (of any engine) that expect to wait
-longer than it does, longest wait first; those fall back to recompute ("dropped"). Requests whose
+longer than it does, longest wait first; those fall back to recompute ("dropped"). Dropping is the
+last resort: a less precise codec that fits in the free slots is taken first. Requests whose
 bytes are being written or read (reserved, restoring) are never dropped.
 """
 
@@ -155,6 +156,10 @@ def _decide_one(
 ) -> tuple[Decision, int]:
     """The most precise allowed codec that beats recompute and fits; else recompute."""
     reclaimable = sum(e.num_slots for e in droppable_longest_first if e.expected_resume_at_s > resume_at_s)
+    if reclaimable:  # a codec that fits in free slots beats a more precise one that drops others' KV
+        decision, needed = _decide_one(victim, allowed, settings, free_slots, [], resume_at_s)
+        if decision.action is Action.SWAP:
+            return decision, needed
     reasons = []
     for cost in sorted(victim.codecs, key=lambda c: PRECISION_ORDER.index(c.codec)):
         name = cost.codec.value

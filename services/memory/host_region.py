@@ -63,7 +63,10 @@ class HostRegion:
         self.num_slots = num_slots
         self.size_bytes = HEADER_BYTES + num_slots * slot_bytes
         self.token = secrets.token_bytes(TOKEN_BYTES)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A new file, never the old one truncated in place: engines may still map a previous
+        # service's file at this path, and truncating it under them would fault their copies.
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(descriptor, self.size_bytes)  # sparse: pages are taken only when written
             self._map = mmap.mmap(descriptor, self.size_bytes)

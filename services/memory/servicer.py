@@ -153,7 +153,7 @@ class MemoryServicer(rpc.MemoryServiceServicer):
         if key is None:
             raise InvalidRequest("an upload needs at least one message")
         with _swap_errors():
-            self._swaps.commit(key[0], [key[1]])
+            self._swaps.commit_upload(*key, num_bytes)
         return pb.UploadSwappedResponse(num_bytes=num_bytes)
 
     async def BeginRestore(self, request: pb.BeginRestoreRequest, context: grpc.aio.ServicerContext):

@@ -84,11 +84,11 @@ class SwapManager:
         """Decides every victim at once, drops what the plan drops, reserves slots for swaps."""
         self._require_engine(engine_id)
         now_s = self._clock()
+        for victim in victims:  # a re-planned request gives its old slots back first
+            self._release((engine_id, victim.request_id))
         droppable = [
             DroppableEntry(r.key, len(r.slot_ids), r.expected_resume_at_s) for r in self.tier.droppable()
         ]
-        for victim in victims:  # a re-planned request gives its old slots back first
-            self._release((engine_id, victim.request_id))
         plan = plan_eviction(
             victims, num_free_slots=self.tier.num_free_slots, droppable=droppable,
             codec_errors=codec_errors, settings=self.settings, now_s=now_s,
@@ -130,6 +130,13 @@ class SwapManager:
         return sum(self._release((engine_id, request_id)) for request_id in request_ids)
 
     # -- the streamed data path ---------------------------------------------------------------
+
+    def commit_upload(self, engine_id: str, request_id: str, num_bytes: int) -> None:
+        """Commits a streamed upload only when every reserved byte arrived."""
+        record = self._record_in(engine_id, request_id, RecordState.RESERVED)
+        if num_bytes != record.size_bytes:
+            raise HostTierError(f"upload of {request_id!r} ended after {num_bytes} of {record.size_bytes} bytes")
+        self.tier.commit((engine_id, request_id))
 
     def write_chunk(self, engine_id: str, request_id: str, offset_bytes: int, data: bytes) -> None:
         """Writes an uploaded chunk into a RESERVED record's slots."""
