@@ -40,7 +40,7 @@ def embedder() -> PromptEmbedder:
 
 @pytest.fixture(scope="module")
 def two_core_embedder() -> PromptEmbedder:
-    """Runs a lone prompt on 2 intra-op threads and a batch on 2 one-thread workers."""
+    """Runs a batch on 2 workers sharing one one-thread session."""
     embedder = PromptEmbedder(EmbeddingSpec(), cache_dir=default_cache_dir(), num_threads=2, allow_cuda=False)
     yield embedder
     embedder.close()
@@ -48,7 +48,7 @@ def two_core_embedder() -> PromptEmbedder:
 
 def test_graph_is_cached_and_named_by_spec(embedder):
     path = ensure_embedding_model(default_cache_dir())
-    assert path.is_file() and path.name == f"{EmbeddingSpec().version}.onnx"
+    assert path.is_file() and path.name == f"{EmbeddingSpec().graph_name}.onnx"  # one graph for every max_tokens
     assert path.stat().st_size < 40_000_000  # int8 weights, not the 90 MB float ones
     assert spec_from_version(EmbeddingSpec().version) == EmbeddingSpec()
     assert spec_from_version(EmbeddingSpec(max_tokens=128).version).max_tokens == 128
@@ -87,10 +87,10 @@ def test_vectors_are_unit_norm_and_independent_of_batch_mates(embedder):
 
 def test_batch_path_gives_the_single_prompt_bits(embedder, two_core_embedder):
     texts = TEXTS + [f"Question {index}: how do I sort a list in Python?" for index in range(5)]
-    batched = two_core_embedder.embed(texts)  # prompts spread over 2 one-thread workers
+    batched = two_core_embedder.embed(texts)  # prompts spread over 2 workers
     for row, text in enumerate(texts):
-        np.testing.assert_array_equal(two_core_embedder.embed([text])[0], batched[row])  # 2 intra-op threads
-        np.testing.assert_array_equal(embedder.embed([text])[0], batched[row])  # 1 thread
+        np.testing.assert_array_equal(two_core_embedder.embed([text])[0], batched[row])  # alone
+        np.testing.assert_array_equal(embedder.embed([text])[0], batched[row])  # embedder without a pool
 
 
 def test_int8_graph_agrees_with_sentence_transformers(embedder):

@@ -33,7 +33,7 @@ PROMPTS = [
 async def predictor(tmp_path):
     config = PredictorConfig(
         port=0, max_inputs_per_request=8, max_batch_inputs=64, feedback_dir=tmp_path / "feedback",
-        live_window_size=100, embedding_threads=1,
+        live_window_size=100, embedding_threads=2,  # 2: batches take the worker-pool path
     )
     handle = await app.start(config)
     async with grpc.aio.insecure_channel(handle.address) as channel:
@@ -83,7 +83,7 @@ async def test_concurrent_calls_each_get_their_own_answers(predictor):
     _, stub = predictor
     single = [await stub.PredictOutputLength(_request([prompt]), timeout=10) for prompt in PROMPTS]
     together = await asyncio.gather(*(stub.PredictOutputLength(_request([p]), timeout=10) for p in PROMPTS))
-    for alone, batched in zip(single, together):
+    for alone, batched in zip(single, together):  # batch mates never change a prompt's embedding
         assert alone.predictions[0].quantiles[1].num_tokens == pytest.approx(batched.predictions[0].quantiles[1].num_tokens)
 
 

@@ -26,7 +26,7 @@ class PredictorConfig:
     model_dir: Path = DEFAULT_MODEL_DIR  # directory holding model.onnx + metadata.json
     cache_dir: Path | None = None  # embedding graph cache; None = embedding.default_cache_dir()
     intra_op_threads: int = 1  # ONNX Runtime threads of the tree graph (trees gain little from more)
-    embedding_threads: int = 2  # embedding cores (the costly part): one prompt on all, a batch one prompt per core
+    embedding_threads: int = 2  # prompts of a batch embedded at once, one core each (a lone prompt uses one)
     allow_cuda: bool = True  # use CUDAExecutionProvider when onnxruntime has it
     # Generator column (workload) lengths are predicted for, e.g. "alpaca_eval:text_davinci_003";
     # "" = the model's own default.
@@ -71,7 +71,7 @@ class PredictorConfig:
                             help="embedding graph cache (default $ALISE_CACHE_DIR or ~/.cache/alise)")
         parser.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime threads of the trees")
         parser.add_argument("--embedding-threads", type=int, default=2,
-                            help="embedding cores: one prompt runs on all, a batch runs one prompt per core")
+                            help="prompts of a batch embedded at once, one core each (a lone prompt uses one)")
         parser.add_argument("--cpu-only", action="store_true", help="never use the CUDA execution provider")
         parser.add_argument("--default-generator", default="",
                             help="generator column to predict for when a request's served model maps to none "

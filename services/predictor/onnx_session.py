@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -17,8 +18,13 @@ def session_providers(allow_cuda: bool) -> list[str]:
     return [CPU_PROVIDER]
 
 
-def make_session(path: Path | bytes, *, intra_op_threads: int, allow_cuda: bool):
-    """An InferenceSession on path (or serialized model bytes) with bounded threads, errors-only logs."""
+def make_session(
+    path: Path | bytes, *, intra_op_threads: int, allow_cuda: bool, disabled_optimizers: Sequence[str] = ()
+):
+    """An InferenceSession on path (or serialized model bytes) with bounded threads, errors-only logs.
+
+    disabled_optimizers names ONNX Runtime graph rewrites to skip (e.g. "SkipLayerNormFusion").
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -29,4 +35,9 @@ def make_session(path: Path | bytes, *, intra_op_threads: int, allow_cuda: bool)
     # threads steal the cores the next run needs (measured: 2 threads twice as slow as 1 under load).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = path if isinstance(path, bytes) else str(path)
-    return onnxruntime.InferenceSession(source, sess_options=options, providers=session_providers(allow_cuda))
+    return onnxruntime.InferenceSession(
+        source,
+        sess_options=options,
+        providers=session_providers(allow_cuda),
+        disabled_optimizers=list(disabled_optimizers),
+    )

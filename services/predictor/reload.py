@@ -37,7 +37,7 @@ class LoadSettings:
     model_dir: Path  # directory holding model.onnx + metadata.json
     cache_dir: Path  # where the embedding graph is cached (built on first use)
     tree_threads: int  # ONNX Runtime threads of the tree graph
-    embedding_threads: int  # cores of the embedding graph: one prompt on all, a batch one prompt per core
+    embedding_threads: int  # prompts of a batch embedded at once, one core each
     allow_cuda: bool  # use the CUDA execution provider when onnxruntime has it
     default_generator: str = ""  # generator column for requests that name none; "" = the model's default
 
