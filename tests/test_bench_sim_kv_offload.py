@@ -80,6 +80,14 @@ def test_swap_out_stalls_the_evicting_step_once():
     assert handler.num_free_slots == handler.num_total_slots - 2
 
 
+def test_the_plan_call_is_charged_once_per_eviction_event():
+    config = KvOffloadConfig(OffloadMode.SWAP, TINY, TINY_TIMES, 64 * 2048, 2048, 0.1, plan_latency_s=0.25)
+    handler = SimKvOffload(config, Clock())
+    handler.evict([_victim("a"), _victim("b", recompute_s=0.1)])  # b recomputes
+    assert handler.take_step_stall_s() == pytest.approx(0.25 + BLOCK_S)
+    assert handler.counters.num_plans == 1 and handler.counters.num_recompute_decisions == 1
+
+
 def test_a_swap_in_prefetched_long_enough_before_the_restore_is_hidden():
     handler, clock = _handler()
     handler.evict([_victim("a")])  # written at t = 1
@@ -161,6 +169,16 @@ def test_a_request_whose_swap_in_is_in_flight_is_not_dropped_until_it_arrived():
     assert handler.evict([_victim("d", wait_s=1.0)]) == {"d"}
     assert not handler.ensure_restorable(_request("a"))
     assert handler.check_invariants() == []
+
+
+def test_preemption_cost_is_the_cheapest_allowed_round_trip_or_recompute():
+    handler, _ = _handler(OffloadMode.SWAP_COMPRESS, host_blocks=1)
+    # 16 tokens: full 2048 bytes = 1 s each way; int4 768 bytes = 0.375 s each way (+ ~0 dequantize)
+    assert handler.preemption_cost_s(16, 1, recompute_s=10.0) == pytest.approx(2 * 768 / 2048, rel=1e-6)
+    assert handler.preemption_cost_s(16, 1, recompute_s=0.1) == 0.1
+    assert handler.preemption_cost_s(64, 4, recompute_s=10.0) == 10.0  # no codec fits a 1-block tier
+    full_only, _ = _handler(OffloadMode.SWAP, host_blocks=4)
+    assert full_only.preemption_cost_s(16, 1, recompute_s=10.0) == pytest.approx(2 * BLOCK_S)
 
 
 def test_discard_frees_the_host_slots():

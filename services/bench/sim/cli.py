@@ -83,19 +83,21 @@ def run(args: argparse.Namespace) -> int:
         print(_offload_line(offload))
     result = run_sweep(trace, predictions, cost=cost, shape=shape, config=config)
     _print_bounds(result)
-    stem = args.out_dir / f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
+    # Not Path.with_suffix: a name like "..._host0.5gb" has a dot that is not a suffix.
+    stem = f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
+    json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     settings = {
         "trace": args.trace, "num_requests": len(trace), "cost_model": dataclasses.asdict(cost), "engine": shape,
         "sweep": config, "prediction": args.prediction, "target_tau": args.tau, "reached_tau": reached_tau,
     }
-    write_report(stem.with_suffix(".json"), build_report("simulator", settings, {"result": result}))
+    write_report(json_path, build_report("simulator", settings, {"result": result}))
     labels = [config.label(policy, mode) for policy in policies for mode in modes]
     curves = {label: [pt.rate_point() for pt in result.points if pt.label == label] for label in labels}
     plot_latency_vs_rate(
         curves, bounds_s_per_token=[b.bound_s_per_token for b in result.bounds],
-        title=f"{args.trace} on {cost.name} (tau {reached_tau:.2f})", path=stem.with_suffix(".png"),
+        title=f"{args.trace} on {cost.name} (tau {reached_tau:.2f})", path=png_path,
     )
-    print(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    print(f"saved {json_path} and {png_path}")
     return 0
 
 
@@ -126,6 +128,8 @@ def _add_offload_flags(parser: argparse.ArgumentParser) -> None:
                         help="measured relative error of the int8 codec on real KV")
     parser.add_argument("--int4-error", type=arg_types.non_negative_float, default=INT4_RELATIVE_ERROR,
                         help="measured relative error of the int4 codec on real KV")
+    parser.add_argument("--plan-rpc-ms", type=arg_types.non_negative_float, default=0.0,
+                        help="memory service round trip charged per eviction event (gRPC loopback: ~0.7)")
     parser.add_argument("--no-prefetch", action="store_true",
                         help="swap-ins are not started ahead of a restore: each stalls its step in full")
 
@@ -142,7 +146,7 @@ def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOfflo
     slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
     return KvOffloadConfig(
         swap_modes[0], layout, times, int(args.host_tier_gb * GB), slot_bytes,
-        args.kv_error_budget, args.int8_error, args.int4_error, not args.no_prefetch,
+        args.kv_error_budget, args.int8_error, args.int4_error, not args.no_prefetch, args.plan_rpc_ms / 1e3,
     )
 
 
@@ -151,7 +155,8 @@ def _offload_suffix(args: argparse.Namespace, offload: KvOffloadConfig | None) -
     if offload is None:
         return ""
     link = "" if args.host_link_gb_per_s == DEFAULT_LINK_GB_PER_S else f"_link{args.host_link_gb_per_s:g}gbps"
-    return f"_host{args.host_tier_gb:g}gb{link}{'_noprefetch' if args.no_prefetch else ''}"
+    rpc = f"_rpc{args.plan_rpc_ms:g}ms" if args.plan_rpc_ms else ""
+    return f"_host{args.host_tier_gb:g}gb{link}{'_noprefetch' if args.no_prefetch else ''}{rpc}"
 
 
 def _offload_line(offload: KvOffloadConfig) -> str:
@@ -161,7 +166,7 @@ def _offload_line(offload: KvOffloadConfig) -> str:
         f"of {offload.host_slot_bytes} B; "
         f"link {offload.times.link_bytes_per_s / GB:g} GB/s; block MiB: {sizes}; error budget "
         f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g}); "
-        f"prefetch {'on' if offload.prefetch else 'off'}"
+        f"prefetch {'on' if offload.prefetch else 'off'}; plan call {offload.plan_latency_s * 1e3:g} ms"
     )
 
 
