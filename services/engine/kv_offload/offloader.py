@@ -27,6 +27,7 @@ import torch
 
 from services.common.contracts import memory_service_pb2 as pb
 from services.engine.kv_cache import PagedKvCache
+from services.engine.kv_offload.codec_pb import CODEC_FROM_PB, CODEC_TO_PB
 from services.engine.kv_offload.host_transport import HostTransport, TransferFailed, open_transport
 from services.engine.kv_offload.kv_codec import KvCodec, decode_blocks, encode_blocks, encoded_size_bytes
 from services.engine.kv_offload.memory_client import MemoryClient
@@ -36,8 +37,6 @@ from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
 
 log = logging.getLogger(__name__)
 
-CODEC_TO_PB = {KvCodec.FULL: pb.KV_CODEC_FULL, KvCodec.INT8: pb.KV_CODEC_INT8, KvCodec.INT4: pb.KV_CODEC_INT4}
-CODEC_FROM_PB = {value: codec for codec, value in CODEC_TO_PB.items()}
 PREFETCH_WAIT_S = 5.0  # longest an admission waits for a prefetch before recomputing instead
 
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 from services.common.contracts import memory_service_pb2 as pb
 from services.engine.kv_cache import PagedKvCache
+from services.engine.kv_offload.codec_pb import CODEC_TO_PB
 from services.engine.kv_offload.kv_codec import KvCodec, measure_codec_errors
 
 SMOOTHING = 0.2  # weight of the newest sample in the moving averages
 MEASURE_FIRST_EVENTS = 8
 MEASURE_EVERY = 16
 MEASURE_MAX_BLOCKS = 4
-_CODEC_TO_PB = {KvCodec.FULL: pb.KV_CODEC_FULL, KvCodec.INT8: pb.KV_CODEC_INT8, KvCodec.INT4: pb.KV_CODEC_INT4}
 
 
 def _smoothed(previous: float, sample: float) -> float:
@@ -82,6 +82,6 @@ class SwapMeasurements:
 
     def qualities_pb(self) -> list[pb.CodecQuality]:
         return [
-            pb.CodecQuality(codec=_CODEC_TO_PB[codec], relative_error=error, num_blocks_measured=self.num_error_blocks[codec])
+            pb.CodecQuality(codec=CODEC_TO_PB[codec], relative_error=error, num_blocks_measured=self.num_error_blocks[codec])
             for codec, error in self.relative_error.items()
         ]
