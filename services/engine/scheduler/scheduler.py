@@ -199,7 +199,7 @@ class Scheduler:
             preempted.append(victim.request_id)
 
     def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float) -> None:
-        """Step 3. This step's victims are not in the queue yet (see _settle_evictions), so what
+        """Step 3. This step's victims are not in the queue yet (PreemptedKv.settle runs after), so what
         was just evicted is not taken back in the same step."""
         admitted = 0
         for request in self.waiting:
