@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from services.bench.latency_metrics import RequestRecord
-from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, make_handler
+from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, SimKvOffload, make_handler
 from services.bench.sim.sim_request import SIM_EOS_TOKEN_ID, make_sim_request
 from services.bench.workload import TraceRequest
 from services.engine.block_pool import KvBlockManager
@@ -110,11 +110,7 @@ def simulate(
         output = scheduler.schedule()
         if output.is_empty:
             raise RuntimeError("the scheduler made no progress with work queued (a request cannot fit?)")
-        model_s = cost.step_time_s(output)
-        step_s = model_s
-        if handler is not None:
-            handler.restore(output.restores)  # what the engine does before running the model
-            step_s += handler.take_step_stall_s()
+        model_s, step_s = _step_times_s(cost, output, handler)
         clock[0] += step_s
         busy_s += step_s
         num_steps += 1
@@ -129,6 +125,16 @@ def simulate(
         scheduler.max_wait_s, 0 if counters is None else counters.swap_out_bytes, len(trace) - len(pending), busy_s,
         counters,
     )
+
+
+def _step_times_s(cost: StepCost, output: SchedulerOutput, handler: SimKvOffload | None) -> tuple[float, float]:
+    """(model time, whole step time): the step also stalls for this step's swap-outs and for
+    swap-ins still in flight at its restores (which the engine copies before running the model)."""
+    model_s = cost.step_time_s(output)
+    if handler is None:
+        return model_s, model_s
+    handler.restore(output.restores)
+    return model_s, model_s + handler.take_step_stall_s()
 
 
 def _sampled(output: SchedulerOutput, true_lengths: dict[str, int]) -> dict[str, int]:
