@@ -165,10 +165,13 @@ class MemoryServicer(rpc.MemoryServiceServicer):
 
     async def DownloadSwapped(self, request: pb.DownloadSwappedRequest, context: grpc.aio.ServicerContext):
         _require_engine_id(request.engine_id)
-        with _swap_errors():
-            chunks = list(self._swaps.read_chunks(request.engine_id, request.request_id))
-        for offset, data in chunks:
-            yield pb.DownloadSwappedResponse(offset_bytes=offset, data=data)
+        chunks = self._swaps.read_chunks(request.engine_id, request.request_id)
+        while True:
+            with _swap_errors():  # each chunk is read (and its record checked) only when it is sent
+                item = next(chunks, None)
+            if item is None:
+                return
+            yield pb.DownloadSwappedResponse(offset_bytes=item[0], data=item[1])
 
     async def ReleaseSwapped(self, request: pb.ReleaseSwappedRequest, context: grpc.aio.ServicerContext):
         _require_engine_id(request.engine_id)

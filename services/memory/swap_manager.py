@@ -149,9 +149,13 @@ class SwapManager:
         self.counters.num_streamed_bytes_in += len(data)
 
     def read_chunks(self, engine_id: str, request_id: str) -> Iterator[tuple[int, bytes]]:
-        """(offset, chunk) of a RESTORING record's bytes, in order."""
+        """(offset, chunk) of a RESTORING record's bytes, in order, read lazily (a record may be
+        large); each chunk re-checks that the record is still pinned, so a release during the
+        stream ends it (HostTierError) instead of reading slots that another record now holds."""
         record = self._record_in(engine_id, request_id, RecordState.RESTORING)
         for offset in range(0, record.size_bytes, STREAM_CHUNK_BYTES):
+            if self.tier.get(record.key) is not record:
+                raise HostTierError(f"request {request_id!r} was released during its download")
             chunk = self.region.read(record.slot_ids, offset, min(STREAM_CHUNK_BYTES, record.size_bytes - offset))
             self.counters.num_streamed_bytes_out += len(chunk)
             yield offset, chunk

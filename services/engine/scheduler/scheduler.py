@@ -183,11 +183,13 @@ class Scheduler:
                 victim = next(victims, None)
                 if victim is None:
                     break
-                victim_cost_s = self.preempted_kv.preemption_cost_s(victim, len(self.kv.block_table(victim.request_id)))
-                if waiting.promoted_at_s is None and not self.policy.displaces(waiting, victim, victim_cost_s):
+                num_victim_blocks = len(self.kv.block_table(victim.request_id))
+                if waiting.promoted_at_s is None and not self.policy.displaces(
+                    waiting, victim, self.preempted_kv.preemption_cost_s(victim, num_victim_blocks)
+                ):
                     break  # and then the head-of-line stop below: worse waiting ones displace no one
                 seats += 1
-                free_blocks += len(self.kv.block_table(victim.request_id))
+                free_blocks += num_victim_blocks
                 taken.append(victim)
             if seats < 1 or free_blocks < needed:
                 break  # head-of-line: nothing behind it is better
