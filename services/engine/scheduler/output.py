@@ -44,7 +44,7 @@ class SchedulerOutput:
         return not self.chunks
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, for the same reason as ScheduledChunk (treat as read-only)
 class StepResult:
     """What one step produced for one request, as streamed back to its caller."""
 

@@ -105,10 +105,10 @@ class Scheduler:
             self.waiting.rerank()
         if not math.isinf(self.limits.max_wait_s):
             self.waiting.promote_starved(now_s, self.limits.max_wait_s)
-        self._rank_running()
+        worst_running = self._rank_running()
         preempted: list[str] = []
         if self.policy.preempts_for_waiting and self.waiting:
-            self._displace(preempted, now_s)
+            self._displace(worst_running, preempted, now_s)
         chunks: list[ScheduledChunk] = []
         restores: list[KvRestore] = []
         budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
@@ -121,12 +121,49 @@ class Scheduler:
         return SchedulerOutput(chunks, preempted, restores)
 
     def _schedule_running(self, chunks: list[ScheduledChunk], preempted: list[str], now_s: float) -> tuple[int, bool]:
-        """Step 2; returns the budget left and whether KV ran short."""
+        """Step 2; returns the budget left and whether KV ran short.
+
+        Fast path (the common case, and the hot loop of a step): when the budget can feed every
+        running request one token, decodes are served in running order without sorting, in one pass
+        that also sets the prefilling requests aside; a decode needs new blocks only when its next
+        position starts a block (the table always covers num_computed_tokens). Otherwise decodes
+        are served best first (_service_order). Either way the outcome is the same as serving
+        `_service_order(budget)` one by one."""
         budget = self.limits.max_num_batched_tokens
+        if len(self.running) > budget:
+            return self._schedule_in_order(self._service_order(budget), budget, chunks, preempted, now_s)
+        short_of_kv = False
+        block_size = self.kv.block_size
+        prefills = []
+        for request in list(self.running):
+            if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
+                continue
+            computed = request.num_computed_tokens
+            num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+            if num_tokens - computed > 1:
+                prefills.append(request)
+                continue
+            if not computed % block_size and not self.kv.allocate_slots(request.request_id, num_tokens):
+                short_of_kv = True
+                if not self._make_room(request, num_tokens, chunks, preempted, now_s):
+                    continue
+            if request.first_scheduled_time_s is None:
+                request.first_scheduled_time_s = now_s
+            chunks.append(ScheduledChunk(request, num_tokens - computed, True, num_tokens))
+            budget -= num_tokens - computed
+        if not prefills:
+            return budget, short_of_kv
+        prefills.sort(key=RANK)
+        budget, short_in_prefills = self._schedule_in_order(prefills, budget, chunks, preempted, now_s)
+        return budget, short_of_kv or short_in_prefills
+
+    def _schedule_in_order(
+        self, order: list[Request], budget: int, chunks: list[ScheduledChunk], preempted: list[str], now_s: float
+    ) -> tuple[int, bool]:
+        """Serves `order` one by one within the budget; returns the budget left and whether KV ran short."""
         short_of_kv = False
         allocate_slots = self.kv.allocate_slots
-        scheduled: set[Request] = set()
-        for request in self._service_order(budget):
+        for request in order:
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
@@ -135,21 +172,31 @@ class Scheduler:
             num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
             num_new = num_tokens - computed if num_tokens - computed <= budget else budget
             target = computed + num_new
-            while not allocate_slots(request.request_id, target):
-                short_of_kv = True  # the victim is the worst running request not scheduled yet
-                victim = max((r for r in self.running if r not in scheduled), key=RANK)
-                self._preempt(victim, now_s)
-                preempted.append(victim.request_id)
-                if victim is request:
-                    break
-            if request.status is not RequestStatus.RUNNING:
-                continue
+            if not allocate_slots(request.request_id, target):
+                short_of_kv = True
+                if not self._make_room(request, target, chunks, preempted, now_s):
+                    continue
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
             chunks.append(ScheduledChunk(request, num_new, target == num_tokens, target))
-            scheduled.add(request)
             budget -= num_new
         return budget, short_of_kv
+
+    def _make_room(
+        self, request: Request, num_tokens: int, chunks: list[ScheduledChunk], preempted: list[str], now_s: float
+    ) -> bool:
+        """KV ran short for `request`: preempts the worst running request not yet scheduled this step
+        (step 2 has no chunk for it yet: `chunks` holds this step's running requests so far) until
+        `request` gets blocks for num_tokens positions, or is itself the victim (False)."""
+        scheduled = {chunk.request for chunk in chunks}
+        while True:
+            victim = max((r for r in self.running if r not in scheduled), key=RANK)
+            self._preempt(victim, now_s)
+            preempted.append(victim.request_id)
+            if victim is request:
+                return False
+            if self.kv.allocate_slots(request.request_id, num_tokens):
+                return True
 
     def _service_order(self, budget: int) -> list[Request]:
         """Running requests that only decode (one token), then those still prefilling, each group
@@ -169,9 +216,10 @@ class Scheduler:
             decodes.extend(prefills)
         return decodes
 
-    def _displace(self, preempted: list[str], now_s: float) -> None:
-        """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better."""
-        victims = _worst_first([r for r in self.running if r.promoted_at_s is None])
+    def _displace(self, worst_running: Request | None, preempted: list[str], now_s: float) -> None:
+        """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better;
+        worst_running is the worst unpromoted running request (_rank_running), the first victim."""
+        victims = self._worst_first(worst_running)
         seats = self.limits.max_num_seqs - len(self.running)
         free_blocks = self.kv.pool.num_free_blocks
         chosen: list[Request] = []
@@ -240,12 +288,30 @@ class Scheduler:
 
     # -- ranking ---------------------------------------------------------------
 
-    def _rank_running(self) -> None:
-        """Fresh rank keys for the running batch (remaining work changed last step)."""
+    def _rank_running(self) -> Request | None:
+        """Fresh rank keys for the running batch (remaining work changed last step); returns the
+        worst unpromoted running request (the first of equals), None if there is none."""
         keys = priority_keys(self.policy, self.running)
+        worst, worst_key = None, -math.inf
         for request, key in zip(self.running, keys):
             promoted_at_s = request.promoted_at_s
-            request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
+            if promoted_at_s is not None:
+                request.rank_key = PROMOTED_BASE + promoted_at_s
+                continue
+            request.rank_key = key
+            if key > worst_key:
+                worst, worst_key = request, key
+        return worst
+
+    def _worst_first(self, worst: Request | None) -> Iterator[Request]:
+        """Unpromoted running requests by decreasing rank key, lazily: the worst is already known;
+        the rest are sorted only when a second victim is asked for (displacement usually stops at
+        the first)."""
+        if worst is None:
+            return
+        yield worst
+        rest = [r for r in self.running if r.promoted_at_s is None and r is not worst]
+        yield from sorted(rest, key=RANK, reverse=True)
 
     def _rank_key(self, request: Request) -> RankKey:
         if request.promoted_at_s is not None:
@@ -257,6 +323,7 @@ class Scheduler:
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepResult]:
         """Advances computed counts, appends sampled tokens, finishes requests that are done."""
         now_s = self.clock()
+        eos_token_id, max_model_len = self.eos_token_id, self.limits.max_model_len
         results = []
         for chunk in output.chunks:
             request = chunk.request
@@ -266,12 +333,19 @@ class Scheduler:
             if not chunk.samples_token:
                 continue
             token_id = sampled[request.request_id]
-            request.output_token_ids.append(token_id)
+            output = request.output_token_ids
+            output.append(token_id)
             if request.first_token_time_s is None:
                 request.first_token_time_s = now_s
-            reason = self._finish_reason(request, token_id)
-            if reason is not None:
-                self._finish(request, reason)
+            reason = None
+            if (
+                token_id == eos_token_id
+                or len(output) >= request.sampling.max_tokens
+                or len(request.prompt_token_ids) + len(output) >= max_model_len
+            ):  # the common case, a token that finishes nothing, skips the call
+                reason = self._finish_reason(request, token_id)
+                if reason is not None:
+                    self._finish(request, reason)
             results.append(StepResult(request.request_id, [token_id], reason))
         return results
 
@@ -328,12 +402,3 @@ class Scheduler:
         """Sum of predicted remaining output tokens over live requests."""
         return sum(r.predicted_remaining_tokens for r in self.requests.values())
 
-
-def _worst_first(requests: list[Request]) -> Iterator[Request]:
-    """Requests by decreasing rank key, lazily: the worst costs one pass; a full sort happens only
-    when a second victim is asked for (displacement usually stops at the first)."""
-    if not requests:
-        return
-    worst = max(requests, key=RANK)
-    yield worst
-    yield from sorted((r for r in requests if r is not worst), key=RANK, reverse=True)

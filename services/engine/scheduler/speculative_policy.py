@@ -57,12 +57,15 @@ class AlisePolicy:
         calls inlined: a quarter of the step's scheduling time otherwise."""
         prefill_s, decode_s = self.cost_model.prefill_s_per_token, self.cost_model.decode_step_s
         keys = []
+        append = keys.append
         for request in requests:
             num_generated = len(request.output_token_ids)
-            uncomputed = len(request.prompt_token_ids) + num_generated - request.num_computed_tokens
             remaining = request.length_distribution.expected_remaining_tokens(num_generated)
             limit = request.sampling.max_tokens - num_generated
-            keys.append(prefill_s * uncomputed + decode_s * (limit if remaining > limit else remaining))
+            append(
+                prefill_s * (len(request.prompt_token_ids) + num_generated - request.num_computed_tokens)
+                + decode_s * (limit if remaining > limit else remaining)
+            )
         return keys
 
     def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
