@@ -190,8 +190,6 @@ def _predictions(args, trace):
 def _print_bounds(result: SweepResult) -> None:
     print(f"\nsustainable request rate (req/s) under mean normalized latency <= multiple x unloaded "
           f"({result.unloaded_mean_s_per_token * 1e3:.2f} ms/token)")
-    print(f"  (capacity {result.capacity_per_s:.3f} req/s: a rate above it is held only while the trace lasts; "
-          f"a longer trace lowers it)")
     for bound in result.bounds:
         rates = "  ".join(f"{p} {r:.3f} (x{bound.ratio_to_fcfs[p]:.2f})" for p, r in bound.sustainable_rate_per_s.items())
         by_mode = bound.oracle_gain_recovered
@@ -200,8 +198,6 @@ def _print_bounds(result: SweepResult) -> None:
             for mode, share in by_mode.items() if share is not None
         )
         print(f"  {bound.multiple:g}x: {rates}{recovered}")
-        shares = "  ".join(f"{p} {r / result.capacity_per_s:.2f}" for p, r in bound.sustainable_rate_per_s.items())
-        print(f"       as a multiple of the capacity: {shares}")
         if bound.ratio_to_recompute:
             ratios = "  ".join(f"{label} x{ratio:.2f}" for label, ratio in bound.ratio_to_recompute.items())
             print(f"       vs the same policy recomputing: {ratios}")
