@@ -18,7 +18,8 @@ from services.engine.scheduler import Scheduler, StepResult
 class StepTiming:
     """Measured cost of one step, for the stats (and the cost model of the speculative scheduler)."""
 
-    duration_s: float  # wall time of schedule + forward + update
+    duration_s: float  # wall time of schedule (with swap-outs) + KV restores + forward + update
+    model_s: float  # wall time of forward + update: what the scheduler's cost model is fitted on
     num_scheduled_tokens: int  # tokens fed to the model
     num_sampled_tokens: int  # output tokens produced
 
@@ -50,14 +51,17 @@ class EngineCore:
             return []
         if output.restores:  # swapped KV back into its new blocks before the model reads them
             self.scheduler.eviction.restore(output.restores)
+        model_started = time.perf_counter()
         sampled = self.runner.execute(output)
         results = self.scheduler.update(output, sampled)
         for result in results:
             if result.finish_reason is not None:
                 self.runner.forget(result.request_id)
-        duration_s = time.perf_counter() - started
-        self.scheduler.record_step_time(output, duration_s)
+        finished = time.perf_counter()
+        # Swap-outs (settled inside schedule) and restores depend on who was evicted, not on the
+        # batch's tokens: fitting them into the step cost would blur it (the simulator does the same).
+        self.scheduler.record_step_time(output, finished - model_started)
         self.num_steps += 1
         self.num_generated_tokens += len(sampled)
-        self.last_step = StepTiming(duration_s, output.num_scheduled_tokens, len(sampled))
+        self.last_step = StepTiming(finished - started, finished - model_started, output.num_scheduled_tokens, len(sampled))
         return results

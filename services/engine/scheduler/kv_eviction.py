@@ -102,9 +102,10 @@ def expected_wait_s(
     victim_rank_key: float, waiting: Iterable[Request], remaining_s_of: Callable[[Request], float], num_seats: int
 ) -> float:
     """Time until a victim runs again, if the requests ranked ahead of it run first, `num_seats`
-    at a time: the sum of their remaining times divided by the seats. Crude (it ignores who is
-    running now and future arrivals) but monotone in rank, which is what the memory manager's
-    choices (prefetch lead time, who keeps host space) need."""
+    at a time (the scheduler passes the running batch's size: in the memory-bound regime KV, not
+    max_num_seqs, caps it): the sum of their remaining times divided by the seats. Crude (it
+    ignores who is running now and future arrivals) but monotone in rank, which is what the memory
+    manager's choices (prefetch lead time, who keeps host space) need."""
     ahead_s = 0.0
     for request in waiting:  # best first
         if request.rank_key >= victim_rank_key:

@@ -18,11 +18,10 @@ from services.engine.scheduler.waiting_queue import WaitingQueue
 class PreemptedKv:
     """Victims of the current step and the counters of where preempted KV went."""
 
-    def __init__(self, cost_model: OnlineStepCostModel, block_size: int, num_seats: int) -> None:
+    def __init__(self, cost_model: OnlineStepCostModel, block_size: int) -> None:
         self.handler: KvEvictionHandler = RecomputeOnly()
         self._cost_model = cost_model
         self._block_size = block_size
-        self._num_seats = num_seats
         self._victims: list[tuple[Request, list[int], int]] = []  # (request, its block ids, its KV tokens)
         self.num_swapped_out = 0  # preemptions whose KV the handler saved
         self.num_restored = 0  # resumes that got their saved KV back
@@ -38,13 +37,15 @@ class PreemptedKv:
         self._victims.append((request, block_ids, request.num_computed_tokens))
         request.num_computed_tokens = 0
 
-    def settle(self, waiting: WaitingQueue, now_s: float) -> None:
+    def settle(self, waiting: WaitingQueue, now_s: float, num_running: int) -> None:
         """One eviction event: the handler saves some victims' KV, the rest recompute; then every
-        victim waits to run again."""
+        victim waits to run again. num_running (the batch after this step's admissions) is how many
+        requests run side by side, the seats in each victim's expected wait."""
         victims, self._victims = self._victims, []
         saved: set[str] = set()
         if self.handler.saves_kv and any(num_kv for _, _, num_kv in victims):
-            saved = self.handler.evict([self._evicted_kv(waiting, *victim) for victim in victims if victim[2]])
+            evicted = [self._evicted_kv(waiting, num_running, *victim) for victim in victims if victim[2]]
+            saved = self.handler.evict(evicted)
         for request, _, num_kv_tokens in victims:
             if request.request_id in saved:
                 request.num_host_kv_tokens = request.num_computed_tokens = num_kv_tokens
@@ -53,9 +54,11 @@ class PreemptedKv:
                 self.num_recomputed_tokens += num_kv_tokens
             waiting.add(request, now_s)
 
-    def _evicted_kv(self, waiting: WaitingQueue, request: Request, block_ids: list[int], num_kv_tokens: int) -> EvictedKv:
+    def _evicted_kv(
+        self, waiting: WaitingQueue, num_running: int, request: Request, block_ids: list[int], num_kv_tokens: int
+    ) -> EvictedKv:
         prefill_s = self._cost_model.prefill_s_per_token
-        wait_s = expected_wait_s(request.rank_key, waiting, self._remaining_s, self._num_seats)
+        wait_s = expected_wait_s(request.rank_key, waiting, self._remaining_s, num_running)
         return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
 
     def preemption_cost_s(self, request: Request, num_blocks: int) -> float:

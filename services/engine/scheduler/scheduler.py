@@ -70,7 +70,7 @@ class Scheduler:
         self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
         self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
         # Where preempted KV goes (saved by the eviction handler, or recomputed) and its counters.
-        self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size, limits.max_num_seqs)
+        self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size)
         if eviction is not None:
             self.preempted_kv.handler = eviction
         self._ranked_version = self.cost_model.version
@@ -115,7 +115,7 @@ class Scheduler:
         if not short_of_kv:
             self._admit_waiting(budget, chunks, restores, now_s)
         if self.preempted_kv.has_victims:
-            self.preempted_kv.settle(self.waiting, now_s)
+            self.preempted_kv.settle(self.waiting, now_s, len(self.running))
         if self.eviction.saves_kv and self.waiting:
             self.eviction.prefetch([r for r in self.waiting.head(PREFETCH_SCAN) if r.num_host_kv_tokens])
         return SchedulerOutput(chunks, preempted, restores)
