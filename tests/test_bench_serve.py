@@ -131,18 +131,22 @@ def test_config_rejects_contradictions():
 
 
 @requires_shared_data
-def test_cli_starts_a_stack_per_policy_and_saves_json_and_png(tmp_path):
+def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(tmp_path, capsys):
     out = tmp_path / "serve.json"
     status = cli_main.main([
-        "bench", "serve", "--start-stack", "--policies", "fcfs", "--no-predictor", "--trace", "alpaca",
-        "--num-requests", "4", "--rates", "4", "--num-unloaded", "1", "--max-output-tokens", "4",
+        "bench", "serve", "--start-stack", "--policies", "fcfs,alise", "--no-predictor", "--trace", "alpaca",
+        "--num-requests", "4", "--rates", "4", "8", "--num-unloaded", "1", "--max-output-tokens", "4",
         "--max-prompt-tokens", "8", "--engine-arg=--num-kv-blocks=64", "--engine-arg=--cpu-threads=1",
         "--log-dir", str(tmp_path / "logs"), "--out", str(out),
     ])
     assert status == 0
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "serve" and report["config"]["policies"] == ["fcfs"]
-    (run,) = report["policies"]["fcfs"]["runs"]
-    assert run["summary"]["num_requests"] == 4 and run["num_failed"] == 0
+    assert report["benchmark"] == "serve" and report["config"]["policies"] == ["fcfs", "alise"]
+    for policy in ("fcfs", "alise"):
+        runs = report["policies"][policy]["runs"]
+        assert [run["rate_per_s"] for run in runs] == [4.0, 8.0]
+        assert all(run["summary"]["num_requests"] == 4 and run["num_failed"] == 0 for run in runs)
+        assert (tmp_path / "logs" / policy / "engine.log").exists()
+    printed = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("fcfs ", "alise "))]
+    assert printed == [["fcfs", "4.00"], ["alise", "4.00"], ["fcfs", "8.00"], ["alise", "8.00"]]  # turns at each rate
     assert out.with_suffix(".png").stat().st_size > 0
-    assert (tmp_path / "logs" / "fcfs" / "engine.log").exists()

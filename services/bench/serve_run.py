@@ -1,11 +1,16 @@
-"""`alise bench serve` end to end: trace -> per policy (stack, unloaded latency, sweep) -> results.
+"""`alise bench serve` end to end: trace -> stacks -> interleaved rate sweep -> results.
 
     trace = scale_trace(load_trace(...))              identical requests for every policy
-    for each policy:
-        gateway = the running one | a fresh local stack running that policy (--start-stack)
-        warm-up request, unloaded latency (sequential requests), rate sweep
+    gateways = the running one | one fresh local stack per policy (--start-stack), all up at once
+    warm-up request and unloaded latency (sequential requests) of each policy, one after another
+    for each rate: every policy's run at that rate, one after another
     bounds and the goodput SLO come from the FIRST policy's unloaded latency, pinned before any
     sweep runs, so every policy is judged against the same numbers.
+
+Policies take turns at each rate instead of each running its whole sweep in turn: on a shared
+machine the load of other jobs drifts over minutes, and a drift between two policies' sweeps
+would read as a difference between the policies. An idle stack waits on its sockets, so the
+stacks that are not being measured cost next to nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from services.bench.latency_metrics import Slo
 from services.bench.serve_config import RUNNING_STACK_LABEL, ServeConfig
 from services.bench.serve_prompts import ServeRequest, build_requests
 from services.bench.serve_stack import StackStartError, local_stack, stack_config
-from services.bench.serve_sweep import RateRun, measure_unloaded, sweep
+from services.bench.serve_sweep import RateRun, measure_unloaded, run_rate
 from services.bench.sustainable_rate import latency_bounds
 from services.bench.workload import TraceRequest, load_trace, scale_trace
 from services.common.contracts import (
@@ -114,27 +119,44 @@ async def requests_for(gateway_address: str, trace: list[TraceRequest], config: 
 async def run_serve(
     config: ServeConfig, log_dir: pathlib.Path, on_run: Callable[[str, RateRun], None]
 ) -> ServeOutcome:
-    """Runs every policy's phases in order; on_run(policy, run) sees each rate point as it completes."""
+    """Measures every policy, interleaved by rate; on_run(policy, run) sees each rate point as it completes."""
     trace = scaled_trace(config)
     policies = config.policies if config.start_stack else (await running_policy_label(config),)
-    results: list[PolicyResult] = []
-    pinned: tuple[float, tuple[float, ...], Slo] | None = None
+    async with contextlib.AsyncExitStack() as stacks:
+        addresses, errors = await _start_gateways(policies, config, log_dir, stacks)
+        if not addresses:
+            raise RuntimeError("no policy could be measured: " + "; ".join(f"{p}: {e}" for p, e in errors.items()))
+        requests = await requests_for(next(iter(addresses.values())), trace, config)
+        unloaded = {}
+        for policy, address in addresses.items():
+            await measure_unloaded(address, requests[:1], config)  # warm-up, not recorded
+            unloaded[policy] = await measure_unloaded(address, requests[: config.num_unloaded_requests], config)
+            print(f"{policy}: unloaded mean normalized latency {unloaded[policy] * 1e3:.2f} ms/token", file=sys.stderr)
+        reference = next(iter(unloaded.values()))
+        slo = Slo(config.slo_ttft_s, reference * config.slo_bound_multiple)
+        runs: dict[str, list[RateRun]] = {policy: [] for policy in addresses}
+        for rate_per_s in config.rates_per_s:
+            for policy, address in addresses.items():
+                runs[policy].append(await run_rate(address, requests, rate_per_s, config, slo))
+                on_run(policy, runs[policy][-1])
+    results = [
+        PolicyResult(policy, math.nan, [], errors[policy]) if policy in errors
+        else PolicyResult(policy, unloaded[policy], runs[policy])
+        for policy in policies
+    ]
+    return ServeOutcome(trace, reference, latency_bounds(reference, config.bound_multiples), slo, results)
+
+
+async def _start_gateways(
+    policies: tuple[str, ...], config: ServeConfig, log_dir: pathlib.Path, stacks: contextlib.AsyncExitStack
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Each policy's gateway address (in policy order), and why a policy's stack could not start:
+    one policy that cannot start must not cost the others' results."""
+    addresses, errors = {}, {}
     for policy in policies:
         try:
-            async with gateway_for(policy, config, log_dir) as address:
-                requests = await requests_for(address, trace, config)
-                await measure_unloaded(address, requests[:1], config)  # warm-up, not recorded
-                unloaded = await measure_unloaded(address, requests[: config.num_unloaded_requests], config)
-                print(f"{policy}: unloaded mean normalized latency {unloaded * 1e3:.2f} ms/token", file=sys.stderr)
-                if pinned is None:
-                    slo = Slo(config.slo_ttft_s, unloaded * config.slo_bound_multiple)
-                    pinned = (unloaded, latency_bounds(unloaded, config.bound_multiples), slo)
-                runs = await sweep(address, requests, config, pinned[2], lambda run: on_run(policy, run))
-        except StackStartError as error:  # one policy that cannot start must not cost the others' results
+            addresses[policy] = await stacks.enter_async_context(gateway_for(policy, config, log_dir))
+        except StackStartError as error:
             print(f"{policy}: skipped: {error}", file=sys.stderr)
-            results.append(PolicyResult(policy, math.nan, [], str(error)))
-            continue
-        results.append(PolicyResult(policy, unloaded, runs))
-    if pinned is None:
-        raise RuntimeError("no policy could be measured: " + "; ".join(f"{r.policy}: {r.error}" for r in results))
-    return ServeOutcome(trace, pinned[0], pinned[1], pinned[2], results)
+            errors[policy] = str(error)
+    return addresses, errors

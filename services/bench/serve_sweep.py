@@ -1,4 +1,4 @@
-"""The measurements of `alise bench serve` against one gateway: unloaded latency, then the rate sweep.
+"""The measurements of `alise bench serve` against one gateway: unloaded latency, and one rate point.
 
     unloaded: the first num_unloaded_requests requests, one at a time (no queueing at all)
     sweep:    for each rate, every request at its gamma/Poisson arrival time (the same requests and,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import grpc
 
@@ -114,17 +114,3 @@ async def run_rate(
         ),
     )
 
-
-async def sweep(
-    gateway_address: str,
-    requests: Sequence[ServeRequest],
-    config: ServeConfig,
-    slo: Slo,
-    on_run: Callable[[RateRun], None] = lambda run: None,
-) -> list[RateRun]:
-    """run_rate for every configured rate, lowest first; on_run sees each as it completes."""
-    runs = []
-    for rate_per_s in config.rates_per_s:
-        runs.append(await run_rate(gateway_address, requests, rate_per_s, config, slo))
-        on_run(runs[-1])
-    return runs
