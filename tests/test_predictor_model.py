@@ -110,7 +110,7 @@ def test_train_command_on_synthetic_data_is_deterministic_and_loadable(tmp_path,
 def test_training_with_embedding_exports_what_xgboost_predicts(tmp_path):
     _write_synthetic_data(tmp_path / "data", num_records=160)
     argv = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--max-trees", "20",
-            "--threads", "1"]
+            "--threads", "1", "--frozen-embedding"]  # the fine-tuned encoder: test_predictor_finetune.py
     assert cli.main(argv) == 0
     metadata = read_metadata(tmp_path / "m")
     assert metadata.embedding_version == EmbeddingSpec().version
@@ -156,7 +156,7 @@ def test_shipped_default_model_loads_and_predicts_monotone():
     predictor = _load(DEFAULT_MODEL_DIR)
     metadata = predictor.model.metadata
     assert predictor.model_version.startswith(f"lenpred-{INPUT_VERSION}-")
-    assert metadata.quantile_levels == (0.1, 0.5, 0.9) and metadata.embedding_version
+    assert metadata.quantile_levels == (0.1, 0.5, 0.9) and (metadata.embedding_version or metadata.encoder_version)
     assert metadata.default_generator == "sharegpt"
     sharegpt = metadata.heldout_metrics["sharegpt"]
     assert sharegpt["model"]["kendall_tau"] > sharegpt["baseline_prompt_length"]["kendall_tau"]

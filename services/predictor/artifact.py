@@ -6,6 +6,8 @@ Layout of a model directory:
                     outputs "mean_tokens", "q10_tokens", "q50_tokens", "q90_tokens", float32 [n, 1],
                     already in tokens (the log-scale heads end in an Expm1 inside the graph)
     text_heads.npz  the linear text heads whose outputs are two of those columns (text_heads.py)
+    encoder.onnx    only with a fine-tuned encoder: its top graph, hidden states -> per-generator
+                    length scores (finetune_encoder.py); the shared bottom graph is not in the artifact
     metadata.json   `ModelMetadata` below: version, inputs, seed, data hashes, held-out metrics,
                     baselines
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 ONNX_FILE_NAME = "model.onnx"
 TEXT_HEADS_FILE_NAME = "text_heads.npz"
+ENCODER_FILE_NAME = "encoder.onnx"
 METADATA_FILE_NAME = "metadata.json"
 INPUT_NAME = "features"
 MEAN_OUTPUT_NAME = "mean_tokens"
@@ -61,6 +64,8 @@ class ModelMetadata:
     heldout_metrics: dict[str, dict[str, float]]  # split name ("all", per source) -> metric -> value
     baselines: dict[str, object] = field(default_factory=dict)  # baselines.Baselines.to_dict()
     training: dict[str, object] = field(default_factory=dict)  # row counts, trees, XGBoost params
+    encoder_version: str = ""  # EncoderSpec.version of the fine-tuned encoder; "" = none (finetune_encoder.py)
+    encoder_sha256: str = ""  # hex sha256 of encoder.onnx; "" without a fine-tuned encoder
     format_version: int = FORMAT_VERSION  # layout version of this file
 
     def to_json(self) -> str:
@@ -96,9 +101,15 @@ def _replace_atomically(path: Path, payload: bytes) -> None:
     os.replace(temporary, path)
 
 
-def write_artifact(model_dir: Path, onnx_bytes: bytes, text_heads_bytes: bytes, metadata: ModelMetadata) -> None:
-    """Writes model.onnx, text_heads.npz, then metadata.json, each by an atomic rename."""
+def write_artifact(model_dir: Path, onnx_bytes: bytes, text_heads_bytes: bytes, metadata: ModelMetadata,
+                   encoder_bytes: bytes = b"") -> None:
+    """Writes encoder.onnx (when given), model.onnx, text_heads.npz, then metadata.json, each by an
+    atomic rename. A stale encoder.onnx of an earlier model is removed when none is given."""
     model_dir.mkdir(parents=True, exist_ok=True)
+    if encoder_bytes:
+        _replace_atomically(model_dir / ENCODER_FILE_NAME, encoder_bytes)
+    else:
+        (model_dir / ENCODER_FILE_NAME).unlink(missing_ok=True)
     _replace_atomically(model_dir / ONNX_FILE_NAME, onnx_bytes)
     _replace_atomically(model_dir / TEXT_HEADS_FILE_NAME, text_heads_bytes)
     _replace_atomically(model_dir / METADATA_FILE_NAME, metadata.to_json().encode("utf-8"))

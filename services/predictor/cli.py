@@ -1,10 +1,11 @@
 """`alise predictor ...` / `python -m services.predictor.cli ...`: offline commands of the predictor.
 
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
-          [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding] [--max-examples N]
+          [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
+          [--finetune-folds 3] [--max-examples N]
     eval  [--model-dir DIR] [--data FILE ...] [--generator G] [--out-dir DIR] [--name NAME]
     bench [--model-dir DIR] [--num-requests N] [--concurrency 32] [--out FILE]
-    export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graph now (install step)
+    export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
 Serving is `python -m services.predictor` (see __main__.py).
 """
@@ -37,6 +38,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="with --from-feedback: count LENGTH-capped requests with their cap as length")
     train.add_argument("--default-generator", default="", help="generator served by default ('' = automatic)")
     train.add_argument("--no-embedding", action="store_true", help="lexical features only (no MiniLM)")
+    train.add_argument("--frozen-embedding", action="store_true",
+                       help="ridge over the frozen MiniLM embedding instead of fine-tuning its top layers")
+    train.add_argument("--finetune-folds", type=int, default=3,
+                       help="out-of-fold fine-tuned encoders that score the training rows")
     train.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     train.add_argument("--heldout-fraction", type=float, default=0.2, help="share of prompts held out")
     train.add_argument("--max-examples", type=int, default=0, help="subsample to this many (0 = all)")
@@ -70,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     from services.predictor.bench import add_bench_parser
 
     add_bench_parser(commands)
-    export = commands.add_parser("export-embedding", help="build the cached MiniLM ONNX graph now")
+    export = commands.add_parser("export-embedding", help="build the cached MiniLM ONNX graphs now")
     export.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default ~/.cache/alise)")
     return parser
 
@@ -89,6 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         generators=ALPACA_EVAL_GENERATORS if args.all_generators else tuple(args.generator),
         use_sharegpt=use_sharegpt, feedback_dir=args.from_feedback, include_censored=args.include_censored,
         default_generator=args.default_generator, use_embedding=not args.no_embedding, cache_dir=args.cache_dir,
+        finetune_encoder=not args.frozen_embedding, finetune_folds=args.finetune_folds,
         heldout_fraction=args.heldout_fraction, max_examples=args.max_examples, num_threads=args.threads,
         max_trees=args.max_trees, max_depth=args.max_depth,
     )
@@ -100,9 +106,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export_embedding(args: argparse.Namespace) -> int:
     from services.predictor.embedding import ensure_embedding_model
+    from services.predictor.finetune_encoder import EncoderSpec, ensure_bottom_graph
 
-    path = ensure_embedding_model(args.cache_dir or default_cache_dir(), progress=lambda line: print(line, flush=True))
+    cache_dir = args.cache_dir or default_cache_dir()
+    path = ensure_embedding_model(cache_dir, progress=lambda line: print(line, flush=True))
     print(f"embedding graph: {path}")
+    bottom = ensure_bottom_graph(cache_dir, EncoderSpec(), progress=lambda line: print(line, flush=True))
+    print(f"fine-tuned encoder's bottom graph: {bottom}")
     return 0
 
 

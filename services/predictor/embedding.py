@@ -197,18 +197,24 @@ class PromptEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
-        result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        pool = self._pool  # read once: close() may run meanwhile
-        if len(texts) == 1 or pool is None:
-            for row, text in enumerate(texts):
-                result[row] = self._run(text)
-            return result
-        for row, vector in enumerate(pool.map(self._run, texts)):
-            result[row] = vector
-        return result
+        return run_each(texts, self._run, self._pool, EMBEDDING_DIM)
 
     def close(self) -> None:
         """Stops the batch workers (a later batch runs one prompt after another)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def run_each(
+    texts: Sequence[str], run: Callable[[str], np.ndarray], pool: ThreadPoolExecutor | None, width: int
+) -> np.ndarray:
+    """float32 [len(texts), width]: run(text) for each text, a batch spread over the pool's workers
+    (a lone text, or no pool, runs on the calling thread). The caller reads its pool attribute once
+    and passes it, since close() may drop it meanwhile."""
+    result = np.zeros((len(texts), width), dtype=np.float32)
+    rows = map(run, texts) if len(texts) == 1 or pool is None else pool.map(run, texts)
+    for row, values in enumerate(rows):
+        result[row] = values
+    return result
+

@@ -55,7 +55,7 @@ class EmbeddingCache:
             return {key.tobytes(): vector for key, vector in zip(stored["keys"], stored["vectors"])}
 
     def embed(self, texts: Sequence[str], progress: Callable[[str], None] = print) -> np.ndarray:
-        """float32 [len(texts), EMBEDDING_DIM]; computes (and remembers) the ones not cached."""
+        """float32 [len(texts), vector size]; computes (and remembers) the ones not cached."""
         missing = list(dict.fromkeys(text for text in texts if _key(text) not in self._vectors))
         if missing:
             progress(f"embedding {len(missing)} new prompts ({len(texts) - len(missing)} cached) ...")
@@ -71,10 +71,10 @@ class EmbeddingCache:
         self._num_new += len(missing)
         if missing:
             self.save()
-        result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        for row, text in enumerate(texts):
-            result[row] = self._vectors[_key(text)]
-        return result
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        # Stacked, not filled into [n, EMBEDDING_DIM]: a fine-tuned encoder's vectors are its G scores.
+        return np.stack([self._vectors[_key(text)] for text in texts]).astype(np.float32)
 
     def save(self) -> None:
         """Merges with what another process saved meanwhile, then writes (lock + atomic rename)."""

@@ -83,7 +83,7 @@ def layout_of(metadata: ModelMetadata) -> InputLayout:
             f"model was trained with inputs {metadata.input_version!r}, "
             f"this code builds {INPUT_VERSION!r}: retrain it"
         )
-    layout = InputLayout(metadata.embedding_version, metadata.generators)
+    layout = InputLayout(metadata.embedding_version, metadata.generators, metadata.encoder_version)
     if metadata.feature_names != layout.feature_names():
         raise ValueError("model expects different feature names than this code builds: retrain it")
     return layout
@@ -143,7 +143,11 @@ class LengthModel:
 
 
 class LengthPredictor:
-    """Embedder + tree model: what the service calls. `predict` blocks: call it off the event loop."""
+    """Embedder + tree model: what the service calls. `predict` blocks: call it off the event loop.
+
+    The embedder is the frozen PromptEmbedder, or for a model with a fine-tuned encoder the
+    FinetunedEncoder (finetune_encoder.py: same interface, per-generator scores instead of vectors).
+    """
 
     def __init__(self, model: LengthModel, embedder: PromptEmbedder | None, default_generator: str = "") -> None:
         """default_generator overrides the model's own default ("" = keep it); it must be a column."""
@@ -152,11 +156,11 @@ class LengthPredictor:
                 f"default generator {default_generator!r} is not one of {list(model.layout.generators)}"
             )
         self._default_generator = default_generator
-        needed = model.metadata.embedding_version
+        needed = model.metadata.embedding_version or model.metadata.encoder_version
         if needed and (embedder is None or embedder.spec.version != needed):
-            raise ValueError(f"model {model.model_version} needs embedding {model.metadata.embedding_version!r}")
+            raise ValueError(f"model {model.model_version} needs embedding {needed!r}")
         self.model = model
-        self._embedder = embedder if model.layout.embedding_version else None
+        self._embedder = embedder if needed else None
 
     @property
     def model_version(self) -> str:

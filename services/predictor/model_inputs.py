@@ -1,13 +1,14 @@
 """The tree model's input row, built the same way in training, evaluation and serving.
 
-    | lexical features (features.py) | text heads (text_heads.py)               | generator one-hot |
-      NUM_FEATURES columns             tfidf head [, embedding head] (log tokens)  len(generators)
+    | lexical features (features.py) | text heads (text_heads.py)                         | generator one-hot |
+      NUM_FEATURES columns             tfidf head [, embedding head | encoder score] (log)  len(generators)
 
 Why a generator one-hot: the same prompt gets answers several times longer from one model than
 from another (AlpacaEval per-model means span 19..930 tokens), so one model trained on several
 generators must be told which one it predicts for; the trees share what the prompt says across
 generators and shift the scale per generator. The prompt embedding reaches the trees through the
-embedding head (a ridge over its 384 dimensions), not as 384 columns.
+embedding head (a ridge over its 384 dimensions), not as 384 columns; a model with a fine-tuned
+encoder (finetune_*.py) reads that encoder's score for the row's generator instead.
 
 Invariant: `layout.feature_names()` lists the columns of `build_matrix(layout, ...)` in order; a
 model's metadata.json stores that list, and serving refuses a model whose list differs.
@@ -32,24 +33,28 @@ class InputLayout:
 
     embedding_version: str  # EmbeddingSpec.version; "" = no embedding columns (lexical only)
     generators: tuple[str, ...]  # one-hot columns, in order (at least one)
+    encoder_version: str = ""  # EncoderSpec.version of a fine-tuned encoder; "" = none (finetune_encoder.py)
 
     def __post_init__(self) -> None:
         if not self.generators:
             raise ValueError("a model needs at least one generator column")
+        if self.embedding_version and self.encoder_version:
+            raise ValueError("a model uses the frozen embedding or a fine-tuned encoder, not both")
         if len(set(self.generators)) != len(self.generators):
             raise ValueError(f"duplicate generators in {self.generators}")
 
     @property
     def num_head_columns(self) -> int:
-        """The tfidf head, plus the embedding head when the model uses an embedding."""
-        return 2 if self.embedding_version else 1
+        """The tfidf head, plus the embedding head or the fine-tuned encoder's score when used."""
+        return 2 if self.embedding_version or self.encoder_version else 1
 
     @property
     def num_columns(self) -> int:
         return features.NUM_FEATURES + self.num_head_columns + len(self.generators)
 
     def feature_names(self) -> tuple[str, ...]:
-        heads = ("text_head_tfidf", "text_head_embedding")[: self.num_head_columns]
+        second = "text_head_encoder" if self.encoder_version else "text_head_embedding"
+        heads = ("text_head_tfidf", second)[: self.num_head_columns]
         one_hot = tuple(GENERATOR_PREFIX + name for name in self.generators)
         return features.FEATURE_NAMES + heads + one_hot
 

@@ -9,7 +9,8 @@ Invariants: `predict` reads `current` once per batch, so a batch that started on
 finishes on it (the old session lives until its last batch drops it); requests never see a
 half-loaded model; a model that fails to load (bad file, wrong inputs) is logged and counted
 and the old one keeps serving. The prompt embedder is shared across reloads when the new model
-uses the same embedding.
+uses the same embedding; a fine-tuned encoder's shared bottom graph likewise (its top graph is
+the model's own encoder.onnx, loaded with the model).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from services.predictor.artifact import METADATA_FILE_NAME, ONNX_FILE_NAME, TEXT_HEADS_FILE_NAME
+from services.predictor.artifact import ENCODER_FILE_NAME, METADATA_FILE_NAME, ONNX_FILE_NAME, TEXT_HEADS_FILE_NAME
 from services.predictor.embedding import EmbeddingSpec, PromptEmbedder
+from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder, FrozenBottom
 from services.predictor.model import LengthDistribution, LengthModel, LengthPredictor, PromptInput
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,9 @@ def spec_from_version(version: str) -> EmbeddingSpec:
 
 
 def file_signature(model_dir: Path) -> FileSignature:
-    """Changes whenever either model file is replaced; ((-1, -1), ...) for a missing file."""
+    """Changes whenever any model file is replaced; (-1, -1) for a missing one (no encoder.onnx)."""
     signature = []
-    for name in (ONNX_FILE_NAME, TEXT_HEADS_FILE_NAME, METADATA_FILE_NAME):
+    for name in (ONNX_FILE_NAME, TEXT_HEADS_FILE_NAME, ENCODER_FILE_NAME, METADATA_FILE_NAME):
         try:
             stat = (model_dir / name).stat()
             signature.append((stat.st_mtime_ns, stat.st_size))
@@ -71,6 +73,7 @@ class PredictorLoader:
     def __init__(self, settings: LoadSettings) -> None:
         self.settings = settings
         self._embedders: dict[str, PromptEmbedder] = {}
+        self._bottoms: dict[str, FrozenBottom] = {}  # fine-tuned encoders' shared bottom graph, by version
 
     def load(self) -> LengthPredictor:
         """A ready predictor for the model directory as it is now (blocking: seconds at most)."""
@@ -78,7 +81,9 @@ class PredictorLoader:
         model = LengthModel(settings.model_dir, intra_op_threads=settings.tree_threads, allow_cuda=settings.allow_cuda)
         version = model.metadata.embedding_version
         embedder = None
-        if version:
+        if model.metadata.encoder_version:
+            embedder = self._encoder(model)
+        elif version:
             embedder = self._embedders.get(version)
             if embedder is None:
                 embedder = PromptEmbedder(
@@ -89,6 +94,17 @@ class PredictorLoader:
                 )
                 self._embedders = {version: embedder}  # an old version's session is released
         return LengthPredictor(model, embedder, settings.default_generator)
+
+    def _encoder(self, model: LengthModel) -> FinetunedEncoder:
+        """The model's fine-tuned encoder: its encoder.onnx on the (shared) bottom graph."""
+        settings, version = self.settings, model.metadata.encoder_version
+        bottom = self._bottoms.get(version)
+        if bottom is None:
+            bottom = FrozenBottom(EncoderSpec.from_version(version), cache_dir=settings.cache_dir,
+                                  allow_cuda=settings.allow_cuda)
+            self._bottoms = {version: bottom}  # an old version's session is released
+        return FinetunedEncoder(bottom, settings.model_dir / ENCODER_FILE_NAME, num_threads=settings.embedding_threads,
+                                expected_sha256=model.metadata.encoder_sha256, allow_cuda=settings.allow_cuda)
 
 
 class ModelHolder:

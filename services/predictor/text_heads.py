@@ -7,6 +7,10 @@ the generator one-hot, predicting log1p(tokens):
     tfidf head:      L2-normalized (1 + log tf) * idf over hashed words and word pairs (text_terms.py)
     embedding head:  the MiniLM sentence embedding (only when the model uses one)
 
+A model with a fine-tuned encoder (finetune_*.py) has no embedding head: its second column is the
+encoder's own score for the row's generator (`encoder_scores`; the 'embedding' passed in is then
+the encoder's [n, G] scores, in the layout's generator order), already a log1p(tokens) estimate.
+
 Their outputs become two input columns of the trees (model_inputs.py). Stacking without leaks:
 the trees are trained on out-of-fold head outputs (each training row scored by heads fitted
 without its fold); the heads stored with the model are fitted on all training rows and score
@@ -41,17 +45,22 @@ class TextHeads:
     tfidf_intercept: float  # mean log1p(tokens) of the training rows
     embedding_coef: np.ndarray  # [EMBEDDING_DIM + G] float32, or [0] without an embedding head
     embedding_intercept: float  # mean log1p(tokens), or 0.0
+    encoder_scores: bool = False  # second column = the fine-tuned encoder's score of the row's generator
 
     @property
     def has_embedding_head(self) -> bool:
         return self.embedding_coef.size > 0
 
     def columns(self, texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray) -> np.ndarray:
-        """[n, 1 or 2] float32: the tfidf head, then the embedding head when present."""
+        """[n, 1 or 2] float32: the tfidf head, then the embedding head or encoder score when present."""
         num_generators = one_hot.shape[1]
         term_coef, generator_coef = self.tfidf_coef[:NUM_HASH_BUCKETS], self.tfidf_coef[NUM_HASH_BUCKETS:]
         tfidf = np.array([tfidf_dot(text, self.idf, term_coef) for text in texts], dtype=np.float64)
         tfidf += one_hot @ generator_coef.astype(np.float64) + self.tfidf_intercept
+        if self.encoder_scores:
+            if embedding is None or embedding.shape != one_hot.shape:
+                raise ValueError("these text heads need the fine-tuned encoder's scores, one per generator column")
+            return np.stack([tfidf, (embedding.astype(np.float64) * one_hot).sum(axis=1)], axis=1).astype(np.float32)
         if not self.has_embedding_head:
             return tfidf[:, None].astype(np.float32)
         if embedding is None:
@@ -63,16 +72,18 @@ class TextHeads:
     def to_bytes(self) -> bytes:
         """The text_heads.npz file's bytes (deterministic for equal weights)."""
         stream = io.BytesIO()
+        flags = {"encoder_scores": np.array(True)} if self.encoder_scores else {}  # absent: older files read alike
         np.savez(stream, idf=self.idf, tfidf_coef=self.tfidf_coef, embedding_coef=self.embedding_coef,
-                 intercepts=np.array([self.tfidf_intercept, self.embedding_intercept]))
+                 intercepts=np.array([self.tfidf_intercept, self.embedding_intercept]), **flags)
         return stream.getvalue()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> "TextHeads":
         with np.load(io.BytesIO(payload)) as stored:
             intercepts = stored["intercepts"]
+            encoder_scores = bool(stored["encoder_scores"]) if "encoder_scores" in stored.files else False
             return cls(stored["idf"], stored["tfidf_coef"], float(intercepts[0]), stored["embedding_coef"],
-                       float(intercepts[1]))
+                       float(intercepts[1]), encoder_scores)
 
 
 def _idf(texts: Sequence[str]) -> np.ndarray:
@@ -98,9 +109,13 @@ def _ridge_dense(matrix: np.ndarray, targets: np.ndarray, alpha: float) -> np.nd
 
 
 def fit_text_heads(
-    texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray, log_targets: np.ndarray
+    texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray, log_targets: np.ndarray,
+    *, encoder_scores: bool = False,
 ) -> TextHeads:
-    """Both heads fitted on these rows (targets: log1p(tokens)), weights rounded as stored."""
+    """Both heads fitted on these rows (targets: log1p(tokens)), weights rounded as stored.
+
+    encoder_scores: `embedding` holds a fine-tuned encoder's scores, used as they are (no ridge).
+    """
     from scipy import sparse
 
     intercept = float(np.mean(log_targets))
@@ -109,6 +124,8 @@ def fit_text_heads(
     rows = sparse.hstack([tfidf_rows(list(texts), idf.astype(np.float64)), sparse.csr_matrix(one_hot)]).tocsr()
     tfidf_coef = _ridge_sparse(rows, centered, TFIDF_RIDGE_ALPHA).astype(np.float16)
     embedding_coef = np.zeros(0, np.float32)
+    if encoder_scores:
+        return TextHeads(idf, tfidf_coef, intercept, embedding_coef, 0.0, encoder_scores=True)
     if embedding is not None:
         dense = np.hstack([embedding.astype(np.float64), one_hot])
         embedding_coef = _ridge_dense(dense, centered, EMBEDDING_RIDGE_ALPHA).astype(np.float32)
@@ -117,16 +134,19 @@ def fit_text_heads(
 
 def out_of_fold_columns(
     texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray, log_targets: np.ndarray,
-    folds: np.ndarray,
+    folds: np.ndarray, *, encoder_scores: bool = False,
 ) -> np.ndarray:
-    """Head columns of training rows, each from heads fitted without the row's fold."""
+    """Head columns of training rows, each from heads fitted without the row's fold.
+
+    encoder_scores: `embedding` holds a fine-tuned encoder's scores, out of fold already.
+    """
     num_columns = 2 if embedding is not None else 1
     result = np.zeros((len(texts), num_columns), dtype=np.float32)
     for fold in np.unique(folds):
         inside, outside = folds == fold, folds != fold
         heads = fit_text_heads(
             [t for t, keep in zip(texts, outside) if keep], None if embedding is None else embedding[outside],
-            one_hot[outside], log_targets[outside],
+            one_hot[outside], log_targets[outside], encoder_scores=encoder_scores,
         )
         result[inside] = heads.columns(
             [t for t, keep in zip(texts, inside) if keep], None if embedding is None else embedding[inside],

@@ -1,6 +1,7 @@
 """Offline training of the length model: data -> input rows -> XGBoost heads -> ONNX -> artifact.
 
     examples (ShareGPT, AlpacaEval generators, feedback)  --split by group hash-->  train | held-out
+    fine-tuned encoder (finetune_train.py, default): out-of-fold scores on train -> encoder.onnx
     text heads (text_heads.py): out-of-fold on train, final fit on all of train -> text_heads.npz
     tree rows = lexical | text heads | generator one-hot   (model_inputs.py)
     train -> fit | early-stopping (another hash); XGBoost heads (heads.py)
@@ -49,6 +50,8 @@ class TrainSettings:
     include_censored: bool = False  # feedback finished by LENGTH counts with its cap as length
     default_generator: str = ""  # generator served when a request names none; "" = first source
     use_embedding: bool = True  # False: lexical features only (faster, weaker)
+    finetune_encoder: bool = True  # with use_embedding: fine-tune MiniLM's top layers (finetune_*.py), no frozen ridge
+    finetune_folds: int = 3  # out-of-fold encoders scoring the training rows for the trees
     cache_dir: Path | None = None  # embedding graph and vector cache; None = default_cache_dir()
     heldout_fraction: float = 0.2  # share of prompt groups held out for the printed metrics
     max_examples: int = 0  # subsample to at most this many examples before splitting; 0 = all
@@ -61,6 +64,8 @@ class TrainSettings:
             raise ValueError("nothing to train on: ShareGPT is off, no --generator and no --from-feedback")
         if self.max_trees < 1 or self.max_depth < 1 or self.num_threads < 1:
             raise ValueError("max_trees, max_depth and num_threads must be >= 1")
+        if self.finetune_folds < 2:
+            raise ValueError(f"finetune_folds must be >= 2, got {self.finetune_folds}")
 
     def tree_settings(self) -> TreeSettings:
         return TreeSettings(self.seed, self.num_threads, self.max_trees, self.max_depth)
@@ -101,7 +106,7 @@ def load_examples(settings: TrainSettings) -> TrainingData:
 
 def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
     """The training-time embedding cache, or None when the model is lexical only."""
-    if not settings.use_embedding:
+    if not settings.use_embedding or settings.finetune_encoder:
         return None
     cache_dir = settings.cache_dir or default_cache_dir()
     embedder = PromptEmbedder(
@@ -169,8 +174,10 @@ def stacked_rows(
         [data.group_fold(e.group_id, num_folds=NUM_STACK_FOLDS, seed=settings.seed) for e in train.examples]
     )
     started = time.perf_counter()
-    train_columns = out_of_fold_columns(train.texts, train.embedding, train.one_hot, log_targets, folds)
-    heads = fit_text_heads(train.texts, train.embedding, train.one_hot, log_targets)
+    encoder = bool(layout.encoder_version)
+    train_columns = out_of_fold_columns(train.texts, train.embedding, train.one_hot, log_targets, folds,
+                                        encoder_scores=encoder)
+    heads = fit_text_heads(train.texts, train.embedding, train.one_hot, log_targets, encoder_scores=encoder)
     elapsed_s = time.perf_counter() - started
     progress(f"text heads ({layout.num_head_columns}) fitted, {NUM_STACK_FOLDS} folds, in {elapsed_s:.1f} s")
     valid = np.array([data.is_heldout(e.group_id, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
@@ -198,18 +205,35 @@ def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], def
     generators = tuple(sorted({example.source for example in examples}))
     if default not in generators:
         raise ValueError(f"default generator {default!r} is not among the training sources {list(generators)}")
+    if settings.use_embedding and settings.finetune_encoder:
+        from services.predictor.finetune_encoder import EncoderSpec
+
+        return InputLayout("", generators, encoder_version=EncoderSpec().version)
     version = EmbeddingSpec().version if settings.use_embedding else ""
     return InputLayout(version, generators)
 
 
+def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layout: InputLayout, progress: Progress):
+    """(train rows, held-out rows with the encoder's scores as their 'embedding', EncoderColumns)."""
+    from services.predictor.finetune_model import FinetuneSettings
+    from services.predictor.finetune_train import encoder_columns
+
+    finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds)
+    columns = encoder_columns(finetune, train.examples, heldout.examples, layout.generators,
+                              settings.cache_dir or default_cache_dir(), progress)
+    return (dataclasses.replace(train, embedding=columns.train_scores),
+            dataclasses.replace(heldout, embedding=columns.heldout_scores), columns)
+
+
 def _metadata(
-    settings: TrainSettings, layout: InputLayout, default_generator: str, payloads: tuple[bytes, bytes], extra: dict
+    settings: TrainSettings, layout: InputLayout, default_generator: str, payloads: tuple[bytes, bytes, bytes],
+    extra: dict,
 ) -> ModelMetadata:
     import xgboost
 
-    onnx_bytes, heads_bytes = payloads
+    onnx_bytes, heads_bytes, encoder_bytes = payloads
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    combined = hashlib.sha256(onnx_bytes + heads_bytes).hexdigest()
+    combined = hashlib.sha256(onnx_bytes + heads_bytes + encoder_bytes).hexdigest()
     return ModelMetadata(
         model_version=f"lenpred-{INPUT_VERSION}-{combined[:12]}",
         input_version=INPUT_VERSION,
@@ -233,6 +257,8 @@ def _metadata(
             "xgboost_params": settings.tree_settings().params() | {"max_trees": settings.max_trees},
             "xgboost_version": xgboost.__version__,
         },
+        encoder_version=layout.encoder_version,
+        encoder_sha256=hashlib.sha256(encoder_bytes).hexdigest() if encoder_bytes else "",
     )
 
 
@@ -249,6 +275,10 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     layout = _layout(settings, examples, loaded.default_generator)
     cache = embedding_source(settings)
     train_raw, heldout_raw = raw_rows(layout, train, cache, progress), raw_rows(layout, heldout, cache, progress)
+    encoder_bytes, encoder_details = b"", {}
+    if layout.encoder_version:
+        train_raw, heldout_raw, encoder = fit_encoder(settings, train_raw, heldout_raw, layout, progress)
+        encoder_bytes, encoder_details = encoder.top_graph, encoder.details
     heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
     progress(f"{layout.num_columns} tree input columns ({INPUT_VERSION}) after {time.perf_counter() - started:.1f} s")
     heads = fit_heads(
@@ -266,13 +296,14 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         "num_examples": {"fit": len(fit_rows.sources), "early_stopping": len(valid_rows.sources), "heldout": len(heldout)},
         "num_trees": {head.output_name: head.booster.num_boosted_rounds() for head in heads},
         "onnx_vs_xgboost_max_relative_difference": check_onnx_matches_xgboost(onnx_bytes, heads, heldout_rows.matrix),
+        "finetuned_encoder": encoder_details,
     }
-    metadata = _metadata(settings, layout, loaded.default_generator, (onnx_bytes, heads_bytes), extra)
-    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata)
+    metadata = _metadata(settings, layout, loaded.default_generator, (onnx_bytes, heads_bytes, encoder_bytes), extra)
+    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     metrics = metrics_by_split(heldout_rows, predict_all(model, baselines, heldout_rows), QUANTILE_LEVELS)
     metadata = dataclasses.replace(metadata, heldout_metrics=metrics)
-    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata)
+    write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
     progress(f"wrote {metadata.model_version} ({len(onnx_bytes) / 1e6:.2f} MB) to {settings.out_dir} "
              f"in {time.perf_counter() - started:.1f} s")
     return metadata

