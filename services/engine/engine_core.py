@@ -63,5 +63,7 @@ class EngineCore:
         self.scheduler.record_step_time(output, finished - model_started)
         self.num_steps += 1
         self.num_generated_tokens += len(sampled)
-        self.last_step = StepTiming(finished - started, finished - model_started, output.num_scheduled_tokens, len(sampled))
+        self.last_step = StepTiming(
+            finished - started, finished - model_started, output.num_scheduled_tokens, len(sampled)
+        )
         return results
