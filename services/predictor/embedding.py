@@ -131,6 +131,33 @@ def ensure_embedding_model(
     return path
 
 
+class HeadTailWordPieces:
+    """MiniLM's tokenizer with the head + tail window of the module docstring: text -> at most
+    max_tokens ids, [CLS] first and [SEP] last. Shared by the frozen embedder and the fine-tuned
+    encoder (finetune_encoder.py), which must see the very same word pieces."""
+
+    def __init__(self, max_tokens: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.max_tokens = max_tokens
+        self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+        self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
+        self._tokenizer.no_truncation()  # head + tail truncation is done here instead
+        self._cls_id = self._tokenizer.token_to_id("[CLS]")
+        self._sep_id = self._tokenizer.token_to_id("[SEP]")
+
+    def ids(self, text: str) -> list[int]:
+        max_chars = self.max_tokens * CHARS_PER_WORD_PIECE_BOUND
+        if len(text) > 2 * max_chars:
+            text = text[:max_chars] + "\n" + text[-max_chars:]
+        pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
+        budget = self.max_tokens - 2
+        if len(pieces) > budget:
+            head = budget // 2
+            pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
+        return [self._cls_id, *pieces, self._sep_id]
+
+
 class PromptEmbedder:
     """Tokenizer + ONNX session: text -> unit-norm float32 vector of EMBEDDING_DIM.
 
@@ -147,8 +174,6 @@ class PromptEmbedder:
         num_threads: int = 2,
         allow_cuda: bool = True,
     ) -> None:
-        from tokenizers import Tokenizer
-
         from services.predictor.embedding_export import (
             ATTENTION_MASK_NAME,
             EMBEDDING_OUTPUT_NAME,
@@ -159,11 +184,7 @@ class PromptEmbedder:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.spec = spec
         self.num_threads = num_threads  # prompts of one batch embedded at once, one core each
-        self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
-        self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
-        self._tokenizer.no_truncation()  # head + tail truncation is done here instead
-        self._cls_id = self._tokenizer.token_to_id("[CLS]")
-        self._sep_id = self._tokenizer.token_to_id("[SEP]")
+        self._word_pieces = HeadTailWordPieces(spec.max_tokens)
         self.graph_path = ensure_embedding_model(cache_dir, spec)  # the ONNX graph file in use
         self._session = make_session(
             self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
@@ -179,15 +200,7 @@ class PromptEmbedder:
 
     def token_ids(self, text: str) -> list[int]:
         """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
-        max_chars = self.spec.max_tokens * CHARS_PER_WORD_PIECE_BOUND
-        if len(text) > 2 * max_chars:
-            text = text[:max_chars] + "\n" + text[-max_chars:]
-        pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
-        budget = self.spec.max_tokens - 2
-        if len(pieces) > budget:
-            head = budget // 2
-            pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
-        return [self._cls_id, *pieces, self._sep_id]
+        return self._word_pieces.ids(text)
 
     def _run(self, text: str) -> np.ndarray:
         """One prompt through the session: float32 [EMBEDDING_DIM]."""

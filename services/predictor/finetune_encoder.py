@@ -26,13 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from services.predictor.embedding import (
-    CHARS_PER_WORD_PIECE_BOUND,
-    DISABLED_OPTIMIZERS,
-    file_lock,
-    run_each,
-    weights_dir,
-)
+from services.predictor.embedding import DISABLED_OPTIMIZERS, HeadTailWordPieces, file_lock, run_each
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
@@ -90,36 +84,18 @@ def ensure_bottom_graph(cache_dir: Path, spec: EncoderSpec, progress: Callable[[
     return path
 
 
-def head_tail_ids(tokenizer, text: str, max_tokens: int, cls_id: int, sep_id: int) -> list[int]:
-    """[CLS] + the first and last word pieces + [SEP], at most max_tokens ids (as embedding.py)."""
-    max_chars = max_tokens * CHARS_PER_WORD_PIECE_BOUND
-    if len(text) > 2 * max_chars:
-        text = text[:max_chars] + "\n" + text[-max_chars:]
-    pieces = tokenizer.encode(text, add_special_tokens=False).ids
-    budget = max_tokens - 2
-    if len(pieces) > budget:
-        head = budget // 2
-        pieces = pieces[:head] + pieces[len(pieces) - (budget - head) :]
-    return [cls_id, *pieces, sep_id]
-
-
 class FrozenBottom:
     """Tokenizer + bottom graph session: text -> hidden states [t, 384]. Shared across model reloads."""
 
     def __init__(self, spec: EncoderSpec, *, cache_dir: Path, allow_cuda: bool = True) -> None:
-        from tokenizers import Tokenizer
-
         self.spec = spec
-        self._tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
-        self._tokenizer.no_padding()  # the packaged tokenizer.json pads every text to 128 pieces
-        self._tokenizer.no_truncation()  # head + tail truncation is done here instead
-        self._special_ids = (self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]"))
+        self._word_pieces = HeadTailWordPieces(spec.max_tokens)  # the same window as the frozen embedder
         self.graph_path = ensure_bottom_graph(cache_dir, spec)  # the shared bottom graph file
         self.session = make_session(self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda,
                                     disabled_optimizers=DISABLED_OPTIMIZERS)
 
     def token_ids(self, text: str) -> list[int]:
-        return head_tail_ids(self._tokenizer, text, self.spec.max_tokens, *self._special_ids)
+        return self._word_pieces.ids(text)
 
     def hidden_states(self, text: str) -> np.ndarray:
         """float32 [t, 384] for one prompt, run alone (see the module invariants)."""
