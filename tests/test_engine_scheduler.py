@@ -4,6 +4,7 @@ import pytest
 
 from services.engine.request import FinishReason, RequestStatus
 from services.engine.scheduler import SchedulerLimits, make_policy
+from services.engine.scheduler.preemption import PreemptionCause
 from tests.engine_factories import make_request, make_scheduler, run_step
 
 
@@ -59,6 +60,7 @@ def test_kv_shortage_preempts_the_newest_running_request_and_it_resumes_later():
     run_step(scheduler)
     output, _ = run_step(scheduler)
     assert output.preempted_request_ids == ["new"]
+    assert scheduler.num_preemptions_by_cause == {PreemptionCause.KV_SHORTAGE: 1, PreemptionCause.DISPLACEMENT: 0}
     new = scheduler.requests["new"]
     assert new.status is RequestStatus.PREEMPTED and new.num_computed_tokens == 0
     assert new.num_output_tokens == 1  # output survives a recompute preemption

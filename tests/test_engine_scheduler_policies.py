@@ -6,6 +6,7 @@ import pytest
 
 from services.engine.request import RequestStatus
 from services.engine.scheduler import POLICY_NAMES
+from services.engine.scheduler.preemption import PreemptionCause
 from tests.engine_factories import FakeClock, make_predicted_request, make_request, make_scheduler, run_step
 
 STEP_S = 0.01
@@ -49,6 +50,7 @@ def test_a_short_arrival_displaces_a_clearly_longer_running_job():
     scheduler.add(make_predicted_request("short", 4, max_tokens=400, predicted_tokens=10))
     output, _ = run_step(scheduler)
     assert output.preempted_request_ids == ["long"]
+    assert scheduler.num_preemptions_by_cause == {PreemptionCause.KV_SHORTAGE: 0, PreemptionCause.DISPLACEMENT: 1}
     assert _ids(c.request for c in output.chunks) == ["short"]
     long = scheduler.requests["long"]
     assert long.status is RequestStatus.PREEMPTED and scheduler.kv.block_table("long") == []

@@ -34,6 +34,7 @@ from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.kv_eviction import KvEvictionHandler, KvRestore
 from services.engine.scheduler.limits import SchedulerLimits
 from services.engine.scheduler.preempted_kv import PreemptedKv
+from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
 from services.engine.scheduler.policy import SchedulingPolicy, priority_keys
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
@@ -68,6 +69,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
+        self.num_preemptions_by_cause = dict.fromkeys(PreemptionCause, 0)  # the same, split by cause
         self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
         # Where preempted KV goes (saved by the eviction handler, or recomputed) and its counters.
         self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size)
@@ -191,7 +193,7 @@ class Scheduler:
         scheduled = {chunk.request for chunk in chunks}
         while True:
             victim = max((r for r in self.running if r not in scheduled), key=RANK)
-            self._preempt(victim, now_s)
+            self._preempt(victim, now_s, PreemptionCause.KV_SHORTAGE)
             preempted.append(victim.request_id)
             if victim is request:
                 return False
@@ -245,7 +247,7 @@ class Scheduler:
             seats -= 1
             free_blocks -= needed
         for victim in chosen:
-            self._preempt(victim, now_s)
+            self._preempt(victim, now_s, PreemptionCause.DISPLACEMENT)
             preempted.append(victim.request_id)
 
     def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float) -> None:
@@ -276,7 +278,7 @@ class Scheduler:
         num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
         return ScheduledChunk(request, num_new, target == num_tokens, target)
 
-    def _preempt(self, request: Request, now_s: float) -> None:
+    def _preempt(self, request: Request, now_s: float, cause: PreemptionCause) -> None:
         """Takes the request's blocks back, keeps its output; whether its KV is saved or will be
         recomputed is settled for all of the step's victims at once, at the end of the step."""
         self.preempted_kv.add_victim(request, list(self.kv.block_table(request.request_id)))
@@ -285,6 +287,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
+        self.num_preemptions_by_cause[cause] += 1
 
     # -- ranking ---------------------------------------------------------------
 
