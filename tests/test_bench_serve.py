@@ -15,6 +15,7 @@ from services.bench.serve_sweep import run_rate, to_records
 from services.bench.latency_metrics import Slo
 from services.bench.workload import TraceRequest
 from services.cli import main as cli_main
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.common.tokenizer import load_tokenizer
 from services.engine import app as engine_app
 from services.engine.config import EngineConfig
@@ -43,7 +44,7 @@ def make_config(**overrides) -> ServeConfig:
 async def gateway_address():
     memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.5, stale_after_s=5.0))
     engine = await engine_app.start(
-        EngineConfig(port=0, dtype="float32", device="cpu", num_kv_blocks=128, max_num_seqs=8,
+        EngineConfig(port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=128, max_num_seqs=8,
                      memory_address=memory.address, engine_id="bench-serve", cpu_threads=1, drain_s=0.0)
     )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0, drain_seconds=0.0))

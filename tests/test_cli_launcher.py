@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from services.common.model_catalog import DEFAULT_MODEL
+
 FAKE_SERVICE = r'''
 import argparse, asyncio, json, os, pathlib, signal, sys
 from services.common.flags import add_server_flags
@@ -201,7 +203,7 @@ def test_starts_in_order_passes_peer_addresses_and_stops_cleanly_on_sigterm(star
     engine_argv = stack.recorded_argv("engine")
     gateway_argv = stack.recorded_argv("gateway")
     assert _flag(engine_argv, "--memory-address") == stack.addresses["memory"]
-    assert _flag(engine_argv, "--model") == "default"
+    assert _flag(engine_argv, "--model") == DEFAULT_MODEL
     assert _flag(gateway_argv, "--engine-address") == stack.addresses["engine"]
     assert _flag(gateway_argv, "--predictor-address") == stack.addresses["predictor"]
     assert f"serving on {stack.addresses['gateway']}" in stack.stdout_lines[-1]

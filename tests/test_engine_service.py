@@ -8,6 +8,7 @@ import pytest
 import pytest_asyncio
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.app import start
 from services.engine.config import EngineConfig
 
@@ -18,7 +19,7 @@ BLOCK_SIZE = 16
 
 def engine_config(**overrides) -> EngineConfig:
     fields = dict(
-        port=0, drain_s=0.0, engine_id="test-engine", dtype="float32", device="cpu",
+        port=0, drain_s=0.0, engine_id="test-engine", model=DUMMY_TINY_MODEL, dtype="float32", device="cpu",
         block_size_tokens=BLOCK_SIZE, num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16, max_num_batched_tokens=256,
         max_waiting_requests=512, cpu_threads=1,
     )

@@ -40,14 +40,14 @@ def _sampling(**kwargs) -> common_pb2.SamplingParams:
 
 
 INVALID_REQUESTS = {
-    "neither_prompt": (gateway_service_pb2.GenerateRequest(), "got neither"),
+    "neither_prompt": (gateway_service_pb2.GenerateRequest(), "got none"),
     "both_prompts": (
         gateway_service_pb2.GenerateRequest(prompt_text="hi", prompt_token_ids=[1, 2]),
-        "got both",
+        "got prompt_text and prompt_token_ids",
     ),
     "empty_text": (
         gateway_service_pb2.GenerateRequest(prompt_text="", sampling=_sampling(max_tokens=4)),
-        "prompt_text is empty",
+        "prompt_text, prompt_token_ids and messages are all empty",
     ),
     "token_id_out_of_vocab": (
         gateway_service_pb2.GenerateRequest(prompt_token_ids=[1, VOCAB_SIZE]),

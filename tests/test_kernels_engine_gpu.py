@@ -11,6 +11,7 @@ import torch
 from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
 from services.engine.kernels.backend import AttentionBackendKind, ReferenceAttention
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def _core(dtype: torch.dtype) -> EngineCore:
-    loaded = load_model("default", dtype=dtype, device=torch.device("cuda"), seed=0)
+    loaded = load_model(DUMMY_TINY_MODEL, dtype=dtype, device=torch.device("cuda"), seed=0)
     kv = KvBlockManager(256, 16)
     scheduler = Scheduler(make_policy("fcfs"), SchedulerLimits(8, 48, 2048), kv, loaded.eos_token_id)
     return EngineCore(scheduler, ModelRunner(loaded.model, kv, 256))

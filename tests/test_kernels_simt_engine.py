@@ -14,6 +14,7 @@ from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
 from services.engine.kernels import ops
 from services.engine.kernels.backend import CudaAttention, ReferenceAttention
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
@@ -29,7 +30,7 @@ def test_engine_steps_through_emulated_kernels_match_the_reference(tmp_path, mon
     kernels = EmulatedKernels(build_driver(tmp_path))
     monkeypatch.setattr(ops, "load_kernels", lambda: kernels)
     monkeypatch.setattr(ops, "_num_sms", lambda device_index: 132)
-    loaded = load_model("default", dtype=torch.bfloat16, device=torch.device("cpu"), seed=0)
+    loaded = load_model(DUMMY_TINY_MODEL, dtype=torch.bfloat16, device=torch.device("cpu"), seed=0)
     kv = KvBlockManager(64, 16)
     scheduler = Scheduler(make_policy("fcfs"), SchedulerLimits(8, 40, 2048), kv, loaded.eos_token_id)
     core = EngineCore(scheduler, ModelRunner(loaded.model, kv, 64))

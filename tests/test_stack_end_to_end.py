@@ -16,6 +16,7 @@ from services.common.contracts import (
     memory_service_pb2,
     memory_service_pb2_grpc,
 )
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine import app as engine_app
 from services.engine.config import EngineConfig
 from services.gateway import app as gateway_app
@@ -52,7 +53,7 @@ async def stack():
     predictor = await predictor_app.start(PredictorConfig(port=0))
     engine = await engine_app.start(
         EngineConfig(
-            port=0, dtype="float32", device="cpu", num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16,
+            port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16,
             memory_address=memory.address, engine_id="e2e-engine", cpu_threads=1, drain_s=0.0,
         )
     )
@@ -85,7 +86,7 @@ async def test_text_generation_streams_through_all_four_services(stack):
 
 async def test_model_info_comes_from_the_engine(stack):
     info = await stack.gateway.GetModelInfo(gateway_service_pb2.GetModelInfoRequest())
-    assert (info.model_name, info.vocab_size, info.max_context_tokens) == ("alise-tiny-llama-dummy", 32000, 2048)
+    assert (info.model_name, info.vocab_size, info.max_context_tokens) == ("dummy-llama-tiny", 32000, 2048)
 
 
 async def test_bad_input_through_the_stack_is_invalid_argument(stack):

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from services.cli.child import ChildProcess
 from services.cli.stack_plan import LOOPBACK_HOST, ChildSpec
 from services.common.health import wait_until_serving
+from services.common.model_catalog import DUMMY_TINY_MODEL
 
 # The smallest useful engine: default tiny model on CPU, one torch thread, a small KV pool.
 SMALL_ENGINE_ARGS = (
-    "--device", "cpu", "--dtype", "float32", "--cpu-threads", "1",
+    "--model", DUMMY_TINY_MODEL, "--device", "cpu", "--dtype", "float32", "--cpu-threads", "1",
     "--num-kv-blocks", "256", "--max-num-seqs", "16",
 )
 SMALL_PREDICTOR_ARGS = ("--cpu-only",)

@@ -15,6 +15,8 @@ import enum
 import sys
 from dataclasses import dataclass
 
+from services.common.model_catalog import DEFAULT_MODEL
+
 LOOPBACK_HOST = "127.0.0.1"
 
 
@@ -45,7 +47,7 @@ class UpConfig:
     engine_port: int = 0  # 0 = the OS picks, learned from the READY line
     predictor_port: int = 0  # 0 = the OS picks
     memory_port: int = 0  # 0 = the OS picks
-    model: str = "default"  # passed to the engine as --model
+    model: str = DEFAULT_MODEL  # passed to the engine as --model
     with_predictor: bool = True  # False: no predictor; the gateway falls back to its prior
     log_level: str = "INFO"  # passed to every child as --log-level
     drain_s: float = 5.0  # passed to every child as --drain-seconds

@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from services.cli import arg_types
+from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
 from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
 
@@ -29,7 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gateway-host", default="127.0.0.1", help="gateway interface (0.0.0.0 to expose it)")
     for service in ("engine", "predictor", "memory"):
         parser.add_argument(f"--{service}-port", type=arg_types.port, default=0, help="default 0 = any free port")
-    parser.add_argument("--model", default="default", help="model the engine loads (default: default)")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"model the engine loads (default {DEFAULT_MODEL}; {DUMMY_TINY_MODEL} for random weights; "
+        "dummy:<preset|dir>; or a local Hugging Face directory)",
+    )
     parser.add_argument("--no-predictor", action="store_true", help="run without the predictor service")
     parser.add_argument("--log-dir", type=pathlib.Path, help="children's logs (default: a new temp dir)")
     parser.add_argument(

@@ -65,7 +65,10 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     policy = make_policy(config.scheduler_policy, cost_model)
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
     runner = ModelRunner(loaded.model, kv, num_blocks)
-    info = ServedModelInfo(loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id)
+    info = ServedModelInfo(
+        loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id,
+        loaded.has_chat_template,
+    )
     return EngineCore(scheduler, runner), runner.cache_shape, info
 
 

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 
 from services.common.flags import add_server_flags, is_host_port, validate_port
+from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
+from services.engine.model_presets import ARCHITECTURE_PRESETS
 from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -22,11 +24,11 @@ class EngineConfig:
     port: int = 50052  # TCP port; 0 = the OS picks
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
-    model: str = "default"  # "default" (tiny random-weight Llama) or a Hugging Face directory / hub id
+    model: str = DEFAULT_MODEL  # a catalog name, dummy-llama-tiny, dummy:<preset|dir>, or a local HF dir
     engine_id: str = "engine-0"  # stable id of this replica (the --engine-id flag defaults to hostname-random)
     dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # one of DEVICES; auto = cuda when available
-    seed: int = 0  # seeds the default model's random weights
+    seed: int = 0  # seeds a random-weight model's weights (dummy-llama-tiny, dummy:...)
     block_size_tokens: int = 16  # token positions per KV block
     num_kv_blocks: int = 0  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
     kv_cache_memory_mb: int = 256  # KV pool size when num_kv_blocks is 0, MiB
@@ -41,6 +43,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         validate_port(self.port)
+        parse_model_spec(self.model, frozenset(ARCHITECTURE_PRESETS))  # ValueError lists the valid names
         if self.memory_address and not is_host_port(self.memory_address):
             raise ValueError(f"memory_address must be host:port or empty, got {self.memory_address!r}")
         if self.dtype not in DTYPES:
@@ -66,11 +69,15 @@ class EngineConfig:
     def from_args(cls, argv: list[str] | None = None) -> "EngineConfig":
         parser = argparse.ArgumentParser(prog="python -m services.engine", description=__doc__)
         add_server_flags(parser, default_port=50052)
-        parser.add_argument("--model", default="default", help='"default" or a Hugging Face dir / hub id')
+        parser.add_argument(
+            "--model", default=DEFAULT_MODEL,
+            help=f"{DEFAULT_MODEL} (installed by scripts/install.sh), {DUMMY_TINY_MODEL} (random weights, tests), "
+            "dummy:<preset|hf dir> (random weights of a real architecture), or a local Hugging Face directory",
+        )
         parser.add_argument("--engine-id", default="", help="stable replica id (default: hostname-random)")
         parser.add_argument("--dtype", default="auto", choices=DTYPES)
         parser.add_argument("--device", default="auto", choices=DEVICES)
-        parser.add_argument("--seed", type=int, default=0, help="seed of the default model's weights")
+        parser.add_argument("--seed", type=int, default=0, help="seed of a random-weight model's weights")
         parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
         parser.add_argument("--num-kv-blocks", type=int, default=0, help="KV pool blocks (0: from memory)")
         parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV pool MiB")

@@ -28,6 +28,7 @@ class ServedModelInfo:
     max_model_len: int  # prompt + output tokens at most
     vocab_size: int
     eos_token_id: int | None
+    has_chat_template: bool = False  # the tokenizer renders chat messages
 
 
 class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
@@ -130,6 +131,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             vocab_size=info.vocab_size,
             eos_token_id=info.eos_token_id if info.eos_token_id is not None else 0,
             tokenizer=info.tokenizer,
+            has_chat_template=info.has_chat_template,
         )
 
 

@@ -29,6 +29,7 @@ from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
+from services.gateway.prompt_input import num_prompt_chars
 from services.gateway.stop_strings import StopStringMatcher
 from services.gateway.validation import RequestLimits, ResolvedRequest, resolve_generate_request
 
@@ -116,7 +117,7 @@ class GenerationPipeline:
             new_request_id=lambda: f"req-{uuid.uuid4().hex}",
             draw_seed=lambda: secrets.randbits(63),  # 63 bits: also fits a signed int64
         )
-        if len(request.prompt_text) > MAX_INLINE_TOKENIZE_CHARS:
+        if num_prompt_chars(request) > MAX_INLINE_TOKENIZE_CHARS:
             return await asyncio.to_thread(resolve)
         return resolve()
 

@@ -29,7 +29,7 @@ class ModelInfo:
     max_context_tokens: int  # prompt + output tokens per request, at most
     vocab_size: int  # valid token ids are [0, vocab_size)
     eos_token_id: int  # id that ends a sequence
-    tokenizer_spec: str  # what the engine says the gateway should load ("default", a path, a hub id)
+    tokenizer_spec: str  # what the engine says the gateway should load (a catalog name, "default", a directory)
 
 
 @dataclass(frozen=True)

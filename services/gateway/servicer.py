@@ -37,13 +37,16 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def GetModelInfo(  # noqa: N802 - gRPC method name
         self, request: gateway_service_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> gateway_service_pb2.GetModelInfoResponse:
-        info = (await self._served_models.get()).info
+        served = await self._served_models.get()
+        info = served.info
         return gateway_service_pb2.GetModelInfoResponse(
             model_name=info.model_name,
             max_context_tokens=info.max_context_tokens,
             vocab_size=info.vocab_size,
             eos_token_id=info.eos_token_id,
             max_stop_strings=self._max_stop_strings,
+            tokenizer=served.tokenizer.name,
+            has_chat_template=served.tokenizer.chat_template is not None,
         )
 
 

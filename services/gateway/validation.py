@@ -20,6 +20,7 @@ from services.common.contracts import common_pb2, gateway_service_pb2
 from services.common.errors import InvalidRequest
 from services.common.tokenizer import Tokenizer
 from services.gateway.model_info import ModelInfo
+from services.gateway.prompt_input import resolve_prompt
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -56,8 +57,8 @@ class ResolvedRequest:
     """A validated generation request, ready to predict for and forward to an engine."""
 
     request_id: str  # the client's id, or a generated one when the client sent none
-    prompt_token_ids: list[int]  # non-empty, all < vocab_size (BOS included for text prompts)
-    prompt_text: str  # the client's text, or "" when the prompt came as token ids
+    prompt_token_ids: list[int]  # non-empty, all < vocab_size (special tokens included for text and chat)
+    prompt_text: str  # the client's text, the chat messages' contents, or "" for token ids
     sampling: ResolvedSampling  # resolved sampling parameters
     priority_class: int  # a common_pb2.PriorityClass value, never UNSPECIFIED
     expected_output_tokens: int | None  # client's output-length hint (> 0), None when absent
@@ -82,8 +83,8 @@ def resolve_generate_request(
     stop_strings = _check_stop_strings(sampling.stop, limits)
     priority_class = _resolve_priority_class(request.priority_class)
     hint = _resolve_output_hint(request)
-    prompt_token_ids = _resolve_prompt(request, tokenizer, model.vocab_size)
-    max_tokens = _resolve_max_tokens(sampling, len(prompt_token_ids), model.max_context_tokens, limits)
+    prompt = resolve_prompt(request, tokenizer, model.vocab_size)
+    max_tokens = _resolve_max_tokens(sampling, len(prompt.token_ids), model.max_context_tokens, limits)
     resolved_sampling = ResolvedSampling(
         max_tokens=max_tokens,
         temperature=sampling.temperature if sampling.HasField("temperature") else DEFAULT_TEMPERATURE,
@@ -95,8 +96,8 @@ def resolve_generate_request(
     )
     return ResolvedRequest(
         request_id=request_id,
-        prompt_token_ids=prompt_token_ids,
-        prompt_text=request.prompt_text,
+        prompt_token_ids=prompt.token_ids,
+        prompt_text=prompt.text,
         sampling=resolved_sampling,
         priority_class=priority_class,
         expected_output_tokens=hint,
@@ -158,33 +159,6 @@ def _resolve_output_hint(request: gateway_service_pb2.GenerateRequest) -> int | 
     if request.expected_output_tokens == 0:
         raise InvalidRequest("expected_output_tokens must be > 0 when set, got 0")
     return request.expected_output_tokens
-
-
-def _resolve_prompt(
-    request: gateway_service_pb2.GenerateRequest, tokenizer: Tokenizer, vocab_size: int
-) -> list[int]:
-    """Exactly one of prompt_text / prompt_token_ids; text is tokenized with BOS; ids are range-checked."""
-    has_text = bool(request.prompt_text)
-    has_ids = len(request.prompt_token_ids) > 0
-    if has_text == has_ids:
-        got = "both" if has_text else "neither (prompt_text is empty and prompt_token_ids has no ids)"
-        raise InvalidRequest(f"exactly one of prompt_text and prompt_token_ids must be set, got {got}")
-    if has_text:
-        token_ids = tokenizer.encode(request.prompt_text, add_bos=True)
-        num_special = 1 if tokenizer.bos_token_id is not None else 0
-        if len(token_ids) <= num_special:
-            raise InvalidRequest(f"prompt_text {request.prompt_text[:40]!r} produced no tokens")
-        field = "prompt_text (tokenized)"
-    else:
-        token_ids = list(request.prompt_token_ids)
-        field = "prompt_token_ids"
-    largest_id = max(token_ids)
-    if largest_id >= vocab_size:
-        index = token_ids.index(largest_id)
-        raise InvalidRequest(
-            f"{field}[{index}] = {largest_id} is out of range: valid ids are [0, {vocab_size})"
-        )
-    return token_ids
 
 
 def _resolve_max_tokens(

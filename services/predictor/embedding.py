@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +36,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from services.common.cache_dir import CACHE_DIR_ENV, default_cache_dir  # noqa: F401 - re-exported
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
 CHARS_PER_WORD_PIECE_BOUND = 8  # a word piece spans at most ~8 characters of ordinary text
-CACHE_DIR_ENV = "ALISE_CACHE_DIR"
 # ONNX Runtime's SkipLayerNormalization fusion makes this graph 4-26% slower on CPU (measured with
 # ORT 1.31 at 32-64 word pieces): its fused kernel is slower than Add + LayerNormalization here.
 # The rewrite changes rounding, hence the int8 vectors slightly; changing this list therefore
@@ -79,15 +78,6 @@ class EmbeddingSpec:
     def version(self) -> str:
         """Ties a trained length model (and cached vectors) to the graph and the truncation."""
         return f"{self.graph_name}-t{self.max_tokens}"
-
-
-def default_cache_dir() -> Path:
-    """$ALISE_CACHE_DIR, else $XDG_CACHE_HOME/alise, else ~/.cache/alise (read when called)."""
-    explicit = os.environ.get(CACHE_DIR_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "alise"
 
 
 def weights_dir() -> Path:

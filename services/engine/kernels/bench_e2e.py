@@ -20,27 +20,24 @@ from typing import Any
 
 import torch
 
+from services.engine.model_presets import ARCHITECTURE_PRESETS, preset_config
 from services.engine.request import Request, SamplingOptions
 
-LLAMA3_8B_SHAPE = dict(
-    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=128000,
-    eos_token_id=128001, tie_word_embeddings=False,
-)
+LLAMA3_8B_SHAPE = ARCHITECTURE_PRESETS["llama3-8b"]
 PREFILL_TOKEN_BUDGET = 8192  # engine step token budget (chunked prefill)
 WARMUP_OUTPUT_TOKENS = 4
 
 
 def build_model(device: torch.device) -> torch.nn.Module:
     """Llama-3-8B shape, random bf16 weights initialized directly on the GPU."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device), torch.random.fork_rng(devices=[torch.cuda.current_device()]):
             torch.manual_seed(0)
-            model = LlamaForCausalLM(LlamaConfig(**LLAMA3_8B_SHAPE))
+            model = LlamaForCausalLM(preset_config("llama3-8b"))
     finally:
         torch.set_default_dtype(previous)
     return model.eval()

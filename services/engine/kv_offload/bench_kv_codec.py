@@ -82,11 +82,12 @@ def _model_core_factory(config: KvCodecBenchConfig, prompts: list[list[int]]):
 
     from services.engine.block_pool import KvBlockManager
     from services.engine.engine_core import EngineCore
+    from services.common.model_catalog import DUMMY_TINY_MODEL
     from services.engine.model_loader import load_model
     from services.engine.model_runner import ModelRunner
     from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
 
-    loaded = load_model("default", dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    loaded = load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=0)
     num_tokens = sum(len(p) + config.num_output_tokens for p in prompts)
     num_blocks = 2 * (num_tokens // MODEL_BLOCK_SIZE + len(prompts) + 1)
     limits = SchedulerLimits(len(prompts), max(512, num_tokens), loaded.max_context_tokens)
