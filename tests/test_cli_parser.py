@@ -117,8 +117,12 @@ def test_generate_request_leaves_unset_flags_unset():
     request = build_request(args, "Hello")
     assert request.prompt_text == "Hello" and request.request_id.startswith("cli-")
     assert request.sampling.max_tokens == 8 and list(request.sampling.stop) == ["\n", "."]
-    for field in ("temperature", "top_p", "seed"):
+    for field in ("top_p", "seed"):
         assert not request.sampling.HasField(field), field
+    assert request.sampling.HasField("temperature") and request.sampling.temperature == 0  # the CLI is greedy
+    chat = build_request(cli_main.build_parser().parse_args(["generate", "Hi", "--system", "Be brief."]), "Hi", as_chat=True)
+    assert not chat.prompt_text and [(m.role, m.content) for m in chat.messages] == [
+        (common_pb2.CHAT_ROLE_SYSTEM, "Be brief."), (common_pb2.CHAT_ROLE_USER, "Hi")]
     args = cli_main.build_parser().parse_args(
         ["generate", "x", "--temperature", "0", "--top-p", "0.9", "--seed", "5", "--ignore-eos", "--top-k", "4"]
     )

@@ -29,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("prompt", help='prompt text; "-" reads it from stdin')
     parser.add_argument("--address", type=arg_types.address, default="127.0.0.1:50051", help="gateway host:port")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, help="upper bound on generated tokens")
-    parser.add_argument("--temperature", type=arg_types.non_negative_float, help="0 = greedy (default 1.0)")
+    parser.add_argument(
+        "--temperature", type=arg_types.non_negative_float, default=0.0,
+        help="0 = greedy (the default here: a 135M model sampled at 1.0 rambles; the API's default is 1.0)",
+    )
     parser.add_argument("--top-p", type=arg_types.probability_mass, help="nucleus mass in (0, 1]")
     parser.add_argument("--top-k", type=arg_types.non_negative_int, default=0, help="0 disables")
     parser.add_argument("--seed", type=arg_types.seed, help="seed of the request's random generator")
@@ -39,19 +42,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-eos", action="store_true", help="generate past EOS until --max-tokens")
     parser.add_argument("--timeout-s", type=arg_types.positive_float, default=600.0, help="gRPC deadline")
     parser.add_argument("--request-id", default="", help="client request id (default: generated)")
+    parser.add_argument(
+        "--raw", action="store_true",
+        help="send the prompt as plain text (default: as a user chat message when the model has a chat template)",
+    )
+    parser.add_argument("--system", default="", help="system message of the chat (default: the template's own)")
     parser.set_defaults(handler=run)
 
 
-def build_request(args: argparse.Namespace, prompt: str) -> gateway_service_pb2.GenerateRequest:
-    """The GenerateRequest for parsed flags; unset optional flags stay unset for the gateway."""
+def build_request(
+    args: argparse.Namespace, prompt: str, *, as_chat: bool = False
+) -> gateway_service_pb2.GenerateRequest:
+    """The GenerateRequest for parsed flags; unset optional flags stay unset for the gateway.
+
+    As chat, the prompt is one user message (after the --system message when given): an instruct
+    model answers a chat turn, whereas raw text only gets continued."""
     sampling = common_pb2.SamplingParams(top_k=args.top_k, stop=args.stop, ignore_eos=args.ignore_eos)
     for field in ("max_tokens", "temperature", "top_p", "seed"):
         value = getattr(args, field)
         if value is not None:
             setattr(sampling, field, value)
-    return gateway_service_pb2.GenerateRequest(
-        request_id=args.request_id or f"cli-{uuid.uuid4().hex[:12]}", prompt_text=prompt, sampling=sampling
+    request = gateway_service_pb2.GenerateRequest(
+        request_id=args.request_id or f"cli-{uuid.uuid4().hex[:12]}", sampling=sampling
     )
+    if not as_chat:
+        request.prompt_text = prompt
+        return request
+    if args.system:
+        request.messages.add(role=common_pb2.CHAT_ROLE_SYSTEM, content=args.system)
+    request.messages.add(role=common_pb2.CHAT_ROLE_USER, content=prompt)
+    return request
 
 
 def format_summary(timing: StreamTiming) -> str:
@@ -88,21 +108,23 @@ class _TextWriter:
             print(flush=True)
 
 
-async def _generate(
-    address: str, request: gateway_service_pb2.GenerateRequest, timeout_s: float, writer: _TextWriter
-) -> StreamTiming:
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+async def _generate(args: argparse.Namespace, prompt: str, writer: _TextWriter) -> StreamTiming:
+    async with grpc.aio.insecure_channel(args.address, options=GRPC_OPTIONS) as channel:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-        return await timed_stream(lambda: stub.Generate(request, timeout=timeout_s), writer)
+        as_chat = False
+        if not args.raw:
+            info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=args.timeout_s)
+            as_chat = info.has_chat_template
+        request = build_request(args, prompt, as_chat=as_chat)
+        return await timed_stream(lambda: stub.Generate(request, timeout=args.timeout_s), writer)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `alise generate`; returns the exit status."""
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    request = build_request(args, prompt)
     writer = _TextWriter()
     try:
-        timing = asyncio.run(_generate(args.address, request, args.timeout_s, writer))
+        timing = asyncio.run(_generate(args, prompt, writer))
     except grpc.aio.AioRpcError as error:
         writer.end_line()
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
