@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import StatusMappingInterceptor
+from services.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,28 @@ async def start_server(
     port: int,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
+    tls: TlsFiles | None = None,
+    require_client_cert: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Builds, binds and starts a server; `register` adds the service's servicers to it."""
-    server = grpc.aio.server(interceptors=[StatusMappingInterceptor()], options=GRPC_OPTIONS)
+    """Builds, binds and starts a server; `register` adds the service's servicers to it.
+
+    tls: serve TLS with its certificate (plaintext when None); require_client_cert: mutual TLS,
+    clients need a certificate of tls.ca_path. `interceptors` run after status mapping (e.g. the
+    gateway's API-key check), so their own AliseErrors are mapped too.
+    """
+    server = grpc.aio.server(interceptors=[StatusMappingInterceptor(), *interceptors], options=GRPC_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound_port = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound_port = server.add_insecure_port(f"{host}:{port}")
+    else:
+        credentials = server_credentials(tls, require_client_cert=require_client_cert)
+        bound_port = server.add_secure_port(f"{host}:{port}", credentials)
     if bound_port == 0:
         raise OSError(f"could not bind {host}:{port}")
     await server.start()
@@ -86,6 +99,7 @@ class ServiceHandle:
 
     running: RunningServer  # the gRPC server
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run after drain
+    metrics_port: int | None = None  # bound port of its /metrics HTTP endpoint; None = not served
 
     @property
     def address(self) -> str:

@@ -9,6 +9,7 @@ import os
 import torch
 
 from services.common.contracts import engine_service_pb2_grpc, memory_service_pb2
+from services.common.metrics_server import serve_metrics
 from services.common.server import ServiceHandle, start_server
 from services.engine.block_pool import KvBlockManager
 from services.engine.config import EngineConfig
@@ -18,6 +19,7 @@ from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks
 from services.engine.kv_offload.memory_client import MemoryClient
 from services.engine.kv_offload.offloader import KvOffloader
 from services.engine.memory_reporter import MemoryReporter
+from services.engine.metrics import EngineMetrics
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
@@ -81,10 +83,13 @@ async def start(config: EngineConfig) -> ServiceHandle:
         "model %s on %s/%s; KV pool %d blocks x %d tokens", info.model_name, device, dtype,
         cache_shape.num_blocks, cache_shape.block_size,
     )
+    offloader = None
     if config.memory_address:  # preempted KV is negotiated with the memory service from the first step
         offloader = KvOffloader(core.runner.cache, MemoryClient(config.memory_address, config.engine_id))
         core.scheduler.eviction = offloader
-    engine_loop = EngineLoop(core, config.engine_id)
+    metrics = EngineMetrics(info.model_name)
+    engine_loop = EngineLoop(core, config.engine_id, on_finish=metrics.on_finish)
+    metrics.watch(core, lambda: engine_loop.snapshot, offloader.measurements if offloader else None)
     engine_loop.start(asyncio.get_running_loop())
     servicer = EngineServicer(engine_loop, info, config.max_waiting_requests)
     running = await start_server(
@@ -119,4 +124,5 @@ async def start(config: EngineConfig) -> ServiceHandle:
             await asyncio.to_thread(offloader.close)
 
         handle.on_stop.append(close_offloader)
+    await serve_metrics(handle, metrics.registry, config.host, config.metrics_port)
     return handle

@@ -8,6 +8,12 @@ import uuid
 from dataclasses import dataclass
 
 from services.common.flags import add_server_flags, is_host_port, validate_port
+from services.common.metrics_server import (
+    ENGINE_METRICS_PORT,
+    MetricsPort,
+    add_metrics_port_flag,
+    metrics_port_from_flag,
+)
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
 from services.engine.model_presets import ARCHITECTURE_PRESETS
 from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES
@@ -40,6 +46,8 @@ class EngineConfig:
     max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
     memory_address: str = ""  # memory service host:port; "" = run without one
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
+    # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9102)
+    metrics_port: MetricsPort | None = None
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -94,6 +102,7 @@ class EngineConfig:
             help="starvation bound: a request that waited this long is promoted ahead of all others",
         )
         parser.add_argument("--memory-address", default="", help="memory service host:port")
+        add_metrics_port_flag(parser, default_port=ENGINE_METRICS_PORT)
         parser.add_argument(
             "--cpu-threads", type=int, default=0,
             help="torch CPU threads (0 = half the cores): more threads than free cores makes OpenMP spin",
@@ -120,4 +129,5 @@ class EngineConfig:
             max_wait_s=args.max_wait_s,
             memory_address=args.memory_address,
             cpu_threads=args.cpu_threads,
+            metrics_port=metrics_port_from_flag(args.metrics_port, default_port=ENGINE_METRICS_PORT),
         )

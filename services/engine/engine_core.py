@@ -32,10 +32,12 @@ class EngineCore:
         self.runner = runner
         self.num_steps = 0
         self.num_generated_tokens = 0
+        self.num_prompt_tokens = 0  # prompt tokens of every request added (the metrics' counter)
         self.last_step: StepTiming | None = None
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request)
+        self.num_prompt_tokens += len(request.prompt_token_ids)
 
     def abort(self, request_id: str) -> Request | None:
         request = self.scheduler.abort(request_id)

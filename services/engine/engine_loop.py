@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from services.engine.engine_core import EngineCore
 from services.engine.request import FinishReason, Request
@@ -48,12 +49,17 @@ class EngineEvent:
     error: str | None = None  # set when the engine failed the request (step raised)
 
 
+# Called on the engine thread once per finished request (the metrics' histograms): must be cheap.
+FinishObserver = Callable[[Request, FinishReason, RequestTimings], None]
+
+
 class EngineLoop:
     """Owns the EngineCore on its own thread."""
 
-    def __init__(self, core: EngineCore, engine_id: str) -> None:
+    def __init__(self, core: EngineCore, engine_id: str, on_finish: FinishObserver | None = None) -> None:
         self.core = core
         self.engine_id = engine_id
+        self._on_finish = on_finish
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, asyncio.Queue] = {}  # engine-thread side: where events go
         self._requests: dict[str, Request] = {}  # engine-thread side: live requests
@@ -134,7 +140,10 @@ class EngineLoop:
     def _emit(self, request_id: str, token_ids: list[int], reason: FinishReason | None) -> None:
         timings = None
         if reason is not None:
-            timings = _timings_of(self._requests[request_id], time.monotonic())
+            request = self._requests[request_id]
+            timings = _timings_of(request, time.monotonic())
+            if self._on_finish is not None:
+                self._on_finish(request, reason, timings)
         self._publish(request_id, EngineEvent(request_id, token_ids, reason, timings))
 
     def _publish(self, request_id: str, event: EngineEvent) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.common.contracts import memory_service_pb2, memory_service_pb2_grpc
+from services.common.metrics_server import serve_metrics
 from services.common.server import ServiceHandle, start_server
 from services.memory.config import MemoryConfig
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 from services.memory.eviction_policy import PlanSettings
 from services.memory.host_region import HostRegion, default_region_path
 from services.memory.ledger import KvLedger
+from services.memory.metrics import memory_registry
 from services.memory.servicer import MemoryServicer
 from services.memory.swap_manager import SwapManager
 
@@ -54,4 +58,6 @@ async def start(config: MemoryConfig) -> ServiceHandle:
             region.close()
 
         handle.on_stop.append(close_region)
+    registry = memory_registry(swaps, asyncio.get_running_loop())
+    await serve_metrics(handle, registry, config.host, config.metrics_port)
     return handle

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from services.common.flags import add_server_flags, validate_port
+from services.common.metrics_server import (
+    MEMORY_METRICS_PORT,
+    MetricsPort,
+    add_metrics_port_flag,
+    metrics_port_from_flag,
+)
 
 DEFAULT_PORT = 50054
 # Slot size of the host tier. A swapped request takes whole slots, so a slot is the waste per swap at
@@ -37,6 +43,8 @@ class MemoryConfig:
     assumed_transfer_bytes_per_s: float = DEFAULT_ASSUMED_TRANSFER_BYTES_PER_S  # until engines measure
     report_interval_s: float = 1.0  # how often engines are told to call ReportUsage
     stale_after_s: float = 10.0  # an engine silent longer than this is reported stale
+    # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9104)
+    metrics_port: MetricsPort | None = None
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -63,6 +71,7 @@ class MemoryConfig:
         """Parses `python -m services.memory` flags; argparse exits with a message on bad flags."""
         parser = argparse.ArgumentParser(prog="python -m services.memory", description=__doc__)
         add_server_flags(parser, default_port=DEFAULT_PORT)
+        add_metrics_port_flag(parser, default_port=MEMORY_METRICS_PORT)
         parser.add_argument("--host-tier-capacity-bytes", type=int, default=DEFAULT_HOST_TIER_CAPACITY_BYTES,
                             help="host memory for swapped KV, shared by all engines, in bytes (0: every "
                                  "victim recomputes)")
@@ -93,6 +102,7 @@ class MemoryConfig:
                 assumed_transfer_bytes_per_s=args.assumed_transfer_gb_per_s * 1e9,
                 report_interval_s=args.report_interval_s,
                 stale_after_s=args.stale_after_s,
+                metrics_port=metrics_port_from_flag(args.metrics_port, default_port=MEMORY_METRICS_PORT),
             )
         except ValueError as error:
             parser.error(str(error))
