@@ -7,12 +7,14 @@ import contextlib
 from dataclasses import dataclass
 
 from services.common.contracts import predictor_service_pb2_grpc
+from services.common.metrics_server import serve_metrics
 from services.common.server import ServiceHandle, start_server
 from services.predictor.batcher import MicroBatcher
 from services.predictor.config import PredictorConfig
 from services.predictor.feedback_intake import FeedbackIntake
 from services.predictor.feedback_store import FeedbackStore
 from services.predictor.live_accuracy import LiveAccuracyWindow
+from services.predictor.prometheus_metrics import PredictorMetrics
 from services.predictor.reload import LoadSettings, ModelHolder, PredictorLoader
 from services.predictor.servicer import SERVICE_NAME, PredictorServicer
 
@@ -47,7 +49,9 @@ async def start(config: PredictorConfig) -> PredictorHandle:
     holder = await ModelHolder.open(PredictorLoader(_load_settings(config)))
     store = FeedbackStore(config.feedback_dir) if config.feedback_dir is not None else None
     intake = FeedbackIntake(LiveAccuracyWindow(config.live_window_size), store)
-    batcher = MicroBatcher(holder.predict, max_batch_inputs=config.max_batch_inputs)
+    metrics = PredictorMetrics()
+    batcher = MicroBatcher(metrics.timed(holder.predict), max_batch_inputs=config.max_batch_inputs)
+    metrics.watch(holder, batcher, intake)
     batcher.start()
     servicer = PredictorServicer(
         batcher,
@@ -72,4 +76,6 @@ async def start(config: PredictorConfig) -> PredictorHandle:
     if config.reload_poll_interval_s > 0:
         watcher = asyncio.create_task(holder.watch(config.reload_poll_interval_s), name="predictor-model-watch")
         on_stop.insert(0, lambda: _cancel(watcher))
-    return PredictorHandle(running, on_stop=on_stop, holder=holder, batcher=batcher)
+    handle = PredictorHandle(running, on_stop=on_stop, holder=holder, batcher=batcher)
+    await serve_metrics(handle, metrics.registry, config.host, config.metrics_port)
+    return handle

@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 from services.common.flags import add_server_flags, validate_port
+from services.common.metrics_server import (
+    PREDICTOR_METRICS_PORT,
+    MetricsPort,
+    add_metrics_port_flag,
+    metrics_port_from_flag,
+)
 from services.predictor.embedding import default_cache_dir
 
 DEFAULT_PORT = 50053
@@ -37,6 +43,8 @@ class PredictorConfig:
     feedback_dir: Path | None = None  # where finished-request reports are stored; None = not stored
     live_window_size: int = 1000  # finished requests behind the live accuracy in GetStats
     max_feedback_per_request: int = 4096  # larger ReportFeedback calls get INVALID_ARGUMENT
+    # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9103)
+    metrics_port: MetricsPort | None = None
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -66,6 +74,7 @@ class PredictorConfig:
             prog="python -m services.predictor", description="alise output-length predictor service"
         )
         add_server_flags(parser, default_port=DEFAULT_PORT)
+        add_metrics_port_flag(parser, default_port=PREDICTOR_METRICS_PORT)
         parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
         parser.add_argument("--cache-dir", type=Path, default=None,
                             help="embedding graph cache (default $ALISE_CACHE_DIR or ~/.cache/alise)")
@@ -100,4 +109,5 @@ class PredictorConfig:
             reload_poll_interval_s=args.reload_poll_interval_s,
             feedback_dir=args.feedback_dir,
             live_window_size=args.live_window_size,
+            metrics_port=metrics_port_from_flag(args.metrics_port, default_port=PREDICTOR_METRICS_PORT),
         )
