@@ -137,6 +137,7 @@ class Stack:
     stub: gateway_service_pb2_grpc.GatewayServiceStub | None = None
     engine_address: str = ""  # where the gateway dials its engine
     cleanups: list = field(default_factory=list)
+    handle: app.GatewayHandle | None = None  # the running gateway (its http_url for HTTP tests)
 
     async def start(
         self, *, engine_up=True, predictor="none", **config_overrides
@@ -160,6 +161,7 @@ class Stack:
             engine_address=engine_address, predictor_address=predictor_address, port=0, **config_overrides
         )
         handle = await app.start(config)
+        self.handle = handle
         self.cleanups.append(lambda: handle.stop(0))
         channel = grpc.aio.insecure_channel(handle.address)
         self.cleanups.append(channel.close)

@@ -1,4 +1,5 @@
-"""Wires the gateway together: pools of its peers, the pipeline, the servicer, the server.
+"""Wires the gateway together: pools of its peers, the pipeline, the gRPC servicer and server, and
+the OpenAI-compatible HTTP server (services/gateway/http) on the same pipeline, in the same loop.
 
 One long-lived channel per peer replica (each engine, each predictor) for the life of the process:
 opening a channel per request would add a TCP + HTTP/2 handshake to every request. Channels connect
@@ -13,16 +14,21 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 
 from services.common.contracts import gateway_service_pb2_grpc
 from services.common.errors import NotReady
 from services.common.server import GRPC_OPTIONS, ServiceHandle, start_server
+from services.common.tls import TlsFiles, secure_or_insecure_channel
+from services.gateway.auth import ApiKeyInterceptor, ApiKeys
 from services.gateway.config import GatewayConfig
 from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter
 from services.gateway.generation import GenerationPipeline
+from services.gateway.http.app import HttpAppSettings, create_http_app
+from services.gateway.http.server import HttpServer, start_http_server
 from services.gateway.model_info import ServedModelCache
 from services.gateway.peers import GatewayPeers, build_peers
 from services.gateway.prediction import OutputLengthEstimator
@@ -44,15 +50,41 @@ class GatewayHandle(ServiceHandle):
     """A running gateway; `peers` exposes its replica pools (tests and benchmarks read their reports)."""
 
     peers: GatewayPeers | None = None  # the engine and predictor pools
+    http: HttpServer | None = None  # the OpenAI-compatible HTTP server
+    draining: bool = False  # set by stop(); GET /health then answers 503
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API, e.g. http://127.0.0.1:8000 (the OpenAI SDK's base_url + "/v1")."""
+        assert self.http is not None, "no HTTP server"
+        return self.http.url
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Drains gRPC and HTTP together for up to grace_s, then closes the peers."""
+        self.draining = True
+        draining = [self.running.stop(grace_s)] + ([self.http.stop(grace_s)] if self.http else [])
+        await asyncio.gather(*draining)
+        for clean_up in self.on_stop:
+            await clean_up()
 
 
-def _client_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+def _channel_factory(tls: TlsFiles | None) -> Callable[[str], grpc.aio.Channel]:
+    """Channels to engines and predictors: mutual TLS when the gateway has TLS files, else plaintext."""
+
+    def make_channel(address: str) -> grpc.aio.Channel:
+        return secure_or_insecure_channel(address, tls, CLIENT_CHANNEL_OPTIONS)
+
+    return make_channel
 
 
-async def start(config: GatewayConfig) -> GatewayHandle:
-    """Starts the gateway server; returns once it accepts calls (peers may still be down)."""
-    peers = build_peers(config, _client_channel)
+async def start(config: GatewayConfig, *, metrics_registry: object | None = None) -> GatewayHandle:
+    """Starts the gateway's gRPC and HTTP servers; returns once both accept calls (peers may be down).
+
+    metrics_registry: a prometheus_client.CollectorRegistry served at the HTTP port's /metrics
+    (None = no /metrics route).
+    """
+    api_keys = ApiKeys.load(config.api_keys, config.api_key_file)
+    peers = build_peers(config, _channel_factory(config.tls))
     await peers.start()
     engine = peers.engines
     predictor_stub = peers.predictor_stub
@@ -66,33 +98,50 @@ async def start(config: GatewayConfig) -> GatewayHandle:
     if predictor_stub is not None and config.feedback_queue_size > 0:
         feedback = FeedbackReporter(predictor_stub, queue_size=config.feedback_queue_size)
         feedback.start()
-    servicer = _build_servicer(config, engine, served_models, predictor_stub, feedback)
+    pipeline = _build_pipeline(config, engine, served_models, predictor_stub, feedback)
+    servicer = GatewayServicer(pipeline, served_models, max_stop_strings=config.max_stop_strings)
     add_servicer = gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server
+    handle: GatewayHandle | None = None
+    running = None
     try:
         running = await start_server(
             host=config.host,
             port=config.port,
             register=lambda server: add_servicer(servicer, server),
             service_names=[SERVICE_NAME],
+            tls=config.tls,
+            interceptors=[ApiKeyInterceptor(api_keys)] if api_keys.enabled else [],
         )
+        handle = GatewayHandle(running, peers=peers)
+        http_app = create_http_app(
+            pipeline,
+            served_models,
+            HttpAppSettings(config.http_max_request_bytes, config.metrics_require_api_key),
+            api_keys=api_keys,
+            metrics_registry=metrics_registry,
+            is_serving=lambda: handle is not None and not handle.draining,
+        )
+        handle.http = await start_http_server(http_app, host=config.host, port=config.http_listen_port, tls=config.tls)
     except BaseException:
+        if running is not None:
+            await running.stop(0)
         if feedback is not None:
             await feedback.close()
         await peers.close()  # no health-check task may outlive a gateway that failed to start
         raise
     warm_up = asyncio.create_task(_warm_up(served_models), name="gateway-model-info-warm-up")
-    on_stop = [lambda: _cancel(warm_up)] + ([feedback.close] if feedback is not None else []) + [peers.close]
-    return GatewayHandle(running, on_stop=on_stop, peers=peers)
+    handle.on_stop = [lambda: _cancel(warm_up)] + ([feedback.close] if feedback is not None else []) + [peers.close]
+    return handle
 
 
-def _build_servicer(
+def _build_pipeline(
     config: GatewayConfig,
     engine: EnginePool,
     served_models: ServedModelCache,
     predictor_stub: object | None,
     feedback: FeedbackReporter | None = None,
-) -> GatewayServicer:
-    """Hands each component only the config fields it needs."""
+) -> GenerationPipeline:
+    """The one generation path both APIs (gRPC and HTTP) call; hands each part only its config."""
     estimator = OutputLengthEstimator(
         predictor_stub,
         timeout_s=config.predictor_timeout_s,
@@ -104,11 +153,7 @@ def _build_servicer(
         max_stop_string_chars=config.max_stop_string_chars,
         max_request_id_chars=config.max_request_id_chars,
     )
-    return GatewayServicer(
-        GenerationPipeline(served_models, estimator, engine, limits, feedback),
-        served_models,
-        max_stop_strings=config.max_stop_strings,
-    )
+    return GenerationPipeline(served_models, estimator, engine, limits, feedback)
 
 
 async def _warm_up(served_models: ServedModelCache) -> None:

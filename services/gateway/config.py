@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from services.common.flags import add_server_flags, validate_port
+from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.gateway.replica_discovery import parse_targets
 from services.gateway.routing import ROUTING_POLICIES
 
 DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_HTTP_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a 32k-token prompt as JSON text is ~0.2 MB
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,14 @@ class GatewayConfig:
     max_health_failures: int = 3  # failed checks in a row that mark a replica down and abort its streams
     max_engine_attempts: int = 2  # engine replicas tried per request before its first message
     feedback_queue_size: int = 4096  # finished-request reports waiting for the predictor; 0 = none sent
+    # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
+    # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
+    http_port: int | None = None  # TCP port of the OpenAI-compatible HTTP API
+    http_max_request_bytes: int = DEFAULT_HTTP_MAX_REQUEST_BYTES  # larger HTTP bodies get 413
+    api_keys: tuple[str, ...] = ()  # accepted API keys (with api_key_file's); none = no authentication
+    api_key_file: str = ""  # file of API keys, one per line ("" = none)
+    metrics_require_api_key: bool = False  # /metrics behind the API key too (health is always open)
+    tls: TlsFiles | None = None  # TLS of the public gRPC and HTTP ports, and mTLS to engines/predictors
 
     def __post_init__(self) -> None:
         for name in ("engine_address", "predictor_address"):
@@ -69,6 +80,12 @@ class GatewayConfig:
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         validate_port(self.port)
+        if self.http_port is not None:
+            validate_port(self.http_port)
+        if self.http_max_request_bytes <= 0:
+            raise ValueError(f"http_max_request_bytes must be > 0, got {self.http_max_request_bytes}")
+        if any(not key for key in self.api_keys):
+            raise ValueError("api_keys must be non-empty strings")
         if self.feedback_queue_size < 0:
             raise ValueError(f"feedback_queue_size must be >= 0, got {self.feedback_queue_size}")
 
@@ -81,6 +98,13 @@ class GatewayConfig:
         for name in ("max_health_failures", "max_engine_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def http_listen_port(self) -> int:
+        """The HTTP port to bind: http_port, else 8000, or 0 when the gRPC port is 0."""
+        if self.http_port is not None:
+            return self.http_port
+        return 0 if self.port == 0 else DEFAULT_HTTP_PORT
 
     @property
     def predictor_timeout_s(self) -> float:
@@ -109,6 +133,8 @@ class GatewayConfig:
         parser.add_argument("--model-info-timeout-s", type=float, default=2.0)
         parser.add_argument("--feedback-queue-size", type=int, default=4096,
                             help="finished requests queued for the predictor's feedback (0 = off)")
+        _add_http_and_auth_flags(parser)
+        add_tls_flags(parser)
         args = parser.parse_args(argv)
         try:
             return cls(
@@ -128,6 +154,12 @@ class GatewayConfig:
                 drain_seconds=args.drain_seconds,
                 **{name: getattr(args, name) for name in _REPLICA_FIELDS},
                 feedback_queue_size=args.feedback_queue_size,
+                http_port=args.http_port,
+                http_max_request_bytes=args.http_max_request_bytes,
+                api_keys=tuple(args.api_key),
+                api_key_file=args.api_key_file,
+                metrics_require_api_key=args.metrics_require_api_key,
+                tls=tls_from_args(args),
             )
         except ValueError as error:
             parser.error(str(error))
@@ -152,3 +184,19 @@ def _add_replica_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-check-timeout-s", type=float, default=1.0)
     parser.add_argument("--max-health-failures", type=int, default=3, help="failed checks = replica down")
     parser.add_argument("--max-engine-attempts", type=int, default=2, help="replicas tried per request")
+
+
+def _add_http_and_auth_flags(parser: argparse.ArgumentParser) -> None:
+    """The OpenAI-compatible HTTP port and API keys (gRPC and HTTP alike)."""
+    parser.add_argument(
+        "--http-port", type=int, default=None,
+        help=f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0 = any free; "
+        "with --port 0 the default is 0 too)",
+    )
+    parser.add_argument("--http-max-request-bytes", type=int, default=DEFAULT_HTTP_MAX_REQUEST_BYTES,
+                        help="larger HTTP request bodies get 413")
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="accepted API key (repeatable); clients send 'authorization: Bearer KEY'")
+    parser.add_argument("--api-key-file", default="", help="file of accepted API keys, one per line")
+    parser.add_argument("--metrics-require-api-key", action="store_true",
+                        help="serve /metrics only with a valid API key (default: open)")

@@ -1,0 +1,136 @@
+"""The OpenAI endpoints: thin adapters from HTTP bodies to the GenerationPipeline and back.
+
+Both generation endpoints translate their body into a GenerateRequest (translate.py) and run the
+same `GenerationPipeline.generate` as the gRPC servicer: one validation, one predictor call, one
+routing decision. Errors before the first chunk get an HTTP status; once a stream has started, an
+error is sent as a last `data: {"error": ...}` event and the stream ends without `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import AsyncIterator, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from services.common.contracts import gateway_service_pb2
+from services.common.errors import AliseError
+from services.gateway.generation import GeneratedChunk, GenerationPipeline
+from services.gateway.http.disconnect import ClientGone, EventStreamResponse, unless_disconnected
+from services.gateway.http.errors import HttpApiError, error_body, from_exception
+from services.gateway.http.responses import (
+    SSE_DONE,
+    ApiKind,
+    ResponseHeader,
+    delta_event,
+    encode_event,
+    full_response,
+    usage_event,
+)
+from services.gateway.http.schemas import ChatCompletionBody, CompletionBody, SamplingBody
+from services.gateway.http.translate import chat_request, completion_request
+from services.gateway.model_info import ServedModelCache
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody reads it
+
+
+def _no_deadline() -> None:
+    """HTTP requests carry no deadline; the engine call then has none either (as gRPC without one)."""
+    return None
+
+
+class OpenAiRoutes:
+    """Handlers of /v1/completions, /v1/chat/completions, /v1/models (shared by all requests)."""
+
+    def __init__(
+        self,
+        pipeline: GenerationPipeline,
+        served_models: ServedModelCache,
+        *,
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self._pipeline = pipeline
+        self._served_models = served_models
+        self._clock_s = clock_s  # wall clock for `created` fields, seconds
+        self._started_s = int(clock_s())
+
+    async def completions(self, body: CompletionBody, request: Request) -> Response:
+        return await self._generate(request, body, completion_request(body), ApiKind.COMPLETION)
+
+    async def chat_completions(self, body: ChatCompletionBody, request: Request) -> Response:
+        return await self._generate(request, body, chat_request(body), ApiKind.CHAT)
+
+    async def models(self) -> Response:
+        info = (await self._served_models.get()).info
+        model = {
+            "id": info.model_name,
+            "object": "model",
+            "created": self._started_s,
+            "owned_by": "alise",
+            "max_model_len": info.max_context_tokens,
+        }
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def _generate(
+        self, request: Request, body: SamplingBody, generate_request: gateway_service_pb2.GenerateRequest,
+        kind: ApiKind,
+    ) -> Response:
+        created_s = int(self._clock_s())
+        model = (await self._served_models.get()).info.model_name
+        if body.model and body.model != model:
+            raise HttpApiError(
+                404, f"The model {body.model!r} does not exist; this server serves {model!r}",
+                error_type="invalid_request_error", param="model", code="model_not_found",
+            )
+        chunks = self._pipeline.generate(generate_request, _no_deadline)
+        try:
+            if not body.stream:
+                text, last = await unless_disconnected(request, _collect(chunks))
+                header = ResponseHeader.build(kind, last.request_id, model, created_s)
+                return JSONResponse(full_response(header, text, last.finish))
+            first = await unless_disconnected(request, anext(chunks))
+        except ClientGone:
+            await chunks.aclose()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except BaseException:
+            await chunks.aclose()
+            raise
+        header = ResponseHeader.build(kind, first.request_id, model, created_s)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return EventStreamResponse(_events(header, first, chunks, include_usage))
+
+
+async def _collect(chunks: AsyncIterator[GeneratedChunk]) -> tuple[str, GeneratedChunk]:
+    """All text of a generation and its final chunk."""
+    parts = []
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            if chunk.finish is not None:
+                return "".join(parts), chunk
+    raise AliseError("the generation ended without a final chunk")
+
+
+async def _events(
+    header: ResponseHeader, first: GeneratedChunk, chunks: AsyncIterator[GeneratedChunk], include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The SSE events of one stream; closing this generator closes the pipeline's (engine cancelled)."""
+    async with contextlib.aclosing(chunks):
+        chunk, is_first = first, True
+        try:
+            while True:
+                if chunk.text or chunk.finish is not None or is_first:
+                    yield delta_event(header, chunk.text, chunk.finish, first=is_first, include_usage=include_usage)
+                    is_first = False
+                if chunk.finish is not None:
+                    break
+                chunk = await anext(chunks)
+        except Exception as error:  # the status line is long gone: report in band, no [DONE]
+            failure = from_exception(error)
+            yield encode_event(error_body(str(failure), failure.error_type, failure.param, failure.code))
+            return
+    if include_usage:
+        yield usage_event(header, chunk.finish)
+    yield SSE_DONE
