@@ -195,3 +195,53 @@ async def test_metrics_route_serves_the_given_registry(stack):
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     assert families["alise_test_requests"].samples[0].value == 3.0
+
+
+# ----------------------------------------------------------------------------- chat
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|> {{ m.content }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _chat_tokenizer_dir(directory) -> str:
+    """A tiny word-level tokenizer.json with a chat template: the gateway's chat path without a real model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<unk>", "<s>", "</s>", "hi", "there", "friend", "be", "brief", "good", "day"]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|system|>", "<|user|>", "<|assistant|>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+async def test_chat_messages_are_rendered_with_the_chat_template(stack, tmp_path):
+    from services.common.chat_template import ChatRole, ChatTurn
+    from services.common.tokenizer import load_tokenizer
+
+    tokenizer_spec = _chat_tokenizer_dir(tmp_path)
+    tokenizer = load_tokenizer(tokenizer_spec)
+    stack.engine.output_ids = tokenizer.encode("good day friend", add_bos=False)
+    await stack.start(tokenizer=tokenizer_spec)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+    client = _client(stack)
+    completion = await client.chat.completions.create(model="fake-llama", messages=messages, max_tokens=10)
+    prompt_ids = tokenizer.encode_chat(
+        [ChatTurn(ChatRole.SYSTEM, "be brief"), ChatTurn(ChatRole.USER, "hi there")]
+    )
+    assert list(stack.engine.requests[0].prompt_token_ids) == prompt_ids
+    expected = tokenizer.decode(prompt_ids + stack.engine.output_ids)[len(tokenizer.decode(prompt_ids)):]
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant" and choice.message.content == expected
+    assert choice.finish_reason == "stop" and completion.object == "chat.completion"
+    assert completion.usage.prompt_tokens == len(prompt_ids)
+
+    stream = await client.chat.completions.create(model="fake-llama", messages=messages, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
