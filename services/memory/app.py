@@ -49,6 +49,8 @@ async def start(config: MemoryConfig) -> ServiceHandle:
         port=config.port,
         register=lambda server: memory_service_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        tls=config.tls,
+        require_client_cert=config.tls is not None and config.tls.verifies_peers,
     )
     handle = ServiceHandle(running)
     if swaps.region is not None:

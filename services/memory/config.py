@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from services.common.flags import add_server_flags, validate_port
+from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.common.metrics_server import (
     MEMORY_METRICS_PORT,
     MetricsPort,
@@ -45,6 +46,8 @@ class MemoryConfig:
     stale_after_s: float = 10.0  # an engine silent longer than this is reported stale
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9104)
     metrics_port: MetricsPort | None = None
+    # TLS of its gRPC port; with a CA, clients (engines, gateways) must present a certificate of it
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -72,6 +75,7 @@ class MemoryConfig:
         parser = argparse.ArgumentParser(prog="python -m services.memory", description=__doc__)
         add_server_flags(parser, default_port=DEFAULT_PORT)
         add_metrics_port_flag(parser, default_port=MEMORY_METRICS_PORT)
+        add_tls_flags(parser)
         parser.add_argument("--host-tier-capacity-bytes", type=int, default=DEFAULT_HOST_TIER_CAPACITY_BYTES,
                             help="host memory for swapped KV, shared by all engines, in bytes (0: every "
                                  "victim recomputes)")
@@ -103,6 +107,7 @@ class MemoryConfig:
                 report_interval_s=args.report_interval_s,
                 stale_after_s=args.stale_after_s,
                 metrics_port=metrics_port_from_flag(args.metrics_port, default_port=MEMORY_METRICS_PORT),
+                tls=tls_from_args(args),
             )
         except ValueError as error:
             parser.error(str(error))

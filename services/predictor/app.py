@@ -68,6 +68,8 @@ async def start(config: PredictorConfig) -> PredictorHandle:
                 servicer, server
             ),
             service_names=[SERVICE_NAME],
+            tls=config.tls,
+            require_client_cert=config.tls is not None and config.tls.verifies_peers,
         )
     except BaseException:
         await batcher.close()

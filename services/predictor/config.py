@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from services.common.flags import add_server_flags, validate_port
+from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.common.metrics_server import (
     PREDICTOR_METRICS_PORT,
     MetricsPort,
@@ -45,6 +46,8 @@ class PredictorConfig:
     max_feedback_per_request: int = 4096  # larger ReportFeedback calls get INVALID_ARGUMENT
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9103)
     metrics_port: MetricsPort | None = None
+    # TLS of its gRPC port; with a CA, clients (engines, gateways) must present a certificate of it
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -75,6 +78,7 @@ class PredictorConfig:
         )
         add_server_flags(parser, default_port=DEFAULT_PORT)
         add_metrics_port_flag(parser, default_port=PREDICTOR_METRICS_PORT)
+        add_tls_flags(parser)
         parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
         parser.add_argument("--cache-dir", type=Path, default=None,
                             help="embedding graph cache (default $ALISE_CACHE_DIR or ~/.cache/alise)")
@@ -110,4 +114,5 @@ class PredictorConfig:
             feedback_dir=args.feedback_dir,
             live_window_size=args.live_window_size,
             metrics_port=metrics_port_from_flag(args.metrics_port, default_port=PREDICTOR_METRICS_PORT),
+            tls=tls_from_args(args),
         )
