@@ -7,11 +7,13 @@
 - Collectors that read state owned by the event loop take their snapshot on that loop
   (`run_on_loop`), so a scrape from the HTTP thread never sees a dict that is being changed.
 
+(The gateway serves its /metrics on its HTTP port instead: services/gateway/metrics.py.)
+
 The port flag (`--metrics-port`, see `add_metrics_port_flag`):
 
-    absent        the service's default port (engine 9102, predictor 9103, memory 9104, gateway
-                  9101), best effort: if it is taken (another replica on this host) the service
-                  logs a warning and serves without /metrics
+    absent        the service's default port (engine 9102, predictor 9103, memory 9104), best
+                  effort: if it is taken (another replica on this host) the service logs a
+                  warning and serves without /metrics
     N (1..65535)  that port; a port in use stops the service with the reason
     0             a free port chosen by the OS (logged; tests read it from the service handle)
     -1            no /metrics endpoint
@@ -39,7 +41,6 @@ DISABLED = -1  # --metrics-port value that turns the endpoint off
 ENGINE_METRICS_PORT = 9102
 PREDICTOR_METRICS_PORT = 9103
 MEMORY_METRICS_PORT = 9104
-GATEWAY_METRICS_PORT = 9101  # until the gateway's HTTP port serves /metrics itself
 SNAPSHOT_TIMEOUT_S = 2.0  # longest a scrape waits for the event loop to take a snapshot
 T = TypeVar("T")
 

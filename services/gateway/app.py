@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from services.common.contracts import gateway_service_pb2_grpc
 from services.common.errors import NotReady
@@ -29,6 +30,7 @@ from services.gateway.feedback import FeedbackReporter
 from services.gateway.generation import GenerationPipeline
 from services.gateway.http.app import HttpAppSettings, create_http_app
 from services.gateway.http.server import HttpServer, start_http_server
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_info import ServedModelCache
 from services.gateway.peers import GatewayPeers, build_peers
 from services.gateway.prediction import OutputLengthEstimator
@@ -51,6 +53,7 @@ class GatewayHandle(ServiceHandle):
 
     peers: GatewayPeers | None = None  # the engine and predictor pools
     http: HttpServer | None = None  # the OpenAI-compatible HTTP server
+    metrics: GatewayMetrics | None = None  # what /metrics on the HTTP port serves
     draining: bool = False  # set by stop(); GET /health then answers 503
 
     @property
@@ -77,15 +80,17 @@ def _channel_factory(tls: TlsFiles | None) -> Callable[[str], grpc.aio.Channel]:
     return make_channel
 
 
-async def start(config: GatewayConfig, *, metrics_registry: object | None = None) -> GatewayHandle:
+async def start(config: GatewayConfig, *, metrics_registry: CollectorRegistry | None = None) -> GatewayHandle:
     """Starts the gateway's gRPC and HTTP servers; returns once both accept calls (peers may be down).
 
-    metrics_registry: a prometheus_client.CollectorRegistry served at the HTTP port's /metrics
-    (None = no /metrics route).
+    The gateway's metrics (services/gateway/metrics.py) are served at the HTTP port's /metrics;
+    metrics_registry: the prometheus_client registry they go into (None = a fresh one).
     """
     api_keys = ApiKeys.load(config.api_keys, config.api_key_file)
     peers = build_peers(config, _channel_factory(config.tls))
     await peers.start()
+    metrics = GatewayMetrics(metrics_registry)
+    metrics.watch_peers(peers, asyncio.get_running_loop())
     engine = peers.engines
     predictor_stub = peers.predictor_stub
     served_models = ServedModelCache(
@@ -98,7 +103,7 @@ async def start(config: GatewayConfig, *, metrics_registry: object | None = None
     if predictor_stub is not None and config.feedback_queue_size > 0:
         feedback = FeedbackReporter(predictor_stub, queue_size=config.feedback_queue_size)
         feedback.start()
-    pipeline = _build_pipeline(config, engine, served_models, predictor_stub, feedback)
+    pipeline = _build_pipeline(config, engine, served_models, predictor_stub, feedback, metrics)
     servicer = GatewayServicer(pipeline, served_models, max_stop_strings=config.max_stop_strings)
     add_servicer = gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server
     handle: GatewayHandle | None = None
@@ -112,13 +117,13 @@ async def start(config: GatewayConfig, *, metrics_registry: object | None = None
             tls=config.tls,
             interceptors=[ApiKeyInterceptor(api_keys)] if api_keys.enabled else [],
         )
-        handle = GatewayHandle(running, peers=peers)
+        handle = GatewayHandle(running, peers=peers, metrics=metrics)
         http_app = create_http_app(
             pipeline,
             served_models,
             HttpAppSettings(config.http_max_request_bytes, config.metrics_require_api_key),
             api_keys=api_keys,
-            metrics_registry=metrics_registry,
+            metrics_registry=metrics.registry,
             is_serving=lambda: handle is not None and not handle.draining,
         )
         handle.http = await start_http_server(http_app, host=config.host, port=config.http_listen_port, tls=config.tls)
@@ -140,6 +145,7 @@ def _build_pipeline(
     served_models: ServedModelCache,
     predictor_stub: object | None,
     feedback: FeedbackReporter | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> GenerationPipeline:
     """The one generation path both APIs (gRPC and HTTP) call; hands each part only its config."""
     estimator = OutputLengthEstimator(
@@ -153,7 +159,7 @@ def _build_pipeline(
         max_stop_string_chars=config.max_stop_string_chars,
         max_request_id_chars=config.max_request_id_chars,
     )
-    return GenerationPipeline(served_models, estimator, engine, limits, feedback)
+    return GenerationPipeline(served_models, estimator, engine, limits, feedback, metrics)
 
 
 async def _warm_up(served_models: ServedModelCache) -> None:

@@ -27,6 +27,7 @@ from services.gateway.detokenizer import IncrementalDetokenizer
 from services.gateway.engine_client import build_engine_request
 from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
+from services.gateway.metrics import GatewayMetrics, RequestRecorder
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
 from services.gateway.prompt_input import num_prompt_chars
@@ -70,22 +71,48 @@ class GenerationPipeline:
         engine: EnginePool,
         limits: RequestLimits,
         feedback: FeedbackReporter | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._served_models = served_models
         self._estimator = estimator
         self._engine = engine
         self._limits = limits
         self._feedback = feedback  # None = finished requests are not reported to the predictor
+        self.metrics = metrics if metrics is not None else GatewayMetrics()  # every generation is recorded
 
     async def generate(
         self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining
     ) -> AsyncIterator[GeneratedChunk]:
-        """Yields the chunks of one generation; raises AliseError subclasses on failure."""
+        """Yields the chunks of one generation; raises AliseError subclasses on failure.
+
+        Records it in the gateway's metrics (the chunks as the client gets them, and how it ended)."""
+        recorder = self.metrics.start_request()
+        try:
+            async with contextlib.aclosing(self._generate(request, time_remaining_s, recorder)) as chunks:
+                async for chunk in chunks:
+                    recorder.on_chunk(len(chunk.token_ids))
+                    if chunk.finish is not None:
+                        finish = chunk.finish
+                        recorder.on_finish(finish.finish_reason, finish.num_prompt_tokens, finish.num_completion_tokens)
+                    yield chunk
+        except BaseException as error:  # recorded, never swallowed
+            recorder.on_error(error)
+            raise
+        finally:
+            recorder.close()
+
+    async def _generate(
+        self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining, recorder: RequestRecorder
+    ) -> AsyncIterator[GeneratedChunk]:
         arrival_s = time.monotonic()
         served = await self._served_models.get()
         resolved = await self._resolve(request, served)
         query = _prediction_query(resolved, served, decode_prompt=self._estimator.has_predictor)
+        estimate_started_s = time.monotonic()
         prediction = await self._estimator.estimate(query, time_remaining_s=time_remaining_s())
+        recorder.on_estimate(
+            prediction.source, time.monotonic() - estimate_started_s, has_predictor=self._estimator.has_predictor
+        )
         timeout_s = time_remaining_s()
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("deadline exceeded before the request reached the engine")
