@@ -60,7 +60,10 @@ def test_every_container_has_grpc_readiness_and_liveness_probes_and_requests():
     for name, deployment in _by_kind(_documents(), "Deployment").items():
         container = _container(deployment)
         grpc_name, port = SERVICES[name]
-        assert container["ports"] == [{"name": "grpc", "containerPort": port}]
+        assert container["ports"][0] == {"name": "grpc", "containerPort": port}
+        if name == "gateway":  # the OpenAI-compatible HTTP API on the port its --http-port names
+            http_port = int(flag_value(_args(container), "--http-port"))
+            assert container["ports"][1:] == [{"name": "http", "containerPort": http_port}]
         for probe_kind in ("readinessProbe", "livenessProbe"):
             probe = container.get(probe_kind)
             assert probe is not None, f"{name} has no {probe_kind}"
@@ -89,7 +92,8 @@ def test_engines_and_predictors_sit_behind_headless_services_the_gateway_resolve
         pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items(), f"{name} selects no pod"
         assert deployments[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-        assert [p["port"] for p in service["spec"]["ports"]] == [SERVICES[name][1]]
+        expected_ports = [SERVICES[name][1]] + ([8000] if name == "gateway" else [])
+        assert [p["port"] for p in service["spec"]["ports"]] == expected_ports
     gateway = parse_service_args("gateway", _args(_container(deployments["gateway"])))
     assert gateway.engine_address == "engine:50052" and gateway.predictor_address == "predictor:50053"
 
