@@ -1,7 +1,8 @@
 """`alise generate "prompt"`: stream one completion from a gateway to stdout.
 
 Text deltas go to stdout as they arrive (flushed per message), so the command pipes like `cat`;
-the one-line summary goes to stderr so it never mixes into the text. A gRPC error prints
+the one-line summary goes to stderr so it never mixes into the text. It calls the gateway through
+services.client (API key, TLS, retries only on UNAVAILABLE before any token); a failed call prints
 `error: <STATUS>: <message>` and exits 1.
 """
 
@@ -12,12 +13,10 @@ import asyncio
 import sys
 import uuid
 
-import grpc
-
 from services.cli import arg_types
 from services.cli.streams import StreamTiming, timed_stream
-from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from services.common.server import GRPC_OPTIONS
+from services.client import AliseClientError, AsyncAliseClient, ClientTls
+from services.common.contracts import common_pb2, gateway_service_pb2
 
 EXIT_RPC_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -47,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="send the prompt as plain text (default: as a user chat message when the model has a chat template)",
     )
     parser.add_argument("--system", default="", help="system message of the chat (default: the template's own)")
+    parser.add_argument("--api-key", default="", help="API key of the gateway (sent as 'authorization: Bearer')")
+    parser.add_argument("--tls-ca", default="", help="connect with TLS, verifying the gateway with this CA (PEM)")
     parser.set_defaults(handler=run)
 
 
@@ -109,14 +110,18 @@ class _TextWriter:
 
 
 async def _generate(args: argparse.Namespace, prompt: str, writer: _TextWriter) -> StreamTiming:
-    async with grpc.aio.insecure_channel(args.address, options=GRPC_OPTIONS) as channel:
-        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+    tls = ClientTls(ca_path=args.tls_ca) if args.tls_ca else None
+    async with AsyncAliseClient(args.address, api_key=args.api_key, tls=tls) as client:
         as_chat = False
         if not args.raw:
-            info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=args.timeout_s)
-            as_chat = info.has_chat_template
+            as_chat = (await client.model_info(timeout_s=args.timeout_s)).has_chat_template
         request = build_request(args, prompt, as_chat=as_chat)
-        return await timed_stream(lambda: stub.Generate(request, timeout=args.timeout_s), writer)
+
+        async def responses():
+            async for chunk in client.generate(request, timeout_s=args.timeout_s):
+                yield chunk.response
+
+        return await timed_stream(responses, writer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
     writer = _TextWriter()
     try:
         timing = asyncio.run(_generate(args, prompt, writer))
-    except grpc.aio.AioRpcError as error:
+    except AliseClientError as error:
         writer.end_line()
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"error: {error.code.name}: {error.details}", file=sys.stderr)
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         writer.end_line()

@@ -4,7 +4,8 @@
                            serves TLS with them, and its client channels present them (mTLS)
     --tls-ca               CA bundle (PEM) that peers' certificates must chain to; given to an
                            internal service (engine, predictor, memory), its server also requires
-                           a client certificate signed by it (mutual TLS between services)
+                           a client certificate signed by it, and its client channels use mutual
+                           TLS (without it, the gateway's channels to its peers stay plaintext)
     --tls-peer-name        the name peers' certificates carry (a SAN), checked instead of the dialed
                            host: replicas are dialed by IP after DNS discovery, so the IP is rarely
                            in the certificate ("" = check the dialed host)

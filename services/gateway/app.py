@@ -72,7 +72,12 @@ class GatewayHandle(ServiceHandle):
 
 
 def _channel_factory(tls: TlsFiles | None) -> Callable[[str], grpc.aio.Channel]:
-    """Channels to engines and predictors: mutual TLS when the gateway has TLS files, else plaintext."""
+    """Channels to engines and predictors: mutual TLS when a CA is given (--tls-ca), else plaintext.
+
+    --tls-cert/--tls-key alone secure the public ports only (TLS ending at the gateway).
+    """
+    if tls is not None and not tls.verifies_peers:
+        tls = None
 
     def make_channel(address: str) -> grpc.aio.Channel:
         return secure_or_insecure_channel(address, tls, CLIENT_CHANNEL_OPTIONS)
