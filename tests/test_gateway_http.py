@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import grpc
 import httpx2
@@ -167,6 +168,12 @@ async def test_engine_down_is_503_on_generation_and_models(stack):
     assert raised.value.status_code == 503 and "engine unavailable" in raised.value.message
     with pytest.raises(openai.InternalServerError):
         await client.models.list()
+
+
+async def test_http_socket_is_tcp_so_asyncio_turns_nagle_off(stack):
+    """A listening socket without proto=IPPROTO_TCP makes every response wait ~40 ms (see server._bind)."""
+    await stack.start()
+    assert stack.handle.http.sock.proto == socket.IPPROTO_TCP
 
 
 async def test_models_lists_the_served_model_and_health_is_open(stack):

@@ -76,9 +76,19 @@ async def start_http_server(app: object, *, host: str, port: int, tls: TlsFiles 
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; OSError (e.g. address in use) names the address."""
+    """A listening TCP socket; OSError (e.g. address in use) names the address.
+
+    The protocol must be IPPROTO_TCP explicitly (socket.create_server leaves it 0): asyncio sets
+    TCP_NODELAY only on accepted sockets whose proto says TCP, and without it every response
+    written in two parts (head, body) waits ~40 ms for the client's delayed ACK (Nagle).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
     except OSError as error:
+        sock.close()
         raise OSError(error.errno, f"could not bind HTTP {host}:{port}: {error.strerror}") from None
+    return sock
