@@ -26,7 +26,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; subcommand modules add their own flags and a `handler`."""
-    from services.cli import bench_cmd, generate_cmd, up_cmd
+    from services.cli import bench_cmd, collect_lengths, generate_cmd, up_cmd
 
     parser = argparse.ArgumentParser(prog="alise", description="alise: LLM serving with speculative scheduling")
     parser.add_argument("--version", action="version", version=f"alise {_version()}")
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_parser(subparsers)
     generate_cmd.add_parser(subparsers)
     bench_cmd.add_parser(subparsers)
+    collect_lengths.add_parser(subparsers)
     subparsers.add_parser(
         "predictor", help="predictor commands (train, evaluate, ...): alise predictor --help", add_help=False
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pathlib
 
 import torch
 
@@ -45,8 +46,19 @@ def resolve_device_and_dtype(config: EngineConfig) -> tuple[torch.device, torch.
         # spin-wait and were measured 17x slower per step on a busy 2-core machine.
         torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 2) // 2))
     if config.dtype == "auto":
-        return device, torch.bfloat16 if use_cuda else torch.float32
+        return device, torch.bfloat16 if use_cuda or cpu_has_native_bf16() else torch.float32
     return device, getattr(torch, config.dtype)
+
+
+def cpu_has_native_bf16(cpuinfo: pathlib.Path = pathlib.Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 GEMMs were measured
+    4.5x faster than fp32 (32x576x1536, 2 threads, EPYC), a whole SmolLM2 decode step ~2x.
+    Without it, bf16 is emulated and slower than fp32."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore, KvCacheShape, ServedModelInfo]:

@@ -4,11 +4,16 @@ For each request, its queries are the tokens fed this step, at positions
 [context_len - num_query_tokens, context_len); its keys and values are read from the paged cache
 through its block table, positions [0, context_len). Query i may attend to key positions
 <= its own position (causal), which covers prefill chunks and single-token decodes alike.
+
+`paged_attention_reference` runs one SDPA per request (the oracle). `decode_attention_reference`
+runs all single-token requests of a step in one SDPA over their gathered, padded KV (masked past
+each context): on CPU a step of 16 decodes spends ~3x less in attention than one call per request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +81,116 @@ def attend_request(
     key_positions = torch.arange(context_len, device=query.device)
     mask = key_positions[None, :] <= query_positions[:, None]  # [num_queries, context_len]
     q = query.transpose(0, 1)  # [heads, q, d]
+    if _use_grouped_matmul(query):
+        attended = grouped_attention(q[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None], mask, scale)[0]
+        return attended.transpose(0, 1)
     k = keys.transpose(0, 1).repeat_interleave(group, dim=0)  # [heads, ctx, d]
     v = values.transpose(0, 1).repeat_interleave(group, dim=0)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return attended.transpose(0, 1)
+
+
+def _use_grouped_matmul(query: torch.Tensor) -> bool:
+    """CPU SDPA has no fast reduced-precision kernel: measured 13x slower than grouped_attention in
+    bf16 (64 decodes x 256 keys, GQA 9/3, 1 thread). In fp32 SDPA is the faster, and the oracle."""
+    return query.device.type == "cpu" and query.dtype != torch.float32
+
+
+def grouped_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention with KV heads shared by groups of query heads, without copying K/V per query head.
+
+    query [B, heads, Q, d]; keys, values [B, kv_heads, L, d]; keep broadcastable to [B, 1, Q, L]
+    (True = attend). Query head h reads KV head h // (heads / kv_heads), as repeat_interleave would.
+
+        query [B, kv_heads, group * Q, d] @ keys^T [B, kv_heads, d, L] -> scores [B, kv_heads, group * Q, L]
+
+    Scores and softmax run in fp32; returns [B, heads, Q, d] in the query's dtype.
+    """
+    batch, num_heads, num_queries, head_dim = query.shape
+    num_kv_heads, length = keys.shape[1], keys.shape[2]
+    group = num_heads // num_kv_heads
+    grouped = query.reshape(batch, num_kv_heads, group * num_queries, head_dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale
+    keep = keep.expand(batch, 1, num_queries, length).repeat(1, 1, group, 1)  # rows ordered (group, query)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(values.dtype)
+    attended = torch.matmul(weights, values)  # [B, kv_heads, group * Q, d]
+    return attended.reshape(batch, num_heads, num_queries, head_dim)
+
+
+def decode_batch_of(metadata: AttentionMetadata, block_tables: torch.Tensor) -> DecodeBatch | None:
+    """The step's single-token requests as one batch (None when there are none).
+
+    block_tables: int64 [num_requests, max_blocks] on the device, row r padded past its blocks.
+    """
+    starts = metadata.query_start_locs
+    decodes = [r for r in range(len(metadata.context_lens)) if starts[r + 1] - starts[r] == 1]
+    if not decodes:
+        return None
+    device = block_tables.device
+    context_lens = [metadata.context_lens[r] for r in decodes]
+    all_decode = len(decodes) == len(metadata.context_lens)
+    tables = block_tables if all_decode else block_tables[torch.tensor(decodes, device=device)]
+    return DecodeBatch(
+        request_indices=decodes,
+        token_rows=None if all_decode else torch.tensor([starts[r] for r in decodes], device=device),
+        block_tables=tables.to(torch.int32),
+        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+        max_context_len=max(context_lens),
+    )
+
+
+DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DecodeBatch, float], torch.Tensor]
+
+
+def attend_mixed(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    scale: float,
+    decode_attention: DecodeAttention,
+) -> torch.Tensor:
+    """Decode rows in one batched call, prefill chunks one request at a time (SDPA)."""
+    batch = metadata.decode_batch
+    if batch is not None and batch.token_rows is None:  # every request decodes: no prefill rows
+        return decode_attention(query, key_cache, value_cache, batch, scale)
+    output = torch.empty_like(query)
+    decodes = set(batch.request_indices) if batch is not None else set()
+    if batch is not None:
+        rows = query.index_select(0, batch.token_rows)
+        output.index_copy_(0, batch.token_rows, decode_attention(rows, key_cache, value_cache, batch, scale))
+    starts = metadata.query_start_locs
+    for r, context_len in enumerate(metadata.context_lens):
+        if r not in decodes:
+            output[starts[r] : starts[r + 1]] = attend_request(
+                query[starts[r] : starts[r + 1]], key_cache, value_cache, metadata.block_tables[r], context_len, scale
+            )
+    return output
+
+
+def decode_attention_reference(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: DecodeBatch, scale: float
+) -> torch.Tensor:
+    """query [num_decodes, num_heads, head_dim] -> same shape; one SDPA for the whole batch.
+
+        key_cache[block_tables[:, :num_blocks]]  [B, num_blocks, block_size, kv_heads, d]
+            -> [B, kv_heads, num_blocks * block_size, d], positions >= context_len masked out
+    """
+    num_decodes, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
+    num_blocks = -(-batch.max_context_len // block_size)
+    tables = batch.block_tables[:, :num_blocks].long()
+    length = num_blocks * block_size
+    keys = key_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
+    values = value_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
+    positions = torch.arange(length, device=query.device)
+    mask = (positions[None, :] < batch.context_lens[:, None].long())[:, None, None, :]  # [B, 1, 1, L]
+    if _use_grouped_matmul(query):
+        return grouped_attention(query[:, :, None, :], keys, values, mask, scale)[:, :, 0, :]
+    attended = F.scaled_dot_product_attention(
+        query[:, :, None, :], keys, values, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads
+    )
+    return attended[:, :, 0, :]

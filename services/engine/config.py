@@ -32,7 +32,7 @@ class EngineConfig:
     drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
     model: str = DEFAULT_MODEL  # a catalog name, dummy-llama-tiny, dummy:<preset|dir>, or a local HF dir
     engine_id: str = "engine-0"  # stable id of this replica (the --engine-id flag defaults to hostname-random)
-    dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32
     device: str = "auto"  # one of DEVICES; auto = cuda when available
     seed: int = 0  # seeds a random-weight model's weights (dummy-llama-tiny, dummy:...)
     block_size_tokens: int = 16  # token positions per KV block

@@ -1,7 +1,8 @@
 """Chooses the engine's attention implementation and runs it for the model runner.
 
-    torch-reference  paged_attention_reference for every request (SDPA per request); the CPU
-                     path and the correctness oracle, used wherever the CUDA kernels cannot run
+    torch-reference  the step's decodes in one SDPA over their gathered paged KV, prefill chunks
+                     one SDPA per request (attention.py); the CPU path, used wherever the CUDA
+                     kernels cannot run (paged_attention_reference stays the per-request oracle)
     cuda             our decode kernel for the step's single-token requests, SDPA per request
                      (attention.attend_request) for prefill chunks; our cache-write kernel
 
@@ -18,7 +19,9 @@ from typing import Callable
 
 import torch
 
-from services.engine.attention import AttentionMetadata, DecodeBatch, attend_request, paged_attention_reference
+from services.engine.attention import (
+    AttentionMetadata, DecodeBatch, attend_mixed, decode_attention_reference, decode_batch_of,
+)
 from services.engine.kernels import ops
 from services.engine.kernels.loader import KernelUnavailable, load_kernels
 from services.engine.kv_cache import PagedKvCache
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class AttentionBackendKind(enum.Enum):
-    TORCH_REFERENCE = "torch-reference"  # torch SDPA per request over the gathered paged KV
+    TORCH_REFERENCE = "torch-reference"  # torch SDPA over the gathered paged KV (decodes batched)
     CUDA = "cuda"  # our paged decode kernel (+ SDPA for prefill chunks)
 
 
@@ -61,18 +64,20 @@ def choose_backend(
 
 
 class ReferenceAttention:
-    """Torch everywhere: the cache's own index_put write and SDPA per request."""
+    """Torch everywhere: the cache's own index_put write, decodes batched in one SDPA, prefill per request."""
 
     kind = AttentionBackendKind.TORCH_REFERENCE
 
     def prepare(self, metadata: AttentionMetadata, block_tables: torch.Tensor) -> AttentionMetadata:
-        return metadata
+        return replace(metadata, decode_batch=decode_batch_of(metadata, block_tables))
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         cache.write(layer, slot_mapping, key, value)
 
     def attend(self, query: torch.Tensor, cache: PagedKvCache, layer: int, metadata, scale: float) -> torch.Tensor:
-        return paged_attention_reference(query, cache.key_cache[layer], cache.value_cache[layer], metadata, scale)
+        return attend_mixed(
+            query, cache.key_cache[layer], cache.value_cache[layer], metadata, scale, decode_attention_reference
+        )
 
 
 class CudaAttention:
@@ -81,52 +86,23 @@ class CudaAttention:
     kind = AttentionBackendKind.CUDA
 
     def prepare(self, metadata: AttentionMetadata, block_tables: torch.Tensor) -> AttentionMetadata:
-        """Adds the decode rows' device tensors, once per step (every layer reuses them).
-
-        block_tables: int64 [num_requests, max_blocks] on the device, row r padded past its blocks.
-        """
-        starts = metadata.query_start_locs
-        decodes = [r for r in range(len(metadata.context_lens)) if starts[r + 1] - starts[r] == 1]
-        if not decodes:
-            return metadata
-        device = block_tables.device
-        context_lens = [metadata.context_lens[r] for r in decodes]
-        all_decode = len(decodes) == len(metadata.context_lens)
-        tables = block_tables if all_decode else block_tables[torch.tensor(decodes, device=device)]
-        batch = DecodeBatch(
-            request_indices=decodes,
-            token_rows=None if all_decode else torch.tensor([starts[r] for r in decodes], device=device),
-            block_tables=tables.to(torch.int32),
-            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-            max_context_len=max(context_lens),
-        )
-        return replace(metadata, decode_batch=batch)
+        """Adds the decode rows' device tensors, once per step (every layer reuses them)."""
+        return replace(metadata, decode_batch=decode_batch_of(metadata, block_tables))
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         ops.write_kv_to_cache(key, value, cache.key_cache[layer], cache.value_cache[layer], slot_mapping)
 
     def attend(self, query: torch.Tensor, cache: PagedKvCache, layer: int, metadata, scale: float) -> torch.Tensor:
-        key_cache, value_cache = cache.key_cache[layer], cache.value_cache[layer]
-        batch = metadata.decode_batch
-        output = torch.empty_like(query)
-        decodes = set(batch.request_indices) if batch is not None else set()
-        if batch is not None:
-            rows = query if batch.token_rows is None else query.index_select(0, batch.token_rows)
-            attended = ops.paged_decode_attention(
-                rows, key_cache, value_cache, batch.block_tables, batch.context_lens,
-                scale=scale, max_context_len=batch.max_context_len,
-                out=output if batch.token_rows is None else None,
-            )
-            if batch.token_rows is not None:
-                output.index_copy_(0, batch.token_rows, attended)
-        starts = metadata.query_start_locs
-        for r, context_len in enumerate(metadata.context_lens):
-            if r not in decodes:  # prefill chunk: torch SDPA over the gathered paged KV
-                output[starts[r] : starts[r + 1]] = attend_request(
-                    query[starts[r] : starts[r + 1]], key_cache, value_cache, metadata.block_tables[r],
-                    context_len, scale,
-                )
-        return output
+        return attend_mixed(
+            query, cache.key_cache[layer], cache.value_cache[layer], metadata, scale, _cuda_decode_attention
+        )
+
+
+def _cuda_decode_attention(query, key_cache, value_cache, batch: DecodeBatch, scale: float) -> torch.Tensor:
+    return ops.paged_decode_attention(
+        query, key_cache, value_cache, batch.block_tables, batch.context_lens,
+        scale=scale, max_context_len=batch.max_context_len,
+    )
 
 
 def make_attention(
