@@ -13,7 +13,6 @@ from services.gateway.config import GatewayConfig
 
 async def _serve(config: GatewayConfig) -> None:
     handle = await app.start(config)
-    print(f"HTTP {handle.http_url}", flush=True)  # before READY: a launcher logs it, then reads READY
     await run_until_signal(handle, grace_s=config.drain_seconds)
 
 
