@@ -109,38 +109,51 @@ async def start(config: GatewayConfig, *, metrics_registry: CollectorRegistry | 
         feedback = FeedbackReporter(predictor_stub, queue_size=config.feedback_queue_size)
         feedback.start()
     pipeline = _build_pipeline(config, engine, served_models, predictor_stub, feedback, metrics)
-    servicer = GatewayServicer(pipeline, served_models, max_stop_strings=config.max_stop_strings)
-    add_servicer = gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server
-    handle: GatewayHandle | None = None
-    running = None
     try:
-        running = await start_server(
-            host=config.host,
-            port=config.port,
-            register=lambda server: add_servicer(servicer, server),
-            service_names=[SERVICE_NAME],
-            tls=config.tls,
-            interceptors=[ApiKeyInterceptor(api_keys)] if api_keys.enabled else [],
-        )
-        handle = GatewayHandle(running, peers=peers, metrics=metrics)
-        http_app = create_http_app(
-            pipeline,
-            served_models,
-            HttpAppSettings(config.http_max_request_bytes, config.metrics_require_api_key),
-            api_keys=api_keys,
-            metrics_registry=metrics.registry,
-            is_serving=lambda: handle is not None and not handle.draining,
-        )
-        handle.http = await start_http_server(http_app, host=config.host, port=config.http_listen_port, tls=config.tls)
+        handle = await _start_servers(config, pipeline, served_models, api_keys, peers, metrics)
     except BaseException:
-        if running is not None:
-            await running.stop(0)
         if feedback is not None:
             await feedback.close()
         await peers.close()  # no health-check task may outlive a gateway that failed to start
         raise
     warm_up = asyncio.create_task(_warm_up(served_models), name="gateway-model-info-warm-up")
     handle.on_stop = [lambda: _cancel(warm_up)] + ([feedback.close] if feedback is not None else []) + [peers.close]
+    return handle
+
+
+async def _start_servers(
+    config: GatewayConfig,
+    pipeline: GenerationPipeline,
+    served_models: ServedModelCache,
+    api_keys: ApiKeys,
+    peers: GatewayPeers,
+    metrics: GatewayMetrics,
+) -> GatewayHandle:
+    """The gRPC server, then the HTTP server on the same pipeline; neither is left running on failure."""
+    servicer = GatewayServicer(pipeline, served_models, max_stop_strings=config.max_stop_strings)
+    add_servicer = gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server
+    running = await start_server(
+        host=config.host,
+        port=config.port,
+        register=lambda server: add_servicer(servicer, server),
+        service_names=[SERVICE_NAME],
+        tls=config.tls,
+        interceptors=[ApiKeyInterceptor(api_keys)] if api_keys.enabled else [],
+    )
+    handle = GatewayHandle(running, peers=peers, metrics=metrics)
+    http_app = create_http_app(
+        pipeline,
+        served_models,
+        HttpAppSettings(config.http_max_request_bytes, config.metrics_require_api_key),
+        api_keys=api_keys,
+        metrics_registry=metrics.registry,
+        is_serving=lambda: not handle.draining,
+    )
+    try:
+        handle.http = await start_http_server(http_app, host=config.host, port=config.http_listen_port, tls=config.tls)
+    except BaseException:
+        await running.stop(0)
+        raise
     return handle
 
 
