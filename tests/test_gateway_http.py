@@ -16,8 +16,8 @@ import httpx2
 import openai
 import pytest
 
-from services.common.contracts import common_pb2
-from tests.gateway_fakes import TOKENIZER, expected_continuation, stack  # noqa: F401 (stack is a fixture)
+from services.common.contracts import common_pb2, engine_service_pb2
+from tests.gateway_fakes import TOKENIZER, FakeEngine, expected_continuation, stack  # noqa: F401 (stack is a fixture)
 
 pytestmark = pytest.mark.timeout(60)
 PROMPT = "Say hello"
@@ -160,6 +160,32 @@ async def test_engine_errors_have_their_http_status(stack, engine_code, error_cl
     assert set(raised.value.body) == {"message", "type", "param", "code"}
 
 
+class FailingMidStreamEngine(FakeEngine):
+    """Streams two tokens, then fails the call (as a replica that dies mid-generation)."""
+
+    async def Generate(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        for token_id in self.output_ids[:2]:
+            yield engine_service_pb2.EngineServiceGenerateResponse(token_ids=[token_id])
+        await context.abort(grpc.StatusCode.INTERNAL, "engine crashed")
+
+
+async def test_an_error_after_the_stream_started_is_an_error_event_without_done(stack):
+    stack.engine = FailingMidStreamEngine()
+    await stack.start()
+    with pytest.raises(openai.APIError) as raised:
+        stream = await _client(stack).completions.create(model="", prompt=PROMPT, stream=True)
+        async for _ in stream:
+            pass
+    assert "engine crashed" in raised.value.message
+    body = {"prompt": PROMPT, "stream": True}
+    async with httpx2.AsyncClient(base_url=stack.handle.http_url, timeout=20) as client:
+        response = await client.post("/v1/completions", json=body)
+    events = [event for event in response.text.split("\n\n") if event]
+    assert response.status_code == 200 and "data: [DONE]" not in events
+    assert json.loads(events[-1].removeprefix("data: "))["error"]["type"] == "internal_server_error"
+
+
 async def test_engine_down_is_503_on_generation_and_models(stack):
     await stack.start(engine_up=False)
     client = _client(stack)
@@ -178,8 +204,12 @@ async def test_http_socket_is_tcp_so_asyncio_turns_nagle_off(stack):
 
 async def test_models_lists_the_served_model_and_health_is_open(stack):
     await stack.start()
-    (model,) = (await _client(stack).models.list()).data
+    client = _client(stack)
+    (model,) = (await client.models.list()).data
     assert (model.id, model.owned_by) == ("fake-llama", "alise")
+    assert (await client.models.retrieve("fake-llama")).id == "fake-llama"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-4")
     async with httpx2.AsyncClient(base_url=stack.handle.http_url, timeout=10) as client:
         assert (await client.get("/health")).json() == {"status": "ok"}
 

@@ -53,6 +53,7 @@ def create_http_app(
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id}", routes.model, methods=["GET"])
     app.add_api_route(HEALTH_PATH, _health_route(is_serving), methods=["GET"])
     open_paths = {HEALTH_PATH}
     if metrics_registry is not None:

@@ -63,15 +63,24 @@ class OpenAiRoutes:
         return await self._generate(request, body, chat_request(body), ApiKind.CHAT)
 
     async def models(self) -> Response:
+        return JSONResponse({"object": "list", "data": [await self._model_card()]})
+
+    async def model(self, model_id: str) -> Response:
+        """GET /v1/models/{model_id}: the served model, or 404 for any other id."""
+        card = await self._model_card()
+        if model_id != card["id"]:
+            raise _model_not_found(model_id, card["id"])
+        return JSONResponse(card)
+
+    async def _model_card(self) -> dict:
         info = (await self._served_models.get()).info
-        model = {
+        return {
             "id": info.model_name,
             "object": "model",
             "created": self._started_s,
             "owned_by": "alise",
             "max_model_len": info.max_context_tokens,
         }
-        return JSONResponse({"object": "list", "data": [model]})
 
     async def _generate(
         self, request: Request, body: SamplingBody, generate_request: gateway_service_pb2.GenerateRequest,
@@ -80,10 +89,7 @@ class OpenAiRoutes:
         created_s = int(self._clock_s())
         model = (await self._served_models.get()).info.model_name
         if body.model and body.model != model:
-            raise HttpApiError(
-                404, f"The model {body.model!r} does not exist; this server serves {model!r}",
-                error_type="invalid_request_error", param="model", code="model_not_found",
-            )
+            raise _model_not_found(body.model, model)
         chunks = self._pipeline.generate(generate_request, _no_deadline)
         try:
             if not body.stream:
@@ -100,6 +106,13 @@ class OpenAiRoutes:
         header = ResponseHeader.build(kind, first.request_id, model, created_s)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return EventStreamResponse(_events(header, first, chunks, include_usage))
+
+
+def _model_not_found(asked: str, served: str) -> HttpApiError:
+    return HttpApiError(
+        404, f"The model {asked!r} does not exist; this server serves {served!r}",
+        error_type="invalid_request_error", param="model", code="model_not_found",
+    )
 
 
 async def _collect(chunks: AsyncIterator[GeneratedChunk]) -> tuple[str, GeneratedChunk]:
