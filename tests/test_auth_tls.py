@@ -5,6 +5,7 @@ Certificates are made in the test (tests/tls_certs.py); every server is real, on
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import grpc
@@ -13,12 +14,18 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.contracts import engine_service_pb2_grpc, gateway_service_pb2, gateway_service_pb2_grpc
+from services.common.contracts import (
+    engine_service_pb2_grpc,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    memory_service_pb2,
+)
 from services.common.errors import Unauthenticated
 from services.common.server import start_server
 from services.common.tls import TlsFiles, channel_credentials
 from services.gateway import app
 from services.gateway.auth import ApiKeys, bearer_token
+from services.engine.kv_offload.memory_client import MemoryClient
 from services.gateway.config import GatewayConfig
 from services.memory import app as memory_app
 from services.memory.config import MemoryConfig
@@ -189,6 +196,17 @@ async def test_memory_service_flags_turn_on_mutual_tls(pki):
     try:
         assert await _health(handle.address, channel_credentials(pki["engine"]))
         assert not await _health(handle.address, None)
+        # the engine's swap client: mutual TLS with the engine's certificate, refused without
+        with_tls = MemoryClient(handle.address, "tls-engine", tls=pki["engine"], timeout_s=3)
+        plaintext = MemoryClient(handle.address, "plain-engine", timeout_s=3)
+        stats_request = memory_service_pb2.MemoryServiceGetStatsRequest()
+        stats = await asyncio.to_thread(with_tls.stub.GetStats, stats_request, timeout=3)
+        assert stats.ledger_consistent
+        with pytest.raises(grpc.RpcError) as raised:
+            await asyncio.to_thread(plaintext.stub.GetStats, stats_request, timeout=3)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        with_tls.close()
+        plaintext.close()
     finally:
         await handle.stop(0)
 

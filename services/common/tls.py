@@ -75,12 +75,19 @@ def channel_options(tls: TlsFiles | None) -> tuple[tuple[str, str], ...]:
 
 
 def secure_or_insecure_channel(address: str, tls: TlsFiles | None, options: tuple = ()) -> grpc.aio.Channel:
-    """A grpc.aio channel to an internal peer: mTLS when tls is set, plaintext otherwise."""
-    if tls is None:
+    """A grpc.aio channel to an internal peer: mTLS when tls has a CA, plaintext otherwise."""
+    if tls is None or not tls.verifies_peers:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(
         address, channel_credentials(tls), options=(*options, *channel_options(tls))
     )
+
+
+def secure_or_insecure_sync_channel(address: str, tls: TlsFiles | None, options: tuple = ()) -> grpc.Channel:
+    """The same for a synchronous channel (callers on plain threads)."""
+    if tls is None or not tls.verifies_peers:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, channel_credentials(tls), options=(*options, *channel_options(tls)))
 
 
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:

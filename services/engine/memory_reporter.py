@@ -14,6 +14,7 @@ from typing import Callable
 import grpc
 
 from services.common.contracts import memory_service_pb2, memory_service_pb2_grpc
+from services.common.tls import TlsFiles, secure_or_insecure_channel
 from services.engine.engine_loop import EngineLoop
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class MemoryReporter:
     def __init__(
         self, address: str, engine_address: str, model_name: str, loop: EngineLoop, layout,
         on_region: Callable[[memory_service_pb2.HostRegion], None] | None = None,
+        tls: TlsFiles | None = None,  # mutual TLS to the memory service when it has a CA; None = plaintext
     ) -> None:
         self._address = address
         self._engine_address = engine_address
@@ -33,7 +35,7 @@ class MemoryReporter:
         self._loop = loop
         self._layout = layout  # memory_service_pb2.KvBlockLayout
         self._on_region = on_region  # told the host tier's region at every (re-)registration
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = secure_or_insecure_channel(address, tls)
         self._stub = memory_service_pb2_grpc.MemoryServiceStub(self._channel)
         self._task: asyncio.Task | None = None
         self._sequence_number = 0

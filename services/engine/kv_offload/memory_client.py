@@ -21,6 +21,7 @@ import grpc
 
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
+from services.common.tls import TlsFiles, secure_or_insecure_sync_channel
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,10 @@ class MemoryClient:
     """Swap calls with deadlines and a back-off; thread-safe (the engine and prefetch threads use it)."""
 
     def __init__(self, address: str, engine_id: str, *, timeout_s: float = CALL_TIMEOUT_S,
-                 backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.monotonic,
+                 tls: TlsFiles | None = None) -> None:
         self.engine_id = engine_id
-        self.channel = grpc.insecure_channel(address)
+        self.channel = secure_or_insecure_sync_channel(address, tls)  # mutual TLS when tls has a CA
         self.stub = rpc.MemoryServiceStub(self.channel)
         self.timeout_s = timeout_s
         self._backoff_s = backoff_s
