@@ -39,12 +39,27 @@ class HttpServer:
         return f"{self.scheme}://{host}:{self.port}"
 
     async def stop(self, grace_s: float) -> None:
-        """Stops accepting, lets responses in flight finish for up to grace_s, then cancels them."""
-        self.server.config.timeout_graceful_shutdown = grace_s
+        """Stops accepting, lets responses in flight finish for up to grace_s, then cancels them.
+
+        uvicorn's Server.shutdown does the same steps but always sleeps 0.1 s first; a gateway
+        stops once per test, so here the wait ends as soon as the connections are gone.
+        """
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._ticker
-        await self.server.shutdown(sockets=[self.sock])
+        state = self.server.server_state
+        for listener in self.server.servers:
+            listener.close()
+        for connection in list(state.connections):
+            connection.shutdown()  # idle keep-alive connections close now, busy ones after their response
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + grace_s
+        while (state.connections or state.tasks) and loop.time() < deadline_s:
+            await asyncio.sleep(0.01)
+        for task in list(state.tasks):
+            task.cancel()  # a cancelled stream closes its pipeline: the engine call is cancelled
+        if state.tasks:
+            await asyncio.wait(list(state.tasks), timeout=1.0)
 
 
 async def start_http_server(app: object, *, host: str, port: int, tls: TlsFiles | None = None) -> HttpServer:
