@@ -138,6 +138,7 @@ def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(
         "bench", "serve", "--start-stack", "--policies", "fcfs,alise", "--no-predictor", "--trace", "alpaca",
         "--num-requests", "4", "--rates", "4", "8", "--num-unloaded", "1", "--max-output-tokens", "4",
         "--max-prompt-tokens", "8", "--engine-arg=--num-kv-blocks=64", "--engine-arg=--cpu-threads=1",
+        "--model", DUMMY_TINY_MODEL,
         "--log-dir", str(tmp_path / "logs"), "--out", str(out),
     ])
     assert status == 0
@@ -151,3 +152,17 @@ def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(
     printed = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("fcfs ", "alise "))]
     assert printed == [["fcfs", "4.00"], ["alise", "4.00"], ["fcfs", "8.00"], ["alise", "8.00"]]  # turns at each rate
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_model_lengths_mode_sends_the_prompt_as_a_chat_message_until_eos():
+    from services.bench.serve_prompts import build_chat_requests
+    from services.bench.serve_worker import generate_request
+
+    trace = [TraceRequest("a", "Tell me a long story about a dragon " * 20, 12, 300)]
+    requests = build_chat_requests(trace, load_tokenizer("smollm2-135m-instruct"), max_output_tokens=64)
+    assert len(requests[0].prompt_token_ids) == 12 and requests[0].max_tokens == 64
+    message = generate_request({**requests[0].job(7), "arrival_s": 0.0})
+    assert not message.prompt_token_ids and not message.sampling.ignore_eos and message.sampling.max_tokens == 64
+    assert message.messages[0].content == requests[0].chat_text and requests[0].chat_text.startswith("Tell me")
+    with pytest.raises(ValueError, match="no chat template"):
+        build_chat_requests(trace, load_tokenizer("default"), max_output_tokens=64)

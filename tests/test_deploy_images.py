@@ -127,8 +127,9 @@ SMOKE = {
     "gateway": (
         "import asyncio\nfrom services.gateway import app, __main__\n"
         "from services.gateway.config import GatewayConfig\n"
-        "from services.common.tokenizer import load_tokenizer\nimport transformers\n"
+        "from services.common.tokenizer import load_tokenizer\nimport tokenizers, jinja2\n"
         "assert load_tokenizer('default').encode('hello world')\n"
+        "assert load_tokenizer('smollm2-135m-instruct').chat_template\n"
         "async def main():\n"
         "    config = GatewayConfig(engine_address='127.0.0.1:9', predictor_address='127.0.0.1:9', port=0)\n"
         "    handle = await app.start(config)\n"
@@ -136,7 +137,11 @@ SMOKE = {
         "asyncio.run(main())\n"
     ),
     "predictor": "from services.predictor import app, __main__, servicer\n",
-    "engine": "from services.engine import app, __main__\nfrom transformers import LlamaConfig\n",
+    "engine": (
+        "from services.engine import app, __main__\nfrom transformers import LlamaConfig\n"
+        "from services.common.tokenizer import load_tokenizer\n"
+        "assert load_tokenizer('default').encode('hi') and load_tokenizer('smollm2-135m-instruct').chat_template\n"
+    ),
 }
 BLOCKER = r"""
 import importlib.machinery, json, sys

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import json
 import math
 import pathlib
@@ -30,6 +31,8 @@ def jsonable(value: Any) -> Any:
         return None
     if isinstance(value, pathlib.PurePath):
         return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 

@@ -115,13 +115,7 @@ def _jobs(
     ]
     for index, (request, arrival_s) in enumerate(zip(requests, arrivals_s)):
         jobs[index % num_processes]["requests"].append(
-            {
-                "request_id": request.request_id,
-                "arrival_s": float(arrival_s),
-                "prompt_token_ids": list(request.prompt_token_ids),
-                "max_tokens": request.max_tokens,
-                "seed": (seed + index) % (1 << 63),
-            }
+            {**request.job((seed + index) % (1 << 63)), "arrival_s": float(arrival_s)}
         )
     return jobs
 

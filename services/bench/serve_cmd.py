@@ -23,7 +23,7 @@ import tempfile
 import grpc
 
 from services.bench import plots, results, serve_report
-from services.bench.serve_config import RUNNING_STACK_LABEL, ServeConfig
+from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
 from services.bench.serve_run import run_serve
 from services.bench.sustainable_rate import DEFAULT_BOUND_MULTIPLES
 from services.bench.workload import TRACE_NAMES
@@ -75,7 +75,13 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     judge.add_argument("--slo-bound-multiple", type=arg_types.positive_float, default=4.0, help="goodput latency bound")
     judge.add_argument("--max-send-lag-ms", type=arg_types.positive_float, default=50.0, help="flag client above")
     judge.add_argument("--max-client-cpu", type=arg_types.positive_float, default=0.9, help="flag client above")
-    parser.add_argument("--tokenizer", default="default", help="the served model's tokenizer")
+    parser.add_argument("--tokenizer", default="", help="the served model's tokenizer (default: the gateway's)")
+    parser.add_argument("--model", default="", help="--model of started stacks (default: alise up's)")
+    work.add_argument(
+        "--output-lengths", choices=[mode.value for mode in OutputLengths], default=OutputLengths.DATASET.value,
+        help="dataset: ignore_eos with the dataset's lengths (vLLM's method); model: the prompt as a chat "
+        "message answered until the model's EOS, --max-output-tokens as the cap",
+    )
     parser.add_argument("--timeout-s", type=arg_types.positive_float, default=1800.0, help="per request")
     parser.add_argument("--startup-timeout-s", type=arg_types.positive_float, default=300.0, help="per service")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="JSON; the PNG goes next to it")
@@ -111,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_send_lag_s=args.max_send_lag_ms / 1e3,
         max_client_cpu_utilization=args.max_client_cpu,
         tokenizer=args.tokenizer,
+        output_lengths=OutputLengths(args.output_lengths),
+        model=args.model,
         timeout_s=args.timeout_s,
         startup_timeout_s=args.startup_timeout_s,
     )

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
 from services.bench.workload import TRACE_NAMES
 
 RUNNING_STACK_LABEL = "running-stack"  # policy label when the stack's policy is not known
+
+
+class OutputLengths(enum.Enum):
+    """Who decides how long each answer is."""
+
+    DATASET = "dataset"  # vLLM's method: ignore_eos, the dataset's answer length as max_tokens
+    MODEL = "model"  # the served model's own EOS: the prompt as a chat message, max_tokens a cap
 
 
 @dataclass(frozen=True)
@@ -36,9 +44,11 @@ class ServeConfig:
     slo_bound_multiple: float  # goodput SLO on normalized latency, as a multiple of the unloaded mean
     max_send_lag_s: float  # p99 send lag above this flags the client as a possible bottleneck
     max_client_cpu_utilization: float  # a client process busier than this is flagged too
-    tokenizer: str  # the served model's tokenizer ("default" for the default model)
+    tokenizer: str  # the served model's tokenizer; "" = the one the gateway reports
     timeout_s: float  # gRPC deadline per request
     startup_timeout_s: float  # per service of a started stack
+    output_lengths: OutputLengths = OutputLengths.DATASET  # dataset lengths (ignore_eos) or the model's EOS
+    model: str = ""  # --model of started stacks; "" = alise up's default
 
     def __post_init__(self) -> None:
         if self.trace not in TRACE_NAMES:

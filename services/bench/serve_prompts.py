@@ -32,7 +32,15 @@ class ServeRequest:
 
     request_id: str  # the trace's id, unique within a run
     prompt_token_ids: tuple[int, ...]  # BOS (if the tokenizer has one) + exactly the trace's prompt count
-    max_tokens: int  # the trace's output length, generated in full (ignore_eos)
+    max_tokens: int  # the trace's output length, generated in full (ignore_eos); a cap for chat requests
+    chat_text: str = ""  # set: sent as one user chat message instead of the ids, stopping at EOS
+
+    def job(self, seed: int) -> dict:
+        """The request as the load generator's JSON job entry (serve_worker.generate_request)."""
+        return {
+            "request_id": self.request_id, "prompt_token_ids": list(self.prompt_token_ids),
+            "chat_text": self.chat_text, "max_tokens": self.max_tokens, "seed": seed,
+        }
 
 
 def fit_prompt(text: str | None, num_tokens: int, tokenizer: Tokenizer) -> tuple[int, ...]:
@@ -61,4 +69,21 @@ def build_requests(
                 f"exceed the model context of {max_context_tokens}; scale the trace down further"
             )
         requests.append(ServeRequest(item.request_id, prompt, item.num_output_tokens))
+    return requests
+
+
+def build_chat_requests(
+    trace: Sequence[TraceRequest], tokenizer: Tokenizer, *, max_output_tokens: int
+) -> list[ServeRequest]:
+    """Requests answered at the served model's own length: the trace's prompt text as a chat
+    message (cut to the trace's scaled prompt length in served tokens), max_tokens only a cap."""
+    if tokenizer.chat_template is None:
+        raise ValueError(f"--output-lengths model sends chat messages; tokenizer {tokenizer.name!r} has no chat template")
+    requests = []
+    for item in trace:
+        if not item.prompt_text:
+            raise ValueError(f"--output-lengths model needs prompt text; request {item.request_id} has none")
+        ids = tokenizer.encode(item.prompt_text, add_bos=False)[: item.num_prompt_tokens]
+        text = tokenizer.decode(ids).strip() or FILLER_TEXT
+        requests.append(ServeRequest(item.request_id, tuple(ids), max_output_tokens, chat_text=text))
     return requests

@@ -25,8 +25,8 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from services.bench.latency_metrics import Slo
-from services.bench.serve_config import RUNNING_STACK_LABEL, ServeConfig
-from services.bench.serve_prompts import ServeRequest, build_requests
+from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
+from services.bench.serve_prompts import ServeRequest, build_chat_requests, build_requests
 from services.bench.serve_stack import StackStartError, local_stack, stack_config
 from services.bench.serve_sweep import RateRun, measure_unloaded, run_rate
 from services.bench.sustainable_rate import latency_bounds
@@ -85,6 +85,7 @@ async def gateway_for(policy: str, config: ServeConfig, log_dir: pathlib.Path) -
         engine_args=config.engine_args,
         with_predictor=config.with_predictor,
         startup_timeout_s=config.startup_timeout_s,
+        model=config.model,
     )
     async with local_stack(up_config, log_dir / policy) as address:
         yield address
@@ -107,12 +108,15 @@ async def requests_for(gateway_address: str, trace: list[TraceRequest], config: 
     async with grpc.aio.insecure_channel(gateway_address, options=GRPC_OPTIONS) as channel:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
         info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=config.timeout_s)
-    tokenizer = load_tokenizer(config.tokenizer)
+    spec = config.tokenizer or info.tokenizer
+    tokenizer = load_tokenizer(spec)
     if tokenizer.vocab_size != info.vocab_size:
         raise ValueError(
-            f"--tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} tokens but the served model "
+            f"--tokenizer {spec!r} has {tokenizer.vocab_size} tokens but the served model "
             f"{info.model_name!r} has {info.vocab_size}: pass the served model's tokenizer"
         )
+    if config.output_lengths is OutputLengths.MODEL:
+        return build_chat_requests(trace, tokenizer, max_output_tokens=config.max_output_tokens)
     return build_requests(trace, tokenizer, max_context_tokens=info.max_context_tokens)
 
 

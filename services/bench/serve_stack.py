@@ -18,6 +18,7 @@ from typing import AsyncIterator
 from services.cli.child import ChildExited, ChildProcess
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
 from services.common.health import wait_until_serving
+from services.common.model_catalog import DEFAULT_MODEL
 
 SCHEDULER_POLICY_FLAG = "--scheduler-policy"  # services/engine/config.py
 
@@ -27,10 +28,11 @@ class StackStartError(RuntimeError):
 
 
 def stack_config(
-    policy: str, *, engine_args: tuple[str, ...], with_predictor: bool, startup_timeout_s: float
+    policy: str, *, engine_args: tuple[str, ...], with_predictor: bool, startup_timeout_s: float, model: str = ""
 ) -> UpConfig:
-    """An `alise up` configuration on OS-chosen ports whose engine runs `policy`."""
+    """An `alise up` configuration on OS-chosen ports whose engine runs `policy` (and `model`, if given)."""
     return UpConfig(
+        model=model or DEFAULT_MODEL,
         gateway_port=0,
         with_predictor=with_predictor,
         log_level="WARNING",

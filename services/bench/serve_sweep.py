@@ -71,12 +71,7 @@ async def measure_unloaded(gateway_address: str, requests: Sequence[ServeRequest
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
         normalized = []
         for index, request in enumerate(requests):
-            job = {
-                "request_id": f"{request.request_id}-unloaded",
-                "prompt_token_ids": list(request.prompt_token_ids),
-                "max_tokens": request.max_tokens,
-                "seed": config.seed + index,
-            }
+            job = {**request.job(config.seed + index), "request_id": f"{request.request_id}-unloaded"}
             result = await send_one(stub, job, 0.0, config.timeout_s)
             if result["error"] is not None or result["num_output_tokens"] == 0:
                 raise RuntimeError(f"unloaded request {request.request_id} failed: {result['error']}")

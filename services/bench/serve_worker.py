@@ -5,7 +5,7 @@ processes, each sending its share of the arrivals over its own gRPC channel. Pro
 pipes (one JSON object per line):
 
     parent -> stdin    {"gateway_address", "timeout_s", "requests": [{request_id, arrival_s,
-                        prompt_token_ids, max_tokens, seed}, ...]}      (arrival_s from the start)
+                        prompt_token_ids, chat_text, max_tokens, seed}, ...]}      (arrival_s from the start)
     stdout -> parent   READY                      (channel connected)
     parent -> stdin    {"start_monotonic_s": T}   (the one start time all processes share)
     stdout -> parent   {"results": [...], "cpu_s": ..., "wall_s": ...}
@@ -33,12 +33,19 @@ CONNECT_TIMEOUT_S = 30.0
 
 
 def generate_request(request: dict[str, Any]) -> gateway_service_pb2.GenerateRequest:
+    """Token ids generated to exactly max_tokens (ignore_eos), or a chat message answered until EOS
+    (temperature 0.2, top-p 0.9: SmolLM2's model card settings, as `alise collect-lengths` uses)."""
+    chat_text = request.get("chat_text", "")
     sampling = common_pb2.SamplingParams(
-        max_tokens=request["max_tokens"], temperature=1.0, top_p=1.0, seed=request["seed"], ignore_eos=True
+        max_tokens=request["max_tokens"], temperature=0.2 if chat_text else 1.0, top_p=0.9 if chat_text else 1.0,
+        seed=request["seed"], ignore_eos=not chat_text,
     )
-    return gateway_service_pb2.GenerateRequest(
-        request_id=request["request_id"], prompt_token_ids=request["prompt_token_ids"], sampling=sampling
-    )
+    message = gateway_service_pb2.GenerateRequest(request_id=request["request_id"], sampling=sampling)
+    if chat_text:
+        message.messages.add(role=common_pb2.CHAT_ROLE_USER, content=chat_text)
+    else:
+        message.prompt_token_ids.extend(request["prompt_token_ids"])
+    return message
 
 
 async def send_one(
