@@ -40,6 +40,7 @@ class DataFormat(enum.Enum):
     SHAREGPT = "sharegpt"  # prompt, response_llama2_tokens, ...
     ALPACA_EVAL = "alpaca_eval"  # generator, instruction, output_llama2_tokens, ...
     PLAIN = "plain"  # prompt, output_tokens [, prompt_tokens, id]
+    FEEDBACK = "feedback"  # a feedback-*.jsonl of the predictor's store: prompt_text, num_output_tokens, served_model
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _read_jsonl_gz(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _prompt_key(prompt: str) -> str:
+def prompt_key(prompt: str) -> str:
     """Prompts equal up to case and whitespace share a key (a conversation shared twice, "hi")."""
     return "prompt:" + hashlib.sha256(" ".join(prompt.lower().split()).encode("utf-8")).hexdigest()[:16]
 
@@ -106,7 +107,7 @@ def load_sharegpt(data_dir: Path, *, path: Path | None = None) -> list[LengthExa
     for record in _read_jsonl_gz(path or data_dir / SHAREGPT_FILE):
         if int(record["prompt_llama2_tokens"]) >= 1 and int(record["response_llama2_tokens"]) >= 1:
             conversation = "conversation:" + str(record["id"]).rsplit("_", 1)[0]  # "QWJhYvA_0" -> "QWJhYvA"
-            kept.append((record, conversation, _prompt_key(record["prompt"])))
+            kept.append((record, conversation, prompt_key(record["prompt"])))
     groups = _connected_groups([(conversation, prompt) for _, conversation, prompt in kept])
     return [
         LengthExample(
@@ -218,6 +219,8 @@ def detect_format(path: Path) -> DataFormat:
         return DataFormat.ALPACA_EVAL
     if "prompt" in first and "output_tokens" in first:
         return DataFormat.PLAIN
+    if "num_output_tokens" in first and "served_model" in first:
+        return DataFormat.FEEDBACK
     raise ValueError(f"{path}: unknown record layout (fields {sorted(first)}); plain files need prompt and output_tokens")
 
 
@@ -228,4 +231,8 @@ def load_file(path: Path, generators: Sequence[str] = ALPACA_EVAL_GENERATORS) ->
         return load_sharegpt(path.parent, path=path)
     if data_format is DataFormat.ALPACA_EVAL:
         return load_alpaca_eval(path.parent, generators, path=path)
+    if data_format is DataFormat.FEEDBACK:  # every record: a LENGTH-capped one counts with what it generated
+        from services.predictor.feedback_train import load_feedback_file
+
+        return load_feedback_file(path, include_censored=True)
     return load_plain_jsonl(path)

@@ -84,11 +84,16 @@ def read_feedback(directory: Path) -> Iterator[FeedbackRecord]:
     if not directory.is_dir():
         raise FileNotFoundError(f"feedback directory not found: {directory}")
     for path in sorted(directory.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}")):
-        with path.open(encoding="utf-8") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield FeedbackRecord.from_json(line)
-                except (ValueError, TypeError) as error:
-                    log.warning("skipping unreadable line %d of %s (%s)", number, path, error)
+        yield from read_feedback_file(path)
+
+
+def read_feedback_file(path: Path) -> Iterator[FeedbackRecord]:
+    """Every parsable record of one feedback file (a torn or foreign line is skipped and logged)."""
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield FeedbackRecord.from_json(line)
+            except (ValueError, TypeError) as error:
+                log.warning("skipping unreadable line %d of %s (%s)", number, path, error)

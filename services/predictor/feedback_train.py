@@ -11,12 +11,11 @@ the length it wants (trace replay with ignore_eos), biased low otherwise.
 from __future__ import annotations
 
 import collections
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.predictor.data import LengthExample, file_sha256
-from services.predictor.feedback_store import FILE_PREFIX, FILE_SUFFIX, read_feedback
+from services.predictor.data import LengthExample, file_sha256, prompt_key
+from services.predictor.feedback_store import FILE_PREFIX, FILE_SUFFIX, FeedbackRecord, read_feedback, read_feedback_file
 
 SERVED_SOURCE_PREFIX = "served:"
 MIN_FEEDBACK_EXAMPLES = 50  # fewer usable records than this cannot train anything meaningful
@@ -36,22 +35,32 @@ def served_generator(served_model: str) -> str:
     return SERVED_SOURCE_PREFIX + (served_model or "default")
 
 
+def feedback_example(record: FeedbackRecord) -> LengthExample:
+    """A record as a training or evaluation example; grouped by normalized prompt text, so the same
+    prompt asked twice ("hi", "continue") never lands on both sides of a train / held-out split."""
+    return LengthExample(
+        prompt_text=record.prompt_text,
+        num_prompt_tokens=max(record.num_prompt_tokens, 0),
+        num_output_tokens=record.num_output_tokens,
+        source=served_generator(record.served_model),
+        group_id=f"feedback:{prompt_key(record.prompt_text)}",
+    )
+
+
+def _usable(record: FeedbackRecord, include_censored: bool) -> bool:
+    return bool(record.prompt_text) and record.num_output_tokens >= 1 and (include_censored or not record.censored)
+
+
+def load_feedback_file(path: Path, *, include_censored: bool) -> list[LengthExample]:
+    """The usable records of one feedback file (evaluation reads a file as data, like a trace)."""
+    return [feedback_example(record) for record in read_feedback_file(path) if _usable(record, include_censored)]
+
+
 def load_feedback_examples(directory: Path, *, include_censored: bool) -> FeedbackExamples:
     """Usable records of a feedback directory; ValueError when fewer than MIN_FEEDBACK_EXAMPLES."""
-    examples = []
-    for record in read_feedback(directory):
-        if (record.censored and not include_censored) or not record.prompt_text or record.num_output_tokens < 1:
-            continue
-        group = hashlib.sha256(record.prompt_text.encode("utf-8")).hexdigest()[:16]
-        examples.append(
-            LengthExample(
-                prompt_text=record.prompt_text,
-                num_prompt_tokens=max(record.num_prompt_tokens, 0),
-                num_output_tokens=record.num_output_tokens,
-                source=served_generator(record.served_model),
-                group_id=f"feedback:{group}",
-            )
-        )
+    examples = [
+        feedback_example(record) for record in read_feedback(directory) if _usable(record, include_censored)
+    ]
     if len(examples) < MIN_FEEDBACK_EXAMPLES:
         raise ValueError(
             f"{directory} has {len(examples)} usable feedback records (uncensored, with prompt text); "
