@@ -49,6 +49,18 @@ INVALID_REQUESTS = {
         gateway_service_pb2.GenerateRequest(prompt_text="", sampling=_sampling(max_tokens=4)),
         "prompt_text, prompt_token_ids and messages are all empty",
     ),
+    "text_and_messages": (
+        gateway_service_pb2.GenerateRequest(
+            prompt_text="hi", messages=[common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="hi")]
+        ),
+        "got prompt_text and messages",
+    ),
+    "chat_without_a_chat_template": (
+        gateway_service_pb2.GenerateRequest(
+            messages=[common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="hi")]
+        ),
+        "has no chat template: send prompt_text instead of messages",
+    ),
     "token_id_out_of_vocab": (
         gateway_service_pb2.GenerateRequest(prompt_token_ids=[1, VOCAB_SIZE]),
         f"prompt_token_ids[1] = {VOCAB_SIZE} is out of range",
