@@ -1,8 +1,9 @@
 """HTTP verdicts: every bad input of the gRPC validation matrix, OpenAI-only checks, and chat.
 
 The matrix is tests/test_gateway_service.py's INVALID_REQUESTS: each GenerateRequest is written as
-the OpenAI body that means the same, sent through HTTP and through gRPC, and both must refuse it
-with the same message (HTTP 400 = INVALID_ARGUMENT) before anything reaches the engine.
+the OpenAI body that means the same (a completion, or a chat for `messages`), sent through HTTP
+and through gRPC, and both must refuse it with the same message (HTTP 400 = INVALID_ARGUMENT)
+before anything reaches the engine. New matrix cases are covered without a change here.
 """
 
 from __future__ import annotations
@@ -14,18 +15,32 @@ import httpx2
 import pytest
 from google.protobuf import json_format
 
-from services.common.contracts import gateway_service_pb2
+from services.common.contracts import common_pb2, gateway_service_pb2
 from tests.gateway_fakes import collect, stack  # noqa: F401 (stack is a fixture)
 from tests.test_gateway_service import INVALID_REQUESTS
 
 pytestmark = pytest.mark.timeout(60)
 # Matrix cases no OpenAI body can express, and why.
-NOT_EXPRESSIBLE = {"both_prompts": "an OpenAI body has one `prompt` field: text and ids cannot both be set"}
+NOT_EXPRESSIBLE = {
+    "both_prompts": "a completions body has one `prompt` field: text and ids cannot both be set",
+    "text_and_messages": "a body is either a completion (prompt) or a chat (messages)",
+}
+CHAT_ROLES = {
+    common_pb2.CHAT_ROLE_SYSTEM: "system", common_pb2.CHAT_ROLE_USER: "user", common_pb2.CHAT_ROLE_ASSISTANT: "assistant",
+}
 
 
-def openai_body(request: gateway_service_pb2.GenerateRequest) -> dict:
-    """The /v1/completions body meaning the same as a GenerateRequest."""
-    body: dict = {"prompt": list(request.prompt_token_ids) or request.prompt_text}
+def openai_request(request: gateway_service_pb2.GenerateRequest) -> tuple[str, dict]:
+    """The OpenAI endpoint and body meaning the same as a GenerateRequest."""
+    if request.messages:
+        messages = [{"role": CHAT_ROLES[m.role], "content": m.content} for m in request.messages]
+        return "/v1/chat/completions", {"messages": messages, **_common_fields(request)}
+    prompt = list(request.prompt_token_ids) or request.prompt_text
+    return "/v1/completions", {"prompt": prompt, **_common_fields(request)}
+
+
+def _common_fields(request: gateway_service_pb2.GenerateRequest) -> dict:
+    body: dict = {}
     sampling = json_format.MessageToDict(request.sampling, preserving_proto_field_name=True)
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"):
         if name in sampling:
@@ -59,7 +74,8 @@ async def test_matrix_case_gets_the_same_verdict_through_http_and_grpc(stack, ca
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await collect(stub.Generate(request, timeout=10))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    response = await _post(stack, "/v1/completions", openai_body(request))
+    path, body = openai_request(request)
+    response = await _post(stack, path, body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["message"] == raised.value.details() and expected_message in error["message"]
