@@ -12,19 +12,19 @@ from services.engine.attention import AttentionMetadata, grouped_attention, page
 from services.engine.kernels.backend import ReferenceAttention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 9, 3, 64, 8, 64
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 9, 3, 64, 8, 256
 # (query tokens this step, context length after it): decodes, a first prefill chunk, a later chunk
 REQUESTS = [(1, 5), (3, 19), (1, 40), (1, 1), (7, 7), (1, 33)]
 
 
-def _step(dtype: torch.dtype, seed: int = 0):
+def _step(dtype: torch.dtype, seed: int = 0, requests=REQUESTS):
     generator = torch.Generator().manual_seed(seed)
     cache = PagedKvCache(KvCacheShape(1, NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), dtype, torch.device("cpu"))
     cache.key_cache[0].copy_(torch.randn(cache.key_cache[0].shape, generator=generator))
     cache.value_cache[0].copy_(torch.randn(cache.value_cache[0].shape, generator=generator))
     permutation = torch.randperm(NUM_BLOCKS, generator=generator)
     tables, starts, next_block = [], [0], 0
-    for num_queries, context_len in REQUESTS:
+    for num_queries, context_len in requests:
         num_blocks = -(-context_len // BLOCK_SIZE)
         tables.append(permutation[next_block : next_block + num_blocks])
         next_block += num_blocks
@@ -34,7 +34,7 @@ def _step(dtype: torch.dtype, seed: int = 0):
         padded[row, : len(table)] = table
     metadata = AttentionMetadata(
         slot_mapping=torch.zeros(starts[-1], dtype=torch.long), query_start_locs=starts,
-        context_lens=[context for _, context in REQUESTS], block_tables=tables,
+        context_lens=[context for _, context in requests], block_tables=tables,
     )
     query = torch.randn(starts[-1], NUM_HEADS, HEAD_DIM, generator=generator).to(dtype)
     return query, cache, metadata, padded
@@ -81,3 +81,16 @@ def test_grouped_attention_reads_kv_head_h_over_group_like_repeat_interleave():
         query, keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1), attn_mask=keep, scale=0.1
     )
     assert torch.allclose(grouped_attention(query, keys, values, keep[None, None], 0.1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_many_decodes_are_gathered_in_length_groups_with_the_same_result(dtype, tolerance):
+    contexts = torch.randint(1, 48, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    requests = [(1, context) for context in contexts] + [(4, 9)]  # 40 decodes (3 groups) and a chunk
+    query, cache, metadata, padded = _step(dtype, seed=2, requests=requests)
+    backend = ReferenceAttention()
+    got = backend.attend(query, cache, 0, backend.prepare(metadata, padded), 0.125).float()
+    expected = paged_attention_reference(
+        query.float(), cache.key_cache[0].float(), cache.value_cache[0].float(), metadata, 0.125
+    )
+    assert torch.allclose(got, expected, atol=tolerance, rtol=tolerance), (got - expected).abs().max()

@@ -96,7 +96,7 @@ def _is_reduced_precision_on_cpu(query: torch.Tensor) -> bool:
     keys: SDPA bf16 ~20x slower than grouped_attention, fp32 SDPA 10x slower; a 512-token chunk over
     1,000 keys: fp32 SDPA (after upcasting) 17 ms, grouped_attention 42 ms. So decodes take
     grouped_attention and prefill chunks fp32 SDPA. In fp32 SDPA is used throughout (the oracle)."""
-    return query.device.type == "cpu" and query.dtype != torch.float32
+    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
 
 
 def grouped_attention(
@@ -174,23 +174,49 @@ def attend_mixed(
     return output
 
 
+MAX_ROWS_PER_GATHER = 8  # decodes gathered together; rows are grouped by context length
+
+
 def decode_attention_reference(
     query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: DecodeBatch, scale: float
 ) -> torch.Tensor:
-    """query [num_decodes, num_heads, head_dim] -> same shape; one SDPA for the whole batch.
+    """query [num_decodes, num_heads, head_dim] -> same shape.
+
+    The KV of a group is gathered padded to the group's longest context, so rows are sorted by
+    context length and gathered MAX_ROWS_PER_GATHER at a time: one long request no longer makes
+    every row of the step copy its length (the gather is most of a CPU decode step).
+    """
+    context_lens = batch.context_lens.tolist()
+    order = sorted(range(len(context_lens)), key=context_lens.__getitem__)
+    if len(order) <= MAX_ROWS_PER_GATHER:
+        return _decode_group(query, key_cache, value_cache, batch.block_tables, batch.context_lens, scale)
+    output = torch.empty_like(query)
+    for start in range(0, len(order), MAX_ROWS_PER_GATHER):
+        rows = torch.tensor(order[start : start + MAX_ROWS_PER_GATHER], device=query.device)
+        output[rows] = _decode_group(
+            query[rows], key_cache, value_cache, batch.block_tables[rows], batch.context_lens[rows], scale
+        )
+    return output
+
+
+def _decode_group(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """One gather and one attention call for the group's rows.
 
         key_cache[block_tables[:, :num_blocks]]  [B, num_blocks, block_size, kv_heads, d]
             -> [B, kv_heads, num_blocks * block_size, d], positions >= context_len masked out
     """
     num_decodes, num_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
-    num_blocks = -(-batch.max_context_len // block_size)
-    tables = batch.block_tables[:, :num_blocks].long()
+    num_blocks = -(-int(context_lens.max()) // block_size)
+    tables = block_tables[:, :num_blocks].long()
     length = num_blocks * block_size
     keys = key_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
     values = value_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
     positions = torch.arange(length, device=query.device)
-    mask = (positions[None, :] < batch.context_lens[:, None].long())[:, None, None, :]  # [B, 1, 1, L]
+    mask = (positions[None, :] < context_lens[:, None].long())[:, None, None, :]  # [B, 1, 1, L]
     if _is_reduced_precision_on_cpu(query):
         return grouped_attention(query[:, :, None, :], keys, values, mask, scale)[:, :, 0, :]
     attended = F.scaled_dot_product_attention(
