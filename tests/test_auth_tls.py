@@ -19,12 +19,16 @@ from services.common.contracts import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     memory_service_pb2,
+    memory_service_pb2_grpc,
 )
 from services.common.errors import Unauthenticated
 from services.common.server import start_server
 from services.common.tls import TlsFiles, channel_credentials
 from services.gateway import app
 from services.gateway.auth import ApiKeys, bearer_token
+from services.common.model_catalog import DUMMY_TINY_MODEL
+from services.engine import app as engine_app
+from services.engine.config import EngineConfig
 from services.engine.kv_offload.memory_client import MemoryClient
 from services.gateway.config import GatewayConfig
 from services.memory import app as memory_app
@@ -224,3 +228,30 @@ def test_tls_flags_and_their_errors(pki, tmp_path):
         TlsFiles(gateway.cert_path, "")
     with pytest.raises(ValueError, match="--tls-ca .* is not a file"):
         TlsFiles(gateway.cert_path, gateway.key_path, str(tmp_path / "missing.pem"))
+
+
+async def test_engine_flags_serve_mutual_tls_and_register_with_memory_over_it(pki):
+    memory_tls = pki["memory"]
+    memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.2, tls=memory_tls))
+    engine_tls = pki["engine"]
+    config = EngineConfig.from_args([
+        "--port", "0", "--model", DUMMY_TINY_MODEL, "--dtype", "float32", "--device", "cpu", "--cpu-threads", "1",
+        "--num-kv-blocks", "64", "--metrics-port", "-1", "--memory-address", memory.address,
+        "--tls-cert", engine_tls.cert_path, "--tls-key", engine_tls.key_path, "--tls-ca", engine_tls.ca_path,
+        "--tls-peer-name", "memory",
+    ])
+    engine = await engine_app.start(config)
+    try:
+        assert await _health(engine.address, channel_credentials(pki["gateway"]))
+        assert not await _health(engine.address, None)
+        async with grpc.aio.secure_channel(memory.address, channel_credentials(pki["gateway"])) as channel:
+            stub = memory_service_pb2_grpc.MemoryServiceStub(channel)
+            for _ in range(50):  # the engine's reporter registers over mutual TLS within a few reports
+                stats = await stub.GetStats(memory_service_pb2.MemoryServiceGetStatsRequest(), timeout=3)
+                if any(usage.engine_id == config.engine_id for usage in stats.engines):
+                    break
+                await asyncio.sleep(0.1)
+        assert any(usage.engine_id == config.engine_id for usage in stats.engines)
+    finally:
+        await engine.stop(0)
+        await memory.stop(0)

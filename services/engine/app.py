@@ -97,7 +97,7 @@ async def start(config: EngineConfig) -> ServiceHandle:
     )
     offloader = None
     if config.memory_address:  # preempted KV is negotiated with the memory service from the first step
-        offloader = KvOffloader(core.runner.cache, MemoryClient(config.memory_address, config.engine_id))
+        offloader = KvOffloader(core.runner.cache, MemoryClient(config.memory_address, config.engine_id, tls=config.tls))
         core.scheduler.eviction = offloader
     metrics = EngineMetrics(info.model_name)
     engine_loop = EngineLoop(core, config.engine_id, on_finish=metrics.on_finish)
@@ -109,6 +109,8 @@ async def start(config: EngineConfig) -> ServiceHandle:
         port=config.port,
         register=lambda server: engine_service_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        tls=config.tls,
+        require_client_cert=config.tls is not None and config.tls.verifies_peers,
     )
     handle = ServiceHandle(running)
     if config.memory_address:
@@ -121,7 +123,8 @@ async def start(config: EngineConfig) -> ServiceHandle:
             block_bytes=cache_shape.block_bytes(dtype),
         )
         reporter = MemoryReporter(
-            config.memory_address, running.address, info.model_name, engine_loop, layout, offloader.attach_region
+            config.memory_address, running.address, info.model_name, engine_loop, layout, offloader.attach_region,
+            tls=config.tls,
         )
         reporter.start()
         handle.on_stop.append(reporter.stop)

@@ -15,6 +15,7 @@ from services.common.metrics_server import (
     metrics_port_from_flag,
 )
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
+from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.engine.model_presets import ARCHITECTURE_PRESETS
 from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES
 
@@ -48,6 +49,7 @@ class EngineConfig:
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9102)
     metrics_port: MetricsPort | None = None
+    tls: TlsFiles | None = None  # TLS of the engine's server and of its channels to the memory service
 
     def __post_init__(self) -> None:
         validate_port(self.port)
@@ -103,6 +105,7 @@ class EngineConfig:
         )
         parser.add_argument("--memory-address", default="", help="memory service host:port")
         add_metrics_port_flag(parser, default_port=ENGINE_METRICS_PORT)
+        add_tls_flags(parser)
         parser.add_argument(
             "--cpu-threads", type=int, default=0,
             help="torch CPU threads (0 = half the cores): more threads than free cores makes OpenMP spin",
@@ -130,4 +133,5 @@ class EngineConfig:
             memory_address=args.memory_address,
             cpu_threads=args.cpu_threads,
             metrics_port=metrics_port_from_flag(args.metrics_port, default_port=ENGINE_METRICS_PORT),
+            tls=tls_from_args(args),
         )
