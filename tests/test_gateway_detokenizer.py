@@ -1,4 +1,4 @@
-"""IncrementalDetokenizer with the default (Mistral SentencePiece) tokenizer: multi-byte characters,
+"""IncrementalDetokenizer with the Mistral SentencePiece and SmolLM2 byte-level BPE tokenizers: multi-byte characters,
 arbitrary chunking, invalid bytes, and a bounded decode window."""
 
 from __future__ import annotations
@@ -123,3 +123,21 @@ def test_decode_window_stays_bounded_over_a_long_output():
     assert "".join(deltas) == expected_text(output_ids)
     assert max(counting.decode_lengths) <= 12
     assert sum(counting.decode_lengths) < 20 * len(output_ids)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_byte_level_bpe_of_the_default_model_streams_whole_characters(text):
+    """SmolLM2's tokenizer (byte-level BPE, tokenizers library): same invariants, any chunking."""
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    prompt_ids = tokenizer.encode("Translate:", add_bos=True)
+    output_ids = tokenizer.encode(text, add_bos=False)
+    expected = tokenizer.decode(prompt_ids + output_ids)[len(tokenizer.decode(prompt_ids)):]
+    rng = random.Random(11)
+    for sizes in ([1] * len(output_ids), [rng.randint(1, 4) for _ in range(len(output_ids))]):
+        detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
+        deltas, start = [], 0
+        for size in sizes:
+            deltas.append(detokenizer.add(output_ids[start : start + size]))
+            start += size
+        deltas.append(detokenizer.flush())
+        assert "".join(deltas) == expected and not any("\ufffd" in delta for delta in deltas)
