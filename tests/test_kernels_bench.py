@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from services.bench import attention_report, attention_sweep
+from services.bench.attention import BenchAttentionConfig
+from services.bench.attention_measure import DecodeShape
 from services.cli.main import main
-from services.engine.kernels import bench_report, bench_sweep
-from services.engine.kernels.bench_attention import BenchAttentionConfig
-from services.engine.kernels.bench_measure import DecodeShape
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -37,7 +37,7 @@ def _config(**overrides) -> BenchAttentionConfig:
 
 
 def test_default_sweep_has_every_point_of_the_issue():
-    points = bench_sweep.shapes(_config())
+    points = attention_sweep.shapes(_config())
     assert len(points) == 6 * 7 * 2 * 2
     assert {(p.num_kv_heads, p.int8_kv) for p in points} == {(8, False), (8, True), (32, False), (32, True)}
     with pytest.raises(ValueError, match="unknown"):
@@ -61,18 +61,18 @@ def test_report_formats_rows_skips_and_plot(tmp_path):
          "achieved_gb_per_s": 2500.0, "share_of_copy_bandwidth": 0.83, "relative_error_vs_sdpa_fp32": 4e-3},
         {"layout": "mha", "kv_dtype": "bf16", "batch": 256, "context_len": 8192, "skipped": "out of GPU memory"},
     ]
-    bench_sweep._cite_bf16_baselines(rows)
+    attention_sweep._cite_bf16_baselines(rows)
     assert rows[0]["speedup_vs_sdpa_gather"] == 4.0 and rows[1]["speedup_vs_sdpa_gather"] == pytest.approx(400 / 55)
     report = {"gpu": {"name": "Test GPU"}, "torch": "x", "cuda": "y", "copy_bandwidth_gb_per_s": 3000.0, "rows": rows}
-    table = bench_report.format_table(report)
+    table = attention_report.format_table(report)
     assert "Test GPU" in table and "3000 GB/s" in table and "skipped: out of GPU memory" in table
     assert " 90.0 " in table.splitlines()[2] and "4.00" in table.splitlines()[2]
-    e2e = bench_report.format_e2e([
+    e2e = attention_report.format_e2e([
         {"system": "alise engine (cuda)", "batch": 64, "output_tokens_per_s": 5000.0, "decode_tokens_per_s": 6000.0,
          "speedup_vs_hf": 12.5, "share_of_roofline": 0.8},
         {"system": "HF generate (static)", "batch": 256, "skipped": "out of GPU memory"},
     ])
     assert "12.5" in e2e and "80.0%" in e2e and "skipped" in e2e
-    plot = bench_report.save_plot(report, tmp_path / "attention.png")
+    plot = attention_report.save_plot(report, tmp_path / "attention.png")
     assert plot is not None and plot.stat().st_size > 1000
     json.dumps(report)  # the report stays JSON-serializable

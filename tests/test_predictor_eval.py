@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from services.predictor import cli  # noqa: E402
+from services.cli import predictor_cmd  # noqa: E402
 from services.predictor.artifact import read_metadata  # noqa: E402
 from services.predictor.config import DEFAULT_MODEL_DIR  # noqa: E402
 from services.predictor.data import SHAREGPT_FILE  # noqa: E402
@@ -24,7 +24,7 @@ def test_eval_on_plain_jsonl_writes_json_and_png(tmp_path, capsys):
     data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     argv = ["eval", "--data", str(data_file), "--out-dir", str(tmp_path / "out"), "--name", "mine",
             "--latency-prompts", "5", "--threads", "1"]
-    assert cli.main(argv) == 0
+    assert predictor_cmd.main(argv) == 0
     printed = capsys.readouterr().out
     assert "baseline_prompt_length" in printed and "latency" in printed
     report = json.loads((tmp_path / "out" / "mine.json").read_text())
@@ -47,7 +47,7 @@ def test_eval_on_plain_jsonl_writes_json_and_png(tmp_path, capsys):
 def test_eval_rejects_a_file_without_the_fields(tmp_path, capsys):
     data_file = tmp_path / "bad.jsonl"
     data_file.write_text('{"text": "hi"}\n')
-    assert cli.main(["eval", "--data", str(data_file), "--out-dir", str(tmp_path)]) == 2
+    assert predictor_cmd.main(["eval", "--data", str(data_file), "--out-dir", str(tmp_path)]) == 2
     assert "unknown record layout" in capsys.readouterr().err
 
 
@@ -55,6 +55,6 @@ def test_eval_rejects_a_file_without_the_fields(tmp_path, capsys):
 def test_eval_on_the_training_file_keeps_only_heldout_groups(tmp_path):
     argv = ["eval", "--data", str(SHARED_DATA_DIR / SHAREGPT_FILE), "--max-examples", "60", "--latency-prompts", "3",
             "--out-dir", str(tmp_path), "--name", "sg", "--threads", "1"]
-    assert cli.main(argv) == 0
+    assert predictor_cmd.main(argv) == 0
     report = json.loads((tmp_path / "sg.json").read_text())
     assert report["files"][0]["heldout_only"] and report["metrics"]["sharegpt"]["model"]["num_examples"] == 60

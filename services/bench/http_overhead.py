@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from services.cli import arg_types, run_info
+from services.common import arg_types, run_info
 from services.cli.bench_measure import summarize_ms
 from services.cli.child import ChildProcess
 from services.cli.stack_plan import ChildSpec

@@ -16,7 +16,7 @@ import math
 import pathlib
 from typing import Any, Mapping
 
-from services.cli import run_info
+from services.common import run_info
 
 
 def jsonable(value: Any) -> Any:

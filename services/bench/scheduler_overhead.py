@@ -21,7 +21,7 @@ import numpy as np
 from services.bench.results import build_report, write_report
 from services.bench.sim.predictions import noisy_oracle_distributions
 from services.bench.sim.sim_request import make_sim_request
-from services.cli import arg_types
+from services.common import arg_types
 from services.engine.block_pool import KvBlockManager
 from services.engine.scheduler import POLICY_NAMES, OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
 

@@ -27,7 +27,7 @@ from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, Serv
 from services.bench.serve_run import run_serve
 from services.bench.sustainable_rate import DEFAULT_BOUND_MULTIPLES
 from services.bench.workload import TRACE_NAMES
-from services.cli import arg_types
+from services.common import arg_types
 
 DEFAULT_OUT = pathlib.Path("runs/bench_serve.json")
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.cli import arg_types, run_info
+from services.common import arg_types, run_info
 from services.cli.bench_replicas_failover import measure_failover
 from services.cli.bench_replicas_workload import (
     EngineSampler,

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from services.cli import arg_types, run_info
+from services.common import arg_types, run_info
 from services.cli.bench_measure import measure_overhead, measure_throughput
 from services.cli.streams import StreamTiming, timed_stream
 from services.common.contracts import (

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.cli import arg_types
+from services.common import arg_types
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.server import GRPC_OPTIONS
 

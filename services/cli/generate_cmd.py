@@ -13,7 +13,7 @@ import asyncio
 import sys
 import uuid
 
-from services.cli import arg_types
+from services.common import arg_types
 from services.cli.streams import StreamTiming, timed_stream
 from services.client import AliseClientError, AsyncAliseClient, ClientTls
 from services.common.contracts import common_pb2, gateway_service_pb2

@@ -42,13 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_predictor_cli(argv: Sequence[str]) -> int:
-    """Forwards argv untouched to services.predictor.cli.main (imported only when asked for)."""
+    """Forwards argv untouched to services.cli.predictor_cmd.main (imported only when asked for)."""
     try:
-        from services.predictor import cli as predictor_cli
+        from services.cli import predictor_cmd
     except ImportError as error:
         print(f"alise predictor: error: the predictor CLI is unavailable ({error})", file=sys.stderr)
         return EXIT_USAGE
-    status = predictor_cli.main(list(argv))
+    status = predictor_cmd.main(list(argv))
     return int(status or 0)
 
 

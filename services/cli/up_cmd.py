@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from services.cli import arg_types
+from services.common import arg_types
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
 from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan

@@ -1,12 +1,13 @@
-"""`alise predictor ...` / `python -m services.predictor.cli ...`: offline commands of the predictor.
+"""`python -m services.predictor.cli ...`: the predictor's own offline commands (also under `alise predictor`).
 
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
           [--finetune-folds 3] [--max-examples N]
-    eval  [--model-dir DIR] [--data FILE ...] [--generator G] [--out-dir DIR] [--name NAME]
-    bench [--model-dir DIR] [--num-requests N] [--concurrency 32] [--out FILE]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
+`alise predictor eval` and `alise predictor bench` measure a model and are benchmarks: they live in
+services/bench (predictor_eval.py, predictor_bench.py) and services/cli/predictor_cmd.py joins them
+with these two, so this package imports nothing outside itself and services.common.
 Serving is `python -m services.predictor` (see __main__.py).
 """
 
@@ -16,14 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.predictor.config import DEFAULT_MODEL_DIR
-from services.predictor.embedding import default_cache_dir
+from services.common.cache_dir import default_cache_dir
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DEFAULT_EVAL_DIR = Path("runs") / "predictor"
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a length model and write it as ONNX + metadata.json")
     train.add_argument("--out", type=Path, required=True, help="output model directory")
     train.add_argument("--seed", type=int, default=0, help="seed of split, subsampling and XGBoost")
@@ -48,35 +47,20 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=2, help="XGBoost and ONNX Runtime threads")
     train.add_argument("--max-trees", type=int, default=600, help="boosting rounds per head")
     train.add_argument("--max-depth", type=int, default=6, help="tree depth")
+    train.set_defaults(handler=_train)
 
 
-def _add_eval(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("eval", help="a model vs both baselines on data files (JSON + PNG)")
-    evaluate.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
-    evaluate.add_argument("--data", type=Path, action="append", default=[],
-                          help="data file (ShareGPT, AlpacaEval or JSONL with prompt and output_tokens); "
-                               "repeatable; default: the model's training files, held-out rows")
-    evaluate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
-    evaluate.add_argument("--generator", default="", help="generator column for plain JSONL rows")
-    evaluate.add_argument("--heldout-only", action="store_true", help="keep only held-out groups of every file")
-    evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
-    evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
-    evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
-    evaluate.add_argument("--name", default="eval", help="file name stem of the JSON and PNG")
-    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the embedding")
-    evaluate.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export-embedding", help="build the cached MiniLM ONNX graphs now")
+    export.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default ~/.cache/alise)")
+    export.set_defaults(handler=_export_embedding)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alise predictor", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_train(commands)
-    _add_eval(commands)
-    from services.predictor.bench import add_bench_parser
-
-    add_bench_parser(commands)
-    export = commands.add_parser("export-embedding", help="build the cached MiniLM ONNX graphs now")
-    export.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default ~/.cache/alise)")
+    add_train_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -116,26 +100,18 @@ def _export_embedding(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `alise predictor`; returns the process exit status."""
-    args = _parser().parse_args(argv)
-    if getattr(args, "cache_dir", None) is None and args.command in ("eval", "bench"):
-        args.cache_dir = default_cache_dir()
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the parsed command's handler; a missing file or a bad value is a usage error (status 2)."""
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "eval":
-            from services.predictor.eval_cmd import run_eval
-
-            return run_eval(args)
-        if args.command == "bench":
-            from services.predictor.bench import run_bench
-
-            return run_bench(args)
-        return _export_embedding(args)
+        return args.handler(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"alise predictor {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m services.predictor.cli`; returns the process exit status."""
+    return run_command(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

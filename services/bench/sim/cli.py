@@ -26,7 +26,7 @@ from services.bench.sim.predictions import constant_distributions, noisy_oracle_
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.workload import TRACE_NAMES, load_trace
-from services.cli import arg_types
+from services.common import arg_types
 from services.engine.scheduler import POLICY_NAMES, StepCostCoefficients
 from services.memory.eviction_policy import KvCodec
 

@@ -6,11 +6,11 @@
     loader.py               builds the extension with nvcc at first use (cached) where torch has CUDA
     ops.py                  Python API: paged_decode_attention, write_kv_to_cache, the split-KV plan
     backend.py              picks the CUDA kernels or the torch reference for the model runner
-    bench_*.py              `alise bench attention`: bandwidth sweep and end-to-end tokens/s (GPU only)
 
 Decode (one query token per sequence) runs in our kernel; prefill chunks use torch's SDPA per
 request through the paged reference (services/engine/attention.py), which stays the CPU path and
 the correctness oracle. Nothing here loads the extension at import time: with a CPU-only torch the
 package imports and the engine uses the reference. tests/kernel_sim runs the same kernel sources on
-CPU (a SIMT emulator), so their logic is tested without a GPU.
+CPU (a SIMT emulator), so their logic is tested without a GPU. Their benchmark, `alise bench attention`
+(bandwidth sweep and end-to-end tokens/s, GPU only), is services/bench/attention*.py.
 """

@@ -32,7 +32,7 @@ import grpc
 import torch
 
 from services.bench.results import build_report, write_report
-from services.cli import arg_types
+from services.common import arg_types
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
 from services.engine.kv_offload.host_transport import (

@@ -5,7 +5,7 @@ heads of 128; GQA-8 = 8 KV heads), and for each point reports the kernel's media
 achieved bandwidth (minimum bytes / time) as a share of the device-to-device copy bandwidth
 measured in the same run, and torch SDPA on dense KV and after gathering the paged KV (bf16
 points; int8 points are compared with the bf16 baselines of the same shape). Then, unless
---skip-e2e, end-to-end tokens/s of a Llama-3-8B-shaped model (bench_e2e.py). Saves JSON and a PNG.
+--skip-e2e, end-to-end tokens/s of a Llama-3-8B-shaped model (attention_e2e.py). Saves JSON and a PNG.
 On a machine without CUDA it prints why and exits with status 1.
 """
 
@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.cli import arg_types, run_info
+from services.common import arg_types, run_info
 
 LAYOUT_KV_HEADS = {"mha": 0, "gqa8": 8}  # kv heads per layout; 0 = as many as query heads
 KV_DTYPES = ("bf16", "int8")
@@ -117,19 +117,19 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"alise bench attention: error: {problem}", file=sys.stderr)
         return EXIT_NO_GPU
-    from services.engine.kernels import bench_report, bench_sweep
+    from services.bench import attention_report, attention_sweep
 
     report = _report_header(config)
-    report.update(bench_sweep.run_sweep(config))
-    print(bench_report.format_table(report))
+    report.update(attention_sweep.run_sweep(config))
+    print(attention_report.format_table(report))
     if config.e2e:
-        from services.engine.kernels import bench_e2e
+        from services.bench import attention_e2e
 
-        report["e2e"] = bench_e2e.run_e2e(config, report["copy_bandwidth_gb_per_s"])
-        print(bench_report.format_e2e(report["e2e"]))
+        report["e2e"] = attention_e2e.run_e2e(config, report["copy_bandwidth_gb_per_s"])
+        print(attention_report.format_e2e(report["e2e"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    plot = bench_report.save_plot(report, args.out.with_suffix(".png"))
+    plot = attention_report.save_plot(report, args.out.with_suffix(".png"))
     print(f"saved {args.out}" + (f" and {plot}" if plot else ""))
     return 0
 

@@ -18,10 +18,33 @@ import numpy as np
 
 from services.predictor import data
 from services.predictor.baselines import Baselines
+from services.predictor.cli import DEFAULT_DATA_DIR
+from services.predictor.config import DEFAULT_MODEL_DIR
 from services.predictor.eval_report import format_table, write_json, write_png
 from services.predictor.evaluate import EvalRows, measure_latency, metrics_by_split, predict_all
 from services.predictor.model import LengthPredictor, PromptInput
 from services.predictor.reload import LoadSettings, PredictorLoader
+
+DEFAULT_EVAL_DIR = Path("runs") / "predictor"
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Registers `eval` under `alise predictor`."""
+    evaluate = commands.add_parser("eval", help="a model vs both baselines on data files (JSON + PNG)")
+    evaluate.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
+    evaluate.add_argument("--data", type=Path, action="append", default=[],
+                          help="data file (ShareGPT, AlpacaEval or JSONL with prompt and output_tokens); "
+                               "repeatable; default: the model's training files, held-out rows")
+    evaluate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
+    evaluate.add_argument("--generator", default="", help="generator column for plain JSONL rows")
+    evaluate.add_argument("--heldout-only", action="store_true", help="keep only held-out groups of every file")
+    evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
+    evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
+    evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
+    evaluate.add_argument("--name", default="eval", help="file name stem of the JSON and PNG")
+    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the embedding")
+    evaluate.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
+    evaluate.set_defaults(handler=run_eval)
 
 
 @dataclass(frozen=True)
@@ -84,7 +107,7 @@ def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) ->
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluates, prints the table, writes JSON and PNG under args.out_dir."""
-    from services.cli.run_info import git_info, machine_info
+    from services.common.run_info import git_info, machine_info
 
     settings = LoadSettings(args.model_dir, args.cache_dir, 1, args.threads, allow_cuda=False)
     predictor = PredictorLoader(settings).load()

@@ -16,7 +16,7 @@ import argparse
 import pathlib
 from dataclasses import dataclass
 
-from services.cli import arg_types
+from services.common import arg_types
 
 FIXED_PROMPTS = (  # used when the ShareGPT file is absent
     "Explain how a paged KV cache lets an inference server batch requests of different lengths.",

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from services.engine.kernels import bench_measure, ops
-from services.engine.kernels.bench_measure import DecodeShape, Timer
+from services.bench import attention_measure
+from services.bench.attention_measure import DecodeShape, Timer
+from services.engine.kernels import ops
 
 GATHER_MEMORY_FACTOR = 1.6  # peak extra memory of gather + SDPA, in dense-KV sizes
 ERROR_CHECK_SEQS = 4  # sequences compared with float32 SDPA per point
@@ -20,7 +21,7 @@ ERROR_CHECK_SEQS = 4  # sequences compared with float32 SDPA per point
 
 def shapes(config) -> list[DecodeShape]:
     """Every point of the sweep, bf16 before int8 so int8 rows can cite the bf16 baselines."""
-    from services.engine.kernels.bench_attention import LAYOUT_KV_HEADS
+    from services.bench.attention import LAYOUT_KV_HEADS
 
     result = []
     for layout in config.layouts:
@@ -38,7 +39,7 @@ def shapes(config) -> list[DecodeShape]:
 def run_sweep(config) -> dict[str, Any]:
     device = torch.device("cuda")
     timer = Timer(device, config.num_warmup, config.num_iters)
-    copy_bytes_per_s = bench_measure.copy_bandwidth_bytes_per_s(device, timer)
+    copy_bytes_per_s = attention_measure.copy_bandwidth_bytes_per_s(device, timer)
     print(f"{torch.cuda.get_device_name(device)}: device-to-device copy {copy_bytes_per_s / 1e9:.0f} GB/s", flush=True)
     rows = []
     for index, shape in enumerate(shapes(config)):
@@ -63,8 +64,8 @@ def _shape_fields(shape: DecodeShape) -> dict[str, Any]:
 
 def measure_shape(shape: DecodeShape, timer: Timer, device, seed: int, baselines: bool, copy_bytes_per_s: float) -> dict:
     """Kernel time and bandwidth share; SDPA dense and SDPA + gather times for bf16 shapes."""
-    inputs = bench_measure.make_inputs(shape, device, seed)
-    kernel_s = timer.median_s(bench_measure.kernel_call(inputs, shape))
+    inputs = attention_measure.make_inputs(shape, device, seed)
+    kernel_s = timer.median_s(attention_measure.kernel_call(inputs, shape))
     plan = ops.plan_splits(shape.batch, shape.num_heads, shape.num_kv_heads, shape.context_len, _num_sms(device))
     achieved = shape.minimum_bytes() / kernel_s
     row = {
@@ -74,7 +75,7 @@ def measure_shape(shape: DecodeShape, timer: Timer, device, seed: int, baselines
         "kernel_us": kernel_s * 1e6,
         "achieved_gb_per_s": achieved / 1e9,
         "share_of_copy_bandwidth": achieved / copy_bytes_per_s,
-        "relative_error_vs_sdpa_fp32": bench_measure.relative_error_vs_sdpa(inputs, shape, ERROR_CHECK_SEQS),
+        "relative_error_vs_sdpa_fp32": attention_measure.relative_error_vs_sdpa(inputs, shape, ERROR_CHECK_SEQS),
     }
     if baselines and not shape.int8_kv:
         row.update(_baselines(inputs, shape, timer))
@@ -90,11 +91,11 @@ def _baselines(inputs, shape: DecodeShape, timer: Timer) -> dict[str, Any]:
     if GATHER_MEMORY_FACTOR * shape.dense_kv_bytes() > free_bytes:
         return {"baseline_skipped": f"needs {GATHER_MEMORY_FACTOR * shape.dense_kv_bytes() / 1e9:.0f} GB free"}
     try:  # SDPA's math fallback expands GQA heads: it may still run out of memory
-        keys, values = bench_measure.gather_dense(inputs, shape)
-        dense_s = timer.median_s(lambda: bench_measure.sdpa(inputs.query, keys, values, shape))
+        keys, values = attention_measure.gather_dense(inputs, shape)
+        dense_s = timer.median_s(lambda: attention_measure.sdpa(inputs.query, keys, values, shape))
         del keys, values
         gather_s = timer.median_s(
-            lambda: bench_measure.sdpa(inputs.query, *bench_measure.gather_dense(inputs, shape), shape)
+            lambda: attention_measure.sdpa(inputs.query, *attention_measure.gather_dense(inputs, shape), shape)
         )
     except torch.cuda.OutOfMemoryError:
         return {"baseline_skipped": "SDPA ran out of GPU memory"}

@@ -1,7 +1,7 @@
 """Where one prediction's time goes, stage by stage, in process (part of `alise predictor bench`).
 
-    round trip (bench.py)  =  gRPC + micro-batcher hop  +  predict (in process)
-    predict                =  tokenize + embedding graph + lexical features + text heads + trees
+    round trip (predictor_bench.py)  =  gRPC + micro-batcher hop  +  predict (in process)
+    predict                          =  tokenize + embedding graph + lexical features + text heads + trees
 
 Each stage runs `num_calls` times in a row on the bench prompt; both wall time (p50) and this
 process's CPU time per call (all threads) are reported, because on a shared machine wall time

@@ -8,7 +8,7 @@ Two phases against one predictor (started in this process on 127.0.0.1 port 0, o
    `--num-requests` calls in all: prompts per second, latency under load, and the mean batch the
    micro-batcher formed (from GetStats);
 3. stages (in-process server only): the same prompt through each stage of `predict` without
-   gRPC (bench_stages.py), so the table shows where a call's time goes.
+   gRPC (predictor_stages.py), so the table shows where a call's time goes.
 
 Prints a table and saves JSON (machine, git commit, config, figures). Asserts nothing.
 """
@@ -38,7 +38,8 @@ _PROMPT = (
 )
 
 
-def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Registers `bench` under `alise predictor`."""
     bench = commands.add_parser("bench", help="latency and throughput of the predictor service (JSON)")
     bench.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model to serve")
     bench.add_argument("--address", default="", help="bench a running predictor instead (host:port)")
@@ -47,6 +48,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--embedding-threads", type=int, default=2, help="in-process server: embedding threads")
     bench.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     bench.add_argument("--out", type=Path, default=Path("runs") / "predictor" / "bench.json", help="JSON output")
+    bench.set_defaults(handler=run_bench)
 
 
 def _request(index: int):
@@ -117,10 +119,9 @@ async def _bench(args: argparse.Namespace, address: str) -> dict:
 
 
 async def _bench_in_process(args: argparse.Namespace) -> dict:
+    from services.bench.predictor_stages import measure_stages
     from services.predictor import app
     from services.predictor.config import PredictorConfig
-
-    from services.predictor.bench_stages import measure_stages
 
     config = PredictorConfig(port=0, model_dir=args.model_dir, cache_dir=args.cache_dir,
                              embedding_threads=args.embedding_threads, reload_poll_interval_s=0)
@@ -138,7 +139,7 @@ async def _bench_in_process(args: argparse.Namespace) -> dict:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Runs both phases, prints the figures, writes the JSON."""
-    from services.cli.run_info import git_info, machine_info
+    from services.common.run_info import git_info, machine_info
 
     load_before = os.getloadavg()[0]  # a shared machine: other work inflates latency
     figures = asyncio.run(_bench(args, args.address) if args.address else _bench_in_process(args))
@@ -152,7 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
           f"p50 {throughput['p50_ms']} ms  p99 {throughput['p99_ms']} ms  "
           f"mean batch {throughput['mean_batch_prompts']} prompts")
     if "stages" in figures:
-        from services.predictor.bench_stages import format_stages
+        from services.bench.predictor_stages import format_stages
 
         print("stages of one call, in process (no gRPC):")
         print("\n".join(format_stages(figures["stages"], latency)))
