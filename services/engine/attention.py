@@ -6,8 +6,9 @@ through its block table, positions [0, context_len). Query i may attend to key p
 <= its own position (causal), which covers prefill chunks and single-token decodes alike.
 
 `paged_attention_reference` runs one SDPA per request (the oracle). `decode_attention_reference`
-runs all single-token requests of a step in one SDPA over their gathered, padded KV (masked past
-each context): on CPU a step of 16 decodes spends ~3x less in attention than one call per request.
+runs the single-token requests of a step together over their gathered, padded KV (masked past
+each context), in groups sorted by context length: on CPU a step of 16 decodes spends ~3x less in
+attention than one call per request.
 """
 
 from __future__ import annotations

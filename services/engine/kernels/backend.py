@@ -1,8 +1,9 @@
 """Chooses the engine's attention implementation and runs it for the model runner.
 
-    torch-reference  the step's decodes in one SDPA over their gathered paged KV, prefill chunks
-                     one SDPA per request (attention.py); the CPU path, used wherever the CUDA
-                     kernels cannot run (paged_attention_reference stays the per-request oracle)
+    torch-reference  the step's decodes batched over their gathered paged KV (in groups sorted by
+                     context length), prefill chunks one SDPA per request (attention.py); the CPU
+                     path, used wherever the CUDA kernels cannot run (paged_attention_reference
+                     stays the per-request oracle)
     cuda             our decode kernel for the step's single-token requests, SDPA per request
                      (attention.attend_request) for prefill chunks; our cache-write kernel
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class AttentionBackendKind(enum.Enum):
-    TORCH_REFERENCE = "torch-reference"  # torch SDPA over the gathered paged KV (decodes batched)
+    TORCH_REFERENCE = "torch-reference"  # torch over the gathered paged KV (decodes batched)
     CUDA = "cuda"  # our paged decode kernel (+ SDPA for prefill chunks)
 
 
@@ -64,7 +65,7 @@ def choose_backend(
 
 
 class ReferenceAttention:
-    """Torch everywhere: the cache's own index_put write, decodes batched in one SDPA, prefill per request."""
+    """Torch everywhere: the cache's own index_put write, decodes batched, prefill chunks per request."""
 
     kind = AttentionBackendKind.TORCH_REFERENCE
 
