@@ -104,13 +104,13 @@ def test_generate_reports_grpc_errors_with_status(fake_stack, capsys):
     address, _, _ = fake_stack
     status = cli_main.main(["generate", "bad", "--address", address])
     assert status == 1
-    assert capsys.readouterr().err.strip() == "error: INVALID_ARGUMENT: prompt is not acceptable"
+    assert capsys.readouterr().err.strip() == "alise generate: error: INVALID_ARGUMENT: prompt is not acceptable"
 
 
 def test_generate_reports_an_unreachable_gateway(capsys):
     status = cli_main.main(["generate", "hi", "--address", "127.0.0.1:1", "--timeout-s", "2"])
     assert status == 1
-    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
+    assert capsys.readouterr().err.startswith("alise generate: error: UNAVAILABLE: ")
 
 
 def test_bench_stack_measures_both_paths_and_saves_json(fake_stack, tmp_path, capsys):

@@ -221,7 +221,7 @@ def test_child_failing_at_startup_aborts_with_its_log_and_stops_the_others(start
     stack = start_stack(extra={"engine": ["--fail-at-start"]}, with_predictor=False)
     returncode, out, err = stack.finish()
     assert returncode == 1
-    assert "error: engine exited while starting with status 3" in err
+    assert "alise up: error: engine exited while starting with status 3" in err
     assert "cannot load model weights" in err
     assert "gateway" not in stack.pids and "memory" in stack.pids
     assert _wait_all_gone(stack.pids.values(), timeout_s=0.5) == []
@@ -232,7 +232,7 @@ def test_child_dying_later_stops_the_stack_with_nonzero_status(start_stack):
     stack.read_until("alise up:")
     returncode, out, err = stack.finish()
     assert returncode == 1
-    assert "error: memory exited unexpectedly with status 4" in err
+    assert "alise up: error: memory exited unexpectedly with status 4" in err
     assert _wait_all_gone(stack.pids.values(), timeout_s=0.5) == []
 
 

@@ -15,11 +15,11 @@ import argparse
 import datetime
 import json
 import pathlib
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from services.common import arg_types, run_info
+from services.common.cli_errors import print_error
 
 LAYOUT_KV_HEADS = {"mha": 0, "gqa8": 8}  # kv heads per layout; 0 = as many as query heads
 KV_DTYPES = ("bf16", "int8")
@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"alise bench attention: error: {error}", file=sys.stderr)
+        print_error("alise bench attention", str(error))
         return 2
     problem = gpu_problem()
     if problem is not None:
-        print(f"alise bench attention: error: {problem}", file=sys.stderr)
+        print_error("alise bench attention", problem)
         return EXIT_NO_GPU
     from services.bench import attention_report, attention_sweep
 

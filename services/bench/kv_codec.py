@@ -17,6 +17,7 @@ import pathlib
 from dataclasses import dataclass
 
 from services.common import arg_types
+from services.common.cli_errors import print_error
 
 FIXED_PROMPTS = (  # used when the ShareGPT file is absent
     "Explain how a paged KV cache lets an inference server batch requests of different lengths.",
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         )
         figures = measure(config)
     except ValueError as error:  # bad settings (e.g. a group size that does not divide head_dim)
-        print(f"alise bench kv-codec: error: {error}")
+        print_error("alise bench kv-codec", str(error))
         return 2
     _print(figures)
     path = write_report(args.out, build_report("kv_codec", config, figures))

@@ -33,6 +33,7 @@ import torch
 
 from services.bench.results import build_report, write_report
 from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
 from services.engine.kv_offload.host_transport import (
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sizes = tuple(arg_types.positive_int(text) for text in args.sizes_mib.split(",") if text)
     except argparse.ArgumentTypeError as error:
-        print(f"alise bench kv-transfer: error: --sizes-mib: {error}")
+        print_error("alise bench kv-transfer", f"--sizes-mib: {error}")
         return 2
     config = TransferConfig(sizes, args.num_repeats, args.num_warmup, args.slot_bytes)
     load_before = os.getloadavg()

@@ -22,6 +22,7 @@ from services.bench.results import build_report, write_report
 from services.bench.sim.predictions import noisy_oracle_distributions
 from services.bench.sim.sim_request import make_sim_request
 from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.engine.block_pool import KvBlockManager
 from services.engine.scheduler import POLICY_NAMES, OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     policies = tuple(name for name in args.policies.split(",") if name)
     unknown = sorted(set(policies) - set(POLICY_NAMES))
     if unknown:
-        print(f"alise bench scheduler: error: unknown policies {unknown}; known: {list(POLICY_NAMES)}")
+        print_error("alise bench scheduler", f"unknown policies {unknown}; known: {list(POLICY_NAMES)}")
         return 2
     config = OverheadConfig(
         args.num_running, args.num_waiting, args.num_steps, args.num_warmup_steps,

@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.common import arg_types, run_info
 from services.cli.bench_replicas_failover import measure_failover
 from services.cli.bench_replicas_workload import (
     EngineSampler,
@@ -36,6 +35,8 @@ from services.cli.bench_replicas_workload import (
     replay,
 )
 from services.cli.replica_fleet import SMALL_ENGINE_ARGS, SMALL_PREDICTOR_ARGS, FleetConfig, ReplicaFleet
+from services.common import arg_types, run_info
+from services.common.cli_errors import print_error
 from services.gateway import app as gateway_app
 from services.gateway.config import GatewayConfig
 
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"bench replicas: error: {error}", file=sys.stderr)
+        print_error("alise bench replicas", str(error))
         return 2
     report = asyncio.run(run_benchmark(config, skip_failover=args.skip_failover))
     print(format_report(report))

@@ -23,9 +23,10 @@ from typing import Any
 
 import grpc
 
-from services.common import arg_types, run_info
 from services.cli.bench_measure import measure_overhead, measure_throughput
 from services.cli.streams import StreamTiming, timed_stream
+from services.common import arg_types, run_info
+from services.common.cli_errors import print_error
 from services.common.contracts import (
     common_pb2,
     engine_service_pb2,
@@ -238,12 +239,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"alise bench stack: error: {error}", file=sys.stderr)
+        print_error("alise bench stack", str(error))
         return 2
     try:
         report = asyncio.run(run_benchmark(config))
     except grpc.aio.AioRpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        print_error("alise bench stack", f"{error.code().name}: {error.details()}")
         return 1
     print(format_overhead(report["gateway_overhead"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

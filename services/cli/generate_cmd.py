@@ -3,7 +3,7 @@
 Text deltas go to stdout as they arrive (flushed per message), so the command pipes like `cat`;
 the one-line summary goes to stderr so it never mixes into the text. It calls the gateway through
 services.client (API key, TLS, retries only on UNAVAILABLE before any token); a failed call prints
-`error: <STATUS>: <message>` and exits 1.
+`alise generate: error: <STATUS>: <message>` (services/common/cli_errors.py) and exits 1.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import asyncio
 import sys
 import uuid
 
-from services.common import arg_types
 from services.cli.streams import StreamTiming, timed_stream
 from services.client import AliseClientError, AsyncAliseClient, ClientTls
+from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.common.contracts import common_pb2, gateway_service_pb2
 
 EXIT_RPC_ERROR = 1
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         timing = asyncio.run(_generate(args, prompt, writer))
     except AliseClientError as error:
         writer.end_line()
-        print(f"error: {error.code.name}: {error.details}", file=sys.stderr)
+        print_error("alise generate", f"{error.code.name}: {error.details}")
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         writer.end_line()

@@ -26,6 +26,7 @@ from services.cli.stack_plan import ChildSpec
 from services.common.health import wait_until_serving
 
 T = TypeVar("T")
+PROG = "alise up"  # prefix of its error lines: `alise up: error: ...` (services/common/cli_errors.py)
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -67,7 +68,7 @@ class StackLauncher:
             self._report_exit(error, "while starting")
             return EXIT_FAILED
         except TimeoutError as error:
-            self._say(f"error: {error}; see {self._settings.log_dir}", err=True)
+            self._say(f"{PROG}: error: {error}; see {self._settings.log_dir}", err=True)
             return EXIT_FAILED
         finally:
             await self._stop_all()
@@ -159,7 +160,8 @@ class StackLauncher:
     def _report_exit(self, error: ChildExited, when: str) -> None:
         log_path = self._settings.log_dir / f"{error.name}.log"
         self._say(
-            f"error: {error.name} exited {when} with status {error.returncode}; last lines of {log_path}:", err=True
+            f"{PROG}: error: {error.name} exited {when} with status {error.returncode}; last lines of {log_path}:",
+            err=True,
         )
         for line in (error.log_tail or "(empty log)").splitlines():
             self._say(f"  | {line}", err=True)

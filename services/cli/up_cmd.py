@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import sys
 import tempfile
 import time
 
-from services.common import arg_types
-from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
 from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
+from services.common import arg_types
+from services.common.cli_errors import print_error
+from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"alise up: error: {error}", file=sys.stderr)
+        print_error("alise up", str(error))
         return 2
     log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix="alise-up-"))
     settings = LaunchSettings(

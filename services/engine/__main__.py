@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from services.common.cli_errors import print_error
 from services.common.logging_setup import configure_logging
 from services.common.server import run_until_signal
 from services.engine.app import start
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineConfig.from_args(argv)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error("python -m services.engine", str(error))
         return 2
     configure_logging(config.log_level, "engine")
     asyncio.run(_main(config))

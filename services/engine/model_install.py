@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from services.common.cache_dir import default_cache_dir
+from services.common.cli_errors import print_error
 from services.common.model_catalog import CATALOG, DEFAULT_MODEL, CatalogModel
 from services.common.model_manifest import ModelFilesError, sha256_file, verify_model_dir, write_manifest
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_installed(CATALOG[args.model], args.cache_dir, progress=lambda line: print(line, flush=True))
     except (ModelFilesError, subprocess.CalledProcessError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(parser.prog, str(error))
         return 1
     return 0
 

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from typing import Sequence
 
+from services.common.cli_errors import print_error
 from services.common.logging_setup import configure_logging
 from services.common.server import run_until_signal
 from services.predictor import app
@@ -21,13 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = PredictorConfig.from_args(argv)
     except ValueError as error:
-        print(f"python -m services.predictor: error: {error}", file=sys.stderr)
+        print_error("python -m services.predictor", str(error))
         return 2
     configure_logging(config.log_level, "predictor")
     try:
         asyncio.run(_serve(config))
     except (FileNotFoundError, ValueError) as error:  # missing or incompatible model directory
-        print(f"python -m services.predictor: error: {error}", file=sys.stderr)
+        print_error("python -m services.predictor", str(error))
         return 2
     return 0
 

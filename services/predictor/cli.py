@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from services.common.cache_dir import default_cache_dir
+from services.common.cli_errors import print_error
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -105,7 +106,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except (FileNotFoundError, ValueError) as error:
-        print(f"alise predictor {args.command}: error: {error}", file=sys.stderr)
+        print_error(f"alise predictor {args.command}", str(error))
         return 2
 
 

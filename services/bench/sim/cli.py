@@ -27,6 +27,7 @@ from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.workload import TRACE_NAMES, load_trace
 from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.engine.scheduler import POLICY_NAMES, StepCostCoefficients
 from services.memory.eviction_policy import KvCodec
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed, modes, offload)
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
     except (ValueError, FileNotFoundError) as error:
-        print(f"alise bench sim: error: {error}")
+        print_error("alise bench sim", str(error))
         return 2
     predictions, reached_tau = _predictions(args, trace)
     shape = EngineShape(args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s)
