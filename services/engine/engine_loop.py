@@ -12,6 +12,7 @@ The engine thread sleeps on the inbox while there is no work, so an idle engine 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import queue
 import threading
@@ -26,6 +27,24 @@ from services.engine.stats import EngineSnapshot, take_snapshot
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5  # how long the idle engine thread sleeps on the inbox between checks
+
+
+class InboxCommand(enum.Enum):
+    """What the asyncio side asks of the engine thread."""
+
+    ADD = "add"  # schedule `request`; its events go to `events`
+    ABORT = "abort"  # abort `request_id` (its handler gets a final ABORTED event)
+    WAKE = "wake"  # nothing to apply: ends the idle thread's wait on the inbox so it sees stop() at once
+
+
+@dataclass(frozen=True)
+class InboxMessage:
+    """One command on the inbox; the fields its command does not use stay at their defaults."""
+
+    command: InboxCommand
+    request: Request | None = None  # ADD
+    events: asyncio.Queue | None = None  # ADD: the request's event queue (asyncio side)
+    request_id: str = ""  # ABORT
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,7 @@ class EngineLoop:
         self.core = core
         self.engine_id = engine_id
         self._on_finish = on_finish
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[InboxMessage] = queue.SimpleQueue()
         self._sinks: dict[str, asyncio.Queue] = {}  # engine-thread side: where events go
         self._requests: dict[str, Request] = {}  # engine-thread side: live requests
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,18 +94,18 @@ class EngineLoop:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Aborts every live request and joins the thread."""
         self._stopping.set()
-        self._inbox.put(("wake", None, None))
+        self._inbox.put(InboxMessage(InboxCommand.WAKE))
         self._thread.join(timeout_s)
 
     def submit(self, request: Request) -> asyncio.Queue:
         """Queues a request (from the asyncio thread); returns the queue its events arrive on."""
         events: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(("add", request, events))
+        self._inbox.put(InboxMessage(InboxCommand.ADD, request=request, events=events))
         return events
 
     def abort(self, request_id: str) -> None:
         """Asks the engine thread to abort a request; its handler gets a final ABORTED event."""
-        self._inbox.put(("abort", request_id, None))
+        self._inbox.put(InboxMessage(InboxCommand.ABORT, request_id=request_id))
 
     # -- engine thread ----------------------------------------------------------------------
 
@@ -109,24 +128,29 @@ class EngineLoop:
 
     def _drain_inbox(self, *, block: bool) -> None:
         try:
-            command = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
+            message = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
         while True:
-            self._apply(*command)
+            self._apply(message)
             try:
-                command = self._inbox.get_nowait()
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 break
         self.snapshot = take_snapshot(self.core, self.engine_id)  # once per burst: it is O(requests)
 
-    def _apply(self, kind: str, payload, events: asyncio.Queue | None) -> None:
-        if kind == "add":
-            self._sinks[payload.request_id] = events
-            self._requests[payload.request_id] = payload
-            self.core.add(payload)
-        elif kind == "abort":
-            self._abort_now(payload)
+    def _apply(self, message: InboxMessage) -> None:
+        if message.command is InboxCommand.ADD:
+            request = message.request
+            self._sinks[request.request_id] = message.events
+            self._requests[request.request_id] = request
+            self.core.add(request)
+        elif message.command is InboxCommand.ABORT:
+            self._abort_now(message.request_id)
+        elif message.command is InboxCommand.WAKE:
+            return  # taking it off the inbox was the point: _run checks _stopping next
+        else:
+            raise ValueError(f"unknown engine inbox command {message.command!r}")
 
     def _abort_now(self, request_id: str) -> None:
         if self.core.abort(request_id) is not None:
