@@ -9,7 +9,7 @@ from typing import Sequence
 from services.common.flags import add_server_flags, validate_port
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.gateway.replica_discovery import parse_targets
-from services.gateway.routing import ROUTING_POLICIES
+from services.gateway.routing import ROUTING_POLICIES, RoutingPolicy
 
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8000
@@ -35,7 +35,7 @@ class GatewayConfig:
     port: int = DEFAULT_PORT  # TCP port (0 = the OS picks one)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     drain_seconds: float = 5.0  # on SIGTERM, how long in-flight calls may finish
-    engine_routing: str = "least-work"  # a RoutingPolicy value: least-work or round-robin
+    engine_routing: RoutingPolicy = RoutingPolicy.LEAST_WORK  # how a request picks its replica (its value works too)
     discovery_interval_s: float = 5.0  # between two DNS lookups of the peer names (finds added/removed replicas)
     health_check_interval_s: float = 0.5  # between two health checks (and stats polls) of one replica
     health_check_timeout_s: float = 1.0  # deadline of one health check; silence counts as a failure
@@ -92,6 +92,7 @@ class GatewayConfig:
     def _validate_replica_settings(self) -> None:
         if self.engine_routing not in ROUTING_POLICIES:
             raise ValueError(f"engine_routing must be one of {ROUTING_POLICIES}, got {self.engine_routing!r}")
+        object.__setattr__(self, "engine_routing", RoutingPolicy(self.engine_routing))  # "round-robin" -> member
         for name in ("discovery_interval_s", "health_check_interval_s", "health_check_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -178,7 +179,7 @@ _REPLICA_FIELDS = (
 
 def _add_replica_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of replica discovery, health checking and routing (dest names = _REPLICA_FIELDS)."""
-    parser.add_argument("--engine-routing", default="least-work", choices=ROUTING_POLICIES)
+    parser.add_argument("--engine-routing", default=RoutingPolicy.LEAST_WORK.value, choices=ROUTING_POLICIES)
     parser.add_argument("--discovery-interval-s", type=float, default=5.0, help="DNS re-resolve period")
     parser.add_argument("--health-check-interval-s", type=float, default=0.5)
     parser.add_argument("--health-check-timeout-s", type=float, default=1.0)

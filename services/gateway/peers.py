@@ -15,7 +15,6 @@ from services.gateway.engine_pool import EnginePool, EnginePoolSettings
 from services.gateway.engine_replica import ChannelFactory
 from services.gateway.predictor_pool import PredictorPool
 from services.gateway.replica_health import HealthSettings
-from services.gateway.routing import RoutingPolicy
 
 
 @dataclass
@@ -51,7 +50,7 @@ def build_peers(config: GatewayConfig, make_channel: ChannelFactory) -> GatewayP
     engines = EnginePool(
         EnginePoolSettings(
             spec=config.engine_address,
-            policy=RoutingPolicy(config.engine_routing),
+            policy=config.engine_routing,
             health=health,
             discovery_interval_s=config.discovery_interval_s,
             max_attempts=config.max_engine_attempts,

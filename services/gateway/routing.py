@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
-class RoutingPolicy(str, enum.Enum):
+class RoutingPolicy(enum.StrEnum):
+    """How a request picks its engine replica; the values are the --engine-routing choices."""
+
     LEAST_WORK = "least-work"
     ROUND_ROBIN = "round-robin"
 
 
-ROUTING_POLICIES = tuple(policy.value for policy in RoutingPolicy)
+ROUTING_POLICIES = tuple(policy.value for policy in RoutingPolicy)  # argparse choices, in declaration order
 # Two work figures closer than this are a tie (float noise of a sum of rates), seconds.
 WORK_TIE_S = 1e-9
 
