@@ -42,6 +42,7 @@ class FakeEngine(engine_service_pb2_grpc.EngineServiceServicer):
         self.ids_per_message = 1  # ids per streamed message
         self.message_delay_s = 0.0  # sleep before each message
         self.finish_reason = common_pb2.FINISH_REASON_EOS
+        self.eos_token_id: int | None = 2  # None: a model without EOS (GetModelInfo leaves the field unset)
         self.abort_status: tuple[grpc.StatusCode, str] | None = None  # abort Generate with this
         self.requests: list[engine_service_pb2.EngineServiceGenerateRequest] = []
         self.time_remaining_s: list[float | None] = []  # the deadline each call arrived with
@@ -73,7 +74,7 @@ class FakeEngine(engine_service_pb2_grpc.EngineServiceServicer):
             model_name="fake-llama",
             max_context_tokens=MAX_CONTEXT_TOKENS,
             vocab_size=VOCAB_SIZE,
-            eos_token_id=2,
+            eos_token_id=self.eos_token_id,
             tokenizer="default",
         )
 

@@ -11,6 +11,7 @@ from services.common.contracts import common_pb2, engine_service_pb2, engine_ser
 from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.app import start
 from services.engine.config import EngineConfig
+from services.engine.servicer import EngineServicer, ServedModelInfo
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 NUM_KV_BLOCKS = 100  # 1,600 token positions: less than the 2,048-token context
@@ -125,6 +126,7 @@ async def test_abort_ends_the_stream_as_aborted(engine):
 async def test_model_info_and_stats(engine):
     info = await engine.GetModelInfo(engine_service_pb2.EngineServiceGetModelInfoRequest())
     assert (info.vocab_size, info.max_context_tokens, info.eos_token_id, info.tokenizer) == (32000, 2048, 2, "default")
+    assert info.HasField("eos_token_id")
     stats = await engine.GetStats(engine_service_pb2.EngineServiceGetStatsRequest())
     assert stats.num_kv_blocks_total == NUM_KV_BLOCKS and stats.scheduler_policy == "alise"
     assert stats.num_kv_blocks_used + stats.num_kv_blocks_free == NUM_KV_BLOCKS
@@ -157,3 +159,11 @@ async def test_200_streams_cancelled_at_random_points_free_every_kv_block(engine
     after = await _wait_for_free_blocks(engine)
     assert after.num_kv_blocks_free == NUM_KV_BLOCKS, after
     assert after.num_running == after.num_waiting == 0
+
+
+async def test_model_info_of_a_model_without_eos_leaves_the_field_unset():
+    info = ServedModelInfo("no-eos", "default", max_model_len=128, vocab_size=1000, eos_token_id=None)
+    reply = await EngineServicer(None, info, max_live_requests=1).GetModelInfo(
+        engine_service_pb2.EngineServiceGetModelInfoRequest(), None
+    )
+    assert not reply.HasField("eos_token_id") and reply.vocab_size == 1000  # 0 would be a real token id

@@ -199,7 +199,16 @@ async def test_get_model_info_comes_from_the_engine(stack):
     stub = await stack.start()
     info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=10)
     assert (info.model_name, info.max_context_tokens, info.vocab_size) == ("fake-llama", 64, VOCAB_SIZE)
-    assert (info.eos_token_id, info.max_stop_strings) == (2, 16)
+    assert info.HasField("eos_token_id") and (info.eos_token_id, info.max_stop_strings) == (2, 16)
+
+
+async def test_a_model_without_eos_is_reported_without_one_and_still_served(stack):
+    stack.engine.eos_token_id = None
+    stub = await stack.start()
+    info = await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), timeout=10)
+    assert not info.HasField("eos_token_id") and info.vocab_size == VOCAB_SIZE  # not 0, a real token id
+    responses = await collect(stub.Generate(text_request(), timeout=10))
+    assert [i for r in responses for i in r.token_ids] == stack.engine.output_ids
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -27,7 +27,7 @@ class ServedModelInfo:
     tokenizer: str
     max_model_len: int  # prompt + output tokens at most
     vocab_size: int
-    eos_token_id: int | None
+    eos_token_id: int | None  # None: the model has no end-of-sequence token (GetModelInfo leaves it unset)
     has_chat_template: bool = False  # the tokenizer renders chat messages
 
 
@@ -129,7 +129,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             model_name=info.model_name,
             max_context_tokens=info.max_model_len,
             vocab_size=info.vocab_size,
-            eos_token_id=info.eos_token_id if info.eos_token_id is not None else 0,
+            eos_token_id=info.eos_token_id,  # None leaves the optional field unset, never a made-up id
             tokenizer=info.tokenizer,
             has_chat_template=info.has_chat_template,
         )

@@ -55,7 +55,7 @@ class EngineClient:
             model_name=reply.model_name,
             max_context_tokens=reply.max_context_tokens,
             vocab_size=reply.vocab_size,
-            eos_token_id=reply.eos_token_id,
+            eos_token_id=reply.eos_token_id if reply.HasField("eos_token_id") else None,
             tokenizer_spec=reply.tokenizer,
         )
 

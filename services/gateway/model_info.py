@@ -28,7 +28,7 @@ class ModelInfo:
     model_name: str  # name of the loaded model, also sent to the predictor
     max_context_tokens: int  # prompt + output tokens per request, at most
     vocab_size: int  # valid token ids are [0, vocab_size)
-    eos_token_id: int  # id that ends a sequence
+    eos_token_id: int | None  # id that ends a sequence; None when the model has none
     tokenizer_spec: str  # what the engine says the gateway should load (a catalog name, "default", a directory)
 
 

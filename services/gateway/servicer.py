@@ -43,7 +43,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             model_name=info.model_name,
             max_context_tokens=info.max_context_tokens,
             vocab_size=info.vocab_size,
-            eos_token_id=info.eos_token_id,
+            eos_token_id=info.eos_token_id,  # None leaves it unset: the model has no EOS
             max_stop_strings=self._max_stop_strings,
             tokenizer=served.tokenizer.name,
             has_chat_template=served.tokenizer.chat_template is not None,
