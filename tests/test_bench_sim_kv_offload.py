@@ -309,4 +309,6 @@ def test_cli_rejects_an_unknown_offload_mode(capsys):
     sim_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["sim", "--kv-offload", "recompute,teleport"])
     assert args.handler(args) == 2
-    assert "teleport" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.err.startswith("alise bench sim: error: unknown KV offload modes ['teleport']")
+    assert captured.out == ""  # errors go to stderr (services/common/cli_errors.py)
