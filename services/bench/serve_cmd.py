@@ -25,6 +25,7 @@ import grpc
 from services.bench import plots, results, serve_report
 from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
 from services.bench.serve_run import run_serve
+from services.common.cli_errors import print_error
 from services.bench.sustainable_rate import DEFAULT_BOUND_MULTIPLES
 from services.bench.workload import TRACE_NAMES
 from services.common import arg_types
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"alise bench serve: error: {error}", file=sys.stderr)
+        print_error("alise bench serve", str(error))
         return 2
     if config.num_requests < 2000:
         print(f"note: {config.num_requests} requests per rate; DESIGN.md asks >= 2,000 for sustainable-rate claims",
@@ -141,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
             run_serve(config, log_dir, lambda policy, run_: print(serve_report.format_run(policy, run_), flush=True))
         )
     except grpc.aio.AioRpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        print_error("alise bench serve", f"{error.code().name}: {error.details()}")
         return 1
     except (RuntimeError, ValueError, FileNotFoundError) as error:
-        print(f"alise bench serve: error: {error}", file=sys.stderr)
+        print_error("alise bench serve", str(error))
         return 1
     sustainable = serve_report.sustainable_table(outcome, config)
     print(serve_report.format_sustainable(sustainable))

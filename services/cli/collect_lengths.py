@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.server import GRPC_OPTIONS
 
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         prompts = load_prompts(args)
     except (FileNotFoundError, ValueError) as error:
-        print(f"collect-lengths: error: {error}", file=sys.stderr)
+        print_error("alise collect-lengths", str(error))
         return 2
     answered, failed = asyncio.run(collect(args, prompts))
     return 0 if answered and not failed else 1
