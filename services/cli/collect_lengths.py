@@ -54,6 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="stop sending new prompts after this long")
     parser.add_argument("--max-prompt-chars", type=arg_types.positive_int, default=4000)
     parser.add_argument("--seed", type=int, default=0, help="which prompts, and the requests' seeds")
+    parser.add_argument("--reverse", action="store_true",
+                        help="answer the list from its end: a second collector on another stack covers the same "
+                             "prompts without overlap until the two meet")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="JSONL of answered prompts")
     parser.add_argument("--data-dir", type=pathlib.Path, default=None, help="shared data (default ../shared/data)")
     parser.set_defaults(handler=run)
@@ -103,6 +106,8 @@ async def collect(args: argparse.Namespace, prompts: list[Prompt]) -> tuple[int,
     started = time.monotonic()
     deadline = started + args.max_duration_s
     queue = list(enumerate(prompts))
+    if args.reverse:
+        queue.reverse()
     counts = {"answered": 0, "failed": 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     async with grpc.aio.insecure_channel(args.address, options=GRPC_OPTIONS) as channel:
