@@ -115,6 +115,7 @@ async def test_leaving_the_stream_early_cancels_the_generation(stack):
         async for _ in client.generate("Say hello"):
             break
     await asyncio.wait_for(stack.engine.cancelled.wait(), timeout=5)
+    assert stack.engine.cancelled.is_set()
 
 
 async def test_api_key_and_tls(tmp_path):

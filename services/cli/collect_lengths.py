@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import pathlib
 import sys
@@ -105,9 +106,7 @@ async def collect(args: argparse.Namespace, prompts: list[Prompt]) -> tuple[int,
     """Answers prompts until all are done or the time is up; returns (answered, failed)."""
     started = time.monotonic()
     deadline = started + args.max_duration_s
-    queue = list(enumerate(prompts))
-    if args.reverse:
-        queue.reverse()
+    queue = collections.deque(reversed(list(enumerate(prompts))) if args.reverse else enumerate(prompts))
     counts = {"answered": 0, "failed": 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     async with grpc.aio.insecure_channel(args.address, options=GRPC_OPTIONS) as channel:
@@ -116,7 +115,7 @@ async def collect(args: argparse.Namespace, prompts: list[Prompt]) -> tuple[int,
 
             async def worker() -> None:
                 while queue and time.monotonic() < deadline:
-                    index, prompt = queue.pop(0)
+                    index, prompt = queue.popleft()
                     try:
                         record = await _answer(stub, prompt, _request(prompt, args, index), args.max_duration_s)
                     except grpc.aio.AioRpcError as error:
