@@ -18,7 +18,7 @@ from services.common.model_catalog import (
     DUMMY_TINY_MODEL, SENTENCEPIECE_DEFAULT_TOKENIZER, ModelSource, ModelSpec, parse_model_spec,
 )
 from services.common.model_manifest import ModelFilesError, verify_model_dir
-from services.common.tokenizer import load_tokenizer
+from services.common.tokenizer import Tokenizer, load_tokenizer
 from services.engine.model_presets import ARCHITECTURE_PRESETS, preset_config
 
 # Architectures whose decoder layers the model runner knows how to drive over a paged cache.
@@ -44,7 +44,7 @@ def load_model(spec: str, *, dtype: torch.dtype, device: torch.device, seed: int
     """Loads the model a --model value names; ValueError / ModelFilesError say what is wrong."""
     parsed = parse_model_spec(spec, frozenset(ARCHITECTURE_PRESETS))
     if parsed.source in (ModelSource.CATALOG, ModelSource.LOCAL_DIRECTORY):
-        model, tokenizer = _load_pretrained(parsed, dtype), parsed.name
+        model, tokenizer = _load_pretrained(parsed, dtype), load_tokenizer(parsed.name)
     else:
         model, tokenizer = _random_model(parsed, seed), _dummy_tokenizer(parsed)
     architecture = type(model).__name__
@@ -53,8 +53,8 @@ def load_model(spec: str, *, dtype: torch.dtype, device: torch.device, seed: int
     model = model.to(device=device, dtype=dtype).eval()
     config = model.config
     return LoadedModel(
-        model, parsed.name, tokenizer, config.max_position_embeddings, config.vocab_size, _eos_token_id(model),
-        has_chat_template=load_tokenizer(tokenizer).chat_template is not None,
+        model, parsed.name, tokenizer.name, config.max_position_embeddings, config.vocab_size, _eos_token_id(model),
+        has_chat_template=tokenizer.chat_template is not None,
     )
 
 
@@ -83,17 +83,16 @@ def _random_model(parsed: ModelSpec, seed: int) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def _dummy_tokenizer(parsed: ModelSpec) -> str:
+def _dummy_tokenizer(parsed: ModelSpec) -> Tokenizer:
     """A random model's tokenizer: its directory's or catalog model's when present, else "default"."""
     if parsed.path is not None and (parsed.path / "tokenizer.json").is_file():
-        return str(parsed.path)
+        return load_tokenizer(str(parsed.path))
     if parsed.catalog is not None:
         try:
-            load_tokenizer(parsed.catalog.name)
-            return parsed.catalog.name
+            return load_tokenizer(parsed.catalog.name)
         except (ModelFilesError, OSError, ValueError):
             pass
-    return SENTENCEPIECE_DEFAULT_TOKENIZER
+    return load_tokenizer(SENTENCEPIECE_DEFAULT_TOKENIZER)
 
 
 def _eos_token_id(model: torch.nn.Module) -> int | None:
