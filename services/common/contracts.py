@@ -1,15 +1,17 @@
-"""The generated protobuf/gRPC modules, regenerated first if the .proto files changed.
+"""The generated protobuf/gRPC modules (alise/v1), checked against protos/ before they are imported.
 
 Every service imports contracts from here (`from services.common.contracts import pb, rpc`), never
-from another service: the .proto files are the only coupling between services.
+from another service: the .proto files are the only coupling between services. Nothing is generated
+here: scripts/install.sh runs `python -m services.common.codegen`, and a missing or stale package
+raises codegen.ContractsNotGenerated naming that command instead of a confusing ImportError or
+a silent mismatch with the .proto files.
 """
 
 from __future__ import annotations
 
 from services.common import codegen
 
-if codegen.is_stale():
-    codegen.generate()
+codegen.check()
 
 from alise.v1 import common_pb2  # noqa: E402
 from alise.v1 import engine_service_pb2, engine_service_pb2_grpc  # noqa: E402
