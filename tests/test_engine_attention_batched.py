@@ -8,7 +8,7 @@ and must stay within bf16 rounding of the fp32 oracle.
 import pytest
 import torch
 
-from services.engine.attention import AttentionMetadata, grouped_attention, paged_attention_reference
+from services.engine.attention import grouped_attention, make_metadata, paged_attention_reference
 from services.engine.kernels.backend import ReferenceAttention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 
@@ -29,22 +29,19 @@ def _step(dtype: torch.dtype, seed: int = 0, requests=REQUESTS):
         tables.append(permutation[next_block : next_block + num_blocks])
         next_block += num_blocks
         starts.append(starts[-1] + num_queries)
-    padded = torch.zeros(len(tables), max(len(t) for t in tables), dtype=torch.long)
-    for row, table in enumerate(tables):
-        padded[row, : len(table)] = table
-    metadata = AttentionMetadata(
-        slot_mapping=torch.zeros(starts[-1], dtype=torch.long), query_start_locs=starts,
-        context_lens=[context for _, context in requests], block_tables=tables,
+    metadata = make_metadata(
+        torch.zeros(starts[-1], dtype=torch.long), starts, [context for _, context in requests],
+        [table.tolist() for table in tables],
     )
     query = torch.randn(starts[-1], NUM_HEADS, HEAD_DIM, generator=generator).to(dtype)
-    return query, cache, metadata, padded
+    return query, cache, metadata
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_batched_decode_and_chunks_equal_the_per_request_oracle(dtype, tolerance):
-    query, cache, metadata, padded = _step(dtype)
+    query, cache, metadata = _step(dtype)
     backend = ReferenceAttention()
-    prepared = backend.prepare(metadata, padded)
+    prepared = backend.prepare(metadata)
     assert prepared.decode_batch is not None and prepared.decode_batch.request_indices == [0, 2, 3, 5]
     got = backend.attend(query, cache, 0, prepared, 0.125).float()
     expected = paged_attention_reference(
@@ -54,16 +51,15 @@ def test_batched_decode_and_chunks_equal_the_per_request_oracle(dtype, tolerance
 
 
 def test_all_decode_step_takes_the_single_batched_call():
-    query, cache, metadata, padded = _step(torch.float32, seed=1)
+    query, cache, metadata = _step(torch.float32, seed=1)
     decodes = [0, 2, 3, 5]
     starts = [0, 1, 2, 3, 4]
-    only_decodes = AttentionMetadata(
-        slot_mapping=torch.zeros(4, dtype=torch.long), query_start_locs=starts,
-        context_lens=[metadata.context_lens[r] for r in decodes],
-        block_tables=[metadata.block_tables[r] for r in decodes],
+    only_decodes = make_metadata(
+        torch.zeros(4, dtype=torch.long), starts, [metadata.seq_lens_host[r] for r in decodes],
+        metadata.block_tables[decodes],
     )
-    rows = query[[metadata.query_start_locs[r] for r in decodes]]
-    prepared = ReferenceAttention().prepare(only_decodes, padded[decodes])
+    rows = query[[metadata.query_start_loc_host[r] for r in decodes]]
+    prepared = ReferenceAttention().prepare(only_decodes)
     assert prepared.decode_batch.token_rows is None
     got = ReferenceAttention().attend(rows, cache, 0, prepared, 0.125)
     expected = paged_attention_reference(rows, cache.key_cache[0], cache.value_cache[0], only_decodes, 0.125)
@@ -87,9 +83,9 @@ def test_grouped_attention_reads_kv_head_h_over_group_like_repeat_interleave():
 def test_many_decodes_are_gathered_in_length_groups_with_the_same_result(dtype, tolerance):
     contexts = torch.randint(1, 48, (40,), generator=torch.Generator().manual_seed(5)).tolist()
     requests = [(1, context) for context in contexts] + [(4, 9)]  # 40 decodes (3 groups) and a chunk
-    query, cache, metadata, padded = _step(dtype, seed=2, requests=requests)
+    query, cache, metadata = _step(dtype, seed=2, requests=requests)
     backend = ReferenceAttention()
-    got = backend.attend(query, cache, 0, backend.prepare(metadata, padded), 0.125).float()
+    got = backend.attend(query, cache, 0, backend.prepare(metadata), 0.125).float()
     expected = paged_attention_reference(
         query.float(), cache.key_cache[0].float(), cache.value_cache[0].float(), metadata, 0.125
     )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from services.engine import kv_quant
-from services.engine.attention import AttentionMetadata, paged_attention_reference
+from services.engine.attention import make_metadata, paged_attention_reference
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.kv_offload import swap_agreement
 from services.engine.kv_offload.kv_codec import (
@@ -200,7 +200,7 @@ def test_attention_output_error_after_round_trip(codec, outlier_channels, bound)
     against the float32 cache."""
     cache = _random_cache(seed=5, outlier_channels=outlier_channels)
     tables = [torch.tensor(BLOCK_IDS), torch.tensor([3, 0, 11])]  # 60 and 37 positions of context
-    metadata = AttentionMetadata(torch.zeros(10, dtype=torch.long), [0, 1, 10], [60, 37], tables)
+    metadata = make_metadata(torch.zeros(10, dtype=torch.long), [0, 1, 10], [60, 37], [t.tolist() for t in tables])
     query = torch.randn(10, 8, SHAPE.head_dim, generator=torch.Generator().manual_seed(6))
 
     def attend_all_layers():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from services.engine import kv_quant
-from services.engine.attention import AttentionMetadata, paged_attention_reference
+from services.engine.attention import make_metadata, paged_attention_reference
 
 BLOCK_SIZE, KV_HEADS, HEAD_DIM = 16, 4, 128
 
@@ -109,7 +109,7 @@ def test_int8_kv_attention_output_error_against_float32_reference(outlier_channe
     starts = [0]
     for n in num_queries:
         starts.append(starts[-1] + n)
-    metadata = AttentionMetadata(torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, tables)
+    metadata = make_metadata(torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, [t.tolist() for t in tables])
     query = _random(starts[-1], num_heads, HEAD_DIM, seed=10)
     exact = paged_attention_reference(query, keys, values, metadata, HEAD_DIM**-0.5)
     int8_keys = kv_quant.dequantize_int8_blocks(kv_quant.quantize_int8_blocks(keys))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from services.engine.attention import AttentionMetadata
+from services.engine.attention import make_metadata
 from services.engine.kernels import ops
 from services.engine.kernels.backend import AttentionBackendKind, CudaAttention, choose_backend
 from services.engine.kernels.loader import KernelUnavailable, load_kernels, source_digest
@@ -82,15 +82,12 @@ def _metadata(num_queries: list[int], context_lens: list[int], tables: list[list
     starts = [0]
     for n in num_queries:
         starts.append(starts[-1] + n)
-    width = max(len(t) for t in tables)
-    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables])
-    views = [padded[r, : len(t)] for r, t in enumerate(tables)]
-    return AttentionMetadata(torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, views), padded
+    return make_metadata(torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, tables)
 
 
 def test_prepare_marks_single_token_rows_of_a_mixed_step():
-    metadata, padded = _metadata([1, 7, 1], [40, 7, 3], [[4, 1, 9], [2], [5]])
-    batch = CudaAttention().prepare(metadata, padded).decode_batch
+    metadata = _metadata([1, 7, 1], [40, 7, 3], [[4, 1, 9], [2], [5]])
+    batch = CudaAttention().prepare(metadata).decode_batch
     assert batch.request_indices == [0, 2]
     assert batch.token_rows.tolist() == [0, 8]
     assert batch.block_tables.dtype == torch.int32 and batch.block_tables.tolist() == [[4, 1, 9], [5, 0, 0]]
@@ -98,8 +95,8 @@ def test_prepare_marks_single_token_rows_of_a_mixed_step():
 
 
 def test_prepare_of_a_pure_decode_step_keeps_rows_in_place_and_prefill_gets_none():
-    metadata, padded = _metadata([1, 1], [17, 2], [[3, 8], [6]])
-    batch = CudaAttention().prepare(metadata, padded).decode_batch
+    metadata = _metadata([1, 1], [17, 2], [[3, 8], [6]])
+    batch = CudaAttention().prepare(metadata).decode_batch
     assert batch.token_rows is None and batch.request_indices == [0, 1]
-    prefill, padded = _metadata([5], [5], [[1]])
-    assert CudaAttention().prepare(prefill, padded).decode_batch is None
+    prefill = _metadata([5], [5], [[1]])
+    assert CudaAttention().prepare(prefill).decode_batch is None

@@ -8,7 +8,7 @@ correct kernel never reads: otherwise the GPU tests would prove nothing.
 import pytest
 import torch
 
-from services.engine.attention import AttentionMetadata, paged_attention_reference
+from services.engine.attention import make_metadata, paged_attention_reference
 from tests.kernel_cases import make_case, reference_decode, relative_error
 
 CONTEXTS = [1, 15, 16, 17, 100]
@@ -22,8 +22,9 @@ def _dequantized(cache, scales):
 @pytest.mark.parametrize("num_heads, num_kv_heads, head_dim, block_size", [(8, 8, 64, 16), (12, 4, 128, 32)])
 def test_harness_reference_equals_the_engine_reference(int8_kv, num_heads, num_kv_heads, head_dim, block_size):
     case = make_case(CONTEXTS, num_heads, num_kv_heads, head_dim, block_size, torch.bfloat16, int8_kv, "cpu", seed=3)
-    tables = [row[: -(-n // block_size)].long() for row, n in zip(case.block_tables, CONTEXTS)]
-    metadata = AttentionMetadata(torch.zeros(len(CONTEXTS), dtype=torch.long), list(range(len(CONTEXTS) + 1)), CONTEXTS, tables)
+    metadata = make_metadata(
+        torch.zeros(len(CONTEXTS), dtype=torch.long), list(range(len(CONTEXTS) + 1)), CONTEXTS, case.block_tables
+    )
     keys = _dequantized(case.key_cache, case.key_scales)
     values = _dequantized(case.value_cache, case.value_scales)
     engine = paged_attention_reference(case.query.double(), keys, values, metadata, case.scale)

@@ -29,17 +29,71 @@ class DecodeBatch:
     block_tables: torch.Tensor  # int32 [num_decodes, max_blocks], each row padded past its blocks
     context_lens: torch.Tensor  # int32 [num_decodes]
     max_context_len: int  # largest of context_lens (plans the split without a device sync)
+    context_lens_host: list[int]  # context_lens on the host (groups rows without a device sync)
 
 
 @dataclass(frozen=True)
 class AttentionMetadata:
-    """Per-step index tensors shared by every layer."""
+    """Per-step tensors shared by every layer, with host copies of the small ones.
 
-    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot of each fed token
-    query_start_locs: list[int]  # [num_requests + 1]: request r's tokens are [start[r], start[r+1])
-    context_lens: list[int]  # [num_requests]: positions with KV after this step, per request
-    block_tables: list[torch.Tensor]  # per request, int64 physical block ids covering context_len
-    decode_batch: DecodeBatch | None = None  # set by the CUDA backend (kernels/backend.py) only
+    The host copies (`*_host`, `max_*`) let the reference path slice per request and the kernels
+    plan their launch without reading device tensors back (no sync per layer).
+
+    Invariants: query_start_loc_host[0] == 0 and [-1] == num_tokens; request r's tokens are rows
+    [query_start_loc[r], query_start_loc[r + 1]), its last positions: query length <= seq_lens[r];
+    block_tables[r, :ceil(seq_lens[r] / block_size)] are its physical blocks, the rest of the row is
+    padding (a valid block id, never read past seq_lens[r]).
+    """
+
+    slot_mapping: torch.Tensor  # int64 [num_tokens]: cache slot of each fed token (negative = skip)
+    query_start_loc: torch.Tensor  # int32 [num_reqs + 1]: request r's tokens are [start[r], start[r+1])
+    seq_lens: torch.Tensor  # int32 [num_reqs]: positions with KV after this step (context length)
+    block_tables: torch.Tensor  # int32 [num_reqs, max_blocks]: physical blocks, rows padded
+    query_start_loc_host: list[int]  # query_start_loc on the host
+    seq_lens_host: list[int]  # seq_lens on the host
+    max_query_len: int  # largest query length of the step
+    max_seq_len: int  # largest of seq_lens
+    decode_batch: DecodeBatch | None = None  # the single-token rows, set by the reference backend only
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.seq_lens_host)
+
+    def block_table(self, request: int, block_size: int) -> torch.Tensor:
+        """int64 physical blocks covering request's context (a view of its padded row)."""
+        return self.block_tables[request, : -(-self.seq_lens_host[request] // block_size)].long()
+
+
+def make_metadata(
+    slot_mapping: torch.Tensor,
+    query_start_loc_host: list[int],
+    seq_lens_host: list[int],
+    block_tables: list[list[int]] | torch.Tensor,
+    device: torch.device | str | None = None,
+) -> AttentionMetadata:
+    """Builds the metadata from host lists (tests, benchmarks, the simple runner path).
+
+    block_tables: per-request block lists (padded here with block 0) or an already padded
+    [num_reqs, max_blocks] tensor. Tensors go to `device` (default: slot_mapping's).
+    """
+    device = slot_mapping.device if device is None else torch.device(device)
+    if isinstance(block_tables, torch.Tensor):
+        tables = block_tables.to(device=device, dtype=torch.int32)
+    else:
+        width = max(1, max((len(t) for t in block_tables), default=1))
+        rows = [list(t) + [0] * (width - len(t)) for t in block_tables]
+        tables = torch.tensor(rows, dtype=torch.int32).to(device)
+    query_lens = [b - a for a, b in zip(query_start_loc_host, query_start_loc_host[1:])]
+    return AttentionMetadata(
+        slot_mapping=slot_mapping.to(device=device, dtype=torch.long),
+        query_start_loc=torch.tensor(query_start_loc_host, dtype=torch.int32).to(device),
+        seq_lens=torch.tensor(seq_lens_host, dtype=torch.int32).to(device),
+        block_tables=tables,
+        query_start_loc_host=list(query_start_loc_host),
+        seq_lens_host=list(seq_lens_host),
+        max_query_len=max(query_lens, default=0),
+        max_seq_len=max(seq_lens_host, default=0),
+    )
 
 
 def paged_attention_reference(
@@ -55,10 +109,11 @@ def paged_attention_reference(
     consecutive query heads.
     """
     output = torch.empty_like(query)
-    for r, context_len in enumerate(metadata.context_lens):
-        start, stop = metadata.query_start_locs[r], metadata.query_start_locs[r + 1]
+    block_size = key_cache.shape[1]
+    for r, context_len in enumerate(metadata.seq_lens_host):
+        start, stop = metadata.query_start_loc_host[r], metadata.query_start_loc_host[r + 1]
         output[start:stop] = attend_request(
-            query[start:stop], key_cache, value_cache, metadata.block_tables[r], context_len, scale
+            query[start:stop], key_cache, value_cache, metadata.block_table(r, block_size), context_len, scale
         )
     return output
 
@@ -124,25 +179,25 @@ def grouped_attention(
     return attended.reshape(batch, num_heads, num_queries, head_dim)
 
 
-def decode_batch_of(metadata: AttentionMetadata, block_tables: torch.Tensor) -> DecodeBatch | None:
-    """The step's single-token requests as one batch (None when there are none).
-
-    block_tables: int64 [num_requests, max_blocks] on the device, row r padded past its blocks.
-    """
-    starts = metadata.query_start_locs
-    decodes = [r for r in range(len(metadata.context_lens)) if starts[r + 1] - starts[r] == 1]
+def decode_batch_of(metadata: AttentionMetadata) -> DecodeBatch | None:
+    """The step's single-token requests as one batch (None when there are none)."""
+    starts = metadata.query_start_loc_host
+    decodes = [r for r in range(metadata.num_reqs) if starts[r + 1] - starts[r] == 1]
     if not decodes:
         return None
-    device = block_tables.device
-    context_lens = [metadata.context_lens[r] for r in decodes]
-    all_decode = len(decodes) == len(metadata.context_lens)
-    tables = block_tables if all_decode else block_tables[torch.tensor(decodes, device=device)]
+    if len(decodes) == metadata.num_reqs:  # every request decodes: the step's tensors as they are
+        return DecodeBatch(
+            decodes, None, metadata.block_tables, metadata.seq_lens, metadata.max_seq_len, metadata.seq_lens_host
+        )
+    device = metadata.block_tables.device
+    context_lens = [metadata.seq_lens_host[r] for r in decodes]
     return DecodeBatch(
         request_indices=decodes,
-        token_rows=None if all_decode else torch.tensor([starts[r] for r in decodes], device=device),
-        block_tables=tables.to(torch.int32),
-        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+        token_rows=torch.tensor([starts[r] for r in decodes]).to(device),
+        block_tables=metadata.block_tables[torch.tensor(decodes).to(device)],
+        context_lens=torch.tensor(context_lens, dtype=torch.int32).to(device),
         max_context_len=max(context_lens),
+        context_lens_host=context_lens,
     )
 
 
@@ -166,11 +221,12 @@ def attend_mixed(
     if batch is not None:
         rows = query.index_select(0, batch.token_rows)
         output.index_copy_(0, batch.token_rows, decode_attention(rows, key_cache, value_cache, batch, scale))
-    starts = metadata.query_start_locs
-    for r, context_len in enumerate(metadata.context_lens):
+    starts, block_size = metadata.query_start_loc_host, key_cache.shape[1]
+    for r, context_len in enumerate(metadata.seq_lens_host):
         if r not in decodes:
             output[starts[r] : starts[r + 1]] = attend_request(
-                query[starts[r] : starts[r + 1]], key_cache, value_cache, metadata.block_tables[r], context_len, scale
+                query[starts[r] : starts[r + 1]], key_cache, value_cache, metadata.block_table(r, block_size),
+                context_len, scale,
             )
     return output
 
@@ -187,22 +243,26 @@ def decode_attention_reference(
     context length and gathered MAX_ROWS_PER_GATHER at a time: one long request no longer makes
     every row of the step copy its length (the gather is most of a CPU decode step).
     """
-    context_lens = batch.context_lens.tolist()
+    context_lens = batch.context_lens_host
     order = sorted(range(len(context_lens)), key=context_lens.__getitem__)
     if len(order) <= MAX_ROWS_PER_GATHER:
-        return _decode_group(query, key_cache, value_cache, batch.block_tables, batch.context_lens, scale)
+        return _decode_group(
+            query, key_cache, value_cache, batch.block_tables, batch.context_lens, batch.max_context_len, scale
+        )
     output = torch.empty_like(query)
     for start in range(0, len(order), MAX_ROWS_PER_GATHER):
-        rows = torch.tensor(order[start : start + MAX_ROWS_PER_GATHER], device=query.device)
+        group = order[start : start + MAX_ROWS_PER_GATHER]
+        rows = torch.tensor(group).to(query.device)
         output[rows] = _decode_group(
-            query[rows], key_cache, value_cache, batch.block_tables[rows], batch.context_lens[rows], scale
+            query[rows], key_cache, value_cache, batch.block_tables[rows], batch.context_lens[rows],
+            max(context_lens[r] for r in group), scale,
         )
     return output
 
 
 def _decode_group(
     query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+    block_tables: torch.Tensor, context_lens: torch.Tensor, max_context_len: int, scale: float,
 ) -> torch.Tensor:
     """One gather and one attention call for the group's rows.
 
@@ -211,7 +271,7 @@ def _decode_group(
     """
     num_decodes, num_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
-    num_blocks = -(-int(context_lens.max()) // block_size)
+    num_blocks = -(-max_context_len // block_size)
     tables = block_tables[:, :num_blocks].long()
     length = num_blocks * block_size
     keys = key_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)

@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from services.engine.attention import AttentionMetadata
+from services.engine.attention import AttentionMetadata, make_metadata
 from services.engine.block_pool import KvBlockManager
 from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
+from services.engine.min_tokens import apply_min_tokens, model_stop_token_ids, stop_token_tensor
 from services.engine.sampler import make_generator, sample_next_tokens
 from services.engine.scheduler.output import SchedulerOutput
-
-
-def _padded_block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
-    """int64 [num_requests, max_blocks], rows padded with block 0: one host-to-device copy per step."""
-    width = max(len(table) for table in tables)
-    return torch.tensor([table + [0] * (width - len(table)) for table in tables], dtype=torch.long, device=device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +54,7 @@ class ModelRunner:
         # CUDA decode kernel where it loads (kernels/backend.py), else the torch reference.
         self.attention = make_attention(self.device, self.dtype, self.head_dim, kv.block_size)
         self._generators: dict[str, torch.Generator | None] = {}
+        self.stop_token_ids = stop_token_tensor(model_stop_token_ids(model), self.device)  # min_tokens.py
 
     def forget(self, request_id: str) -> None:
         """Drops per-request state (its sampling generator) once the request is finished."""
@@ -72,10 +68,11 @@ class ModelRunner:
         sampling_chunks = [c for c in step.chunks if c.samples_token]
         if not sampling_chunks:
             return {}
-        last_rows = [metadata.query_start_locs[i + 1] - 1 for i, c in enumerate(step.chunks) if c.samples_token]
+        last_rows = [metadata.query_start_loc_host[i + 1] - 1 for i, c in enumerate(step.chunks) if c.samples_token]
         logits = self.model.lm_head(hidden[last_rows])
         options = [c.request.sampling for c in sampling_chunks]
         generators = [self._generator_for(c.request) for c in sampling_chunks]
+        logits = apply_min_tokens(logits, [c.request for c in sampling_chunks], self.stop_token_ids)
         tokens = sample_next_tokens(logits, options, generators)
         return {c.request.request_id: token for c, token in zip(sampling_chunks, tokens)}
 
@@ -102,14 +99,8 @@ class ModelRunner:
             starts.append(starts[-1] + chunk.num_new_tokens)
             context_lens.append(last)
             tables.append(table[: -(-last // block_size)])
-        block_tables = _padded_block_tables(tables, self.device)
-        metadata = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
-            query_start_locs=starts,
-            context_lens=context_lens,
-            block_tables=[block_tables[r, : len(table)] for r, table in enumerate(tables)],
-        )
-        metadata = self.attention.prepare(metadata, block_tables)
+        slot_mapping = torch.tensor(slots, dtype=torch.long).to(self.device)
+        metadata = self.attention.prepare(make_metadata(slot_mapping, starts, context_lens, tables))
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(token_ids), as_tensor(positions), metadata
 

@@ -69,8 +69,8 @@ class ReferenceAttention:
 
     kind = AttentionBackendKind.TORCH_REFERENCE
 
-    def prepare(self, metadata: AttentionMetadata, block_tables: torch.Tensor) -> AttentionMetadata:
-        return replace(metadata, decode_batch=decode_batch_of(metadata, block_tables))
+    def prepare(self, metadata: AttentionMetadata) -> AttentionMetadata:
+        return replace(metadata, decode_batch=decode_batch_of(metadata))
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         cache.write(layer, slot_mapping, key, value)
@@ -86,9 +86,9 @@ class CudaAttention:
 
     kind = AttentionBackendKind.CUDA
 
-    def prepare(self, metadata: AttentionMetadata, block_tables: torch.Tensor) -> AttentionMetadata:
+    def prepare(self, metadata: AttentionMetadata) -> AttentionMetadata:
         """Adds the decode rows' device tensors, once per step (every layer reuses them)."""
-        return replace(metadata, decode_batch=decode_batch_of(metadata, block_tables))
+        return replace(metadata, decode_batch=decode_batch_of(metadata))
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         ops.write_kv_to_cache(key, value, cache.key_cache[layer], cache.value_cache[layer], slot_mapping)
