@@ -42,7 +42,7 @@ def openai_request(request: gateway_service_pb2.GenerateRequest) -> tuple[str, d
 def _common_fields(request: gateway_service_pb2.GenerateRequest) -> dict:
     body: dict = {}
     sampling = json_format.MessageToDict(request.sampling, preserving_proto_field_name=True)
-    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"):
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "min_tokens"):
         if name in sampling:
             body[name] = sampling[name]
     for name in ("temperature", "top_p"):  # MessageToDict writes NaN/Infinity as strings
@@ -88,7 +88,7 @@ async def test_matrix_case_gets_the_same_verdict_through_http_and_grpc(stack, ca
     [
         ({"prompt": "hi", "n": 2}, 400, "n", "n must be 1"),
         ({"prompt": "hi", "logprobs": 2}, 400, "logprobs", "logprobs are not supported"),
-        ({"prompt": "hi", "min_tokens": 4}, 400, "min_tokens", "min_tokens is not supported"),
+        ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, 400, "min_tokens", "must be <= max_tokens (4)"),
         ({"prompt": "hi", "best_of": 3}, 400, "best_of", "best_of must be 1"),
         ({"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty", "not supported"),
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options", "only allowed"),

@@ -74,6 +74,8 @@ def _sampling_options(params) -> SamplingOptions:
         raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {top_p}")
     if params.top_k < 0:
         raise InvalidRequest(f"sampling.top_k must be >= 0, got {params.top_k}")
+    if not 0 <= params.min_tokens <= params.max_tokens:
+        raise InvalidRequest(f"sampling.min_tokens must be in [0, max_tokens={params.max_tokens}], got {params.min_tokens}")
     return SamplingOptions(
         max_tokens=params.max_tokens,
         temperature=float(temperature),
@@ -81,4 +83,5 @@ def _sampling_options(params) -> SamplingOptions:
         top_k=params.top_k,
         seed=params.seed if params.HasField("seed") else secrets.randbits(63),  # contract: unset = fresh
         ignore_eos=params.ignore_eos,
+        min_tokens=params.min_tokens,
     )

@@ -44,6 +44,7 @@ class SamplingOptions:
     top_k: int  # 0 disables
     seed: int  # seeds the request's own generator
     ignore_eos: bool  # keep going past EOS until max_tokens
+    min_tokens: int = 0  # in [0, max_tokens]: stop token ids are masked until this many output tokens (min_tokens.py)
 
 
 @dataclass(eq=False)  # identity equality: list.remove and `in` must not compare every field

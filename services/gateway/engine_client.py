@@ -112,6 +112,7 @@ def build_engine_request(
             top_k=sampling.top_k,
             seed=sampling.seed,
             ignore_eos=sampling.ignore_eos,
+            min_tokens=sampling.min_tokens,
         ),
         prediction=prediction,
         priority_class=request.priority_class,

@@ -31,7 +31,7 @@ from services.gateway.metrics import GatewayMetrics, RequestRecorder
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
 from services.gateway.prompt_input import num_prompt_chars
-from services.gateway.stop_strings import StopStringMatcher
+from services.gateway.stop_strings import StopScan, StopStringMatcher
 from services.gateway.validation import RequestLimits, ResolvedRequest, resolve_generate_request
 
 # Text prompts longer than this are tokenized in a worker thread, so one huge prompt does not stall
@@ -177,7 +177,7 @@ class OutputAssembler:
         text_delta = self._detokenizer.add(token_ids)
         if is_final:
             text_delta += self._detokenizer.flush()
-        scan = self._stop_matcher.feed(text_delta)
+        scan = self._scan_stop_strings(text_delta)
         if scan.matched:
             finish = self._summary(common_pb2.FINISH_REASON_STOP, self._gateway_timings())
             return GeneratedChunk(self._request.request_id, token_ids, scan.text, finish)
@@ -186,6 +186,12 @@ class OutputAssembler:
             text = scan.text + self._stop_matcher.flush()
             return GeneratedChunk(self._request.request_id, token_ids, text, finish)
         return GeneratedChunk(self._request.request_id, token_ids, scan.text, None)
+
+    def _scan_stop_strings(self, text_delta: str) -> StopScan:
+        """Stop strings apply once min_tokens tokens exist (as in vLLM); text before that passes unscanned."""
+        if self._num_completion_tokens < self._request.sampling.min_tokens:
+            return StopScan(text_delta, matched=False)
+        return self._stop_matcher.feed(text_delta)
 
     def _summary(self, finish_reason: int, timings: common_pb2.Timings) -> FinishSummary:
         return FinishSummary(

@@ -6,7 +6,7 @@ message names the field and the offending value, e.g. "sampling.top_p must be in
 
 Resolution fills what the client left unset, so the engine always receives every field:
 
-    temperature 1.0 | top_p 1.0 | top_k 0 (disabled) | seed drawn fresh |
+    temperature 1.0 | top_p 1.0 | top_k 0 (disabled) | seed drawn fresh | min_tokens 0 (no minimum) |
     max_tokens = min(default_max_tokens, max_context_tokens - num_prompt_tokens)
 """
 
@@ -50,6 +50,7 @@ class ResolvedSampling:
     seed: int  # in [0, 2**64)
     stop_strings: tuple[str, ...]  # non-empty strings, each at most max_stop_string_chars
     ignore_eos: bool  # keep generating past EOS until max_tokens
+    min_tokens: int = 0  # in [0, max_tokens]: EOS, stop token ids and stop strings wait for this many tokens
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def resolve_generate_request(
     hint = _resolve_output_hint(request)
     prompt = resolve_prompt(request, tokenizer, model.vocab_size)
     max_tokens = _resolve_max_tokens(sampling, len(prompt.token_ids), model.max_context_tokens, limits)
+    _check_min_tokens(sampling.min_tokens, max_tokens)
     resolved_sampling = ResolvedSampling(
         max_tokens=max_tokens,
         temperature=sampling.temperature if sampling.HasField("temperature") else DEFAULT_TEMPERATURE,
@@ -93,6 +95,7 @@ def resolve_generate_request(
         seed=sampling.seed if sampling.HasField("seed") else draw_seed(),
         stop_strings=stop_strings,
         ignore_eos=sampling.ignore_eos,
+        min_tokens=sampling.min_tokens,
     )
     return ResolvedRequest(
         request_id=request_id,
@@ -127,6 +130,14 @@ def _check_sampling_values(sampling: common_pb2.SamplingParams) -> None:
         raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {sampling.top_k}")
     if sampling.HasField("max_tokens") and sampling.max_tokens <= 0:
         raise InvalidRequest(f"sampling.max_tokens must be > 0 when set, got {sampling.max_tokens}")
+    if sampling.min_tokens < 0:
+        raise InvalidRequest(f"sampling.min_tokens must be >= 0, got {sampling.min_tokens}")
+
+
+def _check_min_tokens(min_tokens: int, max_tokens: int) -> None:
+    """min_tokens may not exceed the resolved max_tokens (the default one too, clipped to the context)."""
+    if min_tokens > max_tokens:
+        raise InvalidRequest(f"sampling.min_tokens ({min_tokens}) must be <= max_tokens ({max_tokens})")
 
 
 def _check_stop_strings(stop: Sequence[str], limits: RequestLimits) -> tuple[str, ...]:

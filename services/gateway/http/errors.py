@@ -47,6 +47,7 @@ _PARAM_OF_FIELD = {
     "sampling.temperature": "temperature",
     "sampling.top_p": "top_p",
     "sampling.top_k": "top_k",
+    "sampling.min_tokens": "min_tokens",
     "sampling.stop": "stop",
     "prompt_text": "prompt",
     "prompt_token_ids": "prompt",

@@ -7,7 +7,7 @@ the context room...) is left to services/gateway/validation.py, shared with the 
     prompt (str | [str])          -> prompt_text          prompt ([int] | [[int]]) -> prompt_token_ids
     messages                      -> messages (rendered with the chat template by validation)
     max_completion_tokens | max_tokens -> sampling.max_tokens
-    temperature top_p top_k seed ignore_eos -> sampling.*       stop (str | [str]) -> sampling.stop
+    temperature top_p top_k seed ignore_eos min_tokens -> sampling.*       stop (str | [str]) -> sampling.stop
     priority ("interactive" | "standard" | "batch" | number) -> priority_class
     expected_output_tokens request_id -> the same fields
 """
@@ -66,7 +66,6 @@ def _refuse_unsupported_common(body: SamplingBody) -> None:
     _refuse_if(bool(body.presence_penalty), "presence_penalty is not supported (only 0)", "presence_penalty")
     _refuse_if(bool(body.frequency_penalty), "frequency_penalty is not supported (only 0)", "frequency_penalty")
     _refuse_if(bool(body.logit_bias), "logit_bias is not supported", "logit_bias")
-    _refuse_if(bool(body.min_tokens), f"min_tokens is not supported (only 0), got {body.min_tokens}", "min_tokens")
     _refuse_if(
         body.stream_options is not None and not body.stream,
         "stream_options is only allowed when stream is true",
@@ -88,6 +87,7 @@ def _base_request(body: SamplingBody, max_tokens: int | None) -> gateway_service
     _assign(sampling, "top_p", body.top_p, "top_p")
     _assign(sampling, "top_k", body.top_k, "top_k")
     _assign(sampling, "seed", body.seed, "seed")
+    _assign(sampling, "min_tokens", body.min_tokens, "min_tokens")
     sampling.ignore_eos = body.ignore_eos
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     sampling.stop.extend(stop)
