@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.policy import PolicyName, SchedulingPolicy
 
 BASE_QUANTUM_STEPS = 8.0  # quantum of the top queue, in decode steps
 NUM_LEVELS = 8  # the last queue has no quantum limit
 LEVEL_SPAN_S = 1e9  # key = level * span + arrival time: levels first, arrival order within a level
 
 
-class MlfqPolicy:
-    name = "mlfq"
+class MlfqPolicy(SchedulingPolicy):
+    name = PolicyName.MLFQ
     preempts_for_waiting = True
+    cost_model: OnlineStepCostModel
 
     def __init__(self, cost_model: OnlineStepCostModel) -> None:
         self.cost_model = cost_model

@@ -12,6 +12,7 @@ policy gets the same chunked prefill and the same budget.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Callable, Protocol
 
 from services.engine.request import Request
@@ -22,17 +23,37 @@ from services.engine.scheduler.cost_model import OnlineStepCostModel
 PriorityKey = float
 
 
+class PolicyName(StrEnum):
+    """The key of each policy in the registry (`make_policy`); a member's value is its
+    --scheduler-policy name. Each policy class names its member; _registry() checks the two agree."""
+
+    ALISE = "alise"
+    FCFS = "fcfs"
+    MLFQ = "mlfq"
+    SRPT_ORACLE = "srpt-oracle"
+
+
 class SchedulingPolicy(Protocol):
     """Ranks requests. Invariant the scheduler relies on: the key of a request that is waiting does
     not change while it waits, except when the cost model's `version` changes (the scheduler then
-    re-ranks the waiting queue), so the queue is kept sorted instead of re-sorted every step."""
+    re-ranks the waiting queue), so the queue is kept sorted instead of re-sorted every step.
 
-    name: str
+    Policies subclass this explicitly and inherit the defaults of the optional members
+    (`cost_model`, `priority_keys`), so the scheduler calls them without probing with getattr."""
+
+    name: PolicyName
     preempts_for_waiting: bool  # may a better-ranked waiting request displace a running one?
+    # The cost model the policy ranks with; the scheduler shares it (None: the policy needs none)
+    cost_model: OnlineStepCostModel | None = None
 
     def priority_key(self, request: Request) -> PriorityKey:
         """Rank of a request now (smaller = served first, preempted last)."""
         ...
+
+    def priority_keys(self, requests: list[Request]) -> list[PriorityKey]:
+        """priority_key of many requests (the running batch, every step); a policy may override it
+        with a faster batch form that returns the same keys."""
+        return [self.priority_key(request) for request in requests]
 
     def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:
         """Whether `waiting` is better enough than `running` to preempt it (hysteresis lives here);
@@ -41,24 +62,16 @@ class SchedulingPolicy(Protocol):
         ...
 
 
-def priority_keys(policy: SchedulingPolicy, requests: list[Request]) -> list[PriorityKey]:
-    """The keys of many requests: the policy's own batch method where it has one (faster)."""
-    batch = getattr(policy, "priority_keys", None)
-    if batch is not None:
-        return batch(requests)
-    return [policy.priority_key(request) for request in requests]
-
-
-class FcfsPolicy:
+class FcfsPolicy(SchedulingPolicy):
     """First come, first served: the vLLM default. Preempted requests keep their arrival time, so
     they resume ahead of later arrivals; the newest running request is preempted first when KV runs
     out; a waiting request never displaces a running one."""
 
-    name = "fcfs"
+    name = PolicyName.FCFS
     preempts_for_waiting = False
 
     def __init__(self, cost_model: OnlineStepCostModel) -> None:
-        del cost_model  # arrival order needs no cost estimates
+        del cost_model  # arrival order needs no cost estimates: self.cost_model stays None
 
     def priority_key(self, request: Request) -> PriorityKey:
         return request.arrival_time_s
@@ -67,20 +80,27 @@ class FcfsPolicy:
         return False
 
 
-def _registry() -> dict[str, Callable[[OnlineStepCostModel], SchedulingPolicy]]:
+def _registry() -> dict[PolicyName, Callable[[OnlineStepCostModel], SchedulingPolicy]]:
+    """Every policy class by its name (imported here: those modules import this one)."""
     from services.engine.scheduler.mlfq_policy import MlfqPolicy
     from services.engine.scheduler.speculative_policy import AlisePolicy, SrptOraclePolicy
 
-    return {cls.name: cls for cls in (AlisePolicy, FcfsPolicy, MlfqPolicy, SrptOraclePolicy)}
+    classes: tuple[type[SchedulingPolicy], ...] = (AlisePolicy, FcfsPolicy, MlfqPolicy, SrptOraclePolicy)
+    registry: dict[PolicyName, Callable[[OnlineStepCostModel], SchedulingPolicy]] = {
+        cls.name: cls for cls in classes
+    }
+    if set(registry) != set(PolicyName) or len(registry) != len(classes):
+        raise RuntimeError(f"policy classes {sorted(registry)} do not match PolicyName {list(PolicyName)}")
+    return registry
 
 
-POLICY_NAMES = ("alise", "fcfs", "mlfq", "srpt-oracle")
-DEFAULT_POLICY = "alise"
+POLICY_NAMES: tuple[str, ...] = tuple(name.value for name in PolicyName)  # the registry's keys, in order
+DEFAULT_POLICY = PolicyName.ALISE
 
 
 def make_policy(name: str, cost_model: OnlineStepCostModel | None = None) -> SchedulingPolicy:
-    """Builds a policy by name; ValueError lists the known ones."""
+    """Builds a policy by name (a PolicyName or its value); ValueError lists the known ones."""
     factories = _registry()
     if name not in factories:
-        raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(factories)}")
-    return factories[name](cost_model or OnlineStepCostModel())
+        raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(POLICY_NAMES)}")
+    return factories[PolicyName(name)](cost_model or OnlineStepCostModel())

@@ -36,7 +36,7 @@ from services.engine.scheduler.limits import SchedulerLimits
 from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
-from services.engine.scheduler.policy import SchedulingPolicy, priority_keys
+from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
 # Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
@@ -64,7 +64,7 @@ class Scheduler:
         self.kv = kv
         self.eos_token_id = eos_token_id
         self.clock = clock
-        self.cost_model = cost_model or getattr(policy, "cost_model", None) or OnlineStepCostModel()
+        self.cost_model = cost_model or policy.cost_model or OnlineStepCostModel()
         self.waiting = WaitingQueue(self._rank_key)  # best first
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -107,10 +107,10 @@ class Scheduler:
             self.waiting.rerank()
         if not math.isinf(self.limits.max_wait_s):
             self.waiting.promote_starved(now_s, self.limits.max_wait_s)
-        worst_running = self._rank_running()
+        self._rerank_running()
         preempted: list[str] = []
         if self.policy.preempts_for_waiting and self.waiting:
-            self._displace(worst_running, preempted, now_s)
+            self._displace(self._worst_unpromoted_running(), preempted, now_s)
         chunks: list[ScheduledChunk] = []
         restores: list[KvRestore] = []
         budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
@@ -220,7 +220,7 @@ class Scheduler:
 
     def _displace(self, worst_running: Request | None, preempted: list[str], now_s: float) -> None:
         """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better;
-        worst_running is the worst unpromoted running request (_rank_running), the first victim."""
+        worst_running is the worst unpromoted running request (_worst_unpromoted_running), the first victim."""
         victims = self._worst_first(worst_running)
         seats = self.limits.max_num_seqs - len(self.running)
         free_blocks = self.kv.pool.num_free_blocks
@@ -291,19 +291,21 @@ class Scheduler:
 
     # -- ranking ---------------------------------------------------------------
 
-    def _rank_running(self) -> Request | None:
-        """Fresh rank keys for the running batch (remaining work changed last step); returns the
-        worst unpromoted running request (the first of equals), None if there is none."""
-        keys = priority_keys(self.policy, self.running)
-        worst, worst_key = None, -math.inf
+    def _rerank_running(self) -> None:
+        """Sets fresh rank keys on the running batch (its remaining work changed last step): the
+        policy's key, or the promoted rank (below every policy key) for a promoted request."""
+        keys = self.policy.priority_keys(self.running)
         for request, key in zip(self.running, keys):
             promoted_at_s = request.promoted_at_s
-            if promoted_at_s is not None:
-                request.rank_key = PROMOTED_BASE + promoted_at_s
-                continue
-            request.rank_key = key
-            if key > worst_key:
-                worst, worst_key = request, key
+            request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
+
+    def _worst_unpromoted_running(self) -> Request | None:
+        """The unpromoted running request with the largest rank key (the first of equals, in running
+        order), None if there is none; the rank keys are this step's (_rerank_running)."""
+        worst, worst_key = None, -math.inf
+        for request in self.running:
+            if request.promoted_at_s is None and request.rank_key > worst_key:
+                worst, worst_key = request, request.rank_key
         return worst
 
     def _worst_first(self, worst: Request | None) -> Iterator[Request]:

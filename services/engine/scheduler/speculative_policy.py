@@ -21,16 +21,18 @@ from __future__ import annotations
 
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.policy import PolicyName, SchedulingPolicy
 
 MIN_RELATIVE_GAIN = 0.25  # a displacing request must be at least 25% shorter ...
 MIN_GAIN_STEPS = 4.0  # ... and save at least this many decode steps beyond the victim's recompute
 
 
-class AlisePolicy:
+class AlisePolicy(SchedulingPolicy):
     """Ranks by predicted remaining time (seconds)."""
 
-    name = "alise"
+    name = PolicyName.ALISE
     preempts_for_waiting = True
+    cost_model: OnlineStepCostModel
 
     def __init__(self, cost_model: OnlineStepCostModel) -> None:
         self.cost_model = cost_model
@@ -81,7 +83,7 @@ class SrptOraclePolicy(AlisePolicy):
     The truth is max_tokens minus the tokens produced, which is exact under the benchmark method
     (ignore_eos, max_tokens = the dataset's real output length) and only an upper bound otherwise."""
 
-    name = "srpt-oracle"
+    name = PolicyName.SRPT_ORACLE
 
     def remaining_output_tokens(self, request: Request, num_generated: int) -> float:
         return float(request.sampling.max_tokens - num_generated)
