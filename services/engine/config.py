@@ -6,6 +6,7 @@ import argparse
 import socket
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 
 from services.common.flags import add_server_flags, is_host_port, validate_port
 from services.common.metrics_server import (
@@ -17,10 +18,34 @@ from services.common.metrics_server import (
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.engine.model_presets import ARCHITECTURE_PRESETS
-from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES
+from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES, PolicyName
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
+
+class Dtype(StrEnum):
+    """Weights' and activations' dtype; a value other than auto is the torch dtype's name."""
+
+    AUTO = "auto"  # bfloat16 on CUDA and on CPUs with native bf16, else float32
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Device(StrEnum):
+    AUTO = "auto"  # cuda when available
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+DTYPES = tuple(dtype.value for dtype in Dtype)
+DEVICES = tuple(device.value for device in Device)
+
+
+def _member(enum: type[StrEnum], name: str, value: object) -> StrEnum:
+    """`value` as a member of `enum` (a member or its value); ValueError lists the valid values."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[member.value for member in enum]}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -33,8 +58,8 @@ class EngineConfig:
     drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
     model: str = DEFAULT_MODEL  # a catalog name, dummy-llama-tiny, dummy:<preset|dir>, or a local HF dir
     engine_id: str = "engine-0"  # stable id of this replica (the --engine-id flag defaults to hostname-random)
-    dtype: str = "auto"  # one of DTYPES; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32
-    device: str = "auto"  # one of DEVICES; auto = cuda when available
+    dtype: Dtype = Dtype.AUTO  # auto = bfloat16 on CUDA and on CPUs with native bf16, else float32
+    device: Device = Device.AUTO  # auto = cuda when available
     seed: int = 0  # seeds a random-weight model's weights (dummy-llama-tiny, dummy:...)
     block_size_tokens: int = 16  # token positions per KV block
     num_kv_blocks: int = 0  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
@@ -43,7 +68,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens per step at most (chunked-prefill budget)
     max_model_len: int = 0  # prompt + output tokens at most; 0 = the model's own context
     max_waiting_requests: int = 4096  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
-    scheduler_policy: str = DEFAULT_POLICY  # one of services.engine.scheduler.policy.POLICY_NAMES
+    scheduler_policy: PolicyName = DEFAULT_POLICY  # how the scheduler ranks requests (its value works too)
     max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
     memory_address: str = ""  # memory service host:port; "" = run without one
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
@@ -56,12 +81,10 @@ class EngineConfig:
         parse_model_spec(self.model, frozenset(ARCHITECTURE_PRESETS))  # ValueError lists the valid names
         if self.memory_address and not is_host_port(self.memory_address):
             raise ValueError(f"memory_address must be host:port or empty, got {self.memory_address!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.scheduler_policy not in POLICY_NAMES:
-            raise ValueError(f"scheduler_policy must be one of {POLICY_NAMES}, got {self.scheduler_policy!r}")
+        # A value's text ("float32") is accepted and converted to the member once, here.
+        object.__setattr__(self, "dtype", _member(Dtype, "dtype", self.dtype))
+        object.__setattr__(self, "device", _member(Device, "device", self.device))
+        object.__setattr__(self, "scheduler_policy", _member(PolicyName, "scheduler_policy", self.scheduler_policy))
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         for name in ("block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests"):
