@@ -14,6 +14,7 @@ from services.gateway.routing import ROUTING_POLICIES, RoutingPolicy
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_HTTP_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a 32k-token prompt as JSON text is ~0.2 MB
+DEFAULT_HTTP_REQUEST_TIMEOUT_S = 600.0  # long enough for a long generation on a busy server
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class GatewayConfig:
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
     http_port: int | None = None  # TCP port of the OpenAI-compatible HTTP API
     http_max_request_bytes: int = DEFAULT_HTTP_MAX_REQUEST_BYTES  # larger HTTP bodies get 413
+    # deadline of an HTTP generation that sends no `timeout` field, seconds (vLLM-like clients set none)
+    http_request_timeout_s: float = DEFAULT_HTTP_REQUEST_TIMEOUT_S
     api_keys: tuple[str, ...] = ()  # accepted API keys (with api_key_file's); none = no authentication
     api_key_file: str = ""  # file of API keys, one per line ("" = none)
     metrics_require_api_key: bool = False  # /metrics behind the API key too (health is always open)
@@ -84,6 +87,8 @@ class GatewayConfig:
             validate_port(self.http_port)
         if self.http_max_request_bytes <= 0:
             raise ValueError(f"http_max_request_bytes must be > 0, got {self.http_max_request_bytes}")
+        if not self.http_request_timeout_s > 0:
+            raise ValueError(f"http_request_timeout_s must be > 0, got {self.http_request_timeout_s}")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must be non-empty strings")
         if self.feedback_queue_size < 0:
@@ -157,6 +162,7 @@ class GatewayConfig:
                 feedback_queue_size=args.feedback_queue_size,
                 http_port=args.http_port,
                 http_max_request_bytes=args.http_max_request_bytes,
+                http_request_timeout_s=args.http_request_timeout_s,
                 api_keys=tuple(args.api_key),
                 api_key_file=args.api_key_file,
                 metrics_require_api_key=args.metrics_require_api_key,
@@ -196,6 +202,8 @@ def _add_http_and_auth_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--http-max-request-bytes", type=int, default=DEFAULT_HTTP_MAX_REQUEST_BYTES,
                         help="larger HTTP request bodies get 413")
+    parser.add_argument("--http-request-timeout-s", type=float, default=DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+                        help="deadline of an HTTP generation without a `timeout` body field (expiry: 504)")
     parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
                         help="accepted API key (repeatable); clients send 'authorization: Bearer KEY'")
     parser.add_argument("--api-key-file", default="", help="file of accepted API keys, one per line")

@@ -36,6 +36,7 @@ class HttpAppSettings:
 
     max_request_bytes: int  # larger bodies get 413
     metrics_require_api_key: bool = False  # /metrics behind the API key (when keys are set)
+    request_timeout_s: float | None = None  # deadline of a generation without a `timeout` field; None = none
 
 
 def create_http_app(
@@ -49,7 +50,7 @@ def create_http_app(
 ) -> FastAPI:
     """Builds the app; every handler shares the gRPC servicer's pipeline and model cache."""
     app = FastAPI(title="alise", docs_url=None, redoc_url=None, openapi_url=None)
-    routes = OpenAiRoutes(pipeline, served_models)
+    routes = OpenAiRoutes(pipeline, served_models, request_timeout_s=settings.request_timeout_s)
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])

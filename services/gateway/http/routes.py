@@ -9,6 +9,7 @@ error is sent as a last `data: {"error": ...}` event and the stream ends without
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import AsyncIterator, Callable
 
@@ -17,9 +18,9 @@ from starlette.responses import JSONResponse, Response
 
 from services.common.contracts import gateway_service_pb2
 from services.common.errors import AliseError
-from services.gateway.generation import GeneratedChunk, GenerationPipeline
+from services.gateway.generation import GeneratedChunk, GenerationPipeline, TimeRemaining
 from services.gateway.http.disconnect import ClientGone, EventStreamResponse, unless_disconnected
-from services.gateway.http.errors import HttpApiError, error_body, from_exception
+from services.gateway.http.errors import HttpApiError, error_body, from_exception, invalid_parameter
 from services.gateway.http.responses import (
     SSE_DONE,
     ApiKind,
@@ -36,9 +37,21 @@ from services.gateway.model_info import ServedModelCache
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody reads it
 
 
-def _no_deadline() -> None:
-    """HTTP requests carry no deadline; the engine call then has none either (as gRPC without one)."""
-    return None
+def request_deadline(body: SamplingBody, default_timeout_s: float | None) -> TimeRemaining:
+    """The request's deadline as the pipeline reads it (seconds left), from now.
+
+    `timeout` in the body (seconds; OpenAI SDK users pass it in extra_body) overrides the gateway's
+    default. The pipeline hands what is left to the predictor call and, as the gRPC deadline, to the
+    engine call, exactly as a gRPC client's deadline: on expiry the engine drops the request and frees
+    its KV, and the client gets 504 (or, mid-stream, an error event and the end of the stream).
+    """
+    timeout_s = body.timeout if body.timeout is not None else default_timeout_s
+    if timeout_s is None:
+        return lambda: None
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise invalid_parameter(f"timeout must be a number of seconds > 0, got {timeout_s}", "timeout")
+    deadline_s = time.monotonic() + timeout_s
+    return lambda: deadline_s - time.monotonic()
 
 
 class OpenAiRoutes:
@@ -49,9 +62,11 @@ class OpenAiRoutes:
         pipeline: GenerationPipeline,
         served_models: ServedModelCache,
         *,
+        request_timeout_s: float | None = None,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
         self._pipeline = pipeline
+        self._request_timeout_s = request_timeout_s  # deadline of a request without `timeout`; None = none
         self._served_models = served_models
         self._clock_s = clock_s  # wall clock for `created` fields, seconds
         self._started_s = int(clock_s())
@@ -87,10 +102,11 @@ class OpenAiRoutes:
         kind: ApiKind,
     ) -> Response:
         created_s = int(self._clock_s())
+        time_remaining_s = request_deadline(body, self._request_timeout_s)
         model = (await self._served_models.get()).info.model_name
         if body.model and body.model != model:
             raise _model_not_found(body.model, model)
-        chunks = self._pipeline.generate(generate_request, _no_deadline)
+        chunks = self._pipeline.generate(generate_request, time_remaining_s)
         try:
             if not body.stream:
                 text, last = await unless_disconnected(request, _collect(chunks))

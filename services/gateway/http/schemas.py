@@ -46,6 +46,7 @@ class SamplingBody(BaseModel):
     priority: int | str | None = None  # a PriorityClass: "interactive" | "standard" | "batch" (or its number)
     expected_output_tokens: int | None = None  # client's output-length hint, tokens
     request_id: str | None = None  # client's id; the response `id` is built from it
+    timeout: float | None = None  # this request's deadline in seconds, > 0; unset = --http-request-timeout-s
 
 
 class CompletionBody(SamplingBody):
