@@ -21,6 +21,13 @@ from services.common.tls import TlsFiles
 log = logging.getLogger(__name__)
 
 
+class PortBindError(OSError):
+    """A listening port could not be bound; the message names the address and the flag that sets it."""
+
+    def __init__(self, what: str, host: str, port: int, flag: str, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {host}:{port} ({reason}); choose another port with {flag}")
+
+
 @dataclass
 class HttpServer:
     """A started uvicorn server; `port` is the bound one (never 0)."""
@@ -91,7 +98,7 @@ async def start_http_server(app: object, *, host: str, port: int, tls: TlsFiles 
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; OSError (e.g. address in use) names the address.
+    """A listening TCP socket; PortBindError (e.g. address in use) names the address and --http-port.
 
     The protocol must be IPPROTO_TCP explicitly (socket.create_server leaves it 0): asyncio sets
     TCP_NODELAY only on accepted sockets whose proto says TCP, and without it every response
@@ -105,5 +112,5 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as error:
         sock.close()
-        raise OSError(error.errno, f"could not bind HTTP {host}:{port}: {error.strerror}") from None
+        raise PortBindError("HTTP", host, port, "--http-port", error.strerror or str(error)) from None
     return sock
