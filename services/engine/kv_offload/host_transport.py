@@ -50,6 +50,9 @@ STREAM_CHUNK_BYTES = 1024 * 1024  # UploadSwapped chunk: the proto's "at most 1 
 MIN_STREAM_BYTES_PER_S = 50e6
 SHARED_MEMORY = "shared-memory"
 GRPC_STREAM = "grpc-stream"
+# The host region as the memory service's registration reply carries it: passed through the engine
+# unread and read only here, where it is mapped (the transport is the wire's edge, like the client).
+HostRegionMessage = memory_service_pb2.HostRegion
 
 
 class TransferFailed(Exception):

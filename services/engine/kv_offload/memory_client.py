@@ -8,6 +8,8 @@ A dead or slow memory service is a fallback, not an outage: every call has a sho
 failed call returns None (the offloader then recomputes), and after a failure the client stays
 quiet for `backoff_s` (calls return None at once) so a down service costs one timeout, not one
 per step.
+
+It is the edge of the swap RPCs: it takes and returns swap_plan objects (converted by swap_pb).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import grpc
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
 from services.common.tls import TlsFiles, secure_or_insecure_sync_channel
+from services.engine.kv_offload.swap_pb import candidate_to_pb, decision_from_pb, grant_from_pb, quality_to_pb
+from services.engine.kv_offload.swap_plan import CodecQuality, RestoreGrant, SwapCandidate, SwapDecision
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +56,24 @@ class MemoryClient:
         """False while backing off after a failed call."""
         return self._clock() >= self._quiet_until_s
 
-    def plan(self, victims: list[pb.EvictionCandidate], qualities: list[pb.CodecQuality]) -> pb.PlanEvictionResponse | None:
-        request = pb.PlanEvictionRequest(engine_id=self.engine_id, victims=victims, codec_qualities=qualities)
-        return self._call("PlanEviction", lambda: self.stub.PlanEviction(request, timeout=self.timeout_s))
+    def plan(self, victims: list[SwapCandidate], qualities: list[CodecQuality]) -> list[SwapDecision] | None:
+        """One decision per victim, in order; None when the call failed (every victim recomputes)."""
+        request = pb.PlanEvictionRequest(
+            engine_id=self.engine_id, victims=[candidate_to_pb(v) for v in victims],
+            codec_qualities=[quality_to_pb(q) for q in qualities],
+        )
+        reply = self._call("PlanEviction", lambda: self.stub.PlanEviction(request, timeout=self.timeout_s))
+        return None if reply is None else [decision_from_pb(d) for d in reply.decisions]
 
     def commit(self, request_ids: list[str]) -> set[str] | None:
         request = pb.CommitSwapOutRequest(engine_id=self.engine_id, request_ids=request_ids)
         reply = self._call("CommitSwapOut", lambda: self.stub.CommitSwapOut(request, timeout=self.timeout_s))
         return None if reply is None else set(reply.committed_request_ids)
 
-    def begin_restore(self, request_ids: list[str]) -> list[pb.RestoreGrant] | None:
+    def begin_restore(self, request_ids: list[str]) -> list[RestoreGrant] | None:
         request = pb.BeginRestoreRequest(engine_id=self.engine_id, request_ids=request_ids)
         reply = self._call("BeginRestore", lambda: self.stub.BeginRestore(request, timeout=self.timeout_s))
-        return None if reply is None else list(reply.grants)
+        return None if reply is None else [grant_from_pb(g) for g in reply.grants]
 
     def release(self, request_ids: list[str]) -> bool:
         request = pb.ReleaseSwappedRequest(engine_id=self.engine_id, request_ids=request_ids)

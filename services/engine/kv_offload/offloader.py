@@ -14,6 +14,8 @@ moves the KV bytes.
 Every failure (memory service down or slow, transfer error, KV dropped for room) ends in
 recompute: `evict` leaves that victim out of the saved set, `ensure_restorable` says False. The
 request itself is never lost, and its host slots are released on every path (restore, discard).
+No protobuf here: the memory client speaks swap_plan objects, and the registration's host region is
+handed to the transport as it came (host_transport maps it).
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from services.common.contracts import memory_service_pb2 as pb
 from services.engine.kv_cache import PagedKvCache
-from services.engine.kv_offload.codec_pb import CODEC_FROM_PB, CODEC_TO_PB
-from services.engine.kv_offload.host_transport import HostTransport, TransferFailed, open_transport
+from services.engine.kv_offload.host_transport import HostRegionMessage, HostTransport, TransferFailed, open_transport
 from services.engine.kv_offload.kv_codec import KvCodec, decode_blocks, encode_blocks, encoded_size_bytes
 from services.engine.kv_offload.memory_client import MemoryClient
 from services.engine.kv_offload.swap_measurements import SwapMeasurements
+from services.engine.kv_offload.swap_plan import CodecCost, RestoreGrant, SwapCandidate, SwapDecision
 from services.engine.request import Request
 from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
 
@@ -59,15 +60,15 @@ class KvOffloader:
         self.cache = cache
         self.client = client
         self.measurements = SwapMeasurements()
-        self._region: pb.HostRegion | None = None  # set by the registration (another thread)
+        self._region: HostRegionMessage | None = None  # set by the registration (another thread)
         self._transport: HostTransport | None = None
-        self._transport_region: pb.HostRegion | None = None  # the region _transport maps
+        self._transport_region: HostRegionMessage | None = None  # the region _transport maps
         self._saved: dict[str, SavedKv] = {}
         self._prefetching: dict[str, Future] = {}  # request id -> Future[uint8 tensor | None]
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-prefetch")
         self._pending_releases: list[Future] = []  # background ReleaseSwapped calls not yet done
 
-    def attach_region(self, region: pb.HostRegion) -> None:
+    def attach_region(self, region: HostRegionMessage) -> None:
         """The memory service (re)registered us with this region; the next eviction maps it."""
         self._region = region
 
@@ -79,12 +80,11 @@ class KvOffloader:
             return set()
         self._finish_releases()  # a late release of a victim's earlier swap must not free its new one
         self.measurements.maybe_measure_errors(self.cache, victims[0].block_ids)
-        plan = self.client.plan([self._candidate(v) for v in victims], self.measurements.qualities_pb())
-        if plan is None:
+        decisions = self.client.plan([self._candidate(v) for v in victims], self.measurements.qualities())
+        if decisions is None:
             return set()
         by_id = {victim.request.request_id: victim for victim in victims}
-        written = [d.request_id for d in plan.decisions
-                   if d.action == pb.EVICTION_ACTION_SWAP and self._write(transport, by_id[d.request_id], d)]
+        written = [d.request_id for d in decisions if d.swap and self._write(transport, by_id[d.request_id], d)]
         if transport.commits_on_write or not written:
             return set(written)
         committed = self.client.commit(written) or set()
@@ -92,20 +92,20 @@ class KvOffloader:
             self._forget(request_id)
         return committed
 
-    def _candidate(self, victim: EvictedKv) -> pb.EvictionCandidate:
+    def _candidate(self, victim: EvictedKv) -> SwapCandidate:
         num_blocks = len(victim.block_ids)
         codecs = []
         for codec in KvCodec:
             size = encoded_size_bytes(self.cache.shape, self.cache.key_cache.dtype, num_blocks, codec)
             out_s, in_s = self.measurements.estimate_s(codec, size)
-            codecs.append(pb.CodecCost(codec=CODEC_TO_PB[codec], size_bytes=size, swap_out_s=out_s, swap_in_s=in_s))
-        return pb.EvictionCandidate(
-            request_id=victim.request.request_id, num_kv_tokens=victim.num_kv_tokens,
-            recompute_s=victim.recompute_s, expected_wait_s=victim.expected_wait_s, codecs=codecs,
+            codecs.append(CodecCost(codec, size, out_s, in_s))
+        return SwapCandidate(
+            victim.request.request_id, victim.num_kv_tokens, victim.recompute_s, victim.expected_wait_s, tuple(codecs)
         )
 
-    def _write(self, transport: HostTransport, victim: EvictedKv, decision: pb.EvictionDecision) -> bool:
-        codec = CODEC_FROM_PB[decision.codec]
+    def _write(self, transport: HostTransport, victim: EvictedKv, decision: SwapDecision) -> bool:
+        codec = decision.codec
+        assert codec is not None  # a swap decision names its codec (swap_pb)
         started = time.perf_counter()
         try:
             data = encode_blocks(self.cache, victim.block_ids, codec)
@@ -138,14 +138,15 @@ class KvOffloader:
             fetched.append(self._read(transport, grant) if grant.restorable else None)
         return fetched
 
-    def _read(self, transport: HostTransport, grant: pb.RestoreGrant) -> torch.Tensor | None:
+    def _read(self, transport: HostTransport, grant: RestoreGrant) -> torch.Tensor | None:
         started = time.perf_counter()
         try:
             data = transport.read(grant.request_id, grant.slot_ids, grant.size_bytes)
         except TransferFailed as error:
             log.warning("swap in of %s failed (%s); it will recompute", grant.request_id, error)
             return None
-        self.measurements.record_in(CODEC_FROM_PB[grant.codec], grant.size_bytes, time.perf_counter() - started)
+        assert grant.codec is not None  # a restorable grant names its codec (swap_pb)
+        self.measurements.record_in(grant.codec, grant.size_bytes, time.perf_counter() - started)
         return data
 
     def ensure_restorable(self, request: Request) -> bool:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.contracts import memory_service_pb2 as pb
 from services.engine.kv_cache import PagedKvCache
-from services.engine.kv_offload.codec_pb import CODEC_TO_PB
 from services.engine.kv_offload.kv_codec import KvCodec, measure_codec_errors
+from services.engine.kv_offload.swap_plan import CodecQuality
 
 SMOOTHING = 0.2  # weight of the newest sample in the moving averages
 MEASURE_FIRST_EVENTS = 8
@@ -80,8 +79,7 @@ class SwapMeasurements:
             self.relative_error[codec] = (self.relative_error.get(codec, 0.0) * count + error * len(block_ids)) / (count + len(block_ids))
             self.num_error_blocks[codec] = count + len(block_ids)
 
-    def qualities_pb(self) -> list[pb.CodecQuality]:
+    def qualities(self) -> list[CodecQuality]:
         return [
-            pb.CodecQuality(codec=CODEC_TO_PB[codec], relative_error=error, num_blocks_measured=self.num_error_blocks[codec])
-            for codec, error in self.relative_error.items()
+            CodecQuality(codec, error, self.num_error_blocks[codec]) for codec, error in self.relative_error.items()
         ]
