@@ -50,6 +50,8 @@ class EngineCore:
         started = time.perf_counter()
         output = self.scheduler.schedule()
         if output.is_empty:
+            for request_id in output.preempted_request_ids:  # the runner drops them in execute() otherwise
+                self.runner.forget(request_id)
             return []
         if output.restores:  # swapped KV back into its new blocks before the model reads them
             self.scheduler.eviction.restore(output.restores)

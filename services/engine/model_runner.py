@@ -6,38 +6,40 @@ The step's tokens from all requests are flattened into one sequence (no padding)
     positions:  0 1 2 3 | 9 | 4 5
     slots:      from each request's block table (block_pool.py)
 
-The Hugging Face module weights are used as they are (embeddings, projections, norms, MLP, LM
-head); attention and the KV cache are ours, so batching and paging stay under the scheduler's
-control. Logits are computed only at the last position of requests that sample this step.
+A step: the persistent input batch (input_batch.py) turns the scheduler's chunks into index
+tensors with one host-to-device copy; the fused decoder (fused_llama.py) runs them, replayed from a
+CUDA graph when the step only decodes (cuda_graphs.py); logits are computed only at the last
+position of requests that sample, the min_tokens hook masks stop tokens, and every row is sampled
+at once on the device (sampler.py). Attention and the KV cache are ours, so batching and paging
+stay under the scheduler's control.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from services.engine.attention import AttentionMetadata, make_metadata
+from services.engine.attention import AttentionMetadata
 from services.engine.block_pool import KvBlockManager
+from services.engine.cuda_graphs import DecodeGraphs
+from services.engine.fused_llama import FusedLlama
+from services.engine.input_batch import InputBatch, StepArrays
 from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.min_tokens import apply_min_tokens, model_stop_token_ids, stop_token_tensor
-from services.engine.sampler import make_generator, sample_next_tokens
+from services.engine.sampler import SamplingParams, sample_tokens
 from services.engine.scheduler.output import SchedulerOutput
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [tokens, heads, head_dim]; cos, sin [tokens, head_dim]."""
-    return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+DEFAULT_MAX_NUM_SEQS = 64  # CUDA graph batch sizes are captured up to this many decodes
 
 
 class ModelRunner:
     """Owns the model and the KV cache tensors; called only from the engine thread."""
 
-    def __init__(self, model: torch.nn.Module, kv: KvBlockManager, num_blocks: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, kv: KvBlockManager, num_blocks: int, *,
+        enforce_eager: bool = False, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int = 0,
+    ) -> None:
         config = model.config
         self.model = model
         self.kv = kv
@@ -53,76 +55,76 @@ class ModelRunner:
         self.cache = PagedKvCache(self.cache_shape, self.dtype, self.device)
         # CUDA decode kernel where it loads (kernels/backend.py), else the torch reference.
         self.attention = make_attention(self.device, self.dtype, self.head_dim, kv.block_size)
-        self._generators: dict[str, torch.Generator | None] = {}
         self.stop_token_ids = stop_token_tensor(model_stop_token_ids(model), self.device)  # min_tokens.py
+        self.decoder = FusedLlama(model, self.num_heads, self.num_kv_heads, self.head_dim)
+        self.batch = InputBatch(kv.block_size, self.device)
+        max_model_len = max_model_len or config.max_position_embeddings
+        # None on CPU and with enforce_eager: every step runs eagerly.
+        self.graphs = DecodeGraphs.create(self, max_num_seqs, max_model_len, enforce_eager)
 
     def forget(self, request_id: str) -> None:
-        """Drops per-request state (its sampling generator) once the request is finished."""
-        self._generators.pop(request_id, None)
+        """Drops the request's row once it finished or was aborted (or lost its KV)."""
+        self.batch.remove(request_id)
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> dict[str, int]:
         """Runs the step; returns the sampled token of each request that samples this step."""
-        input_ids, positions, metadata = self._prepare(step)
-        hidden = self._forward(input_ids, positions, metadata)
-        sampling_chunks = [c for c in step.chunks if c.samples_token]
-        if not sampling_chunks:
+        arrays = self.prepare_arrays(step)
+        hidden = self.run_model(arrays)
+        if not arrays.sample_indices:
             return {}
-        last_rows = [metadata.query_start_loc_host[i + 1] - 1 for i, c in enumerate(step.chunks) if c.samples_token]
-        logits = self.model.lm_head(hidden[last_rows])
-        options = [c.request.sampling for c in sampling_chunks]
-        generators = [self._generator_for(c.request) for c in sampling_chunks]
-        logits = apply_min_tokens(logits, [c.request for c in sampling_chunks], self.stop_token_ids)
-        tokens = sample_next_tokens(logits, options, generators)
-        return {c.request.request_id: token for c, token in zip(sampling_chunks, tokens)}
+        requests = [step.chunks[index].request for index in arrays.sample_indices]
+        starts = arrays.query_start_loc_host
+        last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
+        logits = self.model.lm_head(hidden.index_select(0, last_rows))
+        logits = apply_min_tokens(logits, requests, self.stop_token_ids)
+        tokens = sample_tokens(logits, self.sampling_params(arrays, requests)).tolist()
+        self.batch.record_sampled(arrays, tokens)
+        return {request.request_id: token for request, token in zip(requests, tokens)}
 
-    def _generator_for(self, request) -> torch.Generator | None:
-        if request.request_id not in self._generators:
-            self._generators[request.request_id] = make_generator(request.sampling, self.device)
-        return self._generators[request.request_id]
+    def prepare_arrays(self, step: SchedulerOutput) -> StepArrays:
+        """Drops the rows of requests preempted this step, then builds the step's inputs (idempotent:
+        preparing the same step twice gives the same arrays)."""
+        for request_id in step.preempted_request_ids:
+            self.batch.remove(request_id)
+        return self.batch.prepare(step.chunks, self.kv.block_table)
 
     def _prepare(self, step: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts = [0]
-        context_lens: list[int] = []
-        tables: list[list[int]] = []
-        block_size = self.kv.block_size
-        for chunk in step.chunks:
-            request = chunk.request
-            first, last = request.num_computed_tokens, request.num_computed_tokens + chunk.num_new_tokens
-            table = self.kv.block_table(request.request_id)
-            token_ids.extend(request.token_ids_slice(first, last))
-            positions.extend(range(first, last))
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(first, last))
-            starts.append(starts[-1] + chunk.num_new_tokens)
-            context_lens.append(last)
-            tables.append(table[: -(-last // block_size)])
-        slot_mapping = torch.tensor(slots, dtype=torch.long).to(self.device)
-        metadata = self.attention.prepare(make_metadata(slot_mapping, starts, context_lens, tables))
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
-        return as_tensor(token_ids), as_tensor(positions), metadata
+        """(input ids, positions, metadata) of a step, for tests that run one step through two backends."""
+        arrays = self.prepare_arrays(step)
+        return arrays.input_ids, arrays.positions, self.metadata_of(arrays)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        """Hidden states [num_tokens, hidden] after the final norm."""
-        body = self.model.model
-        hidden = body.embed_tokens(input_ids)
-        cos, sin = body.rotary_emb(hidden[None], positions[None])
-        cos, sin = cos[0], sin[0]
-        for layer_index, layer in enumerate(body.layers):
-            residual = hidden
-            attention_input = layer.input_layernorm(hidden)
-            hidden = residual + self._attention(layer.self_attn, layer_index, attention_input, cos, sin, metadata)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return body.norm(hidden)
+    def run_model(self, arrays: StepArrays) -> torch.Tensor:
+        """Hidden states [num_tokens, hidden]: a graph replay for decode-only steps, else eager."""
+        if self.graphs is not None:
+            hidden = self.graphs.run(arrays)
+            if hidden is not None:
+                return hidden
+        return self.forward(arrays.input_ids, arrays.positions, self.metadata_of(arrays))
 
-    def _attention(self, attn, layer_index, x, cos, sin, metadata: AttentionMetadata) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        query = attn.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        key = attn.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        value = attn.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        query, key = _apply_rope(query, cos, sin), _apply_rope(key, cos, sin)
-        self.attention.write(self.cache, layer_index, metadata.slot_mapping, key, value)
-        attended = self.attention.attend(query, self.cache, layer_index, metadata, self.scale)
-        return attn.o_proj(attended.reshape(num_tokens, self.num_heads * self.head_dim))
+    def metadata_of(self, arrays: StepArrays) -> AttentionMetadata:
+        metadata = AttentionMetadata(
+            slot_mapping=arrays.slot_mapping,
+            query_start_loc=arrays.query_start_loc,
+            seq_lens=arrays.seq_lens,
+            block_tables=arrays.block_tables,
+            query_start_loc_host=arrays.query_start_loc_host,
+            seq_lens_host=arrays.seq_lens_host,
+            max_query_len=arrays.max_query_len,
+            max_seq_len=arrays.max_seq_len,
+        )
+        return self.attention.prepare(metadata)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        """The eager forward (also what a CUDA graph captures)."""
+        return self.decoder.forward(input_ids, positions, metadata, self.attention, self.cache, self.scale)
+
+    _forward = forward  # the name tests/kernel_cases.py calls
+
+    def sampling_params(self, arrays: StepArrays, requests) -> SamplingParams:
+        """The sampling rows' parameters, gathered from the batch rows; the draw counter of a row is
+        its request's number of output tokens so far (see sampler.py on reproducibility)."""
+        rows = arrays.rows[arrays.sample_indices]
+        batch = self.batch
+        counters = np.fromiter((len(request.output_token_ids) for request in requests), np.int64, len(requests))
+        return SamplingParams.of(batch.temperature[rows], batch.top_p[rows], batch.top_k[rows], batch.seed[rows], counters)

@@ -1,0 +1,249 @@
+"""The persistent input batch: per-request rows kept across steps, step inputs built with array ops.
+
+Each live request owns one row of a few host arrays, from its first scheduled step until it
+finishes, is aborted or is preempted (its KV is gone: its next admission starts a fresh row):
+
+    token_ids[row, :num_tokens[row]]     prompt + output ids (a sampled token is written at sampling)
+    block_table[row, :num_blocks[row]]   its physical KV blocks (copied as the block manager grows them)
+    temperature / top_p / top_k / seed   its sampling parameters
+
+Per step only the new tokens and new blocks are copied into rows (a decode adds one token, and a
+block every block_size steps). Positions, input ids, slot mapping, query starts and the step's block
+tables are then computed with numpy over all rows at once, into one staging buffer (pinned when the
+runner's device is CUDA) that reaches the device in a single non-blocking copy:
+
+    request:    A A A A | B | C C          (A: prompt chunk, B: decode, C: prompt tail)
+    positions:  0 1 2 3 | 9 | 4 5          start[r] + (token - query_start[r])
+    slot:       block_table[row, pos // block_size] * block_size + pos % block_size
+
+Invariant: a row mirrors its request; a row whose request's token count, block count or preemption
+count disagrees is resynchronised from the request (never trusted), so a stale row can cost a copy,
+never a wrong token. Rows are indices into the arrays; the step's batch order is a gather by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from services.engine.request import Request
+from services.engine.scheduler.output import ScheduledChunk
+
+INITIAL_ROWS = 16  # rows allocated first; capacities double as needed
+INITIAL_TOKENS = 256  # token columns per row at first
+INITIAL_BLOCKS = 16  # block-table columns per row at first
+
+
+@dataclass(frozen=True)
+class StepArrays:
+    """One step's inputs: device tensors (views of one copied buffer) and their host twins."""
+
+    input_ids: torch.Tensor  # int32 [num_tokens]
+    positions: torch.Tensor  # int32 [num_tokens]
+    slot_mapping: torch.Tensor  # int64 [num_tokens]
+    query_start_loc: torch.Tensor  # int32 [num_reqs + 1]
+    seq_lens: torch.Tensor  # int32 [num_reqs]
+    block_tables: torch.Tensor  # int32 [num_reqs, max_blocks], rows padded with their first block
+    query_start_loc_host: list[int]
+    seq_lens_host: list[int]
+    max_query_len: int
+    max_seq_len: int
+    rows: np.ndarray  # int64 [num_reqs]: the batch row of each request, in step order
+    sample_indices: list[int]  # step request indices that sample a token, ascending
+
+
+class InputBatch:
+    """Rows of the live requests and the step-input builder; engine thread only."""
+
+    def __init__(self, block_size: int, device: torch.device) -> None:
+        self.block_size = block_size
+        self.device = device
+        self._pin = device.type == "cuda" and torch.cuda.is_available()
+        self._row_of: dict[str, int] = {}
+        self._free_rows: list[int] = []
+        self._num_tokens = [0] * INITIAL_ROWS  # python lists: read per chunk, cheaper than numpy scalars
+        self._num_blocks = [0] * INITIAL_ROWS
+        self._epoch = [0] * INITIAL_ROWS  # request.num_preemptions when the row was filled
+        self.token_ids = np.zeros((INITIAL_ROWS, INITIAL_TOKENS), dtype=np.int32)
+        self.block_table = np.zeros((INITIAL_ROWS, INITIAL_BLOCKS), dtype=np.int32)
+        self.temperature = np.zeros(INITIAL_ROWS, dtype=np.float32)
+        self.top_p = np.ones(INITIAL_ROWS, dtype=np.float32)
+        self.top_k = np.zeros(INITIAL_ROWS, dtype=np.int64)
+        self.seed = np.zeros(INITIAL_ROWS, dtype=np.int64)
+        self._staging = torch.empty(0, dtype=torch.int32)
+
+    # -- rows ----------------------------------------------------------------------------
+
+    @property
+    def num_rows(self) -> int:
+        """Rows held by live requests."""
+        return len(self._row_of)
+
+    def row_of(self, request_id: str) -> int | None:
+        return self._row_of.get(request_id)
+
+    def remove(self, request_id: str) -> None:
+        """Frees the request's row (finished, aborted or preempted); a no-op when it has none."""
+        row = self._row_of.pop(request_id, None)
+        if row is not None:
+            self._num_tokens[row] = self._num_blocks[row] = 0
+            self._free_rows.append(row)
+
+    def _add(self, request: Request) -> int:
+        if not self._free_rows:
+            self._grow_rows()
+        row = self._free_rows.pop()
+        self._row_of[request.request_id] = row
+        self._epoch[row] = request.num_preemptions
+        self._num_tokens[row] = self._num_blocks[row] = 0
+        option = request.sampling
+        self.temperature[row], self.top_p[row] = option.temperature, option.top_p
+        self.top_k[row], self.seed[row] = option.top_k, option.seed
+        return row
+
+    def _grow_rows(self) -> None:
+        old = len(self._num_tokens)
+        self._free_rows.extend(range(2 * old - 1, old - 1, -1))  # lowest free row is taken first
+        for name in ("_num_tokens", "_num_blocks", "_epoch"):
+            getattr(self, name).extend([0] * old)
+        for name in ("token_ids", "block_table", "temperature", "top_p", "top_k", "seed"):
+            array = getattr(self, name)
+            grown = np.zeros((2 * old,) + array.shape[1:], dtype=array.dtype)
+            grown[:old] = array
+            setattr(self, name, grown)
+
+    def _sync_row(self, row: int, request: Request, table: list[int]) -> None:
+        """Copies the request's tokens and blocks the row lacks (only the new ones)."""
+        num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+        have = self._num_tokens[row]
+        if num_tokens != have:
+            if num_tokens > self.token_ids.shape[1]:
+                self.token_ids = _widen(self.token_ids, num_tokens)
+            if num_tokens < have:
+                have = 0
+            self.token_ids[row, have:num_tokens] = request.token_ids_slice(have, num_tokens)
+            self._num_tokens[row] = num_tokens
+        num_blocks, have = len(table), self._num_blocks[row]
+        if num_blocks != have:
+            if num_blocks > self.block_table.shape[1]:
+                self.block_table = _widen(self.block_table, num_blocks)
+            if num_blocks < have:
+                have = 0
+            self.block_table[row, have:num_blocks] = table[have:]
+            self._num_blocks[row] = num_blocks
+
+    def record_sampled(self, arrays: StepArrays, token_ids: list[int]) -> None:
+        """Writes each sampled token after its request's tokens (sample_indices order).
+
+        Only rows exactly caught up take it, so a row is never ahead of its request."""
+        seq_lens, num_tokens = arrays.seq_lens_host, self._num_tokens
+        rows = arrays.rows[arrays.sample_indices].tolist()
+        kept = [i for i, (row, index) in enumerate(zip(rows, arrays.sample_indices)) if num_tokens[row] == seq_lens[index]]
+        if not kept:
+            return
+        positions = np.array([seq_lens[arrays.sample_indices[i]] for i in kept], dtype=np.int64)
+        if int(positions.max()) >= self.token_ids.shape[1]:
+            self.token_ids = _widen(self.token_ids, int(positions.max()) + 1)
+        kept_rows = [rows[i] for i in kept]
+        self.token_ids[kept_rows, positions] = [token_ids[i] for i in kept]
+        for row in kept_rows:
+            num_tokens[row] += 1
+
+    # -- one step ------------------------------------------------------------------------
+
+    def prepare(self, chunks: list[ScheduledChunk], block_table_of: Callable[[str], list[int]]) -> StepArrays:
+        """Syncs the chunks' rows, then builds the step's arrays; block_table_of(request_id) -> its blocks
+        (KvBlockManager.block_table). A request without a row, or preempted since its row was filled,
+        gets a fresh row."""
+        num_reqs = len(chunks)
+        rows = [0] * num_reqs
+        starts = [0] * num_reqs
+        counts = [0] * num_reqs
+        sample_indices = []
+        row_of, num_tokens_of, num_blocks_of, epoch_of = self._row_of, self._num_tokens, self._num_blocks, self._epoch
+        for index, chunk in enumerate(chunks):
+            request = chunk.request
+            row = row_of.get(request.request_id)
+            if row is None or epoch_of[row] != request.num_preemptions:
+                self.remove(request.request_id)
+                row = self._add(request)
+            table = block_table_of(request.request_id)
+            if (len(table) != num_blocks_of[row]
+                    or len(request.prompt_token_ids) + len(request.output_token_ids) != num_tokens_of[row]):
+                self._sync_row(row, request, table)
+            rows[index] = row
+            starts[index] = request.num_computed_tokens
+            counts[index] = chunk.num_new_tokens
+            if chunk.samples_token:
+                sample_indices.append(index)
+        return self._build(np.array(rows, dtype=np.int64), np.array(starts, dtype=np.int64),
+                           np.array(counts, dtype=np.int64), sample_indices)
+
+    def _build(self, rows: np.ndarray, starts: np.ndarray, counts: np.ndarray, sample_indices: list[int]) -> StepArrays:
+        """Vectorised: positions, ids, slots and tables of every token, in one staging buffer."""
+        num_reqs = len(rows)
+        seq_lens = starts + counts
+        query_start = np.zeros(num_reqs + 1, dtype=np.int64)
+        np.cumsum(counts, out=query_start[1:])
+        num_tokens = int(query_start[-1])
+        max_seq_len = int(seq_lens.max())
+        width = -(-max_seq_len // self.block_size)
+        layout = _Layout(num_tokens, num_reqs, width)
+        staging = self._staging_buffer(layout.total)
+        host = staging.numpy()
+        if num_tokens == num_reqs:  # every request feeds one token (decodes): no repeat needed
+            token_rows, positions = rows, starts
+        else:
+            token_rows = np.repeat(rows, counts)
+            positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - query_start[:-1], counts)
+        host[layout.input_ids] = self.token_ids[token_rows, positions]
+        host[layout.positions] = positions
+        blocks = self.block_table[token_rows, positions // self.block_size]
+        host[layout.slots] = blocks * self.block_size + positions % self.block_size
+        host[layout.query_start] = query_start
+        host[layout.seq_lens] = seq_lens
+        host[layout.block_tables] = self.block_table[rows, :width].reshape(-1)
+        device = staging.to(self.device, non_blocking=True) if self.device.type != "cpu" else staging
+        return StepArrays(
+            input_ids=device[layout.input_ids],
+            positions=device[layout.positions],
+            slot_mapping=device[layout.slots].long(),
+            query_start_loc=device[layout.query_start],
+            seq_lens=device[layout.seq_lens],
+            block_tables=device[layout.block_tables].view(num_reqs, width),
+            query_start_loc_host=query_start.tolist(),
+            seq_lens_host=seq_lens.tolist(),
+            max_query_len=int(counts.max()),
+            max_seq_len=max_seq_len,
+            rows=rows,
+            sample_indices=sample_indices,
+        )
+
+    def _staging_buffer(self, num_elements: int) -> torch.Tensor:
+        """A fresh int32 host buffer per step (the previous one may still be copying to the device);
+        pinned on CUDA so the copy is asynchronous."""
+        return torch.empty(num_elements, dtype=torch.int32, pin_memory=self._pin)
+
+
+class _Layout:
+    """Slices of the staging buffer: ids, positions, slots, query starts, seq lens, block tables."""
+
+    def __init__(self, num_tokens: int, num_reqs: int, width: int) -> None:
+        sizes = (num_tokens, num_tokens, num_tokens, num_reqs + 1, num_reqs, num_reqs * width)
+        bounds = np.cumsum((0,) + sizes).tolist()
+        (self.input_ids, self.positions, self.slots, self.query_start, self.seq_lens,
+         self.block_tables) = (slice(a, b) for a, b in zip(bounds, bounds[1:]))
+        self.total = bounds[-1]
+
+
+def _widen(array: np.ndarray, min_columns: int) -> np.ndarray:
+    """The array with at least min_columns columns (capacity doubled), contents kept."""
+    columns = array.shape[1]
+    while columns < min_columns:
+        columns *= 2
+    grown = np.zeros((array.shape[0], columns), dtype=array.dtype)
+    grown[:, : array.shape[1]] = array
+    return grown
