@@ -78,7 +78,10 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     cost_model = OnlineStepCostModel()  # calibrated from this engine's measured steps
     policy = make_policy(config.scheduler_policy, cost_model)
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
-    runner = ModelRunner(loaded.model, kv, num_blocks)
+    runner = ModelRunner(
+        loaded.model, kv, num_blocks, enforce_eager=config.enforce_eager, max_num_seqs=config.max_num_seqs,
+        max_model_len=max_model_len,
+    )
     info = ServedModelInfo(
         loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id,
         loaded.has_chat_template,

@@ -72,6 +72,8 @@ class EngineConfig:
     max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
     memory_address: str = ""  # memory service host:port; "" = run without one
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
+    # every step eager: no CUDA graphs for decode-only steps (debugging; graphs are never used on CPU)
+    enforce_eager: bool = False
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9102)
     metrics_port: MetricsPort | None = None
     tls: TlsFiles | None = None  # TLS of the engine's server and of its channels to the memory service
@@ -133,6 +135,10 @@ class EngineConfig:
             "--cpu-threads", type=int, default=0,
             help="torch CPU threads (0 = half the cores): more threads than free cores makes OpenMP spin",
         )
+        parser.add_argument(
+            "--enforce-eager", action="store_true",
+            help="run every step eagerly: no CUDA graphs for decode-only steps (CPU always runs eagerly)",
+        )
         args = parser.parse_args(argv)
         return cls(
             host=args.host,
@@ -155,6 +161,7 @@ class EngineConfig:
             max_wait_s=args.max_wait_s,
             memory_address=args.memory_address,
             cpu_threads=args.cpu_threads,
+            enforce_eager=args.enforce_eager,
             metrics_port=metrics_port_from_flag(args.metrics_port, default_port=ENGINE_METRICS_PORT),
             tls=tls_from_args(args),
         )
