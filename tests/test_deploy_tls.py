@@ -1,8 +1,10 @@
-"""The TLS and API-key overlays of deploy/ (compose and Kubernetes), and the healthcheck's TLS mode.
+"""The TLS overlays of deploy/ (compose and Kubernetes), and the healthcheck's TLS mode.
 
-Without Docker or a cluster: the overlays' gateway commands are parsed by the gateway's own flag
-parser with the mounted secret paths pointed at a development PKI made here, and the container
-healthcheck script is run against a real gateway serving TLS.
+Without Docker or a cluster: every service's overlay command is parsed by the service's own flag
+parser with the mounted secret paths pointed at a development PKI made here (so each one would
+start with mutual TLS: its own certificate and key, the CA, a client certificate required by the
+internal servers), the files validate against the Compose Specification and the Kubernetes OpenAPI
+schemas, and the container healthcheck script is run against real servers speaking TLS and mTLS.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ from services.common.tls import TlsFiles
 from services.gateway import app
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewayConfig
-from tests.deploy_support import COMPOSE_SCHEMA, DEPLOY_DIR, DOCKER_DIR, K8S_DIR, interpolate, parse_service_args
+from services.memory import app as memory_app
+from services.memory.config import MemoryConfig
+from tests.deploy_support import (
+    COMPOSE_SCHEMA, DEPLOY_DIR, DOCKER_DIR, K8S_DIR, SERVICES, flag_value, interpolate, parse_service_args,
+)
 from tests.gateway_fakes import FakeEngine, start_fake_engine
 
 COMPOSE_TLS = DEPLOY_DIR / "docker-compose.tls.yml"
-TLS_FLAGS = ("--tls-cert", "--tls-key", "--api-key-file")
+INTERNAL = ("engine", "predictor", "memory")
+PEER_NAME = "alise-internal"
+HEALTHCHECK = "/usr/local/bin/alise-healthcheck"
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +47,45 @@ def _with_files(argv: list[str], mounts: dict[str, str]) -> list[str]:
     return [mounts.get(arg, arg) for arg in argv]
 
 
-def test_compose_overlay_is_the_base_gateway_command_plus_tls_and_keys(pki):
-    base = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())["services"]["gateway"]
+def _compose_mounts(pki) -> dict[str, str]:
+    secrets = yaml.safe_load(COMPOSE_TLS.read_text())["secrets"]
+    return {f"/run/secrets/{name}": str(pki / entry["file"].removeprefix("./secrets/")) for name, entry in secrets.items()}
+
+
+def _assert_mutual_tls(name: str, config, mounts: dict[str, str], pki) -> None:
+    """The parsed config serves and dials with the service's own files and the CA."""
+    tls = config.tls
+    assert tls is not None, f"{name}: no TLS"
+    assert (tls.cert_path, tls.key_path, tls.ca_path) == (str(pki / f"{name}.pem"), str(pki / f"{name}.key"),
+                                                          str(pki / "ca.pem")), name
+    assert tls.verifies_peers, f"{name}: without --tls-ca its server would not require client certificates"
+    if name in ("gateway", "engine"):  # they dial peers (engines/predictors by IP; memory)
+        assert tls.peer_name == PEER_NAME, name
+
+
+def test_compose_overlay_gives_every_service_its_certificate_and_the_ca(pki):
+    base = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text())["services"]
     overlay_file = yaml.safe_load(COMPOSE_TLS.read_text())
-    overlay = overlay_file["services"]["gateway"]
-    base_command = [interpolate(str(arg)) for arg in base["command"]]
-    command = [interpolate(str(arg)) for arg in overlay["command"]]
-    assert command[: len(base_command)] == base_command, "the overlay's command must extend the base one"
-    secrets = overlay_file["secrets"]
-    assert set(overlay["secrets"]) == set(secrets)
-    mounts = {f"/run/secrets/{name}": str(pki / entry["file"].removeprefix("./secrets/")) for name, entry in secrets.items()}
-    config = parse_service_args("gateway", _with_files(command, mounts))
-    assert config.tls is not None and config.tls.ca_path == "" and config.api_key_file
-    assert ApiKeys.load(config.api_keys, config.api_key_file).enabled
-    healthcheck = overlay["healthcheck"]["test"]
-    assert healthcheck[:5] == base["healthcheck"]["test"][:5] and "--tls-ca" in healthcheck
-    assert healthcheck[healthcheck.index("--tls-ca") + 1] in mounts
+    mounts = _compose_mounts(pki)
+    assert set(overlay_file["services"]) == set(SERVICES)
+    for name, overlay in overlay_file["services"].items():
+        base_command = [interpolate(str(arg)) for arg in base[name]["command"]]
+        command = [interpolate(str(arg)) for arg in overlay["command"]]
+        assert command[: len(base_command)] == base_command, f"{name}: the overlay's command must extend the base one"
+        assert set(overlay["secrets"]) <= set(overlay_file["secrets"]), name
+        used = {arg for arg in command + overlay["healthcheck"]["test"] if arg.startswith("/run/secrets/")}
+        assert used == {f"/run/secrets/{secret}" for secret in overlay["secrets"]}, f"{name}: mounts what it uses"
+        config = parse_service_args(name, _with_files(command, mounts))
+        _assert_mutual_tls(name, config, mounts, pki)
+        healthcheck = overlay["healthcheck"]["test"]
+        assert healthcheck[:5] == base[name]["healthcheck"]["test"][:5]
+        assert flag_value(healthcheck, "--tls-ca") == "/run/secrets/alise-ca"
+        if name in INTERNAL:  # their servers require a client certificate: the check presents the service's own
+            assert flag_value(healthcheck, "--tls-cert") == f"/run/secrets/{name}-cert"
+            assert flag_value(healthcheck, "--tls-key") == f"/run/secrets/{name}-key"
+    gateway_command = [interpolate(str(arg)) for arg in overlay_file["services"]["gateway"]["command"]]
+    gateway = parse_service_args("gateway", _with_files(gateway_command, mounts))
+    assert ApiKeys.load(gateway.api_keys, gateway.api_key_file).enabled
 
 
 def test_compose_overlay_validates_against_the_compose_spec():
@@ -67,27 +98,48 @@ def test_compose_overlay_validates_against_the_compose_spec():
     assert not errors, [e.message for e in errors]
 
 
-def test_kubernetes_overlay_mounts_the_secrets_and_probes_over_tls(pki):
+def _kustomize_tls() -> list[dict]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(K8S_DIR / "tls")], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    (gateway,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway"]
-    pod = gateway["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    secrets = {volume["name"]: volume["secret"]["secretName"] for volume in pod["volumes"]}
-    assert secrets == {"tls": "alise-gateway-tls", "api-keys": "alise-api-keys"}
-    mounts = {
-        "/etc/alise/tls/tls.crt": str(pki / "gateway.pem"), "/etc/alise/tls/tls.key": str(pki / "gateway.key"),
-        "/etc/alise/tls/ca.crt": str(pki / "ca.pem"), "/etc/alise/api-keys/api_keys.txt": str(pki / "api_keys.txt"),
-    }
-    config = parse_service_args("gateway", _with_files(container["args"], mounts))
-    assert config.tls is not None and config.api_key_file
-    for probe in ("readinessProbe", "livenessProbe"):
-        command = container[probe]["exec"]["command"]
-        assert command[:4] == ["python", "/usr/local/bin/alise-healthcheck", "127.0.0.1:50051", "alise.v1.GatewayService"]
-        assert command[command.index("--tls-ca") + 1] in mounts
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_kubernetes_overlay_mounts_each_services_secret_and_probes_over_tls(pki):
+    deployments = {d["metadata"]["name"]: d for d in _kustomize_tls() if d["kind"] == "Deployment"}
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        expected = {"tls": f"alise-{name}-tls"} | ({"api-keys": "alise-api-keys"} if name == "gateway" else {})
+        assert secrets == expected, name
+        assert all(v["secret"]["defaultMode"] == 0o440 for v in pod["volumes"] if "secret" in v)
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], "the user reads its keys"
+        mounts = {
+            "/etc/alise/tls/tls.crt": str(pki / f"{name}.pem"), "/etc/alise/tls/tls.key": str(pki / f"{name}.key"),
+            "/etc/alise/tls/ca.crt": str(pki / "ca.pem"), "/etc/alise/api-keys/api_keys.txt": str(pki / "api_keys.txt"),
+        }
+        args = [str(a).replace("$(POD_NAME)", "engine-abc") for a in container["args"]]
+        _assert_mutual_tls(name, parse_service_args(name, _with_files(args, mounts)), mounts, pki)
+        probes = [key for key in container if key.endswith("Probe")]
+        assert {"readinessProbe", "livenessProbe"} <= set(probes)
+        for probe in probes:  # native gRPC probes cannot speak TLS
+            command = container[probe]["exec"]["command"]
+            assert command[:4] == ["python", HEALTHCHECK, f"127.0.0.1:{SERVICES[name][1]}", SERVICES[name][0]]
+            assert flag_value(command, "--tls-ca") == "/etc/alise/tls/ca.crt"
+            assert flag_value(command, "--tls-server-name") == PEER_NAME
+            if name in INTERNAL:
+                assert flag_value(command, "--tls-cert") == "/etc/alise/tls/tls.crt", f"{name} {probe}"
+
+
+def test_kubernetes_overlay_validates_against_the_kubernetes_schemas():
+    docs = _kustomize_tls()
+    validate = pytest.importorskip("kubernetes_validate")
+    for doc in docs:
+        validate.validate(doc, validate.latest_version(), strict=True)
 
 
 async def _healthcheck(*args: str) -> int:
@@ -106,10 +158,25 @@ async def test_healthcheck_script_speaks_tls(pki):
         service = "alise.v1.GatewayService"
         assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem")) == 0
         assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem"),
-                                  "--tls-server-name", "alise-internal") == 0
+                                  "--tls-server-name", PEER_NAME) == 0
         assert await _healthcheck(handle.address, service) == 1  # plaintext against TLS
         assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem"),
                                   "--tls-server-name", "someone-else") == 1
     finally:
         await handle.stop(0)
         await engine_server.stop(0)
+
+
+async def test_healthcheck_script_presents_a_client_certificate_to_a_mutual_tls_service(pki):
+    """What the overlays' internal probes run, against the real memory service started with their flags."""
+    config = MemoryConfig.from_args([
+        "--port", "0", "--host-tier-capacity-bytes", "0", "--tls-cert", str(pki / "memory.pem"),
+        "--tls-key", str(pki / "memory.key"), "--tls-ca", str(pki / "ca.pem"),
+    ])
+    memory = await memory_app.start(config)
+    try:
+        check = (memory.address, "alise.v1.MemoryService", "--tls-ca", str(pki / "ca.pem"), "--tls-server-name", PEER_NAME)
+        assert await _healthcheck(*check, "--tls-cert", str(pki / "memory.pem"), "--tls-key", str(pki / "memory.key")) == 0
+        assert await _healthcheck(*check) == 1  # no client certificate: refused in the handshake
+    finally:
+        await memory.stop(0)
