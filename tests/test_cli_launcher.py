@@ -61,7 +61,7 @@ from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.stack_plan import ChildSpec, UpConfig, build_stack_plan
 
 params = json.loads(sys.argv[1])
-config = UpConfig(gateway_port=0, with_predictor=params["with_predictor"], drain_s=0.5,
+config = UpConfig(gateway_port=0, engine_port=0, gateway_http_port=0, with_predictor=params["with_predictor"], drain_s=0.5,
                   stop_grace_s=params["stop_grace_s"], startup_timeout_s=20)
 plan = []
 for spec in build_stack_plan(config):
@@ -273,3 +273,20 @@ def test_children_die_when_the_launcher_is_killed(start_stack):
     stack.process.kill()
     stack.finish()
     assert _wait_all_gone(stack.pids.values(), timeout_s=10.0) == []
+
+
+def test_a_killed_child_is_restarted_on_its_port_while_the_others_keep_serving(start_stack):
+    stack = start_stack()
+    stack.read_until("alise up:")
+    first = dict(stack.pids)
+    address = stack.addresses["predictor"]
+    os.kill(first["predictor"], signal.SIGKILL)
+    stack.read_until("SERVING again")
+    assert stack.addresses["predictor"] == address  # its peers' flags still point at it
+    assert stack.pids["predictor"] != first["predictor"]
+    assert all(not _is_gone(first[name]) for name in ("memory", "engine", "gateway"))
+    stack.process.send_signal(signal.SIGTERM)
+    returncode, out, err = stack.finish()
+    assert returncode == 0, err
+    assert f"predictor (pid {first['predictor']}) exited with status {-signal.SIGKILL}; restarting it on {address}" in err
+    assert _wait_all_gone(stack.pids.values(), timeout_s=0.5) == []

@@ -44,7 +44,9 @@ class UpConfig:
 
     gateway_host: str = LOOPBACK_HOST  # interface the gateway listens on (the others stay on loopback)
     gateway_port: int = 50051  # 0 = the OS picks
-    engine_port: int = 0  # 0 = the OS picks, learned from the READY line
+    # fixed by default, so `grpcurl localhost:50052 ...EngineService/GetStats` works; 0 = the OS picks
+    engine_port: int = 50052
+    gateway_http_port: int = 8000  # the gateway's OpenAI-compatible HTTP port; 0 = the OS picks
     predictor_port: int = 0  # 0 = the OS picks
     memory_port: int = 0  # 0 = the OS picks
     model: str = DEFAULT_MODEL  # passed to the engine as --model
@@ -58,6 +60,7 @@ class UpConfig:
     def __post_init__(self) -> None:
         ports = {
             "gateway": self.gateway_port,
+            "gateway-http": self.gateway_http_port,
             "engine": self.engine_port,
             "predictor": self.predictor_port,
             "memory": self.memory_port,
@@ -116,6 +119,17 @@ def build_stack_plan(config: UpConfig, *, python: str = sys.executable) -> list[
         config, ServiceName.ENGINE, LOOPBACK_HOST, config.engine_port, python, "--model", config.model
     )
     plan.append(ChildSpec(ServiceName.ENGINE.value, engine_argv, (("--memory-address", ServiceName.MEMORY.value),)))
-    gateway_argv = _service_argv(config, ServiceName.GATEWAY, config.gateway_host, config.gateway_port, python)
+    gateway_argv = _service_argv(
+        config, ServiceName.GATEWAY, config.gateway_host, config.gateway_port, python,
+        "--http-port", str(config.gateway_http_port),
+    )
     plan.append(ChildSpec(ServiceName.GATEWAY.value, gateway_argv, tuple(gateway_peers)))
     return plan
+
+
+def with_port(spec: ChildSpec, port: int) -> ChildSpec:
+    """The same child bound to `port`: a restarted child keeps the address its peers were given."""
+    argv = list(spec.argv)
+    index = argv.index("--port")
+    argv[index + 1] = str(port)
+    return ChildSpec(spec.name, tuple(argv), spec.peer_flags)

@@ -9,6 +9,7 @@ import tempfile
 import time
 
 from services.cli.launcher import LaunchSettings, run_stack
+from services.cli.restart_policy import RestartSettings
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
 from services.common import arg_types
 from services.common.cli_errors import print_error
@@ -24,12 +25,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start memory, predictor, engine and gateway locally until Ctrl-C",
         description="Starts the four services as child processes on loopback, dependencies first, "
         "waits until each reports SERVING, prints the gateway address and stays up until Ctrl-C or "
-        "SIGTERM. A child that dies stops the whole stack (exit status 1).",
+        "SIGTERM. A child that dies is restarted on its port after a backoff while the others keep serving; "
+        "only more than --max-restarts deaths of one child within --restart-window-s stop the stack (status 1).",
     )
     parser.add_argument("--gateway-port", type=arg_types.port, default=50051, help="default 50051; 0 = any")
     parser.add_argument("--gateway-host", default="127.0.0.1", help="gateway interface (0.0.0.0 to expose it)")
-    for service in ("engine", "predictor", "memory"):
+    parser.add_argument(
+        "--gateway-http-port", type=arg_types.port, default=8000, help="OpenAI-compatible HTTP; default 8000; 0 = any"
+    )
+    parser.add_argument("--engine-port", type=arg_types.port, default=50052, help="default 50052; 0 = any free port")
+    for service in ("predictor", "memory"):
         parser.add_argument(f"--{service}-port", type=arg_types.port, default=0, help="default 0 = any free port")
+    parser.add_argument("--max-restarts", type=int, default=5, help="restarts of one child within the window")
+    parser.add_argument(
+        "--restart-window-s", type=arg_types.positive_float, default=60.0, help="window deaths are counted in"
+    )
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,
         help=f"model the engine loads (default {DEFAULT_MODEL}; {DUMMY_TINY_MODEL} for random weights; "
@@ -68,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> UpConfig:
     return UpConfig(
         gateway_host=args.gateway_host,
         gateway_port=args.gateway_port,
+        gateway_http_port=args.gateway_http_port,
         engine_port=args.engine_port,
         predictor_port=args.predictor_port,
         memory_port=args.memory_port,
@@ -90,7 +101,15 @@ def run(args: argparse.Namespace) -> int:
         print_error("alise up", str(error))
         return 2
     log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix="alise-up-"))
+    try:
+        restarts = RestartSettings(max_restarts=args.max_restarts, window_s=args.restart_window_s)
+    except ValueError as error:
+        print_error("alise up", str(error))
+        return 2
+    http_host = "127.0.0.1" if config.gateway_host in ("0.0.0.0", "::", "[::]") else config.gateway_host
     settings = LaunchSettings(
+        restarts=restarts,
+        gateway_http_url=f"http://{http_host}:{config.gateway_http_port}" if config.gateway_http_port else "",
         log_dir=log_dir,
         startup_timeout_s=config.startup_timeout_s,
         stop_timeout_s=config.drain_s + config.stop_grace_s,

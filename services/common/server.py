@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.decode_guard import DecodeGuardInterceptor
+from services.common.drain import InFlightCalls
 from services.common.errors import StatusMappingInterceptor
 from services.common.tls import TlsFiles, server_credentials
 
@@ -25,9 +27,34 @@ log = logging.getLogger(__name__)
 
 # Tokens are small, but a 32k-token prompt as uint32 varints plus text fits easily in 64 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Calls one server runs at once; beyond it grpc.aio answers RESOURCE_EXHAUSTED "Concurrent RPC
+# limit exceeded!" at once. A backstop under the services' own admission limits (the gateway's
+# in-flight limit, the engine's waiting caps), which reject earlier with their own messages.
+DEFAULT_MAX_CONCURRENT_RPCS = 16_384
+# gRPC core queues calls the Python server has not picked up yet; past its default backlog (1,000
+# soft, 3,000 hard) it silently cancels new ones: 5,000 concurrent Health.Check calls on one
+# channel ended ~2,250 CANCELLED with no message (measured, grpcio 1.85). Letting every call reach
+# Python, where the concurrency limit and admission answer RESOURCE_EXHAUSTED with a message,
+# makes overload visible to the client.
+MAX_PENDING_CALLS = 1_000_000
+# After the drain deadline, time for the UNAVAILABLE statuses to go out before the server stops.
+DRAIN_ABORT_MARGIN_S = 0.5
 GRPC_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+# Channels between services: reconnect to a restarted peer within ~0.5 s. gRPC's default backoff
+# grows to 120 s, and an engine took ~48 s to re-register after the memory service came back.
+PEER_CHANNEL_OPTIONS = (
+    *GRPC_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
+SERVER_OPTIONS = (
+    *GRPC_OPTIONS,
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 )
 
 
@@ -40,6 +67,7 @@ class RunningServer:
     host: str  # the interface it listens on
     health: health.aio.HealthServicer  # flip to NOT_SERVING while draining
     service_names: tuple[str, ...]  # fully qualified names of the alise services it serves
+    in_flight: InFlightCalls = field(default_factory=InFlightCalls)  # running calls, aborted at the drain deadline
 
     @property
     def address(self) -> str:
@@ -48,9 +76,17 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     async def stop(self, grace_s: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish for up to grace_s, then stops."""
+        """Reports NOT_SERVING, refuses new calls, lets in-flight calls finish for up to grace_s, then
+        ends the rest with UNAVAILABLE (see services/common/drain.py) and stops."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        # The server's own grace outlasts ours, so the UNAVAILABLE statuses are sent before it cancels.
+        stopping = asyncio.ensure_future(self.server.stop(grace_s + DRAIN_ABORT_MARGIN_S))
+        try:
+            await asyncio.wait_for(asyncio.shield(stopping), timeout=grace_s)
+        except TimeoutError:
+            num_aborted = self.in_flight.abort_all()
+            log.info("drain deadline (%.1f s) passed: %d calls ended UNAVAILABLE", grace_s, num_aborted)
+            await stopping
 
 
 async def start_server(
@@ -62,14 +98,21 @@ async def start_server(
     tls: TlsFiles | None = None,
     require_client_cert: bool = False,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
 ) -> RunningServer:
     """Builds, binds and starts a server; `register` adds the service's servicers to it.
 
     tls: serve TLS with its certificate (plaintext when None); require_client_cert: mutual TLS,
     clients need a certificate of tls.ca_path. `interceptors` run after status mapping (e.g. the
-    gateway's API-key check), so their own AliseErrors are mapped too.
+    gateway's API-key check), so their own AliseErrors are mapped too; undecodable request bytes are
+    answered INVALID_ARGUMENT before any of them (DecodeGuardInterceptor).
     """
-    server = grpc.aio.server(interceptors=[StatusMappingInterceptor(), *interceptors], options=GRPC_OPTIONS)
+    in_flight = InFlightCalls()
+    server = grpc.aio.server(
+        interceptors=[DecodeGuardInterceptor(), in_flight, StatusMappingInterceptor(), *interceptors],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -87,7 +130,7 @@ async def start_server(
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d", ", ".join(service_names), host, bound_port)
-    return RunningServer(server, bound_port, host, health_servicer, tuple(service_names))
+    return RunningServer(server, bound_port, host, health_servicer, tuple(service_names), in_flight)
 
 
 @dataclass

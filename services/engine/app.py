@@ -12,6 +12,7 @@ import torch
 from services.common.contracts import engine_service_pb2_grpc, memory_service_pb2
 from services.common.metrics_server import serve_metrics
 from services.common.server import ServiceHandle, start_server
+from services.engine.admission_control import AdmissionLimits
 from services.engine.block_pool import KvBlockManager
 from services.engine.config import EngineConfig
 from services.engine.engine_core import EngineCore
@@ -106,7 +107,10 @@ async def start(config: EngineConfig) -> ServiceHandle:
     engine_loop = EngineLoop(core, config.engine_id, on_finish=metrics.on_finish)
     metrics.watch(core, lambda: engine_loop.snapshot, offloader.measurements if offloader else None)
     engine_loop.start(asyncio.get_running_loop())
-    servicer = EngineServicer(engine_loop, info, config.max_waiting_requests)
+    limits = AdmissionLimits(
+        config.max_waiting_requests, config.max_waiting_prompt_tokens, config.deadline_admission_slack
+    )
+    servicer = EngineServicer(engine_loop, info, config.max_waiting_requests, limits)
     running = await start_server(
         host=config.host,
         port=config.port,

@@ -67,7 +67,12 @@ class EngineConfig:
     max_num_seqs: int = 64  # running batch size at most
     max_num_batched_tokens: int = 512  # tokens per step at most (chunked-prefill budget)
     max_model_len: int = 0  # prompt + output tokens at most; 0 = the model's own context
-    max_waiting_requests: int = 4096  # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED
+    # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED (4,096 only turned overload into
+    # timeouts: a queue 60x the batch; the deadline check below sheds what cannot finish in time)
+    max_waiting_requests: int = 1024
+    max_waiting_prompt_tokens: int = 262_144  # prompt tokens of those requests at most; more is RESOURCE_EXHAUSTED
+    # reject a request at once when its predicted completion exceeds this x its deadline's time left; 0 = never
+    deadline_admission_slack: float = 1.0
     scheduler_policy: PolicyName = DEFAULT_POLICY  # how the scheduler ranks requests (its value works too)
     max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
     memory_address: str = ""  # memory service host:port; "" = run without one
@@ -89,7 +94,10 @@ class EngineConfig:
         object.__setattr__(self, "scheduler_policy", _member(PolicyName, "scheduler_policy", self.scheduler_policy))
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
-        for name in ("block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests"):
+        for name in (
+            "block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
+            "max_waiting_prompt_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("num_kv_blocks", "max_model_len", "kv_cache_memory_mb", "cpu_threads"):
@@ -99,6 +107,8 @@ class EngineConfig:
             raise ValueError("set num_kv_blocks or kv_cache_memory_mb")
         if self.drain_s < 0:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
+        if not self.deadline_admission_slack >= 0:
+            raise ValueError(f"deadline_admission_slack must be >= 0, got {self.deadline_admission_slack}")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "EngineConfig":
@@ -119,7 +129,11 @@ class EngineConfig:
         parser.add_argument("--max-num-seqs", type=int, default=64)
         parser.add_argument("--max-num-batched-tokens", type=int, default=512)
         parser.add_argument("--max-model-len", type=int, default=0)
-        parser.add_argument("--max-waiting-requests", type=int, default=4096)
+        parser.add_argument("--max-waiting-requests", type=int, default=1024, help="live requests at most")
+        parser.add_argument("--max-waiting-prompt-tokens", type=int, default=262_144,
+                            help="prompt tokens of the live requests at most")
+        parser.add_argument("--deadline-admission-slack", type=float, default=1.0,
+                            help="reject when predicted completion > this x the deadline's time left (0 = off)")
         parser.add_argument(
             "--scheduler-policy", default=DEFAULT_POLICY, choices=POLICY_NAMES,
             help="alise: shortest predicted remaining time; fcfs: vLLM-like; srpt-oracle: benchmarks only",
@@ -157,6 +171,8 @@ class EngineConfig:
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
             max_waiting_requests=args.max_waiting_requests,
+            max_waiting_prompt_tokens=args.max_waiting_prompt_tokens,
+            deadline_admission_slack=args.deadline_admission_slack,
             scheduler_policy=args.scheduler_policy,
             max_wait_s=args.max_wait_s,
             memory_address=args.memory_address,

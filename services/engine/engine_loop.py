@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from services.engine.admission_control import EMPTY_PROFILE, PROFILE_INTERVAL_S, QueueProfile, take_queue_profile
 from services.engine.engine_core import EngineCore
 from services.engine.request import FinishReason, Request
 from services.engine.stats import EngineSnapshot, take_snapshot
@@ -86,6 +87,9 @@ class EngineLoop:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.snapshot: EngineSnapshot = take_snapshot(core, engine_id)
+        # Live requests' predicted work for admission (services/engine/admission_control.py);
+        # refreshed at most every PROFILE_INTERVAL_S, read by the asyncio thread as one attribute.
+        self.queue_profile: QueueProfile = EMPTY_PROFILE
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -123,6 +127,7 @@ class EngineLoop:
             for result in results:
                 self._emit(result.request_id, result.new_token_ids, result.finish_reason)
             self.snapshot = take_snapshot(self.core, self.engine_id)
+            self._refresh_queue_profile()
         for request_id in list(self._requests):
             self._abort_now(request_id)
 
@@ -138,6 +143,11 @@ class EngineLoop:
             except queue.Empty:
                 break
         self.snapshot = take_snapshot(self.core, self.engine_id)  # once per burst: it is O(requests)
+        self._refresh_queue_profile()
+
+    def _refresh_queue_profile(self) -> None:
+        if time.monotonic() - self.queue_profile.taken_at_s >= PROFILE_INTERVAL_S:
+            self.queue_profile = take_queue_profile(self.core)
 
     def _apply(self, message: InboxMessage) -> None:
         if message.command is InboxCommand.ADD:

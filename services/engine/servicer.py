@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import AlreadyExists, NotReady, Overloaded
 from services.engine.admission import build_request
+from services.engine.admission_control import AdmissionControl, AdmissionLimits
 from services.engine.engine_loop import EngineEvent, EngineLoop
 from services.engine.request import FinishReason
 
@@ -32,11 +33,13 @@ class ServedModelInfo:
 
 
 class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
-    def __init__(self, loop: EngineLoop, info: ServedModelInfo, max_live_requests: int) -> None:
+    def __init__(
+        self, loop: EngineLoop, info: ServedModelInfo, max_live_requests: int, limits: AdmissionLimits | None = None
+    ) -> None:
         self._loop = loop
         self._info = info
-        self._max_live_requests = max_live_requests
-        self._live_request_ids: set[str] = set()
+        # max_live_requests alone: no prompt-token cap and no deadline check (unit tests)
+        self._admission = AdmissionControl(limits or AdmissionLimits(max_live_requests, 2**62, 0.0))
         self._draining = False
 
     def start_draining(self) -> None:
@@ -49,7 +52,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
         domain_request = build_request(
             request, vocab_size=self._info.vocab_size, max_model_len=self._info.max_model_len
         )
-        self._admit(domain_request)
+        self._admit(domain_request, context.time_remaining())
         events = self._loop.submit(domain_request)
         finished = False
         try:
@@ -59,16 +62,15 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
                 finished = event.finish_reason is not None
                 yield self._response(token_ids, event)
         finally:
-            self._live_request_ids.discard(domain_request.request_id)
+            self._admission.release(domain_request.request_id)
             if not finished:  # client cancelled or deadline passed: free the KV blocks now
                 self._loop.abort(domain_request.request_id)
 
-    def _admit(self, domain_request) -> None:
+    def _admit(self, domain_request, time_left_s: float | None) -> None:
+        """Raises AlreadyExists, or Overloaded (queue caps, deadline that cannot be met, KV too small)."""
         request_id = domain_request.request_id
-        if request_id in self._live_request_ids:
+        if request_id in self._admission:
             raise AlreadyExists(f"request id {request_id!r} is already running on this engine")
-        if len(self._live_request_ids) >= self._max_live_requests:
-            raise Overloaded(f"engine queue is full ({self._max_live_requests} live requests)")
         if not self._loop.core.scheduler.can_ever_fit(
             domain_request.num_prompt_tokens, domain_request.sampling.max_tokens
         ):
@@ -76,7 +78,10 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
                 f"prompt + max_tokens ({domain_request.max_total_tokens} tokens) exceeds the whole KV cache "
                 f"of this engine"
             )
-        self._live_request_ids.add(request_id)
+        self._admission.admit(
+            request_id, domain_request.num_prompt_tokens, domain_request.predicted_remaining_tokens, time_left_s,
+            self._loop.queue_profile,
+        )
 
     def _response(self, token_ids: list[int], event: EngineEvent):
         if event.error is not None:
@@ -96,7 +101,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
         return response
 
     async def Abort(self, request, context):
-        found = request.request_id in self._live_request_ids
+        found = request.request_id in self._admission
         if found:
             self._loop.abort(request.request_id)
         return engine_service_pb2.AbortResponse(found=found)

@@ -24,6 +24,7 @@ from services.common.errors import NotReady
 from services.common.server import GRPC_OPTIONS, ServiceHandle, start_server
 from services.common.tls import TlsFiles, secure_or_insecure_channel
 from services.gateway.auth import ApiKeyInterceptor, ApiKeys
+from services.gateway.admission import InFlightLimit
 from services.gateway.config import GatewayConfig
 from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter
@@ -177,7 +178,8 @@ def _build_pipeline(
         max_stop_string_chars=config.max_stop_string_chars,
         max_request_id_chars=config.max_request_id_chars,
     )
-    return GenerationPipeline(served_models, estimator, engine, limits, feedback, metrics)
+    admission = InFlightLimit(config.max_in_flight_requests)
+    return GenerationPipeline(served_models, estimator, engine, limits, feedback, metrics, admission)
 
 
 async def _warm_up(served_models: ServedModelCache) -> None:

@@ -43,6 +43,8 @@ class GatewayConfig:
     max_health_failures: int = 3  # failed checks in a row that mark a replica down and abort its streams
     max_engine_attempts: int = 2  # engine replicas tried per request before its first message
     feedback_queue_size: int = 4096  # finished-request reports waiting for the predictor; 0 = none sent
+    # generations in flight at once (gRPC and HTTP together); the next gets RESOURCE_EXHAUSTED / HTTP 429 at once
+    max_in_flight_requests: int = 4096
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
     http_port: int | None = None  # TCP port of the OpenAI-compatible HTTP API
@@ -70,6 +72,7 @@ class GatewayConfig:
             "max_stop_string_chars",
             "max_request_id_chars",
             "fallback_output_tokens",
+            "max_in_flight_requests",
         ):
             value = getattr(self, name)
             if value <= 0:
@@ -139,6 +142,8 @@ class GatewayConfig:
         parser.add_argument("--model-info-timeout-s", type=float, default=2.0)
         parser.add_argument("--feedback-queue-size", type=int, default=4096,
                             help="finished requests queued for the predictor's feedback (0 = off)")
+        parser.add_argument("--max-in-flight-requests", type=int, default=4096,
+                            help="generations in flight at once; more get RESOURCE_EXHAUSTED (HTTP 429) at once")
         _add_http_and_auth_flags(parser)
         add_tls_flags(parser)
         args = parser.parse_args(argv)
@@ -160,6 +165,7 @@ class GatewayConfig:
                 drain_seconds=args.drain_seconds,
                 **{name: getattr(args, name) for name in _REPLICA_FIELDS},
                 feedback_queue_size=args.feedback_queue_size,
+                max_in_flight_requests=args.max_in_flight_requests,
                 http_port=args.http_port,
                 http_max_request_bytes=args.http_max_request_bytes,
                 http_request_timeout_s=args.http_request_timeout_s,

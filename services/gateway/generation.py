@@ -23,6 +23,7 @@ from typing import AsyncIterator, Callable
 
 from services.common.contracts import common_pb2, engine_service_pb2, gateway_service_pb2
 from services.common.errors import AliseError, DeadlineExceeded
+from services.gateway.admission import InFlightLimit
 from services.gateway.detokenizer import IncrementalDetokenizer
 from services.gateway.engine_client import build_engine_request
 from services.gateway.engine_pool import EnginePool
@@ -72,6 +73,7 @@ class GenerationPipeline:
         limits: RequestLimits,
         feedback: FeedbackReporter | None = None,
         metrics: GatewayMetrics | None = None,
+        admission: InFlightLimit | None = None,
     ) -> None:
         self._served_models = served_models
         self._estimator = estimator
@@ -79,6 +81,7 @@ class GenerationPipeline:
         self._limits = limits
         self._feedback = feedback  # None = finished requests are not reported to the predictor
         self.metrics = metrics if metrics is not None else GatewayMetrics()  # every generation is recorded
+        self.admission = admission  # None = no in-flight limit at the gateway
 
     async def generate(
         self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining
@@ -87,14 +90,18 @@ class GenerationPipeline:
 
         Records it in the gateway's metrics (the chunks as the client gets them, and how it ended)."""
         recorder = self.metrics.start_request()
+        admission = self.admission.admit() if self.admission is not None else contextlib.nullcontext()
         try:
-            async with contextlib.aclosing(self._generate(request, time_remaining_s, recorder)) as chunks:
-                async for chunk in chunks:
-                    recorder.on_chunk(len(chunk.token_ids))
-                    if chunk.finish is not None:
-                        finish = chunk.finish
-                        recorder.on_finish(finish.finish_reason, finish.num_prompt_tokens, finish.num_completion_tokens)
-                    yield chunk
+            with admission:  # RESOURCE_EXHAUSTED at once when the gateway is at its in-flight limit
+                async with contextlib.aclosing(self._generate(request, time_remaining_s, recorder)) as chunks:
+                    async for chunk in chunks:
+                        recorder.on_chunk(len(chunk.token_ids))
+                        if chunk.finish is not None:
+                            finish = chunk.finish
+                            recorder.on_finish(
+                                finish.finish_reason, finish.num_prompt_tokens, finish.num_completion_tokens
+                            )
+                        yield chunk
         except BaseException as error:  # recorded, never swallowed
             recorder.on_error(error)
             raise

@@ -20,7 +20,7 @@ from services.common.contracts import common_pb2, gateway_service_pb2
 from services.common.errors import InvalidRequest
 from services.common.tokenizer import Tokenizer
 from services.gateway.model_info import ModelInfo
-from services.gateway.prompt_input import resolve_prompt
+from services.gateway.prompt_input import check_prompt_size, resolve_prompt
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -37,6 +37,9 @@ class RequestLimits:
     max_stop_strings: int  # most stop strings per request
     max_stop_string_chars: int  # longest stop string, in characters
     max_request_id_chars: int  # longest client request_id, in characters
+    # prompt bytes accepted per context token, checked before tokenizing (a token of text is ~4 bytes;
+    # long whitespace or digit runs make more, so twice the usual 8x margin)
+    max_prompt_bytes_per_token: int = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def resolve_generate_request(
     stop_strings = _check_stop_strings(sampling.stop, limits)
     priority_class = _resolve_priority_class(request.priority_class)
     hint = _resolve_output_hint(request)
+    check_prompt_size(request, model.max_context_tokens, model.max_context_tokens * limits.max_prompt_bytes_per_token)
     prompt = resolve_prompt(request, tokenizer, model.vocab_size)
     max_tokens = _resolve_max_tokens(sampling, len(prompt.token_ids), model.max_context_tokens, limits)
     _check_min_tokens(sampling.min_tokens, max_tokens)

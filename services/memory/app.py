@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services.common.contracts import memory_service_pb2, memory_service_pb2_grpc
 from services.common.metrics_server import serve_metrics
@@ -17,6 +18,7 @@ from services.memory.metrics import memory_registry
 from services.memory.servicer import MemoryServicer
 from services.memory.swap_manager import SwapManager
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
@@ -40,6 +42,17 @@ def build_swap_manager(config: MemoryConfig) -> SwapManager:
     return SwapManager(ledger, region, settings)
 
 
+async def _expire_silent_engines(swaps: SwapManager, config: MemoryConfig) -> None:
+    """Every report interval, unregisters the engines silent for longer than config.expire_after_s."""
+    while True:
+        await asyncio.sleep(config.report_interval_s)
+        for engine_id in swaps.expire_silent(config.expire_after_s):
+            log.warning(
+                "engine %s sent no report for %.1f s: unregistered, its ledger entry and host-tier slots released",
+                engine_id, config.expire_after_s,
+            )
+
+
 async def start(config: MemoryConfig) -> ServiceHandle:
     """Starts serving alise.v1.MemoryService (plus health and reflection) on config.host:config.port."""
     swaps = build_swap_manager(config)
@@ -53,6 +66,13 @@ async def start(config: MemoryConfig) -> ServiceHandle:
         require_client_cert=config.tls is not None and config.tls.verifies_peers,
     )
     handle = ServiceHandle(running)
+    expiry = asyncio.create_task(_expire_silent_engines(swaps, config), name="engine-expiry")
+
+    async def stop_expiry() -> None:
+        expiry.cancel()
+        await asyncio.gather(expiry, return_exceptions=True)
+
+    handle.on_stop.append(stop_expiry)
     if swaps.region is not None:
         region = swaps.region
 

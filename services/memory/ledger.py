@@ -212,6 +212,13 @@ class KvLedger:
         entry.last_change_at_s = self._clock()
         return ReportOutcome.ACCEPTED
 
+    def silent_engines(self, silent_for_s: float) -> list[str]:
+        """Engines with no accepted report (nor registration) for longer than silent_for_s, sorted."""
+        now_s = self._clock()
+        return sorted(
+            engine_id for engine_id, entry in self._engines.items() if now_s - entry.last_change_at_s > silent_for_s
+        )
+
     def set_host_blocks(self, owner: BlockOwner, num_blocks: int) -> None:
         """Sets the host-tier blocks `owner` holds (0 releases them): the primitive swap plans use.
 

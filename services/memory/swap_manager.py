@@ -74,6 +74,15 @@ class SwapManager:
         self._forget_engine(engine_id)
         return self.ledger.unregister(engine_id)
 
+    def expire_silent(self, silent_for_s: float) -> list[str]:
+        """Unregisters every engine silent for longer than silent_for_s (killed, hung or cut off), which
+        releases its device ledger and its host-tier slots; returns their ids. A live engine that was
+        only slow is told `accepted=False` at its next report and registers again."""
+        expired = self.ledger.silent_engines(silent_for_s)
+        for engine_id in expired:
+            self.unregister(engine_id)
+        return expired
+
     def _forget_engine(self, engine_id: str) -> None:
         for key in [record.key for record in self.tier.records() if record.key[0] == engine_id]:
             self._release(key)

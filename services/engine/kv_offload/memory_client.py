@@ -23,6 +23,7 @@ import grpc
 
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
+from services.common.server import PEER_CHANNEL_OPTIONS
 from services.common.tls import TlsFiles, secure_or_insecure_sync_channel
 from services.engine.kv_offload.swap_pb import candidate_to_pb, decision_from_pb, grant_from_pb, quality_to_pb
 from services.engine.kv_offload.swap_plan import CodecQuality, RestoreGrant, SwapCandidate, SwapDecision
@@ -42,7 +43,8 @@ class MemoryClient:
                  backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.monotonic,
                  tls: TlsFiles | None = None) -> None:
         self.engine_id = engine_id
-        self.channel = secure_or_insecure_sync_channel(address, tls)  # mutual TLS when tls has a CA
+        # mutual TLS when tls has a CA; fast reconnect to a restarted memory service
+        self.channel = secure_or_insecure_sync_channel(address, tls, PEER_CHANNEL_OPTIONS)
         self.stub = rpc.MemoryServiceStub(self.channel)
         self.timeout_s = timeout_s
         self._backoff_s = backoff_s

@@ -1,0 +1,164 @@
+"""Whether the engine takes a new request: queue caps, and a deadline it can still meet.
+
+Three checks, cheapest first, each answering RESOURCE_EXHAUSTED at once with a message:
+
+1. live requests (admitted, not finished) <= max_live_requests;
+2. prompt tokens of the live requests <= max_live_prompt_tokens (a queue of few huge prompts is as
+   deep as one of many small ones);
+3. deadline: the request's predicted completion time must fit in what is left of its deadline.
+
+Why the deadline check lives in the engine and not the gateway: the engine alone knows the order its
+policy serves requests in, every request queued (from all gateways), and its own measured step
+times; the gateway sees a load figure polled every 0.5 s and only its own requests. The gateway
+forwards the client's deadline (the engine call's timeout) and the prediction, and when one replica
+refuses, its retry tries another.
+
+Predicted completion of a request r (seconds), from a `QueueProfile` the engine thread publishes:
+
+    ahead_tokens = predicted remaining output tokens of the live requests ranked ahead of r
+                   (policies that serve shorter predicted work first: those predicted to need no
+                   more than r; fcfs: all of them)
+    finish_s    ~= max(own_tokens * decode_step_s,                           r's own decode
+                       (ahead_tokens + own_tokens) * s_per_output_token)     the batch's throughput
+                   + num_prompt_tokens * prefill_s_per_token
+
+Under shortest-first service every request ranked ahead finishes before r, so the tokens ahead and
+r's own are all produced before r ends, at most at the batch's measured throughput. Until the engine
+has measured a decode step the check is skipped (no figures to predict with).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from dataclasses import dataclass
+
+from services.common.errors import Overloaded
+
+# Policies that serve shorter predicted remaining work first (the others are treated as fcfs).
+SHORTEST_FIRST_POLICIES = frozenset({"alise", "srpt-oracle", "mlfq"})
+PROFILE_INTERVAL_S = 0.05  # the engine thread refreshes the profile at most this often
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """The engine's admission settings (a slice of EngineConfig)."""
+
+    max_live_requests: int  # admitted-but-unfinished requests at most
+    max_live_prompt_tokens: int  # their prompt tokens at most
+    deadline_slack: float  # reject when predicted finish > slack * time left; 0 = no deadline check
+
+
+@dataclass(frozen=True)
+class QueueProfile:
+    """The live requests' predicted remaining work, as the engine thread last saw it."""
+
+    remaining_tokens: tuple[float, ...]  # predicted remaining output tokens per live request, ascending
+    cumulative_tokens: tuple[float, ...]  # prefix sums of remaining_tokens (same length)
+    shortest_first: bool  # the policy serves shorter predicted work first
+    s_per_output_token: float  # last step's wall time / tokens it sampled (0: not measured yet)
+    decode_step_s: float  # one request's time per output token while it runs
+    prefill_s_per_token: float  # marginal step time of one more prompt token
+    taken_at_s: float  # time.monotonic() when taken
+
+    def tokens_ahead(self, own_tokens: float) -> float:
+        """Predicted tokens of the live requests ranked ahead of a request predicted to need own_tokens."""
+        if not self.remaining_tokens:
+            return 0.0
+        if not self.shortest_first:
+            return self.cumulative_tokens[-1]
+        num_ahead = bisect.bisect_right(self.remaining_tokens, own_tokens)
+        return self.cumulative_tokens[num_ahead - 1] if num_ahead else 0.0
+
+    def predicted_finish_s(self, own_tokens: float, num_prompt_tokens: int) -> tuple[float, float] | None:
+        """(seconds of work ahead, r's own seconds), or None before the engine measured a decode step."""
+        if self.s_per_output_token <= 0:
+            return None
+        ahead_tokens = self.tokens_ahead(own_tokens)
+        own_s = own_tokens * self.decode_step_s + num_prompt_tokens * self.prefill_s_per_token
+        total_s = max(own_tokens * self.decode_step_s, (ahead_tokens + own_tokens) * self.s_per_output_token)
+        total_s += num_prompt_tokens * self.prefill_s_per_token
+        return max(0.0, total_s - own_s), own_s
+
+
+EMPTY_PROFILE = QueueProfile((), (), True, 0.0, 0.0, 0.0, 0.0)
+
+
+def take_queue_profile(core) -> QueueProfile:
+    """Reads the scheduler's live requests (engine thread only): O(n log n) in live requests."""
+    scheduler = core.scheduler
+    remaining = sorted(request.predicted_remaining_tokens for request in scheduler.requests.values())
+    step = core.last_step
+    s_per_token = step.duration_s / step.num_sampled_tokens if step is not None and step.num_sampled_tokens else 0.0
+    cost = scheduler.cost_model
+    return QueueProfile(
+        remaining_tokens=tuple(remaining),
+        cumulative_tokens=tuple(itertools.accumulate(remaining)),
+        shortest_first=str(scheduler.policy.name) in SHORTEST_FIRST_POLICIES,
+        s_per_output_token=s_per_token,
+        decode_step_s=cost.decode_step_s,
+        prefill_s_per_token=cost.prefill_s_per_token,
+        taken_at_s=time.monotonic(),
+    )
+
+
+class AdmissionControl:
+    """Counts live requests and their prompt tokens (asyncio thread only) and decides admission."""
+
+    def __init__(self, limits: AdmissionLimits) -> None:
+        self.limits = limits
+        self._prompt_tokens_by_id: dict[str, int] = {}
+        self.num_live_prompt_tokens = 0
+        self.num_rejected_deadline = 0  # since start
+        self.num_rejected_full = 0  # since start
+
+    @property
+    def num_live(self) -> int:
+        return len(self._prompt_tokens_by_id)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._prompt_tokens_by_id
+
+    def admit(
+        self, request_id: str, num_prompt_tokens: int, predicted_output_tokens: float,
+        time_left_s: float | None, profile: QueueProfile,
+    ) -> None:
+        """Records the request as live, or raises Overloaded saying which limit refused it."""
+        self._check_caps(num_prompt_tokens)
+        self._check_deadline(num_prompt_tokens, predicted_output_tokens, time_left_s, profile)
+        self._prompt_tokens_by_id[request_id] = num_prompt_tokens
+        self.num_live_prompt_tokens += num_prompt_tokens
+
+    def release(self, request_id: str) -> None:
+        """The request finished, failed or was cancelled (idempotent)."""
+        self.num_live_prompt_tokens -= self._prompt_tokens_by_id.pop(request_id, 0)
+
+    def _check_caps(self, num_prompt_tokens: int) -> None:
+        limits = self.limits
+        if self.num_live >= limits.max_live_requests:
+            self.num_rejected_full += 1
+            raise Overloaded(f"engine queue is full ({limits.max_live_requests} live requests); retry later")
+        if self.num_live_prompt_tokens + num_prompt_tokens > limits.max_live_prompt_tokens and self.num_live:
+            self.num_rejected_full += 1
+            raise Overloaded(
+                f"engine queue is full: {self.num_live_prompt_tokens} prompt tokens queued + {num_prompt_tokens} "
+                f"would exceed the cap of {limits.max_live_prompt_tokens}; retry later"
+            )
+
+    def _check_deadline(
+        self, num_prompt_tokens: int, predicted_output_tokens: float, time_left_s: float | None, profile: QueueProfile
+    ) -> None:
+        if time_left_s is None or self.limits.deadline_slack <= 0:
+            return
+        predicted = profile.predicted_finish_s(predicted_output_tokens, num_prompt_tokens)
+        if predicted is None:
+            return
+        ahead_s, own_s = predicted
+        if ahead_s + own_s > self.limits.deadline_slack * time_left_s:
+            self.num_rejected_deadline += 1
+            raise Overloaded(
+                f"deadline cannot be met: predicted completion in {ahead_s + own_s:.2f} s ({ahead_s:.2f} s of "
+                f"work ranked ahead, {own_s:.2f} s its own) but the deadline is in {time_left_s:.2f} s; "
+                "rejected at once instead of timing out later"
+            )
