@@ -25,6 +25,9 @@ from pathlib import Path
 MAGIC = b"ALISEKV1"
 TOKEN_BYTES = 16
 HEADER_BYTES = 4096  # one page, so slot 0 is page-aligned
+# Owner-only: the region holds every swapped request's KV (prompt content, recoverable from it). Engines
+# map it as the same user (compose: one uid and `ipc: service:memory`); no one else may read it.
+REGION_FILE_MODE = 0o600
 
 
 REGION_FILE_PREFIX = "alise-host-tier-"
@@ -66,8 +69,9 @@ class HostRegion:
         # A new file, never the old one truncated in place: engines may still map a previous
         # service's file at this path, and truncating it under them would fault their copies.
         path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, REGION_FILE_MODE)
         try:
+            os.fchmod(descriptor, REGION_FILE_MODE)  # exactly 0600, whatever the umask left or added
             os.ftruncate(descriptor, self.size_bytes)  # sparse: pages are taken only when written
             self._map = mmap.mmap(descriptor, self.size_bytes)
         finally:
