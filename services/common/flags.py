@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+# Help texts of the server fields every service config declares (host, port, log_level, drain_s)
+HOST_HELP = "interface to listen on"
+PORT_HELP = "TCP port (0 = any free)"
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR"
+DRAIN_HELP = "on SIGTERM, how long in-flight calls may finish before the server stops, seconds"
+
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int) -> None:
     """--host, --port (0 = the OS picks), --log-level, --drain-seconds."""
