@@ -6,7 +6,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Sequence
 
-from services.common.flags import add_server_flags, validate_port
+from services.common.config_flags import add_config_flags, config_values, setting
+from services.common.flags import DRAIN_HELP, HOST_HELP, LOG_LEVEL_HELP, PORT_HELP, validate_port
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.gateway.replica_discovery import parse_targets
 from services.gateway.routing import ROUTING_POLICIES, RoutingPolicy
@@ -21,39 +22,57 @@ DEFAULT_HTTP_REQUEST_TIMEOUT_S = 600.0  # long enough for a long generation on a
 class GatewayConfig:
     """Configuration of one gateway process; invalid values raise ValueError in __post_init__."""
 
-    engine_address: str  # host:port[,host:port...]; every address a name resolves to is one engine replica
-    predictor_address: str = ""  # the same for PredictorService replicas; "" = no predictor (fallbacks only)
-    predictor_timeout_ms: int = 50  # deadline of one PredictOutputLength call before falling back
-    tokenizer: str = ""  # tokenizer spec for load_tokenizer; "" = the one the engine's GetModelInfo names
-    default_max_tokens: int = 256  # max_tokens when the client leaves it unset (clipped to the context room)
-    max_stop_strings: int = 16  # most stop strings one request may carry
-    max_stop_string_chars: int = 256  # longest allowed stop string, in characters
-    max_request_id_chars: int = 128  # longest allowed client request_id, in characters
-    fallback_output_tokens: int = 256  # output-length prior when neither predictor nor client hint answers
-    model_info_timeout_s: float = 2.0  # deadline of one engine GetModelInfo call
-    model_info_retry_interval_s: float = 0.5  # after a failed GetModelInfo, wait this long to try again
-    host: str = "127.0.0.1"  # interface the gRPC server listens on
-    port: int = DEFAULT_PORT  # TCP port (0 = the OS picks one)
-    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
-    drain_seconds: float = 5.0  # on SIGTERM, how long in-flight calls may finish
-    engine_routing: RoutingPolicy = RoutingPolicy.LEAST_WORK  # how a request picks its replica (its value works too)
-    discovery_interval_s: float = 5.0  # between two DNS lookups of the peer names (finds added/removed replicas)
-    health_check_interval_s: float = 0.5  # between two health checks (and stats polls) of one replica
-    health_check_timeout_s: float = 1.0  # deadline of one health check; silence counts as a failure
-    max_health_failures: int = 3  # failed checks in a row that mark a replica down and abort its streams
-    max_engine_attempts: int = 2  # engine replicas tried per request before its first message
-    feedback_queue_size: int = 4096  # finished-request reports waiting for the predictor; 0 = none sent
-    # generations in flight at once (gRPC and HTTP together); the next gets RESOURCE_EXHAUSTED / HTTP 429 at once
-    max_in_flight_requests: int = 4096
+    # Each field's flag (--field-name) is generated from its default and help (config_flags.py).
+    engine_address: str = setting(
+        help="host:port[,host:port...] of the engines; a name resolving to several addresses "
+        "(compose service, Kubernetes headless Service) is one replica per address",
+    )
+    predictor_address: str = setting(
+        "", "the same for PredictorService replicas ('' = no predictor: output-length fallbacks only)"
+    )
+    predictor_timeout_ms: int = setting(50, "deadline of one PredictOutputLength call before falling back")
+    tokenizer: str = setting("", "tokenizer spec ('' = the one the engine's GetModelInfo names)")
+    default_max_tokens: int = setting(256, "max_tokens when the client leaves it unset (clipped to the context room)")
+    max_stop_strings: int = setting(16, "most stop strings one request may carry")
+    max_stop_string_chars: int = setting(256, "longest allowed stop string, in characters")
+    max_request_id_chars: int = setting(128, "longest allowed client request_id, in characters")
+    fallback_output_tokens: int = setting(
+        256, "output-length prior when neither the predictor nor a client hint answers"
+    )
+    model_info_timeout_s: float = setting(2.0, "deadline of one engine GetModelInfo call, seconds")
+    model_info_retry_interval_s: float = 0.5  # after a failed GetModelInfo, wait this long to try again (no flag)
+    host: str = setting("127.0.0.1", HOST_HELP)
+    port: int = setting(DEFAULT_PORT, PORT_HELP)
+    log_level: str = setting("INFO", LOG_LEVEL_HELP)
+    drain_seconds: float = setting(5.0, DRAIN_HELP)
+    engine_routing: RoutingPolicy = setting(RoutingPolicy.LEAST_WORK, "how a request picks its engine replica")
+    discovery_interval_s: float = setting(
+        5.0, "between two DNS lookups of the peer names (finds added and removed replicas), seconds"
+    )
+    health_check_interval_s: float = setting(0.5, "between two health checks (and stats polls) of one replica, seconds")
+    health_check_timeout_s: float = setting(1.0, "deadline of one health check (silence counts as a failure), seconds")
+    max_health_failures: int = setting(3, "failed checks in a row that mark a replica down and abort its streams")
+    max_engine_attempts: int = setting(2, "engine replicas tried per request before its first message")
+    feedback_queue_size: int = setting(4096, "finished requests queued for the predictor's feedback (0 = off)")
+    max_in_flight_requests: int = setting(
+        4096, "generations in flight at once (gRPC and HTTP together); more get RESOURCE_EXHAUSTED (HTTP 429) at once"
+    )
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
-    http_port: int | None = None  # TCP port of the OpenAI-compatible HTTP API
-    http_max_request_bytes: int = DEFAULT_HTTP_MAX_REQUEST_BYTES  # larger HTTP bodies get 413
-    # deadline of an HTTP generation that sends no `timeout` field, seconds (vLLM-like clients set none)
-    http_request_timeout_s: float = DEFAULT_HTTP_REQUEST_TIMEOUT_S
-    api_keys: tuple[str, ...] = ()  # accepted API keys (with api_key_file's); none = no authentication
-    api_key_file: str = ""  # file of API keys, one per line ("" = none)
-    metrics_require_api_key: bool = False  # /metrics behind the API key too (health is always open)
+    http_port: int | None = setting(
+        None, f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0 = any free; with --port 0 the default is 0 too)"
+    )
+    http_max_request_bytes: int = setting(DEFAULT_HTTP_MAX_REQUEST_BYTES, "larger HTTP request bodies get 413")
+    http_request_timeout_s: float = setting(
+        DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+        "deadline of an HTTP generation without a `timeout` body field (expiry: 504), seconds",
+    )
+    api_keys: tuple[str, ...] = setting(
+        (), "accepted API key (repeatable; with --api-key-file's; none = no authentication); "
+        "clients send 'authorization: Bearer KEY'", flag="--api-key", metavar="KEY",
+    )
+    api_key_file: str = setting("", "file of accepted API keys, one per line")
+    metrics_require_api_key: bool = setting(False, "serve /metrics only with a valid API key (default: open)")
     tls: TlsFiles | None = None  # TLS of the public gRPC and HTTP ports, and mTLS to engines/predictors
 
     def __post_init__(self) -> None:
@@ -124,94 +143,11 @@ class GatewayConfig:
     def from_args(cls, argv: Sequence[str] | None = None) -> "GatewayConfig":
         """Parses `python -m services.gateway` flags; argparse exits with a usage message on bad flags."""
         parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
-        add_server_flags(parser, default_port=DEFAULT_PORT)
-        parser.add_argument(
-            "--engine-address", required=True,
-            help="host:port[,host:port...] of the engines; a name resolving to several addresses "
-            "(compose service, Kubernetes headless Service) is one replica per address",
-        )
-        parser.add_argument("--predictor-address", default="", help="the same for predictors ('' = none)")
-        _add_replica_flags(parser)
-        parser.add_argument("--predictor-timeout-ms", type=int, default=50)
-        parser.add_argument("--tokenizer", default="", help="tokenizer spec ('' = ask the engine)")
-        parser.add_argument("--default-max-tokens", type=int, default=256)
-        parser.add_argument("--max-stop-strings", type=int, default=16)
-        parser.add_argument("--max-stop-string-chars", type=int, default=256)
-        parser.add_argument("--max-request-id-chars", type=int, default=128)
-        parser.add_argument("--fallback-output-tokens", type=int, default=256)
-        parser.add_argument("--model-info-timeout-s", type=float, default=2.0)
-        parser.add_argument("--feedback-queue-size", type=int, default=4096,
-                            help="finished requests queued for the predictor's feedback (0 = off)")
-        parser.add_argument("--max-in-flight-requests", type=int, default=4096,
-                            help="generations in flight at once; more get RESOURCE_EXHAUSTED (HTTP 429) at once")
-        _add_http_and_auth_flags(parser)
+        add_config_flags(parser, cls)
         add_tls_flags(parser)
         args = parser.parse_args(argv)
         try:
-            return cls(
-                engine_address=args.engine_address,
-                predictor_address=args.predictor_address,
-                predictor_timeout_ms=args.predictor_timeout_ms,
-                tokenizer=args.tokenizer,
-                default_max_tokens=args.default_max_tokens,
-                max_stop_strings=args.max_stop_strings,
-                max_stop_string_chars=args.max_stop_string_chars,
-                max_request_id_chars=args.max_request_id_chars,
-                fallback_output_tokens=args.fallback_output_tokens,
-                model_info_timeout_s=args.model_info_timeout_s,
-                host=args.host,
-                port=args.port,
-                log_level=args.log_level,
-                drain_seconds=args.drain_seconds,
-                **{name: getattr(args, name) for name in _REPLICA_FIELDS},
-                feedback_queue_size=args.feedback_queue_size,
-                max_in_flight_requests=args.max_in_flight_requests,
-                http_port=args.http_port,
-                http_max_request_bytes=args.http_max_request_bytes,
-                http_request_timeout_s=args.http_request_timeout_s,
-                api_keys=tuple(args.api_key),
-                api_key_file=args.api_key_file,
-                metrics_require_api_key=args.metrics_require_api_key,
-                tls=tls_from_args(args),
-            )
+            return cls(**config_values(cls, args), tls=tls_from_args(args))
         except ValueError as error:
             parser.error(str(error))
             raise  # unreachable: parser.error exits
-
-
-_REPLICA_FIELDS = (
-    "engine_routing",
-    "discovery_interval_s",
-    "health_check_interval_s",
-    "health_check_timeout_s",
-    "max_health_failures",
-    "max_engine_attempts",
-)
-
-
-def _add_replica_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of replica discovery, health checking and routing (dest names = _REPLICA_FIELDS)."""
-    parser.add_argument("--engine-routing", default=RoutingPolicy.LEAST_WORK.value, choices=ROUTING_POLICIES)
-    parser.add_argument("--discovery-interval-s", type=float, default=5.0, help="DNS re-resolve period")
-    parser.add_argument("--health-check-interval-s", type=float, default=0.5)
-    parser.add_argument("--health-check-timeout-s", type=float, default=1.0)
-    parser.add_argument("--max-health-failures", type=int, default=3, help="failed checks = replica down")
-    parser.add_argument("--max-engine-attempts", type=int, default=2, help="replicas tried per request")
-
-
-def _add_http_and_auth_flags(parser: argparse.ArgumentParser) -> None:
-    """The OpenAI-compatible HTTP port and API keys (gRPC and HTTP alike)."""
-    parser.add_argument(
-        "--http-port", type=int, default=None,
-        help=f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0 = any free; "
-        "with --port 0 the default is 0 too)",
-    )
-    parser.add_argument("--http-max-request-bytes", type=int, default=DEFAULT_HTTP_MAX_REQUEST_BYTES,
-                        help="larger HTTP request bodies get 413")
-    parser.add_argument("--http-request-timeout-s", type=float, default=DEFAULT_HTTP_REQUEST_TIMEOUT_S,
-                        help="deadline of an HTTP generation without a `timeout` body field (expiry: 504)")
-    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                        help="accepted API key (repeatable); clients send 'authorization: Bearer KEY'")
-    parser.add_argument("--api-key-file", default="", help="file of accepted API keys, one per line")
-    parser.add_argument("--metrics-require-api-key", action="store_true",
-                        help="serve /metrics only with a valid API key (default: open)")
