@@ -63,7 +63,7 @@ class InputBatch:
         self.device = device
         self._pin = device.type == "cuda" and torch.cuda.is_available()
         self._row_of: dict[str, int] = {}
-        self._free_rows: list[int] = []
+        self._free_rows: list[int] = list(range(INITIAL_ROWS - 1, -1, -1))  # popped from the end: lowest first
         self._num_tokens = [0] * INITIAL_ROWS  # python lists: read per chunk, cheaper than numpy scalars
         self._num_blocks = [0] * INITIAL_ROWS
         self._epoch = [0] * INITIAL_ROWS  # request.num_preemptions when the row was filled

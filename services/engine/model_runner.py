@@ -73,10 +73,17 @@ class ModelRunner:
         hidden = self.run_model(arrays)
         if not arrays.sample_indices:
             return {}
-        requests = [step.chunks[index].request for index in arrays.sample_indices]
+        return self.sample(step, arrays, self.logits_of(arrays, hidden))
+
+    def logits_of(self, arrays: StepArrays, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits [num_sampling_rows, vocab] at the last position of each sampling request."""
         starts = arrays.query_start_loc_host
         last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
-        logits = self.model.lm_head(hidden.index_select(0, last_rows))
+        return self.model.lm_head(hidden.index_select(0, last_rows))
+
+    def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> dict[str, int]:
+        """min_tokens masking, then every row sampled at once; the tokens are recorded in the batch rows."""
+        requests = [step.chunks[index].request for index in arrays.sample_indices]
         logits = apply_min_tokens(logits, requests, self.stop_token_ids)
         tokens = sample_tokens(logits, self.sampling_params(arrays, requests)).tolist()
         self.batch.record_sampled(arrays, tokens)
