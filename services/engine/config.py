@@ -8,7 +8,8 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from services.common.flags import add_server_flags, is_host_port, validate_port
+from services.common.config_flags import add_config_flags, config_values, setting
+from services.common.flags import DRAIN_HELP, HOST_HELP, LOG_LEVEL_HELP, PORT_HELP, is_host_port, validate_port
 from services.common.metrics_server import (
     ENGINE_METRICS_PORT,
     MetricsPort,
@@ -18,7 +19,7 @@ from services.common.metrics_server import (
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.engine.model_presets import ARCHITECTURE_PRESETS
-from services.engine.scheduler.policy import DEFAULT_POLICY, POLICY_NAMES, PolicyName
+from services.engine.scheduler.policy import DEFAULT_POLICY, PolicyName
 
 
 class Dtype(StrEnum):
@@ -36,10 +37,6 @@ class Device(StrEnum):
     CUDA = "cuda"
 
 
-DTYPES = tuple(dtype.value for dtype in Dtype)
-DEVICES = tuple(device.value for device in Device)
-
-
 def _member(enum: type[StrEnum], name: str, value: object) -> StrEnum:
     """`value` as a member of `enum` (a member or its value); ValueError lists the valid values."""
     try:
@@ -52,33 +49,52 @@ def _member(enum: type[StrEnum], name: str, value: object) -> StrEnum:
 class EngineConfig:
     """Settings of one engine replica; ValueError names the bad field."""
 
-    host: str = "127.0.0.1"  # interface to listen on
-    port: int = 50052  # TCP port; 0 = the OS picks
-    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
-    drain_s: float = 5.0  # on SIGTERM, time in-flight streams may finish
-    model: str = DEFAULT_MODEL  # a catalog name, dummy-llama-tiny, dummy:<preset|dir>, or a local HF dir
-    engine_id: str = "engine-0"  # stable id of this replica (the --engine-id flag defaults to hostname-random)
-    dtype: Dtype = Dtype.AUTO  # auto = bfloat16 on CUDA and on CPUs with native bf16, else float32
-    device: Device = Device.AUTO  # auto = cuda when available
-    seed: int = 0  # seeds a random-weight model's weights (dummy-llama-tiny, dummy:...)
-    block_size_tokens: int = 16  # token positions per KV block
-    num_kv_blocks: int = 0  # blocks in the KV pool; 0 = as many as kv_cache_memory_mb holds
-    kv_cache_memory_mb: int = 256  # KV pool size when num_kv_blocks is 0, MiB
-    max_num_seqs: int = 64  # running batch size at most
-    max_num_batched_tokens: int = 512  # tokens per step at most (chunked-prefill budget)
-    max_model_len: int = 0  # prompt + output tokens at most; 0 = the model's own context
-    # admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED (4,096 only turned overload into
-    # timeouts: a queue 60x the batch; the deadline check below sheds what cannot finish in time)
-    max_waiting_requests: int = 1024
-    max_waiting_prompt_tokens: int = 262_144  # prompt tokens of those requests at most; more is RESOURCE_EXHAUSTED
-    # reject a request at once when its predicted completion exceeds this x its deadline's time left; 0 = never
-    deadline_admission_slack: float = 1.0
-    scheduler_policy: PolicyName = DEFAULT_POLICY  # how the scheduler ranks requests (its value works too)
-    max_wait_s: float = 60.0  # starvation bound: a request waiting this long is promoted, seconds
-    memory_address: str = ""  # memory service host:port; "" = run without one
-    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = half the cores (at least 1)
-    # every step eager: no CUDA graphs for decode-only steps (debugging; graphs are never used on CPU)
-    enforce_eager: bool = False
+    # Each field's flag (--field-name) is generated from its default and help (config_flags.py).
+    host: str = setting("127.0.0.1", HOST_HELP)
+    port: int = setting(50052, PORT_HELP)
+    log_level: str = setting("INFO", LOG_LEVEL_HELP)
+    drain_s: float = setting(5.0, DRAIN_HELP, flag="--drain-seconds")
+    model: str = setting(
+        DEFAULT_MODEL,
+        f"{DEFAULT_MODEL} (installed by scripts/install.sh), {DUMMY_TINY_MODEL} (random weights, tests), "
+        "dummy:<preset|hf dir> (random weights of a real architecture), or a local Hugging Face directory",
+    )
+    # stable id of this replica; its flag is added by from_args: absent, it is hostname-random
+    engine_id: str = setting("engine-0", "stable replica id (default: hostname-random)", cli=False)
+    dtype: Dtype = setting(Dtype.AUTO, "weights' dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32")
+    device: Device = setting(Device.AUTO, "auto = cuda when available")
+    seed: int = setting(0, "seed of a random-weight model's weights (dummy-llama-tiny, dummy:...)")
+    block_size_tokens: int = setting(16, "token positions per KV block", flag="--block-size")
+    num_kv_blocks: int = setting(0, "blocks in the KV pool (0 = as many as --kv-cache-memory-mb holds)")
+    kv_cache_memory_mb: int = setting(256, "KV pool size when --num-kv-blocks is 0, MiB")
+    max_num_seqs: int = setting(64, "running batch size at most")
+    max_num_batched_tokens: int = setting(512, "tokens per step at most (chunked-prefill budget)")
+    max_model_len: int = setting(0, "prompt + output tokens at most (0 = the model's own context)")
+    # (4,096 only turned overload into timeouts: a queue 60x the batch; the deadline check sheds what cannot
+    # finish in time)
+    max_waiting_requests: int = setting(
+        1024, "admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED"
+    )
+    max_waiting_prompt_tokens: int = setting(
+        262_144, "prompt tokens of the live requests at most; more is RESOURCE_EXHAUSTED"
+    )
+    deadline_admission_slack: float = setting(
+        1.0, "reject a request at once when its predicted completion > this x its deadline's time left (0 = never)"
+    )
+    scheduler_policy: PolicyName = setting(
+        DEFAULT_POLICY,
+        "alise: shortest predicted remaining time; fcfs: vLLM-like; mlfq: FastServe-like; srpt-oracle: benchmarks only",
+    )
+    max_wait_s: float = setting(
+        60.0, "starvation bound: a request that waited this long is promoted ahead of all others, seconds"
+    )
+    memory_address: str = setting("", "memory service host:port ('' = run without one)")
+    cpu_threads: int = setting(
+        0, "torch CPU threads (0 = half the cores, at least 1): more threads than free cores makes OpenMP spin"
+    )
+    enforce_eager: bool = setting(
+        False, "run every step eagerly: no CUDA graphs for decode-only steps (CPU always runs eagerly)"
+    )
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9102)
     metrics_port: MetricsPort | None = None
     tls: TlsFiles | None = None  # TLS of the engine's server and of its channels to the memory service
@@ -113,71 +129,14 @@ class EngineConfig:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "EngineConfig":
         parser = argparse.ArgumentParser(prog="python -m services.engine", description=__doc__)
-        add_server_flags(parser, default_port=50052)
-        parser.add_argument(
-            "--model", default=DEFAULT_MODEL,
-            help=f"{DEFAULT_MODEL} (installed by scripts/install.sh), {DUMMY_TINY_MODEL} (random weights, tests), "
-            "dummy:<preset|hf dir> (random weights of a real architecture), or a local Hugging Face directory",
-        )
+        add_config_flags(parser, cls)
         parser.add_argument("--engine-id", default="", help="stable replica id (default: hostname-random)")
-        parser.add_argument("--dtype", default="auto", choices=DTYPES)
-        parser.add_argument("--device", default="auto", choices=DEVICES)
-        parser.add_argument("--seed", type=int, default=0, help="seed of a random-weight model's weights")
-        parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-        parser.add_argument("--num-kv-blocks", type=int, default=0, help="KV pool blocks (0: from memory)")
-        parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV pool MiB")
-        parser.add_argument("--max-num-seqs", type=int, default=64)
-        parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-        parser.add_argument("--max-model-len", type=int, default=0)
-        parser.add_argument("--max-waiting-requests", type=int, default=1024, help="live requests at most")
-        parser.add_argument("--max-waiting-prompt-tokens", type=int, default=262_144,
-                            help="prompt tokens of the live requests at most")
-        parser.add_argument("--deadline-admission-slack", type=float, default=1.0,
-                            help="reject when predicted completion > this x the deadline's time left (0 = off)")
-        parser.add_argument(
-            "--scheduler-policy", default=DEFAULT_POLICY, choices=POLICY_NAMES,
-            help="alise: shortest predicted remaining time; fcfs: vLLM-like; srpt-oracle: benchmarks only",
-        )
-        parser.add_argument(
-            "--max-wait-s", type=float, default=60.0,
-            help="starvation bound: a request that waited this long is promoted ahead of all others",
-        )
-        parser.add_argument("--memory-address", default="", help="memory service host:port")
         add_metrics_port_flag(parser, default_port=ENGINE_METRICS_PORT)
         add_tls_flags(parser)
-        parser.add_argument(
-            "--cpu-threads", type=int, default=0,
-            help="torch CPU threads (0 = half the cores): more threads than free cores makes OpenMP spin",
-        )
-        parser.add_argument(
-            "--enforce-eager", action="store_true",
-            help="run every step eagerly: no CUDA graphs for decode-only steps (CPU always runs eagerly)",
-        )
         args = parser.parse_args(argv)
         return cls(
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            drain_s=args.drain_seconds,
-            model=args.model,
+            **config_values(cls, args),
             engine_id=args.engine_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
-            dtype=args.dtype,
-            device=args.device,
-            seed=args.seed,
-            block_size_tokens=args.block_size,
-            num_kv_blocks=args.num_kv_blocks,
-            kv_cache_memory_mb=args.kv_cache_memory_mb,
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len,
-            max_waiting_requests=args.max_waiting_requests,
-            max_waiting_prompt_tokens=args.max_waiting_prompt_tokens,
-            deadline_admission_slack=args.deadline_admission_slack,
-            scheduler_policy=args.scheduler_policy,
-            max_wait_s=args.max_wait_s,
-            memory_address=args.memory_address,
-            cpu_threads=args.cpu_threads,
-            enforce_eager=args.enforce_eager,
             metrics_port=metrics_port_from_flag(args.metrics_port, default_port=ENGINE_METRICS_PORT),
             tls=tls_from_args(args),
         )
