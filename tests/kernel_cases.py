@@ -113,6 +113,56 @@ def reference_decode(case: PagedCase) -> torch.Tensor:
     return output
 
 
+@dataclass
+class VarlenCase:
+    """One step's attention inputs: requests with any query lengths over a shared paged pool."""
+
+    paged: PagedCase  # caches, scales, block tables, seq_lens (as context_lens); its query is unused
+    query: torch.Tensor  # [num_tokens, num_heads, head_dim], each request's tokens in order
+    query_start_loc: torch.Tensor  # int32 [num_requests + 1]
+    query_lens: list[int]  # tokens per request this step
+    seq_lens: list[int]  # positions with KV per request, this step's tokens included
+
+
+def make_varlen_case(
+    requests: list[tuple[int, int]], num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+    dtype: torch.dtype, int8_kv: bool, device: torch.device | str, seed: int,
+) -> VarlenCase:
+    """requests: (query_len, seq_len) pairs, query_len <= seq_len; memory poisoned as make_case does."""
+    query_lens, seq_lens = [q for q, _ in requests], [n for _, n in requests]
+    paged = make_case(seq_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, int8_kv, device, seed)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    query = torch.randn(sum(query_lens), num_heads, head_dim, generator=generator).to(dtype).to(device)
+    starts = [0]
+    for length in query_lens:
+        starts.append(starts[-1] + length)
+    return VarlenCase(paged, query, torch.tensor(starts, dtype=torch.int32, device=device), query_lens, seq_lens)
+
+
+def reference_varlen(case: VarlenCase) -> torch.Tensor:
+    """float64 [num_tokens, num_heads, head_dim]: token i of a q-token query at position seq_len - q + i
+    attends to positions <= its own; explicit GQA mapping (query head h reads kv head h // group)."""
+    paged = case.paged
+    keys_all = _dequantized(paged.key_cache.cpu(), None if paged.key_scales is None else paged.key_scales.cpu())
+    values_all = _dequantized(paged.value_cache.cpu(), None if paged.value_scales is None else paged.value_scales.cpu())
+    num_heads, head_dim = case.query.shape[1:]
+    num_kv_heads, block_size = keys_all.shape[2], keys_all.shape[1]
+    group = num_heads // num_kv_heads
+    output = torch.zeros(case.query.shape, dtype=torch.float64)
+    tables, start = paged.block_tables.cpu().tolist(), 0
+    for r, (query_len, seq_len) in enumerate(zip(case.query_lens, case.seq_lens)):
+        blocks = tables[r][: -(-seq_len // block_size)]
+        keys = keys_all[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].repeat_interleave(group, 1)
+        values = values_all[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len].repeat_interleave(group, 1)
+        query = case.query[start : start + query_len].cpu().double()  # [q, heads, d]
+        scores = torch.einsum("qhd,khd->hqk", query, keys) * paged.scale
+        positions = torch.arange(seq_len - query_len, seq_len)
+        scores = scores.masked_fill(torch.arange(seq_len)[None, None, :] > positions[None, :, None], float("-inf"))
+        output[start : start + query_len] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), values)
+        start += query_len
+    return output
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Frobenius relative error; NaN anywhere in actual gives inf (a poisoned read)."""
     actual64 = actual.detach().cpu().double()

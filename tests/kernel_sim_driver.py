@@ -1,8 +1,9 @@
 """Builds and drives the SIMT emulator of tests/kernel_sim (the CUDA kernels' code on CPU).
 
-`build_driver` compiles the real kernel sources with g++ -DALISE_SIMT; `simulate_decode` and
-`simulate_write` pass tensors to it through raw files; `EmulatedKernels` offers the extension's
-interface (paged_decode, write_cache) on CPU tensors, so the engine's CUDA backend can run on CPU.
+`build_driver` compiles the real kernel sources with g++ -DALISE_SIMT; `simulate_attention`
+(any query lengths), `simulate_decode` (one token per sequence) and `simulate_write` pass tensors
+to it through raw files; `EmulatedKernels` offers the extension's interface (paged_attention,
+write_cache) on CPU tensors, so the engine's CUDA backend can run on CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from services.engine.kernels.loader import CSRC_DIR, CUDA_SOURCES
-from services.engine.kernels.ops import SplitPlan
+from services.engine.kernels.ops import SplitPlan, row_tile_for
 
 SIM_DIR = pathlib.Path(__file__).resolve().parent / "kernel_sim"
 HOST_COMPILER = shutil.which("g++")
@@ -54,24 +55,43 @@ def _run(driver, mode: str, directory: pathlib.Path, params: dict[str, float]) -
         raise RuntimeError(f"simt_driver {mode} failed: {result.stderr[-2000:]}")
 
 
-def simulate_decode(driver, case, plan: SplitPlan, directory: pathlib.Path) -> torch.Tensor:
+def simulate_attention(
+    driver, directory: pathlib.Path, query, key_cache, value_cache, key_scales, value_scales, block_tables, seq_lens,
+    query_start_loc, work_items, scale: float, plan: SplitPlan, row_tile: int,
+) -> torch.Tensor:
+    """Runs launch_paged_attention on copies; returns out (poisoned with NaN before the call).
+
+    query_start_loc and work_items None: one token per request (the decode form)."""
     directory.mkdir(parents=True, exist_ok=True)
-    out = torch.full_like(case.query, float("nan"))  # poisoned
-    for name in ("query", "key_cache", "value_cache", "block_tables", "context_lens"):
-        _save(directory, name, getattr(case, name))
-    if case.key_scales is not None:
-        _save(directory, "key_scales", case.key_scales)
-        _save(directory, "value_scales", case.value_scales)
-    _save(directory, "out", out)
-    num_seqs, num_heads, head_dim = case.query.shape
+    out = torch.full_like(query, float("nan"))
+    tensors = {"query": query, "key_cache": key_cache, "value_cache": value_cache, "block_tables": block_tables,
+               "seq_lens": seq_lens, "out": out}
+    if key_scales is not None:
+        tensors.update(key_scales=key_scales, value_scales=value_scales)
+    varlen = query_start_loc is not None
+    if varlen:
+        tensors.update(query_start_loc=query_start_loc, work_items=work_items)
+    for name, tensor in tensors.items():
+        _save(directory, name, tensor)
+    num_tokens, num_heads, head_dim = query.shape
     params = {
-        "num_seqs": num_seqs, "num_heads": num_heads, "num_kv_heads": case.key_cache.shape[2], "head_dim": head_dim,
-        "block_size": case.key_cache.shape[1], "max_blocks": case.block_tables.shape[1],
-        "num_splits": plan.num_splits, "partition_tokens": plan.partition_tokens, "scale": case.scale,
-        "query_type": ELEMENT_TYPES[case.query.dtype], "cache_type": ELEMENT_TYPES[case.key_cache.dtype],
+        "num_tokens": num_tokens, "num_requests": seq_lens.shape[0], "num_heads": num_heads,
+        "num_kv_heads": key_cache.shape[2], "head_dim": head_dim, "block_size": key_cache.shape[1],
+        "max_blocks": block_tables.shape[1], "num_splits": plan.num_splits, "partition_tokens": plan.partition_tokens,
+        "scale": scale, "query_type": ELEMENT_TYPES[query.dtype], "cache_type": ELEMENT_TYPES[key_cache.dtype],
+        "varlen": int(varlen), "num_work_items": 0 if work_items is None else work_items.shape[0], "row_tile": row_tile,
     }
-    _run(driver, "decode", directory, params)
+    _run(driver, "attend", directory, params)
     return _load(directory, "out", out)
+
+
+def simulate_decode(driver, case, plan: SplitPlan, directory: pathlib.Path) -> torch.Tensor:
+    """A PagedCase (one token per sequence) through the kernel's decode form."""
+    row_tile = row_tile_for(1, case.query.shape[1] // case.key_cache.shape[2])
+    return simulate_attention(
+        driver, directory, case.query, case.key_cache, case.value_cache, case.key_scales, case.value_scales,
+        case.block_tables, case.context_lens, None, None, case.scale, plan, row_tile,
+    )
 
 
 def simulate_write(driver, tmp_path, keys, values, caches, scales, slot_mapping, block_size) -> None:
@@ -100,14 +120,14 @@ class EmulatedKernels:
         self.driver = driver
         self.num_calls = 0
 
-    def paged_decode(self, out, query, key_cache, value_cache, key_scales, value_scales, block_tables,
-                     context_lens, scale, num_splits, partition_tokens) -> None:
-        from tests.kernel_cases import PagedCase
-
-        case = PagedCase(query, key_cache, value_cache, key_scales, value_scales, block_tables, context_lens,
-                         context_lens.tolist(), scale)
+    def paged_attention(self, out, query, key_cache, value_cache, key_scales, value_scales, block_tables, seq_lens,
+                        query_start_loc, work_items, scale, num_splits, partition_tokens, row_tile) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            out.copy_(simulate_decode(self.driver, case, SplitPlan(num_splits, partition_tokens), pathlib.Path(directory)))
+            out.copy_(simulate_attention(
+                self.driver, pathlib.Path(directory), query.contiguous(), key_cache, value_cache, key_scales,
+                value_scales, block_tables.contiguous(), seq_lens, query_start_loc, work_items, scale,
+                SplitPlan(num_splits, partition_tokens), row_tile,
+            ))
         self.num_calls += 1
 
     def write_cache(self, key, value, key_cache, value_cache, key_scales, value_scales, slot_mapping) -> None:

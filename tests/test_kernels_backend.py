@@ -5,7 +5,7 @@ import torch
 
 from services.engine.attention import make_metadata
 from services.engine.kernels import ops
-from services.engine.kernels.backend import AttentionBackendKind, CudaAttention, choose_backend
+from services.engine.kernels.backend import AttentionBackendKind, CudaAttention, ReferenceAttention, choose_backend
 from services.engine.kernels.loader import KernelUnavailable, load_kernels, source_digest
 from tests.engine_model import make_core
 
@@ -87,7 +87,7 @@ def _metadata(num_queries: list[int], context_lens: list[int], tables: list[list
 
 def test_prepare_marks_single_token_rows_of_a_mixed_step():
     metadata = _metadata([1, 7, 1], [40, 7, 3], [[4, 1, 9], [2], [5]])
-    batch = CudaAttention().prepare(metadata).decode_batch
+    batch = ReferenceAttention().prepare(metadata).decode_batch
     assert batch.request_indices == [0, 2]
     assert batch.token_rows.tolist() == [0, 8]
     assert batch.block_tables.dtype == torch.int32 and batch.block_tables.tolist() == [[4, 1, 9], [5, 0, 0]]
@@ -96,7 +96,21 @@ def test_prepare_marks_single_token_rows_of_a_mixed_step():
 
 def test_prepare_of_a_pure_decode_step_keeps_rows_in_place_and_prefill_gets_none():
     metadata = _metadata([1, 1], [17, 2], [[3, 8], [6]])
-    batch = CudaAttention().prepare(metadata).decode_batch
+    batch = ReferenceAttention().prepare(metadata).decode_batch
     assert batch.token_rows is None and batch.request_indices == [0, 1]
     prefill = _metadata([5], [5], [[1]])
-    assert CudaAttention().prepare(prefill).decode_batch is None
+    assert ReferenceAttention().prepare(prefill).decode_batch is None
+
+
+def test_cuda_prepare_plans_one_launch_for_a_mixed_step():
+    metadata = _metadata([1, 7, 1], [40, 7, 3], [[4, 1, 9], [2], [5]])
+    plan = CudaAttention(num_heads=4, num_kv_heads=2).prepare(metadata).kernel_plan
+    assert plan.row_tile == 8  # a 7-token chunk x group 2 = 14 rows: full tiles of 8
+    assert plan.work_items.tolist() == [[0, 0], [1, 0], [1, 8], [2, 0]]  # rows 2, 14, 2
+    assert plan.num_work_items == 4 and plan.split.num_splits == 1  # CPU plan: one SM, no split
+
+
+def test_cuda_prepare_of_a_pure_decode_step_needs_no_work_items():
+    metadata = _metadata([1, 1], [17, 2], [[3, 8], [6]])
+    plan = CudaAttention(num_heads=9, num_kv_heads=3).prepare(metadata).kernel_plan
+    assert plan.work_items is None and plan.row_tile == 4 and plan.num_work_items == 2

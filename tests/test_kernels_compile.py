@@ -63,12 +63,12 @@ def test_cuda_source_compiles_for_sm80_and_sm90(compiled, source):
         assert f"sm_{arch}" in result.stderr, f"no ptxas report for sm_{arch} in {source}"
 
 
-def test_decode_kernels_exist_for_every_variant_and_never_spill(compiled):
+def test_attention_kernels_exist_for_every_variant_and_never_spill(compiled):
     """Spills put the softmax state in local memory: a performance bug the compiler reports."""
     reports = "".join(result.stderr for result in compiled.values())
-    decode_entries = {entry for entry in ENTRY.findall(reports) if "paged_decode_kernel" in entry[0]}
-    # 2 head dims x 2 query dtypes x 2 cache kinds x 2 block sizes x 4 group tiles = 64 kernels per arch.
-    assert len(decode_entries) == 64 * len(ARCHITECTURES)
+    attention_entries = {entry for entry in ENTRY.findall(reports) if "paged_attention_kernel" in entry[0]}
+    # 2 head dims x 2 query dtypes x 2 cache kinds x 2 block sizes x 4 row tiles = 64 kernels per arch.
+    assert len(attention_entries) == 64 * len(ARCHITECTURES)
     spills = [(int(stores), int(loads)) for stores, loads in SPILL.findall(reports)]
     assert len(spills) >= len(ENTRY.findall(reports)), "ptxas did not report every kernel"
     assert all(stores == 0 and loads == 0 for stores, loads in spills), "a kernel spills registers"

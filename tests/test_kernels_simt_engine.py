@@ -37,7 +37,7 @@ def test_engine_steps_through_emulated_kernels_match_the_reference(tmp_path, mon
     for index, length in enumerate((45, 5, 20, 1)):
         prompt = torch.randint(3, 32000, (length,), generator=torch.Generator().manual_seed(index)).tolist()
         core.add(new_request(f"r{index}", prompt, greedy(5)))
-    kinds = run_steps_comparing_backends(core, CudaAttention(), ReferenceAttention(), threshold=2e-2)
+    kinds = run_steps_comparing_backends(core, CudaAttention(4, 2), ReferenceAttention(), threshold=2e-2)
     assert {(False,), (False, True), (True,)} <= kinds  # prefill-only, mixed, decode-only steps
     assert kernels.num_calls > 0
     assert core.scheduler.kv.pool.num_free_blocks == 64

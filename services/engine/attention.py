@@ -54,6 +54,7 @@ class AttentionMetadata:
     max_query_len: int  # largest query length of the step
     max_seq_len: int  # largest of seq_lens
     decode_batch: DecodeBatch | None = None  # the single-token rows, set by the reference backend only
+    kernel_plan: object | None = None  # the launch plan (kernels/ops.AttentionPlan), set by the CUDA backend only
 
     @property
     def num_reqs(self) -> int:

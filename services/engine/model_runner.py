@@ -39,6 +39,7 @@ class ModelRunner:
     def __init__(
         self, model: torch.nn.Module, kv: KvBlockManager, num_blocks: int, *,
         enforce_eager: bool = False, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int = 0,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         config = model.config
         self.model = model
@@ -52,9 +53,12 @@ class ModelRunner:
         self.cache_shape = KvCacheShape(
             config.num_hidden_layers, num_blocks, kv.block_size, self.num_kv_heads, self.head_dim
         )
-        self.cache = PagedKvCache(self.cache_shape, self.dtype, self.device)
-        # CUDA decode kernel where it loads (kernels/backend.py), else the torch reference.
-        self.attention = make_attention(self.device, self.dtype, self.head_dim, kv.block_size)
+        # kv_dtype: the pool's element type (kv_cache.kv_torch_dtype); None = the model's dtype.
+        self.cache = PagedKvCache(self.cache_shape, kv_dtype or self.dtype, self.device)
+        # Our varlen CUDA kernel where it loads (kernels/backend.py), else the torch reference.
+        self.attention = make_attention(
+            self.device, self.dtype, self.head_dim, kv.block_size, self.num_heads, self.num_kv_heads, self.cache.dtype
+        )
         self.stop_token_ids = stop_token_tensor(model_stop_token_ids(model), self.device)  # min_tokens.py
         self.decoder = FusedLlama(model, self.num_heads, self.num_kv_heads, self.head_dim)
         self.batch = InputBatch(kv.block_size, self.device)
@@ -133,5 +137,8 @@ class ModelRunner:
         its request's number of output tokens so far (see sampler.py on reproducibility)."""
         rows = arrays.rows[arrays.sample_indices]
         batch = self.batch
+        temperature = batch.temperature[rows]
+        if not temperature.any():  # all greedy: no draws needed
+            return SamplingParams(temperature, batch.top_p[rows], batch.top_k[rows], np.zeros(len(rows), np.float32))
         counters = np.fromiter((len(request.output_token_ids) for request in requests), np.int64, len(requests))
-        return SamplingParams.of(batch.temperature[rows], batch.top_p[rows], batch.top_k[rows], batch.seed[rows], counters)
+        return SamplingParams.of(temperature, batch.top_p[rows], batch.top_k[rows], batch.seed[rows], counters)

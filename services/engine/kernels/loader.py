@@ -17,9 +17,9 @@ from types import ModuleType
 import torch
 
 CSRC_DIR = pathlib.Path(__file__).resolve().parent / "csrc"
-CUDA_SOURCES = ("paged_decode.cu", "paged_decode_hd64.cu", "paged_decode_hd128.cu", "cache_write.cu")
+CUDA_SOURCES = ("paged_attention.cu", "paged_attention_hd64.cu", "paged_attention_hd128.cu", "cache_write.cu")
 CPP_SOURCES = ("binding.cpp",)
-HEADERS = ("launchers.h", "launch.cuh", "vec.cuh", "paged_decode.cuh", "paged_decode_launch.cuh")
+HEADERS = ("launchers.h", "launch.cuh", "vec.cuh", "paged_attention.cuh", "paged_attention_launch.cuh")
 # No --use_fast_math: the int8 write must divide and round exactly like the torch reference.
 # No -std: torch's builder picks the standard its headers need (C++17 or C++20); the kernels build
 # with either (the CI compile check uses C++17 for the kernels, C++20 for the binding).
@@ -62,7 +62,7 @@ def cuda_unavailable_reason() -> str | None:
 
 
 def load_kernels(verbose: bool = False) -> ModuleType:
-    """The compiled extension (module with paged_decode and write_cache); builds it on first use.
+    """The compiled extension (module with paged_attention and write_cache); builds it on first use.
 
     Raises KernelUnavailable, with the reason, where CUDA is missing or the build fails; a failure
     is remembered so that later calls fail fast instead of rebuilding.

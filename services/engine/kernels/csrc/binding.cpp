@@ -85,15 +85,19 @@ std::pair<float*, float*> scale_pointers(const at::Tensor& key_cache, const std:
   return {key_scales->data_ptr<float>(), value_scales->data_ptr<float>()};
 }
 
-void check_decode_inputs(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
-                         const at::Tensor& block_tables, const at::Tensor& context_lens) {
+void check_int32_vector(const at::Tensor& tensor, const at::Device& device, int64_t size, const char* name) {
+  check_on(tensor, device, name);
+  TORCH_CHECK_VALUE(tensor.scalar_type() == at::kInt && tensor.dim() == 1 && tensor.stride(0) == 1, name,
+                    " must be a contiguous int32 vector");
+  TORCH_CHECK_VALUE(tensor.size(0) == size, name, " must have ", size, " entries, got ", tensor.size(0));
+}
+
+void check_query_and_cache(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache) {
   const at::Device device = query.device();
   check_on(query, device, "query");
   check_on(out, device, "out");
   check_on(key_cache, device, "key_cache");
-  check_on(block_tables, device, "block_tables");
-  check_on(context_lens, device, "context_lens");
-  TORCH_CHECK_VALUE(query.dim() == 3, "query must be [num_seqs, num_heads, head_dim]");
+  TORCH_CHECK_VALUE(query.dim() == 3, "query must be [num_tokens, num_heads, head_dim]");
   TORCH_CHECK_VALUE(query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16,
                     "query must be float16 or bfloat16, got ", query.scalar_type());
   check_vector_layout(query, "query");
@@ -107,13 +111,31 @@ void check_decode_inputs(const at::Tensor& out, const at::Tensor& query, const a
   TORCH_CHECK_VALUE(query.size(2) == 64 || query.size(2) == 128, "head_dim must be 64 or 128, got ", query.size(2));
   TORCH_CHECK_VALUE(key_cache.size(1) == 16 || key_cache.size(1) == 32, "block_size must be 16 or 32");
   TORCH_CHECK_VALUE(query.size(1) % key_cache.size(2) == 0, "num_heads must be a multiple of num_kv_heads");
+  TORCH_CHECK_VALUE(key_cache.size(2) <= kMaxGridYZ, "at most ", kMaxGridYZ, " kv heads");
+  TORCH_CHECK_VALUE(query.size(0) <= INT32_MAX, "too many query tokens");
+}
+
+// Requests, their block tables and lengths; query_start_loc and work_items both or neither.
+void check_requests(const at::Tensor& query, const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                    const std::optional<at::Tensor>& query_start_loc, const std::optional<at::Tensor>& work_items) {
+  const at::Device device = query.device();
+  check_on(block_tables, device, "block_tables");
+  const int64_t num_requests = seq_lens.size(0);
+  check_int32_vector(seq_lens, device, num_requests, "seq_lens");
   TORCH_CHECK_VALUE(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 && block_tables.stride(1) == 1,
-                    "block_tables must be int32 [num_seqs, max_blocks], row-major");
-  TORCH_CHECK_VALUE(context_lens.scalar_type() == at::kInt && context_lens.dim() == 1 && context_lens.stride(0) == 1,
-                    "context_lens must be a contiguous int32 vector");
-  TORCH_CHECK_VALUE(block_tables.size(0) == query.size(0) && context_lens.size(0) == query.size(0),
-                    "block_tables and context_lens must have one row per query");
-  TORCH_CHECK_VALUE(query.size(0) <= kMaxGridYZ, "at most ", kMaxGridYZ, " sequences per call");
+                    "block_tables must be int32 [num_requests, max_blocks], row-major");
+  TORCH_CHECK_VALUE(block_tables.size(0) == num_requests, "block_tables must have one row per request");
+  TORCH_CHECK_VALUE(query_start_loc.has_value() == work_items.has_value(),
+                    "query_start_loc and work_items come together (neither: one token per request)");
+  if (!query_start_loc) {
+    TORCH_CHECK_VALUE(num_requests == query.size(0), "without query_start_loc every request has one query token");
+    return;
+  }
+  check_int32_vector(*query_start_loc, device, num_requests + 1, "query_start_loc");
+  check_on(*work_items, device, "work_items");
+  TORCH_CHECK_VALUE(work_items->scalar_type() == at::kInt && work_items->dim() == 2 && work_items->size(1) == 2 &&
+                        work_items->is_contiguous(),
+                    "work_items must be contiguous int32 [num_work_items, 2]");
 }
 
 // Pointers, strides and sizes of the paged cache, shared by both argument structs.
@@ -128,19 +150,19 @@ void set_cache_fields(Args& args, const at::Tensor& key_cache, const at::Tensor&
   args.cache_type = element_type(key_cache, "key_cache");
 }
 
-PagedDecodeArgs decode_args(const at::Tensor& out, const at::Tensor& query, const at::Tensor& block_tables,
-                            const at::Tensor& context_lens, double scale) {
-  PagedDecodeArgs args{};
+PagedAttentionArgs attention_args(const at::Tensor& out, const at::Tensor& query, const at::Tensor& block_tables,
+                                  const at::Tensor& seq_lens, double scale) {
+  PagedAttentionArgs args{};
   args.query = query.data_ptr();
-  args.query_seq_stride = query.stride(0);
+  args.query_token_stride = query.stride(0);
   args.query_head_stride = query.stride(1);
   args.block_tables = block_tables.data_ptr<int32_t>();
   args.block_table_stride = block_tables.stride(0);
-  args.context_lens = context_lens.data_ptr<int32_t>();
+  args.seq_lens = seq_lens.data_ptr<int32_t>();
   args.out = out.data_ptr();
-  args.out_seq_stride = out.stride(0);
+  args.out_token_stride = out.stride(0);
   args.out_head_stride = out.stride(1);
-  args.num_seqs = static_cast<int32_t>(query.size(0));
+  args.num_tokens = static_cast<int32_t>(query.size(0));
   args.num_heads = static_cast<int32_t>(query.size(1));
   args.head_dim = static_cast<int32_t>(query.size(2));
   args.scale = static_cast<float>(scale);
@@ -149,7 +171,7 @@ PagedDecodeArgs decode_args(const at::Tensor& out, const at::Tensor& query, cons
 }
 
 // Float32 partials of a split launch; empty tensors (and null pointers) without a split.
-std::pair<at::Tensor, at::Tensor> split_scratch(PagedDecodeArgs& args, const at::Tensor& query) {
+std::pair<at::Tensor, at::Tensor> split_scratch(PagedAttentionArgs& args, const at::Tensor& query) {
   if (args.num_splits == 1) return {};
   const auto options = query.options().dtype(at::kFloat);
   at::Tensor acc = at::empty({query.size(0), query.size(1), args.num_splits, query.size(2)}, options);
@@ -160,16 +182,36 @@ std::pair<at::Tensor, at::Tensor> split_scratch(PagedDecodeArgs& args, const at:
   return {acc, stats};
 }
 
-void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
-                  const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
-                  const std::optional<at::Tensor>& value_scales, const at::Tensor& block_tables,
-                  const at::Tensor& context_lens, double scale, int64_t num_splits, int64_t partition_tokens) {
-  check_decode_inputs(out, query, key_cache, block_tables, context_lens);
+// Work items: given (varlen), or one per (request, row tile) of a one-token-per-request call.
+void set_work(PagedAttentionArgs& args, const std::optional<at::Tensor>& query_start_loc,
+              const std::optional<at::Tensor>& work_items, int64_t num_requests) {
+  if (query_start_loc) {
+    args.query_start_loc = query_start_loc->data_ptr<int32_t>();
+    args.work_items = work_items->data_ptr<int32_t>();
+    TORCH_CHECK_VALUE(work_items->size(0) <= INT32_MAX, "too many work items");
+    args.num_work_items = static_cast<int32_t>(work_items->size(0));
+    return;
+  }
+  const int64_t group = args.num_heads / args.num_kv_heads;
+  args.row_tiles_per_request = static_cast<int32_t>((group + args.row_tile - 1) / args.row_tile);
+  TORCH_CHECK_VALUE(num_requests * args.row_tiles_per_request <= INT32_MAX, "too many requests");
+  args.num_work_items = static_cast<int32_t>(num_requests * args.row_tiles_per_request);
+}
+
+void paged_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                     const at::Tensor& value_cache, const std::optional<at::Tensor>& key_scales,
+                     const std::optional<at::Tensor>& value_scales, const at::Tensor& block_tables,
+                     const at::Tensor& seq_lens, const std::optional<at::Tensor>& query_start_loc,
+                     const std::optional<at::Tensor>& work_items, double scale, int64_t num_splits,
+                     int64_t partition_tokens, int64_t row_tile) {
+  check_query_and_cache(out, query, key_cache);
+  check_requests(query, block_tables, seq_lens, query_start_loc, work_items);
   check_cache_pair(key_cache, value_cache);
   TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= kMaxGridYZ, "num_splits must be in [1, 65535]");
   TORCH_CHECK_VALUE(partition_tokens > 0 && partition_tokens % kTileTokens == 0 && partition_tokens <= INT32_MAX,
                     "partition_tokens must be a positive multiple of 16");
-  PagedDecodeArgs args = decode_args(out, query, block_tables, context_lens, scale);
+  TORCH_CHECK_VALUE(row_tile == 1 || row_tile == 2 || row_tile == 4 || row_tile == 8, "row_tile must be 1, 2, 4 or 8");
+  PagedAttentionArgs args = attention_args(out, query, block_tables, seq_lens, scale);
   set_cache_fields(args, key_cache, value_cache);
   const auto scales = scale_pointers(key_cache, key_scales, value_scales, &args.scale_block_stride);
   args.key_scales = scales.first;
@@ -177,11 +219,13 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
   args.num_kv_heads = static_cast<int32_t>(key_cache.size(2));
   args.num_splits = static_cast<int32_t>(num_splits);
   args.partition_tokens = static_cast<int32_t>(partition_tokens);
-  if (args.num_seqs == 0) return;
+  args.row_tile = static_cast<int32_t>(row_tile);
+  set_work(args, query_start_loc, work_items, seq_lens.size(0));
+  if (args.num_tokens == 0 || args.num_work_items == 0) return;
   const c10::DeviceGuard device_guard(query.device());
   const auto scratch = split_scratch(args, query);  // kept alive until the launch is queued
-  const int status = launch_paged_decode(args, current_stream(query.device()));
-  TORCH_CHECK(status == 0, "paged decode attention launch failed: ", cuda_error_name(status));
+  const int status = launch_paged_attention(args, current_stream(query.device()));
+  TORCH_CHECK(status == 0, "paged attention launch failed: ", cuda_error_name(status));
 }
 
 void check_write_inputs(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
@@ -248,6 +292,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
     }
   });
-  module.def("paged_decode", &alise::paged_decode, "paged decode attention into out");
+  module.def("paged_attention", &alise::paged_attention, "paged attention of variable-length queries into out");
   module.def("write_cache", &alise::write_cache, "writes keys/values into the paged cache");
 }

@@ -1,10 +1,10 @@
-// Paged decode kernels for head_dim 128 (all query/cache types, block sizes and group tiles);
+// Paged attention kernels for head_dim 128 (all query/cache types, block sizes and row tiles);
 // one file per head dim so that the two compile in parallel.
-#include "paged_decode_launch.cuh"
+#include "paged_attention_launch.cuh"
 
 namespace alise {
 
-int launch_paged_decode_hd128(const PagedDecodeArgs& args, cudaStream_t stream) {
+int launch_paged_attention_hd128(const PagedAttentionArgs& args, cudaStream_t stream) {
   return dispatch_types<128>(args, stream);
 }
 
