@@ -1,0 +1,179 @@
+"""Overload: a burst far above capacity, and requests whose deadline cannot be met.
+
+`burst` fires N streams at once on one channel (what issue 21 found: 3,000 at once ended 717
+CANCELLED with no message). Every stream must end OK or RESOURCE_EXHAUSTED with a message; the
+rejections must come fast (they cost the server nothing), and the admitted ones finish.
+
+`deadline_burst` first loads the engine with long streams, then sends short-deadline requests:
+the engine's deadline admission must refuse them at once ("deadline cannot be met") instead of
+letting them time out after their deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.bench.chaos_load import StreamOutcome, count_codes, make_prompt, run_stream
+from services.common.contracts import common_pb2, gateway_service_pb2
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class BurstResult:
+    """What N simultaneous streams got (JSON-ready)."""
+
+    num_requests: int
+    codes: dict[str, int]  # final status -> count
+    rejection_p50_s: float  # RESOURCE_EXHAUSTED: call -> status
+    rejection_p99_s: float
+    admitted_ttft_p50_s: float  # OK streams: call -> first token
+    admitted_ttft_p99_s: float
+    admitted_p99_s: float  # OK streams: call -> end
+    sample_rejection: str  # one RESOURCE_EXHAUSTED message, verbatim
+    wall_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult:
+    rejected = [o for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
+    admitted = [o for o in outcomes if o.code == "OK"]
+    ttfts = [o.first_token_s - o.started_s for o in admitted if o.first_token_s is not None]
+    return BurstResult(
+        num_requests=len(outcomes),
+        codes=count_codes(outcomes),
+        rejection_p50_s=_percentile([o.duration_s for o in rejected], 0.5),
+        rejection_p99_s=_percentile([o.duration_s for o in rejected], 0.99),
+        admitted_ttft_p50_s=_percentile(ttfts, 0.5),
+        admitted_ttft_p99_s=_percentile(ttfts, 0.99),
+        admitted_p99_s=_percentile([o.duration_s for o in admitted], 0.99),
+        sample_rejection=rejected[0].details if rejected else "",
+        wall_s=wall_s,
+    )
+
+
+async def burst(stub, num_requests: int, *, max_tokens: int, timeout_s: float, seed: int = 0) -> BurstResult:
+    """num_requests streams started together; waits for all of them."""
+    rng = random.Random(seed)
+    began_s = time.monotonic()
+    outcomes = [
+        StreamOutcome(index, make_prompt(rng, 12), max_tokens, rng.getrandbits(32), time.monotonic())
+        for index in range(num_requests)
+    ]
+    await asyncio.gather(*(run_stream(stub, outcome, timeout_s=timeout_s) for outcome in outcomes))
+    return summarize_burst(outcomes, time.monotonic() - began_s)
+
+
+async def paced_overload(
+    stub, *, rate_per_s: float, duration_s: float, max_tokens: int, timeout_s: float, seed: int = 0
+) -> BurstResult:
+    """Open-loop arrivals at a fixed rate (a multiple of capacity) for duration_s; waits for all."""
+    rng = random.Random(seed)
+    began_s = time.monotonic()
+    tasks = []
+    for index in range(int(rate_per_s * duration_s)):
+        delay_s = began_s + index / rate_per_s - time.monotonic()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        outcome = StreamOutcome(index, make_prompt(rng, 12), max_tokens, rng.getrandbits(32), time.monotonic())
+        tasks.append(asyncio.create_task(run_stream(stub, outcome, timeout_s=timeout_s)))
+    outcomes = await asyncio.gather(*tasks)
+    return summarize_burst(list(outcomes), time.monotonic() - began_s)
+
+
+async def health_burst(channel: grpc.aio.Channel, num_calls: int) -> dict[str, int]:
+    """num_calls Health.Check at once on one channel: status -> count (issue 21: ~2,000 of 5,000 CANCELLED)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def one() -> str:
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=60.0)
+            return "OK"
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+
+    codes: dict[str, int] = {}
+    for code in await asyncio.gather(*(one() for _ in range(num_calls))):
+        codes[code] = codes.get(code, 0) + 1
+    return codes
+
+
+@dataclass(frozen=True)
+class DeadlineResult:
+    """Short-deadline requests sent while the engine is busy (JSON-ready)."""
+
+    num_background: int  # long streams keeping the engine busy
+    num_probes: int  # short-deadline requests
+    probe_deadline_s: float
+    probe_codes: dict[str, int]
+    probe_answer_p99_s: float  # call -> status, all probes
+    sample_rejection: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+async def deadline_burst(
+    stub, *, num_background: int, background_tokens: int, num_probes: int, probe_tokens: int, probe_deadline_s: float
+) -> DeadlineResult:
+    """Busy engine, then probes whose predicted completion exceeds their deadline."""
+    rng = random.Random(1)
+    background = [
+        StreamOutcome(i, make_prompt(rng, 12), background_tokens, i, time.monotonic()) for i in range(num_background)
+    ]
+    tasks = [asyncio.create_task(run_stream(stub, o, timeout_s=300.0)) for o in background]
+    await _until_generating(background)
+    probes = []
+    for index in range(num_probes):
+        outcome = StreamOutcome(index, make_prompt(rng, 12), probe_tokens, index, time.monotonic())
+        request = gateway_service_pb2.GenerateRequest(
+            prompt_text=outcome.prompt, expected_output_tokens=probe_tokens,
+            sampling=common_pb2.SamplingParams(max_tokens=probe_tokens, ignore_eos=True, seed=index),
+        )
+        probes.append(_probe(stub, request, outcome, probe_deadline_s))
+    probe_outcomes = await asyncio.gather(*probes)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    rejected = [o for o in probe_outcomes if o.code == "RESOURCE_EXHAUSTED"]
+    return DeadlineResult(
+        num_background=num_background,
+        num_probes=num_probes,
+        probe_deadline_s=probe_deadline_s,
+        probe_codes=count_codes(probe_outcomes),
+        probe_answer_p99_s=_percentile([o.duration_s for o in probe_outcomes], 0.99),
+        sample_rejection=rejected[0].details if rejected else "",
+    )
+
+
+async def _until_generating(outcomes: list[StreamOutcome], timeout_s: float = 60.0) -> None:
+    began_s = time.monotonic()
+    while sum(o.first_token_s is not None for o in outcomes) < len(outcomes) // 2:
+        if time.monotonic() - began_s > timeout_s:
+            raise TimeoutError("background streams did not start")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the engine's queue profile has measured decode steps
+
+
+async def _probe(stub, request, outcome: StreamOutcome, deadline_s: float) -> StreamOutcome:
+    outcome.started_s = time.monotonic()
+    try:
+        async for message in stub.Generate(request, timeout=deadline_s):
+            outcome.token_ids.extend(message.token_ids)
+    except grpc.aio.AioRpcError as error:
+        outcome.code, outcome.details = error.code().name, error.details() or ""
+    outcome.ended_s = time.monotonic()
+    return outcome
