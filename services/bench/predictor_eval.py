@@ -20,9 +20,10 @@ from services.predictor import data
 from services.predictor.baselines import Baselines
 from services.predictor.cli import DEFAULT_DATA_DIR
 from services.predictor.config import DEFAULT_MODEL_DIR
-from services.predictor.eval_report import format_table, write_json, write_png
-from services.predictor.evaluate import EvalRows, measure_latency, metrics_by_split, predict_all
+from services.predictor.eval_report import format_calibration, format_table, write_json, write_png
+from services.predictor.evaluate import EvalRows, calibration_by_split, measure_latency, metrics_by_split, predict_all
 from services.predictor.model import LengthPredictor, PromptInput
+from services.predictor.prompt_kinds import prompt_kinds
 from services.predictor.reload import LoadSettings, PredictorLoader
 
 DEFAULT_EVAL_DIR = Path("runs") / "predictor"
@@ -38,6 +39,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
     evaluate.add_argument("--generator", default="", help="generator column for plain JSONL rows")
     evaluate.add_argument("--heldout-only", action="store_true", help="keep only held-out groups of every file")
+    evaluate.add_argument("--exclude-prompts-in", type=Path, action="append", default=[],
+                          help="leave out rows whose normalized prompt text occurs in this data file (any row "
+                               "of it; repeatable): e.g. the feedback files an older model was trained on")
     evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
     evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
     evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
@@ -62,15 +66,28 @@ def _generators_for(examples: list[data.LengthExample], predictor: LengthPredict
     return [example.source if example.source in known else fallback for example in examples]
 
 
+def reference_examples(path: Path, meta, args: argparse.Namespace) -> list[data.LengthExample]:
+    """The model's ShareGPT and AlpacaEval training files other than path (where present): they lend
+    their groups to shared prompt texts (data.canonical_groups), so a feedback file splits as in training."""
+    references = []
+    for name in (data.SHAREGPT_FILE, data.ALPACA_EVAL_FILE):
+        other = args.data_dir / name
+        if name in meta.data_files_sha256 and other.is_file() and other.resolve() != path.resolve():
+            references += data.load_file(other)
+    return references
+
+
 def load_file_rows(path: Path, predictor: LengthPredictor, args: argparse.Namespace) -> FileRows:
     """Rows of one file, split and mapped to generator columns as the module docstring says."""
     meta = predictor.model.metadata
     known = set(meta.generators)
     prefix = data.ALPACA_EVAL_SOURCE_PREFIX
     alpaca = [g for g in data.ALPACA_EVAL_GENERATORS if prefix + g in known] or list(data.ALPACA_EVAL_GENERATORS)
-    examples = data.load_file(path, generators=alpaca)
+    examples = data.canonical_groups(data.load_file(path, generators=alpaca), reference_examples(path, meta, args))
     trained_on = data.file_sha256(path) in set(meta.data_files_sha256.values())
     heldout_only = trained_on or args.heldout_only
+    excluded = {data.prompt_key(e.prompt_text) for other in args.exclude_prompts_in for e in data.load_file(other)}
+    examples = [e for e in examples if data.prompt_key(e.prompt_text) not in excluded]
     if heldout_only:
         fraction = float(meta.training.get("heldout_fraction", 0.2))
         _, examples = data.split_by_group(examples, heldout_fraction=fraction, seed=meta.seed)
@@ -102,6 +119,7 @@ def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) ->
         prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in examples], dtype=np.float64),
         generators=tuple(generators),
         sources=tuple(e.source for e in examples),
+        kinds=tuple(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start) for e in examples),
     )
 
 
@@ -121,11 +139,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("no rows to evaluate")
     predictions = predict_all(predictor.model, Baselines.from_dict(meta.baselines), rows)
     metrics = metrics_by_split(rows, predictions, meta.quantile_levels)
+    calibration = calibration_by_split(rows, predictions, meta.quantile_levels)
     examples = [example for item in files for example in item.examples]
     prompts = [PromptInput(e.prompt_text, e.num_prompt_tokens) for e in examples[: args.latency_prompts]]
     latency = measure_latency(predictor, prompts)
     print(f"model {meta.model_version}")
     print(format_table(metrics))
+    print(format_calibration(calibration))
     print(f"latency (in process, 1 prompt per call over {latency.get('num_prompts', 0)} prompts): "
           f"p50 {latency.get('single_p50_ms')} ms, p99 {latency.get('single_p99_ms')} ms; "
           f"batch of {latency.get('batch_size')}: {latency.get('batch_prompts_per_s')} prompts/s")
@@ -133,7 +153,8 @@ def run_eval(args: argparse.Namespace) -> int:
         "model_version": meta.model_version, "model_dir": str(args.model_dir), "seed": meta.seed,
         "files": [{"path": str(item.path), "num_rows": len(item.examples), "heldout_only": item.heldout_only,
                    "sha256": data.file_sha256(item.path)} for item in files],
-        "metrics": metrics, "latency": latency, "machine": machine_info(), "git": git_info(),
+        "excluded_prompts_in": [str(path) for path in args.exclude_prompts_in],
+        "metrics": metrics, "calibration": calibration, "latency": latency, "machine": machine_info(), "git": git_info(),
     }
     json_path = args.out_dir / f"{args.name}.json"
     write_json(json_path, report)

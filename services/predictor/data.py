@@ -12,6 +12,7 @@ features absorb.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gzip
 import hashlib
@@ -52,6 +53,7 @@ class LengthExample:
     num_output_tokens: int  # answer length in Llama-2 tokens (> 0): the training target
     source: str  # "sharegpt" or "alpaca_eval:<generator>"
     group_id: str  # examples with the same group_id are never split between train and held-out
+    is_conversation_start: bool = True  # False for a later chunk of a split ShareGPT conversation
 
 
 def file_sha256(path: Path) -> str:
@@ -116,6 +118,7 @@ def load_sharegpt(data_dir: Path, *, path: Path | None = None) -> list[LengthExa
             num_output_tokens=int(record["response_llama2_tokens"]),
             source=SOURCE_SHAREGPT,
             group_id=f"{SOURCE_SHAREGPT}:{groups[conversation]}",
+            is_conversation_start=bool(record.get("is_conversation_start", True)),
         )
         for record, conversation, _ in kept
     ]
@@ -145,6 +148,46 @@ def load_alpaca_eval(data_dir: Path, generators: Sequence[str], *, path: Path | 
     if unknown:
         raise ValueError(f"unknown AlpacaEval generator(s) {unknown}; available: {sorted(seen_generators)}")
     return examples
+
+
+def _source_rank(source: str) -> int:
+    """Which source's group a shared prompt text takes: ShareGPT, then AlpacaEval, then the rest."""
+    if source == SOURCE_SHAREGPT:
+        return 0
+    return 1 if source.startswith(ALPACA_EVAL_SOURCE_PREFIX) else 2
+
+
+def canonical_groups(
+    examples: Sequence[LengthExample], reference: Sequence[LengthExample] = ()
+) -> list[LengthExample]:
+    """The examples with one group per normalized prompt text across sources (order kept).
+
+    Feedback prompts are ShareGPT and AlpacaEval prompts answered by the served model: grouped by
+    source alone, the same text could be trained on as feedback and held out as ShareGPT. A prompt
+    text takes the group of the highest-ranked source holding it (`_source_rank`, first in order
+    within a source), so the ShareGPT split never depends on which other files are loaded, and an
+    AlpacaEval instruction moves (all its generators together) only when ShareGPT has its text.
+    `reference` examples (e.g. the training files, when evaluating a feedback file) only lend their
+    groups. Other examples of a group that moved follow it (a conversation's chunks, an instruction's
+    generators).
+    """
+    owner: dict[str, tuple[int, int, str]] = {}  # prompt key -> (source rank, order, group) of its owner
+    for order, example in enumerate([*reference, *examples]):
+        candidate = (_source_rank(example.source), order, example.group_id)
+        key = prompt_key(example.prompt_text)
+        if key not in owner or candidate < owner[key]:
+            owner[key] = candidate
+    links = [(e.group_id, owner[prompt_key(e.prompt_text)][2]) for e in examples]
+    component = _connected_groups(links)
+    best: dict[str, tuple[int, int, str]] = {}  # component -> its best-ranked owner
+    for example in examples:
+        candidate = owner[prompt_key(example.prompt_text)]
+        root = component[example.group_id]
+        if root not in best or candidate < best[root]:
+            best[root] = candidate
+    target = {group: best[root][2] for group, root in component.items() if root in best}
+    return [e if target[e.group_id] == e.group_id else dataclasses.replace(e, group_id=target[e.group_id])
+            for e in examples]
 
 
 def is_heldout(group_id: str, *, heldout_fraction: float, seed: int) -> bool:

@@ -41,6 +41,19 @@ def format_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def format_calibration(calibration: dict, predictor: str = "model") -> str:
+    """p10 / p90 coverage of one predictor per decile of true and of predicted length, per split."""
+    lines = []
+    for split, by_predictor in calibration.items():
+        if predictor not in by_predictor:
+            continue
+        for grouping, title in (("by_actual_decile", "true length"), ("by_predicted_decile", "predicted p50")):
+            cells = " ".join(f"{entry['coverage_p10']:.2f}/{entry['coverage_p90']:.2f}"
+                             for entry in by_predictor[predictor][grouping])
+            lines.append(f"{split}: {predictor} p10/p90 coverage by {title} decile: {cells}")
+    return "\n".join(lines)
+
+
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and math.isnan(value):
         return None

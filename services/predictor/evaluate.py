@@ -18,13 +18,16 @@ from typing import Sequence
 import numpy as np
 
 from services.predictor.baselines import Baselines
-from services.predictor.metrics import prediction_metrics
+from services.predictor.metrics import coverage_by_decile, prediction_metrics
 from services.predictor.model import LengthModel, LengthPredictor, PromptInput
 
 MODEL = "model"
 BASELINE_TRAIN_MEDIAN = "baseline_train_median"
 BASELINE_PROMPT_LENGTH = "baseline_prompt_length"
 ALL_SPLIT = "all"
+KIND_SEPARATOR = " | "  # a kind split is named "<source> | <kind>", e.g. "sharegpt | code"
+MIN_KIND_ROWS = 20  # a (source, kind) with fewer held-out rows gets no split of its own
+NUM_DECILES = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class EvalRows:
     prompt_tokens: np.ndarray  # prompt lengths [n] (for the prompt-length baseline)
     generators: tuple[str, ...]  # generator column of each row
     sources: tuple[str, ...]  # split name of each row
+    kinds: tuple[frozenset[str], ...] = ()  # prompt kinds of each row (prompt_kinds.py); () = not split by kind
 
 
 @dataclass(frozen=True)
@@ -61,17 +65,31 @@ def predict_all(model: LengthModel, baselines: Baselines, rows: EvalRows) -> Pre
     )
 
 
+def split_masks(rows: EvalRows) -> dict[str, np.ndarray]:
+    """Row masks of every split: "all" (when several sources), each source, each (source, kind)."""
+    sources = np.asarray(rows.sources)
+    masks: dict[str, np.ndarray] = {}
+    if len(set(rows.sources)) > 1:
+        masks[ALL_SPLIT] = np.ones(len(sources), bool)
+    for source in sorted(set(rows.sources)):
+        masks[source] = sources == source
+    if rows.kinds:
+        from services.predictor.prompt_kinds import PromptKind
+
+        for source in sorted(set(rows.sources)):
+            for kind in PromptKind:
+                mask = (sources == source) & np.array([kind in row_kinds for row_kinds in rows.kinds], bool)
+                if mask.sum() >= MIN_KIND_ROWS:
+                    masks[f"{source}{KIND_SEPARATOR}{kind}"] = mask
+    return masks
+
+
 def metrics_by_split(
     rows: EvalRows, predictions: Predictions, quantile_levels: tuple[float, ...]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics of every predictor over all rows and over each source."""
-    sources = np.asarray(rows.sources)
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    for split in [ALL_SPLIT, *sorted(set(rows.sources))]:
-        if split == ALL_SPLIT and len(set(rows.sources)) == 1:
-            continue  # identical to the single source's figures
-        selected = np.ones(len(sources), bool) if split == ALL_SPLIT else sources == split
-        result[split] = {
+    """Metrics of every predictor over every split of `split_masks`."""
+    return {
+        split: {
             name: prediction_metrics(
                 actual_tokens=rows.actual_tokens[selected],
                 mean_tokens=predictions.mean_tokens[name][selected],
@@ -79,6 +97,33 @@ def metrics_by_split(
                 quantile_levels=quantile_levels,
             )
             for name in predictions.mean_tokens
+        }
+        for split, selected in split_masks(rows).items()
+    }
+
+
+def calibration_by_split(
+    rows: EvalRows, predictions: Predictions, quantile_levels: tuple[float, ...]
+) -> dict[str, dict[str, dict[str, list[dict[str, float]]]]]:
+    """Per source split: each predictor's quantile coverage per decile of true and of predicted length.
+
+    By predicted p50 decile is what a calibrated predictor can get right (coverage given what it
+    knows); by true length decile also measures ranking: no predictor covers the longest tenth of
+    answers at 90% with a p90 that is right for the other nine tenths unless it ranks them apart.
+    """
+    p50_column = quantile_levels.index(0.5)
+    result: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {}
+    for split, selected in split_masks(rows).items():
+        if KIND_SEPARATOR in split:
+            continue
+        actual = rows.actual_tokens[selected]
+        result[split] = {
+            name: {
+                "by_actual_decile": coverage_by_decile(actual, quantiles[selected], quantile_levels, actual),
+                "by_predicted_decile": coverage_by_decile(
+                    actual, quantiles[selected], quantile_levels, quantiles[selected, p50_column]),
+            }
+            for name, quantiles in predictions.quantile_tokens.items()
         }
     return result
 

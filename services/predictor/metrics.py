@@ -110,3 +110,29 @@ def prediction_metrics(
     for column, level in enumerate(quantile_levels):
         metrics[f"coverage_p{round(level * 100)}"] = float(np.mean(actual <= quantile_tokens[:, column]))
     return {name: round(value, 4) for name, value in metrics.items()}
+
+
+def coverage_by_decile(
+    actual_tokens: np.ndarray, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...], by: np.ndarray,
+    num_bins: int = 10,
+) -> list[dict[str, float]]:
+    """Quantile coverage within each of num_bins equal-count bins of `by` (stable sort: tied rows keep order).
+
+    Rows are ordered by `by` (true lengths, or predicted p50) and cut into bins of about equal
+    size; each bin reports its range of `by`, its row count, and the share of true lengths at or
+    below each predicted quantile (ideal: the level, in every bin).
+    """
+    actual = np.asarray(actual_tokens, np.float64)
+    by = np.asarray(by, np.float64)
+    order = np.argsort(by, kind="mergesort")
+    bins = []
+    for chunk in np.array_split(order, min(num_bins, max(len(order), 1))):
+        if chunk.size == 0:
+            continue
+        entry = {"num_examples": float(chunk.size), "by_low": float(by[chunk].min()), "by_high": float(by[chunk].max()),
+                 "median_actual_tokens": float(np.median(actual[chunk]))}
+        for column, level in enumerate(quantile_levels):
+            entry[f"coverage_p{round(level * 100)}"] = float(np.mean(actual[chunk] <= quantile_tokens[chunk, column]))
+            entry[f"median_p{round(level * 100)}_tokens"] = float(np.median(quantile_tokens[chunk, column]))
+        bins.append({name: round(value, 4) for name, value in entry.items()})
+    return bins

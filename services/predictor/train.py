@@ -31,6 +31,7 @@ from services.predictor.embedding_cache import EmbeddingCache
 from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
 from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, fit_heads
 from services.predictor.model_inputs import INPUT_VERSION, InputLayout, build_matrix
+from services.predictor.prompt_kinds import prompt_kinds
 from services.predictor.text_heads import NUM_STACK_FOLDS, TextHeads, fit_text_heads, out_of_fold_columns
 
 VALIDATION_FRACTION = 0.1  # share of training groups used for early stopping
@@ -101,7 +102,7 @@ def load_examples(settings: TrainSettings) -> TrainingData:
         hashes.update(feedback.file_hashes)
         served_models = feedback.served_model_generators
         default = settings.default_generator or feedback.most_common_generator
-    return TrainingData(examples, hashes, served_models, default)
+    return TrainingData(data.canonical_groups(examples), hashes, served_models, default)
 
 
 def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
@@ -148,6 +149,8 @@ def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> Ev
         prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in raw.examples], dtype=np.float64),
         generators=sources,
         sources=sources,
+        kinds=tuple(frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start))
+                    for e in raw.examples),
     )
 
 
@@ -316,4 +319,5 @@ def _concat(first: EvalRows, second: EvalRows) -> EvalRows:
         prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
         generators=first.generators + second.generators,
         sources=first.sources + second.sources,
+        kinds=first.kinds + second.kinds,
     )

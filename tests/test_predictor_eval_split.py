@@ -1,0 +1,71 @@
+"""Held-out split by normalized prompt text across sources, prompt kinds, and calibration per decile."""
+
+import numpy as np
+
+from services.predictor import data
+from services.predictor.evaluate import EvalRows, Predictions, calibration_by_split, metrics_by_split
+from services.predictor.metrics import coverage_by_decile
+from services.predictor.prompt_kinds import PromptKind, prompt_kinds
+
+
+def _example(text: str, source: str, group: str, tokens: int = 10) -> data.LengthExample:
+    return data.LengthExample(text, 5, tokens, source, group)
+
+
+def test_feedback_copy_of_a_sharegpt_prompt_joins_the_sharegpt_group():
+    sharegpt = [_example("Write a poem", "sharegpt", "sharegpt:a"), _example("hi", "sharegpt", "sharegpt:b")]
+    feedback = [_example("  write A poem ", "served:m", "feedback:x"), _example("new one", "served:m", "feedback:y")]
+    alpaca = [_example("HI", "alpaca_eval:g1", "alpaca_eval:7"), _example("other", "alpaca_eval:g2", "alpaca_eval:7")]
+    grouped = data.canonical_groups(feedback + alpaca + sharegpt)
+    groups = [example.group_id for example in grouped]
+    assert groups[0] == "sharegpt:a" and groups[1] == "feedback:y"
+    # the instruction's text is a ShareGPT prompt: all of its rows (every generator) move together
+    assert groups[2] == groups[3] == "sharegpt:b"
+    assert groups[4:] == ["sharegpt:a", "sharegpt:b"]  # ShareGPT groups never move
+
+
+def test_reference_examples_lend_their_groups_without_being_returned():
+    reference = [_example("Write a poem", "sharegpt", "sharegpt:a")]
+    grouped = data.canonical_groups([_example("write a poem", "served:m", "feedback:x")], reference)
+    assert [example.group_id for example in grouped] == ["sharegpt:a"]
+
+
+def test_prompt_kinds():
+    code = "Fix this:\nint main() {\n  return 0;\n}\n"
+    assert PromptKind.CODE in prompt_kinds(code, 10)
+    assert PromptKind.CODE not in prompt_kinds("Write an essay about dogs; keep it short.", 10)
+    assert PromptKind.URL in prompt_kinds("summarize https://example.com/a", 10)
+    assert PromptKind.TABLE_JSON in prompt_kinds("give the answer as a markdown table", 10)
+    assert PromptKind.MATH in prompt_kinds("what is 12 * 7?", 10)
+    assert prompt_kinds("tell me a story", 300, is_conversation_start=False) == {
+        PromptKind.LONG_PROMPT, PromptKind.LATER_CHUNK}
+    assert prompt_kinds("tell me a story", 10) == frozenset()
+
+
+def test_coverage_by_decile_of_a_calibrated_predictor_is_nominal_in_each_bin():
+    rng = np.random.default_rng(0)
+    center = rng.uniform(10, 1000, 20000)
+    actual = center * np.exp(rng.normal(0, 0.5, center.size))
+    quantiles = np.stack([center * np.exp(0.5 * z) for z in (-1.2816, 0.0, 1.2816)], axis=1)
+    bins = coverage_by_decile(actual, quantiles, (0.1, 0.5, 0.9), quantiles[:, 1])
+    assert len(bins) == 10 and sum(entry["num_examples"] for entry in bins) == center.size
+    for entry in bins:
+        assert abs(entry["coverage_p10"] - 0.1) < 0.03 and abs(entry["coverage_p90"] - 0.9) < 0.03
+    by_actual = coverage_by_decile(actual, quantiles, (0.1, 0.5, 0.9), actual)
+    assert by_actual[0]["coverage_p90"] > 0.95 and by_actual[-1]["coverage_p90"] < 0.85  # ranks, not calibration
+
+
+def test_metrics_and_calibration_split_by_source_and_kind():
+    n = 60
+    rng = np.random.default_rng(1)
+    actual = rng.uniform(10, 500, n)
+    quantiles = np.stack([actual * 0.5, actual, actual * 2], axis=1)
+    kinds = tuple(frozenset({"code"}) if index < 30 else frozenset() for index in range(n))
+    rows = EvalRows(np.zeros((n, 1), np.float32), actual, np.ones(n), ("sharegpt",) * n, ("sharegpt",) * n, kinds)
+    predictions = Predictions({"model": actual}, {"model": quantiles})
+    metrics = metrics_by_split(rows, predictions, (0.1, 0.5, 0.9))
+    assert set(metrics) == {"sharegpt", "sharegpt | code"}
+    assert metrics["sharegpt | code"]["model"]["num_examples"] == 30
+    calibration = calibration_by_split(rows, predictions, (0.1, 0.5, 0.9))
+    assert set(calibration) == {"sharegpt"}
+    assert len(calibration["sharegpt"]["model"]["by_predicted_decile"]) == 10
