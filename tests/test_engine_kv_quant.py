@@ -137,3 +137,75 @@ def test_int4_constant_group_is_exact_and_bad_group_size_is_rejected():
     assert torch.equal(kv_quant.dequantize_int4_groups(kv_quant.quantize_int4_groups(constant, 64)), constant)
     with pytest.raises(ValueError, match="group_size"):
         kv_quant.quantize_int4_groups(constant, 48)
+
+
+def test_int8_pool_writes_quantized_and_the_reference_reads_it_dequantized():
+    from services.engine.kernels.backend import ReferenceAttention
+    from services.engine.kv_cache import KvCacheShape, PagedKvCache
+
+    shape = KvCacheShape(1, 8, BLOCK_SIZE, 2, 64)
+    exact = PagedKvCache(shape, torch.float32, torch.device("cpu"))
+    int8 = PagedKvCache(shape, torch.int8, torch.device("cpu"))
+    assert int8.quantized and int8.key_scales.shape == (1, 8, 2) and not exact.quantized
+    table, generator = [5, 2, 7], torch.Generator().manual_seed(12)
+    # a 20-token prefill chunk, then 3 decodes (the scale of block 2 grows as tokens arrive)
+    for first, count in ((0, 20), (20, 1), (21, 1), (22, 1)):
+        positions = range(first, first + count)
+        slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in positions])
+        keys, values = (torch.randn(count, 2, 64, generator=generator) for _ in range(2))
+        for cache in (exact, int8):
+            cache.write(0, slots, keys, values)
+    metadata = make_metadata(torch.zeros(4, dtype=torch.long), [0, 4], [23], [table])
+    query = torch.randn(4, 6, 64, generator=generator)
+    backend = ReferenceAttention()
+    expected = backend.attend(query, exact, 0, backend.prepare(metadata), 0.125)
+    got = backend.attend(query, int8, 0, backend.prepare(metadata), 0.125)
+    assert 0 < kv_quant.relative_error(got, expected) < 1.5e-2
+
+
+def test_int8_block_bytes_hold_about_twice_the_tokens_and_the_engine_sizes_its_pool_by_them():
+    from services.engine.app import build_engine
+    from services.engine.config import EngineConfig
+    from services.engine.kv_cache import KvCacheShape
+    from tests.engine_model import default_model
+
+    shape = KvCacheShape(30, 1, 16, 3, 64)  # SmolLM2-135M
+    assert shape.block_bytes(torch.bfloat16) == 2 * 30 * 16 * 3 * 64 * 2
+    assert shape.block_bytes(torch.int8) == shape.block_bytes(torch.bfloat16) // 2 + 2 * 30 * 3 * 4  # + scales
+    assert 1.9 < shape.block_bytes(torch.bfloat16) / shape.block_bytes(torch.int8) < 2.0
+    loaded = default_model()
+    blocks = {}
+    for kv_cache_dtype in ("auto", "int8"):
+        config = EngineConfig(model="dummy-llama-tiny", kv_cache_memory_mb=4, kv_cache_dtype=kv_cache_dtype)
+        core, cache_shape, _ = build_engine(config, loaded)
+        blocks[kv_cache_dtype] = cache_shape.num_blocks
+        assert core.runner.cache.dtype == (torch.int8 if kv_cache_dtype == "int8" else torch.float32)
+    assert blocks["int8"] >= 3.9 * blocks["auto"]  # float32 model: int8 is ~4x smaller per block
+
+
+def test_int8_pool_engine_generates_and_frees_every_block():
+    from services.engine.block_pool import KvBlockManager
+    from services.engine.engine_core import EngineCore
+    from services.engine.model_runner import ModelRunner
+    from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
+    from tests.engine_model import default_model, greedy, new_request, run_to_completion
+
+    loaded = default_model()
+    kv = KvBlockManager(64, 16)
+    scheduler = Scheduler(make_policy("fcfs"), SchedulerLimits(4, 32, 2048), kv, loaded.eos_token_id)
+    core = EngineCore(scheduler, ModelRunner(loaded.model, kv, 64, kv_dtype=torch.int8))
+    prompts = [torch.randint(3, 32000, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (40, 7, 19)]
+    requests = [new_request(f"r{i}", prompt, greedy(6)) for i, prompt in enumerate(prompts)]
+    outputs = run_to_completion(core, {0: requests})
+    assert sorted(outputs) == ["r0", "r1", "r2"] and all(len(tokens) == 6 for tokens in outputs.values())
+    assert kv.pool.num_free_blocks == 64
+    assert core.runner.cache.key_scales.abs().sum() > 0  # the pool really held quantized KV
+
+
+def test_int8_pool_refuses_the_memory_service_clearly():
+    from services.engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="int8 cannot be combined with memory_address"):
+        EngineConfig(model="dummy-llama-tiny", kv_cache_dtype="int8", memory_address="127.0.0.1:50053")
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        EngineConfig(model="dummy-llama-tiny", kv_cache_dtype="int4")

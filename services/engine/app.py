@@ -17,7 +17,7 @@ from services.engine.block_pool import KvBlockManager
 from services.engine.config import EngineConfig
 from services.engine.engine_core import EngineCore
 from services.engine.engine_loop import EngineLoop
-from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks
+from services.engine.kv_cache import KvCacheShape, kv_cache_num_blocks, kv_torch_dtype
 from services.engine.kv_offload.memory_client import MemoryClient
 from services.engine.kv_offload.offloader import KvOffloader
 from services.engine.memory_reporter import MemoryReporter
@@ -70,8 +70,9 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
         model_config.num_hidden_layers, 1, config.block_size_tokens, model_config.num_key_value_heads, head_dim
     )
     dtype = next(loaded.model.parameters()).dtype
+    kv_dtype = kv_torch_dtype(config.kv_cache_dtype, dtype)  # int8: about twice the blocks in the same MiB
     num_blocks = config.num_kv_blocks or kv_cache_num_blocks(
-        config.kv_cache_memory_mb * 1024 * 1024, probe.block_bytes(dtype)
+        config.kv_cache_memory_mb * 1024 * 1024, probe.block_bytes(kv_dtype)
     )
     max_model_len = min(config.max_model_len or loaded.max_context_tokens, loaded.max_context_tokens)
     kv = KvBlockManager(num_blocks, config.block_size_tokens)
@@ -81,7 +82,7 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
     runner = ModelRunner(
         loaded.model, kv, num_blocks, enforce_eager=config.enforce_eager, max_num_seqs=config.max_num_seqs,
-        max_model_len=max_model_len,
+        max_model_len=max_model_len, kv_dtype=kv_dtype,
     )
     info = ServedModelInfo(
         loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id,

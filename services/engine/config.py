@@ -18,6 +18,7 @@ from services.common.metrics_server import (
 )
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL, parse_model_spec
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
+from services.engine.kv_dtype import KvCacheDtype
 from services.engine.model_presets import ARCHITECTURE_PRESETS
 from services.engine.scheduler.policy import DEFAULT_POLICY, PolicyName
 
@@ -67,6 +68,8 @@ class EngineConfig:
     block_size_tokens: int = setting(16, "token positions per KV block", flag="--block-size")
     num_kv_blocks: int = setting(0, "blocks in the KV pool (0 = as many as --kv-cache-memory-mb holds)")
     kv_cache_memory_mb: int = setting(256, "KV pool size when --num-kv-blocks is 0, MiB")
+    # int8 (per block and kv head scales, quantized on write) holds about twice the tokens of bf16 in the same MiB
+    kv_cache_dtype: KvCacheDtype = setting(KvCacheDtype.AUTO, "KV pool element type; auto = the model's dtype")
     max_num_seqs: int = setting(64, "running batch size at most")
     max_num_batched_tokens: int = setting(512, "tokens per step at most (chunked-prefill budget)")
     max_model_len: int = setting(0, "prompt + output tokens at most (0 = the model's own context)")
@@ -107,6 +110,10 @@ class EngineConfig:
         # A value's text ("float32") is accepted and converted to the member once, here.
         object.__setattr__(self, "dtype", _member(Dtype, "dtype", self.dtype))
         object.__setattr__(self, "device", _member(Device, "device", self.device))
+        object.__setattr__(self, "kv_cache_dtype", _member(KvCacheDtype, "kv_cache_dtype", self.kv_cache_dtype))
+        if self.kv_cache_dtype is KvCacheDtype.INT8 and self.memory_address:
+            raise ValueError("kv_cache_dtype int8 cannot be combined with memory_address: KV offload copies "
+                             "full-precision blocks only (use bf16/fp16/auto with the memory service)")
         object.__setattr__(self, "scheduler_policy", _member(PolicyName, "scheduler_policy", self.scheduler_policy))
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")

@@ -17,24 +17,14 @@ memory holds about twice the tokens; `KvCacheShape.block_bytes` counts the scale
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
 from services.engine import kv_quant
+from services.engine.kv_dtype import KvCacheDtype
 
 SCALE_DTYPE = torch.float32  # scales of an int8 pool
-
-
-class KvCacheDtype(enum.StrEnum):
-    """Element type of the KV pool (--kv-cache-dtype)."""
-
-    AUTO = "auto"  # the model's dtype
-    BF16 = "bf16"
-    FP16 = "fp16"
-    INT8 = "int8"  # symmetric int8, one float32 scale per (block, kv head), quantized on write
-
 
 _TORCH_DTYPES = {KvCacheDtype.BF16: torch.bfloat16, KvCacheDtype.FP16: torch.float16, KvCacheDtype.INT8: torch.int8}
 
