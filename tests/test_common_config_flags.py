@@ -45,24 +45,64 @@ def _parse(argv: list[str]) -> dict:
 def test_defaults_come_from_the_dataclass():
     values = _parse(["--address", "h:1"])
     assert Example(**values) == Example(address="h:1")
-    assert set(values) == {"address", "num_items", "rate_bytes_per_s", "color", "cache_dir", "limit", "verbose",
-                           "use_gpu", "keys"}
+    assert set(values) == {
+        "address",
+        "num_items",
+        "rate_bytes_per_s",
+        "color",
+        "cache_dir",
+        "limit",
+        "verbose",
+        "use_gpu",
+        "keys",
+    }
 
 
 def test_types_scale_negation_and_repeats():
-    values = _parse(["--address", "h:1", "--num-items", "9", "--rate-gb-per-s", "0.5", "--color", "red",
-                     "--cache-dir", "/tmp/x", "--limit", "4", "--verbose", "--cpu-only", "--key", "a", "--key", "b"])
-    assert values == {"address": "h:1", "num_items": 9, "rate_bytes_per_s": 0.5e9, "color": "red",
-                      "cache_dir": pathlib.Path("/tmp/x"), "limit": 4, "verbose": True, "use_gpu": False,
-                      "keys": ("a", "b")}
+    values = _parse(
+        [
+            "--address",
+            "h:1",
+            "--num-items",
+            "9",
+            "--rate-gb-per-s",
+            "0.5",
+            "--color",
+            "red",
+            "--cache-dir",
+            "/tmp/x",
+            "--limit",
+            "4",
+            "--verbose",
+            "--cpu-only",
+            "--key",
+            "a",
+            "--key",
+            "b",
+        ]
+    )
+    assert values == {
+        "address": "h:1",
+        "num_items": 9,
+        "rate_bytes_per_s": 0.5e9,
+        "color": "red",
+        "cache_dir": pathlib.Path("/tmp/x"),
+        "limit": 4,
+        "verbose": True,
+        "use_gpu": False,
+        "keys": ("a", "b"),
+    }
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    ([], "the following arguments are required: --address"),
-    (["--address", "h", "--num-items", "x"], "argument --num-items: invalid int value: 'x'"),
-    (["--address", "h", "--color", "green"], "argument --color: invalid choice: 'green'"),
-    (["--address", "h", "--internal", "1"], "unrecognized arguments: --internal 1"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: --address"),
+        (["--address", "h", "--num-items", "x"], "argument --num-items: invalid int value: 'x'"),
+        (["--address", "h", "--color", "green"], "argument --color: invalid choice: 'green'"),
+        (["--address", "h", "--internal", "1"], "unrecognized arguments: --internal 1"),
+    ],
+)
 def test_bad_flags_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit):
         _parse(argv)
@@ -85,20 +125,26 @@ def test_a_field_without_a_flag_form_is_refused():
         add_config_flags(argparse.ArgumentParser(), Bad)
 
 
-@pytest.mark.parametrize(("config_cls", "argv"), [
-    (MemoryConfig, []),
-    (PredictorConfig, []),
-    (GatewayConfig, ["--engine-address", "e:1"]),
-    (EngineConfig, []),
-])
+@pytest.mark.parametrize(
+    ("config_cls", "argv"),
+    [
+        (MemoryConfig, []),
+        (PredictorConfig, []),
+        (GatewayConfig, ["--engine-address", "e:1"]),
+        (EngineConfig, []),
+    ],
+)
 def test_each_service_parses_to_its_dataclass_defaults(config_cls, argv):
     """With no flags, from_args equals the dataclass's own defaults (the one source), except for the
     fields whose flags mean something else when absent (metrics port: served on the default port;
     engine id: hostname-random)."""
     parsed = config_cls.from_args(argv)
     skip = {"metrics_port", "engine_id"}
-    required = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name: getattr(parsed, f.name)
+        for f in dataclasses.fields(config_cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     default = config_cls(**required)
     for field in dataclasses.fields(config_cls):
         if field.name not in skip:

@@ -16,7 +16,12 @@ OFFLOADER = pathlib.Path(__file__).resolve().parents[1] / "services" / "engine" 
 def test_candidate_and_quality_go_out_with_every_field():
     candidate = SwapCandidate("r1", 40, 0.02, 1.5, (CodecCost(KvCodec.INT8, 1024, 0.001, 0.002),))
     message = candidate_to_pb(candidate)
-    assert (message.request_id, message.num_kv_tokens, message.recompute_s, message.expected_wait_s) == ("r1", 40, 0.02, 1.5)
+    assert (message.request_id, message.num_kv_tokens, message.recompute_s, message.expected_wait_s) == (
+        "r1",
+        40,
+        0.02,
+        1.5,
+    )
     (cost,) = message.codecs
     assert (cost.codec, cost.size_bytes, cost.swap_out_s, cost.swap_in_s) == (pb.KV_CODEC_INT8, 1024, 0.001, 0.002)
     quality = quality_to_pb(CodecQuality(KvCodec.INT4, 0.09, 8))
@@ -24,13 +29,15 @@ def test_candidate_and_quality_go_out_with_every_field():
 
 
 def test_decisions_and_grants_come_back_as_engine_objects():
-    swap = decision_from_pb(pb.EvictionDecision(request_id="a", action=pb.EVICTION_ACTION_SWAP,
-                                                codec=pb.KV_CODEC_FULL, slot_ids=[3, 1]))
+    swap = decision_from_pb(
+        pb.EvictionDecision(request_id="a", action=pb.EVICTION_ACTION_SWAP, codec=pb.KV_CODEC_FULL, slot_ids=[3, 1])
+    )
     assert (swap.request_id, swap.swap, swap.codec, swap.slot_ids) == ("a", True, KvCodec.FULL, (3, 1))
     recompute = decision_from_pb(pb.EvictionDecision(request_id="b", action=pb.EVICTION_ACTION_RECOMPUTE))
     assert (recompute.swap, recompute.codec, recompute.slot_ids) == (False, None, ())
-    grant = grant_from_pb(pb.RestoreGrant(request_id="a", restorable=True, codec=pb.KV_CODEC_INT8, slot_ids=[2],
-                                          size_bytes=99))
+    grant = grant_from_pb(
+        pb.RestoreGrant(request_id="a", restorable=True, codec=pb.KV_CODEC_INT8, slot_ids=[2], size_bytes=99)
+    )
     assert (grant.restorable, grant.codec, grant.slot_ids, grant.size_bytes) == (True, KvCodec.INT8, (2,), 99)
     lost = grant_from_pb(pb.RestoreGrant(request_id="b", restorable=False))
     assert (lost.restorable, lost.codec) == (False, None)

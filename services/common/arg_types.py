@@ -11,16 +11,23 @@ import argparse
 from services.common.flags import is_host_port
 
 
-def _number(text: str, kind: type) -> int | float:
+def _int(text: str) -> int:
     try:
-        return kind(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """An integer > 0."""
-    value = _number(text, int)
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
@@ -28,7 +35,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    value = _number(text, int)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -36,7 +43,7 @@ def non_negative_int(text: str) -> int:
 
 def port(text: str) -> int:
     """A TCP port in [0, 65535]; 0 asks the OS for a free one."""
-    value = _number(text, int)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in [0, 65535], got {value}")
     return value
@@ -44,7 +51,7 @@ def port(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    value = _number(text, float)
+    value = _float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
@@ -52,7 +59,7 @@ def positive_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0."""
-    value = _number(text, float)
+    value = _float(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
@@ -60,7 +67,7 @@ def non_negative_float(text: str) -> float:
 
 def probability_mass(text: str) -> float:
     """A number in (0, 1] (nucleus sampling mass)."""
-    value = _number(text, float)
+    value = _float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
@@ -68,7 +75,7 @@ def probability_mass(text: str) -> float:
 
 def seed(text: str) -> int:
     """A uint64 seed."""
-    value = _number(text, int)
+    value = _int(text)
     if not 0 <= value < 2**64:
         raise argparse.ArgumentTypeError(f"must be in [0, 2^64), got {value}")
     return value

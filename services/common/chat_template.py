@@ -11,7 +11,10 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class ChatRole(enum.Enum):
@@ -35,7 +38,7 @@ class ChatTemplateError(ValueError):
 
 
 @functools.lru_cache(maxsize=8)
-def _compile(template: str):
+def _compile(template: str) -> jinja2.Template:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

@@ -89,8 +89,9 @@ def generate() -> None:
     Raises RuntimeError on failure. The stamp is written last, so a failed run leaves the package
     stale (check() refuses it) rather than half-new and stamped.
     """
-    from grpc_tools import protoc  # imported here: only the install step needs grpcio-tools
     import importlib.resources
+
+    from grpc_tools import protoc  # imported here: only the install step needs grpcio-tools
 
     include_dir = str(importlib.resources.files("grpc_tools") / "_proto")
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,18 @@ from services.common import codegen
 
 codegen.check()
 
-from alise.v1 import common_pb2  # noqa: E402
-from alise.v1 import engine_service_pb2, engine_service_pb2_grpc  # noqa: E402
-from alise.v1 import gateway_service_pb2, gateway_service_pb2_grpc  # noqa: E402
-from alise.v1 import memory_service_pb2, memory_service_pb2_grpc  # noqa: E402
-from alise.v1 import predictor_service_pb2, predictor_service_pb2_grpc  # noqa: E402
+# After the check, so that a missing or stale package fails with its fix, not an ImportError.
+from alise.v1 import (  # noqa: E402
+    common_pb2,
+    engine_service_pb2,
+    engine_service_pb2_grpc,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    memory_service_pb2,
+    memory_service_pb2_grpc,
+    predictor_service_pb2,
+    predictor_service_pb2_grpc,
+)
 
 __all__ = [
     "common_pb2",

@@ -63,7 +63,7 @@ class Unauthenticated(AliseError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
 
 
-async def _abort_with_status(error: Exception, context: grpc.aio.ServicerContext, behavior: Any) -> None:
+async def _abort_with_status(error: Exception, context: grpc.aio.ServicerContext[Any, Any], behavior: Any) -> None:
     """Ends the call with the error's status; an unexpected exception (a bug) becomes INTERNAL."""
     if isinstance(error, _ABORT_ERRORS):
         raise error
@@ -74,7 +74,7 @@ async def _abort_with_status(error: Exception, context: grpc.aio.ServicerContext
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)
         except Exception as error:
@@ -83,8 +83,10 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """behavior is an async generator (grpc's stubs type a method handler's stream as a sync iterator)."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
                 yield response
@@ -101,7 +103,11 @@ _ABORT_ERRORS: tuple[type[BaseException], ...] = (grpc.aio.AbortError,)
 class StatusMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps `AliseError` subclasses raised by any handler (unary or streaming either way) to statuses."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

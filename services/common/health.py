@@ -17,7 +17,7 @@ async def is_serving(address: str, *, service: str = "", timeout_s: float = 1.0)
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def wait_until_serving(address: str, *, timeout_s: float, service: str = "") -> None:

@@ -55,7 +55,8 @@ def read_manifest(directory: Path, fix: str) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFilesError(f"{path} is missing (model not installed or conversion interrupted); fix: {fix}")
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
     except (OSError, ValueError) as error:
         raise ModelFilesError(f"{path} is unreadable ({error}); fix: {fix}") from error
 

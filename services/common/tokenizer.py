@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import pathlib
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from services.common.chat_template import ChatTemplateError, ChatTurn, render_chat
 from services.common.model_catalog import CATALOG
@@ -62,7 +62,7 @@ class SentencePieceTokenizer:
         return list(ids)
 
     def decode(self, token_ids: list[int]) -> str:
-        return self._processor.decode(list(token_ids))
+        return str(self._processor.decode(list(token_ids)))
 
     def encode_chat(self, turns: Sequence[ChatTurn]) -> list[int]:
         raise ChatTemplateError(f"tokenizer {self.name!r} has no chat template")
@@ -130,8 +130,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
     )
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def _token_text(token: object) -> str:
@@ -141,7 +141,7 @@ def _token_text(token: object) -> str:
     return token if isinstance(token, str) else ""
 
 
-def _chat_template(directory: pathlib.Path, config: dict) -> str | None:
+def _chat_template(directory: pathlib.Path, config: dict[str, Any]) -> str | None:
     """chat_template.jinja (transformers >= 4.47 saves it there), else tokenizer_config.json's entry."""
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():

@@ -9,13 +9,13 @@ from typing import Sequence
 
 from services.common.config_flags import add_config_flags, config_values, setting
 from services.common.flags import DRAIN_HELP, HOST_HELP, LOG_LEVEL_HELP, PORT_HELP, validate_port
-from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.common.metrics_server import (
     PREDICTOR_METRICS_PORT,
     MetricsPort,
     add_metrics_port_flag,
     metrics_port_from_flag,
 )
+from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.predictor.embedding import default_cache_dir
 
 DEFAULT_PORT = 50053

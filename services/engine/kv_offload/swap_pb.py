@@ -16,18 +16,24 @@ CODEC_FROM_PB = {value: codec for codec, value in CODEC_TO_PB.items()}
 
 def candidate_to_pb(candidate: SwapCandidate) -> pb.EvictionCandidate:
     codecs = [
-        pb.CodecCost(codec=CODEC_TO_PB[c.codec], size_bytes=c.size_bytes, swap_out_s=c.swap_out_s, swap_in_s=c.swap_in_s)
+        pb.CodecCost(
+            codec=CODEC_TO_PB[c.codec], size_bytes=c.size_bytes, swap_out_s=c.swap_out_s, swap_in_s=c.swap_in_s
+        )
         for c in candidate.codecs
     ]
     return pb.EvictionCandidate(
-        request_id=candidate.request_id, num_kv_tokens=candidate.num_kv_tokens, recompute_s=candidate.recompute_s,
-        expected_wait_s=candidate.expected_wait_s, codecs=codecs,
+        request_id=candidate.request_id,
+        num_kv_tokens=candidate.num_kv_tokens,
+        recompute_s=candidate.recompute_s,
+        expected_wait_s=candidate.expected_wait_s,
+        codecs=codecs,
     )
 
 
 def quality_to_pb(quality: CodecQuality) -> pb.CodecQuality:
     return pb.CodecQuality(
-        codec=CODEC_TO_PB[quality.codec], relative_error=quality.relative_error,
+        codec=CODEC_TO_PB[quality.codec],
+        relative_error=quality.relative_error,
         num_blocks_measured=quality.num_blocks_measured,
     )
 

@@ -23,6 +23,7 @@ not re-rank 1,000 waiting requests for a 1% wobble. Plain Python + numpy.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,7 @@ def _moved(published: float, fitted: float) -> bool:
     return abs(fitted - published) > REPUBLISH_RELATIVE_CHANGE * max(abs(published), 1e-12)
 
 
-def _least_squares(steps) -> StepCostCoefficients | None:
+def _least_squares(steps: Iterable[tuple[float, float, float]]) -> StepCostCoefficients | None:
     """Non-negative fit; None when the steps do not vary enough to separate the terms."""
     data = np.asarray(steps, dtype=np.float64)
     design = np.column_stack([np.ones(len(data)), data[:, 0], data[:, 1]])

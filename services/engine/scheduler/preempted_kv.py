@@ -11,7 +11,13 @@ from __future__ import annotations
 from services.engine.block_pool import num_blocks_for
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
-from services.engine.scheduler.kv_eviction import EvictedKv, KvEvictionHandler, KvRestore, RecomputeOnly, expected_wait_s
+from services.engine.scheduler.kv_eviction import (
+    EvictedKv,
+    KvEvictionHandler,
+    KvRestore,
+    RecomputeOnly,
+    expected_wait_s,
+)
 from services.engine.scheduler.waiting_queue import WaitingQueue
 
 

@@ -33,10 +33,10 @@ from services.engine.request import FinishReason, Request, RequestStatus
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.kv_eviction import KvEvictionHandler, KvRestore
 from services.engine.scheduler.limits import SchedulerLimits
-from services.engine.scheduler.preempted_kv import PreemptedKv
-from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
 from services.engine.scheduler.policy import SchedulingPolicy
+from services.engine.scheduler.preempted_kv import PreemptedKv
+from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
 # Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
@@ -295,7 +295,7 @@ class Scheduler:
         """Sets fresh rank keys on the running batch (its remaining work changed last step): the
         policy's key, or the promoted rank (below every policy key) for a promoted request."""
         keys = self.policy.priority_keys(self.running)
-        for request, key in zip(self.running, keys):
+        for request, key in zip(self.running, keys, strict=True):
             promoted_at_s = request.promoted_at_s
             request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
 
@@ -338,15 +338,15 @@ class Scheduler:
             if not chunk.samples_token:
                 continue
             token_id = sampled[request.request_id]
-            output = request.output_token_ids
-            output.append(token_id)
+            output_ids = request.output_token_ids
+            output_ids.append(token_id)
             if request.first_token_time_s is None:
                 request.first_token_time_s = now_s
             reason = None
             if (
                 token_id == eos_token_id
-                or len(output) >= request.sampling.max_tokens
-                or len(request.prompt_token_ids) + len(output) >= max_model_len
+                or len(output_ids) >= request.sampling.max_tokens
+                or len(request.prompt_token_ids) + len(output_ids) >= max_model_len
             ):  # the common case, a token that finishes nothing, skips the call
                 reason = self._finish_reason(request, token_id)
                 if reason is not None:
