@@ -11,7 +11,7 @@ servicer code runs. Streamed requests are checked message by message as the serv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -51,10 +51,16 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _wrap_unary_request(behavior, is_streaming_response: bool):
+# A method handler's behavior: a coroutine function, or an async generator function for a streamed
+# response (grpc's stubs type the latter as a sync iterator, hence Callable[..., Any]).
+Behavior = Callable[..., Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _wrap_unary_request(behavior: Behavior, is_streaming_response: bool) -> Behavior:
     if is_streaming_response:
 
-        async def stream_handler(request, context):
+        async def stream_handler(request: Any, context: Context) -> AsyncIterator[Any]:
             if isinstance(request, UndecodableRequest):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
             async for response in behavior(request, context):
@@ -62,7 +68,7 @@ def _wrap_unary_request(behavior, is_streaming_response: bool):
 
         return stream_handler
 
-    async def unary_handler(request, context):
+    async def unary_handler(request: Any, context: Context) -> Any:
         if isinstance(request, UndecodableRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
         return await behavior(request, context)
@@ -70,34 +76,38 @@ def _wrap_unary_request(behavior, is_streaming_response: bool):
     return unary_handler
 
 
-def _wrap_stream_request(behavior, is_streaming_response: bool):
+def _wrap_stream_request(behavior: Behavior, is_streaming_response: bool) -> Behavior:
     if is_streaming_response:
 
-        async def stream_handler(requests, context):
+        async def stream_handler(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async for response in behavior(_checked_stream(requests), context):
                 yield response
 
         return stream_handler
 
-    async def unary_handler(requests, context):
+    async def unary_handler(requests: AsyncIterator[Any], context: Context) -> Any:
         return await behavior(_checked_stream(requests), context)
 
     return unary_handler
 
 
-def _message_name(handler, handler_call_details) -> str:
+def _message_name(handler: grpc.RpcMethodHandler[Any, Any], handler_call_details: grpc.HandlerCallDetails) -> str:
     """`alise.v1.GenerateRequest` when the deserializer is a message class's FromString, else the method."""
     message_class = getattr(handler.request_deserializer, "__self__", None)
     descriptor = getattr(message_class, "DESCRIPTOR", None)
     if descriptor is not None:
-        return descriptor.full_name
+        return str(descriptor.full_name)
     return f"{handler_call_details.method} request"
 
 
 class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
     """Outermost interceptor of every alise server (see the module docstring)."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -13,7 +13,7 @@ Invariant: a task is in `_tasks` exactly while its handler runs.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -24,7 +24,7 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
     """Tracks running handlers; `abort_all` ends them UNAVAILABLE."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._aborting = False
 
     @property
@@ -39,7 +39,7 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
             task.cancel()
         return len(tasks)
 
-    async def _on_cancel(self, context: grpc.aio.ServicerContext) -> None:
+    async def _on_cancel(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """In a cancelled handler: UNAVAILABLE when the drain cancelled it, else stay cancelled."""
         task = asyncio.current_task()
         if not self._aborting or task is None:
@@ -47,9 +47,10 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
         task.uncancel()
         await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_DEADLINE_MESSAGE)
 
-    def _wrap_unary(self, behavior):
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             task = asyncio.current_task()
+            assert task is not None  # a handler runs in a task
             self._tasks.add(task)
             try:
                 return await behavior(request, context)
@@ -60,9 +61,12 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
 
         return handler
 
-    def _wrap_stream(self, behavior):
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        """behavior is an async generator (grpc's stubs type a method handler's stream as a sync iterator)."""
+
+        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             task = asyncio.current_task()
+            assert task is not None  # a handler runs in a task
             self._tasks.add(task)
             try:
                 async for response in behavior(request, context):
@@ -74,7 +78,11 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
 
         return handler
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
