@@ -157,3 +157,47 @@ def test_every_request_finishes_and_frees_its_blocks(policy):
             break
         run_step(scheduler)
     assert not scheduler.has_work and scheduler.kv.pool.num_free_blocks == 24
+
+
+def test_ttft_aging_a_long_job_is_overtaken_only_by_requests_that_came_within_its_horizon():
+    """The worst-case wait bound of speculative_policy.py: with horizon H (and no promotion), a request
+    that started waiting at t0 is overtaken only by requests that entered the queue before t0 + H,
+    so it starts once those are served, even under endless shorter arrivals (2x overload here)."""
+    from services.engine.scheduler.speculative_policy import AlisePolicy
+
+    clock = FakeClock()
+    horizon_s = 0.3
+    scheduler = make_scheduler(policy="alise", max_num_seqs=2, max_wait_s=math.inf, clock=clock, num_blocks=256)
+    scheduler.policy = AlisePolicy(scheduler.cost_model, aging_horizon_s=horizon_s)
+    scheduler.add(make_predicted_request("long", 4, max_tokens=50, predicted_tokens=40, arrival_time_s=0.0))
+    started_at, overtaken_by = None, []
+    for step in range(200):  # two short arrivals per step, as in the promotion test above
+        for index in range(2):
+            scheduler.add(make_predicted_request(
+                f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s))
+        output, _ = run_step(scheduler)
+        if started_at is None:
+            if any(c.request.request_id == "long" for c in output.chunks):
+                started_at = clock.now_s
+            else:
+                overtaken_by += [c.request.arrival_time_s for c in output.chunks]
+        clock.now_s += STEP_S
+    assert started_at is not None  # without aging it starves (test_without_the_aging_bound_the_long_job_starves)
+    assert max(overtaken_by) < horizon_s  # shortest-first within the horizon, never past it
+    assert started_at > horizon_s  # and shortest-first, not FCFS, until then
+
+
+def test_ttft_aging_keys_are_deadlines_on_waiting_requests_only():
+    from services.engine.scheduler.cost_model import OnlineStepCostModel
+    from services.engine.scheduler.speculative_policy import AlisePolicy
+
+    policy = AlisePolicy(OnlineStepCostModel(), aging_horizon_s=2.0)
+    short = make_predicted_request("short", 4, max_tokens=8, predicted_tokens=2)
+    long = make_predicted_request("long", 4, max_tokens=4000, predicted_tokens=3000)
+    short.wait_started_s, long.wait_started_s = 5.0, 3.0
+    assert policy.priority_key(short) == pytest.approx(5.0 + policy.remaining_s(short))
+    assert policy.priority_key(long) == pytest.approx(3.0 + 2.0)  # capped at the horizon
+    assert policy.priority_keys([short, long]) == pytest.approx([policy.remaining_s(short), policy.remaining_s(long)])
+    assert AlisePolicy(OnlineStepCostModel()).priority_key(long) == pytest.approx(policy.remaining_s(long))
+    with pytest.raises(ValueError):
+        AlisePolicy(OnlineStepCostModel(), aging_horizon_s=0.0)

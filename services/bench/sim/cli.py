@@ -1,11 +1,14 @@
 """`alise bench sim`: the discrete-event simulator's policy comparison (JSON + PNG).
 
-    alise bench sim --trace sharegpt --preset llama3-8b-h100 --kv-cache-gb 8
-    alise bench sim --trace alpaca --preset llama3-8b-h100 --prediction noisy-oracle --tau 0.6
+    alise bench sim --trace sharegpt --preset llama3-8b-h100 --kv-cache-gb 4 --policies fcfs,alise,srpt-oracle
+    alise bench sim --method finite-sweep --trace sharegpt --preset llama3-8b-h100 --kv-cache-gb 8
+    alise bench sim --method finite-sweep --trace alpaca --preset llama3-8b-h100 --prediction noisy-oracle --tau 0.6
     alise bench sim --kv-cache-gb 4 --policies alise,fcfs --kv-offload recompute,swap-compress --host-tier-gb 64
 
-Prints one line per (rate, policy, offload mode) and a table of sustainable rates per latency bound;
-saves <out-dir>/sim_<trace>_<preset>[_host<N>gb].json and .png (normalized latency vs rate, one line
+Default method: steady state (steady_cli.py, steady_sweep.py: seeds, windowed metrics, loads of the
+measured capacity, SLO attainment and tails). --method finite-sweep, the earlier request-rate sweep
+over one finite trace: prints one line per (rate, policy, offload mode) and a table of sustainable
+rates per latency bound; saves <out-dir>/sim_<trace>_<preset>[_host<N>gb].json and .png (normalized latency vs rate, one line
 per policy, or per policy+mode when swap modes are swept).
 """
 
@@ -23,6 +26,7 @@ from services.bench.sim.kv_offload import (
     DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, KvOffloadConfig, OffloadMode,
 )
 from services.bench.sim.predictions import constant_distributions, noisy_oracle_distributions
+from services.bench.sim import steady_cli
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.workload import TRACE_NAMES, load_trace
@@ -40,7 +44,7 @@ DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("sim", help="discrete-event simulator: policies vs request rate on a GPU cost model")
     parser.add_argument("--trace", choices=TRACE_NAMES, default="sharegpt")
-    parser.add_argument("--num-requests", type=arg_types.positive_int, default=2000)
+    parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b-h100")
     parser.add_argument("--kv-cache-gb", type=arg_types.positive_float, help="KV pool size (default: what the card holds)")
     parser.add_argument(
@@ -59,6 +63,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-wait-s", type=arg_types.positive_float, default=60.0)
     parser.add_argument("--seed", type=arg_types.seed, default=0)
     _add_offload_flags(parser)
+    steady_cli.add_flags(parser)
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("runs"))
     parser.set_defaults(handler=run)
 
@@ -71,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
         bounds = tuple(float(x) for x in args.bounds.split(",") if x)
         modes = _names(args.kv_offload, OFFLOAD_MODES, what="KV offload modes")
         offload = _offload_config(args, modes)
+        if args.method == "steady-state":
+            return _run_steady(args, policies, cost, modes, offload)
         config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed, modes, offload)
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
     except (ValueError, FileNotFoundError) as error:
         print_error("alise bench sim", str(error))
         return 2
     predictions, reached_tau = _predictions(args, trace)
-    shape = EngineShape(args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s)
+    shape = _shape(args)
     print(f"{args.trace}: {len(trace)} requests; {cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; "
           f"predictions {args.prediction} (tau {reached_tau:.3f}); KV offload {', '.join(modes)}")
     if offload is not None:
@@ -100,6 +107,36 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"saved {json_path} and {png_path}")
     return 0
+
+
+def _shape(args: argparse.Namespace) -> EngineShape:
+    return EngineShape(
+        args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s, args.aging_horizon_s
+    )
+
+
+def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...], offload) -> int:
+    """The steady-state method (steady_cli.py); raises ValueError on bad flags before any run."""
+    if len(modes) != 1:
+        raise ValueError(f"the steady-state method takes one --kv-offload mode, got {list(modes)}")
+    config = dataclasses.replace(steady_cli.steady_config(args, policies), offload=offload)
+    workloads = {}
+
+    def workload(seed: int):
+        trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
+        predictions, reached_tau = _predictions(args, trace, seed)
+        workloads[seed] = reached_tau
+        print(f"seed {seed}: {args.trace} {len(trace)} requests; predictions {args.prediction} (tau {reached_tau:.3f})")
+        return trace, predictions
+
+    print(f"{cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; KV offload {modes[0]}")
+    stem = f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
+    settings = {
+        "trace": args.trace, "num_requests": args.num_requests, "cost_model": dataclasses.asdict(cost),
+        "engine": _shape(args), "prediction": args.prediction, "target_tau": args.tau, "reached_tau_by_seed": workloads,
+        "title": f"{args.trace} on {cost.name}, steady state ({args.prediction}, tau {args.tau:g})",
+    }
+    return steady_cli.run_method(args, config, workload, cost=cost, shape=_shape(args), settings=settings, stem=stem)
 
 
 def _names(text: str, known, what: str = "policies") -> tuple[str, ...]:
@@ -181,11 +218,12 @@ def _cost_model(args):
     return LinearCostModel(f"{preset.name}-fitted", StepCostCoefficients(base, per_token, per_kv), preset.num_kv_blocks)
 
 
-def _predictions(args, trace):
+def _predictions(args, trace, seed: int | None = None):
     if args.prediction == "none":
         mean = sum(t.num_output_tokens for t in trace) / len(trace)
         return constant_distributions(len(trace), mean), 0.0
-    return noisy_oracle_distributions([t.num_output_tokens for t in trace], target_tau=args.tau, seed=args.seed)
+    seed = args.seed if seed is None else seed
+    return noisy_oracle_distributions([t.num_output_tokens for t in trace], target_tau=args.tau, seed=seed)
 
 
 def _print_bounds(result: SweepResult) -> None:

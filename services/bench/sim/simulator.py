@@ -9,6 +9,11 @@ Each request produces exactly its trace's output length: the simulated model sam
 length, and max_tokens is left at what the context allows, so only srpt-oracle (whose requests carry
 max_tokens = true length) knows it. Deterministic: no wall clock, no randomness inside the loop.
 
+Closed loop (capacity runs, steady_state.py): with closed_loop_concurrency=N the trace's arrival
+times are ignored; N requests enter at time 0 and each finish lets the next one in at that instant,
+so N requests are always in the system (until the trace runs out). Its arrival time is set when it
+enters, so TTFT and fcfs order mean the same as in an open-loop run.
+
 KV offload (kv_offload.py): with a swap mode, preempted KV goes to a simulated host tier as the
 memory manager's plan decides; its swap-out and not-yet-prefetched swap-in stall the step in which
 they happen (added to the step's model time). The online cost model is fed the model time alone: a
@@ -17,6 +22,7 @@ swap stall does not scale with tokens or KV read, and would only blur the fit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -35,6 +41,7 @@ from services.engine.scheduler import (
     StepCostCoefficients,
     make_policy,
 )
+from services.engine.scheduler.speculative_policy import AlisePolicy
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
 
 SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" before a request's last token
@@ -57,6 +64,7 @@ class EngineShape:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 4096
     max_wait_s: float = 60.0
+    aging_horizon_s: float = math.inf  # alise / srpt-oracle TTFT aging horizon (speculative_policy.py); inf = off
 
 
 @dataclass(frozen=True)
@@ -83,29 +91,30 @@ def simulate(
     cost: StepCost,
     shape: EngineShape,
     offload: KvOffloadConfig | None = None,
+    closed_loop_concurrency: int | None = None,
 ) -> SimResult:
-    """Runs every request of the trace to completion under `policy` (and the offload mode, if any)."""
+    """Runs every request of the trace to completion under `policy` (and the offload mode, if any);
+    closed_loop_concurrency=N keeps N requests in the system instead (see the module docstring)."""
     clock = [0.0]
     cost_model = OnlineStepCostModel(cost.linear_prior())
     limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
     kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
     handler = make_handler(offload, lambda: clock[0])
     scheduler = Scheduler(
-        make_policy(policy, cost_model), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model, eviction=handler
+        _make_policy(policy, cost_model, shape), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model, eviction=handler
     )
     pending = _requests(trace, arrivals_s, predictions, scheduler, reveal_length=policy == ORACLE_POLICY)
+    feeder = _OpenLoop(pending) if closed_loop_concurrency is None else _ClosedLoop(pending, closed_loop_concurrency)
     true_lengths = {item.request_id: item.num_output_tokens for item in trace}
     live: dict[str, Request] = {}
     records: list[RequestRecord] = []
-    num_steps, busy_s, next_index = 0, 0.0, 0
-    while next_index < len(pending) or scheduler.has_work:
-        while next_index < len(pending) and pending[next_index].arrival_time_s <= clock[0]:
-            request = pending[next_index]
+    num_steps, busy_s = 0, 0.0
+    while feeder.has_more or scheduler.has_work:
+        for request in feeder.due(clock[0]):
             scheduler.add(request)
             live[request.request_id] = request
-            next_index += 1
         if not scheduler.has_work:
-            clock[0] = pending[next_index].arrival_time_s
+            clock[0] = feeder.next_arrival_s
             continue
         output = scheduler.schedule()
         if output.is_empty:
@@ -119,12 +128,70 @@ def simulate(
         for result in results:
             if result.finish_reason is not None:
                 records.append(_record(live.pop(result.request_id)))
+                feeder.finished()
     counters = None if handler is None else handler.counters
     return SimResult(
         records, num_steps, scheduler.num_preemptions, scheduler.num_recomputed_tokens,
         scheduler.max_wait_s, 0 if counters is None else counters.swap_out_bytes, len(trace) - len(pending), busy_s,
         counters,
     )
+
+
+def _make_policy(name: str, cost_model: OnlineStepCostModel, shape: EngineShape):
+    """The named policy; alise and srpt-oracle with the shape's TTFT aging horizon."""
+    policy = make_policy(name, cost_model)
+    if isinstance(policy, AlisePolicy) and shape.aging_horizon_s != policy.aging_horizon_s:
+        policy = type(policy)(cost_model, aging_horizon_s=shape.aging_horizon_s)
+    return policy
+
+
+class _OpenLoop:
+    """Requests enter at their arrival times (sorted)."""
+
+    def __init__(self, pending: list[Request]) -> None:
+        self._pending, self._next = pending, 0
+
+    @property
+    def has_more(self) -> bool:
+        return self._next < len(self._pending)
+
+    @property
+    def next_arrival_s(self) -> float:
+        return self._pending[self._next].arrival_time_s
+
+    def due(self, now_s: float) -> list[Request]:
+        start = self._next
+        while self._next < len(self._pending) and self._pending[self._next].arrival_time_s <= now_s:
+            self._next += 1
+        return self._pending[start : self._next]
+
+    def finished(self) -> None:
+        pass
+
+
+class _ClosedLoop(_OpenLoop):
+    """Keeps `concurrency` requests in the system: each finish lets the next request in, arriving now."""
+
+    def __init__(self, pending: list[Request], concurrency: int) -> None:
+        if concurrency < 1:
+            raise ValueError(f"closed_loop_concurrency must be >= 1, got {concurrency}")
+        super().__init__(pending)
+        self._concurrency, self._in_system = concurrency, 0
+
+    @property
+    def next_arrival_s(self) -> float:
+        raise RuntimeError("a closed loop with requests left never idles")
+
+    def due(self, now_s: float) -> list[Request]:
+        start = self._next
+        self._next = min(len(self._pending), self._next + self._concurrency - self._in_system)
+        for request in self._pending[start : self._next]:
+            request.arrival_time_s = now_s
+        self._in_system += self._next - start
+        return self._pending[start : self._next]
+
+    def finished(self) -> None:
+        self._in_system -= 1
 
 
 def _step_times_s(cost: StepCost, output: SchedulerOutput, handler: SimKvOffload | None) -> tuple[float, float]:

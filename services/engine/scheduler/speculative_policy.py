@@ -14,10 +14,23 @@ Hysteresis (no thrash): a waiting request displaces a running one only if
     remaining_s(running) - remaining_s(waiting) > victim_cost_s(running) + MIN_GAIN_STEPS * decode_step_s
 i.e. it must be clearly shorter, and the time saved must pay for setting the victim's KV aside:
 recomputing it, or swapping it out and back where the memory manager would do that more cheaply.
-Aging (the worst-case wait) is the scheduler's starvation promotion, common to all policies.
+TTFT aging (optional, aging_horizon_s = H, off by default): a waiting request's key is the deadline
+    wait_started_s + min(remaining_s, H)
+static while it waits (the waiting queue's invariant holds), so a request that starts waiting at t0
+ranks ahead of every request that starts waiting after t0 + H: shortest-first within a sliding
+window of H seconds, first-come-first-served across it. Worst-case wait with aging: the request is
+overtaken only by requests that entered the queue before t0 + H, so it waits at most H plus the
+time to serve those (finite at any stable load), and never longer than the scheduler's starvation
+promotion allows: max_wait_s, then behind the requests promoted before it (common to all policies).
+Without H, only the promotion bounds the wait.
+Measured (docs/benchmarks/sim/README.md, issue 19): H = 8-16 s cuts p99 TTFT at 100% load from the
+60 s promotion to 6-7 s, but costs capacity (more recompute: 20.7 vs 22.0 req/s closed-loop at H 8)
+and most of the p99 normalized-latency gain, and does not reach fcfs's p99 TTFT; hence off.
 """
 
 from __future__ import annotations
+
+import math
 
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
@@ -25,6 +38,7 @@ from services.engine.scheduler.policy import PolicyName, SchedulingPolicy
 
 MIN_RELATIVE_GAIN = 0.25  # a displacing request must be at least 25% shorter ...
 MIN_GAIN_STEPS = 4.0  # ... and save at least this many decode steps beyond the victim's recompute
+DEFAULT_AGING_HORIZON_S = math.inf  # TTFT aging off by default (see the module docstring for why)
 
 
 class AlisePolicy(SchedulingPolicy):
@@ -34,8 +48,11 @@ class AlisePolicy(SchedulingPolicy):
     preempts_for_waiting = True
     cost_model: OnlineStepCostModel
 
-    def __init__(self, cost_model: OnlineStepCostModel) -> None:
+    def __init__(self, cost_model: OnlineStepCostModel, aging_horizon_s: float | None = None) -> None:
         self.cost_model = cost_model
+        self.aging_horizon_s = DEFAULT_AGING_HORIZON_S if aging_horizon_s is None else aging_horizon_s
+        if not self.aging_horizon_s > 0:
+            raise ValueError(f"aging_horizon_s must be > 0 (inf = no aging), got {self.aging_horizon_s}")
 
     def remaining_output_tokens(self, request: Request, num_generated: int) -> float:
         """Predicted output tokens still to come (re-estimated from the distribution, capped by
@@ -52,11 +69,20 @@ class AlisePolicy(SchedulingPolicy):
         )
 
     def priority_key(self, request: Request) -> float:
-        return self.remaining_s(request)
+        """Rank in the waiting queue (the scheduler calls it only there; priority_keys ranks the
+        running batch): remaining_s, or with a TTFT aging horizon H the deadline
+        wait_started_s + min(remaining_s, H), static while the request waits."""
+        remaining_s = self.remaining_s(request)
+        horizon = self.aging_horizon_s
+        if horizon == math.inf:
+            return remaining_s
+        return request.wait_started_s + (remaining_s if remaining_s < horizon else horizon)
 
     def priority_keys(self, requests: list[Request]) -> list[float]:
-        """priority_key of many requests (the running batch, every step), with the per-request
-        calls inlined: a quarter of the step's scheduling time otherwise."""
+        """Ranks of the running batch (every step): remaining_s, never aged (an aged key on a running
+        request would keep an old long request from being the victim, and the recompute it then
+        forces on others costs capacity), with the per-request calls inlined: a quarter of the step's
+        scheduling time otherwise."""
         prefill_s, decode_s = self.cost_model.prefill_s_per_token, self.cost_model.decode_step_s
         keys = []
         append = keys.append
@@ -64,10 +90,10 @@ class AlisePolicy(SchedulingPolicy):
             num_generated = len(request.output_token_ids)
             remaining = request.length_distribution.expected_remaining_tokens(num_generated)
             limit = request.sampling.max_tokens - num_generated
-            append(
-                prefill_s * (len(request.prompt_token_ids) + num_generated - request.num_computed_tokens)
-                + decode_s * (limit if remaining > limit else remaining)
-            )
+            remaining_s = prefill_s * (
+                len(request.prompt_token_ids) + num_generated - request.num_computed_tokens
+            ) + decode_s * (limit if remaining > limit else remaining)
+            append(remaining_s)
         return keys
 
     def displaces(self, waiting: Request, running: Request, victim_cost_s: float) -> bool:

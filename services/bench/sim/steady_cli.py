@@ -1,0 +1,73 @@
+"""`alise bench sim` with the steady-state method (its default; `--method finite-sweep` is the old sweep).
+
+    alise bench sim --trace sharegpt --preset llama3-8b-h100 --kv-cache-gb 4 --policies fcfs,alise,srpt-oracle
+
+Per seed (--seeds, default 4) a trace sample of --num-requests (default 8,000), its predictions and
+arrivals; capacities from closed-loop saturation runs; loads (--loads) as fractions of fcfs's
+capacity, Poisson and gamma CV 2 arrivals (--arrivals); only arrivals between --warmup-fraction and
+1 - --drain-fraction are measured. Saves <out-dir>/sim_<trace>_<preset>_steady.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from services.bench.results import build_report, write_report
+from services.bench.sim.steady_report import plot_steady, table_lines
+from services.bench.sim.steady_sweep import GAMMA_CV2, POISSON, SteadyConfig, run_steady
+from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_S, SloBounds
+from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
+from services.common import arg_types
+
+ARRIVALS = {"poisson": POISSON, "gamma-cv2": GAMMA_CV2}
+MIN_REQUESTS, MIN_SEEDS = 8000, 4  # DESIGN.md section 3
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("steady-state", "finite-sweep"), default="steady-state",
+                        help="steady-state (default): windowed metrics, seeds, loads of the measured capacity; "
+                             "finite-sweep: the request-rate sweep over one finite trace (issue 4's figures)")
+    parser.add_argument("--seeds", default="0,1,2,3", help="steady-state: comma-separated seeds (>= 4 for a result)")
+    parser.add_argument("--loads", default="0.8,0.9,0.95,1", help="steady-state: fractions of fcfs's capacity")
+    parser.add_argument("--arrivals", default="poisson,gamma-cv2", help=f"steady-state: any of {', '.join(ARRIVALS)}")
+    parser.add_argument("--ttft-slo-s", type=arg_types.positive_float, default=DEFAULT_TTFT_BOUND_S)
+    parser.add_argument("--tpot-slo-ms", type=arg_types.positive_float, default=DEFAULT_TPOT_BOUND_S * 1e3)
+    parser.add_argument("--warmup-fraction", type=float, default=DEFAULT_WARMUP_FRACTION)
+    parser.add_argument("--drain-fraction", type=float, default=DEFAULT_DRAIN_FRACTION)
+    parser.add_argument("--capacity-concurrency", type=arg_types.positive_int,
+                        help="requests kept in the system by the saturation run (default: --max-num-seqs)")
+    parser.add_argument("--aging-horizon-s", type=arg_types.positive_float, default=math.inf,
+                        help="alise/srpt-oracle TTFT aging horizon (speculative_policy.py; default: off)")
+
+
+def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> SteadyConfig:
+    """The flags as a config; ValueError on a bad value."""
+    names = [name for name in args.arrivals.split(",") if name]
+    unknown = sorted(set(names) - set(ARRIVALS))
+    if unknown or not names:
+        raise ValueError(f"unknown arrivals {unknown}; known: {list(ARRIVALS)}")
+    return SteadyConfig(
+        policies=policies,
+        load_fractions=tuple(float(x) for x in args.loads.split(",") if x),
+        burstiness_values=tuple(ARRIVALS[name] for name in names),
+        seeds=tuple(int(x) for x in args.seeds.split(",") if x),
+        slo=SloBounds(args.ttft_slo_s, args.tpot_slo_ms / 1e3),
+        window=SteadyStateWindow(args.warmup_fraction, args.drain_fraction),
+        capacity_concurrency=args.capacity_concurrency or args.max_num_seqs,
+    )
+
+
+def run_method(args: argparse.Namespace, config: SteadyConfig, workload, *, cost, shape, settings: dict, stem: str) -> int:
+    if args.num_requests < MIN_REQUESTS or len(config.seeds) < MIN_SEEDS:
+        print(f"note: {args.num_requests} requests x {len(config.seeds)} seeds is below the steady-state minimum "
+              f"({MIN_REQUESTS} x {MIN_SEEDS}): a smoke run, not a result")
+    result = run_steady(workload, cost=cost, shape=shape, config=config)
+    lines = table_lines(result, config)
+    print("\n" + "\n".join(lines))
+    json_path, png_path = args.out_dir / f"{stem}_steady.json", args.out_dir / f"{stem}_steady.png"
+    report = build_report("simulator-steady-state", {**settings, "steady": config}, {"result": result, "table": lines})
+    write_report(json_path, report)
+    plot_steady(result, config, title=settings["title"], path=png_path)
+    print(f"saved {json_path} and {png_path}")
+    return 0
