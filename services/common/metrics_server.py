@@ -129,7 +129,7 @@ def run_on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T]) -> T | N
         return read()
     if loop.is_closed():
         return None
-    result: concurrent.futures.Future = concurrent.futures.Future()
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def on_loop() -> None:
         try:

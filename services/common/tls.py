@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -52,7 +53,7 @@ def server_credentials(tls: TlsFiles, *, require_client_cert: bool) -> grpc.Serv
     """Credentials of a TLS server; with require_client_cert, clients need a certificate of tls.ca_path."""
     if require_client_cert and not tls.ca_path:
         raise ValueError("requiring client certificates needs --tls-ca")
-    key_pair = (_read(tls.key_path), _read(tls.cert_path))
+    key_pair = (pathlib.Path(tls.key_path).read_bytes(), pathlib.Path(tls.cert_path).read_bytes())  # both required
     return grpc.ssl_server_credentials(
         [key_pair], root_certificates=_read(tls.ca_path), require_client_auth=require_client_cert
     )
@@ -74,7 +75,9 @@ def channel_options(tls: TlsFiles | None) -> tuple[tuple[str, str], ...]:
     return (("grpc.ssl_target_name_override", tls.peer_name),)
 
 
-def secure_or_insecure_channel(address: str, tls: TlsFiles | None, options: tuple = ()) -> grpc.aio.Channel:
+def secure_or_insecure_channel(
+    address: str, tls: TlsFiles | None, options: tuple[tuple[str, Any], ...] = ()
+) -> grpc.aio.Channel:
     """A grpc.aio channel to an internal peer: mTLS when tls has a CA, plaintext otherwise."""
     if tls is None or not tls.verifies_peers:
         return grpc.aio.insecure_channel(address, options=options)
@@ -83,7 +86,9 @@ def secure_or_insecure_channel(address: str, tls: TlsFiles | None, options: tupl
     )
 
 
-def secure_or_insecure_sync_channel(address: str, tls: TlsFiles | None, options: tuple = ()) -> grpc.Channel:
+def secure_or_insecure_sync_channel(
+    address: str, tls: TlsFiles | None, options: tuple[tuple[str, Any], ...] = ()
+) -> grpc.Channel:
     """The same for a synchronous channel (callers on plain threads)."""
     if tls is None or not tls.verifies_peers:
         return grpc.insecure_channel(address, options=options)
