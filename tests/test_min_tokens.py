@@ -147,3 +147,19 @@ async def test_the_real_engine_generates_min_tokens_past_its_eos(eos_is_first_gr
     finally:
         await gateway.stop(0)
         await engine.stop(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_mask_runs_on_the_gpu_in_bfloat16():
+    device = torch.device("cuda")
+    logits = torch.randn(64, 49152, dtype=torch.bfloat16, device=device)
+    logits[:, 2] = 100.0
+    original = logits.clone()
+    requests = [_request(4, row % 6) for row in range(64)]  # rows with 0-3 output tokens are masked
+    apply_min_tokens(logits, requests, stop_token_tensor([2], device))
+    masked = torch.tensor([row % 6 < 4 for row in range(64)], device=device)
+    assert torch.isneginf(logits[masked, 2]).all() and (logits[~masked].argmax(-1) == 2).all()
+    keep = torch.ones(49152, dtype=torch.bool, device=device)
+    keep[2] = False
+    assert torch.equal(logits[:, keep], original[:, keep])
