@@ -28,6 +28,9 @@ KINDS = {  # in --help order; each help line is the one its module registers
         "services.cli.bench_replicas", "load spread (least-work vs round-robin) and failover of engine replicas"
     ),
     "attention": LazyCommand("services.bench.attention", "paged decode kernel vs memory bandwidth and SDPA (GPU)"),
+    "kv-dtype": LazyCommand(
+        "services.bench.attention_kv_dtype", "int8 vs bf16 KV pool on SmolLM2: perplexity, greedy agreement (CPU)"
+    ),
     "kv-codec": LazyCommand("services.bench.kv_codec", "KV swap codecs: GB/s, size, error, greedy-token agreement"),
     "kv-transfer": LazyCommand(
         "services.bench.kv_transfer", "host-tier KV transfer GB/s: shared memory vs gRPC stream"
