@@ -26,7 +26,14 @@ from services.gateway.config import GatewayConfig
 from services.memory import app as memory_app
 from services.memory.config import MemoryConfig
 from tests.deploy_support import (
-    COMPOSE_SCHEMA, DEPLOY_DIR, DOCKER_DIR, K8S_DIR, SERVICES, flag_value, interpolate, parse_service_args,
+    COMPOSE_SCHEMA,
+    DEPLOY_DIR,
+    DOCKER_DIR,
+    K8S_DIR,
+    SERVICES,
+    flag_value,
+    interpolate,
+    parse_service_args,
 )
 from tests.gateway_fakes import FakeEngine, start_fake_engine
 

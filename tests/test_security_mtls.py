@@ -30,7 +30,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.dev_certs import INTERNAL_NAME
 from services.common.contracts import (
-    common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, memory_service_pb2, memory_service_pb2_grpc,
+    common_pb2,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    memory_service_pb2,
+    memory_service_pb2_grpc,
 )
 from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.common.tls import TlsFiles
