@@ -1,0 +1,109 @@
+"""Soak: many concurrent streams with bursts for a while, then every stream replayed and compared.
+
+    warm-up -> RSS of every service -> `concurrency` streams kept in flight + a burst of
+    `burst_size` more every `burst_every_s` -> stop -> replay every finished stream with the same
+    prompt, max_tokens and seed -> compare token ids exactly -> every block and slot free? ledger
+    consistent? RSS growth?
+
+A stream's tokens depend only on its prompt, seed and the model (seeded sampling per request), not
+on what else shares its batch, preemptions or swaps; so a replay that differs is a lost, duplicated
+or reordered token, or a corrupted KV restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+
+from services.bench.chaos_aborts import _until_free
+from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
+from services.bench.chaos_stack import ChaosStack
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    """Figures of one soak (JSON-ready)."""
+
+    duration_s: float  # load phase
+    concurrency: int
+    num_streams: int
+    codes: dict[str, int]
+    num_tokens: int  # tokens received, all streams
+    num_replayed: int
+    num_mismatched: int  # replays whose tokens differ from the original
+    first_mismatch: str  # index and first differing position, "" when none
+    engine_blocks_used_after: dict[str, int]
+    host_blocks_used_after: int
+    ledger_consistent: bool
+    rss_growth: dict[str, float]  # service -> (end RSS / start RSS) - 1
+    num_swapped_out: int
+    num_preemptions: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _first_difference(original: list[int], replay: list[int]) -> int:
+    for position, (a, b) in enumerate(zip(original, replay)):
+        if a != b:
+            return position
+    return min(len(original), len(replay))
+
+
+async def _bursts(stub, load: ClosedLoopLoad, shape: LoadShape, every_s: float, size: int, stop: asyncio.Event) -> None:
+    tasks: list[asyncio.Task] = []
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            tasks += [
+                asyncio.create_task(run_stream(stub, load.next_outcome(), timeout_s=shape.timeout_s)) for _ in range(size)
+            ]
+    await asyncio.gather(*tasks)
+
+
+async def replay(stub, outcomes: list[StreamOutcome], concurrency: int, timeout_s: float) -> list[tuple[StreamOutcome, StreamOutcome]]:
+    """Each finished stream again, same prompt / max_tokens / seed: (original, replay) pairs."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(original: StreamOutcome) -> tuple[StreamOutcome, StreamOutcome]:
+        async with semaphore:
+            again = StreamOutcome(original.index, original.prompt, original.max_tokens, original.seed, time.monotonic())
+            return original, await run_stream(stub, again, timeout_s=timeout_s)
+
+    return list(await asyncio.gather(*(one(o) for o in outcomes if o.code == "OK")))
+
+
+async def soak(
+    stack: ChaosStack, *, duration_s: float, shape: LoadShape, burst_every_s: float, burst_size: int, seed: int = 0
+) -> SoakResult:
+    stub = stack.gateway_stub()
+    services = [name for name in stack.children if stack.children[name].returncode is None]
+    rss_before = {name: stack.rss_bytes(name) for name in services}
+    before = {name: await stack.engine_stats(name) for name in stack.engine_names}
+    load = ClosedLoopLoad(stub, shape, seed).start()
+    stop = asyncio.Event()
+    bursts = asyncio.create_task(_bursts(stub, load, shape, burst_every_s, burst_size, stop))
+    await asyncio.sleep(duration_s)
+    stop.set()
+    outcomes = await load.stop()
+    await bursts
+    rss_after = {name: stack.rss_bytes(name) for name in services}
+    after = {name: await stack.engine_stats(name) for name in stack.engine_names}
+    pairs = await replay(stub, outcomes, shape.concurrency, shape.timeout_s)
+    mismatched = [(o, r) for o, r in pairs if o.token_ids != r.token_ids or r.code != "OK"]
+    engine_blocks, host_blocks, consistent = await _until_free(stack, timeout_s=30.0)
+    first = ""
+    if mismatched:
+        original, again = mismatched[0]
+        first = f"stream {original.index} differs at token {_first_difference(original.token_ids, again.token_ids)}"
+    return SoakResult(
+        duration_s=duration_s, concurrency=shape.concurrency, num_streams=len(outcomes), codes=count_codes(outcomes),
+        num_tokens=sum(len(o.token_ids) for o in outcomes), num_replayed=len(pairs), num_mismatched=len(mismatched),
+        first_mismatch=first, engine_blocks_used_after=engine_blocks, host_blocks_used_after=host_blocks,
+        ledger_consistent=consistent,
+        rss_growth={name: rss_after[name] / rss_before[name] - 1.0 for name in services},
+        num_swapped_out=sum(after[n].num_swapped_out - before[n].num_swapped_out for n in after),
+        num_preemptions=sum(after[n].num_preemptions - before[n].num_preemptions for n in after),
+    )
