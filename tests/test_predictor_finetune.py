@@ -112,17 +112,19 @@ def test_prompt_table_dedupes_prompts_and_averages_log_lengths():
     assert np.isnan(table.log_targets[1, 0]) and table.log_targets[1, 1] == pytest.approx(np.log(4))
 
 
-def test_training_is_deterministic_and_learns(bottom, base):
+@pytest.mark.parametrize("ranking_weight", [0.0, 1.0])
+def test_training_is_deterministic_and_learns(bottom, base, ranking_weight):
     examples = _examples(48)
     table = prompt_table(examples, ["sharegpt"])
     padded = bottom_states(bottom, table.texts, num_threads=2, progress=lambda line: None)
     assert isinstance(padded, PaddedStates) and padded.lengths.max() <= EncoderSpec().max_tokens
-    settings = FinetuneSettings(seed=5, num_threads=1, num_epochs=4, batch_size=8, layer_learning_rate=2e-4)
+    settings = FinetuneSettings(seed=5, num_threads=1, num_epochs=4, batch_size=8, layer_learning_rate=2e-4,
+                                ranking_weight=ranking_weight)
     rows = np.arange(len(table.texts))
     weights = []
     for _ in range(2):
         with deterministic_torch(settings.num_threads):
-            model = fit_top(base, settings, padded, table.log_targets, rows, lambda line: None, "test")
+            model = fit_top(base, settings, padded, table, rows, lambda line: None, "test")
         weights.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     initial = new_top_encoder(base, 1, settings, initial_bias=np.zeros(1)).state_dict()

@@ -66,6 +66,7 @@ class ModelMetadata:
     training: dict[str, object] = field(default_factory=dict)  # row counts, trees, XGBoost params
     encoder_version: str = ""  # EncoderSpec.version of the fine-tuned encoder; "" = none (finetune_encoder.py)
     encoder_sha256: str = ""  # hex sha256 of encoder.onnx; "" without a fine-tuned encoder
+    quantile_calibration: dict[str, object] = field(default_factory=dict)  # calibration.py table; {} = none
     format_version: int = FORMAT_VERSION  # layout version of this file
 
     def to_json(self) -> str:

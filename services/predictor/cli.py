@@ -2,7 +2,8 @@
 
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
-          [--finetune-folds 3] [--max-examples N]
+          [--finetune-folds 3] [--max-examples N] [--no-calibration] [--ranking-weight 0.0]
+          [--soft-pair-weight 0.0]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
 `alise predictor eval` and `alise predictor bench` measure a model and are benchmarks: they live in
@@ -48,6 +49,12 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=2, help="XGBoost and ONNX Runtime threads")
     train.add_argument("--max-trees", type=int, default=600, help="boosting rounds per head")
     train.add_argument("--max-depth", type=int, default=6, help="tree depth")
+    train.add_argument("--no-calibration", action="store_true",
+                       help="keep the trees' p10 / p90 as fitted (no per-bin calibration step)")
+    train.add_argument("--ranking-weight", type=float, default=0.0,
+                       help="weight of the encoder's pairwise ranking loss next to regression (0 = regression only)")
+    train.add_argument("--soft-pair-weight", type=float, default=0.0,
+                       help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators")
     train.set_defaults(handler=_train)
 
 
@@ -81,7 +88,8 @@ def _train(args: argparse.Namespace) -> int:
         default_generator=args.default_generator, use_embedding=not args.no_embedding, cache_dir=args.cache_dir,
         finetune_encoder=not args.frozen_embedding, finetune_folds=args.finetune_folds,
         heldout_fraction=args.heldout_fraction, max_examples=args.max_examples, num_threads=args.threads,
-        max_trees=args.max_trees, max_depth=args.max_depth,
+        max_trees=args.max_trees, max_depth=args.max_depth, calibrate=not args.no_calibration,
+        ranking_weight=args.ranking_weight, soft_pair_weight=args.soft_pair_weight,
     )
     metadata = run_training(settings, progress=lambda line: print(line, flush=True))
     print("held-out metrics:")

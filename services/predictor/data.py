@@ -25,6 +25,7 @@ import numpy as np
 
 SHAREGPT_FILE = "sharegpt/sharegpt_v3_first_turn.dev.jsonl.gz"
 ALPACA_EVAL_FILE = "alpaca_eval/model_outputs_10_generators.dev.jsonl.gz"
+ALL_GENERATOR_LENGTHS_FILE = "alpaca_eval/output_lengths_all_generators.dev.csv.gz"
 SOURCE_SHAREGPT = "sharegpt"
 ALPACA_EVAL_SOURCE_PREFIX = "alpaca_eval:"
 JSONL_SOURCE_PREFIX = "jsonl:"
@@ -148,6 +149,30 @@ def load_alpaca_eval(data_dir: Path, generators: Sequence[str], *, path: Path | 
     if unknown:
         raise ValueError(f"unknown AlpacaEval generator(s) {unknown}; available: {sorted(seen_generators)}")
     return examples
+
+
+def load_all_generator_lengths(data_dir: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """(generators, instruction text -> output tokens per generator, NaN where it has none).
+
+    The lengths-only file has no texts: its rows join the instruction texts of ALPACA_EVAL_FILE by
+    instruction_idx (instructions missing there are skipped).
+    """
+    import csv
+
+    texts = {int(record["instruction_idx"]): record["instruction"] for record in _read_jsonl_gz(data_dir / ALPACA_EVAL_FILE)}
+    path = data_dir / ALL_GENERATOR_LENGTHS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as stream:
+        rows = [(row["generator"], int(row["instruction_idx"]), int(row["output_llama2_tokens"]))
+                for row in csv.DictReader(stream)]
+    generators = tuple(sorted({generator for generator, _, _ in rows}))
+    column = {name: index for index, name in enumerate(generators)}
+    lengths: dict[str, np.ndarray] = {}
+    for generator, index, tokens in rows:
+        if index in texts and tokens >= 1:
+            lengths.setdefault(texts[index], np.full(len(generators), np.nan))[column[generator]] = tokens
+    return generators, lengths
 
 
 def _source_rank(source: str) -> int:

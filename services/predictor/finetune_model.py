@@ -45,6 +45,8 @@ class FinetuneSettings:
     warmup_fraction: float = 0.06  # share of steps with a linearly rising rate (then linear decay to 0)
     dropout: float = 0.1  # dropout on the pooled vector (the layers keep MiniLM's own 0.1)
     max_grad_norm: float = 1.0  # gradient clipping
+    ranking_weight: float = 0.0  # weight of the pairwise ranking loss next to regression (finetune_loss.py)
+    soft_pair_weight: float = 0.0  # weight of the soft pairs from many generators' lengths (finetune_loss.py)
 
     def __post_init__(self) -> None:
         if self.num_threads < 1 or self.num_epochs < 1 or self.batch_size < 1:
@@ -55,6 +57,8 @@ class FinetuneSettings:
             raise ValueError("learning rates must be > 0")
         if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("warmup_fraction and dropout must be in [0, 1)")
+        if self.ranking_weight < 0 or self.soft_pair_weight < 0:
+            raise ValueError("ranking_weight and soft_pair_weight must be >= 0")
 
 
 def load_base_encoder():

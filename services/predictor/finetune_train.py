@@ -46,6 +46,8 @@ class PromptTable:
     group_ids: list[str]  # split group of each prompt (equal texts share a group, data.py)
     log_targets: np.ndarray  # float64 [n, G]: mean log1p(output tokens) per generator; NaN = no answer
     row_of_example: np.ndarray  # int64 [num_examples]: the table row of each example
+    soft_targets: np.ndarray | None = None  # float64 [n, M]: log1p(tokens) of M length-only generators; NaN = none
+    soft_columns: tuple[int, ...] = ()  # score columns whose mean the soft pairs rank (the AlpacaEval ones)
 
 
 @dataclass(frozen=True)
@@ -122,13 +124,21 @@ def _batch(padded: PaddedStates, rows: np.ndarray):
     return torch.from_numpy(padded.states[rows, :width]), torch.from_numpy(mask)
 
 
-def _row_loss(scores, targets):
-    """Squared error over each row's known targets (NaN = unknown), averaged per row, then over rows."""
+def _loss(model_scores, table: PromptTable, batch: np.ndarray, settings: FinetuneSettings):
+    """Regression + ranking_weight x pairwise + soft_pair_weight x soft pairs (finetune_loss.py)."""
     import torch
 
-    known = ~torch.isnan(targets)
-    error = torch.where(known, scores - torch.nan_to_num(targets), torch.zeros_like(scores))
-    return ((error**2).sum(dim=1) / known.sum(dim=1).clamp(min=1)).mean()
+    from services.predictor.finetune_loss import pairwise_loss, regression_loss, soft_pairwise_loss
+
+    targets = torch.from_numpy(table.log_targets[batch]).float()
+    loss = regression_loss(model_scores, targets)
+    if settings.ranking_weight > 0:
+        loss = loss + settings.ranking_weight * pairwise_loss(model_scores, targets)
+    if settings.soft_pair_weight > 0 and table.soft_targets is not None and table.soft_columns:
+        soft = torch.from_numpy(table.soft_targets[batch]).float()
+        score = model_scores[:, list(table.soft_columns)].mean(dim=1)
+        loss = loss + settings.soft_pair_weight * soft_pairwise_loss(score, soft)
+    return loss
 
 
 def _optimizer(model, settings: FinetuneSettings, num_steps: int):
@@ -146,11 +156,12 @@ def _optimizer(model, settings: FinetuneSettings, num_steps: int):
     return optimizer, schedule
 
 
-def fit_top(base, settings: FinetuneSettings, padded: PaddedStates, log_targets: np.ndarray, rows: np.ndarray,
+def fit_top(base, settings: FinetuneSettings, padded: PaddedStates, table: PromptTable, rows: np.ndarray,
             progress: Progress, label: str):
     """A TopEncoder trained on the given table rows (deterministic for the seed)."""
     import torch
 
+    log_targets = table.log_targets
     known = ~np.isnan(log_targets[rows])
     initial_bias = np.nansum(log_targets[rows], axis=0) / np.maximum(known.sum(axis=0), 1)  # mean per generator
     model = new_top_encoder(base, log_targets.shape[1], settings, initial_bias)
@@ -163,7 +174,7 @@ def fit_top(base, settings: FinetuneSettings, padded: PaddedStates, log_targets:
         shuffled = order.permutation(rows)
         for begin in range(0, len(shuffled), settings.batch_size):
             batch = np.sort(shuffled[begin : begin + settings.batch_size])
-            loss = _row_loss(model(*_batch(padded, batch)), torch.from_numpy(log_targets[batch]).float())
+            loss = _loss(model(*_batch(padded, batch)), table, batch, settings)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -200,7 +211,7 @@ def out_of_fold_scores(base, settings: FinetuneSettings, table: PromptTable, pad
         if outside.size == 0:
             raise ValueError(f"all {len(table.texts)} training prompts fall in one fold: too few to fine-tune")
         label = f"fold {fold + 1}/{settings.num_folds}"
-        model = fit_top(base, settings, padded, table.log_targets, outside, progress, label)
+        model = fit_top(base, settings, padded, table, outside, progress, label)
         scores[inside] = score_rows(model, padded, inside)
     return scores
 
@@ -216,7 +227,7 @@ def train_encoder(settings: FinetuneSettings, examples: Sequence[data.LengthExam
     with deterministic_torch(settings.num_threads):
         base = load_base_encoder()
         scores = out_of_fold_scores(base, settings, table, padded, progress)
-        final = fit_top(base, settings, padded, table.log_targets, np.arange(len(table.texts)), progress, "final")
+        final = fit_top(base, settings, padded, table, np.arange(len(table.texts)), progress, "final")
     top_graph = export_top_graph(final)
     check = np.arange(min(NUM_CHECK_PROMPTS, len(table.texts)))
     difference = max_score_difference(final, top_graph, [padded.states[row, : padded.lengths[row]] for row in check])

@@ -31,6 +31,7 @@ from services.predictor.artifact import (
     quantile_output_name,
     read_metadata,
 )
+from services.predictor.calibration import QuantileCalibration
 from services.predictor.embedding import PromptEmbedder
 from services.predictor.model_inputs import INPUT_VERSION, InputLayout, build_matrix
 from services.predictor.onnx_session import make_session
@@ -112,6 +113,8 @@ class LengthModel:
         if self.text_heads.has_embedding_head != bool(self.metadata.embedding_version):
             raise ValueError(f"{model_dir}: text heads and metadata disagree on the embedding head")
         self._session = make_session(onnx_bytes, intra_op_threads=intra_op_threads, allow_cuda=allow_cuda)
+        raw_calibration = self.metadata.quantile_calibration
+        self._calibration = QuantileCalibration.from_dict(raw_calibration) if raw_calibration else None
         self._output_names = [MEAN_OUTPUT_NAME] + [
             quantile_output_name(level) for level in self.metadata.quantile_levels
         ]
@@ -131,6 +134,8 @@ class LengthModel:
         outputs = self._session.run(self._output_names, {INPUT_NAME: matrix})
         mean_tokens = np.maximum(outputs[0].reshape(-1), MIN_TOKENS)
         quantile_tokens = np.concatenate([output.reshape(-1, 1) for output in outputs[1:]], axis=1)
+        if self._calibration is not None:
+            quantile_tokens = self._calibration.apply(quantile_tokens, self.metadata.quantile_levels)
         return mean_tokens, make_monotone(quantile_tokens)
 
     def generator_for(self, served_model: str, default: str = "") -> str:

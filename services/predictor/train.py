@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class TrainSettings:
     num_threads: int = 2  # XGBoost and ONNX Runtime threads
     max_trees: int = 600  # boosting rounds per head (fewer with early stopping)
     max_depth: int = 6  # depth of each tree
+    calibrate: bool = True  # shift p10 / p90 per bin of predicted p50 on the early-stopping rows (calibration.py)
+    ranking_weight: float = 0.0  # encoder: pairwise ranking loss next to regression (finetune_loss.py)
+    soft_pair_weight: float = 0.0  # encoder: soft pairs from AlpacaEval's length-only generators
 
     def __post_init__(self) -> None:
         if not self.use_sharegpt and not self.generators and self.feedback_dir is None:
@@ -221,7 +225,8 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
     from services.predictor.finetune_model import FinetuneSettings
     from services.predictor.finetune_train import encoder_columns
 
-    finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds)
+    finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds,
+                                ranking_weight=settings.ranking_weight, soft_pair_weight=settings.soft_pair_weight)
     columns = encoder_columns(finetune, train.examples, heldout.examples, layout.generators,
                               settings.cache_dir or default_cache_dir(), progress)
     return (dataclasses.replace(train, embedding=columns.train_scores),
@@ -236,7 +241,9 @@ def _metadata(
 
     onnx_bytes, heads_bytes, encoder_bytes = payloads
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    combined = hashlib.sha256(onnx_bytes + heads_bytes + encoder_bytes).hexdigest()
+    calibration = extra.pop("quantile_calibration")
+    calibration_bytes = json.dumps(calibration, sort_keys=True).encode("utf-8") if calibration else b""
+    combined = hashlib.sha256(onnx_bytes + heads_bytes + encoder_bytes + calibration_bytes).hexdigest()
     return ModelMetadata(
         model_version=f"lenpred-{INPUT_VERSION}-{combined[:12]}",
         input_version=INPUT_VERSION,
@@ -262,6 +269,7 @@ def _metadata(
         },
         encoder_version=layout.encoder_version,
         encoder_sha256=hashlib.sha256(encoder_bytes).hexdigest() if encoder_bytes else "",
+        quantile_calibration=calibration,
     )
 
 
@@ -300,10 +308,21 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         "num_trees": {head.output_name: head.booster.num_boosted_rounds() for head in heads},
         "onnx_vs_xgboost_max_relative_difference": check_onnx_matches_xgboost(onnx_bytes, heads, heldout_rows.matrix),
         "finetuned_encoder": encoder_details,
+        "quantile_calibration": {},
     }
-    metadata = _metadata(settings, layout, loaded.default_generator, (onnx_bytes, heads_bytes, encoder_bytes), extra)
+    payloads = (onnx_bytes, heads_bytes, encoder_bytes)
+    metadata = _metadata(settings, layout, loaded.default_generator, payloads, dict(extra))
     write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
+    if settings.calibrate:
+        from services.predictor.calibration import fit_calibration
+
+        calibration = fit_calibration(valid_rows.actual_tokens, model.predict_matrix(valid_rows.matrix)[1],
+                                      QUANTILE_LEVELS)
+        metadata = _metadata(settings, layout, loaded.default_generator, payloads,
+                             extra | {"quantile_calibration": calibration.to_dict()})
+        write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
+        model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     metrics = metrics_by_split(heldout_rows, predict_all(model, baselines, heldout_rows), QUANTILE_LEVELS)
     metadata = dataclasses.replace(metadata, heldout_metrics=metrics)
     write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
