@@ -15,6 +15,7 @@ import pytest
 from services.common.contracts import common_pb2, predictor_service_pb2, predictor_service_pb2_grpc
 from services.gateway import feedback as feedback_module
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
+from services.gateway.finish import FinishReason
 from tests.gateway_fakes import (  # noqa: F401 (stack is a fixture)
     FakePredictor,
     collect,
@@ -93,7 +94,7 @@ async def test_a_slow_predictor_does_not_slow_requests(stack):
 def _finished(index: int) -> FinishedGeneration:
     return FinishedGeneration(
         request_id=f"gw-{index}", prompt_text=f"p{index}", num_prompt_tokens=3, num_output_tokens=7,
-        served_model="m", finish_reason=common_pb2.FINISH_REASON_EOS, max_tokens=16,
+        served_model="m", finish_reason=FinishReason.EOS, max_tokens=16,
         prediction=common_pb2.OutputLengthPrediction(mean_tokens=5.0),
     )
 

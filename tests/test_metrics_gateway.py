@@ -6,6 +6,7 @@ import asyncio
 
 from services.common.contracts import common_pb2
 from services.common.errors import DeadlineExceeded
+from services.gateway.finish import FinishReason
 from services.gateway.metrics import GatewayMetrics
 
 
@@ -33,7 +34,7 @@ def test_closing_the_stream_after_the_final_chunk_is_not_a_failure():
     recorder.on_chunk(1)
     recorder.on_chunk(0)  # text-only chunk: no token, no latency sample
     recorder.on_chunk(2)
-    recorder.on_finish(common_pb2.FINISH_REASON_STOP, num_prompt_tokens=7, num_completion_tokens=3)
+    recorder.on_finish(FinishReason.STOP, num_prompt_tokens=7, num_completion_tokens=3)
     recorder.on_error(GeneratorExit())  # the client closed the stream at the final chunk
     recorder.close()
     assert _sample(metrics, "alise:request_success_total", finished_reason="stop") == 1

@@ -32,12 +32,12 @@ import grpc
 
 from services.common.contracts import common_pb2, predictor_service_pb2
 from services.common.errors import AliseError
+from services.gateway.finish import FinishReason
+from services.gateway.finish_pb import finish_reason_to_pb
 
 log = logging.getLogger(__name__)
 
-REPORTED_FINISH_REASONS = frozenset(
-    {common_pb2.FINISH_REASON_EOS, common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH}
-)
+REPORTED_FINISH_REASONS = frozenset({FinishReason.EOS, FinishReason.STOP, FinishReason.LENGTH})
 MAX_BATCH_REQUESTS = 256  # finished requests per ReportFeedback call
 FLUSH_INTERVAL_S = 0.5  # a report waits at most about this long before it is sent
 CALL_TIMEOUT_S = 2.0  # deadline of one ReportFeedback call
@@ -54,7 +54,7 @@ class FinishedGeneration:
     num_prompt_tokens: int  # prompt length in the served model's tokens
     num_output_tokens: int  # tokens generated
     served_model: str  # model name
-    finish_reason: int  # common_pb2.FinishReason value
+    finish_reason: FinishReason
     max_tokens: int  # resolved max_tokens of the request
     prediction: common_pb2.OutputLengthPrediction  # the estimate it was scheduled with
 
@@ -74,7 +74,7 @@ def to_finished_request(finished: FinishedGeneration) -> predictor_service_pb2.F
         num_prompt_tokens=finished.num_prompt_tokens,
         num_output_tokens=finished.num_output_tokens,
         served_model=finished.served_model,
-        finish_reason=finished.finish_reason,
+        finish_reason=finish_reason_to_pb(finished.finish_reason),
         max_tokens=finished.max_tokens,
         prediction=finished.prediction,
         finished_at_unix_s=time.time(),

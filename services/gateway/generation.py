@@ -28,6 +28,8 @@ from services.gateway.detokenizer import IncrementalDetokenizer
 from services.gateway.engine_client import build_engine_request
 from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
+from services.gateway.finish import FinishReason, Timings
+from services.gateway.finish_pb import finish_reason_from_pb, timings_from_pb
 from services.gateway.metrics import GatewayMetrics, RequestRecorder
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
@@ -43,13 +45,15 @@ TimeRemaining = Callable[[], float | None]  # seconds left of the client's deadl
 
 @dataclass(frozen=True)
 class FinishSummary:
-    """What the final message of a generation reports."""
+    """What the final message of a generation reports (the servicer and the HTTP API convert it)."""
 
-    finish_reason: int  # a common_pb2.FinishReason value, never UNSPECIFIED
+    finish_reason: FinishReason
     num_prompt_tokens: int  # prompt length, BOS included
     num_completion_tokens: int  # token ids returned (on a stop string: up to the message that matched)
-    prediction: common_pb2.OutputLengthPrediction  # the estimate the engine scheduled with
-    timings: common_pb2.Timings  # the engine's, or the gateway's own when it ended the call early
+    # the estimate the engine scheduled with: the wire message the estimator made and the engine got,
+    # echoed unchanged to the client and the predictor's feedback
+    prediction: common_pb2.OutputLengthPrediction
+    timings: Timings  # the engine's, or the gateway's own when it ended the call early
 
 
 @dataclass(frozen=True)
@@ -186,10 +190,10 @@ class OutputAssembler:
             text_delta += self._detokenizer.flush()
         scan = self._scan_stop_strings(text_delta)
         if scan.matched:
-            finish = self._summary(common_pb2.FINISH_REASON_STOP, self._gateway_timings())
+            finish = self._summary(FinishReason.STOP, self._gateway_timings())
             return GeneratedChunk(self._request.request_id, token_ids, scan.text, finish)
         if is_final:
-            finish = self._summary(message.finish_reason, message.timings)
+            finish = self._summary(finish_reason_from_pb(message.finish_reason), timings_from_pb(message.timings))
             text = scan.text + self._stop_matcher.flush()
             return GeneratedChunk(self._request.request_id, token_ids, text, finish)
         return GeneratedChunk(self._request.request_id, token_ids, scan.text, None)
@@ -200,7 +204,7 @@ class OutputAssembler:
             return StopScan(text_delta, matched=False)
         return self._stop_matcher.feed(text_delta)
 
-    def _summary(self, finish_reason: int, timings: common_pb2.Timings) -> FinishSummary:
+    def _summary(self, finish_reason: FinishReason, timings: Timings) -> FinishSummary:
         return FinishSummary(
             finish_reason=finish_reason,
             num_prompt_tokens=len(self._request.prompt_token_ids),
@@ -209,17 +213,14 @@ class OutputAssembler:
             timings=timings,
         )
 
-    def _gateway_timings(self) -> common_pb2.Timings:
+    def _gateway_timings(self) -> Timings:
         """Timings as the gateway saw them, used when it ends the call before the engine reports.
 
         queue_time_s and num_preemptions are only known inside the engine; they are left at 0.
         """
         now_s = time.monotonic()
         first_token_s = self._first_token_s if self._first_token_s is not None else now_s
-        return common_pb2.Timings(
-            time_to_first_token_s=first_token_s - self._arrival_s,
-            end_to_end_s=now_s - self._arrival_s,
-        )
+        return Timings(time_to_first_token_s=first_token_s - self._arrival_s, end_to_end_s=now_s - self._arrival_s)
 
 
 def _prediction_query(

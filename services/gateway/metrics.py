@@ -32,15 +32,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common import metric_buckets
 from services.common.contracts import common_pb2
 from services.common.errors import AliseError
+from services.gateway.finish import FinishReason
 from services.gateway.peers import GatewayPeers
 from services.gateway.replica_metrics import ReplicaCollector
 
-_FINISH_REASONS = {
-    common_pb2.FINISH_REASON_EOS: "eos",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_ABORTED: "aborted",
-}
 _SOURCES = {
     common_pb2.PREDICTION_SOURCE_PREDICTOR: "predictor",
     common_pb2.PREDICTION_SOURCE_CLIENT_HINT: "client_hint",
@@ -76,8 +71,8 @@ class GatewayMetrics:
         self.generation_tokens_total = Counter("alise:generation_tokens", "Output tokens of finished "
                                                "generations.", registry=registry)
         self._add_prediction_instruments(registry)
-        for reason in _FINISH_REASONS.values():  # series exist from the start: rate() sees the first one
-            self.success.labels(reason)
+        for reason in FinishReason:  # series exist from the start: rate() sees the first one
+            self.success.labels(reason.value)
 
     def _add_prediction_instruments(self, registry: CollectorRegistry) -> None:
         self.predictor_latency_s = _histogram(
@@ -133,14 +128,14 @@ class RequestRecorder:
             self._metrics.inter_token_s.observe(now_s - self._last_token_s)
         self._last_token_s = now_s
 
-    def on_finish(self, finish_reason: int, num_prompt_tokens: int, num_completion_tokens: int) -> None:
+    def on_finish(self, finish_reason: FinishReason, num_prompt_tokens: int, num_completion_tokens: int) -> None:
         metrics = self._metrics
         metrics.e2e_s.observe(time.monotonic() - self._arrival_s)
         metrics.prompt_tokens.observe(num_prompt_tokens)
         metrics.generation_tokens.observe(num_completion_tokens)
         metrics.prompt_tokens_total.inc(num_prompt_tokens)
         metrics.generation_tokens_total.inc(num_completion_tokens)
-        metrics.success.labels(_FINISH_REASONS.get(finish_reason, "aborted")).inc()
+        metrics.success.labels(finish_reason.value).inc()
         self._ended = True
 
     def on_error(self, error: BaseException) -> None:

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import grpc
 
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+from services.gateway.finish_pb import finish_reason_to_pb, timings_to_pb
 from services.gateway.generation import GeneratedChunk, GenerationPipeline
 from services.gateway.model_info import ServedModelCache
 
@@ -56,12 +57,12 @@ def _to_response(chunk: GeneratedChunk) -> gateway_service_pb2.GenerateResponse:
     )
     finish = chunk.finish
     if finish is not None:
-        response.finish_reason = finish.finish_reason
+        response.finish_reason = finish_reason_to_pb(finish.finish_reason)
         response.usage.CopyFrom(
             common_pb2.Usage(
                 prompt_tokens=finish.num_prompt_tokens, completion_tokens=finish.num_completion_tokens
             )
         )
         response.prediction.CopyFrom(finish.prediction)
-        response.timings.CopyFrom(finish.timings)
+        response.timings.CopyFrom(timings_to_pb(finish.timings))
     return response

@@ -17,15 +17,15 @@ import enum
 import json
 from dataclasses import dataclass
 
-from services.common.contracts import common_pb2
+from services.gateway.finish import FinishReason
 from services.gateway.generation import FinishSummary
 
 SSE_DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = {
-    common_pb2.FINISH_REASON_EOS: "stop",
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_ABORTED: "abort",  # vLLM's word for it; OpenAI has none
+    FinishReason.EOS: "stop",
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.ABORTED: "abort",  # vLLM's word for it; OpenAI has none
 }
 
 
