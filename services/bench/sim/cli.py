@@ -20,13 +20,14 @@ import pathlib
 
 from services.bench.plots import plot_latency_vs_rate
 from services.bench.results import build_report, write_report
-from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, LinearCostModel
+from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDtype, LinearCostModel
 from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR, CodecTimes, KvLayout
 from services.bench.sim.kv_offload import (
     DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, KvOffloadConfig, OffloadMode,
 )
 from services.bench.sim.predictions import constant_distributions, noisy_oracle_distributions
-from services.bench.sim import steady_cli
+from services.bench.sim import capacity, steady_cli
+from services.bench.steady_state import SteadyStateWindow
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.workload import TRACE_NAMES, load_trace
@@ -47,6 +48,10 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b-h100")
     parser.add_argument("--kv-cache-gb", type=arg_types.positive_float, help="KV pool size (default: what the card holds)")
+    parser.add_argument("--kv-dtype", choices=[d.value for d in KvDtype], default=KvDtype.BF16.value,
+                        help="KV pool dtype of the roofline presets (int8: 1.97x the tokens, gpu_presets.py)")
+    parser.add_argument("--int8-attention-efficiency", type=arg_types.positive_float, default=1.0,
+                        help="int8 attention's achieved bandwidth relative to bf16's (roofline: 1)")
     parser.add_argument(
         "--cost-coefficients", help="base_s,per_token_s,per_kv_token_s fitted on measured steps (replaces the roofline)"
     )
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         offload = _offload_config(args, modes)
         if args.method == "steady-state":
             return _run_steady(args, policies, cost, modes, offload)
+        if args.method == "capacity":
+            return _run_capacity(args)
         config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed, modes, offload)
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
     except (ValueError, FileNotFoundError) as error:
@@ -139,6 +146,38 @@ def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...]
     return steady_cli.run_method(args, config, workload, cost=cost, shape=_shape(args), settings=settings, stem=stem)
 
 
+def _run_capacity(args: argparse.Namespace) -> int:
+    """The capacity method (capacity.py): one trace (--seed), each configuration's own cost model and host tier."""
+    configs = capacity.parse_configs(args.configs, POLICY_NAMES, [d.value for d in KvDtype])
+    fractions = tuple(float(x) for x in args.capacity_fractions.split(",") if x)
+    bounds = tuple(float(x) for x in args.bounds.split(",") if x)
+    window = SteadyStateWindow(args.warmup_fraction, args.drain_fraction)
+    trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
+    predictions, reached_tau = _predictions(args, trace)
+
+    def make(config: capacity.CapacityConfig):
+        own = argparse.Namespace(**{**vars(args), "kv_dtype": config.kv_dtype})
+        return _cost_model(own), _offload_config(own, (config.offload_mode,))
+
+    print(f"{args.trace}: {len(trace)} requests (seed {args.seed}); predictions {args.prediction} (tau {reached_tau:.3f})")
+    unloaded, figures = capacity.run_capacity(
+        trace, predictions, configs, make=make, shape=_shape(args), bound_multiples=bounds, fractions=fractions,
+        window=window, seed=args.seed, concurrency=args.capacity_concurrency or args.max_num_seqs,
+    )
+    lines = capacity.table_lines(figures)
+    print("\n" + "\n".join(lines))
+    stem = f"sim_{args.trace}_{_cost_model(argparse.Namespace(**{**vars(args), 'kv_dtype': 'bf16'})).name}_capacity"
+    json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
+    settings = {"trace": args.trace, "num_requests": len(trace), "seed": args.seed, "engine": _shape(args),
+                "prediction": args.prediction, "reached_tau": reached_tau, "window": window, "fractions": fractions}
+    report = {"unloaded_mean_s_per_token": unloaded, "figures": figures, "table": lines}
+    write_report(json_path, build_report("simulator-capacity", settings, report))
+    plot_latency_vs_rate({f.config.label: f.points for f in figures}, bounds_s_per_token=[m * unloaded for m in bounds],
+                         title=f"{args.trace}, {stem[4:]}: steady state", path=png_path)
+    print(f"saved {json_path} and {png_path}")
+    return 0
+
+
 def _names(text: str, known, what: str = "policies") -> tuple[str, ...]:
     names = tuple(name for name in text.split(",") if name)
     unknown = sorted(set(names) - set(known))
@@ -179,7 +218,10 @@ def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOfflo
         return None
     preset = PRESETS[args.preset]
     model = preset.model
-    layout = KvLayout(model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS)
+    pool = dataclasses.replace(preset, kv_dtype=KvDtype(args.kv_dtype))
+    full_bytes = pool.kv_bytes_per_token / (model.kv_bytes_per_token / 2)  # per element, the pool's own format
+    layout = KvLayout(model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS,
+                      full_bytes_per_element=full_bytes)
     times = CodecTimes(args.host_link_gb_per_s * GB, preset.gpu.bandwidth_bytes_per_s * preset.bandwidth_efficiency)
     slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
     return KvOffloadConfig(
@@ -212,6 +254,11 @@ def _cost_model(args):
     preset = PRESETS[args.preset]
     if args.kv_cache_gb:
         preset = dataclasses.replace(preset, name=f"{preset.name}-kv{args.kv_cache_gb:g}gb", kv_cache_bytes_override=args.kv_cache_gb * GB)
+    if args.kv_dtype != KvDtype.BF16.value:
+        preset = dataclasses.replace(
+            preset, name=f"{preset.name}-{args.kv_dtype}", kv_dtype=KvDtype(args.kv_dtype),
+            int8_attention_efficiency=args.int8_attention_efficiency,
+        )
     if not args.cost_coefficients:
         return preset
     base, per_token, per_kv = (float(x) for x in args.cost_coefficients.split(","))

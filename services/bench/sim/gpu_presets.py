@@ -12,16 +12,34 @@ Decode steps are memory-bound (the weights are read once per step whatever the b
 chunks compute-bound. The KV pool is what the card holds after the weights and an activation reserve.
 Efficiencies are typical of vLLM-class engines (80% of copy bandwidth, 60% MFU); `--cost-coefficients`
 replaces the roofline with a linear model fitted on measured steps (OnlineStepCostModel's terms).
+
+KV pool dtype (`--kv-dtype`, issue 19): bf16 (vLLM's default) or int8 as the engine stores it
+(services/engine/kv_quant.py: one float32 scale per (block, layer, K/V, kv head), quantized on write):
+
+    bytes per token   bf16: 2 x elements            int8: elements + 4 x 2 x layers x kv heads / block size
+                      (elements = 2 x layers x kv heads x head dim; int8 holds 1.97x the tokens of bf16)
+    KV read           int8 bytes at the bf16 kernel's bandwidth / int8_attention_efficiency
+                      (roofline: 1.0, the same time per byte; dequantizing in registers is free)
+    KV write          int8: read the new bf16 K/V + write int8 + re-quantize half a block on average
+                      (the write kernel rescales a block's earlier positions when a head's scale
+                      grows; charged on every new token, a pessimistic bound)
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from services.engine.scheduler import SchedulerOutput, StepCostCoefficients
 
 GB = 1e9
 BLOCK_SIZE_TOKENS = 16
+SCALE_BYTES = 4  # one float32 int8 scale
+
+
+class KvDtype(str, enum.Enum):
+    BF16 = "bf16"
+    INT8 = "int8"
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,32 @@ class RooflineCostModel:
     mfu: float = 0.6
     step_overhead_s: float = 0.002
     kv_cache_bytes_override: float | None = None  # a smaller pool than the card holds (KV-scarce runs)
+    kv_dtype: KvDtype = KvDtype.BF16  # how the pool stores KV (see the module docstring)
+    int8_attention_efficiency: float = 1.0  # int8 attention's bandwidth relative to bf16's (roofline: 1)
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """Pool bytes one token's KV takes (all layers, K and V), in the pool's dtype."""
+        model = self.model
+        if self.kv_dtype is KvDtype.BF16:
+            return model.kv_bytes_per_token
+        elements = model.kv_bytes_per_token / 2
+        return elements + SCALE_BYTES * 2 * model.num_layers * model.num_kv_heads / BLOCK_SIZE_TOKENS
+
+    @property
+    def kv_write_bytes_per_token(self) -> float:
+        """Bytes moved to store one new token's KV (see the module docstring)."""
+        if self.kv_dtype is KvDtype.BF16:
+            return self.model.kv_bytes_per_token
+        elements = self.model.kv_bytes_per_token / 2
+        return 2 * elements + elements + 2 * elements * BLOCK_SIZE_TOKENS / 2
+
+    @property
+    def kv_read_bytes_per_token(self) -> float:
+        """Bytes per context token attention reads, scaled to bf16-kernel time."""
+        if self.kv_dtype is KvDtype.BF16:
+            return self.model.kv_bytes_per_token
+        return self.kv_bytes_per_token / self.int8_attention_efficiency
 
     @property
     def kv_cache_bytes(self) -> float:
@@ -82,13 +126,14 @@ class RooflineCostModel:
 
     @property
     def num_kv_blocks(self) -> int:
-        return int(self.kv_cache_bytes // (self.model.kv_bytes_per_token * BLOCK_SIZE_TOKENS))
+        return int(self.kv_cache_bytes // (self.kv_bytes_per_token * BLOCK_SIZE_TOKENS))
 
     def step_time_s(self, output: SchedulerOutput) -> float:
         model = self.model
         num_tokens = output.num_scheduled_tokens
         kv_read = output.num_kv_tokens_read
-        memory_bytes = model.weight_bytes + model.kv_bytes_per_token * (kv_read + num_tokens)
+        kv_bytes = self.kv_read_bytes_per_token * kv_read + self.kv_write_bytes_per_token * num_tokens
+        memory_bytes = model.weight_bytes + kv_bytes
         memory_s = memory_bytes / (self.gpu.bandwidth_bytes_per_s * self.bandwidth_efficiency)
         attention_pairs = sum(chunk.num_new_tokens * chunk.num_context_tokens for chunk in output.chunks)
         flops = 2 * model.num_params * num_tokens + 4 * model.num_layers * model.hidden_size * attention_pairs
@@ -101,7 +146,7 @@ class RooflineCostModel:
         return StepCostCoefficients(
             base_s=self.step_overhead_s + self.model.weight_bytes / bandwidth,
             per_token_s=2 * self.model.num_params / (self.gpu.peak_flops * self.mfu),
-            per_kv_token_s=self.model.kv_bytes_per_token / bandwidth,
+            per_kv_token_s=self.kv_read_bytes_per_token / bandwidth,
         )
 
 

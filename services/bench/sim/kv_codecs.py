@@ -42,6 +42,9 @@ class KvLayout:
     head_dim: int  # elements per head
     block_size_tokens: int  # token positions per block
     int4_group_size: int = INT4_GROUP_SIZE  # head dims per int4 group
+    # Bytes per element of the pool's own format, which FULL swaps bit for bit: 2 (bf16), or about 1
+    # for an int8 pool (its scales included; gpu_presets.KvDtype.INT8).
+    full_bytes_per_element: float = FULL_BYTES_PER_ELEMENT
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "block_size_tokens", "int4_group_size"):
@@ -58,7 +61,7 @@ class KvLayout:
         """Bytes of one block stored in `codec` (see the module docstring)."""
         elements = self.num_elements_per_block
         if codec is KvCodec.FULL:
-            return int(elements * FULL_BYTES_PER_ELEMENT)
+            return int(elements * self.full_bytes_per_element)
         if codec is KvCodec.INT8:
             return elements + SCALE_BYTES * 2 * self.num_layers * self.num_kv_heads
         num_groups = elements // self.int4_group_size

@@ -14,6 +14,7 @@ import argparse
 import math
 
 from services.bench.results import build_report, write_report
+from services.bench.sim.capacity import DEFAULT_CAPACITY_FRACTIONS, DEFAULT_CONFIGS
 from services.bench.sim.steady_report import plot_steady, table_lines
 from services.bench.sim.steady_sweep import GAMMA_CV2, POISSON, SteadyConfig, run_steady
 from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_S, SloBounds
@@ -25,9 +26,13 @@ MIN_REQUESTS, MIN_SEEDS = 8000, 4  # DESIGN.md section 3
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("steady-state", "finite-sweep"), default="steady-state",
+    parser.add_argument("--method", choices=("steady-state", "capacity", "finite-sweep"), default="steady-state",
                         help="steady-state (default): windowed metrics, seeds, loads of the measured capacity; "
+                             "capacity: steady-state capacity and sustainable rates per --configs (capacity.py); "
                              "finite-sweep: the request-rate sweep over one finite trace (issue 4's figures)")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="capacity: policy:kv dtype[:offload mode], ...")
+    parser.add_argument("--capacity-fractions", default=",".join(f"{f:g}" for f in DEFAULT_CAPACITY_FRACTIONS),
+                        help="capacity: open-loop rates as fractions of the first configuration's capacity")
     parser.add_argument("--seeds", default="0,1,2,3", help="steady-state: comma-separated seeds (>= 4 for a result)")
     parser.add_argument("--loads", default="0.8,0.9,0.95,1", help="steady-state: fractions of fcfs's capacity")
     parser.add_argument("--arrivals", default="poisson,gamma-cv2", help=f"steady-state: any of {', '.join(ARRIVALS)}")
