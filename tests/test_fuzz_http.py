@@ -1,0 +1,136 @@
+"""Fuzzing the gateway's OpenAI HTTP routes: no 500, no hang, healthy afterwards.
+
+Malformed JSON, JSON of the wrong shape and types, invalid UTF-8, a body over the size limit, and
+slowloris-style clients that send a body a byte at a time: each request must end with a 4xx (or a
+2xx for the valid ones) within the timeout; slow bodies must not stop other clients from being
+served; afterwards /health answers and a normal completion works. >= 500 cases per surface.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import requests
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.bench.chaos_fuzz import ThreadedStack
+from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
+
+pytestmark = pytest.mark.timeout(300)
+TIMEOUT_S = 15.0
+ROUTES = ("/v1/completions", "/v1/chat/completions")
+FIELDS = (
+    "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stream", "stop", "seed", "n",
+    "logprobs", "stream_options", "timeout", "min_tokens", "user", "role", "content",
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), children, max_size=5),
+    max_leaves=12,
+)
+near_valid = st.fixed_dictionaries(  # mostly-right requests, so the fuzzing also reaches generation
+    {"model": st.sampled_from(["dummy-llama-tiny", "", "no-such-model"]), "prompt": st.text(max_size=60)},
+    optional={
+        "max_tokens": st.integers(-3, 300), "temperature": st.floats(), "top_p": st.floats(),
+        "stream": st.booleans(), "stop": st.lists(st.text(max_size=5), max_size=20), "seed": st.integers(),
+    },
+).map(lambda d: json.dumps(d).encode())
+bodies = st.one_of(
+    near_valid,
+    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=300),  # malformed JSON, invalid UTF-8
+    st.text(max_size=300).map(str.encode),
+    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).map(
+        lambda d: json.dumps(d).encode().replace(b'"', b'"\xff', 1)  # invalid UTF-8 inside a string
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    config = ChaosStackConfig(
+        log_dir=tmp_path_factory.mktemp("fuzz-http"), num_engines=1, with_predictor=False,
+        engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
+    )
+    threaded = ThreadedStack(config).start()
+    with requests.Session() as session:
+        yield threaded, Client(session, threaded.stack.gateway.http_url)
+    threaded.stop()
+
+
+class Client:
+    """requests with the gateway's base URL and the fuzz timeout."""
+
+    def __init__(self, session: requests.Session, base_url: str) -> None:
+        self.session, self.base_url = session, base_url
+
+    def get(self, path: str) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=TIMEOUT_S)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.session.post(self.base_url + path, timeout=TIMEOUT_S, **kwargs)
+
+
+def _post(client: Client, route: str, body: bytes) -> int:
+    headers = {"content-type": "application/json"}
+    with client.post(route, data=body, headers=headers, stream=True) as response:
+        return response.status_code  # a stream that started is closed here (the gateway cancels it)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_fuzz_route(gateway, route):
+    _, client = gateway
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies)
+    def fuzz(body: bytes) -> None:
+        status = _post(client, route, body)
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status < 500, (status, body[:200])
+
+    fuzz()
+    print(route, statuses)
+
+
+def test_a_body_over_the_limit_is_refused_with_413(gateway):
+    _, client = gateway
+    body = b'{"model": "x", "prompt": "' + b"a" * (17 * 1024 * 1024) + b'"}'
+    assert _post(client, "/v1/completions", body) == 413
+
+
+def test_slow_bodies_do_not_stop_other_clients(gateway):
+    threaded, client = gateway
+    host, port = threaded.stack.gateway.http.host, threaded.stack.gateway.http.port
+    slow = []
+    for _ in range(20):
+        sock = socket.create_connection((host, port), timeout=5)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100000\r\n\r\n{\"prompt\": \"")
+        slow.append(sock)
+    try:
+        for _ in range(3):  # a byte now and then on each slow connection, other clients meanwhile
+            for sock in slow:
+                sock.sendall(b"a")
+            began_s = time.monotonic()
+            assert client.get("/health").status_code == 200
+            assert client.get("/v1/models").status_code == 200
+            assert time.monotonic() - began_s < 2.0
+            time.sleep(0.3)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_healthy_and_generating_after_the_fuzzing(gateway):
+    threaded, client = gateway
+    assert client.get("/health").status_code == 200
+    response = client.post("/v1/completions", json={"model": client.get("/v1/models").json()["data"][0]["id"],
+                                                    "prompt": "hello", "max_tokens": 4, "temperature": 0})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 4
+    assert all(child.returncode is None for child in threaded.stack.children.values())
