@@ -55,6 +55,11 @@ class MemoryConfig:
     )
     report_interval_s: float = setting(1.0, "how often engines should report usage, in seconds")
     stale_after_s: float = setting(10.0, "engines silent for longer are reported stale, in seconds")
+    expire_after_s: float = setting(
+        15.0,
+        "engines silent for longer are unregistered: ledger entry and host slots released (a killed engine "
+        "does not stay registered forever; a slow one registers again), in seconds",
+    )
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9104)
     metrics_port: MetricsPort | None = None
     # TLS of its gRPC port; with a CA, clients (engines, gateways) must present a certificate of it
@@ -74,6 +79,11 @@ class MemoryConfig:
             raise ValueError(f"assumed_transfer_bytes_per_s must be > 0, got {self.assumed_transfer_bytes_per_s}")
         if self.report_interval_s <= 0:
             raise ValueError(f"report_interval_s must be > 0, got {self.report_interval_s}")
+        if self.expire_after_s <= self.report_interval_s:
+            raise ValueError(
+                f"expire_after_s ({self.expire_after_s}) must exceed report_interval_s ({self.report_interval_s}), "
+                "or live engines are expired between two reports"
+            )
         if self.stale_after_s <= self.report_interval_s:
             raise ValueError(
                 f"stale_after_s ({self.stale_after_s}) must exceed report_interval_s "
