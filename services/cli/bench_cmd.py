@@ -36,6 +36,11 @@ KINDS = {  # in --help order; each help line is the one its module registers
         "services.bench.kv_transfer", "host-tier KV transfer GB/s: shared memory vs gRPC stream"
     ),
     "http": LazyCommand("services.bench.http_overhead", "HTTP (OpenAI API) vs gRPC latency and one stream's tokens/s"),
+    "chaos": LazyCommand(
+        "services.bench.chaos_cmd",
+        "kill -9 of each service under load, overload, abort storm, huge inputs, drain, fuzzing",
+    ),
+    "soak": LazyCommand("services.bench.soak_cmd", "hours of streams with bursts: exact replay of every token, leaks, RSS"),
 }
 
 

@@ -1,0 +1,59 @@
+"""`alise bench chaos`: faults, overload, aborts, huge inputs, drain and fuzzing on the real stack.
+
+Each phase starts the stack it needs (services/bench/chaos_stack.py), runs, and stops it:
+
+    kills     kill -9 predictor / memory / one of two engines under load; restart pickup
+    overload  capacity (closed loop), then open-loop load at 1x, 4x and 20x it; a 1,000-stream burst
+    deadline  short-deadline requests behind queued work: refused at once?
+    aborts    N streams cancelled at random points with swaps going on; leaks in every tier
+    huge      8 MB and 60 MB prompts: refusal time, gateway RSS
+    drain     SIGTERM to an engine with streams in flight
+    fuzz      every gRPC method, N cases per service
+
+Prints each phase's figures as it ends and saves everything to --output (JSON), from which
+`python -m services.bench.chaos_report` writes the README's reliability table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import tempfile
+import time
+
+from services.bench.chaos_phases import PHASES, run_phase
+from services.bench.results import build_report, write_report
+
+HELP = "kill -9 of each service under load, overload, abort storm, huge inputs, drain, fuzzing"
+DEFAULT_OUTPUT = pathlib.Path("docs/benchmarks/reliability/chaos.json")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("chaos", help=HELP, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
+    parser.add_argument("--aborts", type=int, default=10_000, help="streams in the abort storm")
+    parser.add_argument("--fuzz-cases", type=int, default=10_000, help="fuzz cases per service")
+    parser.add_argument("--overload-s", type=float, default=20.0, help="seconds of each open-loop overload level")
+    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    phases = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise SystemExit(f"alise bench chaos: error: unknown phases {unknown}; known: {list(PHASES)}")
+    config = {"phases": phases, "aborts": args.aborts, "fuzz_cases": args.fuzz_cases, "overload_s": args.overload_s}
+    figures: dict[str, object] = {}
+    log_root = pathlib.Path(tempfile.mkdtemp(prefix="alise-chaos-"))
+    print(f"logs: {log_root}", flush=True)
+    for phase in phases:
+        began_s = time.monotonic()
+        figures[phase] = asyncio.run(run_phase(phase, args, log_root / phase))
+        print(f"== {phase} ({time.monotonic() - began_s:.1f} s)\n{json.dumps(figures[phase], indent=2)}", flush=True)
+    path = write_report(args.output, build_report("chaos", config, {"phases": figures}))
+    print(f"saved {path}")
+    return 0

@@ -1,0 +1,61 @@
+"""The fuzz phase of `alise bench chaos`: every gRPC method, N cases per service, outside pytest."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+
+from services.bench.chaos_fuzz import FAILING_CODES, FuzzTarget, ThreadedStack, any_request_bytes, call_raw
+from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
+from services.common.contracts import engine_service_pb2, gateway_service_pb2, memory_service_pb2, predictor_service_pb2
+
+CALL_TIMEOUT_S = 10.0
+SERVICES = {
+    "gateway": gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"],
+    "engine-0": engine_service_pb2.DESCRIPTOR.services_by_name["EngineService"],
+    "predictor": predictor_service_pb2.DESCRIPTOR.services_by_name["PredictorService"],
+    "memory": memory_service_pb2.DESCRIPTOR.services_by_name["MemoryService"],
+}
+
+
+def _fuzz_method(channel: grpc.Channel, target: FuzzTarget, num_cases: int) -> dict[str, int]:
+    codes: dict[str, int] = {}
+
+    @settings(max_examples=num_cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(payload=any_request_bytes(target.method.input_type))
+    def fuzz(payload: bytes) -> None:
+        code = call_raw(channel, target, payload, CALL_TIMEOUT_S)
+        codes[code.name] = codes.get(code.name, 0) + 1
+
+    fuzz()
+    return codes
+
+
+def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
+    """{service: {method: {status: count}}, failing: count, healthy_after: bool}."""
+    stack = ThreadedStack(ChaosStackConfig(log_dir=log_dir, num_engines=1, engine_args=(*ENGINE_ARGS, "--max-model-len", "256"))).start()
+    try:
+        figures: dict = {"per_method": {}}
+        healthy = True
+        for service, descriptor in SERVICES.items():
+            address = stack.stack.gateway_address if service == "gateway" else stack.stack.addresses[service]
+            with grpc.insecure_channel(address) as channel:
+                per_method = math.ceil(cases_per_service / len(descriptor.methods))
+                for method in descriptor.methods:
+                    target = FuzzTarget(service, address, method)
+                    figures["per_method"][str(target)] = _fuzz_method(channel, target, per_method)
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                healthy &= reply.status == health_pb2.HealthCheckResponse.SERVING
+        failing = {code.name for code in FAILING_CODES} | {"DEADLINE_EXCEEDED"}
+        figures["num_cases"] = sum(sum(codes.values()) for codes in figures["per_method"].values())
+        figures["num_failing"] = sum(
+            count for codes in figures["per_method"].values() for code, count in codes.items() if code in failing
+        )
+        figures["healthy_after"] = healthy and all(c.returncode is None for c in stack.stack.children.values())
+        return figures
+    finally:
+        stack.stop()

@@ -1,0 +1,191 @@
+"""The phases of `alise bench chaos`; each starts the stack it needs, runs, stops it, returns figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import pathlib
+import signal
+import time
+from typing import Awaitable, Callable
+
+import grpc
+
+from services.bench.chaos_aborts import abort_storm
+from services.bench.chaos_faults import EngineRecovery, MemoryRecovery, PredictorRecovery, run_fault
+from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
+from services.bench.chaos_overload import burst, deadline_burst, health_burst, paced_overload
+from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
+from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
+
+OVERLOAD_TOKENS = 32  # max_tokens of every overload request (ignore_eos: each costs the same)
+
+
+async def _with_stack(config: ChaosStackConfig, body: Callable[[ChaosStack], Awaitable[dict]]) -> dict:
+    stack = ChaosStack(config)
+    await stack.start()
+    try:
+        return await body(stack)
+    finally:
+        await stack.stop()
+
+
+async def kills(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    async def body(stack: ChaosStack) -> dict:
+        load = ClosedLoopLoad(stack.gateway_stub(), LoadShape(concurrency=16)).start()
+        results = [
+            await run_fault(stack, load, "predictor", observe_s=2.0, recovery=PredictorRecovery()),
+            await run_fault(stack, load, "memory", observe_s=2.0, recovery=MemoryRecovery()),
+            await run_fault(stack, load, "engine-1", observe_s=2.0, recovery=EngineRecovery("engine-1")),
+        ]
+        outcomes = await load.stop()
+        return {"faults": [r.to_json() for r in results], "load_codes": count_codes(outcomes)}
+
+    return await _with_stack(ChaosStackConfig(log_dir=log_dir), body)
+
+
+async def _capacity(stack: ChaosStack, duration_s: float) -> float:
+    """Completed requests per second with the batch kept full (closed loop, 16 streams)."""
+    shape = LoadShape(concurrency=16, min_tokens=OVERLOAD_TOKENS, max_tokens=OVERLOAD_TOKENS, min_words=12, max_words=12)
+    load = ClosedLoopLoad(stack.gateway_stub(), shape).start()
+    await asyncio.sleep(2.0)  # warm-up
+    began_s, done_before = time.monotonic(), sum(o.ended_s > 0 for o in load.outcomes)
+    await asyncio.sleep(duration_s)
+    done = sum(o.ended_s > 0 and o.code == "OK" for o in load.outcomes) - done_before
+    rate = done / (time.monotonic() - began_s)
+    await load.stop()
+    return rate
+
+
+async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    async def body(stack: ChaosStack) -> dict:
+        stub = stack.gateway_stub()
+        capacity = await _capacity(stack, 10.0)
+        levels = {}
+        for multiple in (1.0, 4.0, 20.0):
+            rss_before = stack.rss_bytes("engine-0")
+            result = await paced_overload(
+                stub, rate_per_s=capacity * multiple, duration_s=args.overload_s, max_tokens=OVERLOAD_TOKENS,
+                timeout_s=60.0,
+            )
+            levels[f"{multiple:g}x"] = {
+                **result.to_json(), "rate_per_s": capacity * multiple,
+                "engine_rss_growth": stack.rss_bytes("engine-0") / rss_before - 1.0,
+            }
+        return {
+            "capacity_requests_per_s": capacity, "levels": levels,
+            "burst_1000": (await burst(stub, 1000, max_tokens=8, timeout_s=120.0)).to_json(),
+            "health_checks_5000": await health_burst(stack.channel("gateway"), 5000),
+        }
+
+    config = ChaosStackConfig(
+        log_dir=log_dir, num_engines=1, with_predictor=False, gateway_in_process=False,
+        gateway_args=("--max-in-flight-requests", "256"), engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
+    )
+    return await _with_stack(config, body)
+
+
+async def deadline(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    async def body(stack: ChaosStack) -> dict:
+        result = await deadline_burst(
+            stack.gateway_stub(), num_background=48, background_tokens=400, num_probes=100, probe_tokens=300,
+            probe_deadline_s=1.0,
+        )
+        return result.to_json()
+
+    config = ChaosStackConfig(log_dir=log_dir, num_engines=1, with_predictor=False)
+    return await _with_stack(config, body)
+
+
+async def aborts(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    async def body(stack: ChaosStack) -> dict:
+        return (await abort_storm(stack, num_streams=args.aborts, concurrency=32, max_delay_s=1.5)).to_json()
+
+    config = ChaosStackConfig(
+        log_dir=log_dir, num_engines=1, with_predictor=False,
+        engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "40", "--deadline-admission-slack", "0"),
+    )
+    return await _with_stack(config, body)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def huge(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    """The gateway runs in this process: its RSS is ours."""
+
+    async def body(stack: ChaosStack) -> dict:
+        figures = {}
+        for megabytes in (8, 60):
+            rss_before = _rss_bytes()
+            outcome = StreamOutcome(0, "lorem ipsum " * (megabytes * 1024 * 1024 // 12), 16, 0, time.monotonic())
+            await run_stream(stack.gateway_stub(), outcome, timeout_s=120.0)
+            figures[f"{megabytes}_mb"] = {
+                "code": outcome.code, "details": outcome.details, "seconds": outcome.duration_s,
+                "gateway_rss_growth_mb": (_rss_bytes() - rss_before) / 2**20,
+            }
+            del outcome
+        return figures
+
+    return await _with_stack(ChaosStackConfig(log_dir=log_dir, num_engines=1, with_predictor=False), body)
+
+
+async def drain(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    """SIGTERM to an engine (drain 2 s) with 4 short and 4 long streams in flight, then a new call."""
+
+    async def body(stack: ChaosStack) -> dict:
+        engine = engine_service_pb2_grpc.EngineServiceStub(stack.channel("engine-0"))
+        calls = [asyncio.create_task(_engine_call(engine, f"r{i}", 24 if i < 4 else 1900)) for i in range(8)]
+        await asyncio.sleep(0.5)
+        os.kill(stack.children["engine-0"].pid, signal.SIGTERM)
+        signalled_s = time.monotonic()
+        await asyncio.sleep(0.2)
+        new_code, _ = await _engine_call(engine, "new", 4)
+        results = await asyncio.gather(*calls)
+        status = await asyncio.wait_for(stack.wait_exit("engine-0"), 30.0)
+        return {
+            "drain_s": 2.0, "short_codes": dict(collections.Counter(code for code, _ in results[:4])),
+            "long_codes": dict(collections.Counter(code for code, _ in results[4:])),
+            "long_details": results[-1][1], "new_call_code": new_code,
+            "exit_status": status, "exited_after_s": time.monotonic() - signalled_s,
+        }
+
+    config = ChaosStackConfig(
+        log_dir=log_dir, num_engines=1, with_predictor=False, drain_s=2.0,
+        engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "1024", "--deadline-admission-slack", "0"),
+    )
+    return await _with_stack(config, body)
+
+
+async def _engine_call(engine, request_id: str, max_tokens: int) -> tuple[str, str]:
+    sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=1, ignore_eos=True)
+    request = engine_service_pb2.EngineServiceGenerateRequest(
+        request_id=request_id, prompt_token_ids=[1, 415, 2936, 9060], sampling=sampling
+    )
+    try:
+        async for _ in engine.Generate(request, timeout=60.0):
+            pass
+    except grpc.aio.AioRpcError as error:
+        return error.code().name, error.details() or ""
+    return "OK", ""
+
+
+async def fuzz(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    from services.bench.chaos_fuzz_run import fuzz_all  # hypothesis: only when this phase runs
+
+    return await asyncio.to_thread(fuzz_all, args.fuzz_cases, log_dir)
+
+
+PHASES: dict[str, Callable[[argparse.Namespace, pathlib.Path], Awaitable[dict]]] = {
+    "kills": kills, "overload": overload, "deadline": deadline, "aborts": aborts, "huge": huge, "drain": drain,
+    "fuzz": fuzz,
+}
+
+
+async def run_phase(name: str, args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return await PHASES[name](args, log_dir)
