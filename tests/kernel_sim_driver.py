@@ -8,6 +8,8 @@ write_cache) on CPU tensors, so the engine's CUDA backend can run on CPU.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -25,14 +27,29 @@ ELEMENT_TYPES = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 def build_driver(directory: pathlib.Path) -> pathlib.Path:
-    """Compiles the emulator with the kernel sources; returns the binary's path."""
+    """Compiles the emulator with the kernel sources; returns the binary's path.
+
+    The binary is cached in the temp dir under a digest of every source it is built from, so the
+    test modules that need it (and reruns) compile it once (~15 s of g++); `directory` is where a
+    fresh build is made before it is moved into the cache."""
+    sources = [CSRC_DIR / name for name in CUDA_SOURCES] + [SIM_DIR / "driver.cpp"]
+    inputs = sorted([*sources, *CSRC_DIR.glob("*.h"), *CSRC_DIR.glob("*.cuh"), *SIM_DIR.glob("*.h")])
+    digest = hashlib.sha256(b"".join(path.name.encode() + path.read_bytes() for path in inputs)).hexdigest()[:16]
+    cached = pathlib.Path(tempfile.gettempdir()) / f"alise_simt_{digest}" / "simt_driver"
+    if cached.is_file():
+        return cached
     binary = directory / "simt_driver"
-    sources = [str(CSRC_DIR / name) for name in CUDA_SOURCES] + [str(SIM_DIR / "driver.cpp")]
     command = [HOST_COMPILER, "-std=c++20", "-O1", "-Wall", "-DALISE_SIMT", f"-I{SIM_DIR}", f"-I{CSRC_DIR}"]
-    result = subprocess.run([*command, "-x", "c++", *sources, "-o", str(binary)], capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, "-x", "c++", *map(str, sources), "-o", str(binary)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building the SIMT emulator failed:\n{result.stderr[-4000:]}")
-    return binary
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staged = cached.with_name(f"simt_driver.{os.getpid()}")
+    shutil.copy2(binary, staged)
+    os.replace(staged, cached)  # atomic: a concurrent build never exposes a partial binary
+    return cached
 
 
 def _save(directory: pathlib.Path, name: str, tensor: torch.Tensor) -> None:
