@@ -1,6 +1,7 @@
 """Held-out split by normalized prompt text across sources, prompt kinds, and calibration per decile."""
 
 import numpy as np
+import pytest
 
 from services.predictor import data
 from services.predictor.evaluate import EvalRows, Predictions, calibration_by_split, metrics_by_split
@@ -86,3 +87,35 @@ def test_calibration_makes_tail_coverage_nominal_per_bin_and_keeps_p50():
         assert abs(entry["coverage_p10"] - 0.1) < 0.05 and abs(entry["coverage_p90"] - 0.9) < 0.05
     again = type(calibration).from_dict(calibration.to_dict())
     np.testing.assert_array_equal(again.apply(quantiles, levels), calibration.apply(quantiles, levels))
+
+
+def test_content_features_describe_code_urls_tables_and_pasted_documents():
+    from services.predictor.content_features import CONTENT_FEATURE_NAMES, content_features
+
+    def named(text: str) -> dict[str, float]:
+        return dict(zip(CONTENT_FEATURE_NAMES, content_features(text).tolist()))
+
+    plain = named("Write a haiku about autumn.")
+    assert plain["log_code_lines"] == plain["has_code_fence"] == plain["log_urls"] == 0.0
+    assert plain["contains_table"] == plain["contains_json"] == 0.0 and plain["pasted_share"] == 1.0
+    code = named("Why does this fail?\n\n```\nint main() {\n  return 0;\n}\n```")
+    assert code["has_code_fence"] == 1.0 and code["log_code_lines"] > 0
+    assert named("see https://a.b/c and http://d.e")["log_urls"] == np.log1p(2).astype(np.float32)
+    assert named("| a | b |\n|---|---|\n| 1 | 2 |")["contains_table"] == 1.0
+    assert named('parse {"name": "x", "id": 3}')["contains_json"] == 1.0
+    document = named("Summarize this in 3 bullets:\n\n" + "Lorem ipsum dolor sit amet. " * 200)
+    assert document["pasted_share"] > 0.95 and document["log_request_chars"] == np.float32(np.log1p(30))
+
+
+def test_content_layout_adds_its_columns_and_its_input_version():
+    from services.predictor.content_features import CONTENT_FEATURE_NAMES
+    from services.predictor.model_inputs import CONTENT_INPUT_VERSION, INPUT_VERSION, InputLayout, build_matrix, lexical_block
+
+    plain, content = InputLayout("", ("a",)), InputLayout("", ("a",), content_features=True)
+    assert plain.input_version == INPUT_VERSION and content.input_version == CONTENT_INPUT_VERSION
+    assert content.num_columns == plain.num_columns + len(CONTENT_FEATURE_NAMES)
+    prompts = [("Hi", 1), ("List 5 ideas", 4)]
+    matrix = build_matrix(content, lexical_block(content, prompts), np.zeros((2, 1)), content.one_hot(["a", "a"]))
+    assert matrix.shape == (2, len(content.feature_names()))
+    with pytest.raises(ValueError, match="lexical columns"):
+        build_matrix(content, lexical_block(plain, prompts), np.zeros((2, 1)), content.one_hot(["a", "a"]))

@@ -42,6 +42,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--exclude-prompts-in", type=Path, action="append", default=[],
                           help="leave out rows whose normalized prompt text occurs in this data file (any row "
                                "of it; repeatable): e.g. the feedback files an older model was trained on")
+    evaluate.add_argument("--no-calibration", action="store_true",
+                          help="ignore the model's calibration step (the trees' raw p10 / p90), to measure it")
     evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
     evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
     evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
@@ -99,14 +101,13 @@ def load_file_rows(path: Path, predictor: LengthPredictor, args: argparse.Namesp
 
 def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) -> EvalRows:
     """Model input rows of every file (embeddings through the training cache: the same numbers)."""
-    from services.predictor import features
     from services.predictor.embedding_cache import EmbeddingCache
-    from services.predictor.model_inputs import build_matrix
+    from services.predictor.model_inputs import build_matrix, lexical_block
 
     examples = [example for item in files for example in item.examples]
     generators = [name for item in files for name in item.generators]
     texts = [e.prompt_text for e in examples]
-    lexical = features.extract_feature_matrix([(e.prompt_text, e.num_prompt_tokens) for e in examples])
+    lexical = lexical_block(predictor.model.layout, [(e.prompt_text, e.num_prompt_tokens) for e in examples])
     embedding = None
     if predictor.embedder is not None:
         embedding = EmbeddingCache(predictor.embedder, cache_dir).embed(texts)
@@ -129,8 +130,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     settings = LoadSettings(args.model_dir, args.cache_dir, 1, args.threads, allow_cuda=False)
     predictor = PredictorLoader(settings).load()
+    if args.no_calibration:
+        predictor.model.calibration = None
     meta = predictor.model.metadata
-    paths = args.data or [args.data_dir / name for name in meta.data_files_sha256 if not name.startswith("feedback/")]
+    paths = args.data or [args.data_dir / name for name in meta.data_files_sha256
+                          if not name.startswith("feedback/") and name != data.ALL_GENERATOR_LENGTHS_FILE]
     files = [load_file_rows(Path(path), predictor, args) for path in paths]
     for item in files:
         print(f"{item.path}: {len(item.examples)} rows" + (" (held-out groups only)" if item.heldout_only else ""))
@@ -154,6 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "files": [{"path": str(item.path), "num_rows": len(item.examples), "heldout_only": item.heldout_only,
                    "sha256": data.file_sha256(item.path)} for item in files],
         "excluded_prompts_in": [str(path) for path in args.exclude_prompts_in],
+        "calibration_step": predictor.model.calibration is not None,
         "metrics": metrics, "calibration": calibration, "latency": latency, "machine": machine_info(), "git": git_info(),
     }
     json_path = args.out_dir / f"{args.name}.json"

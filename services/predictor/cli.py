@@ -3,7 +3,7 @@
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
           [--finetune-folds 3] [--max-examples N] [--no-calibration] [--ranking-weight 0.0]
-          [--soft-pair-weight 0.0]
+          [--soft-pair-weight 0.0] [--content-features]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
 `alise predictor eval` and `alise predictor bench` measure a model and are benchmarks: they live in
@@ -55,6 +55,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                        help="weight of the encoder's pairwise ranking loss next to regression (0 = regression only)")
     train.add_argument("--soft-pair-weight", type=float, default=0.0,
                        help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators")
+    train.add_argument("--content-features", action="store_true",
+                       help="add content columns: code lines, URLs, tables / JSON, pasted documents")
     train.set_defaults(handler=_train)
 
 
@@ -90,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
         heldout_fraction=args.heldout_fraction, max_examples=args.max_examples, num_threads=args.threads,
         max_trees=args.max_trees, max_depth=args.max_depth, calibrate=not args.no_calibration,
         ranking_weight=args.ranking_weight, soft_pair_weight=args.soft_pair_weight,
+        content_features=args.content_features,
     )
     metadata = run_training(settings, progress=lambda line: print(line, flush=True))
     print("held-out metrics:")

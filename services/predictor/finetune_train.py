@@ -87,6 +87,21 @@ def prompt_table(examples: Sequence[data.LengthExample], generators: Sequence[st
         return PromptTable(texts, groups, sums / np.where(counts > 0, counts, np.nan), rows)
 
 
+def with_soft_targets(table: PromptTable, soft_lengths: dict[str, np.ndarray] | None,
+                      generators: Sequence[str]) -> PromptTable:
+    """The table with log1p lengths of many length-only generators for the prompts that have them
+    (data.load_all_generator_lengths), ranked on the mean score of the AlpacaEval columns."""
+    columns = tuple(index for index, name in enumerate(generators) if name.startswith(data.ALPACA_EVAL_SOURCE_PREFIX))
+    if not soft_lengths or not columns:
+        return table
+    width = len(next(iter(soft_lengths.values())))
+    soft = np.full((len(table.texts), width), np.nan)
+    for row, text in enumerate(table.texts):
+        if text in soft_lengths:
+            soft[row] = np.log1p(soft_lengths[text])
+    return dataclasses.replace(table, soft_targets=soft, soft_columns=columns)
+
+
 def bottom_states(bottom: FrozenBottom, texts: Sequence[str], num_threads: int, progress: Progress) -> PaddedStates:
     """The bottom graph on every prompt, one at a time as served, num_threads prompts at once."""
     started = time.perf_counter()
@@ -217,12 +232,13 @@ def out_of_fold_scores(base, settings: FinetuneSettings, table: PromptTable, pad
 
 
 def train_encoder(settings: FinetuneSettings, examples: Sequence[data.LengthExample], generators: Sequence[str],
-                  bottom: FrozenBottom, progress: Progress) -> TrainedEncoder:
+                  bottom: FrozenBottom, progress: Progress,
+                  soft_lengths: dict[str, np.ndarray] | None = None) -> TrainedEncoder:
     """Out-of-fold scores of the training examples and the final encoder's graph (see the module doc)."""
     from services.predictor.finetune_export import export_top_graph, max_score_difference
 
     started = time.perf_counter()
-    table = prompt_table(examples, generators)
+    table = with_soft_targets(prompt_table(examples, generators), soft_lengths, generators)
     padded = bottom_states(bottom, table.texts, settings.num_threads, progress)
     with deterministic_torch(settings.num_threads):
         base = load_base_encoder()
@@ -253,12 +269,12 @@ class EncoderColumns:
 
 def encoder_columns(settings: FinetuneSettings, train: Sequence[data.LengthExample],
                     heldout: Sequence[data.LengthExample], generators: Sequence[str], cache_dir: Path,
-                    progress: Progress) -> EncoderColumns:
+                    progress: Progress, soft_lengths: dict[str, np.ndarray] | None = None) -> EncoderColumns:
     """Trains the encoder on train and scores held-out prompts through its exported graphs."""
     from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder
 
     bottom = FrozenBottom(EncoderSpec(), cache_dir=cache_dir, allow_cuda=False)
-    trained = train_encoder(settings, train, generators, bottom, progress)
+    trained = train_encoder(settings, train, generators, bottom, progress, soft_lengths)
     encoder = FinetunedEncoder(bottom, trained.top_graph, num_threads=settings.num_threads, allow_cuda=False)
     try:
         unique = list(dict.fromkeys(example.prompt_text for example in heldout))

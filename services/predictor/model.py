@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 
-from services.predictor import features
 from services.predictor.artifact import (
     INPUT_NAME,
     MEAN_OUTPUT_NAME,
@@ -33,7 +32,13 @@ from services.predictor.artifact import (
 )
 from services.predictor.calibration import QuantileCalibration
 from services.predictor.embedding import PromptEmbedder
-from services.predictor.model_inputs import INPUT_VERSION, InputLayout, build_matrix
+from services.predictor.model_inputs import (
+    CONTENT_INPUT_VERSION,
+    INPUT_VERSIONS,
+    InputLayout,
+    build_matrix,
+    lexical_block,
+)
 from services.predictor.onnx_session import make_session
 from services.predictor.text_heads import TextHeads
 
@@ -79,12 +84,13 @@ def make_monotone(quantile_tokens: np.ndarray) -> np.ndarray:
 
 def layout_of(metadata: ModelMetadata) -> InputLayout:
     """The input layout a model was trained with; ValueError when this code builds other columns."""
-    if metadata.input_version != INPUT_VERSION:
+    if metadata.input_version not in INPUT_VERSIONS:
         raise ValueError(
             f"model was trained with inputs {metadata.input_version!r}, "
-            f"this code builds {INPUT_VERSION!r}: retrain it"
+            f"this code builds {list(INPUT_VERSIONS)}: retrain it"
         )
-    layout = InputLayout(metadata.embedding_version, metadata.generators, metadata.encoder_version)
+    layout = InputLayout(metadata.embedding_version, metadata.generators, metadata.encoder_version,
+                         content_features=metadata.input_version == CONTENT_INPUT_VERSION)
     if metadata.feature_names != layout.feature_names():
         raise ValueError("model expects different feature names than this code builds: retrain it")
     return layout
@@ -114,7 +120,8 @@ class LengthModel:
             raise ValueError(f"{model_dir}: text heads and metadata disagree on the embedding head")
         self._session = make_session(onnx_bytes, intra_op_threads=intra_op_threads, allow_cuda=allow_cuda)
         raw_calibration = self.metadata.quantile_calibration
-        self._calibration = QuantileCalibration.from_dict(raw_calibration) if raw_calibration else None
+        # the calibration step's table (calibration.py); evaluation may set None to measure the raw trees
+        self.calibration = QuantileCalibration.from_dict(raw_calibration) if raw_calibration else None
         self._output_names = [MEAN_OUTPUT_NAME] + [
             quantile_output_name(level) for level in self.metadata.quantile_levels
         ]
@@ -134,8 +141,8 @@ class LengthModel:
         outputs = self._session.run(self._output_names, {INPUT_NAME: matrix})
         mean_tokens = np.maximum(outputs[0].reshape(-1), MIN_TOKENS)
         quantile_tokens = np.concatenate([output.reshape(-1, 1) for output in outputs[1:]], axis=1)
-        if self._calibration is not None:
-            quantile_tokens = self._calibration.apply(quantile_tokens, self.metadata.quantile_levels)
+        if self.calibration is not None:
+            quantile_tokens = self.calibration.apply(quantile_tokens, self.metadata.quantile_levels)
         return mean_tokens, make_monotone(quantile_tokens)
 
     def generator_for(self, served_model: str, default: str = "") -> str:
@@ -179,7 +186,7 @@ class LengthPredictor:
     def input_matrix(self, inputs: Sequence[PromptInput]) -> np.ndarray:
         """The tree graph's input rows for these prompts."""
         texts = [item.prompt_text for item in inputs]
-        lexical = features.extract_feature_matrix([(item.prompt_text, item.num_prompt_tokens) for item in inputs])
+        lexical = lexical_block(self.model.layout, [(item.prompt_text, item.num_prompt_tokens) for item in inputs])
         embedding = self._embedder.embed(texts) if self._embedder is not None else None
         generators = [self.model.generator_for(item.served_model, self._default_generator) for item in inputs]
         one_hot = self.model.layout.one_hot(generators)

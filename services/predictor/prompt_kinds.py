@@ -45,13 +45,18 @@ class PromptKind(enum.StrEnum):
     LATER_CHUNK = "later_chunk"
 
 
+def is_code_line(line: str) -> bool:
+    """A line that looks like source code: ends in ; { or }, or starts like a statement."""
+    return line.rstrip().endswith((";", "{", "}")) or _CODE_LINE_START.match(line) is not None
+
+
 def contains_code(prompt_text: str) -> bool:
     """A code fence, or at least MIN_CODE_LINES lines that look like source code."""
     if "```" in prompt_text:
         return True
     num_code_lines = 0
     for line in prompt_text.splitlines():
-        if line.rstrip().endswith((";", "{", "}")) or _CODE_LINE_START.match(line):
+        if is_code_line(line):
             num_code_lines += 1
             if num_code_lines >= MIN_CODE_LINES:
                 return True

@@ -24,14 +24,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from services.predictor import data, features
+from services.predictor import data
 from services.predictor.artifact import QUANTILE_LEVELS, ModelMetadata, write_artifact
 from services.predictor.baselines import Baselines, fit_prompt_length_bins
 from services.predictor.embedding import EmbeddingSpec, PromptEmbedder, default_cache_dir
 from services.predictor.embedding_cache import EmbeddingCache
 from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
 from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, fit_heads
-from services.predictor.model_inputs import INPUT_VERSION, InputLayout, build_matrix
+from services.predictor.model_inputs import InputLayout, build_matrix, lexical_block
 from services.predictor.prompt_kinds import prompt_kinds
 from services.predictor.text_heads import NUM_STACK_FOLDS, TextHeads, fit_text_heads, out_of_fold_columns
 
@@ -63,6 +63,7 @@ class TrainSettings:
     calibrate: bool = True  # shift p10 / p90 per bin of predicted p50 on the early-stopping rows (calibration.py)
     ranking_weight: float = 0.0  # encoder: pairwise ranking loss next to regression (finetune_loss.py)
     soft_pair_weight: float = 0.0  # encoder: soft pairs from AlpacaEval's length-only generators
+    content_features: bool = False  # add the content columns (content_features.py: code, URLs, tables, pastes)
 
     def __post_init__(self) -> None:
         if not self.use_sharegpt and not self.generators and self.feedback_dir is None:
@@ -96,6 +97,8 @@ def load_examples(settings: TrainSettings) -> TrainingData:
     if settings.generators:
         examples += data.load_alpaca_eval(settings.data_dir, settings.generators)
         hashes[data.ALPACA_EVAL_FILE] = data.file_sha256(settings.data_dir / data.ALPACA_EVAL_FILE)
+    if settings.soft_pair_weight > 0 and settings.use_embedding and settings.finetune_encoder:
+        hashes[data.ALL_GENERATOR_LENGTHS_FILE] = data.file_sha256(settings.data_dir / data.ALL_GENERATOR_LENGTHS_FILE)
     served_models: dict[str, str] = {}
     default = settings.default_generator or (examples[0].source if examples else "")
     if settings.feedback_dir is not None:
@@ -125,7 +128,7 @@ class RawRows:
     """Everything about some examples except the text-head columns (which depend on the split)."""
 
     texts: list[str]  # prompts
-    lexical: np.ndarray  # [n, NUM_FEATURES]
+    lexical: np.ndarray  # [n, NUM_FEATURES (+ content columns)] (model_inputs.lexical_block)
     embedding: np.ndarray | None  # [n, EMBEDDING_DIM], None for a model without embedding
     one_hot: np.ndarray  # [n, num generators]
     examples: list[data.LengthExample]  # the examples themselves (targets, sources, groups)
@@ -137,7 +140,7 @@ def raw_rows(layout: InputLayout, examples: Sequence[data.LengthExample], cache:
     texts = [e.prompt_text for e in examples]
     return RawRows(
         texts=texts,
-        lexical=features.extract_feature_matrix([(e.prompt_text, e.num_prompt_tokens) for e in examples]),
+        lexical=lexical_block(layout, [(e.prompt_text, e.num_prompt_tokens) for e in examples]),
         embedding=cache.embed(texts, progress) if cache is not None else None,
         one_hot=layout.one_hot([e.source for e in examples]),
         examples=list(examples),
@@ -215,9 +218,10 @@ def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], def
     if settings.use_embedding and settings.finetune_encoder:
         from services.predictor.finetune_encoder import EncoderSpec
 
-        return InputLayout("", generators, encoder_version=EncoderSpec().version)
+        return InputLayout("", generators, encoder_version=EncoderSpec().version,
+                           content_features=settings.content_features)
     version = EmbeddingSpec().version if settings.use_embedding else ""
-    return InputLayout(version, generators)
+    return InputLayout(version, generators, content_features=settings.content_features)
 
 
 def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layout: InputLayout, progress: Progress):
@@ -227,8 +231,13 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
 
     finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds,
                                 ranking_weight=settings.ranking_weight, soft_pair_weight=settings.soft_pair_weight)
+    soft_lengths = None
+    if settings.soft_pair_weight > 0:  # training instructions only: held-out texts never lend lengths
+        _, all_lengths = data.load_all_generator_lengths(settings.data_dir)
+        train_texts = {example.prompt_text for example in train.examples}
+        soft_lengths = {text: lengths for text, lengths in all_lengths.items() if text in train_texts}
     columns = encoder_columns(finetune, train.examples, heldout.examples, layout.generators,
-                              settings.cache_dir or default_cache_dir(), progress)
+                              settings.cache_dir or default_cache_dir(), progress, soft_lengths)
     return (dataclasses.replace(train, embedding=columns.train_scores),
             dataclasses.replace(heldout, embedding=columns.heldout_scores), columns)
 
@@ -245,8 +254,8 @@ def _metadata(
     calibration_bytes = json.dumps(calibration, sort_keys=True).encode("utf-8") if calibration else b""
     combined = hashlib.sha256(onnx_bytes + heads_bytes + encoder_bytes + calibration_bytes).hexdigest()
     return ModelMetadata(
-        model_version=f"lenpred-{INPUT_VERSION}-{combined[:12]}",
-        input_version=INPUT_VERSION,
+        model_version=f"lenpred-{layout.input_version}-{combined[:12]}",
+        input_version=layout.input_version,
         embedding_version=layout.embedding_version,
         feature_names=layout.feature_names(),
         generators=layout.generators,
@@ -291,7 +300,7 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         train_raw, heldout_raw, encoder = fit_encoder(settings, train_raw, heldout_raw, layout, progress)
         encoder_bytes, encoder_details = encoder.top_graph, encoder.details
     heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
-    progress(f"{layout.num_columns} tree input columns ({INPUT_VERSION}) after {time.perf_counter() - started:.1f} s")
+    progress(f"{layout.num_columns} tree input columns ({layout.input_version}) after {time.perf_counter() - started:.1f} s")
     heads = fit_heads(
         settings.tree_settings(), (fit_rows.matrix, fit_rows.actual_tokens),
         (valid_rows.matrix, valid_rows.actual_tokens), progress,
