@@ -18,6 +18,9 @@ KINDS = {  # in --help order; each help line is the one its module registers
     "scheduler": LazyCommand(
         "services.bench.scheduler_overhead", "time per scheduling step (256 running, 1,000 waiting)"
     ),
+    "step": LazyCommand(
+        "services.bench.step_overhead", "engine host ms per step by phase, before vs after (tiny model, CPU)"
+    ),
     "sim": LazyCommand(
         "services.bench.sim.cli", "discrete-event simulator: policies vs request rate on a GPU cost model"
     ),

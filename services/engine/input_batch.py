@@ -136,20 +136,24 @@ class InputBatch:
             self._num_blocks[row] = num_blocks
 
     def record_sampled(self, arrays: StepArrays, token_ids: list[int]) -> None:
-        """Writes each sampled token after its request's tokens (sample_indices order).
+        """Writes each sampled token (sample_indices order) after its request's tokens.
 
-        Only rows exactly caught up take it, so a row is never ahead of its request."""
-        seq_lens, num_tokens = arrays.seq_lens_host, self._num_tokens
-        rows = arrays.rows[arrays.sample_indices].tolist()
-        kept = [i for i, (row, index) in enumerate(zip(rows, arrays.sample_indices)) if num_tokens[row] == seq_lens[index]]
-        if not kept:
+        A sampling chunk catches its request up, so its row holds exactly seq_len tokens (synced in
+        prepare): the token goes at position seq_len. A row that is not caught up is left alone."""
+        if not token_ids:
             return
-        positions = np.array([seq_lens[arrays.sample_indices[i]] for i in kept], dtype=np.int64)
-        if int(positions.max()) >= self.token_ids.shape[1]:
+        indices = arrays.sample_indices
+        rows = arrays.rows[indices]
+        positions = np.asarray(arrays.seq_lens_host)[indices]
+        num_tokens = self._num_tokens
+        caught_up = np.fromiter((num_tokens[row] for row in rows.tolist()), np.int64, len(rows)) == positions
+        if not caught_up.all():
+            rows, positions = rows[caught_up], positions[caught_up]
+            token_ids = np.asarray(token_ids)[caught_up]
+        if len(rows) and int(positions.max()) >= self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, int(positions.max()) + 1)
-        kept_rows = [rows[i] for i in kept]
-        self.token_ids[kept_rows, positions] = [token_ids[i] for i in kept]
-        for row in kept_rows:
+        self.token_ids[rows, positions] = token_ids
+        for row in rows.tolist():
             num_tokens[row] += 1
 
     # -- one step ------------------------------------------------------------------------
@@ -157,30 +161,28 @@ class InputBatch:
     def prepare(self, chunks: list[ScheduledChunk], block_table_of: Callable[[str], list[int]]) -> StepArrays:
         """Syncs the chunks' rows, then builds the step's arrays; block_table_of(request_id) -> its blocks
         (KvBlockManager.block_table). A request without a row, or preempted since its row was filled,
-        gets a fresh row."""
+        gets a fresh row. A row is synced only when it lacks tokens or blocks this step reads (tables
+        only grow while a request holds its KV), so a decode step touches no table most of the time."""
         num_reqs = len(chunks)
-        rows = [0] * num_reqs
-        starts = [0] * num_reqs
-        counts = [0] * num_reqs
+        rows, seq_lens, counts = [0] * num_reqs, [0] * num_reqs, [0] * num_reqs
         sample_indices = []
         row_of, num_tokens_of, num_blocks_of, epoch_of = self._row_of, self._num_tokens, self._num_blocks, self._epoch
+        block_size = self.block_size
         for index, chunk in enumerate(chunks):
             request = chunk.request
             row = row_of.get(request.request_id)
             if row is None or epoch_of[row] != request.num_preemptions:
                 self.remove(request.request_id)
                 row = self._add(request)
-            table = block_table_of(request.request_id)
-            if (len(table) != num_blocks_of[row]
-                    or len(request.prompt_token_ids) + len(request.output_token_ids) != num_tokens_of[row]):
-                self._sync_row(row, request, table)
-            rows[index] = row
-            starts[index] = request.num_computed_tokens
-            counts[index] = chunk.num_new_tokens
+            seq_len = chunk.num_context_tokens
+            if num_tokens_of[row] < seq_len or num_blocks_of[row] * block_size < seq_len:
+                self._sync_row(row, request, block_table_of(request.request_id))
+            rows[index], seq_lens[index], counts[index] = row, seq_len, chunk.num_new_tokens
             if chunk.samples_token:
                 sample_indices.append(index)
-        return self._build(np.array(rows, dtype=np.int64), np.array(starts, dtype=np.int64),
-                           np.array(counts, dtype=np.int64), sample_indices)
+        counts_array = np.array(counts, dtype=np.int64)
+        seq_lens_array = np.array(seq_lens, dtype=np.int64)
+        return self._build(np.array(rows, dtype=np.int64), seq_lens_array - counts_array, counts_array, sample_indices)
 
     def _build(self, rows: np.ndarray, starts: np.ndarray, counts: np.ndarray, sample_indices: list[int]) -> StepArrays:
         """Vectorised: positions, ids, slots and tables of every token, in one staging buffer."""

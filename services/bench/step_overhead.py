@@ -1,0 +1,321 @@
+"""`alise bench step`: host time per engine step, before and after the persistent batch and the fusions.
+
+One run measures both paths side by side on the tiny random model (1 torch thread), each on its
+own scheduler and KV cache with identical requests:
+
+    before  services/bench/step_legacy.py: list-built inputs, the Hugging Face modules unfused,
+            RoPE with torch.cat, sampling row by row
+    after   the engine's ModelRunner: persistent input batch, fused decoder, batched sampling
+
+Workloads: 1, 64 and 256 running decodes (64-token prompts), each without and with one new request
+whose 2,048-token prompt is prefilled in the same step. Phases per step: schedule, prepare, launch
+(the decoder's forward and LM head), sample, update. Host time = thread CPU time of the phase minus
+the thread CPU time spent inside operators (measured with a TorchDispatchMode on alternate steps):
+on CPU a kernel runs in the calling thread, so what is left is Python, dispatch and bookkeeping.
+The CPU torch-reference attention (Python loops over request groups) is reported apart from
+"launch": on CUDA it is one kernel launch per layer. schedule and update contain no operators.
+
+Also: operator calls per decode step of a 32-layer Llama-shaped random model (small widths, the
+operator sequence is the same), before and after. Prints a table; saves JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from services.bench.results import build_report, write_report
+from services.bench.step_legacy import LegacyRunner
+from services.bench.step_ops import AttentionProbe, OperatorCounter, OperatorTimer, timer_overhead_ns
+from services.common import arg_types
+from services.common.model_catalog import DUMMY_TINY_MODEL
+from services.engine.block_pool import KvBlockManager
+from services.engine.model_loader import load_model
+from services.engine.model_runner import ModelRunner
+from services.engine.request import Request, SamplingOptions
+from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
+
+PHASES = ("schedule", "prepare", "launch", "sample", "update")
+PROMPT_TOKENS = 64  # prompt of each decoding request
+CHUNK_TOKENS = 2048
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    num_decodes: tuple[int, ...]
+    num_steps: int  # measured steps per path and workload (half plain, half under the operator timer)
+    num_warmup_steps: int
+    num_layers_for_op_count: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class PathFigures:
+    path: str  # before | after
+    num_decodes: int
+    chunk_tokens: int
+    host_ms: dict[str, float]  # per phase, median host time
+    attention_ms: float  # thread time in the CPU reference attention (Python + operators; one launch on CUDA)
+    operators_ms: float  # time inside the other operators (prepare + launch + sample)
+    total_host_ms: float  # sum of host_ms
+
+
+def _request(request_id: str, prompt: list[int], max_tokens: int, temperature: float) -> Request:
+    options = SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=0.9 if temperature else 1.0,
+                              top_k=50 if temperature else 0, seed=7, ignore_eos=True)
+    return Request(request_id, prompt, options, 0.0, float(max_tokens))
+
+
+class _Path:
+    """One path's scheduler, runner and timed step."""
+
+    def __init__(self, name: str, model, num_decodes: int, chunk: bool, config: StepConfig) -> None:
+        self.name, self.chunk = name, chunk
+        self.vocab_size = model.config.vocab_size
+        steps = config.num_steps + config.num_warmup_steps + 2
+        num_blocks = num_decodes * (-(-(PROMPT_TOKENS + steps) // BLOCK_SIZE)) + 2 * CHUNK_TOKENS // BLOCK_SIZE + 8
+        self.kv = KvBlockManager(num_blocks, BLOCK_SIZE)
+        limits = SchedulerLimits(num_decodes + 1, max(num_decodes * PROMPT_TOKENS, num_decodes + CHUNK_TOKENS), 8192)
+        self.scheduler = Scheduler(make_policy("fcfs"), limits, self.kv, None)
+        self.runner = (LegacyRunner if name == "before" else ModelRunner)(model, self.kv, num_blocks)
+        self.probe = AttentionProbe(self.runner.attention)
+        self.runner.attention = self.probe
+        rng = np.random.default_rng(config.seed)
+        for index in range(num_decodes):
+            self.scheduler.add(_request(f"d{index}", rng.integers(3, self.vocab_size, PROMPT_TOKENS).tolist(), 10_000, 0.0))
+        self.scheduler.limits = SchedulerLimits(num_decodes + 1, num_decodes + CHUNK_TOKENS, 8192)
+        self.rng, self.num_chunks = rng, 0
+
+    def step(self, overhead_ns: float, time_sample: bool) -> dict[str, float]:
+        """One step: thread ns per phase. launch runs under the operator timer: its host time is its
+        thread time minus the attention backend's (reported apart as 'attention'), the time inside
+        operators and the timer's own cost per call. schedule, prepare and update run plain (their
+        operators only build small index tensors). sample runs plain, or timed when time_sample
+        (then 'sample_operators' is the time inside its operators, subtracted by the caller)."""
+        if self.chunk:
+            self.num_chunks += 1
+            prompt = self.rng.integers(3, self.vocab_size, CHUNK_TOKENS).tolist()
+            self.scheduler.add(_request(f"c{self.num_chunks}", prompt, 1, 0.0))
+        figures, clock = {}, time.thread_time_ns
+        launch_timer = OperatorTimer()
+        self.probe.wall_ns, self.probe.mode = 0, launch_timer
+        with torch.inference_mode():
+            started = clock()
+            output = self.scheduler.schedule()
+            figures["schedule"] = clock() - started
+            for phase, run in self._phases(output):
+                timer = launch_timer if phase == "launch" else OperatorTimer() if phase == "sample" and time_sample else None
+                started = clock()
+                if timer is None:
+                    run()
+                else:
+                    with timer:
+                        run()
+                figures[phase] = clock() - started
+                if phase == "sample" and timer is not None:
+                    figures["sample_operators"] = timer.inside_ns["decoder"]
+        inside, calls = launch_timer.inside_ns["decoder"], launch_timer.calls["decoder"]
+        figures["attention"] = self.probe.wall_ns  # the CPU reference attention: Python and operators
+        figures["launch"] -= self.probe.wall_ns + inside + calls * overhead_ns
+        figures["operators"] = inside
+        return figures
+
+    def _phases(self, output):
+        runner, state = self.runner, {}
+        if self.name == "before":
+            def prepare():
+                state["inputs"] = runner.prepare(output)
+
+            def launch():
+                ids, positions, metadata = state["inputs"]
+                state["logits"] = runner.logits_of(output, runner.forward(ids, positions, metadata), metadata)
+
+            def sample():
+                state["sampled"] = runner.sample(output, state["logits"])
+        else:
+            def prepare():
+                arrays = runner.prepare_arrays(output)
+                state["inputs"] = arrays, runner.metadata_of(arrays)
+
+            def launch():
+                arrays, metadata = state["inputs"]
+                state["logits"] = runner.logits_of(arrays, runner.forward(arrays.input_ids, arrays.positions, metadata))
+
+            def sample():
+                state["sampled"] = runner.sample(output, state["inputs"][0], state["logits"])
+
+        def update():
+            for result in self.scheduler.update(output, state["sampled"]):
+                if result.finish_reason is not None:
+                    runner.forget(result.request_id)
+
+        return [("prepare", prepare), ("launch", launch), ("sample", sample), ("update", update)]
+
+
+def calibrate_timer_overhead_ns(model, name: str, config: StepConfig, repeats: int = 15) -> float:
+    """Thread ns the operator timer adds per call, on the engine's own operator mix: one decode's
+    forward repeated on identical inputs, plain and timed (the same work apart from the timer)."""
+    path = _Path(name, model, 1, False, config)
+    with torch.inference_mode():
+        while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
+            output = path.scheduler.schedule()
+            path.scheduler.update(output, path.runner.execute(output))
+        output = path.scheduler.schedule()
+        if name == "before":
+            inputs = path.runner.prepare(output)
+        else:
+            arrays = path.runner.prepare_arrays(output)
+            inputs = arrays.input_ids, arrays.positions, path.runner.metadata_of(arrays)
+        forward = lambda: path.runner.forward(*inputs)  # noqa: E731
+        plain, timed, calls = [], [], 0
+        for _ in range(repeats):
+            started = time.thread_time_ns()
+            forward()
+            plain.append(time.thread_time_ns() - started)
+            timer = OperatorTimer()
+            started = time.thread_time_ns()
+            with timer:
+                forward()
+            timed.append(time.thread_time_ns() - started)
+            calls = sum(timer.calls.values())
+    return max(0.0, (float(np.median(timed)) - float(np.median(plain))) / calls) if calls else 0.0
+
+
+def measure(model, name: str, num_decodes: int, chunk: bool, config: StepConfig, overhead_ns: float) -> PathFigures:
+    """Median host ms per phase over the measured steps (the sample phase is timed on every other step)."""
+    path = _Path(name, model, num_decodes, chunk, config)
+    with torch.inference_mode():  # prefill the decoders' prompts first
+        while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
+            output = path.scheduler.schedule()
+            path.scheduler.update(output, path.runner.execute(output))
+    steps = [path.step(overhead_ns, index % 2 == 1) for index in range(config.num_warmup_steps + config.num_steps)]
+    steps = steps[config.num_warmup_steps :]
+    median = lambda key, rows: max(0.0, float(np.median([s[key] for s in rows])) / 1e6)  # noqa: E731
+    plain = [s for s in steps if "sample_operators" not in s]
+    timed = [s for s in steps if "sample_operators" in s]
+    host = {phase: median(phase, steps) for phase in PHASES if phase != "sample"}
+    host["sample"] = max(0.0, median("sample", plain) - median("sample_operators", timed))
+    host = {phase: host[phase] for phase in PHASES}
+    operators = median("operators", steps) + median("sample_operators", timed)
+    return PathFigures(
+        name, num_decodes, CHUNK_TOKENS if chunk else 0, host, median("attention", steps), operators,
+        sum(host.values()),
+    )
+
+
+def llama_32_layer_model(seed: int) -> torch.nn.Module:
+    """Llama-3-8B's layer count and GQA ratio (32 layers, 32 / 8 heads) at small widths: the same
+    operators per layer, cheap to build and run on CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama", vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=16, max_position_embeddings=4096,
+        rope_theta=500000.0, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()
+
+
+def count_decode_operators(seed: int, num_decodes: int = 8) -> dict[str, dict]:
+    """Operator calls of one decode step's forward, before and after, on the 32-layer model."""
+    model = llama_32_layer_model(seed)
+    num_layers = model.config.num_hidden_layers
+    counts = {}
+    for name in ("before", "after"):
+        config = StepConfig((num_decodes,), 0, 0, num_layers, seed)
+        path = _Path(name, model, num_decodes, False, config)
+        with torch.inference_mode():
+            while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
+                output = path.scheduler.schedule()
+                path.scheduler.update(output, path.runner.execute(output))
+            output = path.scheduler.schedule()
+            if name == "before":
+                inputs = path.runner.prepare(output)
+            else:
+                arrays = path.runner.prepare_arrays(output)
+                inputs = arrays.input_ids, arrays.positions, path.runner.metadata_of(arrays)
+            counter = OperatorCounter()
+            path.probe.mode = counter
+            with counter:
+                path.runner.forward(*inputs)
+        decoder = counter.count("decoder")
+        counts[name] = {
+            "decoder_ops": decoder,  # outside the attention backend, views excluded
+            "decoder_view_ops": counter.count("decoder", views=True) - decoder,
+            "attention_backend_calls": 2 * num_layers,  # write + attend per layer: one launch each on CUDA
+            "cpu_reference_attention_ops": counter.count("attention"),
+            "ops_per_layer": (decoder + 2 * num_layers) / num_layers,  # embedding and final norm included
+            "decoder_ops_by_operator": counter.by_operator("decoder"),
+        }
+    return counts
+
+
+def run_benchmark(config: StepConfig) -> dict:
+    torch.set_num_threads(1)
+    load = lambda: load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=config.seed).model  # noqa: E731
+    overhead_ns = {name: calibrate_timer_overhead_ns(load(), name, config) for name in ("before", "after")}
+    paths = []
+    for num_decodes in config.num_decodes:
+        for chunk in (False, True):
+            for name in ("before", "after"):  # side by side: the same workload, one after the other
+                paths.append(measure(load(), name, num_decodes, chunk, config, overhead_ns[name]))
+                _print_row(paths[-1])
+    operators = count_decode_operators(config.seed)
+    goals = _goals(paths, operators)
+    return {"timer_overhead_ns_per_call": overhead_ns, "paths": paths, "operators_per_decode_step": operators,
+            "goals": goals}
+
+
+def _goals(paths: list[PathFigures], operators: dict) -> dict:
+    after = {(p.num_decodes, p.chunk_tokens): p.total_host_ms for p in paths if p.path == "after"}
+    return {
+        "host_ms_256_decodes_plus_chunk": {"goal": 1.0, "after": after.get((256, CHUNK_TOKENS))},
+        "host_ms_256_decodes": {"goal": 0.3, "after": after.get((256, 0))},
+        "ops_per_layer_eager": {"goal": 12, "after": operators["after"]["ops_per_layer"]},
+    }
+
+
+def _print_row(figures: PathFigures) -> None:
+    host = figures.host_ms
+    print(
+        f"{figures.num_decodes:>7} {figures.chunk_tokens:>6} {figures.path:<7}"
+        + "".join(f" {host[phase]:>8.3f}" for phase in PHASES)
+        + f" {figures.total_host_ms:>8.3f} {figures.attention_ms:>10.2f} {figures.operators_ms:>10.2f}",
+        flush=True,
+    )
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser("step", help="engine host ms per step by phase, before vs after (tiny model, CPU)")
+    parser.add_argument("--num-decodes", default="1,64,256", help="comma-separated running decodes per workload")
+    parser.add_argument("--num-steps", type=arg_types.positive_int, default=12, help="measured steps per workload")
+    parser.add_argument("--num-warmup-steps", type=arg_types.non_negative_int, default=3)
+    parser.add_argument("--seed", type=arg_types.seed, default=0)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/step_overhead.json"))
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    num_decodes = tuple(int(n) for n in args.num_decodes.split(",") if n)
+    config = StepConfig(num_decodes, args.num_steps, args.num_warmup_steps, 32, args.seed)
+    print("host ms per step (thread CPU time outside operators), tiny model, 1 thread; attention = CPU reference")
+    print(f"{'decodes':>7} {'chunk':>6} {'path':<7}" + "".join(f" {p:>8}" for p in PHASES)
+          + f" {'host':>8} {'attention':>10} {'operators':>10}")
+    report = run_benchmark(config)
+    for name, counts in report["operators_per_decode_step"].items():
+        print(f"operators per decode step, 32-layer Llama-shaped, {name}: {counts['decoder_ops']} outside attention"
+              f" (+{counts['decoder_view_ops']} views) + {counts['attention_backend_calls']} attention calls"
+              f" = {counts['ops_per_layer']:.2f} per layer")
+    for goal, figures in report["goals"].items():
+        print(f"goal {goal}: {figures['after']} (goal {figures['goal']})")
+    path = write_report(args.out, build_report("step_overhead", config, report))
+    print(f"saved {path}")
+    return 0
