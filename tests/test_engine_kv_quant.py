@@ -209,3 +209,30 @@ def test_int8_pool_refuses_the_memory_service_clearly():
         EngineConfig(model="dummy-llama-tiny", kv_cache_dtype="int8", memory_address="127.0.0.1:50053")
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
         EngineConfig(model="dummy-llama-tiny", kv_cache_dtype="int4")
+
+
+def test_vectorised_int8_write_is_bit_identical_to_the_reference_loop():
+    """Engine-shaped steps: prefill chunks starting mid-block and crossing blocks, then batches of
+    decodes (one run per request); plus calls the vectorised path hands to the loop (skips, a
+    block written twice)."""
+    generator = torch.Generator().manual_seed(21)
+    shape = (12, BLOCK_SIZE, 2, 64)
+    caches = [torch.zeros(shape, dtype=torch.int8) for _ in range(2)]
+    scales = [torch.zeros(12, 2) for _ in range(2)]
+    tables = {0: [3, 7, 1], 1: [5, 0], 2: [9, 11, 2]}
+    steps = [  # (request, first position, count)
+        [(0, 0, 20), (1, 0, 5)], [(0, 20, 1), (1, 5, 12), (2, 0, 33)], [(0, 21, 1), (1, 17, 1), (2, 33, 1)],
+        [(0, 22, 1), (1, 18, 1), (2, 34, 1)],
+    ]
+    for step in steps:
+        slots = torch.tensor([tables[r][p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+                              for r, first, count in step for p in range(first, first + count)])
+        values = torch.randn(len(slots), 2, 64, generator=generator) * (1 + torch.rand(1, generator=generator))
+        kv_quant.write_int8_reference(caches[0], scales[0], slots, values)
+        kv_quant.write_int8(caches[1], scales[1], slots, values)
+        assert torch.equal(caches[0], caches[1]) and torch.equal(scales[0], scales[1])
+    for slots in (torch.tensor([48, -1, 49]), torch.tensor([50, 80, 51])):  # skip; block 3 twice
+        values = torch.randn(3, 2, 64, generator=generator) * 3
+        kv_quant.write_int8_reference(caches[0], scales[0], slots, values)
+        kv_quant.write_int8(caches[1], scales[1], slots, values)
+        assert torch.equal(caches[0], caches[1]) and torch.equal(scales[0], scales[1])

@@ -96,8 +96,8 @@ class PagedKvCache:
     def write(self, layer: int, slot_mapping: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Stores keys/values [num_tokens, num_kv_heads, head_dim] at their slots (quantized when int8)."""
         if self.quantized:
-            kv_quant.write_int8_reference(self.key_cache[layer], self.key_scales[layer], slot_mapping, keys)
-            kv_quant.write_int8_reference(self.value_cache[layer], self.value_scales[layer], slot_mapping, values)
+            kv_quant.write_int8(self.key_cache[layer], self.key_scales[layer], slot_mapping, keys)
+            kv_quant.write_int8(self.value_cache[layer], self.value_scales[layer], slot_mapping, values)
             return
         flat_shape = (-1, self.shape.num_kv_heads, self.shape.head_dim)
         self.key_cache[layer].view(flat_shape)[slot_mapping] = keys.to(self.dtype)

@@ -114,6 +114,52 @@ def _write_run(
     block_scales.copy_(new)
 
 
+def write_int8(cache: torch.Tensor, scales: torch.Tensor, slot_mapping: torch.Tensor, values: torch.Tensor) -> None:
+    """write_int8_reference, vectorised over the runs of one call (the engine's CPU write path).
+
+    Same operations in the same float32 order, so the result is bit-identical; it assumes what an
+    engine step guarantees, that no block receives two separate runs in one call, and falls back
+    to the reference loop otherwise. A step of 64 decodes is 64 runs: one call instead of 64.
+    """
+    block_size = cache.shape[1]
+    slots, new_values = slot_mapping, values.float()
+    if slots.numel() == 0:
+        return
+    if bool((slots < 0).any()):  # skipped slots split runs in ways the reference loop defines
+        write_int8_reference(cache, scales, slot_mapping, values)
+        return
+    blocks, offsets = slots // block_size, slots % block_size
+    starts = torch.ones_like(blocks, dtype=torch.bool)
+    starts[1:] = (blocks[1:] != blocks[:-1]) | (offsets[1:] != offsets[:-1] + 1)
+    run_of_token = torch.cumsum(starts, 0) - 1
+    run_blocks, run_first = blocks[starts], offsets[starts]
+    if run_blocks.unique().numel() != run_blocks.numel():  # a block written by two runs: order matters
+        write_int8_reference(cache, scales, slot_mapping, values)
+        return
+    token_max = new_values.abs().amax(dim=2)  # [tokens, kv_heads]
+    index = run_of_token[:, None].expand_as(token_max)
+    run_max = torch.zeros(len(run_blocks), token_max.shape[1]).scatter_reduce_(0, index, token_max, "amax")
+    continuing = run_first > 0
+    old = torch.where(continuing[:, None], scales[run_blocks], torch.zeros_like(run_max))
+    new = torch.maximum(old, run_max / INT8_MAX)
+    grown = (new > old) & continuing[:, None]
+    if bool(grown.any()):
+        _requantize_earlier(cache, run_blocks, run_first, old, new, grown)
+    cache.view(-1, *cache.shape[2:])[slots] = _quantize_int8(new_values, new[run_of_token][:, :, None])
+    scales[run_blocks] = new
+
+
+def _requantize_earlier(cache, run_blocks, run_first, old, new, grown) -> None:
+    """Offsets before each continuing run, rescaled where the run grew the block's scale."""
+    block_size = cache.shape[1]
+    ratio = torch.where(grown, old / new, torch.ones_like(new))[:, None, :, None]
+    earlier = cache[run_blocks].float()  # [runs, block_size, kv_heads, head_dim]
+    requantized = torch.round(earlier * ratio).to(torch.int8)
+    before = torch.arange(block_size)[None, :] < run_first[:, None]  # [runs, block_size]
+    change = before[:, :, None, None] & grown[:, None, :, None]
+    cache[run_blocks] = torch.where(change, requantized, cache[run_blocks])
+
+
 def quantize_int4_groups(values: torch.Tensor, group_size: int) -> Int4Groups:
     """values [..., head_dim], any float dtype; group_size must divide head_dim, head_dim even."""
     head_dim = values.shape[-1]
