@@ -76,3 +76,30 @@ def test_report_formats_rows_skips_and_plot(tmp_path):
     plot = attention_report.save_plot(report, tmp_path / "attention.png")
     assert plot is not None and plot.stat().st_size > 1000
     json.dumps(report)  # the report stays JSON-serializable
+
+
+class _OneCallTimer:
+    """Runs each call once (through the emulator) and reports 1 s: the code path, not the speed."""
+
+    def median_s(self, call) -> float:
+        call()
+        return 1.0
+
+
+def test_mixed_step_scenario_runs_both_paths_and_they_agree_through_the_emulator(tmp_path, monkeypatch):
+    from services.bench import attention_mixed
+    from services.engine.kernels import ops
+    from tests.kernel_sim_driver import HOST_COMPILER, EmulatedKernels, build_driver
+
+    if HOST_COMPILER is None:
+        pytest.skip("no g++ to build the SIMT emulator")
+    monkeypatch.setattr(ops, "load_kernels", lambda: EmulatedKernels(build_driver(tmp_path)))
+    monkeypatch.setattr(ops, "_num_sms", lambda device_index: 132)
+    requests = [(3, 1, 40), (1, 12, 30), (1, 3, 19)]  # decodes, a chunk over a prefix, a verify query
+    for int8_kv in (False, True):
+        inputs = attention_mixed.make_inputs(requests, 8, 2, 64, 16, int8_kv, torch.device("cpu"), seed=1)
+        row = attention_mixed.measure_scenario("tiny", inputs, _OneCallTimer(), num_sms=132)
+        assert row["num_tokens"] == 18 and row["num_requests"] == 5 and row["varlen_us"] == 1e6
+        if not int8_kv:
+            assert row["relative_error_vs_per_request"] < 1e-2 and row["speedup_vs_per_request"] == 1.0
+    assert "tiny" in attention_mixed.format_mixed([row])

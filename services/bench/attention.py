@@ -1,10 +1,12 @@
-"""`alise bench attention`: the paged decode kernel against the GPU's memory bandwidth (GPU only).
+"""`alise bench attention`: the paged attention kernel against the GPU's memory bandwidth (GPU only).
 
 Sweeps batch x context x {MHA, GQA-8} x {bf16, int8 KV} at Llama-3-8B head shapes (32 query
 heads of 128; GQA-8 = 8 KV heads), and for each point reports the kernel's median time, its
 achieved bandwidth (minimum bytes / time) as a share of the device-to-device copy bandwidth
 measured in the same run, and torch SDPA on dense KV and after gathering the paged KV (bf16
-points; int8 points are compared with the bf16 baselines of the same shape). Then, unless
+points; int8 points are compared with the bf16 baselines of the same shape). Then mixed steps
+(decodes + prefill chunks, verify queries): the varlen launch vs the per-request path it replaced
+(attention_mixed.py). Then, unless
 --skip-e2e, end-to-end tokens/s of a Llama-3-8B-shaped model (attention_e2e.py). Saves JSON and a PNG.
 On a machine without CUDA it prints why and exits with status 1.
 """
@@ -122,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
     report = _report_header(config)
     report.update(attention_sweep.run_sweep(config))
     print(attention_report.format_table(report))
+    import torch
+
+    from services.bench import attention_mixed
+    from services.bench.attention_measure import Timer
+
+    report["mixed"] = attention_mixed.run_mixed(config, Timer(torch.device("cuda"), config.num_warmup, config.num_iters))
+    print(attention_mixed.format_mixed(report["mixed"]))
     if config.e2e:
         from services.bench import attention_e2e
 
