@@ -74,7 +74,7 @@ INVALID_REQUESTS = {
         "prompt has 64 tokens, which fills the model context",
     ),
     "text_prompt_over_context": (text_request("word " * 100), "fills the model context"),
-    "huge_text_prompt_tokenized_off_loop": (text_request("word " * 5000), "fills the model context"),
+    "huge_text_prompt_refused_before_tokenizing": (text_request("word " * 5000), "checked before tokenizing"),
     "max_tokens_zero": (text_request(sampling=_sampling(max_tokens=0)), "sampling.max_tokens must be > 0"),
     "max_tokens_negative": (text_request(sampling=_sampling(max_tokens=-3)), "got -3"),
     "temperature_negative": (text_request(sampling=_sampling(temperature=-0.5)), "sampling.temperature"),

@@ -110,28 +110,26 @@ async def aborts(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
     return await _with_stack(config, body)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 async def huge(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
-    """The gateway runs in this process: its RSS is ours."""
+    """8 MB and 60 MB prompts to a gateway process: time to the refusal, its RSS before, right after, 2 s later."""
 
     async def body(stack: ChaosStack) -> dict:
         figures = {}
         for megabytes in (8, 60):
-            rss_before = _rss_bytes()
+            rss_before = stack.rss_bytes("gateway")
             outcome = StreamOutcome(0, "lorem ipsum " * (megabytes * 1024 * 1024 // 12), 16, 0, time.monotonic())
             await run_stream(stack.gateway_stub(), outcome, timeout_s=120.0)
+            rss_after = stack.rss_bytes("gateway")
+            await asyncio.sleep(2.0)
             figures[f"{megabytes}_mb"] = {
                 "code": outcome.code, "details": outcome.details, "seconds": outcome.duration_s,
-                "gateway_rss_growth_mb": (_rss_bytes() - rss_before) / 2**20,
+                "gateway_rss_before_mb": rss_before / 2**20, "gateway_rss_after_mb": rss_after / 2**20,
+                "gateway_rss_2s_later_mb": stack.rss_bytes("gateway") / 2**20,
             }
-            del outcome
         return figures
 
-    return await _with_stack(ChaosStackConfig(log_dir=log_dir, num_engines=1, with_predictor=False), body)
+    config = ChaosStackConfig(log_dir=log_dir, num_engines=1, with_predictor=False, gateway_in_process=False)
+    return await _with_stack(config, body)
 
 
 async def drain(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:

@@ -99,18 +99,20 @@ async def start_server(
     require_client_cert: bool = False,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    max_receive_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> RunningServer:
     """Builds, binds and starts a server; `register` adds the service's servicers to it.
 
     tls: serve TLS with its certificate (plaintext when None); require_client_cert: mutual TLS,
     clients need a certificate of tls.ca_path. `interceptors` run after status mapping (e.g. the
     gateway's API-key check), so their own AliseErrors are mapped too; undecodable request bytes are
-    answered INVALID_ARGUMENT before any of them (DecodeGuardInterceptor).
+    answered INVALID_ARGUMENT before any of them (DecodeGuardInterceptor). A request larger than
+    max_receive_message_bytes is refused by gRPC itself (RESOURCE_EXHAUSTED) before Python sees it.
     """
     in_flight = InFlightCalls()
     server = grpc.aio.server(
         interceptors=[DecodeGuardInterceptor(), in_flight, StatusMappingInterceptor(), *interceptors],
-        options=SERVER_OPTIONS,
+        options=(*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_receive_message_bytes)),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     register(server)

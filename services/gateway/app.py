@@ -140,6 +140,8 @@ async def _start_servers(
         service_names=[SERVICE_NAME],
         tls=config.tls,
         interceptors=[ApiKeyInterceptor(api_keys)] if api_keys.enabled else [],
+        # a client request larger than the HTTP body limit is refused by gRPC before any Python object exists
+        max_receive_message_bytes=config.http_max_request_bytes,
     )
     handle = GatewayHandle(running, peers=peers, metrics=metrics)
     http_app = create_http_app(

@@ -33,7 +33,7 @@ from services.gateway.finish_pb import finish_reason_from_pb, timings_from_pb
 from services.gateway.metrics import GatewayMetrics, RequestRecorder
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
-from services.gateway.prompt_input import num_prompt_chars
+from services.gateway.prompt_input import check_prompt_size, num_prompt_chars
 from services.gateway.stop_strings import StopScan, StopStringMatcher
 from services.gateway.validation import RequestLimits, ResolvedRequest, resolve_generate_request
 
@@ -156,6 +156,8 @@ class GenerationPipeline:
             draw_seed=lambda: secrets.randbits(63),  # 63 bits: also fits a signed int64
         )
         if num_prompt_chars(request) > MAX_INLINE_TOKENIZE_CHARS:
+            max_context_tokens = served.info.max_context_tokens  # refused here, before a worker thread sees it
+            check_prompt_size(request, max_context_tokens, max_context_tokens * self._limits.max_prompt_bytes_per_token)
             return await asyncio.to_thread(resolve)
         return resolve()
 
