@@ -201,3 +201,22 @@ def test_ttft_aging_keys_are_deadlines_on_waiting_requests_only():
     assert AlisePolicy(OnlineStepCostModel()).priority_key(long) == pytest.approx(policy.remaining_s(long))
     with pytest.raises(ValueError):
         AlisePolicy(OnlineStepCostModel(), aging_horizon_s=0.0)
+
+
+def test_the_victim_rank_counts_the_recompute_a_preemption_would_waste():
+    from services.engine.scheduler.cost_model import OnlineStepCostModel
+    from services.engine.scheduler.speculative_policy import RECOMPUTE_WASTE_WEIGHT, AlisePolicy, SrptOraclePolicy
+
+    cost_model = OnlineStepCostModel()
+    for policy in (AlisePolicy(cost_model), SrptOraclePolicy(cost_model)):
+        fresh = make_predicted_request("fresh", 8, max_tokens=400, predicted_tokens=300)
+        deep = make_predicted_request("deep", 200, max_tokens=400, predicted_tokens=320)
+        deep.num_computed_tokens = 200  # its whole prompt is in KV: evicting it recomputes 200 tokens
+        batch = [fresh, deep]
+        keys = policy.priority_keys(batch)
+        waste_s = RECOMPUTE_WASTE_WEIGHT * len(batch) * cost_model.prefill_s_per_token * 200
+        assert keys[1] == pytest.approx(max(0.0, policy.remaining_s(deep) - waste_s))
+        assert keys[0] == pytest.approx(policy.remaining_s(fresh))
+        assert policy.remaining_s(deep) > policy.remaining_s(fresh) or policy.name == "srpt-oracle"
+        assert keys[0] > keys[1]  # the fresh request is the first victim, though it has less work left
+        assert min(keys) >= 0.0  # ranks stay above the promoted ones (policy.py)
