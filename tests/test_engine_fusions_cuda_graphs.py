@@ -26,7 +26,9 @@ def _core(dtype: torch.dtype, *, enforce_eager: bool) -> EngineCore:
     loaded = load_model(DUMMY_TINY_MODEL, dtype=dtype, device=torch.device("cuda"), seed=0)
     kv = KvBlockManager(256, 16)
     scheduler = Scheduler(make_policy("fcfs"), SchedulerLimits(MAX_NUM_SEQS, 64, 2048), kv, loaded.eos_token_id)
-    runner = ModelRunner(loaded.model, kv, 256, enforce_eager=enforce_eager, max_num_seqs=MAX_NUM_SEQS, max_model_len=2048)
+    runner = ModelRunner(
+        loaded.model, kv, 256, enforce_eager=enforce_eager, max_num_seqs=MAX_NUM_SEQS, max_model_len=2048
+    )
     return EngineCore(scheduler, runner)
 
 
@@ -44,7 +46,7 @@ def test_replayed_decode_steps_equal_eager_steps(dtype):
     core = _core(dtype, enforce_eager=False)
     runner = core.runner
     assert runner.graphs is not None
-    for step, requests in sorted(_arrivals().items()):
+    for _, requests in sorted(_arrivals().items()):
         for request in requests:
             core.add(request)
     num_compared = 0

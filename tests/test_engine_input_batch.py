@@ -38,7 +38,7 @@ def _reference(output: SchedulerOutput, block_table_of, block_size: int) -> dict
         starts.append(starts[-1] + chunk.num_new_tokens)
         seq_lens.append(last)
         tables.append(table[: -(-last // block_size)])
-    return {"ids": ids, "positions": positions, "slots": slots, "starts": starts, "seq_lens": seq_lens, "tables": tables}
+    return dict(ids=ids, positions=positions, slots=slots, starts=starts, seq_lens=seq_lens, tables=tables)
 
 
 def _check(arrays, expected) -> None:
@@ -49,7 +49,7 @@ def _check(arrays, expected) -> None:
     assert arrays.seq_lens.tolist() == arrays.seq_lens_host == expected["seq_lens"]
     assert arrays.max_seq_len == max(expected["seq_lens"])
     assert arrays.block_tables.dtype == torch.int32
-    for row, table in zip(arrays.block_tables.tolist(), expected["tables"]):
+    for row, table in zip(arrays.block_tables.tolist(), expected["tables"], strict=True):
         assert row[: len(table)] == table
 
 
@@ -69,7 +69,8 @@ def _drive(scheduler, batch: InputBatch, arrivals: dict[int, list[Request]], abo
             _check(arrays, expected)
             tokens = [rng.randrange(3, 1000) for _ in arrays.sample_indices]
             batch.record_sampled(arrays, tokens)
-            sampled = {output.chunks[i].request.request_id: t for i, t in zip(arrays.sample_indices, tokens)}
+            requests = [output.chunks[i].request for i in arrays.sample_indices]
+            sampled = {r.request_id: t for r, t in zip(requests, tokens, strict=True)}
             for result in scheduler.update(output, sampled):
                 if result.finish_reason is not None:
                     batch.remove(result.request_id)
@@ -119,7 +120,7 @@ def test_rows_are_reused_and_the_step_order_is_the_chunk_order():
                 for i, (rid, n) in enumerate((("a", 2), ("b", 6), ("c", 3)))}
 
     def step(order: list[str]) -> object:
-        chunks = [ScheduledChunk(requests[rid], requests[rid].num_tokens, True, requests[rid].num_tokens) for rid in order]
+        chunks = [ScheduledChunk(requests[r], requests[r].num_tokens, True, requests[r].num_tokens) for r in order]
         return batch.prepare(chunks, tables.__getitem__)
 
     arrays = step(["a", "b"])

@@ -17,10 +17,11 @@ NUM_DRAWS = 4_000  # binomial std <= 0.008: the bound below is > 4 std
 
 def _params(rows: list[tuple[float, float, int, int]], counter: int = 0) -> SamplingParams:
     """rows: (temperature, top_p, top_k, seed) each."""
-    temperature, top_p, top_k, seed = (np.array(column) for column in zip(*rows))
+    temperature, top_p, top_k, seed = (np.array(column) for column in zip(*rows, strict=True))
     counters = np.full(len(rows), counter, dtype=np.int64)
+    floats, ints = np.float32, np.int64
     return SamplingParams.of(
-        temperature.astype(np.float32), top_p.astype(np.float32), top_k.astype(np.int64), seed.astype(np.int64), counters
+        temperature.astype(floats), top_p.astype(floats), top_k.astype(ints), seed.astype(ints), counters
     )
 
 

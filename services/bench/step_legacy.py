@@ -97,7 +97,7 @@ class LegacyRunner:
         sampling_chunks = [c for c in step.chunks if c.samples_token]
         generators = [self._generator_for(c.request) for c in sampling_chunks]
         tokens = sample_next_tokens(logits, [c.request.sampling for c in sampling_chunks], generators)
-        return {c.request.request_id: token for c, token in zip(sampling_chunks, tokens)}
+        return {c.request.request_id: token for c, token in zip(sampling_chunks, tokens, strict=True)}
 
     def _generator_for(self, request) -> torch.Generator | None:
         if request.request_id not in self._generators:
@@ -129,7 +129,7 @@ def sample_next_tokens(
     """
     logits = logits.float()
     tokens = logits.argmax(dim=-1).tolist()
-    rows = [row for row, (option, generator) in enumerate(zip(options, generators))
+    rows = [row for row, (option, generator) in enumerate(zip(options, generators, strict=True))
             if option.temperature > 0.0 and generator is not None]
     if not rows:
         return tokens
@@ -141,7 +141,8 @@ def sample_next_tokens(
         option, generator = options[row], generators[row]
         token = _draw_from_candidates(top_probabilities[index], top_ids[index], option, generator)
         if token is None:  # the nucleus may extend past the candidates: use the whole distribution
-            token = int(torch.multinomial(_filtered_probabilities(probabilities[index], option), 1, generator=generator))
+            filtered = _filtered_probabilities(probabilities[index], option)
+            token = int(torch.multinomial(filtered, 1, generator=generator))
         tokens[row] = token
     return tokens
 

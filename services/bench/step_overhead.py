@@ -31,7 +31,7 @@ import torch
 
 from services.bench.results import build_report, write_report
 from services.bench.step_legacy import LegacyRunner
-from services.bench.step_ops import AttentionProbe, OperatorCounter, OperatorTimer, timer_overhead_ns
+from services.bench.step_ops import AttentionProbe, OperatorCounter, OperatorTimer, clock_cost_ns
 from services.common import arg_types
 from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.block_pool import KvBlockManager
@@ -88,9 +88,18 @@ class _Path:
         self.runner.attention = self.probe
         rng = np.random.default_rng(config.seed)
         for index in range(num_decodes):
-            self.scheduler.add(_request(f"d{index}", rng.integers(3, self.vocab_size, PROMPT_TOKENS).tolist(), 10_000, 0.0))
+            prompt = rng.integers(3, self.vocab_size, PROMPT_TOKENS).tolist()
+            self.scheduler.add(_request(f"d{index}", prompt, 10_000, 0.0))
         self.scheduler.limits = SchedulerLimits(num_decodes + 1, num_decodes + CHUNK_TOKENS, 8192)
         self.rng, self.num_chunks = rng, 0
+        self.clock_ns = clock_cost_ns()
+
+    def prefill(self) -> None:
+        """Runs steps until every decoder's prompt is in the cache (its next step decodes)."""
+        with torch.inference_mode():
+            while self.scheduler.waiting or any(r.num_uncomputed_tokens > 1 for r in self.scheduler.running):
+                output = self.scheduler.schedule()
+                self.scheduler.update(output, self.runner.execute(output))
 
     def step(self, overhead_ns: float, time_sample: bool) -> dict[str, float]:
         """One step: thread ns per phase. launch runs under the operator timer: its host time is its
@@ -110,7 +119,9 @@ class _Path:
             output = self.scheduler.schedule()
             figures["schedule"] = clock() - started
             for phase, run in self._phases(output):
-                timer = launch_timer if phase == "launch" else OperatorTimer() if phase == "sample" and time_sample else None
+                timer = launch_timer if phase == "launch" else None
+                if phase == "sample" and time_sample:
+                    timer = OperatorTimer()
                 started = clock()
                 if timer is None:
                     run()
@@ -119,9 +130,10 @@ class _Path:
                         run()
                 figures[phase] = clock() - started
                 if phase == "sample" and timer is not None:
-                    figures["sample_operators"] = timer.inside_ns["decoder"]
+                    figures["sample_operators"] = timer.inside_ns["decoder"] - timer.calls["decoder"] * self.clock_ns
         inside, calls = launch_timer.inside_ns["decoder"], launch_timer.calls["decoder"]
         figures["attention"] = self.probe.wall_ns  # the CPU reference attention: Python and operators
+        inside -= calls * self.clock_ns  # each operator's inside time also holds one clock reading
         figures["launch"] -= self.probe.wall_ns + inside + calls * overhead_ns
         figures["operators"] = inside
         return figures
@@ -162,10 +174,8 @@ def calibrate_timer_overhead_ns(model, name: str, config: StepConfig, repeats: i
     """Thread ns the operator timer adds per call, on the engine's own operator mix: one decode's
     forward repeated on identical inputs, plain and timed (the same work apart from the timer)."""
     path = _Path(name, model, 1, False, config)
+    path.prefill()
     with torch.inference_mode():
-        while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
-            output = path.scheduler.schedule()
-            path.scheduler.update(output, path.runner.execute(output))
         output = path.scheduler.schedule()
         if name == "before":
             inputs = path.runner.prepare(output)
@@ -190,10 +200,7 @@ def calibrate_timer_overhead_ns(model, name: str, config: StepConfig, repeats: i
 def measure(model, name: str, num_decodes: int, chunk: bool, config: StepConfig, overhead_ns: float) -> PathFigures:
     """Median host ms per phase over the measured steps (the sample phase is timed on every other step)."""
     path = _Path(name, model, num_decodes, chunk, config)
-    with torch.inference_mode():  # prefill the decoders' prompts first
-        while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
-            output = path.scheduler.schedule()
-            path.scheduler.update(output, path.runner.execute(output))
+    path.prefill()
     steps = [path.step(overhead_ns, index % 2 == 1) for index in range(config.num_warmup_steps + config.num_steps)]
     steps = steps[config.num_warmup_steps :]
     median = lambda key, rows: max(0.0, float(np.median([s[key] for s in rows])) / 1e6)  # noqa: E731
@@ -232,10 +239,8 @@ def count_decode_operators(seed: int, num_decodes: int = 8) -> dict[str, dict]:
     for name in ("before", "after"):
         config = StepConfig((num_decodes,), 0, 0, num_layers, seed)
         path = _Path(name, model, num_decodes, False, config)
+        path.prefill()
         with torch.inference_mode():
-            while path.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in path.scheduler.running):
-                output = path.scheduler.schedule()
-                path.scheduler.update(output, path.runner.execute(output))
             output = path.scheduler.schedule()
             if name == "before":
                 inputs = path.runner.prepare(output)
@@ -260,7 +265,9 @@ def count_decode_operators(seed: int, num_decodes: int = 8) -> dict[str, dict]:
 
 def run_benchmark(config: StepConfig) -> dict:
     torch.set_num_threads(1)
-    load = lambda: load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=config.seed).model  # noqa: E731
+    def load() -> torch.nn.Module:
+        return load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=config.seed).model
+
     overhead_ns = {name: calibrate_timer_overhead_ns(load(), name, config) for name in ("before", "after")}
     paths = []
     for num_decodes in config.num_decodes:

@@ -180,45 +180,50 @@ class InputBatch:
             rows[index], seq_lens[index], counts[index] = row, seq_len, chunk.num_new_tokens
             if chunk.samples_token:
                 sample_indices.append(index)
-        counts_array = np.array(counts, dtype=np.int64)
-        seq_lens_array = np.array(seq_lens, dtype=np.int64)
-        return self._build(np.array(rows, dtype=np.int64), seq_lens_array - counts_array, counts_array, sample_indices)
+        return self._build(rows, seq_lens, counts, sample_indices)
 
-    def _build(self, rows: np.ndarray, starts: np.ndarray, counts: np.ndarray, sample_indices: list[int]) -> StepArrays:
-        """Vectorised: positions, ids, slots and tables of every token, in one staging buffer."""
-        num_reqs = len(rows)
-        seq_lens = starts + counts
-        query_start = np.zeros(num_reqs + 1, dtype=np.int64)
-        np.cumsum(counts, out=query_start[1:])
-        num_tokens = int(query_start[-1])
-        max_seq_len = int(seq_lens.max())
+    def _build(self, rows_list: list[int], seq_lens_list: list[int], counts_list: list[int],
+               sample_indices: list[int]) -> StepArrays:
+        """Vectorised: positions, ids, slots and tables of every token, in one staging buffer laid out
+        [ids | positions | slots | query starts | seq lens | block tables] (int32)."""
+        num_reqs, num_tokens = len(rows_list), sum(counts_list)
+        rows, seq_lens = np.array(rows_list, dtype=np.int64), np.array(seq_lens_list, dtype=np.int64)
+        max_seq_len = max(seq_lens_list)
         width = -(-max_seq_len // self.block_size)
-        layout = _Layout(num_tokens, num_reqs, width)
-        staging = self._staging_buffer(layout.total)
+        bounds = (0, num_tokens, 2 * num_tokens, 3 * num_tokens, 3 * num_tokens + num_reqs + 1)
+        bounds += (bounds[-1] + num_reqs, bounds[-1] + num_reqs + num_reqs * width)
+        ids, pos, slots, query, lens, tables = (slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False))
+        staging = self._staging_buffer(tables.stop)
         host = staging.numpy()
         if num_tokens == num_reqs:  # every request feeds one token (decodes): no repeat needed
-            token_rows, positions = rows, starts
+            token_rows, positions = rows, seq_lens - 1
+            query_start_host = list(range(num_reqs + 1))
+            host[query] = np.arange(num_reqs + 1)
         else:
+            counts = np.array(counts_list, dtype=np.int64)
+            query_start = np.zeros(num_reqs + 1, dtype=np.int64)
+            np.cumsum(counts, out=query_start[1:])
             token_rows = np.repeat(rows, counts)
-            positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - query_start[:-1], counts)
-        host[layout.input_ids] = self.token_ids[token_rows, positions]
-        host[layout.positions] = positions
+            positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(seq_lens - counts - query_start[:-1], counts)
+            query_start_host = query_start.tolist()
+            host[query] = query_start
+        host[ids] = self.token_ids[token_rows, positions]
+        host[pos] = positions
         blocks = self.block_table[token_rows, positions // self.block_size]
-        host[layout.slots] = blocks * self.block_size + positions % self.block_size
-        host[layout.query_start] = query_start
-        host[layout.seq_lens] = seq_lens
-        host[layout.block_tables] = self.block_table[rows, :width].reshape(-1)
+        host[slots] = blocks * self.block_size + positions % self.block_size
+        host[lens] = seq_lens
+        host[tables] = self.block_table[rows, :width].reshape(-1)
         device = staging.to(self.device, non_blocking=True) if self.device.type != "cpu" else staging
         return StepArrays(
-            input_ids=device[layout.input_ids],
-            positions=device[layout.positions],
-            slot_mapping=device[layout.slots].long(),
-            query_start_loc=device[layout.query_start],
-            seq_lens=device[layout.seq_lens],
-            block_tables=device[layout.block_tables].view(num_reqs, width),
-            query_start_loc_host=query_start.tolist(),
-            seq_lens_host=seq_lens.tolist(),
-            max_query_len=int(counts.max()),
+            input_ids=device[ids],
+            positions=device[pos],
+            slot_mapping=device[slots].long(),
+            query_start_loc=device[query],
+            seq_lens=device[lens],
+            block_tables=device[tables].view(num_reqs, width),
+            query_start_loc_host=query_start_host,
+            seq_lens_host=seq_lens_list,
+            max_query_len=max(counts_list),
             max_seq_len=max_seq_len,
             rows=rows,
             sample_indices=sample_indices,
@@ -228,17 +233,6 @@ class InputBatch:
         """A fresh int32 host buffer per step (the previous one may still be copying to the device);
         pinned on CUDA so the copy is asynchronous."""
         return torch.empty(num_elements, dtype=torch.int32, pin_memory=self._pin)
-
-
-class _Layout:
-    """Slices of the staging buffer: ids, positions, slots, query starts, seq lens, block tables."""
-
-    def __init__(self, num_tokens: int, num_reqs: int, width: int) -> None:
-        sizes = (num_tokens, num_tokens, num_tokens, num_reqs + 1, num_reqs, num_reqs * width)
-        bounds = np.cumsum((0,) + sizes).tolist()
-        (self.input_ids, self.positions, self.slots, self.query_start, self.seq_lens,
-         self.block_tables) = (slice(a, b) for a, b in zip(bounds, bounds[1:]))
-        self.total = bounds[-1]
 
 
 def _widen(array: np.ndarray, min_columns: int) -> np.ndarray:

@@ -91,7 +91,7 @@ class ModelRunner:
         logits = apply_min_tokens(logits, requests, self.stop_token_ids)
         tokens = sample_tokens(logits, self.sampling_params(arrays, requests)).tolist()
         self.batch.record_sampled(arrays, tokens)
-        return {request.request_id: token for request, token in zip(requests, tokens)}
+        return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
 
     def prepare_arrays(self, step: SchedulerOutput) -> StepArrays:
         """Drops the rows of requests preempted this step, then builds the step's inputs (idempotent:
