@@ -77,16 +77,20 @@ def test_calibration_makes_tail_coverage_nominal_per_bin_and_keeps_p50():
 
     rng = np.random.default_rng(2)
     center = rng.uniform(10, 1000, 8000)
-    actual = center * np.exp(rng.normal(0, 0.3 + 0.5 * (center < 300), center.size))  # noisier when short
+    actual = center * np.exp(rng.normal(0, 0.8 - 0.5 * center / 1000, center.size))  # noisier when short
     quantiles = np.stack([center * 0.8, center, center * 1.25], axis=1)  # too narrow everywhere
     levels = (0.1, 0.5, 0.9)
-    calibration = fit_calibration(actual[:4000], quantiles[:4000], levels)
-    calibrated = calibration.apply(quantiles[4000:], levels)
-    np.testing.assert_allclose(calibrated[:, 1], quantiles[4000:, 1], rtol=1e-6)  # the ranking score stays
-    for entry in coverage_by_decile(actual[4000:], calibrated, levels, calibrated[:, 1]):
+    generators = ["sharegpt"] * 7200 + ["alpaca_eval:x"] * 800  # one family with its own table, one pooled
+    calibration = fit_calibration(actual[::2], quantiles[::2], levels, generators[::2])
+    assert set(calibration.tables) == {"*", "sharegpt"}
+    calibrated = calibration.apply(quantiles[1::2], levels, generators[1::2])
+    actual, quantiles = actual[1::2], quantiles[1::2]
+    np.testing.assert_allclose(calibrated[:, 1], quantiles[:, 1], rtol=1e-6)  # the ranking score stays
+    for entry in coverage_by_decile(actual, calibrated, levels, calibrated[:, 1]):
         assert abs(entry["coverage_p10"] - 0.1) < 0.05 and abs(entry["coverage_p90"] - 0.9) < 0.05
     again = type(calibration).from_dict(calibration.to_dict())
-    np.testing.assert_array_equal(again.apply(quantiles, levels), calibration.apply(quantiles, levels))
+    np.testing.assert_array_equal(again.apply(quantiles, levels, generators[1::2]),
+                                  calibration.apply(quantiles, levels, generators[1::2]))
 
 
 def test_content_features_describe_code_urls_tables_and_pasted_documents():

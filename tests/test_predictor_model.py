@@ -97,7 +97,7 @@ def test_train_command_on_synthetic_data_is_deterministic_and_loadable(tmp_path,
     first, second = read_metadata(tmp_path / "a"), read_metadata(tmp_path / "b")
     assert first.model_version == second.model_version  # same seed, same bytes
     assert (tmp_path / "a" / "metadata.json").read_bytes() == (tmp_path / "b" / "metadata.json").read_bytes()
-    assert set(first.quantile_calibration["offsets"]) == {"0.1", "0.9"}  # calibration step (calibration.py)
+    assert set(first.quantile_calibration["*"]["offsets"]) == {"0.1", "0.9"}  # calibration step (calibration.py)
     assert first.seed == 3 and first.feature_names[: features.NUM_FEATURES] == features.FEATURE_NAMES
     assert first.generators == ("sharegpt",) and first.default_generator == "sharegpt"
     assert set(first.data_files_sha256) == {SHAREGPT_FILE}

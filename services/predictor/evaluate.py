@@ -40,6 +40,7 @@ class EvalRows:
     generators: tuple[str, ...]  # generator column of each row
     sources: tuple[str, ...]  # split name of each row
     kinds: tuple[frozenset[str], ...] = ()  # prompt kinds of each row (prompt_kinds.py); () = not split by kind
+    group_ids: tuple[str, ...] = ()  # split group of each row (training rows only; for out-of-fold folds)
 
 
 @dataclass(frozen=True)

@@ -135,14 +135,17 @@ class LengthModel:
         """Execution providers of the ONNX Runtime session, preferred first."""
         return list(self._session.get_providers())
 
-    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean [n], quantiles [n, num_levels]) in tokens, floored and monotone, from input rows."""
+    def predict_matrix(self, matrix: np.ndarray, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [n], quantiles [n, num_levels]) in tokens, floored and monotone, from input rows; the
+        calibration step applied unless raw (the trees' own quantiles, which training calibrates)."""
         matrix = np.ascontiguousarray(matrix, dtype=np.float32)
         outputs = self._session.run(self._output_names, {INPUT_NAME: matrix})
         mean_tokens = np.maximum(outputs[0].reshape(-1), MIN_TOKENS)
         quantile_tokens = np.concatenate([output.reshape(-1, 1) for output in outputs[1:]], axis=1)
-        if self.calibration is not None:
-            quantile_tokens = self.calibration.apply(quantile_tokens, self.metadata.quantile_levels)
+        if self.calibration is not None and not raw:
+            generators = self.layout.generators
+            rows_generators = [generators[index] for index in np.argmax(matrix[:, -len(generators):], axis=1)]
+            quantile_tokens = self.calibration.apply(quantile_tokens, self.metadata.quantile_levels, rows_generators)
         return mean_tokens, make_monotone(quantile_tokens)
 
     def generator_for(self, served_model: str, default: str = "") -> str:

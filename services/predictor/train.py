@@ -60,7 +60,7 @@ class TrainSettings:
     num_threads: int = 2  # XGBoost and ONNX Runtime threads
     max_trees: int = 600  # boosting rounds per head (fewer with early stopping)
     max_depth: int = 6  # depth of each tree
-    calibrate: bool = True  # shift p10 / p90 per bin of predicted p50 on the early-stopping rows (calibration.py)
+    calibrate: bool = True  # shift p10 / p90 per family and bin of predicted p50 (calibration*.py)
     ranking_weight: float = 0.0  # encoder: pairwise ranking loss next to regression (finetune_loss.py)
     soft_pair_weight: float = 0.0  # encoder: soft pairs from AlpacaEval's length-only generators
     content_features: bool = False  # add the content columns (content_features.py: code, URLs, tables, pastes)
@@ -158,6 +158,7 @@ def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> Ev
         sources=sources,
         kinds=tuple(frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start))
                     for e in raw.examples),
+        group_ids=tuple(e.group_id for e in raw.examples),
     )
 
 
@@ -324,10 +325,7 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     if settings.calibrate:
-        from services.predictor.calibration import fit_calibration
-
-        calibration = fit_calibration(valid_rows.actual_tokens, model.predict_matrix(valid_rows.matrix)[1],
-                                      QUANTILE_LEVELS)
+        calibration = _calibration(settings, fit_rows, valid_rows, model, progress)
         metadata = _metadata(settings, layout, loaded.default_generator, payloads,
                              extra | {"quantile_calibration": calibration.to_dict()})
         write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
@@ -340,6 +338,20 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     return metadata
 
 
+def _calibration(settings: TrainSettings, fit_rows: EvalRows, valid_rows: EvalRows, model, progress: Progress):
+    """The calibration step's table (calibration.py) from out-of-fold quantiles of the fit rows and the
+    final trees' quantiles of the early-stopping rows (neither fitted by the trees that predict them)."""
+    from services.predictor.artifact import quantile_output_name
+    from services.predictor.calibration import fit_calibration
+    from services.predictor.calibration_train import out_of_fold_quantiles
+
+    names = [quantile_output_name(level) for level in QUANTILE_LEVELS]
+    fit_quantiles = out_of_fold_quantiles(settings.tree_settings(), fit_rows, valid_rows, names, progress)
+    rows = _concat(fit_rows, valid_rows)
+    quantiles = np.concatenate([fit_quantiles, model.predict_matrix(valid_rows.matrix, raw=True)[1]])
+    return fit_calibration(rows.actual_tokens, quantiles, QUANTILE_LEVELS, rows.generators)
+
+
 def _concat(first: EvalRows, second: EvalRows) -> EvalRows:
     return EvalRows(
         matrix=np.concatenate([first.matrix, second.matrix]),
@@ -348,4 +360,5 @@ def _concat(first: EvalRows, second: EvalRows) -> EvalRows:
         generators=first.generators + second.generators,
         sources=first.sources + second.sources,
         kinds=first.kinds + second.kinds,
+        group_ids=first.group_ids + second.group_ids,
     )
