@@ -125,6 +125,7 @@ def calibration_by_split(
                     actual, quantiles[selected], quantile_levels, quantiles[selected, p50_column]),
             }
             for name, quantiles in predictions.quantile_tokens.items()
+            if name != BASELINE_TRAIN_MEDIAN  # a constant: its deciles of prediction are one bin
         }
     return result
 

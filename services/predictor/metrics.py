@@ -133,6 +133,5 @@ def coverage_by_decile(
                  "median_actual_tokens": float(np.median(actual[chunk]))}
         for column, level in enumerate(quantile_levels):
             entry[f"coverage_p{round(level * 100)}"] = float(np.mean(actual[chunk] <= quantile_tokens[chunk, column]))
-            entry[f"median_p{round(level * 100)}_tokens"] = float(np.median(quantile_tokens[chunk, column]))
         bins.append({name: round(value, 4) for name, value in entry.items()})
     return bins
