@@ -9,7 +9,7 @@ hardware runs well, here applied to launch overhead: ~12 launches per layer beco
 Padding rows: token 0 at position 0, slot -1 (the cache write skips negative slots, see
 AttentionMetadata), context length 1 over block 0 (a valid block; its output rows are dropped).
 Attention is captured with max_seq_len = max_model_len, so the kernels' launch plan covers every
-context a replay may see. Mixed steps (any prefill chunk), larger batches and CPU run eagerly;
+context a replay may see (graphs need the CUDA attention backend: the torch reference is eager only). Mixed steps (any prefill chunk), larger batches and CPU run eagerly;
 `--enforce-eager` turns graphs off.
 """
 
@@ -22,6 +22,7 @@ import torch
 
 from services.engine.attention import AttentionMetadata
 from services.engine.input_batch import StepArrays
+from services.engine.kernels.backend import AttentionBackendKind
 
 if TYPE_CHECKING:
     from services.engine.model_runner import ModelRunner
@@ -43,8 +44,13 @@ class DecodeGraphs:
 
     @classmethod
     def create(cls, runner: "ModelRunner", max_num_seqs: int, max_model_len: int, enforce_eager: bool):
-        """Captured graphs on CUDA; None (eager only) on CPU or with enforce_eager."""
+        """Captured graphs on CUDA with our kernels; None (eager only) on CPU, with enforce_eager, or
+        when attention runs through the torch reference (it reads host lists per step and would
+        write the padding rows' slot -1, so it cannot be captured)."""
         if enforce_eager or runner.device.type != "cuda":
+            return None
+        if runner.attention.kind is not AttentionBackendKind.CUDA:
+            log.info("CUDA graphs off: attention backend is %s", runner.attention.kind.value)
             return None
         graphs = cls(runner, max_num_seqs, max_model_len)
         graphs.capture()
@@ -64,9 +70,12 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(size, width, dtype=torch.int32, device=device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
+        # Each graph's metadata (and the launch plan's device tensors in it) must outlive the graph:
+        # a replay reads their memory at the addresses captured.
+        self._metadata: dict[int, AttentionMetadata] = {}
         self.num_replays = 0
 
-    def _metadata(self, size: int) -> AttentionMetadata:
+    def _metadata_for(self, size: int) -> AttentionMetadata:
         metadata = AttentionMetadata(
             slot_mapping=self.slot_mapping[:size],
             query_start_loc=self.query_start_loc[: size + 1],
@@ -85,7 +94,7 @@ class DecodeGraphs:
         self.runner.decoder.rope.ensure(self.max_model_len)
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
-            metadata = self._metadata(size)
+            metadata = self._metadata[size] = self._metadata_for(size)
             inputs = (self.input_ids[:size], self.positions[:size], metadata)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

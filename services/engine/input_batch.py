@@ -138,21 +138,17 @@ class InputBatch:
     def record_sampled(self, arrays: StepArrays, token_ids: list[int]) -> None:
         """Writes each sampled token (sample_indices order) after its request's tokens.
 
-        A sampling chunk catches its request up, so its row holds exactly seq_len tokens (synced in
-        prepare): the token goes at position seq_len. A row that is not caught up is left alone."""
+        A sampling chunk catches its request up, and prepare() synced the row to it, so the row holds
+        exactly seq_len tokens: the token goes at position seq_len (a row never runs ahead)."""
         if not token_ids:
             return
         indices = arrays.sample_indices
         rows = arrays.rows[indices]
         positions = np.asarray(arrays.seq_lens_host)[indices]
-        num_tokens = self._num_tokens
-        caught_up = np.fromiter((num_tokens[row] for row in rows.tolist()), np.int64, len(rows)) == positions
-        if not caught_up.all():
-            rows, positions = rows[caught_up], positions[caught_up]
-            token_ids = np.asarray(token_ids)[caught_up]
-        if len(rows) and int(positions.max()) >= self.token_ids.shape[1]:
+        if int(positions.max()) >= self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, int(positions.max()) + 1)
         self.token_ids[rows, positions] = token_ids
+        num_tokens = self._num_tokens
         for row in rows.tolist():
             num_tokens[row] += 1
 
