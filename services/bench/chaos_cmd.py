@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import pathlib
 import tempfile
@@ -25,6 +26,7 @@ import time
 
 from services.bench.chaos_phases import PHASES, run_phase
 from services.bench.results import build_report, write_report
+from services.common import run_info
 
 HELP = "kill -9 of each service under load, overload, abort storm, huge inputs, drain, fuzzing"
 DEFAULT_OUTPUT = pathlib.Path("docs/benchmarks/reliability/chaos.json")
@@ -38,7 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fuzz-cases", type=int, default=10_000, help="fuzz cases per service")
     parser.add_argument("--overload-s", type=float, default=20.0, help="seconds of each open-loop overload level")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--update", action="store_true",
+        help="keep the other phases of an existing --output file (each phase records its own time and commit)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _existing_phases(path: pathlib.Path) -> dict:
+    return dict(json.loads(path.read_text())["phases"]) if path.exists() else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,12 +57,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"alise bench chaos: error: unknown phases {unknown}; known: {list(PHASES)}")
     config = {"phases": phases, "aborts": args.aborts, "fuzz_cases": args.fuzz_cases, "overload_s": args.overload_s}
-    figures: dict[str, object] = {}
+    figures: dict[str, object] = _existing_phases(args.output) if args.update else {}
     log_root = pathlib.Path(tempfile.mkdtemp(prefix="alise-chaos-"))
     print(f"logs: {log_root}", flush=True)
     for phase in phases:
         began_s = time.monotonic()
         figures[phase] = asyncio.run(run_phase(phase, args, log_root / phase))
+        figures[phase]["measured"] = {
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": run_info.git_info().get("commit"), "config": config,
+        }
         print(f"== {phase} ({time.monotonic() - began_s:.1f} s)\n{json.dumps(figures[phase], indent=2)}", flush=True)
     path = write_report(args.output, build_report("chaos", config, {"phases": figures}))
     print(f"saved {path}")

@@ -32,7 +32,7 @@ class SoakResult:
     num_tokens: int  # tokens received, all streams
     num_replayed: int
     num_mismatched: int  # replays whose tokens differ from the original
-    first_mismatch: str  # index and first differing position, "" when none
+    mismatches: list[dict]  # the first few: index, first differing position, lengths, preemptions seen
     engine_blocks_used_after: dict[str, int]
     host_blocks_used_after: int
     ledger_consistent: bool
@@ -94,14 +94,18 @@ async def soak(
     pairs = await replay(stub, outcomes, shape.concurrency, shape.timeout_s)
     mismatched = [(o, r) for o, r in pairs if o.token_ids != r.token_ids or r.code != "OK"]
     engine_blocks, host_blocks, consistent = await _until_free(stack, timeout_s=30.0)
-    first = ""
-    if mismatched:
-        original, again = mismatched[0]
-        first = f"stream {original.index} differs at token {_first_difference(original.token_ids, again.token_ids)}"
+    details = [
+        {
+            "index": o.index, "first_difference": _first_difference(o.token_ids, r.token_ids),
+            "num_tokens": len(o.token_ids), "num_replay_tokens": len(r.token_ids), "replay_code": r.code,
+            "max_tokens": o.max_tokens, "prompt_words": len(o.prompt.split()),
+        }
+        for o, r in mismatched[:5]
+    ]
     return SoakResult(
         duration_s=duration_s, concurrency=shape.concurrency, num_streams=len(outcomes), codes=count_codes(outcomes),
         num_tokens=sum(len(o.token_ids) for o in outcomes), num_replayed=len(pairs), num_mismatched=len(mismatched),
-        first_mismatch=first, engine_blocks_used_after=engine_blocks, host_blocks_used_after=host_blocks,
+        mismatches=details, engine_blocks_used_after=engine_blocks, host_blocks_used_after=host_blocks,
         ledger_consistent=consistent,
         rss_growth={name: rss_after[name] / rss_before[name] - 1.0 for name in services},
         num_swapped_out=sum(after[n].num_swapped_out - before[n].num_swapped_out for n in after),

@@ -112,7 +112,7 @@ async def start_server(
     in_flight = InFlightCalls()
     server = grpc.aio.server(
         interceptors=[DecodeGuardInterceptor(), in_flight, StatusMappingInterceptor(), *interceptors],
-        options=(*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_receive_message_bytes)),
+        options=_server_options(max_receive_message_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     register(server)
@@ -133,6 +133,12 @@ async def start_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d", ", ".join(service_names), host, bound_port)
     return RunningServer(server, bound_port, host, health_servicer, tuple(service_names), in_flight)
+
+
+def _server_options(max_receive_message_bytes: int) -> tuple[tuple[str, int], ...]:
+    """SERVER_OPTIONS with the receive limit replaced (gRPC takes the first of duplicate keys)."""
+    options = tuple(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length")
+    return (*options, ("grpc.max_receive_message_length", max_receive_message_bytes))
 
 
 @dataclass
