@@ -114,3 +114,30 @@ def test_the_cuda_graph_path_is_never_built_on_cpu():
     runner = _runner(torch.float32)
     assert runner.graphs is None
     assert ModelRunner(runner.model, KvBlockManager(8, 8), 8, enforce_eager=False).graphs is None
+
+
+def test_decode_graph_sizes_pad_up_and_only_decode_only_steps_qualify():
+    from services.engine.cuda_graphs import DecodeGraphs
+    from services.engine.input_batch import InputBatch
+
+    runner = _runner(torch.float32)
+    graphs = DecodeGraphs(runner, max_num_seqs=20, max_model_len=256)  # buffers only: capture needs CUDA
+    assert graphs.sizes == [1, 2, 4, 8, 16, 20]
+    batch = InputBatch(8, CPU)
+    options = SamplingOptions(max_tokens=4, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True)
+
+    def arrays_of(num_decodes: int, prefill_tokens: int = 0, context: int = 9):
+        requests = [Request(f"r{i}", list(range(3, 3 + context)), options, 0.0, 1.0) for i in range(num_decodes)]
+        for request in requests:
+            request.num_computed_tokens = context - 1
+        chunks = [ScheduledChunk(r, 1, True, context) for r in requests]
+        if prefill_tokens:
+            prefill = Request("p", [5] * prefill_tokens, options, 0.0, 1.0)
+            chunks.append(ScheduledChunk(prefill, prefill_tokens, True, prefill_tokens))
+        return batch.prepare(chunks, lambda _: list(range(40)))
+
+    assert graphs.size_for(arrays_of(1)) == 1 and graphs.size_for(arrays_of(3)) == 4
+    assert graphs.size_for(arrays_of(17)) == 20
+    assert graphs.size_for(arrays_of(21)) is None  # more decodes than captured
+    assert graphs.size_for(arrays_of(2, prefill_tokens=5)) is None  # a mixed step runs eagerly
+    assert graphs.size_for(arrays_of(2, context=257)) is None  # past max_model_len
