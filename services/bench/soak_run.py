@@ -5,9 +5,13 @@
     prompt, max_tokens and seed -> compare token ids exactly -> every block and slot free? ledger
     consistent? RSS growth?
 
-A stream's tokens depend only on its prompt, seed and the model (seeded sampling per request), not
-on what else shares its batch, preemptions or swaps; so a replay that differs is a lost, duplicated
-or reordered token, or a corrupted KV restore.
+A stream's draws depend only on its seed and token position (services/engine/sampler.py), and with
+ignore_eos its length is max_tokens: a stream of another length lost or duplicated tokens. A replay
+of the right length whose tokens differ from some position on is a different sample: a reordered
+or corrupted token, or logits that moved in their last bits (measured on CPU: the engine's logits
+are not batch-invariant; greedy replays of the random tiny model, whose logits are nearly flat,
+differ at once, sampled ones at temperature 0.8 in ~0.3% of streams, and in 0 of 489 without
+preemption), so the figure is reported as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class SoakResult:
     num_tokens: int  # tokens received, all streams
     num_replayed: int
     num_mismatched: int  # replays whose tokens differ from the original
+    num_wrong_length: int  # streams (original or replay) with a token count != max_tokens: lost or duplicated tokens
     mismatches: list[dict]  # the first few: index, first differing position, lengths, preemptions seen
     engine_blocks_used_after: dict[str, int]
     host_blocks_used_after: int
@@ -105,6 +110,7 @@ async def soak(
     return SoakResult(
         duration_s=duration_s, concurrency=shape.concurrency, num_streams=len(outcomes), codes=count_codes(outcomes),
         num_tokens=sum(len(o.token_ids) for o in outcomes), num_replayed=len(pairs), num_mismatched=len(mismatched),
+        num_wrong_length=sum(len(o.token_ids) != o.max_tokens or len(r.token_ids) != r.max_tokens for o, r in pairs),
         mismatches=details, engine_blocks_used_after=engine_blocks, host_blocks_used_after=host_blocks,
         ledger_consistent=consistent,
         rss_growth={name: rss_after[name] / rss_before[name] - 1.0 for name in services},
