@@ -12,8 +12,8 @@ import json
 import socket
 import time
 
-import requests
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

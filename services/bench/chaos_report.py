@@ -70,7 +70,8 @@ def _other_rows(phases: dict) -> list[Row]:
                      + ' "deadline cannot be met: predicted completion in ..."', f"answered p99 {d['probe_answer_p99_s'] * 1e3:.0f} ms",
                      "nothing (refused before any work)"))
     for size, figures in sorted(phases.get("huge", {}).items()):
-        rows.append((f"{size.replace('_mb', ' MB')} prompt", f"{figures['code']} (checked before tokenizing)",
+        how = "over the gRPC size limit" if figures["code"] == "RESOURCE_EXHAUSTED" else "checked before tokenizing"
+        rows.append((f"{size.replace('_mb', ' MB')} prompt", f"{figures['code']} ({how})",
                      f"{figures['seconds']:.2f} s; gateway RSS {figures['gateway_rss_before_mb']:.0f} -> "
                      f"{figures['gateway_rss_2s_later_mb']:.0f} MB", "-"))
     if "aborts" in phases:

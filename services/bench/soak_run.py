@@ -50,7 +50,7 @@ class SoakResult:
 
 
 def _first_difference(original: list[int], replay: list[int]) -> int:
-    for position, (a, b) in enumerate(zip(original, replay)):
+    for position, (a, b) in enumerate(zip(original, replay, strict=False)):
         if a != b:
             return position
     return min(len(original), len(replay))

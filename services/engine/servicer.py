@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import AlreadyExists, NotReady, Overloaded
 from services.engine.admission import build_request

@@ -23,8 +23,8 @@ from services.common.contracts import gateway_service_pb2_grpc
 from services.common.errors import NotReady
 from services.common.server import GRPC_OPTIONS, ServiceHandle, start_server
 from services.common.tls import TlsFiles, secure_or_insecure_channel
-from services.gateway.auth import ApiKeyInterceptor, ApiKeys
 from services.gateway.admission import InFlightLimit
+from services.gateway.auth import ApiKeyInterceptor, ApiKeys
 from services.gateway.config import GatewayConfig
 from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter

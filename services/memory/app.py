@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from services.common.contracts import memory_service_pb2, memory_service_pb2_grpc
 from services.common.metrics_server import serve_metrics
 from services.common.server import ServiceHandle, start_server
 from services.memory.config import MemoryConfig
-from pathlib import Path
-
 from services.memory.eviction_policy import PlanSettings
 from services.memory.host_region import HostRegion, default_region_path
 from services.memory.ledger import KvLedger

@@ -16,7 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from services.memory.eviction_policy import Action, Decision, DroppableEntry, KvCodec, PlanSettings, Victim, plan_eviction
+from services.memory.eviction_policy import (
+    Action,
+    Decision,
+    DroppableEntry,
+    KvCodec,
+    PlanSettings,
+    Victim,
+    plan_eviction,
+)
 from services.memory.host_region import HostRegion
 from services.memory.host_tier import HostTier, HostTierError, RecordKey, RecordState, SwapRecord
 from services.memory.ledger import EngineRegistration, KvLedger, UnknownEngine
