@@ -8,7 +8,8 @@ own scheduler and KV cache with identical requests:
     after   the engine's ModelRunner: persistent input batch, fused decoder, batched sampling
 
 Workloads: 1, 64 and 256 running decodes (64-token prompts), each without and with one new request
-whose 2,048-token prompt is prefilled in the same step. Phases per step: schedule, prepare, launch
+whose 2,048-token prompt is prefilled in the same step; and the largest batch with every decode
+sampled (temperature 0.8, top-k 50, top-p 0.9), where the old sampler loops over rows. Phases per step: schedule, prepare, launch
 (the decoder's forward and LM head), sample, update. Host time = thread CPU time of the phase minus
 the thread CPU time spent inside operators (measured with a TorchDispatchMode on alternate steps):
 on CPU a kernel runs in the calling thread, so what is left is Python, dispatch and bookkeeping.
@@ -44,6 +45,7 @@ PHASES = ("schedule", "prepare", "launch", "sample", "update")
 PROMPT_TOKENS = 64  # prompt of each decoding request
 CHUNK_TOKENS = 2048
 BLOCK_SIZE = 16
+SAMPLED_TEMPERATURE = 0.8  # a workload with every decode sampled (top-k 50, top-p 0.9): the sampler's case
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class PathFigures:
     path: str  # before | after
     num_decodes: int
     chunk_tokens: int
+    temperature: float  # of every decoding request: 0 = greedy, else with top-k 50 and top-p 0.9
     host_ms: dict[str, float]  # per phase, median host time
     attention_ms: float  # thread time in the CPU reference attention (Python + operators; one launch on CUDA)
     operators_ms: float  # time inside the other operators (prepare + launch + sample)
@@ -75,7 +78,9 @@ def _request(request_id: str, prompt: list[int], max_tokens: int, temperature: f
 class _Path:
     """One path's scheduler, runner and timed step."""
 
-    def __init__(self, name: str, model, num_decodes: int, chunk: bool, config: StepConfig) -> None:
+    def __init__(
+        self, name: str, model, num_decodes: int, chunk: bool, config: StepConfig, temperature: float = 0.0
+    ) -> None:
         self.name, self.chunk = name, chunk
         self.vocab_size = model.config.vocab_size
         steps = config.num_steps + config.num_warmup_steps + 2
@@ -89,7 +94,7 @@ class _Path:
         rng = np.random.default_rng(config.seed)
         for index in range(num_decodes):
             prompt = rng.integers(3, self.vocab_size, PROMPT_TOKENS).tolist()
-            self.scheduler.add(_request(f"d{index}", prompt, 10_000, 0.0))
+            self.scheduler.add(_request(f"d{index}", prompt, 10_000, temperature))
         self.scheduler.limits = SchedulerLimits(num_decodes + 1, num_decodes + CHUNK_TOKENS, 8192)
         self.rng, self.num_chunks = rng, 0
         self.clock_ns = clock_cost_ns()
@@ -197,9 +202,11 @@ def calibrate_timer_overhead_ns(model, name: str, config: StepConfig, repeats: i
     return max(0.0, (float(np.median(timed)) - float(np.median(plain))) / calls) if calls else 0.0
 
 
-def measure(model, name: str, num_decodes: int, chunk: bool, config: StepConfig, overhead_ns: float) -> PathFigures:
+def measure(
+    model, name: str, num_decodes: int, chunk: bool, config: StepConfig, overhead_ns: float, temperature: float = 0.0
+) -> PathFigures:
     """Median host ms per phase over the measured steps (the sample phase is timed on every other step)."""
-    path = _Path(name, model, num_decodes, chunk, config)
+    path = _Path(name, model, num_decodes, chunk, config, temperature)
     path.prefill()
     steps = [path.step(overhead_ns, index % 2 == 1) for index in range(config.num_warmup_steps + config.num_steps)]
     steps = steps[config.num_warmup_steps :]
@@ -211,7 +218,7 @@ def measure(model, name: str, num_decodes: int, chunk: bool, config: StepConfig,
     host = {phase: host[phase] for phase in PHASES}
     operators = median("operators", steps) + median("sample_operators", timed)
     return PathFigures(
-        name, num_decodes, CHUNK_TOKENS if chunk else 0, host, median("attention", steps), operators,
+        name, num_decodes, CHUNK_TOKENS if chunk else 0, temperature, host, median("attention", steps), operators,
         sum(host.values()),
     )
 
@@ -265,16 +272,18 @@ def count_decode_operators(seed: int, num_decodes: int = 8) -> dict[str, dict]:
 
 def run_benchmark(config: StepConfig) -> dict:
     torch.set_num_threads(1)
+
     def load() -> torch.nn.Module:
         return load_model(DUMMY_TINY_MODEL, dtype=torch.float32, device=torch.device("cpu"), seed=config.seed).model
 
     overhead_ns = {name: calibrate_timer_overhead_ns(load(), name, config) for name in ("before", "after")}
     paths = []
-    for num_decodes in config.num_decodes:
-        for chunk in (False, True):
-            for name in ("before", "after"):  # side by side: the same workload, one after the other
-                paths.append(measure(load(), name, num_decodes, chunk, config, overhead_ns[name]))
-                _print_row(paths[-1])
+    workloads = [(n, chunk, 0.0) for n in config.num_decodes for chunk in (False, True)]
+    workloads.append((max(config.num_decodes), False, SAMPLED_TEMPERATURE))  # the sampler's own difference
+    for num_decodes, chunk, temperature in workloads:
+        for name in ("before", "after"):  # side by side: the same workload, one after the other
+            paths.append(measure(load(), name, num_decodes, chunk, config, overhead_ns[name], temperature))
+            _print_row(paths[-1])
     operators = count_decode_operators(config.seed)
     goals = _goals(paths, operators)
     return {"timer_overhead_ns_per_call": overhead_ns, "paths": paths, "operators_per_decode_step": operators,
@@ -282,7 +291,7 @@ def run_benchmark(config: StepConfig) -> dict:
 
 
 def _goals(paths: list[PathFigures], operators: dict) -> dict:
-    after = {(p.num_decodes, p.chunk_tokens): p.total_host_ms for p in paths if p.path == "after"}
+    after = {(p.num_decodes, p.chunk_tokens): p.total_host_ms for p in paths if p.path == "after" and not p.temperature}
     return {
         "host_ms_256_decodes_plus_chunk": {"goal": 1.0, "after": after.get((256, CHUNK_TOKENS))},
         "host_ms_256_decodes": {"goal": 0.3, "after": after.get((256, 0))},
@@ -293,7 +302,7 @@ def _goals(paths: list[PathFigures], operators: dict) -> dict:
 def _print_row(figures: PathFigures) -> None:
     host = figures.host_ms
     print(
-        f"{figures.num_decodes:>7} {figures.chunk_tokens:>6} {figures.path:<7}"
+        f"{figures.num_decodes:>7} {figures.chunk_tokens:>6} {figures.temperature:>5} {figures.path:<7}"
         + "".join(f" {host[phase]:>8.3f}" for phase in PHASES)
         + f" {figures.total_host_ms:>8.3f} {figures.attention_ms:>10.2f} {figures.operators_ms:>10.2f}",
         flush=True,
@@ -314,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     num_decodes = tuple(int(n) for n in args.num_decodes.split(",") if n)
     config = StepConfig(num_decodes, args.num_steps, args.num_warmup_steps, 32, args.seed)
     print("host ms per step (thread CPU time outside operators), tiny model, 1 thread; attention = CPU reference")
-    print(f"{'decodes':>7} {'chunk':>6} {'path':<7}" + "".join(f" {p:>8}" for p in PHASES)
+    print(f"{'decodes':>7} {'chunk':>6} {'temp':>5} {'path':<7}" + "".join(f" {p:>8}" for p in PHASES)
           + f" {'host':>8} {'attention':>10} {'operators':>10}")
     report = run_benchmark(config)
     for name, counts in report["operators_per_decode_step"].items():
