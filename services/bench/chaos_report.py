@@ -69,7 +69,9 @@ def _other_rows(phases: dict) -> list[Row]:
         rows.append((f"deadline {d['probe_deadline_s']:g} s that the queue cannot meet", _codes(d["probe_codes"])
                      + ' "deadline cannot be met: predicted completion in ..."', f"answered p99 {d['probe_answer_p99_s'] * 1e3:.0f} ms",
                      "nothing (refused before any work)"))
-    for size, figures in sorted(phases.get("huge", {}).items()):
+    for size, figures in sorted(phases.get("huge", {}).items(), key=lambda item: len(item[0])):
+        if not size.endswith("_mb"):
+            continue  # "measured": when and at which commit the phase ran
         how = "over the gRPC size limit" if figures["code"] == "RESOURCE_EXHAUSTED" else "checked before tokenizing"
         rows.append((f"{size.replace('_mb', ' MB')} prompt", f"{figures['code']} ({how})",
                      f"{figures['seconds']:.2f} s; gateway RSS {figures['gateway_rss_before_mb']:.0f} -> "
@@ -96,9 +98,12 @@ def _soak_row(soak: dict) -> Row:
     growth = max(soak["rss_growth"].values())
     leaked = sum(soak["engine_blocks_used_after"].values()) + soak["host_blocks_used_after"]
     return (f"soak {soak['duration_s'] / 60:.1f} min, {soak['concurrency']} streams + bursts",
-            f"{_codes(soak['codes'])}; {soak['num_replayed']:,} replays, {soak['num_mismatched']} differ",
-            f"{soak['num_tokens']:,} tokens, {soak['num_swapped_out']} swap-outs; RSS growth <= {growth * 100:.1f} %",
-            f"{soak['num_mismatched']} tokens lost/duplicated/reordered, {leaked} blocks or slots leaked")
+            f"{_codes(soak['codes'])}; every stream exactly max_tokens long in {soak['num_wrong_length']} exceptions; "
+            f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
+            f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
+            f"swap-outs; RSS growth <= {growth * 100:.1f} %",
+            f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked; "
+            "divergent replays: resampling on logits moved by int8 swaps and batch numerics")
 
 
 def table(chaos: dict | None, soak: dict | None) -> str:
