@@ -1,0 +1,89 @@
+"""The bookkeeping behind the reliability behaviours, without servers: restart budget, the gateway's
+in-flight limit, the engine's admission (caps and predicted completion) and the memory ledger's
+expiry of silent engines."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from services.cli.restart_policy import RestartBudget, RestartSettings
+from services.cli.stack_plan import ChildSpec, with_port
+from services.common.errors import Overloaded
+from services.engine.admission_control import AdmissionControl, AdmissionLimits, QueueProfile
+from services.gateway.admission import InFlightLimit
+from services.memory.ledger import EngineRegistration, KvBlockLayout, KvDtype, KvLedger
+
+
+def test_restart_backoff_doubles_and_repeated_deaths_in_the_window_give_up():
+    budget = RestartBudget(RestartSettings(max_restarts=3, window_s=10.0, initial_backoff_s=0.5, max_backoff_s=1.5))
+    assert [budget.on_death("engine", t) for t in (0.0, 1.0, 2.0)] == [0.5, 1.0, 1.5]
+    assert budget.on_death("engine", 3.0) is None  # a 4th death within 10 s
+    assert budget.on_death("predictor", 3.0) == 0.5  # counted per child
+    assert budget.on_death("engine", 20.0) == 0.5  # the old deaths left the window
+
+
+def test_a_restarted_child_keeps_its_port():
+    spec = ChildSpec("engine", ("python", "-m", "services.engine", "--port", "0", "--x"), (("--memory-address", "m"),))
+    assert with_port(spec, 41234).argv == ("python", "-m", "services.engine", "--port", "41234", "--x")
+
+
+def test_in_flight_limit_rejects_at_once_and_gives_places_back_on_any_exit():
+    limit = InFlightLimit(2)
+    with limit.admit(), limit.admit():
+        with pytest.raises(Overloaded, match="2 requests in flight, the limit is 2"):
+            with limit.admit():
+                pass
+    with pytest.raises(RuntimeError):
+        with limit.admit():
+            raise RuntimeError("a failed generation")
+    assert limit.num_in_flight == 0 and limit.num_rejected == 1
+
+
+def _profile(remaining: list[float], *, shortest_first: bool = True, s_per_token: float = 0.01) -> QueueProfile:
+    remaining = sorted(remaining)
+    return QueueProfile(
+        tuple(remaining), tuple(itertools.accumulate(remaining)), shortest_first, s_per_token,
+        decode_step_s=0.05, prefill_s_per_token=0.0, taken_at_s=0.0,
+    )
+
+
+def test_predicted_finish_counts_only_the_work_ranked_ahead():
+    profile = _profile([10.0, 20.0, 1000.0, 2000.0])
+    ahead_s, own_s = profile.predicted_finish_s(own_tokens=50.0, num_prompt_tokens=0)
+    assert own_s == pytest.approx(50 * 0.05)  # its own decode, one token per step
+    assert ahead_s == pytest.approx(0.0)  # 30 tokens ahead + 50 own at 0.01 s/token < 2.5 s own
+    fcfs = _profile([10.0, 20.0, 1000.0, 2000.0], shortest_first=False)
+    ahead_s, own_s = fcfs.predicted_finish_s(own_tokens=50.0, num_prompt_tokens=0)
+    assert ahead_s + own_s == pytest.approx((3030 + 50) * 0.01)  # everything queued is ahead
+    assert _profile([], s_per_token=0.0).predicted_finish_s(50.0, 0) is None  # nothing measured yet
+
+
+def test_admission_caps_requests_and_prompt_tokens_and_refuses_hopeless_deadlines():
+    control = AdmissionControl(AdmissionLimits(max_live_requests=2, max_live_prompt_tokens=100, deadline_slack=1.0))
+    empty = _profile([], s_per_token=0.0)
+    control.admit("a", 60, 10.0, None, empty)
+    with pytest.raises(Overloaded, match="prompt tokens queued"):
+        control.admit("b", 50, 10.0, None, empty)
+    control.admit("b", 40, 10.0, None, empty)
+    with pytest.raises(Overloaded, match="2 live requests"):
+        control.admit("c", 1, 10.0, None, empty)
+    control.release("a")
+    control.release("a")  # idempotent
+    assert control.num_live == 1 and control.num_live_prompt_tokens == 40
+    busy = _profile([100.0] * 50, shortest_first=False)  # 5,000 tokens ahead at 0.01 s: 50 s
+    with pytest.raises(Overloaded, match="deadline cannot be met"):
+        control.admit("d", 10, 10.0, 5.0, busy)
+    control.admit("e", 10, 10.0, 60.0, busy)  # 50.1 s of work fits a 60 s deadline
+
+
+def test_the_ledger_names_engines_silent_for_too_long():
+    now = [0.0]
+    ledger = KvLedger(host_tier_capacity_bytes=0, host_tier_block_bytes=1024, stale_after_s=1.0, clock=lambda: now[0])
+    layout = KvBlockLayout(16, 2, 2, 8, KvDtype.FLOAT32, 16 * 2 * 2 * 8 * 4 * 2)
+    for engine_id in ("a", "b"):
+        ledger.register(EngineRegistration(engine_id, "127.0.0.1:1", "m", 8, layout))
+    now[0] = 5.0
+    assert ledger.silent_engines(3.0) == ["a", "b"]
+    assert ledger.silent_engines(10.0) == []
