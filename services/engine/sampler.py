@@ -58,35 +58,49 @@ class SamplingParams:
 def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """logits [rows, vocab] (any float dtype) -> int64 [rows] token ids, on the logits' device."""
     logits = logits.float()
-    greedy = logits.argmax(dim=-1)
     sampled_rows = params.temperature > 0.0
     if not sampled_rows.any():
-        return greedy
+        return logits.argmax(dim=-1)
     device, vocab = logits.device, logits.shape[-1]
+    # The argmax only where a row is greedy (on CPU it costs as much as the softmax).
+    tokens = torch.empty(len(sampled_rows), dtype=torch.long, device=device)
+    if not sampled_rows.all():
+        greedy = torch.from_numpy(np.flatnonzero(~sampled_rows)).to(device)
+        tokens.index_copy_(0, greedy, logits.index_select(0, greedy).argmax(dim=-1))
     limited = (params.top_k > 0) & (params.top_k <= vocab)
     plain = sampled_rows & ~limited & (params.top_p >= 1.0)  # no filter: the whole distribution
     filtered = sampled_rows & ~plain
     temperature = torch.from_numpy(np.where(sampled_rows, params.temperature, 1.0).astype(np.float32)).to(device)
     probabilities = torch.softmax(logits / temperature[:, None], dim=-1)
     uniforms = torch.from_numpy(params.uniforms).to(device)
-    tokens = greedy
     if plain.any():
         rows = torch.from_numpy(np.flatnonzero(plain)).to(device)
-        tokens = tokens.index_copy(0, rows, _draw_unsorted(probabilities[rows], uniforms[rows]))
+        tokens.index_copy_(0, rows, _draw_unsorted(probabilities[rows], uniforms[rows]))
     if filtered.any():
-        rows_host = np.flatnonzero(filtered)
-        rows = torch.from_numpy(rows_host).to(device)
-        top_k = torch.from_numpy(np.where(limited, params.top_k, 0)[rows_host]).to(device)
-        top_p = torch.from_numpy(params.top_p[rows_host]).to(device)
-        num_candidates = min(vocab, max(NUM_CANDIDATES, int(params.top_k[rows_host].max())))
-        candidates, candidate_ids = torch.topk(probabilities[rows], num_candidates, dim=-1)
-        drawn, overflow = _draw_nucleus(candidates, candidate_ids, top_k, top_p, uniforms[rows])
-        if num_candidates < vocab and bool(overflow.any()):  # nucleus may reach past the candidates
-            redo = torch.nonzero(overflow).flatten()
-            ordered, ordered_ids = torch.sort(probabilities[rows[redo]], dim=-1, descending=True)
-            drawn[redo] = _draw_nucleus(ordered, ordered_ids, top_k[redo], top_p[redo], uniforms[rows[redo]])[0]
-        tokens = tokens.index_copy(0, rows, drawn)
+        tokens.index_copy_(0, *_draw_filtered(probabilities, uniforms, params, filtered, limited))
     return tokens
+
+
+def _draw_filtered(probabilities, uniforms, params: SamplingParams, filtered: np.ndarray, limited: np.ndarray):
+    """(rows, tokens) of the rows with top-k and/or top-p, drawn among the top candidates (a full sort
+    for rows whose nucleus may reach past them). When every such row has a top-k, the largest top-k
+    candidates suffice (none can overflow); otherwise NUM_CANDIDATES at least."""
+    device, vocab = probabilities.device, probabilities.shape[-1]
+    rows_host = np.flatnonzero(filtered)
+    rows = torch.from_numpy(rows_host).to(device)
+    if len(rows_host) < len(filtered):
+        probabilities, uniforms = probabilities[rows], uniforms[rows]
+    top_k = torch.from_numpy(np.where(limited, params.top_k, 0)[rows_host]).to(device)
+    top_p = torch.from_numpy(params.top_p[rows_host]).to(device)
+    largest_k = int(params.top_k[rows_host].max())
+    num_candidates = min(vocab, largest_k if limited[rows_host].all() else max(NUM_CANDIDATES, largest_k))
+    candidates, candidate_ids = torch.topk(probabilities, num_candidates, dim=-1)
+    drawn, overflow = _draw_nucleus(candidates, candidate_ids, top_k, top_p, uniforms)
+    if num_candidates < vocab and bool(overflow.any()):  # nucleus may reach past the candidates
+        redo = torch.nonzero(overflow).flatten()
+        ordered, ordered_ids = torch.sort(probabilities[redo], dim=-1, descending=True)
+        drawn[redo] = _draw_nucleus(ordered, ordered_ids, top_k[redo], top_p[redo], uniforms[redo])[0]
+    return rows, drawn
 
 
 def _draw_unsorted(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
