@@ -81,8 +81,11 @@ class ModelRunner:
 
     def logits_of(self, arrays: StepArrays, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits [num_sampling_rows, vocab] at the last position of each sampling request."""
-        starts = arrays.query_start_loc_host
-        last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
+        if len(arrays.sample_indices) == len(arrays.seq_lens_host):  # every request samples: no host list
+            last_rows = arrays.query_start_loc[1:] - 1
+        else:
+            starts = arrays.query_start_loc_host
+            last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
         return self.model.lm_head(hidden.index_select(0, last_rows))
 
     def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> dict[str, int]:
