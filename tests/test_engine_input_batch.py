@@ -161,3 +161,21 @@ def test_an_eos_token_is_recorded_like_any_other():
     batch.record_sampled(arrays, [EOS])
     assert batch.token_ids[batch.row_of("a"), :4].tolist() == [5, 6, 7, EOS]
     assert request.status is RequestStatus.WAITING  # the batch never touches the request
+
+
+def test_the_engine_leaves_no_row_behind_after_finishes_preemptions_and_aborts():
+    from tests.engine_model import greedy, make_core, new_request
+
+    core = make_core(num_blocks=12, block_size=8, token_budget=32)  # 96 positions: preemptions happen
+    prompts = [[5 + i] * (9 + 11 * i) for i in range(5)]
+    for index, prompt in enumerate(prompts):
+        core.add(new_request(f"r{index}", prompt, greedy(12)))
+    for step in range(500):
+        if step == 3:
+            core.abort("r1")
+        core.step()
+        assert core.runner.batch.num_rows <= len(core.scheduler.running)
+        if not core.scheduler.has_work:
+            break
+    assert core.scheduler.num_preemptions > 0
+    assert core.runner.batch.num_rows == 0 and core.scheduler.kv.pool.num_free_blocks == 12
