@@ -113,7 +113,8 @@ def test_content_features_describe_code_urls_tables_and_pasted_documents():
 
 def test_content_layout_adds_its_columns_and_its_input_version():
     from services.predictor.content_features import CONTENT_FEATURE_NAMES
-    from services.predictor.model_inputs import CONTENT_INPUT_VERSION, INPUT_VERSION, InputLayout, build_matrix, lexical_block
+    from services.predictor.model_inputs import (
+        CONTENT_INPUT_VERSION, INPUT_VERSION, InputLayout, build_matrix, lexical_block)
 
     plain, content = InputLayout("", ("a",)), InputLayout("", ("a",), content_features=True)
     assert plain.input_version == INPUT_VERSION and content.input_version == CONTENT_INPUT_VERSION

@@ -7,6 +7,7 @@ first test builds it, ~15 s). Everything else runs on tiny inputs: the whole fil
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -34,6 +35,7 @@ from services.predictor.finetune_train import (  # noqa: E402
     fit_top,
     prompt_table,
     score_rows,
+    with_soft_targets,
 )
 from services.predictor.model import PromptInput  # noqa: E402
 from services.predictor.reload import LoadSettings, PredictorLoader  # noqa: E402
@@ -132,6 +134,22 @@ def test_training_is_deterministic_and_learns(bottom, base, ranking_weight):
     scores = score_rows(model, padded, rows)[:, 0]
     targets = table.log_targets[:, 0]
     assert np.corrcoef(scores, targets)[0, 1] > 0.5  # "say hi" (5 tokens) vs lists (40-800 tokens)
+
+
+def test_soft_pairs_from_many_generators_train_the_alpaca_columns(bottom, base):
+    examples = [dataclasses.replace(e, source="alpaca_eval:g") for e in _examples(24)]
+    table = prompt_table(examples, ["alpaca_eval:g", "sharegpt"])
+    many = {e.prompt_text: np.full(5, float(e.num_output_tokens)) * np.arange(1, 6) for e in examples[:12]}
+    soft = with_soft_targets(table, many, ["alpaca_eval:g", "sharegpt"])
+    assert soft.soft_columns == (0,) and np.isfinite(soft.soft_targets[:12]).all()
+    assert np.isnan(soft.soft_targets[12:]).all()  # prompts without such lengths lend no pairs
+    assert with_soft_targets(table, many, ["sharegpt", "other"]) is table  # no AlpacaEval column: nothing to rank
+    padded = bottom_states(bottom, soft.texts, num_threads=1, progress=lambda line: None)
+    settings = FinetuneSettings(seed=1, num_threads=1, num_epochs=1, batch_size=8, soft_pair_weight=1.0,
+                                ranking_weight=1.0)
+    with deterministic_torch(1):
+        model = fit_top(base, settings, padded, soft, np.arange(len(soft.texts)), lambda line: None, "soft")
+    assert np.isfinite(score_rows(model, padded, np.arange(len(soft.texts)))).all()
 
 
 def _write_sharegpt(data_dir: Path, examples: list[LengthExample]) -> None:

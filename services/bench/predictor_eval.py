@@ -159,7 +159,8 @@ def run_eval(args: argparse.Namespace) -> int:
                    "sha256": data.file_sha256(item.path)} for item in files],
         "excluded_prompts_in": [str(path) for path in args.exclude_prompts_in],
         "calibration_step": predictor.model.calibration is not None,
-        "metrics": metrics, "calibration": calibration, "latency": latency, "machine": machine_info(), "git": git_info(),
+        "metrics": metrics, "calibration": calibration, "latency": latency,
+        "machine": machine_info(), "git": git_info(),
     }
     json_path = args.out_dir / f"{args.name}.json"
     write_json(json_path, report)

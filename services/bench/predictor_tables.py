@@ -61,7 +61,8 @@ def render(reports: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.predictor_tables", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.bench.predictor_tables",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--eval", action="append", required=True, metavar="NAME=PATH",
                         help="a label and an eval JSON file (repeatable; the first gives the rows and baselines)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print it)")

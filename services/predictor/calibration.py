@@ -68,9 +68,11 @@ class QuantileCalibration:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "QuantileCalibration":
-        return cls({family: BinOffsets([float(edge) for edge in table["log_p50_edges"]],
-                                       {level: [float(v) for v in values] for level, values in table["offsets"].items()})
-                    for family, table in raw.items()})
+        return cls({
+            family: BinOffsets([float(edge) for edge in table["log_p50_edges"]],
+                               {level: [float(v) for v in values] for level, values in table["offsets"].items()})
+            for family, table in raw.items()
+        })
 
     def apply(self, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...],
               generators: Sequence[str]) -> np.ndarray:

@@ -2,8 +2,8 @@
 
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
-          [--finetune-folds 3] [--max-examples N] [--no-calibration] [--ranking-weight 0.0]
-          [--soft-pair-weight 0.0] [--content-features]
+          [--finetune-folds 3] [--max-examples N] [--no-calibration] [--ranking-weight 1.0]
+          [--soft-pair-weight 1.0] [--content-features]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
 `alise predictor eval` and `alise predictor bench` measure a model and are benchmarks: they live in
@@ -51,10 +51,11 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--max-depth", type=int, default=6, help="tree depth")
     train.add_argument("--no-calibration", action="store_true",
                        help="keep the trees' p10 / p90 as fitted (no per-bin calibration step)")
-    train.add_argument("--ranking-weight", type=float, default=0.0,
+    train.add_argument("--ranking-weight", type=float, default=1.0,
                        help="weight of the encoder's pairwise ranking loss next to regression (0 = regression only)")
-    train.add_argument("--soft-pair-weight", type=float, default=0.0,
-                       help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators")
+    train.add_argument("--soft-pair-weight", type=float, default=1.0,
+                       help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators "
+                            "(with AlpacaEval generators; 0 = off)")
     train.add_argument("--content-features", action="store_true",
                        help="add content columns: code lines, URLs, tables / JSON, pasted documents")
     train.set_defaults(handler=_train)

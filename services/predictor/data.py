@@ -159,7 +159,8 @@ def load_all_generator_lengths(data_dir: Path) -> tuple[tuple[str, ...], dict[st
     """
     import csv
 
-    texts = {int(record["instruction_idx"]): record["instruction"] for record in _read_jsonl_gz(data_dir / ALPACA_EVAL_FILE)}
+    records = _read_jsonl_gz(data_dir / ALPACA_EVAL_FILE)
+    texts = {int(record["instruction_idx"]): record["instruction"] for record in records}
     path = data_dir / ALL_GENERATOR_LENGTHS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")

@@ -61,8 +61,8 @@ class TrainSettings:
     max_trees: int = 600  # boosting rounds per head (fewer with early stopping)
     max_depth: int = 6  # depth of each tree
     calibrate: bool = True  # shift p10 / p90 per family and bin of predicted p50 (calibration*.py)
-    ranking_weight: float = 0.0  # encoder: pairwise ranking loss next to regression (finetune_loss.py)
-    soft_pair_weight: float = 0.0  # encoder: soft pairs from AlpacaEval's length-only generators
+    ranking_weight: float = 1.0  # encoder: pairwise ranking next to regression (finetune_loss.py)
+    soft_pair_weight: float = 1.0  # encoder: soft pairs from AlpacaEval's 227 generators (with --generator only)
     content_features: bool = False  # add the content columns (content_features.py: code, URLs, tables, pastes)
 
     def __post_init__(self) -> None:
@@ -97,7 +97,7 @@ def load_examples(settings: TrainSettings) -> TrainingData:
     if settings.generators:
         examples += data.load_alpaca_eval(settings.data_dir, settings.generators)
         hashes[data.ALPACA_EVAL_FILE] = data.file_sha256(settings.data_dir / data.ALPACA_EVAL_FILE)
-    if settings.soft_pair_weight > 0 and settings.use_embedding and settings.finetune_encoder:
+    if _uses_soft_pairs(settings):
         hashes[data.ALL_GENERATOR_LENGTHS_FILE] = data.file_sha256(settings.data_dir / data.ALL_GENERATOR_LENGTHS_FILE)
     served_models: dict[str, str] = {}
     default = settings.default_generator or (examples[0].source if examples else "")
@@ -110,6 +110,12 @@ def load_examples(settings: TrainSettings) -> TrainingData:
         served_models = feedback.served_model_generators
         default = settings.default_generator or feedback.most_common_generator
     return TrainingData(data.canonical_groups(examples), hashes, served_models, default)
+
+
+def _uses_soft_pairs(settings: TrainSettings) -> bool:
+    """Soft pairs need the fine-tuned encoder and AlpacaEval columns (their instructions have the lengths)."""
+    return settings.soft_pair_weight > 0 and settings.use_embedding and settings.finetune_encoder and bool(
+        settings.generators)
 
 
 def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
@@ -233,7 +239,7 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
     finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds,
                                 ranking_weight=settings.ranking_weight, soft_pair_weight=settings.soft_pair_weight)
     soft_lengths = None
-    if settings.soft_pair_weight > 0:  # training instructions only: held-out texts never lend lengths
+    if _uses_soft_pairs(settings):  # training instructions only: held-out texts never lend lengths
         _, all_lengths = data.load_all_generator_lengths(settings.data_dir)
         train_texts = {example.prompt_text for example in train.examples}
         soft_lengths = {text: lengths for text, lengths in all_lengths.items() if text in train_texts}
@@ -301,7 +307,8 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         train_raw, heldout_raw, encoder = fit_encoder(settings, train_raw, heldout_raw, layout, progress)
         encoder_bytes, encoder_details = encoder.top_graph, encoder.details
     heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
-    progress(f"{layout.num_columns} tree input columns ({layout.input_version}) after {time.perf_counter() - started:.1f} s")
+    progress(f"{layout.num_columns} tree input columns ({layout.input_version}) "
+             f"after {time.perf_counter() - started:.1f} s")
     heads = fit_heads(
         settings.tree_settings(), (fit_rows.matrix, fit_rows.actual_tokens),
         (valid_rows.matrix, valid_rows.actual_tokens), progress,
