@@ -16,9 +16,11 @@ runner's device is CUDA) that reaches the device in a single non-blocking copy:
     positions:  0 1 2 3 | 9 | 4 5          start[r] + (token - query_start[r])
     slot:       block_table[row, pos // block_size] * block_size + pos % block_size
 
-Invariant: a row mirrors its request; a row whose request's token count, block count or preemption
-count disagrees is resynchronised from the request (never trusted), so a stale row can cost a copy,
-never a wrong token. Rows are indices into the arrays; the step's batch order is a gather by row.
+Invariant: a row holds a prefix of its request's tokens and of its block table. Both only grow while
+the request keeps its KV, and losing the KV (preemption, counted by request.num_preemptions) gives a
+fresh row; so a row that covers the positions a step reads is exact, and one that does not is
+topped up from the request first. Rows are indices into the arrays; the step's batch order is a
+gather by row. The owner removes a row when its request finishes, is aborted or is preempted.
 """
 
 from __future__ import annotations
