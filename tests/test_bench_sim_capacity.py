@@ -85,3 +85,13 @@ def test_the_walk_stops_at_the_first_unsustained_rate_and_int8_sustains_more():
     for figure in figures:  # every point but the last is sustained
         assert all(p.is_sustained(4.0 * unloaded) for p in figure.points[:-1])
     assert "fcfs-int8" in "\n".join(table_lines(figures))
+
+
+def test_no_interpolation_toward_an_unstable_run():
+    from services.bench.sim.capacity import _sustained
+    from services.bench.sustainable_rate import RatePoint
+
+    points = [RatePoint(10.0, 1.0, 2.0, False), RatePoint(20.0, 3.0, 9.0, True)]
+    assert _sustained(points, 2.0) == 10.0  # the 2x-like bound: not 15
+    assert _sustained(points, 4.0) == 10.0
+    assert _sustained([RatePoint(10.0, 1.0, 2.0, False), RatePoint(20.0, 3.0, 9.0, False)], 2.0) == 15.0

@@ -14,7 +14,8 @@ For each, on the trace of --seed:
                       run is not sustained)
     sustainable rate  under each bound (multiples of fcfs-bf16's unloaded mean normalized latency,
                       the same absolute bound for every configuration): sustainable_rate() over the
-                      sweep; when the highest swept rate is still sustained, that rate (a lower bound)
+                      walk, never interpolated toward an unstable run (the last sustained rate then);
+                      when the highest swept rate is still sustained, that rate (a lower bound)
 
 Ratios are to the first configuration (the baseline, fcfs:bf16 by default). The scheduler's share
 and the memory's share separate as fcfs:int8 / fcfs:bf16 (memory) and alise:int8 / fcfs:int8.
@@ -39,7 +40,7 @@ from services.bench.steady_state import SteadyStateWindow, closed_loop_capacity,
 from services.bench.sustainable_rate import RatePoint, sustainable_rate
 
 DEFAULT_CONFIGS = "fcfs:bf16,fcfs:int8,alise:int8:swap"
-DEFAULT_CAPACITY_FRACTIONS = (0.9, 1.0, 1.2, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4)
+DEFAULT_CAPACITY_FRACTIONS = (0.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.4)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,15 @@ def run_capacity(
 
 
 def _sustained(points: list[RatePoint], bound: float) -> float:
-    return sustainable_rate(points, bound_s_per_token=bound)
+    """sustainable_rate, never interpolated toward an unstable run (whose windowed latency says
+    nothing about where the overload began): such a run's mean is capped at the bound, which makes
+    sustainable_rate return the last sustained rate. So a looser bound never gives a lower rate."""
+    capped = [
+        RatePoint(p.rate_per_s, min(p.mean_normalized_latency_s_per_token, bound), p.p99_normalized_latency_s_per_token,
+                  True) if p.queue_growing else p
+        for p in points
+    ]
+    return sustainable_rate(capped, bound_s_per_token=bound)
 
 
 def _with_ratios(figures: list[CapacityFigures]) -> list[CapacityFigures]:
