@@ -37,8 +37,8 @@ DEFAULT_MAX_CONCURRENT_RPCS = 16_384
 # Python, where the concurrency limit and admission answer RESOURCE_EXHAUSTED with a message,
 # makes overload visible to the client.
 MAX_PENDING_CALLS = 1_000_000
-# After the drain deadline, time for the UNAVAILABLE statuses to go out before the server stops.
-DRAIN_ABORT_MARGIN_S = 0.5
+# After the drain deadline, time for the UNAVAILABLE statuses to go out before gRPC cancels the rest.
+DRAIN_ABORT_MARGIN_S = 3.0  # stop() returns as soon as the aborted calls end; a busy loop may need seconds
 GRPC_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
