@@ -93,7 +93,7 @@ def _baselines(inputs, shape: DecodeShape, timer: Timer) -> dict[str, Any]:
     try:  # SDPA's math fallback expands GQA heads: it may still run out of memory
         keys, values = attention_measure.gather_dense(inputs, shape)
         dense_s = timer.median_s(lambda: attention_measure.sdpa(inputs.query, keys, values, shape))
-        del keys, values
+        keys = values = None  # frees the dense copies before the gather timing
         gather_s = timer.median_s(
             lambda: attention_measure.sdpa(inputs.query, *attention_measure.gather_dense(inputs, shape), shape)
         )
