@@ -66,9 +66,12 @@ def test_steady_sweep_figures_json_and_png(tmp_path):
     assert plot_steady(result, config, title="t", path=tmp_path / "s.png").stat().st_size > 10_000
 
 
-def test_steady_config_needs_fcfs():
+def test_steady_config_needs_fcfs_or_its_capacity():
     with pytest.raises(ValueError, match="fcfs"):
         SteadyConfig(("alise",))
+    config = SteadyConfig(("alise",), (1.0,), (POISSON,), (0,), base_capacity_per_s=0.5)
+    result = run_steady(_workload, cost=COST, shape=EngineShape(), config=config, progress=lambda _: None)
+    assert result.capacity_per_s == {} and [p.rate_per_s for p in result.points] == [0.5]
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -42,6 +42,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-fraction", type=float, default=DEFAULT_DRAIN_FRACTION)
     parser.add_argument("--capacity-concurrency", type=arg_types.positive_int,
                         help="requests kept in the system by the saturation run (default: --max-num-seqs)")
+    parser.add_argument("--base-capacity-per-s", type=arg_types.positive_float,
+                        help="steady-state: fcfs's capacity from an earlier run (skips the capacity runs; fcfs "
+                             "need not be among --policies)")
     parser.add_argument("--aging-horizon-s", type=arg_types.positive_float, default=math.inf,
                         help="alise/srpt-oracle TTFT aging horizon (speculative_policy.py; default: off)")
 
@@ -60,6 +63,7 @@ def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> Steady
         slo=SloBounds(args.ttft_slo_s, args.tpot_slo_ms / 1e3),
         window=SteadyStateWindow(args.warmup_fraction, args.drain_fraction),
         capacity_concurrency=args.capacity_concurrency or args.max_num_seqs,
+        base_capacity_per_s=args.base_capacity_per_s,
     )
 
 

@@ -46,7 +46,7 @@ Workload = Callable[[int], tuple[Sequence[TraceRequest], Sequence[LengthDistribu
 
 @dataclass(frozen=True)
 class SteadyConfig:
-    policies: tuple[str, ...]  # must include fcfs: loads are fractions of its capacity
+    policies: tuple[str, ...]  # must include fcfs (loads are fractions of its capacity) unless base_capacity_per_s
     load_fractions: tuple[float, ...] = DEFAULT_LOAD_FRACTIONS
     burstiness_values: tuple[float, ...] = (POISSON, GAMMA_CV2)
     seeds: tuple[int, ...] = DEFAULT_SEEDS
@@ -54,9 +54,11 @@ class SteadyConfig:
     window: SteadyStateWindow = field(default_factory=SteadyStateWindow)
     capacity_concurrency: int = 256  # requests kept in the system by the saturation run
     offload: KvOffloadConfig | None = None  # a swap mode for every run (None: recompute)
+    # fcfs's capacity measured by an earlier run (its JSON): no capacity runs, fcfs need not be swept
+    base_capacity_per_s: float | None = None
 
     def __post_init__(self) -> None:
-        if "fcfs" not in self.policies:
+        if "fcfs" not in self.policies and self.base_capacity_per_s is None:
             raise ValueError("the steady-state comparison needs fcfs: loads are fractions of its capacity")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
@@ -121,13 +123,15 @@ def burstiness_label(burstiness: float) -> str:
 
 def run_steady(workload: Workload, *, cost: StepCost, shape: EngineShape, config: SteadyConfig, progress=print) -> SteadyResult:
     loaded = {seed: workload(seed) for seed in config.seeds}
-    by_seed = {policy: [_capacity(*loaded[seed], policy, cost, shape, config) for seed in config.seeds]
-               for policy in config.policies}
+    by_seed = {} if config.base_capacity_per_s else {
+        policy: [_capacity(*loaded[seed], policy, cost, shape, config) for seed in config.seeds]
+        for policy in config.policies
+    }
     capacity = {policy: mean_ci(values) for policy, values in by_seed.items()}
     for policy, estimate in capacity.items():
         progress(f"capacity {policy:<12} {estimate.mean:8.3f} +- {estimate.half_width:.3f} req/s (closed loop, "
                  f"{config.capacity_concurrency} in system)")
-    base = capacity["fcfs"].mean
+    base = config.base_capacity_per_s or capacity["fcfs"].mean
     runs = []
     for burstiness in config.burstiness_values:
         for index, load in enumerate(config.load_fractions):
