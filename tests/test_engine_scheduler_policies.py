@@ -111,8 +111,11 @@ def test_aging_bound_a_long_job_starts_within_max_wait_among_endless_short_ones(
 
 
 def test_without_the_aging_bound_the_long_job_starves():
+    from services.engine.scheduler.speculative_policy import AlisePolicy
+
     clock = FakeClock()
     scheduler = make_scheduler(policy="alise", max_num_seqs=2, max_wait_s=math.inf, clock=clock, num_blocks=256)
+    scheduler.policy = AlisePolicy(scheduler.cost_model, aging_horizon_s=math.inf)  # no TTFT aging either
     scheduler.add(make_predicted_request("long", 4, max_tokens=50, predicted_tokens=40))
     for step in range(200):
         for index in range(2):
@@ -198,7 +201,9 @@ def test_ttft_aging_keys_are_deadlines_on_waiting_requests_only():
     assert policy.priority_key(short) == pytest.approx(5.0 + policy.remaining_s(short))
     assert policy.priority_key(long) == pytest.approx(3.0 + 2.0)  # capped at the horizon
     assert policy.priority_keys([short, long]) == pytest.approx([policy.remaining_s(short), policy.remaining_s(long)])
-    assert AlisePolicy(OnlineStepCostModel()).priority_key(long) == pytest.approx(policy.remaining_s(long))
+    assert AlisePolicy(OnlineStepCostModel(), aging_horizon_s=math.inf).priority_key(long) == pytest.approx(
+        policy.remaining_s(long))
+    assert AlisePolicy(OnlineStepCostModel()).aging_horizon_s == 30.0
     with pytest.raises(ValueError):
         AlisePolicy(OnlineStepCostModel(), aging_horizon_s=0.0)
 

@@ -41,7 +41,7 @@ from services.engine.scheduler import (
     StepCostCoefficients,
     make_policy,
 )
-from services.engine.scheduler.speculative_policy import AlisePolicy
+from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S, AlisePolicy
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
 
 SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" before a request's last token
@@ -64,7 +64,7 @@ class EngineShape:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 4096
     max_wait_s: float = 60.0
-    aging_horizon_s: float = math.inf  # alise / srpt-oracle TTFT aging horizon (speculative_policy.py); inf = off
+    aging_horizon_s: float = DEFAULT_AGING_HORIZON_S  # alise / srpt-oracle TTFT aging (speculative_policy.py); inf = off
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ capacity, Poisson and gamma CV 2 arrivals (--arrivals); only arrivals between --
 from __future__ import annotations
 
 import argparse
-import math
 
 from services.bench.results import build_report, write_report
 from services.bench.sim.capacity import DEFAULT_CAPACITY_FRACTIONS, DEFAULT_CONFIGS
@@ -20,6 +19,7 @@ from services.bench.sim.steady_sweep import GAMMA_CV2, POISSON, SteadyConfig, ru
 from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_S, SloBounds
 from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
 from services.common import arg_types
+from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S
 
 ARRIVALS = {"poisson": POISSON, "gamma-cv2": GAMMA_CV2}
 MIN_REQUESTS, MIN_SEEDS = 8000, 4  # DESIGN.md section 3
@@ -45,8 +45,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-capacity-per-s", type=arg_types.positive_float,
                         help="steady-state: fcfs's capacity from an earlier run (skips the capacity runs; fcfs "
                              "need not be among --policies)")
-    parser.add_argument("--aging-horizon-s", type=arg_types.positive_float, default=math.inf,
-                        help="alise/srpt-oracle TTFT aging horizon (speculative_policy.py; default: off)")
+    parser.add_argument("--aging-horizon-s", type=arg_types.positive_float, default=DEFAULT_AGING_HORIZON_S,
+                        help="alise/srpt-oracle TTFT aging horizon, s (speculative_policy.py; inf = off)")
 
 
 def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> SteadyConfig:
