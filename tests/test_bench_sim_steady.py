@@ -23,7 +23,7 @@ def _workload(seed: int, num_requests: int = 160):
     rng = np.random.default_rng(seed)
     prompts = rng.integers(8, 300, num_requests)
     outputs = np.clip(rng.lognormal(np.log(100), 1.0, num_requests), 4, 800).astype(int)
-    trace = [TraceRequest(f"r{i}", None, int(p), int(o)) for i, (p, o) in enumerate(zip(prompts, outputs))]
+    trace = [TraceRequest(f"r{i}", None, int(p), int(o)) for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))]
     predictions, _ = noisy_oracle_distributions([t.num_output_tokens for t in trace], target_tau=0.6, seed=seed)
     return trace, predictions
 

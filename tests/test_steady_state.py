@@ -21,7 +21,7 @@ def _fifo_queue(num_requests: int, load: float, seed: int = 0) -> list[RequestRe
     arrivals = np.cumsum(rng.exponential(1.0 / (load * SERVICE_RATE_PER_S), num_requests))
     services = rng.exponential(1.0 / SERVICE_RATE_PER_S, num_requests)
     records, free_at = [], 0.0
-    for index, (arrival, service) in enumerate(zip(arrivals, services)):
+    for index, (arrival, service) in enumerate(zip(arrivals, services, strict=True)):
         start = max(arrival, free_at)
         free_at = start + service
         records.append(RequestRecord(f"r{index}", float(arrival), float(start + service / 10), float(free_at), 10, 10))

@@ -20,16 +20,19 @@ import pathlib
 
 from services.bench.plots import plot_latency_vs_rate
 from services.bench.results import build_report, write_report
+from services.bench.sim import capacity, steady_cli
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDtype, LinearCostModel
 from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR, CodecTimes, KvLayout
 from services.bench.sim.kv_offload import (
-    DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, KvOffloadConfig, OffloadMode,
+    DEFAULT_HOST_LINK_BYTES_PER_S,
+    OFFLOAD_MODES,
+    KvOffloadConfig,
+    OffloadMode,
 )
 from services.bench.sim.predictions import constant_distributions, noisy_oracle_distributions
-from services.bench.sim import capacity, steady_cli
-from services.bench.steady_state import SteadyStateWindow
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
+from services.bench.steady_state import SteadyStateWindow
 from services.bench.workload import TRACE_NAMES, load_trace
 from services.common import arg_types
 from services.common.cli_errors import print_error

@@ -22,11 +22,11 @@ swap stall does not scale with tokens or KV read, and would only blur the fit.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from services.bench.latency_metrics import RequestRecord
+from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
 from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, SimKvOffload, make_handler
 from services.bench.sim.sim_request import SIM_EOS_TOKEN_ID, make_sim_request
 from services.bench.workload import TraceRequest
@@ -42,7 +42,6 @@ from services.engine.scheduler import (
     make_policy,
 )
 from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S, AlisePolicy
-from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
 
 SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" before a request's last token
 ORACLE_POLICY = "srpt-oracle"

@@ -86,9 +86,9 @@ def plot_steady(result: SteadyResult, config: SteadyConfig, *, title: str, path:
                     transform(p.figures[name].mean + p.figures[name].half_width) - transform(p.figures[name].mean))
                     for p in own]
                 line = axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=policy)
-                hollow = [(x, y) for x, y, p in zip(xs, ys, own) if p.num_unstable]
+                hollow = [(x, y) for x, y, p in zip(xs, ys, own, strict=True) if p.num_unstable]
                 if hollow:
-                    axis.plot(*zip(*hollow), "o", mfc="white", color=line[0].get_color(), markersize=9)
+                    axis.plot(*zip(*hollow, strict=True), "o", mfc="white", color=line[0].get_color(), markersize=9)
             axis.set_xlabel("load (% of fcfs capacity)")
             axis.set_ylabel(label)
             if name == "slo_attainment":  # 0% misses happen: linear below 0.1%

@@ -24,8 +24,15 @@ from typing import Callable, Sequence
 from services.bench.arrivals import arrival_times_s
 from services.bench.sim.kv_offload import KvOffloadConfig
 from services.bench.sim.simulator import EngineShape, SimResult, StepCost, simulate
-from services.bench.slo_metrics import GOODPUT_TARGETS, HeadlineMetrics, SloBounds, goodput_load, headline_metrics, oracle_share
-from services.bench.steady_state import Estimate, SteadyStateWindow, Stability, closed_loop_capacity, mean_ci, stability
+from services.bench.slo_metrics import (
+    GOODPUT_TARGETS,
+    HeadlineMetrics,
+    SloBounds,
+    goodput_load,
+    headline_metrics,
+    oracle_share,
+)
+from services.bench.steady_state import Estimate, Stability, SteadyStateWindow, closed_loop_capacity, mean_ci, stability
 from services.bench.workload import TraceRequest
 from services.engine.length_distribution import LengthDistribution
 
