@@ -7,9 +7,9 @@ import time
 
 import torch
 
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.request import Request, SamplingOptions
@@ -34,7 +34,9 @@ def greedy(max_tokens: int) -> SamplingOptions:
     return SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True)
 
 
-def run_to_completion(core: EngineCore, arrivals: dict[int, list[Request]], max_steps: int = 2000) -> dict[str, list[int]]:
+def run_to_completion(
+    core: EngineCore, arrivals: dict[int, list[Request]], max_steps: int = 2000
+) -> dict[str, list[int]]:
     """Adds each request at its step, steps until all are done; returns output ids per request."""
     outputs: dict[str, list[int]] = {}
     last_arrival = max(arrivals)

@@ -29,9 +29,7 @@ from services.gateway.config import GatewayConfig
 MAX_CONTEXT_TOKENS = 64
 VOCAB_SIZE = 32000
 TOKENIZER = load_tokenizer("default")
-ENGINE_TIMINGS = common_pb2.Timings(
-    queue_time_s=0.01, time_to_first_token_s=0.02, end_to_end_s=0.03, num_preemptions=1
-)
+ENGINE_TIMINGS = common_pb2.Timings(queue_time_s=0.01, time_to_first_token_s=0.02, end_to_end_s=0.03, num_preemptions=1)
 
 
 class FakeEngine(engine_service_pb2_grpc.EngineServiceServicer):
@@ -115,9 +113,7 @@ async def start_fake_predictor(predictor: FakePredictor) -> RunningServer:
     return await start_server(
         host="127.0.0.1",
         port=0,
-        register=lambda server: predictor_service_pb2_grpc.add_PredictorServiceServicer_to_server(
-            predictor, server
-        ),
+        register=lambda server: predictor_service_pb2_grpc.add_PredictorServiceServicer_to_server(predictor, server),
         service_names=["alise.v1.PredictorService"],
     )
 

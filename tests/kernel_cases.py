@@ -51,8 +51,16 @@ def _poison_past_context(cache: torch.Tensor, tables, context_lens, value) -> No
 
 
 def make_case(
-    context_lens: list[int], num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-    dtype: torch.dtype, int8_kv: bool, device: torch.device | str, seed: int, query_scale: float = 1.0,
+    context_lens: list[int],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    int8_kv: bool,
+    device: torch.device | str,
+    seed: int,
+    query_scale: float = 1.0,
 ) -> PagedCase:
     """Fresh random inputs (seeded) with poisoned unused memory; see the module docstring."""
     generator = torch.Generator().manual_seed(seed)
@@ -78,10 +86,15 @@ def make_case(
     padded = [t + [spare[0]] * (width - len(t)) for t in tables]
     query = (torch.randn(len(context_lens), num_heads, head_dim, generator=generator) * query_scale).to(dtype)
     return PagedCase(
-        query=query.to(device), key_cache=caches[0], value_cache=caches[1], key_scales=scales[0],
-        value_scales=scales[1], block_tables=torch.tensor(padded, dtype=torch.int32, device=device),
+        query=query.to(device),
+        key_cache=caches[0],
+        value_cache=caches[1],
+        key_scales=scales[0],
+        value_scales=scales[1],
+        block_tables=torch.tensor(padded, dtype=torch.int32, device=device),
         context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-        context_lens_list=list(context_lens), scale=head_dim**-0.5,
+        context_lens_list=list(context_lens),
+        scale=head_dim**-0.5,
     )
 
 
@@ -125,8 +138,15 @@ class VarlenCase:
 
 
 def make_varlen_case(
-    requests: list[tuple[int, int]], num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-    dtype: torch.dtype, int8_kv: bool, device: torch.device | str, seed: int,
+    requests: list[tuple[int, int]],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    int8_kv: bool,
+    device: torch.device | str,
+    seed: int,
 ) -> VarlenCase:
     """requests: (query_len, seq_len) pairs, query_len <= seq_len; memory poisoned as make_case does."""
     query_lens, seq_lens = [q for q, _ in requests], [n for _, n in requests]

@@ -73,16 +73,34 @@ def _run(driver, mode: str, directory: pathlib.Path, params: dict[str, float]) -
 
 
 def simulate_attention(
-    driver, directory: pathlib.Path, query, key_cache, value_cache, key_scales, value_scales, block_tables, seq_lens,
-    query_start_loc, work_items, scale: float, plan: SplitPlan, row_tile: int,
+    driver,
+    directory: pathlib.Path,
+    query,
+    key_cache,
+    value_cache,
+    key_scales,
+    value_scales,
+    block_tables,
+    seq_lens,
+    query_start_loc,
+    work_items,
+    scale: float,
+    plan: SplitPlan,
+    row_tile: int,
 ) -> torch.Tensor:
     """Runs launch_paged_attention on copies; returns out (poisoned with NaN before the call).
 
     query_start_loc and work_items None: one token per request (the decode form)."""
     directory.mkdir(parents=True, exist_ok=True)
     out = torch.full_like(query, float("nan"))
-    tensors = {"query": query, "key_cache": key_cache, "value_cache": value_cache, "block_tables": block_tables,
-               "seq_lens": seq_lens, "out": out}
+    tensors = {
+        "query": query,
+        "key_cache": key_cache,
+        "value_cache": value_cache,
+        "block_tables": block_tables,
+        "seq_lens": seq_lens,
+        "out": out,
+    }
     if key_scales is not None:
         tensors.update(key_scales=key_scales, value_scales=value_scales)
     varlen = query_start_loc is not None
@@ -92,11 +110,21 @@ def simulate_attention(
         _save(directory, name, tensor)
     num_tokens, num_heads, head_dim = query.shape
     params = {
-        "num_tokens": num_tokens, "num_requests": seq_lens.shape[0], "num_heads": num_heads,
-        "num_kv_heads": key_cache.shape[2], "head_dim": head_dim, "block_size": key_cache.shape[1],
-        "max_blocks": block_tables.shape[1], "num_splits": plan.num_splits, "partition_tokens": plan.partition_tokens,
-        "scale": scale, "query_type": ELEMENT_TYPES[query.dtype], "cache_type": ELEMENT_TYPES[key_cache.dtype],
-        "varlen": int(varlen), "num_work_items": 0 if work_items is None else work_items.shape[0], "row_tile": row_tile,
+        "num_tokens": num_tokens,
+        "num_requests": seq_lens.shape[0],
+        "num_heads": num_heads,
+        "num_kv_heads": key_cache.shape[2],
+        "head_dim": head_dim,
+        "block_size": key_cache.shape[1],
+        "max_blocks": block_tables.shape[1],
+        "num_splits": plan.num_splits,
+        "partition_tokens": plan.partition_tokens,
+        "scale": scale,
+        "query_type": ELEMENT_TYPES[query.dtype],
+        "cache_type": ELEMENT_TYPES[key_cache.dtype],
+        "varlen": int(varlen),
+        "num_work_items": 0 if work_items is None else work_items.shape[0],
+        "row_tile": row_tile,
     }
     _run(driver, "attend", directory, params)
     return _load(directory, "out", out)
@@ -106,19 +134,40 @@ def simulate_decode(driver, case, plan: SplitPlan, directory: pathlib.Path) -> t
     """A PagedCase (one token per sequence) through the kernel's decode form."""
     row_tile = row_tile_for(1, case.query.shape[1] // case.key_cache.shape[2])
     return simulate_attention(
-        driver, directory, case.query, case.key_cache, case.value_cache, case.key_scales, case.value_scales,
-        case.block_tables, case.context_lens, None, None, case.scale, plan, row_tile,
+        driver,
+        directory,
+        case.query,
+        case.key_cache,
+        case.value_cache,
+        case.key_scales,
+        case.value_scales,
+        case.block_tables,
+        case.context_lens,
+        None,
+        None,
+        case.scale,
+        plan,
+        row_tile,
     )
 
 
 def simulate_write(driver, tmp_path, keys, values, caches, scales, slot_mapping, block_size) -> None:
     """Runs the write kernel on copies; updates caches (and scales) in place."""
     params = {
-        "num_tokens": keys.shape[0], "num_kv_heads": keys.shape[1], "head_dim": keys.shape[2],
-        "block_size": block_size, "source_type": ELEMENT_TYPES[keys.dtype], "cache_type": ELEMENT_TYPES[caches[0].dtype],
+        "num_tokens": keys.shape[0],
+        "num_kv_heads": keys.shape[1],
+        "head_dim": keys.shape[2],
+        "block_size": block_size,
+        "source_type": ELEMENT_TYPES[keys.dtype],
+        "cache_type": ELEMENT_TYPES[caches[0].dtype],
     }
-    for name, tensor in (("key", keys), ("value", values), ("key_cache", caches[0]), ("value_cache", caches[1]),
-                         ("slot_mapping", slot_mapping)):
+    for name, tensor in (
+        ("key", keys),
+        ("value", values),
+        ("key_cache", caches[0]),
+        ("value_cache", caches[1]),
+        ("slot_mapping", slot_mapping),
+    ):
         _save(tmp_path, name, tensor)
     if scales is not None:
         _save(tmp_path, "key_scales", scales[0])
@@ -137,19 +186,55 @@ class EmulatedKernels:
         self.driver = driver
         self.num_calls = 0
 
-    def paged_attention(self, out, query, key_cache, value_cache, key_scales, value_scales, block_tables, seq_lens,
-                        query_start_loc, work_items, scale, num_splits, partition_tokens, row_tile) -> None:
+    def paged_attention(
+        self,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        key_scales,
+        value_scales,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        work_items,
+        scale,
+        num_splits,
+        partition_tokens,
+        row_tile,
+    ) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            out.copy_(simulate_attention(
-                self.driver, pathlib.Path(directory), query.contiguous(), key_cache, value_cache, key_scales,
-                value_scales, block_tables.contiguous(), seq_lens, query_start_loc, work_items, scale,
-                SplitPlan(num_splits, partition_tokens), row_tile,
-            ))
+            out.copy_(
+                simulate_attention(
+                    self.driver,
+                    pathlib.Path(directory),
+                    query.contiguous(),
+                    key_cache,
+                    value_cache,
+                    key_scales,
+                    value_scales,
+                    block_tables.contiguous(),
+                    seq_lens,
+                    query_start_loc,
+                    work_items,
+                    scale,
+                    SplitPlan(num_splits, partition_tokens),
+                    row_tile,
+                )
+            )
         self.num_calls += 1
 
     def write_cache(self, key, value, key_cache, value_cache, key_scales, value_scales, slot_mapping) -> None:
         scales = None if key_scales is None else [key_scales, value_scales]
         with tempfile.TemporaryDirectory() as directory:
-            simulate_write(self.driver, pathlib.Path(directory), key.contiguous(), value.contiguous(),
-                           [key_cache, value_cache], scales, slot_mapping, key_cache.shape[1])
+            simulate_write(
+                self.driver,
+                pathlib.Path(directory),
+                key.contiguous(),
+                value.contiguous(),
+                [key_cache, value_cache],
+                scales,
+                slot_mapping,
+                key_cache.shape[1],
+            )
         self.num_calls += 1

@@ -93,9 +93,17 @@ class EventDriver:
         self._next_id = 0
         for engine_id in engine_ids:
             backend.register(engine_id, num_device_blocks)
-        self._events = [(self.admit, 3), (self.grow, 4), (self.preempt, 2), (self.finish_swap_out, 2),
-                        (self.begin_restore, 2), (self.finish_restore, 2), (self.recompute, 2), (self.abort, 1.2),
-                        (self.finish, 1.5)]
+        self._events = [
+            (self.admit, 3),
+            (self.grow, 4),
+            (self.preempt, 2),
+            (self.finish_swap_out, 2),
+            (self.begin_restore, 2),
+            (self.finish_restore, 2),
+            (self.recompute, 2),
+            (self.abort, 1.2),
+            (self.finish, 1.5),
+        ]
 
     def run(self, num_events: int) -> None:
         functions, weights = zip(*self._events)
@@ -138,8 +146,14 @@ class EventDriver:
         victims += [forced] if forced else []
         if not victims:
             return
-        errors = self.rng.choice([{}, {KvCodec.INT8: 0.01}, {KvCodec.INT8: 0.01, KvCodec.INT4: 0.015},
-                                  {KvCodec.INT8: 0.01, KvCodec.INT4: 0.08}])
+        errors = self.rng.choice(
+            [
+                {},
+                {KvCodec.INT8: 0.01},
+                {KvCodec.INT8: 0.01, KvCodec.INT4: 0.015},
+                {KvCodec.INT8: 0.01, KvCodec.INT4: 0.08},
+            ]
+        )
         swaps, dropped = self.backend.plan(engine.engine_id, [self._victim(engine, r) for r in victims], errors)
         self.counts["plan"] += 1
         for key in dropped:  # swapped requests of any engine lost their host KV
@@ -161,10 +175,17 @@ class EventDriver:
     def _victim(self, engine: SimEngine, request: SimRequest) -> Victim:
         num_blocks = len(engine.kv.block_table(request.request_id))
         out_s = self.rng.choice([0.0, self.rng.uniform(0.001, 0.03)])  # 0 = unmeasured: size / assumed rate
-        codecs = tuple(CodecCost(codec, num_blocks * per_block, out_s * scale, out_s * scale)
-                       for (codec, per_block), scale in zip(BYTES_PER_BLOCK.items(), (1.0, 0.6, 0.4)))
-        return Victim(request.request_id, request.num_tokens, recompute_s=self.rng.uniform(0.001, 0.05),
-                      expected_wait_s=self.rng.expovariate(1 / 0.05), codecs=codecs)
+        codecs = tuple(
+            CodecCost(codec, num_blocks * per_block, out_s * scale, out_s * scale)
+            for (codec, per_block), scale in zip(BYTES_PER_BLOCK.items(), (1.0, 0.6, 0.4))
+        )
+        return Victim(
+            request.request_id,
+            request.num_tokens,
+            recompute_s=self.rng.uniform(0.001, 0.05),
+            expected_wait_s=self.rng.expovariate(1 / 0.05),
+            codecs=codecs,
+        )
 
     def finish_swap_out(self, engine: SimEngine) -> None:
         request = self._pick(engine, Phase.SWAPPING_OUT)
@@ -240,8 +261,13 @@ class EventDriver:
     def _report(self, engine: SimEngine) -> None:
         engine.num_reports += 1
         pool = engine.kv.pool
-        self.backend.report(engine.engine_id, pool.num_used_blocks, pool.num_free_blocks,
-                            engine.kv.num_requests_holding_blocks, engine.num_reports)
+        self.backend.report(
+            engine.engine_id,
+            pool.num_used_blocks,
+            pool.num_free_blocks,
+            engine.kv.num_requests_holding_blocks,
+            engine.num_reports,
+        )
 
     # -- invariants ---------------------------------------------------------------------------------
 
@@ -258,8 +284,11 @@ class EventDriver:
                     found.append(f"{key} {request.phase.value}: host record {'present' if in_host else 'missing'}")
         leaked = [key for key in self.host if key[1] not in self.engines[key[0]].requests]
         found += [f"host record of a request that is gone: {key}" for key in leaked]
-        expected = {key: (self.engines[key[0]].requests[key[1]].phase, num)
-                    for key, num in self.host.items() if key not in leaked}
+        expected = {
+            key: (self.engines[key[0]].requests[key[1]].phase, num)
+            for key, num in self.host.items()
+            if key not in leaked
+        }
         found += self.backend.violations(expected)
         assert found == [], found
 

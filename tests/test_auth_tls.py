@@ -22,14 +22,14 @@ from services.common.contracts import (
     memory_service_pb2_grpc,
 )
 from services.common.errors import Unauthenticated
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.common.server import start_server
 from services.common.tls import TlsFiles, channel_credentials
-from services.gateway import app
-from services.gateway.auth import ApiKeys, bearer_token
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine import app as engine_app
 from services.engine.config import EngineConfig
 from services.engine.kv_offload.memory_client import MemoryClient
+from services.gateway import app
+from services.gateway.auth import ApiKeys, bearer_token
 from services.gateway.config import GatewayConfig
 from services.memory import app as memory_app
 from services.memory.config import MemoryConfig
@@ -49,8 +49,14 @@ def test_api_keys_accept_only_configured_bearer_tokens(tmp_path):
     keys = ApiKeys.load(KEYS, str(key_file))
     for good in ("Bearer key-one", "bearer key-two", "Bearer   key-three "):
         keys.check(good)
-    for bad, message in ((None, "missing"), ("key-one", "missing"), ("Basic key-one", "missing"),
-                         ("Bearer key-on", "invalid"), ("Bearer key-one2", "invalid"), ("Bearer # comment", "invalid")):
+    for bad, message in (
+        (None, "missing"),
+        ("key-one", "missing"),
+        ("Basic key-one", "missing"),
+        ("Bearer key-on", "invalid"),
+        ("Bearer key-one2", "invalid"),
+        ("Bearer # comment", "invalid"),
+    ):
         with pytest.raises(Unauthenticated, match=message):
             keys.check(bad)
     ApiKeys(()).check(None)  # no keys: authentication off
@@ -99,7 +105,9 @@ async def test_grpc_requires_a_valid_key_except_on_health(stack):
             await stub.GetModelInfo(gateway_service_pb2.GetModelInfoRequest(), metadata=metadata, timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert stack.engine.requests == []
-    responses = await collect(stub.Generate(text_request(), metadata=(("authorization", "Bearer key-two"),), timeout=10))
+    responses = await collect(
+        stub.Generate(text_request(), metadata=(("authorization", "Bearer key-two"),), timeout=10)
+    )
     assert responses[-1].finish_reason != 0
     async with grpc.aio.insecure_channel(stack.handle.address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -126,14 +134,21 @@ def pki(tmp_path_factory):
 
 async def _mtls_fake_engine(engine: FakeEngine, tls: TlsFiles):
     return await start_server(
-        host="127.0.0.1", port=0, service_names=["alise.v1.EngineService"], tls=tls, require_client_cert=True,
+        host="127.0.0.1",
+        port=0,
+        service_names=["alise.v1.EngineService"],
+        tls=tls,
+        require_client_cert=True,
         register=lambda server: engine_service_pb2_grpc.add_EngineServiceServicer_to_server(engine, server),
     )
 
 
 async def _health(address: str, credentials: grpc.ChannelCredentials | None, options=()) -> bool:
-    channel = (grpc.aio.secure_channel(address, credentials, options=options) if credentials
-               else grpc.aio.insecure_channel(address))
+    channel = (
+        grpc.aio.secure_channel(address, credentials, options=options)
+        if credentials
+        else grpc.aio.insecure_channel(address)
+    )
     async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
@@ -174,7 +189,8 @@ async def test_internal_servers_refuse_clients_without_a_certificate_of_their_ca
         assert not await _health(engine_server.address, grpc.ssl_channel_credentials(root_certificates=ca))
         rogue = pki["rogue"]
         rogue_client = grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=open(rogue.key_path, "rb").read(),
+            root_certificates=ca,
+            private_key=open(rogue.key_path, "rb").read(),
             certificate_chain=open(rogue.cert_path, "rb").read(),
         )
         assert not await _health(engine_server.address, rogue_client)
@@ -193,8 +209,18 @@ async def test_internal_servers_refuse_clients_without_a_certificate_of_their_ca
 async def test_memory_service_flags_turn_on_mutual_tls(pki):
     memory_tls = pki["memory"]
     config = MemoryConfig.from_args(
-        ["--port", "0", "--host-tier-capacity-bytes", "0", "--tls-cert", memory_tls.cert_path,
-         "--tls-key", memory_tls.key_path, "--tls-ca", memory_tls.ca_path]
+        [
+            "--port",
+            "0",
+            "--host-tier-capacity-bytes",
+            "0",
+            "--tls-cert",
+            memory_tls.cert_path,
+            "--tls-key",
+            memory_tls.key_path,
+            "--tls-ca",
+            memory_tls.ca_path,
+        ]
     )
     handle = await memory_app.start(config)
     try:
@@ -218,8 +244,22 @@ async def test_memory_service_flags_turn_on_mutual_tls(pki):
 def test_tls_flags_and_their_errors(pki, tmp_path):
     gateway = pki["gateway"]
     config = GatewayConfig.from_args(
-        ["--engine-address", "127.0.0.1:1", "--api-key", "a", "--api-key", "b", "--tls-cert", gateway.cert_path,
-         "--tls-key", gateway.key_path, "--tls-ca", gateway.ca_path, "--http-port", "0"]
+        [
+            "--engine-address",
+            "127.0.0.1:1",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b",
+            "--tls-cert",
+            gateway.cert_path,
+            "--tls-key",
+            gateway.key_path,
+            "--tls-ca",
+            gateway.ca_path,
+            "--http-port",
+            "0",
+        ]
     )
     assert config.api_keys == ("a", "b") and config.tls == gateway and config.http_listen_port == 0
     assert GatewayConfig.from_args(["--engine-address", "127.0.0.1:1"]).http_listen_port == 8000
@@ -234,12 +274,34 @@ async def test_engine_flags_serve_mutual_tls_and_register_with_memory_over_it(pk
     memory_tls = pki["memory"]
     memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.2, tls=memory_tls))
     engine_tls = pki["engine"]
-    config = EngineConfig.from_args([
-        "--port", "0", "--model", DUMMY_TINY_MODEL, "--dtype", "float32", "--device", "cpu", "--cpu-threads", "1",
-        "--num-kv-blocks", "64", "--metrics-port", "-1", "--memory-address", memory.address,
-        "--tls-cert", engine_tls.cert_path, "--tls-key", engine_tls.key_path, "--tls-ca", engine_tls.ca_path,
-        "--tls-peer-name", "memory",
-    ])
+    config = EngineConfig.from_args(
+        [
+            "--port",
+            "0",
+            "--model",
+            DUMMY_TINY_MODEL,
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+            "--cpu-threads",
+            "1",
+            "--num-kv-blocks",
+            "64",
+            "--metrics-port",
+            "-1",
+            "--memory-address",
+            memory.address,
+            "--tls-cert",
+            engine_tls.cert_path,
+            "--tls-key",
+            engine_tls.key_path,
+            "--tls-ca",
+            engine_tls.ca_path,
+            "--tls-peer-name",
+            "memory",
+        ]
+    )
     engine = await engine_app.start(config)
     try:
         assert await _health(engine.address, channel_credentials(pki["gateway"]))

@@ -28,7 +28,9 @@ def test_record_properties():
 
 
 def test_summarize_figures_and_goodput():
-    records = [record(i, float(i), i + 0.1 * (i + 1), i + 1.0 * (i + 1), output=10, preemptions=i % 2) for i in range(4)]
+    records = [
+        record(i, float(i), i + 0.1 * (i + 1), i + 1.0 * (i + 1), output=10, preemptions=i % 2) for i in range(4)
+    ]
     summary = summarize(records, slo=Slo(max_ttft_s=0.25, max_normalized_latency_s_per_token=0.35))
     normalized = [0.1, 0.2, 0.3, 0.4]
     assert summary.num_requests == 4

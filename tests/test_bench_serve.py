@@ -7,12 +7,12 @@ import pytest
 import pytest_asyncio
 
 from services.bench import serve_report
+from services.bench.latency_metrics import Slo
 from services.bench.serve_clients import run_load
 from services.bench.serve_config import ServeConfig
 from services.bench.serve_prompts import FILLER_TEXT, ServeRequest, build_requests, fit_prompt
 from services.bench.serve_run import run_serve
 from services.bench.serve_sweep import run_rate, to_records
-from services.bench.latency_metrics import Slo
 from services.bench.workload import TraceRequest
 from services.cli import main as cli_main
 from services.common.model_catalog import DUMMY_TINY_MODEL
@@ -30,12 +30,31 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 def make_config(**overrides) -> ServeConfig:
     fields = dict(
-        gateway_address="127.0.0.1:1", engine_address=None, start_stack=False, policies=("test",), engine_args=(),
-        with_predictor=False, trace="alpaca", num_requests=6, seed=0, max_model_len=2048, length_divisor=8.0,
-        max_prompt_tokens=16, max_output_tokens=6, rates_per_s=(2.0, float("inf")), burstiness=1.0,
-        num_client_processes=2, num_unloaded_requests=2, bound_multiples=(2.0, 4.0), slo_ttft_s=None,
-        slo_bound_multiple=4.0, max_send_lag_s=0.05, max_client_cpu_utilization=0.9, tokenizer="default",
-        timeout_s=120.0, startup_timeout_s=120.0,
+        gateway_address="127.0.0.1:1",
+        engine_address=None,
+        start_stack=False,
+        policies=("test",),
+        engine_args=(),
+        with_predictor=False,
+        trace="alpaca",
+        num_requests=6,
+        seed=0,
+        max_model_len=2048,
+        length_divisor=8.0,
+        max_prompt_tokens=16,
+        max_output_tokens=6,
+        rates_per_s=(2.0, float("inf")),
+        burstiness=1.0,
+        num_client_processes=2,
+        num_unloaded_requests=2,
+        bound_multiples=(2.0, 4.0),
+        slo_ttft_s=None,
+        slo_bound_multiple=4.0,
+        max_send_lag_s=0.05,
+        max_client_cpu_utilization=0.9,
+        tokenizer="default",
+        timeout_s=120.0,
+        startup_timeout_s=120.0,
     )
     return ServeConfig(**{**fields, **overrides})
 
@@ -44,8 +63,18 @@ def make_config(**overrides) -> ServeConfig:
 async def gateway_address():
     memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.5, stale_after_s=5.0))
     engine = await engine_app.start(
-        EngineConfig(port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=128, max_num_seqs=8,
-                     memory_address=memory.address, engine_id="bench-serve", cpu_threads=1, drain_s=0.0)
+        EngineConfig(
+            port=0,
+            model=DUMMY_TINY_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=128,
+            max_num_seqs=8,
+            memory_address=memory.address,
+            engine_id="bench-serve",
+            cpu_threads=1,
+            drain_s=0.0,
+        )
     )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0, drain_seconds=0.0))
     yield gateway.address
@@ -134,13 +163,37 @@ def test_config_rejects_contradictions():
 @requires_shared_data
 def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(tmp_path, capsys):
     out = tmp_path / "serve.json"
-    status = cli_main.main([
-        "bench", "serve", "--start-stack", "--policies", "fcfs,alise", "--no-predictor", "--trace", "alpaca",
-        "--num-requests", "4", "--rates", "4", "8", "--num-unloaded", "1", "--max-output-tokens", "4",
-        "--max-prompt-tokens", "8", "--engine-arg=--num-kv-blocks=64", "--engine-arg=--cpu-threads=1",
-        "--model", DUMMY_TINY_MODEL,
-        "--log-dir", str(tmp_path / "logs"), "--out", str(out),
-    ])
+    status = cli_main.main(
+        [
+            "bench",
+            "serve",
+            "--start-stack",
+            "--policies",
+            "fcfs,alise",
+            "--no-predictor",
+            "--trace",
+            "alpaca",
+            "--num-requests",
+            "4",
+            "--rates",
+            "4",
+            "8",
+            "--num-unloaded",
+            "1",
+            "--max-output-tokens",
+            "4",
+            "--max-prompt-tokens",
+            "8",
+            "--engine-arg=--num-kv-blocks=64",
+            "--engine-arg=--cpu-threads=1",
+            "--model",
+            DUMMY_TINY_MODEL,
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     report = json.loads(out.read_text())
     assert report["benchmark"] == "serve" and report["config"]["policies"] == ["fcfs", "alise"]
@@ -149,7 +202,9 @@ def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(
         assert [run["rate_per_s"] for run in runs] == [4.0, 8.0]
         assert all(run["summary"]["num_requests"] == 4 and run["num_failed"] == 0 for run in runs)
         assert (tmp_path / "logs" / policy / "engine.log").exists()
-    printed = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("fcfs ", "alise "))]
+    printed = [
+        line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("fcfs ", "alise "))
+    ]
     assert printed == [["fcfs", "4.00"], ["alise", "4.00"], ["fcfs", "8.00"], ["alise", "8.00"]]  # turns at each rate
     assert out.with_suffix(".png").stat().st_size > 0
 

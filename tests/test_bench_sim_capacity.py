@@ -37,9 +37,11 @@ def test_int8_decode_steps_read_half_the_kv_and_pay_for_quantizing():
     bandwidth = BF16.gpu.bandwidth_bytes_per_s * BF16.bandwidth_efficiency
     kv_read_s = batch.num_kv_tokens_read * BF16.model.kv_bytes_per_token / bandwidth
     bf16_s, int8_s = BF16.step_time_s(batch), INT8.step_time_s(batch)
-    assert bf16_s - int8_s == pytest.approx(kv_read_s * (1 - INT8.kv_bytes_per_token / BF16.kv_bytes_per_token)
-                                            - 64 * (INT8.kv_write_bytes_per_token - BF16.kv_write_bytes_per_token)
-                                            / bandwidth, rel=1e-6)
+    assert bf16_s - int8_s == pytest.approx(
+        kv_read_s * (1 - INT8.kv_bytes_per_token / BF16.kv_bytes_per_token)
+        - 64 * (INT8.kv_write_bytes_per_token - BF16.kv_write_bytes_per_token) / bandwidth,
+        rel=1e-6,
+    )
     slower = dataclasses.replace(INT8, int8_attention_efficiency=0.5)
     assert slower.step_time_s(batch) > int8_s
 
@@ -74,9 +76,17 @@ def test_the_walk_stops_at_the_first_unsustained_rate_and_int8_sustains_more():
     costs = {"bf16": small, "int8": dataclasses.replace(small, kv_dtype=KvDtype.INT8)}
     configs = (CapacityConfig("fcfs", "bf16"), CapacityConfig("fcfs", "int8"))
     unloaded, figures = run_capacity(
-        trace, predictions, configs, make=lambda c: (costs[c.kv_dtype], None), shape=EngineShape(),
-        bound_multiples=(4.0,), fractions=(0.5, 1.0, 2.0, 3.0), window=SteadyStateWindow(), seed=0,
-        concurrency=64, progress=lambda _: None,
+        trace,
+        predictions,
+        configs,
+        make=lambda c: (costs[c.kv_dtype], None),
+        shape=EngineShape(),
+        bound_multiples=(4.0,),
+        fractions=(0.5, 1.0, 2.0, 3.0),
+        window=SteadyStateWindow(),
+        seed=0,
+        concurrency=64,
+        progress=lambda _: None,
     )
     assert unloaded > 0
     base, int8 = figures

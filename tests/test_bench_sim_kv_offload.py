@@ -44,8 +44,13 @@ def _handler(mode=OffloadMode.SWAP, host_blocks=64, budget=0.1, prefetch=True):
 
 
 def _request(request_id: str, num_prompt_tokens: int = 16):
-    return make_sim_request(request_id, num_prompt_tokens=num_prompt_tokens, num_output_tokens=8,
-                            arrival_time_s=0.0, prediction=LengthDistribution(8.0))
+    return make_sim_request(
+        request_id,
+        num_prompt_tokens=num_prompt_tokens,
+        num_output_tokens=8,
+        arrival_time_s=0.0,
+        prediction=LengthDistribution(8.0),
+    )
 
 
 def _victim(request_id, num_kv_tokens=16, recompute_s=10.0, wait_s=5.0):
@@ -285,8 +290,16 @@ def test_the_same_seed_gives_the_same_offloaded_run():
 def test_sweep_compares_offload_modes_side_by_side_in_one_json():
     trace = _trace(30)
     predictions, _ = noisy_oracle_distributions([t.num_output_tokens for t in trace], target_tau=0.6, seed=0)
-    config = SweepConfig(("fcfs", "alise"), (0.2, 5.0), 1.0, (4.0,), 4.0, 0, ("recompute", "swap-compress"),
-                         _offload(OffloadMode.SWAP_COMPRESS))
+    config = SweepConfig(
+        ("fcfs", "alise"),
+        (0.2, 5.0),
+        1.0,
+        (4.0,),
+        4.0,
+        0,
+        ("recompute", "swap-compress"),
+        _offload(OffloadMode.SWAP_COMPRESS),
+    )
     result = run_sweep(trace, predictions, cost=COST, shape=EngineShape(), config=config, progress=lambda _: None)
     labels = {point.label for point in result.points}
     assert labels == {"fcfs+recompute", "fcfs+swap-compress", "alise+recompute", "alise+swap-compress"}

@@ -30,8 +30,15 @@ def _workload(seed: int, num_requests: int = 160):
 
 def test_closed_loop_keeps_n_requests_in_the_system():
     trace, predictions = _workload(0)
-    result = simulate(trace, [0.0] * len(trace), predictions, policy="fcfs", cost=COST, shape=EngineShape(),
-                      closed_loop_concurrency=12)
+    result = simulate(
+        trace,
+        [0.0] * len(trace),
+        predictions,
+        policy="fcfs",
+        cost=COST,
+        shape=EngineShape(),
+        closed_loop_concurrency=12,
+    )
     assert len(result.records) == len(trace)
     finishes = np.sort([r.finish_s for r in result.records])
     # Between the first finish and the time the trace runs out, exactly 12 are in the system.
@@ -49,8 +56,9 @@ def test_closed_loop_leaves_open_loop_runs_alone():
 
 
 def test_steady_sweep_figures_json_and_png(tmp_path):
-    config = SteadyConfig(("fcfs", "alise", "srpt-oracle"), (0.8, 1.0), (POISSON, GAMMA_CV2), (0, 1),
-                          capacity_concurrency=16)
+    config = SteadyConfig(
+        ("fcfs", "alise", "srpt-oracle"), (0.8, 1.0), (POISSON, GAMMA_CV2), (0, 1), capacity_concurrency=16
+    )
     result = run_steady(_workload, cost=COST, shape=EngineShape(), config=config, progress=lambda _: None)
     assert set(result.capacity_per_s) == {"fcfs", "alise", "srpt-oracle"}
     assert all(estimate.mean > 0 for estimate in result.capacity_per_s.values())
@@ -74,11 +82,14 @@ def test_steady_config_needs_fcfs_or_its_capacity():
     assert result.capacity_per_s == {} and [p.rate_per_s for p in result.points] == [0.5]
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--arrivals", "poisson,lumpy"], "unknown arrivals ['lumpy']"),
-    (["--policies", "alise"], "needs fcfs"),
-    (["--kv-offload", "recompute,swap"], "one --kv-offload mode"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--arrivals", "poisson,lumpy"], "unknown arrivals ['lumpy']"),
+        (["--policies", "alise"], "needs fcfs"),
+        (["--kv-offload", "recompute,swap"], "one --kv-offload mode"),
+    ],
+)
 def test_cli_refuses_bad_steady_state_flags(capsys, flags, message):
     parser = argparse.ArgumentParser()
     sim_cli.add_parser(parser.add_subparsers())

@@ -80,12 +80,12 @@ def test_default_dir_is_the_shared_data_next_to_the_repo():
 
 
 def test_scale_trace_divides_clips_and_keeps_the_order():
-    trace = [TraceRequest(f"r{i}", "text", prompt, output) for i, (prompt, output) in
-             enumerate([(1, 1), (7, 8), (9, 800), (1500, 17), (40, 2000)])]
-    scaled = scale_trace(trace, divisor=8, max_prompt_tokens=64, max_output_tokens=128)
-    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in scaled] == [
-        (1, 1), (1, 1), (2, 100), (64, 3), (5, 128)
+    trace = [
+        TraceRequest(f"r{i}", "text", prompt, output)
+        for i, (prompt, output) in enumerate([(1, 1), (7, 8), (9, 800), (1500, 17), (40, 2000)])
     ]
+    scaled = scale_trace(trace, divisor=8, max_prompt_tokens=64, max_output_tokens=128)
+    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in scaled] == [(1, 1), (1, 1), (2, 100), (64, 3), (5, 128)]
     assert [r.request_id for r in scaled] == [r.request_id for r in trace]
     outputs = [r.num_output_tokens for r in trace]
     scaled_outputs = [r.num_output_tokens for r in scaled]

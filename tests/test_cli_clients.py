@@ -79,8 +79,12 @@ def fake_stack():
         engine_service_pb2_grpc.add_EngineServiceServicer_to_server(engine, server)
 
     running = asyncio.run_coroutine_threadsafe(
-        start_server(host="127.0.0.1", port=0, register=register,
-                     service_names=["alise.v1.GatewayService", "alise.v1.EngineService"]),
+        start_server(
+            host="127.0.0.1",
+            port=0,
+            register=register,
+            service_names=["alise.v1.GatewayService", "alise.v1.EngineService"],
+        ),
         loop,
     ).result(timeout=10)
     yield running.address, gateway, engine
@@ -116,17 +120,39 @@ def test_generate_reports_an_unreachable_gateway(capsys):
 def test_bench_stack_measures_both_paths_and_saves_json(fake_stack, tmp_path, capsys):
     address, gateway, engine = fake_stack
     out = tmp_path / "bench.json"
-    argv = ["bench", "stack", "--gateway-address", address, "--engine-address", address, "--concurrency", "1", "3",
-            "--max-tokens", "8", "--requests-per-stream", "1", "--num-requests", "4", "--num-warmup", "1",
-            "--out", str(out)]
+    argv = [
+        "bench",
+        "stack",
+        "--gateway-address",
+        address,
+        "--engine-address",
+        address,
+        "--concurrency",
+        "1",
+        "3",
+        "--max-tokens",
+        "8",
+        "--requests-per-stream",
+        "1",
+        "--num-requests",
+        "4",
+        "--num-warmup",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert cli_main.main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"machine", "git", "config", "model", "throughput", "gateway_overhead"}
     assert [(row["target"], row["concurrency"]) for row in report["throughput"]] == [
-        ("gateway", 1), ("gateway", 3), ("engine", 1), ("engine", 3)
+        ("gateway", 1),
+        ("gateway", 3),
+        ("engine", 1),
+        ("engine", 3),
     ]
-    assert all(row["num_tokens"] == 8 * row["concurrency"] and row["num_requests_short"] == 0
-               for row in report["throughput"])
+    assert all(
+        row["num_tokens"] == 8 * row["concurrency"] and row["num_requests_short"] == 0 for row in report["throughput"]
+    )
     overhead = report["gateway_overhead"]
     assert overhead["num_requests"] == 4 and overhead["end_to_end"]["engine"]["p50_ms"] > 0
     assert report["model"]["scheduler_policy"] == "fcfs"

@@ -22,7 +22,7 @@ import pytest
 
 from services.common.model_catalog import DEFAULT_MODEL
 
-FAKE_SERVICE = r'''
+FAKE_SERVICE = r"""
 import argparse, asyncio, json, os, pathlib, signal, sys
 from services.common.flags import add_server_flags
 from services.common.server import ServiceHandle, run_until_signal, start_server
@@ -53,9 +53,9 @@ async def main():
     await run_until_signal(handle, grace_s=args.drain_seconds)
 
 asyncio.run(main())
-'''
+"""
 
-DRIVER = r'''
+DRIVER = r"""
 import asyncio, json, pathlib, sys, time
 from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.stack_plan import ChildSpec, UpConfig, build_stack_plan
@@ -72,7 +72,7 @@ for spec in build_stack_plan(config):
 settings = LaunchSettings(log_dir=pathlib.Path(params["log_dir"]), startup_timeout_s=20,
                           stop_timeout_s=config.drain_s + config.stop_grace_s, started_at_s=time.monotonic())
 sys.exit(asyncio.run(run_stack(plan, settings)))
-'''
+"""
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -250,8 +250,9 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace(start_stack):
 
 def test_a_closed_stdout_does_not_stop_the_shutdown(start_stack):
     """The terminal may be gone when the stop comes: EPIPE on a status line must not skip SIGKILL."""
-    stack = start_stack(read_stdout=False, extra={"engine": ["--ignore-sigterm"]}, with_predictor=False,
-                        stop_grace_s=0.5)
+    stack = start_stack(
+        read_stdout=False, extra={"engine": ["--ignore-sigterm"]}, with_predictor=False, stop_grace_s=0.5
+    )
     stack._read_lines(_lines_until(stack.process.stdout, "alise up:"))
     stack.process.stdout.close()  # the next status line written by the launcher hits a broken pipe
     stack.process.send_signal(signal.SIGTERM)
@@ -288,5 +289,7 @@ def test_a_killed_child_is_restarted_on_its_port_while_the_others_keep_serving(s
     stack.process.send_signal(signal.SIGTERM)
     returncode, out, err = stack.finish()
     assert returncode == 0, err
-    assert f"predictor (pid {first['predictor']}) exited with status {-signal.SIGKILL}; restarting it on {address}" in err
+    assert (
+        f"predictor (pid {first['predictor']}) exited with status {-signal.SIGKILL}; restarting it on {address}" in err
+    )
     assert _wait_all_gone(stack.pids.values(), timeout_s=0.5) == []

@@ -31,8 +31,14 @@ print(json.dumps(sorted(sys.modules)))
 
 def _modules_after(argv: list[str]) -> set[str]:
     """The modules a fresh interpreter holds after `alise <argv>` (stdout of the command dropped)."""
-    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(argv)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 

@@ -71,14 +71,30 @@ def test_predictor_args_are_forwarded_verbatim(monkeypatch):
 
 
 def test_plan_orders_dependencies_first_and_wires_peers():
-    config = UpConfig(model="tiny-llama", engine_port=6002, log_level="DEBUG", drain_s=2.0,
-                      extra_args=(("engine", ("--policy=fcfs",)),))
+    config = UpConfig(
+        model="tiny-llama",
+        engine_port=6002,
+        log_level="DEBUG",
+        drain_s=2.0,
+        extra_args=(("engine", ("--policy=fcfs",)),),
+    )
     plan = build_stack_plan(config, python="/py")
     assert [spec.name for spec in plan] == ["memory", "predictor", "engine", "gateway"]
     engine = plan[2]
     assert engine.argv[:3] == ("/py", "-m", "services.engine")
-    assert engine.argv[3:] == ("--host", "127.0.0.1", "--port", "6002", "--log-level", "DEBUG",
-                               "--drain-seconds", "2.0", "--model", "tiny-llama", "--policy=fcfs")
+    assert engine.argv[3:] == (
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "6002",
+        "--log-level",
+        "DEBUG",
+        "--drain-seconds",
+        "2.0",
+        "--model",
+        "tiny-llama",
+        "--policy=fcfs",
+    )
     assert engine.peer_flags == (("--memory-address", "memory"),)
     assert plan[3].peer_flags == (("--engine-address", "engine"), ("--predictor-address", "predictor"))
     assert "--port" in plan[3].argv and plan[3].argv[plan[3].argv.index("--port") + 1] == "50051"
@@ -120,9 +136,13 @@ def test_generate_request_leaves_unset_flags_unset():
     for field in ("top_p", "seed"):
         assert not request.sampling.HasField(field), field
     assert request.sampling.HasField("temperature") and request.sampling.temperature == 0  # the CLI is greedy
-    chat = build_request(cli_main.build_parser().parse_args(["generate", "Hi", "--system", "Be brief."]), "Hi", as_chat=True)
+    chat = build_request(
+        cli_main.build_parser().parse_args(["generate", "Hi", "--system", "Be brief."]), "Hi", as_chat=True
+    )
     assert not chat.prompt_text and [(m.role, m.content) for m in chat.messages] == [
-        (common_pb2.CHAT_ROLE_SYSTEM, "Be brief."), (common_pb2.CHAT_ROLE_USER, "Hi")]
+        (common_pb2.CHAT_ROLE_SYSTEM, "Be brief."),
+        (common_pb2.CHAT_ROLE_USER, "Hi"),
+    ]
     args = cli_main.build_parser().parse_args(
         ["generate", "x", "--temperature", "0", "--top-p", "0.9", "--seed", "5", "--ignore-eos", "--top-k", "4"]
     )
@@ -155,6 +175,7 @@ async def test_overhead_is_gateway_minus_engine():
     def maker(latency_s: float):
         async def make(max_tokens: int) -> StreamTiming:
             return StreamTiming(max_tokens, latency_s / 2, latency_s, None)
+
         return make
 
     result = await measure_overhead(maker(0.012), maker(0.010), num_requests=5, max_tokens=4, num_warmup=1)

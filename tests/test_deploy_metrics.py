@@ -17,8 +17,12 @@ PROMETHEUS_K8S = DEPLOY_DIR / "prometheus" / "prometheus-kubernetes.yml"
 MONITORING = DEPLOY_DIR / "docker-compose.monitoring.yml"
 DASHBOARD = DEPLOY_DIR / "grafana" / "alise-dashboard.json"
 # Service -> the flag that sets the port its /metrics is served on.
-METRICS_FLAG = {"gateway": "--http-port", "engine": "--metrics-port", "predictor": "--metrics-port",
-                "memory": "--metrics-port"}
+METRICS_FLAG = {
+    "gateway": "--http-port",
+    "engine": "--metrics-port",
+    "predictor": "--metrics-port",
+    "memory": "--metrics-port",
+}
 
 
 def _yaml(path):
@@ -34,7 +38,10 @@ def _metrics_port(service: str, argv: list[str]) -> int:
 
 def _compose_ports() -> dict[str, int]:
     services = _yaml(DEPLOY_DIR / "docker-compose.yml")["services"]
-    return {name: _metrics_port(name, [interpolate(str(a)) for a in service["command"]]) for name, service in services.items()}
+    return {
+        name: _metrics_port(name, [interpolate(str(a)) for a in service["command"]])
+        for name, service in services.items()
+    }
 
 
 def _scrape_targets() -> dict[str, tuple[str, int]]:
@@ -65,7 +72,9 @@ def test_compose_services_expose_their_metrics_ports():
         published = {interpolate(str(p)).split(":")[-1] for p in services[name].get("ports", [])}
         assert str(port) in exposed | published, f"{name} does not expose {port}"
     gpu = _yaml(DEPLOY_DIR / "docker-compose.gpu.yml")
-    assert flag_value([str(a) for a in gpu["x-engine-gpu-command"]], "--metrics-port") == str(_compose_ports()["engine"])
+    assert flag_value([str(a) for a in gpu["x-engine-gpu-command"]], "--metrics-port") == str(
+        _compose_ports()["engine"]
+    )
     assert gpu["x-engine-gpu"]["expose"] == [str(_compose_ports()["engine"])]
 
 
@@ -121,20 +130,34 @@ def test_dashboard_panels_are_well_formed_and_select_the_scrape_jobs():
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
-        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        area = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & area, f"panel {panel['title']!r} overlaps another"
         cells |= area
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] == "${datasource}"
-        assert panel["targets"] and all(re.search(r"alise:[a-z_]+", t["expr"]) for t in panel["targets"]), panel["title"]
+        assert panel["targets"] and all(re.search(r"alise:[a-z_]+", t["expr"]) for t in panel["targets"]), panel[
+            "title"
+        ]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     jobs = set(_scrape_targets())
     assert {variables["gateway_job"]["query"], variables["engine_job"]["query"]} <= jobs
     titles = " ".join(p["title"].lower() for p in panels)
-    for needed in ("request rate", "running", "kv cache", "time to first token", "inter-token", "end-to-end",
-                   "preemptions", "swaps", "kendall tau", "fallbacks"):
+    for needed in (
+        "request rate",
+        "running",
+        "kv cache",
+        "time to first token",
+        "inter-token",
+        "end-to-end",
+        "preemptions",
+        "swaps",
+        "kendall tau",
+        "fallbacks",
+    ):
         assert needed in titles, needed
 
 

@@ -56,15 +56,20 @@ def _with_files(argv: list[str], mounts: dict[str, str]) -> list[str]:
 
 def _compose_mounts(pki) -> dict[str, str]:
     secrets = yaml.safe_load(COMPOSE_TLS.read_text())["secrets"]
-    return {f"/run/secrets/{name}": str(pki / entry["file"].removeprefix("./secrets/")) for name, entry in secrets.items()}
+    return {
+        f"/run/secrets/{name}": str(pki / entry["file"].removeprefix("./secrets/")) for name, entry in secrets.items()
+    }
 
 
 def _assert_mutual_tls(name: str, config, mounts: dict[str, str], pki) -> None:
     """The parsed config serves and dials with the service's own files and the CA."""
     tls = config.tls
     assert tls is not None, f"{name}: no TLS"
-    assert (tls.cert_path, tls.key_path, tls.ca_path) == (str(pki / f"{name}.pem"), str(pki / f"{name}.key"),
-                                                          str(pki / "ca.pem")), name
+    assert (tls.cert_path, tls.key_path, tls.ca_path) == (
+        str(pki / f"{name}.pem"),
+        str(pki / f"{name}.key"),
+        str(pki / "ca.pem"),
+    ), name
     assert tls.verifies_peers, f"{name}: without --tls-ca its server would not require client certificates"
     if name in ("gateway", "engine"):  # they dial peers (engines/predictors by IP; memory)
         assert tls.peer_name == PEER_NAME, name
@@ -126,8 +131,10 @@ def test_kubernetes_overlay_mounts_each_services_secret_and_probes_over_tls(pki)
         assert all(v["secret"]["defaultMode"] == 0o440 for v in pod["volumes"] if "secret" in v)
         assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], "the user reads its keys"
         mounts = {
-            "/etc/alise/tls/tls.crt": str(pki / f"{name}.pem"), "/etc/alise/tls/tls.key": str(pki / f"{name}.key"),
-            "/etc/alise/tls/ca.crt": str(pki / "ca.pem"), "/etc/alise/api-keys/api_keys.txt": str(pki / "api_keys.txt"),
+            "/etc/alise/tls/tls.crt": str(pki / f"{name}.pem"),
+            "/etc/alise/tls/tls.key": str(pki / f"{name}.key"),
+            "/etc/alise/tls/ca.crt": str(pki / "ca.pem"),
+            "/etc/alise/api-keys/api_keys.txt": str(pki / "api_keys.txt"),
         }
         args = [str(a).replace("$(POD_NAME)", "engine-abc") for a in container["args"]]
         _assert_mutual_tls(name, parse_service_args(name, _with_files(args, mounts)), mounts, pki)
@@ -151,8 +158,13 @@ def test_kubernetes_overlay_validates_against_the_kubernetes_schemas():
 
 async def _healthcheck(*args: str) -> int:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(DOCKER_DIR / "grpc_healthcheck.py"), *args, "--timeout-s", "3",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        str(DOCKER_DIR / "grpc_healthcheck.py"),
+        *args,
+        "--timeout-s",
+        "3",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     return await process.wait()
 
@@ -164,11 +176,17 @@ async def test_healthcheck_script_speaks_tls(pki):
     try:
         service = "alise.v1.GatewayService"
         assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem")) == 0
-        assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem"),
-                                  "--tls-server-name", PEER_NAME) == 0
+        assert (
+            await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem"), "--tls-server-name", PEER_NAME)
+            == 0
+        )
         assert await _healthcheck(handle.address, service) == 1  # plaintext against TLS
-        assert await _healthcheck(handle.address, service, "--tls-ca", str(pki / "ca.pem"),
-                                  "--tls-server-name", "someone-else") == 1
+        assert (
+            await _healthcheck(
+                handle.address, service, "--tls-ca", str(pki / "ca.pem"), "--tls-server-name", "someone-else"
+            )
+            == 1
+        )
     finally:
         await handle.stop(0)
         await engine_server.stop(0)
@@ -176,14 +194,33 @@ async def test_healthcheck_script_speaks_tls(pki):
 
 async def test_healthcheck_script_presents_a_client_certificate_to_a_mutual_tls_service(pki):
     """What the overlays' internal probes run, against the real memory service started with their flags."""
-    config = MemoryConfig.from_args([
-        "--port", "0", "--host-tier-capacity-bytes", "0", "--tls-cert", str(pki / "memory.pem"),
-        "--tls-key", str(pki / "memory.key"), "--tls-ca", str(pki / "ca.pem"),
-    ])
+    config = MemoryConfig.from_args(
+        [
+            "--port",
+            "0",
+            "--host-tier-capacity-bytes",
+            "0",
+            "--tls-cert",
+            str(pki / "memory.pem"),
+            "--tls-key",
+            str(pki / "memory.key"),
+            "--tls-ca",
+            str(pki / "ca.pem"),
+        ]
+    )
     memory = await memory_app.start(config)
     try:
-        check = (memory.address, "alise.v1.MemoryService", "--tls-ca", str(pki / "ca.pem"), "--tls-server-name", PEER_NAME)
-        assert await _healthcheck(*check, "--tls-cert", str(pki / "memory.pem"), "--tls-key", str(pki / "memory.key")) == 0
+        check = (
+            memory.address,
+            "alise.v1.MemoryService",
+            "--tls-ca",
+            str(pki / "ca.pem"),
+            "--tls-server-name",
+            PEER_NAME,
+        )
+        assert (
+            await _healthcheck(*check, "--tls-cert", str(pki / "memory.pem"), "--tls-key", str(pki / "memory.key")) == 0
+        )
         assert await _healthcheck(*check) == 1  # no client certificate: refused in the handshake
     finally:
         await memory.stop(0)

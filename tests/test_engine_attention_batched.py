@@ -30,7 +30,9 @@ def _step(dtype: torch.dtype, seed: int = 0, requests=REQUESTS):
         next_block += num_blocks
         starts.append(starts[-1] + num_queries)
     metadata = make_metadata(
-        torch.zeros(starts[-1], dtype=torch.long), starts, [context for _, context in requests],
+        torch.zeros(starts[-1], dtype=torch.long),
+        starts,
+        [context for _, context in requests],
         [table.tolist() for table in tables],
     )
     query = torch.randn(starts[-1], NUM_HEADS, HEAD_DIM, generator=generator).to(dtype)
@@ -55,7 +57,9 @@ def test_all_decode_step_takes_the_single_batched_call():
     decodes = [0, 2, 3, 5]
     starts = [0, 1, 2, 3, 4]
     only_decodes = make_metadata(
-        torch.zeros(4, dtype=torch.long), starts, [metadata.seq_lens_host[r] for r in decodes],
+        torch.zeros(4, dtype=torch.long),
+        starts,
+        [metadata.seq_lens_host[r] for r in decodes],
         metadata.block_tables[decodes],
     )
     rows = query[[metadata.query_start_loc_host[r] for r in decodes]]

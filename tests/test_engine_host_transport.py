@@ -161,8 +161,13 @@ def test_map_region_refuses_what_is_not_the_service_region(region, tmp_path):
     other_token = pb.HostRegion()
     other_token.CopyFrom(good)
     other_token.region_token = bytes(len(good.region_token))
-    missing = pb.HostRegion(path=str(tmp_path / "absent"), size_bytes=good.size_bytes, slot_bytes=SLOT_BYTES,
-                            region_token=good.region_token, first_slot_offset_bytes=good.first_slot_offset_bytes)
+    missing = pb.HostRegion(
+        path=str(tmp_path / "absent"),
+        size_bytes=good.size_bytes,
+        slot_bytes=SLOT_BYTES,
+        region_token=good.region_token,
+        first_slot_offset_bytes=good.first_slot_offset_bytes,
+    )
     too_big = pb.HostRegion()
     too_big.CopyFrom(good)
     too_big.size_bytes = good.size_bytes + SLOT_BYTES
@@ -177,8 +182,9 @@ def test_open_transport_falls_back_to_the_stream(region):
         opened = open_transport(moved, rpc.MemoryServiceStub(channel), "e1", 1.0)
         assert isinstance(opened, GrpcStreamTransport) and opened.name == "grpc-stream"
         assert opened.commits_on_write
-        assert isinstance(open_transport(pb.HostRegion(), rpc.MemoryServiceStub(channel), "e1", 1.0),
-                          GrpcStreamTransport)
+        assert isinstance(
+            open_transport(pb.HostRegion(), rpc.MemoryServiceStub(channel), "e1", 1.0), GrpcStreamTransport
+        )
 
 
 def test_a_region_re_created_under_the_mapping_is_refused(region, transport):

@@ -116,8 +116,10 @@ def test_a_preempted_request_gets_a_fresh_row_even_if_nobody_told_the_batch():
 def test_rows_are_reused_and_the_step_order_is_the_chunk_order():
     batch = InputBatch(4, CPU)
     tables = {"a": [7], "b": [3, 4], "c": [9]}
-    requests = {rid: _request(rid, list(range(10 * i + 3, 10 * i + 3 + n)), 4, seed=i, temperature=0.5 * i)
-                for i, (rid, n) in enumerate((("a", 2), ("b", 6), ("c", 3)))}
+    requests = {
+        rid: _request(rid, list(range(10 * i + 3, 10 * i + 3 + n)), 4, seed=i, temperature=0.5 * i)
+        for i, (rid, n) in enumerate((("a", 2), ("b", 6), ("c", 3)))
+    }
 
     def step(order: list[str]) -> object:
         chunks = [ScheduledChunk(requests[r], requests[r].num_tokens, True, requests[r].num_tokens) for r in order]

@@ -204,10 +204,12 @@ def test_attention_output_error_after_round_trip(codec, outlier_channels, bound)
     query = torch.randn(10, 8, SHAPE.head_dim, generator=torch.Generator().manual_seed(6))
 
     def attend_all_layers():
-        return torch.stack([
-            paged_attention_reference(query, keys, values, metadata, SHAPE.head_dim**-0.5)
-            for keys, values in zip(cache.key_cache, cache.value_cache)
-        ])
+        return torch.stack(
+            [
+                paged_attention_reference(query, keys, values, metadata, SHAPE.head_dim**-0.5)
+                for keys, values in zip(cache.key_cache, cache.value_cache)
+            ]
+        )
 
     exact = attend_all_layers()
     for table in tables:
@@ -246,7 +248,11 @@ def prompts_and_reference():
 def test_greedy_tokens_after_swap_round_trip_match_no_swap(prompts_and_reference, codec, floor):
     prompts, reference = prompts_and_reference
     agreement = measure_agreement(
-        _core, prompts, codec, num_output_tokens=NUM_OUTPUT_TOKENS, swap_after_tokens=SWAP_AFTER_TOKENS,
+        _core,
+        prompts,
+        codec,
+        num_output_tokens=NUM_OUTPUT_TOKENS,
+        swap_after_tokens=SWAP_AFTER_TOKENS,
         reference=reference,
     )
     print(

@@ -80,7 +80,9 @@ def test_chunked_prefill_then_decodes_and_skipped_slots():
     table = [2, 0, 3]  # positions 0..15 -> block 2, 16..31 -> block 0, 32..47 -> block 3
     slots = [table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(40)]
     kv_quant.write_int8_reference(cache, scales, torch.tensor(slots[:21]), values[:21])  # chunk 1: 0..20
-    kv_quant.write_int8_reference(cache, scales, torch.tensor([-1] + slots[21:37]), torch.cat([values[:1], values[21:37]]))
+    kv_quant.write_int8_reference(
+        cache, scales, torch.tensor([-1] + slots[21:37]), torch.cat([values[:1], values[21:37]])
+    )
     for p in range(37, 40):  # decodes
         kv_quant.write_int8_reference(cache, scales, torch.tensor([slots[p]]), values[p : p + 1])
     restored = kv_quant.dequantize_int8_blocks(kv_quant.Int8Blocks(cache, scales))
@@ -109,7 +111,9 @@ def test_int8_kv_attention_output_error_against_float32_reference(outlier_channe
     starts = [0]
     for n in num_queries:
         starts.append(starts[-1] + n)
-    metadata = make_metadata(torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, [t.tolist() for t in tables])
+    metadata = make_metadata(
+        torch.zeros(starts[-1], dtype=torch.long), starts, context_lens, [t.tolist() for t in tables]
+    )
     query = _random(starts[-1], num_heads, HEAD_DIM, seed=10)
     exact = paged_attention_reference(query, keys, values, metadata, HEAD_DIM**-0.5)
     int8_keys = kv_quant.dequantize_int8_blocks(kv_quant.quantize_int8_blocks(keys))
@@ -221,12 +225,19 @@ def test_vectorised_int8_write_is_bit_identical_to_the_reference_loop():
     scales = [torch.zeros(12, 2) for _ in range(2)]
     tables = {0: [3, 7, 1], 1: [5, 0], 2: [9, 11, 2]}
     steps = [  # (request, first position, count)
-        [(0, 0, 20), (1, 0, 5)], [(0, 20, 1), (1, 5, 12), (2, 0, 33)], [(0, 21, 1), (1, 17, 1), (2, 33, 1)],
+        [(0, 0, 20), (1, 0, 5)],
+        [(0, 20, 1), (1, 5, 12), (2, 0, 33)],
+        [(0, 21, 1), (1, 17, 1), (2, 33, 1)],
         [(0, 22, 1), (1, 18, 1), (2, 34, 1)],
     ]
     for step in steps:
-        slots = torch.tensor([tables[r][p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
-                              for r, first, count in step for p in range(first, first + count)])
+        slots = torch.tensor(
+            [
+                tables[r][p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+                for r, first, count in step
+                for p in range(first, first + count)
+            ]
+        )
         values = torch.randn(len(slots), 2, 64, generator=generator) * (1 + torch.rand(1, generator=generator))
         kv_quant.write_int8_reference(caches[0], scales[0], slots, values)
         kv_quant.write_int8(caches[1], scales[1], slots, values)

@@ -33,8 +33,14 @@ SCARCE_BLOCKS = 12  # 96 positions for ~210 wanted at the peak: preemptions must
 
 def _memory_config() -> MemoryConfig:
     """An error budget of 0 allows only bit-exact (full precision) swaps: greedy tokens must not change."""
-    return MemoryConfig(port=0, host_tier_capacity_bytes=64 * 1024 * 1024, host_tier_block_bytes=64 * 1024,
-                        report_interval_s=0.5, stale_after_s=30.0, max_kv_relative_error=0.0)
+    return MemoryConfig(
+        port=0,
+        host_tier_capacity_bytes=64 * 1024 * 1024,
+        host_tier_block_bytes=64 * 1024,
+        report_interval_s=0.5,
+        stale_after_s=30.0,
+        max_kv_relative_error=0.0,
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -58,10 +64,19 @@ def _swapping_core(address: str, engine_id: str, num_blocks: int):
     core = make_core(num_blocks=num_blocks, block_size=BLOCK_SIZE, token_budget=32)
     client = MemoryClient(address, engine_id, timeout_s=2.0)
     shape = core.runner.cache_shape
-    layout = pb.KvBlockLayout(block_size_tokens=BLOCK_SIZE, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
-                              head_dim=shape.head_dim, dtype=pb.KV_DTYPE_FLOAT32, block_bytes=shape.block_bytes(torch.float32))
-    reply = client.stub.RegisterEngine(pb.RegisterEngineRequest(engine_id=engine_id, address="test", model_name="default",
-                                                                num_device_blocks=num_blocks, layout=layout))
+    layout = pb.KvBlockLayout(
+        block_size_tokens=BLOCK_SIZE,
+        num_layers=shape.num_layers,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        dtype=pb.KV_DTYPE_FLOAT32,
+        block_bytes=shape.block_bytes(torch.float32),
+    )
+    reply = client.stub.RegisterEngine(
+        pb.RegisterEngineRequest(
+            engine_id=engine_id, address="test", model_name="default", num_device_blocks=num_blocks, layout=layout
+        )
+    )
     offloader = KvOffloader(core.runner.cache, client)
     offloader.attach_region(reply.host_region)
     core.scheduler.eviction = offloader
@@ -74,14 +89,19 @@ async def _stats(address: str) -> pb.MemoryServiceGetStatsResponse:
 
 
 async def test_swap_preemption_gives_exactly_the_tokens_of_a_run_without_preemption(memory):
-    reference = await asyncio.to_thread(run_to_completion, make_core(num_blocks=256, block_size=BLOCK_SIZE, token_budget=32), _arrivals())
+    reference = await asyncio.to_thread(
+        run_to_completion, make_core(num_blocks=256, block_size=BLOCK_SIZE, token_budget=32), _arrivals()
+    )
     core, offloader = await asyncio.to_thread(_swapping_core, memory.address, "swap-exact", SCARCE_BLOCKS)
     outputs = await asyncio.to_thread(run_to_completion, core, _arrivals())
     await asyncio.to_thread(offloader.close)
 
     assert outputs == reference
     scheduler = core.scheduler
-    assert scheduler.preempted_kv.num_swapped_out > 0 and scheduler.preempted_kv.num_restored == scheduler.preempted_kv.num_swapped_out
+    assert (
+        scheduler.preempted_kv.num_swapped_out > 0
+        and scheduler.preempted_kv.num_restored == scheduler.preempted_kv.num_swapped_out
+    )
     assert scheduler.preempted_kv.num_restores_lost == 0
     # (A victim whose swap would stall longer than recomputing it recomputes: timing-dependent.)
     assert scheduler.kv.pool.num_free_blocks == SCARCE_BLOCKS

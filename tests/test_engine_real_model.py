@@ -55,7 +55,7 @@ def _hf_greedy(prompt: tuple[int, ...]) -> list[int]:
     """generate() alone on the prompt; stops at the model's EOS like the engine (ignore_eos off)."""
     with torch.inference_mode():
         out = _model().model.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def _engine_greedy(*, num_blocks: int, token_budget: int):

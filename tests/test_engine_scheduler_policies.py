@@ -154,7 +154,9 @@ def test_mlfq_skip_join_and_demotion():
 def test_every_request_finishes_and_frees_its_blocks(policy):
     scheduler = make_scheduler(policy=policy, num_blocks=24, block_size=4, max_num_seqs=4)
     for index in range(12):
-        scheduler.add(make_predicted_request(f"r{index}", 5 + index % 4, max_tokens=6 + 3 * (index % 5), predicted_tokens=8))
+        scheduler.add(
+            make_predicted_request(f"r{index}", 5 + index % 4, max_tokens=6 + 3 * (index % 5), predicted_tokens=8)
+        )
     for _ in range(2000):
         if not scheduler.has_work:
             break
@@ -176,8 +178,11 @@ def test_ttft_aging_a_long_job_is_overtaken_only_by_requests_that_came_within_it
     started_at, overtaken_by = None, []
     for step in range(200):  # two short arrivals per step, as in the promotion test above
         for index in range(2):
-            scheduler.add(make_predicted_request(
-                f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s))
+            scheduler.add(
+                make_predicted_request(
+                    f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s
+                )
+            )
         output, _ = run_step(scheduler)
         if started_at is None:
             if any(c.request.request_id == "long" for c in output.chunks):
@@ -202,7 +207,8 @@ def test_ttft_aging_keys_are_deadlines_on_waiting_requests_only():
     assert policy.priority_key(long) == pytest.approx(3.0 + 2.0)  # capped at the horizon
     assert policy.priority_keys([short, long]) == pytest.approx([policy.remaining_s(short), policy.remaining_s(long)])
     assert AlisePolicy(OnlineStepCostModel(), aging_horizon_s=math.inf).priority_key(long) == pytest.approx(
-        policy.remaining_s(long))
+        policy.remaining_s(long)
+    )
     assert AlisePolicy(OnlineStepCostModel()).aging_horizon_s == 30.0
     with pytest.raises(ValueError):
         AlisePolicy(OnlineStepCostModel(), aging_horizon_s=0.0)

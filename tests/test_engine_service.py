@@ -20,9 +20,18 @@ BLOCK_SIZE = 16
 
 def engine_config(**overrides) -> EngineConfig:
     fields = dict(
-        port=0, drain_s=0.0, engine_id="test-engine", model=DUMMY_TINY_MODEL, dtype="float32", device="cpu",
-        block_size_tokens=BLOCK_SIZE, num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16, max_num_batched_tokens=256,
-        max_waiting_requests=512, cpu_threads=1,
+        port=0,
+        drain_s=0.0,
+        engine_id="test-engine",
+        model=DUMMY_TINY_MODEL,
+        dtype="float32",
+        device="cpu",
+        block_size_tokens=BLOCK_SIZE,
+        num_kv_blocks=NUM_KV_BLOCKS,
+        max_num_seqs=16,
+        max_num_batched_tokens=256,
+        max_waiting_requests=512,
+        cpu_threads=1,
     )
     fields.update(overrides)
     return EngineConfig(**fields)

@@ -42,7 +42,8 @@ METHODS = [(service, method) for service, descriptor in SERVICES.items() for met
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("fuzz"), num_engines=1,
+        log_dir=tmp_path_factory.mktemp("fuzz"),
+        num_engines=1,
         engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),  # random max_tokens stay cheap
     )
     threaded = ThreadedStack(config).start()
@@ -67,7 +68,9 @@ def test_fuzz_method(stack, channels, service, method):
     codes: dict[str, int] = {}
 
     @settings(
-        max_examples=math.ceil(CASES_PER_SERVICE / num_methods), deadline=None, database=None,
+        max_examples=math.ceil(CASES_PER_SERVICE / num_methods),
+        deadline=None,
+        database=None,
         suppress_health_check=list(HealthCheck),
     )
     @given(payload=any_request_bytes(method.input_type))

@@ -24,19 +24,41 @@ pytestmark = pytest.mark.timeout(300)
 TIMEOUT_S = 15.0
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 FIELDS = (
-    "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stream", "stop", "seed", "n",
-    "logprobs", "stream_options", "timeout", "min_tokens", "user", "role", "content",
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stream",
+    "stop",
+    "seed",
+    "n",
+    "logprobs",
+    "stream_options",
+    "timeout",
+    "min_tokens",
+    "user",
+    "role",
+    "content",
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=12,
 )
 near_valid = st.fixed_dictionaries(  # mostly-right requests, so the fuzzing also reaches generation
     {"model": st.sampled_from(["dummy-llama-tiny", "", "no-such-model"]), "prompt": st.text(max_size=60)},
     optional={
-        "max_tokens": st.integers(-3, 300), "temperature": st.floats(), "top_p": st.floats(),
-        "stream": st.booleans(), "stop": st.lists(st.text(max_size=5), max_size=20), "seed": st.integers(),
+        "max_tokens": st.integers(-3, 300),
+        "temperature": st.floats(),
+        "top_p": st.floats(),
+        "stream": st.booleans(),
+        "stop": st.lists(st.text(max_size=5), max_size=20),
+        "seed": st.integers(),
     },
 ).map(lambda d: json.dumps(d).encode())
 bodies = st.one_of(
@@ -53,7 +75,9 @@ bodies = st.one_of(
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("fuzz-http"), num_engines=1, with_predictor=False,
+        log_dir=tmp_path_factory.mktemp("fuzz-http"),
+        num_engines=1,
+        with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
     )
     threaded = ThreadedStack(config).start()
@@ -109,8 +133,10 @@ def test_slow_bodies_do_not_stop_other_clients(gateway):
     slow = []
     for _ in range(20):
         sock = socket.create_connection((host, port), timeout=5)
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: 100000\r\n\r\n{\"prompt\": \"")
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 100000\r\n\r\n{"prompt": "'
+        )
         slow.append(sock)
     try:
         for _ in range(3):  # a byte now and then on each slow connection, other clients meanwhile
@@ -129,8 +155,15 @@ def test_slow_bodies_do_not_stop_other_clients(gateway):
 def test_healthy_and_generating_after_the_fuzzing(gateway):
     threaded, client = gateway
     assert client.get("/health").status_code == 200
-    response = client.post("/v1/completions", json={"model": client.get("/v1/models").json()["data"][0]["id"],
-                                                    "prompt": "hello", "max_tokens": 4, "temperature": 0})
+    response = client.post(
+        "/v1/completions",
+        json={
+            "model": client.get("/v1/models").json()["data"][0]["id"],
+            "prompt": "hello",
+            "max_tokens": 4,
+            "temperature": 0,
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 4
     assert all(child.returncode is None for child in threaded.stack.children.values())

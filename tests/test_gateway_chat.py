@@ -16,10 +16,19 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gateway():
-    engine = await engine_app.start(EngineConfig(
-        port=0, model=DEFAULT_MODEL, dtype="float32", device="cpu", num_kv_blocks=256, max_num_seqs=8,
-        cpu_threads=1, drain_s=0.0, engine_id="chat-engine",
-    ))
+    engine = await engine_app.start(
+        EngineConfig(
+            port=0,
+            model=DEFAULT_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=256,
+            max_num_seqs=8,
+            cpu_threads=1,
+            drain_s=0.0,
+            engine_id="chat-engine",
+        )
+    )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0))
     channel = grpc.aio.insecure_channel(gateway.address)
     yield gateway_service_pb2_grpc.GatewayServiceStub(channel)
@@ -44,7 +53,9 @@ async def test_model_info_names_the_model_its_tokenizer_and_its_chat_template(ga
 
 
 async def test_a_chat_question_gets_a_sensible_answer_that_ends_at_eos(gateway):
-    responses = [r async for r in gateway.Generate(_chat((common_pb2.CHAT_ROLE_USER, "What is the capital of France?")))]
+    responses = [
+        r async for r in gateway.Generate(_chat((common_pb2.CHAT_ROLE_USER, "What is the capital of France?")))
+    ]
     final = responses[-1]
     text = "".join(r.text for r in responses)
     assert final.finish_reason == common_pb2.FINISH_REASON_EOS and "Paris" in text, text
@@ -52,9 +63,15 @@ async def test_a_chat_question_gets_a_sensible_answer_that_ends_at_eos(gateway):
 
 
 async def test_a_system_message_replaces_the_templates_default(gateway):
-    system_only = [r async for r in gateway.Generate(_chat(
-        (common_pb2.CHAT_ROLE_SYSTEM, "Answer with one word."), (common_pb2.CHAT_ROLE_USER, "Capital of France?"),
-    ))]
+    system_only = [
+        r
+        async for r in gateway.Generate(
+            _chat(
+                (common_pb2.CHAT_ROLE_SYSTEM, "Answer with one word."),
+                (common_pb2.CHAT_ROLE_USER, "Capital of France?"),
+            )
+        )
+    ]
     default = [r async for r in gateway.Generate(_chat((common_pb2.CHAT_ROLE_USER, "Capital of France?")))]
     assert system_only[-1].usage.prompt_tokens != default[-1].usage.prompt_tokens  # the template's own system text went
 

@@ -131,7 +131,7 @@ def test_byte_level_bpe_of_the_default_model_streams_whole_characters(text):
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     prompt_ids = tokenizer.encode("Translate:", add_bos=True)
     output_ids = tokenizer.encode(text, add_bos=False)
-    expected = tokenizer.decode(prompt_ids + output_ids)[len(tokenizer.decode(prompt_ids)):]
+    expected = tokenizer.decode(prompt_ids + output_ids)[len(tokenizer.decode(prompt_ids)) :]
     rng = random.Random(11)
     for sizes in ([1] * len(output_ids), [rng.randint(1, 4) for _ in range(len(output_ids))]):
         detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)

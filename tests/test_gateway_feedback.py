@@ -93,8 +93,13 @@ async def test_a_slow_predictor_does_not_slow_requests(stack):
 
 def _finished(index: int) -> FinishedGeneration:
     return FinishedGeneration(
-        request_id=f"gw-{index}", prompt_text=f"p{index}", num_prompt_tokens=3, num_output_tokens=7,
-        served_model="m", finish_reason=FinishReason.EOS, max_tokens=16,
+        request_id=f"gw-{index}",
+        prompt_text=f"p{index}",
+        num_prompt_tokens=3,
+        num_output_tokens=7,
+        served_model="m",
+        finish_reason=FinishReason.EOS,
+        max_tokens=16,
         prediction=common_pb2.OutputLengthPrediction(mean_tokens=5.0),
     )
 

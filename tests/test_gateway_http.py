@@ -83,9 +83,7 @@ async def test_stream_is_server_sent_events_ending_with_done(stack):
 async def test_chat_against_a_model_without_chat_template_is_a_clear_400(stack):
     await stack.start()
     with pytest.raises(openai.BadRequestError) as raised:
-        await _client(stack).chat.completions.create(
-            model="fake-llama", messages=[{"role": "user", "content": "hi"}]
-        )
+        await _client(stack).chat.completions.create(model="fake-llama", messages=[{"role": "user", "content": "hi"}])
     assert "has no chat template" in raised.value.message
     assert stack.engine.requests == []
 
@@ -93,7 +91,13 @@ async def test_chat_against_a_model_without_chat_template_is_a_clear_400(stack):
 async def test_sampling_fields_and_extensions_reach_the_engine(stack):
     await stack.start()
     await _client(stack).completions.create(
-        model="", prompt=[1, 100, 200], max_tokens=7, temperature=0.0, top_p=0.5, seed=1234, stop=["x", "y"],
+        model="",
+        prompt=[1, 100, 200],
+        max_tokens=7,
+        temperature=0.0,
+        top_p=0.5,
+        seed=1234,
+        stop=["x", "y"],
         extra_body={"top_k": 5, "ignore_eos": True, "priority": "batch", "expected_output_tokens": 9},
     )
     forwarded = stack.engine.requests[0]
@@ -217,6 +221,7 @@ async def test_models_lists_the_served_model_and_health_is_open(stack):
 async def test_metrics_route_serves_the_given_registry(stack):
     prometheus_client = pytest.importorskip("prometheus_client")
     from prometheus_client.parser import text_string_to_metric_families
+
     from services.gateway import app
     from services.gateway.config import GatewayConfig
     from tests.gateway_fakes import start_fake_engine
@@ -267,11 +272,9 @@ async def test_chat_messages_are_rendered_with_the_chat_template(stack, tmp_path
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
     client = _client(stack)
     completion = await client.chat.completions.create(model="fake-llama", messages=messages, max_tokens=10)
-    prompt_ids = tokenizer.encode_chat(
-        [ChatTurn(ChatRole.SYSTEM, "be brief"), ChatTurn(ChatRole.USER, "hi there")]
-    )
+    prompt_ids = tokenizer.encode_chat([ChatTurn(ChatRole.SYSTEM, "be brief"), ChatTurn(ChatRole.USER, "hi there")])
     assert list(stack.engine.requests[0].prompt_token_ids) == prompt_ids
-    expected = tokenizer.decode(prompt_ids + stack.engine.output_ids)[len(tokenizer.decode(prompt_ids)):]
+    expected = tokenizer.decode(prompt_ids + stack.engine.output_ids)[len(tokenizer.decode(prompt_ids)) :]
     (choice,) = completion.choices
     assert choice.message.role == "assistant" and choice.message.content == expected
     assert choice.finish_reason == "stop" and completion.object == "chat.completion"

@@ -40,8 +40,15 @@ class Stack:
 async def stack():
     engine = await engine_app.start(
         EngineConfig(
-            port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=NUM_KV_BLOCKS,
-            max_num_seqs=16, engine_id="http-engine", cpu_threads=1, drain_s=0.0,
+            port=0,
+            model=DUMMY_TINY_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=NUM_KV_BLOCKS,
+            max_num_seqs=16,
+            engine_id="http-engine",
+            cpu_threads=1,
+            drain_s=0.0,
         )
     )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0))
@@ -56,11 +63,19 @@ async def stack():
 async def test_completion_and_stream_through_the_real_engine(stack):
     model = (await stack.client.models.list()).data[0].id
     completion = await stack.client.completions.create(
-        model=model, prompt="Write a haiku about the sea.", max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+        model=model,
+        prompt="Write a haiku about the sea.",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
     assert completion.usage.completion_tokens == 12 and completion.choices[0].finish_reason == "length"
     stream = await stack.client.completions.create(
-        model=model, prompt="Write a haiku about the sea.", max_tokens=12, temperature=0, stream=True,
+        model=model,
+        prompt="Write a haiku about the sea.",
+        max_tokens=12,
+        temperature=0,
+        stream=True,
         extra_body={"ignore_eos": True},
     )
     streamed = "".join([chunk.choices[0].text async for chunk in stream])
@@ -79,7 +94,10 @@ async def test_dropped_streams_free_every_kv_block(stack):
 
     async def dropped(index: int) -> None:
         stream = await stack.client.completions.create(
-            model="", prompt="tell me a long story " * (1 + index % 7), max_tokens=max_tokens, stream=True,
+            model="",
+            prompt="tell me a long story " * (1 + index % 7),
+            max_tokens=max_tokens,
+            stream=True,
             extra_body={"ignore_eos": True},
         )
         received = 0

@@ -26,7 +26,9 @@ NOT_EXPRESSIBLE = {
     "text_and_messages": "a body is either a completion (prompt) or a chat (messages)",
 }
 CHAT_ROLES = {
-    common_pb2.CHAT_ROLE_SYSTEM: "system", common_pb2.CHAT_ROLE_USER: "user", common_pb2.CHAT_ROLE_ASSISTANT: "assistant",
+    common_pb2.CHAT_ROLE_SYSTEM: "system",
+    common_pb2.CHAT_ROLE_USER: "user",
+    common_pb2.CHAT_ROLE_ASSISTANT: "assistant",
 }
 
 

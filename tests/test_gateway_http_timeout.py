@@ -44,10 +44,19 @@ async def test_the_default_and_a_requests_timeout_become_the_engine_deadline(sta
 
 @pytest.fixture
 async def real_stack():
-    engine = await engine_app.start(EngineConfig(
-        port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=NUM_KV_BLOCKS, cpu_threads=1,
-        drain_s=0.0, metrics_port=None, engine_id="timeout-engine",
-    ))
+    engine = await engine_app.start(
+        EngineConfig(
+            port=0,
+            model=DUMMY_TINY_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=NUM_KV_BLOCKS,
+            cpu_threads=1,
+            drain_s=0.0,
+            metrics_port=None,
+            engine_id="timeout-engine",
+        )
+    )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0, http_request_timeout_s=0.6))
     import grpc
 
@@ -72,8 +81,12 @@ async def test_expiry_is_504_and_frees_the_kv_in_the_engine(real_stack):
     gateway, engine_stub = real_stack
     async with openai.AsyncOpenAI(base_url=f"{gateway.http_url}/v1", api_key="x", max_retries=0, timeout=30) as client:
         with pytest.raises(openai.APIStatusError) as raised:  # the gateway's default: 0.6 s
-            await client.completions.create(model="", prompt=LONG["prompt"], max_tokens=LONG["max_tokens"],
-                                            extra_body={"ignore_eos": True, "expected_output_tokens": 1})
+            await client.completions.create(
+                model="",
+                prompt=LONG["prompt"],
+                max_tokens=LONG["max_tokens"],
+                extra_body={"ignore_eos": True, "expected_output_tokens": 1},
+            )
         assert raised.value.status_code == 504
         assert raised.value.body["type"] == "timeout_error" and "deadline exceeded" in raised.value.body["message"]
         completion = await client.completions.create(  # a request's own longer timeout wins

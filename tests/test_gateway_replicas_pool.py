@@ -16,8 +16,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
-from services.common.contracts import predictor_service_pb2, predictor_service_pb2_grpc
+from services.common.contracts import (
+    common_pb2,
+    engine_service_pb2,
+    engine_service_pb2_grpc,
+    predictor_service_pb2,
+    predictor_service_pb2_grpc,
+)
 from services.common.errors import NotReady
 from services.gateway.engine_pool import EnginePool, EnginePoolSettings
 from services.gateway.predictor_pool import PredictorPool
@@ -116,7 +121,10 @@ async def servers():
 
 async def _engine_pool(resolver: Resolver, policy=RoutingPolicy.LEAST_WORK, **overrides) -> EnginePool:
     settings = EnginePoolSettings(
-        spec="engine:50052", policy=policy, health=HEALTH, discovery_interval_s=0.05,
+        spec="engine:50052",
+        policy=policy,
+        health=HEALTH,
+        discovery_interval_s=0.05,
         max_attempts=overrides.get("max_attempts", 2),
     )
     pool = EnginePool(settings, grpc.aio.insecure_channel, resolve=resolver)
@@ -138,7 +146,8 @@ def _state(pool: EnginePool, replica: Replica) -> str | None:
 
 def _request(predicted_tokens: float, max_tokens: int = 1000) -> engine_service_pb2.EngineServiceGenerateRequest:
     return engine_service_pb2.EngineServiceGenerateRequest(
-        request_id="r", prompt_token_ids=[1, 2, 3],
+        request_id="r",
+        prompt_token_ids=[1, 2, 3],
         sampling=common_pb2.SamplingParams(max_tokens=max_tokens),
         prediction=common_pb2.OutputLengthPrediction(mean_tokens=predicted_tokens),
     )
@@ -302,8 +311,11 @@ async def test_no_replica_at_all_is_unavailable(servers):
 async def test_predictor_calls_are_spread_and_skip_a_dead_replica(servers):
     first, second = await servers(FakePredictor()), await servers(FakePredictor())
     pool = PredictorPool(
-        "predictor:50053", make_channel=grpc.aio.insecure_channel, health=HEALTH,
-        discovery_interval_s=0.05, resolve=Resolver(first, second),
+        "predictor:50053",
+        make_channel=grpc.aio.insecure_channel,
+        health=HEALTH,
+        discovery_interval_s=0.05,
+        resolve=Resolver(first, second),
     )
     await pool.start()
     await _until(lambda: all(r.state == "serving" for r in pool.reports()))
@@ -314,8 +326,12 @@ async def test_predictor_calls_are_spread_and_skip_a_dead_replica(servers):
         await pool.stub.PredictOutputLength(request, timeout=5)
     assert (len(first.servicer.requests), len(second.servicer.requests)) == (5, 5)
     await first.server.stop(0)
-    await _until(lambda: pool.reports()[[r.address for r in pool.reports()].index(first.address)].state
-                 in (ReplicaState.SUSPECT.value, ReplicaState.DOWN.value))
+    await _until(
+        lambda: (
+            pool.reports()[[r.address for r in pool.reports()].index(first.address)].state
+            in (ReplicaState.SUSPECT.value, ReplicaState.DOWN.value)
+        )
+    )
     for _ in range(4):
         await pool.stub.PredictOutputLength(request, timeout=5)
     assert len(second.servicer.requests) == 9

@@ -53,10 +53,14 @@ class Gateway:
         config = GatewayConfig(
             engine_address=",".join(fleet.engine_addresses),
             predictor_address=",".join(fleet.predictor_addresses),
-            engine_routing=policy, port=0, feedback_queue_size=0,  # predictions only reach the predictors
+            engine_routing=policy,
+            port=0,
+            feedback_queue_size=0,  # predictions only reach the predictors
             # Generous deadlines: on a busy 2-core machine a slow answer must not look like a dead replica
             # (a killed engine resets its connections, which needs no deadline to be noticed).
-            predictor_timeout_ms=3000, health_check_interval_s=0.2, health_check_timeout_s=3.0,
+            predictor_timeout_ms=3000,
+            health_check_interval_s=0.2,
+            health_check_timeout_s=3.0,
         )
         self.handle = await gateway_app.start(config)
         self.channels = [grpc.aio.insecure_channel(a) for a in [self.handle.address, *fleet.engine_addresses]]

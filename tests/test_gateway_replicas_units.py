@@ -35,8 +35,10 @@ def test_gateway_config_accepts_lists_and_names_bad_entries():
     config = GatewayConfig(engine_address="engine:50052,10.0.0.6:50052", engine_routing="round-robin")
     assert config.engine_routing is RoutingPolicy.ROUND_ROBIN  # the value's text becomes the member
     assert GatewayConfig.from_args(["--engine-address", "e:1"]).engine_routing is RoutingPolicy.LEAST_WORK
-    assert GatewayConfig.from_args(["--engine-address", "e:1", "--engine-routing", "round-robin"]).engine_routing \
+    assert (
+        GatewayConfig.from_args(["--engine-address", "e:1", "--engine-routing", "round-robin"]).engine_routing
         is RoutingPolicy.ROUND_ROBIN
+    )
     with pytest.raises(ValueError, match="engine_address must be host:port"):
         GatewayConfig(engine_address="engine:1,nope")
     with pytest.raises(ValueError, match="engine_routing must be one of"):

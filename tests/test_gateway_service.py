@@ -307,16 +307,22 @@ async def test_gateway_recovers_when_the_engine_comes_up(stack):
 @pytest.mark.parametrize(
     ("engine_code", "engine_message", "client_code", "client_message"),
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, "prompt needs 99 KV blocks", grpc.StatusCode.INVALID_ARGUMENT,
-         "prompt needs 99 KV blocks"),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "waiting queue full", grpc.StatusCode.RESOURCE_EXHAUSTED,
-         "waiting queue full"),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt needs 99 KV blocks",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt needs 99 KV blocks",
+        ),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "waiting queue full",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "waiting queue full",
+        ),
         (grpc.StatusCode.UNAVAILABLE, "draining", grpc.StatusCode.UNAVAILABLE, "engine unavailable"),
     ],
 )
-async def test_engine_errors_map_to_clear_statuses(
-    stack, engine_code, engine_message, client_code, client_message
-):
+async def test_engine_errors_map_to_clear_statuses(stack, engine_code, engine_message, client_code, client_message):
     stack.engine.abort_status = (engine_code, engine_message)
     stub = await stack.start()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -371,8 +377,15 @@ async def test_main_module_serves_until_sigterm(stack):
     engine_server = await start_fake_engine(stack.engine)
     stack.cleanups.append(lambda: engine_server.stop(0))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.gateway", "--engine-address", engine_server.address,
-        "--port", "0", "--drain-seconds", "0",
+        sys.executable,
+        "-m",
+        "services.gateway",
+        "--engine-address",
+        engine_server.address,
+        "--port",
+        "0",
+        "--drain-seconds",
+        "0",
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -17,9 +17,7 @@ from services.gateway.validation import RequestLimits, resolve_generate_request
 
 TOKENIZER = load_tokenizer("default")
 MODEL = ModelInfo("m", max_context_tokens=100, vocab_size=32000, eos_token_id=2, tokenizer_spec="default")
-LIMITS = RequestLimits(
-    default_max_tokens=256, max_stop_strings=2, max_stop_string_chars=8, max_request_id_chars=10
-)
+LIMITS = RequestLimits(default_max_tokens=256, max_stop_strings=2, max_stop_string_chars=8, max_request_id_chars=10)
 
 
 def resolve(request: gateway_service_pb2.GenerateRequest):
@@ -46,9 +44,7 @@ def test_unset_fields_get_documented_defaults():
 
 
 def test_default_max_tokens_applies_when_the_context_has_room():
-    limits = RequestLimits(
-        default_max_tokens=5, max_stop_strings=2, max_stop_string_chars=8, max_request_id_chars=10
-    )
+    limits = RequestLimits(default_max_tokens=5, max_stop_strings=2, max_stop_string_chars=8, max_request_id_chars=10)
     resolved = resolve_generate_request(
         gateway_service_pb2.GenerateRequest(prompt_token_ids=[1, 5]),
         MODEL,
@@ -99,9 +95,7 @@ def test_limits_come_from_the_request_limits():
 
 
 def test_text_prompt_ids_beyond_the_engine_vocabulary_are_rejected():
-    small_model = ModelInfo(
-        "m", max_context_tokens=100, vocab_size=1000, eos_token_id=2, tokenizer_spec="default"
-    )
+    small_model = ModelInfo("m", max_context_tokens=100, vocab_size=1000, eos_token_id=2, tokenizer_spec="default")
     with pytest.raises(InvalidRequest, match=r"prompt_text \(tokenized\)\[\d+\] = \d+ is out of range"):
         resolve_generate_request(
             gateway_service_pb2.GenerateRequest(prompt_text="Supercalifragilistic"),
@@ -134,8 +128,18 @@ def test_config_rejects_bad_values(overrides, message):
 
 def test_config_from_args():
     config = GatewayConfig.from_args(
-        ["--engine-address", "127.0.0.1:50052", "--predictor-address", "127.0.0.1:50053",
-         "--predictor-timeout-ms", "20", "--port", "0", "--tokenizer", "default"]
+        [
+            "--engine-address",
+            "127.0.0.1:50052",
+            "--predictor-address",
+            "127.0.0.1:50053",
+            "--predictor-timeout-ms",
+            "20",
+            "--port",
+            "0",
+            "--tokenizer",
+            "default",
+        ]
     )
     assert (config.engine_address, config.predictor_address) == ("127.0.0.1:50052", "127.0.0.1:50053")
     assert (config.predictor_timeout_s, config.port, config.tokenizer) == (0.02, 0, "default")

@@ -46,8 +46,12 @@ def _imported_modules(path: pathlib.Path, root: pathlib.Path) -> list[tuple[int,
             else:
                 module = node.module or ""
             found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             function = node.func
             name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
             if name in DYNAMIC_IMPORTERS:
@@ -104,12 +108,15 @@ def test_a_crossing_import_is_reported(tmp_path, source, module):
 
 
 def test_own_package_common_contracts_and_tools_are_allowed(tmp_path):
-    root = _tree(tmp_path, {
-        "engine/good.py": "from services.engine import config\nfrom . import request\nfrom ..common import tls\n"
-                          "from services.common.contracts import engine_service_pb2\nfrom alise.v1 import common_pb2\n",
-        "bench/tool.py": "from services.engine import app\nfrom services.memory import app as memory_app\n",
-        "cli/tool.py": "from services.bench import results\nfrom services.gateway import app\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "engine/good.py": "from services.engine import config\nfrom . import request\nfrom ..common import tls\n"
+            "from services.common.contracts import engine_service_pb2\nfrom alise.v1 import common_pb2\n",
+            "bench/tool.py": "from services.engine import app\nfrom services.memory import app as memory_app\n",
+            "cli/tool.py": "from services.bench import results\nfrom services.gateway import app\n",
+        },
+    )
     assert boundary_violations(root) == []
 
 

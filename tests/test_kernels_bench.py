@@ -28,10 +28,21 @@ def test_bad_flags_exit_2_before_touching_the_gpu(capsys):
 
 def _config(**overrides) -> BenchAttentionConfig:
     fields = dict(
-        batches=(1, 8, 32, 64, 128, 256), context_lens=(128, 256, 512, 1024, 2048, 4096, 8192),
-        layouts=("gqa8", "mha"), kv_dtypes=("bf16", "int8"), num_heads=32, head_dim=128, block_size=16,
-        num_warmup=1, num_iters=3, baselines=True, e2e=False, e2e_batches=(64, 256), e2e_context_len=1024,
-        e2e_output_tokens=128, seed=0,
+        batches=(1, 8, 32, 64, 128, 256),
+        context_lens=(128, 256, 512, 1024, 2048, 4096, 8192),
+        layouts=("gqa8", "mha"),
+        kv_dtypes=("bf16", "int8"),
+        num_heads=32,
+        head_dim=128,
+        block_size=16,
+        num_warmup=1,
+        num_iters=3,
+        baselines=True,
+        e2e=False,
+        e2e_batches=(64, 256),
+        e2e_context_len=1024,
+        e2e_output_tokens=128,
+        seed=0,
     )
     return BenchAttentionConfig(**{**fields, **overrides})
 
@@ -45,7 +56,9 @@ def test_default_sweep_has_every_point_of_the_issue():
 
 
 def test_minimum_bytes_counts_kv_scales_query_and_output():
-    bf16 = DecodeShape(batch=2, context_len=20, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, int8_kv=False)
+    bf16 = DecodeShape(
+        batch=2, context_len=20, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, int8_kv=False
+    )
     assert bf16.minimum_bytes() == 2 * 2 * 20 * 8 * 128 * 2 + 2 * 2 * 32 * 128 * 2
     int8 = DecodeShape(batch=2, context_len=20, num_heads=32, num_kv_heads=8, head_dim=128, block_size=16, int8_kv=True)
     assert int8.minimum_bytes() == 2 * 2 * 20 * 8 * 128 + 2 * 2 * 2 * 8 * 4 + 2 * 2 * 32 * 128 * 2
@@ -54,11 +67,30 @@ def test_minimum_bytes_counts_kv_scales_query_and_output():
 
 def test_report_formats_rows_skips_and_plot(tmp_path):
     rows = [
-        {"layout": "gqa8", "kv_dtype": "bf16", "batch": 32, "context_len": 2048, "num_splits": 1, "kernel_us": 100.0,
-         "achieved_gb_per_s": 2700.0, "share_of_copy_bandwidth": 0.9, "sdpa_dense_us": 150.0,
-         "sdpa_gather_us": 400.0, "relative_error_vs_sdpa_fp32": 2e-3},
-        {"layout": "gqa8", "kv_dtype": "int8", "batch": 32, "context_len": 2048, "num_splits": 1, "kernel_us": 55.0,
-         "achieved_gb_per_s": 2500.0, "share_of_copy_bandwidth": 0.83, "relative_error_vs_sdpa_fp32": 4e-3},
+        {
+            "layout": "gqa8",
+            "kv_dtype": "bf16",
+            "batch": 32,
+            "context_len": 2048,
+            "num_splits": 1,
+            "kernel_us": 100.0,
+            "achieved_gb_per_s": 2700.0,
+            "share_of_copy_bandwidth": 0.9,
+            "sdpa_dense_us": 150.0,
+            "sdpa_gather_us": 400.0,
+            "relative_error_vs_sdpa_fp32": 2e-3,
+        },
+        {
+            "layout": "gqa8",
+            "kv_dtype": "int8",
+            "batch": 32,
+            "context_len": 2048,
+            "num_splits": 1,
+            "kernel_us": 55.0,
+            "achieved_gb_per_s": 2500.0,
+            "share_of_copy_bandwidth": 0.83,
+            "relative_error_vs_sdpa_fp32": 4e-3,
+        },
         {"layout": "mha", "kv_dtype": "bf16", "batch": 256, "context_len": 8192, "skipped": "out of GPU memory"},
     ]
     attention_sweep._cite_bf16_baselines(rows)
@@ -67,11 +99,19 @@ def test_report_formats_rows_skips_and_plot(tmp_path):
     table = attention_report.format_table(report)
     assert "Test GPU" in table and "3000 GB/s" in table and "skipped: out of GPU memory" in table
     assert " 90.0 " in table.splitlines()[2] and "4.00" in table.splitlines()[2]
-    e2e = attention_report.format_e2e([
-        {"system": "alise engine (cuda)", "batch": 64, "output_tokens_per_s": 5000.0, "decode_tokens_per_s": 6000.0,
-         "speedup_vs_hf": 12.5, "share_of_roofline": 0.8},
-        {"system": "HF generate (static)", "batch": 256, "skipped": "out of GPU memory"},
-    ])
+    e2e = attention_report.format_e2e(
+        [
+            {
+                "system": "alise engine (cuda)",
+                "batch": 64,
+                "output_tokens_per_s": 5000.0,
+                "decode_tokens_per_s": 6000.0,
+                "speedup_vs_hf": 12.5,
+                "share_of_roofline": 0.8,
+            },
+            {"system": "HF generate (static)", "batch": 256, "skipped": "out of GPU memory"},
+        ]
+    )
     assert "12.5" in e2e and "80.0%" in e2e and "skipped" in e2e
     plot = attention_report.save_plot(report, tmp_path / "attention.png")
     assert plot is not None and plot.stat().st_size > 1000

@@ -60,12 +60,18 @@ def test_int8_write_matches_reference_step_by_step(dtype):
     scales = [torch.full((NUM_BLOCKS, KV_HEADS), float("nan")) for _ in range(2)]
     gpu = [t.cuda() for t in caches + scales]
     for index, step in enumerate(_engine_like_steps()):
-        slots = [tables[r][p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for r, first, n in step for p in range(first, first + n)]
+        slots = [
+            tables[r][p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+            for r, first, n in step
+            for p in range(first, first + n)
+        ]
         slot_mapping = torch.tensor(slots)
         keys, values = _values(len(slots), dtype, 100 + index), _values(len(slots), dtype, 200 + index)
         kv_quant.write_int8_reference(caches[0], scales[0], slot_mapping, keys)
         kv_quant.write_int8_reference(caches[1], scales[1], slot_mapping, values)
-        write_kv_to_cache(keys.cuda(), values.cuda(), gpu[0], gpu[1], slot_mapping.cuda(), key_scales=gpu[2], value_scales=gpu[3])
+        write_kv_to_cache(
+            keys.cuda(), values.cuda(), gpu[0], gpu[1], slot_mapping.cuda(), key_scales=gpu[2], value_scales=gpu[3]
+        )
         for name, expected, actual in zip(("keys", "values"), caches, gpu[:2]):
             difference = (actual.cpu().int() - expected.int()).abs()
             assert difference.max() <= 1, f"step {index} {name}: codes differ by {difference.max()}"
@@ -85,18 +91,31 @@ def test_int8_round_trip_through_both_kernels():
     for position in range(max(context_lens)):  # one decode step per position
         live = [r for r, n in enumerate(context_lens) if position < n]
         slots = torch.tensor([tables[r][position // BLOCK_SIZE] * BLOCK_SIZE + position % BLOCK_SIZE for r in live])
-        keys, values = _values(len(live), torch.bfloat16, 300 + position), _values(len(live), torch.bfloat16, 400 + position)
+        keys, values = (
+            _values(len(live), torch.bfloat16, 300 + position),
+            _values(len(live), torch.bfloat16, 400 + position),
+        )
         exact[0].view(-1, KV_HEADS, HEAD_DIM)[slots] = keys
         exact[1].view(-1, KV_HEADS, HEAD_DIM)[slots] = values
-        write_kv_to_cache(keys.cuda(), values.cuda(), caches[0], caches[1], slots.cuda(), key_scales=scales[0], value_scales=scales[1])
+        write_kv_to_cache(
+            keys.cuda(), values.cuda(), caches[0], caches[1], slots.cuda(), key_scales=scales[0], value_scales=scales[1]
+        )
     padded = [t + [t[0]] * (5 - len(t)) for t in tables]
     query = torch.randn(3, num_heads, HEAD_DIM, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).cuda()
     block_tables = torch.tensor(padded, dtype=torch.int32, device="cuda")
     lens = torch.tensor(context_lens, dtype=torch.int32, device="cuda")
     out = torch.full_like(query, float("nan"))
     paged_decode_attention(
-        query, caches[0], caches[1], block_tables, lens, scale=HEAD_DIM**-0.5, max_context_len=70,
-        key_scales=scales[0], value_scales=scales[1], out=out,
+        query,
+        caches[0],
+        caches[1],
+        block_tables,
+        lens,
+        scale=HEAD_DIM**-0.5,
+        max_context_len=70,
+        key_scales=scales[0],
+        value_scales=scales[1],
+        out=out,
     )
     original = PagedCase(query, exact[0], exact[1], None, None, block_tables, lens, context_lens, HEAD_DIM**-0.5)
     assert relative_error(out, reference_decode(original)) <= 3e-2

@@ -35,9 +35,17 @@ def _worst_sequence_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 def _run(case, plan: SplitPlan | None) -> torch.Tensor:
     out = torch.full_like(case.query, float("nan"))  # poisoned: every element must be written
     paged_decode_attention(
-        case.query, case.key_cache, case.value_cache, case.block_tables, case.context_lens,
-        scale=case.scale, max_context_len=max(case.context_lens_list), key_scales=case.key_scales,
-        value_scales=case.value_scales, out=out, split_plan=plan,
+        case.query,
+        case.key_cache,
+        case.value_cache,
+        case.block_tables,
+        case.context_lens,
+        scale=case.scale,
+        max_context_len=max(case.context_lens_list),
+        key_scales=case.key_scales,
+        value_scales=case.value_scales,
+        out=out,
+        split_plan=plan,
     )
     torch.cuda.synchronize()
     return out
@@ -102,8 +110,14 @@ def test_strided_query_and_output_views():
     out_wide = torch.full_like(wide, float("nan"))
     out = out_wide[:, :, :128]
     paged_decode_attention(
-        case.query, case.key_cache, case.value_cache, case.block_tables, case.context_lens,
-        scale=case.scale, max_context_len=260, out=out,
+        case.query,
+        case.key_cache,
+        case.value_cache,
+        case.block_tables,
+        case.context_lens,
+        scale=case.scale,
+        max_context_len=260,
+        out=out,
     )
     assert relative_error(out, expected) <= 1e-2
     assert torch.isnan(out_wide[:, :, 128:]).all()  # nothing written outside the view
@@ -113,16 +127,30 @@ def test_invalid_inputs_raise_value_error():
     case = make_case([20], 8, 8, 128, 16, torch.bfloat16, True, "cuda", seed=17)
     common = dict(scale=case.scale, max_context_len=20)
     with pytest.raises(ValueError, match="int8 cache needs"):
-        paged_decode_attention(case.query, case.key_cache, case.value_cache, case.block_tables, case.context_lens, **common)
+        paged_decode_attention(
+            case.query, case.key_cache, case.value_cache, case.block_tables, case.context_lens, **common
+        )
     with pytest.raises(ValueError, match="block_tables"):
         paged_decode_attention(
-            case.query, case.key_cache, case.value_cache, case.block_tables.long(), case.context_lens,
-            key_scales=case.key_scales, value_scales=case.value_scales, **common,
+            case.query,
+            case.key_cache,
+            case.value_cache,
+            case.block_tables.long(),
+            case.context_lens,
+            key_scales=case.key_scales,
+            value_scales=case.value_scales,
+            **common,
         )
     with pytest.raises(ValueError, match="query must be float16 or bfloat16"):
         paged_decode_attention(
-            case.query.float(), case.key_cache, case.value_cache, case.block_tables, case.context_lens,
-            key_scales=case.key_scales, value_scales=case.value_scales, **common,
+            case.query.float(),
+            case.key_cache,
+            case.value_cache,
+            case.block_tables,
+            case.context_lens,
+            key_scales=case.key_scales,
+            value_scales=case.value_scales,
+            **common,
         )
     odd = make_case([20], 8, 8, 96, 16, torch.bfloat16, False, "cuda", seed=18)
     with pytest.raises(ValueError, match="head_dim must be 64 or 128"):

@@ -8,10 +8,10 @@ reference. Rewriting the same keys to the same slots is idempotent, so both see 
 import pytest
 import torch
 
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
 from services.engine.kernels.backend import AttentionBackendKind, ReferenceAttention
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy

@@ -11,8 +11,9 @@ SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 def _dry_run(*args: str, env_out: str | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", **({"OUT": env_out} if env_out else {})}
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, env=env,
-                          timeout=30, cwd=REPO)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, env=env, timeout=30, cwd=REPO
+    )
 
 
 def test_dry_run_lists_build_gpu_tests_and_sweep_within_eight_minutes(tmp_path):

@@ -35,8 +35,13 @@ def test_poison_covers_unused_blocks_past_context_positions_and_table_padding():
     case = make_case([17, 3], 4, 4, 64, 16, torch.float16, False, "cpu", seed=4)
     tables = case.block_tables.tolist()
     used = {tables[0][0], tables[0][1], tables[1][0]}
-    assert torch.isnan(case.key_cache[tables[0][1], 1:]).all() and not torch.isnan(case.key_cache[tables[0][1], 0]).any()
-    assert torch.isnan(case.value_cache[tables[1][0], 3:]).all() and not torch.isnan(case.value_cache[tables[1][0], :3]).any()
+    assert (
+        torch.isnan(case.key_cache[tables[0][1], 1:]).all() and not torch.isnan(case.key_cache[tables[0][1], 0]).any()
+    )
+    assert (
+        torch.isnan(case.value_cache[tables[1][0], 3:]).all()
+        and not torch.isnan(case.value_cache[tables[1][0], :3]).any()
+    )
     assert tables[1][1] not in used and torch.isnan(case.key_cache[tables[1][1]]).all()  # padding -> poisoned block
     spare = set(range(case.key_cache.shape[0])) - used
     assert all(torch.isnan(case.key_cache[b]).all() for b in spare)

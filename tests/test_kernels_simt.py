@@ -25,7 +25,6 @@ def driver(tmp_path_factory):
     return build_driver(tmp_path_factory.mktemp("simt"))
 
 
-
 DECODE_CASES = {  # name: (dtype, int8_kv, num_heads, num_kv_heads, head_dim, block_size)
     "bf16-mha-d128-b16": (torch.bfloat16, False, 4, 4, 128, 16),
     "fp16-gqa4-d64-b32": (torch.float16, False, 8, 2, 64, 32),

@@ -10,11 +10,11 @@ GQA 4/2) runs in bfloat16 on CPU; only the kernels' execution is emulated.
 import pytest
 import torch
 
+from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.block_pool import KvBlockManager
 from services.engine.engine_core import EngineCore
 from services.engine.kernels import ops
 from services.engine.kernels.backend import CudaAttention, ReferenceAttention
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.model_loader import load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy

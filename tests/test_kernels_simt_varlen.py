@@ -43,8 +43,20 @@ def _run(driver, directory, case, plan: SplitPlan, row_tile: int) -> torch.Tenso
     group = case.query.shape[1] // paged.key_cache.shape[2]
     items = work_items_for(torch.tensor(case.query_lens), group, row_tile)
     return simulate_attention(
-        driver, directory, case.query, paged.key_cache, paged.value_cache, paged.key_scales, paged.value_scales,
-        paged.block_tables, paged.context_lens, case.query_start_loc, items, paged.scale, plan, row_tile,
+        driver,
+        directory,
+        case.query,
+        paged.key_cache,
+        paged.value_cache,
+        paged.key_scales,
+        paged.value_scales,
+        paged.block_tables,
+        paged.context_lens,
+        case.query_start_loc,
+        items,
+        paged.scale,
+        plan,
+        row_tile,
     )
 
 
@@ -77,8 +89,20 @@ def test_planned_launch_with_tiny_partitions_and_every_row_tile(driver, tmp_path
     assert plan.row_tile == 8 and plan.split.num_splits == 1
     paged = case.paged
     out = simulate_attention(
-        driver, tmp_path / "planned", case.query, paged.key_cache, paged.value_cache, None, None,
-        paged.block_tables, paged.context_lens, case.query_start_loc, plan.work_items, paged.scale, plan.split, 8,
+        driver,
+        tmp_path / "planned",
+        case.query,
+        paged.key_cache,
+        paged.value_cache,
+        None,
+        None,
+        paged.block_tables,
+        paged.context_lens,
+        case.query_start_loc,
+        plan.work_items,
+        paged.scale,
+        plan.split,
+        8,
     )
     assert max(_row_errors(out, expected)) <= 1e-2
     for row_tile in (1, 2, 4):

@@ -42,18 +42,28 @@ def test_varlen_kernel_matches_reference(step, layout, head_dim, block_size, dty
     case = make_varlen_case(requests, num_heads, num_kv_heads, head_dim, block_size, dtype, int8_kv, "cuda", seed)
     expected = reference_varlen(case)
     starts = case.query_start_loc.tolist()
-    planned = plan_attention(starts, max(case.query_lens), max(case.seq_lens), num_heads, num_kv_heads,
-                             torch.device("cuda"))
-    forced = AttentionPlan(planned.row_tile, planned.work_items, planned.num_work_items,
-                           fixed_splits(max(case.seq_lens), 7))
+    planned = plan_attention(
+        starts, max(case.query_lens), max(case.seq_lens), num_heads, num_kv_heads, torch.device("cuda")
+    )
+    forced = AttentionPlan(
+        planned.row_tile, planned.work_items, planned.num_work_items, fixed_splits(max(case.seq_lens), 7)
+    )
     threshold = 2e-2 if int8_kv else 1e-2
     paged = case.paged
     for plan in (planned, forced):
         out = torch.full_like(case.query, float("nan"))
         paged_attention(
-            case.query, paged.key_cache, paged.value_cache, paged.block_tables, paged.context_lens,
-            None if plan.work_items is None else case.query_start_loc, plan, scale=paged.scale,
-            key_scales=paged.key_scales, value_scales=paged.value_scales, out=out,
+            case.query,
+            paged.key_cache,
+            paged.value_cache,
+            paged.block_tables,
+            paged.context_lens,
+            None if plan.work_items is None else case.query_start_loc,
+            plan,
+            scale=paged.scale,
+            key_scales=paged.key_scales,
+            value_scales=paged.value_scales,
+            out=out,
         )
         torch.cuda.synchronize()
         worst = max(relative_error(out[t], expected[t]) for t in range(out.shape[0]))
@@ -62,10 +72,10 @@ def test_varlen_kernel_matches_reference(step, layout, head_dim, block_size, dty
 
 @pytest.mark.parametrize("kv_dtype", [None, torch.int8])
 def test_engine_cuda_backend_matches_reference_backend(kv_dtype):
+    from services.common.model_catalog import DUMMY_TINY_MODEL
     from services.engine.block_pool import KvBlockManager
     from services.engine.engine_core import EngineCore
     from services.engine.kernels.backend import CudaAttention, ReferenceAttention
-    from services.common.model_catalog import DUMMY_TINY_MODEL
     from services.engine.model_loader import load_model
     from services.engine.model_runner import ModelRunner
     from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy

@@ -36,8 +36,9 @@ def cost(codec: KvCodec, num_slots: float, out_ms: float, in_ms: float) -> Codec
 
 
 def victim(request_id: str, recompute_ms: float, wait_ms: float, *codecs: CodecCost) -> Victim:
-    return Victim(request_id, num_kv_tokens=512, recompute_s=recompute_ms / 1e3,
-                  expected_wait_s=wait_ms / 1e3, codecs=codecs)
+    return Victim(
+        request_id, num_kv_tokens=512, recompute_s=recompute_ms / 1e3, expected_wait_s=wait_ms / 1e3, codecs=codecs
+    )
 
 
 def droppable(request_id: str, num_slots: int, resume_in_s: float) -> DroppableEntry:
@@ -53,42 +54,112 @@ INT4_2 = cost(INT4, 2, 2, 2)
 @pytest.mark.parametrize(
     ("case", "candidate", "num_free_slots", "errors", "expected"),
     [
-        ("recompute: swap stalls 20 ms > 15 ms recompute",
-         victim("r", 15, 0, FULL_8), 64, {}, (Action.RECOMPUTE, None)),
-        ("recompute: a stall equal to recompute does not pay",
-         victim("r", 20, 0, FULL_8), 64, {}, (Action.RECOMPUTE, None)),
-        ("full: 20 ms stall < 50 ms recompute",
-         victim("r", 50, 0, FULL_8, INT8_4, INT4_2), 64, MEASURED, (Action.SWAP, FULL)),
-        ("int8: full does not pay (20 ms >= 15 ms), int8 does (8 ms)",
-         victim("r", 15, 0, FULL_8, INT8_4, INT4_2), 64, MEASURED, (Action.SWAP, INT8)),
-        ("int8: full pays but needs 8 slots, 5 free",
-         victim("r", 500, 0, FULL_8, INT8_4, INT4_2), 5, MEASURED, (Action.SWAP, INT8)),
-        ("int4: only int4 pays and it is within budget",
-         victim("r", 5, 0, FULL_8, INT8_4, INT4_2), 64, MEASURED, (Action.SWAP, INT4)),
-        ("recompute: only int4 pays but its error 0.09 is over budget",
-         victim("r", 5, 0, FULL_8, INT8_4, INT4_2), 64, INT8_ONLY, (Action.RECOMPUTE, None)),
-        ("int4: only int4 fits (2 of 3 free slots), within budget",
-         victim("r", 500, 0, FULL_8, INT8_4, INT4_2), 3, MEASURED, (Action.SWAP, INT4)),
-        ("recompute: int8 would pay but was never measured",
-         victim("r", 15, 0, FULL_8, INT8_4), 64, {}, (Action.RECOMPUTE, None)),
-        ("recompute: nothing fits in 1 free slot",
-         victim("r", 500, 0, FULL_8, INT8_4, INT4_2), 1, MEASURED, (Action.RECOMPUTE, None)),
-        ("recompute: the engine offered no codec",
-         victim("r", 500, 0), 64, MEASURED, (Action.RECOMPUTE, None)),
-        ("prefetch: swap-in of 40 ms hidden by an 80 ms wait: stall 5 ms < 30 ms",
-         victim("r", 30, 80, cost(FULL, 8, 5, 40)), 64, {}, (Action.SWAP, FULL)),
-        ("prefetch: the same KV with no wait stalls 45 ms > 30 ms",
-         victim("r", 30, 0, cost(FULL, 8, 5, 40)), 64, {}, (Action.RECOMPUTE, None)),
-        ("unmeasured times: 8 MiB at the assumed 1 GB/s stalls 16.8 ms > 15 ms",
-         victim("r", 15, 0, cost(FULL, 8, 0, 0)), 64, {}, (Action.RECOMPUTE, None)),
-        ("unmeasured times: swap-in hidden by a 10 ms wait, stall 8.4 ms < 15 ms",
-         victim("r", 15, 10, cost(FULL, 8, 0, 0)), 64, {}, (Action.SWAP, FULL)),
+        (
+            "recompute: swap stalls 20 ms > 15 ms recompute",
+            victim("r", 15, 0, FULL_8),
+            64,
+            {},
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "recompute: a stall equal to recompute does not pay",
+            victim("r", 20, 0, FULL_8),
+            64,
+            {},
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "full: 20 ms stall < 50 ms recompute",
+            victim("r", 50, 0, FULL_8, INT8_4, INT4_2),
+            64,
+            MEASURED,
+            (Action.SWAP, FULL),
+        ),
+        (
+            "int8: full does not pay (20 ms >= 15 ms), int8 does (8 ms)",
+            victim("r", 15, 0, FULL_8, INT8_4, INT4_2),
+            64,
+            MEASURED,
+            (Action.SWAP, INT8),
+        ),
+        (
+            "int8: full pays but needs 8 slots, 5 free",
+            victim("r", 500, 0, FULL_8, INT8_4, INT4_2),
+            5,
+            MEASURED,
+            (Action.SWAP, INT8),
+        ),
+        (
+            "int4: only int4 pays and it is within budget",
+            victim("r", 5, 0, FULL_8, INT8_4, INT4_2),
+            64,
+            MEASURED,
+            (Action.SWAP, INT4),
+        ),
+        (
+            "recompute: only int4 pays but its error 0.09 is over budget",
+            victim("r", 5, 0, FULL_8, INT8_4, INT4_2),
+            64,
+            INT8_ONLY,
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "int4: only int4 fits (2 of 3 free slots), within budget",
+            victim("r", 500, 0, FULL_8, INT8_4, INT4_2),
+            3,
+            MEASURED,
+            (Action.SWAP, INT4),
+        ),
+        (
+            "recompute: int8 would pay but was never measured",
+            victim("r", 15, 0, FULL_8, INT8_4),
+            64,
+            {},
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "recompute: nothing fits in 1 free slot",
+            victim("r", 500, 0, FULL_8, INT8_4, INT4_2),
+            1,
+            MEASURED,
+            (Action.RECOMPUTE, None),
+        ),
+        ("recompute: the engine offered no codec", victim("r", 500, 0), 64, MEASURED, (Action.RECOMPUTE, None)),
+        (
+            "prefetch: swap-in of 40 ms hidden by an 80 ms wait: stall 5 ms < 30 ms",
+            victim("r", 30, 80, cost(FULL, 8, 5, 40)),
+            64,
+            {},
+            (Action.SWAP, FULL),
+        ),
+        (
+            "prefetch: the same KV with no wait stalls 45 ms > 30 ms",
+            victim("r", 30, 0, cost(FULL, 8, 5, 40)),
+            64,
+            {},
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "unmeasured times: 8 MiB at the assumed 1 GB/s stalls 16.8 ms > 15 ms",
+            victim("r", 15, 0, cost(FULL, 8, 0, 0)),
+            64,
+            {},
+            (Action.RECOMPUTE, None),
+        ),
+        (
+            "unmeasured times: swap-in hidden by a 10 ms wait, stall 8.4 ms < 15 ms",
+            victim("r", 15, 10, cost(FULL, 8, 0, 0)),
+            64,
+            {},
+            (Action.SWAP, FULL),
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_single_victim_decision(case, candidate, num_free_slots, errors, expected):
-    plan = plan_eviction([candidate], num_free_slots=num_free_slots, droppable=[], codec_errors=errors,
-                         settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [candidate], num_free_slots=num_free_slots, droppable=[], codec_errors=errors, settings=SETTINGS, now_s=NOW_S
+    )
     (decision,) = plan.decisions
     assert (decision.action, decision.codec) == expected, decision.reason
     assert plan.dropped == ()
@@ -102,8 +173,14 @@ def test_single_victim_decision(case, candidate, num_free_slots, errors, expecte
 
 
 def test_reason_names_the_rejected_codecs():
-    plan = plan_eviction([victim("r", 5, 0, FULL_8, INT8_4, INT4_2)], num_free_slots=64, droppable=[],
-                         codec_errors=INT8_ONLY, settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [victim("r", 5, 0, FULL_8, INT8_4, INT4_2)],
+        num_free_slots=64,
+        droppable=[],
+        codec_errors=INT8_ONLY,
+        settings=SETTINGS,
+        now_s=NOW_S,
+    )
     reason = plan.decisions[0].reason
     assert "full: stall 20.00 ms >= recompute 5.00 ms" in reason
     assert "int4: error over budget or unmeasured" in reason
@@ -141,16 +218,18 @@ def test_allowed_codecs(errors, expected):
 
 def test_short_tier_places_the_shortest_wait_first():
     long_wait, short_wait = victim("long", 500, 5000, FULL_8), victim("short", 500, 100, FULL_8)
-    plan = plan_eviction([long_wait, short_wait], num_free_slots=8, droppable=[], codec_errors={},
-                         settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [long_wait, short_wait], num_free_slots=8, droppable=[], codec_errors={}, settings=SETTINGS, now_s=NOW_S
+    )
     assert [d.request_id for d in plan.decisions] == ["long", "short"]  # the request's order
     assert [d.action for d in plan.decisions] == [Action.RECOMPUTE, Action.SWAP]
 
 
 def test_short_tier_gives_the_later_victim_a_smaller_codec():
     first, second = victim("a", 500, 100, FULL_8, INT8_4), victim("b", 500, 200, FULL_8, INT8_4)
-    plan = plan_eviction([second, first], num_free_slots=12, droppable=[], codec_errors=MEASURED,
-                         settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [second, first], num_free_slots=12, droppable=[], codec_errors=MEASURED, settings=SETTINGS, now_s=NOW_S
+    )
     assert [(d.request_id, d.codec) for d in plan.decisions] == [("b", INT8), ("a", FULL)]
 
 
@@ -173,16 +252,28 @@ DROPPABLE = [droppable("x", 4, 100.0), droppable("y", 4, 50.0), droppable("z", 4
 )
 def test_dropping_swapped_entries_for_room(case, num_slots, wait_s, num_free_slots, expected_action, expected_dropped):
     candidate = victim("v", 1e6, wait_s * 1e3, cost(FULL, num_slots, 1, 1))
-    plan = plan_eviction([candidate], num_free_slots=num_free_slots, droppable=list(DROPPABLE), codec_errors={},
-                         settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [candidate],
+        num_free_slots=num_free_slots,
+        droppable=list(DROPPABLE),
+        codec_errors={},
+        settings=SETTINGS,
+        now_s=NOW_S,
+    )
     assert plan.decisions[0].action is expected_action, plan.decisions[0].reason
     assert [request_id for _, request_id in plan.dropped] == expected_dropped
 
 
 def test_an_entry_due_back_with_the_victim_is_not_dropped():
     entry = droppable("same", 8, 10.0)
-    plan = plan_eviction([victim("v", 1e6, 10_000, cost(FULL, 8, 1, 1))], num_free_slots=0, droppable=[entry],
-                         codec_errors={}, settings=SETTINGS, now_s=NOW_S)
+    plan = plan_eviction(
+        [victim("v", 1e6, 10_000, cost(FULL, 8, 1, 1))],
+        num_free_slots=0,
+        droppable=[entry],
+        codec_errors={},
+        settings=SETTINGS,
+        now_s=NOW_S,
+    )
     assert plan.decisions[0].action is Action.RECOMPUTE and plan.dropped == ()
 
 
@@ -198,6 +289,10 @@ def test_victims_of_one_event_share_the_droppable_entries():
 def test_plan_is_pure():
     entries = list(DROPPABLE)
     candidates = [victim("v", 1e6, 1_000, cost(FULL, 6, 1, 1))]
-    first = plan_eviction(candidates, num_free_slots=0, droppable=entries, codec_errors={}, settings=SETTINGS, now_s=NOW_S)
-    second = plan_eviction(candidates, num_free_slots=0, droppable=entries, codec_errors={}, settings=SETTINGS, now_s=NOW_S)
+    first = plan_eviction(
+        candidates, num_free_slots=0, droppable=entries, codec_errors={}, settings=SETTINGS, now_s=NOW_S
+    )
+    second = plan_eviction(
+        candidates, num_free_slots=0, droppable=entries, codec_errors={}, settings=SETTINGS, now_s=NOW_S
+    )
     assert first == second and entries == DROPPABLE

@@ -30,25 +30,41 @@ class FakeClock:
 
 
 def make_layout(block_bytes: int = BLOCK_BYTES) -> KvBlockLayout:
-    return KvBlockLayout(block_size_tokens=16, num_layers=2, num_kv_heads=2, head_dim=8,
-                         dtype=KvDtype.FLOAT32, block_bytes=block_bytes)
+    return KvBlockLayout(
+        block_size_tokens=16, num_layers=2, num_kv_heads=2, head_dim=8, dtype=KvDtype.FLOAT32, block_bytes=block_bytes
+    )
 
 
 def make_registration(engine_id: str = "e1", num_device_blocks: int = 10, **kwargs) -> EngineRegistration:
     layout = kwargs.pop("layout", make_layout())
-    return EngineRegistration(engine_id=engine_id, address=kwargs.pop("address", "127.0.0.1:1"),
-                              model_name="tiny", num_device_blocks=num_device_blocks, layout=layout)
+    return EngineRegistration(
+        engine_id=engine_id,
+        address=kwargs.pop("address", "127.0.0.1:1"),
+        model_name="tiny",
+        num_device_blocks=num_device_blocks,
+        layout=layout,
+    )
 
 
-def make_report(engine_id: str = "e1", used: int = 3, free: int = 7, seq: int = 1,
-                num_requests: int = 2) -> UsageReport:
-    return UsageReport(engine_id=engine_id, num_device_blocks_used=used, num_device_blocks_free=free,
-                       num_requests=num_requests, sequence_number=seq)
+def make_report(
+    engine_id: str = "e1", used: int = 3, free: int = 7, seq: int = 1, num_requests: int = 2
+) -> UsageReport:
+    return UsageReport(
+        engine_id=engine_id,
+        num_device_blocks_used=used,
+        num_device_blocks_free=free,
+        num_requests=num_requests,
+        sequence_number=seq,
+    )
 
 
 def make_ledger(clock: FakeClock | None = None, host_blocks: int = 0) -> KvLedger:
-    return KvLedger(host_tier_capacity_bytes=host_blocks * BLOCK_BYTES, host_tier_block_bytes=BLOCK_BYTES,
-                    stale_after_s=5.0, clock=clock or FakeClock())
+    return KvLedger(
+        host_tier_capacity_bytes=host_blocks * BLOCK_BYTES,
+        host_tier_block_bytes=BLOCK_BYTES,
+        stale_after_s=5.0,
+        clock=clock or FakeClock(),
+    )
 
 
 def engine_usage(ledger: KvLedger, engine_id: str):
@@ -167,8 +183,9 @@ def test_host_tier_capacity_is_enforced_and_defaults_to_empty():
 
 
 def test_host_capacity_in_bytes_rounds_down_to_whole_blocks():
-    ledger = KvLedger(host_tier_capacity_bytes=10 * BLOCK_BYTES + 100, host_tier_block_bytes=BLOCK_BYTES,
-                      stale_after_s=1.0)
+    ledger = KvLedger(
+        host_tier_capacity_bytes=10 * BLOCK_BYTES + 100, host_tier_block_bytes=BLOCK_BYTES, stale_after_s=1.0
+    )
     assert ledger.host_usage().num_blocks_total == 10
 
 

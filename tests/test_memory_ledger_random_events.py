@@ -15,7 +15,6 @@ import pathlib
 import grpc
 import torch
 
-from tests.memory_swap_events import BYTES_PER_BLOCK, EventDriver, Key, Phase
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
 from services.engine.kv_offload.host_transport import GrpcStreamTransport, SharedMemoryTransport, open_transport
@@ -26,17 +25,39 @@ from services.memory.host_region import HostRegion
 from services.memory.host_tier import RecordState
 from services.memory.ledger import EngineRegistration, KvBlockLayout, KvDtype, KvLedger, ReportOutcome, UsageReport
 from services.memory.swap_manager import SwapManager
+from tests.memory_swap_events import BYTES_PER_BLOCK, EventDriver, Key, Phase
 
 ENGINES = ("e1", "e2")
 NUM_DEVICE_BLOCKS = 48
 SLOT_BYTES = 64
 NUM_HOST_SLOTS = 40  # ~3 swapped requests of 10 blocks at full precision: drops happen
-LAYOUT = KvBlockLayout(block_size_tokens=4, num_layers=1, num_kv_heads=1, head_dim=12, dtype=KvDtype.FLOAT32,
-                       block_bytes=BYTES_PER_BLOCK[KvCodec.FULL])
-STATE_OF_PHASE = {Phase.SWAPPING_OUT: RecordState.RESERVED, Phase.SWAPPED: RecordState.SWAPPED,
-                  Phase.RESTORING: RecordState.RESTORING}
-MUST_HAPPEN = ("plan swap", "plan recompute", "dropped", "restore granted", "restore refused", "restore done",
-               "abort swapping out", "abort swapped", "abort restoring", "late commit refused", "grow short", "finish")
+LAYOUT = KvBlockLayout(
+    block_size_tokens=4,
+    num_layers=1,
+    num_kv_heads=1,
+    head_dim=12,
+    dtype=KvDtype.FLOAT32,
+    block_bytes=BYTES_PER_BLOCK[KvCodec.FULL],
+)
+STATE_OF_PHASE = {
+    Phase.SWAPPING_OUT: RecordState.RESERVED,
+    Phase.SWAPPED: RecordState.SWAPPED,
+    Phase.RESTORING: RecordState.RESTORING,
+}
+MUST_HAPPEN = (
+    "plan swap",
+    "plan recompute",
+    "dropped",
+    "restore granted",
+    "restore refused",
+    "restore done",
+    "abort swapping out",
+    "abort swapped",
+    "abort restoring",
+    "late commit refused",
+    "grow short",
+    "finish",
+)
 
 
 class DirectBackend:
@@ -44,8 +65,12 @@ class DirectBackend:
 
     def __init__(self, tmp_path: pathlib.Path) -> None:
         self.now_s = 0.0
-        self.ledger = KvLedger(host_tier_capacity_bytes=NUM_HOST_SLOTS * SLOT_BYTES, host_tier_block_bytes=SLOT_BYTES,
-                               stale_after_s=1e9, clock=lambda: self.now_s)
+        self.ledger = KvLedger(
+            host_tier_capacity_bytes=NUM_HOST_SLOTS * SLOT_BYTES,
+            host_tier_block_bytes=SLOT_BYTES,
+            stale_after_s=1e9,
+            clock=lambda: self.now_s,
+        )
         self.region = HostRegion(tmp_path / "region", NUM_HOST_SLOTS, SLOT_BYTES)
         settings = PlanSettings(slot_bytes=SLOT_BYTES, max_relative_error=0.02, assumed_bytes_per_s=1e5)
         self.swaps = SwapManager(self.ledger, self.region, settings, clock=lambda: self.now_s)
@@ -56,8 +81,11 @@ class DirectBackend:
     def plan(self, engine_id, victims, errors):
         self.now_s += 0.002
         planned, dropped = self.swaps.plan(engine_id, victims, errors)
-        swaps = {p.decision.request_id: (list(p.slot_ids), p.decision.size_bytes)
-                 for p in planned if p.decision.action is Action.SWAP}
+        swaps = {
+            p.decision.request_id: (list(p.slot_ids), p.decision.size_bytes)
+            for p in planned
+            if p.decision.action is Action.SWAP
+        }
         return swaps, dropped
 
     def write_and_commit(self, engine_id, request_id, slot_ids, payload) -> bool:
@@ -89,7 +117,9 @@ class DirectBackend:
         for key, (phase, num_slots) in expected.items():
             record = records.get(key)
             if record and (record.state is not STATE_OF_PHASE[phase] or len(record.slot_ids) != num_slots):
-                found.append(f"{key}: record {record.state.value} of {len(record.slot_ids)} slots, engine in {phase.value}")
+                found.append(
+                    f"{key}: record {record.state.value} of {len(record.slot_ids)} slots, engine in {phase.value}"
+                )
         # (swaps.violations covers used + free == total of every pool and each engine's report.)
         host = self.ledger.host_usage()
         held = sum(len(record.slot_ids) for record in records.values())
@@ -121,8 +151,14 @@ def test_ten_thousand_random_events_keep_the_ledger_consistent(tmp_path):
 # -- the same over gRPC ----------------------------------------------------------------------------
 
 CODEC_TO_PB = {KvCodec.FULL: pb.KV_CODEC_FULL, KvCodec.INT8: pb.KV_CODEC_INT8, KvCodec.INT4: pb.KV_CODEC_INT4}
-PB_LAYOUT = pb.KvBlockLayout(block_size_tokens=4, num_layers=1, num_kv_heads=1, head_dim=12,
-                             dtype=pb.KV_DTYPE_FLOAT32, block_bytes=LAYOUT.block_bytes)
+PB_LAYOUT = pb.KvBlockLayout(
+    block_size_tokens=4,
+    num_layers=1,
+    num_kv_heads=1,
+    head_dim=12,
+    dtype=pb.KV_DTYPE_FLOAT32,
+    block_bytes=LAYOUT.block_bytes,
+)
 
 
 class GrpcBackend:
@@ -135,21 +171,36 @@ class GrpcBackend:
         self.device_used: dict[str, int] = {}
 
     def register(self, engine_id: str, num_device_blocks: int) -> None:
-        reply = self.stub.RegisterEngine(pb.RegisterEngineRequest(
-            engine_id=engine_id, address="127.0.0.1:1", model_name="tiny", num_device_blocks=num_device_blocks,
-            layout=PB_LAYOUT))
+        reply = self.stub.RegisterEngine(
+            pb.RegisterEngineRequest(
+                engine_id=engine_id,
+                address="127.0.0.1:1",
+                model_name="tiny",
+                num_device_blocks=num_device_blocks,
+                layout=PB_LAYOUT,
+            )
+        )
         shared = open_transport(reply.host_region, self.stub, engine_id, 5.0)
         assert isinstance(shared, SharedMemoryTransport)
         self.transports[engine_id] = (shared, GrpcStreamTransport(self.stub, engine_id, 5.0))
         self.device_used[engine_id] = 0  # the ledger's view before the first report
 
     def plan(self, engine_id: str, victims: list[Victim], errors):
-        reply = self.stub.PlanEviction(pb.PlanEvictionRequest(
-            engine_id=engine_id, victims=[_victim_to_pb(victim) for victim in victims],
-            codec_qualities=[pb.CodecQuality(codec=CODEC_TO_PB[c], relative_error=e, num_blocks_measured=4)
-                             for c, e in errors.items()]))
-        swaps = {d.request_id: (list(d.slot_ids), d.size_bytes) for d in reply.decisions
-                 if d.action == pb.EVICTION_ACTION_SWAP}
+        reply = self.stub.PlanEviction(
+            pb.PlanEvictionRequest(
+                engine_id=engine_id,
+                victims=[_victim_to_pb(victim) for victim in victims],
+                codec_qualities=[
+                    pb.CodecQuality(codec=CODEC_TO_PB[c], relative_error=e, num_blocks_measured=4)
+                    for c, e in errors.items()
+                ],
+            )
+        )
+        swaps = {
+            d.request_id: (list(d.slot_ids), d.size_bytes)
+            for d in reply.decisions
+            if d.action == pb.EVICTION_ACTION_SWAP
+        }
         return swaps, [(request_id.split("/")[0], request_id) for request_id in reply.dropped_request_ids]
 
     def write_and_commit(self, engine_id, request_id, slot_ids, payload) -> bool:
@@ -177,9 +228,15 @@ class GrpcBackend:
         self.stub.ReleaseSwapped(pb.ReleaseSwappedRequest(engine_id=engine_id, request_ids=request_ids))
 
     def report(self, engine_id, used, free, num_requests, sequence_number) -> None:
-        assert self.stub.ReportUsage(pb.ReportUsageRequest(
-            engine_id=engine_id, num_device_blocks_used=used, num_device_blocks_free=free,
-            num_requests=num_requests, sequence_number=sequence_number)).accepted
+        assert self.stub.ReportUsage(
+            pb.ReportUsageRequest(
+                engine_id=engine_id,
+                num_device_blocks_used=used,
+                num_device_blocks_free=free,
+                num_requests=num_requests,
+                sequence_number=sequence_number,
+            )
+        ).accepted
         self.device_used[engine_id] = used
 
     def violations(self, expected: dict[Key, tuple[Phase, int]]) -> list[str]:
@@ -199,10 +256,17 @@ class GrpcBackend:
 
 def _victim_to_pb(victim: Victim) -> pb.EvictionCandidate:
     return pb.EvictionCandidate(
-        request_id=victim.request_id, num_kv_tokens=victim.num_kv_tokens, recompute_s=victim.recompute_s,
+        request_id=victim.request_id,
+        num_kv_tokens=victim.num_kv_tokens,
+        recompute_s=victim.recompute_s,
         expected_wait_s=victim.expected_wait_s,
-        codecs=[pb.CodecCost(codec=CODEC_TO_PB[c.codec], size_bytes=c.size_bytes, swap_out_s=c.swap_out_s,
-                             swap_in_s=c.swap_in_s) for c in victim.codecs])
+        codecs=[
+            pb.CodecCost(
+                codec=CODEC_TO_PB[c.codec], size_bytes=c.size_bytes, swap_out_s=c.swap_out_s, swap_in_s=c.swap_in_s
+            )
+            for c in victim.codecs
+        ],
+    )
 
 
 def _run_over_grpc(address: str, num_events: int) -> EventDriver:
@@ -223,8 +287,9 @@ def _run_over_grpc(address: str, num_events: int) -> EventDriver:
 
 
 async def test_random_events_over_grpc_keep_the_exported_ledger_consistent():
-    handle = await app.start(MemoryConfig(port=0, host_tier_capacity_bytes=NUM_HOST_SLOTS * SLOT_BYTES,
-                                          host_tier_block_bytes=SLOT_BYTES))
+    handle = await app.start(
+        MemoryConfig(port=0, host_tier_capacity_bytes=NUM_HOST_SLOTS * SLOT_BYTES, host_tier_block_bytes=SLOT_BYTES)
+    )
     try:
         driver = await asyncio.to_thread(_run_over_grpc, handle.address, 250)
     finally:

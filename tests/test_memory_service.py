@@ -36,17 +36,28 @@ async def stub(service):
 
 
 def make_layout(**overrides) -> pb.KvBlockLayout:
-    fields = dict(block_size_tokens=16, num_layers=4, num_kv_heads=2, head_dim=64,
-                  dtype=pb.KV_DTYPE_FLOAT16, block_bytes=BLOCK_BYTES)
+    fields = dict(
+        block_size_tokens=16,
+        num_layers=4,
+        num_kv_heads=2,
+        head_dim=64,
+        dtype=pb.KV_DTYPE_FLOAT16,
+        block_bytes=BLOCK_BYTES,
+    )
     fields.update(overrides)
     return pb.KvBlockLayout(**fields)
 
 
 def make_register(engine_id: str = "e1", num_device_blocks: int = 100, **overrides):
     layout = overrides.pop("layout", make_layout())
-    return pb.RegisterEngineRequest(engine_id=engine_id, address=f"127.0.0.1:{60000 + len(engine_id)}",
-                                    model_name="tiny", num_device_blocks=num_device_blocks, layout=layout,
-                                    **overrides)
+    return pb.RegisterEngineRequest(
+        engine_id=engine_id,
+        address=f"127.0.0.1:{60000 + len(engine_id)}",
+        model_name="tiny",
+        num_device_blocks=num_device_blocks,
+        layout=layout,
+        **overrides,
+    )
 
 
 async def test_health_check_reports_serving(service):
@@ -59,10 +70,15 @@ async def test_two_engines_register_report_and_show_in_stats(stub):
     assert (first.report_interval_s, first.was_registered) == (0.5, False)
     await stub.RegisterEngine(make_register("e2", 40, layout=make_layout(block_bytes=2 * BLOCK_BYTES)))
     for engine_id, num_used, num_free, num_requests in (("e1", 30, 70, 3), ("e2", 40, 0, 5)):
-        reply = await stub.ReportUsage(pb.ReportUsageRequest(
-            engine_id=engine_id, num_device_blocks_used=num_used, num_device_blocks_free=num_free,
-            num_requests=num_requests, sequence_number=1,
-        ))
+        reply = await stub.ReportUsage(
+            pb.ReportUsageRequest(
+                engine_id=engine_id,
+                num_device_blocks_used=num_used,
+                num_device_blocks_free=num_free,
+                num_requests=num_requests,
+                sequence_number=1,
+            )
+        )
         assert reply.accepted
 
     stats = await stub.GetStats(pb.MemoryServiceGetStatsRequest())
@@ -84,10 +100,8 @@ async def test_two_engines_register_report_and_show_in_stats(stub):
 async def test_reregister_stale_report_unknown_engine_and_unregister(stub):
     assert not (await stub.RegisterEngine(make_register("e1", 10))).was_registered
     assert (await stub.RegisterEngine(make_register("e1", 10))).was_registered
-    fresh = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=4, num_device_blocks_free=6,
-                                  sequence_number=7)
-    late = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=9, num_device_blocks_free=1,
-                                 sequence_number=6)
+    fresh = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=4, num_device_blocks_free=6, sequence_number=7)
+    late = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=9, num_device_blocks_free=1, sequence_number=6)
     assert (await stub.ReportUsage(fresh)).accepted
     assert (await stub.ReportUsage(late)).accepted  # known engine: ignored, but no re-registration
     stats = await stub.GetStats(pb.MemoryServiceGetStatsRequest())
@@ -128,8 +142,7 @@ async def test_invalid_registration_is_invalid_argument(stub, request_factory, m
 
 async def test_report_that_does_not_add_up_is_invalid_argument(stub):
     await stub.RegisterEngine(make_register("e1", 10))
-    bad = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=5, num_device_blocks_free=6,
-                                sequence_number=1)
+    bad = pb.ReportUsageRequest(engine_id="e1", num_device_blocks_used=5, num_device_blocks_free=6, sequence_number=1)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ReportUsage(bad)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -159,15 +172,26 @@ def test_config_rejects_bad_values_and_parses_flags():
         MemoryConfig(host_tier_capacity_bytes=-1)
     with pytest.raises(ValueError, match="port"):
         MemoryConfig(port=70000)
-    config = MemoryConfig.from_args(["--port", "0", "--host-tier-capacity-bytes", "1048576",
-                                     "--host-tier-block-bytes", "65536", "--stale-after-s", "3"])
+    config = MemoryConfig.from_args(
+        [
+            "--port",
+            "0",
+            "--host-tier-capacity-bytes",
+            "1048576",
+            "--host-tier-block-bytes",
+            "65536",
+            "--stale-after-s",
+            "3",
+        ]
+    )
     assert (config.port, config.host_tier_capacity_bytes, config.host_tier_block_bytes) == (0, 1 << 20, 65536)
     assert config.stale_after_s == 3.0 and MemoryConfig().port == 50054
 
 
 async def test_host_tier_capacity_flag_shows_in_stats():
-    handle = await app.start(MemoryConfig(port=0, host_tier_capacity_bytes=10 * BLOCK_BYTES,
-                                          host_tier_block_bytes=BLOCK_BYTES))
+    handle = await app.start(
+        MemoryConfig(port=0, host_tier_capacity_bytes=10 * BLOCK_BYTES, host_tier_block_bytes=BLOCK_BYTES)
+    )
     try:
         async with grpc.aio.insecure_channel(handle.address) as channel:
             stats = await rpc.MemoryServiceStub(channel).GetStats(pb.MemoryServiceGetStatsRequest())
@@ -180,8 +204,16 @@ async def test_host_tier_capacity_flag_shows_in_stats():
 async def test_module_entry_point_serves_and_stops_on_sigterm():
     """`python -m services.memory --port 0` announces READY with its port, serves, exits 0 on SIGTERM."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.memory", "--port", "0", "--drain-seconds", "0",
-        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "services.memory",
+        "--port",
+        "0",
+        "--drain-seconds",
+        "0",
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().split()

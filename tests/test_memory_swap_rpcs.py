@@ -28,16 +28,25 @@ from services.memory.config import MemoryConfig
 
 SLOT_BYTES = 64 * 1024
 NUM_SLOTS = 64
-LAYOUT = pb.KvBlockLayout(block_size_tokens=16, num_layers=2, num_kv_heads=2, head_dim=64,
-                          dtype=pb.KV_DTYPE_FLOAT16, block_bytes=16 * 2 * 2 * 2 * 64 * 2)
+LAYOUT = pb.KvBlockLayout(
+    block_size_tokens=16,
+    num_layers=2,
+    num_kv_heads=2,
+    head_dim=64,
+    dtype=pb.KV_DTYPE_FLOAT16,
+    block_bytes=16 * 2 * 2 * 2 * 64 * 2,
+)
 
 
 @pytest.fixture
 async def service():
-    handle = await app.start(MemoryConfig(port=0, host_tier_capacity_bytes=NUM_SLOTS * SLOT_BYTES,
-                                          host_tier_block_bytes=SLOT_BYTES))
+    handle = await app.start(
+        MemoryConfig(port=0, host_tier_capacity_bytes=NUM_SLOTS * SLOT_BYTES, host_tier_block_bytes=SLOT_BYTES)
+    )
     async with grpc.aio.insecure_channel(handle.address) as channel:
-        path = pathlib.Path((await rpc.MemoryServiceStub(channel).GetStats(pb.MemoryServiceGetStatsRequest())).host_region.path)
+        path = pathlib.Path(
+            (await rpc.MemoryServiceStub(channel).GetStats(pb.MemoryServiceGetStatsRequest())).host_region.path
+        )
     assert path.exists()
     try:
         yield handle
@@ -59,15 +68,30 @@ def sync_stub(service):
 
 
 async def register(stub, engine_id: str = "e1") -> pb.RegisterEngineResponse:
-    return await stub.RegisterEngine(pb.RegisterEngineRequest(
-        engine_id=engine_id, address="127.0.0.1:1", model_name="tiny", num_device_blocks=64, layout=LAYOUT))
+    return await stub.RegisterEngine(
+        pb.RegisterEngineRequest(
+            engine_id=engine_id, address="127.0.0.1:1", model_name="tiny", num_device_blocks=64, layout=LAYOUT
+        )
+    )
 
 
-def candidate(request_id: str, size_bytes: int, *, wait_s: float = 1.0, recompute_s: float = 10.0,
-              codec=pb.KV_CODEC_FULL, **fields) -> pb.EvictionCandidate:
-    return pb.EvictionCandidate(request_id=request_id, num_kv_tokens=256, recompute_s=recompute_s,
-                                expected_wait_s=wait_s, codecs=[pb.CodecCost(codec=codec, size_bytes=size_bytes)],
-                                **fields)
+def candidate(
+    request_id: str,
+    size_bytes: int,
+    *,
+    wait_s: float = 1.0,
+    recompute_s: float = 10.0,
+    codec=pb.KV_CODEC_FULL,
+    **fields,
+) -> pb.EvictionCandidate:
+    return pb.EvictionCandidate(
+        request_id=request_id,
+        num_kv_tokens=256,
+        recompute_s=recompute_s,
+        expected_wait_s=wait_s,
+        codecs=[pb.CodecCost(codec=codec, size_bytes=size_bytes)],
+        **fields,
+    )
 
 
 async def plan(stub, engine_id: str, *victims: pb.EvictionCandidate) -> pb.PlanEvictionResponse:
@@ -103,7 +127,10 @@ async def test_swap_round_trip_through_shared_memory_and_the_stream(stub, sync_s
     assert (await stats(stub)).host.num_blocks_used == num_slots_held
 
     grants = (await stub.BeginRestore(pb.BeginRestoreRequest(engine_id="e1", request_ids=["a", "b"]))).grants
-    assert [(g.request_id, g.restorable, g.size_bytes) for g in grants] == [("a", True, sizes["a"]), ("b", True, sizes["b"])]
+    assert [(g.request_id, g.restorable, g.size_bytes) for g in grants] == [
+        ("a", True, sizes["a"]),
+        ("b", True, sizes["b"]),
+    ]
     for grant in grants:  # each path reads what the other wrote: both reach the same slots
         assert list(grant.slot_ids) == list(decisions[grant.request_id].slot_ids)
         reader = streamed if grant.request_id == "a" else shared
@@ -174,10 +201,19 @@ INVALID_PLANS = {
     "NaN expected_wait_s": pb.PlanEvictionRequest(engine_id="e1", victims=[candidate("a", 10, wait_s=float("nan"))]),
     "negative wait": pb.PlanEvictionRequest(engine_id="e1", victims=[candidate("a", 10, wait_s=-1.0)]),
     "zero size": pb.PlanEvictionRequest(engine_id="e1", victims=[candidate("a", 0)]),
-    "NaN swap time": pb.PlanEvictionRequest(engine_id="e1", victims=[pb.EvictionCandidate(
-        request_id="a", codecs=[pb.CodecCost(codec=pb.KV_CODEC_FULL, size_bytes=10, swap_out_s=float("nan"))])]),
-    "NaN codec error": pb.PlanEvictionRequest(engine_id="e1", victims=[candidate("a", 10)], codec_qualities=[
-        pb.CodecQuality(codec=pb.KV_CODEC_INT8, relative_error=float("nan"), num_blocks_measured=1)]),
+    "NaN swap time": pb.PlanEvictionRequest(
+        engine_id="e1",
+        victims=[
+            pb.EvictionCandidate(
+                request_id="a", codecs=[pb.CodecCost(codec=pb.KV_CODEC_FULL, size_bytes=10, swap_out_s=float("nan"))]
+            )
+        ],
+    ),
+    "NaN codec error": pb.PlanEvictionRequest(
+        engine_id="e1",
+        victims=[candidate("a", 10)],
+        codec_qualities=[pb.CodecQuality(codec=pb.KV_CODEC_INT8, relative_error=float("nan"), num_blocks_measured=1)],
+    ),
 }
 
 
@@ -192,11 +228,15 @@ async def test_invalid_plans_are_invalid_argument(stub, case):
 
 def swap_calls(engine_id: str) -> dict:
     return {
-        "PlanEviction": lambda s: s.PlanEviction(pb.PlanEvictionRequest(engine_id=engine_id, victims=[candidate("a", 10)])),
+        "PlanEviction": lambda s: s.PlanEviction(
+            pb.PlanEvictionRequest(engine_id=engine_id, victims=[candidate("a", 10)])
+        ),
         "CommitSwapOut": lambda s: s.CommitSwapOut(pb.CommitSwapOutRequest(engine_id=engine_id, request_ids=["a"])),
         "BeginRestore": lambda s: s.BeginRestore(pb.BeginRestoreRequest(engine_id=engine_id, request_ids=["a"])),
         "ReleaseSwapped": lambda s: s.ReleaseSwapped(pb.ReleaseSwappedRequest(engine_id=engine_id, request_ids=["a"])),
-        "DownloadSwapped": lambda s: _drain(s.DownloadSwapped(pb.DownloadSwappedRequest(engine_id=engine_id, request_id="a"))),
+        "DownloadSwapped": lambda s: _drain(
+            s.DownloadSwapped(pb.DownloadSwappedRequest(engine_id=engine_id, request_id="a"))
+        ),
         "UploadSwapped": lambda s: s.UploadSwapped(_chunks(engine_id, "a", [(0, b"x")])),
     }
 
@@ -211,8 +251,9 @@ async def _chunks(engine_id: str, request_id: str, pieces):
 
 
 @pytest.mark.parametrize("method", sorted(swap_calls("")))
-@pytest.mark.parametrize(("engine_id", "expected"), [("", grpc.StatusCode.INVALID_ARGUMENT),
-                                                     ("ghost", grpc.StatusCode.FAILED_PRECONDITION)])
+@pytest.mark.parametrize(
+    ("engine_id", "expected"), [("", grpc.StatusCode.INVALID_ARGUMENT), ("ghost", grpc.StatusCode.FAILED_PRECONDITION)]
+)
 async def test_empty_or_unregistered_engine(stub, method, engine_id, expected):
     await register(stub)  # e1 exists; "ghost" does not
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -270,7 +311,10 @@ async def _mixed():
 
 async def test_transport_errors_are_transfer_failed(stub, sync_stub):
     registered = await register(stub)
-    streamed, shared = GrpcStreamTransport(sync_stub, "e1", 5.0), open_transport(registered.host_region, sync_stub, "e1", 5.0)
+    streamed, shared = (
+        GrpcStreamTransport(sync_stub, "e1", 5.0),
+        open_transport(registered.host_region, sync_stub, "e1", 5.0),
+    )
     with pytest.raises(TransferFailed, match="UploadSwapped failed: FAILED_PRECONDITION"):
         await asyncio.to_thread(streamed.write, "unplanned", [], random_bytes(10, 0))
     (decision,) = (await plan(stub, "e1", candidate("a", 100))).decisions

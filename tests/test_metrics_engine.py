@@ -20,9 +20,18 @@ def engine_config(**overrides) -> EngineConfig:
     # 12 blocks of 16 positions: six requests of ~60 positions each cannot all hold their KV, so
     # fcfs preempts on KV shortage.
     fields = dict(
-        port=0, drain_s=0.0, engine_id="metrics-engine", model=DUMMY_TINY_MODEL, dtype="float32",
-        device="cpu", num_kv_blocks=12, max_num_seqs=8, max_num_batched_tokens=256, cpu_threads=1,
-        scheduler_policy="fcfs", metrics_port=MetricsPort(0),
+        port=0,
+        drain_s=0.0,
+        engine_id="metrics-engine",
+        model=DUMMY_TINY_MODEL,
+        dtype="float32",
+        device="cpu",
+        num_kv_blocks=12,
+        max_num_seqs=8,
+        max_num_batched_tokens=256,
+        cpu_threads=1,
+        scheduler_policy="fcfs",
+        metrics_port=MetricsPort(0),
     )
     fields.update(overrides)
     return EngineConfig(**fields)

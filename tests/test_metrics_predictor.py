@@ -15,13 +15,24 @@ from tests.metrics_scrape import scrape, value  # noqa: E402
 
 def _finished(index: int, *, actual: int, p50: float, finish=common_pb2.FINISH_REASON_EOS):
     prediction = common_pb2.OutputLengthPrediction(
-        mean_tokens=p50, source=common_pb2.PREDICTION_SOURCE_PREDICTOR, model_version="m1",
-        quantiles=[common_pb2.LengthQuantile(level=level, num_tokens=p50 * factor)
-                   for level, factor in ((0.1, 0.5), (0.5, 1.0), (0.9, 2.0))],
+        mean_tokens=p50,
+        source=common_pb2.PREDICTION_SOURCE_PREDICTOR,
+        model_version="m1",
+        quantiles=[
+            common_pb2.LengthQuantile(level=level, num_tokens=p50 * factor)
+            for level, factor in ((0.1, 0.5), (0.5, 1.0), (0.9, 2.0))
+        ],
     )
     return predictor_service_pb2.FinishedRequest(
-        request_id=f"gw-{index}", prompt_text=f"prompt {index}", num_prompt_tokens=5, num_output_tokens=actual,
-        served_model="tiny", finish_reason=finish, max_tokens=512, prediction=prediction, finished_at_unix_s=1e9,
+        request_id=f"gw-{index}",
+        prompt_text=f"prompt {index}",
+        num_prompt_tokens=5,
+        num_output_tokens=actual,
+        served_model="tiny",
+        finish_reason=finish,
+        max_tokens=512,
+        prediction=prediction,
+        finished_at_unix_s=1e9,
     )
 
 
@@ -33,8 +44,9 @@ def _predict_request(*prompts: str) -> predictor_service_pb2.PredictOutputLength
 
 @pytest.mark.asyncio
 async def test_live_accuracy_and_counters_equal_the_workload():
-    handle = await app.start(PredictorConfig(port=0, live_window_size=100, reload_poll_interval_s=0,
-                                             metrics_port=MetricsPort(0)))
+    handle = await app.start(
+        PredictorConfig(port=0, live_window_size=100, reload_poll_interval_s=0, metrics_port=MetricsPort(0))
+    )
     try:
         empty = await scrape(handle.metrics_port)
         async with grpc.aio.insecure_channel(handle.address) as channel:

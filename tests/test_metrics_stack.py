@@ -46,14 +46,29 @@ async def stack():
     memory = await memory_app.start(MemoryConfig(port=0, report_interval_s=0.2, metrics_port=metrics))
     predictor = await predictor_app.start(PredictorConfig(port=0, reload_poll_interval_s=0, metrics_port=metrics))
     # 10 blocks of 16 positions for six requests of ~45 positions each: KV runs short, requests are preempted
-    engine = await engine_app.start(EngineConfig(
-        port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=10, max_num_seqs=8,
-        memory_address=memory.address, engine_id="metrics-engine", cpu_threads=1, drain_s=0.0,
-        metrics_port=metrics,
-    ))
-    gateway = await gateway_app.start(GatewayConfig(
-        engine_address=engine.address, predictor_address=predictor.address, port=0, predictor_timeout_ms=2000,
-    ))
+    engine = await engine_app.start(
+        EngineConfig(
+            port=0,
+            model=DUMMY_TINY_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=10,
+            max_num_seqs=8,
+            memory_address=memory.address,
+            engine_id="metrics-engine",
+            cpu_threads=1,
+            drain_s=0.0,
+            metrics_port=metrics,
+        )
+    )
+    gateway = await gateway_app.start(
+        GatewayConfig(
+            engine_address=engine.address,
+            predictor_address=predictor.address,
+            port=0,
+            predictor_timeout_ms=2000,
+        )
+    )
     handles = {"memory": memory, "predictor": predictor, "engine": engine, "gateway": gateway}
     yield handles
     for name in ("gateway", "engine", "predictor", "memory"):
@@ -80,8 +95,9 @@ async def test_counters_equal_the_workload_on_every_service(stack):
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
         prompts = [f"Request number {i}: tell me about the sea and the sky." for i in range(NUM_REQUESTS)]
         finals = await asyncio.gather(*(_final(stub, _request(p)) for p in prompts))
-        engine_samples = await wait_for_value(engine.metrics_port, "alise:request_success_total", NUM_REQUESTS,
-                                              finished_reason="length")
+        engine_samples = await wait_for_value(
+            engine.metrics_port, "alise:request_success_total", NUM_REQUESTS, finished_reason="length"
+        )
         gateway_samples = await _gateway_samples(gateway)
     num_prompt_tokens = sum(final.usage.prompt_tokens for final in finals)
     num_preemptions = sum(final.timings.num_preemptions for final in finals)
@@ -91,7 +107,11 @@ async def test_counters_equal_the_workload_on_every_service(stack):
     assert value(gateway_samples, "alise:generation_tokens_total") == NUM_REQUESTS * MAX_TOKENS
     assert value(gateway_samples, "alise:request_generation_tokens_sum") == NUM_REQUESTS * MAX_TOKENS
     assert value(gateway_samples, "alise:time_to_first_token_seconds_count") == NUM_REQUESTS
-    assert NUM_REQUESTS <= value(gateway_samples, "alise:inter_token_latency_seconds_count") <= NUM_REQUESTS * (MAX_TOKENS - 1)
+    assert (
+        NUM_REQUESTS
+        <= value(gateway_samples, "alise:inter_token_latency_seconds_count")
+        <= NUM_REQUESTS * (MAX_TOKENS - 1)
+    )
     assert value(gateway_samples, "alise:e2e_request_latency_seconds_count") == NUM_REQUESTS
     assert value(gateway_samples, "alise:output_length_estimates_total", source="predictor") == NUM_REQUESTS
     assert value(gateway_samples, "alise:predictor_fallbacks_total", source="fallback") == 0
@@ -100,7 +120,9 @@ async def test_counters_equal_the_workload_on_every_service(stack):
     assert value(gateway_samples, "alise:predictor_replica_up", replica=predictor.address) == 1
     assert value(engine_samples, "alise:prompt_tokens_total") == num_prompt_tokens
     assert value(engine_samples, "alise:generation_tokens_total") == NUM_REQUESTS * MAX_TOKENS
-    preemptions = sum(value(engine_samples, "alise:num_preemptions_total", cause=c) for c in ("kv_shortage", "displacement"))
+    preemptions = sum(
+        value(engine_samples, "alise:num_preemptions_total", cause=c) for c in ("kv_shortage", "displacement")
+    )
     assert preemptions == num_preemptions
     assert value(engine_samples, "alise:scheduler_policy_info", policy="alise") == 1
     predictor_samples = await wait_for_value(predictor.metrics_port, "alise:predictor_feedback_total", NUM_REQUESTS)
@@ -124,12 +146,16 @@ async def test_errors_cancellations_and_the_http_api_are_counted(stack):
     client = openai.AsyncOpenAI(base_url=f"{gateway.http_url}/v1", api_key="x", max_retries=0, timeout=60)
     async with client:
         completion = await client.completions.create(
-            model=DUMMY_TINY_MODEL, prompt="Hello over HTTP.", max_tokens=8, temperature=0,
+            model=DUMMY_TINY_MODEL,
+            prompt="Hello over HTTP.",
+            max_tokens=8,
+            temperature=0,
             extra_body={"ignore_eos": True},
         )
     assert completion.usage.completion_tokens == 8
-    after = await wait_for_value(int(gateway.http_url.rsplit(":", 1)[1]), "alise:request_failure_total",
-                                 1, code="cancelled")
+    after = await wait_for_value(
+        int(gateway.http_url.rsplit(":", 1)[1]), "alise:request_failure_total", 1, code="cancelled"
+    )
     assert value(after, "alise:request_failure_total", code="invalid_argument") == 1
     finished = value(after, "alise:request_success_total", finished_reason="length")
     assert finished == value(before, "alise:request_success_total", finished_reason="length") + 1
@@ -142,7 +168,8 @@ async def test_every_series_the_dashboard_plots_is_exported(stack):
     async with grpc.aio.insecure_channel(predictor.address) as channel:  # live accuracy needs uncensored lengths
         reports = [_feedback(i, actual=10 * (i + 1)) for i in range(3)]
         await predictor_service_pb2_grpc.PredictorServiceStub(channel).ReportFeedback(
-            predictor_service_pb2.ReportFeedbackRequest(requests=reports), timeout=10)
+            predictor_service_pb2.ReportFeedbackRequest(requests=reports), timeout=10
+        )
     exported = set(await _gateway_samples(stack["gateway"]))
     for name in ("engine", "predictor", "memory"):
         exported |= set(await scrape(stack[name].metrics_port))
@@ -155,10 +182,17 @@ async def test_every_series_the_dashboard_plots_is_exported(stack):
 
 def _feedback(index: int, *, actual: int) -> predictor_service_pb2.FinishedRequest:
     prediction = common_pb2.OutputLengthPrediction(
-        mean_tokens=actual + 1, source=common_pb2.PREDICTION_SOURCE_PREDICTOR,
+        mean_tokens=actual + 1,
+        source=common_pb2.PREDICTION_SOURCE_PREDICTOR,
         quantiles=[common_pb2.LengthQuantile(level=q, num_tokens=actual * f) for q, f in ((0.5, 1.0), (0.9, 2.0))],
     )
     return predictor_service_pb2.FinishedRequest(
-        request_id=f"fb-{index}", prompt_text="p", num_prompt_tokens=3, num_output_tokens=actual, served_model="m",
-        finish_reason=common_pb2.FINISH_REASON_EOS, max_tokens=512, prediction=prediction,
+        request_id=f"fb-{index}",
+        prompt_text="p",
+        num_prompt_tokens=3,
+        num_output_tokens=actual,
+        served_model="m",
+        finish_reason=common_pb2.FINISH_REASON_EOS,
+        max_tokens=512,
+        prediction=prediction,
     )

@@ -32,8 +32,9 @@ PROMPT_IDS = [1, 415, 2936, 9060, 285, 1142]  # "<s> The quick brown fox" in the
 
 
 def _request(min_tokens: int, num_output_tokens: int) -> Request:
-    sampling = SamplingOptions(max_tokens=16, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=False,
-                               min_tokens=min_tokens)
+    sampling = SamplingOptions(
+        max_tokens=16, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=False, min_tokens=min_tokens
+    )
     request = Request(f"r{min_tokens}-{num_output_tokens}", [1, 2, 3], sampling, 0.0, 8.0)
     request.output_token_ids = [7] * num_output_tokens
     return request
@@ -121,20 +122,32 @@ def eos_is_first_greedy_token(tmp_path_factory):
 
 async def test_the_real_engine_generates_min_tokens_past_its_eos(eos_is_first_greedy_token):
     directory, eos = eos_is_first_greedy_token
-    engine = await engine_app.start(EngineConfig(
-        port=0, model=f"dummy:{directory}", dtype="float32", device="cpu", num_kv_blocks=64, cpu_threads=1,
-        drain_s=0.0, metrics_port=None,
-    ))
+    engine = await engine_app.start(
+        EngineConfig(
+            port=0,
+            model=f"dummy:{directory}",
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=64,
+            cpu_threads=1,
+            drain_s=0.0,
+            metrics_port=None,
+        )
+    )
     gateway = await gateway_app.start(GatewayConfig(engine_address=engine.address, port=0))
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
             plain = common_pb2.SamplingParams(max_tokens=12, temperature=0.0)
-            ended = await collect(stub.Generate(text_request("", prompt_token_ids=PROMPT_IDS, sampling=plain), timeout=30))
+            ended = await collect(
+                stub.Generate(text_request("", prompt_token_ids=PROMPT_IDS, sampling=plain), timeout=30)
+            )
             assert ended[-1].finish_reason == common_pb2.FINISH_REASON_EOS
             assert ended[-1].usage.completion_tokens <= 1  # the model's first choice is its EOS
             held = common_pb2.SamplingParams(max_tokens=12, temperature=0.0, min_tokens=6)
-            kept = await collect(stub.Generate(text_request("", prompt_token_ids=PROMPT_IDS, sampling=held), timeout=30))
+            kept = await collect(
+                stub.Generate(text_request("", prompt_token_ids=PROMPT_IDS, sampling=held), timeout=30)
+            )
         token_ids = [t for r in kept for t in r.token_ids]
         assert kept[-1].usage.completion_tokens >= 6 and eos not in token_ids[:6]
         async with openai.AsyncOpenAI(base_url=f"{gateway.http_url}/v1", api_key="x", max_retries=0) as client:
@@ -142,7 +155,9 @@ async def test_the_real_engine_generates_min_tokens_past_its_eos(eos_is_first_gr
                 model="", prompt=PROMPT_IDS, max_tokens=12, temperature=0, extra_body={"min_tokens": 6}
             )
             assert completion.usage.completion_tokens >= 6
-            plain_completion = await client.completions.create(model="", prompt=PROMPT_IDS, max_tokens=12, temperature=0)
+            plain_completion = await client.completions.create(
+                model="", prompt=PROMPT_IDS, max_tokens=12, temperature=0
+            )
             assert plain_completion.usage.completion_tokens <= 1 and plain_completion.choices[0].finish_reason == "stop"
     finally:
         await gateway.stop(0)

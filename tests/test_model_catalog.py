@@ -1,11 +1,14 @@
 """Model names, the install manifest's checks, and the chat template renderer (no model weights loaded)."""
 
-
 import pytest
 
 from services.common.chat_template import ChatRole, ChatTemplateError, ChatTurn, render_chat
 from services.common.model_catalog import (
-    DEFAULT_MODEL, DUMMY_TINY_MODEL, SMOLLM2_135M_INSTRUCT, ModelSource, parse_model_spec,
+    DEFAULT_MODEL,
+    DUMMY_TINY_MODEL,
+    SMOLLM2_135M_INSTRUCT,
+    ModelSource,
+    parse_model_spec,
 )
 from services.common.model_manifest import MANIFEST_NAME, ModelFilesError, verify_model_dir, write_manifest
 from services.common.tokenizer import load_tokenizer
@@ -26,10 +29,15 @@ def test_names_resolve_to_their_sources(tmp_path):
     assert parse_model_spec(f"dummy:{tmp_path}", PRESETS).path == tmp_path
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("", "must not be empty"), ("default", "unknown model 'default'"), ("dummy:gpt-17", "after 'dummy:'"),
-    ("/no/such/dir", "unknown model"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "must not be empty"),
+        ("default", "unknown model 'default'"),
+        ("dummy:gpt-17", "after 'dummy:'"),
+        ("/no/such/dir", "unknown model"),
+    ],
+)
 def test_bad_names_say_what_is_valid(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_model_spec(spec, PRESETS)

@@ -134,9 +134,20 @@ async def test_the_memory_service_creates_its_region_owner_only(tmp_path):
     path = tmp_path / "alise-host-tier-test"
     previous = os.umask(0)
     try:
-        memory = await memory_app.start(MemoryConfig.from_args(
-            ["--port", "0", "--metrics-port", "-1", "--host-tier-capacity-bytes", str(1 << 20), "--host-tier-path", str(path)]
-        ))
+        memory = await memory_app.start(
+            MemoryConfig.from_args(
+                [
+                    "--port",
+                    "0",
+                    "--metrics-port",
+                    "-1",
+                    "--host-tier-capacity-bytes",
+                    str(1 << 20),
+                    "--host-tier-path",
+                    str(path),
+                ]
+            )
+        )
     finally:
         os.umask(previous)
     try:

@@ -52,8 +52,11 @@ from tests.tls_certs import Authority, issue, make_authority
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 API_KEY = "sk-test-mtls"
-SERVICE_NAMES = {"engine": "alise.v1.EngineService", "predictor": "alise.v1.PredictorService",
-                 "memory": "alise.v1.MemoryService"}
+SERVICE_NAMES = {
+    "engine": "alise.v1.EngineService",
+    "predictor": "alise.v1.PredictorService",
+    "memory": "alise.v1.MemoryService",
+}
 
 
 def issue_expired(authority: Authority, directory: pathlib.Path, name: str) -> TlsFiles:
@@ -64,19 +67,23 @@ def issue_expired(authority: Authority, directory: pathlib.Path, name: str) -> T
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(authority.cert.subject).public_key(key.public_key())
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now - datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=10))
+        .not_valid_after(now - datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .sign(authority.key, hashes.SHA256())
     )
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return TlsFiles(str(cert_path), str(key_path), str(authority.cert_path))
 
 
@@ -99,22 +106,75 @@ def _tls_flags(files: TlsFiles, *, peer_name: bool) -> list[str]:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def services(pki):
     """The four services with the compose overlay's TLS flags, on free ports."""
-    memory = await memory_app.start(MemoryConfig.from_args(
-        ["--port", "0", "--host-tier-capacity-bytes", "0", "--metrics-port", "-1", *_tls_flags(pki["memory"], peer_name=False)]
-    ))
-    predictor = await predictor_app.start(PredictorConfig.from_args(
-        ["--port", "0", "--metrics-port", "-1", "--cpu-only", "--intra-op-threads", "1",
-         *_tls_flags(pki["predictor"], peer_name=False)]
-    ))
-    engine = await engine_app.start(EngineConfig.from_args([
-        "--port", "0", "--metrics-port", "-1", "--model", DUMMY_TINY_MODEL, "--dtype", "float32", "--device", "cpu",
-        "--cpu-threads", "1", "--num-kv-blocks", "64", "--memory-address", memory.address, "--engine-id", "mtls-engine",
-        *_tls_flags(pki["engine"], peer_name=True),
-    ]))
-    gateway = await gateway_app.start(GatewayConfig.from_args([
-        "--port", "0", "--engine-address", engine.address, "--predictor-address", predictor.address,
-        "--predictor-timeout-ms", "5000", "--api-key", API_KEY, *_tls_flags(pki["gateway"], peer_name=True),
-    ]))
+    memory = await memory_app.start(
+        MemoryConfig.from_args(
+            [
+                "--port",
+                "0",
+                "--host-tier-capacity-bytes",
+                "0",
+                "--metrics-port",
+                "-1",
+                *_tls_flags(pki["memory"], peer_name=False),
+            ]
+        )
+    )
+    predictor = await predictor_app.start(
+        PredictorConfig.from_args(
+            [
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--cpu-only",
+                "--intra-op-threads",
+                "1",
+                *_tls_flags(pki["predictor"], peer_name=False),
+            ]
+        )
+    )
+    engine = await engine_app.start(
+        EngineConfig.from_args(
+            [
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--model",
+                DUMMY_TINY_MODEL,
+                "--dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--cpu-threads",
+                "1",
+                "--num-kv-blocks",
+                "64",
+                "--memory-address",
+                memory.address,
+                "--engine-id",
+                "mtls-engine",
+                *_tls_flags(pki["engine"], peer_name=True),
+            ]
+        )
+    )
+    gateway = await gateway_app.start(
+        GatewayConfig.from_args(
+            [
+                "--port",
+                "0",
+                "--engine-address",
+                engine.address,
+                "--predictor-address",
+                predictor.address,
+                "--predictor-timeout-ms",
+                "5000",
+                "--api-key",
+                API_KEY,
+                *_tls_flags(pki["gateway"], peer_name=True),
+            ]
+        )
+    )
     handles = {"memory": memory, "predictor": predictor, "engine": engine, "gateway": gateway}
     yield handles
     for name in ("gateway", "engine", "predictor", "memory"):
@@ -122,17 +182,28 @@ async def services(pki):
 
 
 def _credentials(ca_path: str, files: TlsFiles | None) -> grpc.ChannelCredentials:
-    chain = (pathlib.Path(files.cert_path).read_bytes(), pathlib.Path(files.key_path).read_bytes()) if files else (None, None)
-    return grpc.ssl_channel_credentials(pathlib.Path(ca_path).read_bytes(), private_key=chain[1], certificate_chain=chain[0])
+    chain = (
+        (pathlib.Path(files.cert_path).read_bytes(), pathlib.Path(files.key_path).read_bytes())
+        if files
+        else (None, None)
+    )
+    return grpc.ssl_channel_credentials(
+        pathlib.Path(ca_path).read_bytes(), private_key=chain[1], certificate_chain=chain[0]
+    )
 
 
 async def _serving(address: str, service: str, credentials: grpc.ChannelCredentials | None) -> bool:
     options = (("grpc.ssl_target_name_override", INTERNAL_NAME),)
-    channel = (grpc.aio.secure_channel(address, credentials, options=options) if credentials is not None
-               else grpc.aio.insecure_channel(address))
+    channel = (
+        grpc.aio.secure_channel(address, credentials, options=options)
+        if credentials is not None
+        else grpc.aio.insecure_channel(address)
+    )
     async with channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=3
+            )
         except grpc.aio.AioRpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -146,12 +217,17 @@ async def test_a_request_crosses_every_mutual_tls_link(services, pki):
         request = gateway_service_pb2.GenerateRequest(
             prompt_text="Hello", sampling=common_pb2.SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
         )
-        responses = [r async for r in stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),), timeout=60)]
+        responses = [
+            r async for r in stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),), timeout=60)
+        ]
     final = responses[-1]
     assert final.usage.completion_tokens == 6
     assert final.prediction.source == common_pb2.PREDICTION_SOURCE_PREDICTOR  # the predictor answered over mTLS
-    async with grpc.aio.secure_channel(services["memory"].address, _credentials(pki["memory"].ca_path, pki["gateway"]),
-                                       options=(("grpc.ssl_target_name_override", INTERNAL_NAME),)) as channel:
+    async with grpc.aio.secure_channel(
+        services["memory"].address,
+        _credentials(pki["memory"].ca_path, pki["gateway"]),
+        options=(("grpc.ssl_target_name_override", INTERNAL_NAME),),
+    ) as channel:
         memory = memory_service_pb2_grpc.MemoryServiceStub(channel)
         for _ in range(100):  # the engine registers with memory over mTLS
             stats = await memory.GetStats(memory_service_pb2.MemoryServiceGetStatsRequest(), timeout=3)
@@ -175,8 +251,9 @@ async def test_clients_refuse_servers_with_an_expired_or_foreign_certificate(pki
     """The gateway dialing an engine, and SDK clients dialing the gateway, verify the server's certificate."""
     for server_files in (pki["expired"], pki["rogue"]):
         engine = FakeEngine()
-        engine_server = await _mtls_fake_engine(engine, TlsFiles(server_files.cert_path, server_files.key_path,
-                                                                 pki["engine"].ca_path))
+        engine_server = await _mtls_fake_engine(
+            engine, TlsFiles(server_files.cert_path, server_files.key_path, pki["engine"].ca_path)
+        )
         gateway_tls = TlsFiles(pki["gateway"].cert_path, pki["gateway"].key_path, pki["gateway"].ca_path, INTERNAL_NAME)
         gateway = await gateway_app.start(GatewayConfig(engine_address=engine_server.address, port=0, tls=gateway_tls))
         try:
@@ -196,8 +273,12 @@ async def test_clients_refuse_servers_with_an_expired_or_foreign_certificate(pki
             async with httpx2.AsyncClient(base_url=gateway.http_url, verify=verify, timeout=5) as client:
                 with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                     await client.get("/health")
-            sdk = openai.AsyncOpenAI(base_url=f"{gateway.http_url}/v1", api_key="x", max_retries=0,
-                                     http_client=httpx2.AsyncClient(verify=verify))
+            sdk = openai.AsyncOpenAI(
+                base_url=f"{gateway.http_url}/v1",
+                api_key="x",
+                max_retries=0,
+                http_client=httpx2.AsyncClient(verify=verify),
+            )
             with pytest.raises(openai.APIConnectionError):
                 await sdk.models.list()
             await sdk.close()

@@ -18,7 +18,12 @@ import yaml
 
 from tests.deploy_support import DEPLOY_DIR, K8S_DIR, SERVICES, interpolate
 
-COMPOSE_FILES = ["docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.tls.yml", "docker-compose.monitoring.yml"]
+COMPOSE_FILES = [
+    "docker-compose.yml",
+    "docker-compose.gpu.yml",
+    "docker-compose.tls.yml",
+    "docker-compose.monitoring.yml",
+]
 MONITORING = {"prometheus", "grafana"}
 # Which component calls each internal service's gRPC port.
 CALLERS = {"engine": "gateway", "predictor": "gateway", "memory": "engine"}
@@ -42,7 +47,9 @@ def test_compose_publishes_only_the_gateways_ports(name):
 def _kustomize(directory) -> list[dict]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
-    rendered = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=True)
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=True
+    )
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 

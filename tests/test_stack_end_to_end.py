@@ -53,13 +53,22 @@ async def stack():
     predictor = await predictor_app.start(PredictorConfig(port=0))
     engine = await engine_app.start(
         EngineConfig(
-            port=0, model=DUMMY_TINY_MODEL, dtype="float32", device="cpu", num_kv_blocks=NUM_KV_BLOCKS, max_num_seqs=16,
-            memory_address=memory.address, engine_id="e2e-engine", cpu_threads=1, drain_s=0.0,
+            port=0,
+            model=DUMMY_TINY_MODEL,
+            dtype="float32",
+            device="cpu",
+            num_kv_blocks=NUM_KV_BLOCKS,
+            max_num_seqs=16,
+            memory_address=memory.address,
+            engine_id="e2e-engine",
+            cpu_threads=1,
+            drain_s=0.0,
         )
     )
     gateway = await gateway_app.start(
-        GatewayConfig(engine_address=engine.address, predictor_address=predictor.address, port=0,
-                      predictor_timeout_ms=500)
+        GatewayConfig(
+            engine_address=engine.address, predictor_address=predictor.address, port=0, predictor_timeout_ms=500
+        )
     )
     running = Stack({"memory": memory, "predictor": predictor, "engine": engine, "gateway": gateway})
     yield running

@@ -86,11 +86,21 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BenchAttentionConfig:
     return BenchAttentionConfig(
-        batches=tuple(args.batches), context_lens=tuple(args.contexts), layouts=tuple(args.layouts),
-        kv_dtypes=tuple(args.kv_dtypes), num_heads=args.num_heads, head_dim=args.head_dim,
-        block_size=args.block_size, num_warmup=args.num_warmup, num_iters=args.num_iters,
-        baselines=not args.no_baselines, e2e=not args.skip_e2e, e2e_batches=tuple(args.e2e_batches),
-        e2e_context_len=args.e2e_context, e2e_output_tokens=args.e2e_output_tokens, seed=args.seed,
+        batches=tuple(args.batches),
+        context_lens=tuple(args.contexts),
+        layouts=tuple(args.layouts),
+        kv_dtypes=tuple(args.kv_dtypes),
+        num_heads=args.num_heads,
+        head_dim=args.head_dim,
+        block_size=args.block_size,
+        num_warmup=args.num_warmup,
+        num_iters=args.num_iters,
+        baselines=not args.no_baselines,
+        e2e=not args.skip_e2e,
+        e2e_batches=tuple(args.e2e_batches),
+        e2e_context_len=args.e2e_context,
+        e2e_output_tokens=args.e2e_output_tokens,
+        seed=args.seed,
     )
 
 
@@ -129,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from services.bench import attention_mixed
     from services.bench.attention_measure import Timer
 
-    report["mixed"] = attention_mixed.run_mixed(config, Timer(torch.device("cuda"), config.num_warmup, config.num_iters))
+    report["mixed"] = attention_mixed.run_mixed(
+        config, Timer(torch.device("cuda"), config.num_warmup, config.num_iters)
+    )
     print(attention_mixed.format_mixed(report["mixed"]))
     if config.e2e:
         from services.bench import attention_e2e

@@ -57,14 +57,26 @@ def run_engine(model, prompts: list[list[int]], output_tokens: int) -> dict[str,
     max_len = context_len + output_tokens
     loaded = LoadedModel(model, "llama3-8b-shape-random", "default", max_len, LLAMA3_8B_SHAPE["vocab_size"], None)
     config = EngineConfig(
-        num_kv_blocks=batch * (-(-max_len // 16) + 1), block_size_tokens=16, max_num_seqs=batch,
-        max_num_batched_tokens=PREFILL_TOKEN_BUDGET, max_model_len=max_len, dtype="bfloat16", device="cuda",
+        num_kv_blocks=batch * (-(-max_len // 16) + 1),
+        block_size_tokens=16,
+        max_num_seqs=batch,
+        max_num_batched_tokens=PREFILL_TOKEN_BUDGET,
+        max_model_len=max_len,
+        dtype="bfloat16",
+        device="cuda",
     )
     core, _, _ = build_engine(config, loaded)
     sampling = SamplingOptions(max_tokens=output_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True)
     for index, prompt in enumerate(prompts):
-        core.add(Request(request_id=f"e{index}", prompt_token_ids=prompt, sampling=sampling,
-                         arrival_time_s=time.monotonic(), predicted_output_tokens=float(output_tokens)))
+        core.add(
+            Request(
+                request_id=f"e{index}",
+                prompt_token_ids=prompt,
+                sampling=sampling,
+                arrival_time_s=time.monotonic(),
+                predicted_output_tokens=float(output_tokens),
+            )
+        )
     decode_s, decode_tokens, num_tokens = 0.0, 0, 0
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -80,8 +92,12 @@ def run_engine(model, prompts: list[list[int]], output_tokens: int) -> dict[str,
     backend = core.runner.attention.kind.value
     del core
     return {
-        "system": f"alise engine ({backend})", "batch": batch, "wall_s": total_s, "output_tokens": num_tokens,
-        "output_tokens_per_s": num_tokens / total_s, "decode_tokens_per_s": decode_tokens / decode_s if decode_s else None,
+        "system": f"alise engine ({backend})",
+        "batch": batch,
+        "wall_s": total_s,
+        "output_tokens": num_tokens,
+        "output_tokens_per_s": num_tokens / total_s,
+        "decode_tokens_per_s": decode_tokens / decode_s if decode_s else None,
     }
 
 
@@ -91,14 +107,21 @@ def run_hf(model, prompts: list[list[int]], output_tokens: int) -> dict[str, Any
         torch.cuda.synchronize()
         started = time.perf_counter()
         generated = model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=output_tokens,
-            min_new_tokens=output_tokens, do_sample=False, pad_token_id=0,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=output_tokens,
+            min_new_tokens=output_tokens,
+            do_sample=False,
+            pad_token_id=0,
         )
         torch.cuda.synchronize()
     total_s = time.perf_counter() - started
     num_tokens = (generated.shape[1] - input_ids.shape[1]) * len(prompts)
     return {
-        "system": "HF generate (static)", "batch": len(prompts), "wall_s": total_s, "output_tokens": num_tokens,
+        "system": "HF generate (static)",
+        "batch": len(prompts),
+        "wall_s": total_s,
+        "output_tokens": num_tokens,
         "output_tokens_per_s": num_tokens / total_s,
     }
 
@@ -107,15 +130,20 @@ def roofline(model, batch: int, context_len: int, output_tokens: int, copy_gb_pe
     """Decode tokens/s if every step only moved its minimum bytes at the copy bandwidth."""
     shape = LLAMA3_8B_SHAPE
     embedding = model.get_input_embeddings().weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embedding.numel() * embedding.element_size()
+    weight_bytes = (
+        sum(p.numel() * p.element_size() for p in model.parameters()) - embedding.numel() * embedding.element_size()
+    )
     head_dim = shape["hidden_size"] // shape["num_attention_heads"]
     kv_bytes_per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim * 2
     mean_context = context_len + output_tokens / 2
     step_bytes = weight_bytes + batch * mean_context * kv_bytes_per_token
     tokens_per_s = batch / (step_bytes / (copy_gb_per_s * 1e9))
     return {
-        "system": "roofline (decode)", "batch": batch, "output_tokens_per_s": tokens_per_s,
-        "weight_bytes": weight_bytes, "kv_bytes_per_step": batch * mean_context * kv_bytes_per_token,
+        "system": "roofline (decode)",
+        "batch": batch,
+        "output_tokens_per_s": tokens_per_s,
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_step": batch * mean_context * kv_bytes_per_token,
     }
 
 
@@ -138,16 +166,27 @@ def run_e2e(config, copy_gb_per_s: float) -> list[dict[str, Any]]:
     rows = []
     for batch in config.e2e_batches:
         prompts = _prompts(batch, config.e2e_context_len, config.seed + batch)
-        engine = {"system": "alise engine", "batch": batch, **_guarded(run_engine, model, prompts, config.e2e_output_tokens)}
-        hf = {"system": "HF generate (static)", "batch": batch, **_guarded(run_hf, model, prompts, config.e2e_output_tokens)}
+        engine = {
+            "system": "alise engine",
+            "batch": batch,
+            **_guarded(run_engine, model, prompts, config.e2e_output_tokens),
+        }
+        hf = {
+            "system": "HF generate (static)",
+            "batch": batch,
+            **_guarded(run_hf, model, prompts, config.e2e_output_tokens),
+        }
         bound = roofline(model, batch, config.e2e_context_len, config.e2e_output_tokens, copy_gb_per_s)
         if "output_tokens_per_s" in engine and "output_tokens_per_s" in hf:
             engine["speedup_vs_hf"] = engine["output_tokens_per_s"] / hf["output_tokens_per_s"]
         if engine.get("decode_tokens_per_s"):
             engine["share_of_roofline"] = engine["decode_tokens_per_s"] / bound["output_tokens_per_s"]
         rows += [engine, hf, bound]
-        print(f"  e2e batch {batch}: engine {engine.get('output_tokens_per_s', 0):.0f} tok/s, "
-              f"HF {hf.get('output_tokens_per_s', 0):.0f} tok/s", flush=True)
+        print(
+            f"  e2e batch {batch}: engine {engine.get('output_tokens_per_s', 0):.0f} tok/s, "
+            f"HF {hf.get('output_tokens_per_s', 0):.0f} tok/s",
+            flush=True,
+        )
     del model
     gc.collect()
     torch.cuda.empty_cache()

@@ -109,7 +109,9 @@ def teacher_forced(core, prompts: list[list[int]]) -> tuple[list[float], list[in
         while scheduler.has_work:
             step = scheduler.schedule()
             input_ids, positions, metadata = runner._prepare(step)
-            log_probs = torch.log_softmax(runner.model.lm_head(runner._forward(input_ids, positions, metadata)).float(), -1)
+            log_probs = torch.log_softmax(
+                runner.model.lm_head(runner._forward(input_ids, positions, metadata)).float(), -1
+            )
             sampled, row = {}, 0
             for chunk in step.chunks:
                 request, first = chunk.request, chunk.request.num_computed_tokens
@@ -161,9 +163,11 @@ def measure(config: KvDtypeBenchConfig) -> dict:
     prefixes = [_common_prefix(a, b) for a, b in zip(base["greedy"], int8["greedy"])]
     same = sum(x == y for a, b in zip(base["greedy"], int8["greedy"]) for x, y in zip(a, b))
     return {
-        "num_prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts],
+        "num_prompts": len(prompts),
+        "prompt_tokens": [len(p) for p in prompts],
         "num_scored_positions": len(base["nll"]),
-        "perplexity_bf16": ppl["bf16"], "perplexity_int8": ppl["int8"],
+        "perplexity_bf16": ppl["bf16"],
+        "perplexity_int8": ppl["int8"],
         "perplexity_change": ppl["int8"] / ppl["bf16"] - 1,
         "top1_agreement": sum(x == y for x, y in zip(base["top1"], int8["top1"])) / len(base["top1"]),
         "greedy_token_agreement": same / (len(prompts) * config.num_output_tokens),
@@ -177,23 +181,35 @@ def run(args: argparse.Namespace) -> int:
     from services.bench.results import build_report, write_report
 
     config = KvDtypeBenchConfig(
-        args.model, args.num_prompts, args.min_prompt_tokens, args.max_prompt_tokens, args.chunk_tokens,
-        args.num_output_tokens, args.num_threads, args.seed,
+        args.model,
+        args.num_prompts,
+        args.min_prompt_tokens,
+        args.max_prompt_tokens,
+        args.chunk_tokens,
+        args.num_output_tokens,
+        args.num_threads,
+        args.seed,
     )
     try:
         figures = measure(config)
     except FileNotFoundError as error:
         print_error("alise bench kv-dtype", f"needs ../shared/data and the installed model: {error}")
         return 1
-    print(f"prompts: {figures['num_prompts']} ({sum(figures['prompt_tokens'])} tokens, "
-          f"{figures['num_scored_positions']} scored positions)")
-    print(f"perplexity: bf16 {figures['perplexity_bf16']:.4f}  int8 {figures['perplexity_int8']:.4f}  "
-          f"change {100 * figures['perplexity_change']:+.2f}%")
+    print(
+        f"prompts: {figures['num_prompts']} ({sum(figures['prompt_tokens'])} tokens, "
+        f"{figures['num_scored_positions']} scored positions)"
+    )
+    print(
+        f"perplexity: bf16 {figures['perplexity_bf16']:.4f}  int8 {figures['perplexity_int8']:.4f}  "
+        f"change {100 * figures['perplexity_change']:+.2f}%"
+    )
     print(f"teacher-forced top-1 agreement {100 * figures['top1_agreement']:.2f}%")
-    print(f"greedy ({config.num_output_tokens} tokens/prompt): token agreement "
-          f"{100 * figures['greedy_token_agreement']:.1f}%, identical continuations "
-          f"{figures['greedy_identical_prompts']}/{figures['num_prompts']}, common prefixes "
-          f"{figures['greedy_common_prefix_tokens']}")
+    print(
+        f"greedy ({config.num_output_tokens} tokens/prompt): token agreement "
+        f"{100 * figures['greedy_token_agreement']:.1f}%, identical continuations "
+        f"{figures['greedy_identical_prompts']}/{figures['num_prompts']}, common prefixes "
+        f"{figures['greedy_common_prefix_tokens']}"
+    )
     path = write_report(args.out, build_report("kv-dtype", config, figures))
     print(f"saved {path} ({figures['seconds']:.0f} s)")
     return 0

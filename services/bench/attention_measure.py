@@ -64,7 +64,9 @@ class Timer:
     def median_s(self, call: Callable[[], object]) -> float:
         for _ in range(self.num_warmup):
             call()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.num_iters)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.num_iters)
+        ]
         for start, end in events:
             self._flush.zero_()
             start.record()
@@ -115,7 +117,11 @@ def make_inputs(shape: DecodeShape, device: torch.device, seed: int) -> DecodeIn
     permutation = torch.randperm(num_blocks, device=device, generator=generator).to(torch.int32)
     query = torch.randn((shape.batch, shape.num_heads, shape.head_dim), dtype=torch.bfloat16, device=device)
     return DecodeInputs(
-        query=query, key_cache=cache(), value_cache=cache(), key_scales=scales(), value_scales=scales(),
+        query=query,
+        key_cache=cache(),
+        value_cache=cache(),
+        key_scales=scales(),
+        value_scales=scales(),
         block_tables=permutation.view(shape.batch, shape.num_blocks_per_seq),
         context_lens=torch.full((shape.batch,), shape.context_len, dtype=torch.int32, device=device),
         out=torch.empty_like(query),
@@ -125,13 +131,22 @@ def make_inputs(shape: DecodeShape, device: torch.device, seed: int) -> DecodeIn
 def kernel_call(inputs: DecodeInputs, shape: DecodeShape) -> Callable[[], torch.Tensor]:
     scale = shape.head_dim**-0.5
     return lambda: ops.paged_decode_attention(
-        inputs.query, inputs.key_cache, inputs.value_cache, inputs.block_tables, inputs.context_lens,
-        scale=scale, max_context_len=shape.context_len, key_scales=inputs.key_scales,
-        value_scales=inputs.value_scales, out=inputs.out,
+        inputs.query,
+        inputs.key_cache,
+        inputs.value_cache,
+        inputs.block_tables,
+        inputs.context_lens,
+        scale=scale,
+        max_context_len=shape.context_len,
+        key_scales=inputs.key_scales,
+        value_scales=inputs.value_scales,
+        out=inputs.out,
     )
 
 
-def gather_dense(inputs: DecodeInputs, shape: DecodeShape, num_seqs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_dense(
+    inputs: DecodeInputs, shape: DecodeShape, num_seqs: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of the first num_seqs sequences (all by default) as [seqs, kv_heads, context, head_dim]
     bf16, gathered through the block tables (int8 blocks are dequantized after the gather)."""
     tables = inputs.block_tables[:num_seqs].long()
@@ -157,7 +172,10 @@ def relative_error_vs_sdpa(inputs: DecodeInputs, shape: DecodeShape, num_seqs: i
 def sdpa(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, shape: DecodeShape) -> torch.Tensor:
     """torch SDPA for one query token per sequence: [batch, heads, head_dim]."""
     attended = F.scaled_dot_product_attention(
-        query[:, :, None, :], keys, values, scale=shape.head_dim**-0.5,
+        query[:, :, None, :],
+        keys,
+        values,
+        scale=shape.head_dim**-0.5,
         enable_gqa=shape.num_heads != shape.num_kv_heads,
     )
     return attended[:, :, 0, :]

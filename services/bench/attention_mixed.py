@@ -45,8 +45,14 @@ class MixedInputs:
 
 
 def make_inputs(
-    requests: list[tuple[int, int, int]], num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-    int8_kv: bool, device: torch.device, seed: int,
+    requests: list[tuple[int, int, int]],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    int8_kv: bool,
+    device: torch.device,
+    seed: int,
 ) -> MixedInputs:
     generator = torch.Generator(device=device).manual_seed(seed)
     query_lens = [q for count, q, _ in requests for _ in range(count)]
@@ -61,7 +67,9 @@ def make_inputs(
         return torch.randn(shape, dtype=torch.bfloat16, device=device, generator=generator)
 
     def scales() -> torch.Tensor | None:
-        return torch.rand((num_blocks, num_kv_heads), device=device, generator=generator) / 40 + 1e-3 if int8_kv else None
+        return (
+            torch.rand((num_blocks, num_kv_heads), device=device, generator=generator) / 40 + 1e-3 if int8_kv else None
+        )
 
     permutation = torch.randperm(num_blocks, device=device, generator=generator).to(torch.int32)
     tables = torch.zeros((len(seq_lens), width), dtype=torch.int32, device=device)
@@ -74,9 +82,16 @@ def make_inputs(
         starts.append(starts[-1] + length)
     query = torch.randn((starts[-1], num_heads, head_dim), dtype=torch.bfloat16, device=device, generator=generator)
     return MixedInputs(
-        query, cache(), cache(), scales(), scales(), tables,
+        query,
+        cache(),
+        cache(),
+        scales(),
+        scales(),
+        tables,
         torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        torch.tensor(starts, dtype=torch.int32, device=device), query_lens, seq_lens,
+        torch.tensor(starts, dtype=torch.int32, device=device),
+        query_lens,
+        seq_lens,
     )
 
 
@@ -84,15 +99,29 @@ def varlen_call(inputs: MixedInputs, num_sms: int | None = None) -> Callable[[],
     """The engine's path: plan once (as prepare does per step), then one launch."""
     starts = inputs.query_start_loc.tolist()
     plan = ops.plan_attention(
-        starts, max(inputs.query_lens), max(inputs.seq_lens_host), inputs.query.shape[1], inputs.key_cache.shape[2],
-        inputs.query.device, num_sms=num_sms,
+        starts,
+        max(inputs.query_lens),
+        max(inputs.seq_lens_host),
+        inputs.query.shape[1],
+        inputs.key_cache.shape[2],
+        inputs.query.device,
+        num_sms=num_sms,
     )
     query_start_loc = None if plan.work_items is None else inputs.query_start_loc
     out = torch.empty_like(inputs.query)
     scale = inputs.query.shape[2] ** -0.5
     return lambda: ops.paged_attention(
-        inputs.query, inputs.key_cache, inputs.value_cache, inputs.block_tables, inputs.seq_lens, query_start_loc,
-        plan, scale=scale, key_scales=inputs.key_scales, value_scales=inputs.value_scales, out=out,
+        inputs.query,
+        inputs.key_cache,
+        inputs.value_cache,
+        inputs.block_tables,
+        inputs.seq_lens,
+        query_start_loc,
+        plan,
+        scale=scale,
+        key_scales=inputs.key_scales,
+        value_scales=inputs.value_scales,
+        out=out,
     )
 
 
@@ -112,14 +141,23 @@ def per_request_call(inputs: MixedInputs) -> Callable[[], torch.Tensor]:
         out = torch.empty_like(inputs.query)
         if decodes:
             out[rows] = ops.paged_decode_attention(
-                inputs.query[rows], inputs.key_cache, inputs.value_cache, decode_tables, decode_lens,
-                scale=scale, max_context_len=max_decode,
+                inputs.query[rows],
+                inputs.key_cache,
+                inputs.value_cache,
+                decode_tables,
+                decode_lens,
+                scale=scale,
+                max_context_len=max_decode,
             )
         for r in others:
             table = inputs.block_tables[r, : -(-inputs.seq_lens_host[r] // block_size)].long()
             out[starts[r] : starts[r + 1]] = attend_request(
-                inputs.query[starts[r] : starts[r + 1]], inputs.key_cache, inputs.value_cache, table,
-                inputs.seq_lens_host[r], scale,
+                inputs.query[starts[r] : starts[r + 1]],
+                inputs.key_cache,
+                inputs.value_cache,
+                table,
+                inputs.seq_lens_host[r],
+                scale,
             )
         return out
 
@@ -130,8 +168,10 @@ def measure_scenario(name: str, inputs: MixedInputs, timer, num_sms: int | None 
     """Times (and checks) one scenario; the per-request baseline runs for bf16 KV only."""
     varlen = varlen_call(inputs, num_sms)
     row: dict[str, Any] = {
-        "scenario": name, "kv_dtype": "int8" if inputs.key_scales is not None else "bf16",
-        "num_tokens": inputs.query.shape[0], "num_requests": len(inputs.query_lens),
+        "scenario": name,
+        "kv_dtype": "int8" if inputs.key_scales is not None else "bf16",
+        "num_tokens": inputs.query.shape[0],
+        "num_requests": len(inputs.query_lens),
         "varlen_us": timer.median_s(varlen) * 1e6,
     }
     if inputs.key_scales is None:
@@ -149,8 +189,16 @@ def run_mixed(config, timer) -> list[dict[str, Any]]:
     rows = []
     for index, (name, requests) in enumerate(SCENARIOS.items()):
         for kv_dtype in config.kv_dtypes:
-            inputs = make_inputs(requests, config.num_heads, 8, config.head_dim, config.block_size,
-                                 kv_dtype == "int8", device, config.seed + index)
+            inputs = make_inputs(
+                requests,
+                config.num_heads,
+                8,
+                config.head_dim,
+                config.block_size,
+                kv_dtype == "int8",
+                device,
+                config.seed + index,
+            )
             try:
                 rows.append(measure_scenario(name, inputs, timer))
             except torch.cuda.OutOfMemoryError:
@@ -169,7 +217,10 @@ def format_mixed(rows: list[dict[str, Any]]) -> str:
         baseline = row.get("per_request_us")
         lines.append(
             f"{row['scenario']:<44} {row['kv_dtype']:>4} {row['num_tokens']:>6} {row['varlen_us']:>10.1f} "
-            + (f"{baseline:>10.1f} {row['speedup_vs_per_request']:>6.2f} {row['relative_error_vs_per_request']:>8.1e}"
-               if baseline else f"{'-':>10} {'-':>6} {'-':>8}")
+            + (
+                f"{baseline:>10.1f} {row['speedup_vs_per_request']:>6.2f} {row['relative_error_vs_per_request']:>8.1e}"
+                if baseline
+                else f"{'-':>10} {'-':>6} {'-':>8}"
+            )
         )
     return "\n".join(lines)

@@ -68,8 +68,11 @@ def save_plot(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (layout, kv_dtype) in zip(axes[0], panels):
         for batch in sorted({row["batch"] for row in rows}):
-            points = sorted((r["context_len"], r["share_of_copy_bandwidth"]) for r in rows
-                            if (r["layout"], r["kv_dtype"], r["batch"]) == (layout, kv_dtype, batch))
+            points = sorted(
+                (r["context_len"], r["share_of_copy_bandwidth"])
+                for r in rows
+                if (r["layout"], r["kv_dtype"], r["batch"]) == (layout, kv_dtype, batch)
+            )
             axis.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=f"batch {batch}")
         axis.set(xscale="log", xlabel="context (tokens)", ylabel="% of copy bandwidth", title=f"{layout} {kv_dtype} KV")
         axis.set_ylim(0, 110)

@@ -29,10 +29,17 @@ def shapes(config) -> list[DecodeShape]:
         for kv_dtype in config.kv_dtypes:
             for batch in config.batches:
                 for context_len in config.context_lens:
-                    result.append(DecodeShape(
-                        batch, context_len, config.num_heads, num_kv_heads, config.head_dim, config.block_size,
-                        int8_kv=kv_dtype == "int8",
-                    ))
+                    result.append(
+                        DecodeShape(
+                            batch,
+                            context_len,
+                            config.num_heads,
+                            num_kv_heads,
+                            config.head_dim,
+                            config.block_size,
+                            int8_kv=kv_dtype == "int8",
+                        )
+                    )
     return result
 
 
@@ -56,13 +63,20 @@ def run_sweep(config) -> dict[str, Any]:
 def _shape_fields(shape: DecodeShape) -> dict[str, Any]:
     layout = "mha" if shape.num_kv_heads == shape.num_heads else f"gqa{shape.num_kv_heads}"
     return {
-        "layout": layout, "kv_dtype": "int8" if shape.int8_kv else "bf16", "batch": shape.batch,
-        "context_len": shape.context_len, "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
-        "head_dim": shape.head_dim, "block_size": shape.block_size,
+        "layout": layout,
+        "kv_dtype": "int8" if shape.int8_kv else "bf16",
+        "batch": shape.batch,
+        "context_len": shape.context_len,
+        "num_heads": shape.num_heads,
+        "num_kv_heads": shape.num_kv_heads,
+        "head_dim": shape.head_dim,
+        "block_size": shape.block_size,
     }
 
 
-def measure_shape(shape: DecodeShape, timer: Timer, device, seed: int, baselines: bool, copy_bytes_per_s: float) -> dict:
+def measure_shape(
+    shape: DecodeShape, timer: Timer, device, seed: int, baselines: bool, copy_bytes_per_s: float
+) -> dict:
     """Kernel time and bandwidth share; SDPA dense and SDPA + gather times for bf16 shapes."""
     inputs = attention_measure.make_inputs(shape, device, seed)
     kernel_s = timer.median_s(attention_measure.kernel_call(inputs, shape))

@@ -82,7 +82,11 @@ async def abort_storm(
     async def one(index: int) -> None:
         async with semaphore:
             outcome = StreamOutcome(
-                index, make_prompt(rng, rng.randint(20, 120)), rng.randint(16, 160), rng.getrandbits(32), time.monotonic()
+                index,
+                make_prompt(rng, rng.randint(20, 120)),
+                rng.randint(16, 160),
+                rng.getrandbits(32),
+                time.monotonic(),
             )
             cancelled.append((outcome, await _cancel_after(stub, outcome, rng.uniform(0.0, max_delay_s))))
 

@@ -33,15 +33,17 @@ DEFAULT_OUTPUT = pathlib.Path("docs/benchmarks/reliability/chaos.json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("chaos", help=HELP, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "chaos", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
     parser.add_argument("--aborts", type=int, default=10_000, help="streams in the abort storm")
     parser.add_argument("--fuzz-cases", type=int, default=10_000, help="fuzz cases per service")
     parser.add_argument("--overload-s", type=float, default=20.0, help="seconds of each open-loop overload level")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
-        "--update", action="store_true",
+        "--update",
+        action="store_true",
         help="keep the other phases of an existing --output file (each phase records its own time and commit)",
     )
     parser.set_defaults(handler=run)
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         figures[phase] = asyncio.run(run_phase(phase, args, log_root / phase))
         figures[phase]["measured"] = {
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": run_info.git_info().get("commit"), "config": config,
+            "commit": run_info.git_info().get("commit"),
+            "config": config,
         }
         print(f"== {phase} ({time.monotonic() - began_s:.1f} s)\n{json.dumps(figures[phase], indent=2)}", flush=True)
     path = write_report(args.output, build_report("chaos", config, {"phases": figures}))

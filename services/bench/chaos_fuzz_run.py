@@ -37,7 +37,9 @@ def _fuzz_method(channel: grpc.Channel, target: FuzzTarget, num_cases: int) -> d
 
 def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
     """{service: {method: {status: count}}, failing: count, healthy_after: bool}."""
-    stack = ThreadedStack(ChaosStackConfig(log_dir=log_dir, num_engines=1, engine_args=(*ENGINE_ARGS, "--max-model-len", "256"))).start()
+    stack = ThreadedStack(
+        ChaosStackConfig(log_dir=log_dir, num_engines=1, engine_args=(*ENGINE_ARGS, "--max-model-len", "256"))
+    ).start()
     try:
         figures: dict = {"per_method": {}}
         healthy = True

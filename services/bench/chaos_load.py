@@ -48,7 +48,9 @@ def make_prompt(rng: random.Random, num_words: int) -> str:
     return " ".join(rng.choice(PROMPT_WORDS) for _ in range(num_words))
 
 
-def generate_request(prompt: str, max_tokens: int, seed: int, temperature: float = 0.8) -> gateway_service_pb2.GenerateRequest:
+def generate_request(
+    prompt: str, max_tokens: int, seed: int, temperature: float = 0.8
+) -> gateway_service_pb2.GenerateRequest:
     """ignore_eos, a fixed seed: the same request always yields the same tokens (the soak's replay)."""
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, ignore_eos=True)
     return gateway_service_pb2.GenerateRequest(prompt_text=prompt, sampling=sampling)

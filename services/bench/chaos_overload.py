@@ -140,7 +140,8 @@ async def deadline_burst(
     for index in range(num_probes):
         outcome = StreamOutcome(index, make_prompt(rng, 12), probe_tokens, index, time.monotonic())
         request = gateway_service_pb2.GenerateRequest(
-            prompt_text=outcome.prompt, expected_output_tokens=probe_tokens,
+            prompt_text=outcome.prompt,
+            expected_output_tokens=probe_tokens,
             sampling=common_pb2.SamplingParams(max_tokens=probe_tokens, ignore_eos=True, seed=index),
         )
         probes.append(_probe(stub, request, outcome, probe_deadline_s))

@@ -48,7 +48,9 @@ async def kills(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
 
 async def _capacity(stack: ChaosStack, duration_s: float) -> float:
     """Completed requests per second with the batch kept full (closed loop, 16 streams)."""
-    shape = LoadShape(concurrency=16, min_tokens=OVERLOAD_TOKENS, max_tokens=OVERLOAD_TOKENS, min_words=12, max_words=12)
+    shape = LoadShape(
+        concurrency=16, min_tokens=OVERLOAD_TOKENS, max_tokens=OVERLOAD_TOKENS, min_words=12, max_words=12
+    )
     load = ClosedLoopLoad(stack.gateway_stub(), shape).start()
     await asyncio.sleep(2.0)  # warm-up
     began_s, done_before = time.monotonic(), sum(o.ended_s > 0 for o in load.outcomes)
@@ -67,22 +69,31 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         for multiple in (1.0, 4.0, 20.0):
             rss_before = stack.rss_bytes("engine-0")
             result = await paced_overload(
-                stub, rate_per_s=capacity * multiple, duration_s=args.overload_s, max_tokens=OVERLOAD_TOKENS,
+                stub,
+                rate_per_s=capacity * multiple,
+                duration_s=args.overload_s,
+                max_tokens=OVERLOAD_TOKENS,
                 timeout_s=60.0,
             )
             levels[f"{multiple:g}x"] = {
-                **result.to_json(), "rate_per_s": capacity * multiple,
+                **result.to_json(),
+                "rate_per_s": capacity * multiple,
                 "engine_rss_growth": stack.rss_bytes("engine-0") / rss_before - 1.0,
             }
         return {
-            "capacity_requests_per_s": capacity, "levels": levels,
+            "capacity_requests_per_s": capacity,
+            "levels": levels,
             "burst_1000": (await burst(stub, 1000, max_tokens=8, timeout_s=120.0)).to_json(),
             "health_checks_5000": await health_burst(stack.channel("gateway"), 5000),
         }
 
     config = ChaosStackConfig(
-        log_dir=log_dir, num_engines=1, with_predictor=False, gateway_in_process=False,
-        gateway_args=("--max-in-flight-requests", "256"), engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
+        log_dir=log_dir,
+        num_engines=1,
+        with_predictor=False,
+        gateway_in_process=False,
+        gateway_args=("--max-in-flight-requests", "256"),
+        engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
     )
     return await _with_stack(config, body)
 
@@ -90,7 +101,11 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
 async def deadline(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
     async def body(stack: ChaosStack) -> dict:
         result = await deadline_burst(
-            stack.gateway_stub(), num_background=48, background_tokens=400, num_probes=100, probe_tokens=300,
+            stack.gateway_stub(),
+            num_background=48,
+            background_tokens=400,
+            num_probes=100,
+            probe_tokens=300,
             probe_deadline_s=1.0,
         )
         return result.to_json()
@@ -104,7 +119,9 @@ async def aborts(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         return (await abort_storm(stack, num_streams=args.aborts, concurrency=32, max_delay_s=1.5)).to_json()
 
     config = ChaosStackConfig(
-        log_dir=log_dir, num_engines=1, with_predictor=False,
+        log_dir=log_dir,
+        num_engines=1,
+        with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "40", "--deadline-admission-slack", "0"),
     )
     return await _with_stack(config, body)
@@ -122,8 +139,11 @@ async def huge(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
             rss_after = stack.rss_bytes("gateway")
             await asyncio.sleep(2.0)
             figures[f"{megabytes}_mb"] = {
-                "code": outcome.code, "details": outcome.details, "seconds": outcome.duration_s,
-                "gateway_rss_before_mb": rss_before / 2**20, "gateway_rss_after_mb": rss_after / 2**20,
+                "code": outcome.code,
+                "details": outcome.details,
+                "seconds": outcome.duration_s,
+                "gateway_rss_before_mb": rss_before / 2**20,
+                "gateway_rss_after_mb": rss_after / 2**20,
                 "gateway_rss_2s_later_mb": stack.rss_bytes("gateway") / 2**20,
             }
         return figures
@@ -146,14 +166,20 @@ async def drain(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         results = await asyncio.gather(*calls)
         status = await asyncio.wait_for(stack.wait_exit("engine-0"), 30.0)
         return {
-            "drain_s": 2.0, "short_codes": dict(collections.Counter(code for code, _ in results[:4])),
+            "drain_s": 2.0,
+            "short_codes": dict(collections.Counter(code for code, _ in results[:4])),
             "long_codes": dict(collections.Counter(code for code, _ in results[4:])),
-            "long_details": results[-1][1], "new_call_code": new_code,
-            "exit_status": status, "exited_after_s": time.monotonic() - signalled_s,
+            "long_details": results[-1][1],
+            "new_call_code": new_code,
+            "exit_status": status,
+            "exited_after_s": time.monotonic() - signalled_s,
         }
 
     config = ChaosStackConfig(
-        log_dir=log_dir, num_engines=1, with_predictor=False, drain_s=2.0,
+        log_dir=log_dir,
+        num_engines=1,
+        with_predictor=False,
+        drain_s=2.0,
         engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "1024", "--deadline-admission-slack", "0"),
     )
     return await _with_stack(config, body)
@@ -179,7 +205,12 @@ async def fuzz(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
 
 
 PHASES: dict[str, Callable[[argparse.Namespace, pathlib.Path], Awaitable[dict]]] = {
-    "kills": kills, "overload": overload, "deadline": deadline, "aborts": aborts, "huge": huge, "drain": drain,
+    "kills": kills,
+    "overload": overload,
+    "deadline": deadline,
+    "aborts": aborts,
+    "huge": huge,
+    "drain": drain,
     "fuzz": fuzz,
 }
 

@@ -47,17 +47,25 @@ def _overload_rows(overload: dict) -> list[Row]:
         figures = overload["levels"].get(level)
         if figures is None:
             continue
-        rows.append((
-            f"overload {level} capacity ({figures['rate_per_s']:.0f} req/s, open loop)",
-            f"{_codes(figures['codes'])}; rejections say which limit",
-            f"rejection p50 {figures['rejection_p50_s'] * 1e3:.0f} ms, p99 {figures['rejection_p99_s'] * 1e3:.0f} ms; "
-            f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s); "
-            f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %",
-            "nothing admitted",
-        ))
+        rows.append(
+            (
+                f"overload {level} capacity ({figures['rate_per_s']:.0f} req/s, open loop)",
+                f"{_codes(figures['codes'])}; rejections say which limit",
+                f"rejection p50 {figures['rejection_p50_s'] * 1e3:.0f} ms, p99 {figures['rejection_p99_s'] * 1e3:.0f} ms; "
+                f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s); "
+                f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %",
+                "nothing admitted",
+            )
+        )
     burst = overload["burst_1000"]
-    rows.append(("1,000 streams at once on one channel", _codes(burst["codes"]) + " (no CANCELLED)",
-                 f"rejection p99 {burst['rejection_p99_s']:.2f} s (all 1,000 arrive within ~1 s)", "nothing admitted"))
+    rows.append(
+        (
+            "1,000 streams at once on one channel",
+            _codes(burst["codes"]) + " (no CANCELLED)",
+            f"rejection p99 {burst['rejection_p99_s']:.2f} s (all 1,000 arrive within ~1 s)",
+            "nothing admitted",
+        )
+    )
     rows.append(("5,000 Health.Check at once", _codes(overload["health_checks_5000"]), "-", "-"))
     return rows
 
@@ -66,44 +74,74 @@ def _other_rows(phases: dict) -> list[Row]:
     rows = []
     if "deadline" in phases:
         d = phases["deadline"]
-        rows.append((f"deadline {d['probe_deadline_s']:g} s that the queue cannot meet", _codes(d["probe_codes"])
-                     + ' "deadline cannot be met: predicted completion in ..."', f"answered p99 {d['probe_answer_p99_s'] * 1e3:.0f} ms",
-                     "nothing (refused before any work)"))
+        rows.append(
+            (
+                f"deadline {d['probe_deadline_s']:g} s that the queue cannot meet",
+                _codes(d["probe_codes"]) + ' "deadline cannot be met: predicted completion in ..."',
+                f"answered p99 {d['probe_answer_p99_s'] * 1e3:.0f} ms",
+                "nothing (refused before any work)",
+            )
+        )
     for size, figures in sorted(phases.get("huge", {}).items(), key=lambda item: len(item[0])):
         if not size.endswith("_mb"):
             continue  # "measured": when and at which commit the phase ran
         how = "over the gRPC size limit" if figures["code"] == "RESOURCE_EXHAUSTED" else "checked before tokenizing"
-        rows.append((f"{size.replace('_mb', ' MB')} prompt", f"{figures['code']} ({how})",
-                     f"{figures['seconds']:.2f} s; gateway RSS {figures['gateway_rss_before_mb']:.0f} -> "
-                     f"{figures['gateway_rss_2s_later_mb']:.0f} MB", "-"))
+        rows.append(
+            (
+                f"{size.replace('_mb', ' MB')} prompt",
+                f"{figures['code']} ({how})",
+                f"{figures['seconds']:.2f} s; gateway RSS {figures['gateway_rss_before_mb']:.0f} -> "
+                f"{figures['gateway_rss_2s_later_mb']:.0f} MB",
+                "-",
+            )
+        )
     if "aborts" in phases:
         a = phases["aborts"]
-        rows.append((f"{a['num_aborted'] + a['num_completed']:,} streams cancelled at random points",
-                     f"{a['num_aborted_before_first_token']} before the first token, {a['num_aborted_while_decoding']} "
-                     f"decoding; {a['num_swapped_out']} swap-outs, {a['num_restored']} restores meanwhile",
-                     f"all free {a['settle_s']:.2f} s after the last cancel", f"{a['num_leaked']} blocks or slots leaked"))
+        rows.append(
+            (
+                f"{a['num_aborted'] + a['num_completed']:,} streams cancelled at random points",
+                f"{a['num_aborted_before_first_token']} before the first token, {a['num_aborted_while_decoding']} "
+                f"decoding; {a['num_swapped_out']} swap-outs, {a['num_restored']} restores meanwhile",
+                f"all free {a['settle_s']:.2f} s after the last cancel",
+                f"{a['num_leaked']} blocks or slots leaked",
+            )
+        )
     if "drain" in phases:
         d = phases["drain"]
-        rows.append(("SIGTERM to an engine (drain 2 s)", f"short streams {_codes(d['short_codes'])}; long ones "
-                     f"{_codes(d['long_codes'])} at the deadline; new calls {d['new_call_code']}",
-                     f"exit status {d['exit_status']} after {d['exited_after_s']:.1f} s", "nothing that could finish"))
+        rows.append(
+            (
+                "SIGTERM to an engine (drain 2 s)",
+                f"short streams {_codes(d['short_codes'])}; long ones "
+                f"{_codes(d['long_codes'])} at the deadline; new calls {d['new_call_code']}",
+                f"exit status {d['exit_status']} after {d['exited_after_s']:.1f} s",
+                "nothing that could finish",
+            )
+        )
     if "fuzz" in phases:
         f = phases["fuzz"]
-        rows.append((f"fuzzing every gRPC method ({f['num_cases']:,} cases)", "INVALID_ARGUMENT / FAILED_PRECONDITION / OK",
-                     f"{f['num_failing']} INTERNAL, UNKNOWN or hung; healthy after: {f['healthy_after']}", "-"))
+        rows.append(
+            (
+                f"fuzzing every gRPC method ({f['num_cases']:,} cases)",
+                "INVALID_ARGUMENT / FAILED_PRECONDITION / OK",
+                f"{f['num_failing']} INTERNAL, UNKNOWN or hung; healthy after: {f['healthy_after']}",
+                "-",
+            )
+        )
     return rows
 
 
 def _soak_row(soak: dict) -> Row:
     growth = max(soak["rss_growth"].values())
     leaked = sum(soak["engine_blocks_used_after"].values()) + soak["host_blocks_used_after"]
-    return (f"soak {soak['duration_s'] / 60:.1f} min, {soak['concurrency']} streams + bursts",
-            f"{_codes(soak['codes'])}; every stream exactly max_tokens long in {soak['num_wrong_length']} exceptions; "
-            f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
-            f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
-            f"swap-outs; RSS growth <= {growth * 100:.1f} %",
-            f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked; "
-            "divergent replays: resampling on logits moved by int8 swaps and batch numerics")
+    return (
+        f"soak {soak['duration_s'] / 60:.1f} min, {soak['concurrency']} streams + bursts",
+        f"{_codes(soak['codes'])}; every stream exactly max_tokens long in {soak['num_wrong_length']} exceptions; "
+        f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
+        f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
+        f"swap-outs; RSS growth <= {growth * 100:.1f} %",
+        f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked; "
+        "divergent replays: resampling on logits moved by int8 swaps and batch numerics",
+    )
 
 
 def table(chaos: dict | None, soak: dict | None) -> str:

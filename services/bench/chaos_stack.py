@@ -37,13 +37,33 @@ from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.common.server import GRPC_OPTIONS
 
 ENGINE_ARGS = (
-    "--model", DUMMY_TINY_MODEL, "--device", "cpu", "--dtype", "float32", "--cpu-threads", "1",
-    "--num-kv-blocks", "96", "--max-num-seqs", "16", "--max-num-batched-tokens", "256",
+    "--model",
+    DUMMY_TINY_MODEL,
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--cpu-threads",
+    "1",
+    "--num-kv-blocks",
+    "96",
+    "--max-num-seqs",
+    "16",
+    "--max-num-batched-tokens",
+    "256",
 )
 # Liveness in seconds that a test can wait for: reports every 0.5 s, expiry after 3 s of silence.
 MEMORY_ARGS = (
-    "--report-interval-s", "0.5", "--stale-after-s", "2", "--expire-after-s", "3",
-    "--host-tier-capacity-bytes", str(64 * 1024 * 1024), "--host-tier-block-bytes", str(16 * 1024),
+    "--report-interval-s",
+    "0.5",
+    "--stale-after-s",
+    "2",
+    "--expire-after-s",
+    "3",
+    "--host-tier-capacity-bytes",
+    str(64 * 1024 * 1024),
+    "--host-tier-block-bytes",
+    str(16 * 1024),
 )
 PREDICTOR_ARGS = ("--cpu-only",)
 
@@ -89,8 +109,18 @@ class ChaosStack:
     def _plan(self) -> dict[str, ChildSpec]:
         def argv(service: str, *extra: str) -> tuple[str, ...]:
             return (
-                sys.executable, "-m", f"services.{service}", "--host", LOOPBACK_HOST, "--port", "0",
-                "--drain-seconds", repr(self.config.drain_s), "--log-level", "WARNING", *extra,
+                sys.executable,
+                "-m",
+                f"services.{service}",
+                "--host",
+                LOOPBACK_HOST,
+                "--port",
+                "0",
+                "--drain-seconds",
+                repr(self.config.drain_s),
+                "--log-level",
+                "WARNING",
+                *extra,
             )
 
         specs = {"memory": ChildSpec("memory", argv("memory", *self.config.memory_args))}
@@ -136,18 +166,38 @@ class ChaosStack:
         options = dict(
             engine_address=",".join(self.addresses[name] for name in self.engine_names),
             predictor_address=self.addresses.get("predictor", ""),
-            port=0, feedback_queue_size=0, predictor_timeout_ms=500,
-            health_check_interval_s=0.2, health_check_timeout_s=2.0,
+            port=0,
+            feedback_queue_size=0,
+            predictor_timeout_ms=500,
+            health_check_interval_s=0.2,
+            health_check_timeout_s=2.0,
         )
         options.update(self.config.gateway_options)
         self.gateway = await gateway_app.start(GatewayConfig(**options))
 
     async def _start_gateway_process(self) -> None:
         argv = (
-            sys.executable, "-m", "services.gateway", "--host", LOOPBACK_HOST, "--port", "0", "--http-port", "0",
-            "--drain-seconds", repr(self.config.drain_s), "--log-level", "WARNING", "--feedback-queue-size", "0",
-            "--engine-address", ",".join(self.addresses[name] for name in self.engine_names),
-            "--health-check-interval-s", "0.2", "--health-check-timeout-s", "2.0",
+            sys.executable,
+            "-m",
+            "services.gateway",
+            "--host",
+            LOOPBACK_HOST,
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--drain-seconds",
+            repr(self.config.drain_s),
+            "--log-level",
+            "WARNING",
+            "--feedback-queue-size",
+            "0",
+            "--engine-address",
+            ",".join(self.addresses[name] for name in self.engine_names),
+            "--health-check-interval-s",
+            "0.2",
+            "--health-check-timeout-s",
+            "2.0",
             *(("--predictor-address", self.addresses["predictor"]) if "predictor" in self.addresses else ()),
             *self.config.gateway_args,
         )
@@ -179,7 +229,11 @@ class ChaosStack:
         """A channel to a service ("gateway" included), reused; reconnects quickly after a restart."""
         if name not in self._channels:
             address = self.gateway_address if name == "gateway" else self.addresses[name]
-            options = (*GRPC_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300))
+            options = (
+                *GRPC_OPTIONS,
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 300),
+            )
             self._channels[name] = grpc.aio.insecure_channel(address, options=options)
         return self._channels[name]
 

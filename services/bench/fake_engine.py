@@ -34,8 +34,11 @@ class FastFakeEngine(engine_service_pb2_grpc.EngineServiceServicer):
 
     async def GetModelInfo(self, request, context):  # noqa: N802
         return engine_service_pb2.EngineServiceGetModelInfoResponse(
-            model_name=MODEL_NAME, max_context_tokens=MAX_CONTEXT_TOKENS, vocab_size=VOCAB_SIZE,
-            eos_token_id=2, tokenizer="default",
+            model_name=MODEL_NAME,
+            max_context_tokens=MAX_CONTEXT_TOKENS,
+            vocab_size=VOCAB_SIZE,
+            eos_token_id=2,
+            tokenizer="default",
         )
 
     async def GetStats(self, request, context):  # noqa: N802 - the gateway polls it for routing
@@ -44,7 +47,9 @@ class FastFakeEngine(engine_service_pb2_grpc.EngineServiceServicer):
 
 async def _serve(port: int) -> None:
     running = await start_server(
-        host="127.0.0.1", port=port, service_names=["alise.v1.EngineService"],
+        host="127.0.0.1",
+        port=port,
+        service_names=["alise.v1.EngineService"],
         register=lambda server: engine_service_pb2_grpc.add_EngineServiceServicer_to_server(FastFakeEngine(), server),
     )
     await run_until_signal(ServiceHandle(running), grace_s=0.0)

@@ -29,10 +29,10 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from services.common import arg_types, run_info
 from services.cli.bench_measure import summarize_ms
 from services.cli.child import ChildProcess
 from services.cli.stack_plan import ChildSpec
+from services.common import arg_types, run_info
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.health import wait_until_serving
 
@@ -44,7 +44,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("http", help="HTTP (OpenAI API) vs gRPC latency and one stream's tokens/s")
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=300, help="per API, latency")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=16, help="tokens of a latency request")
-    parser.add_argument("--stream-tokens", type=arg_types.positive_int, default=20_000, help="tokens of the long stream")
+    parser.add_argument(
+        "--stream-tokens", type=arg_types.positive_int, default=20_000, help="tokens of the long stream"
+    )
     parser.add_argument("--num-warmup", type=arg_types.non_negative_int, default=20)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/http_overhead.json"))
     parser.set_defaults(handler=run)
@@ -59,12 +61,27 @@ def _free_port() -> int:
 async def _start_children(log_dir: pathlib.Path) -> tuple[list[ChildProcess], str, str]:
     """The fake engine and a gateway in front of it; returns (children, gRPC address, HTTP base URL)."""
     python = sys.executable
-    engine = ChildProcess(ChildSpec("fake-engine", (python, "-m", "services.bench.fake_engine")), log_dir / "engine.log")
+    engine = ChildProcess(
+        ChildSpec("fake-engine", (python, "-m", "services.bench.fake_engine")), log_dir / "engine.log"
+    )
     await engine.start({})
     engine_address = await asyncio.wait_for(engine.wait_ready(), timeout=60)
     http_port = _free_port()
-    gateway_argv = (python, "-m", "services.gateway", "--port", "0", "--http-port", str(http_port),
-                    "--engine-address", engine_address, "--log-level", "WARNING", "--drain-seconds", "0")
+    gateway_argv = (
+        python,
+        "-m",
+        "services.gateway",
+        "--port",
+        "0",
+        "--http-port",
+        str(http_port),
+        "--engine-address",
+        engine_address,
+        "--log-level",
+        "WARNING",
+        "--drain-seconds",
+        "0",
+    )
     gateway = ChildProcess(ChildSpec("gateway", gateway_argv), log_dir / "gateway.log")
     await gateway.start({})
     gateway_address = await asyncio.wait_for(gateway.wait_ready(), timeout=60)
@@ -127,9 +144,10 @@ async def _measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="alise-bench-http-") as log_dir:
         children, address, base_url = await _start_children(pathlib.Path(log_dir))
         try:
-            async with grpc.aio.insecure_channel(address) as channel, httpx2.AsyncClient(
-                base_url=base_url, timeout=120
-            ) as client:
+            async with (
+                grpc.aio.insecure_channel(address) as channel,
+                httpx2.AsyncClient(base_url=base_url, timeout=120) as client,
+            ):
                 requests = {
                     "grpc": _grpc_request(gateway_service_pb2_grpc.GatewayServiceStub(channel)),
                     "http": _http_request(client, stream=False),
@@ -137,7 +155,9 @@ async def _measure(args: argparse.Namespace) -> dict:
                 }
                 await _latencies(requests, num_requests=args.num_warmup, max_tokens=args.max_tokens)
                 latencies = await _latencies(requests, num_requests=args.num_requests, max_tokens=args.max_tokens)
-                rates = {name: await _stream_rate(requests[name], args.stream_tokens) for name in ("grpc", "http_stream")}
+                rates = {
+                    name: await _stream_rate(requests[name], args.stream_tokens) for name in ("grpc", "http_stream")
+                }
         finally:
             for child in children:
                 await child.stop(10)
@@ -153,9 +173,14 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": run_info.machine_info(),
         "git": run_info.git_info(),
-        "config": {"num_requests": args.num_requests, "max_tokens": args.max_tokens,
-                   "stream_tokens": args.stream_tokens, "num_warmup": args.num_warmup,
-                   "engine": "services.bench.fake_engine (no model work)", "prompt": PROMPT},
+        "config": {
+            "num_requests": args.num_requests,
+            "max_tokens": args.max_tokens,
+            "stream_tokens": args.stream_tokens,
+            "num_warmup": args.num_warmup,
+            "engine": "services.bench.fake_engine (no model work)",
+            "prompt": PROMPT,
+        },
         **figures,
     }
     print(f"latency of one {args.max_tokens}-token request (end to end at the client, ms):")

@@ -81,9 +81,9 @@ def _model_core_factory(config: KvCodecBenchConfig, prompts: list[list[int]]):
     """Fresh default-model engines (FCFS) with room for the prompts twice (source + decode targets)."""
     import torch
 
+    from services.common.model_catalog import DUMMY_TINY_MODEL
     from services.engine.block_pool import KvBlockManager
     from services.engine.engine_core import EngineCore
-    from services.common.model_catalog import DUMMY_TINY_MODEL
     from services.engine.model_loader import load_model
     from services.engine.model_runner import ModelRunner
     from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
@@ -115,7 +115,11 @@ def _sources(config: KvCodecBenchConfig, core, origin: str, prompts: list[list[i
     group = config.int4_group_size or default_int4_group_size(core.runner.head_dim)
     model_source = codec_measure.measure_source(
         f"default model KV after prefill of {len(prompts)} {origin} prompts ({sum(map(len, prompts))} tokens)",
-        core.runner.cache, source_ids, free[: len(source_ids)], group, config.num_repeats,
+        core.runner.cache,
+        source_ids,
+        free[: len(source_ids)],
+        group,
+        config.num_repeats,
     )
     n = config.num_random_blocks
     shape = KvCacheShape(num_layers=32, num_blocks=2 * n, block_size=16, num_kv_heads=8, head_dim=128)
@@ -140,33 +144,49 @@ def measure(config: KvCodecBenchConfig) -> dict[str, object]:
     reference = swap_agreement.generate(make_core(), prompts, config.num_output_tokens)
     agreements = [
         swap_agreement.measure_agreement(
-            make_core, prompts, codec, num_output_tokens=config.num_output_tokens,
-            swap_after_tokens=config.swap_after_tokens, int4_group_size=config.int4_group_size or None,
+            make_core,
+            prompts,
+            codec,
+            num_output_tokens=config.num_output_tokens,
+            swap_after_tokens=config.swap_after_tokens,
+            int4_group_size=config.int4_group_size or None,
             reference=reference,
         )
         for codec in KvCodec
     ]
-    return {"prompt_origin": origin, "num_prompt_tokens": [len(p) for p in prompts], "sources": sources,
-            "greedy_agreement": agreements}
+    return {
+        "prompt_origin": origin,
+        "num_prompt_tokens": [len(p) for p in prompts],
+        "sources": sources,
+        "greedy_agreement": agreements,
+    }
 
 
 def _print(figures: dict[str, object]) -> None:
     for source in figures["sources"]:
-        print(f"\n{source.source}: {source.num_blocks} blocks, {source.source_bytes / 2**20:.1f} MiB {source.dtype}"
-              f" (int4 group {source.int4_group_size})")
+        print(
+            f"\n{source.source}: {source.num_blocks} blocks, {source.source_bytes / 2**20:.1f} MiB {source.dtype}"
+            f" (int4 group {source.int4_group_size})"
+        )
         print(f"{'':<27} {'GB/s per wall s':>17} {'GB/s per CPU s':>17}")
-        print(f"{'codec':<6} {'bytes':>13} {'ratio':>6} {'encode':>8} {'decode':>8} {'encode':>8} {'decode':>8}"
-              f" {'rel error':>10}")
+        print(
+            f"{'codec':<6} {'bytes':>13} {'ratio':>6} {'encode':>8} {'decode':>8} {'encode':>8} {'decode':>8}"
+            f" {'rel error':>10}"
+        )
         for row in source.codecs:
-            print(f"{row.codec:<6} {row.encoded_bytes:>13,d} {row.size_ratio:>6.3f} {row.encode_gb_s:>8.3f}"
-                  f" {row.decode_gb_s:>8.3f} {row.encode_cpu_gb_s:>8.3f} {row.decode_cpu_gb_s:>8.3f}"
-                  f" {row.relative_error:>10.3%}")
+            print(
+                f"{row.codec:<6} {row.encoded_bytes:>13,d} {row.size_ratio:>6.3f} {row.encode_gb_s:>8.3f}"
+                f" {row.decode_gb_s:>8.3f} {row.encode_cpu_gb_s:>8.3f} {row.decode_cpu_gb_s:>8.3f}"
+                f" {row.relative_error:>10.3%}"
+            )
         groups = ", ".join(f"{g}: {e:.2%}" for g, e in source.int4_error_by_group_size.items())
         print(f"int4 error by group size: {groups}")
     print("\ngreedy tokens after a swap round trip vs no swap (default model)")
     for row in figures["greedy_agreement"]:
-        print(f"{row.codec:<6} {row.num_identical_tokens:>4}/{row.num_compared_tokens:<4} identical"
-              f" ({row.identical_share:.1%}); first divergence per prompt {row.first_divergence}")
+        print(
+            f"{row.codec:<6} {row.num_identical_tokens:>4}/{row.num_compared_tokens:<4} identical"
+            f" ({row.identical_share:.1%}); first divergence per prompt {row.first_divergence}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,8 +194,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = KvCodecBenchConfig(
-            args.num_prompts, args.max_prompt_tokens, args.num_random_blocks, args.num_repeats,
-            args.int4_group_size, args.num_output_tokens, args.swap_after_tokens, args.num_threads, args.seed,
+            args.num_prompts,
+            args.max_prompt_tokens,
+            args.num_random_blocks,
+            args.num_repeats,
+            args.int4_group_size,
+            args.num_output_tokens,
+            args.swap_after_tokens,
+            args.num_threads,
+            args.seed,
         )
         figures = measure(config)
     except ValueError as error:  # bad settings (e.g. a group size that does not divide head_dim)

@@ -103,12 +103,18 @@ def _timed(call: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
-def _round_trip(stub: rpc.MemoryServiceStub, transport: HostTransport, data: torch.Tensor,
-                staging: torch.Tensor) -> dict[str, float]:
+def _round_trip(
+    stub: rpc.MemoryServiceStub, transport: HostTransport, data: torch.Tensor, staging: torch.Tensor
+) -> dict[str, float]:
     """One swap out and in of `data`; seconds per step. Raises if the bytes do not come back equal."""
     size_bytes = data.numel()
-    victim = pb.EvictionCandidate(request_id="r", num_kv_tokens=1, recompute_s=1e6, expected_wait_s=1e6,
-                                  codecs=[pb.CodecCost(codec=pb.KV_CODEC_FULL, size_bytes=size_bytes)])
+    victim = pb.EvictionCandidate(
+        request_id="r",
+        num_kv_tokens=1,
+        recompute_s=1e6,
+        expected_wait_s=1e6,
+        codecs=[pb.CodecCost(codec=pb.KV_CODEC_FULL, size_bytes=size_bytes)],
+    )
     plan, times = pb.PlanEvictionRequest(engine_id=ENGINE_ID, victims=[victim]), {}
     reply, times["plan"] = _timed(lambda: stub.PlanEviction(plan, timeout=CALL_TIMEOUT_S))
     (decision,) = reply.decisions
@@ -131,8 +137,9 @@ def _round_trip(stub: rpc.MemoryServiceStub, transport: HostTransport, data: tor
     return times
 
 
-def measure_path(stub: rpc.MemoryServiceStub, transport: HostTransport, data: torch.Tensor,
-                 config: TransferConfig) -> PathFigures:
+def measure_path(
+    stub: rpc.MemoryServiceStub, transport: HostTransport, data: torch.Tensor, config: TransferConfig
+) -> PathFigures:
     staging = torch.empty_like(data)
     runs = [_round_trip(stub, transport, data, staging) for _ in range(config.num_warmup + config.num_repeats)]
     measured = runs[config.num_warmup :]
@@ -159,22 +166,37 @@ def run_benchmark(config: TransferConfig) -> list[PathFigures]:
     """Both paths at every size against one in-process memory service."""
     max_bytes = max(config.sizes_mib) * MIB
     num_slots = -(-max_bytes // config.slot_bytes)
-    service = ServiceThread(MemoryConfig(port=0, host_tier_capacity_bytes=num_slots * config.slot_bytes,
-                                         host_tier_block_bytes=config.slot_bytes))
+    service = ServiceThread(
+        MemoryConfig(
+            port=0, host_tier_capacity_bytes=num_slots * config.slot_bytes, host_tier_block_bytes=config.slot_bytes
+        )
+    )
     try:
         with grpc.insecure_channel(service.handle.address) as channel:
             stub = rpc.MemoryServiceStub(channel)
-            layout = pb.KvBlockLayout(block_size_tokens=16, num_layers=1, num_kv_heads=1, head_dim=1,
-                                      dtype=pb.KV_DTYPE_FLOAT16, block_bytes=config.slot_bytes)
-            registered = stub.RegisterEngine(pb.RegisterEngineRequest(
-                engine_id=ENGINE_ID, address="127.0.0.1:1", model_name="bench", num_device_blocks=1, layout=layout))
+            layout = pb.KvBlockLayout(
+                block_size_tokens=16,
+                num_layers=1,
+                num_kv_heads=1,
+                head_dim=1,
+                dtype=pb.KV_DTYPE_FLOAT16,
+                block_bytes=config.slot_bytes,
+            )
+            registered = stub.RegisterEngine(
+                pb.RegisterEngineRequest(
+                    engine_id=ENGINE_ID, address="127.0.0.1:1", model_name="bench", num_device_blocks=1, layout=layout
+                )
+            )
             shared = open_transport(registered.host_region, stub, ENGINE_ID, CALL_TIMEOUT_S)
             if not isinstance(shared, SharedMemoryTransport):
                 raise RuntimeError("could not map the service's region file on this host")
             transports = (shared, GrpcStreamTransport(stub, ENGINE_ID, CALL_TIMEOUT_S))
             data = torch.randint(0, 256, (max_bytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-            figures = [measure_path(stub, transport, data[: size * MIB], config)
-                       for size in config.sizes_mib for transport in transports]
+            figures = [
+                measure_path(stub, transport, data[: size * MIB], config)
+                for size in config.sizes_mib
+                for transport in transports
+            ]
             shared.close()
     finally:
         service.stop()
@@ -186,8 +208,12 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--sizes-mib", default="1,16,64,256", help="comma-separated request sizes, MiB")
     parser.add_argument("--num-repeats", type=arg_types.positive_int, default=5)
     parser.add_argument("--num-warmup", type=arg_types.non_negative_int, default=1)
-    parser.add_argument("--slot-bytes", type=arg_types.positive_int, default=DEFAULT_HOST_TIER_BLOCK_BYTES,
-                        help="host tier slot size, bytes (the memory service's --host-tier-block-bytes)")
+    parser.add_argument(
+        "--slot-bytes",
+        type=arg_types.positive_int,
+        default=DEFAULT_HOST_TIER_BLOCK_BYTES,
+        help="host tier slot size, bytes (the memory service's --host-tier-block-bytes)",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/kv_transfer.json"))
     parser.set_defaults(handler=run)
 
@@ -203,16 +229,27 @@ def run(args: argparse.Namespace) -> int:
     figures = run_benchmark(config)
     load_after = os.getloadavg()
     print(f"memory service {SERVER}; medians of {config.num_repeats} round trips; GB/s = 1e9 B/s")
-    print(f"{'path':<14} {'size':>8} {'write':>7} {'+rpcs':>7} {'read':>7} {'+rpcs':>7} {'reused':>7}"
-          f" {'plan ms':>8} {'commit':>7} {'restore':>8} {'release':>8}")
+    print(
+        f"{'path':<14} {'size':>8} {'write':>7} {'+rpcs':>7} {'read':>7} {'+rpcs':>7} {'reused':>7}"
+        f" {'plan ms':>8} {'commit':>7} {'restore':>8} {'release':>8}"
+    )
     for f in figures:
-        print(f"{f.path:<14} {f.size_mib:>4} MiB {f.write_data_gb_per_s:>7.2f} {f.write_total_gb_per_s:>7.2f}"
-              f" {f.read_data_gb_per_s:>7.2f} {f.read_total_gb_per_s:>7.2f} {f.read_reused_gb_per_s:>7.2f}"
-              f" {f.plan_ms:>8.2f} {f.commit_ms:>7.2f} {f.begin_restore_ms:>8.2f} {f.release_ms:>8.2f}")
+        print(
+            f"{f.path:<14} {f.size_mib:>4} MiB {f.write_data_gb_per_s:>7.2f} {f.write_total_gb_per_s:>7.2f}"
+            f" {f.read_data_gb_per_s:>7.2f} {f.read_total_gb_per_s:>7.2f} {f.read_reused_gb_per_s:>7.2f}"
+            f" {f.plan_ms:>8.2f} {f.commit_ms:>7.2f} {f.begin_restore_ms:>8.2f} {f.release_ms:>8.2f}"
+        )
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
-    report = build_report("kv_transfer", config, {
-        "figures": figures, "goal_shared_memory_gb_per_s": 1.0, "torch_num_threads": torch.get_num_threads(),
-        "load_average_before": load_before, "load_average_after": load_after,
-    })
+    report = build_report(
+        "kv_transfer",
+        config,
+        {
+            "figures": figures,
+            "goal_shared_memory_gb_per_s": 1.0,
+            "torch_num_threads": torch.get_num_threads(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+    )
     print(f"saved {write_report(args.out, report)}")
     return 0

@@ -69,8 +69,12 @@ class _RequestStream:
         i = self.next % len(self.prompts)
         self.next += 1
         return make_sim_request(
-            f"r{self.next}", num_prompt_tokens=int(self.prompts[i]), num_output_tokens=int(self.outputs[i]),
-            arrival_time_s=now_s, prediction=self.predictions[i], reveal_length=True,
+            f"r{self.next}",
+            num_prompt_tokens=int(self.prompts[i]),
+            num_output_tokens=int(self.outputs[i]),
+            arrival_time_s=now_s,
+            prediction=self.predictions[i],
+            reveal_length=True,
         )
 
 
@@ -133,11 +137,18 @@ def run(args: argparse.Namespace) -> int:
         print_error("alise bench scheduler", f"unknown policies {unknown}; known: {list(POLICY_NAMES)}")
         return 2
     config = OverheadConfig(
-        args.num_running, args.num_waiting, args.num_steps, args.num_warmup_steps,
-        args.max_num_batched_tokens, policies, args.seed,
+        args.num_running,
+        args.num_waiting,
+        args.num_steps,
+        args.num_warmup_steps,
+        args.max_num_batched_tokens,
+        policies,
+        args.seed,
     )
     print("schedule() and update() per step, thread CPU ms (wall p50 for reference)")
-    print(f"{'policy':<12} {'schedule mean':>14} {'p50':>8} {'p99':>8} {'wall p50':>9} {'update':>8} {'running':>8} {'waiting':>8} {'preempt':>8}")
+    print(
+        f"{'policy':<12} {'schedule mean':>14} {'p50':>8} {'p99':>8} {'wall p50':>9} {'update':>8} {'running':>8} {'waiting':>8} {'preempt':>8}"
+    )
     figures = []
     for name in policies:
         result = measure_policy(config, name)

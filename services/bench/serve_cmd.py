@@ -25,10 +25,10 @@ import grpc
 from services.bench import plots, results, serve_report
 from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
 from services.bench.serve_run import run_serve
-from services.common.cli_errors import print_error
 from services.bench.sustainable_rate import DEFAULT_BOUND_MULTIPLES
 from services.bench.workload import TRACE_NAMES
 from services.common import arg_types
+from services.common.cli_errors import print_error
 
 DEFAULT_OUT = pathlib.Path("runs/bench_serve.json")
 
@@ -79,7 +79,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokenizer", default="", help="the served model's tokenizer (default: the gateway's)")
     parser.add_argument("--model", default="", help="--model of started stacks (default: alise up's)")
     work.add_argument(
-        "--output-lengths", choices=[mode.value for mode in OutputLengths], default=OutputLengths.DATASET.value,
+        "--output-lengths",
+        choices=[mode.value for mode in OutputLengths],
+        default=OutputLengths.DATASET.value,
         help="dataset: ignore_eos with the dataset's lengths (vLLM's method); model: the prompt as a chat "
         "message answered until the model's EOS, --max-output-tokens as the cap",
     )
@@ -133,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
         print_error("alise bench serve", str(error))
         return 2
     if config.num_requests < 2000:
-        print(f"note: {config.num_requests} requests per rate; DESIGN.md asks >= 2,000 for sustainable-rate claims",
-              file=sys.stderr)
+        print(
+            f"note: {config.num_requests} requests per rate; DESIGN.md asks >= 2,000 for sustainable-rate claims",
+            file=sys.stderr,
+        )
     log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix="alise-bench-serve-"))
     print(serve_report.RUN_HEADER, flush=True)
     try:

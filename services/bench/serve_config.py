@@ -63,8 +63,14 @@ class ServeConfig:
             raise ValueError(f"--rates must be distinct and ascending, got {self.rates_per_s}")
         if min(self.rates_per_s) <= 0 or any(math.isnan(rate) for rate in self.rates_per_s):
             raise ValueError(f"--rates must be > 0, got {self.rates_per_s}")
-        for name in ("num_requests", "num_client_processes", "num_unloaded_requests", "max_model_len",
-                     "max_prompt_tokens", "max_output_tokens"):
+        for name in (
+            "num_requests",
+            "num_client_processes",
+            "num_unloaded_requests",
+            "max_model_len",
+            "max_prompt_tokens",
+            "max_output_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.length_divisor >= 1 or math.isinf(self.length_divisor):

@@ -38,8 +38,11 @@ class ServeRequest:
     def job(self, seed: int) -> dict:
         """The request as the load generator's JSON job entry (serve_worker.generate_request)."""
         return {
-            "request_id": self.request_id, "prompt_token_ids": list(self.prompt_token_ids),
-            "chat_text": self.chat_text, "max_tokens": self.max_tokens, "seed": seed,
+            "request_id": self.request_id,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "chat_text": self.chat_text,
+            "max_tokens": self.max_tokens,
+            "seed": seed,
         }
 
 
@@ -78,7 +81,9 @@ def build_chat_requests(
     """Requests answered at the served model's own length: the trace's prompt text as a chat
     message (cut to the trace's scaled prompt length in served tokens), max_tokens only a cap."""
     if tokenizer.chat_template is None:
-        raise ValueError(f"--output-lengths model sends chat messages; tokenizer {tokenizer.name!r} has no chat template")
+        raise ValueError(
+            f"--output-lengths model sends chat messages; tokenizer {tokenizer.name!r} has no chat template"
+        )
     requests = []
     for item in trace:
         if not item.prompt_text:

@@ -52,15 +52,17 @@ def sustainable_table(outcome: ServeOutcome, config: ServeConfig) -> list[dict[s
         }
         for policy, rate in rates.items():
             base = rates[baseline]
-            rows.append({
-                "policy": policy,
-                "bound_multiple": multiple,
-                "bound_s_per_token": bound,
-                "sustainable_rate_per_s": rate,
-                "ratio_to_baseline": rate / base if base > 0 else math.nan,
-                "baseline": baseline,
-                "sustained_whole_sweep": rate == max(config.rates_per_s),  # the true rate may be higher
-            })
+            rows.append(
+                {
+                    "policy": policy,
+                    "bound_multiple": multiple,
+                    "bound_s_per_token": bound,
+                    "sustainable_rate_per_s": rate,
+                    "ratio_to_baseline": rate / base if base > 0 else math.nan,
+                    "baseline": baseline,
+                    "sustained_whole_sweep": rate == max(config.rates_per_s),  # the true rate may be higher
+                }
+            )
     return rows
 
 

@@ -120,9 +120,7 @@ async def requests_for(gateway_address: str, trace: list[TraceRequest], config: 
     return build_requests(trace, tokenizer, max_context_tokens=info.max_context_tokens)
 
 
-async def run_serve(
-    config: ServeConfig, log_dir: pathlib.Path, on_run: Callable[[str, RateRun], None]
-) -> ServeOutcome:
+async def run_serve(config: ServeConfig, log_dir: pathlib.Path, on_run: Callable[[str, RateRun], None]) -> ServeOutcome:
     """Measures every policy, interleaved by rate; on_run(policy, run) sees each rate point as it completes."""
     trace = scaled_trace(config)
     policies = config.policies if config.start_stack else (await running_policy_label(config),)
@@ -144,7 +142,8 @@ async def run_serve(
                 runs[policy].append(await run_rate(address, requests, rate_per_s, config, slo))
                 on_run(policy, runs[policy][-1])
     results = [
-        PolicyResult(policy, math.nan, [], errors[policy]) if policy in errors
+        PolicyResult(policy, math.nan, [], errors[policy])
+        if policy in errors
         else PolicyResult(policy, unloaded[policy], runs[policy])
         for policy in policies
     ]

@@ -108,4 +108,3 @@ async def run_rate(
             or load.health.max_cpu_utilization > config.max_client_cpu_utilization
         ),
     )
-

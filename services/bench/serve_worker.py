@@ -37,8 +37,11 @@ def generate_request(request: dict[str, Any]) -> gateway_service_pb2.GenerateReq
     (temperature 0.2, top-p 0.9: SmolLM2's model card settings, as `alise collect-lengths` uses)."""
     chat_text = request.get("chat_text", "")
     sampling = common_pb2.SamplingParams(
-        max_tokens=request["max_tokens"], temperature=0.2 if chat_text else 1.0, top_p=0.9 if chat_text else 1.0,
-        seed=request["seed"], ignore_eos=not chat_text,
+        max_tokens=request["max_tokens"],
+        temperature=0.2 if chat_text else 1.0,
+        top_p=0.9 if chat_text else 1.0,
+        seed=request["seed"],
+        ignore_eos=not chat_text,
     )
     message = gateway_service_pb2.GenerateRequest(request_id=request["request_id"], sampling=sampling)
     if chat_text:

@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 async def _run(args: argparse.Namespace) -> dict:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-soak-"))
     print(f"logs: {log_dir}", flush=True)
-    stack = ChaosStack(ChaosStackConfig(log_dir=log_dir, engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks))))
+    stack = ChaosStack(
+        ChaosStackConfig(log_dir=log_dir, engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks)))
+    )
     await stack.start()
     try:
         shape = LoadShape(concurrency=args.concurrency, min_tokens=8, max_tokens=64, timeout_s=300.0)

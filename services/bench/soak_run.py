@@ -63,12 +63,15 @@ async def _bursts(stub, load: ClosedLoopLoad, shape: LoadShape, every_s: float, 
             await asyncio.wait_for(stop.wait(), every_s)
         except TimeoutError:
             tasks += [
-                asyncio.create_task(run_stream(stub, load.next_outcome(), timeout_s=shape.timeout_s)) for _ in range(size)
+                asyncio.create_task(run_stream(stub, load.next_outcome(), timeout_s=shape.timeout_s))
+                for _ in range(size)
             ]
     await asyncio.gather(*tasks)
 
 
-async def replay(stub, outcomes: list[StreamOutcome], concurrency: int, timeout_s: float) -> list[tuple[StreamOutcome, StreamOutcome]]:
+async def replay(
+    stub, outcomes: list[StreamOutcome], concurrency: int, timeout_s: float
+) -> list[tuple[StreamOutcome, StreamOutcome]]:
     """Each finished stream again, same prompt / max_tokens / seed: (original, replay) pairs."""
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -101,17 +104,28 @@ async def soak(
     engine_blocks, host_blocks, consistent = await _until_free(stack, timeout_s=30.0)
     details = [
         {
-            "index": o.index, "first_difference": _first_difference(o.token_ids, r.token_ids),
-            "num_tokens": len(o.token_ids), "num_replay_tokens": len(r.token_ids), "replay_code": r.code,
-            "max_tokens": o.max_tokens, "prompt_words": len(o.prompt.split()),
+            "index": o.index,
+            "first_difference": _first_difference(o.token_ids, r.token_ids),
+            "num_tokens": len(o.token_ids),
+            "num_replay_tokens": len(r.token_ids),
+            "replay_code": r.code,
+            "max_tokens": o.max_tokens,
+            "prompt_words": len(o.prompt.split()),
         }
         for o, r in mismatched[:5]
     ]
     return SoakResult(
-        duration_s=duration_s, concurrency=shape.concurrency, num_streams=len(outcomes), codes=count_codes(outcomes),
-        num_tokens=sum(len(o.token_ids) for o in outcomes), num_replayed=len(pairs), num_mismatched=len(mismatched),
+        duration_s=duration_s,
+        concurrency=shape.concurrency,
+        num_streams=len(outcomes),
+        codes=count_codes(outcomes),
+        num_tokens=sum(len(o.token_ids) for o in outcomes),
+        num_replayed=len(pairs),
+        num_mismatched=len(mismatched),
         num_wrong_length=sum(len(o.token_ids) != o.max_tokens or len(r.token_ids) != r.max_tokens for o, r in pairs),
-        mismatches=details, engine_blocks_used_after=engine_blocks, host_blocks_used_after=host_blocks,
+        mismatches=details,
+        engine_blocks_used_after=engine_blocks,
+        host_blocks_used_after=host_blocks,
         ledger_consistent=consistent,
         rss_growth={name: rss_after[name] / rss_before[name] - 1.0 for name in services},
         num_swapped_out=sum(after[n].num_swapped_out - before[n].num_swapped_out for n in after),

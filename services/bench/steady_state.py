@@ -102,8 +102,12 @@ def stability(records: Sequence[RequestRecord], window: SteadyStateWindow = Stea
     grid_s = np.linspace(start_s, end_s, NUM_GRID_POINTS)
     slope_per_s = float(np.polyfit(grid_s, in_system_counts(records, grid_s), 1)[0])
     return Stability(
-        start_s, end_s, num_arrivals, num_completions,
-        (num_arrivals - num_completions) / num_arrivals, slope_per_s * (end_s - start_s) / num_arrivals,
+        start_s,
+        end_s,
+        num_arrivals,
+        num_completions,
+        (num_arrivals - num_completions) / num_arrivals,
+        slope_per_s * (end_s - start_s) / num_arrivals,
     )
 
 

@@ -129,8 +129,11 @@ def sample_next_tokens(
     """
     logits = logits.float()
     tokens = logits.argmax(dim=-1).tolist()
-    rows = [row for row, (option, generator) in enumerate(zip(options, generators, strict=True))
-            if option.temperature > 0.0 and generator is not None]
+    rows = [
+        row
+        for row, (option, generator) in enumerate(zip(options, generators, strict=True))
+        if option.temperature > 0.0 and generator is not None
+    ]
     if not rows:
         return tokens
     temperatures = torch.tensor([options[row].temperature for row in rows], dtype=logits.dtype)

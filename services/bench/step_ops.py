@@ -18,11 +18,36 @@ from contextlib import contextmanager
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-VIEW_OPS = frozenset({
-    "view", "_unsafe_view", "reshape", "slice", "select", "t", "transpose", "permute", "unsqueeze", "squeeze",
-    "expand", "as_strided", "alias", "detach", "unflatten", "split", "split_with_sizes", "chunk", "unbind",
-    "lift_fresh", "_reshape_alias", "narrow", "view_as", "unfold", "diagonal", "movedim",
-})
+VIEW_OPS = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "slice",
+        "select",
+        "t",
+        "transpose",
+        "permute",
+        "unsqueeze",
+        "squeeze",
+        "expand",
+        "as_strided",
+        "alias",
+        "detach",
+        "unflatten",
+        "split",
+        "split_with_sizes",
+        "chunk",
+        "unbind",
+        "lift_fresh",
+        "_reshape_alias",
+        "narrow",
+        "view_as",
+        "unfold",
+        "diagonal",
+        "movedim",
+    }
+)
 
 
 def operator_name(func) -> str:

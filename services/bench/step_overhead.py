@@ -70,8 +70,14 @@ class PathFigures:
 
 
 def _request(request_id: str, prompt: list[int], max_tokens: int, temperature: float) -> Request:
-    options = SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_p=0.9 if temperature else 1.0,
-                              top_k=50 if temperature else 0, seed=7, ignore_eos=True)
+    options = SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=0.9 if temperature else 1.0,
+        top_k=50 if temperature else 0,
+        seed=7,
+        ignore_eos=True,
+    )
     return Request(request_id, prompt, options, 0.0, float(max_tokens))
 
 
@@ -146,6 +152,7 @@ class _Path:
     def _phases(self, output):
         runner, state = self.runner, {}
         if self.name == "before":
+
             def prepare():
                 state["inputs"] = runner.prepare(output)
 
@@ -156,6 +163,7 @@ class _Path:
             def sample():
                 state["sampled"] = runner.sample(output, state["logits"])
         else:
+
             def prepare():
                 arrays = runner.prepare_arrays(output)
                 state["inputs"] = arrays, runner.metadata_of(arrays)
@@ -218,7 +226,13 @@ def measure(
     host = {phase: host[phase] for phase in PHASES}
     operators = median("operators", steps) + median("sample_operators", timed)
     return PathFigures(
-        name, num_decodes, CHUNK_TOKENS if chunk else 0, temperature, host, median("attention", steps), operators,
+        name,
+        num_decodes,
+        CHUNK_TOKENS if chunk else 0,
+        temperature,
+        host,
+        median("attention", steps),
+        operators,
         sum(host.values()),
     )
 
@@ -229,9 +243,17 @@ def llama_32_layer_model(seed: int) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
-        "llama", vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=16, max_position_embeddings=4096,
-        rope_theta=500000.0, tie_word_embeddings=False,
+        "llama",
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -286,8 +308,12 @@ def run_benchmark(config: StepConfig) -> dict:
             _print_row(paths[-1])
     operators = count_decode_operators(config.seed)
     goals = _goals(paths, operators)
-    return {"timer_overhead_ns_per_call": overhead_ns, "paths": paths, "operators_per_decode_step": operators,
-            "goals": goals}
+    return {
+        "timer_overhead_ns_per_call": overhead_ns,
+        "paths": paths,
+        "operators_per_decode_step": operators,
+        "goals": goals,
+    }
 
 
 def _goals(paths: list[PathFigures], operators: dict) -> dict:
@@ -323,13 +349,18 @@ def run(args: argparse.Namespace) -> int:
     num_decodes = tuple(int(n) for n in args.num_decodes.split(",") if n)
     config = StepConfig(num_decodes, args.num_steps, args.num_warmup_steps, 32, args.seed)
     print("host ms per step (thread CPU time outside operators), tiny model, 1 thread; attention = CPU reference")
-    print(f"{'decodes':>7} {'chunk':>6} {'temp':>5} {'path':<7}" + "".join(f" {p:>8}" for p in PHASES)
-          + f" {'host':>8} {'attention':>10} {'operators':>10}")
+    print(
+        f"{'decodes':>7} {'chunk':>6} {'temp':>5} {'path':<7}"
+        + "".join(f" {p:>8}" for p in PHASES)
+        + f" {'host':>8} {'attention':>10} {'operators':>10}"
+    )
     report = run_benchmark(config)
     for name, counts in report["operators_per_decode_step"].items():
-        print(f"operators per decode step, 32-layer Llama-shaped, {name}: {counts['decoder_ops']} outside attention"
-              f" (+{counts['decoder_view_ops']} views) + {counts['attention_backend_calls']} attention calls"
-              f" = {counts['ops_per_layer']:.2f} per layer")
+        print(
+            f"operators per decode step, 32-layer Llama-shaped, {name}: {counts['decoder_ops']} outside attention"
+            f" (+{counts['decoder_view_ops']} views) + {counts['attention_backend_calls']} attention calls"
+            f" = {counts['ops_per_layer']:.2f} per layer"
+        )
     for goal, figures in report["goals"].items():
         print(f"goal {goal}: {figures['after']} (goal {figures['goal']})")
     path = write_report(args.out, build_report("step_overhead", config, report))

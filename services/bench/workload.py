@@ -190,8 +190,7 @@ def _existing(root: pathlib.Path, relative: pathlib.PurePosixPath) -> pathlib.Pa
     path = root / relative
     if not path.is_file():
         raise FileNotFoundError(
-            f"workload data file not found: {path} (set ${DATA_DIR_ENV} or pass data_dir; "
-            "see ../shared/data/README.md)"
+            f"workload data file not found: {path} (set ${DATA_DIR_ENV} or pass data_dir; see ../shared/data/README.md)"
         )
     return path
 

@@ -43,7 +43,9 @@ KINDS = {  # in --help order; each help line is the one its module registers
         "services.bench.chaos_cmd",
         "kill -9 of each service under load, overload, abort storm, huge inputs, drain, fuzzing",
     ),
-    "soak": LazyCommand("services.bench.soak_cmd", "hours of streams with bursts: exact replay of every token, leaks, RSS"),
+    "soak": LazyCommand(
+        "services.bench.soak_cmd", "hours of streams with bursts: exact replay of every token, leaks, RSS"
+    ),
 }
 
 

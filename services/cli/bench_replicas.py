@@ -93,26 +93,43 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=arg_types.positive_float, default=300.0)
     parser.add_argument("--skip-failover", action="store_true", help="only the routing comparison")
     for service in ("engine", "predictor"):
-        parser.add_argument(f"--{service}-arg", action="append", default=[], metavar="FLAG",
-                            help=f"extra flag for every {service} (repeatable; --{service}-arg=--flag=value)")
+        parser.add_argument(
+            f"--{service}-arg",
+            action="append",
+            default=[],
+            metavar="FLAG",
+            help=f"extra flag for every {service} (repeatable; --{service}-arg=--flag=value)",
+        )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench_replicas.json"))
 
 
 def config_from_args(args: argparse.Namespace) -> BenchReplicasConfig:
     return BenchReplicasConfig(
-        num_engines=args.num_engines, num_predictors=args.num_predictors, num_requests=args.num_requests,
-        rate_per_s=args.rate_per_s, output_scale=args.output_scale, max_output_tokens=args.max_output_tokens,
-        max_prompt_chars=args.max_prompt_chars, seed=args.seed, data_dir=str(args.data_dir),
-        timeout_s=args.timeout_s, engine_args=tuple(args.engine_arg), predictor_args=tuple(args.predictor_arg),
+        num_engines=args.num_engines,
+        num_predictors=args.num_predictors,
+        num_requests=args.num_requests,
+        rate_per_s=args.rate_per_s,
+        output_scale=args.output_scale,
+        max_output_tokens=args.max_output_tokens,
+        max_prompt_chars=args.max_prompt_chars,
+        seed=args.seed,
+        data_dir=str(args.data_dir),
+        timeout_s=args.timeout_s,
+        engine_args=tuple(args.engine_arg),
+        predictor_args=tuple(args.predictor_arg),
     )
 
 
 async def _gateway(fleet: ReplicaFleet, policy: str) -> gateway_app.GatewayHandle:
-    handle = await gateway_app.start(GatewayConfig(
-        engine_address=",".join(fleet.engine_addresses),
-        predictor_address=",".join(fleet.predictor_addresses),
-        engine_routing=policy, port=0, log_level="WARNING",
-    ))
+    handle = await gateway_app.start(
+        GatewayConfig(
+            engine_address=",".join(fleet.engine_addresses),
+            predictor_address=",".join(fleet.predictor_addresses),
+            engine_routing=policy,
+            port=0,
+            log_level="WARNING",
+        )
+    )
     while not all(r.state == "serving" for r in handle.peers.engines.reports()):
         await asyncio.sleep(0.05)
     return handle
@@ -143,21 +160,36 @@ async def run_policy(fleet: ReplicaFleet, policy: str, workload: list[WorkItem],
     }
     predictor_calls = [asdict(r) for r in handle.peers.predictors.reports()] if handle.peers.predictors else []
     await handle.stop(0)
-    return {"policy": policy, "replicas": replicas, "balance": balance_summary(sampler.samples),
-            "latency": latency_summary(records), "predictor_replicas": predictor_calls}
+    return {
+        "policy": policy,
+        "replicas": replicas,
+        "balance": balance_summary(sampler.samples),
+        "latency": latency_summary(records),
+        "predictor_replicas": predictor_calls,
+    }
 
 
 async def run_benchmark(config: BenchReplicasConfig, *, skip_failover: bool) -> dict[str, Any]:
     workload, source = load_workload(
-        pathlib.Path(config.data_dir), num_requests=config.num_requests, rate_per_s=config.rate_per_s,
-        seed=config.seed, output_scale=config.output_scale, max_output_tokens=config.max_output_tokens,
+        pathlib.Path(config.data_dir),
+        num_requests=config.num_requests,
+        rate_per_s=config.rate_per_s,
+        seed=config.seed,
+        output_scale=config.output_scale,
+        max_output_tokens=config.max_output_tokens,
         max_prompt_chars=config.max_prompt_chars,
     )
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-bench-replicas-"))
-    fleet = ReplicaFleet(FleetConfig(
-        config.num_engines, config.num_predictors, log_dir, log_level="ERROR",
-        engine_args=SMALL_ENGINE_ARGS + config.engine_args, predictor_args=SMALL_PREDICTOR_ARGS + config.predictor_args,
-    ))
+    fleet = ReplicaFleet(
+        FleetConfig(
+            config.num_engines,
+            config.num_predictors,
+            log_dir,
+            log_level="ERROR",
+            engine_args=SMALL_ENGINE_ARGS + config.engine_args,
+            predictor_args=SMALL_PREDICTOR_ARGS + config.predictor_args,
+        )
+    )
     started_s = time.monotonic()
     await fleet.start()
     fleet_start_s = time.monotonic() - started_s
@@ -176,12 +208,16 @@ async def run_benchmark(config: BenchReplicasConfig, *, skip_failover: bool) -> 
         "machine": run_info.machine_info(),
         "git": run_info.git_info(),
         "config": asdict(config),
-        "workload": {"source": source, "num_requests": len(workload),
-                     "total_output_tokens": sum(i.max_tokens for i in workload),
-                     "duration_s": workload[-1].arrival_s},
+        "workload": {
+            "source": source,
+            "num_requests": len(workload),
+            "total_output_tokens": sum(i.max_tokens for i in workload),
+            "duration_s": workload[-1].arrival_s,
+        },
         "fleet_start_s": round(fleet_start_s, 2),
-        "routing_summary": {policy: policy_summary([r for r in routing if r["policy"] == policy])
-                            for policy in dict.fromkeys(PASSES)},
+        "routing_summary": {
+            policy: policy_summary([r for r in routing if r["policy"] == policy]) for policy in dict.fromkeys(PASSES)
+        },
         "routing": routing,
         "failover": failover,
     }
@@ -216,33 +252,45 @@ def policy_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _health_settings() -> dict[str, Any]:
     defaults = GatewayConfig(engine_address="127.0.0.1:1")
-    return {"interval_s": defaults.health_check_interval_s, "timeout_s": defaults.health_check_timeout_s,
-            "max_failures": defaults.max_health_failures}
+    return {
+        "interval_s": defaults.health_check_interval_s,
+        "timeout_s": defaults.health_check_timeout_s,
+        "max_failures": defaults.max_health_failures,
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The routing table and the failover lines."""
-    lines = [f"workload: {report['workload']}", "",
-             f"{'policy':<12} {'replica':<18} {'requests':>8} {'pred tok':>9} {'pred s':>8} "
-             f"{'out tok':>8} {'mean queue':>10}"]
+    lines = [
+        f"workload: {report['workload']}",
+        "",
+        f"{'policy':<12} {'replica':<18} {'requests':>8} {'pred tok':>9} {'pred s':>8} "
+        f"{'out tok':>8} {'mean queue':>10}",
+    ]
     for run in report["routing"]:
         balance = run["balance"]["per_replica"]
         for address, row in run["replicas"].items():
-            lines.append(f"{run['policy']:<12} {address:<18} {row['num_requests']:>8} {row['predicted_tokens']:>9.0f} "
-                         f"{row['predicted_work_s']:>8.2f} {row['output_tokens']:>8} "
-                         f"{balance[address]['mean_queued_requests']:>10.2f}")
+            lines.append(
+                f"{run['policy']:<12} {address:<18} {row['num_requests']:>8} {row['predicted_tokens']:>9.0f} "
+                f"{row['predicted_work_s']:>8.2f} {row['output_tokens']:>8} "
+                f"{balance[address]['mean_queued_requests']:>10.2f}"
+            )
         latency = run["latency"]
-        lines.append(f"{'':<12} queue gap {run['balance']['mean_queue_gap_requests']:.2f} req, "
-                     f"outstanding gap {run['balance']['mean_outstanding_gap_tokens']:.0f} tok; "
-                     f"e2e mean {latency['mean_e2e_s']:.2f} s p99 {latency['p99_e2e_s']:.2f} s; "
-                     f"norm {latency['mean_normalized_latency_s_per_token'] * 1000:.1f} ms/tok; "
-                     f"failed {latency['num_failed']}")
+        lines.append(
+            f"{'':<12} queue gap {run['balance']['mean_queue_gap_requests']:.2f} req, "
+            f"outstanding gap {run['balance']['mean_outstanding_gap_tokens']:.0f} tok; "
+            f"e2e mean {latency['mean_e2e_s']:.2f} s p99 {latency['p99_e2e_s']:.2f} s; "
+            f"norm {latency['mean_normalized_latency_s_per_token'] * 1000:.1f} ms/tok; "
+            f"failed {latency['num_failed']}"
+        )
     lines.append("")
     for policy, summary in report["routing_summary"].items():
-        lines.append(f"{policy:<12} over {summary['num_passes']} passes: out-token max/mean "
-                     f"{summary['output_tokens_max_over_mean']}, queue gap {summary['mean_queue_gap_requests']}, "
-                     f"outstanding gap {summary['mean_outstanding_gap_tokens']} tok, norm latency "
-                     f"{summary['mean_normalized_latency_s_per_token']} s/tok, p99 e2e {summary['p99_e2e_s']} s")
+        lines.append(
+            f"{policy:<12} over {summary['num_passes']} passes: out-token max/mean "
+            f"{summary['output_tokens_max_over_mean']}, queue gap {summary['mean_queue_gap_requests']}, "
+            f"outstanding gap {summary['mean_outstanding_gap_tokens']} tok, norm latency "
+            f"{summary['mean_normalized_latency_s_per_token']} s/tok, p99 e2e {summary['p99_e2e_s']} s"
+        )
     if report["failover"]:
         for name in ("frozen", "crash", "idle_crash"):
             lines.append(f"failover {name}: {json.dumps(report['failover'][name])}")

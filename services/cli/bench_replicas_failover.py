@@ -89,8 +89,9 @@ async def _outcomes(watchers: list[asyncio.Task], num_expected_to_end: int, limi
     return outcomes
 
 
-async def _stream_scenario(handle: GatewayHandle, fleet: ReplicaFleet, index: int, sig: signal.Signals,
-                           limit_s: float) -> dict[str, Any]:
+async def _stream_scenario(
+    handle: GatewayHandle, fleet: ReplicaFleet, index: int, sig: signal.Signals, limit_s: float
+) -> dict[str, Any]:
     """Four long streams (two per engine), then `sig` to engine `index`; times what follows."""
     address = fleet.engine_addresses[index]
     async with grpc.aio.insecure_channel(handle.address) as channel:
@@ -159,6 +160,9 @@ async def measure_failover(handle: GatewayHandle, fleet: ReplicaFleet, limit_s: 
     await _until_idle(handle, limit_s)
     killed_s = time.monotonic()
     fleet.kill(fleet.engines[1], signal.SIGKILL)
-    idle = {"signal": "SIGKILL", "engine": fleet.engine_addresses[1],
-            **await _watch_detection(handle, fleet.engine_addresses[1], killed_s, limit_s)}
+    idle = {
+        "signal": "SIGKILL",
+        "engine": fleet.engine_addresses[1],
+        **await _watch_detection(handle, fleet.engine_addresses[1], killed_s, limit_s),
+    }
     return {"frozen": frozen, "crash": crash, "idle_crash": idle}

@@ -50,8 +50,14 @@ class WorkItem:
 
 
 def load_workload(
-    data_dir: pathlib.Path, *, num_requests: int, rate_per_s: float, seed: int, output_scale: float,
-    max_output_tokens: int, max_prompt_chars: int,
+    data_dir: pathlib.Path,
+    *,
+    num_requests: int,
+    rate_per_s: float,
+    seed: int,
+    output_scale: float,
+    max_output_tokens: int,
+    max_prompt_chars: int,
 ) -> tuple[list[WorkItem], str]:
     """The workload and its source ("sharegpt" or "synthetic")."""
     rng = random.Random(seed)
@@ -59,8 +65,10 @@ def load_workload(
     if path.is_file():
         pairs, source = _sharegpt_pairs(path, rng, num_requests), "sharegpt"
     else:
-        pairs = [(f"Request {i}: tell me about topic {rng.randrange(1000)}.", rng.lognormvariate(5.3, 0.9))
-                 for i in range(num_requests)]
+        pairs = [
+            (f"Request {i}: tell me about topic {rng.randrange(1000)}.", rng.lognormvariate(5.3, 0.9))
+            for i in range(num_requests)
+        ]
         source = "synthetic"
     arrival_s, items = 0.0, []
     for prompt, response_tokens in pairs:
@@ -76,7 +84,8 @@ def _sharegpt_pairs(path: pathlib.Path, rng: random.Random, num: int) -> list[tu
     kept = [
         (r["prompt"], float(r["response_llama2_tokens"]))
         for r in records
-        if r["prompt_llama2_tokens"] >= MIN_TOKENS and r["response_llama2_tokens"] >= MIN_TOKENS
+        if r["prompt_llama2_tokens"] >= MIN_TOKENS
+        and r["response_llama2_tokens"] >= MIN_TOKENS
         and r["prompt_llama2_tokens"] <= MAX_PROMPT_TOKENS
         and r["prompt_llama2_tokens"] + r["response_llama2_tokens"] <= MAX_TOTAL_TOKENS
     ]
@@ -131,8 +140,11 @@ async def replay(gateway_address: str, workload: list[WorkItem], timeout_s: floa
             except grpc.aio.AioRpcError as error:
                 return {"status": error.code().name, "max_tokens": item.max_tokens}
             return {
-                "status": "OK", "max_tokens": item.max_tokens, "num_tokens": timing.num_tokens,
-                "ttft_s": timing.time_to_first_token_s, "e2e_s": timing.end_to_end_s,
+                "status": "OK",
+                "max_tokens": item.max_tokens,
+                "num_tokens": timing.num_tokens,
+                "ttft_s": timing.time_to_first_token_s,
+                "e2e_s": timing.end_to_end_s,
                 "done_s": time.monotonic() - started_s,
             }
 
@@ -159,9 +171,11 @@ def latency_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 def balance_summary(samples: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
     """Per replica mean/max queue; and how far apart the replicas were, averaged over time."""
     per_replica = {
-        a: {"mean_queued_requests": statistics.fmean(q for q, _ in s) if s else 0.0,
+        a: {
+            "mean_queued_requests": statistics.fmean(q for q, _ in s) if s else 0.0,
             "max_queued_requests": max((q for q, _ in s), default=0),
-            "mean_outstanding_tokens": statistics.fmean(t for _, t in s) if s else 0.0}
+            "mean_outstanding_tokens": statistics.fmean(t for _, t in s) if s else 0.0,
+        }
         for a, s in samples.items()
     }
     num = min(len(s) for s in samples.values())

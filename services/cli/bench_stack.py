@@ -221,8 +221,7 @@ def _throughput_line(row: dict[str, Any]) -> str:
 def format_overhead(overhead: dict[str, Any]) -> str:
     """Two lines: end-to-end and TTFT, gateway vs engine, p50 and p90."""
     lines = [
-        f"gateway overhead over {overhead['num_requests']} sequential requests, "
-        f"max_tokens={overhead['max_tokens']}:"
+        f"gateway overhead over {overhead['num_requests']} sequential requests, max_tokens={overhead['max_tokens']}:"
     ]
     for label in ("end_to_end", "ttft"):
         part = overhead[label]

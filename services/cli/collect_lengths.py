@@ -47,17 +47,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-sharegpt", type=arg_types.non_negative_int, default=1000)
     parser.add_argument("--num-alpaca", type=arg_types.non_negative_int, default=600)
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=512)
-    parser.add_argument("--temperature", type=arg_types.non_negative_float, default=0.2,
-                        help="default 0.2 with top-p 0.9: SmolLM2's model card settings")
+    parser.add_argument(
+        "--temperature",
+        type=arg_types.non_negative_float,
+        default=0.2,
+        help="default 0.2 with top-p 0.9: SmolLM2's model card settings",
+    )
     parser.add_argument("--top-p", type=arg_types.probability_mass, default=0.9)
     parser.add_argument("--concurrency", type=arg_types.positive_int, default=32, help="requests in flight")
-    parser.add_argument("--max-duration-s", type=arg_types.positive_float, default=3600.0,
-                        help="stop sending new prompts after this long")
+    parser.add_argument(
+        "--max-duration-s",
+        type=arg_types.positive_float,
+        default=3600.0,
+        help="stop sending new prompts after this long",
+    )
     parser.add_argument("--max-prompt-chars", type=arg_types.positive_int, default=4000)
     parser.add_argument("--seed", type=int, default=0, help="which prompts, and the requests' seeds")
-    parser.add_argument("--reverse", action="store_true",
-                        help="answer the list from its end: a second collector on another stack covers the same "
-                             "prompts without overlap until the two meet")
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="answer the list from its end: a second collector on another stack covers the same "
+        "prompts without overlap until the two meet",
+    )
     parser.add_argument("--out", type=pathlib.Path, required=True, help="JSONL of answered prompts")
     parser.add_argument("--data-dir", type=pathlib.Path, default=None, help="shared data (default ../shared/data)")
     parser.set_defaults(handler=run)
@@ -95,8 +106,10 @@ async def _answer(stub, prompt: Prompt, request, timeout_s: float) -> dict:
     async for message in stub.Generate(request, timeout=timeout_s):
         final = message
     return {
-        "prompt_id": prompt.prompt_id, "prompt": prompt.text,
-        "num_prompt_tokens": final.usage.prompt_tokens, "num_output_tokens": final.usage.completion_tokens,
+        "prompt_id": prompt.prompt_id,
+        "prompt": prompt.text,
+        "num_prompt_tokens": final.usage.prompt_tokens,
+        "num_output_tokens": final.usage.completion_tokens,
         "finish_reason": common_pb2.FinishReason.Name(final.finish_reason),
         "predicted_mean_tokens": final.prediction.mean_tokens,
     }
@@ -135,8 +148,12 @@ async def collect(args: argparse.Namespace, prompts: list[Prompt]) -> tuple[int,
 
 def _progress(counts: dict, total: int, started: float) -> None:
     elapsed = time.monotonic() - started
-    print(f"collect-lengths: {counts['answered']}/{total} answered, {counts['failed']} failed, "
-          f"{elapsed:.0f} s, {counts['answered'] / max(elapsed, 1e-9) * 60:.1f} prompts/min", file=sys.stderr, flush=True)
+    print(
+        f"collect-lengths: {counts['answered']}/{total} answered, {counts['failed']} failed, "
+        f"{elapsed:.0f} s, {counts['answered'] / max(elapsed, 1e-9) * 60:.1f} prompts/min",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

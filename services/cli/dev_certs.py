@@ -56,9 +56,12 @@ def _builder(subject: str, issuer: x509.Name, public_key) -> x509.CertificateBui
     now = datetime.datetime.now(datetime.timezone.utc)
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(subject)).issuer_name(issuer).public_key(public_key)
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
     )
 
 
@@ -66,8 +69,15 @@ def make_authority(directory: pathlib.Path, name: str = "ca") -> Authority:
     """A self-signed CA; its certificate is written to DIR/<name>.pem (the key stays in memory)."""
     key = ec.generate_private_key(ec.SECP256R1())
     usage = x509.KeyUsage(
-        digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-        key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        key_cert_sign=True,
+        crl_sign=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
     )
     cert = (
         _builder(f"alise {name}", _name(f"alise {name}"), key.public_key())
@@ -95,7 +105,9 @@ def issue(authority: Authority, directory: pathlib.Path, name: str, *, dns_names
     )
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key_path.write_bytes(key_pem)
     key_path.chmod(0o644)
     return IssuedFiles(str(cert_path), str(key_path), str(authority.cert_path))

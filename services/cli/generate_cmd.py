@@ -30,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--address", type=arg_types.address, default="127.0.0.1:50051", help="gateway host:port")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, help="upper bound on generated tokens")
     parser.add_argument(
-        "--temperature", type=arg_types.non_negative_float, default=0.0,
+        "--temperature",
+        type=arg_types.non_negative_float,
+        default=0.0,
         help="0 = greedy (the default here: a 135M model sampled at 1.0 rambles; the API's default is 1.0)",
     )
     parser.add_argument("--top-p", type=arg_types.probability_mass, help="nucleus mass in (0, 1]")
@@ -43,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout-s", type=arg_types.positive_float, default=600.0, help="gRPC deadline")
     parser.add_argument("--request-id", default="", help="client request id (default: generated)")
     parser.add_argument(
-        "--raw", action="store_true",
+        "--raw",
+        action="store_true",
         help="send the prompt as plain text (default: as a user chat message when the model has a chat template)",
     )
     parser.add_argument("--system", default="", help="system message of the chat (default: the template's own)")

@@ -1,9 +1,9 @@
 """Entry point of the `alise` command (console script `alise = services.cli.main:main`).
 
-    alise up                 start the local stack until Ctrl-C
-    alise generate "prompt"  stream one completion
-    alise bench KIND         benchmarks: stack, scheduler, sim, serve, ... (alise bench --help)
-    alise predictor ...      the predictor's own commands (training, evaluation), forwarded as is
+alise up                 start the local stack until Ctrl-C
+alise generate "prompt"  stream one completion
+alise bench KIND         benchmarks: stack, scheduler, sim, serve, ... (alise bench --help)
+alise predictor ...      the predictor's own commands (training, evaluation), forwarded as is
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ COMMANDS = {  # in --help order; each module is imported only when its command r
     "bench": LazyCommand(
         "services.cli.bench_cmd", "benchmarks (stack, http, scheduler, sim, serve, replicas, attention)", nested=True
     ),
-    "collect-lengths": LazyCommand(
-        "services.cli.collect_lengths", "answer dataset prompts through a stack (feedback)"
-    ),
+    "collect-lengths": LazyCommand("services.cli.collect_lengths", "answer dataset prompts through a stack (feedback)"),
 }
 PREDICTOR_HELP = "predictor commands (train, evaluate, ...): alise predictor --help"
 
@@ -36,8 +34,13 @@ class _VersionAction(argparse.Action):
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit")
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         import importlib.metadata
 
         try:

@@ -22,8 +22,18 @@ from services.common.model_catalog import DUMMY_TINY_MODEL
 
 # The smallest useful engine: default tiny model on CPU, one torch thread, a small KV pool.
 SMALL_ENGINE_ARGS = (
-    "--model", DUMMY_TINY_MODEL, "--device", "cpu", "--dtype", "float32", "--cpu-threads", "1",
-    "--num-kv-blocks", "256", "--max-num-seqs", "16",
+    "--model",
+    DUMMY_TINY_MODEL,
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--cpu-threads",
+    "1",
+    "--num-kv-blocks",
+    "256",
+    "--max-num-seqs",
+    "16",
 )
 SMALL_PREDICTOR_ARGS = ("--cpu-only",)
 
@@ -53,14 +63,22 @@ class ReplicaFleet:
     def __init__(self, config: FleetConfig) -> None:
         self._config = config
         self.engines = [self._child("engine", i, config.engine_args) for i in range(config.num_engines)]
-        self.predictors = [
-            self._child("predictor", i, config.predictor_args) for i in range(config.num_predictors)
-        ]
+        self.predictors = [self._child("predictor", i, config.predictor_args) for i in range(config.num_predictors)]
 
     def _child(self, service: str, index: int, extra: tuple[str, ...]) -> ChildProcess:
         argv = [
-            sys.executable, "-m", f"services.{service}", "--host", LOOPBACK_HOST, "--port", "0",
-            "--drain-seconds", "0", "--log-level", self._config.log_level, *extra,
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--host",
+            LOOPBACK_HOST,
+            "--port",
+            "0",
+            "--drain-seconds",
+            "0",
+            "--log-level",
+            self._config.log_level,
+            *extra,
         ]
         if service == "engine":
             argv += ["--engine-id", f"engine-{index}"]

@@ -120,8 +120,13 @@ def build_stack_plan(config: UpConfig, *, python: str = sys.executable) -> list[
     )
     plan.append(ChildSpec(ServiceName.ENGINE.value, engine_argv, (("--memory-address", ServiceName.MEMORY.value),)))
     gateway_argv = _service_argv(
-        config, ServiceName.GATEWAY, config.gateway_host, config.gateway_port, python,
-        "--http-port", str(config.gateway_http_port),
+        config,
+        ServiceName.GATEWAY,
+        config.gateway_host,
+        config.gateway_port,
+        python,
+        "--http-port",
+        str(config.gateway_http_port),
     )
     plan.append(ChildSpec(ServiceName.GATEWAY.value, gateway_argv, tuple(gateway_peers)))
     return plan

@@ -41,18 +41,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--restart-window-s", type=arg_types.positive_float, default=60.0, help="window deaths are counted in"
     )
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
+        "--model",
+        default=DEFAULT_MODEL,
         help=f"model the engine loads (default {DEFAULT_MODEL}; {DUMMY_TINY_MODEL} for random weights; "
         "dummy:<preset|dir>; or a local Hugging Face directory)",
     )
     parser.add_argument("--no-predictor", action="store_true", help="run without the predictor service")
     parser.add_argument("--log-dir", type=pathlib.Path, help="children's logs (default: a new temp dir)")
-    parser.add_argument(
-        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="children's log level"
-    )
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="children's log level")
     parser.add_argument("--drain-seconds", type=arg_types.non_negative_float, default=5.0, help="children's drain")
     parser.add_argument(
-        "--stop-grace-s", type=arg_types.non_negative_float, default=10.0, help="after the drain, wait this before SIGKILL"
+        "--stop-grace-s",
+        type=arg_types.non_negative_float,
+        default=10.0,
+        help="after the drain, wait this before SIGKILL",
     )
     parser.add_argument(
         "--startup-timeout-s", type=arg_types.positive_float, default=600.0, help="per service, until SERVING"

@@ -35,7 +35,9 @@ class AsyncAliseClient:
         if tls is None:
             self._channel = grpc.aio.insecure_channel(address, options=self.options.all_channel_options)
         else:
-            self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=self.options.all_channel_options)
+            self._channel = grpc.aio.secure_channel(
+                address, tls.credentials(), options=self.options.all_channel_options
+            )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
 
     async def __aenter__(self) -> "AsyncAliseClient":
@@ -91,7 +93,9 @@ class AsyncAliseClient:
             attempt += 1
             await asyncio.sleep(self.options.retry_delay_s(attempt))
 
-    async def complete(self, prompt: str | gateway_service_pb2.GenerateRequest | None = None, **kwargs: Any) -> Completion:
+    async def complete(
+        self, prompt: str | gateway_service_pb2.GenerateRequest | None = None, **kwargs: Any
+    ) -> Completion:
         """The whole generation at once (same arguments as generate)."""
         return Completion.from_chunks([chunk async for chunk in self.generate(prompt, **kwargs)])
 

@@ -1,10 +1,10 @@
 """Typed client errors: one class per gRPC status a caller may want to handle differently.
 
-    INVALID_ARGUMENT -> InvalidRequestError   (fix the request; retrying cannot help)
-    UNAUTHENTICATED, PERMISSION_DENIED -> AuthenticationError
-    NOT_FOUND -> NotFoundError                RESOURCE_EXHAUSTED -> RateLimitError (back off)
-    UNAVAILABLE -> UnavailableError           DEADLINE_EXCEEDED -> DeadlineExceededError
-    CANCELLED -> RequestCancelledError        anything else -> ServerError
+INVALID_ARGUMENT -> InvalidRequestError   (fix the request; retrying cannot help)
+UNAUTHENTICATED, PERMISSION_DENIED -> AuthenticationError
+NOT_FOUND -> NotFoundError                RESOURCE_EXHAUSTED -> RateLimitError (back off)
+UNAVAILABLE -> UnavailableError           DEADLINE_EXCEEDED -> DeadlineExceededError
+CANCELLED -> RequestCancelledError        anything else -> ServerError
 """
 
 from __future__ import annotations

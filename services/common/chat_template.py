@@ -64,8 +64,10 @@ def render_chat(
     messages = [{"role": turn.role.value, "content": turn.content} for turn in turns]
     try:
         return _compile(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token, eos_token=eos_token,
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
         )
     except jinja2.TemplateError as error:
         raise ChatTemplateError(f"chat template failed: {error}") from error

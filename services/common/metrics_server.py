@@ -59,7 +59,9 @@ class MetricsPort:
 def add_metrics_port_flag(parser: argparse.ArgumentParser, *, default_port: int) -> None:
     """--metrics-port; read it back with `metrics_port_from_flag`."""
     parser.add_argument(
-        "--metrics-port", type=_metrics_port_arg, default=None,
+        "--metrics-port",
+        type=_metrics_port_arg,
+        default=None,
         help=f"HTTP port of /metrics (default {default_port}, skipped with a warning if taken; "
         f"0 = any free port; {DISABLED} = off)",
     )
@@ -110,7 +112,9 @@ def start_metrics_server(registry: CollectorRegistry, host: str, port: MetricsPo
             ) from error
         log.warning(
             "metrics port %s:%d is taken (%s): serving without /metrics; set --metrics-port",
-            host, port.number, error,
+            host,
+            port.number,
+            error,
         )
         return None
     log.info("serving /metrics on http://%s:%d/metrics", host, server.server_port)

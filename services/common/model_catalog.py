@@ -102,7 +102,7 @@ def parse_model_spec(spec: str, presets: frozenset[str] = frozenset()) -> ModelS
 
 
 def _parse_dummy(spec: str, presets: frozenset[str]) -> ModelSpec:
-    target = spec[len(DUMMY_PREFIX):].strip()
+    target = spec[len(DUMMY_PREFIX) :].strip()
     if target in CATALOG:
         return ModelSpec(ModelSource.DUMMY_ARCHITECTURE, spec, catalog=CATALOG[target], preset=target)
     if target in presets:

@@ -61,7 +61,9 @@ def read_manifest(directory: Path, fix: str) -> dict[str, Any]:
         raise ModelFilesError(f"{path} is unreadable ({error}); fix: {fix}") from error
 
 
-def verify_model_dir(directory: Path, fix: str, *, include: Callable[[str], bool] = lambda name: True) -> dict[str, Any]:
+def verify_model_dir(
+    directory: Path, fix: str, *, include: Callable[[str], bool] = lambda name: True
+) -> dict[str, Any]:
     """Checks size and sha256 of every manifest file that `include` selects; returns the manifest."""
     manifest = read_manifest(directory, fix)
     for name, expected in sorted(manifest.get("files", {}).items()):

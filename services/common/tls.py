@@ -81,9 +81,7 @@ def secure_or_insecure_channel(
     """A grpc.aio channel to an internal peer: mTLS when tls has a CA, plaintext otherwise."""
     if tls is None or not tls.verifies_peers:
         return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(
-        address, channel_credentials(tls), options=(*options, *channel_options(tls))
-    )
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=(*options, *channel_options(tls)))
 
 
 def secure_or_insecure_sync_channel(

@@ -75,7 +75,9 @@ def _sampling_options(params) -> SamplingOptions:
     if params.top_k < 0:
         raise InvalidRequest(f"sampling.top_k must be >= 0, got {params.top_k}")
     if not 0 <= params.min_tokens <= params.max_tokens:
-        raise InvalidRequest(f"sampling.min_tokens must be in [0, max_tokens={params.max_tokens}], got {params.min_tokens}")
+        raise InvalidRequest(
+            f"sampling.min_tokens must be in [0, max_tokens={params.max_tokens}], got {params.min_tokens}"
+        )
     return SamplingOptions(
         max_tokens=params.max_tokens,
         temperature=float(temperature),

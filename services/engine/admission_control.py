@@ -121,8 +121,12 @@ class AdmissionControl:
         return request_id in self._prompt_tokens_by_id
 
     def admit(
-        self, request_id: str, num_prompt_tokens: int, predicted_output_tokens: float,
-        time_left_s: float | None, profile: QueueProfile,
+        self,
+        request_id: str,
+        num_prompt_tokens: int,
+        predicted_output_tokens: float,
+        time_left_s: float | None,
+        profile: QueueProfile,
     ) -> None:
         """Records the request as live, or raises Overloaded saying which limit refused it."""
         self._check_caps(num_prompt_tokens)

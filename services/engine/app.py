@@ -81,11 +81,20 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     policy = make_policy(config.scheduler_policy, cost_model)
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
     runner = ModelRunner(
-        loaded.model, kv, num_blocks, enforce_eager=config.enforce_eager, max_num_seqs=config.max_num_seqs,
-        max_model_len=max_model_len, kv_dtype=kv_dtype,
+        loaded.model,
+        kv,
+        num_blocks,
+        enforce_eager=config.enforce_eager,
+        max_num_seqs=config.max_num_seqs,
+        max_model_len=max_model_len,
+        kv_dtype=kv_dtype,
     )
     info = ServedModelInfo(
-        loaded.model_name, loaded.tokenizer, max_model_len, loaded.vocab_size, loaded.eos_token_id,
+        loaded.model_name,
+        loaded.tokenizer,
+        max_model_len,
+        loaded.vocab_size,
+        loaded.eos_token_id,
         loaded.has_chat_template,
     )
     return EngineCore(scheduler, runner), runner.cache_shape, info
@@ -97,12 +106,18 @@ async def start(config: EngineConfig) -> ServiceHandle:
     loaded = await asyncio.to_thread(load_model, config.model, dtype=dtype, device=device, seed=config.seed)
     core, cache_shape, info = build_engine(config, loaded)
     log.info(
-        "model %s on %s/%s; KV pool %d blocks x %d tokens", info.model_name, device, dtype,
-        cache_shape.num_blocks, cache_shape.block_size,
+        "model %s on %s/%s; KV pool %d blocks x %d tokens",
+        info.model_name,
+        device,
+        dtype,
+        cache_shape.num_blocks,
+        cache_shape.block_size,
     )
     offloader = None
     if config.memory_address:  # preempted KV is negotiated with the memory service from the first step
-        offloader = KvOffloader(core.runner.cache, MemoryClient(config.memory_address, config.engine_id, tls=config.tls))
+        offloader = KvOffloader(
+            core.runner.cache, MemoryClient(config.memory_address, config.engine_id, tls=config.tls)
+        )
         core.scheduler.eviction = offloader
     metrics = EngineMetrics(info.model_name)
     engine_loop = EngineLoop(core, config.engine_id, on_finish=metrics.on_finish)
@@ -131,7 +146,12 @@ async def start(config: EngineConfig) -> ServiceHandle:
             block_bytes=cache_shape.block_bytes(dtype),
         )
         reporter = MemoryReporter(
-            config.memory_address, running.address, info.model_name, engine_loop, layout, offloader.attach_region,
+            config.memory_address,
+            running.address,
+            info.model_name,
+            engine_loop,
+            layout,
+            offloader.attach_region,
             tls=config.tls,
         )
         reporter.start()

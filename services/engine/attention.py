@@ -226,8 +226,12 @@ def attend_mixed(
     for r, context_len in enumerate(metadata.seq_lens_host):
         if r not in decodes:
             output[starts[r] : starts[r + 1]] = attend_request(
-                query[starts[r] : starts[r + 1]], key_cache, value_cache, metadata.block_table(r, block_size),
-                context_len, scale,
+                query[starts[r] : starts[r + 1]],
+                key_cache,
+                value_cache,
+                metadata.block_table(r, block_size),
+                context_len,
+                scale,
             )
     return output
 
@@ -255,20 +259,30 @@ def decode_attention_reference(
         group = order[start : start + MAX_ROWS_PER_GATHER]
         rows = torch.tensor(group).to(query.device)
         output[rows] = _decode_group(
-            query[rows], key_cache, value_cache, batch.block_tables[rows], batch.context_lens[rows],
-            max(context_lens[r] for r in group), scale,
+            query[rows],
+            key_cache,
+            value_cache,
+            batch.block_tables[rows],
+            batch.context_lens[rows],
+            max(context_lens[r] for r in group),
+            scale,
         )
     return output
 
 
 def _decode_group(
-    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-    block_tables: torch.Tensor, context_lens: torch.Tensor, max_context_len: int, scale: float,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    max_context_len: int,
+    scale: float,
 ) -> torch.Tensor:
     """One gather and one attention call for the group's rows.
 
-        key_cache[block_tables[:, :num_blocks]]  [B, num_blocks, block_size, kv_heads, d]
-            -> [B, kv_heads, num_blocks * block_size, d], positions >= context_len masked out
+    key_cache[block_tables[:, :num_blocks]]  [B, num_blocks, block_size, kv_heads, d]
+        -> [B, kv_heads, num_blocks * block_size, d], positions >= context_len masked out
     """
     num_decodes, num_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]

@@ -62,7 +62,9 @@ class EngineConfig:
     )
     # stable id of this replica; its flag is added by from_args: absent, it is hostname-random
     engine_id: str = setting("engine-0", "stable replica id (default: hostname-random)", cli=False)
-    dtype: Dtype = setting(Dtype.AUTO, "weights' dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32")
+    dtype: Dtype = setting(
+        Dtype.AUTO, "weights' dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32"
+    )
     device: Device = setting(Device.AUTO, "auto = cuda when available")
     seed: int = setting(0, "seed of a random-weight model's weights (dummy-llama-tiny, dummy:...)")
     block_size_tokens: int = setting(16, "token positions per KV block", flag="--block-size")
@@ -75,9 +77,7 @@ class EngineConfig:
     max_model_len: int = setting(0, "prompt + output tokens at most (0 = the model's own context)")
     # (4,096 only turned overload into timeouts: a queue 60x the batch; the deadline check sheds what cannot
     # finish in time)
-    max_waiting_requests: int = setting(
-        1024, "admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED"
-    )
+    max_waiting_requests: int = setting(1024, "admitted-but-not-finished requests at most; more is RESOURCE_EXHAUSTED")
     max_waiting_prompt_tokens: int = setting(
         262_144, "prompt tokens of the live requests at most; more is RESOURCE_EXHAUSTED"
     )
@@ -112,13 +112,18 @@ class EngineConfig:
         object.__setattr__(self, "device", _member(Device, "device", self.device))
         object.__setattr__(self, "kv_cache_dtype", _member(KvCacheDtype, "kv_cache_dtype", self.kv_cache_dtype))
         if self.kv_cache_dtype is KvCacheDtype.INT8 and self.memory_address:
-            raise ValueError("kv_cache_dtype int8 cannot be combined with memory_address: KV offload copies "
-                             "full-precision blocks only (use bf16/fp16/auto with the memory service)")
+            raise ValueError(
+                "kv_cache_dtype int8 cannot be combined with memory_address: KV offload copies "
+                "full-precision blocks only (use bf16/fp16/auto with the memory service)"
+            )
         object.__setattr__(self, "scheduler_policy", _member(PolicyName, "scheduler_policy", self.scheduler_policy))
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         for name in (
-            "block_size_tokens", "max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
+            "block_size_tokens",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_waiting_requests",
             "max_waiting_prompt_tokens",
         ):
             if getattr(self, name) <= 0:

@@ -139,8 +139,15 @@ class FusedLlama:
         self.rope = RopeTable(body.rotary_emb, head_dim, parameter.dtype, parameter.device)
         self.intermediate_size = self.layers[0].gate_up_weight.shape[0] // 2
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
-                attention, cache, scale: float) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        metadata: AttentionMetadata,
+        attention,
+        cache,
+        scale: float,
+    ) -> torch.Tensor:
         """Hidden states [num_tokens, hidden] after the final norm; positions < metadata.max_seq_len."""
         self.rope.ensure(metadata.max_seq_len)
         rope_rows = self.rope.rows(positions)
@@ -149,8 +156,17 @@ class FusedLlama:
             hidden = self._layer(index, layer, hidden, rope_rows, metadata, attention, cache, scale)
         return F.rms_norm(hidden, self.final_norm.shape, self.final_norm, self.eps)
 
-    def _layer(self, index: int, layer: FusedLayer, hidden: torch.Tensor, rope_rows: torch.Tensor,
-               metadata: AttentionMetadata, attention, cache, scale: float) -> torch.Tensor:
+    def _layer(
+        self,
+        index: int,
+        layer: FusedLayer,
+        hidden: torch.Tensor,
+        rope_rows: torch.Tensor,
+        metadata: AttentionMetadata,
+        attention,
+        cache,
+        scale: float,
+    ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         x = F.rms_norm(hidden, layer.input_norm.shape, layer.input_norm, self.eps)

@@ -180,8 +180,9 @@ class InputBatch:
                 sample_indices.append(index)
         return self._build(rows, seq_lens, counts, sample_indices)
 
-    def _build(self, rows_list: list[int], seq_lens_list: list[int], counts_list: list[int],
-               sample_indices: list[int]) -> StepArrays:
+    def _build(
+        self, rows_list: list[int], seq_lens_list: list[int], counts_list: list[int], sample_indices: list[int]
+    ) -> StepArrays:
         """Vectorised: positions, ids, slots and tables of every token, in one staging buffer laid out
         [ids | positions | slots | query starts | seq lens | block tables] (int32)."""
         num_reqs, num_tokens = len(rows_list), sum(counts_list)

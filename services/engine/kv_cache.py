@@ -110,8 +110,10 @@ class PagedKvCache:
             return self.key_cache[layer], self.value_cache[layer]
         key_scales = None if self.key_scales is None else self.key_scales[layer]
         value_scales = None if self.value_scales is None else self.value_scales[layer]
-        return (DequantizedView(self.key_cache[layer], key_scales, dtype),
-                DequantizedView(self.value_cache[layer], value_scales, dtype))
+        return (
+            DequantizedView(self.key_cache[layer], key_scales, dtype),
+            DequantizedView(self.value_cache[layer], value_scales, dtype),
+        )
 
 
 def kv_cache_num_blocks(memory_bytes: int, block_bytes: int) -> int:

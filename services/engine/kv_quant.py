@@ -92,7 +92,9 @@ def write_int8_reference(
         end = token + 1
         while end < len(slots) and end - token < block_size and slots[end] >= 0 and slots[end] // block_size == block:
             end += 1
-        _write_run(cache[block], scales[block], first_offset, [s % block_size for s in slots[token:end]], values[token:end])
+        _write_run(
+            cache[block], scales[block], first_offset, [s % block_size for s in slots[token:end]], values[token:end]
+        )
         token = end
 
 

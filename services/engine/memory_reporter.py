@@ -26,7 +26,12 @@ RETRY_INTERVAL_S = 0.5  # between registration attempts; with the channel's fast
 
 class MemoryReporter:
     def __init__(
-        self, address: str, engine_address: str, model_name: str, loop: EngineLoop, layout,
+        self,
+        address: str,
+        engine_address: str,
+        model_name: str,
+        loop: EngineLoop,
+        layout,
         on_region: Callable[[memory_service_pb2.HostRegion], None] | None = None,
         tls: TlsFiles | None = None,  # mutual TLS to the memory service when it has a CA; None = plaintext
     ) -> None:

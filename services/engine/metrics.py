@@ -39,30 +39,38 @@ class EngineMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._model_name = model_name
         histogram = self._histogram
-        self.queue_time_s = histogram("request_queue_time_seconds", "Arrival to first scheduled step.",
-                                      metric_buckets.REQUEST_S)
-        self.time_to_first_token_s = histogram("time_to_first_token_seconds",
-                                               "Arrival at the engine to the first output token.",
-                                               metric_buckets.TIME_TO_FIRST_TOKEN_S)
-        self.e2e_latency_s = histogram("e2e_request_latency_seconds", "Arrival at the engine to finish.",
-                                       metric_buckets.REQUEST_S)
+        self.queue_time_s = histogram(
+            "request_queue_time_seconds", "Arrival to first scheduled step.", metric_buckets.REQUEST_S
+        )
+        self.time_to_first_token_s = histogram(
+            "time_to_first_token_seconds",
+            "Arrival at the engine to the first output token.",
+            metric_buckets.TIME_TO_FIRST_TOKEN_S,
+        )
+        self.e2e_latency_s = histogram(
+            "e2e_request_latency_seconds", "Arrival at the engine to finish.", metric_buckets.REQUEST_S
+        )
         self.time_per_output_token_s = histogram(
-            "time_per_output_token_seconds", "Mean time per output token after the first, per request.",
-            metric_buckets.INTER_TOKEN_S)
-        self.prompt_tokens = histogram("request_prompt_tokens", "Prompt tokens per finished request.",
-                                       metric_buckets.TOKENS)
-        self.generation_tokens = histogram("request_generation_tokens",
-                                           "Output tokens per finished request.", metric_buckets.TOKENS)
-        self.finished = Counter("alise:request_success", "Finished requests by finish reason.",
-                                ["finished_reason"], registry=self.registry)
+            "time_per_output_token_seconds",
+            "Mean time per output token after the first, per request.",
+            metric_buckets.INTER_TOKEN_S,
+        )
+        self.prompt_tokens = histogram(
+            "request_prompt_tokens", "Prompt tokens per finished request.", metric_buckets.TOKENS
+        )
+        self.generation_tokens = histogram(
+            "request_generation_tokens", "Output tokens per finished request.", metric_buckets.TOKENS
+        )
+        self.finished = Counter(
+            "alise:request_success", "Finished requests by finish reason.", ["finished_reason"], registry=self.registry
+        )
         for reason in FinishReason:  # every series exists from the start, so rate() sees the first one
             self.finished.labels(reason.value)
 
     def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
         return Histogram(f"alise:{name}", documentation, buckets=buckets, registry=self.registry)
 
-    def watch(self, core: EngineCore, snapshot: Callable[[], EngineSnapshot],
-              swaps: SwapMeasurements | None) -> None:
+    def watch(self, core: EngineCore, snapshot: Callable[[], EngineSnapshot], swaps: SwapMeasurements | None) -> None:
         """Adds the scrape-time collector over the engine's state (once the engine is built)."""
         self.registry.register(EngineStateCollector(core, snapshot, swaps, self._model_name))
 
@@ -84,8 +92,9 @@ class EngineMetrics:
 class EngineStateCollector(Collector):
     """Gauges and counters of the running engine, read when Prometheus scrapes."""
 
-    def __init__(self, core: EngineCore, snapshot: Callable[[], EngineSnapshot],
-                 swaps: SwapMeasurements | None, model_name: str) -> None:
+    def __init__(
+        self, core: EngineCore, snapshot: Callable[[], EngineSnapshot], swaps: SwapMeasurements | None, model_name: str
+    ) -> None:
         self._core = core
         self._snapshot = snapshot
         self._swaps = swaps  # None: no memory service, every preemption recomputes
@@ -110,40 +119,63 @@ class EngineStateCollector(Collector):
         yield _counter("generation_tokens", "Output tokens generated.", core.num_generated_tokens)
         yield _counter("engine_steps", "Engine steps that ran the model.", core.num_steps)
         preemptions = CounterMetricFamily(
-            "alise:num_preemptions", "Running requests preempted, by cause.", labels=["cause"])
+            "alise:num_preemptions", "Running requests preempted, by cause.", labels=["cause"]
+        )
         for cause in PreemptionCause:
             preemptions.add_metric([cause.value], scheduler.num_preemptions_by_cause[cause])
         yield preemptions
         preempted_kv = scheduler.preempted_kv
-        yield _counter("recomputed_tokens", "KV tokens dropped by preemption and computed again.",
-                       preempted_kv.num_recomputed_tokens)
+        yield _counter(
+            "recomputed_tokens",
+            "KV tokens dropped by preemption and computed again.",
+            preempted_kv.num_recomputed_tokens,
+        )
         yield _counter("kv_restores", "Resumed requests that got their swapped KV back.", preempted_kv.num_restored)
-        yield _counter("kv_restores_lost", "Resumed requests whose swapped KV was gone (recomputed).",
-                       preempted_kv.num_restores_lost)
+        yield _counter(
+            "kv_restores_lost",
+            "Resumed requests whose swapped KV was gone (recomputed).",
+            preempted_kv.num_restores_lost,
+        )
 
 
 def _load_gauges(snapshot: EngineSnapshot) -> Iterator[Metric]:
     yield _gauge("num_requests_running", "Requests in the running batch.", snapshot.num_running)
-    yield _gauge("num_requests_waiting", "Requests waiting to run (new and preempted).",
-                 snapshot.num_waiting + snapshot.num_preempted)
+    yield _gauge(
+        "num_requests_waiting",
+        "Requests waiting to run (new and preempted).",
+        snapshot.num_waiting + snapshot.num_preempted,
+    )
     yield _gauge("num_requests_preempted", "Preempted requests waiting to resume.", snapshot.num_preempted)
     total = snapshot.num_kv_blocks_total
-    yield _gauge("kv_cache_usage_perc", "Share of KV cache blocks in use (0 to 1).",
-                 snapshot.num_kv_blocks_used / total if total else 0.0)
+    yield _gauge(
+        "kv_cache_usage_perc",
+        "Share of KV cache blocks in use (0 to 1).",
+        snapshot.num_kv_blocks_used / total if total else 0.0,
+    )
     yield _gauge("num_kv_blocks", "Blocks in the KV cache pool.", total)
-    yield _gauge("predicted_outstanding_tokens", "Predicted remaining output tokens of live requests.",
-                 snapshot.predicted_outstanding_tokens)
-    yield _gauge("predicted_outstanding_work_seconds", "The same at the last measured output-token rate.",
-                 snapshot.predicted_outstanding_work_s)
+    yield _gauge(
+        "predicted_outstanding_tokens",
+        "Predicted remaining output tokens of live requests.",
+        snapshot.predicted_outstanding_tokens,
+    )
+    yield _gauge(
+        "predicted_outstanding_work_seconds",
+        "The same at the last measured output-token rate.",
+        snapshot.predicted_outstanding_work_s,
+    )
 
 
 def _swap_metrics(swaps: SwapMeasurements) -> Iterator[Metric]:
     """Swaps this engine made, by codec (the memory service decided them), and the lossy codecs'
     measured error on this engine's KV."""
-    swap_outs = CounterMetricFamily("alise:kv_swap_outs", "Preempted requests whose KV was swapped "
-                                    "to the host tier, by codec.", labels=["codec"])
-    errors = GaugeMetricFamily("alise:kv_codec_relative_error", "Measured relative error of a lossy "
-                               "KV codec on this engine's KV.", labels=["codec"])
+    swap_outs = CounterMetricFamily(
+        "alise:kv_swap_outs", "Preempted requests whose KV was swapped to the host tier, by codec.", labels=["codec"]
+    )
+    errors = GaugeMetricFamily(
+        "alise:kv_codec_relative_error",
+        "Measured relative error of a lossy KV codec on this engine's KV.",
+        labels=["codec"],
+    )
     for codec in KvCodec:
         swap_outs.add_metric([codec.value], swaps.num_swapped_out[codec])
         error = swaps.relative_error.get(codec)
@@ -151,8 +183,9 @@ def _swap_metrics(swaps: SwapMeasurements) -> Iterator[Metric]:
             errors.add_metric([codec.value], error)
     yield swap_outs
     yield errors
-    swap_bytes = CounterMetricFamily("alise:kv_swap_bytes", "Encoded KV bytes moved to and from the "
-                                     "host tier.", labels=["direction"])
+    swap_bytes = CounterMetricFamily(
+        "alise:kv_swap_bytes", "Encoded KV bytes moved to and from the host tier.", labels=["direction"]
+    )
     swap_bytes.add_metric(["out"], swaps.num_bytes_out)
     swap_bytes.add_metric(["in"], swaps.num_bytes_in)
     yield swap_bytes

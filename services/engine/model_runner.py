@@ -37,8 +37,14 @@ class ModelRunner:
     """Owns the model and the KV cache tensors; called only from the engine thread."""
 
     def __init__(
-        self, model: torch.nn.Module, kv: KvBlockManager, num_blocks: int, *,
-        enforce_eager: bool = False, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int = 0,
+        self,
+        model: torch.nn.Module,
+        kv: KvBlockManager,
+        num_blocks: int,
+        *,
+        enforce_eager: bool = False,
+        max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+        max_model_len: int = 0,
         kv_dtype: torch.dtype | None = None,
     ) -> None:
         config = model.config

@@ -112,7 +112,10 @@ def _draw_unsorted(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch
 
 
 def _draw_nucleus(
-    candidates: torch.Tensor, candidate_ids: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
     uniforms: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws within the top-k / top-p prefix of descending candidates [rows, n].

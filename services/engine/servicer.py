@@ -78,7 +78,10 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
                 f"of this engine"
             )
         self._admission.admit(
-            request_id, domain_request.num_prompt_tokens, domain_request.predicted_remaining_tokens, time_left_s,
+            request_id,
+            domain_request.num_prompt_tokens,
+            domain_request.predicted_remaining_tokens,
+            time_left_s,
             self._loop.queue_profile,
         )
 

@@ -60,7 +60,8 @@ class GatewayConfig:
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
     http_port: int | None = setting(
-        None, f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0 = any free; with --port 0 the default is 0 too)"
+        None,
+        f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0 = any free; with --port 0 the default is 0 too)",
     )
     http_max_request_bytes: int = setting(DEFAULT_HTTP_MAX_REQUEST_BYTES, "larger HTTP request bodies get 413")
     http_request_timeout_s: float = setting(
@@ -68,8 +69,11 @@ class GatewayConfig:
         "deadline of an HTTP generation without a `timeout` body field (expiry: 504), seconds",
     )
     api_keys: tuple[str, ...] = setting(
-        (), "accepted API key (repeatable; with --api-key-file's; none = no authentication); "
-        "clients send 'authorization: Bearer KEY'", flag="--api-key", metavar="KEY",
+        (),
+        "accepted API key (repeatable; with --api-key-file's; none = no authentication); "
+        "clients send 'authorization: Bearer KEY'",
+        flag="--api-key",
+        metavar="KEY",
     )
     api_key_file: str = setting("", "file of accepted API keys, one per line")
     metrics_require_api_key: bool = setting(False, "serve /metrics only with a valid API key (default: open)")
@@ -99,9 +103,7 @@ class GatewayConfig:
         if not self.model_info_timeout_s > 0:
             raise ValueError(f"model_info_timeout_s must be > 0, got {self.model_info_timeout_s}")
         if not self.model_info_retry_interval_s >= 0:
-            raise ValueError(
-                f"model_info_retry_interval_s must be >= 0, got {self.model_info_retry_interval_s}"
-            )
+            raise ValueError(f"model_info_retry_interval_s must be >= 0, got {self.model_info_retry_interval_s}")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         validate_port(self.port)

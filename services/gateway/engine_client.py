@@ -43,8 +43,7 @@ class EngineClient:
             )
         except grpc.aio.AioRpcError as error:
             raise NotReady(
-                f"engine unavailable: GetModelInfo on {self.address} failed: "
-                f"{error.code().name}: {error.details()}"
+                f"engine unavailable: GetModelInfo on {self.address} failed: {error.code().name}: {error.details()}"
             ) from error
         if reply.vocab_size == 0 or reply.max_context_tokens == 0:
             raise NotReady(

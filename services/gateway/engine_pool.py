@@ -137,7 +137,9 @@ class EnginePool:
         return next(r for r in candidates if r.address == chosen.address)
 
     async def _stream_from(
-        self, replica: EngineReplica, request: engine_service_pb2.EngineServiceGenerateRequest,
+        self,
+        replica: EngineReplica,
+        request: engine_service_pb2.EngineServiceGenerateRequest,
         timeout_s: float | None,
     ) -> AsyncIterator[engine_service_pb2.EngineServiceGenerateResponse]:
         """One attempt on one replica, with its ledger and counters kept in step."""

@@ -108,7 +108,10 @@ class EngineReplica(PeriodicallyChecked):
             return
         log.warning(
             "engine %s is down (%d health checks failed: %s); aborting its %d in-flight request(s)",
-            self.address, self.health.num_consecutive_failures, reason, self.num_in_flight,
+            self.address,
+            self.health.num_consecutive_failures,
+            reason,
+            self.num_in_flight,
         )
         old_channel = self._channel
         self._channel = self._make_channel(self.address)

@@ -142,9 +142,7 @@ class GenerationPipeline:
                     return  # leaving the block cancels the engine call if it is still running
         raise AliseError(f"engine {self._engine.address} ended the stream without a finish reason")
 
-    async def _resolve(
-        self, request: gateway_service_pb2.GenerateRequest, served: ServedModel
-    ) -> ResolvedRequest:
+    async def _resolve(self, request: gateway_service_pb2.GenerateRequest, served: ServedModel) -> ResolvedRequest:
         """Validates and tokenizes; a long text prompt is tokenized off the event loop."""
         resolve = functools.partial(
             resolve_generate_request,
@@ -225,9 +223,7 @@ class OutputAssembler:
         return Timings(time_to_first_token_s=first_token_s - self._arrival_s, end_to_end_s=now_s - self._arrival_s)
 
 
-def _prediction_query(
-    request: ResolvedRequest, served: ServedModel, *, decode_prompt: bool
-) -> PredictionQuery:
+def _prediction_query(request: ResolvedRequest, served: ServedModel, *, decode_prompt: bool) -> PredictionQuery:
     """The predictor reads text: a token-id prompt is decoded for it (only when a predictor will ask)."""
     prompt_text = request.prompt_text
     if not prompt_text and decode_prompt:

@@ -49,40 +49,69 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry if registry is not None else CollectorRegistry()  # never the global one
-        self.in_flight = Gauge("alise:num_requests_in_flight", "Generations the gateway is serving.",
-                               registry=registry)
-        self.success = Counter("alise:request_success", "Finished generations by finish reason.",
-                               ["finished_reason"], registry=registry)
-        self.failure = Counter("alise:request_failure", "Generations ended by an error or a client "
-                               "cancel, by gRPC status code.", ["code"], registry=registry)
+        self.in_flight = Gauge("alise:num_requests_in_flight", "Generations the gateway is serving.", registry=registry)
+        self.success = Counter(
+            "alise:request_success", "Finished generations by finish reason.", ["finished_reason"], registry=registry
+        )
+        self.failure = Counter(
+            "alise:request_failure",
+            "Generations ended by an error or a client cancel, by gRPC status code.",
+            ["code"],
+            registry=registry,
+        )
         self.time_to_first_token_s = _histogram(
-            "time_to_first_token_seconds", "Arrival at the gateway to the first token sent.",
-            metric_buckets.TIME_TO_FIRST_TOKEN_S, registry)
-        self.inter_token_s = _histogram("inter_token_latency_seconds", "Gap between consecutive chunks "
-                                        "carrying tokens.", metric_buckets.INTER_TOKEN_S, registry)
-        self.e2e_s = _histogram("e2e_request_latency_seconds", "Arrival at the gateway to the last chunk.",
-                                metric_buckets.REQUEST_S, registry)
-        self.prompt_tokens = _histogram("request_prompt_tokens", "Prompt tokens per finished generation.",
-                                        metric_buckets.TOKENS, registry)
-        self.generation_tokens = _histogram("request_generation_tokens", "Output tokens per finished "
-                                            "generation.", metric_buckets.TOKENS, registry)
-        self.prompt_tokens_total = Counter("alise:prompt_tokens", "Prompt tokens of finished generations.",
-                                           registry=registry)
-        self.generation_tokens_total = Counter("alise:generation_tokens", "Output tokens of finished "
-                                               "generations.", registry=registry)
+            "time_to_first_token_seconds",
+            "Arrival at the gateway to the first token sent.",
+            metric_buckets.TIME_TO_FIRST_TOKEN_S,
+            registry,
+        )
+        self.inter_token_s = _histogram(
+            "inter_token_latency_seconds",
+            "Gap between consecutive chunks carrying tokens.",
+            metric_buckets.INTER_TOKEN_S,
+            registry,
+        )
+        self.e2e_s = _histogram(
+            "e2e_request_latency_seconds",
+            "Arrival at the gateway to the last chunk.",
+            metric_buckets.REQUEST_S,
+            registry,
+        )
+        self.prompt_tokens = _histogram(
+            "request_prompt_tokens", "Prompt tokens per finished generation.", metric_buckets.TOKENS, registry
+        )
+        self.generation_tokens = _histogram(
+            "request_generation_tokens", "Output tokens per finished generation.", metric_buckets.TOKENS, registry
+        )
+        self.prompt_tokens_total = Counter(
+            "alise:prompt_tokens", "Prompt tokens of finished generations.", registry=registry
+        )
+        self.generation_tokens_total = Counter(
+            "alise:generation_tokens", "Output tokens of finished generations.", registry=registry
+        )
         self._add_prediction_instruments(registry)
         for reason in FinishReason:  # series exist from the start: rate() sees the first one
             self.success.labels(reason.value)
 
     def _add_prediction_instruments(self, registry: CollectorRegistry) -> None:
         self.predictor_latency_s = _histogram(
-            "predictor_latency_seconds", "Time to get a request's output-length estimate (the predictor "
-            "call, or the wait before falling back).", metric_buckets.SHORT_CALL_S, registry)
-        self.estimates = Counter("alise:output_length_estimates", "Output-length estimates the engine "
-                                 "scheduled with, by source.", ["source"], registry=registry)
-        self.predictor_fallbacks = Counter("alise:predictor_fallbacks", "Requests a configured predictor "
-                                           "did not answer in time (or failed), by what replaced it.",
-                                           ["source"], registry=registry)
+            "predictor_latency_seconds",
+            "Time to get a request's output-length estimate (the predictor call, or the wait before falling back).",
+            metric_buckets.SHORT_CALL_S,
+            registry,
+        )
+        self.estimates = Counter(
+            "alise:output_length_estimates",
+            "Output-length estimates the engine scheduled with, by source.",
+            ["source"],
+            registry=registry,
+        )
+        self.predictor_fallbacks = Counter(
+            "alise:predictor_fallbacks",
+            "Requests a configured predictor did not answer in time (or failed), by what replaced it.",
+            ["source"],
+            registry=registry,
+        )
         for source in _SOURCES.values():
             self.estimates.labels(source)
             if source != "predictor":

@@ -21,6 +21,7 @@ import grpc
 
 from services.common.contracts import predictor_service_pb2_grpc
 from services.common.errors import NotReady
+from services.gateway.replica_discovery import Resolve, resolve_target
 from services.gateway.replica_health import (
     HealthSettings,
     HealthTracker,
@@ -29,7 +30,6 @@ from services.gateway.replica_health import (
     check_serving,
     describe_rpc_error,
 )
-from services.gateway.replica_discovery import Resolve, resolve_target
 from services.gateway.replica_set import ReplicaSet
 
 log = logging.getLogger(__name__)

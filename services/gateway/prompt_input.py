@@ -61,13 +61,19 @@ def check_prompt_size(request: gateway_service_pb2.GenerateRequest, max_context_
         )
 
 
-def resolve_prompt(request: gateway_service_pb2.GenerateRequest, tokenizer: Tokenizer, vocab_size: int) -> ResolvedPrompt:
+def resolve_prompt(
+    request: gateway_service_pb2.GenerateRequest, tokenizer: Tokenizer, vocab_size: int
+) -> ResolvedPrompt:
     """Exactly one prompt form; raises InvalidRequest naming the field on any problem."""
-    forms = [name for name, present in (
-        ("prompt_text", bool(request.prompt_text)),
-        ("prompt_token_ids", len(request.prompt_token_ids) > 0),
-        ("messages", len(request.messages) > 0),
-    ) if present]
+    forms = [
+        name
+        for name, present in (
+            ("prompt_text", bool(request.prompt_text)),
+            ("prompt_token_ids", len(request.prompt_token_ids) > 0),
+            ("messages", len(request.messages) > 0),
+        )
+        if present
+    ]
     if len(forms) != 1:
         got = " and ".join(forms) if forms else "none (prompt_text, prompt_token_ids and messages are all empty)"
         raise InvalidRequest(f"exactly one of prompt_text, prompt_token_ids and messages must be set, got {got}")

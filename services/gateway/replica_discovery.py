@@ -126,8 +126,12 @@ class ReplicaDiscovery:
         answers = await asyncio.gather(*(self._resolve(t) for t in self._targets), return_exceptions=True)
         for target, answer in zip(self._targets, answers):
             if isinstance(answer, BaseException):
-                log.warning("cannot resolve %s (%s); keeping its last %d address(es)",
-                            target.spec, answer, len(self._answers.get(target, ())))
+                log.warning(
+                    "cannot resolve %s (%s); keeping its last %d address(es)",
+                    target.spec,
+                    answer,
+                    len(self._answers.get(target, ())),
+                )
                 continue
             self._answers[target] = answer
         addresses = frozenset().union(*self._answers.values()) if self._answers else frozenset()

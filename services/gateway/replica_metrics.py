@@ -50,10 +50,16 @@ class ReplicaCollector(Collector):
         if reports is None:  # loop closed or stuck: no series rather than a hung scrape
             return
         yield from _state_metrics("engine", [(r.address, r.state) for r in reports.engines])
-        in_flight = GaugeMetricFamily("alise:engine_replica_requests_in_flight", "This gateway's unfinished "
-                                      "requests on an engine replica.", labels=["replica"])
-        work = GaugeMetricFamily("alise:engine_replica_outstanding_work_seconds", "Predicted outstanding work "
-                                 "of an engine replica (what least-work routing compares).", labels=["replica"])
+        in_flight = GaugeMetricFamily(
+            "alise:engine_replica_requests_in_flight",
+            "This gateway's unfinished requests on an engine replica.",
+            labels=["replica"],
+        )
+        work = GaugeMetricFamily(
+            "alise:engine_replica_outstanding_work_seconds",
+            "Predicted outstanding work of an engine replica (what least-work routing compares).",
+            labels=["replica"],
+        )
         for report in reports.engines:
             in_flight.add_metric([report.address], report.num_in_flight)
             work.add_metric([report.address], report.outstanding_work_s)
@@ -64,10 +70,14 @@ class ReplicaCollector(Collector):
 
 def _state_metrics(kind: str, states: list[tuple[str, str]]) -> Iterator[Metric]:
     """`alise:<kind>_replica_state` (one series per state) and `alise:<kind>_replica_up`."""
-    state = GaugeMetricFamily(f"alise:{kind}_replica_state", f"1 for the {kind} replica's health state "
-                              "as this gateway's checks see it, 0 for the other states.", labels=["replica", "state"])
-    up = GaugeMetricFamily(f"alise:{kind}_replica_up", f"1 when the {kind} replica is serving, else 0.",
-                           labels=["replica"])
+    state = GaugeMetricFamily(
+        f"alise:{kind}_replica_state",
+        f"1 for the {kind} replica's health state as this gateway's checks see it, 0 for the other states.",
+        labels=["replica", "state"],
+    )
+    up = GaugeMetricFamily(
+        f"alise:{kind}_replica_up", f"1 when the {kind} replica is serving, else 0.", labels=["replica"]
+    )
     for address, current in states:
         for candidate in ReplicaState:
             state.add_metric([address, candidate.value], 1 if candidate.value == current else 0)

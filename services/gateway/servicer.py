@@ -18,9 +18,7 @@ SERVICE_NAME = "alise.v1.GatewayService"
 class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     """Adapts GatewayService RPCs to the pipeline; errors are AliseErrors mapped by the interceptor."""
 
-    def __init__(
-        self, pipeline: GenerationPipeline, served_models: ServedModelCache, *, max_stop_strings: int
-    ) -> None:
+    def __init__(self, pipeline: GenerationPipeline, served_models: ServedModelCache, *, max_stop_strings: int) -> None:
         self._pipeline = pipeline
         self._served_models = served_models
         self._max_stop_strings = max_stop_strings  # reported by GetModelInfo
@@ -59,9 +57,7 @@ def _to_response(chunk: GeneratedChunk) -> gateway_service_pb2.GenerateResponse:
     if finish is not None:
         response.finish_reason = finish_reason_to_pb(finish.finish_reason)
         response.usage.CopyFrom(
-            common_pb2.Usage(
-                prompt_tokens=finish.num_prompt_tokens, completion_tokens=finish.num_completion_tokens
-            )
+            common_pb2.Usage(prompt_tokens=finish.num_prompt_tokens, completion_tokens=finish.num_completion_tokens)
         )
         response.prediction.CopyFrom(finish.prediction)
         response.timings.CopyFrom(timings_to_pb(finish.timings))

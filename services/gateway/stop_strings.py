@@ -67,9 +67,7 @@ class StopStringMatcher:
         split into deltas: a stream cannot wait to see whether a longer, earlier-starting stop
         string will complete after a shorter one already has.
         """
-        matches = [
-            (index + len(stop), index) for stop in self._stop_strings if (index := buffer.find(stop)) >= 0
-        ]
+        matches = [(index + len(stop), index) for stop in self._stop_strings if (index := buffer.find(stop)) >= 0]
         return min(matches)[1] if matches else None
 
     def _longest_partial_suffix(self, buffer: str) -> int:

@@ -114,8 +114,7 @@ def resolve_generate_request(
 def _resolve_request_id(request_id: str, limits: RequestLimits, new_request_id: Callable[[], str]) -> str:
     if len(request_id) > limits.max_request_id_chars:
         raise InvalidRequest(
-            f"request_id must be at most {limits.max_request_id_chars} characters, "
-            f"got {len(request_id)}"
+            f"request_id must be at most {limits.max_request_id_chars} characters, got {len(request_id)}"
         )
     return request_id or new_request_id()
 
@@ -146,9 +145,7 @@ def _check_min_tokens(min_tokens: int, max_tokens: int) -> None:
 
 def _check_stop_strings(stop: Sequence[str], limits: RequestLimits) -> tuple[str, ...]:
     if len(stop) > limits.max_stop_strings:
-        raise InvalidRequest(
-            f"sampling.stop may hold at most {limits.max_stop_strings} strings, got {len(stop)}"
-        )
+        raise InvalidRequest(f"sampling.stop may hold at most {limits.max_stop_strings} strings, got {len(stop)}")
     for index, stop_string in enumerate(stop):
         if not stop_string:
             raise InvalidRequest(f"sampling.stop[{index}] is empty; stop strings must be non-empty")

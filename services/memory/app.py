@@ -48,7 +48,8 @@ async def _expire_silent_engines(swaps: SwapManager, config: MemoryConfig) -> No
         for engine_id in swaps.expire_silent(config.expire_after_s):
             log.warning(
                 "engine %s sent no report for %.1f s: unregistered, its ledger entry and host-tier slots released",
-                engine_id, config.expire_after_s,
+                engine_id,
+                config.expire_after_s,
             )
 
 

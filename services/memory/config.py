@@ -43,7 +43,9 @@ class MemoryConfig:
         DEFAULT_HOST_TIER_CAPACITY_BYTES,
         "host memory for swapped KV, shared by all engines, in bytes (0: every victim recomputes)",
     )
-    host_tier_block_bytes: int = setting(DEFAULT_HOST_TIER_BLOCK_BYTES, "allocation unit (slot) of the host tier, in bytes")
+    host_tier_block_bytes: int = setting(
+        DEFAULT_HOST_TIER_BLOCK_BYTES, "allocation unit (slot) of the host tier, in bytes"
+    )
     host_tier_path: str = setting("", "file of the shared-memory region (default: a fresh file in /dev/shm)")
     max_kv_relative_error: float = setting(
         DEFAULT_MAX_KV_RELATIVE_ERROR, "relative error an int8/int4 swap may add to KV (measured by engines)"
@@ -51,7 +53,8 @@ class MemoryConfig:
     assumed_transfer_bytes_per_s: float = setting(
         DEFAULT_ASSUMED_TRANSFER_BYTES_PER_S,
         "swap transfer rate assumed until engines report measured times, GB/s",
-        flag="--assumed-transfer-gb-per-s", scale=1e9,
+        flag="--assumed-transfer-gb-per-s",
+        scale=1e9,
     )
     report_interval_s: float = setting(1.0, "how often engines should report usage, in seconds")
     stale_after_s: float = setting(10.0, "engines silent for longer are reported stale, in seconds")

@@ -113,7 +113,9 @@ def swap_stall_s(cost: CodecCost, expected_wait_s: float, assumed_bytes_per_s: f
 def allowed_codecs(errors: dict[KvCodec, float], max_relative_error: float) -> set[KvCodec]:
     """FULL always; a lossy codec only when measured (present in errors) and within the budget."""
     allowed = {KvCodec.FULL}
-    allowed.update(codec for codec, error in errors.items() if codec is not KvCodec.FULL and error <= max_relative_error)
+    allowed.update(
+        codec for codec, error in errors.items() if codec is not KvCodec.FULL and error <= max_relative_error
+    )
     return allowed
 
 

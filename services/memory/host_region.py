@@ -88,12 +88,15 @@ class HostRegion:
 
     def write(self, slot_ids: list[int], offset_bytes: int, data: bytes | memoryview) -> None:
         """Writes data at byte offset_bytes of the record whose bytes run through slot_ids."""
-        for slot_id, start, view_start, length in self._pieces(slot_ids, offset_bytes, len(data)):
+        for _slot_id, start, view_start, length in self._pieces(slot_ids, offset_bytes, len(data)):
             self._view[start : start + length] = data[view_start : view_start + length]
 
     def read(self, slot_ids: list[int], offset_bytes: int, num_bytes: int) -> bytes:
         """Reads num_bytes from byte offset_bytes of the record whose bytes run through slot_ids."""
-        return b"".join(bytes(self._view[start : start + length]) for _, start, _, length in self._pieces(slot_ids, offset_bytes, num_bytes))
+        return b"".join(
+            bytes(self._view[start : start + length])
+            for _, start, _, length in self._pieces(slot_ids, offset_bytes, num_bytes)
+        )
 
     def _pieces(self, slot_ids: list[int], offset_bytes: int, num_bytes: int):
         """(slot, region offset, offset within the data, length) of each slot a byte range touches."""

@@ -75,7 +75,9 @@ class HostTier:
     def records(self) -> list[SwapRecord]:
         return list(self._records.values())
 
-    def reserve(self, key: RecordKey, num_slots: int, size_bytes: int, codec: KvCodec, resume_at_s: float) -> SwapRecord:
+    def reserve(
+        self, key: RecordKey, num_slots: int, size_bytes: int, codec: KvCodec, resume_at_s: float
+    ) -> SwapRecord:
         """Takes num_slots free slots for a new record; an old record of the same key is released
         first (the engine re-planned a request whose earlier swap it abandoned)."""
         self.release(key)

@@ -280,9 +280,7 @@ def _engine_violations(engine_id: str, entry: _EngineEntry) -> list[str]:
     report = entry.last_report
     num_reported_used = report.num_device_blocks_used if report else 0
     if pool.num_blocks_used != num_reported_used:
-        violations.append(
-            f"{label}: pool holds {pool.num_blocks_used} blocks, last report says {num_reported_used}"
-        )
+        violations.append(f"{label}: pool holds {pool.num_blocks_used} blocks, last report says {num_reported_used}")
     num_total = registration.num_device_blocks
     if report and report.num_device_blocks_used + report.num_device_blocks_free != num_total:
         violations.append(f"{label}: last report used + free != {num_total} total")

@@ -60,11 +60,14 @@ class MemoryStateCollector(Collector):
             return
         yield from _tier_metrics(snapshot.ledger)
         yield from _engine_metrics(snapshot.ledger)
-        yield GaugeMetricFamily("alise:memory_ledger_consistent",
-                                "1 when every ledger invariant holds (used + free == total, ...), else 0.",
-                                value=0 if snapshot.violations else 1)
-        yield GaugeMetricFamily("alise:memory_ledger_violations", "Ledger invariants broken now.",
-                                value=len(snapshot.violations))
+        yield GaugeMetricFamily(
+            "alise:memory_ledger_consistent",
+            "1 when every ledger invariant holds (used + free == total, ...), else 0.",
+            value=0 if snapshot.violations else 1,
+        )
+        yield GaugeMetricFamily(
+            "alise:memory_ledger_violations", "Ledger invariants broken now.", value=len(snapshot.violations)
+        )
         yield from _swap_counters(snapshot.counters)
 
 
@@ -84,35 +87,45 @@ def _tier_metrics(ledger: LedgerSnapshot) -> Iterator[Metric]:
 
 
 def _engine_metrics(ledger: LedgerSnapshot) -> Iterator[Metric]:
-    yield GaugeMetricFamily("alise:memory_registered_engines", "Engines registered with the ledger.",
-                            value=len(ledger.engines))
-    yield GaugeMetricFamily("alise:memory_stale_engines", "Registered engines silent for longer than "
-                            "--stale-after-s.", value=sum(1 for engine in ledger.engines if engine.is_stale))
-    age = GaugeMetricFamily("alise:memory_engine_report_age_seconds", "Seconds since an engine's last "
-                            "accepted usage report.", labels=["engine"])
+    yield GaugeMetricFamily(
+        "alise:memory_registered_engines", "Engines registered with the ledger.", value=len(ledger.engines)
+    )
+    yield GaugeMetricFamily(
+        "alise:memory_stale_engines",
+        "Registered engines silent for longer than --stale-after-s.",
+        value=sum(1 for engine in ledger.engines if engine.is_stale),
+    )
+    age = GaugeMetricFamily(
+        "alise:memory_engine_report_age_seconds",
+        "Seconds since an engine's last accepted usage report.",
+        labels=["engine"],
+    )
     for engine in ledger.engines:
         age.add_metric([engine.registration.engine_id], engine.report_age_s)
     yield age
 
 
 def _swap_counters(counters: SwapCounters) -> Iterator[Metric]:
-    swaps = CounterMetricFamily("alise:memory_planned_swaps", "Preemption victims planned to swap to "
-                                "the host tier, by codec.", labels=["codec"])
+    swaps = CounterMetricFamily(
+        "alise:memory_planned_swaps", "Preemption victims planned to swap to the host tier, by codec.", labels=["codec"]
+    )
     for codec in KvCodec:
         swaps.add_metric([codec.value], counters.num_swapped_by_codec[codec])
     yield swaps
-    yield _counter("memory_eviction_plans", "PlanEviction events (one per engine step with victims).",
-                   counters.num_plans)
+    yield _counter(
+        "memory_eviction_plans", "PlanEviction events (one per engine step with victims).", counters.num_plans
+    )
     yield _counter("memory_planned_recomputes", "Preemption victims planned to recompute.", counters.num_recompute)
-    yield _counter("memory_dropped_swaps", "Swapped requests dropped to recompute to make room.",
-                   counters.num_dropped)
-    restores = CounterMetricFamily("alise:memory_restores", "BeginRestore answers per request.",
-                                   labels=["outcome"])
+    yield _counter("memory_dropped_swaps", "Swapped requests dropped to recompute to make room.", counters.num_dropped)
+    restores = CounterMetricFamily("alise:memory_restores", "BeginRestore answers per request.", labels=["outcome"])
     restores.add_metric(["granted"], counters.num_restores_granted)
     restores.add_metric(["refused"], counters.num_restores_refused)
     yield restores
-    streamed = CounterMetricFamily("alise:memory_streamed_bytes", "Swapped KV bytes streamed over gRPC "
-                                   "(engines without the shared-memory region).", labels=["direction"])
+    streamed = CounterMetricFamily(
+        "alise:memory_streamed_bytes",
+        "Swapped KV bytes streamed over gRPC (engines without the shared-memory region).",
+        labels=["direction"],
+    )
     streamed.add_metric(["in"], counters.num_streamed_bytes_in)
     streamed.add_metric(["out"], counters.num_streamed_bytes_out)
     yield streamed

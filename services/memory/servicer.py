@@ -16,6 +16,7 @@ import grpc
 from services.common.contracts import memory_service_pb2 as pb
 from services.common.contracts import memory_service_pb2_grpc as rpc
 from services.common.errors import AliseError, InvalidRequest
+from services.memory.host_tier import HostTierError
 from services.memory.ledger import (
     EngineRegistration,
     EngineUsage,
@@ -27,7 +28,6 @@ from services.memory.ledger import (
     UnknownEngine,
     UsageReport,
 )
-from services.memory.host_tier import HostTierError
 from services.memory.pool import Tier, TierUsage
 from services.memory.swap_convert import (
     codec_errors_from_pb,
@@ -69,11 +69,17 @@ class MemoryServicer(rpc.MemoryServiceServicer):
     async def RegisterEngine(self, request: pb.RegisterEngineRequest, context: grpc.aio.ServicerContext):
         registration = _registration_from_pb(request)
         was_registered = self._swaps.register(registration)
-        log.info("%s engine %s at %s: %d device blocks of %d bytes",
-                 "re-registered" if was_registered else "registered", registration.engine_id,
-                 registration.address, registration.num_device_blocks, registration.layout.block_bytes)
+        log.info(
+            "%s engine %s at %s: %d device blocks of %d bytes",
+            "re-registered" if was_registered else "registered",
+            registration.engine_id,
+            registration.address,
+            registration.num_device_blocks,
+            registration.layout.block_bytes,
+        )
         return pb.RegisterEngineResponse(
-            report_interval_s=self._report_interval_s, was_registered=was_registered,
+            report_interval_s=self._report_interval_s,
+            was_registered=was_registered,
             host_region=region_to_pb(self._swaps.region),
         )
 
@@ -123,8 +129,13 @@ class MemoryServicer(rpc.MemoryServiceServicer):
         with _swap_errors():
             planned, dropped = self._swaps.plan(request.engine_id, victims, errors)
         for item in planned:
-            log.debug("plan %s/%s: %s (%s)", request.engine_id, item.decision.request_id,
-                      item.decision.action.value, item.decision.reason)
+            log.debug(
+                "plan %s/%s: %s (%s)",
+                request.engine_id,
+                item.decision.request_id,
+                item.decision.action.value,
+                item.decision.reason,
+            )
         return pb.PlanEvictionResponse(
             decisions=[decision_to_pb(item) for item in planned],
             dropped_request_ids=[request_id for _, request_id in dropped],
@@ -145,7 +156,9 @@ class MemoryServicer(rpc.MemoryServiceServicer):
             elif (chunk.engine_id, chunk.request_id) != key:
                 raise InvalidRequest("every message of an upload must name the same engine_id and request_id")
             if chunk.offset_bytes != expected_offset:
-                raise InvalidRequest(f"chunks must arrive in order: offset {chunk.offset_bytes}, expected {expected_offset}")
+                raise InvalidRequest(
+                    f"chunks must arrive in order: offset {chunk.offset_bytes}, expected {expected_offset}"
+                )
             with _swap_errors():
                 self._swaps.write_chunk(*key, chunk.offset_bytes, chunk.data)
             expected_offset += len(chunk.data)
@@ -200,8 +213,9 @@ def _registration_from_pb(request: pb.RegisterEngineRequest) -> EngineRegistrati
         raise InvalidRequest("layout is required (the KV block layout of the engine's pool)")
     dtype = _DTYPE_FROM_PB.get(request.layout.dtype)
     if dtype is None:
-        raise InvalidRequest(f"layout.dtype must be a KV_DTYPE_* value other than UNSPECIFIED, "
-                             f"got {request.layout.dtype}")
+        raise InvalidRequest(
+            f"layout.dtype must be a KV_DTYPE_* value other than UNSPECIFIED, got {request.layout.dtype}"
+        )
     try:
         layout = KvBlockLayout(
             block_size_tokens=request.layout.block_size_tokens,

@@ -27,13 +27,15 @@ def victims_from_pb(request: pb.PlanEvictionRequest) -> list[Victim]:
         for name in ("recompute_s", "expected_wait_s"):
             if not getattr(candidate, name) >= 0:  # also rejects NaN
                 raise InvalidRequest(f"{where}.{name} must be >= 0, got {getattr(candidate, name)}")
-        victims.append(Victim(
-            request_id=candidate.request_id,
-            num_kv_tokens=candidate.num_kv_tokens,
-            recompute_s=candidate.recompute_s,
-            expected_wait_s=candidate.expected_wait_s,
-            codecs=tuple(_codec_cost(cost, f"{where}.codecs") for cost in candidate.codecs),
-        ))
+        victims.append(
+            Victim(
+                request_id=candidate.request_id,
+                num_kv_tokens=candidate.num_kv_tokens,
+                recompute_s=candidate.recompute_s,
+                expected_wait_s=candidate.expected_wait_s,
+                codecs=tuple(_codec_cost(cost, f"{where}.codecs") for cost in candidate.codecs),
+            )
+        )
     return victims
 
 
@@ -78,8 +80,11 @@ def grant_to_pb(request_id: str, record: SwapRecord | None) -> pb.RestoreGrant:
     if record is None:
         return pb.RestoreGrant(request_id=request_id, restorable=False)
     return pb.RestoreGrant(
-        request_id=request_id, restorable=True, codec=CODEC_TO_PB[record.codec],
-        slot_ids=record.slot_ids, size_bytes=record.size_bytes,
+        request_id=request_id,
+        restorable=True,
+        codec=CODEC_TO_PB[record.codec],
+        slot_ids=record.slot_ids,
+        size_bytes=record.size_bytes,
     )
 
 
@@ -87,8 +92,11 @@ def region_to_pb(region: HostRegion | None) -> pb.HostRegion:
     if region is None:
         return pb.HostRegion()
     return pb.HostRegion(
-        path=str(region.path), size_bytes=region.size_bytes, slot_bytes=region.slot_bytes,
-        region_token=region.token, first_slot_offset_bytes=region.first_slot_offset_bytes,
+        path=str(region.path),
+        size_bytes=region.size_bytes,
+        slot_bytes=region.slot_bytes,
+        region_token=region.token,
+        first_slot_offset_bytes=region.first_slot_offset_bytes,
     )
 
 

@@ -97,25 +97,31 @@ class SwapManager:
 
     # -- the negotiation ----------------------------------------------------------------------
 
-    def plan(self, engine_id: str, victims: list[Victim], codec_errors: dict[KvCodec, float]) -> tuple[list[PlannedVictim], list[RecordKey]]:
+    def plan(
+        self, engine_id: str, victims: list[Victim], codec_errors: dict[KvCodec, float]
+    ) -> tuple[list[PlannedVictim], list[RecordKey]]:
         """Decides every victim at once, drops what the plan drops, reserves slots for swaps."""
         self._require_engine(engine_id)
         now_s = self._clock()
         for victim in victims:  # a re-planned request gives its old slots back first
             self._release((engine_id, victim.request_id))
-        droppable = [
-            DroppableEntry(r.key, len(r.slot_ids), r.expected_resume_at_s) for r in self.tier.droppable()
-        ]
+        droppable = [DroppableEntry(r.key, len(r.slot_ids), r.expected_resume_at_s) for r in self.tier.droppable()]
         plan = plan_eviction(
-            victims, num_free_slots=self.tier.num_free_slots, droppable=droppable,
-            codec_errors=codec_errors, settings=self.settings, now_s=now_s,
+            victims,
+            num_free_slots=self.tier.num_free_slots,
+            droppable=droppable,
+            codec_errors=codec_errors,
+            settings=self.settings,
+            now_s=now_s,
         )
         for key in plan.dropped:
             self._release(key)
         self.counters.num_dropped += len(plan.dropped)
         self.counters.num_plans += 1
         wait_by_id = {victim.request_id: victim.expected_wait_s for victim in victims}
-        planned = [self._apply(engine_id, decision, now_s + wait_by_id[decision.request_id]) for decision in plan.decisions]
+        planned = [
+            self._apply(engine_id, decision, now_s + wait_by_id[decision.request_id]) for decision in plan.decisions
+        ]
         return planned, list(plan.dropped)
 
     def _apply(self, engine_id: str, decision: Decision, resume_at_s: float) -> PlannedVictim:
@@ -190,9 +196,7 @@ class SwapManager:
     def violations(self) -> list[str]:
         """The ledger's invariants, the host tier's slot invariants, and their agreement."""
         found = self.ledger.check_invariants() + self.tier.violations()
-        ledger_view = {
-            (owner.engine_id, owner.request_id): count for owner, count in self.ledger.host_owners().items()
-        }
+        ledger_view = {(owner.engine_id, owner.request_id): count for owner, count in self.ledger.host_owners().items()}
         if ledger_view != self.tier.held_by_engine():
             found.append("host tier records and the ledger's host pool disagree")
         return found

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("aborts"), num_engines=1, with_predictor=False,
+        log_dir=tmp_path_factory.mktemp("aborts"),
+        num_engines=1,
+        with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "40", "--deadline-admission-slack", "0"),
     )
     stack = ChaosStack(config)

@@ -34,10 +34,20 @@ ENGINE = "engine-0"
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("inputs"), num_engines=1, with_predictor=False, drain_s=1.5,
+        log_dir=tmp_path_factory.mktemp("inputs"),
+        num_engines=1,
+        with_predictor=False,
+        drain_s=1.5,
         engine_args=(
-            *ENGINE_ARGS, "--max-num-seqs", "2", "--num-kv-blocks", "512", "--deadline-admission-slack", "0",
-            "--scheduler-policy", "fcfs",  # a queued request stays queued (no shortest-first preemption)
+            *ENGINE_ARGS,
+            "--max-num-seqs",
+            "2",
+            "--num-kv-blocks",
+            "512",
+            "--deadline-admission-slack",
+            "0",
+            "--scheduler-policy",
+            "fcfs",  # a queued request stays queued (no shortest-first preemption)
         ),
     )
     stack = ChaosStack(config)

@@ -21,9 +21,12 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("overload"), num_engines=1, with_predictor=False,
+        log_dir=tmp_path_factory.mktemp("overload"),
+        num_engines=1,
+        with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
-        gateway_in_process=False, gateway_args=("--max-in-flight-requests", "256"),
+        gateway_in_process=False,
+        gateway_args=("--max-in-flight-requests", "256"),
     )
     stack = ChaosStack(config)
     await stack.start()
@@ -56,7 +59,11 @@ async def test_five_thousand_health_checks_at_once_all_answer(stack):
 
 async def test_a_deadline_that_cannot_be_met_is_rejected_at_once(stack):
     result = await deadline_burst(
-        stack.gateway_stub(), num_background=48, background_tokens=400, num_probes=20, probe_tokens=300,
+        stack.gateway_stub(),
+        num_background=48,
+        background_tokens=400,
+        num_probes=20,
+        probe_tokens=300,
         probe_deadline_s=1.0,
     )
     print(result.to_json())

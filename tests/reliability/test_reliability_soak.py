@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory):
     config = ChaosStackConfig(
-        log_dir=tmp_path_factory.mktemp("soak"), engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "64"),
+        log_dir=tmp_path_factory.mktemp("soak"),
+        engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "64"),
     )
     stack = ChaosStack(config)
     await stack.start()

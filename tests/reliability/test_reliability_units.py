@@ -44,8 +44,13 @@ def test_in_flight_limit_rejects_at_once_and_gives_places_back_on_any_exit():
 def _profile(remaining: list[float], *, shortest_first: bool = True, s_per_token: float = 0.01) -> QueueProfile:
     remaining = sorted(remaining)
     return QueueProfile(
-        tuple(remaining), tuple(itertools.accumulate(remaining)), shortest_first, s_per_token,
-        decode_step_s=0.05, prefill_s_per_token=0.0, taken_at_s=0.0,
+        tuple(remaining),
+        tuple(itertools.accumulate(remaining)),
+        shortest_first,
+        s_per_token,
+        decode_step_s=0.05,
+        prefill_s_per_token=0.0,
+        taken_at_s=0.0,
     )
 
 

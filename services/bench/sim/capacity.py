@@ -62,8 +62,10 @@ def parse_configs(text: str, policies: Sequence[str], dtypes: Sequence[str]) -> 
     for item in (part for part in text.split(",") if part):
         fields = item.split(":")
         if len(fields) not in (2, 3) or fields[0] not in policies or fields[1] not in dtypes:
-            raise ValueError(f"bad configuration {item!r}: policy:kv dtype[:offload mode], policies {list(policies)}, "
-                             f"dtypes {list(dtypes)}")
+            raise ValueError(
+                f"bad configuration {item!r}: policy:kv dtype[:offload mode], policies {list(policies)}, "
+                f"dtypes {list(dtypes)}"
+            )
         configs.append(CapacityConfig(*fields[:2], OffloadMode(fields[2]).value if len(fields) == 3 else "recompute"))
     if not configs or len({c.label for c in configs}) != len(configs):
         raise ValueError(f"configurations must be distinct and non-empty, got {text!r}")
@@ -83,10 +85,18 @@ class CapacityFigures:
 
 
 def run_capacity(
-    trace, predictions, configs: Sequence[CapacityConfig], *,
-    make: Callable[[CapacityConfig], tuple[StepCost, KvOffloadConfig | None]], shape: EngineShape,
-    bound_multiples: Sequence[float], fractions: Sequence[float], window: SteadyStateWindow, seed: int,
-    concurrency: int, progress=print,
+    trace,
+    predictions,
+    configs: Sequence[CapacityConfig],
+    *,
+    make: Callable[[CapacityConfig], tuple[StepCost, KvOffloadConfig | None]],
+    shape: EngineShape,
+    bound_multiples: Sequence[float],
+    fractions: Sequence[float],
+    window: SteadyStateWindow,
+    seed: int,
+    concurrency: int,
+    progress=print,
 ) -> tuple[float, list[CapacityFigures]]:
     """(fcfs-bf16-style unloaded mean of the first configuration, figures per configuration)."""
     unloaded = _unloaded_mean(trace, predictions, make(configs[0])[0], shape)
@@ -94,8 +104,16 @@ def run_capacity(
     figures, baseline_capacity = [], None
     for config in configs:
         cost, offload = make(config)
-        closed = simulate(trace, [0.0] * len(trace), predictions, policy=config.policy, cost=cost, shape=shape,
-                          offload=offload, closed_loop_concurrency=concurrency)
+        closed = simulate(
+            trace,
+            [0.0] * len(trace),
+            predictions,
+            policy=config.policy,
+            cost=cost,
+            shape=shape,
+            offload=offload,
+            closed_loop_concurrency=concurrency,
+        )
         capacity = closed_loop_capacity(closed.records, window)
         baseline_capacity = baseline_capacity or capacity
         progress(f"{config.label:<22} {cost.num_kv_blocks} KV blocks; capacity {capacity:.3f} req/s (closed loop)")
@@ -106,18 +124,30 @@ def run_capacity(
                 break
             rate = fraction * baseline_capacity
             arrivals = arrival_times_s(len(trace), rate, seed=seed * 1000 + index)
-            result = simulate(trace, arrivals, predictions, policy=config.policy, cost=cost, shape=shape, offload=offload)
+            result = simulate(
+                trace, arrivals, predictions, policy=config.policy, cost=cost, shape=shape, offload=offload
+            )
             summary = summarize(window.measured(result.records), slo=Slo())
             check = stability(result.records, window)
-            points.append(RatePoint(rate, summary.mean_normalized_latency_s_per_token,
-                                    summary.p99_normalized_latency_s_per_token, not check.is_stable))
+            points.append(
+                RatePoint(
+                    rate,
+                    summary.mean_normalized_latency_s_per_token,
+                    summary.p99_normalized_latency_s_per_token,
+                    not check.is_stable,
+                )
+            )
             preemptions.append(result.num_preemptions)
             recomputed.append(result.num_recomputed_tokens)
-            progress(f"  {fraction:5.0%} {rate:7.2f} req/s  normalized mean {points[-1].mean_normalized_latency_s_per_token * 1e3:7.2f}"
-                     f" p99 {points[-1].p99_normalized_latency_s_per_token * 1e3:8.2f} ms/token  shortfall "
-                     f"{check.shortfall_fraction:6.2%}{'' if check.is_stable else '  UNSTABLE'}")
+            progress(
+                f"  {fraction:5.0%} {rate:7.2f} req/s  normalized mean {points[-1].mean_normalized_latency_s_per_token * 1e3:7.2f}"
+                f" p99 {points[-1].p99_normalized_latency_s_per_token * 1e3:8.2f} ms/token  shortfall "
+                f"{check.shortfall_fraction:6.2%}{'' if check.is_stable else '  UNSTABLE'}"
+            )
         rates = {f"{m:g}x": _sustained(points, m * unloaded) for m in bound_multiples}
-        figures.append(CapacityFigures(config, cost.num_kv_blocks, capacity, points, rates, {}, preemptions, recomputed))
+        figures.append(
+            CapacityFigures(config, cost.num_kv_blocks, capacity, points, rates, {}, preemptions, recomputed)
+        )
     return unloaded, _with_ratios(figures)
 
 
@@ -126,8 +156,11 @@ def _sustained(points: list[RatePoint], bound: float) -> float:
     nothing about where the overload began): such a run's mean is capped at the bound, which makes
     sustainable_rate return the last sustained rate. So a looser bound never gives a lower rate."""
     capped = [
-        RatePoint(p.rate_per_s, min(p.mean_normalized_latency_s_per_token, bound), p.p99_normalized_latency_s_per_token,
-                  True) if p.queue_growing else p
+        RatePoint(
+            p.rate_per_s, min(p.mean_normalized_latency_s_per_token, bound), p.p99_normalized_latency_s_per_token, True
+        )
+        if p.queue_growing
+        else p
         for p in points
     ]
     return sustainable_rate(capped, bound_s_per_token=bound)
@@ -141,17 +174,34 @@ def _with_ratios(figures: list[CapacityFigures]) -> list[CapacityFigures]:
         for bound, rate in f.sustainable_rate_per_s.items():
             base_rate = base.sustainable_rate_per_s[bound]
             ratios[bound] = rate / base_rate if base_rate > 0 else float("nan")
-        out.append(CapacityFigures(f.config, f.num_kv_blocks, f.capacity_per_s, f.points, f.sustainable_rate_per_s,
-                                   ratios, f.num_preemptions, f.num_recomputed_tokens))
+        out.append(
+            CapacityFigures(
+                f.config,
+                f.num_kv_blocks,
+                f.capacity_per_s,
+                f.points,
+                f.sustainable_rate_per_s,
+                ratios,
+                f.num_preemptions,
+                f.num_recomputed_tokens,
+            )
+        )
     return out
 
 
 def table_lines(figures: list[CapacityFigures]) -> list[str]:
     bounds = list(figures[0].sustainable_rate_per_s)
-    lines = ["configuration          KV blocks  capacity req/s      " + "  ".join(
-        f"sustainable {b} req/s" for b in bounds) + "   (ratios to " + figures[0].config.label + ")"]
+    lines = [
+        "configuration          KV blocks  capacity req/s      "
+        + "  ".join(f"sustainable {b} req/s" for b in bounds)
+        + "   (ratios to "
+        + figures[0].config.label
+        + ")"
+    ]
     for f in figures:
         rates = "  ".join(f"{f.sustainable_rate_per_s[b]:8.2f} (x{f.ratio_to_baseline[b]:.2f})     " for b in bounds)
-        lines.append(f"{f.config.label:<22} {f.num_kv_blocks:9d}  {f.capacity_per_s:7.2f} (x{f.ratio_to_baseline['capacity']:.2f})"
-                     f"    {rates}")
+        lines.append(
+            f"{f.config.label:<22} {f.num_kv_blocks:9d}  {f.capacity_per_s:7.2f} (x{f.ratio_to_baseline['capacity']:.2f})"
+            f"    {rates}"
+        )
     return lines

@@ -50,11 +50,21 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--trace", choices=TRACE_NAMES, default="sharegpt")
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b-h100")
-    parser.add_argument("--kv-cache-gb", type=arg_types.positive_float, help="KV pool size (default: what the card holds)")
-    parser.add_argument("--kv-dtype", choices=[d.value for d in KvDtype], default=KvDtype.BF16.value,
-                        help="KV pool dtype of the roofline presets (int8: 1.97x the tokens, gpu_presets.py)")
-    parser.add_argument("--int8-attention-efficiency", type=arg_types.positive_float, default=1.0,
-                        help="int8 attention's achieved bandwidth relative to bf16's (roofline: 1)")
+    parser.add_argument(
+        "--kv-cache-gb", type=arg_types.positive_float, help="KV pool size (default: what the card holds)"
+    )
+    parser.add_argument(
+        "--kv-dtype",
+        choices=[d.value for d in KvDtype],
+        default=KvDtype.BF16.value,
+        help="KV pool dtype of the roofline presets (int8: 1.97x the tokens, gpu_presets.py)",
+    )
+    parser.add_argument(
+        "--int8-attention-efficiency",
+        type=arg_types.positive_float,
+        default=1.0,
+        help="int8 attention's achieved bandwidth relative to bf16's (roofline: 1)",
+    )
     parser.add_argument(
         "--cost-coefficients", help="base_s,per_token_s,per_kv_token_s fitted on measured steps (replaces the roofline)"
     )
@@ -95,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     predictions, reached_tau = _predictions(args, trace)
     shape = _shape(args)
-    print(f"{args.trace}: {len(trace)} requests; {cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; "
-          f"predictions {args.prediction} (tau {reached_tau:.3f}); KV offload {', '.join(modes)}")
+    print(
+        f"{args.trace}: {len(trace)} requests; {cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; "
+        f"predictions {args.prediction} (tau {reached_tau:.3f}); KV offload {', '.join(modes)}"
+    )
     if offload is not None:
         print(_offload_line(offload))
     result = run_sweep(trace, predictions, cost=cost, shape=shape, config=config)
@@ -105,15 +117,23 @@ def run(args: argparse.Namespace) -> int:
     stem = f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     settings = {
-        "trace": args.trace, "num_requests": len(trace), "cost_model": dataclasses.asdict(cost), "engine": shape,
-        "sweep": config, "prediction": args.prediction, "target_tau": args.tau, "reached_tau": reached_tau,
+        "trace": args.trace,
+        "num_requests": len(trace),
+        "cost_model": dataclasses.asdict(cost),
+        "engine": shape,
+        "sweep": config,
+        "prediction": args.prediction,
+        "target_tau": args.tau,
+        "reached_tau": reached_tau,
     }
     write_report(json_path, build_report("simulator", settings, {"result": result}))
     labels = [config.label(policy, mode) for policy in policies for mode in modes]
     curves = {label: [pt.rate_point() for pt in result.points if pt.label == label] for label in labels}
     plot_latency_vs_rate(
-        curves, bounds_s_per_token=[b.bound_s_per_token for b in result.bounds],
-        title=f"{args.trace} on {cost.name} (tau {reached_tau:.2f})", path=png_path,
+        curves,
+        bounds_s_per_token=[b.bound_s_per_token for b in result.bounds],
+        title=f"{args.trace} on {cost.name} (tau {reached_tau:.2f})",
+        path=png_path,
     )
     print(f"saved {json_path} and {png_path}")
     return 0
@@ -142,8 +162,13 @@ def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...]
     print(f"{cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; KV offload {modes[0]}")
     stem = f"sim_{args.trace}_{cost.name}{_offload_suffix(args, offload)}"
     settings = {
-        "trace": args.trace, "num_requests": args.num_requests, "cost_model": dataclasses.asdict(cost),
-        "engine": _shape(args), "prediction": args.prediction, "target_tau": args.tau, "reached_tau_by_seed": workloads,
+        "trace": args.trace,
+        "num_requests": args.num_requests,
+        "cost_model": dataclasses.asdict(cost),
+        "engine": _shape(args),
+        "prediction": args.prediction,
+        "target_tau": args.tau,
+        "reached_tau_by_seed": workloads,
         "title": f"{args.trace} on {cost.name}, steady state ({args.prediction}, tau {args.tau:g})",
     }
     return steady_cli.run_method(args, config, workload, cost=cost, shape=_shape(args), settings=settings, stem=stem)
@@ -162,21 +187,43 @@ def _run_capacity(args: argparse.Namespace) -> int:
         own = argparse.Namespace(**{**vars(args), "kv_dtype": config.kv_dtype})
         return _cost_model(own), _offload_config(own, (config.offload_mode,))
 
-    print(f"{args.trace}: {len(trace)} requests (seed {args.seed}); predictions {args.prediction} (tau {reached_tau:.3f})")
+    print(
+        f"{args.trace}: {len(trace)} requests (seed {args.seed}); predictions {args.prediction} (tau {reached_tau:.3f})"
+    )
     unloaded, figures = capacity.run_capacity(
-        trace, predictions, configs, make=make, shape=_shape(args), bound_multiples=bounds, fractions=fractions,
-        window=window, seed=args.seed, concurrency=args.capacity_concurrency or args.max_num_seqs,
+        trace,
+        predictions,
+        configs,
+        make=make,
+        shape=_shape(args),
+        bound_multiples=bounds,
+        fractions=fractions,
+        window=window,
+        seed=args.seed,
+        concurrency=args.capacity_concurrency or args.max_num_seqs,
     )
     lines = capacity.table_lines(figures)
     print("\n" + "\n".join(lines))
     stem = f"sim_{args.trace}_{_cost_model(argparse.Namespace(**{**vars(args), 'kv_dtype': 'bf16'})).name}_capacity"
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
-    settings = {"trace": args.trace, "num_requests": len(trace), "seed": args.seed, "engine": _shape(args),
-                "prediction": args.prediction, "reached_tau": reached_tau, "window": window, "fractions": fractions}
+    settings = {
+        "trace": args.trace,
+        "num_requests": len(trace),
+        "seed": args.seed,
+        "engine": _shape(args),
+        "prediction": args.prediction,
+        "reached_tau": reached_tau,
+        "window": window,
+        "fractions": fractions,
+    }
     report = {"unloaded_mean_s_per_token": unloaded, "figures": figures, "table": lines}
     write_report(json_path, build_report("simulator-capacity", settings, report))
-    plot_latency_vs_rate({f.config.label: f.points for f in figures}, bounds_s_per_token=[m * unloaded for m in bounds],
-                         title=f"{args.trace}, {stem[4:]}: steady state", path=png_path)
+    plot_latency_vs_rate(
+        {f.config.label: f.points for f in figures},
+        bounds_s_per_token=[m * unloaded for m in bounds],
+        title=f"{args.trace}, {stem[4:]}: steady state",
+        path=png_path,
+    )
     print(f"saved {json_path} and {png_path}")
     return 0
 
@@ -193,25 +240,56 @@ def _names(text: str, known, what: str = "policies") -> tuple[str, ...]:
 
 def _add_offload_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--kv-offload", default=OffloadMode.RECOMPUTE.value,
+        "--kv-offload",
+        default=OffloadMode.RECOMPUTE.value,
         help=f"comma-separated KV offload modes, each swept (one curve per policy+mode): {', '.join(OFFLOAD_MODES)}",
     )
-    parser.add_argument("--host-tier-gb", type=arg_types.positive_float, default=DEFAULT_HOST_TIER_GB,
-                        help="host memory for swapped KV (swap modes)")
-    parser.add_argument("--host-slot-kb", type=arg_types.positive_float,
-                        help="host tier allocation unit (default: one full-precision KV block of the preset's model)")
-    parser.add_argument("--host-link-gb-per-s", type=arg_types.positive_float, default=DEFAULT_LINK_GB_PER_S,
-                        help="effective host<->device copy rate per direction (H100 PCIe Gen5 pinned copies: ~25)")
-    parser.add_argument("--kv-error-budget", type=arg_types.non_negative_float, default=DEFAULT_KV_ERROR_BUDGET,
-                        help="relative Frobenius error a lossy codec may add (swap-compress)")
-    parser.add_argument("--int8-error", type=arg_types.non_negative_float, default=INT8_RELATIVE_ERROR,
-                        help="measured relative error of the int8 codec on real KV")
-    parser.add_argument("--int4-error", type=arg_types.non_negative_float, default=INT4_RELATIVE_ERROR,
-                        help="measured relative error of the int4 codec on real KV")
-    parser.add_argument("--plan-rpc-ms", type=arg_types.non_negative_float, default=0.0,
-                        help="memory service round trip charged per eviction event (gRPC loopback: ~0.7)")
-    parser.add_argument("--no-prefetch", action="store_true",
-                        help="swap-ins are not started ahead of a restore: each stalls its step in full")
+    parser.add_argument(
+        "--host-tier-gb",
+        type=arg_types.positive_float,
+        default=DEFAULT_HOST_TIER_GB,
+        help="host memory for swapped KV (swap modes)",
+    )
+    parser.add_argument(
+        "--host-slot-kb",
+        type=arg_types.positive_float,
+        help="host tier allocation unit (default: one full-precision KV block of the preset's model)",
+    )
+    parser.add_argument(
+        "--host-link-gb-per-s",
+        type=arg_types.positive_float,
+        default=DEFAULT_LINK_GB_PER_S,
+        help="effective host<->device copy rate per direction (H100 PCIe Gen5 pinned copies: ~25)",
+    )
+    parser.add_argument(
+        "--kv-error-budget",
+        type=arg_types.non_negative_float,
+        default=DEFAULT_KV_ERROR_BUDGET,
+        help="relative Frobenius error a lossy codec may add (swap-compress)",
+    )
+    parser.add_argument(
+        "--int8-error",
+        type=arg_types.non_negative_float,
+        default=INT8_RELATIVE_ERROR,
+        help="measured relative error of the int8 codec on real KV",
+    )
+    parser.add_argument(
+        "--int4-error",
+        type=arg_types.non_negative_float,
+        default=INT4_RELATIVE_ERROR,
+        help="measured relative error of the int4 codec on real KV",
+    )
+    parser.add_argument(
+        "--plan-rpc-ms",
+        type=arg_types.non_negative_float,
+        default=0.0,
+        help="memory service round trip charged per eviction event (gRPC loopback: ~0.7)",
+    )
+    parser.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="swap-ins are not started ahead of a restore: each stalls its step in full",
+    )
 
 
 def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOffloadConfig | None:
@@ -223,13 +301,22 @@ def _offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOfflo
     model = preset.model
     pool = dataclasses.replace(preset, kv_dtype=KvDtype(args.kv_dtype))
     full_bytes = pool.kv_bytes_per_token / (model.kv_bytes_per_token / 2)  # per element, the pool's own format
-    layout = KvLayout(model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS,
-                      full_bytes_per_element=full_bytes)
+    layout = KvLayout(
+        model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS, full_bytes_per_element=full_bytes
+    )
     times = CodecTimes(args.host_link_gb_per_s * GB, preset.gpu.bandwidth_bytes_per_s * preset.bandwidth_efficiency)
     slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
     return KvOffloadConfig(
-        swap_modes[0], layout, times, int(args.host_tier_gb * GB), slot_bytes,
-        args.kv_error_budget, args.int8_error, args.int4_error, not args.no_prefetch, args.plan_rpc_ms / 1e3,
+        swap_modes[0],
+        layout,
+        times,
+        int(args.host_tier_gb * GB),
+        slot_bytes,
+        args.kv_error_budget,
+        args.int8_error,
+        args.int4_error,
+        not args.no_prefetch,
+        args.plan_rpc_ms / 1e3,
     )
 
 
@@ -256,10 +343,14 @@ def _offload_line(offload: KvOffloadConfig) -> str:
 def _cost_model(args):
     preset = PRESETS[args.preset]
     if args.kv_cache_gb:
-        preset = dataclasses.replace(preset, name=f"{preset.name}-kv{args.kv_cache_gb:g}gb", kv_cache_bytes_override=args.kv_cache_gb * GB)
+        preset = dataclasses.replace(
+            preset, name=f"{preset.name}-kv{args.kv_cache_gb:g}gb", kv_cache_bytes_override=args.kv_cache_gb * GB
+        )
     if args.kv_dtype != KvDtype.BF16.value:
         preset = dataclasses.replace(
-            preset, name=f"{preset.name}-{args.kv_dtype}", kv_dtype=KvDtype(args.kv_dtype),
+            preset,
+            name=f"{preset.name}-{args.kv_dtype}",
+            kv_dtype=KvDtype(args.kv_dtype),
             int8_attention_efficiency=args.int8_attention_efficiency,
         )
     if not args.cost_coefficients:
@@ -277,14 +368,19 @@ def _predictions(args, trace, seed: int | None = None):
 
 
 def _print_bounds(result: SweepResult) -> None:
-    print(f"\nsustainable request rate (req/s) under mean normalized latency <= multiple x unloaded "
-          f"({result.unloaded_mean_s_per_token * 1e3:.2f} ms/token)")
+    print(
+        f"\nsustainable request rate (req/s) under mean normalized latency <= multiple x unloaded "
+        f"({result.unloaded_mean_s_per_token * 1e3:.2f} ms/token)"
+    )
     for bound in result.bounds:
-        rates = "  ".join(f"{p} {r:.3f} (x{bound.ratio_to_fcfs[p]:.2f})" for p, r in bound.sustainable_rate_per_s.items())
+        rates = "  ".join(
+            f"{p} {r:.3f} (x{bound.ratio_to_fcfs[p]:.2f})" for p, r in bound.sustainable_rate_per_s.items()
+        )
         by_mode = bound.oracle_gain_recovered
         recovered = "".join(
             f"  alise recovers {share:.0%} of oracle gain{'' if len(by_mode) == 1 else f' ({mode})'}"
-            for mode, share in by_mode.items() if share is not None
+            for mode, share in by_mode.items()
+            if share is not None
         )
         print(f"  {bound.multiple:g}x: {rates}{recovered}")
         if bound.ratio_to_recompute:

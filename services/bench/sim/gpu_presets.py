@@ -170,4 +170,3 @@ PRESETS = {
     "llama2-7b-h100": RooflineCostModel("llama2-7b-h100", H100_SXM, LLAMA2_7B),
     "llama2-13b-a100-40g": RooflineCostModel("llama2-13b-a100-40g", A100_40GB, LLAMA2_13B),
 }
-

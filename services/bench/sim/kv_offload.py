@@ -38,7 +38,15 @@ from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERRO
 from services.engine.request import Request
 from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
 from services.memory.eviction_policy import (
-    PRECISION_ORDER, Action, CodecCost, DroppableEntry, KvCodec, PlanSettings, Victim, allowed_codecs, plan_eviction,
+    PRECISION_ORDER,
+    Action,
+    CodecCost,
+    DroppableEntry,
+    KvCodec,
+    PlanSettings,
+    Victim,
+    allowed_codecs,
+    plan_eviction,
 )
 
 SIM_ENGINE_ID = "sim"  # the one engine sharing the simulated host tier
@@ -156,8 +164,11 @@ class SimKvOffload:
         costs = {v.request.request_id: self._costs(v.num_kv_tokens) for v in victims}
         plan = plan_eviction(
             [_victim(v, costs[v.request.request_id]) for v in victims],
-            num_free_slots=self.num_free_slots, droppable=self._droppable(now_s),
-            codec_errors=self.config.codec_errors, settings=self._settings, now_s=now_s,
+            num_free_slots=self.num_free_slots,
+            droppable=self._droppable(now_s),
+            codec_errors=self.config.codec_errors,
+            settings=self._settings,
+            now_s=now_s,
         )
         for _, request_id in plan.dropped:
             self._drop(request_id)
@@ -227,7 +238,8 @@ class SimKvOffload:
         recompute_s when the host tier could never hold it."""
         allowed = allowed_codecs(self.config.codec_errors, self.config.max_relative_error)
         round_trips = [
-            cost.swap_out_s + cost.swap_in_s for cost in self._costs(num_kv_tokens)
+            cost.swap_out_s + cost.swap_in_s
+            for cost in self._costs(num_kv_tokens)
             if cost.codec in allowed and cost.size_bytes <= self.config.host_tier_bytes
         ]
         return min(round_trips + [recompute_s])

@@ -18,9 +18,9 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import kendalltau
 
 from services.engine.length_distribution import LengthDistribution
-from scipy.stats import kendalltau
 
 Z_BY_LEVEL = {0.1: -1.2815515655446004, 0.5: 0.0, 0.9: 1.2815515655446004}
 MIN_SIGMA = 0.02  # spread of a "perfect" prediction

@@ -63,7 +63,9 @@ class EngineShape:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 4096
     max_wait_s: float = 60.0
-    aging_horizon_s: float = DEFAULT_AGING_HORIZON_S  # alise / srpt-oracle TTFT aging (speculative_policy.py); inf = off
+    aging_horizon_s: float = (
+        DEFAULT_AGING_HORIZON_S  # alise / srpt-oracle TTFT aging (speculative_policy.py); inf = off
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,13 @@ def simulate(
     kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
     handler = make_handler(offload, lambda: clock[0])
     scheduler = Scheduler(
-        _make_policy(policy, cost_model, shape), limits, kv, SIM_EOS_TOKEN_ID, lambda: clock[0], cost_model, eviction=handler
+        _make_policy(policy, cost_model, shape),
+        limits,
+        kv,
+        SIM_EOS_TOKEN_ID,
+        lambda: clock[0],
+        cost_model,
+        eviction=handler,
     )
     pending = _requests(trace, arrivals_s, predictions, scheduler, reveal_length=policy == ORACLE_POLICY)
     feeder = _OpenLoop(pending) if closed_loop_concurrency is None else _ClosedLoop(pending, closed_loop_concurrency)
@@ -130,8 +138,14 @@ def simulate(
                 feeder.finished()
     counters = None if handler is None else handler.counters
     return SimResult(
-        records, num_steps, scheduler.num_preemptions, scheduler.num_recomputed_tokens,
-        scheduler.max_wait_s, 0 if counters is None else counters.swap_out_bytes, len(trace) - len(pending), busy_s,
+        records,
+        num_steps,
+        scheduler.num_preemptions,
+        scheduler.num_recomputed_tokens,
+        scheduler.max_wait_s,
+        0 if counters is None else counters.swap_out_bytes,
+        len(trace) - len(pending),
+        busy_s,
         counters,
     )
 
@@ -223,9 +237,13 @@ def _requests(trace, arrivals_s, predictions, scheduler: Scheduler, *, reveal_le
             continue
         requests.append(
             make_sim_request(
-                item.request_id, num_prompt_tokens=item.num_prompt_tokens,
-                num_output_tokens=item.num_output_tokens, arrival_time_s=arrival_s, prediction=prediction,
-                reveal_length=reveal_length, max_model_len=scheduler.limits.max_model_len,
+                item.request_id,
+                num_prompt_tokens=item.num_prompt_tokens,
+                num_output_tokens=item.num_output_tokens,
+                arrival_time_s=arrival_s,
+                prediction=prediction,
+                reveal_length=reveal_length,
+                max_model_len=scheduler.limits.max_model_len,
             )
         )
     return sorted(requests, key=lambda request: request.arrival_time_s)

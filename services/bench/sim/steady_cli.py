@@ -26,13 +26,20 @@ MIN_REQUESTS, MIN_SEEDS = 8000, 4  # DESIGN.md section 3
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("steady-state", "capacity", "finite-sweep"), default="steady-state",
-                        help="steady-state (default): windowed metrics, seeds, loads of the measured capacity; "
-                             "capacity: steady-state capacity and sustainable rates per --configs (capacity.py); "
-                             "finite-sweep: the request-rate sweep over one finite trace (issue 4's figures)")
+    parser.add_argument(
+        "--method",
+        choices=("steady-state", "capacity", "finite-sweep"),
+        default="steady-state",
+        help="steady-state (default): windowed metrics, seeds, loads of the measured capacity; "
+        "capacity: steady-state capacity and sustainable rates per --configs (capacity.py); "
+        "finite-sweep: the request-rate sweep over one finite trace (issue 4's figures)",
+    )
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="capacity: policy:kv dtype[:offload mode], ...")
-    parser.add_argument("--capacity-fractions", default=",".join(f"{f:g}" for f in DEFAULT_CAPACITY_FRACTIONS),
-                        help="capacity: open-loop rates as fractions of the first configuration's capacity")
+    parser.add_argument(
+        "--capacity-fractions",
+        default=",".join(f"{f:g}" for f in DEFAULT_CAPACITY_FRACTIONS),
+        help="capacity: open-loop rates as fractions of the first configuration's capacity",
+    )
     parser.add_argument("--seeds", default="0,1,2,3", help="steady-state: comma-separated seeds (>= 4 for a result)")
     parser.add_argument("--loads", default="0.8,0.9,0.95,1", help="steady-state: fractions of fcfs's capacity")
     parser.add_argument("--arrivals", default="poisson,gamma-cv2", help=f"steady-state: any of {', '.join(ARRIVALS)}")
@@ -40,13 +47,23 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpot-slo-ms", type=arg_types.positive_float, default=DEFAULT_TPOT_BOUND_S * 1e3)
     parser.add_argument("--warmup-fraction", type=float, default=DEFAULT_WARMUP_FRACTION)
     parser.add_argument("--drain-fraction", type=float, default=DEFAULT_DRAIN_FRACTION)
-    parser.add_argument("--capacity-concurrency", type=arg_types.positive_int,
-                        help="requests kept in the system by the saturation run (default: --max-num-seqs)")
-    parser.add_argument("--base-capacity-per-s", type=arg_types.positive_float,
-                        help="steady-state: fcfs's capacity from an earlier run (skips the capacity runs; fcfs "
-                             "need not be among --policies)")
-    parser.add_argument("--aging-horizon-s", type=arg_types.positive_float, default=DEFAULT_AGING_HORIZON_S,
-                        help="alise/srpt-oracle TTFT aging horizon, s (speculative_policy.py; inf = off)")
+    parser.add_argument(
+        "--capacity-concurrency",
+        type=arg_types.positive_int,
+        help="requests kept in the system by the saturation run (default: --max-num-seqs)",
+    )
+    parser.add_argument(
+        "--base-capacity-per-s",
+        type=arg_types.positive_float,
+        help="steady-state: fcfs's capacity from an earlier run (skips the capacity runs; fcfs "
+        "need not be among --policies)",
+    )
+    parser.add_argument(
+        "--aging-horizon-s",
+        type=arg_types.positive_float,
+        default=DEFAULT_AGING_HORIZON_S,
+        help="alise/srpt-oracle TTFT aging horizon, s (speculative_policy.py; inf = off)",
+    )
 
 
 def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> SteadyConfig:
@@ -67,10 +84,14 @@ def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> Steady
     )
 
 
-def run_method(args: argparse.Namespace, config: SteadyConfig, workload, *, cost, shape, settings: dict, stem: str) -> int:
+def run_method(
+    args: argparse.Namespace, config: SteadyConfig, workload, *, cost, shape, settings: dict, stem: str
+) -> int:
     if args.num_requests < MIN_REQUESTS or len(config.seeds) < MIN_SEEDS:
-        print(f"note: {args.num_requests} requests x {len(config.seeds)} seeds is below the steady-state minimum "
-              f"({MIN_REQUESTS} x {MIN_SEEDS}): a smoke run, not a result")
+        print(
+            f"note: {args.num_requests} requests x {len(config.seeds)} seeds is below the steady-state minimum "
+            f"({MIN_REQUESTS} x {MIN_SEEDS}): a smoke run, not a result"
+        )
     result = run_steady(workload, cost=cost, shape=shape, config=config)
     lines = table_lines(result, config)
     print("\n" + "\n".join(lines))

@@ -37,7 +37,8 @@ def table_lines(result: SteadyResult, config: SteadyConfig) -> list[str]:
     for p in result.points:
         violation = p.figures["slo_attainment"]
         miss = f"{100 * (1 - violation.mean):.2f}" + (
-            "" if math.isnan(violation.half_width) else f" +-{100 * violation.half_width:.2f}")
+            "" if math.isnan(violation.half_width) else f" +-{100 * violation.half_width:.2f}"
+        )
         lines.append(
             f"{burstiness_label(p.burstiness):<11} {p.load_fraction:4.0%}  {p.policy:<12} {p.rate_per_s:6.2f}  {miss:<14}"
             f" {_pm(p, 'p50_ttft_s', 1, 2):<14} {_pm(p, 'p99_ttft_s', 1, 2):<15} "
@@ -46,8 +47,10 @@ def table_lines(result: SteadyResult, config: SteadyConfig) -> list[str]:
             f"{p.figures['preemptions_per_1k'].mean:9.0f}  {p.figures['recomputed_tokens_per_request'].mean:13.0f}"
             f"   {p.num_unstable}/{len(config.seeds)}"
         )
-    lines.append("goodput (highest load, fraction of fcfs capacity, with >= target in SLO; the last swept load is a "
-                 "lower bound):")
+    lines.append(
+        "goodput (highest load, fraction of fcfs capacity, with >= target in SLO; the last swept load is a "
+        "lower bound):"
+    )
     for label, by_policy in result.goodput_load.items():
         for policy, by_target in by_policy.items():
             lines.append(f"  {label:<11} {policy:<12} " + "  ".join(f">= {t}: {v:.1%}" for t, v in by_target.items()))
@@ -78,13 +81,20 @@ def plot_steady(result: SteadyResult, config: SteadyConfig, *, title: str, path:
         for column, (name, label, transform) in enumerate(PANELS):
             axis = axes[row][column]
             for policy in config.policies:
-                own = sorted((p for p in result.points if p.policy == policy and p.burstiness == burstiness),
-                             key=lambda p: p.load_fraction)
+                own = sorted(
+                    (p for p in result.points if p.policy == policy and p.burstiness == burstiness),
+                    key=lambda p: p.load_fraction,
+                )
                 xs = [100 * p.load_fraction for p in own]
                 ys = [transform(p.figures[name].mean) for p in own]
-                errors = [0.0 if math.isnan(p.figures[name].half_width) else abs(
-                    transform(p.figures[name].mean + p.figures[name].half_width) - transform(p.figures[name].mean))
-                    for p in own]
+                errors = [
+                    0.0
+                    if math.isnan(p.figures[name].half_width)
+                    else abs(
+                        transform(p.figures[name].mean + p.figures[name].half_width) - transform(p.figures[name].mean)
+                    )
+                    for p in own
+                ]
                 line = axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=policy)
                 hollow = [(x, y) for x, y, p in zip(xs, ys, own, strict=True) if p.num_unstable]
                 if hollow:

@@ -41,11 +41,23 @@ POISSON, GAMMA_CV2 = 1.0, 0.25  # gamma shapes: CV = 1 / sqrt(shape)
 DEFAULT_SEEDS = (0, 1, 2, 3)
 # Figures aggregated over seeds (HeadlineMetrics fields, then the run's counters).
 FIGURES = (
-    "slo_attainment", "p50_ttft_s", "p99_ttft_s", "max_ttft_s", "mean_normalized_latency_s_per_token",
-    "p99_normalized_latency_s_per_token", "throughput_per_s", "preemptions_per_1k", "recomputed_tokens_per_request",
+    "slo_attainment",
+    "p50_ttft_s",
+    "p99_ttft_s",
+    "max_ttft_s",
+    "mean_normalized_latency_s_per_token",
+    "p99_normalized_latency_s_per_token",
+    "throughput_per_s",
+    "preemptions_per_1k",
+    "recomputed_tokens_per_request",
 )
-LOWER_IS_BETTER = ("slo_violation", "p50_ttft_s", "p99_ttft_s", "mean_normalized_latency_s_per_token",
-                   "p99_normalized_latency_s_per_token")
+LOWER_IS_BETTER = (
+    "slo_violation",
+    "p50_ttft_s",
+    "p99_ttft_s",
+    "mean_normalized_latency_s_per_token",
+    "p99_normalized_latency_s_per_token",
+)
 ORACLE = "srpt-oracle"
 
 Workload = Callable[[int], tuple[Sequence[TraceRequest], Sequence[LengthDistribution]]]
@@ -125,19 +137,27 @@ class SteadyResult:
 
 
 def burstiness_label(burstiness: float) -> str:
-    return "poisson" if burstiness == POISSON else f"gamma-cv{burstiness ** -0.5:g}"
+    return "poisson" if burstiness == POISSON else f"gamma-cv{burstiness**-0.5:g}"
 
 
-def run_steady(workload: Workload, *, cost: StepCost, shape: EngineShape, config: SteadyConfig, progress=print) -> SteadyResult:
+def run_steady(
+    workload: Workload, *, cost: StepCost, shape: EngineShape, config: SteadyConfig, progress=print
+) -> SteadyResult:
     loaded = {seed: workload(seed) for seed in config.seeds}
-    by_seed = {} if config.base_capacity_per_s else {
-        policy: [_capacity(*loaded[seed], policy, cost, shape, config) for seed in config.seeds]
-        for policy in config.policies
-    }
+    by_seed = (
+        {}
+        if config.base_capacity_per_s
+        else {
+            policy: [_capacity(*loaded[seed], policy, cost, shape, config) for seed in config.seeds]
+            for policy in config.policies
+        }
+    )
     capacity = {policy: mean_ci(values) for policy, values in by_seed.items()}
     for policy, estimate in capacity.items():
-        progress(f"capacity {policy:<12} {estimate.mean:8.3f} +- {estimate.half_width:.3f} req/s (closed loop, "
-                 f"{config.capacity_concurrency} in system)")
+        progress(
+            f"capacity {policy:<12} {estimate.mean:8.3f} +- {estimate.half_width:.3f} req/s (closed loop, "
+            f"{config.capacity_concurrency} in system)"
+        )
     base = config.base_capacity_per_s or capacity["fcfs"].mean
     runs = []
     for burstiness in config.burstiness_values:
@@ -158,7 +178,13 @@ def run_steady(workload: Workload, *, cost: StepCost, shape: EngineShape, config
 
 def _capacity(trace, predictions, policy: str, cost: StepCost, shape: EngineShape, config: SteadyConfig) -> float:
     result = simulate(
-        trace, [0.0] * len(trace), predictions, policy=policy, cost=cost, shape=shape, offload=config.offload,
+        trace,
+        [0.0] * len(trace),
+        predictions,
+        policy=policy,
+        cost=cost,
+        shape=shape,
+        offload=config.offload,
         closed_loop_concurrency=config.capacity_concurrency,
     )
     return closed_loop_capacity(result.records, config.window)
@@ -167,8 +193,16 @@ def _capacity(trace, predictions, policy: str, cost: StepCost, shape: EngineShap
 def _run(policy: str, burstiness: float, load: float, seed: int, rate: float, result: SimResult, config) -> SteadyRun:
     measured = config.window.measured(result.records)
     return SteadyRun(
-        policy, burstiness, load, seed, rate, headline_metrics(measured, config.slo), stability(result.records, config.window),
-        len(result.records), result.num_preemptions, result.num_recomputed_tokens,
+        policy,
+        burstiness,
+        load,
+        seed,
+        rate,
+        headline_metrics(measured, config.slo),
+        stability(result.records, config.window),
+        len(result.records),
+        result.num_preemptions,
+        result.num_recomputed_tokens,
     )
 
 
@@ -191,8 +225,9 @@ def _goodput(points: list[SteadyPoint], config: SteadyConfig) -> dict[str, dict[
         label = burstiness_label(burstiness)
         goodput[label] = {}
         for policy in config.policies:
-            own = sorted((p for p in points if p.policy == policy and p.burstiness == burstiness),
-                         key=lambda p: p.load_fraction)
+            own = sorted(
+                (p for p in points if p.policy == policy and p.burstiness == burstiness), key=lambda p: p.load_fraction
+            )
             loads = [p.load_fraction for p in own]
             attained = [p.figures["slo_attainment"].mean for p in own]
             stable = [p.num_unstable == 0 for p in own]

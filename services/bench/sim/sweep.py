@@ -24,7 +24,7 @@ from services.bench.arrivals import arrival_times_s
 from services.bench.latency_metrics import LatencySummary, Slo, queue_is_growing, summarize
 from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, OffloadMode
 from services.bench.sim.simulator import EngineShape, SimResult, StepCost, simulate
-from services.bench.sustainable_rate import RatePoint, latency_bounds, sustainable_rate
+from services.bench.sustainable_rate import RatePoint, sustainable_rate
 from services.bench.workload import TraceRequest
 from services.engine.length_distribution import LengthDistribution
 
@@ -152,9 +152,17 @@ def _capacity(trace, predictions, cost, shape) -> float:
 
 def _point(policy: str, mode: str, label: str, rate: float, result: SimResult, slo: Slo) -> PolicyPoint:
     return PolicyPoint(
-        policy, rate, summarize(result.records, slo=slo), queue_is_growing(result.records),
-        result.num_preemptions, result.num_recomputed_tokens, result.kv_swap_bytes, result.max_wait_s,
-        mode, label, result.offload,
+        policy,
+        rate,
+        summarize(result.records, slo=slo),
+        queue_is_growing(result.records),
+        result.num_preemptions,
+        result.num_recomputed_tokens,
+        result.kv_swap_bytes,
+        result.max_wait_s,
+        mode,
+        label,
+        result.offload,
     )
 
 

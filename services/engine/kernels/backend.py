@@ -45,8 +45,12 @@ class BackendChoice:
 
 
 def choose_backend(
-    device: torch.device, dtype: torch.dtype, head_dim: int, block_size: int,
-    load: Callable[[], object] = load_kernels, kv_dtype: torch.dtype | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    load: Callable[[], object] = load_kernels,
+    kv_dtype: torch.dtype | None = None,
 ) -> BackendChoice:
     """The CUDA kernels where they support the shape and load; the torch reference otherwise.
 
@@ -97,14 +101,22 @@ class CudaAttention:
     def prepare(self, metadata: AttentionMetadata) -> AttentionMetadata:
         """The launch plan (row tile, work items, split), once per step: every layer reuses it."""
         plan = ops.plan_attention(
-            metadata.query_start_loc_host, metadata.max_query_len, metadata.max_seq_len,
-            self.num_heads, self.num_kv_heads, metadata.block_tables.device,
+            metadata.query_start_loc_host,
+            metadata.max_query_len,
+            metadata.max_seq_len,
+            self.num_heads,
+            self.num_kv_heads,
+            metadata.block_tables.device,
         )
         return replace(metadata, kernel_plan=plan)
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         ops.write_kv_to_cache(
-            key, value, cache.key_cache[layer], cache.value_cache[layer], slot_mapping,
+            key,
+            value,
+            cache.key_cache[layer],
+            cache.value_cache[layer],
+            slot_mapping,
             key_scales=None if cache.key_scales is None else cache.key_scales[layer],
             value_scales=None if cache.value_scales is None else cache.value_scales[layer],
         )
@@ -112,16 +124,27 @@ class CudaAttention:
     def attend(self, query: torch.Tensor, cache: PagedKvCache, layer: int, metadata, scale: float) -> torch.Tensor:
         plan = metadata.kernel_plan
         return ops.paged_attention(
-            query, cache.key_cache[layer], cache.value_cache[layer], metadata.block_tables, metadata.seq_lens,
-            None if plan.work_items is None else metadata.query_start_loc, plan, scale=scale,
+            query,
+            cache.key_cache[layer],
+            cache.value_cache[layer],
+            metadata.block_tables,
+            metadata.seq_lens,
+            None if plan.work_items is None else metadata.query_start_loc,
+            plan,
+            scale=scale,
             key_scales=None if cache.key_scales is None else cache.key_scales[layer],
             value_scales=None if cache.value_scales is None else cache.value_scales[layer],
         )
 
 
 def make_attention(
-    device: torch.device, dtype: torch.dtype, head_dim: int, block_size: int,
-    num_heads: int | None = None, num_kv_heads: int | None = None, kv_dtype: torch.dtype | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> ReferenceAttention | CudaAttention:
     """The backend for a model runner; logs which one and why. The CUDA backend needs the head
     counts (its launch plan); without them the reference runs."""

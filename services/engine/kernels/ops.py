@@ -119,8 +119,13 @@ def work_items_for(query_lens: torch.Tensor, group: int, row_tile: int) -> torch
 
 
 def plan_attention(
-    query_start_loc_host: list[int], max_query_len: int, max_seq_len: int, num_heads: int, num_kv_heads: int,
-    device: torch.device, num_sms: int | None = None,
+    query_start_loc_host: list[int],
+    max_query_len: int,
+    max_seq_len: int,
+    num_heads: int,
+    num_kv_heads: int,
+    device: torch.device,
+    num_sms: int | None = None,
 ) -> AttentionPlan:
     """The launch plan of a step from its host lists; one host-to-device copy (the work items).
 
@@ -131,8 +136,9 @@ def plan_attention(
         num_sms = num_sms or _num_sms(device.index or 0)
     if max_query_len <= 1:
         num_items = (len(query_start_loc_host) - 1) * -(-group // row_tile)
-        return AttentionPlan(row_tile, None, num_items, plan_splits_for_ctas(num_items * num_kv_heads, max_seq_len,
-                                                                             num_sms or 1))
+        return AttentionPlan(
+            row_tile, None, num_items, plan_splits_for_ctas(num_items * num_kv_heads, max_seq_len, num_sms or 1)
+        )
     starts = torch.tensor(query_start_loc_host, dtype=torch.int32)
     items = work_items_for(starts[1:] - starts[:-1], group, row_tile)
     if device.type == "cuda":
@@ -163,8 +169,20 @@ def paged_attention(
     """
     out = torch.empty_like(query) if out is None else out
     load_kernels().paged_attention(
-        out, query, key_cache, value_cache, key_scales, value_scales, block_tables, seq_lens, query_start_loc,
-        plan.work_items, float(scale), plan.split.num_splits, plan.split.partition_tokens, plan.row_tile,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        key_scales,
+        value_scales,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        plan.work_items,
+        float(scale),
+        plan.split.num_splits,
+        plan.split.partition_tokens,
+        plan.row_tile,
     )
     return out
 
@@ -199,8 +217,20 @@ def paged_decode_attention(
         raise ValueError(f"split plan {plan} does not cover max_context_len {max_context_len}")
     row_tile = row_tile_for(1, query.shape[1] // key_cache.shape[2])
     kernels.paged_attention(
-        out, query, key_cache, value_cache, key_scales, value_scales, block_tables, context_lens, None, None,
-        float(scale), plan.num_splits, plan.partition_tokens, row_tile,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        key_scales,
+        value_scales,
+        block_tables,
+        context_lens,
+        None,
+        None,
+        float(scale),
+        plan.num_splits,
+        plan.partition_tokens,
+        row_tile,
     )
     return out
 

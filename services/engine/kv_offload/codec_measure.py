@@ -103,15 +103,34 @@ def measure_source(
         )
         size = encoded_size_bytes(shape, dtype, len(source_ids), codec, group_size)
         gb = full_bytes / BYTES_PER_GB
-        rows.append(CodecFigures(
-            codec.value, size, size / full_bytes, encode_s * 1e3, decode_s * 1e3, gb / encode_s, gb / decode_s,
-            gb / encode_cpu_s, gb / decode_cpu_s, errors[codec],
-        ))
+        rows.append(
+            CodecFigures(
+                codec.value,
+                size,
+                size / full_bytes,
+                encode_s * 1e3,
+                decode_s * 1e3,
+                gb / encode_s,
+                gb / decode_s,
+                gb / encode_cpu_s,
+                gb / decode_cpu_s,
+                errors[codec],
+            )
+        )
     groups = [g for g in INT4_GROUP_SIZES if shape.head_dim % g == 0]
     by_group = {g: measure_codec_errors(cache, source_ids, g)[KvCodec.INT4] for g in groups}
     return SourceFigures(
-        source, str(dtype).removeprefix("torch."), shape.num_layers, shape.num_kv_heads, shape.head_dim,
-        shape.block_size, len(source_ids), full_bytes, group_size, rows, by_group,
+        source,
+        str(dtype).removeprefix("torch."),
+        shape.num_layers,
+        shape.num_kv_heads,
+        shape.head_dim,
+        shape.block_size,
+        len(source_ids),
+        full_bytes,
+        group_size,
+        rows,
+        by_group,
     )
 
 

@@ -106,8 +106,9 @@ class SharedMemoryTransport:
         source = _as_bytes(request_id, data)
         self._copy(request_id, list(self._pieces(request_id, slot_ids, source.size)), source, to_region=True)
 
-    def read(self, request_id: str, slot_ids: Sequence[int], size_bytes: int,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(
+        self, request_id: str, slot_ids: Sequence[int], size_bytes: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The record's bytes in a new tensor, or in `out` (a reused staging buffer of that size)."""
         if out is None:
             out = torch.empty(size_bytes, dtype=torch.uint8)
@@ -193,7 +194,9 @@ class GrpcStreamTransport:
         def chunks() -> Iterator[memory_service_pb2.UploadSwappedRequest]:
             for offset in range(0, source.size, STREAM_CHUNK_BYTES):
                 yield memory_service_pb2.UploadSwappedRequest(
-                    engine_id=self._engine_id, request_id=request_id, offset_bytes=offset,
+                    engine_id=self._engine_id,
+                    request_id=request_id,
+                    offset_bytes=offset,
                     data=source[offset : offset + STREAM_CHUNK_BYTES].tobytes(),
                 )
 
@@ -204,8 +207,9 @@ class GrpcStreamTransport:
         if reply.num_bytes != source.size:
             raise TransferFailed(f"{request_id}: the service received {reply.num_bytes} of {source.size} bytes")
 
-    def read(self, request_id: str, slot_ids: Sequence[int], size_bytes: int,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(
+        self, request_id: str, slot_ids: Sequence[int], size_bytes: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The bytes of a record pinned by BeginRestore, in order, checked against size_bytes."""
         out = torch.empty(size_bytes, dtype=torch.uint8) if out is None else out
         if out.numel() != size_bytes:

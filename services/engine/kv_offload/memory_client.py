@@ -39,9 +39,16 @@ BACKOFF_S = 2.0  # after a failure, the memory service is not asked again for th
 class MemoryClient:
     """Swap calls with deadlines and a back-off; thread-safe (the engine and prefetch threads use it)."""
 
-    def __init__(self, address: str, engine_id: str, *, timeout_s: float = CALL_TIMEOUT_S,
-                 backoff_s: float = BACKOFF_S, clock: Callable[[], float] = time.monotonic,
-                 tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        engine_id: str,
+        *,
+        timeout_s: float = CALL_TIMEOUT_S,
+        backoff_s: float = BACKOFF_S,
+        clock: Callable[[], float] = time.monotonic,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.engine_id = engine_id
         # mutual TLS when tls has a CA; fast reconnect to a restarted memory service
         self.channel = secure_or_insecure_sync_channel(address, tls, PEER_CHANNEL_OPTIONS)
@@ -61,7 +68,8 @@ class MemoryClient:
     def plan(self, victims: list[SwapCandidate], qualities: list[CodecQuality]) -> list[SwapDecision] | None:
         """One decision per victim, in order; None when the call failed (every victim recomputes)."""
         request = pb.PlanEvictionRequest(
-            engine_id=self.engine_id, victims=[candidate_to_pb(v) for v in victims],
+            engine_id=self.engine_id,
+            victims=[candidate_to_pb(v) for v in victims],
             codec_qualities=[quality_to_pb(q) for q in qualities],
         )
         reply = self._call("PlanEviction", lambda: self.stub.PlanEviction(request, timeout=self.timeout_s))
@@ -79,7 +87,9 @@ class MemoryClient:
 
     def release(self, request_ids: list[str]) -> bool:
         request = pb.ReleaseSwappedRequest(engine_id=self.engine_id, request_ids=request_ids)
-        return self._call("ReleaseSwapped", lambda: self.stub.ReleaseSwapped(request, timeout=self.timeout_s)) is not None
+        return (
+            self._call("ReleaseSwapped", lambda: self.stub.ReleaseSwapped(request, timeout=self.timeout_s)) is not None
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -93,6 +103,11 @@ class MemoryClient:
             with self._lock:
                 self.num_failed_calls += 1
                 self._quiet_until_s = self._clock() + self._backoff_s
-            log.warning("memory service %s failed (%s: %s); recomputing instead for %.1f s",
-                        name, error.code().name, error.details(), self._backoff_s)
+            log.warning(
+                "memory service %s failed (%s: %s); recomputing instead for %.1f s",
+                name,
+                error.code().name,
+                error.details(),
+                self._backoff_s,
+            )
             return None

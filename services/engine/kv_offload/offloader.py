@@ -121,7 +121,9 @@ class KvOffloader:
     # -- bringing it back ---------------------------------------------------------------------------
 
     def prefetch(self, requests: list[Request]) -> None:
-        new_ids = [r.request_id for r in requests if r.request_id in self._saved and r.request_id not in self._prefetching]
+        new_ids = [
+            r.request_id for r in requests if r.request_id in self._saved and r.request_id not in self._prefetching
+        ]
         if not new_ids or self._transport is None:
             return
         batch = self._background.submit(self._fetch_batch, self._transport, new_ids)

@@ -76,7 +76,9 @@ class SwapMeasurements:
                 continue
             count = self.num_error_blocks[codec]
             # A running mean over measured blocks: every block counts the same.
-            self.relative_error[codec] = (self.relative_error.get(codec, 0.0) * count + error * len(block_ids)) / (count + len(block_ids))
+            self.relative_error[codec] = (self.relative_error.get(codec, 0.0) * count + error * len(block_ids)) / (
+                count + len(block_ids)
+            )
             self.num_error_blocks[codec] = count + len(block_ids)
 
     def qualities(self) -> list[CodecQuality]:

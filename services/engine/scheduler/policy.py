@@ -86,9 +86,7 @@ def _registry() -> dict[PolicyName, Callable[[OnlineStepCostModel], SchedulingPo
     from services.engine.scheduler.speculative_policy import AlisePolicy, SrptOraclePolicy
 
     classes: tuple[type[SchedulingPolicy], ...] = (AlisePolicy, FcfsPolicy, MlfqPolicy, SrptOraclePolicy)
-    registry: dict[PolicyName, Callable[[OnlineStepCostModel], SchedulingPolicy]] = {
-        cls.name: cls for cls in classes
-    }
+    registry: dict[PolicyName, Callable[[OnlineStepCostModel], SchedulingPolicy]] = {cls.name: cls for cls in classes}
     if set(registry) != set(PolicyName) or len(registry) != len(classes):
         raise RuntimeError(f"policy classes {sorted(registry)} do not match PolicyName {list(PolicyName)}")
     return registry

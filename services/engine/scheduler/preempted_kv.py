@@ -78,7 +78,10 @@ class PreemptedKv:
     def _remaining_s(self, request: Request) -> float:
         """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
         cost = self._cost_model
-        return cost.prefill_s_per_token * request.num_uncomputed_tokens + cost.decode_step_s * request.predicted_remaining_tokens
+        return (
+            cost.prefill_s_per_token * request.num_uncomputed_tokens
+            + cost.decode_step_s * request.predicted_remaining_tokens
+        )
 
     def check_restorable(self, request: Request) -> None:
         """Before admitting a request with saved KV: if the KV is gone, it recomputes from token 0."""
@@ -91,7 +94,9 @@ class PreemptedKv:
         """The admitted request's saved KV goes into its first blocks before the model runs."""
         num_kv_tokens, request.num_host_kv_tokens = request.num_host_kv_tokens, 0
         self.num_restored += 1
-        return KvRestore(request.request_id, block_table[: num_blocks_for(num_kv_tokens, self._block_size)], num_kv_tokens)
+        return KvRestore(
+            request.request_id, block_table[: num_blocks_for(num_kv_tokens, self._block_size)], num_kv_tokens
+        )
 
     def discard(self, request: Request) -> None:
         """The request finished or was aborted: its saved KV (if any) is freed."""

@@ -250,7 +250,9 @@ class Scheduler:
             self._preempt(victim, now_s, PreemptionCause.DISPLACEMENT)
             preempted.append(victim.request_id)
 
-    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float) -> None:
+    def _admit_waiting(
+        self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float
+    ) -> None:
         """Step 3. This step's victims are not in the queue yet (PreemptedKv.settle runs after), so what
         was just evicted is not taken back in the same step."""
         admitted = 0
@@ -406,4 +408,3 @@ class Scheduler:
     def predicted_outstanding_tokens(self) -> float:
         """Sum of predicted remaining output tokens over live requests."""
         return sum(r.predicted_remaining_tokens for r in self.requests.values())
-

@@ -97,11 +97,12 @@ class AlisePolicy(SchedulingPolicy):
         per-request calls inlined: a quarter of the step's scheduling time otherwise."""
         prefill_s, decode_s = self.cost_model.prefill_s_per_token, self.cost_model.decode_step_s
         waste_s_per_token = RECOMPUTE_WASTE_WEIGHT * len(requests) * prefill_s
-        keys = []
+        keys: list[float] = []
         append = keys.append
         for request in requests:
             num_generated = len(request.output_token_ids)
-            remaining = request.length_distribution.expected_remaining_tokens(num_generated)
+            # never None after Request.__post_init__ (no check in this loop: it runs for every request every step)
+            remaining = request.length_distribution.expected_remaining_tokens(num_generated)  # type: ignore[union-attr]
             limit = request.sampling.max_tokens - num_generated
             computed = request.num_computed_tokens
             key = (

@@ -98,7 +98,10 @@ class OpenAiRoutes:
         }
 
     async def _generate(
-        self, request: Request, body: SamplingBody, generate_request: gateway_service_pb2.GenerateRequest,
+        self,
+        request: Request,
+        body: SamplingBody,
+        generate_request: gateway_service_pb2.GenerateRequest,
         kind: ApiKind,
     ) -> Response:
         created_s = int(self._clock_s())
@@ -126,8 +129,11 @@ class OpenAiRoutes:
 
 def _model_not_found(asked: str, served: str) -> HttpApiError:
     return HttpApiError(
-        404, f"The model {asked!r} does not exist; this server serves {served!r}",
-        error_type="invalid_request_error", param="model", code="model_not_found",
+        404,
+        f"The model {asked!r} does not exist; this server serves {served!r}",
+        error_type="invalid_request_error",
+        param="model",
+        code="model_not_found",
     )
 
 

@@ -149,4 +149,3 @@ def _chat_message(index: int, message: ChatMessageBody) -> common_pb2.ChatMessag
                 )
         content = "\n".join(part.text or "" for part in content)
     return common_pb2.ChatMessage(role=role, content=content or "")
-
