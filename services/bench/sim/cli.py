@@ -29,7 +29,14 @@ from services.bench.sim.kv_offload import (
     KvOffloadConfig,
     OffloadMode,
 )
-from services.bench.sim.predictions import constant_distributions, noisy_oracle_distributions
+from services.bench.sim.model_predictions import (
+    DEFAULT_FEEDBACK_FILES,
+    DEFAULT_MODEL_DIR,
+    TRACE_NAME,
+    heldout_workload,
+    load_heldout_set,
+)
+from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
 from services.bench.sim.simulator import EngineShape
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.steady_state import SteadyStateWindow
@@ -39,7 +46,7 @@ from services.common.cli_errors import print_error
 from services.engine.scheduler import POLICY_NAMES, StepCostCoefficients
 from services.memory.eviction_policy import KvCodec
 
-PREDICTION_MODES = ("noisy-oracle", "none")
+PREDICTION_MODES = ("noisy-oracle", "none", "shipped-predictor")
 DEFAULT_HOST_TIER_GB = 64.0
 DEFAULT_LINK_GB_PER_S = DEFAULT_HOST_LINK_BYTES_PER_S / GB
 DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 at their measured errors
@@ -47,7 +54,12 @@ DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("sim", help="discrete-event simulator: policies vs request rate on a GPU cost model")
-    parser.add_argument("--trace", choices=TRACE_NAMES, default="sharegpt")
+    parser.add_argument(
+        "--trace",
+        choices=(*TRACE_NAMES, TRACE_NAME),
+        default="sharegpt",
+        help=f"{TRACE_NAME}: SmolLM2's own lengths on the prompts the shipped predictor held out (model_predictions.py)",
+    )
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b-h100")
     parser.add_argument(
@@ -71,7 +83,18 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--policies", default="fcfs,alise,srpt-oracle,mlfq", help="comma-separated")
     parser.add_argument("--rates", default="", help="comma-separated req/s (default: fractions of the capacity)")
     parser.add_argument("--burstiness", type=arg_types.positive_float, default=1.0, help="gamma shape; 1 = Poisson")
-    parser.add_argument("--prediction", choices=PREDICTION_MODES, default="noisy-oracle")
+    parser.add_argument(
+        "--prediction",
+        choices=PREDICTION_MODES,
+        default="noisy-oracle",
+        help=f"shipped-predictor: the shipped default predictor's own predictions (needs --trace {TRACE_NAME})",
+    )
+    parser.add_argument(
+        "--feedback-file",
+        type=pathlib.Path,
+        action="append",
+        help=f"{TRACE_NAME}: feedback JSONL the predictor trained on (repeatable; default: the shipped model's)",
+    )
     parser.add_argument("--tau", type=float, default=0.6, help="Kendall's tau of the noisy oracle")
     parser.add_argument("--bounds", default="2,4,8", help="latency bounds, multiples of the unloaded mean")
     parser.add_argument("--slo-multiple", type=arg_types.positive_float, default=4.0, help="goodput SLO multiple")
@@ -99,11 +122,10 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "capacity":
             return _run_capacity(args)
         config = SweepConfig(policies, rates, args.burstiness, bounds, args.slo_multiple, args.seed, modes, offload)
-        trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
+        trace, predictions, reached_tau = _workload(args, args.seed)
     except (ValueError, FileNotFoundError) as error:
         print_error("alise bench sim", str(error))
         return 2
-    predictions, reached_tau = _predictions(args, trace)
     shape = _shape(args)
     print(
         f"{args.trace}: {len(trace)} requests; {cost.name}: {cost.num_kv_blocks} KV blocks of 16 tokens; "
@@ -153,8 +175,7 @@ def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...]
     workloads = {}
 
     def workload(seed: int):
-        trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
-        predictions, reached_tau = _predictions(args, trace, seed)
+        trace, predictions, reached_tau = _workload(args, seed)
         workloads[seed] = reached_tau
         print(f"seed {seed}: {args.trace} {len(trace)} requests; predictions {args.prediction} (tau {reached_tau:.3f})")
         return trace, predictions
@@ -180,8 +201,7 @@ def _run_capacity(args: argparse.Namespace) -> int:
     fractions = tuple(float(x) for x in args.capacity_fractions.split(",") if x)
     bounds = tuple(float(x) for x in args.bounds.split(",") if x)
     window = SteadyStateWindow(args.warmup_fraction, args.drain_fraction)
-    trace = load_trace(args.trace, num_requests=args.num_requests, seed=args.seed, max_model_len=args.max_model_len)
-    predictions, reached_tau = _predictions(args, trace)
+    trace, predictions, reached_tau = _workload(args, args.seed)
 
     def make(config: capacity.CapacityConfig):
         own = argparse.Namespace(**{**vars(args), "kv_dtype": config.kv_dtype})
@@ -359,12 +379,27 @@ def _cost_model(args):
     return LinearCostModel(f"{preset.name}-fitted", StepCostCoefficients(base, per_token, per_kv), preset.num_kv_blocks)
 
 
-def _predictions(args, trace, seed: int | None = None):
+def _workload(args, seed: int):
+    """(trace, predictions, Kendall's tau of the predicted means) for --trace, --prediction and seed."""
+    if args.trace == TRACE_NAME:
+        heldout = load_heldout_set(DEFAULT_MODEL_DIR, args.feedback_file or DEFAULT_FEEDBACK_FILES)
+        trace, shipped = heldout_workload(
+            heldout, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len
+        )
+        if args.prediction == "shipped-predictor":
+            truth = [t.num_output_tokens for t in trace]
+            return trace, shipped, kendall_tau([d.mean_tokens for d in shipped], truth)
+    elif args.prediction == "shipped-predictor":
+        raise ValueError(f"--prediction shipped-predictor needs --trace {TRACE_NAME} (its prompts were predicted)")
+    else:
+        trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
     if args.prediction == "none":
         mean = sum(t.num_output_tokens for t in trace) / len(trace)
-        return constant_distributions(len(trace), mean), 0.0
-    seed = args.seed if seed is None else seed
-    return noisy_oracle_distributions([t.num_output_tokens for t in trace], target_tau=args.tau, seed=seed)
+        return trace, constant_distributions(len(trace), mean), 0.0
+    predictions, reached_tau = noisy_oracle_distributions(
+        [t.num_output_tokens for t in trace], target_tau=args.tau, seed=seed
+    )
+    return trace, predictions, reached_tau
 
 
 def _print_bounds(result: SweepResult) -> None:

@@ -66,6 +66,11 @@ def constant_distributions(num_requests: int, mean_tokens: float) -> list[Length
     return [prior] * num_requests
 
 
+def kendall_tau(predicted: Sequence[float], truth: Sequence[int]) -> float:
+    """Kendall's tau-b of any predictions against the true lengths (the figure the noisy oracle targets)."""
+    return _tau(np.asarray(predicted, dtype=np.float64), np.asarray(truth, dtype=np.float64))
+
+
 def _tau(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Kendall's tau-b (O(n log n): the simulator's traces have thousands of requests)."""
     return float(kendalltau(predicted, truth).statistic)
