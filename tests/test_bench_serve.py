@@ -13,6 +13,7 @@ from services.bench.serve_config import ServeConfig
 from services.bench.serve_prompts import FILLER_TEXT, ServeRequest, build_requests, fit_prompt
 from services.bench.serve_run import run_serve
 from services.bench.serve_sweep import run_rate, to_records
+from services.bench.steady_state import SteadyStateWindow
 from services.bench.workload import TraceRequest
 from services.cli import main as cli_main
 from services.common.model_catalog import DUMMY_TINY_MODEL
@@ -115,6 +116,35 @@ async def test_failed_requests_are_counted_not_recorded(gateway_address):
     assert run.client_bottleneck  # a client CPU limit of ~0 flags every run
 
 
+@module_loop
+async def test_rate_point_leaves_warmup_and_drain_out_and_reports_slo_and_stability(gateway_address):
+    requests = synthetic_requests(20)
+    loose = make_config(gateway_address=gateway_address, slo_ttft_s=60.0, slo_tpot_s=10.0)
+    run = await run_rate(gateway_address, requests, 20.0, loose, Slo())
+    assert run.num_failed == 0 and run.steady.num_records == 20
+    assert run.steady.num_measured == run.summary.num_requests == 16  # sends 2..17 of 20 (10% each end)
+    assert run.steady.headline.slo_attainment == 1.0 and run.is_stable and not run.point().queue_growing
+    strict = dataclasses.replace(loose, slo_ttft_s=1e-6)  # no first token comes back within 1 us
+    run = await run_rate(gateway_address, requests, 20.0, strict, Slo())
+    assert run.steady.headline.slo_attainment == 0.0
+    whole = dataclasses.replace(loose, window=SteadyStateWindow(0.0, 0.0))
+    assert (await run_rate(gateway_address, requests, 20.0, whole, Slo())).summary.num_requests == 20
+
+
+def test_an_overloaded_rate_point_is_flagged_unstable_and_not_sustained():
+    from services.bench.latency_metrics import RequestRecord
+    from services.bench.serve_steady import steady_figures
+    from services.bench.slo_metrics import SloBounds
+
+    # one request per 0.1 s, served one at a time in 0.15 s each: the backlog grows all along
+    records = [RequestRecord(f"r{i}", 0.1 * i, 0.15 * (i + 1) - 0.01, 0.15 * (i + 1), 4, 5) for i in range(200)]
+    figures = steady_figures(records, SteadyStateWindow(), SloBounds())
+    assert not figures.is_stable and figures.stability.shortfall_fraction > 0.2
+    assert figures.num_measured == 160 and figures.headline.slo_attainment < 1.0
+    keeping_up = [RequestRecord(f"r{i}", 0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.05, 4, 5) for i in range(200)]
+    assert steady_figures(keeping_up, SteadyStateWindow(), SloBounds()).is_stable
+
+
 @requires_shared_data
 @module_loop
 async def test_sweep_on_a_tiny_alpaca_trace(gateway_address, tmp_path):
@@ -157,6 +187,9 @@ def test_config_rejects_contradictions():
         make_config(rates_per_s=(4.0, 2.0))
     with pytest.raises(ValueError, match="--trace"):
         make_config(trace="nope")
+    with pytest.raises(ValueError, match="--slo-tpot-ms"):
+        make_config(slo_tpot_s=0.0)
+    assert make_config().attainment_slo.ttft_s == 1.0 and make_config(slo_ttft_s=2.0).attainment_slo.ttft_s == 2.0
     assert dataclasses.replace(make_config(), seed=3).seed == 3
 
 

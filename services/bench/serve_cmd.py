@@ -8,7 +8,9 @@ Method (vLLM's benchmark_serving): a trace of real requests (ShareGPT / Alpaca-l
 for CPU with --length-divisor), ignore_eos with the dataset's output length as max_tokens, Poisson
 (or gamma, --burstiness) arrivals, a request-rate sweep; the load comes from --client-processes
 separate processes sharing one start time, and each run reports the client's send lag and CPU so a
-client bottleneck is flagged ('!' in the table). Prints a table, saves JSON (machine, commit,
+client bottleneck is flagged ('!' in the table). Steady state (serve_steady.py): the first and last 10%
+of each rate point's sends are left out of the figures, each point reports SLO attainment (TTFT and
+TPOT bounds) and a stability flag, and an unstable point is not sustained. Prints a table, saves JSON (machine, commit,
 config, figures) to --out and the latency-vs-rate curve next to it as PNG. Asserts nothing.
 """
 
@@ -25,6 +27,8 @@ import grpc
 from services.bench import plots, results, serve_report
 from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
 from services.bench.serve_run import run_serve
+from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S
+from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
 from services.bench.sustainable_rate import DEFAULT_BOUND_MULTIPLES
 from services.bench.workload import TRACE_NAMES
 from services.common import arg_types
@@ -73,6 +77,15 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     multiples = list(DEFAULT_BOUND_MULTIPLES)
     judge.add_argument("--bound-multiples", type=arg_types.positive_float, nargs="+", default=multiples)
     judge.add_argument("--slo-ttft-s", type=arg_types.positive_float, help="goodput TTFT bound (default none)")
+    judge.add_argument(
+        "--slo-tpot-ms", type=arg_types.positive_float, default=DEFAULT_TPOT_BOUND_S * 1e3, help="SLO attainment TPOT"
+    )
+    judge.add_argument(
+        "--warmup-fraction", type=float, default=DEFAULT_WARMUP_FRACTION, help="first sends left out of the figures"
+    )
+    judge.add_argument(
+        "--drain-fraction", type=float, default=DEFAULT_DRAIN_FRACTION, help="last sends left out of the figures"
+    )
     judge.add_argument("--slo-bound-multiple", type=arg_types.positive_float, default=4.0, help="goodput latency bound")
     judge.add_argument("--max-send-lag-ms", type=arg_types.positive_float, default=50.0, help="flag client above")
     judge.add_argument("--max-client-cpu", type=arg_types.positive_float, default=0.9, help="flag client above")
@@ -124,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         model=args.model,
         timeout_s=args.timeout_s,
         startup_timeout_s=args.startup_timeout_s,
+        window=SteadyStateWindow(args.warmup_fraction, args.drain_fraction),
+        slo_tpot_s=args.slo_tpot_ms / 1e3,
     )
 
 

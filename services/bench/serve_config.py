@@ -6,6 +6,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_S, SloBounds
+from services.bench.steady_state import SteadyStateWindow
 from services.bench.workload import TRACE_NAMES
 
 RUNNING_STACK_LABEL = "running-stack"  # policy label when the stack's policy is not known
@@ -49,6 +51,13 @@ class ServeConfig:
     startup_timeout_s: float  # per service of a started stack
     output_lengths: OutputLengths = OutputLengths.DATASET  # dataset lengths (ignore_eos) or the model's EOS
     model: str = ""  # --model of started stacks; "" = alise up's default
+    window: SteadyStateWindow = SteadyStateWindow()  # warm-up and drain left out of every figure (serve_steady.py)
+    slo_tpot_s: float = DEFAULT_TPOT_BOUND_S  # SLO attainment's TPOT bound, s
+
+    @property
+    def attainment_slo(self) -> SloBounds:
+        """DistServe's per-request SLO of the attainment figure: --slo-ttft-s (default 1 s) and --slo-tpot-ms."""
+        return SloBounds(self.slo_ttft_s or DEFAULT_TTFT_BOUND_S, self.slo_tpot_s)
 
     def __post_init__(self) -> None:
         if self.trace not in TRACE_NAMES:
@@ -80,5 +89,7 @@ class ServeConfig:
         for name in ("burstiness", "max_send_lag_s", "max_client_cpu_utilization", "timeout_s", "startup_timeout_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
+        if not 0 < self.slo_tpot_s < math.inf:
+            raise ValueError(f"--slo-tpot-ms must be finite and > 0, got {self.slo_tpot_s * 1e3}")
         if self.slo_ttft_s is not None and not self.slo_ttft_s > 0:
             raise ValueError(f"--slo-ttft-s must be > 0, got {self.slo_ttft_s}")

@@ -16,12 +16,13 @@ BASELINE_POLICY = "fcfs"  # ratios are against it when it ran, else against the 
 
 RUN_HEADER = (
     f"{'policy':<12} {'rate/s':>7} {'req/s':>6} {'tok/s':>7} {'norm mean':>9} {'p50':>7} {'p99':>8} "
-    f"{'ttft p99':>8} {'goodput':>7} {'preempt':>7} {'grow':>4} {'fail':>4} {'lag p99':>7} {'cli cpu':>7}"
+    f"{'ttft p99':>8} {'goodput':>7} {'preempt':>7} {'slo %':>6} {'stable':>6} {'fail':>4} {'lag p99':>7} {'cli cpu':>7}"
 )
 
 
 def format_run(policy: str, run: RateRun) -> str:
-    """One table row; latencies in ms/token and s, send lag in ms. A '!' marks a client bottleneck."""
+    """One table row; latencies in ms/token and s, send lag in ms. A '!' marks a client bottleneck.
+    Latencies and SLO attainment are over the measured window (warm-up and drain left out, serve_steady.py)."""
     s = run.summary
     flag = " !" if run.client_bottleneck else ""
     if s is None:
@@ -33,8 +34,10 @@ def format_run(policy: str, run: RateRun) -> str:
             f"{s.p99_normalized_latency_s_per_token * 1e3:8.1f} {s.p99_ttft_s:8.2f} {s.goodput_per_s:7.2f} "
             f"{s.num_preemptions:7d}"
         )
+    attainment = f"{run.steady.headline.slo_attainment * 100:6.1f}" if run.steady else f"{'-':>6}"
     return (
-        f"{policy:<12} {run.rate_per_s:7.2f} {figures} {'yes' if run.queue_growing else 'no':>4} {run.num_failed:4d} "
+        f"{policy:<12} {run.rate_per_s:7.2f} {figures} {attainment} {'yes' if run.is_stable else 'NO':>6} "
+        f"{run.num_failed:4d} "
         f"{run.client.p99_send_lag_s * 1e3:7.1f} {run.client.max_cpu_utilization:7.2f}{flag}"
     )
 

@@ -34,6 +34,7 @@ def stack_config(
     return UpConfig(
         model=model or DEFAULT_MODEL,
         gateway_port=0,
+        gateway_http_port=0,  # several stacks run at once: none may take the fixed HTTP port
         with_predictor=with_predictor,
         log_level="WARNING",
         drain_s=0.0,

@@ -23,6 +23,7 @@ from services.bench.latency_metrics import LatencySummary, RequestRecord, Slo, q
 from services.bench.serve_clients import ClientHealth, ClientResult, run_load
 from services.bench.serve_config import ServeConfig
 from services.bench.serve_prompts import ServeRequest
+from services.bench.serve_steady import SteadyFigures, measured_records, steady_figures
 from services.bench.serve_worker import send_one
 from services.bench.sustainable_rate import RatePoint
 from services.common.contracts import gateway_service_pb2_grpc
@@ -34,18 +35,25 @@ class RateRun:
     """One rate point of one policy."""
 
     rate_per_s: float  # offered request rate, requests/s
-    summary: LatencySummary | None  # figures of the finished requests; None if none finished
-    queue_growing: bool  # in-system count still rising over the second half (latency_metrics)
+    summary: LatencySummary | None  # figures of the measured finished requests (serve_steady.py); None if none
+    queue_growing: bool  # in-system count still rising over the second half (latency_metrics; informative)
     num_failed: int  # requests that ended with an error
     errors: dict[str, int]  # failed requests by gRPC status name
     num_short: int  # finished requests with fewer tokens than max_tokens (should be 0: ignore_eos)
     client: ClientHealth  # the load generator's figures
     client_bottleneck: bool  # send lag or client CPU above the configured limits
+    steady: SteadyFigures | None = None  # SLO attainment and stability of the measured window; None if none finished
+
+    @property
+    def is_stable(self) -> bool:
+        """The steady-state stability check (serve_steady.py); False when nothing finished."""
+        return self.steady is not None and self.steady.is_stable
 
     def point(self) -> RatePoint:
+        """The point the sustainable rate is read from: an unstable point is not sustained."""
         mean = self.summary.mean_normalized_latency_s_per_token if self.summary else float("inf")
         p99 = self.summary.p99_normalized_latency_s_per_token if self.summary else float("inf")
-        return RatePoint(self.rate_per_s, mean, p99, self.queue_growing, self.num_failed)
+        return RatePoint(self.rate_per_s, mean, p99, not self.is_stable, self.num_failed)
 
 
 def to_records(results: Sequence[ClientResult]) -> list[RequestRecord]:
@@ -93,11 +101,12 @@ async def run_rate(
         seed=config.seed,
     )
     records = to_records(load.results)
+    measured = measured_records(records, config.window)
     max_tokens = {request.request_id: request.max_tokens for request in requests}
     errors = collections.Counter(r.error.split(":", 1)[0] for r in load.results if r.error is not None)
     return RateRun(
         rate_per_s=rate_per_s,
-        summary=summarize(records, slo=slo) if records else None,
+        summary=summarize(measured, slo=slo) if measured else None,
         queue_growing=queue_is_growing(records) if records else True,
         num_failed=len(load.results) - len(records),
         errors=dict(errors),
@@ -107,4 +116,5 @@ async def run_rate(
             load.health.p99_send_lag_s > config.max_send_lag_s
             or load.health.max_cpu_utilization > config.max_client_cpu_utilization
         ),
+        steady=steady_figures(records, config.window, config.attainment_slo) if records else None,
     )
