@@ -55,6 +55,8 @@ class StepArrays:
     max_seq_len: int
     rows: np.ndarray  # int64 [num_reqs]: the batch row of each request, in step order
     sample_indices: list[int]  # step request indices that sample a token, ascending
+    sample_rows: np.ndarray  # int64: rows[sample_indices] (rows itself when every request samples)
+    sample_seq_lens: np.ndarray  # int64: seq_lens[sample_indices], where each sampled token goes
 
 
 class InputBatch:
@@ -75,6 +77,7 @@ class InputBatch:
         self.top_p = np.ones(INITIAL_ROWS, dtype=np.float32)
         self.top_k = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.seed = np.zeros(INITIAL_ROWS, dtype=np.int64)
+        self.min_tokens = np.zeros(INITIAL_ROWS, dtype=np.int64)  # lets a step skip min_tokens.py's per-row check
         self._staging = torch.empty(0, dtype=torch.int32)
 
     # -- rows ----------------------------------------------------------------------------
@@ -104,6 +107,7 @@ class InputBatch:
         option = request.sampling
         self.temperature[row], self.top_p[row] = option.temperature, option.top_p
         self.top_k[row], self.seed[row] = option.top_k, option.seed
+        self.min_tokens[row] = option.min_tokens
         return row
 
     def _grow_rows(self) -> None:
@@ -111,7 +115,7 @@ class InputBatch:
         self._free_rows.extend(range(2 * old - 1, old - 1, -1))  # lowest free row is taken first
         for name in ("_num_tokens", "_num_blocks", "_epoch"):
             getattr(self, name).extend([0] * old)
-        for name in ("token_ids", "block_table", "temperature", "top_p", "top_k", "seed"):
+        for name in ("token_ids", "block_table", "temperature", "top_p", "top_k", "seed", "min_tokens"):
             array = getattr(self, name)
             grown = np.zeros((2 * old,) + array.shape[1:], dtype=array.dtype)
             grown[:old] = array
@@ -144,11 +148,10 @@ class InputBatch:
         exactly seq_len tokens: the token goes at position seq_len (a row never runs ahead)."""
         if not token_ids:
             return
-        indices = arrays.sample_indices
-        rows = arrays.rows[indices]
-        positions = np.asarray(arrays.seq_lens_host)[indices]
-        if int(positions.max()) >= self.token_ids.shape[1]:
-            self.token_ids = _widen(self.token_ids, int(positions.max()) + 1)
+        rows, positions = arrays.sample_rows, arrays.sample_seq_lens
+        last = int(positions.max())
+        if last >= self.token_ids.shape[1]:
+            self.token_ids = _widen(self.token_ids, last + 1)
         self.token_ids[rows, positions] = token_ids
         num_tokens = self._num_tokens
         for row in rows.tolist():
@@ -213,6 +216,11 @@ class InputBatch:
         host[lens] = seq_lens
         host[tables] = self.block_table[rows, :width].reshape(-1)
         device = staging.to(self.device, non_blocking=True) if self.device.type != "cpu" else staging
+        if len(sample_indices) == num_reqs:  # every request samples (decodes): no gather
+            sample_rows, sample_seq_lens = rows, seq_lens
+        else:
+            picked = np.array(sample_indices, dtype=np.int64)
+            sample_rows, sample_seq_lens = rows[picked], seq_lens[picked]
         return StepArrays(
             input_ids=device[ids],
             positions=device[pos],
@@ -226,6 +234,8 @@ class InputBatch:
             max_seq_len=max_seq_len,
             rows=rows,
             sample_indices=sample_indices,
+            sample_rows=sample_rows,
+            sample_seq_lens=sample_seq_lens,
         )
 
     def _staging_buffer(self, num_elements: int) -> torch.Tensor:

@@ -87,7 +87,10 @@ class ModelRunner:
 
     def logits_of(self, arrays: StepArrays, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits [num_sampling_rows, vocab] at the last position of each sampling request."""
-        if len(arrays.sample_indices) == len(arrays.seq_lens_host):  # every request samples: no host list
+        every_row_samples = len(arrays.sample_indices) == len(arrays.seq_lens_host)
+        if every_row_samples and arrays.max_query_len == 1:  # decodes only: hidden's rows are the last positions
+            return self.model.lm_head(hidden)
+        if every_row_samples:  # no host list
             last_rows = arrays.query_start_loc[1:] - 1
         else:
             starts = arrays.query_start_loc_host
@@ -95,9 +98,17 @@ class ModelRunner:
         return self.model.lm_head(hidden.index_select(0, last_rows))
 
     def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> dict[str, int]:
-        """min_tokens masking, then every row sampled at once; the tokens are recorded in the batch rows."""
-        requests = [step.chunks[index].request for index in arrays.sample_indices]
-        logits = apply_min_tokens(logits, requests, self.stop_token_ids)
+        """min_tokens masking, then every row sampled at once; the tokens are recorded in the batch rows.
+
+        Host cost per row is one dict entry: the per-request lists are built only when a row needs them
+        (min_tokens or a sampled row), decided from the batch rows' arrays."""
+        chunks = step.chunks
+        if len(arrays.sample_indices) == len(chunks):  # every request samples (decodes)
+            requests = [chunk.request for chunk in chunks]
+        else:
+            requests = [chunks[index].request for index in arrays.sample_indices]
+        if self.batch.min_tokens[arrays.sample_rows].any():
+            logits = apply_min_tokens(logits, requests, self.stop_token_ids)
         tokens = sample_tokens(logits, self.sampling_params(arrays, requests)).tolist()
         self.batch.record_sampled(arrays, tokens)
         return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
@@ -144,7 +155,7 @@ class ModelRunner:
     def sampling_params(self, arrays: StepArrays, requests) -> SamplingParams:
         """The sampling rows' parameters, gathered from the batch rows; the draw counter of a row is
         its request's number of output tokens so far (see sampler.py on reproducibility)."""
-        rows = arrays.rows[arrays.sample_indices]
+        rows = arrays.sample_rows
         batch = self.batch
         temperature = batch.temperature[rows]
         if not temperature.any():  # all greedy: no draws needed
