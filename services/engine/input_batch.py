@@ -164,12 +164,10 @@ class InputBatch:
         (KvBlockManager.block_table). A request without a row, or preempted since its row was filled,
         gets a fresh row. A row is synced only when it lacks tokens or blocks this step reads (tables
         only grow while a request holds its KV), so a decode step touches no table most of the time."""
-        num_reqs = len(chunks)
-        rows, seq_lens, counts = [0] * num_reqs, [0] * num_reqs, [0] * num_reqs
-        sample_indices = []
+        rows = []
         row_of, num_tokens_of, num_blocks_of, epoch_of = self._row_of, self._num_tokens, self._num_blocks, self._epoch
         block_size = self.block_size
-        for index, chunk in enumerate(chunks):
+        for chunk in chunks:  # the one per-request loop of a step: keep it lean (comprehensions below)
             request = chunk.request
             row = row_of.get(request.request_id)
             if row is None or epoch_of[row] != request.num_preemptions:
@@ -178,9 +176,11 @@ class InputBatch:
             seq_len = chunk.num_context_tokens
             if num_tokens_of[row] < seq_len or num_blocks_of[row] * block_size < seq_len:
                 self._sync_row(row, request, block_table_of(request.request_id))
-            rows[index], seq_lens[index], counts[index] = row, seq_len, chunk.num_new_tokens
-            if chunk.samples_token:
-                sample_indices.append(index)
+            rows.append(row)
+        seq_lens = [chunk.num_context_tokens for chunk in chunks]
+        counts = [chunk.num_new_tokens for chunk in chunks]
+        samples = [chunk.samples_token for chunk in chunks]
+        sample_indices = list(range(len(chunks))) if all(samples) else [i for i, s in enumerate(samples) if s]
         return self._build(rows, seq_lens, counts, sample_indices)
 
     def _build(
