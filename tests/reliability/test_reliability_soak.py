@@ -3,8 +3,8 @@
 Two engines (KV pools small enough that requests are preempted and swapped to the memory service),
 the predictor, the gateway; seeded sampling with ignore_eos, so each stream's tokens are fixed by
 its prompt and seed up to the last bits of the logits. After the load: every stream exactly
-max_tokens long (no loss, no duplicate), replays equal token for token but for the rare sample
-that moved with batch numerics (<= 2%), every block and slot free, the ledger consistent, RSS bounded.
+max_tokens long (no loss, no duplicate), replays equal token for token (swaps lossless, so only a
+rare sample moved by batch numerics may differ), every block and slot free, the ledger consistent, RSS bounded.
 (`alise bench soak` runs the 30-minute form.)
 """
 
@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from services.bench.chaos_load import LoadShape
-from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
+from services.bench.chaos_stack import ENGINE_ARGS, MEMORY_ARGS, ChaosStack, ChaosStackConfig
 from services.bench.soak_run import soak
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
@@ -25,6 +25,8 @@ async def stack(tmp_path_factory):
     config = ChaosStackConfig(
         log_dir=tmp_path_factory.mktemp("soak"),
         engine_args=(*ENGINE_ARGS, "--num-kv-blocks", "64"),
+        # swaps keep KV exact (no int8/int4 codec), so a replay can differ only by batch numerics
+        memory_args=(*MEMORY_ARGS, "--max-kv-relative-error", "0"),
     )
     stack = ChaosStack(config)
     await stack.start()
@@ -38,9 +40,11 @@ async def test_soak_every_token_replays_exactly_and_nothing_leaks(stack):
     print(result.to_json())
     assert result.codes == {"OK": result.num_streams}, result
     assert result.num_wrong_length == 0, result  # no stream lost or duplicated a token
-    # A replay differing from some token on: the engine's CPU logits are not batch-invariant (see
-    # soak_run.py), which flips a sampled token in ~0.3% of streams; more is a real divergence.
-    assert result.num_mismatched <= 0.02 * result.num_streams, result
+    # Swaps are lossless here (--max-kv-relative-error 0): with int8/int4 swaps ~6% of replays
+    # diverged (the codec's bounded error moves a sample). What remains is batch numerics: the CPU
+    # logits of a row are not batch-invariant, which may flip one sampled token very rarely (0 of
+    # 473 streams when measured); more than one divergent stream is a real loss or reorder.
+    assert result.num_mismatched <= 1, result
     assert result.num_replayed == result.num_streams
     assert not any(result.engine_blocks_used_after.values()) and result.host_blocks_used_after == 0, result
     assert result.ledger_consistent
