@@ -20,15 +20,19 @@ import time
 
 import pytest
 
+from services.cli.stack_plan import serves_tls
 from services.common.model_catalog import DEFAULT_MODEL
+from tests.tls_certs import issue, make_authority
 
 FAKE_SERVICE = r"""
 import argparse, asyncio, json, os, pathlib, signal, sys
 from services.common.flags import add_server_flags
 from services.common.server import ServiceHandle, run_until_signal, start_server
+from services.common.tls import add_tls_flags, tls_from_args
 
 parser = argparse.ArgumentParser()
 add_server_flags(parser, default_port=0)
+add_tls_flags(parser)
 parser.add_argument("--name", required=True)
 parser.add_argument("--record-dir", required=True)
 parser.add_argument("--fail-at-start", action="store_true")
@@ -42,7 +46,7 @@ if args.fail_at_start:
 
 async def main():
     running = await start_server(host=args.host, port=args.port, register=lambda server: None,
-                                 service_names=[f"alise.v1.Fake{args.name}"])
+                                 service_names=[f"alise.v1.Fake{args.name}"], tls=tls_from_args(args))
     handle = ServiceHandle(running)
     if args.exit_after_s is not None:
         asyncio.get_running_loop().call_later(args.exit_after_s, os._exit, 4)
@@ -215,6 +219,24 @@ def test_starts_in_order_passes_peer_addresses_and_stops_cleanly_on_sigterm(star
     assert "stopping: gateway, engine, predictor, memory" in out
     assert _wait_all_gone(stack.pids.values(), timeout_s=0.5) == []
     assert (stack.log_dir / "engine.log").exists()
+
+
+def test_a_gateway_serving_tls_is_ready_on_its_ready_line(start_stack, tmp_path):
+    """A plaintext health check cannot reach a TLS server: the launcher must not wait on one."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    tls = issue(make_authority(pki), pki, "gateway")
+    stack = start_stack(extra={"gateway": ["--tls-cert", tls.cert_path, "--tls-key", tls.key_path]})
+    stack.read_until("alise up:")
+    assert f"serving on {stack.addresses['gateway']}" in stack.stdout_lines[-1]
+    stack.process.send_signal(signal.SIGTERM)
+    returncode, _, err = stack.finish()
+    assert returncode == 0, err
+
+
+def test_serves_tls_reads_both_flag_spellings():
+    assert serves_tls(["x", "--tls-cert", "c.pem"]) and serves_tls(["--tls-cert=c.pem"])
+    assert not serves_tls(["--tls-ca", "ca.pem", "--tls-certificate-typo"])
 
 
 def test_child_failing_at_startup_aborts_with_its_log_and_stops_the_others(start_stack):

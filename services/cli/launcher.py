@@ -25,7 +25,7 @@ from typing import Awaitable, Sequence, TextIO, TypeVar
 
 from services.cli.child import ChildExited, ChildProcess
 from services.cli.restart_policy import RestartBudget, RestartSettings
-from services.cli.stack_plan import ChildSpec, with_port
+from services.cli.stack_plan import ChildSpec, serves_tls, with_port
 from services.common.health import wait_until_serving
 
 T = TypeVar("T")
@@ -113,11 +113,14 @@ class StackLauncher:
         )
 
     async def _become_serving(self, child: ChildProcess) -> str:
+        """The child's address once it serves: its READY line (printed once its server is started and
+        its health is SERVING), then a health check where the launcher can speak to it in plaintext."""
         timeout_s = self._settings.startup_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 address = await child.wait_ready()
-                await wait_until_serving(address, timeout_s=timeout_s)
+                if not serves_tls(child.spec.argv):  # a plaintext check cannot reach a TLS server
+                    await wait_until_serving(address, timeout_s=timeout_s)
         except TimeoutError:
             raise TimeoutError(f"{child.name} did not report SERVING within {timeout_s:g} s") from None
         return address

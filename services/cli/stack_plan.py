@@ -38,6 +38,11 @@ class ChildSpec:
     peer_flags: tuple[tuple[str, str], ...] = ()  # (flag, peer name): flag receives the peer's address
 
 
+def serves_tls(argv: tuple[str, ...] | list[str]) -> bool:
+    """True when a command line gives its server a TLS certificate (`--tls-cert F` or `--tls-cert=F`)."""
+    return any(arg == "--tls-cert" or arg.startswith("--tls-cert=") for arg in argv)
+
+
 @dataclass(frozen=True)
 class UpConfig:
     """Settings of `alise up`, validated once at the entry point."""

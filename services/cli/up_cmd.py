@@ -10,7 +10,7 @@ import time
 
 from services.cli.launcher import LaunchSettings, run_stack
 from services.cli.restart_policy import RestartSettings
-from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan
+from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan, serves_tls
 from services.common import arg_types
 from services.common.cli_errors import print_error
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
@@ -111,10 +111,18 @@ def run(args: argparse.Namespace) -> int:
     http_host = "127.0.0.1" if config.gateway_host in ("0.0.0.0", "::", "[::]") else config.gateway_host
     settings = LaunchSettings(
         restarts=restarts,
-        gateway_http_url=f"http://{http_host}:{config.gateway_http_port}" if config.gateway_http_port else "",
+        gateway_http_url=_gateway_http_url(config, http_host),
         log_dir=log_dir,
         startup_timeout_s=config.startup_timeout_s,
         stop_timeout_s=config.drain_s + config.stop_grace_s,
         started_at_s=started_at_s,
     )
     return asyncio.run(run_stack(build_stack_plan(config), settings))
+
+
+def _gateway_http_url(config: UpConfig, host: str) -> str:
+    """The OpenAI base URL to print: https when the gateway got a TLS certificate; "" for no HTTP port."""
+    if not config.gateway_http_port:
+        return ""
+    scheme = "https" if serves_tls(config.extra_for(ServiceName.GATEWAY)) else "http"
+    return f"{scheme}://{host}:{config.gateway_http_port}"
