@@ -6,11 +6,12 @@ Its trace, `smollm2-heldout`, is built from the feedback files that `alise colle
 answers counted as 512 as in training), keeping only the prompts the shipped default predictor
 never trained on: no normalized prompt text that any of its training rows carries, in any source and
 under either grouping the code has used (`heldout_examples`). Each held-out prompt is predicted once,
-in-process through ONNX Runtime (1 thread), for the served model's column, and the rows (lengths and predictions, no prompt text) are cached
-under ~/.cache/alise/sim-predictions keyed by the model's and the files' hashes.
+in-process through ONNX Runtime (1 thread), for the served model's column, and the rows (lengths and
+predictions, no prompt text) are cached under ~/.cache/alise/sim-predictions keyed by the model's
+and the files' hashes.
 
-There are only a few hundred held-out prompts, so a trace of N requests resamples them with
-replacement (seeded): the same prompt recurs with the same length and the same prediction.
+Only 53 prompts are held out that way for the shipped model, so a trace of N requests resamples them
+with replacement (seeded): the same prompt recurs with the same length and the same prediction.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ from services.predictor.config import DEFAULT_MODEL_DIR
 
 TRACE_NAME = "smollm2-heldout"
 SERVED_MODEL = "smollm2-135m-instruct"  # the default model; the predictor maps it to its feedback column
-DEFAULT_FEEDBACK_FILES = (
-    pathlib.Path("/work/runs/feedback-all/feedback-20261206a.jsonl"),
-    pathlib.Path("/work/runs/feedback-all/feedback-20261206b.jsonl"),
-)
+# Where `alise collect-lengths`' stacks stored them (outside the repository, like ../shared/data).
+FEEDBACK_DIR = pathlib.Path(__file__).resolve().parents[4] / "runs" / "feedback-all"
+DEFAULT_FEEDBACK_FILES = (FEEDBACK_DIR / "feedback-20261206a.jsonl", FEEDBACK_DIR / "feedback-20261206b.jsonl")
 CACHE_SUBDIR = "sim-predictions"
 CACHE_FORMAT = 2
 
