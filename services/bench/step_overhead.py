@@ -11,7 +11,7 @@ Workloads: 1, 64 and 256 running decodes (64-token prompts), each without and wi
 whose 2,048-token prompt is prefilled in the same step; and the largest batch with every decode
 sampled (temperature 0.8, top-k 50, top-p 0.9), where the old sampler loops over rows. Phases per step: schedule, prepare, launch
 (the decoder's forward and LM head), sample, update. Host time = thread CPU time of the phase minus
-the thread CPU time spent inside operators (measured with a TorchDispatchMode on alternate steps):
+the thread CPU time spent inside operators (measured with a TorchDispatchMode in the same step):
 on CPU a kernel runs in the calling thread, so what is left is Python, dispatch and bookkeeping.
 The CPU torch-reference attention (Python loops over request groups) is reported apart from
 "launch": on CUDA it is one kernel launch per layer. schedule and update contain no operators.
@@ -51,7 +51,7 @@ SAMPLED_TEMPERATURE = 0.8  # a workload with every decode sampled (top-k 50, top
 @dataclass(frozen=True)
 class StepConfig:
     num_decodes: tuple[int, ...]
-    num_steps: int  # measured steps per path and workload (half plain, half under the operator timer)
+    num_steps: int  # measured steps per path and workload
     num_warmup_steps: int
     num_layers_for_op_count: int
     seed: int
@@ -112,12 +112,13 @@ class _Path:
                 output = self.scheduler.schedule()
                 self.scheduler.update(output, self.runner.execute(output))
 
-    def step(self, overhead_ns: float, time_sample: bool) -> dict[str, float]:
-        """One step: thread ns per phase. launch runs under the operator timer: its host time is its
-        thread time minus the attention backend's (reported apart as 'attention'), the time inside
-        operators and the timer's own cost per call. schedule, prepare and update run plain (their
-        operators only build small index tensors). sample runs plain, or timed when time_sample
-        (then 'sample_operators' is the time inside its operators, subtracted by the caller)."""
+    def step(self, overhead_ns: float) -> dict[str, float]:
+        """One step: thread ns per phase. launch and sample run under the operator timer: their host
+        time is their thread time minus the attention backend's (launch; reported apart as
+        'attention'), the time inside operators and the timer's own cost per call, all from the same
+        step (sample used to subtract the operator time of other steps: its sampled workload's
+        operators vary by several ms from step to step, more than the host time measured).
+        schedule, prepare and update run plain (their operators only build small index tensors)."""
         if self.chunk:
             self.num_chunks += 1
             prompt = self.rng.integers(3, self.vocab_size, CHUNK_TOKENS).tolist()
@@ -130,9 +131,7 @@ class _Path:
             output = self.scheduler.schedule()
             figures["schedule"] = clock() - started
             for phase, run in self._phases(output):
-                timer = launch_timer if phase == "launch" else None
-                if phase == "sample" and time_sample:
-                    timer = OperatorTimer()
+                timer = launch_timer if phase == "launch" else OperatorTimer() if phase == "sample" else None
                 started = clock()
                 if timer is None:
                     run()
@@ -141,7 +140,9 @@ class _Path:
                         run()
                 figures[phase] = clock() - started
                 if phase == "sample" and timer is not None:
-                    figures["sample_operators"] = timer.inside_ns["decoder"] - timer.calls["decoder"] * self.clock_ns
+                    inside = timer.inside_ns["decoder"] - timer.calls["decoder"] * self.clock_ns
+                    figures["sample_operators"] = inside
+                    figures["sample"] -= inside + timer.calls["decoder"] * overhead_ns
         inside, calls = launch_timer.inside_ns["decoder"], launch_timer.calls["decoder"]
         figures["attention"] = self.probe.wall_ns  # the CPU reference attention: Python and operators
         inside -= calls * self.clock_ns  # each operator's inside time also holds one clock reading
@@ -213,18 +214,14 @@ def calibrate_timer_overhead_ns(model, name: str, config: StepConfig, repeats: i
 def measure(
     model, name: str, num_decodes: int, chunk: bool, config: StepConfig, overhead_ns: float, temperature: float = 0.0
 ) -> PathFigures:
-    """Median host ms per phase over the measured steps (the sample phase is timed on every other step)."""
+    """Median host ms per phase over the measured steps."""
     path = _Path(name, model, num_decodes, chunk, config, temperature)
     path.prefill()
-    steps = [path.step(overhead_ns, index % 2 == 1) for index in range(config.num_warmup_steps + config.num_steps)]
+    steps = [path.step(overhead_ns) for _ in range(config.num_warmup_steps + config.num_steps)]
     steps = steps[config.num_warmup_steps :]
     median = lambda key, rows: max(0.0, float(np.median([s[key] for s in rows])) / 1e6)  # noqa: E731
-    plain = [s for s in steps if "sample_operators" not in s]
-    timed = [s for s in steps if "sample_operators" in s]
-    host = {phase: median(phase, steps) for phase in PHASES if phase != "sample"}
-    host["sample"] = max(0.0, median("sample", plain) - median("sample_operators", timed))
-    host = {phase: host[phase] for phase in PHASES}
-    operators = median("operators", steps) + median("sample_operators", timed)
+    host = {phase: median(phase, steps) for phase in PHASES}
+    operators = median("operators", steps) + median("sample_operators", steps)
     return PathFigures(
         name,
         num_decodes,
