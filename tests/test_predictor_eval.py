@@ -18,12 +18,26 @@ PREDICTORS = ("model", "baseline_train_median", "baseline_prompt_length")
 
 
 def test_eval_on_plain_jsonl_writes_json_and_png(tmp_path, capsys):
-    rows = [{"prompt": "Hi!", "output_tokens": 9}, {"prompt": "Write a 1500-word essay on Rome.", "output_tokens": 1900}]
+    rows = [
+        {"prompt": "Hi!", "output_tokens": 9},
+        {"prompt": "Write a 1500-word essay on Rome.", "output_tokens": 1900},
+    ]
     rows += [{"prompt": f"List {n} fruits.", "output_tokens": 20 * n, "prompt_tokens": 5} for n in range(1, 25)]
     data_file = tmp_path / "logs.jsonl"
     data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    argv = ["eval", "--data", str(data_file), "--out-dir", str(tmp_path / "out"), "--name", "mine",
-            "--latency-prompts", "5", "--threads", "1"]
+    argv = [
+        "eval",
+        "--data",
+        str(data_file),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--name",
+        "mine",
+        "--latency-prompts",
+        "5",
+        "--threads",
+        "1",
+    ]
     assert predictor_cmd.main(argv) == 0
     printed = capsys.readouterr().out
     assert "baseline_prompt_length" in printed and "latency" in printed
@@ -53,8 +67,21 @@ def test_eval_rejects_a_file_without_the_fields(tmp_path, capsys):
 
 @requires_shared_data
 def test_eval_on_the_training_file_keeps_only_heldout_groups(tmp_path):
-    argv = ["eval", "--data", str(SHARED_DATA_DIR / SHAREGPT_FILE), "--max-examples", "60", "--latency-prompts", "3",
-            "--out-dir", str(tmp_path), "--name", "sg", "--threads", "1"]
+    argv = [
+        "eval",
+        "--data",
+        str(SHARED_DATA_DIR / SHAREGPT_FILE),
+        "--max-examples",
+        "60",
+        "--latency-prompts",
+        "3",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "sg",
+        "--threads",
+        "1",
+    ]
     assert predictor_cmd.main(argv) == 0
     report = json.loads((tmp_path / "sg.json").read_text())
     assert report["files"][0]["heldout_only"] and report["metrics"]["sharegpt"]["model"]["num_examples"] == 60

@@ -39,7 +39,9 @@ def test_prompt_kinds():
     assert PromptKind.TABLE_JSON in prompt_kinds("give the answer as a markdown table", 10)
     assert PromptKind.MATH in prompt_kinds("what is 12 * 7?", 10)
     assert prompt_kinds("tell me a story", 300, is_conversation_start=False) == {
-        PromptKind.LONG_PROMPT, PromptKind.LATER_CHUNK}
+        PromptKind.LONG_PROMPT,
+        PromptKind.LATER_CHUNK,
+    }
     assert prompt_kinds("tell me a story", 10) == frozenset()
 
 
@@ -89,8 +91,9 @@ def test_calibration_makes_tail_coverage_nominal_per_bin_and_keeps_p50():
     for entry in coverage_by_decile(actual, calibrated, levels, calibrated[:, 1]):
         assert abs(entry["coverage_p10"] - 0.1) < 0.05 and abs(entry["coverage_p90"] - 0.9) < 0.05
     again = type(calibration).from_dict(calibration.to_dict())
-    np.testing.assert_array_equal(again.apply(quantiles, levels, generators[1::2]),
-                                  calibration.apply(quantiles, levels, generators[1::2]))
+    np.testing.assert_array_equal(
+        again.apply(quantiles, levels, generators[1::2]), calibration.apply(quantiles, levels, generators[1::2])
+    )
 
 
 def test_content_features_describe_code_urls_tables_and_pasted_documents():
@@ -114,7 +117,12 @@ def test_content_features_describe_code_urls_tables_and_pasted_documents():
 def test_content_layout_adds_its_columns_and_its_input_version():
     from services.predictor.content_features import CONTENT_FEATURE_NAMES
     from services.predictor.model_inputs import (
-        CONTENT_INPUT_VERSION, INPUT_VERSION, InputLayout, build_matrix, lexical_block)
+        CONTENT_INPUT_VERSION,
+        INPUT_VERSION,
+        InputLayout,
+        build_matrix,
+        lexical_block,
+    )
 
     plain, content = InputLayout("", ("a",)), InputLayout("", ("a",), content_features=True)
     assert plain.input_version == INPUT_VERSION and content.input_version == CONTENT_INPUT_VERSION

@@ -161,7 +161,12 @@ def test_input_rows_put_each_block_in_its_columns():
     assert matrix.shape == (2, layout.num_columns) == (2, len(layout.feature_names())) == (2, NUM_FEATURES + 4)
     np.testing.assert_array_equal(matrix[:, :NUM_FEATURES], lexical)
     np.testing.assert_array_equal(matrix[:, NUM_FEATURES:], np.hstack([heads, one_hot]))
-    assert layout.feature_names()[NUM_FEATURES:] == ("text_head_tfidf", "text_head_embedding", "generator=a", "generator=b")
+    assert layout.feature_names()[NUM_FEATURES:] == (
+        "text_head_tfidf",
+        "text_head_embedding",
+        "generator=a",
+        "generator=b",
+    )
     with pytest.raises(ValueError, match="generator 'c'"):
         layout.one_hot(["a", "c"])
     with pytest.raises(ValueError, match="head"):

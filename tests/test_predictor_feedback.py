@@ -13,10 +13,18 @@ from services.predictor.live_accuracy import LiveAccuracyWindow
 
 def _record(index: int, *, tokens: int, censored: bool = False, model: str = "tiny") -> FeedbackRecord:
     return FeedbackRecord(
-        request_id=f"gw-{index}", prompt_text=f"Give me {index % 15 + 1} ideas about topic {index}",
-        num_prompt_tokens=9, num_output_tokens=tokens, served_model=model, censored=censored, max_tokens=2048,
-        predicted_mean_tokens=None, predicted_p50_tokens=None, predicted_p90_tokens=None,
-        prediction_model_version="", finished_at_unix_s=1.7e9 + index,
+        request_id=f"gw-{index}",
+        prompt_text=f"Give me {index % 15 + 1} ideas about topic {index}",
+        num_prompt_tokens=9,
+        num_output_tokens=tokens,
+        served_model=model,
+        censored=censored,
+        max_tokens=2048,
+        predicted_mean_tokens=None,
+        predicted_p50_tokens=None,
+        predicted_p90_tokens=None,
+        prediction_model_version="",
+        finished_at_unix_s=1.7e9 + index,
     )
 
 
@@ -60,8 +68,20 @@ def test_train_from_feedback_learns_the_served_model(tmp_path, capsys):
     store = FeedbackStore(tmp_path / "fb")
     records = [_record(i, tokens=int(40 * (i % 15 + 1) * rng.uniform(0.8, 1.2))) for i in range(300)]
     store.append(records + [_record(900 + i, tokens=5, censored=True) for i in range(50)])
-    argv = ["train", "--from-feedback", str(tmp_path / "fb"), "--data-dir", str(tmp_path / "no-shared-data"),
-            "--out", str(tmp_path / "model"), "--no-embedding", "--max-trees", "40", "--threads", "1"]
+    argv = [
+        "train",
+        "--from-feedback",
+        str(tmp_path / "fb"),
+        "--data-dir",
+        str(tmp_path / "no-shared-data"),
+        "--out",
+        str(tmp_path / "model"),
+        "--no-embedding",
+        "--max-trees",
+        "40",
+        "--threads",
+        "1",
+    ]
     assert cli.main(argv) == 0
     assert "training on the feedback only" in capsys.readouterr().out
     metadata = read_metadata(tmp_path / "model")
@@ -72,8 +92,12 @@ def test_train_from_feedback_learns_the_served_model(tmp_path, capsys):
     assert metadata.heldout_metrics["served:tiny"]["model"]["kendall_tau"] > 0.6
     settings = LoadSettings(tmp_path / "model", default_cache_dir(), 1, 1, allow_cuda=False)
     predictor = PredictorLoader(settings).load()
-    few, many = predictor.predict([PromptInput("Give me 2 ideas about topic 1", 9, "tiny"),
-                                   PromptInput("Give me 14 ideas about topic 2", 9, "tiny")])
+    few, many = predictor.predict(
+        [
+            PromptInput("Give me 2 ideas about topic 1", 9, "tiny"),
+            PromptInput("Give me 14 ideas about topic 2", 9, "tiny"),
+        ]
+    )
     assert few.quantiles[1].num_tokens < many.quantiles[1].num_tokens
 
 

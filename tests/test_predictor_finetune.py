@@ -76,8 +76,16 @@ def test_bottom_graph_matches_the_packaged_model(bottom, base):
         ids = torch.tensor([bottom.token_ids(text)])
         assert ids.shape[1] <= EncoderSpec().max_tokens
         with torch.no_grad():
-            reference = base(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
-                             output_hidden_states=True).hidden_states[4][0].numpy()
+            reference = (
+                base(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    token_type_ids=torch.zeros_like(ids),
+                    output_hidden_states=True,
+                )
+                .hidden_states[4][0]
+                .numpy()
+            )
             ours = bottom_module(base)(ids, torch.ones_like(ids))[0].numpy()
         np.testing.assert_allclose(ours, reference, atol=1e-4)  # the torch bottom is MiniLM's layers 0-3
         served = bottom.hidden_states(text)  # int8 graph: rounding only
@@ -105,8 +113,12 @@ def test_top_graph_onnx_equals_torch(bottom, base):
 
 
 def test_prompt_table_dedupes_prompts_and_averages_log_lengths():
-    examples = [LengthExample("a", 1, 9, "g1", "x"), LengthExample("b", 1, 3, "g2", "y"),
-                LengthExample("a", 1, 99, "g1", "x"), LengthExample("a", 1, 7, "g2", "x")]
+    examples = [
+        LengthExample("a", 1, 9, "g1", "x"),
+        LengthExample("b", 1, 3, "g2", "y"),
+        LengthExample("a", 1, 99, "g1", "x"),
+        LengthExample("a", 1, 7, "g2", "x"),
+    ]
     table = prompt_table(examples, ["g1", "g2"])
     assert table.texts == ["a", "b"] and table.group_ids == ["x", "y"]
     assert table.row_of_example.tolist() == [0, 1, 0, 0]
@@ -120,8 +132,9 @@ def test_training_is_deterministic_and_learns(bottom, base, ranking_weight):
     table = prompt_table(examples, ["sharegpt"])
     padded = bottom_states(bottom, table.texts, num_threads=2, progress=lambda line: None)
     assert isinstance(padded, PaddedStates) and padded.lengths.max() <= EncoderSpec().max_tokens
-    settings = FinetuneSettings(seed=5, num_threads=1, num_epochs=4, batch_size=8, layer_learning_rate=2e-4,
-                                ranking_weight=ranking_weight)
+    settings = FinetuneSettings(
+        seed=5, num_threads=1, num_epochs=4, batch_size=8, layer_learning_rate=2e-4, ranking_weight=ranking_weight
+    )
     rows = np.arange(len(table.texts))
     weights = []
     for _ in range(2):
@@ -145,8 +158,9 @@ def test_soft_pairs_from_many_generators_train_the_alpaca_columns(bottom, base):
     assert np.isnan(soft.soft_targets[12:]).all()  # prompts without such lengths lend no pairs
     assert with_soft_targets(table, many, ["sharegpt", "other"]) is table  # no AlpacaEval column: nothing to rank
     padded = bottom_states(bottom, soft.texts, num_threads=1, progress=lambda line: None)
-    settings = FinetuneSettings(seed=1, num_threads=1, num_epochs=1, batch_size=8, soft_pair_weight=1.0,
-                                ranking_weight=1.0)
+    settings = FinetuneSettings(
+        seed=1, num_threads=1, num_epochs=1, batch_size=8, soft_pair_weight=1.0, ranking_weight=1.0
+    )
     with deterministic_torch(1):
         model = fit_top(base, settings, padded, soft, np.arange(len(soft.texts)), lambda line: None, "soft")
     assert np.isfinite(score_rows(model, padded, np.arange(len(soft.texts)))).all()
@@ -157,15 +171,37 @@ def _write_sharegpt(data_dir: Path, examples: list[LengthExample]) -> None:
     path.parent.mkdir(parents=True)
     with gzip.open(path, "wt", encoding="utf-8") as stream:
         for index, example in enumerate(examples):
-            stream.write(json.dumps({"id": f"c{index}_0", "prompt": example.prompt_text, "response": "",
-                                     "prompt_llama2_tokens": 8,
-                                     "response_llama2_tokens": example.num_output_tokens}) + "\n")
+            stream.write(
+                json.dumps(
+                    {
+                        "id": f"c{index}_0",
+                        "prompt": example.prompt_text,
+                        "response": "",
+                        "prompt_llama2_tokens": 8,
+                        "response_llama2_tokens": example.num_output_tokens,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_train_command_ships_and_serves_the_encoder(tmp_path):
     _write_sharegpt(tmp_path / "data", _examples(120))
-    argv = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--max-trees", "20",
-            "--threads", "1", "--finetune-folds", "2", "--cache-dir", str(default_cache_dir())]
+    argv = [
+        "train",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "m"),
+        "--max-trees",
+        "20",
+        "--threads",
+        "1",
+        "--finetune-folds",
+        "2",
+        "--cache-dir",
+        str(default_cache_dir()),
+    ]
     assert cli.main(argv) == 0
     model_dir = tmp_path / "m"
     metadata = read_metadata(model_dir)

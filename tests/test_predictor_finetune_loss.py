@@ -47,8 +47,19 @@ def test_all_generator_lengths_join_instruction_texts_by_index(tmp_path):
     folder.mkdir()
     with gzip.open(tmp_path / data.ALPACA_EVAL_FILE, "wt", encoding="utf-8") as stream:
         for index, text in ((0, "first"), (1, "second")):
-            stream.write(json.dumps({"generator": "g", "instruction_idx": index, "instruction": text, "output": "",
-                                     "instruction_llama2_tokens": 3, "output_llama2_tokens": 9}) + "\n")
+            stream.write(
+                json.dumps(
+                    {
+                        "generator": "g",
+                        "instruction_idx": index,
+                        "instruction": text,
+                        "output": "",
+                        "instruction_llama2_tokens": 3,
+                        "output_llama2_tokens": 9,
+                    }
+                )
+                + "\n"
+            )
     with gzip.open(tmp_path / data.ALL_GENERATOR_LENGTHS_FILE, "wt", encoding="utf-8") as stream:
         stream.write("generator,instruction_idx,dataset,instruction_llama2_tokens,output_chars,output_llama2_tokens\n")
         stream.write("b,0,x,3,10,40\na,0,x,3,10,20\na,1,x,3,10,7\na,5,x,3,10,7\n")  # index 5 has no text: skipped

@@ -17,8 +17,8 @@ from services.predictor import cli, features  # noqa: E402
 from services.predictor.artifact import INPUT_NAME, TEXT_HEADS_FILE_NAME, read_metadata  # noqa: E402
 from services.predictor.config import DEFAULT_MODEL_DIR  # noqa: E402
 from services.predictor.data import SHAREGPT_FILE  # noqa: E402
-from services.predictor.export import Head, HeadTransform, merge_heads  # noqa: E402
 from services.predictor.embedding import EMBEDDING_DIM, EmbeddingSpec, default_cache_dir  # noqa: E402
+from services.predictor.export import Head, HeadTransform, merge_heads  # noqa: E402
 from services.predictor.model import LengthModel, LengthPredictor, PromptInput, make_monotone  # noqa: E402
 from services.predictor.model_inputs import INPUT_VERSION  # noqa: E402
 from services.predictor.reload import LoadSettings, PredictorLoader  # noqa: E402
@@ -88,8 +88,18 @@ def _load(model_dir: Path) -> LengthPredictor:
 
 def test_train_command_on_synthetic_data_is_deterministic_and_loadable(tmp_path, capsys):
     _write_synthetic_data(tmp_path / "data")
-    argv = ["train", "--data-dir", str(tmp_path / "data"), "--seed", "3", "--max-trees", "40", "--threads", "1",
-            "--no-embedding"]
+    argv = [
+        "train",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--seed",
+        "3",
+        "--max-trees",
+        "40",
+        "--threads",
+        "1",
+        "--no-embedding",
+    ]
     assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
@@ -111,13 +121,26 @@ def test_train_command_on_synthetic_data_is_deterministic_and_loadable(tmp_path,
 
 def test_training_with_embedding_exports_what_xgboost_predicts(tmp_path):
     _write_synthetic_data(tmp_path / "data", num_records=160)
-    argv = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--max-trees", "20",
-            "--threads", "1", "--frozen-embedding"]  # the fine-tuned encoder: test_predictor_finetune.py
+    argv = [
+        "train",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "m"),
+        "--max-trees",
+        "20",
+        "--threads",
+        "1",
+        "--frozen-embedding",
+    ]  # the fine-tuned encoder: test_predictor_finetune.py
     assert cli.main(argv) == 0
     metadata = read_metadata(tmp_path / "m")
     assert metadata.embedding_version == EmbeddingSpec().version
     assert metadata.feature_names[features.NUM_FEATURES :] == (
-        "text_head_tfidf", "text_head_embedding", "generator=sharegpt")
+        "text_head_tfidf",
+        "text_head_embedding",
+        "generator=sharegpt",
+    )
     heads = TextHeads.from_bytes((tmp_path / "m" / TEXT_HEADS_FILE_NAME).read_bytes())
     assert heads.embedding_coef.shape == (EMBEDDING_DIM + 1,) and heads.idf.dtype == np.float16
     assert metadata.training["onnx_vs_xgboost_max_relative_difference"] < 1e-3
@@ -174,8 +197,9 @@ def test_shipped_default_model_loads_and_predicts_monotone():
 
 
 def test_default_generator_override_picks_the_workload():
-    settings = LoadSettings(DEFAULT_MODEL_DIR, default_cache_dir(), 1, 1, allow_cuda=False,
-                            default_generator="alpaca_eval:text_davinci_003")
+    settings = LoadSettings(
+        DEFAULT_MODEL_DIR, default_cache_dir(), 1, 1, allow_cuda=False, default_generator="alpaca_eval:text_davinci_003"
+    )
     davinci = PredictorLoader(settings).load()
     prompt = [PromptInput("Explain how a transformer neural network works, step by step.", 14, "tiny-llama")]
     shorter = davinci.predict(prompt)[0].quantiles[1].num_tokens

@@ -33,8 +33,9 @@ def two_models(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("models")
     _write_synthetic_data(root / "data", num_records=300)
     for name, seed in (("a", 1), ("b", 2)):
-        settings = TrainSettings(data_dir=root / "data", out_dir=root / name, seed=seed, use_embedding=False,
-                                 max_trees=15, num_threads=1)
+        settings = TrainSettings(
+            data_dir=root / "data", out_dir=root / name, seed=seed, use_embedding=False, max_trees=15, num_threads=1
+        )
         run_training(settings, progress=lambda line: None)
     return root / "a", root / "b"
 

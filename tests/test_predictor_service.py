@@ -32,8 +32,12 @@ PROMPTS = [
 @pytest.fixture
 async def predictor(tmp_path):
     config = PredictorConfig(
-        port=0, max_inputs_per_request=8, max_batch_inputs=64, feedback_dir=tmp_path / "feedback",
-        live_window_size=100, embedding_threads=2,  # 2: batches take the worker-pool path
+        port=0,
+        max_inputs_per_request=8,
+        max_batch_inputs=64,
+        feedback_dir=tmp_path / "feedback",
+        live_window_size=100,
+        embedding_threads=2,  # 2: batches take the worker-pool path
     )
     handle = await app.start(config)
     async with grpc.aio.insecure_channel(handle.address) as channel:
@@ -84,19 +88,32 @@ async def test_concurrent_calls_each_get_their_own_answers(predictor):
     single = [await stub.PredictOutputLength(_request([prompt]), timeout=10) for prompt in PROMPTS]
     together = await asyncio.gather(*(stub.PredictOutputLength(_request([p]), timeout=10) for p in PROMPTS))
     for alone, batched in zip(single, together):  # batch mates never change a prompt's embedding
-        assert alone.predictions[0].quantiles[1].num_tokens == pytest.approx(batched.predictions[0].quantiles[1].num_tokens)
+        assert alone.predictions[0].quantiles[1].num_tokens == pytest.approx(
+            batched.predictions[0].quantiles[1].num_tokens
+        )
 
 
 def _finished(index: int, *, actual: int, p50: float, finish=common_pb2.FINISH_REASON_EOS, ours=True):
     source = common_pb2.PREDICTION_SOURCE_PREDICTOR if ours else common_pb2.PREDICTION_SOURCE_FALLBACK
     prediction = common_pb2.OutputLengthPrediction(
-        mean_tokens=p50, source=source, model_version="m1",
-        quantiles=[common_pb2.LengthQuantile(level=level, num_tokens=p50 * factor)
-                   for level, factor in ((0.1, 0.5), (0.5, 1.0), (0.9, 2.0))],
+        mean_tokens=p50,
+        source=source,
+        model_version="m1",
+        quantiles=[
+            common_pb2.LengthQuantile(level=level, num_tokens=p50 * factor)
+            for level, factor in ((0.1, 0.5), (0.5, 1.0), (0.9, 2.0))
+        ],
     )
     return predictor_service_pb2.FinishedRequest(
-        request_id=f"gw-{index}", prompt_text=f"prompt {index}", num_prompt_tokens=5, num_output_tokens=actual,
-        served_model="tiny", finish_reason=finish, max_tokens=512, prediction=prediction, finished_at_unix_s=1e9,
+        request_id=f"gw-{index}",
+        prompt_text=f"prompt {index}",
+        num_prompt_tokens=5,
+        num_output_tokens=actual,
+        served_model="tiny",
+        finish_reason=finish,
+        max_tokens=512,
+        prediction=prediction,
+        finished_at_unix_s=1e9,
     )
 
 
@@ -160,7 +177,9 @@ async def test_batcher_merges_requests_that_wait_behind_a_running_batch():
     first = asyncio.ensure_future(batcher.submit([PromptInput("a", 1)]))
     while not batch_sizes:  # the first batch is running (and blocked)
         await asyncio.sleep(0.001)
-    later = [asyncio.ensure_future(batcher.submit([PromptInput("b", n), PromptInput("c", n + 1)])) for n in (10, 20, 30)]
+    later = [
+        asyncio.ensure_future(batcher.submit([PromptInput("b", n), PromptInput("c", n + 1)])) for n in (10, 20, 30)
+    ]
     await asyncio.sleep(0.05)
     release.set()
     assert [d.mean_tokens for d in await first] == [1.0]

@@ -60,6 +60,8 @@ def test_out_of_fold_columns_never_see_their_own_row():
     folds = np.arange(len(texts)) % 3
     columns = out_of_fold_columns(texts, None, one_hot, targets, folds)
     fold_zero = folds == 0
-    heads = fit_text_heads([t for t, keep in zip(texts, ~fold_zero) if keep], None, one_hot[~fold_zero], targets[~fold_zero])
+    heads = fit_text_heads(
+        [t for t, keep in zip(texts, ~fold_zero) if keep], None, one_hot[~fold_zero], targets[~fold_zero]
+    )
     expected = heads.columns([t for t, keep in zip(texts, fold_zero) if keep], None, one_hot[fold_zero])
     np.testing.assert_allclose(columns[fold_zero], expected, rtol=1e-6)

@@ -19,8 +19,19 @@ pytestmark = [requires_shared_data, pytest.mark.shared_data]
 
 def test_training_on_shared_data_beats_prompt_length_baseline(tmp_path, capsys):
     argv = [
-        "train", "--out", str(tmp_path / "model"), "--data-dir", str(SHARED_DATA_DIR), "--seed", "0",
-        "--generator", "text_davinci_003", "--max-examples", "3000", "--max-trees", "80",
+        "train",
+        "--out",
+        str(tmp_path / "model"),
+        "--data-dir",
+        str(SHARED_DATA_DIR),
+        "--seed",
+        "0",
+        "--generator",
+        "text_davinci_003",
+        "--max-examples",
+        "3000",
+        "--max-trees",
+        "80",
         "--no-embedding",  # a fresh CI machine has no embedding cache: MiniLM on 3000 prompts takes minutes
     ]
     assert cli.main(argv) == 0

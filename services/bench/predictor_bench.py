@@ -75,7 +75,11 @@ async def _latency_phase(stub, num_requests: int) -> dict:
         await stub.PredictOutputLength(_request(index), timeout=10)
         latencies.append(time.perf_counter() - started)
     cpu_ms_per_call = (time.process_time() - cpu_started) * 1e3 / num_requests
-    return {"num_requests": num_requests, **_percentiles(latencies), "process_cpu_ms_per_call": round(cpu_ms_per_call, 3)}
+    return {
+        "num_requests": num_requests,
+        **_percentiles(latencies),
+        "process_cpu_ms_per_call": round(cpu_ms_per_call, 3),
+    }
 
 
 async def _throughput_phase(stub, num_requests: int, concurrency: int) -> dict:
@@ -114,8 +118,12 @@ async def _bench(args: argparse.Namespace, address: str) -> dict:
         after = await stub.GetStats(stats_request, timeout=10)
     num_batches = max(after.num_batches - before.num_batches, 1)
     throughput["mean_batch_prompts"] = round((after.num_predictions - before.num_predictions) / num_batches, 2)
-    return {"model_version": after.model_version, "providers": list(after.execution_providers),
-            "latency_one_caller": latency, "throughput": throughput}
+    return {
+        "model_version": after.model_version,
+        "providers": list(after.execution_providers),
+        "latency_one_caller": latency,
+        "throughput": throughput,
+    }
 
 
 async def _bench_in_process(args: argparse.Namespace) -> dict:
@@ -123,8 +131,13 @@ async def _bench_in_process(args: argparse.Namespace) -> dict:
     from services.predictor import app
     from services.predictor.config import PredictorConfig
 
-    config = PredictorConfig(port=0, model_dir=args.model_dir, cache_dir=args.cache_dir,
-                             embedding_threads=args.embedding_threads, reload_poll_interval_s=0)
+    config = PredictorConfig(
+        port=0,
+        model_dir=args.model_dir,
+        cache_dir=args.cache_dir,
+        embedding_threads=args.embedding_threads,
+        reload_poll_interval_s=0,
+    )
     handle = await app.start(config)
     try:
         figures = await _bench(args, handle.address)
@@ -146,12 +159,16 @@ def run_bench(args: argparse.Namespace) -> int:
     figures["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     latency, throughput = figures["latency_one_caller"], figures["throughput"]
     print(f"model {figures['model_version']} on {figures['providers']}")
-    print(f"one caller, ~100-token prompt: p50 {latency['p50_ms']} ms  p90 {latency['p90_ms']} ms  "
-          f"p99 {latency['p99_ms']} ms  ({latency['num_requests']} calls; "
-          f"{latency['process_cpu_ms_per_call']} ms CPU per call)")
-    print(f"{throughput['concurrency']} callers: {throughput['prompts_per_s']} prompts/s  "
-          f"p50 {throughput['p50_ms']} ms  p99 {throughput['p99_ms']} ms  "
-          f"mean batch {throughput['mean_batch_prompts']} prompts")
+    print(
+        f"one caller, ~100-token prompt: p50 {latency['p50_ms']} ms  p90 {latency['p90_ms']} ms  "
+        f"p99 {latency['p99_ms']} ms  ({latency['num_requests']} calls; "
+        f"{latency['process_cpu_ms_per_call']} ms CPU per call)"
+    )
+    print(
+        f"{throughput['concurrency']} callers: {throughput['prompts_per_s']} prompts/s  "
+        f"p50 {throughput['p50_ms']} ms  p99 {throughput['p99_ms']} ms  "
+        f"mean batch {throughput['mean_batch_prompts']} prompts"
+    )
     if "stages" in figures:
         from services.bench.predictor_stages import format_stages
 
@@ -160,8 +177,12 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"1-minute load average of this machine: {figures['load_average_1m']} on {os.cpu_count()} cores")
     report = {
         **figures,
-        "config": {"address": args.address or "in-process 127.0.0.1:0", "model_dir": str(args.model_dir),
-                   "embedding_threads": args.embedding_threads, "num_requests": args.num_requests},
+        "config": {
+            "address": args.address or "in-process 127.0.0.1:0",
+            "model_dir": str(args.model_dir),
+            "embedding_threads": args.embedding_threads,
+            "num_requests": args.num_requests,
+        },
         "machine": machine_info(),
         "git": git_info(),
     }

@@ -33,17 +33,30 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Registers `eval` under `alise predictor`."""
     evaluate = commands.add_parser("eval", help="a model vs both baselines on data files (JSON + PNG)")
     evaluate.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="model directory")
-    evaluate.add_argument("--data", type=Path, action="append", default=[],
-                          help="data file (ShareGPT, AlpacaEval or JSONL with prompt and output_tokens); "
-                               "repeatable; default: the model's training files, held-out rows")
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        default=[],
+        help="data file (ShareGPT, AlpacaEval or JSONL with prompt and output_tokens); "
+        "repeatable; default: the model's training files, held-out rows",
+    )
     evaluate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
     evaluate.add_argument("--generator", default="", help="generator column for plain JSONL rows")
     evaluate.add_argument("--heldout-only", action="store_true", help="keep only held-out groups of every file")
-    evaluate.add_argument("--exclude-prompts-in", type=Path, action="append", default=[],
-                          help="leave out rows whose normalized prompt text occurs in this data file (any row "
-                               "of it; repeatable): e.g. the feedback files an older model was trained on")
-    evaluate.add_argument("--no-calibration", action="store_true",
-                          help="ignore the model's calibration step (the trees' raw p10 / p90), to measure it")
+    evaluate.add_argument(
+        "--exclude-prompts-in",
+        type=Path,
+        action="append",
+        default=[],
+        help="leave out rows whose normalized prompt text occurs in this data file (any row "
+        "of it; repeatable): e.g. the feedback files an older model was trained on",
+    )
+    evaluate.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="ignore the model's calibration step (the trees' raw p10 / p90), to measure it",
+    )
     evaluate.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows per file")
     evaluate.add_argument("--latency-prompts", type=int, default=200, help="prompts timed one by one")
     evaluate.add_argument("--out-dir", type=Path, default=DEFAULT_EVAL_DIR, help="where JSON and PNG go")
@@ -133,8 +146,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.no_calibration:
         predictor.model.calibration = None
     meta = predictor.model.metadata
-    paths = args.data or [args.data_dir / name for name in meta.data_files_sha256
-                          if not name.startswith("feedback/") and name != data.ALL_GENERATOR_LENGTHS_FILE]
+    paths = args.data or [
+        args.data_dir / name
+        for name in meta.data_files_sha256
+        if not name.startswith("feedback/") and name != data.ALL_GENERATOR_LENGTHS_FILE
+    ]
     files = [load_file_rows(Path(path), predictor, args) for path in paths]
     for item in files:
         print(f"{item.path}: {len(item.examples)} rows" + (" (held-out groups only)" if item.heldout_only else ""))
@@ -150,17 +166,31 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"model {meta.model_version}")
     print(format_table(metrics))
     print(format_calibration(calibration))
-    print(f"latency (in process, 1 prompt per call over {latency.get('num_prompts', 0)} prompts): "
-          f"p50 {latency.get('single_p50_ms')} ms, p99 {latency.get('single_p99_ms')} ms; "
-          f"batch of {latency.get('batch_size')}: {latency.get('batch_prompts_per_s')} prompts/s")
+    print(
+        f"latency (in process, 1 prompt per call over {latency.get('num_prompts', 0)} prompts): "
+        f"p50 {latency.get('single_p50_ms')} ms, p99 {latency.get('single_p99_ms')} ms; "
+        f"batch of {latency.get('batch_size')}: {latency.get('batch_prompts_per_s')} prompts/s"
+    )
     report = {
-        "model_version": meta.model_version, "model_dir": str(args.model_dir), "seed": meta.seed,
-        "files": [{"path": str(item.path), "num_rows": len(item.examples), "heldout_only": item.heldout_only,
-                   "sha256": data.file_sha256(item.path)} for item in files],
+        "model_version": meta.model_version,
+        "model_dir": str(args.model_dir),
+        "seed": meta.seed,
+        "files": [
+            {
+                "path": str(item.path),
+                "num_rows": len(item.examples),
+                "heldout_only": item.heldout_only,
+                "sha256": data.file_sha256(item.path),
+            }
+            for item in files
+        ],
         "excluded_prompts_in": [str(path) for path in args.exclude_prompts_in],
         "calibration_step": predictor.model.calibration is not None,
-        "metrics": metrics, "calibration": calibration, "latency": latency,
-        "machine": machine_info(), "git": git_info(),
+        "metrics": metrics,
+        "calibration": calibration,
+        "latency": latency,
+        "machine": machine_info(),
+        "git": git_info(),
     }
     json_path = args.out_dir / f"{args.name}.json"
     write_json(json_path, report)

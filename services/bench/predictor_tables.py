@@ -25,15 +25,23 @@ def tau_table(reports: dict[str, dict]) -> list[str]:
     """tau (and n, MAE) per split: one column per model, then the baselines of the first report."""
     names = list(reports)
     first = reports[names[0]]
-    header = ["split", "n", *(f"tau {name}" for name in names), "tau prompt length", "tau median",
-              *(f"MAE {name}" for name in names)]
+    header = [
+        "split",
+        "n",
+        *(f"tau {name}" for name in names),
+        "tau prompt length",
+        "tau median",
+        *(f"MAE {name}" for name in names),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for split, by_predictor in first["metrics"].items():
         row = [split.replace(" | ", " / "), _cell(by_predictor["model"]["num_examples"], "{:.0f}")]
         row += [_cell(reports[name]["metrics"].get(split, {}).get("model", {}).get("kendall_tau")) for name in names]
         row += [_cell(by_predictor[baseline].get("kendall_tau")) for baseline in PREDICTORS[1:]]
-        row += [_cell(reports[name]["metrics"].get(split, {}).get("model", {}).get("mae_tokens"), "{:.0f}")
-                for name in names]
+        row += [
+            _cell(reports[name]["metrics"].get(split, {}).get("model", {}).get("mae_tokens"), "{:.0f}")
+            for name in names
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -51,20 +59,35 @@ def decile_table(reports: dict[str, dict], split: str, grouping: str) -> list[st
 def render(reports: dict[str, dict]) -> str:
     """All tables as one markdown text."""
     names = list(reports)
-    lines = ["Models: " + ", ".join(f"{name} = `{report['model_version']}`" for name, report in reports.items()),
-             "", "### Kendall's tau per split (held-out rows)", "", *tau_table(reports)]
+    lines = [
+        "Models: " + ", ".join(f"{name} = `{report['model_version']}`" for name, report in reports.items()),
+        "",
+        "### Kendall's tau per split (held-out rows)",
+        "",
+        *tau_table(reports),
+    ]
     for split in reports[names[0]].get("calibration", {}):
         for grouping, title in (("by_predicted_decile", "predicted p50"), ("by_actual_decile", "true length")):
-            lines += ["", f"### {split}: p10 / p90 coverage per decile of {title} (ideal 0.10 / 0.90)", "",
-                      *decile_table(reports, split, grouping)]
+            lines += [
+                "",
+                f"### {split}: p10 / p90 coverage per decile of {title} (ideal 0.10 / 0.90)",
+                "",
+                *decile_table(reports, split, grouping),
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.predictor_tables",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--eval", action="append", required=True, metavar="NAME=PATH",
-                        help="a label and an eval JSON file (repeatable; the first gives the rows and baselines)")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.bench.predictor_tables", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--eval",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a label and an eval JSON file (repeatable; the first gives the rows and baselines)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here (default: print it)")
     args = parser.parse_args(argv)
     reports = {}

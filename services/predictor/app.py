@@ -64,9 +64,7 @@ async def start(config: PredictorConfig) -> PredictorHandle:
         running = await start_server(
             host=config.host,
             port=config.port,
-            register=lambda server: predictor_service_pb2_grpc.add_PredictorServiceServicer_to_server(
-                servicer, server
-            ),
+            register=lambda server: predictor_service_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
             tls=config.tls,
             require_client_cert=config.tls is not None and config.tls.verifies_peers,

@@ -102,8 +102,9 @@ def _replace_atomically(path: Path, payload: bytes) -> None:
     os.replace(temporary, path)
 
 
-def write_artifact(model_dir: Path, onnx_bytes: bytes, text_heads_bytes: bytes, metadata: ModelMetadata,
-                   encoder_bytes: bytes = b"") -> None:
+def write_artifact(
+    model_dir: Path, onnx_bytes: bytes, text_heads_bytes: bytes, metadata: ModelMetadata, encoder_bytes: bytes = b""
+) -> None:
     """Writes encoder.onnx (when given), model.onnx, text_heads.npz, then metadata.json, each by an
     atomic rename. A stale encoder.onnx of an earlier model is removed when none is given."""
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,7 @@ class Baselines:
         quantiles = np.array([self._bins(name).overall_quantile_tokens for name in generators], dtype=np.float64)
         return median, quantiles.reshape(len(generators), len(self.quantile_levels))
 
-    def prompt_length_only(
-        self, generators: Sequence[str], prompt_tokens: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def prompt_length_only(self, generators: Sequence[str], prompt_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean [n], quantiles [n, levels]) of the prompt-length-only model."""
         mean = np.zeros(len(generators))
         quantiles = np.zeros((len(generators), len(self.quantile_levels)))

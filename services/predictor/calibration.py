@@ -34,7 +34,7 @@ POOLED = "*"  # the table of all calibration rows together
 
 
 def family_of(generator: str) -> str:
-    """"alpaca_eval:gpt-4o" -> "alpaca_eval"; "sharegpt" and "served:<model>" are their own family."""
+    """ "alpaca_eval:gpt-4o" -> "alpaca_eval"; "sharegpt" and "served:<model>" are their own family."""
     prefix, separator, _ = generator.partition(":")
     return prefix if separator and prefix == "alpaca_eval" else generator
 
@@ -48,8 +48,9 @@ class BinOffsets:
 
     def shift(self, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...]) -> np.ndarray:
         result = np.array(quantile_tokens, dtype=np.float64, copy=True)
-        bins = np.searchsorted(np.asarray(self.log_p50_edges), np.log1p(result[:, quantile_levels.index(0.5)]),
-                               side="left")
+        bins = np.searchsorted(
+            np.asarray(self.log_p50_edges), np.log1p(result[:, quantile_levels.index(0.5)]), side="left"
+        )
         for level, offsets in self.offsets.items():
             column = quantile_levels.index(float(level))
             result[:, column] = np.expm1(np.log1p(result[:, column]) + np.asarray(offsets)[bins])
@@ -63,19 +64,26 @@ class QuantileCalibration:
     tables: dict[str, BinOffsets]  # family (or POOLED) -> its table
 
     def to_dict(self) -> dict[str, object]:
-        return {family: {"log_p50_edges": table.log_p50_edges, "offsets": table.offsets}
-                for family, table in sorted(self.tables.items())}
+        return {
+            family: {"log_p50_edges": table.log_p50_edges, "offsets": table.offsets}
+            for family, table in sorted(self.tables.items())
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> "QuantileCalibration":
-        return cls({
-            family: BinOffsets([float(edge) for edge in table["log_p50_edges"]],
-                               {level: [float(v) for v in values] for level, values in table["offsets"].items()})
-            for family, table in raw.items()
-        })
+        return cls(
+            {
+                family: BinOffsets(
+                    [float(edge) for edge in table["log_p50_edges"]],
+                    {level: [float(v) for v in values] for level, values in table["offsets"].items()},
+                )
+                for family, table in raw.items()
+            }
+        )
 
-    def apply(self, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...],
-              generators: Sequence[str]) -> np.ndarray:
+    def apply(
+        self, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...], generators: Sequence[str]
+    ) -> np.ndarray:
         """The quantiles [n, levels] with the calibrated levels shifted (row i predicts for generators[i])."""
         result = np.asarray(quantile_tokens, dtype=np.float64).copy()
         families = np.asarray([family_of(name) if family_of(name) in self.tables else POOLED for name in generators])
@@ -95,14 +103,19 @@ def _fit_table(actual: np.ndarray, log_quantiles: np.ndarray, quantile_levels: t
         residual = actual - log_quantiles[:, quantile_levels.index(level)]
         offsets[str(level)] = [
             round(float(np.quantile(residual[bins == index], level, method="inverted_cdf")), 6)
-            if np.any(bins == index) else 0.0
+            if np.any(bins == index)
+            else 0.0
             for index in range(len(edges) + 1)
         ]
     return BinOffsets([float(edge) for edge in edges], offsets)
 
 
-def fit_calibration(actual_tokens: np.ndarray, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...],
-                    generators: Sequence[str]) -> QuantileCalibration:
+def fit_calibration(
+    actual_tokens: np.ndarray,
+    quantile_tokens: np.ndarray,
+    quantile_levels: tuple[float, ...],
+    generators: Sequence[str],
+) -> QuantileCalibration:
     """Per-family (and pooled) per-bin offsets that make each calibrated level's coverage nominal on these rows."""
     actual = np.log1p(np.asarray(actual_tokens, np.float64))
     log_quantiles = np.log1p(np.asarray(quantile_tokens, np.float64))

@@ -24,22 +24,33 @@ NUM_CALIBRATION_FOLDS = 3
 FOLD_SEED_OFFSET = 7  # folds drawn with seed + this, unrelated to the stacking folds
 
 
-def out_of_fold_quantiles(settings: TreeSettings, fit: EvalRows, valid: EvalRows, quantile_names: list[str],
-                          progress: Callable[[str], None]) -> np.ndarray:
+def out_of_fold_quantiles(
+    settings: TreeSettings, fit: EvalRows, valid: EvalRows, quantile_names: list[str], progress: Callable[[str], None]
+) -> np.ndarray:
     """float64 [len(fit rows), len(quantile_names)]: each fit row's quantiles in tokens from trees fitted without
     its fold (early stopping on the valid rows, as the final trees)."""
     started = time.perf_counter()
-    folds = np.array([data.group_fold(group, num_folds=NUM_CALIBRATION_FOLDS, seed=settings.seed + FOLD_SEED_OFFSET)
-                      for group in fit.group_ids])
+    folds = np.array(
+        [
+            data.group_fold(group, num_folds=NUM_CALIBRATION_FOLDS, seed=settings.seed + FOLD_SEED_OFFSET)
+            for group in fit.group_ids
+        ]
+    )
     result = np.zeros((len(folds), len(quantile_names)))
     for fold in range(NUM_CALIBRATION_FOLDS):
         inside = folds == fold
         if not inside.any() or inside.all():
             continue
-        heads = fit_heads(settings, (fit.matrix[~inside], fit.actual_tokens[~inside]),
-                          (valid.matrix, valid.actual_tokens), lambda line: None)
+        heads = fit_heads(
+            settings,
+            (fit.matrix[~inside], fit.actual_tokens[~inside]),
+            (valid.matrix, valid.actual_tokens),
+            lambda line: None,
+        )
         predicted = xgboost_tokens(heads, fit.matrix[inside])
         result[inside] = np.stack([predicted[name] for name in quantile_names], axis=1)
-    progress(f"calibration: out-of-fold quantile trees on {len(folds)} rows ({NUM_CALIBRATION_FOLDS} folds) "
-             f"in {time.perf_counter() - started:.1f} s")
+    progress(
+        f"calibration: out-of-fold quantile trees on {len(folds)} rows ({NUM_CALIBRATION_FOLDS} folds) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return result

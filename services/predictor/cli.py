@@ -29,35 +29,64 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="output model directory")
     train.add_argument("--seed", type=int, default=0, help="seed of split, subsampling and XGBoost")
     train.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder")
-    train.add_argument("--generator", action="append", default=[],
-                       help="add this AlpacaEval generator's answers (repeatable), e.g. text_davinci_003")
+    train.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        help="add this AlpacaEval generator's answers (repeatable), e.g. text_davinci_003",
+    )
     train.add_argument("--all-generators", action="store_true", help="add all 10 AlpacaEval generators")
     train.add_argument("--no-sharegpt", action="store_true", help="leave the ShareGPT first turns out")
-    train.add_argument("--from-feedback", type=Path, default=None,
-                       help="add the served model's recorded lengths from this feedback directory")
-    train.add_argument("--include-censored", action="store_true",
-                       help="with --from-feedback: count LENGTH-capped requests with their cap as length")
+    train.add_argument(
+        "--from-feedback",
+        type=Path,
+        default=None,
+        help="add the served model's recorded lengths from this feedback directory",
+    )
+    train.add_argument(
+        "--include-censored",
+        action="store_true",
+        help="with --from-feedback: count LENGTH-capped requests with their cap as length",
+    )
     train.add_argument("--default-generator", default="", help="generator served by default ('' = automatic)")
     train.add_argument("--no-embedding", action="store_true", help="lexical features only (no MiniLM)")
-    train.add_argument("--frozen-embedding", action="store_true",
-                       help="ridge over the frozen MiniLM embedding instead of fine-tuning its top layers")
-    train.add_argument("--finetune-folds", type=int, default=3,
-                       help="out-of-fold fine-tuned encoders that score the training rows")
+    train.add_argument(
+        "--frozen-embedding",
+        action="store_true",
+        help="ridge over the frozen MiniLM embedding instead of fine-tuning its top layers",
+    )
+    train.add_argument(
+        "--finetune-folds", type=int, default=3, help="out-of-fold fine-tuned encoders that score the training rows"
+    )
     train.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     train.add_argument("--heldout-fraction", type=float, default=0.2, help="share of prompts held out")
     train.add_argument("--max-examples", type=int, default=0, help="subsample to this many (0 = all)")
     train.add_argument("--threads", type=int, default=2, help="XGBoost and ONNX Runtime threads")
     train.add_argument("--max-trees", type=int, default=600, help="boosting rounds per head")
     train.add_argument("--max-depth", type=int, default=6, help="tree depth")
-    train.add_argument("--no-calibration", action="store_true",
-                       help="keep the trees' p10 / p90 as fitted (no per-bin calibration step)")
-    train.add_argument("--ranking-weight", type=float, default=1.0,
-                       help="weight of the encoder's pairwise ranking loss next to regression (0 = regression only)")
-    train.add_argument("--soft-pair-weight", type=float, default=1.0,
-                       help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators "
-                            "(with AlpacaEval generators; 0 = off)")
-    train.add_argument("--content-features", action="store_true",
-                       help="add content columns: code lines, URLs, tables / JSON, pasted documents")
+    train.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="keep the trees' p10 / p90 as fitted (no per-bin calibration step)",
+    )
+    train.add_argument(
+        "--ranking-weight",
+        type=float,
+        default=1.0,
+        help="weight of the encoder's pairwise ranking loss next to regression (0 = regression only)",
+    )
+    train.add_argument(
+        "--soft-pair-weight",
+        type=float,
+        default=1.0,
+        help="weight of soft ranking pairs from AlpacaEval's 227 length-only generators "
+        "(with AlpacaEval generators; 0 = off)",
+    )
+    train.add_argument(
+        "--content-features",
+        action="store_true",
+        help="add content columns: code lines, URLs, tables / JSON, pasted documents",
+    )
     train.set_defaults(handler=_train)
 
 
@@ -85,14 +114,26 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{args.data_dir} not found: training on the feedback only", flush=True)
         use_sharegpt = False
     settings = TrainSettings(
-        data_dir=args.data_dir, out_dir=args.out, seed=args.seed,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        seed=args.seed,
         generators=ALPACA_EVAL_GENERATORS if args.all_generators else tuple(args.generator),
-        use_sharegpt=use_sharegpt, feedback_dir=args.from_feedback, include_censored=args.include_censored,
-        default_generator=args.default_generator, use_embedding=not args.no_embedding, cache_dir=args.cache_dir,
-        finetune_encoder=not args.frozen_embedding, finetune_folds=args.finetune_folds,
-        heldout_fraction=args.heldout_fraction, max_examples=args.max_examples, num_threads=args.threads,
-        max_trees=args.max_trees, max_depth=args.max_depth, calibrate=not args.no_calibration,
-        ranking_weight=args.ranking_weight, soft_pair_weight=args.soft_pair_weight,
+        use_sharegpt=use_sharegpt,
+        feedback_dir=args.from_feedback,
+        include_censored=args.include_censored,
+        default_generator=args.default_generator,
+        use_embedding=not args.no_embedding,
+        cache_dir=args.cache_dir,
+        finetune_encoder=not args.frozen_embedding,
+        finetune_folds=args.finetune_folds,
+        heldout_fraction=args.heldout_fraction,
+        max_examples=args.max_examples,
+        num_threads=args.threads,
+        max_trees=args.max_trees,
+        max_depth=args.max_depth,
+        calibrate=not args.no_calibration,
+        ranking_weight=args.ranking_weight,
+        soft_pair_weight=args.soft_pair_weight,
         content_features=args.content_features,
     )
     metadata = run_training(settings, progress=lambda line: print(line, flush=True))

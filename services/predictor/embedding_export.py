@@ -84,9 +84,7 @@ def _export_float(model_dir: Path, out_path: Path) -> None:
     onnx.save_model(program.model_proto, str(out_path), save_as_external_data=False)
 
 
-def export_embedding_model(
-    model_dir: Path, out_path: Path, progress: Callable[[str], None] = print
-) -> Path:
+def export_embedding_model(model_dir: Path, out_path: Path, progress: Callable[[str], None] = print) -> Path:
     """Exports, quantizes and atomically writes the embedding graph to out_path; returns it.
 
     Atomic: the graph is built in a temporary directory next to out_path and renamed into place,

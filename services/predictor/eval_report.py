@@ -18,10 +18,16 @@ from services.predictor.evaluate import EvalRows, Predictions
 
 MAX_PLOTTED_SPLITS = 10
 _COLUMNS = (
-    ("num_examples", "n", "{:.0f}"), ("kendall_tau", "tau", "{:.3f}"), ("spearman_rho", "rho", "{:.3f}"),
-    ("mae_tokens", "MAE", "{:.0f}"), ("acc_50", "Acc50", "{:.3f}"), ("acc_100", "Acc100", "{:.3f}"),
-    ("bucket_accuracy", "bucket", "{:.3f}"), ("coverage_p10", "cov10", "{:.2f}"),
-    ("coverage_p50", "cov50", "{:.2f}"), ("coverage_p90", "cov90", "{:.2f}"),
+    ("num_examples", "n", "{:.0f}"),
+    ("kendall_tau", "tau", "{:.3f}"),
+    ("spearman_rho", "rho", "{:.3f}"),
+    ("mae_tokens", "MAE", "{:.0f}"),
+    ("acc_50", "Acc50", "{:.3f}"),
+    ("acc_100", "Acc100", "{:.3f}"),
+    ("bucket_accuracy", "bucket", "{:.3f}"),
+    ("coverage_p10", "cov10", "{:.2f}"),
+    ("coverage_p50", "cov50", "{:.2f}"),
+    ("coverage_p90", "cov90", "{:.2f}"),
 )
 
 
@@ -48,8 +54,10 @@ def format_calibration(calibration: dict, predictor: str = "model") -> str:
         if predictor not in by_predictor:
             continue
         for grouping, title in (("by_actual_decile", "true length"), ("by_predicted_decile", "predicted p50")):
-            cells = " ".join(f"{entry['coverage_p10']:.2f}/{entry['coverage_p90']:.2f}"
-                             for entry in by_predictor[predictor][grouping])
+            cells = " ".join(
+                f"{entry['coverage_p10']:.2f}/{entry['coverage_p90']:.2f}"
+                for entry in by_predictor[predictor][grouping]
+            )
             lines.append(f"{split}: {predictor} p10/p90 coverage by {title} decile: {cells}")
     return "\n".join(lines)
 
@@ -90,14 +98,24 @@ def write_png(path: Path, rows: EvalRows, predictions: Predictions, quantile_lev
         scatter.scatter(actual, predicted, s=4, alpha=0.35)
         limits = [1, max(float(actual.max()), float(predicted.max()), 10.0)]
         scatter.plot(limits, limits, color="black", linewidth=0.8)
-        scatter.set(xscale="log", yscale="log", xlabel="actual output tokens", ylabel="predicted p50 tokens",
-                    title=f"{split}: predicted vs actual")
+        scatter.set(
+            xscale="log",
+            yscale="log",
+            xlabel="actual output tokens",
+            ylabel="predicted p50 tokens",
+            title=f"{split}: predicted vs actual",
+        )
         for name, quantiles in predictions.quantile_tokens.items():
             coverage = [float(np.mean(actual <= quantiles[selected, column])) for column in range(len(quantile_levels))]
             calibration.plot(quantile_levels, coverage, marker="o", label=name)
         calibration.plot([0, 1], [0, 1], color="black", linewidth=0.8)
-        calibration.set(xlim=(0, 1), ylim=(0, 1), xlabel="quantile level", ylabel="share of actual <= predicted",
-                        title=f"{split}: quantile calibration")
+        calibration.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="quantile level",
+            ylabel="share of actual <= predicted",
+            title=f"{split}: quantile calibration",
+        )
         calibration.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

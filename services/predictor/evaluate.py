@@ -122,7 +122,8 @@ def calibration_by_split(
             name: {
                 "by_actual_decile": coverage_by_decile(actual, quantiles[selected], quantile_levels, actual),
                 "by_predicted_decile": coverage_by_decile(
-                    actual, quantiles[selected], quantile_levels, quantiles[selected, p50_column]),
+                    actual, quantiles[selected], quantile_levels, quantiles[selected, p50_column]
+                ),
             }
             for name, quantiles in predictions.quantile_tokens.items()
             if name != BASELINE_TRAIN_MEDIAN  # a constant: its deciles of prediction are one bin

@@ -49,9 +49,7 @@ def booster_to_onnx(booster: Any, num_features: int) -> onnx.ModelProto:
     booster = booster.copy()  # clearing names must not change the caller's booster
     booster.feature_names = None
     booster.feature_types = None
-    return onnxmltools.convert_xgboost(
-        booster, initial_types=[(INPUT_NAME, FloatTensorType([None, num_features]))]
-    )
+    return onnxmltools.convert_xgboost(booster, initial_types=[(INPUT_NAME, FloatTensorType([None, num_features]))])
 
 
 def _renamed(name: str, prefix: str) -> str:
@@ -81,9 +79,7 @@ def _append_head(graph_parts: dict[str, list], head_model: onnx.ModelProto, head
         graph_parts["initializers"].append(one)
         graph_parts["nodes"].append(helper.make_node("Exp", [raw_output], [f"{prefix}/exp"]))
         graph_parts["nodes"].append(helper.make_node("Sub", [f"{prefix}/exp", one.name], [head.output_name]))
-    graph_parts["outputs"].append(
-        helper.make_tensor_value_info(head.output_name, onnx.TensorProto.FLOAT, [None, 1])
-    )
+    graph_parts["outputs"].append(helper.make_tensor_value_info(head.output_name, onnx.TensorProto.FLOAT, [None, 1]))
 
 
 def merge_heads(heads: Sequence[Head], num_features: int) -> onnx.ModelProto:

@@ -42,46 +42,116 @@ MAX_REQUESTED_WORDS = 10000
 _KEYWORD_SIGNALS: tuple[tuple[str, frozenset[str], tuple[tuple[str, ...], ...]], ...] = tuple(
     (name, frozenset(words.split()), tuple(tuple(phrase.split()) for phrase in phrases))
     for name, words, phrases in (
-        ("asks_list", "list lists bullet bullets enumerate steps ideas tips examples outline",
-         ("top 3", "top 5", "top 10", "ways to", "step by step")),
-        ("asks_code", "code function script implement program python javascript typescript java sql query "
-                      "regex html css react api class c++ golang rust bash dockerfile c# kotlin swift",
-         ()),
-        ("asks_long_form", "essay article blog story report detailed comprehensive elaborate thorough "
-                           "chapter paper proposal novel speech",
-         ("in detail", "in depth", "long form")),
-        ("asks_brief", "brief briefly short shortly concise concisely summary summarize summarise "
-                       "summarization tldr",
-         ("tl dr", "one sentence", "in a sentence", "few words", "one paragraph", "one line")),
-        ("asks_one_word", "",
-         ("one word", "single word", "yes or no", "true or false", "only answer", "just answer",
-          "answer with", "reply with", "respond with", "only the", "only output", "only return",
-          "just the", "just say", "nothing else")),
-        ("asks_translation", "translate translation translated translating",
-         ("in english", "in french", "in spanish", "in german", "in chinese", "in japanese", "in korean",
-          "in italian", "in portuguese", "in russian", "in arabic", "in hindi", "into english")),
-        ("asks_rewrite", "rewrite rephrase paraphrase proofread",
-         ("re write", "correct the", "correct this", "correct my", "fix the", "fix this", "fix my",
-          "improve the", "improve this", "improve my", "edit the", "edit this", "edit my")),
-        ("asks_explain", "explain describe why",
-         ("what is", "what are", "how does", "how do", "how to", "tell me about")),
-        ("asks_choice", "classify choose select categorize categorise sentiment rate score",
-         ("which of the following", "multiple choice")),
-        ("asks_math", "calculate solve compute equation probability",
-         ("how many", "how much")),
+        (
+            "asks_list",
+            "list lists bullet bullets enumerate steps ideas tips examples outline",
+            ("top 3", "top 5", "top 10", "ways to", "step by step"),
+        ),
+        (
+            "asks_code",
+            "code function script implement program python javascript typescript java sql query "
+            "regex html css react api class c++ golang rust bash dockerfile c# kotlin swift",
+            (),
+        ),
+        (
+            "asks_long_form",
+            "essay article blog story report detailed comprehensive elaborate thorough "
+            "chapter paper proposal novel speech",
+            ("in detail", "in depth", "long form"),
+        ),
+        (
+            "asks_brief",
+            "brief briefly short shortly concise concisely summary summarize summarise summarization tldr",
+            ("tl dr", "one sentence", "in a sentence", "few words", "one paragraph", "one line"),
+        ),
+        (
+            "asks_one_word",
+            "",
+            (
+                "one word",
+                "single word",
+                "yes or no",
+                "true or false",
+                "only answer",
+                "just answer",
+                "answer with",
+                "reply with",
+                "respond with",
+                "only the",
+                "only output",
+                "only return",
+                "just the",
+                "just say",
+                "nothing else",
+            ),
+        ),
+        (
+            "asks_translation",
+            "translate translation translated translating",
+            (
+                "in english",
+                "in french",
+                "in spanish",
+                "in german",
+                "in chinese",
+                "in japanese",
+                "in korean",
+                "in italian",
+                "in portuguese",
+                "in russian",
+                "in arabic",
+                "in hindi",
+                "into english",
+            ),
+        ),
+        (
+            "asks_rewrite",
+            "rewrite rephrase paraphrase proofread",
+            (
+                "re write",
+                "correct the",
+                "correct this",
+                "correct my",
+                "fix the",
+                "fix this",
+                "fix my",
+                "improve the",
+                "improve this",
+                "improve my",
+                "edit the",
+                "edit this",
+                "edit my",
+            ),
+        ),
+        (
+            "asks_explain",
+            "explain describe why",
+            ("what is", "what are", "how does", "how do", "how to", "tell me about"),
+        ),
+        (
+            "asks_choice",
+            "classify choose select categorize categorise sentiment rate score",
+            ("which of the following", "multiple choice"),
+        ),
+        ("asks_math", "calculate solve compute equation probability", ("how many", "how much")),
         ("asks_email", "email letter", ("e mail", "message to", "reply to", "cover letter")),
         ("asks_table", "table csv json markdown yaml xml spreadsheet", ()),
         ("asks_plan", "plan schedule itinerary curriculum syllabus roadmap strategy agenda", ()),
-        ("asks_role_play", "pretend roleplay",
-         ("role play", "act as", "you are a", "you are an", "i want you to", "imagine you")),
+        (
+            "asks_role_play",
+            "pretend roleplay",
+            ("role play", "act as", "you are a", "you are an", "i want you to", "imagine you"),
+        ),
     )
 )
 # Signals that look only at the first word of the prompt.
 _FIRST_WORD_SIGNALS: tuple[tuple[str, frozenset[str]], ...] = (
     ("asks_continue", frozenset("continue go keep more next".split())),
     ("is_greeting", frozenset("hi hello hey thanks thank good".split())),
-    ("starts_with_question_word", frozenset(
-        "what who when where which how why is are can could do does should will would".split())),
+    (
+        "starts_with_question_word",
+        frozenset("what who when where which how why is are can could do does should will would".split()),
+    ),
 )
 # Substrings that betray pasted code (matched on the raw window, case kept).
 _CODE_MARKERS = ("```", ";\n", "{\n", "}\n", "\ndef ", "\nimport ", "\n#include", "\nclass ", "();", "=>")

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.predictor.data import LengthExample, file_sha256, prompt_key
-from services.predictor.feedback_store import FILE_PREFIX, FILE_SUFFIX, FeedbackRecord, read_feedback, read_feedback_file
+from services.predictor.feedback_store import (
+    FILE_PREFIX,
+    FILE_SUFFIX,
+    FeedbackRecord,
+    read_feedback,
+    read_feedback_file,
+)
 
 SERVED_SOURCE_PREFIX = "served:"
 MIN_FEEDBACK_EXAMPLES = 50  # fewer usable records than this cannot train anything meaningful
@@ -58,9 +64,7 @@ def load_feedback_file(path: Path, *, include_censored: bool) -> list[LengthExam
 
 def load_feedback_examples(directory: Path, *, include_censored: bool) -> FeedbackExamples:
     """Usable records of a feedback directory; ValueError when fewer than MIN_FEEDBACK_EXAMPLES."""
-    examples = [
-        feedback_example(record) for record in read_feedback(directory) if _usable(record, include_censored)
-    ]
+    examples = [feedback_example(record) for record in read_feedback(directory) if _usable(record, include_censored)]
     if len(examples) < MIN_FEEDBACK_EXAMPLES:
         raise ValueError(
             f"{directory} has {len(examples)} usable feedback records (uncensored, with prompt text); "
@@ -69,7 +73,7 @@ def load_feedback_examples(directory: Path, *, include_censored: bool) -> Feedba
         )
     files = sorted(directory.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
     counts = collections.Counter(example.source for example in examples)
-    served_models = {example.source[len(SERVED_SOURCE_PREFIX):]: example.source for example in examples}
+    served_models = {example.source[len(SERVED_SOURCE_PREFIX) :]: example.source for example in examples}
     return FeedbackExamples(
         examples=examples,
         file_hashes={f"feedback/{path.name}": file_sha256(path) for path in files},

@@ -54,8 +54,10 @@ class EncoderSpec:
     @property
     def graph_name(self) -> str:
         """Names the bottom graph file (shared by every model trained on it)."""
-        return (f"minilm-l6-v2-{self.package_version}-{self.quantization}"
-                f"-bottom{self.num_frozen_layers}-x{self.export_revision}")
+        return (
+            f"minilm-l6-v2-{self.package_version}-{self.quantization}"
+            f"-bottom{self.num_frozen_layers}-x{self.export_revision}"
+        )
 
     @property
     def version(self) -> str:
@@ -91,8 +93,9 @@ class FrozenBottom:
         self.spec = spec
         self._word_pieces = HeadTailWordPieces(spec.max_tokens)  # the same window as the frozen embedder
         self.graph_path = ensure_bottom_graph(cache_dir, spec)  # the shared bottom graph file
-        self.session = make_session(self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda,
-                                    disabled_optimizers=DISABLED_OPTIMIZERS)
+        self.session = make_session(
+            self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+        )
 
     def token_ids(self, text: str) -> list[int]:
         return self._word_pieces.ids(text)
@@ -107,8 +110,15 @@ class FrozenBottom:
 class FinetunedEncoder:
     """Bottom + a model's top graph: text -> float32 scores [G]. `close` stops the batch workers."""
 
-    def __init__(self, bottom: FrozenBottom, top_graph: Path | bytes, *, num_threads: int = 2,
-                 expected_sha256: str = "", allow_cuda: bool = True) -> None:
+    def __init__(
+        self,
+        bottom: FrozenBottom,
+        top_graph: Path | bytes,
+        *,
+        num_threads: int = 2,
+        expected_sha256: str = "",
+        allow_cuda: bool = True,
+    ) -> None:
         """top_graph: encoder.onnx (path or bytes); ValueError if its sha256 is not expected_sha256."""
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
@@ -119,8 +129,9 @@ class FinetunedEncoder:
         self.spec = bottom.spec
         self.num_threads = num_threads  # prompts of one batch encoded at once, one core each
         self.graph_path = None if isinstance(top_graph, bytes) else Path(top_graph)  # the model's encoder.onnx
-        self._top = make_session(payload, intra_op_threads=1, allow_cuda=allow_cuda,
-                                 disabled_optimizers=DISABLED_OPTIMIZERS)
+        self._top = make_session(
+            payload, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+        )
         self.num_scores = int(self._top.get_outputs()[0].shape[-1])  # G: generator columns scored
         self._pool: ThreadPoolExecutor | None = None
         if num_threads > 1 and CUDA_PROVIDER not in self._top.get_providers():

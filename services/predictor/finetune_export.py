@@ -56,8 +56,15 @@ def bottom_module(base):
     return BottomEncoder().eval()
 
 
-def _export(module, example: tuple, input_names: list[str], output_name: str, out_path: Path, quantize: bool,
-            op_types: list[str] | None = None) -> None:
+def _export(
+    module,
+    example: tuple,
+    input_names: list[str],
+    output_name: str,
+    out_path: Path,
+    quantize: bool,
+    op_types: list[str] | None = None,
+) -> None:
     """torch module -> ONNX file (dynamic batch and word-piece axes), int8 weights when quantize.
 
     op_types: the node types to quantize (None: ONNX Runtime's default set).
@@ -72,8 +79,14 @@ def _export(module, example: tuple, input_names: list[str], output_name: str, ou
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".export-") as work_dir:
         float_path = Path(work_dir) / "float.onnx"
         with torch.no_grad():
-            program = torch.onnx.export(module.eval(), example, input_names=input_names, output_names=[output_name],
-                                        dynamic_shapes=dynamic, dynamo=True)
+            program = torch.onnx.export(
+                module.eval(),
+                example,
+                input_names=input_names,
+                output_names=[output_name],
+                dynamic_shapes=dynamic,
+                dynamo=True,
+            )
         proto = program.model_proto
         # Drop the exporter's intermediate shape annotations: ONNX Runtime's quantizer re-infers
         # them, and disagrees with the exporter's on the head's Gemm (384 vs G), failing the export.
@@ -82,8 +95,13 @@ def _export(module, example: tuple, input_names: list[str], output_name: str, ou
         result = float_path
         if quantize:
             result = Path(work_dir) / "int8.onnx"
-            quantize_dynamic(str(float_path), str(result), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=op_types)
+            quantize_dynamic(
+                str(float_path),
+                str(result),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=op_types,
+            )
         os.replace(result, out_path)
 
 
@@ -95,8 +113,14 @@ def export_bottom_graph(out_path: Path, *, quantize: bool = True, progress: Call
     out_path.parent.mkdir(parents=True, exist_ok=True)
     progress(f"exporting the frozen bottom of {weights_dir().name} ({NUM_FROZEN_LAYERS} layers) to ONNX ...")
     example = (torch.ones(_EXAMPLE_SHAPE, dtype=torch.long), torch.ones(_EXAMPLE_SHAPE, dtype=torch.long))
-    _export(bottom_module(load_base_encoder()), example, [INPUT_IDS_NAME, ATTENTION_MASK_NAME], HIDDEN_STATES_NAME,
-            out_path, quantize)
+    _export(
+        bottom_module(load_base_encoder()),
+        example,
+        [INPUT_IDS_NAME, ATTENTION_MASK_NAME],
+        HIDDEN_STATES_NAME,
+        out_path,
+        quantize,
+    )
     progress(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB)")
     return out_path
 
@@ -128,7 +152,8 @@ def max_score_difference(top, top_bytes: bytes, hidden_states: list[np.ndarray])
         for states in hidden_states:
             mask = np.ones((1, states.shape[0]), np.int64)
             want = top(torch.from_numpy(states[None].astype(np.float32)), torch.from_numpy(mask)).numpy()
-            got = session.run([SCORES_NAME], {HIDDEN_STATES_NAME: states[None].astype(np.float32),
-                                              ATTENTION_MASK_NAME: mask})[0]
+            got = session.run(
+                [SCORES_NAME], {HIDDEN_STATES_NAME: states[None].astype(np.float32), ATTENTION_MASK_NAME: mask}
+            )[0]
             worst = max(worst, float(np.max(np.abs(got - want))))
     return worst

@@ -87,8 +87,9 @@ def prompt_table(examples: Sequence[data.LengthExample], generators: Sequence[st
         return PromptTable(texts, groups, sums / np.where(counts > 0, counts, np.nan), rows)
 
 
-def with_soft_targets(table: PromptTable, soft_lengths: dict[str, np.ndarray] | None,
-                      generators: Sequence[str]) -> PromptTable:
+def with_soft_targets(
+    table: PromptTable, soft_lengths: dict[str, np.ndarray] | None, generators: Sequence[str]
+) -> PromptTable:
     """The table with log1p lengths of many length-only generators for the prompts that have them
     (data.load_all_generator_lengths), ranked on the mean score of the AlpacaEval columns."""
     columns = tuple(index for index, name in enumerate(generators) if name.startswith(data.ALPACA_EVAL_SOURCE_PREFIX))
@@ -162,17 +163,26 @@ def _optimizer(model, settings: FinetuneSettings, num_steps: int):
 
     layers = [p for name, p in model.named_parameters() if name.startswith("layers.")]
     others = [p for name, p in model.named_parameters() if not name.startswith("layers.")]
-    optimizer = torch.optim.AdamW([{"params": layers, "lr": settings.layer_learning_rate},
-                                   {"params": others, "lr": settings.head_learning_rate}],
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": layers, "lr": settings.layer_learning_rate}, {"params": others, "lr": settings.head_learning_rate}],
+        weight_decay=settings.weight_decay,
+    )
     warmup = max(1.0, settings.warmup_fraction * num_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, step / warmup) * max(0.0, (num_steps - step) / num_steps))
+        optimizer, lambda step: min(1.0, step / warmup) * max(0.0, (num_steps - step) / num_steps)
+    )
     return optimizer, schedule
 
 
-def fit_top(base, settings: FinetuneSettings, padded: PaddedStates, table: PromptTable, rows: np.ndarray,
-            progress: Progress, label: str):
+def fit_top(
+    base,
+    settings: FinetuneSettings,
+    padded: PaddedStates,
+    table: PromptTable,
+    rows: np.ndarray,
+    progress: Progress,
+    label: str,
+):
     """A TopEncoder trained on the given table rows (deterministic for the seed)."""
     import torch
 
@@ -196,8 +206,10 @@ def fit_top(base, settings: FinetuneSettings, padded: PaddedStates, table: Promp
             optimizer.step()
             schedule.step()
             total += loss.item() * len(batch)
-        progress(f"  encoder {label}, epoch {epoch + 1}/{settings.num_epochs}: loss {total / len(rows):.4f}, "
-                 f"{time.perf_counter() - started:.0f} s")
+        progress(
+            f"  encoder {label}, epoch {epoch + 1}/{settings.num_epochs}: loss {total / len(rows):.4f}, "
+            f"{time.perf_counter() - started:.0f} s"
+        )
     return model.eval()
 
 
@@ -213,11 +225,13 @@ def score_rows(model, padded: PaddedStates, rows: np.ndarray, batch_size: int = 
     return result
 
 
-def out_of_fold_scores(base, settings: FinetuneSettings, table: PromptTable, padded: PaddedStates,
-                       progress: Progress) -> np.ndarray:
+def out_of_fold_scores(
+    base, settings: FinetuneSettings, table: PromptTable, padded: PaddedStates, progress: Progress
+) -> np.ndarray:
     """float32 [n, G]: each prompt scored by the encoder fitted without its fold."""
-    folds = np.array([data.group_fold(group, num_folds=settings.num_folds, seed=settings.seed)
-                      for group in table.group_ids])
+    folds = np.array(
+        [data.group_fold(group, num_folds=settings.num_folds, seed=settings.seed) for group in table.group_ids]
+    )
     scores = np.zeros(table.log_targets.shape, np.float32)
     for fold in range(settings.num_folds):
         inside, outside = np.flatnonzero(folds == fold), np.flatnonzero(folds != fold)
@@ -231,9 +245,14 @@ def out_of_fold_scores(base, settings: FinetuneSettings, table: PromptTable, pad
     return scores
 
 
-def train_encoder(settings: FinetuneSettings, examples: Sequence[data.LengthExample], generators: Sequence[str],
-                  bottom: FrozenBottom, progress: Progress,
-                  soft_lengths: dict[str, np.ndarray] | None = None) -> TrainedEncoder:
+def train_encoder(
+    settings: FinetuneSettings,
+    examples: Sequence[data.LengthExample],
+    generators: Sequence[str],
+    bottom: FrozenBottom,
+    progress: Progress,
+    soft_lengths: dict[str, np.ndarray] | None = None,
+) -> TrainedEncoder:
     """Out-of-fold scores of the training examples and the final encoder's graph (see the module doc)."""
     from services.predictor.finetune_export import export_top_graph, max_score_difference
 
@@ -250,10 +269,15 @@ def train_encoder(settings: FinetuneSettings, examples: Sequence[data.LengthExam
     if difference > MAX_ONNX_SCORE_DIFFERENCE:
         raise RuntimeError(f"exported encoder differs from torch by {difference:.3f} (log tokens)")
     elapsed_s = time.perf_counter() - started
-    progress(f"fine-tuned encoder: {len(table.texts)} prompts, {settings.num_folds} folds + final, "
-             f"{elapsed_s:.0f} s; int8 graph {len(top_graph) / 1e6:.1f} MB, max |ONNX - torch| {difference:.3f}")
-    details = {"settings": dataclasses.asdict(settings), "num_prompts": len(table.texts),  # no timings: reproducible
-               "onnx_vs_torch_max_score_difference": difference}
+    progress(
+        f"fine-tuned encoder: {len(table.texts)} prompts, {settings.num_folds} folds + final, "
+        f"{elapsed_s:.0f} s; int8 graph {len(top_graph) / 1e6:.1f} MB, max |ONNX - torch| {difference:.3f}"
+    )
+    details = {
+        "settings": dataclasses.asdict(settings),
+        "num_prompts": len(table.texts),  # no timings: reproducible
+        "onnx_vs_torch_max_score_difference": difference,
+    }
     return TrainedEncoder(top_graph, scores[table.row_of_example], details)
 
 
@@ -267,9 +291,15 @@ class EncoderColumns:
     details: dict[str, object]  # recorded in metadata.json
 
 
-def encoder_columns(settings: FinetuneSettings, train: Sequence[data.LengthExample],
-                    heldout: Sequence[data.LengthExample], generators: Sequence[str], cache_dir: Path,
-                    progress: Progress, soft_lengths: dict[str, np.ndarray] | None = None) -> EncoderColumns:
+def encoder_columns(
+    settings: FinetuneSettings,
+    train: Sequence[data.LengthExample],
+    heldout: Sequence[data.LengthExample],
+    generators: Sequence[str],
+    cache_dir: Path,
+    progress: Progress,
+    soft_lengths: dict[str, np.ndarray] | None = None,
+) -> EncoderColumns:
     """Trains the encoder on train and scores held-out prompts through its exported graphs."""
     from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder
 
@@ -282,5 +312,6 @@ def encoder_columns(settings: FinetuneSettings, train: Sequence[data.LengthExamp
     finally:
         encoder.close()
     heldout_scores = np.array([scores[example.prompt_text] for example in heldout], np.float32)
-    return EncoderColumns(trained.top_graph, trained.train_scores,
-                          heldout_scores.reshape(len(heldout), len(generators)), trained.details)
+    return EncoderColumns(
+        trained.top_graph, trained.train_scores, heldout_scores.reshape(len(heldout), len(generators)), trained.details
+    )

@@ -113,7 +113,10 @@ def prediction_metrics(
 
 
 def coverage_by_decile(
-    actual_tokens: np.ndarray, quantile_tokens: np.ndarray, quantile_levels: tuple[float, ...], by: np.ndarray,
+    actual_tokens: np.ndarray,
+    quantile_tokens: np.ndarray,
+    quantile_levels: tuple[float, ...],
+    by: np.ndarray,
     num_bins: int = 10,
 ) -> list[dict[str, float]]:
     """Quantile coverage within each of num_bins equal-count bins of `by` (stable sort: tied rows keep order).
@@ -129,8 +132,12 @@ def coverage_by_decile(
     for chunk in np.array_split(order, min(num_bins, max(len(order), 1))):
         if chunk.size == 0:
             continue
-        entry = {"num_examples": float(chunk.size), "by_low": float(by[chunk].min()), "by_high": float(by[chunk].max()),
-                 "median_actual_tokens": float(np.median(actual[chunk]))}
+        entry = {
+            "num_examples": float(chunk.size),
+            "by_low": float(by[chunk].min()),
+            "by_high": float(by[chunk].max()),
+            "median_actual_tokens": float(np.median(actual[chunk])),
+        }
         for column, level in enumerate(quantile_levels):
             entry[f"coverage_p{round(level * 100)}"] = float(np.mean(actual[chunk] <= quantile_tokens[chunk, column]))
         bins.append({name: round(value, 4) for name, value in entry.items()})

@@ -89,8 +89,12 @@ def layout_of(metadata: ModelMetadata) -> InputLayout:
             f"model was trained with inputs {metadata.input_version!r}, "
             f"this code builds {list(INPUT_VERSIONS)}: retrain it"
         )
-    layout = InputLayout(metadata.embedding_version, metadata.generators, metadata.encoder_version,
-                         content_features=metadata.input_version == CONTENT_INPUT_VERSION)
+    layout = InputLayout(
+        metadata.embedding_version,
+        metadata.generators,
+        metadata.encoder_version,
+        content_features=metadata.input_version == CONTENT_INPUT_VERSION,
+    )
     if metadata.feature_names != layout.feature_names():
         raise ValueError("model expects different feature names than this code builds: retrain it")
     return layout
@@ -144,7 +148,7 @@ class LengthModel:
         quantile_tokens = np.concatenate([output.reshape(-1, 1) for output in outputs[1:]], axis=1)
         if self.calibration is not None and not raw:
             generators = self.layout.generators
-            rows_generators = [generators[index] for index in np.argmax(matrix[:, -len(generators):], axis=1)]
+            rows_generators = [generators[index] for index in np.argmax(matrix[:, -len(generators) :], axis=1)]
             quantile_tokens = self.calibration.apply(quantile_tokens, self.metadata.quantile_levels, rows_generators)
         return mean_tokens, make_monotone(quantile_tokens)
 
@@ -167,9 +171,7 @@ class LengthPredictor:
     def __init__(self, model: LengthModel, embedder: PromptEmbedder | None, default_generator: str = "") -> None:
         """default_generator overrides the model's own default ("" = keep it); it must be a column."""
         if default_generator and default_generator not in model.layout.generators:
-            raise ValueError(
-                f"default generator {default_generator!r} is not one of {list(model.layout.generators)}"
-            )
+            raise ValueError(f"default generator {default_generator!r} is not one of {list(model.layout.generators)}")
         self._default_generator = default_generator
         needed = model.metadata.embedding_version or model.metadata.encoder_version
         if needed and (embedder is None or embedder.spec.version != needed):

@@ -101,5 +101,6 @@ def build_matrix(layout: InputLayout, lexical: np.ndarray, head_columns: np.ndar
         raise ValueError(f"this layout needs {features.NUM_FEATURES + layout.num_content_columns} lexical columns")
     if head_columns.shape[1] != layout.num_head_columns or one_hot.shape[1] != len(layout.generators):
         raise ValueError(
-            f"this layout needs {layout.num_head_columns} head and {len(layout.generators)} generator columns")
+            f"this layout needs {layout.num_head_columns} head and {len(layout.generators)} generator columns"
+        )
     return np.hstack([lexical, head_columns, one_hot]).astype(np.float32)

@@ -33,10 +33,18 @@ class PredictorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.batch_s = Histogram("alise:predictor_batch_seconds", "Wall time of one prediction batch "
-                                 "(embedding + trees).", buckets=metric_buckets.SHORT_CALL_S, registry=self.registry)
-        self.batch_size = Histogram("alise:predictor_batch_size", "Prompts per prediction batch.",
-                                    buckets=metric_buckets.BATCH_SIZE, registry=self.registry)
+        self.batch_s = Histogram(
+            "alise:predictor_batch_seconds",
+            "Wall time of one prediction batch (embedding + trees).",
+            buckets=metric_buckets.SHORT_CALL_S,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "alise:predictor_batch_size",
+            "Prompts per prediction batch.",
+            buckets=metric_buckets.BATCH_SIZE,
+            registry=self.registry,
+        )
 
     def timed(self, predict: PredictFn) -> PredictFn:
         """`predict` observed once per batch (what the micro-batcher runs)."""
@@ -68,11 +76,16 @@ class PredictorStateCollector(Collector):
         yield _counter("predictor_predictions", "Prompts predicted.", self._batcher.num_inputs)
         yield _counter("predictor_batches", "Prediction batches run.", self._batcher.num_batches)
         yield _counter("predictor_feedback", "Finished requests reported by gateways.", self._intake.num_accepted)
-        yield _counter("predictor_feedback_censored", "Of those, finished at max_tokens (length unknown).",
-                       self._intake.num_censored)
-        reloads = CounterMetricFamily("alise:predictor_model_reloads", "Model reload attempts that "
-                                      "changed the model (success) or kept the old one (failure).",
-                                      labels=["outcome"])
+        yield _counter(
+            "predictor_feedback_censored",
+            "Of those, finished at max_tokens (length unknown).",
+            self._intake.num_censored,
+        )
+        reloads = CounterMetricFamily(
+            "alise:predictor_model_reloads",
+            "Model reload attempts that changed the model (success) or kept the old one (failure).",
+            labels=["outcome"],
+        )
         reloads.add_metric(["success"], self._holder.num_reloads)
         reloads.add_metric(["failure"], self._holder.num_failed_reloads)
         yield reloads
@@ -83,14 +96,23 @@ class PredictorStateCollector(Collector):
 
     def _live_accuracy(self) -> Iterator[Metric]:
         live = self._intake.window.snapshot()
-        yield _gauge("predictor_live_window_requests", "Finished requests in the live accuracy window "
-                     "(used the predictor's estimate, length known).", live.num_requests)
+        yield _gauge(
+            "predictor_live_window_requests",
+            "Finished requests in the live accuracy window (used the predictor's estimate, length known).",
+            live.num_requests,
+        )
         figures = (
-            ("predictor_live_kendall_tau", "Kendall's tau-b of predicted p50 vs actual output tokens.",
-             live.kendall_tau),
+            (
+                "predictor_live_kendall_tau",
+                "Kendall's tau-b of predicted p50 vs actual output tokens.",
+                live.kendall_tau,
+            ),
             ("predictor_live_mae_tokens", "Mean |predicted p50 - actual| output tokens.", live.mae_tokens),
-            ("predictor_live_p90_coverage", "Share of actual lengths at or below the predicted p90.",
-             live.coverage_p90),
+            (
+                "predictor_live_p90_coverage",
+                "Share of actual lengths at or below the predicted p90.",
+                live.coverage_p90,
+            ),
         )
         for name, documentation, figure in figures:
             if not math.isnan(figure):

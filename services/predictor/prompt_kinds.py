@@ -29,7 +29,8 @@ _TABLE_JSON_WORDS = re.compile(r"\b(?:tables?|tabular|json|csv|yaml|xml|spreadsh
 _TABLE_JSON_CONTENT = re.compile(r"^\s*\|.*\|\s*$|\{\s*\"\w+\"\s*:", re.MULTILINE)
 _MATH_WORDS = re.compile(
     r"\b(?:calculate|compute|solve|equation|integral|derivative|probability|prove|theorem|"
-    r"arithmetic|algebra|geometry|matrix|how many|how much)\b", re.IGNORECASE,
+    r"arithmetic|algebra|geometry|matrix|how many|how much)\b",
+    re.IGNORECASE,
 )
 _MATH_CONTENT = re.compile(r"\d\s*[-+*/^=]\s*\d|\\frac|\\sum|\\int|\$[^$\n]+\$")
 

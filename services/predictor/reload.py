@@ -100,11 +100,17 @@ class PredictorLoader:
         settings, version = self.settings, model.metadata.encoder_version
         bottom = self._bottoms.get(version)
         if bottom is None:
-            bottom = FrozenBottom(EncoderSpec.from_version(version), cache_dir=settings.cache_dir,
-                                  allow_cuda=settings.allow_cuda)
+            bottom = FrozenBottom(
+                EncoderSpec.from_version(version), cache_dir=settings.cache_dir, allow_cuda=settings.allow_cuda
+            )
             self._bottoms = {version: bottom}  # an old version's session is released
-        return FinetunedEncoder(bottom, settings.model_dir / ENCODER_FILE_NAME, num_threads=settings.embedding_threads,
-                                expected_sha256=model.metadata.encoder_sha256, allow_cuda=settings.allow_cuda)
+        return FinetunedEncoder(
+            bottom,
+            settings.model_dir / ENCODER_FILE_NAME,
+            num_threads=settings.embedding_threads,
+            expected_sha256=model.metadata.encoder_sha256,
+            allow_cuda=settings.allow_cuda,
+        )
 
 
 class ModelHolder:
@@ -137,8 +143,12 @@ class ModelHolder:
                 self.num_failed_reloads += 1
                 self.last_reload_error = str(error)
                 self._signature = signature  # do not retry the same broken files every poll
-                log.error("model reload from %s failed, still serving %s: %s",
-                          self._loader.settings.model_dir, self.current.model_version, error)
+                log.error(
+                    "model reload from %s failed, still serving %s: %s",
+                    self._loader.settings.model_dir,
+                    self.current.model_version,
+                    error,
+                )
                 return False
             self._signature = signature
             self.last_reload_error = ""

@@ -118,9 +118,7 @@ class PredictorServicer(predictor_service_pb2_grpc.PredictorServiceServicer):
             raise InvalidRequest(f"at most {self._max_feedback_per_request} requests per call, got {count}")
         records = [record for item in request.requests if (record := to_feedback_record(item)) is not None]
         await self._intake.accept(records)
-        return predictor_service_pb2.ReportFeedbackResponse(
-            num_accepted=len(records), num_ignored=count - len(records)
-        )
+        return predictor_service_pb2.ReportFeedbackResponse(num_accepted=len(records), num_ignored=count - len(records))
 
     async def GetStats(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         live = await asyncio.to_thread(self._intake.window.snapshot)

@@ -73,8 +73,14 @@ class TextHeads:
         """The text_heads.npz file's bytes (deterministic for equal weights)."""
         stream = io.BytesIO()
         flags = {"encoder_scores": np.array(True)} if self.encoder_scores else {}  # absent: older files read alike
-        np.savez(stream, idf=self.idf, tfidf_coef=self.tfidf_coef, embedding_coef=self.embedding_coef,
-                 intercepts=np.array([self.tfidf_intercept, self.embedding_intercept]), **flags)
+        np.savez(
+            stream,
+            idf=self.idf,
+            tfidf_coef=self.tfidf_coef,
+            embedding_coef=self.embedding_coef,
+            intercepts=np.array([self.tfidf_intercept, self.embedding_intercept]),
+            **flags,
+        )
         return stream.getvalue()
 
     @classmethod
@@ -82,8 +88,14 @@ class TextHeads:
         with np.load(io.BytesIO(payload)) as stored:
             intercepts = stored["intercepts"]
             encoder_scores = bool(stored["encoder_scores"]) if "encoder_scores" in stored.files else False
-            return cls(stored["idf"], stored["tfidf_coef"], float(intercepts[0]), stored["embedding_coef"],
-                       float(intercepts[1]), encoder_scores)
+            return cls(
+                stored["idf"],
+                stored["tfidf_coef"],
+                float(intercepts[0]),
+                stored["embedding_coef"],
+                float(intercepts[1]),
+                encoder_scores,
+            )
 
 
 def _idf(texts: Sequence[str]) -> np.ndarray:
@@ -109,8 +121,12 @@ def _ridge_dense(matrix: np.ndarray, targets: np.ndarray, alpha: float) -> np.nd
 
 
 def fit_text_heads(
-    texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray, log_targets: np.ndarray,
-    *, encoder_scores: bool = False,
+    texts: Sequence[str],
+    embedding: np.ndarray | None,
+    one_hot: np.ndarray,
+    log_targets: np.ndarray,
+    *,
+    encoder_scores: bool = False,
 ) -> TextHeads:
     """Both heads fitted on these rows (targets: log1p(tokens)), weights rounded as stored.
 
@@ -133,8 +149,13 @@ def fit_text_heads(
 
 
 def out_of_fold_columns(
-    texts: Sequence[str], embedding: np.ndarray | None, one_hot: np.ndarray, log_targets: np.ndarray,
-    folds: np.ndarray, *, encoder_scores: bool = False,
+    texts: Sequence[str],
+    embedding: np.ndarray | None,
+    one_hot: np.ndarray,
+    log_targets: np.ndarray,
+    folds: np.ndarray,
+    *,
+    encoder_scores: bool = False,
 ) -> np.ndarray:
     """Head columns of training rows, each from heads fitted without the row's fold.
 
@@ -145,11 +166,15 @@ def out_of_fold_columns(
     for fold in np.unique(folds):
         inside, outside = folds == fold, folds != fold
         heads = fit_text_heads(
-            [t for t, keep in zip(texts, outside) if keep], None if embedding is None else embedding[outside],
-            one_hot[outside], log_targets[outside], encoder_scores=encoder_scores,
+            [t for t, keep in zip(texts, outside) if keep],
+            None if embedding is None else embedding[outside],
+            one_hot[outside],
+            log_targets[outside],
+            encoder_scores=encoder_scores,
         )
         result[inside] = heads.columns(
-            [t for t, keep in zip(texts, inside) if keep], None if embedding is None else embedding[inside],
+            [t for t, keep in zip(texts, inside) if keep],
+            None if embedding is None else embedding[inside],
             one_hot[inside],
         )
     return result

@@ -51,8 +51,11 @@ def tfidf_rows(texts: list[str], idf: np.ndarray):
         values.append(weights / norm if norm > 0 else weights)
         indptr.append(indptr[-1] + len(buckets))
     return sparse.csr_matrix(
-        (np.concatenate(values) if values else np.zeros(0), np.concatenate(indices) if indices else np.zeros(0, np.int64),
-         np.asarray(indptr)),
+        (
+            np.concatenate(values) if values else np.zeros(0),
+            np.concatenate(indices) if indices else np.zeros(0, np.int64),
+            np.asarray(indptr),
+        ),
         shape=(len(texts), NUM_HASH_BUCKETS),
     )
 

@@ -114,8 +114,12 @@ def load_examples(settings: TrainSettings) -> TrainingData:
 
 def _uses_soft_pairs(settings: TrainSettings) -> bool:
     """Soft pairs need the fine-tuned encoder and AlpacaEval columns (their instructions have the lengths)."""
-    return settings.soft_pair_weight > 0 and settings.use_embedding and settings.finetune_encoder and bool(
-        settings.generators)
+    return (
+        settings.soft_pair_weight > 0
+        and settings.use_embedding
+        and settings.finetune_encoder
+        and bool(settings.generators)
+    )
 
 
 def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
@@ -123,9 +127,7 @@ def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
     if not settings.use_embedding or settings.finetune_encoder:
         return None
     cache_dir = settings.cache_dir or default_cache_dir()
-    embedder = PromptEmbedder(
-        EmbeddingSpec(), cache_dir=cache_dir, num_threads=settings.num_threads, allow_cuda=False
-    )
+    embedder = PromptEmbedder(EmbeddingSpec(), cache_dir=cache_dir, num_threads=settings.num_threads, allow_cuda=False)
     return EmbeddingCache(embedder, cache_dir)
 
 
@@ -140,8 +142,9 @@ class RawRows:
     examples: list[data.LengthExample]  # the examples themselves (targets, sources, groups)
 
 
-def raw_rows(layout: InputLayout, examples: Sequence[data.LengthExample], cache: EmbeddingCache | None,
-             progress: Progress) -> RawRows:
+def raw_rows(
+    layout: InputLayout, examples: Sequence[data.LengthExample], cache: EmbeddingCache | None, progress: Progress
+) -> RawRows:
     """Lexical features, embeddings (cached) and generator one-hot of examples (generator = source)."""
     texts = [e.prompt_text for e in examples]
     return RawRows(
@@ -162,8 +165,9 @@ def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> Ev
         prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in raw.examples], dtype=np.float64),
         generators=sources,
         sources=sources,
-        kinds=tuple(frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start))
-                    for e in raw.examples),
+        kinds=tuple(
+            frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start)) for e in raw.examples
+        ),
         group_ids=tuple(e.group_id for e in raw.examples),
     )
 
@@ -192,16 +196,25 @@ def stacked_rows(
     )
     started = time.perf_counter()
     encoder = bool(layout.encoder_version)
-    train_columns = out_of_fold_columns(train.texts, train.embedding, train.one_hot, log_targets, folds,
-                                        encoder_scores=encoder)
+    train_columns = out_of_fold_columns(
+        train.texts, train.embedding, train.one_hot, log_targets, folds, encoder_scores=encoder
+    )
     heads = fit_text_heads(train.texts, train.embedding, train.one_hot, log_targets, encoder_scores=encoder)
     elapsed_s = time.perf_counter() - started
     progress(f"text heads ({layout.num_head_columns}) fitted, {NUM_STACK_FOLDS} folds, in {elapsed_s:.1f} s")
-    valid = np.array([data.is_heldout(e.group_id, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
-                      for e in train.examples])
+    valid = np.array(
+        [
+            data.is_heldout(e.group_id, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
+            for e in train.examples
+        ]
+    )
     heldout_rows = eval_rows(layout, heldout, heads.columns(heldout.texts, heldout.embedding, heldout.one_hot))
-    return (heads, eval_rows(layout, _select(train, ~valid), train_columns[~valid]),
-            eval_rows(layout, _select(train, valid), train_columns[valid]), heldout_rows)
+    return (
+        heads,
+        eval_rows(layout, _select(train, ~valid), train_columns[~valid]),
+        eval_rows(layout, _select(train, valid), train_columns[valid]),
+        heldout_rows,
+    )
 
 
 def fit_baselines(rows: EvalRows) -> Baselines:
@@ -225,8 +238,9 @@ def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], def
     if settings.use_embedding and settings.finetune_encoder:
         from services.predictor.finetune_encoder import EncoderSpec
 
-        return InputLayout("", generators, encoder_version=EncoderSpec().version,
-                           content_features=settings.content_features)
+        return InputLayout(
+            "", generators, encoder_version=EncoderSpec().version, content_features=settings.content_features
+        )
     version = EmbeddingSpec().version if settings.use_embedding else ""
     return InputLayout(version, generators, content_features=settings.content_features)
 
@@ -236,21 +250,39 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
     from services.predictor.finetune_model import FinetuneSettings
     from services.predictor.finetune_train import encoder_columns
 
-    finetune = FinetuneSettings(seed=settings.seed, num_threads=settings.num_threads, num_folds=settings.finetune_folds,
-                                ranking_weight=settings.ranking_weight, soft_pair_weight=settings.soft_pair_weight)
+    finetune = FinetuneSettings(
+        seed=settings.seed,
+        num_threads=settings.num_threads,
+        num_folds=settings.finetune_folds,
+        ranking_weight=settings.ranking_weight,
+        soft_pair_weight=settings.soft_pair_weight,
+    )
     soft_lengths = None
     if _uses_soft_pairs(settings):  # training instructions only: held-out texts never lend lengths
         _, all_lengths = data.load_all_generator_lengths(settings.data_dir)
         train_texts = {example.prompt_text for example in train.examples}
         soft_lengths = {text: lengths for text, lengths in all_lengths.items() if text in train_texts}
-    columns = encoder_columns(finetune, train.examples, heldout.examples, layout.generators,
-                              settings.cache_dir or default_cache_dir(), progress, soft_lengths)
-    return (dataclasses.replace(train, embedding=columns.train_scores),
-            dataclasses.replace(heldout, embedding=columns.heldout_scores), columns)
+    columns = encoder_columns(
+        finetune,
+        train.examples,
+        heldout.examples,
+        layout.generators,
+        settings.cache_dir or default_cache_dir(),
+        progress,
+        soft_lengths,
+    )
+    return (
+        dataclasses.replace(train, embedding=columns.train_scores),
+        dataclasses.replace(heldout, embedding=columns.heldout_scores),
+        columns,
+    )
 
 
 def _metadata(
-    settings: TrainSettings, layout: InputLayout, default_generator: str, payloads: tuple[bytes, bytes, bytes],
+    settings: TrainSettings,
+    layout: InputLayout,
+    default_generator: str,
+    payloads: tuple[bytes, bytes, bytes],
     extra: dict,
 ) -> ModelMetadata:
     import xgboost
@@ -307,11 +339,14 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         train_raw, heldout_raw, encoder = fit_encoder(settings, train_raw, heldout_raw, layout, progress)
         encoder_bytes, encoder_details = encoder.top_graph, encoder.details
     heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
-    progress(f"{layout.num_columns} tree input columns ({layout.input_version}) "
-             f"after {time.perf_counter() - started:.1f} s")
+    progress(
+        f"{layout.num_columns} tree input columns ({layout.input_version}) after {time.perf_counter() - started:.1f} s"
+    )
     heads = fit_heads(
-        settings.tree_settings(), (fit_rows.matrix, fit_rows.actual_tokens),
-        (valid_rows.matrix, valid_rows.actual_tokens), progress,
+        settings.tree_settings(),
+        (fit_rows.matrix, fit_rows.actual_tokens),
+        (valid_rows.matrix, valid_rows.actual_tokens),
+        progress,
     )
     onnx_bytes = merge_heads(heads, layout.num_columns).SerializeToString()
     heads_bytes = heads_fitted.to_bytes()
@@ -321,7 +356,11 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         "data_files_sha256": loaded.file_hashes,
         "heldout_metrics": {},
         "baselines": baselines.to_dict(),
-        "num_examples": {"fit": len(fit_rows.sources), "early_stopping": len(valid_rows.sources), "heldout": len(heldout)},
+        "num_examples": {
+            "fit": len(fit_rows.sources),
+            "early_stopping": len(valid_rows.sources),
+            "heldout": len(heldout),
+        },
         "num_trees": {head.output_name: head.booster.num_boosted_rounds() for head in heads},
         "onnx_vs_xgboost_max_relative_difference": check_onnx_matches_xgboost(onnx_bytes, heads, heldout_rows.matrix),
         "finetuned_encoder": encoder_details,
@@ -333,15 +372,22 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     if settings.calibrate:
         calibration = _calibration(settings, fit_rows, valid_rows, model, progress)
-        metadata = _metadata(settings, layout, loaded.default_generator, payloads,
-                             extra | {"quantile_calibration": calibration.to_dict()})
+        metadata = _metadata(
+            settings,
+            layout,
+            loaded.default_generator,
+            payloads,
+            extra | {"quantile_calibration": calibration.to_dict()},
+        )
         write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
         model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     metrics = metrics_by_split(heldout_rows, predict_all(model, baselines, heldout_rows), QUANTILE_LEVELS)
     metadata = dataclasses.replace(metadata, heldout_metrics=metrics)
     write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
-    progress(f"wrote {metadata.model_version} ({len(onnx_bytes) / 1e6:.2f} MB) to {settings.out_dir} "
-             f"in {time.perf_counter() - started:.1f} s")
+    progress(
+        f"wrote {metadata.model_version} ({len(onnx_bytes) / 1e6:.2f} MB) to {settings.out_dir} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return metadata
 
 
