@@ -152,8 +152,21 @@ def test_kubernetes_overlay_mounts_each_services_secret_and_probes_over_tls(pki)
 def test_kubernetes_overlay_validates_against_the_kubernetes_schemas():
     docs = _kustomize_tls()
     validate = pytest.importorskip("kubernetes_validate")
-    for doc in docs:
-        validate.validate(doc, validate.latest_version(), strict=True)
+    version = validate.latest_version()
+    validated = {(doc["kind"], doc["metadata"]["name"]): validate.validate(doc, version, strict=True) for doc in docs}
+    major_minor = ".".join(version.split(".")[:2])  # validate() answers the schema version it used as major.minor
+    assert set(validated.values()) == {major_minor}, "every document checked against the latest schemas"
+    kinds = {kind for kind, _ in validated}
+    assert kinds == {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    assert {name for kind, name in validated if kind == "Deployment"} == set(SERVICES)
+    assert len(validated) == len(docs), "no two documents share a kind and name"
 
 
 async def _healthcheck(*args: str) -> int:
