@@ -78,7 +78,6 @@ class InputBatch:
         self.top_k = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.seed = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.min_tokens = np.zeros(INITIAL_ROWS, dtype=np.int64)  # lets a step skip min_tokens.py's per-row check
-        self._staging = torch.empty(0, dtype=torch.int32)
 
     # -- rows ----------------------------------------------------------------------------
 
