@@ -160,5 +160,5 @@ class ModelRunner:
         temperature = batch.temperature[rows]
         if not temperature.any():  # all greedy: no draws needed
             return SamplingParams(temperature, batch.top_p[rows], batch.top_k[rows], np.zeros(len(rows), np.float32))
-        counters = np.fromiter((len(request.output_token_ids) for request in requests), np.int64, len(requests))
+        counters = np.fromiter((request.num_output_tokens for request in requests), np.int64, len(requests))
         return SamplingParams.of(temperature, batch.top_p[rows], batch.top_k[rows], batch.seed[rows], counters)
