@@ -58,6 +58,13 @@ SERVER_OPTIONS = (
 )
 
 
+class PortBindError(OSError):
+    """A listening port could not be bound; the message names the address and the flag that sets it."""
+
+    def __init__(self, what: str, host: str, port: int, flag: str, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {host}:{port} ({reason}); choose another port with {flag}")
+
+
 @dataclass
 class RunningServer:
     """A started server and what its owner needs to report on and stop it."""
@@ -119,13 +126,16 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if tls is None:
-        bound_port = server.add_insecure_port(f"{host}:{port}")
-    else:
-        credentials = server_credentials(tls, require_client_cert=require_client_cert)
-        bound_port = server.add_secure_port(f"{host}:{port}", credentials)
+    try:  # grpcio raises RuntimeError "Failed to bind" (older releases returned port 0)
+        if tls is None:
+            bound_port = server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = server_credentials(tls, require_client_cert=require_client_cert)
+            bound_port = server.add_secure_port(f"{host}:{port}", credentials)
+    except RuntimeError:
+        bound_port = 0
     if bound_port == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise PortBindError("gRPC", host, port, "--port", "address in use or not available")
     await server.start()
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -16,16 +16,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from services.common.server import PortBindError
 from services.common.tls import TlsFiles
 
 log = logging.getLogger(__name__)
-
-
-class PortBindError(OSError):
-    """A listening port could not be bound; the message names the address and the flag that sets it."""
-
-    def __init__(self, what: str, host: str, port: int, flag: str, reason: str) -> None:
-        super().__init__(f"cannot listen for {what} on {host}:{port} ({reason}); choose another port with {flag}")
 
 
 @dataclass
