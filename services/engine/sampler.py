@@ -70,9 +70,10 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     limited = (params.top_k > 0) & (params.top_k <= vocab)
     plain = sampled_rows & ~limited & (params.top_p >= 1.0)  # no filter: the whole distribution
     filtered = sampled_rows & ~plain
-    temperature = torch.from_numpy(np.where(sampled_rows, params.temperature, 1.0).astype(np.float32)).to(device)
+    # Temperatures (1 on greedy rows) and uniforms reach the device in one copy.
+    host = np.stack([np.where(sampled_rows, params.temperature, 1.0), params.uniforms]).astype(np.float32)
+    temperature, uniforms = torch.from_numpy(host).to(device)
     probabilities = torch.softmax(logits / temperature[:, None], dim=-1)
-    uniforms = torch.from_numpy(params.uniforms).to(device)
     if plain.any():
         rows = torch.from_numpy(np.flatnonzero(plain)).to(device)
         tokens.index_copy_(0, rows, _draw_unsorted(probabilities[rows], uniforms[rows]))
