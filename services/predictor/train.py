@@ -3,9 +3,9 @@
     examples (ShareGPT, AlpacaEval generators, feedback)  --split by group hash-->  train | held-out
     fine-tuned encoder (finetune_train.py, default): out-of-fold scores on train -> encoder.onnx
     text heads (text_heads.py): out-of-fold on train, final fit on all of train -> text_heads.npz
-    tree rows = lexical | text heads | generator one-hot   (model_inputs.py)
+    tree rows = lexical | text heads | generator one-hot   (model_inputs.py, assembled in train_rows.py)
     train -> fit | early-stopping (another hash); XGBoost heads (heads.py)
-        -> one ONNX graph (export.py) -> checked against XGBoost -> model.onnx
+        -> one ONNX graph (export.py) -> checked against XGBoost -> model.onnx, metadata.json (train_metadata.py)
     baselines (baselines.py) fitted on train; held-out metrics of model and baselines (evaluate.py)
 
 Deterministic for a given seed, data, thread count and embedding graph: split, subsample and
@@ -15,12 +15,10 @@ XGBoost are seeded, and the artifact contains no timestamp.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -31,12 +29,9 @@ from services.predictor.embedding import EmbeddingSpec, PromptEmbedder, default_
 from services.predictor.embedding_cache import EmbeddingCache
 from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
 from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, fit_heads
-from services.predictor.model_inputs import InputLayout, build_matrix, lexical_block
-from services.predictor.prompt_kinds import prompt_kinds
-from services.predictor.text_heads import NUM_STACK_FOLDS, TextHeads, fit_text_heads, out_of_fold_columns
-
-VALIDATION_FRACTION = 0.1  # share of training groups used for early stopping
-Progress = Callable[[str], None]
+from services.predictor.model_inputs import InputLayout
+from services.predictor.train_metadata import training_metadata
+from services.predictor.train_rows import Progress, RawRows, concat_rows, raw_rows, stacked_rows
 
 
 @dataclass(frozen=True)
@@ -131,92 +126,6 @@ def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
     return EmbeddingCache(embedder, cache_dir)
 
 
-@dataclass(frozen=True)
-class RawRows:
-    """Everything about some examples except the text-head columns (which depend on the split)."""
-
-    texts: list[str]  # prompts
-    lexical: np.ndarray  # [n, NUM_FEATURES (+ content columns)] (model_inputs.lexical_block)
-    embedding: np.ndarray | None  # [n, EMBEDDING_DIM], None for a model without embedding
-    one_hot: np.ndarray  # [n, num generators]
-    examples: list[data.LengthExample]  # the examples themselves (targets, sources, groups)
-
-
-def raw_rows(
-    layout: InputLayout, examples: Sequence[data.LengthExample], cache: EmbeddingCache | None, progress: Progress
-) -> RawRows:
-    """Lexical features, embeddings (cached) and generator one-hot of examples (generator = source)."""
-    texts = [e.prompt_text for e in examples]
-    return RawRows(
-        texts=texts,
-        lexical=lexical_block(layout, [(e.prompt_text, e.num_prompt_tokens) for e in examples]),
-        embedding=cache.embed(texts, progress) if cache is not None else None,
-        one_hot=layout.one_hot([e.source for e in examples]),
-        examples=list(examples),
-    )
-
-
-def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> EvalRows:
-    """Model input rows and truths."""
-    sources = tuple(e.source for e in raw.examples)
-    return EvalRows(
-        matrix=build_matrix(layout, raw.lexical, head_columns, raw.one_hot),
-        actual_tokens=np.array([e.num_output_tokens for e in raw.examples], dtype=np.float64),
-        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in raw.examples], dtype=np.float64),
-        generators=sources,
-        sources=sources,
-        kinds=tuple(
-            frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start)) for e in raw.examples
-        ),
-        group_ids=tuple(e.group_id for e in raw.examples),
-    )
-
-
-def _select(raw: RawRows, rows: np.ndarray) -> RawRows:
-    return RawRows(
-        texts=[text for text, keep in zip(raw.texts, rows) if keep],
-        lexical=raw.lexical[rows],
-        embedding=None if raw.embedding is None else raw.embedding[rows],
-        one_hot=raw.one_hot[rows],
-        examples=[example for example, keep in zip(raw.examples, rows) if keep],
-    )
-
-
-def stacked_rows(
-    settings: TrainSettings, layout: InputLayout, train: RawRows, heldout: RawRows, progress: Progress
-) -> tuple[TextHeads, EvalRows, EvalRows, EvalRows]:
-    """(final text heads, fit rows, early-stopping rows, held-out rows) with head columns filled.
-
-    Training rows get out-of-fold head columns; held-out rows get the final heads' (fitted on
-    every training row), exactly as served.
-    """
-    log_targets = np.log1p([e.num_output_tokens for e in train.examples])
-    folds = np.array(
-        [data.group_fold(e.group_id, num_folds=NUM_STACK_FOLDS, seed=settings.seed) for e in train.examples]
-    )
-    started = time.perf_counter()
-    encoder = bool(layout.encoder_version)
-    train_columns = out_of_fold_columns(
-        train.texts, train.embedding, train.one_hot, log_targets, folds, encoder_scores=encoder
-    )
-    heads = fit_text_heads(train.texts, train.embedding, train.one_hot, log_targets, encoder_scores=encoder)
-    elapsed_s = time.perf_counter() - started
-    progress(f"text heads ({layout.num_head_columns}) fitted, {NUM_STACK_FOLDS} folds, in {elapsed_s:.1f} s")
-    valid = np.array(
-        [
-            data.is_heldout(e.group_id, heldout_fraction=VALIDATION_FRACTION, seed=settings.seed + 1)
-            for e in train.examples
-        ]
-    )
-    heldout_rows = eval_rows(layout, heldout, heads.columns(heldout.texts, heldout.embedding, heldout.one_hot))
-    return (
-        heads,
-        eval_rows(layout, _select(train, ~valid), train_columns[~valid]),
-        eval_rows(layout, _select(train, valid), train_columns[valid]),
-        heldout_rows,
-    )
-
-
 def fit_baselines(rows: EvalRows) -> Baselines:
     """Both baselines per generator, from training rows only."""
     generators = np.asarray(rows.generators)
@@ -278,49 +187,6 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
     )
 
 
-def _metadata(
-    settings: TrainSettings,
-    layout: InputLayout,
-    default_generator: str,
-    payloads: tuple[bytes, bytes, bytes],
-    extra: dict,
-) -> ModelMetadata:
-    import xgboost
-
-    onnx_bytes, heads_bytes, encoder_bytes = payloads
-    onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    calibration = extra.pop("quantile_calibration")
-    calibration_bytes = json.dumps(calibration, sort_keys=True).encode("utf-8") if calibration else b""
-    combined = hashlib.sha256(onnx_bytes + heads_bytes + encoder_bytes + calibration_bytes).hexdigest()
-    return ModelMetadata(
-        model_version=f"lenpred-{layout.input_version}-{combined[:12]}",
-        input_version=layout.input_version,
-        embedding_version=layout.embedding_version,
-        feature_names=layout.feature_names(),
-        generators=layout.generators,
-        default_generator=default_generator,
-        served_model_generators=extra.pop("served_model_generators"),
-        quantile_levels=QUANTILE_LEVELS,
-        onnx_sha256=onnx_sha256,
-        text_heads_sha256=hashlib.sha256(heads_bytes).hexdigest(),
-        seed=settings.seed,
-        data_files_sha256=extra.pop("data_files_sha256"),
-        heldout_metrics=extra.pop("heldout_metrics"),
-        baselines=extra.pop("baselines"),
-        training={
-            **extra,
-            "heldout_fraction": settings.heldout_fraction,
-            "max_examples": settings.max_examples,
-            "include_censored": settings.include_censored,
-            "xgboost_params": settings.tree_settings().params() | {"max_trees": settings.max_trees},
-            "xgboost_version": xgboost.__version__,
-        },
-        encoder_version=layout.encoder_version,
-        encoder_sha256=hashlib.sha256(encoder_bytes).hexdigest() if encoder_bytes else "",
-        quantile_calibration=calibration,
-    )
-
-
 def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMetadata:
     """Trains, exports, checks, evaluates and writes the artifact; returns its metadata."""
     from services.predictor.export import merge_heads
@@ -338,7 +204,9 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     if layout.encoder_version:
         train_raw, heldout_raw, encoder = fit_encoder(settings, train_raw, heldout_raw, layout, progress)
         encoder_bytes, encoder_details = encoder.top_graph, encoder.details
-    heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(settings, layout, train_raw, heldout_raw, progress)
+    heads_fitted, fit_rows, valid_rows, heldout_rows = stacked_rows(
+        settings.seed, layout, train_raw, heldout_raw, progress
+    )
     progress(
         f"{layout.num_columns} tree input columns ({layout.input_version}) after {time.perf_counter() - started:.1f} s"
     )
@@ -350,7 +218,7 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
     )
     onnx_bytes = merge_heads(heads, layout.num_columns).SerializeToString()
     heads_bytes = heads_fitted.to_bytes()
-    baselines = fit_baselines(_concat(fit_rows, valid_rows))
+    baselines = fit_baselines(concat_rows(fit_rows, valid_rows))
     extra = {
         "served_model_generators": loaded.served_model_generators,
         "data_files_sha256": loaded.file_hashes,
@@ -367,12 +235,12 @@ def run_training(settings: TrainSettings, progress: Progress = print) -> ModelMe
         "quantile_calibration": {},
     }
     payloads = (onnx_bytes, heads_bytes, encoder_bytes)
-    metadata = _metadata(settings, layout, loaded.default_generator, payloads, dict(extra))
+    metadata = training_metadata(settings, layout, loaded.default_generator, payloads, dict(extra))
     write_artifact(settings.out_dir, onnx_bytes, heads_bytes, metadata, encoder_bytes)
     model = LengthModel(settings.out_dir, intra_op_threads=settings.num_threads, allow_cuda=False)
     if settings.calibrate:
         calibration = _calibration(settings, fit_rows, valid_rows, model, progress)
-        metadata = _metadata(
+        metadata = training_metadata(
             settings,
             layout,
             loaded.default_generator,
@@ -400,18 +268,6 @@ def _calibration(settings: TrainSettings, fit_rows: EvalRows, valid_rows: EvalRo
 
     names = [quantile_output_name(level) for level in QUANTILE_LEVELS]
     fit_quantiles = out_of_fold_quantiles(settings.tree_settings(), fit_rows, valid_rows, names, progress)
-    rows = _concat(fit_rows, valid_rows)
+    rows = concat_rows(fit_rows, valid_rows)
     quantiles = np.concatenate([fit_quantiles, model.predict_matrix(valid_rows.matrix, raw=True)[1]])
     return fit_calibration(rows.actual_tokens, quantiles, QUANTILE_LEVELS, rows.generators)
-
-
-def _concat(first: EvalRows, second: EvalRows) -> EvalRows:
-    return EvalRows(
-        matrix=np.concatenate([first.matrix, second.matrix]),
-        actual_tokens=np.concatenate([first.actual_tokens, second.actual_tokens]),
-        prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
-        generators=first.generators + second.generators,
-        sources=first.sources + second.sources,
-        kinds=first.kinds + second.kinds,
-        group_ids=first.group_ids + second.group_ids,
-    )
