@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from services.bench.sim import cli
+from services.bench.sim import cli_inputs
 from services.bench.sim.model_predictions import (
     DEFAULT_FEEDBACK_FILES,
     DEFAULT_MODEL_DIR,
@@ -53,7 +53,7 @@ def test_workload_leaves_out_rows_longer_than_the_model_and_refuses_none_fitting
 def test_shipped_predictor_mode_needs_the_heldout_trace() -> None:
     args = argparse.Namespace(trace="sharegpt", prediction="shipped-predictor", seed=0)
     with pytest.raises(ValueError, match="smollm2-heldout"):
-        cli._workload(args, 0)
+        cli_inputs.workload(args, 0)
 
 
 @requires_shared_data

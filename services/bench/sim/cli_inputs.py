@@ -1,0 +1,131 @@
+"""`alise bench sim`'s parsed flags as simulator inputs: policy names, engine shape, cost model, workload and
+predictions, KV host tier; ValueError on a bad value (cli.py reports it as exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from services.bench.sim.cli_flags import DEFAULT_LINK_GB_PER_S
+from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDtype, LinearCostModel
+from services.bench.sim.kv_codecs import CodecTimes, KvLayout
+from services.bench.sim.kv_offload import KvOffloadConfig, OffloadMode
+from services.bench.sim.model_predictions import (
+    DEFAULT_FEEDBACK_FILES,
+    DEFAULT_MODEL_DIR,
+    TRACE_NAME,
+    heldout_workload,
+    load_heldout_set,
+)
+from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
+from services.bench.sim.simulator import EngineShape
+from services.bench.workload import load_trace
+from services.engine.scheduler import StepCostCoefficients
+from services.memory.eviction_policy import KvCodec
+
+
+def parse_names(text: str, known, what: str = "policies") -> tuple[str, ...]:
+    names = tuple(name for name in text.split(",") if name)
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {unknown}; known: {list(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} repeated: {list(names)}")
+    return names
+
+
+def shape(args: argparse.Namespace) -> EngineShape:
+    return EngineShape(
+        args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s, args.aging_horizon_s
+    )
+
+
+def offload_config(args: argparse.Namespace, modes: tuple[str, ...]) -> KvOffloadConfig | None:
+    """The host tier of the preset's model and GPU; None when only recompute is swept."""
+    swap_modes = [OffloadMode(mode) for mode in modes if mode != OffloadMode.RECOMPUTE.value]
+    if not swap_modes:
+        return None
+    preset = PRESETS[args.preset]
+    model = preset.model
+    pool = dataclasses.replace(preset, kv_dtype=KvDtype(args.kv_dtype))
+    full_bytes = pool.kv_bytes_per_token / (model.kv_bytes_per_token / 2)  # per element, the pool's own format
+    layout = KvLayout(
+        model.num_layers, model.num_kv_heads, model.head_dim, BLOCK_SIZE_TOKENS, full_bytes_per_element=full_bytes
+    )
+    times = CodecTimes(args.host_link_gb_per_s * GB, preset.gpu.bandwidth_bytes_per_s * preset.bandwidth_efficiency)
+    slot_bytes = int(args.host_slot_kb * 1024) if args.host_slot_kb else layout.block_bytes(KvCodec.FULL)
+    return KvOffloadConfig(
+        swap_modes[0],
+        layout,
+        times,
+        int(args.host_tier_gb * GB),
+        slot_bytes,
+        args.kv_error_budget,
+        args.int8_error,
+        args.int4_error,
+        not args.no_prefetch,
+        args.plan_rpc_ms / 1e3,
+    )
+
+
+def offload_suffix(args: argparse.Namespace, offload: KvOffloadConfig | None) -> str:
+    """What tells apart the files of runs with different host tier settings."""
+    if offload is None:
+        return ""
+    link = "" if args.host_link_gb_per_s == DEFAULT_LINK_GB_PER_S else f"_link{args.host_link_gb_per_s:g}gbps"
+    rpc = f"_rpc{args.plan_rpc_ms:g}ms" if args.plan_rpc_ms else ""
+    return f"_host{args.host_tier_gb:g}gb{link}{'_noprefetch' if args.no_prefetch else ''}{rpc}"
+
+
+def offload_line(offload: KvOffloadConfig) -> str:
+    sizes = ", ".join(f"{codec.value} {offload.layout.block_bytes(codec) / 2**20:.3f}" for codec in KvCodec)
+    return (
+        f"host tier {offload.host_tier_bytes / GB:g} GB in {offload.num_host_slots} slots "
+        f"of {offload.host_slot_bytes} B; "
+        f"link {offload.times.link_bytes_per_s / GB:g} GB/s; block MiB: {sizes}; error budget "
+        f"{offload.max_relative_error:g} (int8 {offload.int8_relative_error:g}, int4 {offload.int4_relative_error:g}); "
+        f"prefetch {'on' if offload.prefetch else 'off'}; plan call {offload.plan_latency_s * 1e3:g} ms"
+    )
+
+
+def cost_model(args):
+    preset = PRESETS[args.preset]
+    if args.kv_cache_gb:
+        preset = dataclasses.replace(
+            preset, name=f"{preset.name}-kv{args.kv_cache_gb:g}gb", kv_cache_bytes_override=args.kv_cache_gb * GB
+        )
+    if args.kv_dtype != KvDtype.BF16.value:
+        preset = dataclasses.replace(
+            preset,
+            name=f"{preset.name}-{args.kv_dtype}",
+            kv_dtype=KvDtype(args.kv_dtype),
+            int8_attention_efficiency=args.int8_attention_efficiency,
+        )
+    if not args.cost_coefficients:
+        return preset
+    base, per_token, per_kv = (float(x) for x in args.cost_coefficients.split(","))
+    return LinearCostModel(f"{preset.name}-fitted", StepCostCoefficients(base, per_token, per_kv), preset.num_kv_blocks)
+
+
+def workload(args, seed: int):
+    """(trace, predictions, Kendall's tau of the predicted means) for --trace, --prediction and seed."""
+    if args.trace == TRACE_NAME:
+        heldout = load_heldout_set(DEFAULT_MODEL_DIR, args.feedback_file or DEFAULT_FEEDBACK_FILES)
+        trace, shipped = heldout_workload(
+            heldout, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len
+        )
+        if args.prediction == "shipped-predictor":
+            truth = [t.num_output_tokens for t in trace]
+            return trace, shipped, kendall_tau([d.mean_tokens for d in shipped], truth)
+    elif args.prediction == "shipped-predictor":
+        raise ValueError(f"--prediction shipped-predictor needs --trace {TRACE_NAME} (its prompts were predicted)")
+    else:
+        trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
+    if args.prediction == "none":
+        mean = sum(t.num_output_tokens for t in trace) / len(trace)
+        return trace, constant_distributions(len(trace), mean), 0.0
+    predictions, reached_tau = noisy_oracle_distributions(
+        [t.num_output_tokens for t in trace], target_tau=args.tau, seed=seed
+    )
+    return trace, predictions, reached_tau
