@@ -22,7 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from services.predictor import features
-from services.predictor.content_features import CONTENT_FEATURE_NAMES, CONTENT_FEATURE_VERSION, NUM_CONTENT_FEATURES
+from services.predictor.content_features import (
+    CONTENT_FEATURE_NAMES,
+    CONTENT_FEATURE_VERSION,
+    NUM_CONTENT_FEATURES,
+    content_feature_matrix,
+)
 
 INPUT_VERSION = f"{features.FEATURE_VERSION}+heads-v1"  # lexical | heads | one-hot
 CONTENT_INPUT_VERSION = f"{features.FEATURE_VERSION}+{CONTENT_FEATURE_VERSION}+heads-v1"  # + content block
@@ -84,8 +89,6 @@ class InputLayout:
 
 def lexical_block(layout: InputLayout, prompts: Sequence[tuple[str, int]]) -> np.ndarray:
     """The lexical columns, plus the content columns when the layout has them: [n, NUM_FEATURES (+ content)]."""
-    from services.predictor.content_features import content_feature_matrix
-
     lexical = features.extract_feature_matrix(prompts)
     if not layout.content_features:
         return lexical
