@@ -49,9 +49,9 @@ class EngineCore:
         """Runs one iteration; returns per-request new tokens and finishes (may be empty)."""
         started = time.perf_counter()
         output = self.scheduler.schedule()
+        for request_id in output.preempted_request_ids:  # their KV is gone: so are their batch rows
+            self.runner.forget(request_id)
         if output.is_empty:
-            for request_id in output.preempted_request_ids:  # the runner drops them in execute() otherwise
-                self.runner.forget(request_id)
             return []
         if output.restores:  # swapped KV back into its new blocks before the model reads them
             self.scheduler.eviction.restore(output.restores)

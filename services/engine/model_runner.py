@@ -114,10 +114,9 @@ class ModelRunner:
         return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
 
     def prepare_arrays(self, step: SchedulerOutput) -> StepArrays:
-        """Drops the rows of requests preempted this step, then builds the step's inputs (idempotent:
-        preparing the same step twice gives the same arrays)."""
-        for request_id in step.preempted_request_ids:
-            self.batch.remove(request_id)
+        """Builds the step's inputs (idempotent: preparing the same step twice gives the same arrays).
+        The engine core forgets the rows of requests preempted this step; a row it missed is still
+        replaced, since prepare() gives a request preempted since its row was filled a fresh one."""
         return self.batch.prepare(step.chunks, self.kv.block_table)
 
     def _prepare(self, step: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
