@@ -106,23 +106,25 @@ class ChaosStack:
     def engine_names(self) -> list[str]:
         return [f"engine-{index}" for index in range(self.config.num_engines)]
 
-    def _plan(self) -> dict[str, ChildSpec]:
-        def argv(service: str, *extra: str) -> tuple[str, ...]:
-            return (
-                sys.executable,
-                "-m",
-                f"services.{service}",
-                "--host",
-                LOOPBACK_HOST,
-                "--port",
-                "0",
-                "--drain-seconds",
-                repr(self.config.drain_s),
-                "--log-level",
-                "WARNING",
-                *extra,
-            )
+    def _argv(self, service: str, *extra: str) -> tuple[str, ...]:
+        """A child's command line: loopback, an OS-chosen port, the stack's drain time, then `extra`."""
+        return (
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--host",
+            LOOPBACK_HOST,
+            "--port",
+            "0",
+            "--drain-seconds",
+            repr(self.config.drain_s),
+            "--log-level",
+            "WARNING",
+            *extra,
+        )
 
+    def _plan(self) -> dict[str, ChildSpec]:
+        argv = self._argv
         specs = {"memory": ChildSpec("memory", argv("memory", *self.config.memory_args))}
         if self.config.with_predictor:
             specs["predictor"] = ChildSpec("predictor", argv("predictor", *self.config.predictor_args))
@@ -176,20 +178,10 @@ class ChaosStack:
         self.gateway = await gateway_app.start(GatewayConfig(**options))
 
     async def _start_gateway_process(self) -> None:
-        argv = (
-            sys.executable,
-            "-m",
-            "services.gateway",
-            "--host",
-            LOOPBACK_HOST,
-            "--port",
-            "0",
+        argv = self._argv(
+            "gateway",
             "--http-port",
             "0",
-            "--drain-seconds",
-            repr(self.config.drain_s),
-            "--log-level",
-            "WARNING",
             "--feedback-queue-size",
             "0",
             "--engine-address",
