@@ -12,13 +12,24 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+from services.common import arg_types
+from services.common.config_flags import setting
+
 
 @dataclass(frozen=True)
 class RestartSettings:
-    """How a dead child is restarted."""
+    """How a dead child is restarted; the two fields with help are `alise up` flags (config_flags)."""
 
-    max_restarts: int = 5  # restarts of one child allowed within window_s; one more death stops the stack
-    window_s: float = 60.0  # the window deaths are counted in, seconds
+    # restarts of one child allowed within window_s; one more death stops the stack
+    max_restarts: int = setting(5, "restarts of one child within the window")
+    # the window deaths are counted in, seconds
+    window_s: float = setting(
+        60.0,
+        "window deaths are counted in",
+        flag="--restart-window-s",
+        metavar="RESTART_WINDOW_S",
+        type=arg_types.positive_float,
+    )
     initial_backoff_s: float = 0.5  # wait before the first restart, seconds
     max_backoff_s: float = 8.0  # the doubling stops here, seconds
 

@@ -13,6 +13,7 @@ from services.cli.restart_policy import RestartSettings
 from services.cli.stack_plan import ServiceName, UpConfig, build_stack_plan, serves_tls
 from services.common import arg_types
 from services.common.cli_errors import print_error
+from services.common.config_flags import add_config_flags, config_values
 from services.common.model_catalog import DEFAULT_MODEL, DUMMY_TINY_MODEL
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -36,10 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine-port", type=arg_types.port, default=50052, help="default 50052; 0 = any free port")
     for service in ("predictor", "memory"):
         parser.add_argument(f"--{service}-port", type=arg_types.port, default=0, help="default 0 = any free port")
-    parser.add_argument("--max-restarts", type=int, default=5, help="restarts of one child within the window")
-    parser.add_argument(
-        "--restart-window-s", type=arg_types.positive_float, default=60.0, help="window deaths are counted in"
-    )
+    add_config_flags(parser, RestartSettings)  # --max-restarts, --restart-window-s
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -104,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix="alise-up-"))
     try:
-        restarts = RestartSettings(max_restarts=args.max_restarts, window_s=args.restart_window_s)
+        restarts = RestartSettings(**config_values(RestartSettings, args))
     except ValueError as error:
         print_error("alise up", str(error))
         return 2
