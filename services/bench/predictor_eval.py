@@ -14,16 +14,20 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from services.predictor import data
 from services.predictor.baselines import Baselines
 from services.predictor.cli import DEFAULT_DATA_DIR
 from services.predictor.config import DEFAULT_MODEL_DIR
 from services.predictor.eval_report import format_calibration, format_table, write_json, write_png
-from services.predictor.evaluate import EvalRows, calibration_by_split, measure_latency, metrics_by_split, predict_all
+from services.predictor.evaluate import (
+    EvalRows,
+    calibration_by_split,
+    measure_latency,
+    metrics_by_split,
+    predict_all,
+    rows_of_examples,
+)
 from services.predictor.model import LengthPredictor, PromptInput
-from services.predictor.prompt_kinds import prompt_kinds
 from services.predictor.reload import LoadSettings, PredictorLoader
 
 DEFAULT_EVAL_DIR = Path("runs") / "predictor"
@@ -127,14 +131,7 @@ def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) ->
     layout = predictor.model.layout
     one_hot = layout.one_hot(generators)
     head_columns = predictor.model.text_heads.columns(texts, embedding, one_hot)
-    return EvalRows(
-        matrix=build_matrix(layout, lexical, head_columns, one_hot),
-        actual_tokens=np.array([e.num_output_tokens for e in examples], dtype=np.float64),
-        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in examples], dtype=np.float64),
-        generators=tuple(generators),
-        sources=tuple(e.source for e in examples),
-        kinds=tuple(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start) for e in examples),
-    )
+    return rows_of_examples(build_matrix(layout, lexical, head_columns, one_hot), examples, generators)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from services.predictor.baselines import Baselines
+from services.predictor.data import LengthExample
 from services.predictor.metrics import coverage_by_decile, prediction_metrics
 from services.predictor.model import LengthModel, LengthPredictor, PromptInput
+from services.predictor.prompt_kinds import prompt_kinds
 
 MODEL = "model"
 BASELINE_TRAIN_MEDIAN = "baseline_train_median"
@@ -41,6 +43,22 @@ class EvalRows:
     sources: tuple[str, ...]  # split name of each row
     kinds: tuple[frozenset[str], ...] = ()  # prompt kinds of each row (prompt_kinds.py); () = not split by kind
     group_ids: tuple[str, ...] = ()  # split group of each row (training rows only; for out-of-fold folds)
+
+
+def rows_of_examples(
+    matrix: np.ndarray, examples: Sequence[LengthExample], generators: Sequence[str], *, with_group_ids: bool = False
+) -> EvalRows:
+    """EvalRows of these examples with their model input rows: truths, prompt lengths (at least 1), their
+    sources as split names, prompt kinds; group ids only where asked (training rows, for out-of-fold folds)."""
+    return EvalRows(
+        matrix=matrix,
+        actual_tokens=np.array([e.num_output_tokens for e in examples], dtype=np.float64),
+        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in examples], dtype=np.float64),
+        generators=tuple(generators),
+        sources=tuple(e.source for e in examples),
+        kinds=tuple(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start) for e in examples),
+        group_ids=tuple(e.group_id for e in examples) if with_group_ids else (),
+    )
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ import numpy as np
 
 from services.predictor import data
 from services.predictor.embedding_cache import EmbeddingCache
-from services.predictor.evaluate import EvalRows
+from services.predictor.evaluate import EvalRows, rows_of_examples
 from services.predictor.model_inputs import InputLayout, build_matrix, lexical_block
-from services.predictor.prompt_kinds import prompt_kinds
 from services.predictor.text_heads import NUM_STACK_FOLDS, TextHeads, fit_text_heads, out_of_fold_columns
 
 VALIDATION_FRACTION = 0.1  # share of training groups used for early stopping
@@ -49,19 +48,9 @@ def raw_rows(
 
 
 def eval_rows(layout: InputLayout, raw: RawRows, head_columns: np.ndarray) -> EvalRows:
-    """Model input rows and truths."""
-    sources = tuple(e.source for e in raw.examples)
-    return EvalRows(
-        matrix=build_matrix(layout, raw.lexical, head_columns, raw.one_hot),
-        actual_tokens=np.array([e.num_output_tokens for e in raw.examples], dtype=np.float64),
-        prompt_tokens=np.array([max(e.num_prompt_tokens, 1) for e in raw.examples], dtype=np.float64),
-        generators=sources,
-        sources=sources,
-        kinds=tuple(
-            frozenset(prompt_kinds(e.prompt_text, e.num_prompt_tokens, e.is_conversation_start)) for e in raw.examples
-        ),
-        group_ids=tuple(e.group_id for e in raw.examples),
-    )
+    """Model input rows and truths (generator column = source), with group ids."""
+    matrix = build_matrix(layout, raw.lexical, head_columns, raw.one_hot)
+    return rows_of_examples(matrix, raw.examples, [e.source for e in raw.examples], with_group_ids=True)
 
 
 def _select(raw: RawRows, rows: np.ndarray) -> RawRows:
