@@ -10,6 +10,9 @@ measured capacity, SLO attainment and tails). --method finite-sweep, the earlier
 over one finite trace: prints one line per (rate, policy, offload mode) and a table of sustainable
 rates per latency bound; saves <out-dir>/sim_<trace>_<preset>[_host<N>gb].json and .png (normalized latency vs rate, one line
 per policy, or per policy+mode when swap modes are swept).
+
+This file runs the methods; the flags are defined in cli_flags.py (and steady_cli.py) and turned into
+simulator inputs (cost model, workload, host tier) in cli_inputs.py.
 """
 
 from __future__ import annotations
