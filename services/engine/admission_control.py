@@ -35,9 +35,10 @@ import time
 from dataclasses import dataclass
 
 from services.common.errors import Overloaded
+from services.engine.scheduler.policy import PolicyName
 
 # Policies that serve shorter predicted remaining work first (the others are treated as fcfs).
-SHORTEST_FIRST_POLICIES = frozenset({"alise", "srpt-oracle", "mlfq"})
+SHORTEST_FIRST_POLICIES = frozenset({PolicyName.ALISE, PolicyName.SRPT_ORACLE, PolicyName.MLFQ})
 PROFILE_INTERVAL_S = 0.05  # the engine thread refreshes the profile at most this often
 
 
@@ -95,7 +96,7 @@ def take_queue_profile(core) -> QueueProfile:
     return QueueProfile(
         remaining_tokens=tuple(remaining),
         cumulative_tokens=tuple(itertools.accumulate(remaining)),
-        shortest_first=str(scheduler.policy.name) in SHORTEST_FIRST_POLICIES,
+        shortest_first=scheduler.policy.name in SHORTEST_FIRST_POLICIES,
         s_per_output_token=s_per_token,
         decode_step_s=cost.decode_step_s,
         prefill_s_per_token=cost.prefill_s_per_token,
