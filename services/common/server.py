@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.cli_errors import print_error
 from services.common.decode_guard import DecodeGuardInterceptor
 from services.common.drain import InFlightCalls
 from services.common.errors import StatusMappingInterceptor
@@ -189,3 +190,26 @@ async def run_until_signal(handle: ServiceHandle, *, grace_s: float) -> None:
     await stop_requested.wait()
     log.info("stopping: draining for up to %.1f s", grace_s)
     await handle.stop(grace_s)
+
+
+EXIT_OK = 0
+EXIT_CANNOT_LISTEN = 1  # a port could not be bound (usually already in use)
+
+
+def serve_main(prog: str, start: Callable[[], Awaitable[ServiceHandle]], *, grace_s: float) -> int:
+    """Every service's `python -m` body: start it, serve until SIGINT/SIGTERM, drain for grace_s.
+
+    A port that cannot be bound ends in one error line naming the address and the flag (exit 1)
+    instead of a traceback, the same for all four services.
+    """
+
+    async def serve() -> None:
+        handle = await start()
+        await run_until_signal(handle, grace_s=grace_s)
+
+    try:
+        asyncio.run(serve())
+    except PortBindError as error:
+        print_error(prog, str(error))
+        return EXIT_CANNOT_LISTEN
+    return EXIT_OK

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from services.common.cli_errors import print_error
 from services.common.logging_setup import configure_logging
-from services.common.server import run_until_signal
+from services.common.server import serve_main
 from services.engine.app import start
 from services.engine.config import EngineConfig
-
-
-async def _main(config: EngineConfig) -> None:
-    handle = await start(config)
-    await run_until_signal(handle, grace_s=config.drain_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error("python -m services.engine", str(error))
         return 2
     configure_logging(config.log_level, "engine")
-    asyncio.run(_main(config))
-    return 0
+    return serve_main("python -m services.engine", lambda: start(config), grace_s=config.drain_s)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Sequence
 
 from services.common.cli_errors import print_error
 from services.common.logging_setup import configure_logging
-from services.common.server import run_until_signal
+from services.common.server import serve_main
 from services.predictor import app
 from services.predictor.config import PredictorConfig
-
-
-async def _serve(config: PredictorConfig) -> None:
-    handle = await app.start(config)
-    await run_until_signal(handle, grace_s=config.drain_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,11 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, "predictor")
     try:
-        asyncio.run(_serve(config))
+        return serve_main("python -m services.predictor", lambda: app.start(config), grace_s=config.drain_s)
     except (FileNotFoundError, ValueError) as error:  # missing or incompatible model directory
         print_error("python -m services.predictor", str(error))
         return 2
-    return 0
 
 
 if __name__ == "__main__":
