@@ -142,8 +142,9 @@ async def start(config: EngineConfig) -> ServiceHandle:
             num_layers=cache_shape.num_layers,
             num_kv_heads=cache_shape.num_kv_heads,
             head_dim=cache_shape.head_dim,
-            dtype=_KV_DTYPES.get(dtype, memory_service_pb2.KV_DTYPE_UNSPECIFIED),
-            block_bytes=cache_shape.block_bytes(dtype),
+            # the pool's dtype (--kv-cache-dtype), not the model's: a bf16 pool of an fp32 model is half the bytes
+            dtype=_KV_DTYPES.get(core.runner.cache.dtype, memory_service_pb2.KV_DTYPE_UNSPECIFIED),
+            block_bytes=cache_shape.block_bytes(core.runner.cache.dtype),
         )
         reporter = MemoryReporter(
             config.memory_address,
