@@ -1,0 +1,1 @@
+"""Speculative decoding: drafters, verification and acceptance tracking (see method.py)."""
