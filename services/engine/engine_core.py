@@ -7,11 +7,15 @@ threaded loop (engine_loop.py) calls `step()` repeatedly.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from services.engine.model_runner import ModelRunner
 from services.engine.request import Request
 from services.engine.scheduler import Scheduler, StepResult
+
+if TYPE_CHECKING:  # the simulator drives this core with its own runner and must not import torch
+    from services.engine.model_runner import ModelRunner
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,15 @@ class StepTiming:
 class EngineCore:
     """Scheduler + model runner."""
 
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner) -> None:
+    def __init__(
+        self, scheduler: Scheduler, runner: ModelRunner, *, model_timer: Callable[[], float] | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.runner = runner
+        # The model time of the step just run, if the runner reports it (the simulator's: its cost
+        # model's time as computed; a difference of virtual clock readings would round it). None: the
+        # wall time of forward + update, measured here.
+        self.model_timer = model_timer
         self.num_steps = 0
         self.num_generated_tokens = 0
         self.num_prompt_tokens = 0  # prompt tokens of every request added (the metrics' counter)
@@ -62,12 +72,11 @@ class EngineCore:
             if result.finish_reason is not None:
                 self.runner.forget(result.request_id)
         finished = time.perf_counter()
+        model_s = finished - model_started if self.model_timer is None else self.model_timer()
         # Swap-outs (settled inside schedule) and restores depend on who was evicted, not on the
         # batch's tokens: fitting them into the step cost would blur it (the simulator does the same).
-        self.scheduler.record_step_time(output, finished - model_started)
+        self.scheduler.record_step_time(output, model_s)
         self.num_steps += 1
         self.num_generated_tokens += len(sampled)
-        self.last_step = StepTiming(
-            finished - started, finished - model_started, output.num_scheduled_tokens, len(sampled)
-        )
+        self.last_step = StepTiming(finished - started, model_s, output.num_scheduled_tokens, len(sampled))
         return results

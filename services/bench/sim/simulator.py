@@ -1,13 +1,15 @@
-"""The discrete-event simulator: the engine's own Scheduler, on a virtual clock, with a GPU cost model.
+"""The discrete-event simulator: the engine's own EngineCore and Scheduler, on a virtual clock, with a GPU cost model.
 
-    arrivals (trace + Poisson/gamma times) --> Scheduler.add at their virtual time
-    loop: output = schedule(); clock += cost.step_time_s(output) + swap stalls; update(output, fake tokens)
+    arrivals (trace + Poisson/gamma times) --> EngineCore.add at their virtual time
+    loop: core.step()   (schedule; restores; SimulatedRunner.execute: clock += cost model's step time
+                         + swap stalls, fake tokens; update; record_step_time with the model time)
 
-Nothing but the model forward is simulated: admission, chunked prefill, KV blocks, preemption,
-re-estimation, starvation promotion and the online step-cost calibration are the production code.
-Each request produces exactly its trace's output length: the simulated model samples EOS at that
-length, and max_tokens is left at what the context allows, so only srpt-oracle (whose requests carry
-max_tokens = true length) knows it. Deterministic: no wall clock, no randomness inside the loop.
+Nothing but the model forward is simulated (sim_runner.py): the engine core's step, admission,
+chunked prefill, KV blocks, preemption, re-estimation, starvation promotion and the online step-cost
+calibration are the production code. Each request produces exactly its trace's output length: the
+simulated model samples EOS at that length, and max_tokens is left at what the context allows, so only
+srpt-oracle (whose requests carry max_tokens = true length) knows it. Deterministic: no wall clock,
+no randomness inside the loop.
 
 Closed loop (capacity runs, steady_state.py): with closed_loop_concurrency=N the trace's arrival
 times are ignored; N requests enter at time 0 and each finish lets the next one in at that instant,
@@ -16,43 +18,35 @@ enters, so TTFT and fcfs order mean the same as in an open-loop run.
 
 KV offload (kv_offload.py): with a swap mode, preempted KV goes to a simulated host tier as the
 memory manager's plan decides; its swap-out and not-yet-prefetched swap-in stall the step in which
-they happen (added to the step's model time). The online cost model is fed the model time alone: a
+they happen (added to the step's time). The online cost model is fed the model time alone: a
 swap stall does not scale with tokens or KV read, and would only blur the fit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 from services.bench.latency_metrics import RequestRecord
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS
-from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, SimKvOffload, make_handler
+from services.bench.sim.kv_offload import KvOffloadConfig, OffloadCounters, make_handler
 from services.bench.sim.sim_request import SIM_EOS_TOKEN_ID, make_sim_request
+from services.bench.sim.sim_runner import SimulatedRunner, StepCost, VirtualClock
 from services.bench.workload import TraceRequest
 from services.engine.block_pool import KvBlockManager
+from services.engine.engine_core import EngineCore
 from services.engine.length_distribution import LengthDistribution
 from services.engine.request import Request
 from services.engine.scheduler import (
     OnlineStepCostModel,
     Scheduler,
     SchedulerLimits,
-    SchedulerOutput,
-    StepCostCoefficients,
     make_policy,
 )
 from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S, AlisePolicy
 
-SAMPLED_TOKEN_ID = 0  # what the simulated model "samples" before a request's last token
 ORACLE_POLICY = "srpt-oracle"
-
-
-class StepCost(Protocol):
-    num_kv_blocks: int
-
-    def step_time_s(self, output: SchedulerOutput) -> float: ...
-
-    def linear_prior(self) -> StepCostCoefficients: ...
+__all__ = ["EngineShape", "SimResult", "StepCost", "simulate"]  # StepCost: sim_runner.py's, re-exported
 
 
 @dataclass(frozen=True)
@@ -96,58 +90,63 @@ def simulate(
 ) -> SimResult:
     """Runs every request of the trace to completion under `policy` (and the offload mode, if any);
     closed_loop_concurrency=N keeps N requests in the system instead (see the module docstring)."""
-    clock = [0.0]
-    cost_model = OnlineStepCostModel(cost.linear_prior())
-    limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
-    kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
-    handler = make_handler(offload, lambda: clock[0])
-    scheduler = Scheduler(
-        _make_policy(policy, cost_model, shape),
-        limits,
-        kv,
-        SIM_EOS_TOKEN_ID,
-        lambda: clock[0],
-        cost_model,
-        eviction=handler,
-    )
+    clock = VirtualClock()
+    core, runner = _engine_core(trace, policy=policy, cost=cost, shape=shape, offload=offload, clock=clock)
+    scheduler = core.scheduler
     pending = _requests(trace, arrivals_s, predictions, scheduler, reveal_length=policy == ORACLE_POLICY)
     feeder = _OpenLoop(pending) if closed_loop_concurrency is None else _ClosedLoop(pending, closed_loop_concurrency)
-    true_lengths = {item.request_id: item.num_output_tokens for item in trace}
     live: dict[str, Request] = {}
     records: list[RequestRecord] = []
-    num_steps, busy_s = 0, 0.0
     while feeder.has_more or scheduler.has_work:
-        for request in feeder.due(clock[0]):
-            scheduler.add(request)
+        for request in feeder.due(clock.now_s):
+            core.add(request)
             live[request.request_id] = request
         if not scheduler.has_work:
-            clock[0] = feeder.next_arrival_s
+            clock.now_s = feeder.next_arrival_s
             continue
-        output = scheduler.schedule()
-        if output.is_empty:
+        num_steps = core.num_steps
+        results = core.step()
+        if core.num_steps == num_steps:  # the step scheduled nothing
             raise RuntimeError("the scheduler made no progress with work queued (a request cannot fit?)")
-        model_s, step_s = _step_times_s(cost, output, handler)
-        clock[0] += step_s
-        busy_s += step_s
-        num_steps += 1
-        results = scheduler.update(output, _sampled(output, true_lengths))
-        scheduler.record_step_time(output, model_s)
         for result in results:
             if result.finish_reason is not None:
                 records.append(_record(live.pop(result.request_id)))
                 feeder.finished()
-    counters = None if handler is None else handler.counters
+    counters = runner.offload_counters
     return SimResult(
         records,
-        num_steps,
+        core.num_steps,
         scheduler.num_preemptions,
         scheduler.num_recomputed_tokens,
         scheduler.max_wait_s,
         0 if counters is None else counters.swap_out_bytes,
         len(trace) - len(pending),
-        busy_s,
+        runner.busy_s,
         counters,
     )
+
+
+def _engine_core(
+    trace: Sequence[TraceRequest],
+    *,
+    policy: str,
+    cost: StepCost,
+    shape: EngineShape,
+    offload: KvOffloadConfig | None,
+    clock: VirtualClock,
+) -> tuple[EngineCore, SimulatedRunner]:
+    """The production EngineCore over a scheduler on the virtual clock and the simulated runner; the
+    core's model timer is the runner's (the cost model's time as computed, see sim_runner.py)."""
+    cost_model = OnlineStepCostModel(cost.linear_prior())
+    limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
+    kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
+    handler = make_handler(offload, clock)
+    scheduler = Scheduler(
+        _make_policy(policy, cost_model, shape), limits, kv, SIM_EOS_TOKEN_ID, clock, cost_model, eviction=handler
+    )
+    true_lengths = {item.request_id: item.num_output_tokens for item in trace}
+    runner = SimulatedRunner(cost, clock, true_lengths, handler)
+    return EngineCore(scheduler, runner, model_timer=runner.model_time_s), runner
 
 
 def _make_policy(name: str, cost_model: OnlineStepCostModel, shape: EngineShape):
@@ -205,27 +204,6 @@ class _ClosedLoop(_OpenLoop):
 
     def finished(self) -> None:
         self._in_system -= 1
-
-
-def _step_times_s(cost: StepCost, output: SchedulerOutput, handler: SimKvOffload | None) -> tuple[float, float]:
-    """(model time, whole step time): the step also stalls for this step's swap-outs and for
-    swap-ins still in flight at its restores (which the engine copies before running the model)."""
-    model_s = cost.step_time_s(output)
-    if handler is None:
-        return model_s, model_s
-    handler.restore(output.restores)
-    return model_s, model_s + handler.take_step_stall_s()
-
-
-def _sampled(output: SchedulerOutput, true_lengths: dict[str, int]) -> dict[str, int]:
-    """EOS for a request about to produce its last true token, a filler token otherwise."""
-    sampled = {}
-    for chunk in output.chunks:
-        if chunk.samples_token:
-            request = chunk.request
-            last = len(request.output_token_ids) + 1 >= true_lengths[request.request_id]
-            sampled[request.request_id] = SIM_EOS_TOKEN_ID if last else SAMPLED_TOKEN_ID
-    return sampled
 
 
 def _requests(trace, arrivals_s, predictions, scheduler: Scheduler, *, reveal_length: bool) -> list[Request]:
