@@ -1,0 +1,176 @@
+"""How many drafts to verify: per request (stop drafting where drafts keep failing) and per batch
+(stop drafting where verification costs more than it saves). Plain Python + numpy (no torch), so the
+scheduler can call it.
+
+Acceptance model: each draft is accepted with probability a, independently, until the first
+rejection. A verify with k drafts then emits 1 + accepted tokens, in expectation
+
+    E[tokens per verify] = sum_{i=0..k} a^i = 1 + a + a^2 + ... + a^k
+
+and each verify is a run of Bernoulli trials: m accepted drafts are m successes, followed by one
+failure unless all k were accepted. So a is estimated as successes / trials (not accepted / drafted,
+which would count the drafts after a rejection, never tested, as failures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.engine.scheduler.cost_model import StepCostCoefficients
+
+
+@dataclass(frozen=True)
+class AdaptiveDraftingConfig:
+    """When a request stops drafting and when it tries again."""
+
+    min_acceptance_rate: float = 0.2  # estimated per-draft acceptance below which a request pauses
+    min_verifies: int = 4  # verifies with drafts, since drafting (re)started, before a request is judged
+    ema_weight: float = 0.25  # weight of the newest verify in the acceptance estimate
+    initial_backoff_steps: int = 8  # steps without drafts after the first failing judgement
+    max_backoff_steps: int = 512  # the pause doubles on each consecutive failing judgement, up to this
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_acceptance_rate <= 1.0:
+            raise ValueError(f"min_acceptance_rate must be in [0, 1], got {self.min_acceptance_rate}")
+        if self.min_verifies < 1:
+            raise ValueError(f"min_verifies must be >= 1, got {self.min_verifies}")
+        if not 0.0 < self.ema_weight <= 1.0:
+            raise ValueError(f"ema_weight must be in (0, 1], got {self.ema_weight}")
+        if not 1 <= self.initial_backoff_steps <= self.max_backoff_steps:
+            raise ValueError("need 1 <= initial_backoff_steps <= max_backoff_steps")
+
+
+@dataclass
+class _RequestAcceptance:
+    """One request's drafting record. ema_* cover the verifies since drafting last (re)started."""
+
+    next_backoff_steps: int  # the pause after the next failing judgement
+    num_drafted: int = 0  # drafts verified over the request's life
+    num_accepted: int = 0  # of which accepted
+    num_verifies: int = 0  # verifies with drafts since drafting (re)started
+    ema_successes: float = 0.0  # accepted drafts per verify, exponentially weighted
+    ema_trials: float = 0.0  # Bernoulli trials per verify (accepted + 1 if one was rejected), same weights
+    paused_steps_left: int = 0  # steps still without drafts
+
+    def acceptance_rate(self) -> float | None:
+        return self.ema_successes / self.ema_trials if self.ema_trials > 0 else None
+
+    def restart(self) -> None:
+        self.num_verifies, self.ema_successes, self.ema_trials = 0, 0.0, 0.0
+
+
+class AcceptanceTracker:
+    """Per-request acceptance, and whether each request drafts this step.
+
+    A request drafts until it has min_verifies verifies and its estimated acceptance is below
+    min_acceptance_rate; it then drafts nothing for a backoff of steps (its own calls of num_drafts),
+    after which it probes again with a fresh estimate. Each consecutive failing judgement doubles the
+    backoff (up to max_backoff_steps); a passing judgement resets it. Not thread-safe: the engine
+    thread owns it.
+    """
+
+    def __init__(self, config: AdaptiveDraftingConfig | None = None) -> None:
+        self._config = config or AdaptiveDraftingConfig()
+        self._requests: dict[Hashable, _RequestAcceptance] = {}
+
+    def num_drafts(self, request_id: Hashable, max_drafts: int) -> int:
+        """Drafts the request may propose this step: max_drafts, or 0 while it is paused. Call once per
+        step the request decodes in (the pause counts these calls)."""
+        state = self._state(request_id)
+        if state.paused_steps_left > 0:
+            state.paused_steps_left -= 1
+            return 0
+        return max(max_drafts, 0)
+
+    def record(self, request_id: Hashable, num_drafted: int, num_accepted: int) -> None:
+        """One verify's outcome: num_accepted of its num_drafted drafts were accepted (a verify without
+        drafts is not recorded)."""
+        if not 0 <= num_accepted <= num_drafted:
+            raise ValueError(f"need 0 <= num_accepted ({num_accepted}) <= num_drafted ({num_drafted})")
+        if num_drafted == 0:
+            return
+        state, config = self._state(request_id), self._config
+        state.num_drafted += num_drafted
+        state.num_accepted += num_accepted
+        if state.paused_steps_left > 0:  # drafts proposed before the pause began: counted, not judged
+            return
+        trials = num_accepted + (1 if num_accepted < num_drafted else 0)
+        weight = 1.0 if state.num_verifies == 0 else config.ema_weight
+        state.ema_successes += weight * (num_accepted - state.ema_successes)
+        state.ema_trials += weight * (trials - state.ema_trials)
+        state.num_verifies += 1
+        if state.num_verifies >= config.min_verifies:
+            self._judge(state)
+
+    def _judge(self, state: _RequestAcceptance) -> None:
+        config, rate = self._config, state.acceptance_rate()
+        if rate is not None and rate < config.min_acceptance_rate:
+            state.paused_steps_left = state.next_backoff_steps
+            state.next_backoff_steps = min(2 * state.next_backoff_steps, config.max_backoff_steps)
+            state.restart()
+        elif state.num_verifies == config.min_verifies:  # a probe (or the first judgement) passed
+            state.next_backoff_steps = config.initial_backoff_steps
+
+    def acceptance_rate(self, request_id: Hashable) -> float | None:
+        """The request's estimated per-draft acceptance since drafting (re)started; None before any."""
+        state = self._requests.get(request_id)
+        return state.acceptance_rate() if state is not None else None
+
+    def totals(self, request_id: Hashable) -> tuple[int, int]:
+        """(drafts verified, drafts accepted) over the request's life; (0, 0) for an unknown request."""
+        state = self._requests.get(request_id)
+        return (state.num_drafted, state.num_accepted) if state is not None else (0, 0)
+
+    def forget(self, request_id: Hashable) -> None:
+        """Drops a finished, cancelled or failed request (unknown ids are ignored)."""
+        self._requests.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def _state(self, request_id: Hashable) -> _RequestAcceptance:
+        state = self._requests.get(request_id)
+        if state is None:
+            state = self._requests[request_id] = _RequestAcceptance(self._config.initial_backoff_steps)
+        return state
+
+
+def batch_num_drafts(
+    num_decodes: int,
+    acceptance_rate: float | Sequence[float] | np.ndarray,
+    max_drafts: int,
+    coefficients: StepCostCoefficients,
+    *,
+    num_other_tokens: int = 0,
+    num_kv_tokens_read: int = 0,
+) -> int:
+    """The k in [0, max_drafts] that maximises the decode batch's expected output tokens per second.
+
+    With num_decodes requests each verifying k drafts (acceptance a_r: one rate for all, or one per
+    request) next to num_other_tokens prefill tokens:
+
+        tokens(k) = sum_r sum_{i=0..k} a_r^i
+        step_s(k) = coefficients.step_time_s(num_other_tokens + num_decodes * (1 + k), num_kv_tokens_read)
+        k* = argmax_k tokens(k) / step_s(k)        (the smallest k on ties)
+
+    The KV read does not grow with k (a verify reads its cache once for its k + 1 queries). At batch 1
+    a step costs mostly base_s (weights read once), so drafts are nearly free and k* is large; as the
+    batch grows the per_token_s term dominates (compute-bound) and every draft costs about what a
+    whole token does, so k* falls to 0 unless acceptance is high.
+    """
+    if num_decodes < 0 or max_drafts < 0:
+        raise ValueError(f"num_decodes ({num_decodes}) and max_drafts ({max_drafts}) must be >= 0")
+    if num_decodes == 0 or max_drafts == 0:
+        return 0
+    rates = np.clip(np.asarray(acceptance_rate, dtype=np.float64), 0.0, 1.0)
+    if rates.ndim > 1 or (rates.ndim == 1 and len(rates) != num_decodes):
+        raise ValueError(f"acceptance_rate must be one rate or {num_decodes} rates, got shape {rates.shape}")
+    rates = np.broadcast_to(rates, (num_decodes,))
+    num_drafts = np.arange(max_drafts + 1)
+    tokens = np.cumsum(rates[:, None] ** num_drafts[None, :], axis=1).sum(axis=0)  # [max_drafts + 1]
+    fed = num_other_tokens + num_decodes * (1 + num_drafts)
+    step_s = coefficients.base_s + coefficients.per_token_s * fed + coefficients.per_kv_token_s * num_kv_tokens_read
+    return int(np.argmax(tokens / np.maximum(step_s, 1e-12)))
