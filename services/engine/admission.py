@@ -86,4 +86,5 @@ def _sampling_options(params) -> SamplingOptions:
         seed=params.seed if params.HasField("seed") else secrets.randbits(63),  # contract: unset = fresh
         ignore_eos=params.ignore_eos,
         min_tokens=params.min_tokens,
+        speculative=params.speculative if params.HasField("speculative") else True,
     )

@@ -26,6 +26,7 @@ from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
 from services.engine.servicer import EngineServicer, ServedModelInfo
+from services.engine.spec.engine_setup import make_speculator
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
         loaded.eos_token_id,
         loaded.has_chat_template,
     )
-    return EngineCore(scheduler, runner), runner.cache_shape, info
+    speculator = make_speculator(
+        config.speculative_config(), cost_model, max_model_len, runner, loaded.model, config.model
+    )
+    return EngineCore(scheduler, runner, speculator=speculator), runner.cache_shape, info
 
 
 async def start(config: EngineConfig) -> ServiceHandle:

@@ -82,6 +82,20 @@ class KvBlockManager:
         table.extend(self.pool.allocate(missing))
         return True
 
+    def trim(self, request_id: str, num_tokens: int) -> int:
+        """Keeps the blocks holding positions < num_tokens and returns the rest to the pool (a verify's
+        rejected draft positions); the number freed."""
+        table = self._block_tables.get(request_id)
+        if table is None:
+            return 0
+        keep = num_blocks_for(num_tokens, self.block_size)
+        if keep >= len(table):
+            return 0
+        surplus = table[keep:]
+        del table[keep:]
+        self.pool.free(surplus)
+        return len(surplus)
+
     def free(self, request_id: str) -> int:
         """Returns every block of the request to the pool; the number freed."""
         table = self._block_tables.pop(request_id, [])

@@ -21,6 +21,11 @@ from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.engine.kv_dtype import KvCacheDtype
 from services.engine.model_presets import ARCHITECTURE_PRESETS
 from services.engine.scheduler.policy import DEFAULT_POLICY, PolicyName
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.ngram_drafter import NgramConfig
+from services.engine.spec.spec_config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculativeConfig
+
+DEFAULT_NGRAM = NgramConfig()
 
 
 class Dtype(StrEnum):
@@ -98,6 +103,16 @@ class EngineConfig:
     enforce_eager: bool = setting(
         False, "run every step eagerly: no CUDA graphs for decode-only steps (CPU always runs eagerly)"
     )
+    speculative: SpeculativeMethod = setting(
+        SpeculativeMethod.OFF,
+        "speculative decoding: ngram = prompt lookup drafts; early-exit = the model's first layers + a trained exit head",
+    )
+    num_speculative_tokens: int = setting(
+        DEFAULT_NUM_SPECULATIVE_TOKENS, "draft tokens verified per decode step at most (k)"
+    )
+    ngram_min: int = setting(DEFAULT_NGRAM.min_n, "n-gram drafting: shortest suffix matched in the request's tokens")
+    ngram_max: int = setting(DEFAULT_NGRAM.max_n, "n-gram drafting: longest suffix matched (tried first)")
+    early_exit_layer: int = setting(0, "early-exit drafting: decoder layers before the exit head (0 = best measured)")
     # /metrics HTTP port on `host`; None = not served (the --metrics-port flag defaults to 9102)
     metrics_port: MetricsPort | None = None
     tls: TlsFiles | None = None  # TLS of the engine's server and of its channels to the memory service
@@ -117,6 +132,8 @@ class EngineConfig:
                 "full-precision blocks only (use bf16/fp16/auto with the memory service)"
             )
         object.__setattr__(self, "scheduler_policy", _member(PolicyName, "scheduler_policy", self.scheduler_policy))
+        object.__setattr__(self, "speculative", _member(SpeculativeMethod, "speculative", self.speculative))
+        self.speculative_config()  # ValueError names a bad k, n-gram range or exit layer
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         for name in (
@@ -137,6 +154,14 @@ class EngineConfig:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
         if not self.deadline_admission_slack >= 0:
             raise ValueError(f"deadline_admission_slack must be >= 0, got {self.deadline_admission_slack}")
+
+    def speculative_config(self) -> SpeculativeConfig:
+        return SpeculativeConfig(
+            self.speculative,
+            self.num_speculative_tokens,
+            NgramConfig(self.ngram_min, self.ngram_max),
+            self.early_exit_layer,
+        )
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "EngineConfig":

@@ -16,6 +16,7 @@ from services.engine.scheduler import Scheduler, StepResult
 
 if TYPE_CHECKING:  # the simulator drives this core with its own runner and must not import torch
     from services.engine.model_runner import ModelRunner
+    from services.engine.spec.speculator import Speculator
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,16 @@ class EngineCore:
     """Scheduler + model runner."""
 
     def __init__(
-        self, scheduler: Scheduler, runner: ModelRunner, *, model_timer: Callable[[], float] | None = None
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        *,
+        model_timer: Callable[[], float] | None = None,
+        speculator: Speculator | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.runner = runner
+        self.speculator = speculator  # speculative decoding (spec/speculator.py); None = off
         # The model time of the step just run, if the runner reports it (the simulator's: its cost
         # model's time as computed; a difference of virtual clock readings would round it). None: the
         # wall time of forward + update, measured here.
@@ -52,12 +59,20 @@ class EngineCore:
     def abort(self, request_id: str) -> Request | None:
         request = self.scheduler.abort(request_id)
         if request is not None:
-            self.runner.forget(request_id)
+            self._forget(request_id)
         return request
+
+    def _forget(self, request_id: str) -> None:
+        self.runner.forget(request_id)
+        if self.speculator is not None:
+            self.speculator.forget(request_id)
 
     def step(self) -> list[StepResult]:
         """Runs one iteration; returns per-request new tokens and finishes (may be empty)."""
         started = time.perf_counter()
+        speculator = self.speculator
+        if speculator is not None:
+            speculator.plan(self.scheduler.running)
         output = self.scheduler.schedule()
         for request_id in output.preempted_request_ids:  # their KV is gone: so are their batch rows
             self.runner.forget(request_id)
@@ -66,17 +81,24 @@ class EngineCore:
         if output.restores:  # swapped KV back into its new blocks before the model reads them
             self.scheduler.eviction.restore(output.restores)
         model_started = time.perf_counter()
-        sampled = self.runner.execute(output)
-        results = self.scheduler.update(output, sampled)
+        if speculator is not None and output.num_draft_tokens:
+            samples = self.runner.execute_step(output)
+            results = self.scheduler.update(output, samples.tokens, samples.verified)
+            speculator.observe(output, samples.verified)
+            num_sampled = len(samples.tokens) + sum(len(tokens) for tokens in samples.verified.values())
+        else:  # a runner that never verifies drafts needs only execute()
+            sampled = self.runner.execute(output)
+            results = self.scheduler.update(output, sampled)
+            num_sampled = len(sampled)
         for result in results:
             if result.finish_reason is not None:
-                self.runner.forget(result.request_id)
+                self._forget(result.request_id)
         finished = time.perf_counter()
         model_s = finished - model_started if self.model_timer is None else self.model_timer()
         # Swap-outs (settled inside schedule) and restores depend on who was evicted, not on the
         # batch's tokens: fitting them into the step cost would blur it (the simulator does the same).
         self.scheduler.record_step_time(output, model_s)
         self.num_steps += 1
-        self.num_generated_tokens += len(sampled)
-        self.last_step = StepTiming(finished - started, model_s, output.num_scheduled_tokens, len(sampled))
+        self.num_generated_tokens += num_sampled
+        self.last_step = StepTiming(finished - started, model_s, output.num_scheduled_tokens, num_sampled)
         return results

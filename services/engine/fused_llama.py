@@ -149,12 +149,27 @@ class FusedLlama:
         scale: float,
     ) -> torch.Tensor:
         """Hidden states [num_tokens, hidden] after the final norm; positions < metadata.max_seq_len."""
+        hidden = self.forward_layers(input_ids, positions, metadata, attention, cache, scale, len(self.layers))
+        return F.rms_norm(hidden, self.final_norm.shape, self.final_norm, self.eps)
+
+    def forward_layers(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        metadata: AttentionMetadata,
+        attention,
+        cache,
+        scale: float,
+        num_layers: int,
+    ) -> torch.Tensor:
+        """The residual stream [num_tokens, hidden] after the first num_layers layers, before the final
+        norm (an early exit's input); only those layers' KV is written."""
         self.rope.ensure(metadata.max_seq_len)
         rope_rows = self.rope.rows(positions)
         hidden = self.embed_tokens(input_ids)
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.layers[:num_layers]):
             hidden = self._layer(index, layer, hidden, rope_rows, metadata, attention, cache, scale)
-        return F.rms_norm(hidden, self.final_norm.shape, self.final_norm, self.eps)
+        return hidden
 
     def _layer(
         self,

@@ -140,14 +140,39 @@ class InputBatch:
             self.block_table[row, have:num_blocks] = table[have:]
             self._num_blocks[row] = num_blocks
 
-    def record_sampled(self, arrays: StepArrays, token_ids: list[int]) -> None:
-        """Writes each sampled token (sample_indices order) after its request's tokens.
+    def write_drafts(self, row: int, draft_token_ids: list[int]) -> None:
+        """Puts a verify's drafts right after the row's tokens, without counting them: the step reads
+        them as inputs at positions num_tokens.., and the next append overwrites what was rejected."""
+        start = self._num_tokens[row]
+        stop = start + len(draft_token_ids)
+        if stop > self.token_ids.shape[1]:
+            self.token_ids = _widen(self.token_ids, stop)
+        self.token_ids[row, start:stop] = draft_token_ids
+
+    def write_drafts_at(self, row: int, index: int, token_id: int) -> None:
+        """Puts draft number `index` (0-based) after the row's tokens (write_drafts, one at a time)."""
+        position = self._num_tokens[row] + index
+        if position >= self.token_ids.shape[1]:
+            self.token_ids = _widen(self.token_ids, position + 1)
+        self.token_ids[row, position] = token_id
+
+    def append_tokens(self, row: int, token_ids: list[int]) -> None:
+        """Appends a verify's output (accepted drafts + one token) to the row."""
+        self.write_drafts(row, token_ids)
+        self._num_tokens[row] += len(token_ids)
+
+    def record_sampled(self, arrays: StepArrays, token_ids: list[int], picked: np.ndarray | None = None) -> None:
+        """Writes each sampled token (sample_indices order; only the picked ones of them, a boolean mask,
+        when given) after its request's tokens.
 
         A sampling chunk catches its request up, and prepare() synced the row to it, so the row holds
-        exactly seq_len tokens: the token goes at position seq_len (a row never runs ahead)."""
+        exactly seq_len tokens: the token goes at position seq_len (a row never runs ahead). Verify
+        chunks are not recorded here (append_tokens)."""
         if not token_ids:
             return
         rows, positions = arrays.sample_rows, arrays.sample_seq_lens
+        if picked is not None:
+            rows, positions = rows[picked], positions[picked]
         last = int(positions.max())
         if last >= self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, last + 1)
@@ -175,6 +200,8 @@ class InputBatch:
             seq_len = chunk.num_context_tokens
             if num_tokens_of[row] < seq_len or num_blocks_of[row] * block_size < seq_len:
                 self._sync_row(row, request, block_table_of(request.request_id))
+            if chunk.num_draft_tokens:
+                self.write_drafts(row, request.draft_token_ids[: chunk.num_draft_tokens])  # type: ignore[index]
             rows.append(row)
         seq_lens = [chunk.num_context_tokens for chunk in chunks]
         counts = [chunk.num_new_tokens for chunk in chunks]

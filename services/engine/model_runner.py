@@ -28,7 +28,9 @@ from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.min_tokens import apply_min_tokens, model_stop_token_ids, stop_token_tensor
 from services.engine.sampler import SamplingParams, sample_tokens
-from services.engine.scheduler.output import SchedulerOutput
+from services.engine.scheduler.output import SchedulerOutput, StepSamples
+from services.engine.spec.early_exit_drafter import EarlyExitDrafter
+from services.engine.spec.verification import verify_drafts
 
 DEFAULT_MAX_NUM_SEQS = 64  # CUDA graph batch sizes are captured up to this many decodes
 
@@ -71,6 +73,8 @@ class ModelRunner:
         max_model_len = max_model_len or config.max_position_embeddings
         # None on CPU and with enforce_eager: every step runs eagerly.
         self.graphs = DecodeGraphs.create(self, max_num_seqs, max_model_len, enforce_eager)
+        # Makes the drafts of verify chunks inside the step (--speculative early-exit); None otherwise.
+        self.early_exit: EarlyExitDrafter | None = None
 
     def forget(self, request_id: str) -> None:
         """Drops the request's row once it finished or was aborted (or lost its KV)."""
@@ -78,12 +82,24 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> dict[str, int]:
-        """Runs the step; returns the sampled token of each request that samples this step."""
+        """Runs a step without drafts; returns the sampled token of each request that samples this step."""
+        return self.execute_step(step).tokens
+
+    @torch.inference_mode()
+    def execute_step(self, step: SchedulerOutput) -> StepSamples:
+        """Runs the step: early-exit drafts first where the runner makes them, then one forward over every
+        chunk (verify chunks feed their drafts), then sampling and verification."""
+        if self.early_exit is not None:
+            self.early_exit.draft(self, step)
         arrays = self.prepare_arrays(step)
         hidden = self.run_model(arrays)
         if not arrays.sample_indices:
-            return {}
-        return self.sample(step, arrays, self.logits_of(arrays, hidden))
+            return StepSamples({})
+        chunks = step.chunks
+        verify = [index for index in arrays.sample_indices if chunks[index].num_draft_tokens]
+        if not verify:
+            return StepSamples(self.sample(step, arrays, self.logits_of(arrays, hidden)))
+        return self._sample_and_verify(step, arrays, hidden, verify)
 
     def logits_of(self, arrays: StepArrays, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits [num_sampling_rows, vocab] at the last position of each sampling request."""
@@ -109,9 +125,53 @@ class ModelRunner:
             requests = [chunks[index].request for index in arrays.sample_indices]
         if self.batch.min_tokens[arrays.sample_rows].any():
             logits = apply_min_tokens(logits, requests, self.stop_token_ids)
-        tokens = sample_tokens(logits, self.sampling_params(arrays, requests)).tolist()
+        tokens = sample_tokens(logits, self.sampling_params(arrays.sample_rows, requests)).tolist()
         self.batch.record_sampled(arrays, tokens)
         return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
+
+    def _sample_and_verify(
+        self, step: SchedulerOutput, arrays: StepArrays, hidden: torch.Tensor, verify: list[int]
+    ) -> StepSamples:
+        """A step with verify chunks: one LM-head call over the plain rows' last positions and every
+        verify chunk's last num_draft_tokens + 1 positions, then plain sampling and verification
+        (spec/verification.py). The speculator drafts only for requests past their min_tokens, so
+        verify rows need no masking."""
+        chunks, starts = step.chunks, arrays.query_start_loc_host
+        picked = np.array([chunks[index].num_draft_tokens == 0 for index in arrays.sample_indices])
+        plain = [index for index in arrays.sample_indices if not chunks[index].num_draft_tokens]
+        positions = [starts[index + 1] - 1 for index in plain]
+        for index in verify:
+            positions.extend(range(starts[index + 1] - 1 - chunks[index].num_draft_tokens, starts[index + 1]))
+        logits = self.model.lm_head(hidden.index_select(0, torch.tensor(positions, device=self.device)))
+        tokens: dict[str, int] = {}
+        if plain:
+            requests = [chunks[index].request for index in plain]
+            rows = arrays.sample_rows[picked]
+            plain_logits = logits[: len(plain)]
+            if self.batch.min_tokens[rows].any():
+                plain_logits = apply_min_tokens(plain_logits, requests, self.stop_token_ids)
+            sampled = sample_tokens(plain_logits, self.sampling_params(rows, requests)).tolist()
+            self.batch.record_sampled(arrays, sampled, picked)
+            tokens = {request.request_id: token for request, token in zip(requests, sampled, strict=True)}
+        return StepSamples(tokens, self._verify(step, arrays, logits[len(plain) :], verify, ~picked))
+
+    def _verify(
+        self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor, verify: list[int], picked: np.ndarray
+    ) -> dict[str, list[int]]:
+        """Accepted drafts + one token per verify chunk; appended to the rows."""
+        requests = [step.chunks[index].request for index in verify]
+        drafts = [
+            request.draft_token_ids[: step.chunks[index].num_draft_tokens] for index, request in zip(verify, requests)
+        ]  # type: ignore[index]
+        rows = arrays.sample_rows[picked]
+        batch = self.batch
+        counters = np.fromiter((request.num_output_tokens for request in requests), np.int64, len(requests))
+        new_tokens = verify_drafts(
+            logits, drafts, batch.temperature[rows], batch.top_p[rows], batch.top_k[rows], batch.seed[rows], counters
+        )
+        for row, appended in zip(rows.tolist(), new_tokens, strict=True):
+            batch.append_tokens(row, appended)
+        return {request.request_id: appended for request, appended in zip(requests, new_tokens, strict=True)}
 
     def prepare_arrays(self, step: SchedulerOutput) -> StepArrays:
         """Builds the step's inputs (idempotent: preparing the same step twice gives the same arrays).
@@ -151,10 +211,9 @@ class ModelRunner:
 
     _forward = forward  # the name tests/kernel_cases.py calls
 
-    def sampling_params(self, arrays: StepArrays, requests) -> SamplingParams:
+    def sampling_params(self, rows: np.ndarray, requests) -> SamplingParams:
         """The sampling rows' parameters, gathered from the batch rows; the draw counter of a row is
         its request's number of output tokens so far (see sampler.py on reproducibility)."""
-        rows = arrays.sample_rows
         batch = self.batch
         temperature = batch.temperature[rows]
         if not temperature.any():  # all greedy: no draws needed

@@ -45,6 +45,7 @@ class SamplingOptions:
     seed: int  # seeds the request's own generator
     ignore_eos: bool  # keep going past EOS until max_tokens
     min_tokens: int = 0  # in [0, max_tokens]: stop token ids are masked until this many output tokens (min_tokens.py)
+    speculative: bool = True  # False opts the request out of speculative decoding (spec/)
 
 
 @dataclass(eq=False)  # identity equality: list.remove and `in` must not compare every field
@@ -75,6 +76,11 @@ class Request:
     wait_started_s: float = 0.0
     promoted_at_s: float | None = None
     rank_key: float = 0.0
+    # Speculative decoding (spec/speculator.py sets both before each step): draft positions the scheduler
+    # may add to this request's next decode, and the drafts when known before the step (n-gram); None
+    # = the model runner drafts them in the step (early exit). The scheduler may grant fewer.
+    num_draft_slots: int = 0
+    draft_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.length_distribution is None:

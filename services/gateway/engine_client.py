@@ -112,6 +112,7 @@ def build_engine_request(
             seed=sampling.seed,
             ignore_eos=sampling.ignore_eos,
             min_tokens=sampling.min_tokens,
+            speculative=sampling.speculative,
         ),
         prediction=prediction,
         priority_class=request.priority_class,

@@ -54,6 +54,7 @@ class ResolvedSampling:
     stop_strings: tuple[str, ...]  # non-empty strings, each at most max_stop_string_chars
     ignore_eos: bool  # keep generating past EOS until max_tokens
     min_tokens: int = 0  # in [0, max_tokens]: EOS, stop token ids and stop strings wait for this many tokens
+    speculative: bool = True  # False opts out of speculative decoding (unset = allowed)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def resolve_generate_request(
         stop_strings=stop_strings,
         ignore_eos=sampling.ignore_eos,
         min_tokens=sampling.min_tokens,
+        speculative=sampling.speculative if sampling.HasField("speculative") else True,
     )
     return ResolvedRequest(
         request_id=request_id,

@@ -10,8 +10,10 @@ request's remaining work into seconds with it:
 
     remaining_s = prefill_s_per_token * uncomputed tokens + decode_step_s * remaining output tokens
 
-where decode_step_s is the recent mean step time (a running request produces one token per step,
-and every step of the batch costs the same to each of its requests).
+where decode_step_s is the recent mean step time over the output tokens a step gives a running
+request (one, or 1 + accepted drafts per verify with speculative decoding: tokens_per_decode_step),
+and every step of the batch costs the same to each of its requests. A verify's draft tokens are fed
+tokens like any other, so the step-time fit prices them.
 
 Calibration: least squares over the last `window` steps, refitted every `refit_every` steps; until
 enough varied steps are seen, the prior coefficients hold. The two published rates change only when
@@ -72,7 +74,11 @@ class OnlineStepCostModel:
         # The two rates policies read, as plain attributes (read for every request every step);
         # they change only at a refit, together with `version`.
         self.prefill_s_per_token = prior.per_token_s  # marginal cost of one more prompt token in a step
-        # Seconds a running request waits per output token: the mean step time at the last refit.
+        # Output tokens a sampling request gains per step: 1, more with speculative decoding (accepted
+        # drafts), exponentially weighted like mean_step_s.
+        self.tokens_per_decode_step = 1.0
+        # Seconds a running request waits per output token: the mean step time over the tokens a step
+        # yields, at the last refit.
         self.decode_step_s = self.mean_step_s
 
     def observe(self, num_batched_tokens: int, num_kv_tokens_read: int, step_s: float) -> None:
@@ -86,16 +92,22 @@ class OnlineStepCostModel:
             self._since_refit = 0
             self._refit()
 
+    def observe_decode_yield(self, num_sampling_requests: int, num_output_tokens: int) -> None:
+        """Records the output tokens one step gave its sampling requests (called with speculative
+        decoding only: without it every sampling request gains exactly one token)."""
+        if num_sampling_requests > 0:
+            observed = num_output_tokens / num_sampling_requests
+            self.tokens_per_decode_step += self._smoothing * (observed - self.tokens_per_decode_step)
+
     def _refit(self) -> None:
         if len(self._steps) >= self._min_steps_to_fit:
             fitted = _least_squares(self._steps)
             if fitted is not None:
                 self.coefficients = fitted
-        if _moved(self.prefill_s_per_token, self.coefficients.per_token_s) or _moved(
-            self.decode_step_s, self.mean_step_s
-        ):
+        decode_step_s = self.mean_step_s / self.tokens_per_decode_step
+        if _moved(self.prefill_s_per_token, self.coefficients.per_token_s) or _moved(self.decode_step_s, decode_step_s):
             self.prefill_s_per_token = self.coefficients.per_token_s
-            self.decode_step_s = self.mean_step_s
+            self.decode_step_s = decode_step_s
             self.version += 1
 
 

@@ -19,6 +19,9 @@ class ScheduledChunk:
     samples_token: bool
     # num_computed_tokens + num_new_tokens at scheduling time: the context attention reads.
     num_context_tokens: int
+    # Speculative verify: the last num_draft_tokens of the new tokens are drafts (request.draft_token_ids),
+    # checked against the model in this step; the step may append up to num_draft_tokens + 1 tokens.
+    num_draft_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class SchedulerOutput:
         return sum(chunk.num_context_tokens for chunk in self.chunks)
 
     @property
+    def num_draft_tokens(self) -> int:
+        """Draft tokens verified this step (0 without speculative decoding)."""
+        return sum(chunk.num_draft_tokens for chunk in self.chunks)
+
+    @property
     def is_empty(self) -> bool:
         return not self.chunks
 
@@ -49,5 +57,14 @@ class StepResult:
     """What one step produced for one request, as streamed back to its caller."""
 
     request_id: str
-    new_token_ids: list[int]  # tokens sampled this step (0 or 1 today)
+    new_token_ids: list[int]  # tokens appended this step: 1, or up to num_draft_tokens + 1 for a verify
     finish_reason: FinishReason | None  # set when the request finished this step
+
+
+@dataclass(frozen=True)
+class StepSamples:
+    """What the model runner returns for a step (Scheduler.update's inputs)."""
+
+    tokens: dict[str, int]  # the sampled token of each request that samples and verifies nothing
+    # Each verify chunk's request: its accepted drafts followed by one token (1..num_draft_tokens + 1).
+    verified: dict[str, list[int]] = field(default_factory=dict)

@@ -137,6 +137,7 @@ class Scheduler:
         short_of_kv = False
         block_size = self.kv.block_size
         prefills = []
+        spare = budget - len(self.running)  # budget beyond one token per running request: drafts may use it
         for request in list(self.running):
             if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
                 continue
@@ -145,19 +146,32 @@ class Scheduler:
             if num_tokens - computed > 1:
                 prefills.append(request)
                 continue
-            if not computed % block_size and not self.kv.allocate_slots(request.request_id, num_tokens):
+            num_drafts = request.num_draft_slots
+            if num_drafts:
+                num_drafts = self._grant_drafts(request, num_drafts, spare, num_tokens)
+                spare -= num_drafts
+            if not (num_drafts or computed % block_size) and not self.kv.allocate_slots(request.request_id, num_tokens):
                 short_of_kv = True
                 if not self._make_room(request, num_tokens, chunks, preempted, now_s):
                     continue
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
-            chunks.append(ScheduledChunk(request, num_tokens - computed, True, num_tokens))
-            budget -= num_tokens - computed
+            chunks.append(ScheduledChunk(request, 1 + num_drafts, True, num_tokens + num_drafts, num_drafts))
+            budget -= 1 + num_drafts
         if not prefills:
             return budget, short_of_kv
         prefills.sort(key=RANK)
         budget, short_in_prefills = self._schedule_in_order(prefills, budget, chunks, preempted, now_s)
         return budget, short_of_kv or short_in_prefills
+
+    def _grant_drafts(self, request: Request, num_drafts: int, spare: int, num_tokens: int) -> int:
+        """Draft positions a decode verifies this step: what it asked for, within the spare budget and
+        the free KV blocks (drafts never preempt anyone: without blocks the decode runs plain)."""
+        if num_drafts > spare:
+            num_drafts = spare if spare > 0 else 0
+        if num_drafts and not self.kv.allocate_slots(request.request_id, num_tokens + num_drafts):
+            return 0
+        return num_drafts
 
     def _schedule_in_order(
         self, order: list[Request], budget: int, chunks: list[ScheduledChunk], preempted: list[str], now_s: float
@@ -327,9 +341,15 @@ class Scheduler:
 
     # -- after the model ran -------------------------------------------------------------
 
-    def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[StepResult]:
-        """Advances computed counts, appends sampled tokens, finishes requests that are done."""
+    def update(
+        self, output: SchedulerOutput, sampled: dict[str, int], verified: dict[str, list[int]] | None = None
+    ) -> list[StepResult]:
+        """Advances computed counts, appends sampled tokens, finishes requests that are done.
+
+        sampled: the token of each request that samples this step; verified: for each verify chunk
+        (num_draft_tokens > 0) its accepted drafts followed by one token (spec/verification.py)."""
         now_s = self.clock()
+        verified = verified or {}
         eos_token_id, max_model_len = self.eos_token_id, self.limits.max_model_len
         results = []
         for chunk in output.chunks:
@@ -338,6 +358,9 @@ class Scheduler:
                 continue
             request.num_computed_tokens += chunk.num_new_tokens
             if not chunk.samples_token:
+                continue
+            if chunk.num_draft_tokens:
+                results.append(self._apply_verified(request, chunk, verified[request.request_id], now_s))
                 continue
             token_id = sampled[request.request_id]
             output_ids = request.output_token_ids
@@ -354,7 +377,29 @@ class Scheduler:
                 if reason is not None:
                     self._finish(request, reason)
             results.append(StepResult(request.request_id, [token_id], reason))
+        if verified or self.cost_model.tokens_per_decode_step != 1.0:  # speculative decoding in use
+            self.cost_model.observe_decode_yield(len(results), sum(len(r.new_token_ids) for r in results))
         return results
+
+    def _apply_verified(
+        self, request: Request, chunk: ScheduledChunk, new_tokens: list[int], now_s: float
+    ) -> StepResult:
+        """A verify appended len(new_tokens) = accepted + 1 tokens: the KV of the rejected drafts' positions
+        is not the request's (num_computed_tokens steps back over them) and their blocks go back to the
+        pool. Tokens are appended one by one, so EOS or a length limit inside them ends the request there."""
+        request.num_computed_tokens -= chunk.num_draft_tokens + 1 - len(new_tokens)
+        if request.first_token_time_s is None:
+            request.first_token_time_s = now_s
+        output_ids = request.output_token_ids
+        reason = None
+        for count, token_id in enumerate(new_tokens, 1):
+            output_ids.append(token_id)
+            reason = self._finish_reason(request, token_id)
+            if reason is not None:
+                self._finish(request, reason)
+                return StepResult(request.request_id, new_tokens[:count], reason)
+        self.kv.trim(request.request_id, request.num_computed_tokens)
+        return StepResult(request.request_id, new_tokens, reason)
 
     def record_step_time(self, output: SchedulerOutput, step_s: float) -> None:
         """Feeds one measured (or simulated) step to the cost model."""

@@ -42,6 +42,7 @@ class SamplingBody(BaseModel):
     top_k: int | None = None  # keep the k most likely tokens; 0 disables
     ignore_eos: bool = False  # generate past EOS until max_tokens
     min_tokens: int | None = None  # no EOS / stop token / stop string before this many tokens; 0 = none
+    speculative: bool | None = None  # false opts out of speculative decoding on an engine that runs it
     # alise's own
     priority: int | str | None = None  # a PriorityClass: "interactive" | "standard" | "batch" (or its number)
     expected_output_tokens: int | None = None  # client's output-length hint, tokens

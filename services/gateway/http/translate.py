@@ -7,7 +7,7 @@ the context room...) is left to services/gateway/validation.py, shared with the 
     prompt (str | [str])          -> prompt_text          prompt ([int] | [[int]]) -> prompt_token_ids
     messages                      -> messages (rendered with the chat template by validation)
     max_completion_tokens | max_tokens -> sampling.max_tokens
-    temperature top_p top_k seed ignore_eos min_tokens -> sampling.*       stop (str | [str]) -> sampling.stop
+    temperature top_p top_k seed ignore_eos min_tokens speculative -> sampling.*       stop (str | [str]) -> sampling.stop
     priority ("interactive" | "standard" | "batch" | number) -> priority_class
     expected_output_tokens request_id -> the same fields
 """
@@ -88,6 +88,7 @@ def _base_request(body: SamplingBody, max_tokens: int | None) -> gateway_service
     _assign(sampling, "top_k", body.top_k, "top_k")
     _assign(sampling, "seed", body.seed, "seed")
     _assign(sampling, "min_tokens", body.min_tokens, "min_tokens")
+    _assign(sampling, "speculative", body.speculative, "speculative")
     sampling.ignore_eos = body.ignore_eos
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     sampling.stop.extend(stop)

@@ -1,0 +1,102 @@
+"""The engine side of speculative decoding: who drafts how many tokens each step, and what came of it.
+
+Before each step (EngineCore.step), plan() gives every running request that decodes a number of draft
+slots (Request.num_draft_slots) and, for n-gram drafting, the drafts themselves; the scheduler grants
+slots within the step's token budget and free KV (Scheduler._grant_drafts), the model runner makes
+early-exit drafts inside the step and verifies all of them, and observe() records what was accepted.
+
+How many drafts, per step:
+    batch level:   batch_num_drafts picks k in [0, k_max] maximising expected tokens per second for
+                   a decode batch of this size under the fitted step-cost model: a compute-bound step
+                   (large batch) pays for every draft it feeds, so k falls to 0 there;
+    request level: AcceptanceTracker stops a request whose drafts keep failing, for a backoff that
+                   doubles, then probes it again;
+    limits:        never past max_tokens (a verify emits up to k + 1 tokens) or the model context, and
+                   not while min_tokens masking is active (verification does not mask stop tokens),
+                   nor for a request that opted out (SamplingOptions.speculative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.engine.request import Request
+from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.output import SchedulerOutput
+from services.engine.spec.adaptive_drafting import AcceptanceTracker, batch_num_drafts
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.ngram_drafter import propose_ngram_drafts
+from services.engine.spec.spec_config import SpeculativeConfig
+from services.engine.spec.spec_stats import SpecStats
+
+
+class Speculator:
+    """Plans drafts before each step and tracks acceptance; engine thread only."""
+
+    def __init__(self, config: SpeculativeConfig, cost_model: OnlineStepCostModel, max_model_len: int) -> None:
+        if not config.enabled:
+            raise ValueError("a Speculator needs a speculative method other than off")
+        self.config = config
+        self.cost_model = cost_model
+        self.max_model_len = max_model_len
+        self.tracker = AcceptanceTracker()
+        self.stats = SpecStats()
+
+    def plan(self, running: list[Request]) -> None:
+        """Sets num_draft_slots (and n-gram drafts) on every running request for the coming step."""
+        decodes = []
+        for request in running:
+            request.num_draft_slots, request.draft_token_ids = 0, None
+            if request.num_tokens - request.num_computed_tokens == 1 and self._may_draft(request):
+                decodes.append(request)
+        if not decodes:
+            return
+        batch_k = batch_num_drafts(
+            len(decodes), self.tracker.batch_acceptance_rate(), self.config.num_speculative_tokens,
+            self.cost_model.coefficients,
+        )  # fmt: skip
+        if batch_k == 0:
+            return
+        for request in decodes:
+            limit = min(
+                batch_k,
+                request.sampling.max_tokens - request.num_output_tokens - 1,
+                self.max_model_len - request.num_tokens,
+            )
+            num_drafts = self.tracker.num_drafts(request.request_id, limit) if limit > 0 else 0
+            if num_drafts > 0:
+                self._set_drafts(request, num_drafts)
+
+    def _may_draft(self, request: Request) -> bool:
+        sampling = request.sampling
+        return sampling.speculative and request.num_output_tokens >= sampling.min_tokens
+
+    def _set_drafts(self, request: Request, num_drafts: int) -> None:
+        if self.config.method is SpeculativeMethod.EARLY_EXIT:  # the runner drafts in the step
+            request.num_draft_slots = num_drafts
+            return
+        config = self.config
+        tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
+        drafts = propose_ngram_drafts(tokens, config.ngram.min_n, config.ngram.max_n, num_drafts)
+        if drafts:
+            request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
+
+    def observe(self, output: SchedulerOutput, verified: dict[str, list[int]]) -> None:
+        """Records each verify's outcome (called after Scheduler.update)."""
+        num_drafted = num_accepted = num_verifies = 0
+        for chunk in output.chunks:
+            if not chunk.num_draft_tokens:
+                continue
+            appended = verified.get(chunk.request.request_id)
+            if appended is None:  # aborted while the step ran
+                continue
+            accepted = len(appended) - 1
+            self.tracker.record(chunk.request.request_id, chunk.num_draft_tokens, accepted)
+            num_drafted += chunk.num_draft_tokens
+            num_accepted += accepted
+            num_verifies += 1
+        if num_verifies:
+            self.stats.record_step(num_drafted, num_accepted, num_verifies)
+
+    def forget(self, request_id: str) -> None:
+        self.tracker.forget(request_id)
