@@ -92,10 +92,28 @@ def test_verifies_without_drafts_change_nothing_and_forget_drops_the_request():
         tracker.record("r", 2, -1)
 
 
+def test_the_batch_rate_pools_drafting_requests_and_starts_from_the_prior():
+    tracker = AcceptanceTracker(CONFIG)
+    assert tracker.batch_acceptance_rate() == CONFIG.prior_acceptance_rate  # nothing measured yet
+    tracker.num_drafts("new", 4)  # tracked, no estimate: left out of the pool
+    tracker.record("a", 4, 4)  # 4 successes, 0 failures
+    tracker.record("b", 4, 0)  # 0 successes, 1 failure
+    assert tracker.batch_acceptance_rate() == pytest.approx(4 / 5)
+    assert tracker.batch_acceptance_rate(["b", "new", "unknown"]) == 0.0
+    assert tracker.batch_acceptance_rate(["new"]) == CONFIG.prior_acceptance_rate
+    for _ in range(2):
+        tracker.record("b", 4, 0)  # judged after 3 verifies: paused, so out of the pool
+    assert tracker.num_drafts("b", 4) == 0
+    assert tracker.batch_acceptance_rate() == pytest.approx(1.0)
+    tracker.forget("a")
+    assert tracker.batch_acceptance_rate() == CONFIG.prior_acceptance_rate
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"min_acceptance_rate": 1.5},
+        {"prior_acceptance_rate": -0.1},
         {"min_verifies": 0},
         {"ema_weight": 0.0},
         {"initial_backoff_steps": 0},

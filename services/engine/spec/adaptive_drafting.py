@@ -14,7 +14,7 @@ which would count the drafts after a rejection, never tested, as failures).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +31,15 @@ class AdaptiveDraftingConfig:
     ema_weight: float = 0.25  # weight of the newest verify in the acceptance estimate
     initial_backoff_steps: int = 8  # steps without drafts after the first failing judgement
     max_backoff_steps: int = 512  # the pause doubles on each consecutive failing judgement, up to this
+    # The batch's expected per-draft acceptance while no drafting request has an estimate yet (n-gram
+    # drafts on ShareGPT replies: about 0.6; an optimistic start, since only drafting measures it).
+    prior_acceptance_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_acceptance_rate <= 1.0:
             raise ValueError(f"min_acceptance_rate must be in [0, 1], got {self.min_acceptance_rate}")
+        if not 0.0 <= self.prior_acceptance_rate <= 1.0:
+            raise ValueError(f"prior_acceptance_rate must be in [0, 1], got {self.prior_acceptance_rate}")
         if self.min_verifies < 1:
             raise ValueError(f"min_verifies must be >= 1, got {self.min_verifies}")
         if not 0.0 < self.ema_weight <= 1.0:
@@ -118,6 +123,25 @@ class AcceptanceTracker:
         """The request's estimated per-draft acceptance since drafting (re)started; None before any."""
         state = self._requests.get(request_id)
         return state.acceptance_rate() if state is not None else None
+
+    def batch_acceptance_rate(self, request_ids: Iterable[Hashable] | None = None) -> float:
+        """The per-draft acceptance to expect from a batch (for batch_num_drafts): the estimates of the
+        given requests (default: all tracked), pooled as successes / trials, over those that draft
+        (not paused) and have an estimate; the config's prior when none has.
+
+        A low pooled rate can hold k at 0 for a large batch, and then nothing re-measures it; the same
+        rate gives a larger k at a smaller batch, so drafting resumes as the batch shrinks, and the
+        estimates of finished (forgotten) requests leave the pool."""
+        if request_ids is None:
+            states: Iterable[_RequestAcceptance] = self._requests.values()
+        else:
+            states = (state for state in map(self._requests.get, request_ids) if state is not None)
+        successes = trials = 0.0
+        for state in states:
+            if state.paused_steps_left == 0 and state.ema_trials > 0:
+                successes += state.ema_successes
+                trials += state.ema_trials
+        return successes / trials if trials > 0 else self._config.prior_acceptance_rate
 
     def totals(self, request_id: Hashable) -> tuple[int, int]:
         """(drafts verified, drafts accepted) over the request's life; (0, 0) for an unknown request."""

@@ -77,4 +77,4 @@ def propose_ngram_drafts(token_ids: np.ndarray, min_n: int, max_n: int, num_draf
         n += 1
     if best_end < 0:
         return []
-    return tokens[best_end + 1 : best_end + 1 + num_drafts].tolist()
+    return [int(token) for token in tokens[best_end + 1 : best_end + 1 + num_drafts]]

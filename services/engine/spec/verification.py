@@ -128,7 +128,14 @@ def _accepted_prefix_lengths(accepted: np.ndarray, layout: _Layout) -> np.ndarra
     return num_accepted
 
 
-def _final_tokens(logits, layout: _Layout, num_accepted, argmax, targets, params) -> np.ndarray:
+def _final_tokens(
+    logits: torch.Tensor,
+    layout: _Layout,
+    num_accepted: np.ndarray,
+    argmax: np.ndarray,
+    targets: _SampledTargets | None,
+    params: list[np.ndarray],
+) -> np.ndarray:
     """The one target token each request emits after its accepted drafts."""
     temperature, top_p, top_k, seeds, counters = params
     final = np.empty(len(num_accepted), dtype=np.int64)
@@ -145,6 +152,7 @@ def _final_tokens(logits, layout: _Layout, num_accepted, argmax, targets, params
     greedy = temperature[rejected] <= 0.0
     final[rejected[greedy]] = argmax[first_rejected[greedy]]
     if not greedy.all():
+        assert targets is not None  # a sampled request rejected a draft, so its drafts have targets
         requests, drafts = rejected[~greedy], first_rejected[~greedy]
         redraw_counters = (counters[requests] + num_accepted[requests]) | RESAMPLE_STREAM
         uniforms = uniform_draws(seeds[requests], redraw_counters)
@@ -163,7 +171,9 @@ class _SampledTargets:
         self.masses = masses
 
     @classmethod
-    def of(cls, logits: torch.Tensor, layout: _Layout, draft_indices: np.ndarray, params) -> _SampledTargets | None:
+    def of(
+        cls, logits: torch.Tensor, layout: _Layout, draft_indices: np.ndarray, params: list[np.ndarray]
+    ) -> _SampledTargets | None:
         if not len(draft_indices):
             return None
         temperature, top_p, top_k = (params[i][layout.request_of[draft_indices]] for i in range(3))
@@ -222,7 +232,9 @@ def _filtered_masses(probabilities: torch.Tensor, top_k: np.ndarray, top_p: np.n
     return chosen.mul_(keep) if every_row else probabilities.index_copy_(0, rows, chosen.mul_(keep))
 
 
-def _kept_prefix(candidates: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+def _kept_prefix(
+    candidates: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept [rows, n] bool, overflow [rows]) for descending candidates: the prefix that top-k then
     top-p keep (at least one), computed as sampler._draw_nucleus does; overflow marks rows without
     top-k that kept every candidate (their nucleus may extend past them)."""
