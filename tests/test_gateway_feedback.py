@@ -16,6 +16,7 @@ from services.common.contracts import common_pb2, predictor_service_pb2, predict
 from services.gateway import feedback as feedback_module
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
 from services.gateway.finish import FinishReason
+from services.gateway.length_prediction import OutputLengthPrediction, PredictionSource
 from tests.gateway_fakes import (  # noqa: F401 (stack is a fixture)
     FakePredictor,
     collect,
@@ -100,7 +101,7 @@ def _finished(index: int) -> FinishedGeneration:
         served_model="m",
         finish_reason=FinishReason.EOS,
         max_tokens=16,
-        prediction=common_pb2.OutputLengthPrediction(mean_tokens=5.0),
+        prediction=OutputLengthPrediction(mean_tokens=5.0, source=PredictionSource.FALLBACK),
     )
 
 

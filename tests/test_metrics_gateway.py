@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.contracts import common_pb2
 from services.common.errors import DeadlineExceeded
 from services.gateway.finish import FinishReason
+from services.gateway.length_prediction import PredictionSource
 from services.gateway.metrics import GatewayMetrics
 
 
@@ -16,10 +16,10 @@ def _sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
 
 def test_a_fallback_counts_only_when_a_predictor_was_configured():
     metrics = GatewayMetrics()
-    metrics.start_request().on_estimate(common_pb2.PREDICTION_SOURCE_FALLBACK, 0.05, has_predictor=True)
-    metrics.start_request().on_estimate(common_pb2.PREDICTION_SOURCE_FALLBACK, 0.0, has_predictor=False)
-    metrics.start_request().on_estimate(common_pb2.PREDICTION_SOURCE_CLIENT_HINT, 0.05, has_predictor=True)
-    metrics.start_request().on_estimate(common_pb2.PREDICTION_SOURCE_PREDICTOR, 0.004, has_predictor=True)
+    metrics.start_request().on_estimate(PredictionSource.FALLBACK, 0.05, has_predictor=True)
+    metrics.start_request().on_estimate(PredictionSource.FALLBACK, 0.0, has_predictor=False)
+    metrics.start_request().on_estimate(PredictionSource.CLIENT_HINT, 0.05, has_predictor=True)
+    metrics.start_request().on_estimate(PredictionSource.PREDICTOR, 0.004, has_predictor=True)
     assert _sample(metrics, "alise:predictor_fallbacks_total", source="fallback") == 1
     assert _sample(metrics, "alise:predictor_fallbacks_total", source="client_hint") == 1
     assert _sample(metrics, "alise:output_length_estimates_total", source="fallback") == 2

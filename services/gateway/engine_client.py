@@ -24,6 +24,8 @@ import grpc
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import AliseError, DeadlineExceeded, InvalidRequest, NotReady, Overloaded
+from services.gateway.length_prediction import OutputLengthPrediction
+from services.gateway.length_prediction_pb import prediction_to_pb
 from services.gateway.model_info import ModelInfo
 from services.gateway.validation import ResolvedRequest
 
@@ -93,7 +95,7 @@ class EngineClient:
 def build_engine_request(
     engine_request_id: str,
     request: ResolvedRequest,
-    prediction: common_pb2.OutputLengthPrediction,
+    prediction: OutputLengthPrediction,
 ) -> engine_service_pb2.EngineServiceGenerateRequest:
     """The engine's view of a resolved request: every sampling field set, stop strings omitted.
 
@@ -114,6 +116,6 @@ def build_engine_request(
             min_tokens=sampling.min_tokens,
             speculative=sampling.speculative,
         ),
-        prediction=prediction,
+        prediction=prediction_to_pb(prediction),
         priority_class=request.priority_class,
     )

@@ -30,10 +30,12 @@ from typing import Any
 
 import grpc
 
-from services.common.contracts import common_pb2, predictor_service_pb2
+from services.common.contracts import predictor_service_pb2
 from services.common.errors import AliseError
 from services.gateway.finish import FinishReason
 from services.gateway.finish_pb import finish_reason_to_pb
+from services.gateway.length_prediction import OutputLengthPrediction
+from services.gateway.length_prediction_pb import prediction_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class FinishedGeneration:
     served_model: str  # model name
     finish_reason: FinishReason
     max_tokens: int  # resolved max_tokens of the request
-    prediction: common_pb2.OutputLengthPrediction  # the estimate it was scheduled with
+    prediction: OutputLengthPrediction  # the estimate it was scheduled with
 
 
 def _clipped_prompt(text: str) -> str:
@@ -76,7 +78,7 @@ def to_finished_request(finished: FinishedGeneration) -> predictor_service_pb2.F
         served_model=finished.served_model,
         finish_reason=finish_reason_to_pb(finished.finish_reason),
         max_tokens=finished.max_tokens,
-        prediction=finished.prediction,
+        prediction=prediction_to_pb(finished.prediction),
         finished_at_unix_s=time.time(),
     )
 

@@ -30,6 +30,7 @@ from services.gateway.engine_pool import EnginePool
 from services.gateway.feedback import FeedbackReporter, FinishedGeneration
 from services.gateway.finish import FinishReason, Timings
 from services.gateway.finish_pb import finish_reason_from_pb, timings_from_pb
+from services.gateway.length_prediction import OutputLengthPrediction
 from services.gateway.metrics import GatewayMetrics, RequestRecorder
 from services.gateway.model_info import ServedModel, ServedModelCache
 from services.gateway.prediction import OutputLengthEstimator, PredictionQuery
@@ -50,9 +51,9 @@ class FinishSummary:
     finish_reason: FinishReason
     num_prompt_tokens: int  # prompt length, BOS included
     num_completion_tokens: int  # token ids returned (on a stop string: up to the message that matched)
-    # the estimate the engine scheduled with: the wire message the estimator made and the engine got,
-    # echoed unchanged to the client and the predictor's feedback
-    prediction: common_pb2.OutputLengthPrediction
+    # the estimate the engine scheduled with (the estimator's), echoed unchanged to the client and the
+    # predictor's feedback
+    prediction: OutputLengthPrediction
     timings: Timings  # the engine's, or the gateway's own when it ended the call early
 
 
@@ -167,7 +168,7 @@ class OutputAssembler:
         self,
         request: ResolvedRequest,
         served: ServedModel,
-        prediction: common_pb2.OutputLengthPrediction,
+        prediction: OutputLengthPrediction,
         arrival_s: float,
     ) -> None:
         self._request = request

@@ -30,17 +30,12 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common import metric_buckets
-from services.common.contracts import common_pb2
 from services.common.errors import AliseError
 from services.gateway.finish import FinishReason
+from services.gateway.length_prediction import PredictionSource
 from services.gateway.peers import GatewayPeers
 from services.gateway.replica_metrics import ReplicaCollector
 
-_SOURCES = {
-    common_pb2.PREDICTION_SOURCE_PREDICTOR: "predictor",
-    common_pb2.PREDICTION_SOURCE_CLIENT_HINT: "client_hint",
-    common_pb2.PREDICTION_SOURCE_FALLBACK: "fallback",
-}
 CANCELLED = grpc.StatusCode.CANCELLED.name.lower()  # the client went away before the last chunk
 
 
@@ -112,10 +107,10 @@ class GatewayMetrics:
             ["source"],
             registry=registry,
         )
-        for source in _SOURCES.values():
-            self.estimates.labels(source)
-            if source != "predictor":
-                self.predictor_fallbacks.labels(source)
+        for source in PredictionSource:
+            self.estimates.labels(source.value)
+            if source is not PredictionSource.PREDICTOR:
+                self.predictor_fallbacks.labels(source.value)
 
     def watch_peers(self, peers: GatewayPeers, loop: asyncio.AbstractEventLoop) -> None:
         """Adds the replica health and load gauges of the gateway's pools."""
@@ -138,13 +133,12 @@ class RequestRecorder:
         self._ended = False  # finished or failed: later errors (the client closing the stream) are not counted
         metrics.in_flight.inc()
 
-    def on_estimate(self, source: int, elapsed_s: float, *, has_predictor: bool) -> None:
+    def on_estimate(self, source: PredictionSource, elapsed_s: float, *, has_predictor: bool) -> None:
         metrics = self._metrics
-        label = _SOURCES.get(source, "fallback")
         metrics.predictor_latency_s.observe(elapsed_s)
-        metrics.estimates.labels(label).inc()
-        if has_predictor and label != "predictor":
-            metrics.predictor_fallbacks.labels(label).inc()
+        metrics.estimates.labels(source.value).inc()
+        if has_predictor and source is not PredictionSource.PREDICTOR:
+            metrics.predictor_fallbacks.labels(source.value).inc()
 
     def on_chunk(self, num_tokens: int) -> None:
         """A chunk is handed to the client."""

@@ -5,18 +5,24 @@ has a short deadline (tens of ms) and any failure (timeout, UNAVAILABLE, a malfo
 predictor configured) falls back to the client's expected_output_tokens hint (source CLIENT_HINT),
 or to a fixed prior (source FALLBACK). Fallback estimates are clipped to max_tokens, since the
 output cannot be longer than that.
+
+This is the predictor client's edge: the answer becomes an OutputLengthPrediction (length_prediction.py)
+here, and no protobuf prediction travels further into the gateway.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
 
 import grpc
 
-from services.common.contracts import common_pb2, predictor_service_pb2, predictor_service_pb2_grpc
+from services.common.contracts import predictor_service_pb2, predictor_service_pb2_grpc
 from services.common.errors import NotReady
+from services.gateway.length_prediction import OutputLengthPrediction, PredictionSource
+from services.gateway.length_prediction_pb import prediction_from_pb
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class OutputLengthEstimator:
 
     async def estimate(
         self, query: PredictionQuery, *, time_remaining_s: float | None = None
-    ) -> common_pb2.OutputLengthPrediction:
+    ) -> OutputLengthPrediction:
         """The predictor's answer (source PREDICTOR) or a fallback (CLIENT_HINT / FALLBACK)."""
         if self._stub is not None:
             timeout_s = self._timeout_s
@@ -64,20 +70,20 @@ class OutputLengthEstimator:
                 return prediction
         return self.fallback(query)
 
-    def fallback(self, query: PredictionQuery) -> common_pb2.OutputLengthPrediction:
+    def fallback(self, query: PredictionQuery) -> OutputLengthPrediction:
         """The estimate used when the predictor has no answer."""
         if query.expected_output_tokens is not None:
             mean_tokens = min(query.expected_output_tokens, query.max_tokens)
-            source = common_pb2.PREDICTION_SOURCE_CLIENT_HINT
+            source = PredictionSource.CLIENT_HINT
         else:
             mean_tokens = min(self._fallback_output_tokens, query.max_tokens)
-            source = common_pb2.PREDICTION_SOURCE_FALLBACK
-        return common_pb2.OutputLengthPrediction(mean_tokens=float(mean_tokens), source=source)
+            source = PredictionSource.FALLBACK
+        return OutputLengthPrediction(mean_tokens=float(mean_tokens), source=source)
 
 
 async def _ask_predictor(
     stub: predictor_service_pb2_grpc.PredictorServiceStub, query: PredictionQuery, timeout_s: float
-) -> common_pb2.OutputLengthPrediction | None:
+) -> OutputLengthPrediction | None:
     """One PredictOutputLength call; None (logged at DEBUG) on any failure."""
     request = predictor_service_pb2.PredictOutputLengthRequest(
         inputs=[
@@ -102,19 +108,17 @@ async def _ask_predictor(
     return _checked_prediction(reply)
 
 
-def _checked_prediction(
-    reply: predictor_service_pb2.PredictOutputLengthResponse,
-) -> common_pb2.OutputLengthPrediction | None:
-    """The single prediction of a reply, marked PREDICTOR; None when the reply is malformed."""
+def _checked_prediction(reply: predictor_service_pb2.PredictOutputLengthResponse) -> OutputLengthPrediction | None:
+    """The single prediction of a reply, marked PREDICTOR (with the reply's model version when it
+    names none); None when the reply is malformed."""
     if len(reply.predictions) != 1:
         log.warning("predictor returned %d predictions for 1 input; falling back", len(reply.predictions))
         return None
-    prediction = common_pb2.OutputLengthPrediction()
-    prediction.CopyFrom(reply.predictions[0])
-    if not math.isfinite(prediction.mean_tokens) or prediction.mean_tokens < 0:
-        log.warning("predictor returned mean_tokens=%s; falling back", prediction.mean_tokens)
+    message = reply.predictions[0]
+    if not math.isfinite(message.mean_tokens) or message.mean_tokens < 0:
+        log.warning("predictor returned mean_tokens=%s; falling back", message.mean_tokens)
         return None
-    prediction.source = common_pb2.PREDICTION_SOURCE_PREDICTOR
+    prediction = prediction_from_pb(message, PredictionSource.PREDICTOR)
     if not prediction.model_version:
-        prediction.model_version = reply.model_version
+        prediction = dataclasses.replace(prediction, model_version=reply.model_version)
     return prediction

@@ -10,6 +10,7 @@ import grpc
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from services.gateway.finish_pb import finish_reason_to_pb, timings_to_pb
 from services.gateway.generation import GeneratedChunk, GenerationPipeline
+from services.gateway.length_prediction_pb import prediction_to_pb
 from services.gateway.model_info import ServedModelCache
 
 SERVICE_NAME = "alise.v1.GatewayService"
@@ -59,6 +60,6 @@ def _to_response(chunk: GeneratedChunk) -> gateway_service_pb2.GenerateResponse:
         response.usage.CopyFrom(
             common_pb2.Usage(prompt_tokens=finish.num_prompt_tokens, completion_tokens=finish.num_completion_tokens)
         )
-        response.prediction.CopyFrom(finish.prediction)
+        response.prediction.CopyFrom(prediction_to_pb(finish.prediction))
         response.timings.CopyFrom(timings_to_pb(finish.timings))
     return response
