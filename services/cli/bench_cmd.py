@@ -12,7 +12,7 @@ from typing import Sequence
 
 from services.cli.lazy_commands import LazyCommand, add_commands
 
-HELP = "benchmarks (stack, http, scheduler, sim, serve, replicas, attention)"
+HELP = "benchmarks (stack, http, scheduler, spec, sim, serve, replicas, attention)"
 KINDS = {  # in --help order; each help line is the one its module registers
     "stack": LazyCommand("services.cli.bench_stack", "tokens/s at 1 and 16 streams; latency the gateway adds"),
     "scheduler": LazyCommand(
@@ -20,6 +20,9 @@ KINDS = {  # in --help order; each help line is the one its module registers
     ),
     "step": LazyCommand(
         "services.bench.step_overhead", "engine host ms per step by phase, before vs after (tiny model, CPU)"
+    ),
+    "spec": LazyCommand(
+        "services.bench.spec_bench", "speculative decoding off/ngram/early-exit: tokens/s, TPOT, acceptance"
     ),
     "sim": LazyCommand(
         "services.bench.sim.cli", "discrete-event simulator: policies vs request rate on a GPU cost model"

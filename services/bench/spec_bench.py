@@ -1,0 +1,217 @@
+"""`alise bench spec`: decode tokens/s, TPOT and acceptance with speculative decoding off / ngram / early-exit.
+
+The real default model (SmolLM2-135M-Instruct) runs in this process through `app.build_engine`,
+one engine per method sharing the loaded weights, 1 torch thread (`--cpu-threads 1`), greedy. The
+three prompt sets come from ShareGPT by the rules of spec_prompts.py. For each set and batch size b,
+the set's prompts are cut into groups of b (spec_run.py: the b requests admitted together, stepped
+to completion; what is timed is said there). Side by side, in one run:
+
+    for each repeat r:
+      for each set, batch size b, group g:
+        every method runs group g, in an order rotated by r + g      (methods interleaved per group,
+                                                                      so machine drift hits all alike)
+
+    tokens/s of (set, b, method, r) = decode tokens of its groups / their decode wall time
+    speedup of (set, b, method, r)  = that / tokens/s of (set, b, off, r)          -> median, min, max over r
+
+Greedy outputs of every method are compared with off's for the same group and repeat, token for
+token (the exactness claim); mismatches are counted, not hidden. Saves JSON and a PNG
+(spec_report.py); asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+from dataclasses import dataclass
+
+from services.bench.results import build_report, write_report
+from services.bench.spec_prompts import PromptSetName, SpecPrompt, read_sharegpt, select_prompt_sets
+from services.bench.spec_report import GroupRecord, plot_speedups, print_table, summarise
+from services.bench.spec_run import run_group
+from services.common import arg_types
+from services.common.model_catalog import DEFAULT_MODEL
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.ngram_drafter import NgramConfig
+from services.engine.spec.spec_config import DEFAULT_NUM_SPECULATIVE_TOKENS
+
+WARMUP_MAX_TOKENS = 8  # each engine's warm-up group: first calls, and a few steps for the step-cost model
+
+
+@dataclass(frozen=True)
+class SpecBenchConfig:
+    model: str  # catalog name or directory (`--model` of the engine)
+    methods: tuple[SpeculativeMethod, ...]  # off first: every speedup is over it
+    batch_sizes: tuple[int, ...]  # requests admitted together
+    num_prompts: int  # prompts per set each batch size covers (a batch larger than this takes b prompts)
+    max_tokens: int  # output tokens per request at most (greedy, stops at EOS)
+    num_repeats: int  # repetitions of the whole interleaved sweep (median and spread over these)
+    num_speculative_tokens: int  # k
+    ngram: NgramConfig  # suffix lengths prompt lookup tries
+    early_exit_layer: int  # 0 = the trained heads' best layer
+    max_prompt_tokens: int  # chat-templated prompt tokens at most
+    seed: int  # prompt selection
+    data_dir: pathlib.Path | None  # ../shared/data when None ($ALISE_SHARED_DATA overrides)
+
+    def __post_init__(self) -> None:
+        if not self.methods or self.methods[0] is not SpeculativeMethod.OFF:
+            raise ValueError("methods must start with off (the baseline of every speedup)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods repeat: {[m.value for m in self.methods]}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        for name in ("num_prompts", "max_tokens", "num_repeats", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def pool_size(self) -> int:
+        """Prompts selected per set: enough for num_prompts and for the largest batch."""
+        return max(self.num_prompts, max(self.batch_sizes))
+
+
+def groups_of(pool: list[SpecPrompt], batch_size: int, num_prompts: int) -> list[list[SpecPrompt]]:
+    """ceil(num_prompts / b) consecutive groups of b prompts, wrapping around the pool if needed."""
+    num_groups = math.ceil(num_prompts / batch_size)
+    return [[pool[(g * batch_size + i) % len(pool)] for i in range(batch_size)] for g in range(num_groups)]
+
+
+def build_engines(config: SpecBenchConfig):
+    """One engine per method over one loaded model, as `alise engine --cpu-threads 1` builds it."""
+    from services.engine.app import build_engine, resolve_device_and_dtype
+    from services.engine.config import EngineConfig
+    from services.engine.model_loader import load_model
+
+    engine_configs = {
+        method: EngineConfig(
+            model=config.model,
+            cpu_threads=1,
+            max_num_seqs=max(config.batch_sizes),
+            speculative=method,
+            num_speculative_tokens=config.num_speculative_tokens,
+            ngram_min=config.ngram.min_n,
+            ngram_max=config.ngram.max_n,
+            early_exit_layer=config.early_exit_layer,
+        )
+        for method in config.methods
+    }
+    first = engine_configs[config.methods[0]]
+    device, dtype = resolve_device_and_dtype(first)  # sets torch to 1 thread
+    loaded = load_model(first.model, dtype=dtype, device=device, seed=first.seed)
+    engines = {method: build_engine(engine_config, loaded)[0] for method, engine_config in engine_configs.items()}
+    return loaded, engines, str(dtype).removeprefix("torch.")
+
+
+def engine_facts(engines) -> dict:
+    """What each engine drafts with (the early-exit layer actually chosen, and whether its head is trained)."""
+    facts = {}
+    for method, core in engines.items():
+        drafter = getattr(core.runner, "early_exit", None)
+        head = getattr(drafter, "head", None)
+        facts[method.value] = {
+            "early_exit_layer": None if head is None else head.num_layers,
+            "early_exit_head_trained": None if head is None else getattr(head, "down", None) is not None,
+            "num_kv_blocks": core.runner.cache_shape.num_blocks,
+        }
+    return facts
+
+
+def run_sweep(
+    config: SpecBenchConfig, prompt_sets: dict[PromptSetName, list[SpecPrompt]], engines
+) -> list[GroupRecord]:
+    """Every (repeat, set, batch, group, method), methods interleaved per group."""
+    warmup = next(iter(prompt_sets.values()))
+    for core in engines.values():
+        run_group(core, warmup[: max(config.batch_sizes)], WARMUP_MAX_TOKENS, "warmup")
+        run_group(core, warmup[:1], WARMUP_MAX_TOKENS, "warmup1")
+    records = []
+    for repeat in range(config.num_repeats):
+        for prompt_set, pool in prompt_sets.items():
+            for batch_size in config.batch_sizes:
+                for group_index, group in enumerate(groups_of(pool, batch_size, config.num_prompts)):
+                    shift = (repeat + group_index) % len(config.methods)
+                    order = config.methods[shift:] + config.methods[:shift]
+                    for method in order:
+                        tag = f"r{repeat}-{prompt_set.value}-b{batch_size}-g{group_index}-{method.value}"
+                        run = run_group(engines[method], group, config.max_tokens, tag)
+                        records.append(GroupRecord(repeat, prompt_set, batch_size, group_index, method, run))
+                    print(f"  repeat {repeat} {prompt_set.value} b={batch_size} group {group_index} done", flush=True)
+    return records
+
+
+def run_benchmark(config: SpecBenchConfig) -> dict:
+    loads_before = os.getloadavg()
+    loaded, engines, dtype = build_engines(config)
+    from services.common.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(loaded.tokenizer)
+    prompt_sets = select_prompt_sets(
+        read_sharegpt(config.data_dir),
+        tokenizer,
+        num_prompts=config.pool_size,
+        seed=config.seed,
+        max_prompt_tokens=config.max_prompt_tokens,
+    )
+    records = run_sweep(config, prompt_sets, engines)
+    figures = summarise(records, config.methods)
+    import torch
+
+    figures["run"] = {
+        "load_average_1_5_15_before": loads_before,
+        "load_average_1_5_15_after": os.getloadavg(),
+        "nice": os.nice(0),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "dtype": dtype,
+        "chat_template_applied": tokenizer.chat_template is not None,
+        "engines": engine_facts(engines),
+        "prompt_sets": {
+            name.value: {"prompt_ids": [p.prompt_id for p in pool], "prompt_tokens": [len(p.token_ids) for p in pool]}
+            for name, pool in prompt_sets.items()
+        },
+    }
+    return figures
+
+
+def _csv(kind):
+    return lambda text: tuple(kind(item) for item in text.split(",") if item)
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser("spec", help="speculative decoding off/ngram/early-exit: tokens/s, TPOT, acceptance")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--methods", type=_csv(SpeculativeMethod), default=tuple(SpeculativeMethod),
+                        help="comma-separated, off first (default: off,ngram,early-exit)")  # fmt: skip
+    parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
+    parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
+    parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)
+    parser.add_argument("--repeats", type=arg_types.positive_int, default=3)
+    parser.add_argument("--num-speculative-tokens", type=arg_types.positive_int, default=DEFAULT_NUM_SPECULATIVE_TOKENS)
+    parser.add_argument("--ngram-min", type=arg_types.positive_int, default=NgramConfig().min_n)
+    parser.add_argument("--ngram-max", type=arg_types.positive_int, default=NgramConfig().max_n)
+    parser.add_argument("--early-exit-layer", type=arg_types.non_negative_int, default=0, help="0 = best measured")
+    parser.add_argument("--max-prompt-tokens", type=arg_types.positive_int, default=1024)
+    parser.add_argument("--seed", type=arg_types.seed, default=0)
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None, help="default: ../shared/data")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/spec/spec_bench.json"))
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = SpecBenchConfig(
+            args.model, args.methods, args.batch_sizes, args.num_prompts, args.max_tokens, args.repeats,
+            args.num_speculative_tokens, NgramConfig(args.ngram_min, args.ngram_max), args.early_exit_layer,
+            args.max_prompt_tokens, args.seed, args.data_dir,
+        )  # fmt: skip
+    except ValueError as error:
+        print(f"alise bench spec: {error}")
+        return 2
+    report = run_benchmark(config)
+    print_table(report)
+    path = write_report(args.out, build_report("spec", config, report))
+    plot = plot_speedups(report, path.with_suffix(".png"))
+    print(f"saved {path} and {plot}")
+    return 0

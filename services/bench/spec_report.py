@@ -1,0 +1,206 @@
+"""`alise bench spec` figures: per (set, batch, method) medians and spreads, exactness, goals, table and PNG.
+
+Every speedup is a ratio of runs made side by side: for repeat r, (set, b, method) tokens/s over
+(set, b, off) tokens/s of the same repeat, whose groups ran interleaved with it (spec_bench.py). The
+median over repeats is the headline; min and max are the spread.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+from services.bench.spec_prompts import PromptSetName
+from services.bench.spec_run import GroupRun
+from services.engine.spec.method import SpeculativeMethod
+
+# issue 18's goals: CPU, real default model, batch 1
+GOAL_NGRAM_SUMMARISE = 1.6  # n-gram on summarise/rewrite, decode tokens/s over off
+GOAL_NGRAM_OPEN_CHAT = 0.97  # n-gram on open chat: no slower than off
+GOAL_EARLY_EXIT_BEST = 1.3  # early exit on at least one set
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One group's run, with where it sits in the sweep."""
+
+    repeat: int
+    prompt_set: PromptSetName
+    batch_size: int
+    group_index: int
+    method: SpeculativeMethod
+    run: GroupRun
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def _repeat_figures(records: list[GroupRecord]) -> dict[str, float]:
+    """One repeat of one cell: decode tokens/s over all its groups, mean TPOT over all its requests."""
+    decode_s = sum(r.run.decode_s for r in records)
+    tpot = [t for r in records for t in r.run.tpot_s]
+    return {
+        "decode_tokens_per_s": _ratio(sum(r.run.num_decode_tokens for r in records), decode_s),
+        "tpot_ms": 1000 * statistics.fmean(tpot) if tpot else float("nan"),
+    }
+
+
+def _cell(records: list[GroupRecord], off_by_repeat: dict[int, dict[str, float]]) -> dict:
+    by_repeat: dict[int, list[GroupRecord]] = defaultdict(list)
+    for record in records:
+        by_repeat[record.repeat].append(record)
+    per_repeat = {repeat: _repeat_figures(rows) for repeat, rows in sorted(by_repeat.items())}
+    speedups = [
+        _ratio(figures["decode_tokens_per_s"], off_by_repeat[repeat]["decode_tokens_per_s"])
+        for repeat, figures in per_repeat.items()
+    ]
+    drafted = sum(r.run.spec.num_draft_tokens for r in records)
+    accepted = sum(r.run.spec.num_accepted_tokens for r in records)
+    verifies = sum(r.run.spec.num_verifies for r in records)
+    return {
+        "decode_tokens_per_s": _spread([f["decode_tokens_per_s"] for f in per_repeat.values()]),
+        "tpot_ms": _spread([f["tpot_ms"] for f in per_repeat.values()]),
+        "speedup_over_off": _spread(speedups),
+        "speedup_over_off_by_repeat": speedups,
+        "acceptance_rate": _ratio(accepted, drafted),  # accepted drafts / verified drafts, all repeats
+        "mean_accepted_per_verify": _ratio(accepted, verifies),
+        "drafts_per_step": _ratio(drafted, sum(r.run.num_steps for r in records)),
+        "num_draft_tokens": drafted,
+        "num_accepted_tokens": accepted,
+        "num_verifies": verifies,
+        "num_requests": sum(len(r.run.outputs) for r in records),
+        "num_decode_tokens": sum(r.run.num_decode_tokens for r in records),
+        "num_output_tokens": sum(len(ids) for r in records for ids in r.run.outputs.values()),
+        "decode_s": sum(r.run.decode_s for r in records),
+    }
+
+
+def exactness(records: list[GroupRecord]) -> dict[str, dict]:
+    """Per method: requests whose greedy output differs from off's in the same group and repeat."""
+    off = {
+        (r.repeat, r.prompt_set, r.batch_size, r.group_index): r.run.outputs
+        for r in records
+        if r.method is SpeculativeMethod.OFF
+    }
+    found: dict[str, dict] = {}
+    for record in records:
+        if record.method is SpeculativeMethod.OFF:
+            continue
+        figures = found.setdefault(record.method.value, {"num_compared": 0, "num_mismatched": 0, "mismatches": []})
+        reference = off[(record.repeat, record.prompt_set, record.batch_size, record.group_index)]
+        for prompt_id, output in record.run.outputs.items():
+            figures["num_compared"] += 1
+            expected = reference[prompt_id]
+            if output != expected:
+                figures["num_mismatched"] += 1
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(output, expected)) if a != b), min(len(output), len(expected))
+                )
+                figures["mismatches"].append(
+                    {"prompt_set": record.prompt_set.value, "batch_size": record.batch_size, "repeat": record.repeat,
+                     "prompt_id": prompt_id, "first_mismatch_index": first, "num_tokens": len(output),
+                     "num_tokens_off": len(expected)}
+                )  # fmt: skip
+    return found
+
+
+def summarise(records: list[GroupRecord], methods: tuple[SpeculativeMethod, ...]) -> dict:
+    """cells[set][batch][method] figures, exactness and goals."""
+    grouped: dict[tuple, list[GroupRecord]] = defaultdict(list)
+    for record in records:
+        grouped[(record.prompt_set, record.batch_size, record.method)].append(record)
+    cells: dict[str, dict[str, dict[str, dict]]] = {}
+    for prompt_set, batch_size in dict.fromkeys((r.prompt_set, r.batch_size) for r in records):
+        off_rows: dict[int, list[GroupRecord]] = defaultdict(list)
+        for record in grouped[(prompt_set, batch_size, SpeculativeMethod.OFF)]:
+            off_rows[record.repeat].append(record)
+        off_by_repeat = {repeat: _repeat_figures(rows) for repeat, rows in off_rows.items()}
+        cells.setdefault(prompt_set.value, {})[str(batch_size)] = {
+            method.value: _cell(grouped[(prompt_set, batch_size, method)], off_by_repeat) for method in methods
+        }
+    return {"cells": cells, "exactness": exactness(records), "goals": goals(cells)}
+
+
+def _speedup(cells: dict, prompt_set: PromptSetName, batch_size: int, method: SpeculativeMethod) -> float | None:
+    cell = cells.get(prompt_set.value, {}).get(str(batch_size), {}).get(method.value)
+    return None if cell is None else cell["speedup_over_off"]["median"]
+
+
+def goals(cells: dict) -> dict:
+    """Issue 18's batch-1 goals against the median speedups (None where not measured)."""
+    summarise_b1 = _speedup(cells, PromptSetName.SUMMARISE_REWRITE, 1, SpeculativeMethod.NGRAM)
+    chat_b1 = _speedup(cells, PromptSetName.OPEN_CHAT, 1, SpeculativeMethod.NGRAM)
+    early = {name.value: _speedup(cells, name, 1, SpeculativeMethod.EARLY_EXIT) for name in PromptSetName}
+    measured = {name: value for name, value in early.items() if value is not None}
+    best_set = max(measured, key=measured.get) if measured else None
+
+    def goal(value: float | None, target: float) -> dict:
+        return {"goal": target, "measured": value, "met": None if value is None else value >= target}
+
+    return {
+        "ngram_summarise_rewrite_batch1": goal(summarise_b1, GOAL_NGRAM_SUMMARISE),
+        "ngram_open_chat_batch1": goal(chat_b1, GOAL_NGRAM_OPEN_CHAT),
+        "early_exit_best_set_batch1": {**goal(measured.get(best_set), GOAL_EARLY_EXIT_BEST), "prompt_set": best_set},
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"{'set':<18} {'batch':>5} {'method':<10} {'tok/s':>8} {'speedup':>8} {'(min-max)':>13} {'TPOT ms':>8}"
+          f" {'accept':>7} {'acc/ver':>7} {'drafts/step':>11}")  # fmt: skip
+    for prompt_set, batches in report["cells"].items():
+        for batch_size, methods in batches.items():
+            for method, cell in methods.items():
+                speedup = cell["speedup_over_off"]
+                print(
+                    f"{prompt_set:<18} {batch_size:>5} {method:<10} {cell['decode_tokens_per_s']['median']:>8.1f}"
+                    f" {speedup['median']:>8.3f} {speedup['min']:>6.2f}-{speedup['max']:<6.2f}"
+                    f" {cell['tpot_ms']['median']:>8.1f} {cell['acceptance_rate']:>7.3f}"
+                    f" {cell['mean_accepted_per_verify']:>7.2f} {cell['drafts_per_step']:>11.2f}"
+                )
+    for method, figures in report["exactness"].items():
+        print(f"exactness {method}: {figures['num_mismatched']} of {figures['num_compared']} outputs differ from off")
+    for name, goal in report["goals"].items():
+        print(f"goal {name}: measured {goal['measured']} (goal >= {goal['goal']}, met: {goal['met']})")
+
+
+def plot_speedups(report: dict, path: pathlib.Path) -> pathlib.Path:
+    """One panel per prompt set: median decode speedup over off by batch size, a bar per method,
+    whiskers from the min to the max over repeats, a line at 1 (no change)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    cells = report["cells"]
+    figure, axes_row = pyplot.subplots(1, len(cells), figsize=(4.0 * len(cells), 3.8), dpi=120, squeeze=False)
+    try:
+        for axes, (prompt_set, batches) in zip(axes_row[0], cells.items()):
+            methods = [m for m in next(iter(batches.values())) if m != SpeculativeMethod.OFF.value]
+            width = 0.8 / max(1, len(methods))
+            for index, method in enumerate(methods):
+                medians = [batches[b][method]["speedup_over_off"]["median"] for b in batches]
+                lows = [m - batches[b][method]["speedup_over_off"]["min"] for m, b in zip(medians, batches)]
+                highs = [batches[b][method]["speedup_over_off"]["max"] - m for m, b in zip(medians, batches)]
+                positions = [i + (index - (len(methods) - 1) / 2) * width for i in range(len(batches))]
+                axes.bar(positions, medians, width, yerr=[lows, highs], capsize=3, label=method)
+            axes.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+            axes.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+            axes.set_title(prompt_set)
+            axes.set_ylabel("decode tokens/s over off (median)")
+            axes.grid(True, axis="y", alpha=0.3)
+            axes.legend(fontsize="small")
+        figure.suptitle("speculative decoding, CPU 1 thread: speedup over off (whiskers: min-max over repeats)")
+        figure.tight_layout()
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    finally:
+        pyplot.close(figure)
+    return path
