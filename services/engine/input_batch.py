@@ -157,9 +157,16 @@ class InputBatch:
         self.token_ids[row, position] = token_id
 
     def append_tokens(self, row: int, token_ids: list[int]) -> None:
-        """Appends a verify's output (accepted drafts + one token) to the row."""
+        """Appends a verify's output (accepted drafts + one token) to the row. The scheduler then keeps
+        only the blocks of positions < num_tokens - 1, the KV that is the request's (Scheduler.
+        _apply_verified trims the blocks of rejected drafts), so the row forgets its later blocks too:
+        the request may get other blocks at those logical indices later, and the row must sync them."""
         self.write_drafts(row, token_ids)
-        self._num_tokens[row] += len(token_ids)
+        num_tokens = self._num_tokens[row] + len(token_ids)
+        self._num_tokens[row] = num_tokens
+        kept = -(-(num_tokens - 1) // self.block_size)
+        if self._num_blocks[row] > kept:
+            self._num_blocks[row] = kept
 
     def record_sampled(self, arrays: StepArrays, token_ids: list[int], picked: np.ndarray | None = None) -> None:
         """Writes each sampled token (sample_indices order; only the picked ones of them, a boolean mask,

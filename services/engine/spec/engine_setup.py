@@ -12,6 +12,7 @@ from services.engine.spec.early_exit_drafter import EarlyExitDrafter
 from services.engine.spec.exit_heads import ExitHead, ExitHeadsUnavailable, load_exit_heads, untrained_exit_heads
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
+from services.engine.spec.speculator import Speculator
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ def make_speculator(
     """None when speculation is off; for early exit, also gives the runner its drafter."""
     if not config.enabled:
         return None
-    from services.engine.spec.speculator import Speculator  # only engines that speculate load the drafters
 
     if config.method is SpeculativeMethod.EARLY_EXIT:
         runner.early_exit = EarlyExitDrafter(choose_exit_head(model, model_name, config))
