@@ -59,6 +59,14 @@ def test_generate_imports_its_module_only():
     assert not _heavy(modules)
 
 
+def test_generate_help_and_usage_errors_import_no_grpc_or_protobuf():
+    """generate_cmd holds the flags only; generate_client (grpc, protobuf, the client) loads when it runs."""
+    for argv in (["generate", "--help"], ["generate", "hi", "--top-p", "2"]):
+        modules = _modules_after(argv)
+        assert not {name for name in modules if name.split(".")[0] in ("grpc", "google")}, argv
+        assert "services.cli.generate_client" not in modules
+
+
 def test_bench_imports_only_the_kind_that_runs():
     assert not _modules_after(["bench", "--help"]) & COMMAND_MODULES - {"services.cli.bench_cmd"}
     modules = _modules_after(["bench", "stack", "--help"])

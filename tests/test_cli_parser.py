@@ -10,7 +10,7 @@ import pytest
 from services.cli import main as cli_main
 from services.cli.bench_measure import measure_overhead, percentile
 from services.cli.child import parse_ready_line
-from services.cli.generate_cmd import build_request, format_summary
+from services.cli.generate_client import build_request, format_summary
 from services.cli.stack_plan import UpConfig, build_stack_plan
 from services.cli.streams import StreamTiming
 from services.common.contracts import common_pb2, gateway_service_pb2

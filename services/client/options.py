@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from services.common.server import GRPC_OPTIONS
+from services.common.grpc_options import GRPC_OPTIONS
 
 
 @dataclass(frozen=True)

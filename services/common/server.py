@@ -22,12 +22,11 @@ from services.common.cli_errors import print_error
 from services.common.decode_guard import DecodeGuardInterceptor
 from services.common.drain import InFlightCalls
 from services.common.errors import StatusMappingInterceptor
+from services.common.grpc_options import GRPC_OPTIONS, MAX_MESSAGE_BYTES
 from services.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
-# Tokens are small, but a 32k-token prompt as uint32 varints plus text fits easily in 64 MiB.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Calls one server runs at once; beyond it grpc.aio answers RESOURCE_EXHAUSTED "Concurrent RPC
 # limit exceeded!" at once. A backstop under the services' own admission limits (the gateway's
 # in-flight limit, the engine's waiting caps), which reject earlier with their own messages.
@@ -40,10 +39,6 @@ DEFAULT_MAX_CONCURRENT_RPCS = 16_384
 MAX_PENDING_CALLS = 1_000_000
 # After the drain deadline, time for the UNAVAILABLE statuses to go out before gRPC cancels the rest.
 DRAIN_ABORT_MARGIN_S = 3.0  # stop() returns as soon as the aborted calls end; a busy loop may need seconds
-GRPC_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-)
 # Channels between services: reconnect to a restarted peer within ~0.5 s. gRPC's default backoff
 # grows to 120 s, and an engine took ~48 s to re-register after the memory service came back.
 PEER_CHANNEL_OPTIONS = (
