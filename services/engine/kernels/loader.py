@@ -16,6 +16,8 @@ from types import ModuleType
 
 import torch
 
+from services.common.cli_errors import print_error
+
 CSRC_DIR = pathlib.Path(__file__).resolve().parent / "csrc"
 CUDA_SOURCES = ("paged_attention.cu", "paged_attention_hd64.cu", "paged_attention_hd128.cu", "cache_write.cu")
 CPP_SOURCES = ("binding.cpp",)
@@ -113,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             load_kernels(verbose=True)
     except KernelUnavailable as error:
-        print(f"alise kernels: {error}", file=sys.stderr)
+        print_error("alise kernels", str(error))
         return 1
     except Exception as error:  # compiler or linker failure of --build-only
-        print(f"alise kernels: building failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print_error("alise kernels", f"building failed: {type(error).__name__}: {error}")
         return 1
     print(f"alise kernels built in {build_directory()}")
     return 0
