@@ -85,7 +85,7 @@ class EngineCore:
             samples = self.runner.execute_step(output)
             results = self.scheduler.update(output, samples.tokens, samples.verified)
             speculator.observe(output, samples.verified)
-            num_sampled = len(samples.tokens) + sum(len(tokens) for tokens in samples.verified.values())
+            num_sampled = sum(len(result.new_token_ids) for result in results)  # a finish may cut a verify short
         else:  # a runner that never verifies drafts needs only execute()
             sampled = self.runner.execute(output)
             results = self.scheduler.update(output, sampled)

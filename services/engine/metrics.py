@@ -29,6 +29,7 @@ from services.engine.kv_offload.kv_codec import KvCodec
 from services.engine.kv_offload.swap_measurements import SwapMeasurements
 from services.engine.request import FinishReason, Request
 from services.engine.scheduler.preemption import PreemptionCause
+from services.engine.spec.spec_stats import SpecStatsSnapshot
 from services.engine.stats import EngineSnapshot
 
 
@@ -110,6 +111,7 @@ class EngineStateCollector(Collector):
         policy.add_metric([], {"policy": snapshot.scheduler_policy})
         yield policy
         yield from self._counters()
+        yield from _spec_metrics(snapshot.spec)
         if self._swaps is not None:
             yield from _swap_metrics(self._swaps)
 
@@ -162,6 +164,21 @@ def _load_gauges(snapshot: EngineSnapshot) -> Iterator[Metric]:
         "predicted_outstanding_work_seconds",
         "The same at the last measured output-token rate.",
         snapshot.predicted_outstanding_work_s,
+    )
+
+
+def _spec_metrics(spec: SpecStatsSnapshot) -> Iterator[Metric]:
+    """Speculative decoding (all zero when it is off); vLLM's spec_decode counters under alise's prefix."""
+    yield _counter("spec_decode_num_draft_tokens", "Draft tokens verified.", spec.num_draft_tokens)
+    yield _counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.", spec.num_accepted_tokens)
+    yield _counter(
+        "spec_decode_num_drafts", "Verifies (a request's drafts checked in one step).", spec.num_request_verifies
+    )
+    yield _gauge(
+        "spec_decode_acceptance_rate", "Accepted over verified draft tokens since start.", spec.acceptance_rate
+    )
+    yield _gauge(
+        "spec_decode_mean_accepted_length", "Accepted draft tokens per verify since start.", spec.mean_accepted_length
     )
 
 

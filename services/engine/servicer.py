@@ -128,6 +128,12 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             num_restored=snapshot.num_restored,
             num_restores_lost=snapshot.num_restores_lost,
             num_recomputed_tokens=snapshot.num_recomputed_tokens,
+            num_draft_tokens=snapshot.spec.num_draft_tokens,
+            num_accepted_draft_tokens=snapshot.spec.num_accepted_tokens,
+            num_verifies=snapshot.spec.num_request_verifies,
+            draft_acceptance_rate=snapshot.spec.acceptance_rate,
+            mean_accepted_draft_tokens=snapshot.spec.mean_accepted_length,
+            speculative_method=snapshot.speculative_method.value,
         )
 
     async def GetModelInfo(self, request, context):

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.spec_stats import SpecStatsSnapshot
+
+NO_SPECULATION = SpecStatsSnapshot(0, 0, 0, 0)
+
 
 @dataclass(frozen=True)
 class EngineSnapshot:
@@ -29,11 +34,13 @@ class EngineSnapshot:
     num_restored: int  # resumes that got their swapped KV back
     num_restores_lost: int  # resumes whose swapped KV was gone (recomputed)
     num_recomputed_tokens: int  # KV tokens dropped by preemption, computed again
+    speculative_method: SpeculativeMethod  # the drafter (off: spec is all zeros)
+    spec: SpecStatsSnapshot  # speculative decoding's counters (spec/spec_stats.py)
 
 
 def take_snapshot(core, engine_id: str) -> EngineSnapshot:
     """Reads the core's counters (engine thread only)."""
-    scheduler = core.scheduler
+    scheduler, speculator = core.scheduler, core.speculator
     pool = scheduler.kv.pool
     num_preempted = scheduler.num_preempted
     outstanding = scheduler.predicted_outstanding_tokens()
@@ -56,6 +63,8 @@ def take_snapshot(core, engine_id: str) -> EngineSnapshot:
         num_restored=scheduler.preempted_kv.num_restored,
         num_restores_lost=scheduler.preempted_kv.num_restores_lost,
         num_recomputed_tokens=scheduler.num_recomputed_tokens,
+        speculative_method=SpeculativeMethod.OFF if speculator is None else speculator.config.method,
+        spec=NO_SPECULATION if speculator is None else speculator.stats.snapshot(),
     )
 
 
