@@ -33,6 +33,7 @@ from services.bench.spec_report import GroupRecord, plot_speedups, print_table, 
 from services.bench.spec_run import run_group
 from services.common import arg_types
 from services.common.model_catalog import DEFAULT_MODEL
+from services.engine.config import Dtype
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.ngram_drafter import NgramConfig
 from services.engine.spec.spec_config import DEFAULT_NUM_SPECULATIVE_TOKENS
@@ -43,6 +44,7 @@ WARMUP_MAX_TOKENS = 8  # each engine's warm-up group: first calls, and a few ste
 @dataclass(frozen=True)
 class SpecBenchConfig:
     model: str  # catalog name or directory (`--model` of the engine)
+    dtype: Dtype  # weights' dtype (`--dtype`; auto = bf16 on CPUs with native bf16)
     methods: tuple[SpeculativeMethod, ...]  # off first: every speedup is over it
     batch_sizes: tuple[int, ...]  # requests admitted together
     num_prompts: int  # prompts per set each batch size covers (a batch larger than this takes b prompts)
@@ -87,6 +89,7 @@ def build_engines(config: SpecBenchConfig):
     engine_configs = {
         method: EngineConfig(
             model=config.model,
+            dtype=config.dtype,
             cpu_threads=1,
             max_num_seqs=max(config.batch_sizes),
             speculative=method,
@@ -182,6 +185,7 @@ def _csv(kind):
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("spec", help="speculative decoding off/ngram/early-exit: tokens/s, TPOT, acceptance")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
     parser.add_argument("--methods", type=_csv(SpeculativeMethod), default=tuple(SpeculativeMethod),
                         help="comma-separated, off first (default: off,ngram,early-exit)")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
@@ -202,7 +206,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = SpecBenchConfig(
-            args.model, args.methods, args.batch_sizes, args.num_prompts, args.max_tokens, args.repeats,
+            args.model, args.dtype, args.methods, args.batch_sizes, args.num_prompts, args.max_tokens, args.repeats,
             args.num_speculative_tokens, NgramConfig(args.ngram_min, args.ngram_max), args.early_exit_layer,
             args.max_prompt_tokens, args.seed, args.data_dir,
         )  # fmt: skip

@@ -6,6 +6,9 @@ What is timed (time.perf_counter around each `EngineCore.step()` call, nothing e
             p+1 .. end        every prompt is in the KV cache: decode (and verify)    decode_s, decode tokens
 
     decode tokens/s = output tokens emitted by steps p+1 .. end / their summed wall time
+    decode tokens per CPU s = the same tokens / the engine thread's CPU time in those steps
+                      (time.thread_time; with 1 torch thread every operator runs in this thread, so this
+                      leaves out the time other processes on a shared machine took the core away)
     TPOT of a request = (time its last token was emitted - time its first was) / (output tokens - 1),
                         times read at the end of the emitting step (a verify emits several tokens at once)
 
@@ -48,6 +51,7 @@ class GroupRun:
     num_decode_steps: int  # steps after every prompt was prefilled
     num_decode_tokens: int  # output tokens those steps emitted
     decode_s: float  # their summed wall time
+    decode_cpu_s: float  # their summed thread CPU time
     tpot_s: tuple[float, ...]  # per request with >= 2 output tokens
     spec: SpecCounters  # this group's drafts, accepted drafts and verifies
 
@@ -84,14 +88,14 @@ def run_group(
     first_s: dict[str, float] = {}
     last_s: dict[str, float] = {}
     num_steps = num_decode_steps = num_decode_tokens = 0
-    decode_s = 0.0
+    decode_s = decode_cpu_s = 0.0
     while core.scheduler.has_work:
         if num_steps >= max_steps:
             raise RuntimeError(f"group {tag} still running after {max_steps} steps")
         decoding = all(request.num_computed_tokens >= len(request.prompt_token_ids) for request in requests)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         results = core.step()
-        ended = time.perf_counter()
+        ended, ended_cpu = time.perf_counter(), time.thread_time()
         num_steps += 1
         emitted = 0
         for result in results:
@@ -104,8 +108,16 @@ def run_group(
             num_decode_steps += 1
             num_decode_tokens += emitted
             decode_s += ended - started
+            decode_cpu_s += ended_cpu - started_cpu
     tpot = tuple((last_s[rid] - first_s[rid]) / (len(ids) - 1) for rid, ids in tokens.items() if len(ids) >= 2)
     outputs = {prompt_ids[rid]: tuple(ids) for rid, ids in tokens.items()}
     return GroupRun(
-        outputs, num_steps, num_decode_steps, num_decode_tokens, decode_s, tpot, spec_counters(core).minus(before)
+        outputs,
+        num_steps,
+        num_decode_steps,
+        num_decode_tokens,
+        decode_s,
+        decode_cpu_s,
+        tpot,
+        spec_counters(core).minus(before),
     )
