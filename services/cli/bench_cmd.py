@@ -12,7 +12,7 @@ from typing import Sequence
 
 from services.cli.lazy_commands import LazyCommand, add_commands
 
-HELP = "benchmarks (stack, http, scheduler, spec, sim, serve, replicas, attention)"
+HELP = "benchmarks (stack, http, scheduler, sim, serve, replicas, attention)"
 KINDS = {  # in --help order; each help line is the one its module registers
     "stack": LazyCommand("services.cli.bench_stack", "tokens/s at 1 and 16 streams; latency the gateway adds"),
     "scheduler": LazyCommand(
