@@ -25,6 +25,7 @@ import argparse
 import math
 import os
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.bench.results import build_report, write_report
@@ -122,9 +123,13 @@ def engine_facts(engines) -> dict:
 
 
 def run_sweep(
-    config: SpecBenchConfig, prompt_sets: dict[PromptSetName, list[SpecPrompt]], engines
+    config: SpecBenchConfig,
+    prompt_sets: dict[PromptSetName, list[SpecPrompt]],
+    engines,
+    on_repeat: Callable[[list[GroupRecord]], None] | None = None,
 ) -> list[GroupRecord]:
-    """Every (repeat, set, batch, group, method), methods interleaved per group."""
+    """Every (repeat, set, batch, group, method), methods interleaved per group; on_repeat gets the
+    records so far after each whole repeat (the report is saved there, so a run cut short keeps them)."""
     warmup = next(iter(prompt_sets.values()))
     for core in engines.values():
         run_group(core, warmup[: max(config.batch_sizes)], WARMUP_MAX_TOKENS, "warmup")
@@ -141,10 +146,13 @@ def run_sweep(
                         run = run_group(engines[method], group, config.max_tokens, tag)
                         records.append(GroupRecord(repeat, prompt_set, batch_size, group_index, method, run))
                     print(f"  repeat {repeat} {prompt_set.value} b={batch_size} group {group_index} done", flush=True)
+        if on_repeat is not None:
+            on_repeat(records)
     return records
 
 
-def run_benchmark(config: SpecBenchConfig) -> dict:
+def run_benchmark(config: SpecBenchConfig, save: Callable[[dict], None] | None = None) -> dict:
+    """The figures of the whole sweep; save (if given) gets the figures of the repeats done after each."""
     loads_before = os.getloadavg()
     loaded, engines, dtype = build_engines(config)
     from services.common.tokenizer import load_tokenizer
@@ -157,13 +165,16 @@ def run_benchmark(config: SpecBenchConfig) -> dict:
         seed=config.seed,
         max_prompt_tokens=config.max_prompt_tokens,
     )
-    records = run_sweep(config, prompt_sets, engines)
-    figures = summarise(records, config.methods)
     import torch
 
-    figures["run"] = {
+    def figures_of(records: list[GroupRecord]) -> dict:
+        figures = summarise(records, config.methods)
+        figures["run"] = {**facts, "load_average_1_5_15_after": os.getloadavg(),
+                          "num_repeats_done": 1 + max(r.repeat for r in records)}  # fmt: skip
+        return figures
+
+    facts = {
         "load_average_1_5_15_before": loads_before,
-        "load_average_1_5_15_after": os.getloadavg(),
         "nice": os.nice(0),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
@@ -175,7 +186,8 @@ def run_benchmark(config: SpecBenchConfig) -> dict:
             for name, pool in prompt_sets.items()
         },
     }
-    return figures
+    on_repeat = None if save is None else (lambda records: save(figures_of(records)))
+    return figures_of(run_sweep(config, prompt_sets, engines, on_repeat))
 
 
 def _csv(kind):
@@ -213,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"alise bench spec: {error}")
         return 2
-    report = run_benchmark(config)
+    report = run_benchmark(config, lambda figures: write_report(args.out, build_report("spec", config, figures)))
     print_table(report)
     path = write_report(args.out, build_report("spec", config, report))
     plot = plot_speedups(report, path.with_suffix(".png"))
