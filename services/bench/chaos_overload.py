@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.bench.chaos_load import StreamOutcome, count_codes, make_prompt, run_stream
 from services.common.contracts import common_pb2, gateway_service_pb2
+from services.gateway.engine_saturation import REFUSED_BEFORE_WORK
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -43,6 +44,7 @@ class BurstResult:
     admitted_p99_s: float  # OK streams: call -> end
     sample_rejection: str  # one RESOURCE_EXHAUSTED message, verbatim
     wall_s: float
+    num_refused_by_gateway: int = 0  # of the rejections, those the gateway made before any work (check_room)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -62,6 +64,7 @@ def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult
         admitted_p99_s=_percentile([o.duration_s for o in admitted], 0.99),
         sample_rejection=rejected[0].details if rejected else "",
         wall_s=wall_s,
+        num_refused_by_gateway=sum(o.details.startswith(REFUSED_BEFORE_WORK) for o in rejected),
     )
 
 

@@ -21,6 +21,9 @@ from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 
 OVERLOAD_TOKENS = 32  # max_tokens of every overload request (ignore_eos: each costs the same)
+# The overload gateway's --max-queued-work-s: the running batch's remaining work (16 requests half
+# done, ~0.7 s at the ~2.5 ms per token measured here) plus a few requests waiting to refill it
+OVERLOAD_MAX_QUEUED_WORK_S = 1.0
 
 
 async def _with_stack(config: ChaosStackConfig, body: Callable[[ChaosStack], Awaitable[dict]]) -> dict:
@@ -68,6 +71,7 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         levels = {}
         for multiple in (1.0, 4.0, 20.0):
             rss_before = stack.rss_bytes("engine-0")
+            gateway_cpu_before_s = stack.cpu_s("gateway")
             result = await paced_overload(
                 stub,
                 rate_per_s=capacity * multiple,
@@ -75,10 +79,13 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
                 max_tokens=OVERLOAD_TOKENS,
                 timeout_s=60.0,
             )
+            gateway_cpu_s = stack.cpu_s("gateway") - gateway_cpu_before_s
             levels[f"{multiple:g}x"] = {
                 **result.to_json(),
                 "rate_per_s": capacity * multiple,
                 "engine_rss_growth": stack.rss_bytes("engine-0") / rss_before - 1.0,
+                # what one request cost the gateway on average, whatever else the machine runs
+                "gateway_cpu_ms_per_request": gateway_cpu_s * 1e3 / result.num_requests,
             }
         return {
             "capacity_requests_per_s": capacity,
@@ -92,7 +99,7 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         num_engines=1,
         with_predictor=False,
         gateway_in_process=False,
-        gateway_args=("--max-in-flight-requests", "256"),
+        gateway_args=("--max-in-flight-requests", "256", "--max-queued-work-s", repr(OVERLOAD_MAX_QUEUED_WORK_S)),
         engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
     )
     return await _with_stack(config, body)

@@ -245,6 +245,12 @@ class ChaosStack:
         with open(f"/proc/{self.children[name].pid}/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    def cpu_s(self, name: str) -> float:
+        """CPU time (user + system) one child process has used so far (Linux /proc), seconds."""
+        with open(f"/proc/{self.children[name].pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     async def stop(self) -> None:
         """Gateway, then every child (SIGTERM, SIGKILL after 5 s)."""
         for channel in self._channels.values():

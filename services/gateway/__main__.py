@@ -13,7 +13,9 @@ from services.gateway.config import GatewayConfig
 def main(argv: list[str] | None = None) -> int:
     config = GatewayConfig.from_args(argv)
     configure_logging(config.log_level, "gateway")
-    return serve_main("python -m services.gateway", lambda: app.start(config), grace_s=config.drain_seconds)
+    return serve_main(
+        "python -m services.gateway", lambda: app.start(config, freeze_heap=True), grace_s=config.drain_seconds
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -86,11 +87,17 @@ def _channel_factory(tls: TlsFiles | None) -> Callable[[str], grpc.aio.Channel]:
     return make_channel
 
 
-async def start(config: GatewayConfig, *, metrics_registry: CollectorRegistry | None = None) -> GatewayHandle:
+async def start(
+    config: GatewayConfig, *, metrics_registry: CollectorRegistry | None = None, freeze_heap: bool = False
+) -> GatewayHandle:
     """Starts the gateway's gRPC and HTTP servers; returns once both accept calls (peers may be down).
 
     The gateway's metrics (services/gateway/metrics.py) are served at the HTTP port's /metrics;
     metrics_registry: the prometheus_client registry they go into (None = a fresh one).
+    freeze_heap: once the tokenizer is loaded, move every object alive then out of the garbage
+    collector's reach (gc.freeze). For the gateway's own process only: ~70,000 objects of imports,
+    tokenizer and servers that a full collection otherwise walks again and again, stalling the event
+    loop 70-140 ms each time under overload (measured at 20x capacity), and with it every call.
     """
     api_keys = ApiKeys.load(config.api_keys, config.api_key_file)
     peers = build_peers(config, _channel_factory(config.tls))
@@ -117,7 +124,7 @@ async def start(config: GatewayConfig, *, metrics_registry: CollectorRegistry | 
             await feedback.close()
         await peers.close()  # no health-check task may outlive a gateway that failed to start
         raise
-    warm_up = asyncio.create_task(_warm_up(served_models), name="gateway-model-info-warm-up")
+    warm_up = asyncio.create_task(_warm_up(served_models, freeze_heap), name="gateway-model-info-warm-up")
     handle.on_stop = [lambda: _cancel(warm_up)] + ([feedback.close] if feedback is not None else []) + [peers.close]
     return handle
 
@@ -184,12 +191,17 @@ def _build_pipeline(
     return GenerationPipeline(served_models, estimator, engine, limits, feedback, metrics, admission)
 
 
-async def _warm_up(served_models: ServedModelCache) -> None:
-    """Fetches model info and loads the tokenizer once at start, so the first request does not wait."""
+async def _warm_up(served_models: ServedModelCache, freeze_heap: bool) -> None:
+    """Fetches model info and loads the tokenizer once at start, so the first request does not wait;
+    then, with freeze_heap, freezes what is alive (see start)."""
     try:
         await served_models.get()
     except NotReady as error:
         log.warning("%s (will retry on the next request)", error)
+    if freeze_heap:
+        gc.collect()  # garbage of the start-up is freed, not frozen
+        gc.freeze()
+        log.info("froze %d objects of the start-up out of the garbage collector's reach", gc.get_freeze_count())
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -57,6 +57,11 @@ class GatewayConfig:
     max_in_flight_requests: int = setting(
         4096, "generations in flight at once (gRPC and HTTP together); more get RESOURCE_EXHAUSTED (HTTP 429) at once"
     )
+    max_queued_work_s: float = setting(
+        0.0,
+        "predicted seconds of work queued on an engine replica beyond which new requests go elsewhere, or get "
+        "RESOURCE_EXHAUSTED (HTTP 429) at once before tokenizing when every replica is over it (0 = no bound)",
+    )
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
     http_port: int | None = setting(
@@ -115,6 +120,8 @@ class GatewayConfig:
             raise ValueError(f"http_request_timeout_s must be > 0, got {self.http_request_timeout_s}")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must be non-empty strings")
+        if not self.max_queued_work_s >= 0:
+            raise ValueError(f"max_queued_work_s must be >= 0, got {self.max_queued_work_s}")
         if self.feedback_queue_size < 0:
             raise ValueError(f"feedback_queue_size must be >= 0, got {self.feedback_queue_size}")
 

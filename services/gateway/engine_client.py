@@ -8,6 +8,8 @@ happened rather than INTERNAL:
     DEADLINE_EXCEEDED    -> DeadlineExceeded                          (DEADLINE_EXCEEDED)
     INVALID_ARGUMENT     -> InvalidRequest with the engine's message  (INVALID_ARGUMENT)
     RESOURCE_EXHAUSTED   -> Overloaded with the engine's message      (RESOURCE_EXHAUSTED)
+                            (EngineQueueFull when its queue is at a cap: the replica is full, not
+                            the request too big or too late; see engine_saturation)
     CANCELLED            -> NotReady "engine cancelled ..."           (UNAVAILABLE; e.g. engine shutdown)
     anything else        -> AliseError naming the engine status       (INTERNAL)
 
@@ -28,6 +30,15 @@ from services.gateway.length_prediction import OutputLengthPrediction
 from services.gateway.length_prediction_pb import prediction_to_pb
 from services.gateway.model_info import ModelInfo
 from services.gateway.validation import ResolvedRequest
+
+# How the engine's refusal by its live-request or prompt-token cap begins
+# (services/engine/admission_control.py); RESOURCE_EXHAUSTED alone also covers refusals that say
+# nothing about the queue (a deadline that cannot be met, a request larger than the KV cache).
+ENGINE_QUEUE_FULL_PREFIX = "engine queue is full"
+
+
+class EngineQueueFull(Overloaded):
+    """The engine refused because its queue is at a cap: any request would have been refused."""
 
 
 class EngineClient:
@@ -86,7 +97,7 @@ class EngineClient:
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidRequest(details)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return Overloaded(details)
+            return EngineQueueFull(details) if details.startswith(ENGINE_QUEUE_FULL_PREFIX) else Overloaded(details)
         if code == grpc.StatusCode.CANCELLED:
             return NotReady(f"engine {self.address} cancelled the request: {details}")
         return AliseError(f"engine {self.address} failed: {code.name}: {details}")

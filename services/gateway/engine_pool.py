@@ -10,6 +10,10 @@ drains, RESOURCE_EXHAUSTED when its queue is full) are retried on another replic
 max_attempts in all, within the client's deadline: the client has seen nothing yet, so this is safe.
 After the first message an error ends the client's stream with that error's status.
 
+`check_room` is the cheap refusal before any of that (engine_saturation): when every candidate is
+known to be full (predicted queued work over max_queued_work_s, or a recent queue-full refusal), the
+request is refused at once, before the gateway tokenizes it; a full replica is also routed to last.
+
 A stream on a replica that goes DOWN (engine_replica) is aborted when its channel is replaced; the
 client gets UNAVAILABLE naming the replica, within max_failures checks of it going silent.
 """
@@ -26,7 +30,9 @@ from typing import AsyncIterator
 
 from services.common.contracts import engine_service_pb2
 from services.common.errors import AliseError, DeadlineExceeded, NotReady, Overloaded
+from services.gateway.engine_client import EngineQueueFull
 from services.gateway.engine_replica import ChannelFactory, EngineReplica, ReplicaReport
+from services.gateway.engine_saturation import REFUSED_BEFORE_WORK, queued_work_reason
 from services.gateway.model_info import ModelInfo
 from services.gateway.replica_discovery import Resolve, resolve_target
 from services.gateway.replica_health import HealthSettings, ReplicaState
@@ -51,6 +57,8 @@ class EnginePoolSettings:
     health: HealthSettings  # health-check cadence, deadline and failure threshold
     discovery_interval_s: float  # seconds between two DNS lookups of the spec's names
     max_attempts: int  # replicas tried per request before its first message (>= 1)
+    # predicted seconds of work queued on a replica beyond which it takes no new request (0 = no bound)
+    max_queued_work_s: float = 0.0
 
 
 class EnginePool:
@@ -123,11 +131,41 @@ class EnginePool:
             raise last_error
         raise NotReady(f"engine unavailable: {self._describe_no_replica()}")
 
-    def _choose(self, exclude: set[str]) -> EngineReplica | None:
-        """The replica for the next attempt, or None when no replica is left to try."""
+    def check_room(self) -> None:
+        """Raises Overloaded when every candidate replica is known to be full; never awaits.
+
+        Called before the request is tokenized or predicted, so a refusal under overload costs the
+        gateway a few attribute reads instead of that work plus an engine round trip.
+        """
+        candidates = self._candidates(exclude=set())
+        reasons = [self._full_reason(replica) for replica in candidates]
+        if not candidates or not all(reasons):
+            return
+        for replica in candidates:
+            replica.queue_full.num_shed += 1
+        raise Overloaded(f"{REFUSED_BEFORE_WORK}: {reasons[0]}; retry later")
+
+    def _full_reason(self, replica: EngineReplica) -> str | None:
+        """Why `replica` takes no request now (a recent queue-full refusal, too much queued work), or None."""
+        refused = replica.queue_full.full_reason()
+        if refused is not None:
+            return refused
+        rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
+        if rate is None:  # no rate measured yet: its work in seconds is unknown, not large
+            return None
+        queued_work_s = replica.load.outstanding_work_s(rate)
+        return queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s)
+
+    def _candidates(self, exclude: set[str]) -> list[EngineReplica]:
+        """SERVING replicas not in `exclude`; else UNKNOWN ones (just discovered); else all the others."""
         active = [r for r in self._replicas.active() if r.address not in exclude]
         candidates = [r for r in active if r.health.state == ReplicaState.SERVING]
-        candidates = candidates or [r for r in active if r.health.state == ReplicaState.UNKNOWN] or active
+        return candidates or [r for r in active if r.health.state == ReplicaState.UNKNOWN] or active
+
+    def _choose(self, exclude: set[str]) -> EngineReplica | None:
+        """The replica for the next attempt (one with room first), or None when no replica is left to try."""
+        candidates = self._candidates(exclude)
+        candidates = [r for r in candidates if self._full_reason(r) is None] or candidates
         if not candidates:
             return None
         rate = self._default_seconds_per_token()
@@ -154,6 +192,7 @@ class EnginePool:
         else:
             counters.routed_predicted_work_s += in_flight.remaining_tokens * rate
         epoch = replica.channel_epoch
+        refused = False  # the replica refused the request (it never held a place there)
         stream = replica.client.generate(request, timeout_s=timeout_s)
         try:
             async with contextlib.aclosing(stream):  # its `finally` cancels the engine call
@@ -172,10 +211,15 @@ class EnginePool:
             ) from None
         except AliseError as error:
             counters.num_failed += 1
+            refused = isinstance(error, Overloaded)  # the engine refuses only before its first message
+            if isinstance(error, EngineQueueFull):
+                replica.queue_full.on_queue_full(str(error))
             if isinstance(error, NotReady):
                 replica.health.on_call_failed(str(error))
             raise
         finally:
+            if not refused:  # it held a place on the replica, and that place is free now
+                replica.queue_full.on_place_freed()
             replica.load.end(in_flight)
             self._replicas.release(replica)
 

@@ -21,6 +21,7 @@ import grpc
 
 from services.gateway.engine_client import EngineClient
 from services.gateway.engine_load import ReplicaLoadTracker
+from services.gateway.engine_saturation import QueueFullMemory
 from services.gateway.replica_health import (
     HealthSettings,
     HealthTracker,
@@ -71,6 +72,7 @@ class EngineReplica(PeriodicallyChecked):
         self.retiring = False  # set by ReplicaSet when discovery no longer lists it
         self.health = HealthTracker(health.max_failures)
         self.load = ReplicaLoadTracker()
+        self.queue_full = QueueFullMemory(address, max_age_s=health.interval_s)  # its last queue-full refusal
         self.counters = ReplicaCounters()
         self.channel_epoch = 0  # bumped each time the channel is replaced after the replica went DOWN
         self._settings = health

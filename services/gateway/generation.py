@@ -1,6 +1,7 @@
 """One generation end to end: validate, predict, forward to the engine, relay tokens and text.
 
-    GenerateRequest -> resolve_generate_request -> OutputLengthEstimator.estimate
+    GenerateRequest -> EnginePool.check_room (every replica known full: RESOURCE_EXHAUSTED at once)
+                    -> resolve_generate_request -> OutputLengthEstimator.estimate
                     -> EnginePool.generate (stream from one replica) -> OutputAssembler (detokenize, stop strings)
                     -> GeneratedChunk ... (the last one carries a FinishSummary)
 
@@ -117,6 +118,7 @@ class GenerationPipeline:
         self, request: gateway_service_pb2.GenerateRequest, time_remaining_s: TimeRemaining, recorder: RequestRecorder
     ) -> AsyncIterator[GeneratedChunk]:
         arrival_s = time.monotonic()
+        self._engine.check_room()  # overloaded: refused here, before tokenizing, predicting, awaiting
         served = await self._served_models.get()
         resolved = await self._resolve(request, served)
         query = _prediction_query(resolved, served, decode_prompt=self._estimator.has_predictor)

@@ -54,6 +54,7 @@ def build_peers(config: GatewayConfig, make_channel: ChannelFactory) -> GatewayP
             health=health,
             discovery_interval_s=config.discovery_interval_s,
             max_attempts=config.max_engine_attempts,
+            max_queued_work_s=config.max_queued_work_s,
         ),
         make_channel,
     )

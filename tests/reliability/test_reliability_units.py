@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
 import pytest
 
 from services.cli.restart_policy import RestartBudget, RestartSettings
@@ -13,6 +14,8 @@ from services.cli.stack_plan import ChildSpec, with_port
 from services.common.errors import Overloaded
 from services.engine.admission_control import AdmissionControl, AdmissionLimits, QueueProfile
 from services.gateway.admission import InFlightLimit
+from services.gateway.engine_client import EngineClient, EngineQueueFull
+from services.gateway.engine_saturation import QueueFullMemory, queued_work_reason
 from services.memory.ledger import EngineRegistration, KvBlockLayout, KvDtype, KvLedger
 
 
@@ -92,3 +95,44 @@ def test_the_ledger_names_engines_silent_for_too_long():
     now[0] = 5.0
     assert ledger.silent_engines(3.0) == ["a", "b"]
     assert ledger.silent_engines(10.0) == []
+
+
+def test_the_engines_queue_full_refusals_are_what_the_gateway_recognises():
+    client = EngineClient(grpc.aio.insecure_channel("127.0.0.1:1"), "127.0.0.1:1")
+    empty = _profile([], s_per_token=0.0)
+    for max_live_requests, num_prompt_tokens in ((1, 1), (2, 50)):  # the live-request cap, the prompt-token cap
+        control = AdmissionControl(AdmissionLimits(max_live_requests, max_live_prompt_tokens=100, deadline_slack=1.0))
+        control.admit("a", 60, 10.0, None, empty)
+        with pytest.raises(Overloaded) as refused:
+            control.admit("b", num_prompt_tokens, 10.0, None, empty)
+        mapped = client._map_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused.value)))
+        assert isinstance(mapped, EngineQueueFull), refused.value
+    deadline = _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "deadline cannot be met: predicted completion in 9 s")
+    mapped = client._map_error(deadline)
+    assert isinstance(mapped, Overloaded) and not isinstance(mapped, EngineQueueFull)  # says nothing of the queue
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def test_a_queue_full_refusal_is_remembered_until_a_place_frees_or_it_ages_out():
+    memory = QueueFullMemory("127.0.0.1:5", max_age_s=0.5)
+    assert memory.full_reason(now_s=0.0) is None
+    memory.on_queue_full("engine queue is full (64 live requests); retry later", now_s=10.0)
+    reason = memory.full_reason(now_s=10.2)
+    assert reason is not None and "127.0.0.1:5 refused a request 200 ms ago" in reason and "64 live" in reason
+    memory.on_place_freed()  # one of this gateway's requests on it ended
+    assert memory.full_reason(now_s=10.2) is None
+    memory.on_queue_full("engine queue is full (64 live requests); retry later", now_s=20.0)
+    assert memory.full_reason(now_s=20.5) is not None
+    assert memory.full_reason(now_s=20.6) is None  # older than one health interval: the next poll knows better
+    with pytest.raises(ValueError, match="max_age_s"):
+        QueueFullMemory("x:1", max_age_s=0.0)
+
+
+def test_queued_work_over_the_bound_shuts_a_replica_and_zero_means_no_bound():
+    assert queued_work_reason("e:1", 2.5, 0.0) is None
+    assert queued_work_reason("e:1", 1.0, 1.0) is None
+    reason = queued_work_reason("e:1", 2.5, 1.0)
+    assert reason == "engine e:1 has 2.50 s of predicted work queued, over the limit of 1 s (--max-queued-work-s)"
