@@ -2,7 +2,8 @@
 
 Each phase starts the stack it needs (services/bench/chaos_stack.py), runs, and stops it:
 
-    kills     kill -9 predictor / memory / one of two engines under load; restart pickup
+    kills     kill -9 predictor / memory / one of two engines under load; restart pickup; then
+              kill -9 of the gateway behind a real `alise up` (its restart on the same port)
     overload  capacity (closed loop), then open-loop load at 1x, 4x and 20x it; a 1,000-stream burst
     deadline  short-deadline requests behind queued work: refused at once?
     aborts    N streams cancelled at random points with swaps going on; leaks in every tier

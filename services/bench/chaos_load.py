@@ -85,6 +85,7 @@ class LoadShape:
     max_words: int = 40
     timeout_s: float = 60.0  # each stream's deadline
     temperature: float = 0.8
+    retry_pause_s: float = 0.0  # a worker whose stream failed waits this long before its next one
 
 
 class ClosedLoopLoad:
@@ -119,6 +120,8 @@ class ClosedLoopLoad:
         while not self._stopping.is_set():
             outcome = self.next_outcome()
             await run_stream(self._stub, outcome, timeout_s=self._shape.timeout_s, temperature=self._shape.temperature)
+            if outcome.code != "OK" and self._shape.retry_pause_s > 0:  # no busy loop while a server is down
+                await asyncio.sleep(self._shape.retry_pause_s)
 
     async def stop(self) -> list[StreamOutcome]:
         """Lets the streams in flight finish; returns every outcome."""

@@ -18,6 +18,7 @@ from services.bench.chaos_faults import EngineRecovery, MemoryRecovery, Predicto
 from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
 from services.bench.chaos_overload import burst, deadline_burst, health_burst, paced_overload
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
+from services.bench.chaos_up import UpStack, kill_gateway_under_load
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 
 OVERLOAD_TOKENS = 32  # max_tokens of every overload request (ignore_eos: each costs the same)
@@ -46,7 +47,14 @@ async def kills(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         outcomes = await load.stop()
         return {"faults": [r.to_json() for r in results], "load_codes": count_codes(outcomes)}
 
-    return await _with_stack(ChaosStackConfig(log_dir=log_dir), body)
+    figures = await _with_stack(ChaosStackConfig(log_dir=log_dir), body)
+    up = UpStack(log_dir / "alise-up")  # the gateway, killed behind a real `alise up`
+    try:
+        await up.start()
+        figures["gateway_behind_alise_up"] = (await kill_gateway_under_load(up)).to_json()
+    finally:
+        await up.stop()
+    return figures
 
 
 async def _capacity(stack: ChaosStack, duration_s: float) -> float:

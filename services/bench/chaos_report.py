@@ -37,6 +37,20 @@ def _fault_rows(kills: dict) -> list[Row]:
             times += f"; memory service expired it after {expired:.1f} s"
         what_lost = "nothing" if not lost else f"{lost} streams that were on it (UNAVAILABLE: the client retries)"
         rows.append((fault["fault"] + " under load", sees, times, what_lost))
+    gateway = kills.get("gateway_behind_alise_up")
+    if gateway is not None:
+        same_port = "same port" if gateway["address_after"] == gateway["address_before"] else "a NEW port"
+        rows.append(
+            (
+                "kill -9 gateway under load (behind `alise up`)",
+                f"in flight: {_codes(gateway['in_flight_codes'])}; new: {_codes(gateway['new_codes']) or 'none'} "
+                f"until it is back",
+                f"failures known <= {gateway['max_failure_notice_s']:.2f} s, new requests refused <= "
+                f"{gateway['max_new_request_answer_s']:.2f} s; `alise up` has it SERVING again on the {same_port} "
+                f"{gateway['restart_serving_s']:.1f} s after the kill, first new token {gateway['recovery_s']:.2f} s",
+                "the streams in flight on it (UNAVAILABLE: the client retries)",
+            )
+        )
     return rows
 
 
