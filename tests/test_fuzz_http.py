@@ -3,7 +3,7 @@
 Malformed JSON, JSON of the wrong shape and types, invalid UTF-8, a body over the size limit, and
 slowloris-style clients that send a body a byte at a time: each request must end with a 4xx (or a
 2xx for the valid ones) within the timeout; slow bodies must not stop other clients from being
-served; afterwards /health answers and a normal completion works. >= 500 cases per surface.
+served, and are cut with 408 at the gateway's body timeout; afterwards /health answers and a normal completion works. >= 500 cases per surface.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 
 pytestmark = pytest.mark.timeout(300)
 TIMEOUT_S = 15.0
+BODY_TIMEOUT_S = 4.0  # the gateway's --http-body-timeout-s here
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 FIELDS = (
     "model",
@@ -79,6 +80,7 @@ def gateway(tmp_path_factory):
         num_engines=1,
         with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
+        gateway_options={"http_body_timeout_s": BODY_TIMEOUT_S},
     )
     threaded = ThreadedStack(config).start()
     with requests.Session() as session:
@@ -150,6 +152,36 @@ def test_slow_bodies_do_not_stop_other_clients(gateway):
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_a_body_trickling_in_is_cut_with_408_at_the_body_timeout(gateway):
+    threaded, _ = gateway
+    host, port = threaded.stack.gateway.http.host, threaded.stack.gateway.http.port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 100000\r\n\r\n{"prompt": "'
+        )
+        began_s = time.monotonic()
+        sock.settimeout(0.25)
+        response = b""
+        while time.monotonic() - began_s < BODY_TIMEOUT_S + 5.0:
+            try:
+                sock.sendall(b"a")  # a byte every 0.25 s: never idle, never done
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if not chunk:
+                break  # closed by the gateway after its answer
+            response += chunk
+        cut_after_s = time.monotonic() - began_s
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), response[:300]
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["message"].startswith(f"request body not received within {BODY_TIMEOUT_S:g} s")
+    assert BODY_TIMEOUT_S <= cut_after_s < BODY_TIMEOUT_S + 3.0, cut_after_s
 
 
 def test_healthy_and_generating_after_the_fuzzing(gateway):

@@ -220,7 +220,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        sizes = tuple(arg_types.positive_int(text) for text in args.sizes_mib.split(",") if text)
+        sizes = arg_types.comma_list(args.sizes_mib, arg_types.positive_int)
     except argparse.ArgumentTypeError as error:
         print_error("alise bench kv-transfer", f"--sizes-mib: {error}")
         return 2

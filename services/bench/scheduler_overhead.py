@@ -131,7 +131,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    policies = tuple(name for name in args.policies.split(",") if name)
+    policies = arg_types.comma_list(args.policies, str)
     unknown = sorted(set(policies) - set(POLICY_NAMES))
     if unknown:
         print_error("alise bench scheduler", f"unknown policies {unknown}; known: {list(POLICY_NAMES)}")

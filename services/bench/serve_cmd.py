@@ -106,7 +106,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.policies:
-        policies = tuple(name.strip() for name in args.policies.split(",") if name.strip())
+        policies = arg_types.comma_list(args.policies, str)
     else:
         policies = ("fcfs",) if args.start_stack else (RUNNING_STACK_LABEL,)
     return ServeConfig(

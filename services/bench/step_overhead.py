@@ -343,7 +343,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    num_decodes = tuple(int(n) for n in args.num_decodes.split(",") if n)
+    num_decodes = arg_types.comma_list(args.num_decodes, int)
     config = StepConfig(num_decodes, args.num_steps, args.num_warmup_steps, 32, args.seed)
     print("host ms per step (thread CPU time outside operators), tiny model, 1 thread; attention = CPU reference")
     print(

@@ -2,13 +2,19 @@
 
 argparse turns an `ArgumentTypeError` into `alise <cmd>: error: argument --top-p: must be in
 (0, 1], got 1.5` and exit status 2, so every flag fails the same clear way before any work starts.
+
+`comma_list` splits the comma-separated values of list flags (--policies fcfs,alise, --rates 1,2.5)
+the same way everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Callable, TypeVar
 
 from services.common.flags import is_host_port
+
+T = TypeVar("T")
 
 
 def _int(text: str) -> int:
@@ -86,3 +92,10 @@ def address(text: str) -> str:
     if not is_host_port(text):
         raise argparse.ArgumentTypeError(f"must be host:port with a port in [1, 65535], got {text!r}")
     return text
+
+
+def comma_list(text: str, item: Callable[[str], T]) -> tuple[T, ...]:
+    """The items of a comma-separated flag value, each stripped of spaces and converted by `item`, in
+    order; empty items are skipped ("fcfs, alise," -> ("fcfs", "alise"); "" -> ()). An error of `item`
+    (ValueError, argparse.ArgumentTypeError) propagates unchanged, so each caller reports it its way."""
+    return tuple(item(part) for part in (raw.strip() for raw in text.split(",")) if part)

@@ -154,7 +154,12 @@ async def _start_servers(
     http_app = create_http_app(
         pipeline,
         served_models,
-        HttpAppSettings(config.http_max_request_bytes, config.metrics_require_api_key, config.http_request_timeout_s),
+        HttpAppSettings(
+            config.http_max_request_bytes,
+            config.metrics_require_api_key,
+            config.http_request_timeout_s,
+            config.http_body_timeout_s,
+        ),
         api_keys=api_keys,
         metrics_registry=metrics.registry,
         is_serving=lambda: not handle.draining,

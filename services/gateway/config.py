@@ -73,6 +73,9 @@ class GatewayConfig:
         DEFAULT_HTTP_REQUEST_TIMEOUT_S,
         "deadline of an HTTP generation without a `timeout` body field (expiry: 504), seconds",
     )
+    http_body_timeout_s: float = setting(
+        30.0, "a request body not complete this long after its headers gets 408 and the connection closed, seconds"
+    )
     api_keys: tuple[str, ...] = setting(
         (),
         "accepted API key (repeatable; with --api-key-file's; none = no authentication); "
@@ -118,6 +121,8 @@ class GatewayConfig:
             raise ValueError(f"http_max_request_bytes must be > 0, got {self.http_max_request_bytes}")
         if not self.http_request_timeout_s > 0:
             raise ValueError(f"http_request_timeout_s must be > 0, got {self.http_request_timeout_s}")
+        if not self.http_body_timeout_s > 0:
+            raise ValueError(f"http_body_timeout_s must be > 0, got {self.http_body_timeout_s}")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must be non-empty strings")
         if not self.max_queued_work_s >= 0:

@@ -38,6 +38,7 @@ from services.bench.sim.simulator import EngineShape, StepCost, simulate
 from services.bench.sim.sweep import _unloaded_mean
 from services.bench.steady_state import SteadyStateWindow, closed_loop_capacity, stability
 from services.bench.sustainable_rate import RatePoint, sustainable_rate
+from services.common.arg_types import comma_list
 
 DEFAULT_CONFIGS = "fcfs:bf16,fcfs:int8,alise:int8:swap"
 DEFAULT_CAPACITY_FRACTIONS = (0.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.4)
@@ -59,7 +60,7 @@ class CapacityConfig:
 
 def parse_configs(text: str, policies: Sequence[str], dtypes: Sequence[str]) -> tuple[CapacityConfig, ...]:
     configs = []
-    for item in (part for part in text.split(",") if part):
+    for item in comma_list(text, str):
         fields = item.split(":")
         if len(fields) not in (2, 3) or fields[0] not in policies or fields[1] not in dtypes:
             raise ValueError(

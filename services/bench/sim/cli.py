@@ -28,6 +28,7 @@ from services.bench.sim.gpu_presets import KvDtype
 from services.bench.sim.kv_offload import OFFLOAD_MODES
 from services.bench.sim.sweep import SweepConfig, SweepResult, run_sweep
 from services.bench.steady_state import SteadyStateWindow
+from services.common.arg_types import comma_list
 from services.common.cli_errors import print_error
 from services.engine.scheduler import POLICY_NAMES
 
@@ -44,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         policies = cli_inputs.parse_names(args.policies, POLICY_NAMES)
         cost = cli_inputs.cost_model(args)
-        rates = tuple(float(x) for x in args.rates.split(",") if x)
-        bounds = tuple(float(x) for x in args.bounds.split(",") if x)
+        rates = comma_list(args.rates, float)
+        bounds = comma_list(args.bounds, float)
         modes = cli_inputs.parse_names(args.kv_offload, OFFLOAD_MODES, what="KV offload modes")
         offload = cli_inputs.offload_config(args, modes)
         if args.method == "steady-state":
@@ -125,8 +126,8 @@ def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...]
 def _run_capacity(args: argparse.Namespace) -> int:
     """The capacity method (capacity.py): one trace (--seed), each configuration's own cost model and host tier."""
     configs = capacity.parse_configs(args.configs, POLICY_NAMES, [d.value for d in KvDtype])
-    fractions = tuple(float(x) for x in args.capacity_fractions.split(",") if x)
-    bounds = tuple(float(x) for x in args.bounds.split(",") if x)
+    fractions = comma_list(args.capacity_fractions, float)
+    bounds = comma_list(args.bounds, float)
     window = SteadyStateWindow(args.warmup_fraction, args.drain_fraction)
     trace, predictions, reached_tau = cli_inputs.workload(args, args.seed)
 

@@ -21,12 +21,13 @@ from services.bench.sim.model_predictions import (
 from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
 from services.bench.sim.simulator import EngineShape
 from services.bench.workload import load_trace
+from services.common.arg_types import comma_list
 from services.engine.scheduler import StepCostCoefficients
 from services.memory.eviction_policy import KvCodec
 
 
 def parse_names(text: str, known, what: str = "policies") -> tuple[str, ...]:
-    names = tuple(name for name in text.split(",") if name)
+    names = comma_list(text, str)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
         raise ValueError(f"unknown {what} {unknown}; known: {list(known)}")
@@ -104,7 +105,7 @@ def cost_model(args):
         )
     if not args.cost_coefficients:
         return preset
-    base, per_token, per_kv = (float(x) for x in args.cost_coefficients.split(","))
+    base, per_token, per_kv = comma_list(args.cost_coefficients, float)
     return LinearCostModel(f"{preset.name}-fitted", StepCostCoefficients(base, per_token, per_kv), preset.num_kv_blocks)
 
 

@@ -19,6 +19,7 @@ from services.bench.sim.steady_sweep import GAMMA_CV2, POISSON, SteadyConfig, ru
 from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_S, SloBounds
 from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
 from services.common import arg_types
+from services.common.arg_types import comma_list
 from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S
 
 ARRIVALS = {"poisson": POISSON, "gamma-cv2": GAMMA_CV2}
@@ -68,15 +69,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> SteadyConfig:
     """The flags as a config; ValueError on a bad value."""
-    names = [name for name in args.arrivals.split(",") if name]
+    names = comma_list(args.arrivals, str)
     unknown = sorted(set(names) - set(ARRIVALS))
     if unknown or not names:
         raise ValueError(f"unknown arrivals {unknown}; known: {list(ARRIVALS)}")
     return SteadyConfig(
         policies=policies,
-        load_fractions=tuple(float(x) for x in args.loads.split(",") if x),
+        load_fractions=comma_list(args.loads, float),
         burstiness_values=tuple(ARRIVALS[name] for name in names),
-        seeds=tuple(int(x) for x in args.seeds.split(",") if x),
+        seeds=comma_list(args.seeds, int),
         slo=SloBounds(args.ttft_slo_s, args.tpot_slo_ms / 1e3),
         window=SteadyStateWindow(args.warmup_fraction, args.drain_fraction),
         capacity_concurrency=args.capacity_concurrency or args.max_num_seqs,

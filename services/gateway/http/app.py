@@ -1,6 +1,6 @@
 """The FastAPI app of the gateway's HTTP port: OpenAI routes, /health, /metrics, auth, size limit.
 
-    request -> ApiKeyMiddleware (401 unless open path) -> BodySizeLimit (413) -> route
+    request -> ApiKeyMiddleware (401 unless open path) -> BodySizeLimit (413; 408 for a slow body) -> route
             -> OpenAiRoutes -> GenerationPipeline (the gRPC path) -> JSON or server-sent events
 
 `/health` is always open; `/metrics` is served only when a prometheus_client registry is given,
@@ -37,6 +37,7 @@ class HttpAppSettings:
     max_request_bytes: int  # larger bodies get 413
     metrics_require_api_key: bool = False  # /metrics behind the API key (when keys are set)
     request_timeout_s: float | None = None  # deadline of a generation without a `timeout` field; None = none
+    body_timeout_s: float | None = None  # a body not received this long after its headers gets 408; None = none
 
 
 def create_http_app(
@@ -62,7 +63,9 @@ def create_http_app(
         if not settings.metrics_require_api_key:
             open_paths.add(METRICS_PATH)
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes, body_timeout_s=settings.body_timeout_s
+    )
     if api_keys is not None and api_keys.enabled:  # added last = runs first
         app.add_middleware(ApiKeyMiddleware, api_keys=api_keys, open_paths=frozenset(open_paths))
     return app

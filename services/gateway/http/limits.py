@@ -1,10 +1,13 @@
-"""Pure ASGI middlewares that refuse a request before any route runs: API key (401), body size (413).
+"""Pure ASGI middlewares that refuse a request before any route runs: API key (401), body size (413),
+body too slow to arrive (408).
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses and disconnects pass through
 untouched and the per-request cost stays a dictionary lookup.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,15 +41,19 @@ class ApiKeyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 for bodies over max_bytes: by Content-Length up front, else while the body is read.
+    """413 for bodies over max_bytes: by Content-Length up front, else while the body is read; 408
+    for a body not complete within body_timeout_s of the headers (a slowloris client, which sends
+    its headers and then a byte now and then, would otherwise hold a connection and its buffer for
+    as long as it likes: uvicorn has no such deadline of its own).
 
     The body is read here, whole, and replayed to the app; after it, `receive` is the server's
-    own again (the routes wait on it for the client's disconnect).
+    own again (the routes wait on it for the client's disconnect). A 408 closes the connection.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, body_timeout_s: float | None = None) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._body_timeout_s = body_timeout_s  # None = no deadline on receiving the body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,20 +63,37 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
             await self._too_large(scope, receive, send)
             return
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            await self._too_slow(scope, receive, send)
+            return
+        if body is None:
+            return  # the client left before sending its body
+        if len(body) > self._max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        await self._app(scope, _replaying(body, receive), send)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body; None when the client left first; stops early once over max_bytes."""
         parts: list[bytes] = []
         num_bytes = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client left before sending its body
+                return None
             parts.append(message.get("body", b""))
             num_bytes += len(parts[-1])
-            if num_bytes > self._max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        await self._app(scope, _replaying(b"".join(parts), receive), send)
+            if num_bytes > self._max_bytes or not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _too_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body not received within {self._body_timeout_s:g} s (--http-body-timeout-s)"
+        body = error_body(message, "invalid_request_error", code="request_timeout")
+        response = JSONResponse(body, status_code=408, headers={"Connection": "close"})
+        await response(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body exceeds the limit of {self._max_bytes} bytes"
