@@ -4,6 +4,7 @@ alise up                 start the local stack until Ctrl-C
 alise generate "prompt"  stream one completion
 alise bench KIND         benchmarks: stack, scheduler, sim, serve, ... (alise bench --help)
 alise predictor ...      the predictor's own commands (training, evaluation), forwarded as is
+alise spec ...           speculative decoding's offline commands (train-exit-heads)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = {  # in --help order; each module is imported only when its command r
         "services.cli.bench_cmd", "benchmarks (stack, http, scheduler, sim, serve, replicas, attention)", nested=True
     ),
     "collect-lengths": LazyCommand("services.cli.collect_lengths", "answer dataset prompts through a stack (feedback)"),
+    "spec": LazyCommand("services.cli.spec_cmd", "speculative decoding: train the early-exit heads"),
 }
 PREDICTOR_HELP = "predictor commands (train, evaluate, ...): alise predictor --help"
 
