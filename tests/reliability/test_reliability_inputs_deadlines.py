@@ -163,9 +163,9 @@ async def test_sigterm_drains_then_refuses_and_exits_zero(stack):
     long_code, long_details = await long
     ended_after_s = time.monotonic() - signalled_s
     assert long_code == grpc.StatusCode.UNAVAILABLE, long_details
-    # Ours ("... did not finish within the drain deadline; retry"); in ~2 of 12 runs on a busy
-    # machine gRPC's own cancel-all ("Cancelling all calls", also UNAVAILABLE) came first (cause not found).
-    assert "drain deadline" in long_details or long_details == "Cancelling all calls", long_details
+    # Ours, also when the deadline finds the handler inside gRPC's send (was gRPC's own "Cancelling all
+    # calls" in ~2 of 12 busy runs; see tests/reliability/test_reliability_drain.py)
+    assert "drain deadline" in long_details, long_details
     assert ended_after_s < 1.5 + 3.0 + 1.0, ended_after_s  # drain_s + DRAIN_ABORT_MARGIN_S + slack
     assert refused_code == grpc.StatusCode.UNAVAILABLE, refused_details
     assert await asyncio.wait_for(stack.wait_exit(ENGINE), 15) == 0
