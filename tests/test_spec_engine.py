@@ -128,3 +128,14 @@ def test_random_aborts_of_speculating_requests_leak_no_blocks():
     assert core.scheduler.kv.pool.num_free_blocks == 40
     assert core.runner.batch.num_rows == 0
     assert not core.scheduler.has_work
+
+
+def test_requests_whose_drafts_keep_failing_stop_drafting():
+    """Layer-1 drafts of the random model almost never match: the tracker pauses them (backoff), so far
+    fewer drafts are verified than k per decode step."""
+    spec = SpeculativeConfig(SpeculativeMethod.EARLY_EXIT, 4, early_exit_layer=1)
+    outputs, core = _run(spec, greedy(MAX_TOKENS))
+    stats = core.speculator.stats
+    num_decode_steps = sum(len(tokens) for tokens in outputs.values())
+    assert stats.acceptance_rate < 0.2
+    assert stats.num_draft_tokens < 0.3 * 4 * num_decode_steps

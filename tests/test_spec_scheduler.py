@@ -3,6 +3,8 @@ rejected drafts' KV blocks rolled back, finishes inside a verify, and the cost m
 
 from __future__ import annotations
 
+import pytest
+
 from services.engine.request import FinishReason, RequestStatus
 from services.engine.scheduler import SchedulerOutput
 from tests.engine_factories import EOS, fake_model_outputs, make_request, make_scheduler
@@ -130,3 +132,16 @@ def test_the_cost_model_counts_tokens_per_decode_step():
         tokens, verified = _verify_outputs(output, {"a": 1})
         scheduler.update(output, tokens, verified)
     assert 1.6 < scheduler.cost_model.tokens_per_decode_step < 2.0  # an average moving towards 2 tokens per step
+
+
+def test_decode_step_seconds_are_per_output_token_when_a_step_yields_more():
+    from services.engine.scheduler import OnlineStepCostModel
+
+    cost_model = OnlineStepCostModel(refit_every=1, min_steps_to_fit=1, window=1)
+    cost_model.observe(10, 100, 0.020)
+    assert cost_model.decode_step_s == cost_model.mean_step_s  # one token per step: the step time itself
+    for _ in range(200):
+        cost_model.observe_decode_yield(4, 8)  # 2 tokens per sampling request per step
+    cost_model.observe(10, 100, cost_model.mean_step_s)  # a refit publishes the new rate
+    assert cost_model.tokens_per_decode_step == pytest.approx(2.0, rel=1e-3)
+    assert cost_model.decode_step_s == pytest.approx(cost_model.mean_step_s / 2, rel=1e-3)
