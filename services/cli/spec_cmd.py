@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from services.common import arg_types
@@ -47,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--num-train-conversations", type=arg_types.positive_int, default=150)
     train.add_argument("--num-heldout-conversations", type=arg_types.positive_int, default=30)
     train.add_argument("--num-generated-prompts", type=arg_types.non_negative_int, default=6)
+    train.add_argument(
+        "--cost-dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="auto: the engine's CPU dtype"
+    )
     train.add_argument("--seed", type=arg_types.seed, default=0)
     train.set_defaults(handler=run_train_exit_heads)
 
@@ -65,6 +69,7 @@ def _config(args: argparse.Namespace):
         num_heldout_conversations=args.num_heldout_conversations,
         num_generated_prompts=args.num_generated_prompts,
         training=HeadTrainingConfig(rank=args.rank, num_epochs=args.num_epochs, seed=args.seed),
+        cost_dtype=args.cost_dtype,
         seed=args.seed,
         **extra,
     )
@@ -90,6 +95,7 @@ def run_train_exit_heads(args: argparse.Namespace) -> int:
     from services.engine.spec.exit_head_build import build_exit_heads
 
     torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         npz_path, json_path, report = build_exit_heads(_config(args))
     except (ValueError, FileNotFoundError, ModelFilesError) as error:

@@ -67,6 +67,7 @@ def report_document(config, metadata: dict, agreement: dict, costs, json_path: P
         "draft_vocab_size": config.draft_vocab_size,
         "draft_vocab_coverage": round(next(iter(agreement.values())).draft_vocab_coverage, 4),
         "formula": FORMULA,
+        "cost_dtype": metadata["costs"]["dtype"],
         "decode_step_ms": round(costs.decode_step_ms, 3),
         "verify_ms": {str(k): round(ms, 3) for k, ms in costs.verify_ms.items()},
         "verify_cost_ratio": {str(k): round(v, 4) for k, v in costs.verify_cost_ratio().items()},
