@@ -138,7 +138,7 @@ def test_decode_step_seconds_are_per_output_token_when_a_step_yields_more():
     from services.engine.scheduler import OnlineStepCostModel
 
     cost_model = OnlineStepCostModel(refit_every=1, min_steps_to_fit=1, window=1)
-    cost_model.observe(10, 100, 0.020)
+    cost_model.observe(10, 100, 0.100)
     assert cost_model.decode_step_s == cost_model.mean_step_s  # one token per step: the step time itself
     for _ in range(200):
         cost_model.observe_decode_yield(4, 8)  # 2 tokens per sampling request per step
