@@ -22,9 +22,9 @@ from services.bench.chaos_up import UpStack, kill_gateway_under_load
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 
 OVERLOAD_TOKENS = 32  # max_tokens of every overload request (ignore_eos: each costs the same)
-# The overload gateway's --max-queued-work-s: the running batch's remaining work (16 requests half
-# done, ~0.7 s at the ~2.5 ms per token measured here) plus a few requests waiting to refill it
-OVERLOAD_MAX_QUEUED_WORK_S = 1.0
+# The overload gateway's --max-queued-work-s: predicted work waiting to start (the running batch not
+# counted), about what the queue holds at full load, so admitted requests wait no longer at 20x
+OVERLOAD_MAX_QUEUED_WORK_S = 0.5
 
 
 async def _with_stack(config: ChaosStackConfig, body: Callable[[ChaosStack], Awaitable[dict]]) -> dict:

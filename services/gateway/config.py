@@ -59,8 +59,9 @@ class GatewayConfig:
     )
     max_queued_work_s: float = setting(
         0.0,
-        "predicted seconds of work queued on an engine replica beyond which new requests go elsewhere, or get "
-        "RESOURCE_EXHAUSTED (HTTP 429) at once before tokenizing when every replica is over it (0 = no bound)",
+        "predicted seconds of work waiting to start on an engine replica (this gateway's requests without a token "
+        "yet) beyond which new requests go elsewhere, or get RESOURCE_EXHAUSTED (HTTP 429) at once before "
+        "tokenizing when every replica is over it (0 = no bound)",
     )
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000

@@ -77,6 +77,11 @@ class ReplicaLoadTracker:
         """Remaining predicted tokens of this gateway's live requests."""
         return sum(request.remaining_tokens for request in self._live.values())
 
+    def waiting_tokens(self) -> float:
+        """Predicted tokens of this gateway's requests that have no output token yet (queued or in
+        prefill): the work a new request would wait behind before its own first token."""
+        return sum(request.remaining_tokens for request in self._live.values() if request.num_received_tokens == 0)
+
     def on_stats(self, polled_tokens: float, polled_work_s: float, mine_at_poll: float) -> None:
         """A GetStats answer; mine_at_poll = mine_tokens() when the poll was sent."""
         self.num_polls += 1

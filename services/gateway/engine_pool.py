@@ -11,7 +11,7 @@ max_attempts in all, within the client's deadline: the client has seen nothing y
 After the first message an error ends the client's stream with that error's status.
 
 `check_room` is the cheap refusal before any of that (engine_saturation): when every candidate is
-known to be full (predicted queued work over max_queued_work_s, or a recent queue-full refusal), the
+known to be full (predicted work waiting to start over max_queued_work_s, or a recent queue-full refusal), the
 request is refused at once, before the gateway tokenizes it; a full replica is also routed to last.
 
 A stream on a replica that goes DOWN (engine_replica) is aborted when its channel is replaced; the
@@ -57,7 +57,7 @@ class EnginePoolSettings:
     health: HealthSettings  # health-check cadence, deadline and failure threshold
     discovery_interval_s: float  # seconds between two DNS lookups of the spec's names
     max_attempts: int  # replicas tried per request before its first message (>= 1)
-    # predicted seconds of work queued on a replica beyond which it takes no new request (0 = no bound)
+    # predicted seconds of work waiting to start on a replica beyond which it takes no new request (0 = no bound)
     max_queued_work_s: float = 0.0
 
 
@@ -153,7 +153,7 @@ class EnginePool:
         rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
         if rate is None:  # no rate measured yet: its work in seconds is unknown, not large
             return None
-        queued_work_s = replica.load.outstanding_work_s(rate)
+        queued_work_s = replica.load.waiting_tokens() * rate
         return queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s)
 
     def _candidates(self, exclude: set[str]) -> list[EngineReplica]:

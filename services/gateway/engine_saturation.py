@@ -5,11 +5,13 @@ for tokenizing, an output-length prediction and an engine round trip on the gate
 loop. At 20x capacity that work kept the gateway busy ~90% of the time (py-spy), and the refusals'
 p99 grew to hundreds of milliseconds. Two figures the gateway already holds say "full" at once:
 
-    queued work  the replica's predicted outstanding work in seconds (engine_load: its last polled
-                 figure moved by this gateway's own traffic since). Over --max-queued-work-s no
-                 request goes to it: the queue a new request would wait behind is bounded in time,
-                 not only in count, so the requests admitted at 20x capacity wait no longer than
-                 the bound, however many arrive (0 = off).
+    queued work  the predicted work of this gateway's requests on the replica that have no
+                 output token yet (engine_load), in seconds at the replica's measured rate: what a
+                 new request would wait behind before its first token. Over --max-queued-work-s no
+                 request goes to it: the queue is bounded in time, not only in count, so requests
+                 admitted at 20x capacity wait about as long as at full load, however many arrive.
+                 The running batch is not counted, so a slow machine still fills its batch (0 = off;
+                 each gateway bounds its own requests).
     a refusal    the replica refused a request because its queue is at a cap (EngineQueueFull). It
                  is taken as still full until a request of this gateway on it ends (a place freed)
                  or `max_age_s` passes (one health interval: other gateways' requests may have
@@ -66,6 +68,6 @@ def queued_work_reason(address: str, queued_work_s: float, max_queued_work_s: fl
     if max_queued_work_s <= 0 or queued_work_s <= max_queued_work_s:
         return None
     return (
-        f"engine {address} has {queued_work_s:.2f} s of predicted work queued, over the limit of "
+        f"engine {address} has {queued_work_s:.2f} s of predicted work waiting to start, over the limit of "
         f"{max_queued_work_s:g} s (--max-queued-work-s)"
     )

@@ -58,8 +58,8 @@ async def test_steady_overload_is_rejected_fast_while_admitted_requests_finish(s
 
 async def test_a_bound_on_queued_work_sheds_in_the_gateway_and_keeps_admitted_requests_waiting_less(stack, tmp_path):
     """The same overload behind a gateway with --max-queued-work-s 1: the engine's queue never fills
-    (every refusal is the gateway's, before tokenizing), and the admitted requests wait behind at most
-    ~1 s of work instead of the engine's 64-deep queue (TTFT compared in the same run)."""
+    (every refusal is the gateway's, before tokenizing), and the admitted requests wait behind ~1 s
+    of work waiting to start instead of the engine's 64-deep queue (TTFT compared in the same run)."""
     bounded = ChaosStack(
         dataclasses.replace(
             stack.config,

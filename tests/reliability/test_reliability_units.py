@@ -135,4 +135,6 @@ def test_queued_work_over_the_bound_shuts_a_replica_and_zero_means_no_bound():
     assert queued_work_reason("e:1", 2.5, 0.0) is None
     assert queued_work_reason("e:1", 1.0, 1.0) is None
     reason = queued_work_reason("e:1", 2.5, 1.0)
-    assert reason == "engine e:1 has 2.50 s of predicted work queued, over the limit of 1 s (--max-queued-work-s)"
+    assert reason == (
+        "engine e:1 has 2.50 s of predicted work waiting to start, over the limit of 1 s (--max-queued-work-s)"
+    )
