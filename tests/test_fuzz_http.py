@@ -3,7 +3,8 @@
 Malformed JSON, JSON of the wrong shape and types, invalid UTF-8, a body over the size limit, and
 slowloris-style clients that send a body a byte at a time: each request must end with a 4xx (or a
 2xx for the valid ones) within the timeout; slow bodies must not stop other clients from being
-served, and are cut with 408 at the gateway's body timeout; afterwards /health answers and a normal completion works. >= 500 cases per surface.
+served, and are cut with 408 at the gateway's body timeout; afterwards /health answers and a normal
+completion works. >= 500 cases per surface (the strategies: services/bench/chaos_fuzz_http.py).
 """
 
 from __future__ import annotations
@@ -15,62 +16,14 @@ import time
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from services.bench.chaos_fuzz import ThreadedStack
+from services.bench.chaos_fuzz_http import ROUTES, bodies, post_body
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 
 pytestmark = pytest.mark.timeout(300)
 TIMEOUT_S = 15.0
 BODY_TIMEOUT_S = 4.0  # the gateway's --http-body-timeout-s here
-ROUTES = ("/v1/completions", "/v1/chat/completions")
-FIELDS = (
-    "model",
-    "prompt",
-    "messages",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stream",
-    "stop",
-    "seed",
-    "n",
-    "logprobs",
-    "stream_options",
-    "timeout",
-    "min_tokens",
-    "user",
-    "role",
-    "content",
-)
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=12,
-)
-near_valid = st.fixed_dictionaries(  # mostly-right requests, so the fuzzing also reaches generation
-    {"model": st.sampled_from(["dummy-llama-tiny", "", "no-such-model"]), "prompt": st.text(max_size=60)},
-    optional={
-        "max_tokens": st.integers(-3, 300),
-        "temperature": st.floats(),
-        "top_p": st.floats(),
-        "stream": st.booleans(),
-        "stop": st.lists(st.text(max_size=5), max_size=20),
-        "seed": st.integers(),
-    },
-).map(lambda d: json.dumps(d).encode())
-bodies = st.one_of(
-    near_valid,
-    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).map(lambda d: json.dumps(d).encode()),
-    st.binary(max_size=300),  # malformed JSON, invalid UTF-8
-    st.text(max_size=300).map(str.encode),
-    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8).map(
-        lambda d: json.dumps(d).encode().replace(b'"', b'"\xff', 1)  # invalid UTF-8 inside a string
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +55,7 @@ class Client:
 
 
 def _post(client: Client, route: str, body: bytes) -> int:
-    headers = {"content-type": "application/json"}
-    with client.post(route, data=body, headers=headers, stream=True) as response:
-        return response.status_code  # a stream that started is closed here (the gateway cancels it)
+    return post_body(client.session, client.base_url + route, body, TIMEOUT_S)
 
 
 @pytest.mark.parametrize("route", ROUTES)

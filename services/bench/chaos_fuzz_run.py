@@ -1,4 +1,5 @@
-"""The fuzz phase of `alise bench chaos`: every gRPC method, N cases per service, outside pytest."""
+"""The fuzz phase of `alise bench chaos`: every gRPC method, N cases per service, then the gateway's
+OpenAI HTTP routes, N cases per route, outside pytest."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import math
 import pathlib
 
 import grpc
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
 from services.bench.chaos_fuzz import FAILING_CODES, FuzzTarget, ThreadedStack, any_request_bytes, call_raw
+from services.bench.chaos_fuzz_http import ROUTES, fuzz_route, is_failing
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 from services.common.contracts import engine_service_pb2, gateway_service_pb2, memory_service_pb2, predictor_service_pb2
 
@@ -57,7 +60,24 @@ def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
         figures["num_failing"] = sum(
             count for codes in figures["per_method"].values() for code, count in codes.items() if code in failing
         )
+        figures["http"] = _fuzz_http(stack.stack.gateway.http_url, cases_per_service)
+        healthy &= requests.get(stack.stack.gateway.http_url + "/health", timeout=5).status_code == 200
         figures["healthy_after"] = healthy and all(c.returncode is None for c in stack.stack.children.values())
         return figures
     finally:
         stack.stop()
+
+
+def _fuzz_http(base_url: str, cases_per_route: int) -> dict:
+    """The OpenAI routes, cases_per_route bodies each: {per_route: {route: {status: count}}, num_cases, num_failing}."""
+    with requests.Session() as session:
+        per_route = {route: fuzz_route(session, base_url + route, cases_per_route, CALL_TIMEOUT_S) for route in ROUTES}
+    return {
+        "per_route": {
+            route: {str(status): n for status, n in statuses.items()} for route, statuses in per_route.items()
+        },
+        "num_cases": sum(sum(statuses.values()) for statuses in per_route.values()),
+        "num_failing": sum(
+            n for statuses in per_route.values() for status, n in statuses.items() if is_failing(status)
+        ),
+    }

@@ -141,6 +141,17 @@ def _other_rows(phases: dict) -> list[Row]:
                 "-",
             )
         )
+        http = f.get("http")
+        if http is not None:
+            statuses = sorted({status for route in http["per_route"].values() for status in route})
+            rows.append(
+                (
+                    f"fuzzing the OpenAI HTTP routes ({http['num_cases']:,} cases)",
+                    "HTTP " + " / ".join(statuses),
+                    f"{http['num_failing']} 5xx or unanswered; healthy after: {f['healthy_after']}",
+                    "-",
+                )
+            )
     return rows
 
 
