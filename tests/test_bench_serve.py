@@ -12,7 +12,7 @@ from services.bench.serve_clients import run_load
 from services.bench.serve_config import ServeConfig
 from services.bench.serve_prompts import FILLER_TEXT, ServeRequest, build_requests, fit_prompt
 from services.bench.serve_run import run_serve
-from services.bench.serve_sweep import run_rate, to_records
+from services.bench.serve_sweep import run_closed_loop, run_rate, to_records
 from services.bench.steady_state import SteadyStateWindow
 from services.bench.workload import TraceRequest
 from services.cli import main as cli_main
@@ -107,6 +107,26 @@ async def test_client_processes_send_every_request_on_schedule(gateway_address):
 
 
 @module_loop
+async def test_closed_loop_holds_concurrency_in_flight_and_measures_capacity(gateway_address):
+    requests = synthetic_requests(24, max_tokens=4)
+    load = await run_load(
+        requests, [0.0] * 24, gateway_address=gateway_address, num_processes=2, timeout_s=60.0, seed=1, concurrency=3
+    )
+    assert sorted(r.request_id for r in load.results) == sorted(r.request_id for r in requests)
+    assert all(r.error is None and r.num_output_tokens == 4 for r in load.results)
+    events = sorted([(r.sent_s, 1) for r in load.results] + [(r.finish_s, -1) for r in load.results])
+    in_flight = [sum(change for _, change in events[: index + 1]) for index in range(len(events))]
+    assert max(in_flight) == 3  # never more than the concurrency, and it is reached
+    sends = sorted(r.sent_s for r in load.results)
+    assert sends[3] > min(r.finish_s for r in load.results) - 1e-3  # the 4th waits for a slot to free
+    probe = await run_closed_loop(gateway_address, requests, "test", 3, make_config(gateway_address=gateway_address))
+    assert probe.num_records == 24 and probe.num_failed == 0 and probe.concurrency == 3
+    finishes = sorted(r.finish_s for r in load.results)
+    assert 0 < probe.capacity_per_s and probe.output_token_throughput_per_s == pytest.approx(4 * probe.capacity_per_s)
+    assert probe.capacity_per_s * probe.duration_s == pytest.approx(24, rel=0.6) and finishes[-1] > finishes[0]
+
+
+@module_loop
 async def test_failed_requests_are_counted_not_recorded(gateway_address):
     requests = synthetic_requests(2) + [ServeRequest("too-long", (1, 2, 3), 100_000)]  # beyond the context
     config = make_config(gateway_address=gateway_address, max_client_cpu_utilization=1e-9)
@@ -189,6 +209,13 @@ def test_config_rejects_contradictions():
         make_config(trace="nope")
     with pytest.raises(ValueError, match="--slo-tpot-ms"):
         make_config(slo_tpot_s=0.0)
+    with pytest.raises(ValueError, match="not both"):
+        make_config(load_fractions=(0.9, 1.0), closed_loop_concurrency=8)
+    with pytest.raises(ValueError, match="needs --capacity-concurrency"):
+        make_config(load_fractions=(0.9, 1.0), rates_per_s=())
+    with pytest.raises(ValueError, match="ascending"):
+        make_config(load_fractions=(1.0, 0.9), rates_per_s=(), closed_loop_concurrency=8)
+    assert make_config(load_fractions=(0.9, 1.0), rates_per_s=(), closed_loop_concurrency=8).load_fractions
     assert make_config().attainment_slo.ttft_s == 1.0 and make_config(slo_ttft_s=2.0).attainment_slo.ttft_s == 2.0
     assert dataclasses.replace(make_config(), seed=3).seed == 3
 
@@ -240,6 +267,22 @@ def test_cli_starts_a_stack_per_policy_interleaves_rates_and_saves_json_and_png(
     ]
     assert printed == [["fcfs", "4.00"], ["alise", "4.00"], ["fcfs", "8.00"], ["alise", "8.00"]]  # turns at each rate
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@requires_shared_data
+def test_cli_probes_capacity_in_a_closed_loop_then_runs_at_fractions_of_it(tmp_path, capsys):
+    out = tmp_path / "serve.json"
+    flags = ["--start-stack", "--policies", "fcfs", "--no-predictor", "--trace", "alpaca", "--num-requests", "10"]
+    flags += ["--capacity-concurrency", "3", "--load-fractions", "0.5", "1", "--num-unloaded", "1"]
+    flags += ["--max-output-tokens", "4", "--max-prompt-tokens", "8", "--engine-arg=--cpu-threads=1"]
+    assert cli_main.main(["bench", "serve", *flags, "--model", DUMMY_TINY_MODEL, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    capacity = report["capacity"]
+    assert capacity["policy"] == "fcfs" and capacity["concurrency"] == 3 and capacity["num_records"] == 10
+    assert report["rates_per_s"] == pytest.approx([0.5 * capacity["capacity_per_s"], capacity["capacity_per_s"]])
+    runs = report["policies"]["fcfs"]["runs"]
+    assert [run["rate_per_s"] for run in runs] == pytest.approx(report["rates_per_s"])
+    assert "closed-loop capacity" in capsys.readouterr().err
 
 
 def test_model_lengths_mode_sends_the_prompt_as_a_chat_message_until_eos():

@@ -75,11 +75,20 @@ async def run_load(
     num_processes: int,
     timeout_s: float,
     seed: int,
+    concurrency: int | None = None,
 ) -> LoadRun:
-    """Sends request i at arrivals_s[i] (s after the shared start) from num_processes processes."""
+    """Sends request i at arrivals_s[i] (s after the shared start) from num_processes processes; with
+    `concurrency` N, a closed loop instead: N requests in flight (split over the processes), each
+    replaced by the next one in arrival order as it ends (serve_worker.dispatch_closed_loop)."""
     if len(requests) != len(arrivals_s) or not requests:
         raise ValueError(f"need one arrival per request, got {len(requests)} requests, {len(arrivals_s)} arrivals")
-    jobs = _jobs(requests, arrivals_s, gateway_address, max(1, min(num_processes, len(requests))), timeout_s, seed)
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    num_processes = max(1, min(num_processes, len(requests), concurrency or num_processes))
+    jobs = _jobs(requests, arrivals_s, gateway_address, num_processes, timeout_s, seed)
+    if concurrency is not None:
+        for index, job in enumerate(jobs):  # shares differ by at most one
+            job["concurrency"] = concurrency // num_processes + (index < concurrency % num_processes)
     processes: list[asyncio.subprocess.Process] = []
     try:
         for job in jobs:
@@ -90,6 +99,8 @@ async def run_load(
             process.stdin.write(start_line.encode())
             await process.stdin.drain()
         run_deadline_s = timeout_s + max(arrivals_s) + STARTUP_TIMEOUT_S
+        if concurrency is not None:  # every request of a slot may take up to timeout_s, one after another
+            run_deadline_s = timeout_s * -(-len(requests) // concurrency) + STARTUP_TIMEOUT_S
         reading = asyncio.gather(*(_read_report(process, index) for index, process in enumerate(processes)))
         try:
             reports = await asyncio.wait_for(reading, run_deadline_s)

@@ -35,6 +35,7 @@ from services.common import arg_types
 from services.common.cli_errors import print_error
 
 DEFAULT_OUT = pathlib.Path("runs/bench_serve.json")
+DEFAULT_RATES_PER_S = (0.5, 1.0, 2.0, 4.0)
 
 
 def rate(text: str) -> float:
@@ -69,7 +70,18 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     work.add_argument("--length-divisor", type=arg_types.positive_float, default=8.0, help="lengths / this (CPU scale)")
     work.add_argument("--max-prompt-tokens", type=arg_types.positive_int, default=256, help="after division")
     work.add_argument("--max-output-tokens", type=arg_types.positive_int, default=256, help="after division")
-    work.add_argument("--rates", type=rate, nargs="+", default=[0.5, 1.0, 2.0, 4.0], help="requests/s, ascending")
+    work.add_argument("--rates", type=rate, nargs="+", help="requests/s, ascending (default 0.5 1 2 4)")
+    work.add_argument(
+        "--load-fractions",
+        type=arg_types.positive_float,
+        nargs="+",
+        help="instead of --rates: fractions of the first policy's closed-loop capacity (needs --capacity-concurrency)",
+    )
+    work.add_argument(
+        "--capacity-concurrency",
+        type=arg_types.positive_int,
+        help="first probe the first policy's capacity: a closed loop holding N requests in the system",
+    )
     work.add_argument("--burstiness", type=arg_types.positive_float, default=1.0, help="gamma shape; 1 = Poisson")
     judge = parser.add_argument_group("judging")
     judge.add_argument("--client-processes", type=arg_types.positive_int, default=2)
@@ -123,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         length_divisor=args.length_divisor,
         max_prompt_tokens=args.max_prompt_tokens,
         max_output_tokens=args.max_output_tokens,
-        rates_per_s=tuple(args.rates),
+        rates_per_s=tuple(args.rates or (() if args.load_fractions else DEFAULT_RATES_PER_S)),
         burstiness=args.burstiness,
         num_client_processes=args.client_processes,
         num_unloaded_requests=args.num_unloaded,
@@ -139,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         startup_timeout_s=args.startup_timeout_s,
         window=SteadyStateWindow(args.warmup_fraction, args.drain_fraction),
         slo_tpot_s=args.slo_tpot_ms / 1e3,
+        closed_loop_concurrency=args.capacity_concurrency,
+        load_fractions=tuple(args.load_fractions or ()),
     )
 
 

@@ -53,6 +53,8 @@ class ServeConfig:
     model: str = ""  # --model of started stacks; "" = alise up's default
     window: SteadyStateWindow = SteadyStateWindow()  # warm-up and drain left out of every figure (serve_steady.py)
     slo_tpot_s: float = DEFAULT_TPOT_BOUND_S  # SLO attainment's TPOT bound, s
+    closed_loop_concurrency: int | None = None  # set: probe the first policy's capacity first, N in system
+    load_fractions: tuple[float, ...] = ()  # set: the rates are these fractions of that capacity (no --rates)
 
     @property
     def attainment_slo(self) -> SloBounds:
@@ -68,10 +70,7 @@ class ServeConfig:
             raise ValueError(f"--policies must be non-empty and distinct, got {self.policies}")
         if not self.start_stack and len(self.policies) > 1:
             raise ValueError("several --policies need --start-stack (one stack per policy)")
-        if not self.rates_per_s or list(self.rates_per_s) != sorted(set(self.rates_per_s)):
-            raise ValueError(f"--rates must be distinct and ascending, got {self.rates_per_s}")
-        if min(self.rates_per_s) <= 0 or any(math.isnan(rate) for rate in self.rates_per_s):
-            raise ValueError(f"--rates must be > 0, got {self.rates_per_s}")
+        self._check_rates()
         for name in (
             "num_requests",
             "num_client_processes",
@@ -93,3 +92,21 @@ class ServeConfig:
             raise ValueError(f"--slo-tpot-ms must be finite and > 0, got {self.slo_tpot_s * 1e3}")
         if self.slo_ttft_s is not None and not self.slo_ttft_s > 0:
             raise ValueError(f"--slo-ttft-s must be > 0, got {self.slo_ttft_s}")
+
+    def _check_rates(self) -> None:
+        """Either --rates (absolute), or --load-fractions of the capacity a closed-loop probe measures."""
+        if self.closed_loop_concurrency is not None and self.closed_loop_concurrency < 1:
+            raise ValueError(f"--capacity-concurrency must be >= 1, got {self.closed_loop_concurrency}")
+        if self.load_fractions:
+            if self.rates_per_s:
+                raise ValueError("give --rates or --load-fractions, not both")
+            if self.closed_loop_concurrency is None:
+                raise ValueError("--load-fractions needs --capacity-concurrency (the probe that sets the rates)")
+            values = self.load_fractions
+            if list(values) != sorted(set(values)) or not all(0 < value < math.inf for value in values):
+                raise ValueError(f"--load-fractions must be finite, > 0, distinct and ascending, got {values}")
+            return
+        if not self.rates_per_s or list(self.rates_per_s) != sorted(set(self.rates_per_s)):
+            raise ValueError(f"--rates must be distinct and ascending, got {self.rates_per_s}")
+        if min(self.rates_per_s) <= 0 or any(math.isnan(rate) for rate in self.rates_per_s):
+            raise ValueError(f"--rates must be > 0, got {self.rates_per_s}")

@@ -63,7 +63,7 @@ def sustainable_table(outcome: ServeOutcome, config: ServeConfig) -> list[dict[s
                     "sustainable_rate_per_s": rate,
                     "ratio_to_baseline": rate / base if base > 0 else math.nan,
                     "baseline": baseline,
-                    "sustained_whole_sweep": rate == max(config.rates_per_s),  # the true rate may be higher
+                    "sustained_whole_sweep": rate == max(outcome.rates_per_s),  # the true rate may be higher
                 }
             )
     return rows
@@ -105,5 +105,7 @@ def figures(outcome: ServeOutcome, config: ServeConfig, sustainable: list[dict[s
             for result in outcome.results
         },
         "sustainable": sustainable,
+        "rates_per_s": list(outcome.rates_per_s),
+        "capacity": outcome.capacity,  # the first policy's closed-loop probe (--capacity-concurrency), or None
         "client_bottleneck_suspected": any(run.client_bottleneck for r in outcome.results for run in r.runs),
     }

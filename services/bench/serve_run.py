@@ -3,6 +3,8 @@
     trace = scale_trace(load_trace(...))              identical requests for every policy
     gateways = the running one | one fresh local stack per policy (--start-stack), all up at once
     warm-up request and unloaded latency (sequential requests) of each policy, one after another
+    with --capacity-concurrency N: a closed-loop probe of the FIRST policy (N in the system over the
+        whole trace) measures its capacity C; with --load-fractions the rates are those fractions of C
     for each rate: every policy's run at that rate, one after another
     bounds and the goodput SLO come from the FIRST policy's unloaded latency, pinned before any
     sweep runs, so every policy is judged against the same numbers.
@@ -28,7 +30,7 @@ from services.bench.latency_metrics import Slo
 from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
 from services.bench.serve_prompts import ServeRequest, build_chat_requests, build_requests
 from services.bench.serve_stack import StackStartError, local_stack, stack_config
-from services.bench.serve_sweep import RateRun, measure_unloaded, run_rate
+from services.bench.serve_sweep import CapacityProbe, RateRun, measure_unloaded, run_closed_loop, run_rate
 from services.bench.sustainable_rate import latency_bounds
 from services.bench.workload import TraceRequest, load_trace, scale_trace
 from services.common.contracts import (
@@ -59,6 +61,8 @@ class ServeOutcome:
     bounds_s_per_token: tuple[float, ...]  # one per config.bound_multiples
     slo: Slo  # goodput SLO
     results: list[PolicyResult]  # in config.policies order
+    rates_per_s: tuple[float, ...] = ()  # the rates swept (--rates, or --load-fractions x the probe's capacity)
+    capacity: CapacityProbe | None = None  # the first policy's closed-loop probe, when one ran
 
 
 def scaled_trace(config: ServeConfig) -> list[TraceRequest]:
@@ -136,8 +140,13 @@ async def run_serve(config: ServeConfig, log_dir: pathlib.Path, on_run: Callable
             print(f"{policy}: unloaded mean normalized latency {unloaded[policy] * 1e3:.2f} ms/token", file=sys.stderr)
         reference = next(iter(unloaded.values()))
         slo = Slo(config.slo_ttft_s, reference * config.slo_bound_multiple)
+        capacity = await _probe_capacity(addresses, requests, config)
+        rates = config.rates_per_s
+        if config.load_fractions and capacity is not None:  # _check_rates: fractions come with a probe
+            rates = tuple(fraction * capacity.capacity_per_s for fraction in config.load_fractions)
+            print(f"rates from the probe: {', '.join(f'{r:.3f}' for r in rates)} req/s", file=sys.stderr)
         runs: dict[str, list[RateRun]] = {policy: [] for policy in addresses}
-        for rate_per_s in config.rates_per_s:
+        for rate_per_s in rates:
             for policy, address in addresses.items():
                 runs[policy].append(await run_rate(address, requests, rate_per_s, config, slo))
                 on_run(policy, runs[policy][-1])
@@ -147,7 +156,30 @@ async def run_serve(config: ServeConfig, log_dir: pathlib.Path, on_run: Callable
         else PolicyResult(policy, unloaded[policy], runs[policy])
         for policy in policies
     ]
-    return ServeOutcome(trace, reference, latency_bounds(reference, config.bound_multiples), slo, results)
+    bounds = latency_bounds(reference, config.bound_multiples)
+    return ServeOutcome(trace, reference, bounds, slo, results, rates, capacity)
+
+
+async def _probe_capacity(
+    addresses: dict[str, str], requests: list[ServeRequest], config: ServeConfig
+) -> CapacityProbe | None:
+    """The first policy's closed-loop capacity (None without --capacity-concurrency); RuntimeError when
+    it cannot be measured, since rates derived from it would mean nothing."""
+    if config.closed_loop_concurrency is None:
+        return None
+    policy, address = next(iter(addresses.items()))
+    try:
+        probe = await run_closed_loop(address, requests, policy, config.closed_loop_concurrency, config)
+    except ValueError as error:
+        raise RuntimeError(f"capacity probe of {policy} failed: {error}") from None
+    print(
+        f"{policy}: closed-loop capacity {probe.capacity_per_s:.3f} req/s ({probe.output_token_throughput_per_s:.1f} "
+        f"tok/s), {probe.concurrency} in system, {probe.num_records} finished, {probe.num_failed} failed, "
+        f"{probe.duration_s:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return probe
 
 
 async def _start_gateways(

@@ -3,6 +3,9 @@
     unloaded: the first num_unloaded_requests requests, one at a time (no queueing at all)
     sweep:    for each rate, every request at its gamma/Poisson arrival time (the same requests and,
               for a seed, the same arrival pattern scaled by the rate) from the client processes
+    capacity: a closed loop holding N requests in the system over the whole list (the simulator's
+              saturation run); capacity = completions per second over the middle window of the
+              completions (steady_state.closed_loop_capacity), where the system is full
 
 Latency is measured from the moment the client sent the request (vLLM's convention); how late
 that send was against its schedule is the client's send lag, reported separately so that a run
@@ -25,6 +28,7 @@ from services.bench.serve_config import ServeConfig
 from services.bench.serve_prompts import ServeRequest
 from services.bench.serve_steady import SteadyFigures, measured_records, steady_figures
 from services.bench.serve_worker import send_one
+from services.bench.steady_state import closed_loop_capacity
 from services.bench.sustainable_rate import RatePoint
 from services.common.contracts import gateway_service_pb2_grpc
 from services.common.server import GRPC_OPTIONS
@@ -117,4 +121,49 @@ async def run_rate(
             or load.health.max_cpu_utilization > config.max_client_cpu_utilization
         ),
         steady=steady_figures(records, config.window, config.attainment_slo) if records else None,
+    )
+
+
+@dataclass(frozen=True)
+class CapacityProbe:
+    """One closed-loop saturation run of one policy."""
+
+    policy: str  # whose stack was probed
+    concurrency: int  # requests held in the system
+    capacity_per_s: float  # completions/s over the middle window of the completions
+    num_records: int  # requests that finished without error
+    num_failed: int  # requests that ended with an error (a probe with failures is suspect)
+    duration_s: float  # first send to last completion
+    output_token_throughput_per_s: float  # tokens/s over the same middle window
+    client: ClientHealth  # the load generator's figures
+
+
+async def run_closed_loop(
+    gateway_address: str, requests: Sequence[ServeRequest], policy: str, concurrency: int, config: ServeConfig
+) -> CapacityProbe:
+    """Holds `concurrency` of `requests` in flight until all are done; ValueError if too few finished."""
+    load = await run_load(
+        requests,
+        [0.0] * len(requests),
+        gateway_address=gateway_address,
+        num_processes=config.num_client_processes,
+        timeout_s=config.timeout_s,
+        seed=config.seed,
+        concurrency=concurrency,
+    )
+    records = to_records(load.results)
+    capacity_per_s = closed_loop_capacity(records, config.window)
+    by_finish = sorted(records, key=lambda record: record.finish_s)
+    first, end = config.window.bounds(len(by_finish))
+    window_s = by_finish[end - 1].finish_s - by_finish[first].finish_s
+    tokens = sum(record.num_output_tokens for record in by_finish[first + 1 : end])
+    return CapacityProbe(
+        policy=policy,
+        concurrency=concurrency,
+        capacity_per_s=capacity_per_s,
+        num_records=len(records),
+        num_failed=len(load.results) - len(records),
+        duration_s=max(r.finish_s for r in load.results) - min(r.sent_s for r in load.results),
+        output_token_throughput_per_s=tokens / window_s,
+        client=load.health,
     )

@@ -6,6 +6,7 @@ pipes (one JSON object per line):
 
     parent -> stdin    {"gateway_address", "timeout_s", "requests": [{request_id, arrival_s,
                         prompt_token_ids, chat_text, max_tokens, seed}, ...]}      (arrival_s from the start)
+                       (+ "concurrency": N for a closed loop: N in flight, arrival_s only orders them)
     stdout -> parent   READY                      (channel connected)
     parent -> stdin    {"start_monotonic_s": T}   (the one start time all processes share)
     stdout -> parent   {"results": [...], "cpu_s": ..., "wall_s": ...}
@@ -96,6 +97,26 @@ async def dispatch(
     return list(await asyncio.gather(*tasks))
 
 
+async def dispatch_closed_loop(
+    stub: gateway_service_pb2_grpc.GatewayServiceStub, job: dict[str, Any], start_s: float
+) -> list[dict[str, Any]]:
+    """Closed loop: job["concurrency"] streams in flight from the start, each replaced by the next
+    request (in arrival order) the moment it ends, until the list is exhausted. A request is due
+    when a slot frees, so its scheduled time is that moment (no send lag by construction)."""
+    pending = iter(sorted(job["requests"], key=lambda item: item["arrival_s"]))
+    results: list[dict[str, Any]] = []
+
+    async def slot() -> None:
+        for request in pending:  # one shared iterator: each request goes to exactly one slot
+            results.append(await send_one(stub, request, time.monotonic(), job["timeout_s"]))
+
+    delay_s = start_s - time.monotonic()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    await asyncio.gather(*(slot() for _ in range(job["concurrency"])))
+    return results
+
+
 async def _serve_job(job: dict[str, Any]) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(job["gateway_address"], options=GRPC_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
@@ -104,7 +125,8 @@ async def _serve_job(job: dict[str, Any]) -> dict[str, Any]:
         start_line = await asyncio.to_thread(sys.stdin.readline)
         start_s = float(json.loads(start_line)["start_monotonic_s"])
         cpu_began_s, wall_began_s = time.process_time(), time.monotonic()
-        results = await dispatch(stub, job, start_s)
+        closed_loop = job.get("concurrency") is not None
+        results = await (dispatch_closed_loop if closed_loop else dispatch)(stub, job, start_s)
         return {
             "results": results,
             "cpu_s": time.process_time() - cpu_began_s,
