@@ -136,7 +136,8 @@ def test_bench_spec_runs_end_to_end_on_the_tiny_model(tmp_path: pathlib.Path, ca
                 assert figures["decode_tokens_per_s"]["median"] > 0 and figures["num_requests"] > 0
     assert report["cells"]["open-chat"]["2"]["off"]["num_requests"] == 2 * 2  # batch 2 x 2 repeats
     assert set(report["exactness"]) == {"ngram", "early-exit"}
-    assert report["off_reproducibility"]["num_mismatched"] == 0 and report["run"]["num_repeats_done"] == 2
+    assert len(report["groups"]) == 3 * 2 * 3 * 2  # sets x batch sizes (1 group each) x methods x repeats
+    assert report["off_reproducibility"]["num_mismatched"] == 0 and report["run"]["num_repeats_started"] == 2
     assert report["run"]["torch_threads"] == 1 and report["run"]["engines"]["early-exit"]["early_exit_layer"] >= 1
     assert set(report["goals"]) == {
         "ngram_summarise_rewrite_batch1",

@@ -126,10 +126,11 @@ def run_sweep(
     config: SpecBenchConfig,
     prompt_sets: dict[PromptSetName, list[SpecPrompt]],
     engines,
-    on_repeat: Callable[[list[GroupRecord]], None] | None = None,
+    on_progress: Callable[[list[GroupRecord]], None] | None = None,
 ) -> list[GroupRecord]:
-    """Every (repeat, set, batch, group, method), methods interleaved per group; on_repeat gets the
-    records so far after each whole repeat (the report is saved there, so a run cut short keeps them)."""
+    """Every (repeat, set, batch, group, method), methods interleaved per group; on_progress gets the
+    records so far after each (repeat, set, batch) cell (the report is saved there, so a run cut short
+    keeps every cell it finished; a cell's figures cover the repeats it has)."""
     warmup = next(iter(prompt_sets.values()))
     for core in engines.values():
         run_group(core, warmup[: max(config.batch_sizes)], WARMUP_MAX_TOKENS, "warmup")
@@ -146,8 +147,8 @@ def run_sweep(
                         run = run_group(engines[method], group, config.max_tokens, tag)
                         records.append(GroupRecord(repeat, prompt_set, batch_size, group_index, method, run))
                     print(f"  repeat {repeat} {prompt_set.value} b={batch_size} group {group_index} done", flush=True)
-        if on_repeat is not None:
-            on_repeat(records)
+                if on_progress is not None:
+                    on_progress(records)
     return records
 
 
@@ -170,7 +171,7 @@ def run_benchmark(config: SpecBenchConfig, save: Callable[[dict], None] | None =
     def figures_of(records: list[GroupRecord]) -> dict:
         figures = summarise(records, config.methods)
         figures["run"] = {**facts, "load_average_1_5_15_after": os.getloadavg(),
-                          "num_repeats_done": 1 + max(r.repeat for r in records)}  # fmt: skip
+                          "num_repeats_started": 1 + max(r.repeat for r in records)}  # fmt: skip
         return figures
 
     facts = {
@@ -186,8 +187,8 @@ def run_benchmark(config: SpecBenchConfig, save: Callable[[dict], None] | None =
             for name, pool in prompt_sets.items()
         },
     }
-    on_repeat = None if save is None else (lambda records: save(figures_of(records)))
-    return figures_of(run_sweep(config, prompt_sets, engines, on_repeat))
+    on_progress = None if save is None else (lambda records: save(figures_of(records)))
+    return figures_of(run_sweep(config, prompt_sets, engines, on_progress))
 
 
 def _csv(kind):

@@ -134,6 +134,28 @@ def off_reproducibility(records: list[GroupRecord]) -> dict[str, int]:
     return {"num_compared": compared, "num_mismatched": mismatched}
 
 
+def _group_row(record: GroupRecord) -> dict:
+    """One group's raw figures (every cell figure is computed from these)."""
+    run = record.run
+    return {
+        "repeat": record.repeat,
+        "prompt_set": record.prompt_set.value,
+        "batch_size": record.batch_size,
+        "group_index": record.group_index,
+        "method": record.method.value,
+        "num_steps": run.num_steps,
+        "num_decode_steps": run.num_decode_steps,
+        "num_decode_tokens": run.num_decode_tokens,
+        "decode_s": run.decode_s,
+        "decode_cpu_s": run.decode_cpu_s,
+        "mean_tpot_ms": 1000 * statistics.fmean(run.tpot_s) if run.tpot_s else None,
+        "num_output_tokens": sum(len(ids) for ids in run.outputs.values()),
+        "num_draft_tokens": run.spec.num_draft_tokens,
+        "num_accepted_tokens": run.spec.num_accepted_tokens,
+        "num_verifies": run.spec.num_verifies,
+    }
+
+
 def summarise(records: list[GroupRecord], methods: tuple[SpeculativeMethod, ...]) -> dict:
     """cells[set][batch][method] figures, exactness and goals."""
     grouped: dict[tuple, list[GroupRecord]] = defaultdict(list)
@@ -150,6 +172,7 @@ def summarise(records: list[GroupRecord], methods: tuple[SpeculativeMethod, ...]
         }
     return {
         "cells": cells,
+        "groups": [_group_row(record) for record in records],
         "exactness": exactness(records),
         "off_reproducibility": off_reproducibility(records),
         "goals": goals(cells),
@@ -218,7 +241,7 @@ def print_table(report: dict) -> None:
 
 def plot_speedups(report: dict, path: pathlib.Path) -> pathlib.Path:
     """One panel per prompt set: median decode speedup over off by batch size, a bar per method,
-    whiskers from the min to the max over repeats, a line at 1 (no change)."""
+    whiskers from the min to the max over repeats, x the median on thread CPU time, a line at 1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,6 +259,9 @@ def plot_speedups(report: dict, path: pathlib.Path) -> pathlib.Path:
                 highs = [batches[b][method]["speedup_over_off"]["max"] - m for m, b in zip(medians, batches)]
                 positions = [i + (index - (len(methods) - 1) / 2) * width for i in range(len(batches))]
                 axes.bar(positions, medians, width, yerr=[lows, highs], capsize=3, label=method)
+                cpu = [batches[b][method]["speedup_over_off_cpu_time"]["median"] for b in batches]
+                label = "on thread CPU time" if index == 0 else None
+                axes.scatter(positions, cpu, marker="x", color="black", zorder=3, label=label)
             axes.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
             axes.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
             axes.set_title(prompt_set)
