@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import pathlib
 import tempfile
 import time
@@ -64,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
     log_root = pathlib.Path(tempfile.mkdtemp(prefix="alise-chaos-"))
     print(f"logs: {log_root}", flush=True)
     for phase in phases:
-        began_s = time.monotonic()
+        began_s, load_before = time.monotonic(), os.getloadavg()[0]
         figures[phase] = asyncio.run(run_phase(phase, args, log_root / phase))
         figures[phase]["measured"] = {
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": run_info.git_info().get("commit"),
             "config": config,
+            # the machine's 1-minute load average before and after: latency tails on a shared machine need it
+            "load_average_1m": [load_before, os.getloadavg()[0]],
         }
         print(f"== {phase} ({time.monotonic() - began_s:.1f} s)\n{json.dumps(figures[phase], indent=2)}", flush=True)
     path = write_report(args.output, build_report("chaos", config, {"phases": figures}))

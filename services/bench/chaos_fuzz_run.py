@@ -17,6 +17,7 @@ from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 from services.common.contracts import engine_service_pb2, gateway_service_pb2, memory_service_pb2, predictor_service_pb2
 
 CALL_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 600.0  # the long form runs at low priority (nice) on a busy machine: the engine may take minutes
 SERVICES = {
     "gateway": gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"],
     "engine-0": engine_service_pb2.DESCRIPTOR.services_by_name["EngineService"],
@@ -41,7 +42,12 @@ def _fuzz_method(channel: grpc.Channel, target: FuzzTarget, num_cases: int) -> d
 def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
     """{service: {method: {status: count}}, failing: count, healthy_after: bool}."""
     stack = ThreadedStack(
-        ChaosStackConfig(log_dir=log_dir, num_engines=1, engine_args=(*ENGINE_ARGS, "--max-model-len", "256"))
+        ChaosStackConfig(
+            log_dir=log_dir,
+            num_engines=1,
+            engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        )
     ).start()
     try:
         figures: dict = {"per_method": {}}

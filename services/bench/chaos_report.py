@@ -56,18 +56,22 @@ def _fault_rows(kills: dict) -> list[Row]:
 
 def _overload_rows(overload: dict) -> list[Row]:
     base = overload["levels"].get("1x", {})
+    load = overload.get("measured", {}).get("load_average_1m")
+    on_load = f"; machine load average {min(load):.0f}-{max(load):.0f} on 2 cores" if load else ""
     rows = []
     for level in ("4x", "20x"):
         figures = overload["levels"].get(level)
         if figures is None:
             continue
+        by_gateway = figures.get("num_refused_by_gateway")
         rows.append(
             (
                 f"overload {level} capacity ({figures['rate_per_s']:.0f} req/s, open loop)",
-                f"{_codes(figures['codes'])}; rejections say which limit",
+                f"{_codes(figures['codes'])}; rejections say which limit"
+                + (f" ({by_gateway} by the gateway before any work)" if by_gateway is not None else ""),
                 f"rejection p50 {figures['rejection_p50_s'] * 1e3:.0f} ms, p99 {figures['rejection_p99_s'] * 1e3:.0f} ms; "
                 f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s); "
-                f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %",
+                f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %{on_load}",
                 "nothing admitted",
             )
         )
