@@ -217,13 +217,12 @@ def test_shipped_heads_reach_the_claimed_agreement_on_held_out_prompts():
     limits = {"max_prompt_tokens": recipe["max_prompt_tokens"], "max_reply_tokens": recipe["max_reply_tokens"]}
     tokenizer = load_tokenizer(loaded.tokenizer)
     encoded = [e for e in (data.encode(tokenizer, c, **limits) for c in heldout) if e is not None]
-    layers = (heads.layers[0], heads.layers[-1])
-    examples = data.distill(loaded.model, encoded, layers)
-    for layer in layers:
+    examples = data.distill(loaded.model, encoded, heads.layers)  # ~500 reply positions
+    for layer in heads.layers:
         drafts = heads.head(layer).draft_token_ids(examples.hidden[layer])  # the raw stream, as the engine gives
         measured = float((drafts == examples.target_ids).float().mean())
         claimed = metadata["agreement"]["trained"][str(layer)]
-        assert abs(measured - claimed) < 0.1, (layer, measured, claimed)
+        assert abs(measured - claimed) < 0.07, (layer, measured, claimed)  # 2026-12: within 0.04 at every layer
 
 
 def _shipped_dir():
