@@ -102,6 +102,12 @@ class UpStack:
                 self._changed.clear()
                 await self._changed.wait()
 
+    @property
+    def http_url(self) -> str:
+        """The gateway's HTTP base URL as `alise up` printed it ("gateway HTTP: <url> (OpenAI ...)")."""
+        line = next(line for line in self.lines if line.startswith("gateway HTTP: "))
+        return line.split()[2]
+
     def gateway_channel(self) -> grpc.aio.Channel:
         backoff_ms = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 200))
         options = (*GRPC_OPTIONS, *backoff_ms, ("grpc.min_reconnect_backoff_ms", 100))

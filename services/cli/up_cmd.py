@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import pathlib
+import socket
 import tempfile
 import time
 
@@ -32,7 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gateway-port", type=arg_types.port, default=50051, help="default 50051; 0 = any")
     parser.add_argument("--gateway-host", default="127.0.0.1", help="gateway interface (0.0.0.0 to expose it)")
     parser.add_argument(
-        "--gateway-http-port", type=arg_types.port, default=8000, help="OpenAI-compatible HTTP; default 8000; 0 = any"
+        "--gateway-http-port",
+        type=arg_types.port,
+        default=8000,
+        help="OpenAI-compatible HTTP; default 8000; 0 = a free one, chosen at start and kept across gateway restarts",
     )
     parser.add_argument("--engine-port", type=arg_types.port, default=50052, help="default 50052; 0 = any free port")
     for service in ("predictor", "memory"):
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print_error("alise up", str(error))
         return 2
+    config = with_gateway_http_port_chosen(config)
     http_host = "127.0.0.1" if config.gateway_host in ("0.0.0.0", "::", "[::]") else config.gateway_host
     settings = LaunchSettings(
         restarts=restarts,
@@ -116,6 +122,23 @@ def run(args: argparse.Namespace) -> int:
         started_at_s=started_at_s,
     )
     return asyncio.run(run_stack(build_stack_plan(config), settings))
+
+
+def with_gateway_http_port_chosen(config: UpConfig) -> UpConfig:
+    """--gateway-http-port 0: a free port chosen here, once, instead of by the gateway at each start.
+
+    A dead child is restarted on the gRPC port it announced (READY line); the HTTP port is not
+    announced, so a gateway restarted with --http-port 0 would serve HTTP somewhere new and its
+    clients would lose it. (Another process may take the port before the gateway binds it; the
+    gateway then fails to start with a clear error.)
+    """
+    if config.gateway_http_port != 0:
+        return config
+    host = config.gateway_host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    return dataclasses.replace(config, gateway_http_port=port)
 
 
 def _gateway_http_url(config: UpConfig, host: str) -> str:

@@ -7,9 +7,11 @@ gets twice that (the restarted gateway imports its libraries and loads the token
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import pytest
+import requests
 
 from services.bench.chaos_up import UpStack, kill_gateway_under_load
 
@@ -19,10 +21,11 @@ RECOVERY_LIMIT_S = 10.0
 
 
 async def test_a_killed_gateway_is_restarted_on_its_port_and_serves_again(tmp_path):
-    stack = UpStack(tmp_path)
+    stack = UpStack(tmp_path)  # every port 0: the OS picks them once, the restart keeps them
     try:
         await stack.start()
         result = await kill_gateway_under_load(stack)
+        health = await asyncio.to_thread(requests.get, stack.http_url + "/health", timeout=10)
     finally:
         returncode = await stack.stop()
     print(result.to_json())
@@ -33,4 +36,5 @@ async def test_a_killed_gateway_is_restarted_on_its_port_and_serves_again(tmp_pa
     assert set(result.new_codes) <= {"UNAVAILABLE"}, result  # refused at once while it is down, never a hang
     assert result.max_new_request_answer_s < ANSWER_LIMIT_S, result
     assert result.recovery_s < RECOVERY_LIMIT_S, result
+    assert health.status_code == 200, health.text  # the OpenAI HTTP port came back where it was too
     assert returncode == 0, stack.lines[-20:]  # the rest of the stack kept serving and stopped cleanly
