@@ -85,7 +85,7 @@ def _print_summary(report: dict) -> None:
             f"{row['draft_ms']:7.2f} ({row['draft_cost_ratio']:.3f})  "
             f"{row['on_policy_speedup_k2']:.3f} / {row['on_policy_speedup_k4']:.3f}"
         )
-    print(f"best layer (on-policy): {report['best_layer_on_policy']}; took {report['timings_s']} s")
+    print(f"best layer ({report['best_layer_agreement']}): {report['best_layer']}; took {report['timings_s']} s")
 
 
 def run_train_exit_heads(args: argparse.Namespace) -> int:

@@ -180,10 +180,13 @@ def _metadata(config, agreement: dict[int, LayerAgreement], model, sets: tuple) 
             "num_heldout_positions": int(heldout_set.target_ids.numel()),
             "num_on_policy_positions": int(generated.target_ids.numel()),
         },
-        "agreement": {
-            "trained": {str(k): round(a.teacher_forced_trained, 4) for k, a in agreement.items()},
-            "untrained": {str(k): round(a.teacher_forced_untrained, 4) for k, a in agreement.items()},
-            "on_policy_trained": {str(k): round(a.on_policy_trained, 4) for k, a in agreement.items()},
-            "on_policy_untrained": {str(k): round(a.on_policy_untrained, 4) for k, a in agreement.items()},
-        },
+        "agreement": _agreement_tables(agreement, has_on_policy=generated.target_ids.numel() > 0),
     }
+
+
+def _agreement_tables(agreement: dict[int, LayerAgreement], has_on_policy: bool) -> dict:
+    """Per-layer agreement tables by name; the on-policy ones only when measured (exit_heads.py prefers them)."""
+    fields = {"trained": "teacher_forced_trained", "untrained": "teacher_forced_untrained"}
+    if has_on_policy:
+        fields |= {"on_policy_trained": "on_policy_trained", "on_policy_untrained": "on_policy_untrained"}
+    return {name: {str(k): round(getattr(a, field), 4) for k, a in agreement.items()} for name, field in fields.items()}

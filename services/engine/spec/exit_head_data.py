@@ -125,8 +125,9 @@ def encode(
 def distill(model: torch.nn.Module, encoded: list[EncodedConversation], layers: tuple[int, ...]) -> DistillationSet:
     """Runs each sequence once through the full model and keeps the positions that predict a reply
     token (drafting happens while the model writes its reply, not over the user's text)."""
-    hidden: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    finals, targets = [], []
+    empty = torch.empty(0, model.config.hidden_size)  # keeps torch.cat defined when `encoded` is empty
+    hidden: dict[int, list[torch.Tensor]] = {layer: [empty] for layer in layers}
+    finals, targets = [empty], [torch.empty(0, dtype=torch.int64)]
     for item in encoded:
         ids = torch.tensor([item.token_ids])
         output = model(ids, output_hidden_states=True)

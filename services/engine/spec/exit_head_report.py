@@ -52,8 +52,9 @@ def report_document(config, metadata: dict, agreement: dict, costs, json_path: P
     """The JSON document: machine, commit, recipe, data, per-layer figures, costs, the artifact."""
     npz_path = json_path.with_suffix(".npz")
     rows = [_layer_row(layer, agreement[layer], costs) for layer in sorted(agreement)]
+    label = "on_policy_" if "on_policy_trained" in metadata["agreement"] else ""  # what ExitHeadSet uses
     best = {
-        f"k{k}": max(rows, key=lambda row, key=f"on_policy_speedup_k{k}": row[key])["num_layers"]
+        f"k{k}": max(rows, key=lambda row, key=f"{label}speedup_k{k}": row[key])["num_layers"]
         for k in SPEEDUP_DRAFT_COUNTS
     }
     return {
@@ -72,7 +73,8 @@ def report_document(config, metadata: dict, agreement: dict, costs, json_path: P
         "verify_ms": {str(k): round(ms, 3) for k, ms in costs.verify_ms.items()},
         "verify_cost_ratio": {str(k): round(v, 4) for k, v in costs.verify_cost_ratio().items()},
         "layers": rows,
-        "best_layer_on_policy": best,
+        "best_layer": best,
+        "best_layer_agreement": label + "agreement_trained",
         "artifact": {
             "json": json_path.name,
             "npz": npz_path.name,
