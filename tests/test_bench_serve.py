@@ -285,6 +285,17 @@ def test_cli_probes_capacity_in_a_closed_loop_then_runs_at_fractions_of_it(tmp_p
     assert "closed-loop capacity" in capsys.readouterr().err
 
 
+def test_each_started_stack_gets_its_own_engine_port():
+    from services.bench.serve_stack import stack_config
+    from services.cli.stack_plan import build_stack_plan
+
+    for policy in ("fcfs", "alise"):  # a fixed port would be shared silently (SO_REUSEPORT): policies mixed
+        config = stack_config(policy, engine_args=(), with_predictor=True, startup_timeout_s=60.0)
+        (engine,) = [spec for spec in build_stack_plan(config) if spec.name == "engine"]
+        port = engine.argv[engine.argv.index("--port") + 1]
+        assert port == "0" and f"--scheduler-policy={policy}" in engine.argv
+
+
 def test_model_lengths_mode_sends_the_prompt_as_a_chat_message_until_eos():
     from services.bench.serve_prompts import build_chat_requests
     from services.bench.serve_worker import generate_request

@@ -3,6 +3,8 @@
     alise bench serve --gateway-address 127.0.0.1:50051 --rates 1 2 4        (a running stack)
     alise bench serve --start-stack --policies fcfs,alise,srpt-oracle        (one stack per policy, all up at once;
                                                                               the policies take turns at each rate)
+    alise bench serve --start-stack --policies fcfs,alise --capacity-concurrency 16 --load-fractions 0.9 1
+                                                  (closed-loop capacity C of the first policy first; rates 0.9 C, C)
 
 Method (vLLM's benchmark_serving): a trace of real requests (ShareGPT / Alpaca-like, scaled down
 for CPU with --length-divisor), ignore_eos with the dataset's output length as max_tokens, Poisson

@@ -35,6 +35,9 @@ def stack_config(
         model=model or DEFAULT_MODEL,
         gateway_port=0,
         gateway_http_port=0,  # several stacks run at once: none may take the fixed HTTP port
+        # nor the fixed engine port: gRPC servers bind with SO_REUSEPORT, so a second engine on 50052 starts
+        # without error and the kernel spreads the gateways' connections over both engines (policies mixed)
+        engine_port=0,
         with_predictor=with_predictor,
         log_level="WARNING",
         drain_s=0.0,
