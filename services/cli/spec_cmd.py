@@ -77,13 +77,14 @@ def _config(args: argparse.Namespace):
 
 def _print_summary(report: dict) -> None:
     print(f"decode step {report['decode_step_ms']:.1f} ms; verify cost ratio {report['verify_cost_ratio']}")
-    print("  L  agree before->after (on-policy before->after)  draft ms (ratio)  speedup k=2 / k=4 (on-policy)")
+    label = "on_policy_" if report["best_layer_agreement"].startswith("on_policy") else ""
+    print(f"  L  agree before->after (on-policy before->after)  draft ms (ratio)  {label}speedup k=2 / k=4")
     for row in report["layers"]:
         print(
             f"{row['num_layers']:3d}  {row['agreement_untrained']:.3f} -> {row['agreement_trained']:.3f} "
             f"({row['on_policy_agreement_untrained']:.3f} -> {row['on_policy_agreement_trained']:.3f})  "
             f"{row['draft_ms']:7.2f} ({row['draft_cost_ratio']:.3f})  "
-            f"{row['on_policy_speedup_k2']:.3f} / {row['on_policy_speedup_k4']:.3f}"
+            f"{row[label + 'speedup_k2']:.3f} / {row[label + 'speedup_k4']:.3f}"
         )
     print(f"best layer ({report['best_layer_agreement']}): {report['best_layer']}; took {report['timings_s']} s")
 
