@@ -69,9 +69,11 @@ def test_selection_is_seeded_and_fits_the_token_limit():
         select_prompt_sets(records, tokenizer, num_prompts=3, seed=1, max_prompt_tokens=40)
 
 
-def _run(tokens_per_s: float, outputs: dict[str, tuple[int, ...]], drafts: SpecCounters) -> GroupRun:
-    num_tokens = 100
-    return GroupRun(outputs, 60, 50, num_tokens, num_tokens / tokens_per_s, num_tokens / tokens_per_s, (0.01,), drafts)
+def _run(
+    tokens_per_s: float, outputs: dict[str, tuple[int, ...]], drafts: SpecCounters, tokens_per_cpu_s: float = 0.0
+) -> GroupRun:
+    num_tokens, cpu_rate = 100, tokens_per_cpu_s or tokens_per_s
+    return GroupRun(outputs, 60, 50, num_tokens, num_tokens / tokens_per_s, num_tokens / cpu_rate, (0.01,), drafts)
 
 
 def test_speedups_divide_by_off_of_the_same_repeat_and_mismatches_are_counted():
@@ -99,6 +101,18 @@ def test_speedups_divide_by_off_of_the_same_repeat_and_mismatches_are_counted():
     assert report["off_reproducibility"] == {"num_compared": 1, "num_mismatched": 0}
     assert report["goals"]["ngram_open_chat_batch1"]["met"] is True
     assert report["goals"]["ngram_summarise_rewrite_batch1"]["measured"] is None
+
+
+def test_a_goal_is_met_only_when_wall_and_cpu_time_both_reach_it():
+    """n-gram reads 2x on the wall clock (off was slowed by other jobs) but 1.1x on CPU time: not met."""
+    outputs, no_drafts = {"a": (1, 2)}, SpecCounters(0, 0, 0)
+    records = [
+        GroupRecord(0, PromptSetName.SUMMARISE_REWRITE, 1, 0, OFF, _run(10.0, outputs, no_drafts, 20.0)),
+        GroupRecord(0, PromptSetName.SUMMARISE_REWRITE, 1, 0, NGRAM, _run(20.0, outputs, no_drafts, 22.0)),
+    ]
+    goal = summarise(records, (OFF, NGRAM))["goals"]["ngram_summarise_rewrite_batch1"]
+    assert goal["measured"] == pytest.approx(2.0) and goal["measured_cpu_time"] == pytest.approx(1.1)
+    assert (goal["met_wall_time"], goal["met_cpu_time"], goal["met"]) == (True, False, False)
 
 
 def test_groups_cover_num_prompts_and_wrap_for_a_large_batch():

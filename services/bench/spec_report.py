@@ -187,7 +187,8 @@ def _speedup(
 
 
 def goals(cells: dict) -> dict:
-    """Issue 18's batch-1 goals against the median speedups (None where not measured)."""
+    """Issue 18's batch-1 goals against the median speedups (None where not measured); met only when
+    both the wall-time and the CPU-time medians reach the goal (on a shared machine one can be noise)."""
     early = {name.value: _speedup(cells, name, 1, SpeculativeMethod.EARLY_EXIT) for name in PromptSetName}
     measured = {name: value for name, value in early.items() if value is not None}
     best_set = max(measured, key=measured.get) if measured else None
@@ -195,11 +196,15 @@ def goals(cells: dict) -> dict:
     def goal(prompt_set: PromptSetName | None, method: SpeculativeMethod, target: float) -> dict:
         value = None if prompt_set is None else _speedup(cells, prompt_set, 1, method)
         cpu = None if prompt_set is None else _speedup(cells, prompt_set, 1, method, "speedup_over_off_cpu_time")
+        met_wall = None if value is None else value >= target
+        met_cpu = None if cpu is None else cpu >= target
         return {
             "goal": target,
             "measured": value,  # median wall-time speedup: the headline
-            "met": None if value is None else value >= target,
             "measured_cpu_time": cpu,  # the same on thread CPU time (robust to a shared machine)
+            "met_wall_time": met_wall,
+            "met_cpu_time": met_cpu,
+            "met": None if value is None else bool(met_wall and met_cpu),  # on both clocks: one alone may be noise
             "prompt_set": None if prompt_set is None else prompt_set.value,
         }
 
@@ -214,7 +219,15 @@ def goals(cells: dict) -> dict:
     }
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    """value formatted, or '-' where the JSON holds None (a NaN: nothing to divide by)."""
+    if value is None or value != value:
+        return format("-", spec.split(".")[0])  # the same width and alignment
+    return format(value, spec)
+
+
 def print_table(report: dict) -> None:
+    """The cells as a table; works on the in-memory figures and on a saved JSON alike."""
     print(f"{'set':<18} {'batch':>5} {'method':<10} {'tok/s':>8} {'speedup':>8} {'(min-max)':>13} {'cpu-x':>6} {'TPOT ms':>8}"
           f" {'accept':>7} {'acc/ver':>7} {'drafts/step':>11}")  # fmt: skip
     for prompt_set, batches in report["cells"].items():
@@ -222,11 +235,11 @@ def print_table(report: dict) -> None:
             for method, cell in methods.items():
                 speedup = cell["speedup_over_off"]
                 print(
-                    f"{prompt_set:<18} {batch_size:>5} {method:<10} {cell['decode_tokens_per_s']['median']:>8.1f}"
-                    f" {speedup['median']:>8.3f} {speedup['min']:>6.2f}-{speedup['max']:<6.2f}"
-                    f" {cell['speedup_over_off_cpu_time']['median']:>6.3f}"
-                    f" {cell['tpot_ms']['median']:>8.1f} {cell['acceptance_rate']:>7.3f}"
-                    f" {cell['mean_accepted_per_verify']:>7.2f} {cell['drafts_per_step']:>11.2f}"
+                    f"{prompt_set:<18} {batch_size:>5} {method:<10} {_fmt(cell['decode_tokens_per_s']['median'], '>8.1f')}"
+                    f" {_fmt(speedup['median'], '>8.3f')} {_fmt(speedup['min'], '>6.2f')}-{_fmt(speedup['max'], '<6.2f')}"
+                    f" {_fmt(cell['speedup_over_off_cpu_time']['median'], '>6.3f')}"
+                    f" {_fmt(cell['tpot_ms']['median'], '>8.1f')} {_fmt(cell['acceptance_rate'], '>7.3f')}"
+                    f" {_fmt(cell['mean_accepted_per_verify'], '>7.2f')} {_fmt(cell['drafts_per_step'], '>11.2f')}"
                 )
     for method, figures in report["exactness"].items():
         print(f"exactness {method}: {figures['num_mismatched']} of {figures['num_compared']} outputs differ from off")
@@ -234,8 +247,8 @@ def print_table(report: dict) -> None:
     print(f"off vs off (repeats > 0 vs repeat 0): {again['num_mismatched']} of {again['num_compared']} outputs differ")
     for name, goal in report["goals"].items():
         print(
-            f"goal {name} ({goal['prompt_set']}): speedup {goal['measured']} (goal >= {goal['goal']}, met:"
-            f" {goal['met']}); on CPU time {goal['measured_cpu_time']}"
+            f"goal {name} ({goal['prompt_set']}): speedup {_fmt(goal['measured'], '.3f')} on wall time,"
+            f" {_fmt(goal['measured_cpu_time'], '.3f')} on CPU time (goal >= {goal['goal']}, met on both: {goal['met']})"
         )
 
 
