@@ -156,6 +156,16 @@ def test_best_layer_maximises_the_stated_speedup():
     assert table.best_layer(2) == 2
 
 
+def test_break_even_agreement_is_where_drafting_stops_paying():
+    heads = untrained_exit_heads(_tiny(), [1, 2, 3])
+    table = ExitHeadSet(heads.heads, {}, {1: 0.1, 2: 0.2, 3: 0.95}, {2: 1.2})
+    for layer in (1, 2):
+        break_even = table.break_even_agreement(layer, 2)
+        table.agreement[layer] = break_even
+        assert table.speedup(layer, 2) == pytest.approx(1.0, abs=1e-6)
+    assert table.break_even_agreement(3, 2) == 1.0  # 2 x 0.95 + 1.2 = 3.1 > the 3 tokens of a = 1: never pays
+
+
 def test_training_is_deterministic_and_beats_the_identity_map():
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)

@@ -114,6 +114,22 @@ class ExitHeadSet:
         cost = num_draft_tokens * self.draft_cost[num_layers] + self.verify_cost.get(num_draft_tokens, 1.0)
         return expected_tokens_per_verify(agreement, num_draft_tokens) / cost
 
+    def break_even_agreement(self, num_layers: int, num_draft_tokens: int) -> float:
+        """The per-draft acceptance at which drafting k tokens at layer L pays for itself (speedup 1):
+        the smallest a with E[tokens per verify](a, k) >= k * draft_cost[L] + verify_cost(k); 1.0 when
+        even a = 1 does not pay."""
+        cost = num_draft_tokens * self.draft_cost[num_layers] + self.verify_cost.get(num_draft_tokens, 1.0)
+        low, high = 0.0, 1.0
+        if expected_tokens_per_verify(high, num_draft_tokens) < cost:
+            return 1.0
+        for _ in range(40):  # E is increasing in a: bisection
+            middle = (low + high) / 2
+            if expected_tokens_per_verify(middle, num_draft_tokens) >= cost:
+                high = middle
+            else:
+                low = middle
+        return high
+
     def best_layer(self, num_draft_tokens: int) -> int:
         """The L maximising speedup(L, k); the deepest layer when no agreement was measured."""
         if num_draft_tokens < 1:

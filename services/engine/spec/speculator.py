@@ -23,7 +23,7 @@ import numpy as np
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.output import SchedulerOutput
-from services.engine.spec.adaptive_drafting import AcceptanceTracker, batch_num_drafts
+from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig, batch_num_drafts
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.ngram_drafter import propose_ngram_drafts
 from services.engine.spec.spec_config import SpeculativeConfig
@@ -33,13 +33,19 @@ from services.engine.spec.spec_stats import SpecStats
 class Speculator:
     """Plans drafts before each step and tracks acceptance; engine thread only."""
 
-    def __init__(self, config: SpeculativeConfig, cost_model: OnlineStepCostModel, max_model_len: int) -> None:
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        cost_model: OnlineStepCostModel,
+        max_model_len: int,
+        adaptive: AdaptiveDraftingConfig | None = None,
+    ) -> None:
         if not config.enabled:
             raise ValueError("a Speculator needs a speculative method other than off")
         self.config = config
         self.cost_model = cost_model
         self.max_model_len = max_model_len
-        self.tracker = AcceptanceTracker()
+        self.tracker = AcceptanceTracker(adaptive)
         self.stats = SpecStats()
 
     def plan(self, running: list[Request]) -> None:
