@@ -25,7 +25,7 @@ EXIT_FAILURE = 1
 
 def _layers(text: str) -> tuple[int, ...]:
     try:
-        layers = tuple(int(part) for part in text.split(",") if part.strip())
+        layers = arg_types.comma_list(text, int)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer counts, got {text!r}") from None
     if not layers:
