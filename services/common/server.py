@@ -51,6 +51,9 @@ SERVER_OPTIONS = (
     *GRPC_OPTIONS,
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+    # gRPC sets SO_REUSEPORT by default on Linux: a second server on a busy port then binds silently
+    # and the kernel spreads connections over both (two `alise up` stacks served each other's clients).
+    ("grpc.so_reuseport", 0),
 )
 
 
