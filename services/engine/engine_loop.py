@@ -28,6 +28,9 @@ from services.engine.stats import EngineSnapshot, take_snapshot
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5  # how long the idle engine thread sleeps on the inbox between checks
+# Between steps the snapshot (O(live requests): 1.9 ms at 1,000 live requests, a tenth of a step) is
+# refreshed at most this often while work remains, and always when the engine goes idle.
+SNAPSHOT_INTERVAL_S = 0.02
 
 
 class InboxCommand(enum.Enum):
@@ -87,6 +90,7 @@ class EngineLoop:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.snapshot: EngineSnapshot = take_snapshot(core, engine_id)
+        self._snapshot_at_s = time.monotonic()
         # Live requests' predicted work for admission (services/engine/admission_control.py);
         # refreshed at most every PROFILE_INTERVAL_S, read by the asyncio thread as one attribute.
         self.queue_profile: QueueProfile = EMPTY_PROFILE
@@ -126,7 +130,8 @@ class EngineLoop:
                 continue
             for result in results:
                 self._emit(result.request_id, result.new_token_ids, result.finish_reason)
-            self.snapshot = take_snapshot(self.core, self.engine_id)
+            if not self.core.scheduler.has_work or time.monotonic() - self._snapshot_at_s >= SNAPSHOT_INTERVAL_S:
+                self._take_snapshot()
             self._refresh_queue_profile()
         for request_id in list(self._requests):
             self._abort_now(request_id)
@@ -142,8 +147,12 @@ class EngineLoop:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        self.snapshot = take_snapshot(self.core, self.engine_id)  # once per burst: it is O(requests)
+        self._take_snapshot()  # once per burst: it is O(requests)
         self._refresh_queue_profile()
+
+    def _take_snapshot(self) -> None:
+        self.snapshot = take_snapshot(self.core, self.engine_id)
+        self._snapshot_at_s = time.monotonic()
 
     def _refresh_queue_profile(self) -> None:
         if time.monotonic() - self.queue_profile.taken_at_s >= PROFILE_INTERVAL_S:
