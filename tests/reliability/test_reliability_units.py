@@ -97,7 +97,9 @@ def test_the_ledger_names_engines_silent_for_too_long():
     assert ledger.silent_engines(10.0) == []
 
 
-def test_the_engines_queue_full_refusals_are_what_the_gateway_recognises():
+async def test_the_engines_queue_full_refusals_are_what_the_gateway_recognises():
+    """Async only so that grpc.aio has a running loop for the (never used) channel: a sync test got
+    "no current event loop" when an earlier test had closed the default one."""
     client = EngineClient(grpc.aio.insecure_channel("127.0.0.1:1"), "127.0.0.1:1")
     empty = _profile([], s_per_token=0.0)
     for max_live_requests, num_prompt_tokens in ((1, 1), (2, 50)):  # the live-request cap, the prompt-token cap
