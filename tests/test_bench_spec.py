@@ -166,7 +166,7 @@ def test_bench_spec_refuses_methods_without_off_first(tmp_path: pathlib.Path, ca
 
     argv = ["bench", "spec", "--methods", "ngram,off", "--out", str(tmp_path / "x.json")]
     assert main(argv) == 2
-    assert "methods must start with off" in capsys.readouterr().out
+    assert "alise bench spec: error: methods must start with off" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 

@@ -28,7 +28,7 @@ import time
 
 from services.bench.chaos_phases import PHASES, run_phase
 from services.bench.results import build_report, write_report
-from services.common import run_info
+from services.common import arg_types, run_info
 
 HELP = "kill -9 of each service under load, overload, abort storm, huge inputs, drain, fuzzing"
 DEFAULT_OUTPUT = pathlib.Path("docs/benchmarks/reliability/chaos.json")
@@ -56,7 +56,7 @@ def _existing_phases(path: pathlib.Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    phases = [name.strip() for name in args.phases.split(",") if name.strip()]
+    phases = list(arg_types.comma_list(args.phases, str))
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise SystemExit(f"alise bench chaos: error: unknown phases {unknown}; known: {list(PHASES)}")

@@ -33,6 +33,7 @@ from services.bench.spec_prompts import PromptSetName, SpecPrompt, read_sharegpt
 from services.bench.spec_report import GroupRecord, plot_speedups, print_table, summarise
 from services.bench.spec_run import run_group
 from services.common import arg_types
+from services.common.cli_errors import print_error
 from services.common.model_catalog import DEFAULT_MODEL
 from services.engine.config import Dtype
 from services.engine.spec.method import SpeculativeMethod
@@ -192,7 +193,7 @@ def run_benchmark(config: SpecBenchConfig, save: Callable[[dict], None] | None =
 
 
 def _csv(kind):
-    return lambda text: tuple(kind(item) for item in text.split(",") if item)
+    return lambda text: arg_types.comma_list(text, kind)
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             args.max_prompt_tokens, args.seed, args.data_dir,
         )  # fmt: skip
     except ValueError as error:
-        print(f"alise bench spec: {error}")
+        print_error("alise bench spec", str(error))
         return 2
     report = run_benchmark(config, lambda figures: write_report(args.out, build_report("spec", config, figures)))
     print_table(report)
