@@ -123,10 +123,18 @@ class ModelRunner:
             requests = [chunk.request for chunk in chunks]
         else:
             requests = [chunks[index].request for index in arrays.sample_indices]
-        if self.batch.min_tokens[arrays.sample_rows].any():
+        return self._sample_rows(arrays, logits, requests, None)
+
+    def _sample_rows(
+        self, arrays: StepArrays, logits: torch.Tensor, requests: list, picked: np.ndarray | None
+    ) -> dict[str, int]:
+        """Samples the given requests' rows (all sampling rows, or the `picked` mask of them) and records
+        the tokens in the batch rows."""
+        rows = arrays.sample_rows if picked is None else arrays.sample_rows[picked]
+        if self.batch.min_tokens[rows].any():
             logits = apply_min_tokens(logits, requests, self.stop_token_ids)
-        tokens = sample_tokens(logits, self.sampling_params(arrays.sample_rows, requests)).tolist()
-        self.batch.record_sampled(arrays, tokens)
+        tokens = sample_tokens(logits, self.sampling_params(rows, requests)).tolist()
+        self.batch.record_sampled(arrays, tokens, picked)
         return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
 
     def _sample_and_verify(
@@ -146,13 +154,7 @@ class ModelRunner:
         tokens: dict[str, int] = {}
         if plain:
             requests = [chunks[index].request for index in plain]
-            rows = arrays.sample_rows[picked]
-            plain_logits = logits[: len(plain)]
-            if self.batch.min_tokens[rows].any():
-                plain_logits = apply_min_tokens(plain_logits, requests, self.stop_token_ids)
-            sampled = sample_tokens(plain_logits, self.sampling_params(rows, requests)).tolist()
-            self.batch.record_sampled(arrays, sampled, picked)
-            tokens = {request.request_id: token for request, token in zip(requests, sampled, strict=True)}
+            tokens = self._sample_rows(arrays, logits[: len(plain)], requests, picked)
         return StepSamples(tokens, self._verify(step, arrays, logits[len(plain) :], verify, ~picked))
 
     def _verify(
