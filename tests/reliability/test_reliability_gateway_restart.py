@@ -31,7 +31,10 @@ async def test_a_killed_gateway_is_restarted_on_its_port_and_serves_again(tmp_pa
     print(result.to_json())
     assert result.address_after == result.address_before, result  # clients keep their target
     assert f"exited with status {-signal.SIGKILL}; restarting it on {result.address_before}" in result.launcher_line
-    assert set(result.in_flight_codes) == {"UNAVAILABLE"}, result  # nothing else can carry them on
+    # A stream whose last message was already on the wire when the kill landed still ends OK (CI saw
+    # 1 of 8); every other one ends UNAVAILABLE, since nothing else can carry it on.
+    assert set(result.in_flight_codes) <= {"OK", "UNAVAILABLE"}, result
+    assert result.in_flight_codes.get("UNAVAILABLE", 0) >= 1, result
     assert result.max_failure_notice_s < ANSWER_LIMIT_S, result
     assert set(result.new_codes) <= {"UNAVAILABLE"}, result  # refused at once while it is down, never a hang
     assert result.max_new_request_answer_s < ANSWER_LIMIT_S, result
