@@ -12,7 +12,7 @@ import pathlib
 import tempfile
 
 from services.bench.chaos_load import LoadShape
-from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
+from services.bench.chaos_stack import ENGINE_ARGS, MEMORY_ARGS, ChaosStack, ChaosStackConfig
 from services.bench.results import build_report, write_report
 from services.bench.soak_run import soak
 
@@ -34,8 +34,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 async def _run(args: argparse.Namespace) -> dict:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-soak-"))
     print(f"logs: {log_dir}", flush=True)
+    # Swaps lossless (--max-kv-relative-error 0, as in the soak test): with the int8/int4 codec's
+    # bounded error ~1-6% of replays legitimately diverge, which would hide a real loss or reorder.
     stack = ChaosStack(
-        ChaosStackConfig(log_dir=log_dir, engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks)))
+        ChaosStackConfig(
+            log_dir=log_dir,
+            engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks)),
+            memory_args=(*MEMORY_ARGS, "--max-kv-relative-error", "0"),
+        )
     )
     await stack.start()
     try:
