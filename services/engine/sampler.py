@@ -112,6 +112,28 @@ def _draw_unsorted(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch
     return index.clamp_(max=probabilities.shape[-1] - 1)[:, 0]
 
 
+def kept_nucleus(
+    candidates: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The keep rule of top-k then top-p over descending candidates [rows, n], the one place it is written
+    (sampling here and rejection sampling in spec/verification.py must keep the same tokens).
+
+    Returns (cumulative [rows, n]: running sum of candidates, num_kept [rows] >= 1: the kept prefix's
+    length, overflow [rows]: rows without top-k whose nucleus kept every candidate, so it may extend
+    past them and must be redone on a full sort).
+    """
+    num_candidates = candidates.shape[-1]
+    limited = top_k > 0
+    num_limit = torch.where(limited, top_k.clamp(max=num_candidates), num_candidates)
+    cumulative = torch.cumsum(candidates, dim=-1)
+    total = torch.where(limited, cumulative.gather(1, (num_limit - 1)[:, None])[:, 0], 1.0)
+    mass_before = (cumulative - candidates) / total[:, None]
+    columns = torch.arange(num_candidates, device=candidates.device)
+    keep = (columns[None, :] < num_limit[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
+    num_kept = keep.sum(dim=-1).clamp_(min=1)
+    return cumulative, num_kept, (num_kept == num_candidates) & ~limited
+
+
 def _draw_nucleus(
     candidates: torch.Tensor,
     candidate_ids: torch.Tensor,
@@ -124,16 +146,7 @@ def _draw_nucleus(
     Returns (token ids [rows], overflow [rows]): overflow marks rows without top-k whose nucleus
     kept every candidate, so it may extend past them (their draw is then redone on a full sort).
     """
-    num_candidates = candidates.shape[-1]
-    limited = top_k > 0
-    num_limit = torch.where(limited, top_k.clamp(max=num_candidates), num_candidates)
-    cumulative = torch.cumsum(candidates, dim=-1)
-    total = torch.where(limited, cumulative.gather(1, (num_limit - 1)[:, None])[:, 0], 1.0)
-    mass_before = (cumulative - candidates) / total[:, None]
-    columns = torch.arange(num_candidates, device=candidates.device)
-    keep = (columns[None, :] < num_limit[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
-    num_kept = keep.sum(dim=-1).clamp_(min=1)
-    overflow = (num_kept == num_candidates) & ~limited
+    cumulative, num_kept, overflow = kept_nucleus(candidates, top_k, top_p)
     kept_mass = cumulative.gather(1, (num_kept - 1)[:, None])
     index = torch.searchsorted(cumulative, uniforms[:, None] * kept_mass, right=True)
     index = torch.minimum(index, (num_kept - 1)[:, None])

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.engine.sampler import NUM_CANDIDATES, SamplingParams, sample_tokens, uniform_draws
+from services.engine.sampler import NUM_CANDIDATES, SamplingParams, kept_nucleus, sample_tokens, uniform_draws
 
 RESAMPLE_STREAM = np.int64(1 << 62)  # OR-ed into a counter: a rejection's redraw, never a main-stream draw
 
@@ -236,15 +236,8 @@ def _kept_prefix(
     candidates: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept [rows, n] bool, overflow [rows]) for descending candidates: the prefix that top-k then
-    top-p keep (at least one), computed as sampler._draw_nucleus does; overflow marks rows without
-    top-k that kept every candidate (their nucleus may extend past them)."""
-    num_candidates = candidates.shape[-1]
-    limited = top_k > 0
-    num_limit = torch.where(limited, top_k.clamp(max=num_candidates), num_candidates)
-    cumulative = torch.cumsum(candidates, dim=-1)
-    total = torch.where(limited, cumulative.gather(1, (num_limit - 1)[:, None])[:, 0], 1.0)
-    mass_before = (cumulative - candidates) / total[:, None]
-    columns = torch.arange(num_candidates, device=candidates.device)
-    keep = (columns[None, :] < num_limit[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
-    num_kept = keep.sum(dim=-1).clamp_(min=1)
-    return columns[None, :] < num_kept[:, None], (num_kept == num_candidates) & ~limited
+    top-p keep (at least one), by sampler.kept_nucleus, the rule sample_tokens draws with; overflow
+    marks rows without top-k that kept every candidate (their nucleus may extend past them)."""
+    _, num_kept, overflow = kept_nucleus(candidates, top_k, top_p)
+    columns = torch.arange(candidates.shape[-1], device=candidates.device)
+    return columns[None, :] < num_kept[:, None], overflow
