@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from services.engine.request import FinishReason, Request
 from services.engine.scheduler.kv_eviction import KvRestore
@@ -26,23 +27,25 @@ class ScheduledChunk:
 
 @dataclass(frozen=True)
 class SchedulerOutput:
-    """What one step runs."""
+    """What one step runs. Its totals are computed once (the engine core reads each more than once
+    per step, and a sum over every chunk is a per-request loop): chunks must not change after the
+    first read."""
 
     chunks: list[ScheduledChunk]  # in batch order
     preempted_request_ids: list[str] = field(default_factory=list)  # lost their device KV this step
     restores: list[KvRestore] = field(default_factory=list)  # saved KV to copy in before the model runs
 
-    @property
+    @cached_property
     def num_scheduled_tokens(self) -> int:
         """Tokens fed to the model this step (<= the step token budget)."""
         return sum(chunk.num_new_tokens for chunk in self.chunks)
 
-    @property
+    @cached_property
     def num_kv_tokens_read(self) -> int:
         """Cached tokens attention reads this step (an input of the step-time cost model)."""
         return sum(chunk.num_context_tokens for chunk in self.chunks)
 
-    @property
+    @cached_property
     def num_draft_tokens(self) -> int:
         """Draft tokens verified this step (0 without speculative decoding)."""
         return sum(chunk.num_draft_tokens for chunk in self.chunks)

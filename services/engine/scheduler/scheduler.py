@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
-from services.engine.block_pool import KvBlockManager, num_blocks_for
+from services.engine.block_pool import KvBlockManager
 from services.engine.request import FinishReason, Request, RequestStatus
 from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.displacement import PROMOTED_BASE, RunningRanks, displace
 from services.engine.scheduler.kv_eviction import KvEvictionHandler, KvRestore
 from services.engine.scheduler.limits import SchedulerLimits
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
@@ -39,9 +40,6 @@ from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
-# Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
-# in promotion order among promoted requests.
-PROMOTED_BASE = -1e15
 # Swapped requests among this many at the head of the waiting queue are prefetched.
 PREFETCH_SCAN = 16
 
@@ -76,6 +74,9 @@ class Scheduler:
         if eviction is not None:
             self.preempted_kv.handler = eviction
         self._ranked_version = self.cost_model.version
+        # The running batch's rank keys, computed at most once per step and only when a decision
+        # reads them (displacement.py).
+        self.ranks = RunningRanks(policy)
 
     # -- admission and abort -------------------------------------------------------------
 
@@ -107,10 +108,10 @@ class Scheduler:
             self.waiting.rerank()
         if not math.isinf(self.limits.max_wait_s):
             self.waiting.promote_starved(now_s, self.limits.max_wait_s)
-        self._rerank_running()
+        self.ranks.new_step()
         preempted: list[str] = []
         if self.policy.preempts_for_waiting and self.waiting:
-            self._displace(self._worst_unpromoted_running(), preempted, now_s)
+            displace(self, preempted, now_s)
         chunks: list[ScheduledChunk] = []
         restores: list[KvRestore] = []
         budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
@@ -135,11 +136,12 @@ class Scheduler:
         if len(self.running) > budget:
             return self._schedule_in_order(self._service_order(budget), budget, chunks, preempted, now_s)
         short_of_kv = False
-        block_size = self.kv.block_size
+        block_size, allocate_slots, append = self.kv.block_size, self.kv.allocate_slots, chunks.append
+        running = RequestStatus.RUNNING
         prefills = []
         spare = budget - len(self.running)  # budget beyond one token per running request: drafts may use it
         for request in list(self.running):
-            if request.status is not RequestStatus.RUNNING:  # preempted earlier in this step
+            if request.status is not running:  # preempted earlier in this step
                 continue
             computed = request.num_computed_tokens
             num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
@@ -150,16 +152,17 @@ class Scheduler:
             if num_drafts:
                 num_drafts = self._grant_drafts(request, num_drafts, spare, num_tokens)
                 spare -= num_drafts
-            if not (num_drafts or computed % block_size) and not self.kv.allocate_slots(request.request_id, num_tokens):
+            if not (num_drafts or computed % block_size) and not allocate_slots(request.request_id, num_tokens):
                 short_of_kv = True
                 if not self._make_room(request, num_tokens, chunks, preempted, now_s):
                     continue
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
-            chunks.append(ScheduledChunk(request, 1 + num_drafts, True, num_tokens + num_drafts, num_drafts))
+            append(ScheduledChunk(request, 1 + num_drafts, True, num_tokens + num_drafts, num_drafts))
             budget -= 1 + num_drafts
         if not prefills:
             return budget, short_of_kv
+        self.ranks.ensure(self.running)
         prefills.sort(key=RANK)
         budget, short_in_prefills = self._schedule_in_order(prefills, budget, chunks, preempted, now_s)
         return budget, short_of_kv or short_in_prefills
@@ -204,6 +207,7 @@ class Scheduler:
         """KV ran short for `request`: preempts the worst running request not yet scheduled this step
         (step 2 has no chunk for it yet: `chunks` holds this step's running requests so far) until
         `request` gets blocks for num_tokens positions, or is itself the victim (False)."""
+        self.ranks.ensure(self.running)
         scheduled = {chunk.request for chunk in chunks}
         while True:
             victim = max((r for r in self.running if r not in scheduled), key=RANK)
@@ -225,44 +229,14 @@ class Scheduler:
                 decodes.append(request)
             else:
                 prefills.append(request)
+        if len(decodes) > budget or prefills:
+            self.ranks.ensure(self.running)
         if len(decodes) > budget:
             decodes.sort(key=RANK)
         if prefills:
             prefills.sort(key=RANK)
             decodes.extend(prefills)
         return decodes
-
-    def _displace(self, worst_running: Request | None, preempted: list[str], now_s: float) -> None:
-        """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better;
-        worst_running is the worst unpromoted running request (_worst_unpromoted_running), the first victim."""
-        victims = self._worst_first(worst_running)
-        seats = self.limits.max_num_seqs - len(self.running)
-        free_blocks = self.kv.pool.num_free_blocks
-        chosen: list[Request] = []
-        for waiting in self.waiting:
-            first_chunk = min(waiting.num_uncomputed_tokens, self.limits.max_num_batched_tokens)
-            needed = num_blocks_for(waiting.num_computed_tokens + first_chunk, self.kv.block_size)
-            taken: list[Request] = []
-            while seats < 1 or free_blocks < needed:
-                victim = next(victims, None)
-                if victim is None:
-                    break
-                num_victim_blocks = len(self.kv.block_table(victim.request_id))
-                if waiting.promoted_at_s is None and not self.policy.displaces(
-                    waiting, victim, self.preempted_kv.preemption_cost_s(victim, num_victim_blocks)
-                ):
-                    break  # and then the head-of-line stop below: worse waiting ones displace no one
-                seats += 1
-                free_blocks += num_victim_blocks
-                taken.append(victim)
-            if seats < 1 or free_blocks < needed:
-                break  # head-of-line: nothing behind it is better
-            chosen.extend(taken)
-            seats -= 1
-            free_blocks -= needed
-        for victim in chosen:
-            self._preempt(victim, now_s, PreemptionCause.DISPLACEMENT)
-            preempted.append(victim.request_id)
 
     def _admit_waiting(
         self, budget: int, chunks: list[ScheduledChunk], restores: list[KvRestore], now_s: float
@@ -307,33 +281,6 @@ class Scheduler:
 
     # -- ranking ---------------------------------------------------------------
 
-    def _rerank_running(self) -> None:
-        """Sets fresh rank keys on the running batch (its remaining work changed last step): the
-        policy's key, or the promoted rank (below every policy key) for a promoted request."""
-        keys = self.policy.priority_keys(self.running)
-        for request, key in zip(self.running, keys, strict=True):
-            promoted_at_s = request.promoted_at_s
-            request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
-
-    def _worst_unpromoted_running(self) -> Request | None:
-        """The unpromoted running request with the largest rank key (the first of equals, in running
-        order), None if there is none; the rank keys are this step's (_rerank_running)."""
-        worst, worst_key = None, -math.inf
-        for request in self.running:
-            if request.promoted_at_s is None and request.rank_key > worst_key:
-                worst, worst_key = request, request.rank_key
-        return worst
-
-    def _worst_first(self, worst: Request | None) -> Iterator[Request]:
-        """Unpromoted running requests by decreasing rank key, lazily: the worst is already known;
-        the rest are sorted only when a second victim is asked for (displacement usually stops at
-        the first)."""
-        if worst is None:
-            return
-        yield worst
-        rest = [r for r in self.running if r.promoted_at_s is None and r is not worst]
-        yield from sorted(rest, key=RANK, reverse=True)
-
     def _rank_key(self, request: Request) -> RankKey:
         if request.promoted_at_s is not None:
             return PROMOTED_BASE + request.promoted_at_s
@@ -350,33 +297,38 @@ class Scheduler:
         (num_draft_tokens > 0) its accepted drafts followed by one token (spec/verification.py)."""
         now_s = self.clock()
         verified = verified or {}
-        eos_token_id, max_model_len = self.eos_token_id, self.limits.max_model_len
-        results = []
-        for chunk in output.chunks:
+        eos_token_id, last_position = self.eos_token_id, self.limits.max_model_len - 1
+        running = RequestStatus.RUNNING
+        results: list[StepResult] = []
+        append = results.append
+        for chunk in output.chunks:  # one pass per request every step: keep it lean
             request = chunk.request
-            if request.status is not RequestStatus.RUNNING:  # aborted while the step ran
+            if request.status is not running:  # aborted while the step ran
                 continue
             request.num_computed_tokens += chunk.num_new_tokens
             if not chunk.samples_token:
                 continue
             if chunk.num_draft_tokens:
-                results.append(self._apply_verified(request, chunk, verified[request.request_id], now_s))
+                append(self._apply_verified(request, chunk, verified[request.request_id], now_s))
                 continue
-            token_id = sampled[request.request_id]
+            request_id = request.request_id
+            token_id = sampled[request_id]
             output_ids = request.output_token_ids
             output_ids.append(token_id)
             if request.first_token_time_s is None:
                 request.first_token_time_s = now_s
-            reason = None
+            # A sampling chunk caught its request up: it now holds num_context_tokens + 1 tokens.
             if (
                 token_id == eos_token_id
                 or len(output_ids) >= request.sampling.max_tokens
-                or len(request.prompt_token_ids) + len(output_ids) >= max_model_len
+                or chunk.num_context_tokens >= last_position
             ):  # the common case, a token that finishes nothing, skips the call
                 reason = self._finish_reason(request, token_id)
                 if reason is not None:
                     self._finish(request, reason)
-            results.append(StepResult(request.request_id, [token_id], reason))
+                append(StepResult(request_id, [token_id], reason))
+            else:
+                append(StepResult(request_id, [token_id], None))
         if verified or self.cost_model.tokens_per_decode_step != 1.0:  # speculative decoding in use
             self.cost_model.observe_decode_yield(len(results), sum(len(r.new_token_ids) for r in results))
         return results

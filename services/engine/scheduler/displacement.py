@@ -1,0 +1,104 @@
+"""Ranking the running batch, and step 1 of a step: displacement (see scheduler.py's docstring).
+
+The running batch's rank keys change every step (its requests' remaining work changes), but a
+step needs them only for a decision between requests: a victim when KV runs short or a waiting
+request displaces someone, a sort when the budget cannot feed every running request or prompt
+chunks compete. `RunningRanks` computes them at most once per step, at the first such decision,
+so the common step (every running request gets its token, nobody is preempted) ranks nobody.
+
+Invariant that keeps the decisions identical to ranking at the start of the step: a key depends
+on the request's counts, its promotion, the cost model and the size of the running batch, and
+none of these changes inside schedule() before the first decision that reads a key (preemption
+and admission come after one; promotion touches only waiting requests).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterator
+
+from services.engine.block_pool import num_blocks_for
+from services.engine.request import Request
+from services.engine.scheduler.policy import SchedulingPolicy
+from services.engine.scheduler.preemption import PreemptionCause
+from services.engine.scheduler.waiting_queue import RANK
+
+if TYPE_CHECKING:  # the scheduler imports this module
+    from services.engine.scheduler.scheduler import Scheduler
+
+# Rank of a promoted request: PROMOTED_BASE + its promotion time, below every policy key (>= 0),
+# in promotion order among promoted requests.
+PROMOTED_BASE = -1e15
+
+
+class RunningRanks:
+    """Fresh rank keys on the running batch, computed lazily once per step (see the module docstring)."""
+
+    def __init__(self, policy: SchedulingPolicy) -> None:
+        self.policy = policy
+        self._fresh = False
+
+    def new_step(self) -> None:
+        """The batch's remaining work changed since the last step: its keys are stale."""
+        self._fresh = False
+
+    def ensure(self, running: list[Request]) -> None:
+        """Sets this step's keys on the running batch (once per step): the policy's key, or the
+        promoted rank (below every policy key) for a promoted request."""
+        if self._fresh:
+            return
+        self._fresh = True
+        keys = self.policy.priority_keys(running)
+        for request, key in zip(running, keys, strict=True):
+            promoted_at_s = request.promoted_at_s
+            request.rank_key = key if promoted_at_s is None else PROMOTED_BASE + promoted_at_s
+
+
+def worst_first(running: list[Request], ranks: RunningRanks) -> Iterator[Request]:
+    """Unpromoted running requests by decreasing rank key (the first of equals, in running order,
+    comes first), lazily: nothing is ranked until the first victim is asked for, and the rest are
+    sorted only when a second one is (displacement usually stops at the first)."""
+    ranks.ensure(running)
+    worst, worst_key = None, -math.inf
+    for request in running:
+        if request.promoted_at_s is None and request.rank_key > worst_key:
+            worst, worst_key = request, request.rank_key
+    if worst is None:
+        return
+    yield worst
+    rest = [r for r in running if r.promoted_at_s is None and r is not worst]
+    yield from sorted(rest, key=RANK, reverse=True)
+
+
+def displace(scheduler: Scheduler, preempted: list[str], now_s: float) -> None:
+    """Step 1: frees seats and blocks for waiting requests that the policy ranks clearly better,
+    worst running request first; a waiting request that fits as things are displaces no one."""
+    limits, kv = scheduler.limits, scheduler.kv
+    victims = worst_first(scheduler.running, scheduler.ranks)
+    seats = limits.max_num_seqs - len(scheduler.running)
+    free_blocks = kv.pool.num_free_blocks
+    chosen: list[Request] = []
+    for waiting in scheduler.waiting:
+        first_chunk = min(waiting.num_uncomputed_tokens, limits.max_num_batched_tokens)
+        needed = num_blocks_for(waiting.num_computed_tokens + first_chunk, kv.block_size)
+        taken: list[Request] = []
+        while seats < 1 or free_blocks < needed:
+            victim = next(victims, None)
+            if victim is None:
+                break
+            num_victim_blocks = len(kv.block_table(victim.request_id))
+            if waiting.promoted_at_s is None and not scheduler.policy.displaces(
+                waiting, victim, scheduler.preempted_kv.preemption_cost_s(victim, num_victim_blocks)
+            ):
+                break  # and then the head-of-line stop below: worse waiting ones displace no one
+            seats += 1
+            free_blocks += num_victim_blocks
+            taken.append(victim)
+        if seats < 1 or free_blocks < needed:
+            break  # head-of-line: nothing behind it is better
+        chosen.extend(taken)
+        seats -= 1
+        free_blocks -= needed
+    for victim in chosen:
+        scheduler._preempt(victim, now_s, PreemptionCause.DISPLACEMENT)
+        preempted.append(victim.request_id)
