@@ -20,6 +20,7 @@ from services.common.run_info import git_info, machine_info
 from services.engine.spec.exit_heads import expected_tokens_per_verify
 
 SPEEDUP_DRAFT_COUNTS = (2, 4)
+EARLY_EXIT_GOAL_SPEEDUP = 1.3  # issue 18's early-exit goal (batch 1, some prompt set)
 FORMULA = (
     "speedup(L, k) = E[tokens per verify] / (k * draft_cost(L) + verify_cost(k)); E = (1 - a^(k+1)) / (1 - a); "
     "costs are fractions of one decode step (batch 1, 1 thread); a = held-out greedy agreement at L"
@@ -28,6 +29,46 @@ FORMULA = (
 
 def speedup(agreement: float, draft_cost: float, verify_cost: float, num_draft_tokens: int) -> float:
     return expected_tokens_per_verify(agreement, num_draft_tokens) / (num_draft_tokens * draft_cost + verify_cost)
+
+
+def required_agreement(draft_cost: float, verify_cost: float, num_draft_tokens: int, target: float) -> float | None:
+    """The smallest per-token acceptance a with speedup(a) >= target (bisection: speedup rises with a);
+    None when even a = 1 (every draft accepted) stays below target."""
+    if speedup(1.0, draft_cost, verify_cost, num_draft_tokens) < target:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high) if speedup(middle, draft_cost, verify_cost, num_draft_tokens) < target else (low, middle)
+        )
+    return high
+
+
+def early_exit_bound(layers: list[dict], verify_cost: dict[str, float], target: float) -> dict:
+    """Per layer and k: the expected speedup at the measured (on-policy, trained) agreement, the ceiling at
+    agreement 1, and the agreement a head would need for `target`; plus the best of each."""
+    grid = []
+    for row in layers:
+        agreement = row.get("on_policy_agreement_trained", row["agreement_trained"])
+        for key, verify in sorted(verify_cost.items(), key=lambda item: int(item[0])):
+            k, draft = int(key), row["draft_cost_ratio"]
+            needed = required_agreement(draft, verify, k, target)
+            grid.append({
+                "num_layers": row["num_layers"], "k": k, "agreement": agreement,
+                "expected_speedup": round(speedup(agreement, draft, verify, k), 4),
+                "speedup_if_every_draft_accepted": round(speedup(1.0, draft, verify, k), 4),
+                f"agreement_needed_for_{target}x": None if needed is None else round(needed, 4),
+            })  # fmt: skip
+    needed_key = f"agreement_needed_for_{target}x"
+    reachable = [cell for cell in grid if cell[needed_key] is not None]
+    return {
+        "target_speedup": target,
+        "formula": FORMULA,
+        "grid": grid,
+        "best_expected": max(grid, key=lambda cell: cell["expected_speedup"]),
+        "least_agreement_needed": min(reachable, key=lambda cell: cell[needed_key]) if reachable else None,
+    }
 
 
 def _layer_row(layer: int, agreement, costs) -> dict:
@@ -73,6 +114,9 @@ def report_document(config, metadata: dict, agreement: dict, costs, json_path: P
         "verify_ms": {str(k): round(ms, 3) for k, ms in costs.verify_ms.items()},
         "verify_cost_ratio": {str(k): round(v, 4) for k, v in costs.verify_cost_ratio().items()},
         "layers": rows,
+        "early_exit_bound": early_exit_bound(
+            rows, {str(k): v for k, v in costs.verify_cost_ratio().items()}, EARLY_EXIT_GOAL_SPEEDUP
+        ),
         "best_layer": best,
         "best_layer_agreement": label + "agreement_trained",
         "artifact": {

@@ -1,0 +1,180 @@
+"""Replays drafters on fixed greedy outputs: what prompt lookup could gain, from tokens and step costs alone.
+
+Greedy speculation is exact, so a drafter's fate on a request is decided by the off output alone: a
+verify at output position t with drafts d accepts the longest prefix of d equal to out[t:], then the
+target's own token follows. Replaying that needs no model, only the verify costs:
+
+    cost(k) = a step verifying k drafts, in decode steps (cost(0) = 1; measured, spec_bound.py)
+    speedup = decode tokens / sum of the step costs spent emitting them     (off: 1 step per token)
+
+Decode = output positions 1 .. T-1 (position 0 comes from the prefill step, as in `alise bench spec`).
+
+The oracle: R_t = the longest run of out[t:] that any earlier occurrence of the last token (n >= 1;
+or of the last min_n tokens) would have drafted, copying only from tokens already there (prompt +
+out[:t]), at most cap tokens. Knowing every R_t, the cheapest schedule is a shortest path:
+
+    C(T) = 0,   C(t) = min over k in 0..min(R_t, cap, T-1-t) of cost(k) + C(t + k + 1)
+
+so T-1 / C(1) bounds every prompt-lookup drafter that drafts from the request's own tokens, whatever
+its choice of occurrence, n or k (a drafter can only lose by drafting what is rejected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.engine.spec.ngram_drafter import propose_ngram_drafts
+
+Drafter = Callable[[np.ndarray, tuple[int, int]], list[int]]  # (context, (last drafted, last accepted)) -> drafts
+
+
+@dataclass(frozen=True)
+class CostScale:
+    """ratios[k]: a step verifying k drafts, in decode steps (ratios[0] == 1)."""
+
+    ratios: tuple[float, ...]
+
+    @classmethod
+    def of(cls, ratios: Sequence[float]) -> CostScale:
+        if not len(ratios) or abs(ratios[0] - 1.0) > 1e-9 or min(ratios) <= 0:
+            raise ValueError(f"cost ratios must start at 1 and be positive, got {list(ratios)[:3]}...")
+        return cls(tuple(float(r) for r in ratios))
+
+    @property
+    def max_drafts(self) -> int:
+        return len(self.ratios) - 1
+
+
+@dataclass
+class Tally:
+    """One drafter's replay over some outputs, on one cost scale."""
+
+    num_tokens: int = 0  # decode tokens emitted
+    num_steps: int = 0  # steps (decodes and verifies)
+    num_verifies: int = 0  # steps with at least one draft
+    num_drafted: int = 0
+    num_accepted: int = 0
+    cost: float = 0.0  # in decode steps
+
+    def add(self, other: Tally) -> None:
+        for name in ("num_tokens", "num_steps", "num_verifies", "num_drafted", "num_accepted", "cost"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def figures(self) -> dict:
+        return {
+            "speedup": self.num_tokens / self.cost if self.cost else 1.0,
+            "tokens_per_step": self.num_tokens / max(self.num_steps, 1),
+            "tokens_per_verify": 1 + self.num_accepted / self.num_verifies if self.num_verifies else 0.0,
+            "drafts_per_step": self.num_drafted / max(self.num_steps, 1),
+            "verifies_per_step": self.num_verifies / max(self.num_steps, 1),
+            "acceptance_rate": self.num_accepted / self.num_drafted if self.num_drafted else 0.0,
+            "num_tokens": self.num_tokens,
+        }
+
+
+def oracle_run_lengths(tokens: np.ndarray, prompt_len: int, min_n: int, cap: int) -> np.ndarray:
+    """R_t for t in [0, T): see the module docstring. tokens = prompt + the off output."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    total = len(tokens)
+    runs = np.zeros(total - prompt_len, dtype=np.int64)
+    for t in range(total - prompt_len):
+        context_len = prompt_len + t
+        ends = np.flatnonzero(tokens[: context_len - 1] == tokens[context_len - 1])
+        for back in range(1, min_n):  # keep ends whose window of min_n tokens matches the suffix
+            ends = ends[ends >= back]
+            ends = ends[tokens[ends - back] == tokens[context_len - 1 - back]]
+        alive = ends
+        for i in range(min(cap, total - context_len)):
+            alive = alive[(alive + 1 + i < context_len)]
+            alive = alive[tokens[alive + 1 + i] == tokens[context_len + i]]
+            if not len(alive):
+                break
+            runs[t] = i + 1
+    return runs
+
+
+def oracle_tally(runs: np.ndarray, scale: CostScale) -> Tally:
+    """The cheapest schedule over positions 1..T-1 given every R_t (shortest path, back to front)."""
+    num_outputs = len(runs)
+    # Accepting a drafts costs at least the cheapest verify of >= a drafts (measured costs need not rise
+    # with k: noise), so the bound holds against a drafter that drafts more than is accepted.
+    cheapest = np.minimum.accumulate(np.array(scale.ratios)[::-1])[::-1]
+    drafted = [a + int(np.argmin(scale.ratios[a:])) for a in range(len(scale.ratios))]
+    best = np.zeros(num_outputs + 1)
+    choice = np.zeros(num_outputs + 1, dtype=np.int64)
+    for t in range(num_outputs - 1, 0, -1):
+        options = [
+            cheapest[a] + best[t + a + 1] for a in range(min(runs[t], scale.max_drafts, num_outputs - 1 - t) + 1)
+        ]
+        choice[t] = int(np.argmin(options))
+        best[t] = options[choice[t]]
+    tally, t = Tally(), 1
+    while t < num_outputs:
+        accepted = int(choice[t])
+        num_drafts = drafted[accepted]
+        tally.add(Tally(accepted + 1, 1, int(num_drafts > 0), num_drafts, accepted, float(cheapest[accepted])))
+        t += accepted + 1
+    return tally
+
+
+def drafter_tally(tokens: np.ndarray, prompt_len: int, drafter: Drafter, scale: CostScale) -> Tally:
+    """Replays a real drafter over positions 1..T-1: each step drafts from the tokens so far."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    num_outputs = len(tokens) - prompt_len
+    tally, t, last = Tally(), 1, (0, 0)
+    while t < num_outputs:
+        context_len = prompt_len + t
+        drafts = drafter(tokens[:context_len], last)[: min(scale.max_drafts, num_outputs - 1 - t)]
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == tokens[context_len + accepted]:
+            accepted += 1
+        tally.add(Tally(accepted + 1, 1, int(bool(drafts)), len(drafts), accepted, scale.ratios[len(drafts)]))
+        last = (len(drafts), accepted) if drafts else last
+        t += accepted + 1
+    return tally
+
+
+def ngram(min_n: int, max_n: int, num_drafts: int) -> Drafter:
+    return lambda context, last: propose_ngram_drafts(context, min_n, max_n, num_drafts)
+
+
+def drafters() -> dict[str, Drafter]:
+    """The drafters replayed: the engine's default first."""
+    return {
+        "ngram n2-4 k4 (default)": ngram(2, 4, 4),
+        "ngram n2-4 k8": ngram(2, 4, 8),
+        "ngram n1-4 k4": ngram(1, 4, 4),
+        "ngram n3-5 k4": ngram(3, 5, 4),
+    }
+
+
+ORACLES = {"oracle n>=1 k<=16": (1, 16), "oracle n>=2 k<=16": (2, 16), "oracle n>=1 k<=4": (1, 4)}
+
+
+def replay_all(generated: dict, scales: dict[str, CostScale]) -> dict:
+    """{"sets": {set: {drafter: figures + speedup per scale}}} over generated = {set: [(id, prompt, output, ...)]}."""
+    result: dict = {}
+    for name, rows in generated.items():
+        per_drafter: dict[str, dict[str, Tally]] = {}
+        for _prompt_id, prompt, output, *_ in rows:
+            tokens, prompt_len = np.array(prompt + output, dtype=np.int64), len(prompt)
+            for label, (min_n, cap) in ORACLES.items():
+                runs = oracle_run_lengths(tokens, prompt_len, min_n, cap)
+                for scale_name, scale in scales.items():
+                    capped = CostScale(scale.ratios[: cap + 1])
+                    per_drafter.setdefault(label, {}).setdefault(scale_name, Tally()).add(oracle_tally(runs, capped))
+            for label, drafter in drafters().items():
+                for scale_name, scale in scales.items():
+                    tally = drafter_tally(tokens, prompt_len, drafter, scale)
+                    per_drafter.setdefault(label, {}).setdefault(scale_name, Tally()).add(tally)
+        result[name] = {label: _figures(tallies) for label, tallies in per_drafter.items()}
+    return {"sets": result}
+
+
+def _figures(tallies: dict[str, Tally]) -> dict:
+    """The figures of the first scale, with the speedup (and the oracle's path) of every scale."""
+    first = next(iter(tallies.values())).figures()
+    return {**first, "speedup": {name: tally.figures()["speedup"] for name, tally in tallies.items()}}
