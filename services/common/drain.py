@@ -25,6 +25,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from services.common.refusal import RefusalReason
+
 DRAIN_DEADLINE_MESSAGE = "server is shutting down: the call did not finish within the drain deadline; retry"
 
 
@@ -127,4 +129,4 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
 
 
 async def _abort_unavailable(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_DEADLINE_MESSAGE)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_DEADLINE_MESSAGE, RefusalReason.DRAINING.metadata())

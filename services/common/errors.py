@@ -12,13 +12,23 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from services.common.refusal import RefusalReason
+
 log = logging.getLogger(__name__)
 
 
 class AliseError(Exception):
-    """Base of the errors a service reports to its caller; `status_code` says which status."""
+    """Base of the errors a service reports to its caller; `status_code` says which status.
+
+    A refusal (the request was not worked on: a queue cap, a deadline that cannot be met, a drain)
+    names its `refusal_reason`, sent as the trailing metadata entry `alise-refusal-reason`.
+    """
 
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, *args: object, refusal_reason: RefusalReason | None = None) -> None:
+        super().__init__(*args)
+        self.refusal_reason = refusal_reason  # None: not a refusal, or one without a machine-readable reason
 
 
 class InvalidRequest(AliseError):
@@ -68,7 +78,8 @@ async def _abort_with_status(error: Exception, context: grpc.aio.ServicerContext
     if isinstance(error, _ABORT_ERRORS):
         raise error
     if isinstance(error, AliseError):
-        await context.abort(error.status_code, str(error))
+        reason = error.refusal_reason
+        await context.abort(error.status_code, str(error), reason.metadata() if reason is not None else ())
     log.error("unexpected error in %s", behavior, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 

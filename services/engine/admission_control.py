@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 from services.common.errors import Overloaded
+from services.common.refusal import RefusalReason
 from services.engine.scheduler.policy import PolicyName
 
 # Policies that serve shorter predicted remaining work first (the others are treated as fcfs).
@@ -58,7 +59,7 @@ class QueueProfile:
     remaining_tokens: tuple[float, ...]  # predicted remaining output tokens per live request, ascending
     cumulative_tokens: tuple[float, ...]  # prefix sums of remaining_tokens (same length)
     shortest_first: bool  # the policy serves shorter predicted work first
-    s_per_output_token: float  # last step's wall time / tokens it sampled (0: not measured yet)
+    s_per_output_token: float  # the drain rate: recent steps' wall time per sampled token (0: not measured yet)
     decode_step_s: float  # one request's time per output token while it runs
     prefill_s_per_token: float  # marginal step time of one more prompt token
     taken_at_s: float  # time.monotonic() when taken
@@ -86,12 +87,13 @@ class QueueProfile:
 EMPTY_PROFILE = QueueProfile((), (), True, 0.0, 0.0, 0.0, 0.0)
 
 
-def take_queue_profile(core) -> QueueProfile:
-    """Reads the scheduler's live requests (engine thread only): O(n log n) in live requests."""
+def take_queue_profile(core, s_per_token: float) -> QueueProfile:
+    """Reads the scheduler's live requests (engine thread only): O(n log n) in live requests.
+
+    s_per_token is the drain rate over the recent steps (drain_rate.DrainRate), not the last step's.
+    """
     scheduler = core.scheduler
     remaining = sorted(request.predicted_remaining_tokens for request in scheduler.requests.values())
-    step = core.last_step
-    s_per_token = step.duration_s / step.num_sampled_tokens if step is not None and step.num_sampled_tokens else 0.0
     cost = scheduler.cost_model
     return QueueProfile(
         remaining_tokens=tuple(remaining),
@@ -143,12 +145,16 @@ class AdmissionControl:
         limits = self.limits
         if self.num_live >= limits.max_live_requests:
             self.num_rejected_full += 1
-            raise Overloaded(f"engine queue is full ({limits.max_live_requests} live requests); retry later")
+            raise Overloaded(
+                f"engine queue is full ({limits.max_live_requests} live requests); retry later",
+                refusal_reason=RefusalReason.QUEUE_FULL,
+            )
         if self.num_live_prompt_tokens + num_prompt_tokens > limits.max_live_prompt_tokens and self.num_live:
             self.num_rejected_full += 1
             raise Overloaded(
                 f"engine queue is full: {self.num_live_prompt_tokens} prompt tokens queued + {num_prompt_tokens} "
-                f"would exceed the cap of {limits.max_live_prompt_tokens}; retry later"
+                f"would exceed the cap of {limits.max_live_prompt_tokens}; retry later",
+                refusal_reason=RefusalReason.QUEUE_FULL,
             )
 
     def _check_deadline(
@@ -165,5 +171,6 @@ class AdmissionControl:
             raise Overloaded(
                 f"deadline cannot be met: predicted completion in {ahead_s + own_s:.2f} s ({ahead_s:.2f} s of "
                 f"work ranked ahead, {own_s:.2f} s its own) but the deadline is in {time_left_s:.2f} s; "
-                "rejected at once instead of timing out later"
+                "rejected at once instead of timing out later",
+                refusal_reason=RefusalReason.DEADLINE_UNMEETABLE,
             )

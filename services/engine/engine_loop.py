@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from services.engine.admission_control import EMPTY_PROFILE, PROFILE_INTERVAL_S, QueueProfile, take_queue_profile
+from services.engine.drain_rate import DrainRate
 from services.engine.engine_core import EngineCore
 from services.engine.request import FinishReason, Request
 from services.engine.stats import EngineSnapshot, take_snapshot
@@ -89,7 +90,8 @@ class EngineLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self.snapshot: EngineSnapshot = take_snapshot(core, engine_id)
+        self.drain_rate = DrainRate()  # engine thread: fed after each step, read by the snapshot and profile
+        self.snapshot: EngineSnapshot = take_snapshot(core, engine_id, 0.0)
         self._snapshot_at_s = time.monotonic()
         # Live requests' predicted work for admission (services/engine/admission_control.py);
         # refreshed at most every PROFILE_INTERVAL_S, read by the asyncio thread as one attribute.
@@ -128,6 +130,7 @@ class EngineLoop:
                 log.exception("engine step failed; failing all live requests")
                 self._fail_all("engine step failed")
                 continue
+            self.drain_rate.on_step(self.core.last_step)
             for result in results:
                 self._emit(result.request_id, result.new_token_ids, result.finish_reason)
             if not self.core.scheduler.has_work or time.monotonic() - self._snapshot_at_s >= SNAPSHOT_INTERVAL_S:
@@ -151,12 +154,12 @@ class EngineLoop:
         self._refresh_queue_profile()
 
     def _take_snapshot(self) -> None:
-        self.snapshot = take_snapshot(self.core, self.engine_id)
+        self.snapshot = take_snapshot(self.core, self.engine_id, self.drain_rate.seconds_per_output_token)
         self._snapshot_at_s = time.monotonic()
 
     def _refresh_queue_profile(self) -> None:
         if time.monotonic() - self.queue_profile.taken_at_s >= PROFILE_INTERVAL_S:
-            self.queue_profile = take_queue_profile(self.core)
+            self.queue_profile = take_queue_profile(self.core, self.drain_rate.seconds_per_output_token)
 
     def _apply(self, message: InboxMessage) -> None:
         if message.command is InboxCommand.ADD:

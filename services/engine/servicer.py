@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import AlreadyExists, NotReady, Overloaded
+from services.common.refusal import RefusalReason
 from services.engine.admission import build_request
 from services.engine.admission_control import AdmissionControl, AdmissionLimits
 from services.engine.engine_loop import EngineEvent, EngineLoop
@@ -47,7 +48,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
 
     async def Generate(self, request, context):
         if self._draining:
-            raise NotReady("engine is shutting down")
+            raise NotReady("engine is shutting down", refusal_reason=RefusalReason.DRAINING)
         domain_request = build_request(
             request, vocab_size=self._info.vocab_size, max_model_len=self._info.max_model_len
         )
@@ -75,7 +76,8 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
         ):
             raise Overloaded(
                 f"prompt + max_tokens ({domain_request.max_total_tokens} tokens) exceeds the whole KV cache "
-                f"of this engine"
+                f"of this engine",
+                refusal_reason=RefusalReason.EXCEEDS_KV_CAPACITY,
             )
         self._admission.admit(
             request_id,
@@ -109,7 +111,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
         return engine_service_pb2.AbortResponse(found=found)
 
     async def GetStats(self, request, context):
-        snapshot = self._loop.snapshot
+        snapshot, admission = self._loop.snapshot, self._admission  # admission: this (asyncio) thread's own
         return engine_service_pb2.EngineServiceGetStatsResponse(
             engine_id=snapshot.engine_id,
             num_running=snapshot.num_running,
@@ -134,6 +136,13 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             draft_acceptance_rate=snapshot.spec.acceptance_rate,
             mean_accepted_draft_tokens=snapshot.spec.mean_accepted_length,
             speculative_method=snapshot.speculative_method.value,
+            num_live_requests=admission.num_live,
+            max_live_requests=admission.limits.max_live_requests,
+            num_live_prompt_tokens=admission.num_live_prompt_tokens,
+            max_live_prompt_tokens=admission.limits.max_live_prompt_tokens,
+            num_refused_queue_full=admission.num_rejected_full,
+            num_refused_deadline=admission.num_rejected_deadline,
+            seconds_per_output_token=snapshot.seconds_per_output_token,
         )
 
     async def GetModelInfo(self, request, context):

@@ -26,7 +26,8 @@ class EngineSnapshot:
     num_kv_blocks_free: int
     num_requests_holding_blocks: int
     predicted_outstanding_tokens: float  # sum of predicted remaining output tokens
-    predicted_outstanding_work_s: float  # the same, at the last measured output-token rate
+    predicted_outstanding_work_s: float  # the same, at the drain rate
+    seconds_per_output_token: float  # the drain rate: recent steps' wall time per sampled token (drain_rate.py)
     num_steps: int
     num_generated_tokens: int
     num_preemptions: int  # since start
@@ -38,8 +39,8 @@ class EngineSnapshot:
     spec: SpecStatsSnapshot  # speculative decoding's counters (spec/spec_stats.py)
 
 
-def take_snapshot(core, engine_id: str) -> EngineSnapshot:
-    """Reads the core's counters (engine thread only)."""
+def take_snapshot(core, engine_id: str, seconds_per_output_token: float) -> EngineSnapshot:
+    """Reads the core's counters (engine thread only); the drain rate comes from drain_rate.DrainRate."""
     scheduler, speculator = core.scheduler, core.speculator
     pool = scheduler.kv.pool
     num_preempted = scheduler.num_preempted
@@ -55,7 +56,8 @@ def take_snapshot(core, engine_id: str) -> EngineSnapshot:
         num_kv_blocks_free=pool.num_free_blocks,
         num_requests_holding_blocks=scheduler.kv.num_requests_holding_blocks,
         predicted_outstanding_tokens=outstanding,
-        predicted_outstanding_work_s=outstanding * _seconds_per_output_token(core),
+        predicted_outstanding_work_s=outstanding * seconds_per_output_token,
+        seconds_per_output_token=seconds_per_output_token,
         num_steps=core.num_steps,
         num_generated_tokens=core.num_generated_tokens,
         num_preemptions=scheduler.num_preemptions,
@@ -66,11 +68,3 @@ def take_snapshot(core, engine_id: str) -> EngineSnapshot:
         speculative_method=SpeculativeMethod.OFF if speculator is None else speculator.config.method,
         spec=NO_SPECULATION if speculator is None else speculator.stats.snapshot(),
     )
-
-
-def _seconds_per_output_token(core) -> float:
-    """Last step's wall time per sampled token (0 before any decode): a throughput-based drain rate."""
-    step = core.last_step
-    if step is None or step.num_sampled_tokens == 0:
-        return 0.0
-    return step.duration_s / step.num_sampled_tokens

@@ -15,6 +15,7 @@ import contextlib
 from typing import Iterator
 
 from services.common.errors import Overloaded
+from services.common.refusal import RefusalReason
 
 
 class InFlightLimit:
@@ -34,7 +35,8 @@ class InFlightLimit:
             self.num_rejected += 1
             raise Overloaded(
                 f"gateway overloaded: {self.num_in_flight} requests in flight, the limit is "
-                f"{self.max_in_flight} (--max-in-flight-requests); retry later"
+                f"{self.max_in_flight} (--max-in-flight-requests); retry later",
+                refusal_reason=RefusalReason.QUEUE_FULL,
             )
         self.num_in_flight += 1
         try:

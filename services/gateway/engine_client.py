@@ -8,10 +8,13 @@ happened rather than INTERNAL:
     DEADLINE_EXCEEDED    -> DeadlineExceeded                          (DEADLINE_EXCEEDED)
     INVALID_ARGUMENT     -> InvalidRequest with the engine's message  (INVALID_ARGUMENT)
     RESOURCE_EXHAUSTED   -> Overloaded with the engine's message      (RESOURCE_EXHAUSTED)
-                            (EngineQueueFull when its queue is at a cap: the replica is full, not
-                            the request too big or too late; see engine_saturation)
+                            (EngineQueueFull when its refusal reason is QUEUE_FULL: the replica is
+                            full, not the request too big or too late; see engine_saturation)
     CANCELLED            -> NotReady "engine cancelled ..."           (UNAVAILABLE; e.g. engine shutdown)
     anything else        -> AliseError naming the engine status       (INTERNAL)
+
+The engine's refusal reason (trailing metadata `alise-refusal-reason`, services/common/refusal.py)
+is read, never its message, and passed on in the mapped error, so the gateway's client gets it too.
 
 Cancellation: `generate` is an async generator whose `finally` cancels the engine call, so when the
 client cancels (the handler task is cancelled), the deadline passes, or the gateway stops reading
@@ -26,15 +29,11 @@ import grpc
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import AliseError, DeadlineExceeded, InvalidRequest, NotReady, Overloaded
+from services.common.refusal import RefusalReason, refusal_reason_of
 from services.gateway.length_prediction import OutputLengthPrediction
 from services.gateway.length_prediction_pb import prediction_to_pb
 from services.gateway.model_info import ModelInfo
 from services.gateway.validation import ResolvedRequest
-
-# How the engine's refusal by its live-request or prompt-token cap begins
-# (services/engine/admission_control.py); RESOURCE_EXHAUSTED alone also covers refusals that say
-# nothing about the queue (a deadline that cannot be met, a request larger than the KV cache).
-ENGINE_QUEUE_FULL_PREFIX = "engine queue is full"
 
 
 class EngineQueueFull(Overloaded):
@@ -90,14 +89,18 @@ class EngineClient:
 
     def _map_error(self, error: grpc.aio.AioRpcError) -> AliseError:
         code, details = error.code(), error.details() or ""
+        reason = refusal_reason_of(error.trailing_metadata())
         if code == grpc.StatusCode.UNAVAILABLE:
-            return NotReady(f"engine unavailable: {self.address}: {details}")
+            return NotReady(f"engine unavailable: {self.address}: {details}", refusal_reason=reason)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"deadline exceeded while generating on engine {self.address}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidRequest(details)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return EngineQueueFull(details) if details.startswith(ENGINE_QUEUE_FULL_PREFIX) else Overloaded(details)
+            # RESOURCE_EXHAUSTED alone also covers refusals that say nothing about the queue (a
+            # deadline that cannot be met, a request larger than the KV cache)
+            refused = EngineQueueFull if reason == RefusalReason.QUEUE_FULL else Overloaded
+            return refused(details, refusal_reason=reason)
         if code == grpc.StatusCode.CANCELLED:
             return NotReady(f"engine {self.address} cancelled the request: {details}")
         return AliseError(f"engine {self.address} failed: {code.name}: {details}")

@@ -30,6 +30,7 @@ from typing import AsyncIterator
 
 from services.common.contracts import engine_service_pb2
 from services.common.errors import AliseError, DeadlineExceeded, NotReady, Overloaded
+from services.common.refusal import RefusalReason
 from services.gateway.engine_client import EngineQueueFull
 from services.gateway.engine_replica import ChannelFactory, EngineReplica, ReplicaReport
 from services.gateway.engine_saturation import REFUSED_BEFORE_WORK, queued_work_reason
@@ -129,7 +130,7 @@ class EnginePool:
                 log.info("engine %s refused request %s (%s)", replica.address, request.request_id, error)
         if last_error is not None:
             raise last_error
-        raise NotReady(f"engine unavailable: {self._describe_no_replica()}")
+        raise NotReady(f"engine unavailable: {self._describe_no_replica()}", refusal_reason=self._no_replica_reason())
 
     def check_room(self) -> None:
         """Raises Overloaded when every candidate replica is known to be full; never awaits.
@@ -138,23 +139,25 @@ class EnginePool:
         gateway a few attribute reads instead of that work plus an engine round trip.
         """
         candidates = self._candidates(exclude=set())
-        reasons = [self._full_reason(replica) for replica in candidates]
-        if not candidates or not all(reasons):
+        full = [reason for reason in map(self._full_reason, candidates) if reason is not None]
+        if not candidates or len(full) < len(candidates):
             return
         for replica in candidates:
             replica.queue_full.num_shed += 1
-        raise Overloaded(f"{REFUSED_BEFORE_WORK}: {reasons[0]}; retry later")
+        refusal_reason, text = full[0]
+        raise Overloaded(f"{REFUSED_BEFORE_WORK}: {text}; retry later", refusal_reason=refusal_reason)
 
-    def _full_reason(self, replica: EngineReplica) -> str | None:
+    def _full_reason(self, replica: EngineReplica) -> tuple[RefusalReason, str] | None:
         """Why `replica` takes no request now (a recent queue-full refusal, too much queued work), or None."""
         refused = replica.queue_full.full_reason()
         if refused is not None:
-            return refused
+            return RefusalReason.QUEUE_FULL, refused
         rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
         if rate is None:  # no rate measured yet: its work in seconds is unknown, not large
             return None
         queued_work_s = replica.load.waiting_tokens() * rate
-        return queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s)
+        text = queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s)
+        return None if text is None else (RefusalReason.QUEUED_WORK_LIMIT, text)
 
     def _candidates(self, exclude: set[str]) -> list[EngineReplica]:
         """SERVING replicas not in `exclude`; else UNKNOWN ones (just discovered); else all the others."""
@@ -232,6 +235,13 @@ class EnginePool:
         """The median reported rate over all replicas, None while none has reported one."""
         rates = [r.load.seconds_per_token for r in self._replicas.replicas.values() if r.load.seconds_per_token]
         return statistics.median(rates) if rates else None
+
+    def _no_replica_reason(self) -> RefusalReason | None:
+        """DRAINING when every replica is draining (retry on another gateway or after the restart)."""
+        replicas = self._replicas.active()
+        if replicas and all(r.health.state == ReplicaState.DRAINING for r in replicas):
+            return RefusalReason.DRAINING
+        return None
 
     def _describe_no_replica(self) -> str:
         replicas = self._replicas.active()

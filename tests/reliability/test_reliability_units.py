@@ -12,7 +12,10 @@ import pytest
 from services.cli.restart_policy import RestartBudget, RestartSettings
 from services.cli.stack_plan import ChildSpec, with_port
 from services.common.errors import Overloaded
+from services.common.refusal import RefusalReason
 from services.engine.admission_control import AdmissionControl, AdmissionLimits, QueueProfile
+from services.engine.drain_rate import DrainRate
+from services.engine.engine_core import StepTiming
 from services.gateway.admission import InFlightLimit
 from services.gateway.engine_client import EngineClient, EngineQueueFull
 from services.gateway.engine_saturation import QueueFullMemory, queued_work_reason
@@ -35,9 +38,10 @@ def test_a_restarted_child_keeps_its_port():
 def test_in_flight_limit_rejects_at_once_and_gives_places_back_on_any_exit():
     limit = InFlightLimit(2)
     with limit.admit(), limit.admit():
-        with pytest.raises(Overloaded, match="2 requests in flight, the limit is 2"):
+        with pytest.raises(Overloaded, match="2 requests in flight, the limit is 2") as refused:
             with limit.admit():
                 pass
+        assert refused.value.refusal_reason == RefusalReason.QUEUE_FULL
     with pytest.raises(RuntimeError):
         with limit.admit():
             raise RuntimeError("a failed generation")
@@ -107,15 +111,45 @@ async def test_the_engines_queue_full_refusals_are_what_the_gateway_recognises()
         control.admit("a", 60, 10.0, None, empty)
         with pytest.raises(Overloaded) as refused:
             control.admit("b", num_prompt_tokens, 10.0, None, empty)
-        mapped = client._map_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused.value)))
+        assert refused.value.refusal_reason == RefusalReason.QUEUE_FULL
+        trailing = refused.value.refusal_reason.metadata()  # what the status-mapping interceptor sends
+        mapped = client._map_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused.value), trailing))
         assert isinstance(mapped, EngineQueueFull), refused.value
-    deadline = _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "deadline cannot be met: predicted completion in 9 s")
+        assert mapped.refusal_reason == RefusalReason.QUEUE_FULL  # passed on to the gateway's client
+    # the reason decides, not the text: a queue-full message without the reason is not taken as full
+    assert not isinstance(
+        client._map_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused.value))), EngineQueueFull
+    )
+    deadline = _rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "deadline cannot be met", RefusalReason.DEADLINE_UNMEETABLE.metadata()
+    )
     mapped = client._map_error(deadline)
     assert isinstance(mapped, Overloaded) and not isinstance(mapped, EngineQueueFull)  # says nothing of the queue
+    assert mapped.refusal_reason == RefusalReason.DEADLINE_UNMEETABLE
+    draining = client._map_error(
+        _rpc_error(grpc.StatusCode.UNAVAILABLE, "shutting down", RefusalReason.DRAINING.metadata())
+    )
+    assert draining.refusal_reason == RefusalReason.DRAINING
 
 
-def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def _rpc_error(code: grpc.StatusCode, details: str, trailing: tuple = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details)
+
+
+def test_the_drain_rate_spans_a_window_of_steps_not_the_last_one():
+    rate = DrainRate(window_steps=3)
+    assert rate.seconds_per_output_token == 0.0  # nothing measured
+    rate.on_step(StepTiming(duration_s=0.5, model_s=0.5, num_scheduled_tokens=500, num_sampled_tokens=0))
+    assert rate.seconds_per_output_token == 0.0  # a prefill-only step sampled nothing: still unmeasured
+    rate.on_step(StepTiming(0.1, 0.1, 10, 10))
+    rate.on_step(StepTiming(0.1, 0.1, 10, 10))
+    assert rate.seconds_per_output_token == pytest.approx(0.7 / 20)  # the prefill step's time counts
+    rate.on_step(StepTiming(0.1, 0.1, 10, 10))  # the prefill step leaves the window
+    assert rate.seconds_per_output_token == pytest.approx(0.3 / 30)
+    rate.on_step(None)  # no step ran
+    assert rate.seconds_per_output_token == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        DrainRate(window_steps=0)
 
 
 def test_a_queue_full_refusal_is_remembered_until_a_place_frees_or_it_ages_out():

@@ -3,7 +3,9 @@
 OpenAI clients read `{"error": {"message", "type", "param", "code"}}` and the HTTP status; the SDKs
 raise a class per status (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
 429 RateLimitError, 5xx InternalServerError...). AliseError subclasses carry a gRPC status code,
-so the table is keyed by that code: a new AliseError subclass needs no HTTP change.
+so the table is keyed by that code: a new AliseError subclass needs no HTTP change. A refusal's
+reason (services/common/refusal.py) becomes the body's `code` ("queue_full") and the
+`alise-refusal-reason` header, so a client tells a full queue from a drain without reading prose.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from services.common.errors import AliseError
+from services.common.refusal import REFUSAL_REASON_KEY, RefusalReason
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,21 @@ class HttpApiError(Exception):
     """An error raised by the HTTP layer itself (body shape, unknown model, unsupported parameter)."""
 
     def __init__(
-        self, status: int, message: str, *, error_type: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str,
+        param: str | None = None,
+        code: str | None = None,
+        refusal_reason: RefusalReason | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status  # HTTP status code
         self.error_type = error_type  # OpenAI error `type`
         self.param = param  # body field at fault, None when not one field
         self.code = code  # OpenAI error `code` (e.g. "model_not_found"), None when none applies
+        self.refusal_reason = refusal_reason  # a refusal's reason: the alise-refusal-reason header
 
 
 def invalid_parameter(message: str, param: str | None, code: str | None = None) -> HttpApiError:
@@ -91,14 +102,20 @@ def from_exception(error: Exception) -> HttpApiError:
         mapped = GRPC_TO_HTTP.get(error.status_code, INTERNAL)
         message = str(error)
         param = _param_of(message) if mapped.status == 400 else None
-        return HttpApiError(mapped.status, message, error_type=mapped.error_type, param=param)
+        reason = error.refusal_reason  # a refusal: its reason as the OpenAI `code` and a header
+        code = reason.openai_code if reason is not None else None
+        return HttpApiError(
+            mapped.status, message, error_type=mapped.error_type, param=param, code=code, refusal_reason=reason
+        )
     log.error("unexpected error in an HTTP request", exc_info=error)
     return HttpApiError(500, f"internal error: {type(error).__name__}", error_type=INTERNAL.error_type)
 
 
 def error_response(error: HttpApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The HTTP response of an error."""
+    """The HTTP response of an error (a refusal's reason also in the alise-refusal-reason header)."""
     body = error_body(str(error), error.error_type, error.param, error.code)
+    if error.refusal_reason is not None:
+        headers = {**(headers or {}), REFUSAL_REASON_KEY: error.refusal_reason.value}
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
