@@ -117,12 +117,19 @@ def load_file_rows(path: Path, predictor: LengthPredictor, args: argparse.Namesp
 
 
 def _rows(predictor: LengthPredictor, files: list[FileRows], cache_dir: Path) -> EvalRows:
-    """Model input rows of every file (embeddings through the training cache: the same numbers)."""
+    """Model input rows of every file."""
+    examples = [example for item in files for example in item.examples]
+    return input_rows(predictor, examples, [name for item in files for name in item.generators], cache_dir)
+
+
+def input_rows(
+    predictor: LengthPredictor, examples: list[data.LengthExample], generators: list[str], cache_dir: Path
+) -> EvalRows:
+    """Model input rows of examples under their generator columns (embeddings through the training
+    cache: the same numbers)."""
     from services.predictor.embedding_cache import EmbeddingCache
     from services.predictor.model_inputs import build_matrix, lexical_block
 
-    examples = [example for item in files for example in item.examples]
-    generators = [name for item in files for name in item.generators]
     texts = [e.prompt_text for e in examples]
     lexical = lexical_block(predictor.model.layout, [(e.prompt_text, e.num_prompt_tokens) for e in examples])
     embedding = None

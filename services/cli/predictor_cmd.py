@@ -4,6 +4,7 @@
     export-embedding  services/predictor/cli.py    (the install step; also under that module)
     eval              services/bench/predictor_eval.py
     bench             services/bench/predictor_bench.py
+    ceiling           services/bench/predictor_ceiling.py
 
 The predictor package cannot import services.bench (tests/test_import_boundaries.py), so the
 command that joins both lives here. Flags, outputs and exit statuses are those of each module.
@@ -14,11 +15,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from services.bench import predictor_bench, predictor_eval
+from services.bench import predictor_bench, predictor_ceiling, predictor_eval
 from services.common.cache_dir import default_cache_dir
 from services.predictor import cli as predictor_cli
 
-MEASURING_COMMANDS = ("eval", "bench")  # these read the embedding cache, so they need its directory
+MEASURING_COMMANDS = ("eval", "bench", "ceiling")  # these read the embedding cache, so they need its directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_cli.add_train_parser(commands)
     predictor_eval.add_parser(commands)
     predictor_bench.add_parser(commands)
+    predictor_ceiling.add_parser(commands)
     predictor_cli.add_export_parser(commands)
     return parser
 
