@@ -18,7 +18,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 
 from services.bench.chaos_fuzz import ThreadedStack
-from services.bench.chaos_fuzz_http import ROUTES, bodies, post_body
+from services.bench.chaos_fuzz_http import MAX_FUZZ_OUTPUT_TOKENS, ROUTES, bodies, post_body
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,7 +33,8 @@ def gateway(tmp_path_factory):
         num_engines=1,
         with_predictor=False,
         engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
-        gateway_options={"http_body_timeout_s": BODY_TIMEOUT_S},
+        # generation bounded (also without max_tokens): no answer within the timeout is then a hang
+        gateway_options={"http_body_timeout_s": BODY_TIMEOUT_S, "default_max_tokens": MAX_FUZZ_OUTPUT_TOKENS},
     )
     threaded = ThreadedStack(config).start()
     with requests.Session() as session:
@@ -149,4 +150,9 @@ def test_healthy_and_generating_after_the_fuzzing(gateway):
     )
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 4
+    # without max_tokens the fuzz stack's default bounds generation (a 250-token answer was the
+    # 10,000-case run's one case unanswered within 10 s on a loaded machine: slow, not hung)
+    response = client.post("/v1/completions", json={"model": "dummy-llama-tiny", "prompt": "hello", "ignore_eos": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == MAX_FUZZ_OUTPUT_TOKENS
     assert all(child.returncode is None for child in threaded.stack.children.values())

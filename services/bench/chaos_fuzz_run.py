@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
 from services.bench.chaos_fuzz import FAILING_CODES, FuzzTarget, ThreadedStack, any_request_bytes, call_raw
-from services.bench.chaos_fuzz_http import ROUTES, fuzz_route, is_failing
+from services.bench.chaos_fuzz_http import MAX_FUZZ_OUTPUT_TOKENS, ROUTES, fuzz_route, is_failing
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStackConfig
 from services.common.contracts import engine_service_pb2, gateway_service_pb2, memory_service_pb2, predictor_service_pb2
 
@@ -47,6 +47,8 @@ def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
             num_engines=1,
             engine_args=(*ENGINE_ARGS, "--max-model-len", "256"),
             startup_timeout_s=STARTUP_TIMEOUT_S,
+            # a body without max_tokens generates briefly too: no answer within 10 s is then a hang
+            gateway_options={"default_max_tokens": MAX_FUZZ_OUTPUT_TOKENS},
         )
     ).start()
     try:
@@ -75,15 +77,18 @@ def fuzz_all(cases_per_service: int, log_dir: pathlib.Path) -> dict:
 
 
 def _fuzz_http(base_url: str, cases_per_route: int) -> dict:
-    """The OpenAI routes, cases_per_route bodies each: {per_route: {route: {status: count}}, num_cases, num_failing}."""
+    """The OpenAI routes, cases_per_route bodies each: per route the statuses, failing bodies and the
+    slowest answer; num_cases, num_failing."""
     with requests.Session() as session:
         per_route = {route: fuzz_route(session, base_url + route, cases_per_route, CALL_TIMEOUT_S) for route in ROUTES}
     return {
         "per_route": {
-            route: {str(status): n for status, n in statuses.items()} for route, statuses in per_route.items()
+            route: {str(status): n for status, n in found.statuses.items()} for route, found in per_route.items()
         },
-        "num_cases": sum(sum(statuses.values()) for statuses in per_route.values()),
+        "failing_bodies": {route: found.failing_bodies for route, found in per_route.items() if found.failing_bodies},
+        "slowest_answer_s": {route: round(found.slowest_answer_s, 3) for route, found in per_route.items()},
+        "num_cases": sum(sum(found.statuses.values()) for found in per_route.values()),
         "num_failing": sum(
-            n for statuses in per_route.values() for status, n in statuses.items() if is_failing(status)
+            n for found in per_route.values() for status, n in found.statuses.items() if is_failing(status)
         ),
     }
