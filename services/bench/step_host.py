@@ -61,6 +61,7 @@ class HostPath:
     def __init__(self, num_decodes: int, chunk: bool, policy: str, seed: int, num_steps: int) -> None:
         from services.engine.block_pool import KvBlockManager
         from services.engine.engine_core import EngineCore
+        from services.engine.kernels.backend import CudaAttention
         from services.engine.model_runner import ModelRunner
         from services.engine.scheduler import Scheduler, SchedulerLimits, make_policy
 
@@ -71,6 +72,9 @@ class HostPath:
         self.scheduler = Scheduler(make_policy(policy), limits, self.kv, None)
         self.runner = ModelRunner(null_operator_model(), self.kv, num_blocks)
         self.runner.decoder.layers = []  # the null-operator decoder: embedding, final norm, LM head
+        # The GPU backend's per-step host work (its launch plan from the host lists: ops.plan_attention
+        # runs on any device), not the CPU reference's decode batching; no layer calls the backend.
+        self.runner.attention = CudaAttention(self.runner.num_heads, self.runner.num_kv_heads)
         self.core = EngineCore(self.scheduler, self.runner)
         self.chunk, self.num_chunks = chunk, 0
         self.rng = np.random.default_rng(seed)
@@ -168,11 +172,13 @@ def measure(workloads: list[tuple[int, bool, str]], num_steps: int, num_warmup_s
 
 def main(argv: list[str]) -> int:
     """argv: one JSON object {workloads: [[num_decodes, chunk, policy], ...], num_steps, num_warmup_steps,
-    seed}; prints the measured rows as one JSON line."""
+    seed}; prints {engine_dir: the engine package measured, rows: the measured rows} as one JSON line."""
+    import services.engine
+
     spec = json.loads(argv[0])
     workloads = [(int(n), bool(chunk), str(policy)) for n, chunk, policy in spec["workloads"]]
     rows = measure(workloads, spec["num_steps"], spec["num_warmup_steps"], spec["seed"])
-    print(json.dumps(rows))
+    print(json.dumps({"engine_dir": list(services.engine.__path__)[0], "rows": rows}))
     return 0
 
 

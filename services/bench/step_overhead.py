@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from services.bench import step_direct
 from services.bench.results import build_report, write_report
 from services.bench.step_legacy import LegacyRunner
 from services.bench.step_ops import AttentionProbe, OperatorCounter, OperatorTimer, clock_cost_ns
@@ -335,8 +336,18 @@ def _print_row(figures: PathFigures) -> None:
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("step", help="engine host ms per step by phase, before vs after (tiny model, CPU)")
     parser.add_argument("--num-decodes", default="1,64,256", help="comma-separated running decodes per workload")
-    parser.add_argument("--num-steps", type=arg_types.positive_int, default=12, help="measured steps per workload")
-    parser.add_argument("--num-warmup-steps", type=arg_types.non_negative_int, default=3)
+    parser.add_argument("--policies", default=",".join(step_direct.DEFAULT_POLICIES), help="first: every workload")
+    parser.add_argument("--num-steps", type=arg_types.positive_int, default=40, help="measured steps per round")
+    parser.add_argument("--num-warmup-steps", type=arg_types.non_negative_int, default=5)
+    parser.add_argument("--rounds", type=arg_types.positive_int, default=3, help="alternations of before and after")
+    parser.add_argument(
+        "--baseline-commit", default=step_direct.BASELINE_COMMIT, help="the 'before' engine ('none': after only)"
+    )
+    parser.add_argument(
+        "--operator-phases",
+        action="store_true",
+        help="also the operator-subtracted per-phase view on the real tiny model, legacy path vs runner (minutes)",
+    )
     parser.add_argument("--seed", type=arg_types.seed, default=0)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/step_overhead.json"))
     parser.set_defaults(handler=run)
@@ -344,22 +355,29 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     num_decodes = arg_types.comma_list(args.num_decodes, int)
-    config = StepConfig(num_decodes, args.num_steps, args.num_warmup_steps, 32, args.seed)
-    print("host ms per step (thread CPU time outside operators), tiny model, 1 thread; attention = CPU reference")
-    print(
-        f"{'decodes':>7} {'chunk':>6} {'temp':>5} {'path':<7}"
-        + "".join(f" {p:>8}" for p in PHASES)
-        + f" {'host':>8} {'attention':>10} {'operators':>10}"
+    policies = arg_types.comma_list(args.policies, str)
+    baseline = None if args.baseline_commit.lower() == "none" else args.baseline_commit
+    direct = step_direct.DirectConfig(
+        num_decodes, policies, args.num_steps, args.num_warmup_steps, args.rounds, args.seed, baseline
     )
-    report = run_benchmark(config)
-    for name, counts in report["operators_per_decode_step"].items():
-        print(
-            f"operators per decode step, 32-layer Llama-shaped, {name}: {counts['decoder_ops']} outside attention"
-            f" (+{counts['decoder_view_ops']} views) + {counts['attention_backend_calls']} attention calls"
-            f" = {counts['ops_per_layer']:.2f} per layer"
-        )
+    print("host ms per engine step, measured directly: EngineCore.step() thread time on a null-operator decoder")
+    summary = step_direct.summarize(step_direct.measure_paths(direct))
+    step_direct.print_table(summary)
+    report: dict = {"method": step_direct.METHOD, "direct": summary, "goals": step_direct.goals(summary, policies[0])}
     for goal, figures in report["goals"].items():
-        print(f"goal {goal}: {figures['after']} (goal {figures['goal']})")
+        if isinstance(figures, dict):
+            print(f"goal {goal}: {figures['after']} ms (goal {figures['goal']} ms, policy {policies[0]})")
+    config: dict = {"direct": direct}
+    if args.operator_phases:
+        phases = StepConfig(num_decodes, 12, 3, 32, args.seed)
+        config["operator_phases"] = phases
+        print("operator-subtracted view: host ms per phase, legacy path vs runner, real tiny model")
+        print(
+            f"{'decodes':>7} {'chunk':>6} {'temp':>5} {'path':<7}"
+            + "".join(f" {p:>8}" for p in PHASES)
+            + f" {'host':>8} {'attention':>10} {'operators':>10}"
+        )
+        report["operator_phases"] = run_benchmark(phases)
     path = write_report(args.out, build_report("step_overhead", config, report))
     print(f"saved {path}")
     return 0

@@ -37,6 +37,19 @@ from services.engine.scheduler.output import ScheduledChunk
 INITIAL_ROWS = 16  # rows allocated first; capacities double as needed
 INITIAL_TOKENS = 256  # token columns per row at first
 INITIAL_BLOCKS = 16  # block-table columns per row at first
+# Every per-row array (grown together).
+ROW_ARRAYS = (
+    "_num_tokens",
+    "_num_blocks",
+    "_epoch",
+    "token_ids",
+    "block_table",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "min_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +81,11 @@ class InputBatch:
         self._pin = device.type == "cuda" and torch.cuda.is_available()
         self._row_of: dict[str, int] = {}
         self._free_rows: list[int] = list(range(INITIAL_ROWS - 1, -1, -1))  # popped from the end: lowest first
-        self._num_tokens = [0] * INITIAL_ROWS  # python lists: read per chunk, cheaper than numpy scalars
-        self._num_blocks = [0] * INITIAL_ROWS
-        self._epoch = [0] * INITIAL_ROWS  # request.num_preemptions when the row was filled
+        # Per row: tokens and blocks it holds, and request.num_preemptions when it was filled. Arrays: a
+        # step checks every row at once (prepare), per-row reads happen only when a row changes.
+        self._num_tokens = np.zeros(INITIAL_ROWS, dtype=np.int64)
+        self._num_blocks = np.zeros(INITIAL_ROWS, dtype=np.int64)
+        self._epoch = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.token_ids = np.zeros((INITIAL_ROWS, INITIAL_TOKENS), dtype=np.int32)
         self.block_table = np.zeros((INITIAL_ROWS, INITIAL_BLOCKS), dtype=np.int32)
         self.temperature = np.zeros(INITIAL_ROWS, dtype=np.float32)
@@ -112,9 +127,7 @@ class InputBatch:
     def _grow_rows(self) -> None:
         old = len(self._num_tokens)
         self._free_rows.extend(range(2 * old - 1, old - 1, -1))  # lowest free row is taken first
-        for name in ("_num_tokens", "_num_blocks", "_epoch"):
-            getattr(self, name).extend([0] * old)
-        for name in ("token_ids", "block_table", "temperature", "top_p", "top_k", "seed", "min_tokens"):
+        for name in ROW_ARRAYS:
             array = getattr(self, name)
             grown = np.zeros((2 * old,) + array.shape[1:], dtype=array.dtype)
             grown[:old] = array
@@ -184,9 +197,7 @@ class InputBatch:
         if last >= self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, last + 1)
         self.token_ids[rows, positions] = token_ids
-        num_tokens = self._num_tokens
-        for row in rows.tolist():
-            num_tokens[row] += 1
+        self._num_tokens[rows] += 1  # rows are distinct within a step
 
     # -- one step ------------------------------------------------------------------------
 
@@ -194,36 +205,48 @@ class InputBatch:
         """Syncs the chunks' rows, then builds the step's arrays; block_table_of(request_id) -> its blocks
         (KvBlockManager.block_table). A request without a row, or preempted since its row was filled,
         gets a fresh row. A row is synced only when it lacks tokens or blocks this step reads (tables
-        only grow while a request holds its KV), so a decode step touches no table most of the time."""
-        rows = []
-        row_of, num_tokens_of, num_blocks_of, epoch_of = self._row_of, self._num_tokens, self._num_blocks, self._epoch
-        block_size = self.block_size
-        for chunk in chunks:  # the one per-request loop of a step: keep it lean (comprehensions below)
-            request = chunk.request
-            row = row_of.get(request.request_id)
-            if row is None or epoch_of[row] != request.num_preemptions:
-                self.remove(request.request_id)
-                row = self._add(request)
-            seq_len = chunk.num_context_tokens
-            if num_tokens_of[row] < seq_len or num_blocks_of[row] * block_size < seq_len:
-                self._sync_row(row, request, block_table_of(request.request_id))
-            if chunk.num_draft_tokens:
-                self.write_drafts(row, request.draft_token_ids[: chunk.num_draft_tokens])  # type: ignore[index]
-            rows.append(row)
-        seq_lens = [chunk.num_context_tokens for chunk in chunks]
+        only grow while a request holds its KV), so a decode step touches no table most of the time.
+
+        The per-request work is a few list comprehensions (one attribute each) and one dict lookup per
+        request; which rows need a fresh row or a sync is decided for all rows at once with numpy, and
+        only those rows are visited one by one."""
+        requests = [chunk.request for chunk in chunks]
+        rows_list = list(map(self._row_of.get, [request.request_id for request in requests]))
+        if None in rows_list:  # new requests (or rows dropped by preemption): the only per-row dict writes
+            for index in [i for i, row in enumerate(rows_list) if row is None]:
+                rows_list[index] = self._add(requests[index])
+        rows = np.array(rows_list, dtype=np.int64)
+        preemptions = np.fromiter((request.num_preemptions for request in requests), np.int64, len(requests))
+        for index in np.flatnonzero(self._epoch[rows] != preemptions).tolist():  # preempted since filled
+            self.remove(requests[index].request_id)
+            rows[index] = rows_list[index] = self._add(requests[index])
+        seq_lens_list = [chunk.num_context_tokens for chunk in chunks]
+        seq_lens = np.array(seq_lens_list, dtype=np.int64)
+        stale = (self._num_tokens[rows] < seq_lens) | (self._num_blocks[rows] * self.block_size < seq_lens)
+        for index in np.flatnonzero(stale).tolist():
+            request = requests[index]
+            self._sync_row(rows_list[index], request, block_table_of(request.request_id))
         counts = [chunk.num_new_tokens for chunk in chunks]
+        if len(counts) != sum(counts):  # some chunk feeds more than one token: a prefill chunk or a verify
+            for index in [i for i, chunk in enumerate(chunks) if chunk.num_draft_tokens]:
+                drafts = requests[index].draft_token_ids
+                self.write_drafts(rows_list[index], drafts[: chunks[index].num_draft_tokens])  # type: ignore[index]
         samples = [chunk.samples_token for chunk in chunks]
         sample_indices = list(range(len(chunks))) if all(samples) else [i for i, s in enumerate(samples) if s]
-        return self._build(rows, seq_lens, counts, sample_indices)
+        return self._build(rows, seq_lens, seq_lens_list, counts, sample_indices)
 
     def _build(
-        self, rows_list: list[int], seq_lens_list: list[int], counts_list: list[int], sample_indices: list[int]
+        self,
+        rows: np.ndarray,
+        seq_lens: np.ndarray,
+        seq_lens_list: list[int],
+        counts_list: list[int],
+        sample_indices: list[int],
     ) -> StepArrays:
         """Vectorised: positions, ids, slots and tables of every token, in one staging buffer laid out
         [ids | positions | slots | query starts | seq lens | block tables] (int32)."""
-        num_reqs, num_tokens = len(rows_list), sum(counts_list)
-        rows, seq_lens = np.array(rows_list, dtype=np.int64), np.array(seq_lens_list, dtype=np.int64)
-        max_seq_len = max(seq_lens_list)
+        num_reqs, num_tokens = len(rows), sum(counts_list)
+        max_seq_len = int(seq_lens.max())
         width = -(-max_seq_len // self.block_size)
         bounds = (0, num_tokens, 2 * num_tokens, 3 * num_tokens, 3 * num_tokens + num_reqs + 1)
         bounds += (bounds[-1] + num_reqs, bounds[-1] + num_reqs + num_reqs * width)
