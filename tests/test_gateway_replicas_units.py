@@ -143,6 +143,9 @@ def test_ledger_uses_the_default_rate_until_the_engine_reports_one():
     assert tracker.outstanding_work_s(default_seconds_per_token=0.5) == 5.0
     tracker.on_stats(polled_tokens=0, polled_work_s=0, mine_at_poll=10)  # idle engine: no rate yet
     assert tracker.seconds_per_token is None
+    # an idle engine that has decoded before reports its drain rate all the same
+    tracker.on_stats(polled_tokens=0, polled_work_s=0, mine_at_poll=10, polled_s_per_token=0.02)
+    assert tracker.seconds_per_token == pytest.approx(0.02)
 
 
 def test_ledger_rate_ignores_a_prefill_heavy_step():

@@ -15,10 +15,12 @@ keeps its own ledger of what it sent and moves the figure with it:
 So between polls the estimate moves exactly with this gateway's sends, streamed tokens and finishes;
 at each poll it snaps back to the engine's own figure. A request's remaining tokens mirror the
 engine's rule: max(1, min(predicted - generated, max_tokens - generated)) while it is live.
-seconds_per_token is the engine's own rate (polled seconds / polled tokens), as the median of its
-last RATE_WINDOW answers: the engine derives it from its last step alone, and a step that was mostly
-prefill (many tokens in, one sampled) reports a rate many times the usual, which a median ignores.
-Before an engine has reported a rate, the caller supplies a default (e.g. the other replicas').
+seconds_per_token is the engine's own drain rate, as the median of its last RATE_WINDOW answers: the
+`seconds_per_output_token` it reports (taken over its recent steps, so it is known even when nothing
+is outstanding at the poll), else polled seconds / polled tokens (an engine that does not report it:
+its last step alone, where a step that was mostly prefill reports a rate many times the usual, which
+the median ignores). Before an engine has reported a rate, the caller supplies a default (e.g. the
+other replicas').
 """
 
 from __future__ import annotations
@@ -82,12 +84,18 @@ class ReplicaLoadTracker:
         prefill): the work a new request would wait behind before its own first token."""
         return sum(request.remaining_tokens for request in self._live.values() if request.num_received_tokens == 0)
 
-    def on_stats(self, polled_tokens: float, polled_work_s: float, mine_at_poll: float) -> None:
-        """A GetStats answer; mine_at_poll = mine_tokens() when the poll was sent."""
+    def on_stats(
+        self, polled_tokens: float, polled_work_s: float, mine_at_poll: float, polled_s_per_token: float = 0.0
+    ) -> None:
+        """A GetStats answer; mine_at_poll = mine_tokens() when the poll was sent; polled_s_per_token =
+        the engine's reported drain rate (0: not reported or not measured yet)."""
         self.num_polls += 1
         self._offset_tokens = polled_tokens - mine_at_poll
-        if polled_tokens > 0 and polled_work_s > 0:
-            self._recent_rates.append(polled_work_s / polled_tokens)
+        rate = polled_s_per_token
+        if rate <= 0 and polled_tokens > 0 and polled_work_s > 0:
+            rate = polled_work_s / polled_tokens
+        if rate > 0:
+            self._recent_rates.append(rate)
             self.seconds_per_token = statistics.median(self._recent_rates)
 
     def outstanding_tokens(self) -> float:

@@ -103,7 +103,12 @@ class EngineReplica(PeriodicallyChecked):
         except grpc.aio.AioRpcError as error:  # no stats: route on this gateway's ledger alone
             log.debug("GetStats on %s failed (%s)", self.address, describe_rpc_error(error))
             return
-        self.load.on_stats(stats.predicted_outstanding_tokens, stats.predicted_outstanding_work_s, mine_at_poll)
+        self.load.on_stats(
+            stats.predicted_outstanding_tokens,
+            stats.predicted_outstanding_work_s,
+            mine_at_poll,
+            stats.seconds_per_output_token,
+        )
 
     async def _on_check_failed(self, reason: str) -> None:
         if not self.health.on_failure(reason):
