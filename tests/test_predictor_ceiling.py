@@ -110,10 +110,14 @@ def test_sample_files_join_runs_by_prompt_text_and_count_capped_answers(tmp_path
     second = write(
         "b.jsonl", [("write  an ESSAY", 400, "FINISH_REASON_EOS"), ("unanswered in a", 9, "FINISH_REASON_EOS")]
     )
-    repeated = sample_files_repeated([first, second])
+    feedback = tmp_path / "feedback.jsonl"  # the predictor's feedback records name the fields differently
+    feedback.write_text(
+        json.dumps({"prompt_text": "WRITE AN ESSAY", "num_output_tokens": 512, "censored": True}) + "\n"
+    )
+    repeated = sample_files_repeated([first, second, feedback])
     assert repeated.texts == ["Write an essay"]
-    np.testing.assert_array_equal(repeated.answers[0], [512, 400])
-    assert repeated.num_capped_answers == 1
+    np.testing.assert_array_equal(repeated.answers[0], [512, 400, 512])
+    assert repeated.num_capped_answers == 2
     assert repeated.select([False]).texts == []
     with pytest.raises(ValueError, match="at least 2 sample files"):
         sample_files_repeated([first])

@@ -5,10 +5,10 @@
   (772 vs 759 tokens, 148 vs 147): such copies are not independent samples, so a prompt keeps one
   answer per conversation and drops an answer whose words match one it already has by
   >= COPY_SIMILARITY (difflib's ratio over the word sequences; regenerated answers share far less).
-- Sample files: JSONL of one model answering the same prompts in separate runs with different seeds
-  (`alise collect-lengths` output: prompt, num_output_tokens, finish_reason), joined by normalized
-  prompt text. An answer stopped by max_tokens ("FINISH_REASON_LENGTH") counts at its cap, as the
-  served label does.
+- Sample files: JSONL of one model answering the same prompts in separate runs with different seeds,
+  joined by normalized prompt text: `alise collect-lengths` output (prompt, num_output_tokens,
+  finish_reason) or the predictor's feedback files (prompt_text, num_output_tokens, censored). An
+  answer stopped by max_tokens counts at its cap, as the served label does.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def sample_files_repeated(paths: Sequence[Path]) -> RepeatedPrompts:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 record = json.loads(line)
+                record["prompt"] = record["prompt"] if "prompt" in record else record["prompt_text"]
                 by_prompt.setdefault(data.prompt_key(record["prompt"]), {}).setdefault(index, record)
     texts, prompt_tokens, answers, capped = [], [], [], []
     for runs in by_prompt.values():
@@ -112,8 +113,12 @@ def sample_files_repeated(paths: Sequence[Path]) -> RepeatedPrompts:
             texts.append(records[0]["prompt"])
             prompt_tokens.append(max(1, int(records[0].get("num_prompt_tokens", 1))))
             answers.append(np.asarray([int(r["num_output_tokens"]) for r in records], np.float64))
-            capped.append(np.asarray([r.get("finish_reason", "") in CAPPED_FINISH_REASONS for r in records], bool))
+            capped.append(np.asarray([_is_capped(r) for r in records], bool))
     return RepeatedPrompts(texts, prompt_tokens, answers, capped)
+
+
+def _is_capped(record: dict) -> bool:
+    return record.get("finish_reason", "") in CAPPED_FINISH_REASONS or bool(record.get("censored", False))
 
 
 def alpaca_eval_lengths(data_dir: Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
