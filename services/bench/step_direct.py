@@ -29,7 +29,7 @@ BASELINE_COMMIT = "3a7662a77a7fa3ddd6da629a2ad134ffb585047b"
 METHOD = (
     "host ms = thread CPU time of one EngineCore.step() (schedule, prepare, launch, sample, update, and the "
     "engine core around them) with a decoder whose operators cost next to nothing (no layers, hidden 8, vocab "
-    "256; their own time is null_operators_ms): on a GPU the model's operators run asynchronously and what "
+    "32; their own time is null_operators_ms): on a GPU the model's operators run asynchronously and what "
     "blocks the next launch is this host time, so it is read off a clock instead of subtracting operator time. "
     "The attention backend's per-step prepare is the CUDA backend's (its launch plan, built on the host)."
 )

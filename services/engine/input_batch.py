@@ -93,6 +93,12 @@ class InputBatch:
         self.top_k = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.seed = np.zeros(INITIAL_ROWS, dtype=np.int64)
         self.min_tokens = np.zeros(INITIAL_ROWS, dtype=np.int64)  # lets a step skip min_tokens.py's per-row check
+        # The requests and rows of the last prepare(), reused while the same requests come in the same order
+        # and no row was added or removed since (the steady decode step): see _rows_of.
+        self._last_requests: list[Request] = []
+        self._last_preemption_counts: list[int] = []
+        self._last_rows: tuple[list[int], np.ndarray] = ([], np.zeros(0, dtype=np.int64))
+        self._rows_changed = False
 
     # -- rows ----------------------------------------------------------------------------
 
@@ -108,6 +114,7 @@ class InputBatch:
         """Frees the request's row (finished, aborted or preempted); a no-op when it has none."""
         row = self._row_of.pop(request_id, None)
         if row is not None:
+            self._rows_changed = True
             self._num_tokens[row] = self._num_blocks[row] = 0
             self._free_rows.append(row)
 
@@ -116,6 +123,7 @@ class InputBatch:
             self._grow_rows()
         row = self._free_rows.pop()
         self._row_of[request.request_id] = row
+        self._rows_changed = True
         self._epoch[row] = request.num_preemptions
         self._num_tokens[row] = self._num_blocks[row] = 0
         option = request.sampling
@@ -211,15 +219,7 @@ class InputBatch:
         request; which rows need a fresh row or a sync is decided for all rows at once with numpy, and
         only those rows are visited one by one."""
         requests = [chunk.request for chunk in chunks]
-        rows_list = list(map(self._row_of.get, [request.request_id for request in requests]))
-        if None in rows_list:  # new requests (or rows dropped by preemption): the only per-row dict writes
-            for index in [i for i, row in enumerate(rows_list) if row is None]:
-                rows_list[index] = self._add(requests[index])
-        rows = np.array(rows_list, dtype=np.int64)
-        preemptions = np.fromiter((request.num_preemptions for request in requests), np.int64, len(requests))
-        for index in np.flatnonzero(self._epoch[rows] != preemptions).tolist():  # preempted since filled
-            self.remove(requests[index].request_id)
-            rows[index] = rows_list[index] = self._add(requests[index])
+        rows_list, rows = self._rows_of(requests)
         seq_lens_list = [chunk.num_context_tokens for chunk in chunks]
         seq_lens = np.array(seq_lens_list, dtype=np.int64)
         stale = (self._num_tokens[rows] < seq_lens) | (self._num_blocks[rows] * self.block_size < seq_lens)
@@ -234,6 +234,31 @@ class InputBatch:
         samples = [chunk.samples_token for chunk in chunks]
         sample_indices = list(range(len(chunks))) if all(samples) else [i for i, s in enumerate(samples) if s]
         return self._build(rows, seq_lens, seq_lens_list, counts, sample_indices)
+
+    def _rows_of(self, requests: list[Request]) -> tuple[list[int], np.ndarray]:
+        """Each request's row (a fresh one for a request without a row or preempted since its row was
+        filled), as a list and an array. The same requests in the same order as the last call, none
+        preempted since (the same preemption counts), with no row added or removed since, have the same
+        rows: two list comparisons in C instead of a dict lookup per request."""
+        preemption_counts = [request.num_preemptions for request in requests]
+        if (
+            requests == self._last_requests  # identity comparisons (Request compares by identity)
+            and preemption_counts == self._last_preemption_counts
+            and not self._rows_changed
+        ):
+            return self._last_rows
+        rows_list = list(map(self._row_of.get, [request.request_id for request in requests]))
+        if None in rows_list:  # new requests (or rows dropped by preemption): the only per-row dict writes
+            for index in [i for i, row in enumerate(rows_list) if row is None]:
+                rows_list[index] = self._add(requests[index])
+        rows = np.array(rows_list, dtype=np.int64)
+        preempted = self._epoch[rows] != np.array(preemption_counts, dtype=np.int64)
+        for index in np.flatnonzero(preempted).tolist():  # preempted since its row was filled: a fresh row
+            self.remove(requests[index].request_id)
+            rows[index] = rows_list[index] = self._add(requests[index])
+        self._last_requests, self._last_preemption_counts = requests, preemption_counts
+        self._last_rows, self._rows_changed = (rows_list, rows), False
+        return rows_list, rows
 
     def _build(
         self,

@@ -80,9 +80,9 @@ class ModelRunner:
         """Drops the request's row once it finished or was aborted (or lost its KV)."""
         self.batch.remove(request_id)
 
-    @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> dict[str, int]:
-        """Runs a step without drafts; returns the sampled token of each request that samples this step."""
+        """Runs a step without drafts; returns the sampled token of each request that samples this step
+        (execute_step enters inference mode: once per step, not twice)."""
         return self.execute_step(step).tokens
 
     @torch.inference_mode()
