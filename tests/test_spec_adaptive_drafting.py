@@ -98,13 +98,16 @@ def test_the_batch_rate_pools_drafting_requests_and_starts_from_the_prior():
     tracker.num_drafts("new", 4)  # tracked, no estimate: left out of the pool
     tracker.record("a", 4, 4)  # 4 successes, 0 failures
     tracker.record("b", 4, 0)  # 0 successes, 1 failure
-    assert tracker.batch_acceptance_rate() == pytest.approx(4 / 5)
-    assert tracker.batch_acceptance_rate(["b", "new", "unknown"]) == 0.0
+    prior, weight = CONFIG.prior_acceptance_rate, CONFIG.prior_weight_trials
+    assert tracker.batch_acceptance_rate() == pytest.approx((4 + prior * weight) / (5 + weight))
+    # one rejected verify pools above 0 (at 0, batch_num_drafts would stop drafting for good)
+    assert tracker.batch_acceptance_rate(["b", "new", "unknown"]) == pytest.approx(prior * weight / (1 + weight))
+    assert 0.0 < tracker.batch_acceptance_rate(["b"]) < prior
     assert tracker.batch_acceptance_rate(["new"]) == CONFIG.prior_acceptance_rate
     for _ in range(2):
         tracker.record("b", 4, 0)  # judged after 3 verifies: paused, so out of the pool
     assert tracker.num_drafts("b", 4) == 0
-    assert tracker.batch_acceptance_rate() == pytest.approx(1.0)
+    assert tracker.batch_acceptance_rate() == pytest.approx((4 + prior * weight) / (4 + weight))
     tracker.forget("a")
     assert tracker.batch_acceptance_rate() == CONFIG.prior_acceptance_rate
 
@@ -114,6 +117,7 @@ def test_the_batch_rate_pools_drafting_requests_and_starts_from_the_prior():
     [
         {"min_acceptance_rate": 1.5},
         {"prior_acceptance_rate": -0.1},
+        {"prior_weight_trials": -1.0},
         {"min_verifies": 0},
         {"ema_weight": 0.0},
         {"initial_backoff_steps": 0},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.engine.spec.ngram_drafter import NgramConfig, propose_ngram_drafts
+from services.engine.spec.ngram_drafter import NgramConfig, matched_length, propose_ngram_drafts
 
 
 def _reference(tokens: list[int], min_n: int, max_n: int, num_drafts: int) -> list[int]:
@@ -75,3 +75,27 @@ def test_invalid_arguments_and_config():
         NgramConfig(min_n=0)
     with pytest.raises(ValueError):
         NgramConfig(min_n=3, max_n=2)
+
+
+def test_a_short_match_drafts_fewer_tokens_than_a_long_one():
+    copy = list(range(10, 40))
+    # "... 10..19" then again "10..19": the match runs 10 tokens back, so 2 x 10 = 20 drafts are allowed
+    long_match = np.array(copy + [1] + copy[:10])
+    assert propose_ngram_drafts(long_match, 2, 4, 16, 2) == copy[10:26]
+    # only "20 21" recurs (after a different token): a 2-token match drafts 2 x 2 = 4 of the 16 granted
+    short_match = np.array(copy + [1, 20, 21])
+    assert propose_ngram_drafts(short_match, 2, 4, 16, 2) == copy[12:16]
+    assert propose_ngram_drafts(short_match, 2, 4, 16, 0) == copy[12:28]  # 0: no length rule
+    assert propose_ngram_drafts(short_match, 2, 4, 3, 2) == copy[12:15]  # never more than granted
+    assert matched_length(long_match, 9) == 10  # "10..19" ends at index 9
+
+
+def test_the_length_rule_changes_nothing_at_k_4(seed_count=30):
+    for seed in range(seed_count):
+        tokens = np.random.default_rng(seed).integers(0, 4, 80)
+        assert propose_ngram_drafts(tokens, 2, 4, 4, 2) == propose_ngram_drafts(tokens, 2, 4, 4)
+
+
+def test_ngram_config_rejects_a_negative_length_rule():
+    with pytest.raises(ValueError):
+        NgramConfig(drafts_per_matched_token=-1)

@@ -41,17 +41,40 @@ class NgramConfig:
 
     min_n: int = 2  # shortest suffix matched, tokens
     max_n: int = 4  # longest suffix matched, tokens; tried first
+    # A match of m tokens (the suffix extended back as far as it agrees, up to MAX_MATCH_TOKENS) drafts at
+    # most this many tokens per matched token; 0 = always the k granted. A long match is a copy in
+    # progress and tends to go on, a 2-token match rarely: replayed on off's greedy outputs of SmolLM2
+    # (docs/benchmarks/spec/spec_bound.json), k = 16 with 2 per matched token beats a fixed k = 4 or 16
+    # on all three prompt sets. With min_n = 2 and k <= 4 it changes nothing (2 m >= 4).
+    drafts_per_matched_token: int = 2
 
     def __post_init__(self) -> None:
         if self.min_n < 1:
             raise ValueError(f"ngram min_n must be >= 1, got {self.min_n}")
         if self.max_n < self.min_n:
             raise ValueError(f"ngram max_n ({self.max_n}) must be >= min_n ({self.min_n})")
+        if self.drafts_per_matched_token < 0:
+            raise ValueError(f"drafts_per_matched_token must be >= 0, got {self.drafts_per_matched_token}")
 
 
-def propose_ngram_drafts(token_ids: np.ndarray, min_n: int, max_n: int, num_drafts: int) -> list[int]:
+MAX_MATCH_TOKENS = 64  # how far back a match's length is counted (it only caps k, at most 16)
+
+
+def matched_length(tokens: np.ndarray, end: int, limit: int = MAX_MATCH_TOKENS) -> int:
+    """How many tokens ending at `end` equal the tokens ending at the last one (at most limit)."""
+    last = len(tokens) - 1
+    length = 0
+    while length < limit and end - length >= 0 and tokens[end - length] == tokens[last - length]:
+        length += 1
+    return length
+
+
+def propose_ngram_drafts(
+    token_ids: np.ndarray, min_n: int, max_n: int, num_drafts: int, drafts_per_matched_token: int = 0
+) -> list[int]:
     """Up to num_drafts tokens that followed the latest earlier occurrence of the longest matching
-    suffix of token_ids (n in [min_n, max_n]); [] when no suffix of those lengths recurs.
+    suffix of token_ids (n in [min_n, max_n]); [] when no suffix of those lengths recurs. With
+    drafts_per_matched_token > 0, at most that many per token of the match's full length (NgramConfig).
 
     token_ids: int 1-D, the request's prompt followed by its output so far.
     """
@@ -77,4 +100,6 @@ def propose_ngram_drafts(token_ids: np.ndarray, min_n: int, max_n: int, num_draf
         n += 1
     if best_end < 0:
         return []
+    if drafts_per_matched_token > 0:
+        num_drafts = min(num_drafts, drafts_per_matched_token * matched_length(tokens, best_end))
     return [int(token) for token in tokens[best_end + 1 : best_end + 1 + num_drafts]]

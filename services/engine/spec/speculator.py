@@ -57,9 +57,11 @@ class Speculator:
                 decodes.append(request)
         if not decodes:
             return
+        # The KV the decodes read is part of the step's cost model: on CPU the fit can put a step's fixed
+        # cost there (base_s ~ 0), and without it every draft looked as dear as a whole step (k = 0).
         batch_k = batch_num_drafts(
             len(decodes), self.tracker.batch_acceptance_rate(), self.config.num_speculative_tokens,
-            self.cost_model.coefficients,
+            self.cost_model.coefficients, num_kv_tokens_read=sum(request.num_tokens for request in decodes),
         )  # fmt: skip
         if batch_k == 0:
             return
@@ -83,7 +85,8 @@ class Speculator:
             return
         config = self.config
         tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
-        drafts = propose_ngram_drafts(tokens, config.ngram.min_n, config.ngram.max_n, num_drafts)
+        ngram = config.ngram
+        drafts = propose_ngram_drafts(tokens, ngram.min_n, ngram.max_n, num_drafts, ngram.drafts_per_matched_token)
         if drafts:
             request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
 
