@@ -26,7 +26,7 @@ import pathlib
 import tempfile
 import time
 
-from services.bench.chaos_phases import PHASES, run_phase
+from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, PHASES, run_phase
 from services.bench.results import build_report, write_report
 from services.common import arg_types, run_info
 
@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--aborts", type=int, default=10_000, help="streams in the abort storm")
     parser.add_argument("--fuzz-cases", type=int, default=10_000, help="fuzz cases per service")
     parser.add_argument("--overload-s", type=float, default=20.0, help="seconds of each open-loop overload level")
+    parser.add_argument(
+        "--overload-max-queued-work-s",
+        type=float,
+        default=OVERLOAD_MAX_QUEUED_WORK_S,
+        help="the overload phase gateway's --max-queued-work-s (compare values side by side)",
+    )
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--update",
@@ -60,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise SystemExit(f"alise bench chaos: error: unknown phases {unknown}; known: {list(PHASES)}")
-    config = {"phases": phases, "aborts": args.aborts, "fuzz_cases": args.fuzz_cases, "overload_s": args.overload_s}
+    config = {
+        "phases": phases,
+        "aborts": args.aborts,
+        "fuzz_cases": args.fuzz_cases,
+        "overload_s": args.overload_s,
+        "overload_max_queued_work_s": args.overload_max_queued_work_s,
+    }
     figures: dict[str, object] = _existing_phases(args.output) if args.update else {}
     log_root = pathlib.Path(tempfile.mkdtemp(prefix="alise-chaos-"))
     print(f"logs: {log_root}", flush=True)
