@@ -196,3 +196,21 @@ def test_sweep_interleaves_every_method_per_group_in_rotated_order(monkeypatch):
         *methods[2:], *methods[:2],  # repeat 1, group 1
     ]  # fmt: skip
     assert [(r.repeat, r.group_index) for r in records[::3]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_bench_method_may_carry_its_own_k():
+    from services.bench.spec_report import BenchMethod, goals
+
+    variant = BenchMethod("ngram:16")
+    assert (variant.method, variant.num_speculative_tokens, variant.value) == (SpeculativeMethod.NGRAM, 16, "ngram:16")
+    plain = BenchMethod("ngram")
+    assert plain == SpeculativeMethod.NGRAM and hash(plain) == hash(SpeculativeMethod.NGRAM)
+    assert plain.num_speculative_tokens is None
+    for bad in ("ngram:0", "ngram:x", "beam", "off:"):
+        with pytest.raises(ValueError):
+            BenchMethod(bad)
+    cells = {"summarise-rewrite": {"1": {"ngram:16": {"speedup_over_off": {"median": 1.7},
+                                                      "speedup_over_off_cpu_time": {"median": 1.65}}}}}  # fmt: skip
+    found = goals(cells, (BenchMethod("off"), plain, variant))
+    assert found["ngram_summarise_rewrite_batch1[ngram:16]"]["met"] is True
+    assert found["ngram_summarise_rewrite_batch1"]["measured"] is None  # the plain method was not in these cells

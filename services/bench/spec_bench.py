@@ -14,9 +14,10 @@ to completion; what is timed is said there). Side by side, in one run:
     tokens/s of (set, b, method, r) = decode tokens of its groups / their decode wall time
     speedup of (set, b, method, r)  = that / tokens/s of (set, b, off, r)          -> median, min, max over r
 
-Greedy outputs of every method are compared with off's for the same group and repeat, token for
-token (the exactness claim); mismatches are counted, not hidden. Saves JSON and a PNG
-(spec_report.py); asserts nothing.
+A method may carry its own k ("ngram:16", spec_report.BenchMethod), so variants of one drafter run
+side by side with the plain one. Greedy outputs of every method are compared with off's for the same
+group and repeat, token for token (the exactness claim); mismatches are counted, not hidden. Saves
+JSON and a PNG (spec_report.py); asserts nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 from services.bench.results import build_report, write_report
 from services.bench.spec_prompts import PromptSetName, SpecPrompt, read_sharegpt, select_prompt_sets
-from services.bench.spec_report import GroupRecord, plot_speedups, print_table, summarise
+from services.bench.spec_report import BenchMethod, GroupRecord, plot_speedups, print_table, summarise
 from services.bench.spec_run import run_group
 from services.common import arg_types
 from services.common.cli_errors import print_error
@@ -47,7 +48,7 @@ WARMUP_MAX_TOKENS = 8  # each engine's warm-up group: first calls, and a few ste
 class SpecBenchConfig:
     model: str  # catalog name or directory (`--model` of the engine)
     dtype: Dtype  # weights' dtype (`--dtype`; auto = bf16 on CPUs with native bf16)
-    methods: tuple[SpeculativeMethod, ...]  # off first: every speedup is over it
+    methods: tuple[BenchMethod, ...]  # off first: every speedup is over it; "ngram:16" = ngram with k 16
     batch_sizes: tuple[int, ...]  # requests admitted together
     num_prompts: int  # prompts per set each batch size covers (a batch larger than this takes b prompts)
     max_tokens: int  # output tokens per request at most (greedy, stops at EOS)
@@ -60,7 +61,8 @@ class SpecBenchConfig:
     data_dir: pathlib.Path | None  # ../shared/data when None ($ALISE_SHARED_DATA overrides)
 
     def __post_init__(self) -> None:
-        if not self.methods or self.methods[0] is not SpeculativeMethod.OFF:
+        object.__setattr__(self, "methods", tuple(BenchMethod(method) for method in self.methods))
+        if not self.methods or self.methods[0] != SpeculativeMethod.OFF:
             raise ValueError("methods must start with off (the baseline of every speedup)")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods repeat: {[m.value for m in self.methods]}")
@@ -94,8 +96,8 @@ def build_engines(config: SpecBenchConfig):
             dtype=config.dtype,
             cpu_threads=1,
             max_num_seqs=max(config.batch_sizes),
-            speculative=method,
-            num_speculative_tokens=config.num_speculative_tokens,
+            speculative=method.method,
+            num_speculative_tokens=method.num_speculative_tokens or config.num_speculative_tokens,
             ngram_min=config.ngram.min_n,
             ngram_max=config.ngram.max_n,
             early_exit_layer=config.early_exit_layer,
@@ -200,8 +202,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("spec", help="speculative decoding off/ngram/early-exit: tokens/s, TPOT, acceptance")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
-    parser.add_argument("--methods", type=_csv(SpeculativeMethod), default=tuple(SpeculativeMethod),
-                        help="comma-separated, off first (default: off,ngram,early-exit)")  # fmt: skip
+    parser.add_argument("--methods", type=_csv(BenchMethod), default=tuple(BenchMethod(m) for m in SpeculativeMethod),
+                        help="comma-separated, off first (default: off,ngram,early-exit); METHOD:K = that method with "
+                             "its own k, e.g. off,ngram,ngram:16")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
     parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)

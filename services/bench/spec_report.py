@@ -16,6 +16,34 @@ from services.bench.spec_prompts import PromptSetName
 from services.bench.spec_run import GroupRun
 from services.engine.spec.method import SpeculativeMethod
 
+
+class BenchMethod(str):
+    """A method column of `alise bench spec`: a --speculative value, optionally with its own k after a
+    colon ("ngram:16"), so variants of one drafter run side by side. It compares and hashes as its text,
+    so a plain one equals its SpeculativeMethod member (a StrEnum)."""
+
+    def __new__(cls, text: str) -> BenchMethod:
+        method, colon, k = str(text).partition(":")
+        SpeculativeMethod(method)  # ValueError on an unknown method
+        if colon and (not k.isdigit() or int(k) < 1):
+            raise ValueError(f"method {text!r}: the k after ':' must be a positive integer")
+        return super().__new__(cls, str(text))
+
+    @property
+    def method(self) -> SpeculativeMethod:
+        return SpeculativeMethod(self.partition(":")[0])
+
+    @property
+    def num_speculative_tokens(self) -> int | None:
+        """Its own k, or None for the run's --num-speculative-tokens."""
+        k = self.partition(":")[2]
+        return int(k) if k else None
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
 # issue 18's goals: CPU, real default model, batch 1
 GOAL_NGRAM_SUMMARISE = 1.6  # n-gram on summarise/rewrite, decode tokens/s over off
 GOAL_NGRAM_OPEN_CHAT = 0.97  # n-gram on open chat: no slower than off
@@ -30,7 +58,7 @@ class GroupRecord:
     prompt_set: PromptSetName
     batch_size: int
     group_index: int
-    method: SpeculativeMethod
+    method: BenchMethod
     run: GroupRun
 
 
@@ -91,11 +119,11 @@ def exactness(records: list[GroupRecord]) -> dict[str, dict]:
     off = {
         (r.repeat, r.prompt_set, r.batch_size, r.group_index): r.run.outputs
         for r in records
-        if r.method is SpeculativeMethod.OFF
+        if r.method == SpeculativeMethod.OFF
     }
     found: dict[str, dict] = {}
     for record in records:
-        if record.method is SpeculativeMethod.OFF:
+        if record.method == SpeculativeMethod.OFF:
             continue
         figures = found.setdefault(record.method.value, {"num_compared": 0, "num_mismatched": 0, "mismatches": []})
         reference = off[(record.repeat, record.prompt_set, record.batch_size, record.group_index)]
@@ -121,7 +149,7 @@ def off_reproducibility(records: list[GroupRecord]) -> dict[str, int]:
     off = {
         (r.repeat, r.prompt_set, r.batch_size, r.group_index): r.run.outputs
         for r in records
-        if r.method is SpeculativeMethod.OFF
+        if r.method == SpeculativeMethod.OFF
     }
     compared = mismatched = 0
     for (repeat, *cell), outputs in off.items():
@@ -156,7 +184,7 @@ def _group_row(record: GroupRecord) -> dict:
     }
 
 
-def summarise(records: list[GroupRecord], methods: tuple[SpeculativeMethod, ...]) -> dict:
+def summarise(records: list[GroupRecord], methods: tuple[BenchMethod, ...]) -> dict:
     """cells[set][batch][method] figures, exactness and goals."""
     grouped: dict[tuple, list[GroupRecord]] = defaultdict(list)
     for record in records:
@@ -175,25 +203,27 @@ def summarise(records: list[GroupRecord], methods: tuple[SpeculativeMethod, ...]
         "groups": [_group_row(record) for record in records],
         "exactness": exactness(records),
         "off_reproducibility": off_reproducibility(records),
-        "goals": goals(cells),
+        "goals": goals(cells, methods),
     }
 
 
 def _speedup(
-    cells: dict, prompt_set: PromptSetName, batch_size: int, method: SpeculativeMethod, key: str = "speedup_over_off"
+    cells: dict, prompt_set: PromptSetName, batch_size: int, method: str, key: str = "speedup_over_off"
 ) -> float | None:
-    cell = cells.get(prompt_set.value, {}).get(str(batch_size), {}).get(method.value)
+    cell = cells.get(prompt_set.value, {}).get(str(batch_size), {}).get(str(method))
     return None if cell is None else cell[key]["median"]
 
 
-def goals(cells: dict) -> dict:
+def goals(cells: dict, methods: tuple[BenchMethod, ...] = ()) -> dict:
     """Issue 18's batch-1 goals against the median speedups (None where not measured); met only when
-    both the wall-time and the CPU-time medians reach the goal (on a shared machine one can be noise)."""
+    both the wall-time and the CPU-time medians reach the goal (on a shared machine one can be noise).
+    The goals name the plain methods (the engine's defaults); a variant with its own k ("ngram:16")
+    gets its n-gram goals too, keyed with its label in brackets."""
     early = {name.value: _speedup(cells, name, 1, SpeculativeMethod.EARLY_EXIT) for name in PromptSetName}
     measured = {name: value for name, value in early.items() if value is not None}
     best_set = max(measured, key=measured.get) if measured else None
 
-    def goal(prompt_set: PromptSetName | None, method: SpeculativeMethod, target: float) -> dict:
+    def goal(prompt_set: PromptSetName | None, method: str, target: float) -> dict:
         value = None if prompt_set is None else _speedup(cells, prompt_set, 1, method)
         cpu = None if prompt_set is None else _speedup(cells, prompt_set, 1, method, "speedup_over_off_cpu_time")
         met_wall = None if value is None else value >= target
@@ -208,7 +238,7 @@ def goals(cells: dict) -> dict:
             "prompt_set": None if prompt_set is None else prompt_set.value,
         }
 
-    return {
+    found = {
         "ngram_summarise_rewrite_batch1": goal(
             PromptSetName.SUMMARISE_REWRITE, SpeculativeMethod.NGRAM, GOAL_NGRAM_SUMMARISE
         ),
@@ -217,6 +247,13 @@ def goals(cells: dict) -> dict:
             None if best_set is None else PromptSetName(best_set), SpeculativeMethod.EARLY_EXIT, GOAL_EARLY_EXIT_BEST
         ),
     }
+    for variant in map(BenchMethod, methods):
+        if variant.method is SpeculativeMethod.NGRAM and variant.num_speculative_tokens is not None:
+            found[f"ngram_summarise_rewrite_batch1[{variant}]"] = goal(
+                PromptSetName.SUMMARISE_REWRITE, variant, GOAL_NGRAM_SUMMARISE
+            )
+            found[f"ngram_open_chat_batch1[{variant}]"] = goal(PromptSetName.OPEN_CHAT, variant, GOAL_NGRAM_OPEN_CHAT)
+    return found
 
 
 def _fmt(value: float | None, spec: str) -> str:
