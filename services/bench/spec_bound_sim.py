@@ -137,17 +137,43 @@ def drafter_tally(tokens: np.ndarray, prompt_len: int, drafter: Drafter, scale: 
     return tally
 
 
-def ngram(min_n: int, max_n: int, num_drafts: int) -> Drafter:
-    return lambda context, last: propose_ngram_drafts(context, min_n, max_n, num_drafts)
+def ngram(min_n: int, max_n: int, num_drafts: int, drafts_per_matched_token: int = 0) -> Drafter:
+    return lambda context, last: propose_ngram_drafts(context, min_n, max_n, num_drafts, drafts_per_matched_token)
+
+
+def doubling(min_n: int, max_n: int, num_drafts: int, max_drafts: int) -> Drafter:
+    """k doubles after a verify that accepted every draft (up to max_drafts), else num_drafts."""
+
+    def draft(context: np.ndarray, last: tuple[int, int]) -> list[int]:
+        full = last[0] > 0 and last[1] == last[0]
+        k = min(max_drafts, 2 * last[0]) if full else num_drafts
+        return propose_ngram_drafts(context, min_n, max_n, k)
+
+    return draft
+
+
+def unigram_fallback(min_n: int, max_n: int, num_drafts: int, num_unigram_drafts: int) -> Drafter:
+    """n in [min_n, max_n] first; when none matches, the last token alone with a short k."""
+
+    def draft(context: np.ndarray, last: tuple[int, int]) -> list[int]:
+        return propose_ngram_drafts(context, min_n, max_n, num_drafts) or propose_ngram_drafts(
+            context, 1, 1, num_unigram_drafts
+        )
+
+    return draft
 
 
 def drafters() -> dict[str, Drafter]:
-    """The drafters replayed: the engine's default first."""
+    """The drafters replayed: the engine's default (k = 4) first, then the variants tried."""
     return {
         "ngram n2-4 k4 (default)": ngram(2, 4, 4),
         "ngram n2-4 k8": ngram(2, 4, 8),
+        "ngram n2-4 k16": ngram(2, 4, 16),
         "ngram n1-4 k4": ngram(1, 4, 4),
         "ngram n3-5 k4": ngram(3, 5, 4),
+        "ngram n2-4 k8 + n1 k2 fallback": unigram_fallback(2, 4, 8, 2),
+        "ngram n2-4 k 4..16 doubling": doubling(2, 4, 4, 16),
+        "ngram n2-4 k16, 2 per matched": ngram(2, 4, 16, 2),
     }
 
 
