@@ -248,14 +248,16 @@ class InputBatch:
         ):
             return self._last_rows
         rows_list = list(map(self._row_of.get, [request.request_id for request in requests]))
-        if None in rows_list:  # new requests (or rows dropped by preemption): the only per-row dict writes
-            for index in [i for i, row in enumerate(rows_list) if row is None]:
-                rows_list[index] = self._add(requests[index])
+        index = -1
+        while None in rows_list:  # new requests (or rows dropped by preemption): found in C, one by one
+            index = rows_list.index(None, index + 1)
+            rows_list[index] = self._add(requests[index])
         rows = np.array(rows_list, dtype=np.int64)
-        preempted = self._epoch[rows] != np.array(preemption_counts, dtype=np.int64)
-        for index in np.flatnonzero(preempted).tolist():  # preempted since its row was filled: a fresh row
-            self.remove(requests[index].request_id)
-            rows[index] = rows_list[index] = self._add(requests[index])
+        epochs = self._epoch[rows].tolist()
+        if epochs != preemption_counts:  # some request was preempted since its row was filled: a fresh row
+            for index in [i for i, (epoch, count) in enumerate(zip(epochs, preemption_counts)) if epoch != count]:
+                self.remove(requests[index].request_id)
+                rows[index] = rows_list[index] = self._add(requests[index])
         self._last_requests, self._last_preemption_counts = requests, preemption_counts
         self._last_rows, self._rows_changed = (rows_list, rows), False
         return rows_list, rows
