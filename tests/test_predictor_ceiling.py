@@ -13,6 +13,7 @@ import pytest
 
 from services.bench import predictor_ceiling_stats as stats
 from services.bench.predictor_ceiling_data import alpaca_eval_lengths, sample_files_repeated, sharegpt_repeated
+from services.cli import predictor_cmd
 from services.cli.predictor_cmd import build_parser
 from services.predictor.metrics import kendall_tau_b
 from tests.shared_data import SHARED_DATA_DIR, requires_shared_data
@@ -128,6 +129,17 @@ def test_sample_files_join_runs_by_prompt_text_and_count_capped_answers(tmp_path
 def test_ceiling_is_an_alise_predictor_command() -> None:
     args = build_parser().parse_args(["ceiling", "--samples", "a.jsonl", "--samples", "b.jsonl", "--name", "x"])
     assert args.samples == [Path("a.jsonl"), Path("b.jsonl")] and args.name == "x"
+
+
+def test_ceiling_refuses_bad_sample_files_before_loading_anything(tmp_path: Path, capsys) -> None:
+    """One sample file, or a missing one, is a usage error (status 2) named on stderr, before the model loads."""
+    one = tmp_path / "one.jsonl"
+    one.write_text("")
+    assert predictor_cmd.main(["ceiling", "--model-dir", str(tmp_path / "no-model"), "--samples", str(one)]) == 2
+    assert "at least 2 files" in capsys.readouterr().err
+    missing = ["--samples", str(one), "--samples", str(tmp_path / "missing.jsonl")]
+    assert predictor_cmd.main(["ceiling", "--model-dir", str(tmp_path / "no-model"), *missing]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
 
 
 @requires_shared_data

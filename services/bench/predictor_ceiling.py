@@ -174,6 +174,11 @@ def run_ceiling(args: argparse.Namespace) -> int:
     from services.bench.predictor_ceiling_report import print_summary
     from services.common.run_info import git_info, machine_info
 
+    if len(args.samples) == 1:
+        raise ValueError("--samples: give at least 2 files (one per seed), or none")
+    for path in [*args.samples, *args.exclude_prompts_in]:
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
     predictor = PredictorLoader(LoadSettings(args.model_dir, args.cache_dir, 1, args.threads, allow_cuda=False)).load()
     sharegpt_path = args.data_dir / data.SHAREGPT_FILE
     report: dict = {
