@@ -1,28 +1,26 @@
-"""`alise bench step`: host time per engine step, before and after the persistent batch and the fusions.
+"""`alise bench step`: host time per engine step, in two views.
 
-One run measures both paths side by side on the tiny random model (1 torch thread), each on its
-own scheduler and KV cache with identical requests:
+Main view (step_direct.py, step_host.py): host ms of one EngineCore.step() read off a clock, with a
+decoder whose operators cost next to nothing, for the engine at a baseline commit ("before") and
+this tree ("after"), side by side in alternating worker processes; per phase as a second split.
+On a GPU the operators run asynchronously and this host time is what delays the next launch.
 
-    before  services/bench/step_legacy.py: list-built inputs, the Hugging Face modules unfused,
-            RoPE with torch.cat, sampling row by row
-    after   the engine's ModelRunner: persistent input batch, fused decoder, batched sampling
-
+Operator-subtracted view (--operator-phases, minutes; the figures of the persistent-batch pass):
+the old list-built path (services/bench/step_legacy.py: unfused Hugging Face modules, RoPE with
+torch.cat, sampling row by row) against the engine's ModelRunner on the real tiny model, 1 thread.
 Workloads: 1, 64 and 256 running decodes (64-token prompts), each without and with one new request
 whose 2,048-token prompt is prefilled in the same step; and the largest batch with every decode
-sampled (temperature 0.8, top-k 50, top-p 0.9), where the old sampler loops over rows. Phases per step: schedule, prepare, launch
-(the decoder's forward and LM head), sample, update. Host time = thread CPU time of the phase minus
-the thread CPU time spent inside operators (measured with a TorchDispatchMode in the same step):
-on CPU a kernel runs in the calling thread, so what is left is Python, dispatch and bookkeeping.
-The CPU torch-reference attention (Python loops over request groups) is reported apart from
-"launch": on CUDA it is one kernel launch per layer. schedule and update contain no operators.
-
-Also: operator calls per decode step of a 32-layer Llama-shaped random model (small widths, the
-operator sequence is the same), before and after. Prints a table; saves JSON.
+sampled (temperature 0.8, top-k 50, top-p 0.9). Host time = thread CPU time of a phase minus the
+thread CPU time inside operators (a TorchDispatchMode in the same step), so it carries the residue
+of subtracting 70-1,000 ms of operator time (about +-1 ms at 256 decodes). The CPU reference
+attention is reported apart from "launch". Also: operator calls per decode step of a 32-layer
+Llama-shaped random model, before and after. Prints tables; saves JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import time
 from dataclasses import dataclass
@@ -361,9 +359,11 @@ def run(args: argparse.Namespace) -> int:
         num_decodes, policies, args.num_steps, args.num_warmup_steps, args.rounds, args.seed, baseline
     )
     print("host ms per engine step, measured directly: EngineCore.step() thread time on a null-operator decoder")
+    load_start = os.getloadavg()[0]  # a shared machine: how busy it was says how far to trust small differences
     summary = step_direct.summarize(step_direct.measure_paths(direct))
     step_direct.print_table(summary)
     report: dict = {"method": step_direct.METHOD, "direct": summary, "goals": step_direct.goals(summary, policies[0])}
+    report["load_average_1m"] = {"start": load_start, "end": os.getloadavg()[0], "num_cpus": os.cpu_count()}
     for goal, figures in report["goals"].items():
         if isinstance(figures, dict):
             print(f"goal {goal}: {figures['after']} ms (goal {figures['goal']} ms, policy {policies[0]})")
