@@ -144,7 +144,7 @@ class InputBatch:
     def _sync_row(self, row: int, request: Request, table: list[int]) -> None:
         """Copies the request's tokens and blocks the row lacks (only the new ones)."""
         num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
-        have = self._num_tokens[row]
+        have = self._num_tokens.item(row)  # Python ints: numpy scalars are slow in slices and comparisons
         if num_tokens != have:
             if num_tokens > self.token_ids.shape[1]:
                 self.token_ids = _widen(self.token_ids, num_tokens)
@@ -152,7 +152,7 @@ class InputBatch:
                 have = 0
             self.token_ids[row, have:num_tokens] = request.token_ids_slice(have, num_tokens)
             self._num_tokens[row] = num_tokens
-        num_blocks, have = len(table), self._num_blocks[row]
+        num_blocks, have = len(table), self._num_blocks.item(row)
         if num_blocks != have:
             if num_blocks > self.block_table.shape[1]:
                 self.block_table = _widen(self.block_table, num_blocks)
@@ -164,7 +164,7 @@ class InputBatch:
     def write_drafts(self, row: int, draft_token_ids: list[int]) -> None:
         """Puts a verify's drafts right after the row's tokens, without counting them: the step reads
         them as inputs at positions num_tokens.., and the next append overwrites what was rejected."""
-        start = self._num_tokens[row]
+        start = self._num_tokens.item(row)
         stop = start + len(draft_token_ids)
         if stop > self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, stop)
@@ -172,7 +172,7 @@ class InputBatch:
 
     def write_drafts_at(self, row: int, index: int, token_id: int) -> None:
         """Puts draft number `index` (0-based) after the row's tokens (write_drafts, one at a time)."""
-        position = self._num_tokens[row] + index
+        position = self._num_tokens.item(row) + index
         if position >= self.token_ids.shape[1]:
             self.token_ids = _widen(self.token_ids, position + 1)
         self.token_ids[row, position] = token_id
@@ -183,10 +183,10 @@ class InputBatch:
         _apply_verified trims the blocks of rejected drafts), so the row forgets its later blocks too:
         the request may get other blocks at those logical indices later, and the row must sync them."""
         self.write_drafts(row, token_ids)
-        num_tokens = self._num_tokens[row] + len(token_ids)
+        num_tokens = self._num_tokens.item(row) + len(token_ids)
         self._num_tokens[row] = num_tokens
         kept = -(-(num_tokens - 1) // self.block_size)
-        if self._num_blocks[row] > kept:
+        if self._num_blocks.item(row) > kept:
             self._num_blocks[row] = kept
 
     def record_sampled(self, arrays: StepArrays, token_ids: list[int], picked: np.ndarray | None = None) -> None:
