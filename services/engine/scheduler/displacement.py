@@ -1,4 +1,5 @@
-"""Ranking the running batch, and step 1 of a step: displacement (see scheduler.py's docstring).
+"""Ranking the running batch, and choosing victims: step 1 of a step (displacement) and the
+preemptions of step 2 when KV runs short (see scheduler.py's docstring).
 
 The running batch's rank keys change every step (its requests' remaining work changes), but a
 step needs them only for a decision between requests: a victim when KV runs short or a waiting
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from services.engine.block_pool import num_blocks_for
 from services.engine.request import Request
+from services.engine.scheduler.output import ScheduledChunk
 from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.waiting_queue import RANK
@@ -102,3 +104,27 @@ def displace(scheduler: Scheduler, preempted: list[str], now_s: float) -> None:
     for victim in chosen:
         scheduler._preempt(victim, now_s, PreemptionCause.DISPLACEMENT)
         preempted.append(victim.request_id)
+
+
+def make_room(
+    scheduler: Scheduler,
+    request: Request,
+    num_tokens: int,
+    chunks: list[ScheduledChunk],
+    preempted: list[str],
+    now_s: float,
+) -> bool:
+    """KV ran short for `request`: preempts the worst running request not yet scheduled this step
+    (step 2 has no chunk for it yet: `chunks` holds this step's running requests so far) until
+    `request` gets blocks for num_tokens positions, or is itself the victim (False)."""
+    running = scheduler.running
+    scheduler.ranks.ensure(running)
+    scheduled = {chunk.request for chunk in chunks}
+    while True:
+        victim = max((r for r in running if r not in scheduled), key=RANK)
+        scheduler._preempt(victim, now_s, PreemptionCause.KV_SHORTAGE)
+        preempted.append(victim.request_id)
+        if victim is request:
+            return False
+        if scheduler.kv.allocate_slots(request.request_id, num_tokens):
+            return True

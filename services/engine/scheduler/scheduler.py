@@ -31,7 +31,7 @@ from typing import Callable
 from services.engine.block_pool import KvBlockManager
 from services.engine.request import FinishReason, Request, RequestStatus
 from services.engine.scheduler.cost_model import OnlineStepCostModel
-from services.engine.scheduler.displacement import PROMOTED_BASE, RunningRanks, displace
+from services.engine.scheduler.displacement import PROMOTED_BASE, RunningRanks, displace, make_room
 from services.engine.scheduler.kv_eviction import KvEvictionHandler, KvRestore
 from services.engine.scheduler.limits import SchedulerLimits
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, StepResult
@@ -154,7 +154,7 @@ class Scheduler:
                 spare -= num_drafts
             if not (num_drafts or computed % block_size) and not allocate_slots(request.request_id, num_tokens):
                 short_of_kv = True
-                if not self._make_room(request, num_tokens, chunks, preempted, now_s):
+                if not make_room(self, request, num_tokens, chunks, preempted, now_s):
                     continue
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
@@ -193,30 +193,13 @@ class Scheduler:
             target = computed + num_new
             if not allocate_slots(request.request_id, target):
                 short_of_kv = True
-                if not self._make_room(request, target, chunks, preempted, now_s):
+                if not make_room(self, request, target, chunks, preempted, now_s):
                     continue
             if request.first_scheduled_time_s is None:
                 request.first_scheduled_time_s = now_s
             chunks.append(ScheduledChunk(request, num_new, target == num_tokens, target))
             budget -= num_new
         return budget, short_of_kv
-
-    def _make_room(
-        self, request: Request, num_tokens: int, chunks: list[ScheduledChunk], preempted: list[str], now_s: float
-    ) -> bool:
-        """KV ran short for `request`: preempts the worst running request not yet scheduled this step
-        (step 2 has no chunk for it yet: `chunks` holds this step's running requests so far) until
-        `request` gets blocks for num_tokens positions, or is itself the victim (False)."""
-        self.ranks.ensure(self.running)
-        scheduled = {chunk.request for chunk in chunks}
-        while True:
-            victim = max((r for r in self.running if r not in scheduled), key=RANK)
-            self._preempt(victim, now_s, PreemptionCause.KV_SHORTAGE)
-            preempted.append(victim.request_id)
-            if victim is request:
-                return False
-            if self.kv.allocate_slots(request.request_id, num_tokens):
-                return True
 
     def _service_order(self, budget: int) -> list[Request]:
         """Running requests that only decode (one token), then those still prefilling, each group
