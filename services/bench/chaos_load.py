@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.common.contracts import common_pb2, gateway_service_pb2
+from services.common.refusal import refusal_reason_of
 
 PROMPT_WORDS = (
     "the quick brown fox jumps over a lazy dog while seven wizards quietly brew tea near old stone "
@@ -38,6 +39,7 @@ class StreamOutcome:
     ended_s: float = 0.0
     finish_reason: int = 0  # common_pb2.FinishReason of the final message (0 when it failed)
     prediction_source: int = 0  # common_pb2.PredictionSource the gateway reported
+    refusal_reason: str = ""  # the failure's alise-refusal-reason ("" when none: not a refusal, or unnamed)
 
     @property
     def duration_s(self) -> float:
@@ -70,6 +72,8 @@ async def run_stream(stub, outcome: StreamOutcome, *, timeout_s: float, temperat
                 outcome.prediction_source = message.prediction.source
     except grpc.aio.AioRpcError as error:
         outcome.code, outcome.details = error.code().name, error.details() or ""
+        reason = refusal_reason_of(error.trailing_metadata())
+        outcome.refusal_reason = "" if reason is None else reason.name
     outcome.ended_s = time.monotonic()
     return outcome
 
@@ -139,4 +143,14 @@ def count_codes(outcomes: list[StreamOutcome]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.code] = counts.get(outcome.code, 0) + 1
+    return counts
+
+
+def count_refusals(outcomes: list[StreamOutcome]) -> dict[str, int]:
+    """Failed streams by status and refusal reason ("RESOURCE_EXHAUSTED/QUEUE_FULL"; "/-": none named)."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.code != "OK":
+            key = f"{outcome.code}/{outcome.refusal_reason or '-'}"
+            counts[key] = counts.get(key, 0) + 1
     return counts

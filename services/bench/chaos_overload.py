@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,6 +45,7 @@ class BurstResult:
     sample_rejection: str  # one RESOURCE_EXHAUSTED message, verbatim
     wall_s: float
     num_refused_by_gateway: int = 0  # of the rejections, those the gateway made before any work (check_room)
+    refusal_reasons: dict[str, int] = field(default_factory=dict)  # rejections by alise-refusal-reason
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -65,7 +66,16 @@ def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult
         sample_rejection=rejected[0].details if rejected else "",
         wall_s=wall_s,
         num_refused_by_gateway=sum(o.details.startswith(REFUSED_BEFORE_WORK) for o in rejected),
+        refusal_reasons=_count_reasons(rejected),
     )
+
+
+def _count_reasons(rejected: list[StreamOutcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in rejected:
+        reason = outcome.refusal_reason or "-"
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 async def burst(stub, num_requests: int, *, max_tokens: int, timeout_s: float, seed: int = 0) -> BurstResult:

@@ -168,8 +168,12 @@ def _soak_row(soak: dict) -> Row:
         f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
         f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
         f"swap-outs; RSS growth <= {growth * 100:.1f} %",
-        f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked; "
-        "divergent replays: resampling on logits moved by int8 swaps and batch numerics",
+        f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked"
+        + (
+            "; divergent replays: a sample moved by logits that are not batch-invariant (swaps lossless)"
+            if soak["num_mismatched"]
+            else ""
+        ),
     )
 
 

@@ -21,7 +21,14 @@ import time
 from dataclasses import asdict, dataclass
 
 from services.bench.chaos_aborts import _until_free
-from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
+from services.bench.chaos_load import (
+    ClosedLoopLoad,
+    LoadShape,
+    StreamOutcome,
+    count_codes,
+    count_refusals,
+    run_stream,
+)
 from services.bench.chaos_stack import ChaosStack
 
 
@@ -33,6 +40,8 @@ class SoakResult:
     concurrency: int
     num_streams: int
     codes: dict[str, int]
+    failures: dict[str, int]  # the streams not OK, by status and refusal reason (e.g. RESOURCE_EXHAUSTED/QUEUE_FULL)
+    sample_failures: list[str]  # the first few distinct failure messages, verbatim
     num_tokens: int  # tokens received, all streams
     num_replayed: int
     num_mismatched: int  # replays whose tokens differ from the original
@@ -119,6 +128,8 @@ async def soak(
         concurrency=shape.concurrency,
         num_streams=len(outcomes),
         codes=count_codes(outcomes),
+        failures=count_refusals(outcomes),
+        sample_failures=list(dict.fromkeys(o.details for o in outcomes if o.code != "OK"))[:5],
         num_tokens=sum(len(o.token_ids) for o in outcomes),
         num_replayed=len(pairs),
         num_mismatched=len(mismatched),
