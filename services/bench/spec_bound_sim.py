@@ -180,24 +180,39 @@ def drafters() -> dict[str, Drafter]:
 ORACLES = {"oracle n>=1 k<=16": (1, 16), "oracle n>=2 k<=16": (2, 16), "oracle n>=1 k<=4": (1, 4)}
 
 
-def replay_all(generated: dict, scales: dict[str, CostScale]) -> dict:
-    """{"sets": {set: {drafter: figures + speedup per scale}}} over generated = {set: [(id, prompt, output, ...)]}."""
-    result: dict = {}
-    for name, rows in generated.items():
-        per_drafter: dict[str, dict[str, Tally]] = {}
-        for _prompt_id, prompt, output, *_ in rows:
-            tokens, prompt_len = np.array(prompt + output, dtype=np.int64), len(prompt)
-            for label, (min_n, cap) in ORACLES.items():
-                runs = oracle_run_lengths(tokens, prompt_len, min_n, cap)
-                for scale_name, scale in scales.items():
-                    capped = CostScale(scale.ratios[: cap + 1])
-                    per_drafter.setdefault(label, {}).setdefault(scale_name, Tally()).add(oracle_tally(runs, capped))
-            for label, drafter in drafters().items():
-                for scale_name, scale in scales.items():
-                    tally = drafter_tally(tokens, prompt_len, drafter, scale)
-                    per_drafter.setdefault(label, {}).setdefault(scale_name, Tally()).add(tally)
-        result[name] = {label: _figures(tallies) for label, tallies in per_drafter.items()}
-    return {"sets": result}
+def replay_all(generated: dict, scales: dict[str, CostScale], prefix_sizes: tuple[int, ...] = (4,)) -> dict:
+    """{"sets": {set: {drafter: figures + speedup per scale}}} over generated = {set: [(id, prompt, output,
+    ...)]}; "first_n_prompts": the same over each set's first n prompts (`alise bench spec --num-prompts n`
+    selects exactly those), so a bench run compares with the replay of its own prompts."""
+    per_prompt = {
+        name: [_replay_prompt(prompt, output, scales) for _, prompt, output, *_ in rows]
+        for name, rows in generated.items()
+    }
+    result = {"sets": {name: _aggregate(tallies) for name, tallies in per_prompt.items()}}
+    for size in prefix_sizes:
+        result[f"first_{size}_prompts"] = {name: _aggregate(tallies[:size]) for name, tallies in per_prompt.items()}
+    return result
+
+
+def _replay_prompt(prompt: list[int], output: list[int], scales: dict[str, CostScale]) -> dict[str, dict[str, Tally]]:
+    """{drafter or oracle: {scale: tally}} for one prompt."""
+    tokens, prompt_len = np.array(prompt + output, dtype=np.int64), len(prompt)
+    found: dict[str, dict[str, Tally]] = {}
+    for label, (min_n, cap) in ORACLES.items():
+        runs = oracle_run_lengths(tokens, prompt_len, min_n, cap)
+        found[label] = {name: oracle_tally(runs, CostScale(scale.ratios[: cap + 1])) for name, scale in scales.items()}
+    for label, drafter in drafters().items():
+        found[label] = {name: drafter_tally(tokens, prompt_len, drafter, scale) for name, scale in scales.items()}
+    return found
+
+
+def _aggregate(prompts: list[dict[str, dict[str, Tally]]]) -> dict:
+    totals: dict[str, dict[str, Tally]] = {}
+    for found in prompts:
+        for label, by_scale in found.items():
+            for name, tally in by_scale.items():
+                totals.setdefault(label, {}).setdefault(name, Tally()).add(tally)
+    return {label: _figures(by_scale) for label, by_scale in totals.items()}
 
 
 def _figures(tallies: dict[str, Tally]) -> dict:
