@@ -42,3 +42,19 @@ def test_decode_only_steps_of_one_batch_size_do_not_break_the_fit():
     for _ in range(32):
         model.observe(64, 0, 0.05)
     assert all(value >= 0 for value in (model.coefficients.base_s, model.coefficients.per_token_s))
+
+
+def test_a_term_the_data_pushes_negative_is_dropped_and_the_others_refitted():
+    """Steps whose time falls with the KV read (noise, or caches warming) push the unconstrained KV
+    term below zero; the fit must then be the best one without that term, not a clipped one."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, 64, 128)
+    kv = rng.integers(0, 4_000, 128)
+    times = 0.05 + 1e-3 * tokens - 2e-6 * kv  # a negative KV slope no engine has
+    model = OnlineStepCostModel(refit_every=128, min_steps_to_fit=32)
+    for step in zip(tokens, kv, times, strict=True):
+        model.observe(int(step[0]), int(step[1]), float(step[2]))
+    fitted = model.coefficients
+    assert fitted.per_kv_token_s == 0.0
+    without_kv = np.linalg.lstsq(np.column_stack([np.ones(128), tokens]), times, rcond=None)[0]
+    assert fitted.base_s == pytest.approx(without_kv[0]) and fitted.per_token_s == pytest.approx(without_kv[1])

@@ -116,14 +116,32 @@ def _moved(published: float, fitted: float) -> bool:
 
 
 def _least_squares(steps: Iterable[tuple[float, float, float]]) -> StepCostCoefficients | None:
-    """Non-negative fit; None when the steps do not vary enough to separate the terms."""
+    """Non-negative least squares; None when the steps do not vary enough to separate the terms.
+
+    Exact for three terms: the non-negative optimum is the unconstrained fit on some subset of the
+    columns, so every subset's fit is tried and the best one with no negative coefficient is kept.
+    Clipping the unconstrained fit instead (as before) is not a fit: on CPU steps it gave zero base
+    cost and an implausible KV cost, which misprices a speculative verify against a decode."""
     data = np.asarray(steps, dtype=np.float64)
     design = np.column_stack([np.ones(len(data)), data[:, 0], data[:, 1]])
-    if np.linalg.matrix_rank(design) < 3:
-        design = design[:, :2]  # e.g. all-decode steps of a fixed batch: no KV term to learn
-        if np.linalg.matrix_rank(design) < 2:
-            return None
-    solution, *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
-    solution = np.clip(solution, 0.0, None)
-    per_kv = float(solution[2]) if len(solution) == 3 else 0.0
-    return StepCostCoefficients(float(solution[0]), float(solution[1]), per_kv)
+    columns = [0, 1, 2] if np.linalg.matrix_rank(design) == 3 else [0, 1]  # fixed-batch decodes: no KV term
+    if np.linalg.matrix_rank(design[:, columns]) < len(columns):
+        return None
+    best: tuple[float, np.ndarray] | None = None
+    for subset in _nonempty_subsets(columns):
+        solution, *_ = np.linalg.lstsq(design[:, subset], data[:, 2], rcond=None)
+        if np.any(solution < 0.0):
+            continue
+        residual = float(np.sum((design[:, subset] @ solution - data[:, 2]) ** 2))
+        if best is None or residual < best[0]:
+            coefficients = np.zeros(3)
+            coefficients[subset] = solution
+            best = (residual, coefficients)
+    if best is None:
+        return None
+    base, per_token, per_kv = (float(value) for value in best[1])
+    return StepCostCoefficients(base, per_token, per_kv)
+
+
+def _nonempty_subsets(columns: list[int]) -> list[list[int]]:
+    return [[c for bit, c in enumerate(columns) if mask >> bit & 1] for mask in range(1, 1 << len(columns))]
