@@ -161,3 +161,41 @@ async def test_aborting_swapped_requests_frees_their_host_slots(memory):
     stats = await _stats(memory.address)
     assert swapped and stats.host.num_blocks_used == 0 and stats.ledger_consistent
     assert core.scheduler.kv.pool.num_free_blocks == SCARCE_BLOCKS
+
+
+async def test_a_failed_release_is_sent_again_and_its_slots_freed(memory):
+    """A ReleaseSwapped that fails (a slow memory service under load: DEADLINE_EXCEEDED) used to be
+    dropped, and its host slots stayed taken for good (the 10-minute soak ended with 8 of them)."""
+    core, offloader = await asyncio.to_thread(_swapping_core, memory.address, "swap-retry", SCARCE_BLOCKS)
+    release, attempts = offloader.client.release, []
+
+    def release_failing_once(request_ids: list[str]) -> bool:
+        attempts.append(list(request_ids))
+        return len(attempts) > 1 and release(request_ids)
+
+    offloader.client.release = release_failing_once
+
+    def run_until_swapped() -> None:
+        arrivals = _arrivals()
+        for step in range(500):
+            for request in arrivals.pop(step, []):
+                core.add(request)
+            core.step()
+            if any(r.num_host_kv_tokens for r in core.scheduler.waiting):
+                return
+        raise AssertionError("no request was swapped out")
+
+    await asyncio.to_thread(run_until_swapped)
+    for request_id in list(core.scheduler.requests):
+        core.abort(request_id)
+    while not attempts:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert (await _stats(memory.address)).host.num_blocks_used > 0  # the failed release freed nothing
+
+    offloader.retry_failed_releases()  # what the memory reporter does after each report
+    await asyncio.to_thread(offloader.close)  # waits for the background calls
+
+    stats = await _stats(memory.address)
+    assert len(attempts) >= 2 and set(attempts[0]) <= set(attempts[-1])  # the failed ids were sent again
+    assert stats.host.num_blocks_used == 0 and stats.ledger_consistent

@@ -157,6 +157,7 @@ async def start(config: EngineConfig) -> ServiceHandle:
             engine_loop,
             layout,
             offloader.attach_region,
+            offloader.retry_failed_releases,
             tls=config.tls,
         )
         reporter.start()

@@ -33,6 +33,7 @@ class MemoryReporter:
         loop: EngineLoop,
         layout,
         on_region: Callable[[memory_service_pb2.HostRegion], None] | None = None,
+        on_report: Callable[[], None] | None = None,
         tls: TlsFiles | None = None,  # mutual TLS to the memory service when it has a CA; None = plaintext
     ) -> None:
         self._address = address
@@ -41,6 +42,7 @@ class MemoryReporter:
         self._loop = loop
         self._layout = layout  # memory_service_pb2.KvBlockLayout
         self._on_region = on_region  # told the host tier's region at every (re-)registration
+        self._on_report = on_report  # called after every accepted report (retries of failed releases)
         self._channel = secure_or_insecure_channel(address, tls, PEER_CHANNEL_OPTIONS)
         self._stub = memory_service_pb2_grpc.MemoryServiceStub(self._channel)
         self._task: asyncio.Task | None = None
@@ -72,6 +74,8 @@ class MemoryReporter:
                 continue
             if not accepted:  # the memory service restarted and forgot us
                 interval_s = await self._register_until_done()
+            elif self._on_report is not None:
+                self._on_report()
 
     async def _register_until_done(self) -> float:
         snapshot = self._loop.snapshot

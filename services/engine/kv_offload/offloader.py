@@ -21,6 +21,7 @@ handed to the transport as it came (host_transport maps it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ class KvOffloader:
         self._prefetching: dict[str, Future] = {}  # request id -> Future[uint8 tensor | None]
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-prefetch")
         self._pending_releases: list[Future] = []  # background ReleaseSwapped calls not yet done
+        # Ids whose host slots are not known to be released: a failed ReleaseSwapped (memory service
+        # slow, down, or in its backoff) keeps them here until a later call succeeds. Guarded by the
+        # lock: the background thread and the engine thread both touch it.
+        self._unreleased: set[str] = set()
+        self._unreleased_lock = threading.Lock()
 
     def attach_region(self, region: HostRegionMessage) -> None:
         """The memory service (re)registered us with this region; the next eviction maps it."""
@@ -79,6 +85,10 @@ class KvOffloader:
         if transport is None or not self.client.available:
             return set()
         self._finish_releases()  # a late release of a victim's earlier swap must not free its new one
+        with self._unreleased_lock:  # nor a retried one: such a victim recomputes this time
+            victims = [v for v in victims if v.request.request_id not in self._unreleased]
+        if not victims:
+            return set()
         self.measurements.maybe_measure_errors(self.cache, victims[0].block_ids)
         decisions = self.client.plan([self._candidate(v) for v in victims], self.measurements.qualities())
         if decisions is None:
@@ -215,7 +225,26 @@ class KvOffloader:
         return self._saved.pop(request_id, None) is not None
 
     def _release_in_background(self, request_ids: list[str]) -> None:
-        self._pending_releases.append(self._background.submit(self.client.release, request_ids))
+        self._pending_releases.append(self._background.submit(self._release, request_ids))
+
+    def retry_failed_releases(self) -> None:
+        """Any thread (the memory reporter calls it after each report): sends the releases that
+        failed again, in the background, so an idle engine does not keep slots it gave up."""
+        with self._unreleased_lock:
+            if not self._unreleased:
+                return
+        self._background.submit(self._release, [])
+
+    def _release(self, request_ids: list[str]) -> None:
+        """Background thread: one ReleaseSwapped for these ids and every earlier one not yet released.
+        Ids leave `_unreleased` only once the call succeeded (the memory service ignores ids it does
+        not hold, so sending one again is safe); until then `evict` will not swap them again."""
+        with self._unreleased_lock:
+            self._unreleased.update(request_ids)
+            batch = sorted(self._unreleased)
+        if batch and self.client.release(batch):
+            with self._unreleased_lock:
+                self._unreleased.difference_update(batch)
 
     def _finish_releases(self) -> None:
         """Waits for the background releases (normally long done: they are small calls)."""
