@@ -36,10 +36,8 @@ BLOCK_SIZE = 16
 
 def null_operator_model() -> torch.nn.Module:
     """A one-layer Llama at the smallest dims (its layer list is emptied in the runner's decoder)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(
-        "llama",
+    return seeded_random_llama(
+        0,
         vocab_size=NULL_VOCAB,
         hidden_size=8,
         intermediate_size=8,
@@ -48,10 +46,17 @@ def null_operator_model() -> torch.nn.Module:
         num_key_value_heads=1,
         head_dim=8,
         max_position_embeddings=8192,
-        tie_word_embeddings=False,
     )
+
+
+def seeded_random_llama(seed: int, **config_fields: object) -> torch.nn.Module:
+    """A Llama of these dims with random weights drawn from `seed`, untied, in eval mode. Here, not in
+    the engine: this file also runs against an older engine tree (module docstring), which lacks it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", tie_word_embeddings=False, **config_fields)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config).eval()
 
 

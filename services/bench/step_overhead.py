@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.bench import step_direct
+from services.bench import step_direct, step_host
 from services.bench.results import build_report, write_report
 from services.bench.step_legacy import LegacyRunner
 from services.bench.step_ops import AttentionProbe, OperatorCounter, OperatorTimer, clock_cost_ns
@@ -236,10 +236,8 @@ def measure(
 def llama_32_layer_model(seed: int) -> torch.nn.Module:
     """Llama-3-8B's layer count and GQA ratio (32 layers, 32 / 8 heads) at small widths: the same
     operators per layer, cheap to build and run on CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(
-        "llama",
+    return step_host.seeded_random_llama(
+        seed,
         vocab_size=1024,
         hidden_size=512,
         intermediate_size=1024,
@@ -249,11 +247,7 @@ def llama_32_layer_model(seed: int) -> torch.nn.Module:
         head_dim=16,
         max_position_embeddings=4096,
         rope_theta=500000.0,
-        tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config).eval()
 
 
 def count_decode_operators(seed: int, num_decodes: int = 8) -> dict[str, dict]:
