@@ -1,6 +1,6 @@
 """HTTP verdicts: every bad input of the gRPC validation matrix, OpenAI-only checks, and chat.
 
-The matrix is tests/test_gateway_service.py's INVALID_REQUESTS: each GenerateRequest is written as
+The matrix is tests/test_gateway_invalid_requests.py's INVALID_REQUESTS: each GenerateRequest is written as
 the OpenAI body that means the same (a completion, or a chat for `messages`), sent through HTTP
 and through gRPC, and both must refuse it with the same message (HTTP 400 = INVALID_ARGUMENT)
 before anything reaches the engine. New matrix cases are covered without a change here.
@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from services.common.contracts import common_pb2, gateway_service_pb2
 from tests.gateway_fakes import collect, stack  # noqa: F401 (stack is a fixture)
-from tests.test_gateway_service import INVALID_REQUESTS
+from tests.test_gateway_invalid_requests import INVALID_REQUESTS
 
 pytestmark = pytest.mark.timeout(60)
 # Matrix cases no OpenAI body can express, and why.
