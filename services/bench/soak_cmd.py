@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--burst-every-s", type=float, default=10.0)
     parser.add_argument("--burst-size", type=int, default=64, help="extra streams per burst")
     parser.add_argument("--num-kv-blocks", type=int, default=64, help="per engine: small, so swaps happen")
+    parser.add_argument("--rss-every-s", type=float, default=10.0, help="RSS sampling period of every service")
+    parser.add_argument(
+        "--warmup-fraction", type=float, default=0.1, help="RSS growth is also reported from this mark of the run on"
+    )
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     parser.set_defaults(handler=run)
 
@@ -41,13 +45,20 @@ async def _run(args: argparse.Namespace) -> dict:
             log_dir=log_dir,
             engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks)),
             memory_args=(*MEMORY_ARGS, "--max-kv-relative-error", "0"),
+            gateway_in_process=False,  # its own process: its RSS is sampled apart from the load generator's
         )
     )
     await stack.start()
     try:
         shape = LoadShape(concurrency=args.concurrency, min_tokens=8, max_tokens=64, timeout_s=300.0)
         result = await soak(
-            stack, duration_s=args.duration_s, shape=shape, burst_every_s=args.burst_every_s, burst_size=args.burst_size
+            stack,
+            duration_s=args.duration_s,
+            shape=shape,
+            burst_every_s=args.burst_every_s,
+            burst_size=args.burst_size,
+            rss_every_s=args.rss_every_s,
+            warmup_fraction=args.warmup_fraction,
         )
         return result.to_json()
     finally:
@@ -57,7 +68,7 @@ async def _run(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     config = {key: value for key, value in vars(args).items() if key != "handler"}
     figures = asyncio.run(_run(args))
-    print(json.dumps(figures, indent=2))
+    print(json.dumps({key: value for key, value in figures.items() if key != "rss_samples"}, indent=2))
     path = write_report(args.output, build_report("soak", config, {"soak": figures}))
     print(f"saved {path}")
     return 0

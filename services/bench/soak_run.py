@@ -1,9 +1,9 @@
 """Soak: many concurrent streams with bursts for a while, then every stream replayed and compared.
 
-    warm-up -> RSS of every service -> `concurrency` streams kept in flight + a burst of
-    `burst_size` more every `burst_every_s` -> stop -> replay every finished stream with the same
-    prompt, max_tokens and seed -> compare token ids exactly -> every block and slot free? ledger
-    consistent? RSS growth?
+    RSS of every service sampled every `rss_every_s` (services/bench/soak_rss.py) while
+    `concurrency` streams are kept in flight + a burst of `burst_size` more every `burst_every_s`
+    -> stop -> replay every finished stream with the same prompt, max_tokens and seed -> compare
+    token ids exactly -> every block and slot free? ledger consistent? RSS growth after warm-up?
 
 A stream's draws depend only on its seed and token position (services/engine/sampler.py), and with
 ignore_eos its length is max_tokens: a stream of another length lost or duplicated tokens. A replay
@@ -17,6 +17,7 @@ preemption), so the figure is reported as it is.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,6 +31,11 @@ from services.bench.chaos_load import (
     run_stream,
 )
 from services.bench.chaos_stack import ChaosStack
+from services.bench.soak_rss import RssSampler
+
+# The bench process itself: the load generator (it keeps every stream's tokens for the replay, so it
+# grows by design) and, with an in-process gateway, the gateway.
+BENCH_PROCESS = "bench-process"
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,12 @@ class SoakResult:
     engine_blocks_used_after: dict[str, int]
     host_blocks_used_after: int
     ledger_consistent: bool
-    rss_growth: dict[str, float]  # service -> (end RSS / start RSS) - 1
+    rss_growth: dict[str, float]  # service -> (end RSS / start RSS) - 1, over the load phase
+    rss_after_warmup: dict[str, float]  # service -> (end RSS / RSS at the warm-up mark) - 1
+    rss_slope_per_hour: dict[str, float]  # service -> fitted growth after warm-up, fraction per hour
+    rss_warmup_fraction: float  # the warm-up mark, as a fraction of the load phase
+    rss: dict[str, dict]  # service -> every RssGrowth figure (bytes: start, warm-up, end, peak)
+    rss_samples: dict[str, dict[str, list[float]]]  # service -> t_s, rss_mib: every sample
     num_swapped_out: int
     num_preemptions: int
 
@@ -93,11 +104,19 @@ async def replay(
 
 
 async def soak(
-    stack: ChaosStack, *, duration_s: float, shape: LoadShape, burst_every_s: float, burst_size: int, seed: int = 0
+    stack: ChaosStack,
+    *,
+    duration_s: float,
+    shape: LoadShape,
+    burst_every_s: float,
+    burst_size: int,
+    seed: int = 0,
+    rss_every_s: float = 10.0,
+    warmup_fraction: float = 0.1,
 ) -> SoakResult:
     stub = stack.gateway_stub()
-    services = [name for name in stack.children if stack.children[name].returncode is None]
-    rss_before = {name: stack.rss_bytes(name) for name in services}
+    pids = {name: child.pid for name, child in stack.children.items() if child.returncode is None}
+    sampler = RssSampler({**pids, BENCH_PROCESS: os.getpid()}, rss_every_s).start()
     before = {name: await stack.engine_stats(name) for name in stack.engine_names}
     load = ClosedLoopLoad(stub, shape, seed).start()
     stop = asyncio.Event()
@@ -106,7 +125,8 @@ async def soak(
     stop.set()
     outcomes = await load.stop()
     await bursts
-    rss_after = {name: stack.rss_bytes(name) for name in services}
+    await sampler.stop()
+    rss = sampler.growth(warmup_fraction)
     after = {name: await stack.engine_stats(name) for name in stack.engine_names}
     pairs = await replay(stub, outcomes, shape.concurrency, shape.timeout_s)
     mismatched = [(o, r) for o, r in pairs if o.token_ids != r.token_ids or r.code != "OK"]
@@ -138,7 +158,12 @@ async def soak(
         engine_blocks_used_after=engine_blocks,
         host_blocks_used_after=host_blocks,
         ledger_consistent=consistent,
-        rss_growth={name: rss_after[name] / rss_before[name] - 1.0 for name in services},
+        rss_growth={name: growth.start_to_end for name, growth in rss.items()},
+        rss_after_warmup={name: growth.after_warmup for name, growth in rss.items()},
+        rss_slope_per_hour={name: growth.slope_per_hour for name, growth in rss.items()},
+        rss_warmup_fraction=warmup_fraction,
+        rss={name: growth.to_json() for name, growth in rss.items()},
+        rss_samples=sampler.series_mib(),
         num_swapped_out=sum(after[n].num_swapped_out - before[n].num_swapped_out for n in after),
         num_preemptions=sum(after[n].num_preemptions - before[n].num_preemptions for n in after),
     )
