@@ -40,6 +40,11 @@ class StreamOutcome:
     finish_reason: int = 0  # common_pb2.FinishReason of the final message (0 when it failed)
     prediction_source: int = 0  # common_pb2.PredictionSource the gateway reported
     refusal_reason: str = ""  # the failure's alise-refusal-reason ("" when none: not a refusal, or unnamed)
+    # The engine's own timings from the final message (None when the stream failed): arrival at the
+    # engine -> first scheduled step / first token. Client TTFT minus these is the way there and back
+    # (gateway, both event loops, the machine's CPU contention), which admission cannot change.
+    engine_queue_s: float | None = None
+    engine_ttft_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -70,6 +75,8 @@ async def run_stream(stub, outcome: StreamOutcome, *, timeout_s: float, temperat
             if message.finish_reason:
                 outcome.finish_reason = message.finish_reason
                 outcome.prediction_source = message.prediction.source
+                outcome.engine_queue_s = message.timings.queue_time_s
+                outcome.engine_ttft_s = message.timings.time_to_first_token_s
     except grpc.aio.AioRpcError as error:
         outcome.code, outcome.details = error.code().name, error.details() or ""
         reason = refusal_reason_of(error.trailing_metadata())

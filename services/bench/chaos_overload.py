@@ -46,6 +46,14 @@ class BurstResult:
     wall_s: float
     num_refused_by_gateway: int = 0  # of the rejections, those the gateway made before any work (check_room)
     refusal_reasons: dict[str, int] = field(default_factory=dict)  # rejections by alise-refusal-reason
+    # OK streams, as the engine measured them (services/bench/chaos_contention.py): arrival at the
+    # engine -> first scheduled step / first token. The engine TTFT is what admission controls; the
+    # client's TTFT minus it (per stream) is the way through the gateway and both event loops.
+    admitted_engine_queue_p99_s: float = 0.0
+    admitted_engine_ttft_p50_s: float = 0.0
+    admitted_engine_ttft_p99_s: float = 0.0
+    admitted_outside_engine_p50_s: float = 0.0
+    admitted_outside_engine_p99_s: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -55,6 +63,9 @@ def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult
     rejected = [o for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
     admitted = [o for o in outcomes if o.code == "OK"]
     ttfts = [o.first_token_s - o.started_s for o in admitted if o.first_token_s is not None]
+    timed = [o for o in admitted if o.first_token_s is not None and o.engine_ttft_s is not None]
+    engine_ttfts = [o.engine_ttft_s for o in timed]
+    outside = [o.first_token_s - o.started_s - o.engine_ttft_s for o in timed]
     return BurstResult(
         num_requests=len(outcomes),
         codes=count_codes(outcomes),
@@ -67,6 +78,11 @@ def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult
         wall_s=wall_s,
         num_refused_by_gateway=sum(o.details.startswith(REFUSED_BEFORE_WORK) for o in rejected),
         refusal_reasons=_count_reasons(rejected),
+        admitted_engine_queue_p99_s=_percentile([o.engine_queue_s for o in timed], 0.99),
+        admitted_engine_ttft_p50_s=_percentile(engine_ttfts, 0.5),
+        admitted_engine_ttft_p99_s=_percentile(engine_ttfts, 0.99),
+        admitted_outside_engine_p50_s=_percentile(outside, 0.5),
+        admitted_outside_engine_p99_s=_percentile(outside, 0.99),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from services.bench.chaos_aborts import abort_storm
+from services.bench.chaos_contention import ContentionProbe
 from services.bench.chaos_faults import EngineRecovery, MemoryRecovery, PredictorRecovery, run_fault
 from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
 from services.bench.chaos_overload import burst, deadline_burst, health_burst, paced_overload
@@ -89,6 +90,8 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         for multiple in (1.0, 4.0, 20.0):
             rss_before = stack.rss_bytes("engine-0")
             gateway_cpu_before_s = stack.cpu_s("gateway")
+            pids = {name: stack.children[name].pid for name in ("gateway", "engine-0")}
+            probe = ContentionProbe({**pids, "client": os.getpid()}).start()
             result = await paced_overload(
                 stub,
                 rate_per_s=capacity * multiple,
@@ -96,6 +99,7 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
                 max_tokens=OVERLOAD_TOKENS,
                 timeout_s=60.0,
             )
+            contention = await probe.stop()
             gateway_cpu_s = stack.cpu_s("gateway") - gateway_cpu_before_s
             levels[f"{multiple:g}x"] = {
                 **result.to_json(),
@@ -103,6 +107,7 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
                 "engine_rss_growth": stack.rss_bytes("engine-0") / rss_before - 1.0,
                 # what one request cost the gateway on average, whatever else the machine runs
                 "gateway_cpu_ms_per_request": gateway_cpu_s * 1e3 / result.num_requests,
+                "contention": contention,
             }
         return {
             "capacity_requests_per_s": capacity,
