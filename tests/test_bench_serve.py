@@ -140,7 +140,7 @@ async def test_failed_requests_are_counted_not_recorded(gateway_address):
 async def test_rate_point_leaves_warmup_and_drain_out_and_reports_slo_and_stability(gateway_address):
     requests = synthetic_requests(20)
     loose = make_config(gateway_address=gateway_address, slo_ttft_s=60.0, slo_tpot_s=10.0)
-    run = await run_rate(gateway_address, requests, 20.0, loose, Slo())
+    run = await run_rate(gateway_address, requests, 8.0, loose, Slo())  # well below capacity even on a busy machine
     assert run.num_failed == 0 and run.steady.num_records == 20
     assert run.steady.num_measured == run.summary.num_requests == 16  # sends 2..17 of 20 (10% each end)
     assert run.steady.headline.slo_attainment == 1.0 and run.is_stable and not run.point().queue_growing
@@ -308,3 +308,22 @@ def test_model_lengths_mode_sends_the_prompt_as_a_chat_message_until_eos():
     assert message.messages[0].content == requests[0].chat_text and requests[0].chat_text.startswith("Tell me")
     with pytest.raises(ValueError, match="no chat template"):
         build_chat_requests(trace, load_tokenizer("default"), max_output_tokens=64)
+
+
+@requires_shared_data
+def test_policies_at_once_are_probed_and_run_side_by_side(tmp_path, capsys):
+    out = tmp_path / "serve.json"
+    flags = ["--start-stack", "--policies", "fcfs,alise", "--policy-turns", "at-once", "--no-predictor"]
+    flags += ["--trace", "alpaca", "--num-requests", "10", "--capacity-concurrency", "3", "--load-fractions", "0.5"]
+    flags += ["--num-unloaded", "1", "--max-output-tokens", "4", "--max-prompt-tokens", "8"]
+    flags += ["--engine-arg=--cpu-threads=1"]
+    assert cli_main.main(["bench", "serve", *flags, "--model", DUMMY_TINY_MODEL, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["policy_turns"] == "at-once" and report["capacity"]["policy"] == "fcfs"
+    probed = [line.split(":")[0] for line in capsys.readouterr().err.splitlines() if "closed-loop capacity" in line]
+    assert sorted(probed) == ["alise", "fcfs"]  # both stacks under load during the probe
+    (fcfs,), (alise,) = (report["policies"][policy]["runs"] for policy in ("fcfs", "alise"))
+    assert fcfs["rate_per_s"] == alise["rate_per_s"] == pytest.approx(report["rates_per_s"][0])
+    assert fcfs["num_failed"] == alise["num_failed"] == 0
+    overlap_s = min(fcfs["span_s"][1], alise["span_s"][1]) - max(fcfs["span_s"][0], alise["span_s"][0])
+    assert overlap_s > 0.5 * (fcfs["span_s"][1] - fcfs["span_s"][0])  # they ran at the same time

@@ -27,7 +27,7 @@ import tempfile
 import grpc
 
 from services.bench import plots, results, serve_report
-from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
+from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, PolicyTurns, ServeConfig
 from services.bench.serve_run import run_serve
 from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S
 from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
@@ -61,6 +61,13 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     target.add_argument("--policies", help="comma-separated engine policies (with --start-stack; default fcfs)")
     target.add_argument(
         "--engine-arg", action="append", default=[], metavar="FLAG", help="extra engine flag: --engine-arg=--x=y"
+    )
+    target.add_argument(
+        "--policy-turns",
+        choices=[turns.value for turns in PolicyTurns],
+        default=PolicyTurns.SEQUENTIAL.value,
+        help="sequential: the policies take turns at each rate; at-once: all policies' stacks get the same "
+        "requests at the same times (the capacity probe too), so the shared machine's drift hits them alike",
     )
     target.add_argument("--no-predictor", action="store_true", help="started stacks run without the predictor")
     target.add_argument("--log-dir", type=pathlib.Path, help="started stacks' logs (default: a new temp dir)")
@@ -155,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         slo_tpot_s=args.slo_tpot_ms / 1e3,
         closed_loop_concurrency=args.capacity_concurrency,
         load_fractions=tuple(args.load_fractions or ()),
+        policy_turns=PolicyTurns(args.policy_turns),
     )
 
 

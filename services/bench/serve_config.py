@@ -20,6 +20,16 @@ class OutputLengths(enum.Enum):
     MODEL = "model"  # the served model's own EOS: the prompt as a chat message, max_tokens a cap
 
 
+class PolicyTurns(enum.Enum):
+    """How several policies' stacks share the machine at each rate point."""
+
+    # one policy's run after another at each rate; an idle stack waits on its sockets and costs ~nothing
+    SEQUENTIAL = "sequential"
+    # every policy's run at once, the same requests at the same times: a drift in the load of a shared
+    # machine hits every policy alike (a paired design), at the price of the stacks sharing the CPU
+    AT_ONCE = "at-once"
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What to send, how fast, against which stack(s), and how to judge the results."""
@@ -55,6 +65,7 @@ class ServeConfig:
     slo_tpot_s: float = DEFAULT_TPOT_BOUND_S  # SLO attainment's TPOT bound, s
     closed_loop_concurrency: int | None = None  # set: probe the first policy's capacity first, N in system
     load_fractions: tuple[float, ...] = ()  # set: the rates are these fractions of that capacity (no --rates)
+    policy_turns: PolicyTurns = PolicyTurns.SEQUENTIAL  # policies one after another at each rate, or all at once
 
     @property
     def attainment_slo(self) -> SloBounds:

@@ -5,18 +5,24 @@
     warm-up request and unloaded latency (sequential requests) of each policy, one after another
     with --capacity-concurrency N: a closed-loop probe of the FIRST policy (N in the system over the
         whole trace) measures its capacity C; with --load-fractions the rates are those fractions of C
-    for each rate: every policy's run at that rate, one after another
+    for each rate: every policy's run at that rate, one after another (or all at once: --policy-turns at-once,
+        where the probe above also runs every policy at once)
     bounds and the goodput SLO come from the FIRST policy's unloaded latency, pinned before any
     sweep runs, so every policy is judged against the same numbers.
 
 Policies take turns at each rate instead of each running its whole sweep in turn: on a shared
 machine the load of other jobs drifts over minutes, and a drift between two policies' sweeps
 would read as a difference between the policies. An idle stack waits on its sockets, so the
-stacks that are not being measured cost next to nothing.
+stacks that are not being measured cost next to nothing. Turns still leave minutes between two
+policies' runs of one rate (a 4,000-request point lasts ~5 min), and on a 2-core machine shared with
+other jobs the load moved from 8 to 23 within one run; --policy-turns at-once runs them side by side
+(a paired comparison: every stack gets the same requests at the same times and the same drift), and
+measures the capacity the same way, since the stacks then share the CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import pathlib
@@ -27,7 +33,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from services.bench.latency_metrics import Slo
-from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, ServeConfig
+from services.bench.serve_config import RUNNING_STACK_LABEL, OutputLengths, PolicyTurns, ServeConfig
 from services.bench.serve_prompts import ServeRequest, build_chat_requests, build_requests
 from services.bench.serve_stack import StackStartError, local_stack, stack_config
 from services.bench.serve_sweep import CapacityProbe, RateRun, measure_unloaded, run_closed_loop, run_rate
@@ -147,9 +153,9 @@ async def run_serve(config: ServeConfig, log_dir: pathlib.Path, on_run: Callable
             print(f"rates from the probe: {', '.join(f'{r:.3f}' for r in rates)} req/s", file=sys.stderr)
         runs: dict[str, list[RateRun]] = {policy: [] for policy in addresses}
         for rate_per_s in rates:
-            for policy, address in addresses.items():
-                runs[policy].append(await run_rate(address, requests, rate_per_s, config, slo))
-                on_run(policy, runs[policy][-1])
+            async for policy, run in _runs_at_rate(addresses, requests, rate_per_s, config, slo):
+                runs[policy].append(run)
+                on_run(policy, run)
     results = [
         PolicyResult(policy, math.nan, [], errors[policy])
         if policy in errors
@@ -160,26 +166,44 @@ async def run_serve(config: ServeConfig, log_dir: pathlib.Path, on_run: Callable
     return ServeOutcome(trace, reference, bounds, slo, results, rates, capacity)
 
 
+async def _runs_at_rate(
+    addresses: dict[str, str], requests: list[ServeRequest], rate_per_s: float, config: ServeConfig, slo: Slo
+) -> AsyncIterator[tuple[str, RateRun]]:
+    """Every policy's run at `rate_per_s`, one after another or all at once (config.policy_turns)."""
+    if config.policy_turns is PolicyTurns.AT_ONCE:
+        at_once = (run_rate(address, requests, rate_per_s, config, slo) for address in addresses.values())
+        for policy, run in zip(addresses, await asyncio.gather(*at_once)):
+            yield policy, run
+        return
+    for policy, address in addresses.items():
+        yield policy, await run_rate(address, requests, rate_per_s, config, slo)
+
+
 async def _probe_capacity(
     addresses: dict[str, str], requests: list[ServeRequest], config: ServeConfig
 ) -> CapacityProbe | None:
     """The first policy's closed-loop capacity (None without --capacity-concurrency); RuntimeError when
-    it cannot be measured, since rates derived from it would mean nothing."""
+    it cannot be measured, since rates derived from it would mean nothing. With policies at once, every
+    policy is probed at the same time (each printed), since that is how they will share the machine."""
     if config.closed_loop_concurrency is None:
         return None
-    policy, address = next(iter(addresses.items()))
+    probed = addresses if config.policy_turns is PolicyTurns.AT_ONCE else dict([next(iter(addresses.items()))])
+    concurrency = config.closed_loop_concurrency
     try:
-        probe = await run_closed_loop(address, requests, policy, config.closed_loop_concurrency, config)
+        probes = await asyncio.gather(
+            *(run_closed_loop(address, requests, policy, concurrency, config) for policy, address in probed.items())
+        )
     except ValueError as error:
-        raise RuntimeError(f"capacity probe of {policy} failed: {error}") from None
-    print(
-        f"{policy}: closed-loop capacity {probe.capacity_per_s:.3f} req/s ({probe.output_token_throughput_per_s:.1f} "
-        f"tok/s), {probe.concurrency} in system, {probe.num_records} finished, {probe.num_failed} failed, "
-        f"{probe.duration_s:.0f} s",
-        file=sys.stderr,
-        flush=True,
-    )
-    return probe
+        raise RuntimeError(f"capacity probe failed: {error}") from None
+    for probe in probes:
+        print(
+            f"{probe.policy}: closed-loop capacity {probe.capacity_per_s:.3f} req/s "
+            f"({probe.output_token_throughput_per_s:.1f} tok/s), {probe.concurrency} in system, "
+            f"{probe.num_records} finished, {probe.num_failed} failed, {probe.duration_s:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return probes[0]
 
 
 async def _start_gateways(

@@ -47,6 +47,7 @@ class RateRun:
     client: ClientHealth  # the load generator's figures
     client_bottleneck: bool  # send lag or client CPU above the configured limits
     steady: SteadyFigures | None = None  # SLO attainment and stability of the measured window; None if none finished
+    span_s: tuple[float, float] = (0.0, 0.0)  # first send, last stream end (time.monotonic, shared by processes)
 
     @property
     def is_stable(self) -> bool:
@@ -121,6 +122,7 @@ async def run_rate(
             or load.health.max_cpu_utilization > config.max_client_cpu_utilization
         ),
         steady=steady_figures(records, config.window, config.attainment_slo) if records else None,
+        span_s=(min(r.sent_s for r in load.results), max(r.finish_s for r in load.results)),
     )
 
 
