@@ -15,6 +15,7 @@ from services.client import (
     FinishReason,
     InvalidRequestError,
     RateLimitError,
+    RefusalReason,
     UnavailableError,
     build_request,
 )
@@ -102,9 +103,44 @@ async def test_other_errors_are_not_retried(stack):
     stack.engine.abort_status = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
     await stack.start()
     async with AsyncAliseClient(stack.handle.address, retry_backoff_s=0.01) as client:
-        with pytest.raises(RateLimitError, match="queue full"):
+        with pytest.raises(RateLimitError, match="queue full") as raised:
             await client.complete("Say hello")
     assert len(stack.engine.requests) == 1
+    assert raised.value.refusal_reason is None  # no alise-refusal-reason: not told why
+
+
+async def test_a_refusal_says_why_as_a_typed_reason_sync_and_async(stack):
+    """The engine's alise-refusal-reason, passed on by the gateway, reaches the caller as a RefusalReason."""
+    metadata = RefusalReason.EXCEEDS_KV_CAPACITY.metadata()
+    stack.engine.abort_status = (grpc.StatusCode.RESOURCE_EXHAUSTED, "needs more KV blocks than exist", metadata)
+    await stack.start()
+    async with AsyncAliseClient(stack.handle.address) as client:
+        with pytest.raises(RateLimitError) as raised:
+            await client.complete("Say hello")
+    assert raised.value.refusal_reason is RefusalReason.EXCEEDS_KV_CAPACITY
+    assert "[EXCEEDS_KV_CAPACITY]" in str(raised.value)
+
+    def run():
+        with AliseClient(stack.handle.address) as client:
+            with pytest.raises(RateLimitError) as raised:
+                list(client.generate("Say hello"))
+            return raised.value
+
+    assert (await asyncio.to_thread(run)).refusal_reason is RefusalReason.EXCEEDS_KV_CAPACITY
+
+
+async def test_the_gateways_own_refusal_names_its_reason(stack):
+    """--max-in-flight-requests 1 and a slow stream in flight: the next call is refused by the gateway, QUEUE_FULL."""
+    stack.engine.output_ids = [500] * 50
+    stack.engine.message_delay_s = 0.05
+    await stack.start(max_in_flight_requests=1)
+    async with AsyncAliseClient(stack.handle.address) as client:
+        stream = client.generate("Say hello")
+        await stream.__anext__()  # the first stream holds the one place
+        with pytest.raises(RateLimitError) as raised:
+            await client.complete("Say hello again")
+        await stream.aclose()
+    assert raised.value.refusal_reason is RefusalReason.QUEUE_FULL
 
 
 async def test_leaving_the_stream_early_cancels_the_generation(stack):

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         timing = asyncio.run(_generate(args, prompt, writer))
     except AliseClientError as error:
         writer.end_line()
-        print_error("alise generate", f"{error.code.name}: {error.details}")
+        print_error("alise generate", str(error))  # "CODE [REFUSAL_REASON]: details"
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         writer.end_line()

@@ -6,8 +6,10 @@
             print(chunk.text, end="", flush=True)
 
 `AsyncAliseClient` is the same API with `async with` / `async for`. Errors are subclasses of
-AliseClientError, one per gRPC status (errors.py). A call is retried only when it is safe to: on
-UNAVAILABLE before the stream delivered anything (nothing was generated for the caller yet).
+AliseClientError, one per gRPC status (errors.py); a refusal's `refusal_reason` (RefusalReason)
+says why the server refused, from its `alise-refusal-reason` trailing metadata. A call is retried
+only when it is safe to: on UNAVAILABLE before the stream delivered anything (nothing was generated
+for the caller yet).
 """
 
 from services.client.async_client import AsyncAliseClient
@@ -25,6 +27,7 @@ from services.client.errors import (
 from services.client.options import ClientOptions, ClientTls
 from services.client.requests import Chunk, Completion, FinishReason, build_request
 from services.client.sync_client import AliseClient
+from services.common.refusal import RefusalReason
 
 __all__ = [
     "AliseClient",
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "RateLimitError",
+    "RefusalReason",
     "RequestCancelledError",
     "ServerError",
     "UnavailableError",
