@@ -130,7 +130,7 @@ async def start(config: EngineConfig) -> ServiceHandle:
     limits = AdmissionLimits(
         config.max_waiting_requests, config.max_waiting_prompt_tokens, config.deadline_admission_slack
     )
-    servicer = EngineServicer(engine_loop, info, config.max_waiting_requests, limits)
+    servicer = EngineServicer(engine_loop, info, config.max_waiting_requests, limits, config.max_num_seqs)
     running = await start_server(
         host=config.host,
         port=config.port,

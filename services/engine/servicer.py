@@ -34,21 +34,23 @@ class ServedModelInfo:
 
 class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
     def __init__(
-        self, loop: EngineLoop, info: ServedModelInfo, max_live_requests: int, limits: AdmissionLimits | None = None
+        self,
+        loop: EngineLoop,
+        info: ServedModelInfo,
+        max_live_requests: int,
+        limits: AdmissionLimits | None = None,
+        max_num_seqs: int = 0,  # the running batch's capacity, reported by GetStats (0 = not reported)
     ) -> None:
         self._loop = loop
         self._info = info
+        self._max_num_seqs = max_num_seqs
         # max_live_requests alone: no prompt-token cap and no deadline check (unit tests)
         self._admission = AdmissionControl(limits or AdmissionLimits(max_live_requests, 2**62, 0.0))
-        self._draining = False
-
-    def start_draining(self) -> None:
-        """New requests get UNAVAILABLE; in-flight ones finish."""
-        self._draining = True
 
     async def Generate(self, request, context):
-        if self._draining:
-            raise NotReady("engine is shutting down", refusal_reason=RefusalReason.DRAINING)
+        # No draining flag here: on SIGTERM the server's stop (services/common/server.py) refuses new
+        # calls UNAVAILABLE before any handler runs, and ends the ones still running at the drain
+        # deadline UNAVAILABLE with reason DRAINING (services/common/drain.py).
         domain_request = build_request(
             request, vocab_size=self._info.vocab_size, max_model_len=self._info.max_model_len
         )
@@ -143,6 +145,7 @@ class EngineServicer(engine_service_pb2_grpc.EngineServiceServicer):
             num_refused_queue_full=admission.num_rejected_full,
             num_refused_deadline=admission.num_rejected_deadline,
             seconds_per_output_token=snapshot.seconds_per_output_token,
+            max_num_seqs=self._max_num_seqs,
         )
 
     async def GetModelInfo(self, request, context):

@@ -115,6 +115,7 @@ async def test_the_engine_names_each_refusal_and_getstats_reports_its_admission(
     assert (stats.num_live_requests, stats.max_live_requests) == (MAX_LIVE_REQUESTS, MAX_LIVE_REQUESTS)
     assert stats.num_live_prompt_tokens == 4 * MAX_LIVE_REQUESTS and stats.max_live_prompt_tokens > 0
     assert stats.seconds_per_output_token > 0
+    assert stats.max_num_seqs == 16  # the batch capacity the gateway's --max-queued-work-s predicts waits with
     assert stats.predicted_outstanding_work_s == pytest.approx(
         stats.predicted_outstanding_tokens * stats.seconds_per_output_token, rel=0.5
     )  # the same window rate, one snapshot apart at most
