@@ -24,8 +24,8 @@ import numpy as np
 from services.bench import step_host
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-# HEAD before the host-overhead pass of issue 17 (the "before" of docs/benchmarks/step_overhead.json).
-BASELINE_COMMIT = "3a7662a77a7fa3ddd6da629a2ad134ffb585047b"
+# HEAD before the steady-decode (columnar) pass of issue 17: the "before" of docs/benchmarks/step_overhead.json.
+BASELINE_COMMIT = "7d7f678eb5af59a6dd97f761618920ebccf41a7c"
 METHOD = (
     "host ms = thread CPU time of one EngineCore.step() (schedule, prepare, launch, sample, update, and the "
     "engine core around them) with a decoder whose operators cost next to nothing (no layers, hidden 8, vocab "

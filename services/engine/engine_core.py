@@ -90,9 +90,8 @@ class EngineCore:
             sampled = self.runner.execute(output)
             results = self.scheduler.update(output, sampled)
             num_sampled = len(sampled)
-        for result in results:
-            if result.finish_reason is not None:
-                self._forget(result.request_id)
+        for request_id in self.scheduler.finished_request_ids:  # not a pass over every result
+            self._forget(request_id)
         finished = time.perf_counter()
         model_s = finished - model_started if self.model_timer is None else self.model_timer()
         # Swap-outs (settled inside schedule) and restores depend on who was evicted, not on the

@@ -26,14 +26,17 @@ gather by row. The owner removes a row when its request finishes, is aborted or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable
 
 import numpy as np
 import torch
 
 from services.engine.request import Request
-from services.engine.scheduler.output import ScheduledChunk
+from services.engine.scheduler.output import DecodeColumns, ScheduledChunk
 
+_num_preemptions = attrgetter("num_preemptions")
+_request_id = attrgetter("request_id")
 INITIAL_ROWS = 16  # rows allocated first; capacities double as needed
 INITIAL_TOKENS = 256  # token columns per row at first
 INITIAL_BLOCKS = 16  # block-table columns per row at first
@@ -209,30 +212,44 @@ class InputBatch:
 
     # -- one step ------------------------------------------------------------------------
 
-    def prepare(self, chunks: list[ScheduledChunk], block_table_of: Callable[[str], list[int]]) -> StepArrays:
-        """Syncs the chunks' rows, then builds the step's arrays; block_table_of(request_id) -> its blocks
-        (KvBlockManager.block_table). A request without a row, or preempted since its row was filled,
-        gets a fresh row. A row is synced only when it lacks tokens or blocks this step reads (tables
-        only grow while a request holds its KV), so a decode step touches no table most of the time.
+    def prepare(
+        self,
+        chunks: list[ScheduledChunk],
+        block_table_of: Callable[[str], list[int]],
+        decodes: DecodeColumns | None = None,
+    ) -> StepArrays:
+        """Syncs the step's rows, then builds the step's arrays; block_table_of(request_id) -> its blocks
+        (KvBlockManager.block_table). The step is `decodes` (one-token decodes as columns, none when None)
+        followed by `chunks` (SchedulerOutput.decodes and .tail). A request without a row, or preempted
+        since its row was filled, gets a fresh row. A row is synced only when it lacks tokens or blocks
+        this step reads (tables only grow while a request holds its KV), so a decode step touches no
+        table most of the time.
 
-        The per-request work is a few list comprehensions (one attribute each) and one dict lookup per
-        request; which rows need a fresh row or a sync is decided for all rows at once with numpy, and
-        only those rows are visited one by one."""
+        The per-request work is a few list comprehensions over the chunks (one attribute each; the decode
+        columns need none) and two map()s over the requests; which rows need a fresh row or a sync is
+        decided for all rows at once with numpy, and only those rows are visited one by one."""
         requests = [chunk.request for chunk in chunks]
-        rows_list, rows = self._rows_of(requests)
         seq_lens_list = [chunk.num_context_tokens for chunk in chunks]
-        seq_lens = np.array(seq_lens_list, dtype=np.int64)
+        counts = [chunk.num_new_tokens for chunk in chunks]
+        samples = [chunk.samples_token for chunk in chunks]
+        num_decodes = len(decodes) if decodes is not None else 0
+        if decodes is None:
+            seq_lens = np.array(seq_lens_list, dtype=np.int64)
+        else:
+            seq_lens = np.concatenate((decodes.seq_lens, seq_lens_list)) if chunks else decodes.seq_lens
+            requests, seq_lens_list = decodes.requests + requests, decodes.seq_lens_list + seq_lens_list
+            counts, samples = [1] * num_decodes + counts, [True] * num_decodes + samples
+        rows_list, rows = self._rows_of(requests)
         stale = (self._num_tokens[rows] < seq_lens) | (self._num_blocks[rows] * self.block_size < seq_lens)
         for index in np.flatnonzero(stale).tolist():
             request = requests[index]
             self._sync_row(rows_list[index], request, block_table_of(request.request_id))
-        counts = [chunk.num_new_tokens for chunk in chunks]
         if len(counts) != sum(counts):  # some chunk feeds more than one token: a prefill chunk or a verify
-            for index in [i for i, chunk in enumerate(chunks) if chunk.num_draft_tokens]:
+            for index in [i for i, chunk in enumerate(chunks, num_decodes) if chunk.num_draft_tokens]:
                 drafts = requests[index].draft_token_ids
-                self.write_drafts(rows_list[index], drafts[: chunks[index].num_draft_tokens])  # type: ignore[index]
-        samples = [chunk.samples_token for chunk in chunks]
-        sample_indices = list(range(len(chunks))) if all(samples) else [i for i, s in enumerate(samples) if s]
+                num_drafts = chunks[index - num_decodes].num_draft_tokens
+                self.write_drafts(rows_list[index], drafts[:num_drafts])  # type: ignore[index]
+        sample_indices = list(range(len(samples))) if all(samples) else [i for i, s in enumerate(samples) if s]
         return self._build(rows, seq_lens, seq_lens_list, counts, sample_indices)
 
     def _rows_of(self, requests: list[Request]) -> tuple[list[int], np.ndarray]:
@@ -240,14 +257,14 @@ class InputBatch:
         filled), as a list and an array. The same requests in the same order as the last call, none
         preempted since (the same preemption counts), with no row added or removed since, have the same
         rows: two list comparisons in C instead of a dict lookup per request."""
-        preemption_counts = [request.num_preemptions for request in requests]
+        preemption_counts = list(map(_num_preemptions, requests))
         if (
             requests == self._last_requests  # identity comparisons (Request compares by identity)
             and preemption_counts == self._last_preemption_counts
             and not self._rows_changed
         ):
             return self._last_rows
-        rows_list = list(map(self._row_of.get, [request.request_id for request in requests]))
+        rows_list = list(map(self._row_of.get, map(_request_id, requests)))
         index = -1
         while None in rows_list:  # new requests (or rows dropped by preemption): found in C, one by one
             index = rows_list.index(None, index + 1)

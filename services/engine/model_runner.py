@@ -16,6 +16,9 @@ stay under the scheduler's control.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from operator import attrgetter
+
 import numpy as np
 import torch
 
@@ -28,10 +31,11 @@ from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.min_tokens import apply_min_tokens, model_stop_token_ids, stop_token_tensor
 from services.engine.sampler import SamplingParams, sample_tokens
-from services.engine.scheduler.output import SchedulerOutput, StepSamples
+from services.engine.scheduler.output import SampledTokens, SchedulerOutput, StepSamples
 from services.engine.spec.early_exit_drafter import EarlyExitDrafter
 from services.engine.spec.verification import verify_drafts
 
+_request_id = attrgetter("request_id")
 DEFAULT_MAX_NUM_SEQS = 64  # CUDA graph batch sizes are captured up to this many decodes
 
 
@@ -80,7 +84,7 @@ class ModelRunner:
         """Drops the request's row once it finished or was aborted (or lost its KV)."""
         self.batch.remove(request_id)
 
-    def execute(self, step: SchedulerOutput) -> dict[str, int]:
+    def execute(self, step: SchedulerOutput) -> Mapping[str, int]:
         """Runs a step without drafts; returns the sampled token of each request that samples this step
         (execute_step enters inference mode: once per step, not twice)."""
         return self.execute_step(step).tokens
@@ -95,8 +99,8 @@ class ModelRunner:
         hidden = self.run_model(arrays)
         if not arrays.sample_indices:
             return StepSamples({})
-        chunks = step.chunks
-        verify = [index for index in arrays.sample_indices if chunks[index].num_draft_tokens]
+        # Only tail chunks verify drafts (decode columns never do): no verify, no chunk list needed.
+        verify = [i for i in arrays.sample_indices if step.chunks[i].num_draft_tokens] if step.num_draft_tokens else []
         if not verify:
             return StepSamples(self.sample(step, arrays, self.logits_of(arrays, hidden)))
         return self._sample_and_verify(step, arrays, hidden, verify)
@@ -113,29 +117,36 @@ class ModelRunner:
             last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
         return self.model.lm_head(hidden.index_select(0, last_rows))
 
-    def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> dict[str, int]:
+    def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> Mapping[str, int]:
         """min_tokens masking, then every row sampled at once; the tokens are recorded in the batch rows.
 
-        Host cost per row is one dict entry: the per-request lists are built only when a row needs them
-        (min_tokens or a sampled row), decided from the batch rows' arrays."""
-        chunks = step.chunks
-        if len(arrays.sample_indices) == len(chunks):  # every request samples (decodes)
-            requests = [chunk.request for chunk in chunks]
-        else:
-            requests = [chunks[index].request for index in arrays.sample_indices]
-        return self._sample_rows(arrays, logits, requests, None)
+        Host cost per row is one list entry: the decode columns' tokens stay a list (SampledTokens), the
+        per-request lists are built only when a row needs them (min_tokens or a sampled row), decided
+        from the batch rows' arrays."""
+        decodes = step.decodes
+        requests = [chunk.request for chunk in step.tail]
+        if decodes is not None:
+            requests = decodes.requests + requests
+        if len(arrays.sample_indices) != len(requests):  # not every request samples (a partial prefill)
+            requests = [requests[index] for index in arrays.sample_indices]
+        tokens = self._sample_rows(arrays, logits, requests, None)
+        if decodes is None:
+            return dict(zip(map(_request_id, requests), tokens))
+        num_decodes = len(decodes)  # every decode samples, and they come first
+        others = dict(zip(map(_request_id, requests[num_decodes:]), tokens[num_decodes:]))
+        return SampledTokens(decodes.request_ids, tokens[:num_decodes], others)
 
     def _sample_rows(
         self, arrays: StepArrays, logits: torch.Tensor, requests: list, picked: np.ndarray | None
-    ) -> dict[str, int]:
+    ) -> list[int]:
         """Samples the given requests' rows (all sampling rows, or the `picked` mask of them) and records
-        the tokens in the batch rows."""
+        the tokens in the batch rows; the tokens in the same order."""
         rows = arrays.sample_rows if picked is None else arrays.sample_rows[picked]
         if self.batch.min_tokens[rows].any():
             logits = apply_min_tokens(logits, requests, self.stop_token_ids)
         tokens = sample_tokens(logits, self.sampling_params(rows, requests)).tolist()
         self.batch.record_sampled(arrays, tokens, picked)
-        return {request.request_id: token for request, token in zip(requests, tokens, strict=True)}
+        return tokens
 
     def _sample_and_verify(
         self, step: SchedulerOutput, arrays: StepArrays, hidden: torch.Tensor, verify: list[int]
@@ -154,7 +165,9 @@ class ModelRunner:
         tokens: dict[str, int] = {}
         if plain:
             requests = [chunks[index].request for index in plain]
-            tokens = self._sample_rows(arrays, logits[: len(plain)], requests, picked)
+            tokens = dict(
+                zip(map(_request_id, requests), self._sample_rows(arrays, logits[: len(plain)], requests, picked))
+            )
         return StepSamples(tokens, self._verify(step, arrays, logits[len(plain) :], verify, ~picked))
 
     def _verify(
@@ -179,7 +192,7 @@ class ModelRunner:
         """Builds the step's inputs (idempotent: preparing the same step twice gives the same arrays).
         The engine core forgets the rows of requests preempted this step; a row it missed is still
         replaced, since prepare() gives a request preempted since its row was filled a fresh one."""
-        return self.batch.prepare(step.chunks, self.kv.block_table)
+        return self.batch.prepare(step.tail, self.kv.block_table, step.decodes)
 
     def _prepare(self, step: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """(input ids, positions, metadata) of a step, for tests that run one step through two backends."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from services.engine.block_pool import KvBlockManager
 from services.engine.request import FinishReason, Request, RequestStatus
@@ -38,6 +38,7 @@ from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, St
 from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
+from services.engine.scheduler.steady import SteadyDecodes
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
 # Swapped requests among this many at the head of the waiting queue are prefetched.
@@ -77,6 +78,10 @@ class Scheduler:
         # The running batch's rank keys, computed at most once per step and only when a decision
         # reads them (displacement.py).
         self.ranks = RunningRanks(policy)
+        # The steady decode step as columns (steady.py); it trusts no count across a status change.
+        self.steady = SteadyDecodes(kv.block_size)
+        self.num_status_changes = 0  # preemptions and finishes so far
+        self.finished_request_ids: list[str] = []  # those the last update() finished
 
     # -- admission and abort -------------------------------------------------------------
 
@@ -114,14 +119,19 @@ class Scheduler:
             displace(self, preempted, now_s)
         chunks: list[ScheduledChunk] = []
         restores: list[KvRestore] = []
-        budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
+        budget = self.limits.max_num_batched_tokens
+        decodes = self.steady.schedule(self) if 0 < len(self.running) <= budget else None
+        if decodes is None:
+            budget, short_of_kv = self._schedule_running(chunks, preempted, now_s)
+        else:
+            budget, short_of_kv = budget - len(decodes), False
         if not short_of_kv:
             self._admit_waiting(budget, chunks, restores, now_s)
         if self.preempted_kv.has_victims:
             self.preempted_kv.settle(self.waiting, now_s, len(self.running))
         if self.eviction.saves_kv and self.waiting:
             self.eviction.prefetch([r for r in self.waiting.head(PREFETCH_SCAN) if r.num_host_kv_tokens])
-        return SchedulerOutput(chunks, preempted, restores)
+        return SchedulerOutput(chunks, preempted, restores, decodes)
 
     def _schedule_running(self, chunks: list[ScheduledChunk], preempted: list[str], now_s: float) -> tuple[int, bool]:
         """Step 2; returns the budget left and whether KV ran short.
@@ -260,6 +270,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
+        self.num_status_changes += 1
         self.num_preemptions_by_cause[cause] += 1
 
     # -- ranking ---------------------------------------------------------------
@@ -272,9 +283,10 @@ class Scheduler:
     # -- after the model ran -------------------------------------------------------------
 
     def update(
-        self, output: SchedulerOutput, sampled: dict[str, int], verified: dict[str, list[int]] | None = None
+        self, output: SchedulerOutput, sampled: Mapping[str, int], verified: dict[str, list[int]] | None = None
     ) -> list[StepResult]:
-        """Advances computed counts, appends sampled tokens, finishes requests that are done.
+        """Advances computed counts, appends sampled tokens, finishes requests that are done (their ids
+        in finished_request_ids). Decode columns go through steady.py when they are its own.
 
         sampled: the token of each request that samples this step; verified: for each verify chunk
         (num_draft_tokens > 0) its accepted drafts followed by one token (spec/verification.py)."""
@@ -282,9 +294,10 @@ class Scheduler:
         verified = verified or {}
         eos_token_id, last_position = self.eos_token_id, self.limits.max_model_len - 1
         running = RequestStatus.RUNNING
-        results: list[StepResult] = []
+        finished = self.finished_request_ids = []
+        results, chunks = self.steady.update_output(self, output, sampled, now_s)
         append = results.append
-        for chunk in output.chunks:  # one pass per request every step: keep it lean
+        for chunk in chunks:  # one pass per request every step: keep it lean
             request = chunk.request
             if request.status is not running:  # aborted while the step ran
                 continue
@@ -293,6 +306,8 @@ class Scheduler:
                 continue
             if chunk.num_draft_tokens:
                 append(self._apply_verified(request, chunk, verified[request.request_id], now_s))
+                if results[-1].finish_reason is not None:
+                    finished.append(request.request_id)
                 continue
             request_id = request.request_id
             token_id = sampled[request_id]
@@ -309,6 +324,7 @@ class Scheduler:
                 reason = self._finish_reason(request, token_id)
                 if reason is not None:
                     self._finish(request, reason)
+                    finished.append(request_id)
                 append(StepResult(request_id, [token_id], reason))
             else:
                 append(StepResult(request_id, [token_id], None))
@@ -351,6 +367,7 @@ class Scheduler:
         return None
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
+        self.num_status_changes += 1
         self.kv.free(request.request_id)
         self.preempted_kv.discard(request)
         if request.status is RequestStatus.RUNNING:

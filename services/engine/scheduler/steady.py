@@ -1,0 +1,163 @@
+"""The steady decode step: every running request decodes one token, scheduled and updated as columns.
+
+In the common step of a busy engine the running set is what it was one step ago, each request feeding
+back its last sampled token. The general path builds a ScheduledChunk and a StepResult object per
+request and walks them one by one in Python; here the decodes are one DecodeColumns (output.py) and
+the per-request work is C-level map/zip over the requests plus numpy over their counts:
+
+    schedule: check (no drafts; every running request has num_tokens - num_computed_tokens == 1),
+              allocate a block where a decode's position starts one, columns = computed + 1
+    update:   num_computed_tokens set, tokens appended, finish checks on arrays; the few flagged
+              requests (EOS, max_tokens, model length) go through the scheduler's own checks
+
+The outcome is identical to the general path (same chunks in the same batch order, same block
+allocations in the same order, same finishes): when anything differs (a prefill among the running,
+a draft, a block the pool cannot give, a status change during the step) the caller falls back to it.
+A block allocation that succeeds is idempotent, so the fallback after a failed one repeats the same
+allocations and fails at the same request.
+
+Counts are read from the requests (three map()s) unless the last update was steady over exactly the
+same running list (identity): then they are the columns that update left, and only the draft check
+reads the requests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
+
+from services.engine.request import FinishReason, Request
+from services.engine.scheduler.output import DecodeColumns, SampledTokens, ScheduledChunk, SchedulerOutput, StepResult
+
+if TYPE_CHECKING:
+    from services.engine.scheduler.scheduler import Scheduler
+
+_num_computed = attrgetter("num_computed_tokens")
+_output_ids = attrgetter("output_token_ids")
+_prompt_ids = attrgetter("prompt_token_ids")
+_draft_slots = attrgetter("num_draft_slots")
+_request_id = attrgetter("request_id")
+_first_scheduled = attrgetter("first_scheduled_time_s")
+_max_tokens = attrgetter("sampling.max_tokens")
+_new_tuple: Callable[..., StepResult] = tuple.__new__
+
+
+@dataclass(frozen=True)
+class _RunningSet:
+    """What stays constant while the same requests keep decoding: the requests (a copy of the running
+    list), their ids, their output lists (appended in place) and max_tokens."""
+
+    requests: list[Request]
+    request_ids: list[str]
+    output_lists: list[list[int]]
+    max_tokens: np.ndarray
+
+
+@dataclass(frozen=True)
+class _AfterUpdate:
+    """The running set's counts after a steady update: num_computed_tokens and output counts."""
+
+    running: _RunningSet
+    num_computed: np.ndarray
+    num_output: np.ndarray
+
+
+class SteadyDecodes:
+    """One scheduler's steady-step state; engine thread only."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._after: _AfterUpdate | None = None  # set by a steady update, taken by the next schedule
+        # The columns of the last steady schedule, their running set and the scheduler's status-change
+        # count then: update() takes the column path only for these columns with no status change since.
+        self._pending: tuple[DecodeColumns, _RunningSet, int] | None = None
+
+    def schedule(self, scheduler: Scheduler) -> DecodeColumns | None:
+        """Every running request's decode as columns, its blocks allocated; None: take the general path
+        (nothing has changed then, besides allocations the general path repeats)."""
+        running = scheduler.running
+        after, self._after, self._pending = self._after, None, None
+        if any(map(_draft_slots, running)):
+            return None
+        if after is not None and after.running.requests == running:  # identity comparisons, in C
+            running_set, computed, num_output = after.running, after.num_computed, after.num_output
+        else:
+            computed = np.array(list(map(_num_computed, running)), dtype=np.int64)
+            num_output = np.array(list(map(len, map(_output_ids, running))), dtype=np.int64)
+            num_prompt = np.array(list(map(len, map(_prompt_ids, running))), dtype=np.int64)
+            if not (num_prompt + num_output - computed == 1).all() or None in map(_first_scheduled, running):
+                return None
+            running_set = _RunningSet(
+                list(running),
+                list(map(_request_id, running)),
+                list(map(_output_ids, running)),
+                np.array(list(map(_max_tokens, running)), dtype=np.int64),
+            )
+        seq_lens = computed + 1
+        allocate_slots, request_ids = scheduler.kv.allocate_slots, running_set.request_ids
+        for index in np.flatnonzero(computed % self.block_size == 0).tolist():  # position starts a block
+            if not allocate_slots(request_ids[index], int(seq_lens[index])):
+                return None  # KV short: the general path preempts (make_room) exactly as it would have
+        columns = DecodeColumns(running_set.requests, request_ids, seq_lens, seq_lens.tolist(), num_output)
+        self._pending = (columns, running_set, scheduler.num_status_changes)
+        return columns
+
+    def update_output(
+        self, scheduler: Scheduler, output: SchedulerOutput, sampled: Mapping[str, int], now_s: float
+    ) -> tuple[list[StepResult], list[ScheduledChunk]]:
+        """(results of the decode columns, the chunks Scheduler.update still walks): the columns at once
+        when they are this path's, else every chunk is walked."""
+        decodes = output.decodes
+        if decodes is None:
+            return [], output.chunks
+        if isinstance(sampled, SampledTokens) and sampled.decode_ids is decodes.request_ids:
+            tokens = sampled.decode_tokens
+        else:
+            tokens = [sampled[request_id] for request_id in decodes.request_ids]
+        results = self.update(scheduler, decodes, tokens, now_s)
+        return (results, output.tail) if results is not None else ([], output.chunks)
+
+    def update(
+        self, scheduler: Scheduler, columns: DecodeColumns, tokens: list[int], now_s: float
+    ) -> list[StepResult] | None:
+        """Applies the decodes' sampled tokens (in column order); None: not this path's columns, or a
+        request changed status while the step ran (the caller then walks them one by one)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] is not columns or pending[2] != scheduler.num_status_changes:
+            return None
+        running_set, requests = pending[1], columns.requests
+        deque(map(setattr, requests, repeat("num_computed_tokens"), columns.seq_lens_list), 0)
+        deque(map(list.append, running_set.output_lists, tokens), 0)
+        num_output = columns.num_output_tokens + 1
+        if not columns.num_output_tokens.all():  # some request's first token
+            for index in np.flatnonzero(columns.num_output_tokens == 0).tolist():
+                if requests[index].first_token_time_s is None:
+                    requests[index].first_token_time_s = now_s
+        flagged = (num_output >= running_set.max_tokens) | (columns.seq_lens >= scheduler.limits.max_model_len - 1)
+        if scheduler.eos_token_id is not None:
+            flagged |= np.array(tokens, dtype=np.int64) == scheduler.eos_token_id
+        reasons: list[FinishReason | None] | repeat[None] = repeat(None)
+        if flagged.any():
+            reasons = self._finish_flagged(scheduler, requests, tokens, np.flatnonzero(flagged).tolist())
+        else:
+            self._after = _AfterUpdate(running_set, columns.seq_lens, num_output)
+        return list(map(_new_tuple, repeat(StepResult), zip(columns.request_ids, map(list, zip(tokens)), reasons)))
+
+    @staticmethod
+    def _finish_flagged(
+        scheduler: Scheduler, requests: list[Request], tokens: list[int], flagged: list[int]
+    ) -> list[FinishReason | None]:
+        """The scheduler's own finish checks for the requests the arrays flagged (in batch order)."""
+        reasons: list[FinishReason | None] = [None] * len(requests)
+        for index in flagged:
+            reason = scheduler._finish_reason(requests[index], tokens[index])
+            if reason is not None:
+                scheduler._finish(requests[index], reason)
+                scheduler.finished_request_ids.append(requests[index].request_id)
+                reasons[index] = reason
+        return reasons
