@@ -59,9 +59,10 @@ class GatewayConfig:
     )
     max_queued_work_s: float = setting(
         0.0,
-        "predicted seconds of work waiting to start on an engine replica (this gateway's requests without a token "
-        "yet) beyond which new requests go elsewhere, or get RESOURCE_EXHAUSTED (HTTP 429) at once before "
-        "tokenizing when every replica is over it (0 = no bound)",
+        "predicted wait of a new request for its first token on an engine replica (the work of this gateway's "
+        "requests without a token yet, or, when its running batch is full, the time until one of them ends) beyond "
+        "which new requests go elsewhere, or get RESOURCE_EXHAUSTED (HTTP 429) at once before tokenizing when "
+        "every replica is over it (0 = no bound)",
     )
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000

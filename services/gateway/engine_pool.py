@@ -11,7 +11,8 @@ max_attempts in all, within the client's deadline: the client has seen nothing y
 After the first message an error ends the client's stream with that error's status.
 
 `check_room` is the cheap refusal before any of that (engine_saturation): when every candidate is
-known to be full (predicted work waiting to start over max_queued_work_s, or a recent queue-full refusal), the
+known to be full (a new request's predicted wait for its first token over max_queued_work_s: the work waiting
+to start, or the time until a full batch frees a place; or a recent queue-full refusal), the
 request is refused at once, before the gateway tokenizes it; a full replica is also routed to last.
 
 A stream on a replica that goes DOWN (engine_replica) is aborted when its channel is replaced; the
@@ -156,7 +157,8 @@ class EnginePool:
         if rate is None:  # no rate measured yet: its work in seconds is unknown, not large
             return None
         queued_work_s = replica.load.waiting_tokens() * rate
-        text = queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s)
+        slot_wait_s = replica.load.first_slot_wait_s(rate)
+        text = queued_work_reason(replica.address, queued_work_s, self._settings.max_queued_work_s, slot_wait_s)
         return None if text is None else (RefusalReason.QUEUED_WORK_LIMIT, text)
 
     def _candidates(self, exclude: set[str]) -> list[EngineReplica]:

@@ -108,6 +108,7 @@ class EngineReplica(PeriodicallyChecked):
             stats.predicted_outstanding_work_s,
             mine_at_poll,
             stats.seconds_per_output_token,
+            stats.max_num_seqs,
         )
 
     async def _on_check_failed(self, reason: str) -> None:

@@ -7,11 +7,13 @@ p99 grew to hundreds of milliseconds. Two figures the gateway already holds say 
 
     queued work  the predicted work of this gateway's requests on the replica that have no
                  output token yet (engine_load), in seconds at the replica's measured rate: what a
-                 new request would wait behind before its first token. Over --max-queued-work-s no
+                 new request would wait behind before its first token; or, when the replica's
+                 running batch is full, the time until its next running request ends and frees a
+                 place (engine_load.first_slot_wait_s), if that is longer. Over --max-queued-work-s no
                  request goes to it: the queue is bounded in time, not only in count, so requests
                  admitted at 20x capacity wait about as long as at full load, however many arrive.
-                 The running batch is not counted, so a slow machine still fills its batch (0 = off;
-                 each gateway bounds its own requests).
+                 The running batch's own work is not counted, so a slow machine still fills its
+                 batch (0 = off; each gateway bounds its own requests).
     a refusal    the replica refused a request because its queue is at a cap (EngineQueueFull). It
                  is taken as still full until a request of this gateway on it ends (a place freed)
                  or `max_age_s` passes (one health interval: other gateways' requests may have
@@ -63,10 +65,19 @@ class QueueFullMemory:
         )
 
 
-def queued_work_reason(address: str, queued_work_s: float, max_queued_work_s: float) -> str | None:
-    """Why the replica's predicted queued work shuts it, or None (also when the bound is off: 0)."""
-    if max_queued_work_s <= 0 or queued_work_s <= max_queued_work_s:
+def queued_work_reason(
+    address: str, queued_work_s: float, max_queued_work_s: float, slot_wait_s: float = 0.0
+) -> str | None:
+    """Why a new request's predicted wait for its first token shuts the replica, or None (also when the
+    bound is off: 0). The wait is the larger of the work waiting to start (queued_work_s) and the time
+    until the replica's full batch frees a place (slot_wait_s, engine_load.first_slot_wait_s)."""
+    if max_queued_work_s <= 0 or max(queued_work_s, slot_wait_s) <= max_queued_work_s:
         return None
+    if slot_wait_s > queued_work_s:
+        return (
+            f"engine {address}'s running batch is full and its next request ends in {slot_wait_s:.2f} s (predicted), "
+            f"over the limit of {max_queued_work_s:g} s of wait before a first token (--max-queued-work-s)"
+        )
     return (
         f"engine {address} has {queued_work_s:.2f} s of predicted work waiting to start, over the limit of "
         f"{max_queued_work_s:g} s (--max-queued-work-s)"

@@ -18,6 +18,7 @@ from services.engine.drain_rate import DrainRate
 from services.engine.engine_core import StepTiming
 from services.gateway.admission import InFlightLimit
 from services.gateway.engine_client import EngineClient, EngineQueueFull
+from services.gateway.engine_load import ReplicaLoadTracker
 from services.gateway.engine_saturation import QueueFullMemory, queued_work_reason
 from services.memory.ledger import EngineRegistration, KvBlockLayout, KvDtype, KvLedger
 
@@ -174,3 +175,38 @@ def test_queued_work_over_the_bound_shuts_a_replica_and_zero_means_no_bound():
     assert reason == (
         "engine e:1 has 2.50 s of predicted work waiting to start, over the limit of 1 s (--max-queued-work-s)"
     )
+    # the replica's batch is full and its next request ends later than the bound: that is the wait
+    reason = queued_work_reason("e:1", 0.01, 0.05, slot_wait_s=0.6)
+    assert reason is not None and "running batch is full and its next request ends in 0.60 s" in reason
+    assert queued_work_reason("e:1", 0.01, 0.05, slot_wait_s=0.04) is None
+
+
+def test_a_full_batch_makes_a_new_request_wait_for_its_first_running_request_to_end():
+    """bench chaos at 20x: 16 requests filled the batch within 0.5 s; the next one waited 0.6 s for a place."""
+    load = ReplicaLoadTracker()
+    running = [load.begin(32.0, 32) for _ in range(16)]
+    for generated, request in enumerate(running):  # the oldest has 16 tokens, the newest 1
+        request.num_received_tokens = 16 - generated
+    load.on_stats(polled_tokens=300.0, polled_work_s=0.6, mine_at_poll=300.0, polled_max_num_seqs=16)
+    seconds_per_token = 0.002  # the full batch's step: 16 tokens in 32 ms
+    assert load.first_slot_wait_s(seconds_per_token) == pytest.approx(16 * 0.032)  # the oldest's 16 tokens left
+    waiting = load.begin(32.0, 32)  # sent, no token yet: it takes that place, the next one waits for the 2nd
+    assert load.first_slot_wait_s(seconds_per_token) == pytest.approx(17 * 0.032)
+    load.end(waiting)
+    running[0].num_received_tokens = 31  # about to end: a new request would wait one step
+    assert load.first_slot_wait_s(seconds_per_token) == pytest.approx(0.032)
+    load.end(running[0])  # a place is free
+    assert load.first_slot_wait_s(seconds_per_token) == 0.0
+
+
+def test_no_slot_wait_below_the_batch_capacity_or_when_the_engine_does_not_report_it():
+    load = ReplicaLoadTracker()
+    started = [load.begin(8.0, 8) for _ in range(3)]
+    for request in started:
+        request.num_received_tokens = 1
+    assert load.first_slot_wait_s(0.002) == 0.0  # capacity not reported (older engine): no figure
+    load.on_stats(polled_tokens=21.0, polled_work_s=0.04, mine_at_poll=21.0, polled_max_num_seqs=4)
+    load.begin(8.0, 8)  # 3 running + this one = the capacity of 4: it takes the last place
+    assert load.first_slot_wait_s(0.002) == pytest.approx(7 * 0.002 * 4)  # the next one waits for the first end
+    load.on_stats(polled_tokens=0.0, polled_work_s=0.0, mine_at_poll=0.0, polled_max_num_seqs=16)
+    assert load.first_slot_wait_s(0.002) == 0.0  # room in a batch of 16
