@@ -166,3 +166,36 @@ def test_per_request_rates_weigh_each_request():
     with pytest.raises(ValueError):
         batch_num_drafts(-1, 0.5, 5, coefficients)
     assert batch_num_drafts(0, 0.5, 5, coefficients) == 0 and batch_num_drafts(4, 0.5, 0, coefficients) == 0
+
+
+def test_the_two_rate_model_counts_first_drafts_and_later_drafts_apart():
+    tracker = AcceptanceTracker(CONFIG)
+    prior, weight = CONFIG.prior_acceptance_rate, CONFIG.prior_weight_trials
+    assert tracker.batch_acceptance_model() == (prior, prior)  # nothing measured yet
+    tracker.record("copy", 8, 8)  # first accepted; 7 later successes, no failure
+    tracker.record("miss", 8, 0)  # first rejected; no later trials
+    tracker.record("part", 4, 2)  # first accepted; 1 later success, 1 later failure
+    first, later = tracker.batch_acceptance_model()
+    assert first == pytest.approx((2 + prior * weight) / (3 + weight))
+    assert later == pytest.approx((8 + prior * weight) / (9 + weight))
+    # the one-rate estimate pools the same verifies as (2 + 8) successes in (2 + 8 + 2) trials
+    assert tracker.batch_acceptance_rate() == pytest.approx((10 + prior * weight) / (12 + weight))
+    assert tracker.batch_acceptance_model(["miss"]) == pytest.approx((prior * weight / (1 + weight), prior))
+
+
+def test_a_high_continuation_rate_lengthens_the_batch_k():
+    coefficients = StepCostCoefficients(base_s=0.010, per_token_s=4e-4, per_kv_token_s=0.0)
+    # equal rates: the same k as the one-rate (independent) model
+    for rate in (0.2, 0.5, 0.8):
+        one_rate = batch_num_drafts(1, rate, 16, coefficients)
+        assert batch_num_drafts(1, rate, 16, coefficients, continuation_rate=rate) == one_rate
+    # prompt lookup: a draft that starts right is a copy in progress (a1 0.45, c 0.85): k far above the
+    # pooled rate's (~0.5), which caps the copy at a few tokens
+    pooled = batch_num_drafts(1, 0.5, 16, coefficients)
+    two_rate = batch_num_drafts(1, 0.45, 16, coefficients, continuation_rate=0.85)
+    assert pooled <= 4 < 10 <= two_rate
+    tokens = [1 + 0.45 * sum(0.85**i for i in range(j)) for j in range(17)]
+    per_s = [tokens[j] / coefficients.step_time_s(1 + j, 0) for j in range(17)]
+    assert two_rate == int(np.argmax(per_s))
+    with pytest.raises(ValueError):
+        batch_num_drafts(2, 0.5, 4, coefficients, continuation_rate=[0.5, 0.5, 0.5])

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.engine.spec.ngram_drafter import NgramConfig, matched_length, propose_ngram_drafts
+from services.engine.spec.ngram_drafter import (
+    NgramConfig,
+    matched_length,
+    propose_ngram_drafts,
+    propose_unigram_drafts,
+    voted_unigram_match,
+)
 
 
 def _reference(tokens: list[int], min_n: int, max_n: int, num_drafts: int) -> list[int]:
@@ -99,3 +105,67 @@ def test_the_length_rule_changes_nothing_at_k_4(seed_count=30):
 def test_ngram_config_rejects_a_negative_length_rule():
     with pytest.raises(ValueError):
         NgramConfig(drafts_per_matched_token=-1)
+
+
+def _periodic_reference(tokens: list[int], min_n: int, max_n: int, num_drafts: int) -> list[int]:
+    """copy_past_end by definition: the brute-force match, its continuation read from tokens + drafts."""
+    for n in range(max_n, min_n - 1, -1):
+        if n >= len(tokens):
+            continue
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tokens[-n:]:
+                sequence = list(tokens)
+                while len(sequence) < len(tokens) + num_drafts:
+                    sequence.append(sequence[start + n + len(sequence) - len(tokens)])
+                return sequence[len(tokens) :]
+    return []
+
+
+def test_copy_past_end_drafts_a_loop_to_the_full_k():
+    tokens = np.array([9, 1, 2, 1, 2])  # latest "1 2" ends 2 back: period 2
+    assert propose_ngram_drafts(tokens, 2, 4, 5) == [1, 2]  # stops at the end
+    assert propose_ngram_drafts(tokens, 2, 4, 5, copy_past_end=True) == [1, 2, 1, 2, 1]
+    assert propose_ngram_drafts(np.array([4, 4, 4, 4]), 2, 2, 3, copy_past_end=True) == [4, 4, 4]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_copy_past_end_matches_its_brute_force_definition(seed):
+    generator = np.random.default_rng(100 + seed)
+    tokens = generator.integers(0, int(generator.integers(2, 5)), size=int(generator.integers(2, 40))).tolist()
+    num_drafts = int(generator.integers(1, 10))
+    expected = _periodic_reference(tokens, 2, 4, num_drafts)
+    assert propose_ngram_drafts(np.array(tokens), 2, 4, num_drafts, copy_past_end=True) == expected
+
+
+def test_unigram_fallback_drafts_the_voted_continuation():
+    # no 2-gram recurs; "7" occurred 3 times before, followed by 1, 2, 1: "1" has 2 of 3 votes
+    tokens = np.array([7, 1, 5, 7, 2, 6, 7, 1, 8, 7])
+    assert voted_unigram_match(tokens, 0.5) == 6  # the latest "7" followed by the winner
+    assert propose_unigram_drafts(tokens, 2, 0.5) == [1, 8]
+    assert propose_unigram_drafts(tokens, 2, 0.7) == []  # 2/3 < 0.7: no draft
+    # a tie goes to the continuation seen latest: "3" followed by 4 and 5 once each
+    assert propose_unigram_drafts(np.array([3, 4, 3, 5, 3]), 1, 0.5) == [5]
+    assert propose_unigram_drafts(np.array([1, 2, 3]), 2, 0.0) == []  # "3" never occurred before
+    assert propose_unigram_drafts(np.array([3, 4, 3]), 0, 0.0) == []
+
+
+def test_config_propose_prefers_the_ngram_then_falls_back_to_the_unigram():
+    config = NgramConfig()
+    assert config.drafts_per_matched_token == 2 and config.num_unigram_drafts == 2 and config.copy_past_end
+    copy = list(range(10, 30))
+    tokens = np.array(copy + [1] + copy[:3])  # "10 11 12" recurs: 2 x 3 = 6 drafts of its continuation
+    assert config.propose(tokens, 16) == copy[3:9]
+    assert config.propose(tokens, 4) == copy[3:7]
+    only_unigram = np.array([7, 1, 5, 7, 2, 6, 7, 1, 8, 7])
+    assert config.propose(only_unigram, 16) == [1, 8]  # at most num_unigram_drafts
+    assert config.propose(only_unigram, 1) == [1]
+    assert NgramConfig(num_unigram_drafts=0).propose(only_unigram, 16) == []
+    assert config.propose(tokens, 0) == [] and config.source(tokens, 0) == (-1, 0)
+    assert config.source(tokens, 16) == (2, 6)
+
+
+def test_ngram_config_rejects_bad_fallback_settings():
+    with pytest.raises(ValueError):
+        NgramConfig(num_unigram_drafts=-1)
+    with pytest.raises(ValueError):
+        NgramConfig(min_unigram_share=1.5)

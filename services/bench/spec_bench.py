@@ -27,11 +27,12 @@ import math
 import os
 import pathlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from services.bench.results import build_report, write_report
 from services.bench.spec_prompts import PromptSetName, SpecPrompt, read_sharegpt, select_prompt_sets
-from services.bench.spec_report import BenchMethod, GroupRecord, plot_speedups, print_table, summarise
+from services.bench.spec_report import BenchMethod, BenchPreset, GroupRecord, plot_speedups, print_table, summarise
 from services.bench.spec_run import run_group
 from services.common import arg_types
 from services.common.cli_errors import print_error
@@ -40,6 +41,9 @@ from services.engine.config import Dtype
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.ngram_drafter import NgramConfig
 from services.engine.spec.spec_config import DEFAULT_NUM_SPECULATIVE_TOKENS
+
+if TYPE_CHECKING:
+    from services.engine.spec.speculator import Speculator
 
 WARMUP_MAX_TOKENS = 8  # each engine's warm-up group: first calls, and a few steps for the step-cost model
 
@@ -53,7 +57,7 @@ class SpecBenchConfig:
     num_prompts: int  # prompts per set each batch size covers (a batch larger than this takes b prompts)
     max_tokens: int  # output tokens per request at most (greedy, stops at EOS)
     num_repeats: int  # repetitions of the whole interleaved sweep (median and spread over these)
-    num_speculative_tokens: int  # k
+    num_speculative_tokens: int  # k; 0 = each method's own (spec_config.METHOD_NUM_SPECULATIVE_TOKENS)
     ngram: NgramConfig  # suffix lengths prompt lookup tries
     early_exit_layer: int  # 0 = the trained heads' best layer
     max_prompt_tokens: int  # chat-templated prompt tokens at most
@@ -108,7 +112,23 @@ def build_engines(config: SpecBenchConfig):
     device, dtype = resolve_device_and_dtype(first)  # sets torch to 1 thread
     loaded = load_model(first.model, dtype=dtype, device=device, seed=first.seed)
     engines = {method: build_engine(engine_config, loaded)[0] for method, engine_config in engine_configs.items()}
+    for method, core in engines.items():
+        if method.preset is BenchPreset.PREV:
+            core.speculator = previous_ngram_speculator(core.speculator)
     return loaded, engines, str(dtype).removeprefix("torch.")
+
+
+def previous_ngram_speculator(speculator: "Speculator") -> "Speculator":
+    """The same engine's speculator with the n-gram rules before the second pass of 2026-12-07 (the
+    "@prev" preset): drafts stop where the matched continuation reaches the end, nothing is drafted
+    without a match of min_n tokens, and the batch's k comes from one pooled acceptance rate."""
+    from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig
+    from services.engine.spec.speculator import Speculator
+
+    config = speculator.config
+    ngram = replace(config.ngram, copy_past_end=False, num_unigram_drafts=0)
+    adaptive = AdaptiveDraftingConfig(two_rate_model=False)
+    return Speculator(replace(config, ngram=ngram), speculator.cost_model, speculator.max_model_len, adaptive)
 
 
 def engine_facts(engines) -> dict:
@@ -204,12 +224,17 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
     parser.add_argument("--methods", type=_csv(BenchMethod), default=tuple(BenchMethod(m) for m in SpeculativeMethod),
                         help="comma-separated, off first (default: off,ngram,early-exit); METHOD:K = that method with "
-                             "its own k, e.g. off,ngram,ngram:16")  # fmt: skip
+                             "its own k, METHOD:K@prev = n-gram with the previous rules, e.g. off,ngram,ngram:4@prev")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
     parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)
     parser.add_argument("--repeats", type=arg_types.positive_int, default=3)
-    parser.add_argument("--num-speculative-tokens", type=arg_types.positive_int, default=DEFAULT_NUM_SPECULATIVE_TOKENS)
+    parser.add_argument(
+        "--num-speculative-tokens",
+        type=arg_types.non_negative_int,
+        default=DEFAULT_NUM_SPECULATIVE_TOKENS,
+        help="k (0 = each method's own: n-gram 16, early-exit 4)",
+    )
     parser.add_argument("--ngram-min", type=arg_types.positive_int, default=NgramConfig().min_n)
     parser.add_argument("--ngram-max", type=arg_types.positive_int, default=NgramConfig().max_n)
     parser.add_argument("--early-exit-layer", type=arg_types.non_negative_int, default=0, help="0 = best measured")

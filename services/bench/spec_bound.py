@@ -9,6 +9,8 @@ measured in the same run; then every drafter is replayed on those outputs (spec_
                      (exit_head_costs._OneRequest), and off's engine step (host work included)
     3. replay        oracle (best earlier occurrence, any n >= 1, k up to 16, optimal draft lengths)
                      and the real drafters (n-gram variants, ngram_drafter.py) -> speedup bounds
+    4. losses        where the default and the previous default lose against the oracle, per step
+                     and in speedup (spec_bound_loss.py)
 
 Two cost scales: "model" = the decoder's own ratio verify(k) / decode; "engine" = (host + verify(k))
 / (host + decode) with host = off's measured engine step minus the decoder's decode, i.e. assuming a
@@ -28,7 +30,8 @@ import time
 
 from services.bench.results import build_report, write_report
 from services.bench.spec_bench import SpecBenchConfig, build_engines
-from services.bench.spec_bound_sim import CostScale, replay_all
+from services.bench.spec_bound_loss import loss_report
+from services.bench.spec_bound_sim import CURRENT, LABEL_CURRENT, LABEL_PREVIOUS, PREVIOUS, CostScale, replay_all
 from services.bench.spec_prompts import read_sharegpt, select_prompt_sets
 from services.bench.spec_run import run_group
 from services.engine.config import Dtype
@@ -134,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     verify_ms = {int(k): v for k, v in raw["verify_ms"].items()}
     scales, engine_step_ms, host_ms = cost_scales(raw["generated"], verify_ms)
     figures = replay_all(raw["generated"], scales)
+    loss_drafters = {LABEL_CURRENT: (CURRENT, 16), LABEL_PREVIOUS: (PREVIOUS, 4)}
+    figures["losses"] = {
+        f"{name} ({selection})": loss_report(rows[:size], loss_drafters, scales["engine"])
+        for name, rows in raw["generated"].items()
+        for selection, size in (("first 4 prompts", 4), (f"all {len(rows)}", len(rows)))
+    }
     figures["costs"] = {
         "context_len": raw["context_len"], "decoder_ms_by_num_drafts": verify_ms, "engine_decode_step_ms": engine_step_ms,
         "host_ms": host_ms, "ratio_model": scales["model"].ratios, "ratio_engine": scales["engine"].ratios,

@@ -10,8 +10,9 @@ target's own token follows. Replaying that needs no model, only the verify costs
 Decode = output positions 1 .. T-1 (position 0 comes from the prefill step, as in `alise bench spec`).
 
 The oracle: R_t = the longest run of out[t:] that any earlier occurrence of the last token (n >= 1;
-or of the last min_n tokens) would have drafted, copying only from tokens already there (prompt +
-out[:t]), at most cap tokens. Knowing every R_t, the cheapest schedule is a shortest path:
+or of the last min_n tokens) would have drafted, at most cap tokens, copying from the tokens already
+there (prompt + out[:t]) and on through its own drafts (an occurrence near the end copies what it has
+just drafted, as ngram_drafter's copy_past_end does; accepted drafts equal out, so the run reads out). Knowing every R_t, the cheapest schedule is a shortest path:
 
     C(T) = 0,   C(t) = min over k in 0..min(R_t, cap, T-1-t) of cost(k) + C(t + k + 1)
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.engine.spec.ngram_drafter import propose_ngram_drafts
+from services.engine.spec.ngram_drafter import NgramConfig, propose_ngram_drafts
 
 Drafter = Callable[[np.ndarray, tuple[int, int]], list[int]]  # (context, (last drafted, last accepted)) -> drafts
 
@@ -88,7 +89,6 @@ def oracle_run_lengths(tokens: np.ndarray, prompt_len: int, min_n: int, cap: int
             ends = ends[tokens[ends - back] == tokens[context_len - 1 - back]]
         alive = ends
         for i in range(min(cap, total - context_len)):
-            alive = alive[(alive + 1 + i < context_len)]
             alive = alive[tokens[alive + 1 + i] == tokens[context_len + i]]
             if not len(alive):
                 break
@@ -163,10 +163,28 @@ def unigram_fallback(min_n: int, max_n: int, num_drafts: int, num_unigram_drafts
     return draft
 
 
+def configured(config: NgramConfig, num_drafts: int) -> Drafter:
+    """The engine's drafter with this config and k (NgramConfig.propose)."""
+    return lambda context, last: config.propose(context, num_drafts)
+
+
+PREVIOUS = NgramConfig(copy_past_end=False, num_unigram_drafts=0)  # the rules before the unigram fallback
+CURRENT = NgramConfig()
+LABEL_CURRENT = "n2-4 k16, 2/matched, past-end copy, unigram 2 @0.5 (default)"
+LABEL_PREVIOUS = "ngram n2-4 k4 (previous default)"
+
+
 def drafters() -> dict[str, Drafter]:
-    """The drafters replayed: the engine's default (k = 4) first, then the variants tried."""
+    """The drafters replayed: the engine's default first, then the previous default and the variants tried."""
     return {
-        "ngram n2-4 k4 (default)": ngram(2, 4, 4),
+        LABEL_CURRENT: configured(CURRENT, 16),
+        "the same at k 4": configured(CURRENT, 4),
+        "n2-4 k16, 2/matched, past-end copy": configured(NgramConfig(num_unigram_drafts=0), 16),
+        "n2-4 k16, 2/matched, unigram 2 @0.5": configured(NgramConfig(copy_past_end=False), 16),
+        "n2-4 k16, 2/matched, past-end, unigram 2 voted, no share minimum": configured(
+            NgramConfig(min_unigram_share=0.0), 16
+        ),
+        LABEL_PREVIOUS: ngram(2, 4, 4),
         "ngram n2-4 k8": ngram(2, 4, 8),
         "ngram n2-4 k16": ngram(2, 4, 16),
         "ngram n1-4 k4": ngram(1, 4, 4),

@@ -11,33 +11,49 @@ import pathlib
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from enum import StrEnum
 
 from services.bench.spec_prompts import PromptSetName
 from services.bench.spec_run import GroupRun
 from services.engine.spec.method import SpeculativeMethod
 
 
+class BenchPreset(StrEnum):
+    """A method column's drafting rules other than the engine's current ones (after an '@')."""
+
+    PREV = "prev"  # n-gram as before 2026-12-07's second pass: no past-end copy, no unigram fallback, one-rate k
+
+
 class BenchMethod(str):
     """A method column of `alise bench spec`: a --speculative value, optionally with its own k after a
-    colon ("ngram:16"), so variants of one drafter run side by side. It compares and hashes as its text,
-    so a plain one equals its SpeculativeMethod member (a StrEnum)."""
+    colon ("ngram:16") and a preset after an '@' ("ngram:4@prev"), so variants of one drafter run side
+    by side. It compares and hashes as its text, so a plain one equals its SpeculativeMethod member (a
+    StrEnum)."""
 
     def __new__(cls, text: str) -> BenchMethod:
-        method, colon, k = str(text).partition(":")
+        head, at, preset = str(text).partition("@")
+        method, colon, k = head.partition(":")
         SpeculativeMethod(method)  # ValueError on an unknown method
         if colon and (not k.isdigit() or int(k) < 1):
             raise ValueError(f"method {text!r}: the k after ':' must be a positive integer")
+        if at and (preset not in set(BenchPreset) or SpeculativeMethod(method) is not SpeculativeMethod.NGRAM):
+            raise ValueError(f"method {text!r}: presets ({', '.join(BenchPreset)}) apply to ngram only")
         return super().__new__(cls, str(text))
 
     @property
     def method(self) -> SpeculativeMethod:
-        return SpeculativeMethod(self.partition(":")[0])
+        return SpeculativeMethod(self.partition("@")[0].partition(":")[0])
 
     @property
     def num_speculative_tokens(self) -> int | None:
         """Its own k, or None for the run's --num-speculative-tokens."""
-        k = self.partition(":")[2]
+        k = self.partition("@")[0].partition(":")[2]
         return int(k) if k else None
+
+    @property
+    def preset(self) -> BenchPreset | None:
+        preset = self.partition("@")[2]
+        return BenchPreset(preset) if preset else None
 
     @property
     def value(self) -> str:
@@ -248,7 +264,7 @@ def goals(cells: dict, methods: tuple[BenchMethod, ...] = ()) -> dict:
         ),
     }
     for variant in map(BenchMethod, methods):
-        if variant.method is SpeculativeMethod.NGRAM and variant.num_speculative_tokens is not None:
+        if variant.method is SpeculativeMethod.NGRAM and variant != SpeculativeMethod.NGRAM:
             found[f"ngram_summarise_rewrite_batch1[{variant}]"] = goal(
                 PromptSetName.SUMMARISE_REWRITE, variant, GOAL_NGRAM_SUMMARISE
             )

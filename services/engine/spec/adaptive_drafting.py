@@ -10,6 +10,16 @@ rejection. A verify with k drafts then emits 1 + accepted tokens, in expectation
 and each verify is a run of Bernoulli trials: m accepted drafts are m successes, followed by one
 failure unless all k were accepted. So a is estimated as successes / trials (not accepted / drafted,
 which would count the drafts after a rejection, never tested, as failures).
+
+How many drafts pay is judged on a two-rate (Markov) refinement: the first draft is accepted with
+probability a1, each later one, given the one before it was, with probability c:
+
+    E[tokens per verify] = 1 + a1 (1 + c + c^2 + ... + c^(k-1))
+
+For prompt lookup the two differ widely: a draft that starts right is usually a copy in progress and
+goes on (SmolLM2, summarise prompts: a1 ~0.45, c ~0.8), which one pooled rate (~0.5) hides: with it
+the batch-1 k came out at ~4 under the measured verify costs, capping the 16-token copies the drafter
+proposed (docs/benchmarks/spec/README.md). With c = a1 it is the independent model above.
 """
 
 from __future__ import annotations
@@ -40,6 +50,10 @@ class AdaptiveDraftingConfig:
     # again (measured: 1 verify in 95 steps on a summarise prompt whose drafts are accepted 59% of the
     # time). Requests whose drafts keep failing are paused per request instead (min_acceptance_rate).
     prior_weight_trials: float = 2.0
+    # The batch's k from the two-rate model (first draft, then each next one given the last; module
+    # docstring) rather than from one pooled rate; False = the one-rate model (`alise bench spec`'s
+    # "@prev" variant: the rules before the two-rate model).
+    two_rate_model: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_acceptance_rate <= 1.0:
@@ -66,6 +80,9 @@ class _RequestAcceptance:
     num_verifies: int = 0  # verifies with drafts since drafting (re)started
     ema_successes: float = 0.0  # accepted drafts per verify, exponentially weighted
     ema_trials: float = 0.0  # Bernoulli trials per verify (accepted + 1 if one was rejected), same weights
+    ema_first_accepted: float = 0.0  # whether a verify's first draft was accepted (0/1), same weights
+    ema_later_successes: float = 0.0  # accepted drafts after the first accepted one, per verify, same weights
+    ema_later_trials: float = 0.0  # trials among those later drafts per verify, same weights
     paused_steps_left: int = 0  # steps still without drafts
 
     def acceptance_rate(self) -> float | None:
@@ -73,6 +90,18 @@ class _RequestAcceptance:
 
     def restart(self) -> None:
         self.num_verifies, self.ema_successes, self.ema_trials = 0, 0.0, 0.0
+        self.ema_first_accepted = self.ema_later_successes = self.ema_later_trials = 0.0
+
+    def update(self, num_drafted: int, num_accepted: int, weight: float) -> None:
+        """Moves every estimate toward one verify's outcome by weight (1 for the first verify)."""
+        rejected = 1 if num_accepted < num_drafted else 0
+        later_successes = max(num_accepted - 1, 0)
+        later_trials = later_successes + (rejected if num_accepted >= 1 else 0)
+        self.ema_successes += weight * (num_accepted - self.ema_successes)
+        self.ema_trials += weight * (num_accepted + rejected - self.ema_trials)
+        self.ema_first_accepted += weight * (min(num_accepted, 1) - self.ema_first_accepted)
+        self.ema_later_successes += weight * (later_successes - self.ema_later_successes)
+        self.ema_later_trials += weight * (later_trials - self.ema_later_trials)
 
 
 class AcceptanceTracker:
@@ -110,10 +139,7 @@ class AcceptanceTracker:
         state.num_accepted += num_accepted
         if state.paused_steps_left > 0:  # drafts proposed before the pause began: counted, not judged
             return
-        trials = num_accepted + (1 if num_accepted < num_drafted else 0)
-        weight = 1.0 if state.num_verifies == 0 else config.ema_weight
-        state.ema_successes += weight * (num_accepted - state.ema_successes)
-        state.ema_trials += weight * (trials - state.ema_trials)
+        state.update(num_drafted, num_accepted, 1.0 if state.num_verifies == 0 else config.ema_weight)
         state.num_verifies += 1
         if state.num_verifies >= config.min_verifies:
             self._judge(state)
@@ -141,20 +167,41 @@ class AcceptanceTracker:
         A low pooled rate can hold k at 0 for a large batch, and then nothing re-measures it; the same
         rate gives a larger k at a smaller batch, so drafting resumes as the batch shrinks, and the
         estimates of finished (forgotten) requests leave the pool."""
-        if request_ids is None:
-            states: Iterable[_RequestAcceptance] = self._requests.values()
-        else:
-            states = (state for state in map(self._requests.get, request_ids) if state is not None)
         successes = trials = 0.0
-        for state in states:
-            if state.paused_steps_left == 0 and state.ema_trials > 0:
-                successes += state.ema_successes
-                trials += state.ema_trials
+        for state in self._drafting_states(request_ids):
+            successes += state.ema_successes
+            trials += state.ema_trials
         config = self._config
         if trials <= 0:
             return config.prior_acceptance_rate
         prior_successes = config.prior_acceptance_rate * config.prior_weight_trials
         return (successes + prior_successes) / (trials + config.prior_weight_trials)
+
+    def batch_acceptance_model(self, request_ids: Iterable[Hashable] | None = None) -> tuple[float, float]:
+        """(a1, c) of the two-rate model (module docstring) for a batch, pooled like
+        batch_acceptance_rate over the requests that draft and have an estimate, each with the prior
+        counted as prior_weight_trials trials."""
+        first = first_trials = later = later_trials = 0.0
+        for state in self._drafting_states(request_ids):
+            first += state.ema_first_accepted
+            first_trials += 1.0
+            later += state.ema_later_successes
+            later_trials += state.ema_later_trials
+        config = self._config
+        prior, weight = config.prior_acceptance_rate, config.prior_weight_trials
+        if first_trials == 0:
+            return prior, prior
+        first_rate = (first + prior * weight) / (first_trials + weight)
+        later_rate = (later + prior * weight) / (later_trials + weight) if later_trials + weight > 0 else prior
+        return first_rate, later_rate
+
+    def _drafting_states(self, request_ids: Iterable[Hashable] | None) -> Iterable[_RequestAcceptance]:
+        """The given requests' (default: all tracked) states that draft now and have an estimate."""
+        if request_ids is None:
+            states: Iterable[_RequestAcceptance] = self._requests.values()
+        else:
+            states = (state for state in map(self._requests.get, request_ids) if state is not None)
+        return (state for state in states if state.paused_steps_left == 0 and state.ema_trials > 0)
 
     def totals(self, request_id: Hashable) -> tuple[int, int]:
         """(drafts verified, drafts accepted) over the request's life; (0, 0) for an unknown request."""
@@ -183,13 +230,15 @@ def batch_num_drafts(
     *,
     num_other_tokens: int = 0,
     num_kv_tokens_read: int = 0,
+    continuation_rate: float | Sequence[float] | np.ndarray | None = None,
 ) -> int:
     """The k in [0, max_drafts] that maximises the decode batch's expected output tokens per second.
 
     With num_decodes requests each verifying k drafts (acceptance a_r: one rate for all, or one per
     request) next to num_other_tokens prefill tokens:
 
-        tokens(k) = sum_r sum_{i=0..k} a_r^i
+        tokens(k) = sum_r sum_{i=0..k} a_r^i                   (or 1 + a_r sum_{i<k} c_r^i with
+                                                                continuation_rate c_r: the two-rate model)
         step_s(k) = coefficients.step_time_s(num_other_tokens + num_decodes * (1 + k), num_kv_tokens_read)
         k* = argmax_k tokens(k) / step_s(k)        (the smallest k on ties)
 
@@ -202,12 +251,19 @@ def batch_num_drafts(
         raise ValueError(f"num_decodes ({num_decodes}) and max_drafts ({max_drafts}) must be >= 0")
     if num_decodes == 0 or max_drafts == 0:
         return 0
-    rates = np.clip(np.asarray(acceptance_rate, dtype=np.float64), 0.0, 1.0)
-    if rates.ndim > 1 or (rates.ndim == 1 and len(rates) != num_decodes):
-        raise ValueError(f"acceptance_rate must be one rate or {num_decodes} rates, got shape {rates.shape}")
-    rates = np.broadcast_to(rates, (num_decodes,))
+    rates = _per_request(acceptance_rate, num_decodes, "acceptance_rate")
+    later = rates if continuation_rate is None else _per_request(continuation_rate, num_decodes, "continuation_rate")
     num_drafts = np.arange(max_drafts + 1)
-    tokens = np.cumsum(rates[:, None] ** num_drafts[None, :], axis=1).sum(axis=0)  # [max_drafts + 1]
+    # P(draft i accepted) = a c^(i-1) for i >= 1; the verify's own token (i = 0) always comes
+    reached = np.concatenate([np.ones((num_decodes, 1)), rates[:, None] * later[:, None] ** num_drafts[None, :-1]], 1)
+    tokens = np.cumsum(reached, axis=1).sum(axis=0)  # [max_drafts + 1]
     fed = num_other_tokens + num_decodes * (1 + num_drafts)
     step_s = coefficients.base_s + coefficients.per_token_s * fed + coefficients.per_kv_token_s * num_kv_tokens_read
     return int(np.argmax(tokens / np.maximum(step_s, 1e-12)))
+
+
+def _per_request(rate: float | Sequence[float] | np.ndarray, num_decodes: int, name: str) -> np.ndarray:
+    rates = np.clip(np.asarray(rate, dtype=np.float64), 0.0, 1.0)
+    if rates.ndim > 1 or (rates.ndim == 1 and len(rates) != num_decodes):
+        raise ValueError(f"{name} must be one rate or {num_decodes} rates, got shape {rates.shape}")
+    return np.broadcast_to(rates, (num_decodes,))

@@ -9,6 +9,8 @@ How many drafts, per step:
     batch level:   batch_num_drafts picks k in [0, k_max] maximising expected tokens per second for
                    a decode batch of this size under the fitted step-cost model: a compute-bound step
                    (large batch) pays for every draft it feeds, so k falls to 0 there;
+                   (acceptance: the first draft's rate and each next one's given the last, pooled
+                   over the batch; adaptive_drafting.py);
     request level: AcceptanceTracker stops a request whose drafts keep failing, for a backoff that
                    doubles, then probes it again;
     limits:        never past max_tokens (a verify emits up to k + 1 tokens) or the model context, and
@@ -25,7 +27,6 @@ from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.output import SchedulerOutput
 from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig, batch_num_drafts
 from services.engine.spec.method import SpeculativeMethod
-from services.engine.spec.ngram_drafter import propose_ngram_drafts
 from services.engine.spec.spec_config import SpeculativeConfig
 from services.engine.spec.spec_stats import SpecStats
 
@@ -46,6 +47,7 @@ class Speculator:
         self.cost_model = cost_model
         self.max_model_len = max_model_len
         self.tracker = AcceptanceTracker(adaptive)
+        self.two_rate_model = (adaptive or AdaptiveDraftingConfig()).two_rate_model
         self.stats = SpecStats()
 
     def plan(self, running: list[Request]) -> None:
@@ -59,9 +61,13 @@ class Speculator:
             return
         # The KV the decodes read is part of the step's cost model: on CPU the fit can put a step's fixed
         # cost there (base_s ~ 0), and without it every draft looked as dear as a whole step (k = 0).
+        if self.two_rate_model:
+            first_rate, continuation_rate = self.tracker.batch_acceptance_model()
+        else:
+            first_rate, continuation_rate = self.tracker.batch_acceptance_rate(), None
         batch_k = batch_num_drafts(
-            len(decodes), self.tracker.batch_acceptance_rate(), self.config.num_speculative_tokens,
-            self.cost_model.coefficients, num_kv_tokens_read=sum(request.num_tokens for request in decodes),
+            len(decodes), first_rate, self.config.num_speculative_tokens, self.cost_model.coefficients,
+            num_kv_tokens_read=sum(request.num_tokens for request in decodes), continuation_rate=continuation_rate,
         )  # fmt: skip
         if batch_k == 0:
             return
@@ -83,10 +89,8 @@ class Speculator:
         if self.config.method is SpeculativeMethod.EARLY_EXIT:  # the runner drafts in the step
             request.num_draft_slots = num_drafts
             return
-        config = self.config
         tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
-        ngram = config.ngram
-        drafts = propose_ngram_drafts(tokens, ngram.min_n, ngram.max_n, num_drafts, ngram.drafts_per_matched_token)
+        drafts = self.config.ngram.propose(tokens, num_drafts)
         if drafts:
             request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
 

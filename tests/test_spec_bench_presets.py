@@ -1,0 +1,41 @@
+"""`alise bench spec` method columns with a preset ("ngram:4@prev"): parsing, and the speculator it swaps in."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.bench.spec_bench import previous_ngram_speculator
+from services.bench.spec_report import BenchMethod, BenchPreset
+from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.spec_config import SpeculativeConfig
+from services.engine.spec.speculator import Speculator
+
+
+def test_a_preset_column_parses_and_stays_apart_from_the_plain_one():
+    column = BenchMethod("ngram:4@prev")
+    assert (column.method, column.num_speculative_tokens, column.preset) == (
+        SpeculativeMethod.NGRAM,
+        4,
+        BenchPreset.PREV,
+    )
+    assert BenchMethod("ngram@prev").num_speculative_tokens is None
+    assert BenchMethod("ngram").preset is None and BenchMethod("ngram") == SpeculativeMethod.NGRAM
+    assert column != SpeculativeMethod.NGRAM and len({column, BenchMethod("ngram:4")}) == 2
+
+
+@pytest.mark.parametrize("text", ["ngram@next", "early-exit@prev", "off@prev", "ngram:0@prev"])
+def test_a_bad_preset_column_is_a_value_error(text):
+    with pytest.raises(ValueError):
+        BenchMethod(text)
+
+
+def test_the_prev_preset_restores_the_earlier_rules_and_keeps_the_rest():
+    current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM, 4), OnlineStepCostModel(), 2048)
+    assert current.two_rate_model and current.config.ngram.copy_past_end
+    previous = previous_ngram_speculator(current)
+    ngram = previous.config.ngram
+    assert not previous.two_rate_model and not ngram.copy_past_end and ngram.num_unigram_drafts == 0
+    assert (ngram.min_n, ngram.max_n, ngram.drafts_per_matched_token) == (2, 4, 2)
+    assert previous.config.num_speculative_tokens == 4 and previous.cost_model is current.cost_model
+    assert previous.max_model_len == 2048
