@@ -108,7 +108,7 @@ class EngineConfig:
         "speculative decoding: ngram = prompt lookup drafts; early-exit = the model's first layers + a trained exit head",
     )
     num_speculative_tokens: int = setting(
-        DEFAULT_NUM_SPECULATIVE_TOKENS, "draft tokens verified per decode step at most (k)"
+        DEFAULT_NUM_SPECULATIVE_TOKENS, "draft tokens verified per decode step at most (k; 0 = ngram 16, early-exit 4)"
     )
     ngram_min: int = setting(DEFAULT_NGRAM.min_n, "n-gram drafting: shortest suffix matched in the request's tokens")
     ngram_max: int = setting(DEFAULT_NGRAM.max_n, "n-gram drafting: longest suffix matched (tried first)")
