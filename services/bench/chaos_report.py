@@ -54,6 +54,16 @@ def _fault_rows(kills: dict) -> list[Row]:
     return rows
 
 
+def _engine_part(figures: dict, base: dict) -> str:
+    """The admitted TTFT's part inside the engine (arrival there -> first token): what admission controls."""
+    if "admitted_engine_ttft_p99_s" not in figures:
+        return ""  # measured before the engine's timings were recorded
+    return (
+        f", of it in the engine p99 {figures['admitted_engine_ttft_p99_s']:.2f} s "
+        f"(1x: {base.get('admitted_engine_ttft_p99_s', 0):.2f} s)"
+    )
+
+
 def _overload_rows(overload: dict) -> list[Row]:
     base = overload["levels"].get("1x", {})
     load = overload.get("measured", {}).get("load_average_1m")
@@ -70,7 +80,9 @@ def _overload_rows(overload: dict) -> list[Row]:
                 f"{_codes(figures['codes'])}; rejections say which limit"
                 + (f" ({by_gateway} by the gateway before any work)" if by_gateway is not None else ""),
                 f"rejection p50 {figures['rejection_p50_s'] * 1e3:.0f} ms, p99 {figures['rejection_p99_s'] * 1e3:.0f} ms; "
-                f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s); "
+                f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s)"
+                + _engine_part(figures, base)
+                + "; "
                 f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %{on_load}",
                 "nothing admitted",
             )
@@ -159,15 +171,30 @@ def _other_rows(phases: dict) -> list[Row]:
     return rows
 
 
-def _soak_row(soak: dict) -> Row:
+def _rss_figure(soak: dict) -> str:
+    """The largest service RSS growth: start->end, and (sampled soaks) after warm-up and its fitted slope."""
     growth = max(soak["rss_growth"].values())
+    if "rss_after_warmup" not in soak:
+        return f"RSS growth <= {growth * 100:.1f} %"
+    services = [name for name in soak["rss_after_warmup"] if name != "bench-process"]  # the client keeps every token
+    after = max(soak["rss_after_warmup"][name] for name in services)
+    slope = max(soak["rss_slope_per_hour"][name] for name in services)
+    growth = max(soak["rss_growth"][name] for name in services)
+    mark = soak["rss_warmup_fraction"] * 100
+    return (
+        f"service RSS growth <= {growth * 100:.1f} % start->end, <= {after * 100:.1f} % after warm-up "
+        f"(from {mark:.0f} % of the run), fitted <= {slope * 100:+.1f} %/h"
+    )
+
+
+def _soak_row(soak: dict) -> Row:
     leaked = sum(soak["engine_blocks_used_after"].values()) + soak["host_blocks_used_after"]
     return (
         f"soak {soak['duration_s'] / 60:.1f} min, {soak['concurrency']} streams + bursts",
         f"{_codes(soak['codes'])}; every stream exactly max_tokens long in {soak['num_wrong_length']} exceptions; "
         f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
         f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
-        f"swap-outs; RSS growth <= {growth * 100:.1f} %",
+        f"swap-outs; {_rss_figure(soak)}",
         f"{soak['num_wrong_length']} streams lost or duplicated tokens, {leaked} blocks or slots leaked"
         + (
             "; divergent replays: a sample moved by logits that are not batch-invariant (swaps lossless)"
