@@ -136,8 +136,10 @@ class HostPath:
         return figures
 
     def null_operators_ns(self, repeats: int = 20) -> int:
-        """Thread ns of the null decoder's operators alone (forward, LM head, argmax) on a decode
-        step's inputs: what the step figures hold besides host work."""
+        """Thread ns of the null decoder's operators alone (forward, LM head, argmax) on a measured step's
+        inputs (the chunk's tokens included when the workload has one): what the step figures hold
+        besides host work."""
+        self.add_chunk()
         with torch.inference_mode():
             output = self.scheduler.schedule()
             arrays = self.runner.prepare_arrays(output)

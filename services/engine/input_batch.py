@@ -204,9 +204,8 @@ class InputBatch:
         rows, positions = arrays.sample_rows, arrays.sample_seq_lens
         if picked is not None:
             rows, positions = rows[picked], positions[picked]
-        last = int(positions.max())
-        if last >= self.token_ids.shape[1]:
-            self.token_ids = _widen(self.token_ids, last + 1)
+        if arrays.max_seq_len >= self.token_ids.shape[1]:  # max_seq_len >= every position: no max() per step
+            self.token_ids = _widen(self.token_ids, arrays.max_seq_len + 1)
         self.token_ids[rows, positions] = token_ids
         self._num_tokens[rows] += 1  # rows are distinct within a step
 

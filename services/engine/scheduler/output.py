@@ -125,7 +125,8 @@ class SampledTokens(Mapping[str, int]):
         return self._dict
 
     def __getitem__(self, request_id: str) -> int:
-        return self.as_dict()[request_id]
+        token = self.others.get(request_id)  # the tail's few requests without building the whole dict
+        return token if token is not None else self.as_dict()[request_id]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.as_dict())
