@@ -79,9 +79,16 @@ class NgramConfig:
 
     def propose(self, token_ids: np.ndarray, num_drafts: int) -> list[int]:
         """Up to num_drafts drafts for a request whose tokens so far are token_ids (this config's rules)."""
+        return self.propose_with_source(token_ids, num_drafts)[0]
+
+    def propose_with_source(self, token_ids: np.ndarray, num_drafts: int) -> tuple[list[int], bool]:
+        """(drafts, whether they come from an n-gram match of min_n or more tokens, not the unigram fallback)."""
         tokens = _as_tokens(token_ids)
         end, num_drafts = self.source(tokens, num_drafts)
-        return copy_continuation(tokens, end, num_drafts, self.copy_past_end) if end >= 0 else []
+        if end < 0:
+            return [], False
+        matched = matched_length(tokens, end, self.min_n) >= self.min_n
+        return copy_continuation(tokens, end, num_drafts, self.copy_past_end), matched
 
     def source(self, tokens: np.ndarray, num_drafts: int) -> tuple[int, int]:
         """(end, how many drafts): the earlier position whose continuation is copied, by this config's rules
