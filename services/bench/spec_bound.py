@@ -9,6 +9,7 @@ measured in the same run; then every drafter is replayed on those outputs (spec_
                      (exit_head_costs._OneRequest), and off's engine step (host work included)
     3. replay        oracle (best earlier occurrence, any n >= 1, k up to 16, optimal draft lengths)
                      and the real drafters (n-gram variants, ngram_drafter.py) -> speedup bounds
+                     and the engine's batch-1 rules around them (k, pauses: spec_bound_engine.py)
     4. losses        where the default and the previous default lose against the oracle, per step
                      and in speedup (spec_bound_loss.py)
 
@@ -30,6 +31,7 @@ import time
 
 from services.bench.results import build_report, write_report
 from services.bench.spec_bench import SpecBenchConfig, build_engines
+from services.bench.spec_bound_engine import coefficients_from_costs, engine_drafters
 from services.bench.spec_bound_loss import loss_report
 from services.bench.spec_bound_sim import CURRENT, LABEL_CURRENT, LABEL_PREVIOUS, PREVIOUS, CostScale, replay_all
 from services.bench.spec_prompts import read_sharegpt, select_prompt_sets
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             args.raw.write_text(json.dumps(raw))
     verify_ms = {int(k): v for k, v in raw["verify_ms"].items()}
     scales, engine_step_ms, host_ms = cost_scales(raw["generated"], verify_ms)
-    figures = replay_all(raw["generated"], scales)
+    coefficients = coefficients_from_costs(verify_ms[0], {k: verify_ms[k] for k in verify_ms if k})
+    figures = replay_all(raw["generated"], scales, stateful=engine_drafters(coefficients))
     loss_drafters = {LABEL_CURRENT: (CURRENT, 16), LABEL_PREVIOUS: (PREVIOUS, 4)}
     figures["losses"] = {
         f"{name} ({selection})": loss_report(rows[:size], loss_drafters, scales["engine"])

@@ -198,12 +198,18 @@ def drafters() -> dict[str, Drafter]:
 ORACLES = {"oracle n>=1 k<=16": (1, 16), "oracle n>=2 k<=16": (2, 16), "oracle n>=1 k<=4": (1, 4)}
 
 
-def replay_all(generated: dict, scales: dict[str, CostScale], prefix_sizes: tuple[int, ...] = (4,)) -> dict:
+def replay_all(
+    generated: dict,
+    scales: dict[str, CostScale],
+    prefix_sizes: tuple[int, ...] = (4,),
+    stateful: dict[str, Callable[[], Drafter]] | None = None,
+) -> dict:
     """{"sets": {set: {drafter: figures + speedup per scale}}} over generated = {set: [(id, prompt, output,
     ...)]}; "first_n_prompts": the same over each set's first n prompts (`alise bench spec --num-prompts n`
-    selects exactly those), so a bench run compares with the replay of its own prompts."""
+    selects exactly those), so a bench run compares with the replay of its own prompts. stateful: drafters
+    that keep state across steps, as factories (a fresh one per prompt and scale)."""
     per_prompt = {
-        name: [_replay_prompt(prompt, output, scales) for _, prompt, output, *_ in rows]
+        name: [_replay_prompt(prompt, output, scales, stateful or {}) for _, prompt, output, *_ in rows]
         for name, rows in generated.items()
     }
     result = {"sets": {name: _aggregate(tallies) for name, tallies in per_prompt.items()}}
@@ -212,7 +218,9 @@ def replay_all(generated: dict, scales: dict[str, CostScale], prefix_sizes: tupl
     return result
 
 
-def _replay_prompt(prompt: list[int], output: list[int], scales: dict[str, CostScale]) -> dict[str, dict[str, Tally]]:
+def _replay_prompt(
+    prompt: list[int], output: list[int], scales: dict[str, CostScale], stateful: dict[str, Callable[[], Drafter]]
+) -> dict[str, dict[str, Tally]]:
     """{drafter or oracle: {scale: tally}} for one prompt."""
     tokens, prompt_len = np.array(prompt + output, dtype=np.int64), len(prompt)
     found: dict[str, dict[str, Tally]] = {}
@@ -221,6 +229,8 @@ def _replay_prompt(prompt: list[int], output: list[int], scales: dict[str, CostS
         found[label] = {name: oracle_tally(runs, CostScale(scale.ratios[: cap + 1])) for name, scale in scales.items()}
     for label, drafter in drafters().items():
         found[label] = {name: drafter_tally(tokens, prompt_len, drafter, scale) for name, scale in scales.items()}
+    for label, make in stateful.items():
+        found[label] = {name: drafter_tally(tokens, prompt_len, make(), scale) for name, scale in scales.items()}
     return found
 
 
