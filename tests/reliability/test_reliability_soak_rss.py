@@ -58,3 +58,21 @@ async def test_sampler_reads_a_live_process_periodically_and_skips_a_dead_one():
     assert rss_bytes_of(os.getpid()) > MIB
     series = sampler.series_mib()["self"]
     assert len(series["t_s"]) == len(series["rss_mib"])
+
+
+def test_the_soak_plot_draws_one_panel_per_service(tmp_path):
+    pytest.importorskip("matplotlib")
+    from services.bench.soak_plot import plot_rss
+
+    soak = {
+        "duration_s": 60.0,
+        "rss_warmup_fraction": 0.1,
+        "rss_after_warmup": {"engine-0": 0.01, "gateway": 0.0},
+        "rss_slope_per_hour": {"engine-0": 0.02, "gateway": 0.0},
+        "rss_samples": {
+            "engine-0": {"t_s": [0.0, 30.0, 60.0], "rss_mib": [500.0, 520.0, 521.0]},
+            "gateway": {"t_s": [0.0, 30.0, 60.0], "rss_mib": [70.0, 80.0, 80.0]},
+        },
+    }
+    path = plot_rss(soak, tmp_path / "soak_rss.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
