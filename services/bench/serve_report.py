@@ -72,10 +72,11 @@ def sustainable_table(outcome: ServeOutcome, config: ServeConfig) -> list[dict[s
 def format_sustainable(rows: list[dict[str, Any]]) -> str:
     lines = ["sustainable rate under mean normalized latency bound (x unloaded):"]
     for row in rows:
+        ratio = row["ratio_to_baseline"]
+        versus = f"{row['baseline']} sustained none" if math.isnan(ratio) else f"x{ratio:.2f} vs {row['baseline']}"
         lines.append(
             f"  {row['policy']:<12} {row['bound_multiple']:g}x = {row['bound_s_per_token'] * 1e3:8.1f} ms/token: "
-            f"{'>=' if row['sustained_whole_sweep'] else '  '}{row['sustainable_rate_per_s']:6.2f} req/s  "
-            f"(x{row['ratio_to_baseline']:.2f} vs {row['baseline']})"
+            f"{'>=' if row['sustained_whole_sweep'] else '  '}{row['sustainable_rate_per_s']:6.2f} req/s  ({versus})"
         )
     return "\n".join(lines)
 
