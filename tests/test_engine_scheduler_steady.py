@@ -43,6 +43,7 @@ def _drive(steady: bool, seed: int, num_steps: int = 250) -> tuple[list, int]:
     model-length finishes, aborts between steps); every step's chunks, results and block tables."""
     rng = random.Random(seed)
     scheduler = make_scheduler(num_blocks=28, block_size=4, max_num_seqs=12, token_budget=24, max_model_len=48)
+    scheduler.steady.min_decodes = 1  # columns at every size here (the default leaves small batches alone)
     if not steady:
         scheduler.steady.schedule = lambda _scheduler: None  # type: ignore[method-assign]
     trace, num_columnar, next_id = [], 0, 0
@@ -72,6 +73,7 @@ def test_decode_columns_give_exactly_the_general_paths_steps():
 
 def test_steady_decodes_append_tokens_and_finish_at_max_tokens():
     scheduler = make_scheduler(token_budget=64, max_num_seqs=8)
+    scheduler.steady.min_decodes = 1
     for index in range(4):
         scheduler.add(make_request(f"d{index}", 5, max_tokens=4 + index))
     scheduler.update(output := scheduler.schedule(), _sampled(output, 10**9, True))  # prefills
@@ -89,6 +91,7 @@ def test_steady_decodes_append_tokens_and_finish_at_max_tokens():
 
 def test_a_request_aborted_while_the_step_ran_gets_no_result():
     scheduler = make_scheduler()
+    scheduler.steady.min_decodes = 1
     for index in range(3):
         scheduler.add(make_request(f"d{index}", 3, max_tokens=20))
     scheduler.update(output := scheduler.schedule(), _sampled(output, 10**9, True))
@@ -106,3 +109,10 @@ def test_sampled_tokens_read_as_a_dict():
     tokens = SampledTokens(["a", "b"], [5, 6], {"c": 7})
     assert len(tokens) == 3 and tokens["b"] == 6 and tokens["c"] == 7
     assert dict(tokens) == {"a": 5, "b": 6, "c": 7} and tokens == {"a": 5, "b": 6, "c": 7}
+
+
+def test_small_batches_take_the_general_path():
+    scheduler = make_scheduler(token_budget=64, max_num_seqs=8)
+    scheduler.add(make_request("a", 3, max_tokens=20))
+    scheduler.update(output := scheduler.schedule(), _sampled(output, 10**9, True))
+    assert scheduler.schedule().decodes is None  # one decode: below MIN_COLUMN_DECODES

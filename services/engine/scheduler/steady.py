@@ -38,6 +38,10 @@ from services.engine.scheduler.output import DecodeColumns, SampledTokens, Sched
 if TYPE_CHECKING:
     from services.engine.scheduler.scheduler import Scheduler
 
+# Below this many running requests the general path is cheaper: the columns' dozen numpy calls cost about
+# 0.03 ms whatever the batch, the general path about 1.5 us per request (bench step: 1 decode 0.30 -> 0.31 ms,
+# 64 decodes 0.50 -> 0.34 ms with columns at every size).
+MIN_COLUMN_DECODES = 32
 _num_computed = attrgetter("num_computed_tokens")
 _output_ids = attrgetter("output_token_ids")
 _prompt_ids = attrgetter("prompt_token_ids")
@@ -71,8 +75,9 @@ class _AfterUpdate:
 class SteadyDecodes:
     """One scheduler's steady-step state; engine thread only."""
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, min_decodes: int = MIN_COLUMN_DECODES) -> None:
         self.block_size = block_size
+        self.min_decodes = min_decodes  # fewer running requests: the general path
         self._after: _AfterUpdate | None = None  # set by a steady update, taken by the next schedule
         # The columns of the last steady schedule, their running set and the scheduler's status-change
         # count then: update() takes the column path only for these columns with no status change since.
@@ -83,7 +88,7 @@ class SteadyDecodes:
         (nothing has changed then, besides allocations the general path repeats)."""
         running = scheduler.running
         after, self._after, self._pending = self._after, None, None
-        if any(map(_draft_slots, running)):
+        if len(running) < self.min_decodes or any(map(_draft_slots, running)):
             return None
         if after is not None and after.running.requests == running:  # identity comparisons, in C
             running_set, computed, num_output = after.running, after.num_computed, after.num_output
