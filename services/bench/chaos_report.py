@@ -172,19 +172,23 @@ def _other_rows(phases: dict) -> list[Row]:
 
 
 def _rss_figure(soak: dict) -> str:
-    """The largest service RSS growth: start->end, and (sampled soaks) after warm-up and its fitted slope."""
-    growth = max(soak["rss_growth"].values())
+    """RSS growth: the largest start->end, and (sampled soaks) per group of services after warm-up and its slope."""
     if "rss_after_warmup" not in soak:
-        return f"RSS growth <= {growth * 100:.1f} %"
-    services = [name for name in soak["rss_after_warmup"] if name != "bench-process"]  # the client keeps every token
-    after = max(soak["rss_after_warmup"][name] for name in services)
-    slope = max(soak["rss_slope_per_hour"][name] for name in services)
-    growth = max(soak["rss_growth"][name] for name in services)
+        return f"RSS growth <= {max(soak['rss_growth'].values()) * 100:.1f} %"
+    engines = [name for name in soak["rss_after_warmup"] if name.startswith("engine")]
+    others = [name for name in soak["rss_after_warmup"] if name not in engines and name != "bench-process"]
+    parts = []
+    for label, names in (("engine", engines), ("other services", others)):
+        if not names:
+            continue
+        growth = max(soak["rss_growth"][name] for name in names)
+        after = max(soak["rss_after_warmup"][name] for name in names)
+        slope = max(soak["rss_slope_per_hour"][name] for name in names)
+        parts.append(
+            f"{label} RSS <= {growth * 100:+.1f} % start->end, <= {after * 100:+.1f} % after warm-up, {slope * 100:+.1f} %/h"
+        )
     mark = soak["rss_warmup_fraction"] * 100
-    return (
-        f"service RSS growth <= {growth * 100:.1f} % start->end, <= {after * 100:.1f} % after warm-up "
-        f"(from {mark:.0f} % of the run), fitted <= {slope * 100:+.1f} %/h"
-    )
+    return "; ".join(parts) + f" (warm-up: the first {mark:.0f} %)"
 
 
 def _soak_row(soak: dict) -> Row:
