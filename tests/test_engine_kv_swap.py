@@ -199,3 +199,34 @@ async def test_a_failed_release_is_sent_again_and_its_slots_freed(memory):
     stats = await _stats(memory.address)
     assert len(attempts) >= 2 and set(attempts[0]) <= set(attempts[-1])  # the failed ids were sent again
     assert stats.host.num_blocks_used == 0 and stats.ledger_consistent
+
+
+async def test_slots_reserved_or_committed_behind_a_lost_reply_are_given_back(memory):
+    """A PlanEviction or CommitSwapOut whose reply is lost (the engine's deadline passed while the
+    service acted: a starved engine under load) left slots reserved or committed that no one would
+    release: the 30-minute soak ended with 4 taken after its engines were starved."""
+    core, offloader = await asyncio.to_thread(_swapping_core, memory.address, "swap-lost-reply", SCARCE_BLOCKS)
+    client, lost = offloader.client, []
+    plan, commit = client.plan, client.commit
+
+    def plan_reply_lost_once(victims, qualities):
+        decisions = plan(victims, qualities)
+        if not lost and decisions is not None and any(d.swap for d in decisions):
+            lost.append("plan")
+            return None
+        return decisions
+
+    def commit_reply_lost_once(request_ids):
+        committed = commit(request_ids)
+        if "commit" not in lost and committed:
+            lost.append("commit")
+            return None
+        return committed
+
+    client.plan, client.commit = plan_reply_lost_once, commit_reply_lost_once
+    await asyncio.to_thread(run_to_completion, core, _arrivals())
+    assert lost == ["plan", "commit"]  # both replies were lost after the service had acted
+    await asyncio.to_thread(offloader.close)  # waits for the background releases
+
+    stats = await _stats(memory.address)
+    assert stats.host.num_blocks_used == 0 and stats.ledger_consistent

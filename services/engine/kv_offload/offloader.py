@@ -91,15 +91,19 @@ class KvOffloader:
             return set()
         self.measurements.maybe_measure_errors(self.cache, victims[0].block_ids)
         decisions = self.client.plan([self._candidate(v) for v in victims], self.measurements.qualities())
-        if decisions is None:
+        if decisions is None:  # the reply may be lost after the service reserved slots: give any back
+            self._release_in_background([victim.request.request_id for victim in victims])
             return set()
         by_id = {victim.request.request_id: victim for victim in victims}
         written = [d.request_id for d in decisions if d.swap and self._write(transport, by_id[d.request_id], d)]
         if transport.commits_on_write or not written:
             return set(written)
         committed = self.client.commit(written) or set()
-        for request_id in set(written) - committed:  # not committed: it will recompute
+        not_committed = sorted(set(written) - committed)
+        for request_id in not_committed:  # it will recompute
             self._forget(request_id)
+        if not_committed:  # a lost reply may hide a commit that happened: release (unknown ids are ignored)
+            self._release_in_background(not_committed)
         return committed
 
     def _candidate(self, victim: EvictedKv) -> SwapCandidate:
