@@ -29,7 +29,8 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def nearest_rank_percentile(values: list[float], fraction: float) -> float:
+    """The value at rank fraction * n of the sorted values (no interpolation); 0 when empty."""
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -69,7 +70,7 @@ class ContentionProbe:
             "cpu_cores_used": cores,  # CPU seconds per wall second, per process
             "num_cpus": os.cpu_count(),
             "load_average_1m": os.getloadavg()[0],
-            "client_loop_lag_p50_s": _percentile(self._lags_s, 0.5),
-            "client_loop_lag_p99_s": _percentile(self._lags_s, 0.99),
+            "client_loop_lag_p50_s": nearest_rank_percentile(self._lags_s, 0.5),
+            "client_loop_lag_p99_s": nearest_rank_percentile(self._lags_s, 0.99),
             "client_loop_lag_max_s": max(self._lags_s, default=0.0),
         }

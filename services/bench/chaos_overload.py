@@ -19,16 +19,10 @@ from dataclasses import asdict, dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.bench.chaos_contention import nearest_rank_percentile
 from services.bench.chaos_load import StreamOutcome, count_codes, make_prompt, run_stream
 from services.common.contracts import common_pb2, gateway_service_pb2
 from services.gateway.engine_saturation import REFUSED_BEFORE_WORK
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @dataclass(frozen=True)
@@ -69,20 +63,20 @@ def summarize_burst(outcomes: list[StreamOutcome], wall_s: float) -> BurstResult
     return BurstResult(
         num_requests=len(outcomes),
         codes=count_codes(outcomes),
-        rejection_p50_s=_percentile([o.duration_s for o in rejected], 0.5),
-        rejection_p99_s=_percentile([o.duration_s for o in rejected], 0.99),
-        admitted_ttft_p50_s=_percentile(ttfts, 0.5),
-        admitted_ttft_p99_s=_percentile(ttfts, 0.99),
-        admitted_p99_s=_percentile([o.duration_s for o in admitted], 0.99),
+        rejection_p50_s=nearest_rank_percentile([o.duration_s for o in rejected], 0.5),
+        rejection_p99_s=nearest_rank_percentile([o.duration_s for o in rejected], 0.99),
+        admitted_ttft_p50_s=nearest_rank_percentile(ttfts, 0.5),
+        admitted_ttft_p99_s=nearest_rank_percentile(ttfts, 0.99),
+        admitted_p99_s=nearest_rank_percentile([o.duration_s for o in admitted], 0.99),
         sample_rejection=rejected[0].details if rejected else "",
         wall_s=wall_s,
         num_refused_by_gateway=sum(o.details.startswith(REFUSED_BEFORE_WORK) for o in rejected),
         refusal_reasons=_count_reasons(rejected),
-        admitted_engine_queue_p99_s=_percentile([o.engine_queue_s for o in timed], 0.99),
-        admitted_engine_ttft_p50_s=_percentile(engine_ttfts, 0.5),
-        admitted_engine_ttft_p99_s=_percentile(engine_ttfts, 0.99),
-        admitted_outside_engine_p50_s=_percentile(outside, 0.5),
-        admitted_outside_engine_p99_s=_percentile(outside, 0.99),
+        admitted_engine_queue_p99_s=nearest_rank_percentile([o.engine_queue_s for o in timed], 0.99),
+        admitted_engine_ttft_p50_s=nearest_rank_percentile(engine_ttfts, 0.5),
+        admitted_engine_ttft_p99_s=nearest_rank_percentile(engine_ttfts, 0.99),
+        admitted_outside_engine_p50_s=nearest_rank_percentile(outside, 0.5),
+        admitted_outside_engine_p99_s=nearest_rank_percentile(outside, 0.99),
     )
 
 
@@ -184,7 +178,7 @@ async def deadline_burst(
         num_probes=num_probes,
         probe_deadline_s=probe_deadline_s,
         probe_codes=count_codes(probe_outcomes),
-        probe_answer_p99_s=_percentile([o.duration_s for o in probe_outcomes], 0.99),
+        probe_answer_p99_s=nearest_rank_percentile([o.duration_s for o in probe_outcomes], 0.99),
         sample_rejection=rejected[0].details if rejected else "",
     )
 

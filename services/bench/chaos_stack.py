@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from services.bench.chaos_contention import process_cpu_s
+from services.bench.soak_rss import rss_bytes_of
 from services.cli.child import ChildProcess
 from services.cli.stack_plan import LOOPBACK_HOST, ChildSpec, with_port
 from services.common.contracts import (
@@ -242,14 +244,11 @@ class ChaosStack:
 
     def rss_bytes(self, name: str) -> int:
         """Resident memory of one child process (Linux /proc), bytes."""
-        with open(f"/proc/{self.children[name].pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return rss_bytes_of(self.children[name].pid)
 
     def cpu_s(self, name: str) -> float:
         """CPU time (user + system) one child process has used so far (Linux /proc), seconds."""
-        with open(f"/proc/{self.children[name].pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return process_cpu_s(self.children[name].pid)
 
     async def stop(self) -> None:
         """Gateway, then every child (SIGTERM, SIGKILL after 5 s)."""

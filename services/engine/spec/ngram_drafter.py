@@ -79,7 +79,9 @@ class NgramConfig:
 
     def propose(self, token_ids: np.ndarray, num_drafts: int) -> list[int]:
         """Up to num_drafts drafts for a request whose tokens so far are token_ids (this config's rules)."""
-        return self.propose_with_source(token_ids, num_drafts)[0]
+        tokens = _as_tokens(token_ids)
+        end, num_drafts = self.source(tokens, num_drafts)
+        return copy_continuation(tokens, end, num_drafts, self.copy_past_end) if end >= 0 else []
 
     def propose_with_source(self, token_ids: np.ndarray, num_drafts: int) -> tuple[list[int], bool]:
         """(drafts, whether they come from an n-gram match of min_n or more tokens, not the unigram fallback)."""
@@ -172,17 +174,9 @@ def propose_ngram_drafts(
 
     token_ids: int 1-D, the request's prompt followed by its output so far.
     """
-    if min_n < 1 or max_n < min_n:
-        raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
-    tokens = _as_tokens(token_ids)
-    if num_drafts <= 0:
-        return []
-    end, _ = latest_match(tokens, min_n, max_n)
-    if end < 0:
-        return []
-    if drafts_per_matched_token > 0:
-        num_drafts = min(num_drafts, drafts_per_matched_token * matched_length(tokens, end))
-    return copy_continuation(tokens, end, num_drafts, copy_past_end)
+    # NgramConfig raises ValueError on a bad n range
+    rules = NgramConfig(min_n, max_n, drafts_per_matched_token, copy_past_end=copy_past_end, num_unigram_drafts=0)
+    return rules.propose(token_ids, num_drafts)
 
 
 def voted_unigram_match(tokens: np.ndarray, min_share: float) -> int:
