@@ -183,7 +183,7 @@ class InputBatch:
     def append_tokens(self, row: int, token_ids: list[int]) -> None:
         """Appends a verify's output (accepted drafts + one token) to the row. The scheduler then keeps
         only the blocks of positions < num_tokens - 1, the KV that is the request's (Scheduler.
-        _apply_verified trims the blocks of rejected drafts), so the row forgets its later blocks too:
+        apply_verified trims the blocks of rejected drafts), so the row forgets its later blocks too:
         the request may get other blocks at those logical indices later, and the row must sync them."""
         self.write_drafts(row, token_ids)
         num_tokens = self._num_tokens.item(row) + len(token_ids)

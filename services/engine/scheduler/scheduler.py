@@ -39,6 +39,7 @@ from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
 from services.engine.scheduler.steady import SteadyDecodes
+from services.engine.scheduler.verified_update import apply_verified
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
 # Swapped requests among this many at the head of the waiting queue are prefetched.
@@ -294,7 +295,7 @@ class Scheduler:
         verified = verified or {}
         eos_token_id, last_position = self.eos_token_id, self.limits.max_model_len - 1
         running = RequestStatus.RUNNING
-        finished = self.finished_request_ids = []
+        self.finished_request_ids = []
         results, chunks = self.steady.update_output(self, output, sampled, now_s)
         append = results.append
         for chunk in chunks:  # one pass per request every step: keep it lean
@@ -305,9 +306,7 @@ class Scheduler:
             if not chunk.samples_token:
                 continue
             if chunk.num_draft_tokens:
-                append(self._apply_verified(request, chunk, verified[request.request_id], now_s))
-                if results[-1].finish_reason is not None:
-                    finished.append(request.request_id)
+                append(apply_verified(self, request, chunk, verified[request.request_id], now_s))
                 continue
             request_id = request.request_id
             token_id = sampled[request_id]
@@ -323,34 +322,13 @@ class Scheduler:
             ):  # the common case, a token that finishes nothing, skips the call
                 reason = self._finish_reason(request, token_id)
                 if reason is not None:
-                    self._finish(request, reason)
-                    finished.append(request_id)
+                    self._finish_after_step(request, reason)
                 append(StepResult(request_id, [token_id], reason))
             else:
                 append(StepResult(request_id, [token_id], None))
         if verified or self.cost_model.tokens_per_decode_step != 1.0:  # speculative decoding in use
             self.cost_model.observe_decode_yield(len(results), sum(len(r.new_token_ids) for r in results))
         return results
-
-    def _apply_verified(
-        self, request: Request, chunk: ScheduledChunk, new_tokens: list[int], now_s: float
-    ) -> StepResult:
-        """A verify appended len(new_tokens) = accepted + 1 tokens: the KV of the rejected drafts' positions
-        is not the request's (num_computed_tokens steps back over them) and their blocks go back to the
-        pool. Tokens are appended one by one, so EOS or a length limit inside them ends the request there."""
-        request.num_computed_tokens -= chunk.num_draft_tokens + 1 - len(new_tokens)
-        if request.first_token_time_s is None:
-            request.first_token_time_s = now_s
-        output_ids = request.output_token_ids
-        reason = None
-        for count, token_id in enumerate(new_tokens, 1):
-            output_ids.append(token_id)
-            reason = self._finish_reason(request, token_id)
-            if reason is not None:
-                self._finish(request, reason)
-                return StepResult(request.request_id, new_tokens[:count], reason)
-        self.kv.trim(request.request_id, request.num_computed_tokens)
-        return StepResult(request.request_id, new_tokens, reason)
 
     def record_step_time(self, output: SchedulerOutput, step_s: float) -> None:
         """Feeds one measured (or simulated) step to the cost model."""
@@ -365,6 +343,12 @@ class Scheduler:
         if len(request.prompt_token_ids) + num_output >= self.limits.max_model_len:
             return FinishReason.LENGTH
         return None
+
+    def _finish_after_step(self, request: Request, reason: FinishReason) -> None:
+        """A request this step's tokens finished: also listed in finished_request_ids (whose rows the
+        engine core forgets; an abort forgets its own)."""
+        self._finish(request, reason)
+        self.finished_request_ids.append(request.request_id)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.num_status_changes += 1

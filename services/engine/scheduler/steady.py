@@ -165,7 +165,6 @@ class SteadyDecodes:
         for index in flagged:
             reason = scheduler._finish_reason(requests[index], tokens[index])
             if reason is not None:
-                scheduler._finish(requests[index], reason)
-                scheduler.finished_request_ids.append(requests[index].request_id)
+                scheduler._finish_after_step(requests[index], reason)
                 reasons[index] = reason
         return reasons
