@@ -179,6 +179,10 @@ async def collect(call) -> list[gateway_service_pb2.GenerateResponse]:
     return [response async for response in call]
 
 
+def sampling_params(**kwargs) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(**kwargs)
+
+
 def text_request(prompt: str = "Say hello", **kwargs) -> gateway_service_pb2.GenerateRequest:
     return gateway_service_pb2.GenerateRequest(prompt_text=prompt, **kwargs)
 

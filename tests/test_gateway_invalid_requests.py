@@ -14,15 +14,12 @@ from tests.gateway_fakes import (  # noqa: F401 (stack is a fixture)
     MAX_CONTEXT_TOKENS,
     VOCAB_SIZE,
     collect,
+    sampling_params,
     stack,
     text_request,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _sampling(**kwargs) -> common_pb2.SamplingParams:
-    return common_pb2.SamplingParams(**kwargs)
 
 
 INVALID_REQUESTS = {
@@ -32,7 +29,7 @@ INVALID_REQUESTS = {
         "got prompt_text and prompt_token_ids",
     ),
     "empty_text": (
-        gateway_service_pb2.GenerateRequest(prompt_text="", sampling=_sampling(max_tokens=4)),
+        gateway_service_pb2.GenerateRequest(prompt_text="", sampling=sampling_params(max_tokens=4)),
         "prompt_text, prompt_token_ids and messages are all empty",
     ),
     "text_and_messages": (
@@ -52,7 +49,7 @@ INVALID_REQUESTS = {
         f"prompt_token_ids[1] = {VOCAB_SIZE} is out of range",
     ),
     "prompt_plus_max_tokens_over_context": (
-        gateway_service_pb2.GenerateRequest(prompt_token_ids=[5] * 60, sampling=_sampling(max_tokens=5)),
+        gateway_service_pb2.GenerateRequest(prompt_token_ids=[5] * 60, sampling=sampling_params(max_tokens=5)),
         "sampling.max_tokens (5) exceeds the model context of 64",
     ),
     "prompt_fills_context": (
@@ -61,22 +58,22 @@ INVALID_REQUESTS = {
     ),
     "text_prompt_over_context": (text_request("word " * 100), "fills the model context"),
     "huge_text_prompt_refused_before_tokenizing": (text_request("word " * 5000), "checked before tokenizing"),
-    "max_tokens_zero": (text_request(sampling=_sampling(max_tokens=0)), "sampling.max_tokens must be > 0"),
-    "max_tokens_negative": (text_request(sampling=_sampling(max_tokens=-3)), "got -3"),
-    "temperature_negative": (text_request(sampling=_sampling(temperature=-0.5)), "sampling.temperature"),
-    "temperature_nan": (text_request(sampling=_sampling(temperature=math.nan)), "got nan"),
-    "temperature_inf": (text_request(sampling=_sampling(temperature=math.inf)), "got inf"),
-    "top_p_nan": (text_request(sampling=_sampling(top_p=math.nan)), "sampling.top_p must be in (0, 1]"),
-    "top_p_zero": (text_request(sampling=_sampling(top_p=0.0)), "sampling.top_p must be in (0, 1], got 0"),
-    "top_p_above_one": (text_request(sampling=_sampling(top_p=1.5)), "got 1.5"),
-    "top_k_negative": (text_request(sampling=_sampling(top_k=-1)), "sampling.top_k must be >= 0"),
+    "max_tokens_zero": (text_request(sampling=sampling_params(max_tokens=0)), "sampling.max_tokens must be > 0"),
+    "max_tokens_negative": (text_request(sampling=sampling_params(max_tokens=-3)), "got -3"),
+    "temperature_negative": (text_request(sampling=sampling_params(temperature=-0.5)), "sampling.temperature"),
+    "temperature_nan": (text_request(sampling=sampling_params(temperature=math.nan)), "got nan"),
+    "temperature_inf": (text_request(sampling=sampling_params(temperature=math.inf)), "got inf"),
+    "top_p_nan": (text_request(sampling=sampling_params(top_p=math.nan)), "sampling.top_p must be in (0, 1]"),
+    "top_p_zero": (text_request(sampling=sampling_params(top_p=0.0)), "sampling.top_p must be in (0, 1], got 0"),
+    "top_p_above_one": (text_request(sampling=sampling_params(top_p=1.5)), "got 1.5"),
+    "top_k_negative": (text_request(sampling=sampling_params(top_k=-1)), "sampling.top_k must be >= 0"),
     "too_many_stop_strings": (
-        text_request(sampling=_sampling(stop=[f"s{i}" for i in range(17)])),
+        text_request(sampling=sampling_params(stop=[f"s{i}" for i in range(17)])),
         "at most 16 strings, got 17",
     ),
-    "empty_stop_string": (text_request(sampling=_sampling(stop=["ok", ""])), "sampling.stop[1] is empty"),
+    "empty_stop_string": (text_request(sampling=sampling_params(stop=["ok", ""])), "sampling.stop[1] is empty"),
     "overlong_stop_string": (
-        text_request(sampling=_sampling(stop=["x" * 257])),
+        text_request(sampling=sampling_params(stop=["x" * 257])),
         "sampling.stop[0] must be at most 256 characters, got 257",
     ),
     "request_id_too_long": (text_request(request_id="r" * 129), "request_id must be at most 128"),

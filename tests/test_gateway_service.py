@@ -23,16 +23,13 @@ from tests.gateway_fakes import (  # noqa: F401 (stack is a fixture)
     VOCAB_SIZE,
     collect,
     expected_continuation,
+    sampling_params,
     stack,
     start_fake_engine,
     text_request,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _sampling(**kwargs) -> common_pb2.SamplingParams:
-    return common_pb2.SamplingParams(**kwargs)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -81,7 +78,7 @@ async def test_engine_receives_resolved_request_with_internal_id(stack):
 
 async def test_client_sampling_and_priority_are_forwarded(stack):
     stub = await stack.start()
-    sampling = _sampling(max_tokens=7, temperature=0.0, top_p=0.5, top_k=5, seed=1234, ignore_eos=True)
+    sampling = sampling_params(max_tokens=7, temperature=0.0, top_p=0.5, top_k=5, seed=1234, ignore_eos=True)
     request = gateway_service_pb2.GenerateRequest(
         prompt_token_ids=[1, 100, 200], sampling=sampling, priority_class=common_pb2.PRIORITY_CLASS_BATCH
     )
@@ -99,7 +96,7 @@ async def test_stop_string_truncates_text_and_cancels_engine(stack):
     stack.engine.output_ids = TOKENIZER.encode("The answer is 42.\nEND of the text " * 3, add_bos=False)
     stack.engine.message_delay_s = 0.01
     stub = await stack.start()
-    request = text_request(sampling=_sampling(stop=["END", "never"]))
+    request = text_request(sampling=sampling_params(stop=["END", "never"]))
     responses = await collect(stub.Generate(request, timeout=10))
 
     text = "".join(r.text for r in responses)
