@@ -70,6 +70,10 @@ class OnlineStepCostModel:
         self._min_steps_to_fit = min_steps_to_fit
         self._smoothing = step_time_smoothing  # weight of the newest step in the mean step time
         self._since_refit = 0
+        # The last step observed and how many were, for readers that pair a step with what they know of it
+        # (the speculator's draft-cost meter: which of the step's tokens were drafts). Not used by the fit.
+        self.num_observed = 0
+        self.last_observed: tuple[int, int, float] | None = None
         self.mean_step_s = prior.step_time_s(1, 0)  # exponentially weighted mean of measured steps
         # The two rates policies read, as plain attributes (read for every request every step);
         # they change only at a refit, together with `version`.
@@ -85,7 +89,9 @@ class OnlineStepCostModel:
         """Records one measured step; refits every refit_every steps."""
         if step_s <= 0 or num_batched_tokens <= 0:
             return
-        self._steps.append((num_batched_tokens, num_kv_tokens_read, step_s))
+        self.num_observed += 1
+        self.last_observed = (num_batched_tokens, num_kv_tokens_read, step_s)
+        self._steps.append(self.last_observed)
         self.mean_step_s += self._smoothing * (step_s - self.mean_step_s)
         self._since_refit += 1
         if self._since_refit >= self._refit_every:
@@ -118,8 +124,6 @@ def _moved(published: float, fitted: float) -> bool:
 def _least_squares(steps: Iterable[tuple[float, float, float]]) -> StepCostCoefficients | None:
     """Non-negative least squares; None when the steps do not vary enough to separate the terms.
 
-    Exact for three terms: the non-negative optimum is the unconstrained fit on some subset of the
-    columns, so every subset's fit is tried and the best one with no negative coefficient is kept.
     Clipping the unconstrained fit instead (as before) is not a fit: on CPU steps it gave zero base
     cost and an implausible KV cost, which misprices a speculative verify against a decode."""
     data = np.asarray(steps, dtype=np.float64)
@@ -127,20 +131,31 @@ def _least_squares(steps: Iterable[tuple[float, float, float]]) -> StepCostCoeff
     columns = [0, 1, 2] if np.linalg.matrix_rank(design) == 3 else [0, 1]  # fixed-batch decodes: no KV term
     if np.linalg.matrix_rank(design[:, columns]) < len(columns):
         return None
+    solution = nonnegative_least_squares(design[:, columns], data[:, 2])
+    if solution is None:
+        return None
+    coefficients = np.zeros(3)
+    coefficients[columns] = solution
+    base, per_token, per_kv = (float(value) for value in coefficients)
+    return StepCostCoefficients(base, per_token, per_kv)
+
+
+def nonnegative_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    """argmin ||design x - target|| over x >= 0, for a few columns; None if no subset fits without a
+    negative term. Exact: the non-negative optimum is the unconstrained fit on some subset of the
+    columns, so every subset's fit is tried and the best one with no negative coefficient is kept."""
+    columns = list(range(design.shape[1]))
     best: tuple[float, np.ndarray] | None = None
     for subset in _nonempty_subsets(columns):
-        solution, *_ = np.linalg.lstsq(design[:, subset], data[:, 2], rcond=None)
+        solution, *_ = np.linalg.lstsq(design[:, subset], target, rcond=None)
         if np.any(solution < 0.0):
             continue
-        residual = float(np.sum((design[:, subset] @ solution - data[:, 2]) ** 2))
+        residual = float(np.sum((design[:, subset] @ solution - target) ** 2))
         if best is None or residual < best[0]:
-            coefficients = np.zeros(3)
+            coefficients = np.zeros(len(columns))
             coefficients[subset] = solution
             best = (residual, coefficients)
-    if best is None:
-        return None
-    base, per_token, per_kv = (float(value) for value in best[1])
-    return StepCostCoefficients(base, per_token, per_kv)
+    return None if best is None else best[1]
 
 
 def _nonempty_subsets(columns: list[int]) -> list[list[int]]:

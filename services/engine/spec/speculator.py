@@ -6,11 +6,15 @@ slots within the step's token budget and free KV (Scheduler._grant_drafts), the 
 early-exit drafts inside the step and verifies all of them, and observe() records what was accepted.
 
 How many drafts, per step:
-    batch level:   batch_num_drafts picks k in [0, k_max] maximising expected tokens per second for
-                   a decode batch of this size under the fitted step-cost model: a compute-bound step
-                   (large batch) pays for every draft it feeds, so k falls to 0 there;
-                   (acceptance: the first draft's rate and each next one's given the last, pooled
-                   over the batch; adaptive_drafting.py);
+    batch level:   num_drafts_worth picks k in [0, k_max] with the largest expected saving per verify,
+                   expected accepted drafts x seconds per output token of this batch - the verify's
+                   measured extra cost (draft_cost.py: a meter fitted on the engine's own decode steps,
+                   with and without drafts); a compute-bound step (large batch) makes a token worth
+                   little and a verify dear, so k falls to 0 there (acceptance: the first draft's rate
+                   and each next one's given the last, pooled over the batch; adaptive_drafting.py);
+                   a request whose proposal is shorter than k verifies it only if that saves too;
+                   after probe_every_steps steps turned down in a row, one proposal is verified
+                   anyway (costs and acceptance re-measured: a batch that stopped can start again);
     request level: AcceptanceTracker stops a request whose drafts keep failing, for a backoff that
                    doubles, then probes it again; verifies of n-gram unigram-fallback drafts are not
                    judged (1-2 tokens, accepted ~35% of the time, they pulled a request's estimate
@@ -28,7 +32,14 @@ import numpy as np
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.output import SchedulerOutput
-from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig, batch_num_drafts
+from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig
+from services.engine.spec.draft_cost import (
+    DraftCostConfig,
+    DraftCostMeter,
+    expected_savings_s,
+    num_drafts_worth,
+    seconds_per_token,
+)
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
 from services.engine.spec.spec_stats import SpecStats
@@ -43,6 +54,7 @@ class Speculator:
         cost_model: OnlineStepCostModel,
         max_model_len: int,
         adaptive: AdaptiveDraftingConfig | None = None,
+        draft_costs: DraftCostConfig | None = None,
     ) -> None:
         if not config.enabled:
             raise ValueError("a Speculator needs a speculative method other than off")
@@ -52,54 +64,73 @@ class Speculator:
         self.tracker = AcceptanceTracker(adaptive)
         self.two_rate_model = (adaptive or AdaptiveDraftingConfig()).two_rate_model
         self.stats = SpecStats()
+        self.meter = DraftCostMeter(cost_model, draft_costs)
         self._unjudged: set[str] = set()  # requests whose drafts this step are the unigram fallback's
+        self._steps_turned_down = 0  # steps in a row in which no request drafted (the probe's count)
 
     def plan(self, running: list[Request]) -> None:
         """Sets num_draft_slots (and n-gram drafts) on every running request for the coming step."""
-        decodes = []
+        self.meter.settle()  # the step planned last, now measured
+        decodes, num_decodes = [], 0
         self._unjudged.clear()
         for request in running:
             request.num_draft_slots, request.draft_token_ids = 0, None
-            if request.num_tokens - request.num_computed_tokens == 1 and self._may_draft(request):
-                decodes.append(request)
-        if not decodes:
-            return
-        # The KV the decodes read is part of the step's cost model: on CPU the fit can put a step's fixed
-        # cost there (base_s ~ 0), and without it every draft looked as dear as a whole step (k = 0).
+            if request.num_tokens - request.num_computed_tokens == 1:
+                num_decodes += 1
+                if self._may_draft(request):
+                    decodes.append(request)
+        drafting = self._plan_drafts(decodes, num_decodes) if decodes else []
+        self.meter.planned(num_decodes, len(drafting), sum(request.num_draft_slots for request in drafting))
+
+    def _plan_drafts(self, decodes: list[Request], num_decodes: int) -> list[Request]:
+        """Drafts for the decodes that may draft, where they are expected to save time; the requests that got some."""
         if self.two_rate_model:
             first_rate, continuation_rate = self.tracker.batch_acceptance_model()
         else:
-            first_rate, continuation_rate = self.tracker.batch_acceptance_rate(), None
-        batch_k = batch_num_drafts(
-            len(decodes), first_rate, self.config.num_speculative_tokens, self.cost_model.coefficients,
-            num_kv_tokens_read=sum(request.num_tokens for request in decodes), continuation_rate=continuation_rate,
-        )  # fmt: skip
-        if batch_k == 0:
-            return
+            first_rate = continuation_rate = self.tracker.batch_acceptance_rate()
+        # The decodes' KV read is part of the step-cost fit the meter reads before its own fit: on CPU that
+        # fit can put a step's fixed cost there (base_s ~ 0), and without it a draft looked as dear as a step.
+        costs = self.meter.costs(sum(request.num_tokens for request in decodes))
+        max_drafts = self.config.num_speculative_tokens
+        batch_k = num_drafts_worth(costs, num_decodes, first_rate, continuation_rate, max_drafts)
+        probe = batch_k == 0 and self._steps_turned_down + 1 >= self.meter.config.probe_every_steps
+        if batch_k == 0 and not probe:
+            self._steps_turned_down += 1
+            return []
+        s_per_token = seconds_per_token(costs, num_decodes, first_rate, continuation_rate, batch_k)
+        savings_s = expected_savings_s(costs, first_rate, continuation_rate, max_drafts, s_per_token)
+        drafting = []
         for request in decodes:
             limit = min(
-                batch_k,
+                batch_k or max_drafts,
                 request.sampling.max_tokens - request.num_output_tokens - 1,
                 self.max_model_len - request.num_tokens,
             )
             num_drafts = self.tracker.num_drafts(request.request_id, limit) if limit > 0 else 0
-            if num_drafts > 0:
-                self._set_drafts(request, num_drafts)
+            if num_drafts > 0 and self._set_drafts(request, num_drafts, savings_s, probe):
+                drafting.append(request)
+                if probe:  # one proposal re-measures; the others stay turned down
+                    break
+        self._steps_turned_down = 0 if drafting else self._steps_turned_down + 1
+        return drafting
 
     def _may_draft(self, request: Request) -> bool:
         sampling = request.sampling
         return sampling.speculative and request.num_output_tokens >= sampling.min_tokens
 
-    def _set_drafts(self, request: Request, num_drafts: int) -> None:
+    def _set_drafts(self, request: Request, num_drafts: int, savings_s: np.ndarray, probe: bool) -> bool:
+        """Sets up to num_drafts drafts on the request if they are expected to save time (or probe); whether it did."""
         if self.config.method is SpeculativeMethod.EARLY_EXIT:  # the runner drafts in the step
             request.num_draft_slots = num_drafts
-            return
+            return True
         tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
         drafts, matched = self.config.ngram.propose_with_source(tokens, num_drafts)
-        if drafts:
-            request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
-            if not matched:
-                self._unjudged.add(request.request_id)
+        if not drafts or (savings_s[len(drafts)] <= 0.0 and not probe):  # a short proposal: the verify costs more
+            return False
+        request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
+        if not matched:
+            self._unjudged.add(request.request_id)
+        return True
 
     def observe(self, output: SchedulerOutput, verified: dict[str, list[int]]) -> None:
         """Records each verify's outcome (called after Scheduler.update)."""

@@ -1,0 +1,150 @@
+"""The draft-cost meter learns what a verify and a draft add to a decode step; the turn-down drafts at batch 1,
+stops at a batch whose verifies cost more than they save, probes now and then, and starts again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.engine.request import Request, SamplingOptions
+from services.engine.scheduler.cost_model import OnlineStepCostModel, StepCostCoefficients
+from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput
+from services.engine.spec.draft_cost import (
+    DraftCostConfig,
+    DraftCostMeter,
+    DraftCosts,
+    expected_savings_s,
+    num_drafts_worth,
+)
+from services.engine.spec.method import SpeculativeMethod
+from services.engine.spec.spec_config import SpeculativeConfig
+from services.engine.spec.speculator import Speculator
+
+# Shaped like SmolLM2-135M on one CPU thread (bf16): a decode step ~70 ms + ~10 ms per decode, a verify's own
+# attention pass ~12 ms, a draft ~4 ms (a fed token's matmuls and LM head).
+CPU = DraftCosts(base_s=0.060, per_decode_s=0.010, per_verify_s=0.012, per_draft_s=0.004)
+# What the step-cost fit saw on CPU: a cheap fed token, no verify term.
+UNDERPRICED = StepCostCoefficients(base_s=0.060, per_token_s=0.002, per_kv_token_s=0.0)
+
+
+def _measured_step_s(num_decodes: int, num_verifies: int, num_drafts: int) -> float:
+    return CPU.plain_step_s(num_decodes) + CPU.per_verify_s * num_verifies + CPU.per_draft_s * num_drafts
+
+
+def test_the_meter_recovers_a_verify_and_a_draft_cost_from_decode_steps():
+    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), DraftCostConfig(min_steps_to_fit=32))
+    assert meter.costs(0) == DraftCosts(0.060, 0.002, 0.0, 0.002)  # before a fit: the step-cost fit's terms
+    rng = np.random.default_rng(0)
+    for _ in range(128):
+        num_decodes = int(rng.integers(1, 17))
+        num_verifies = int(rng.integers(0, num_decodes + 1))
+        num_drafts = int(sum(rng.integers(1, 17) for _ in range(num_verifies)))
+        step_s = _measured_step_s(num_decodes, num_verifies, num_drafts) * (1 + rng.normal(0, 0.02))
+        meter.record(num_decodes, num_verifies, num_drafts, step_s)
+    costs = meter.costs(0)
+    assert meter.fitted
+    assert costs.per_verify_s == pytest.approx(CPU.per_verify_s, rel=0.25)
+    assert costs.per_draft_s == pytest.approx(CPU.per_draft_s, rel=0.1)
+    assert costs.plain_step_s(16) == pytest.approx(CPU.plain_step_s(16), rel=0.05)
+
+
+def test_one_batch_size_puts_the_decodes_in_the_base_and_steps_without_drafts_are_needed():
+    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), DraftCostConfig(min_steps_to_fit=8, refit_every_steps=8))
+    for _ in range(16):  # every step verifies: a verify cannot be told from a decode
+        meter.record(16, 16, 32, _measured_step_s(16, 16, 32))
+    assert not meter.fitted
+    for num_verifies in [0, 4, 0, 8, 0, 2, 16, 0]:
+        meter.record(16, num_verifies, 3 * num_verifies, _measured_step_s(16, num_verifies, 3 * num_verifies))
+    costs = meter.costs(0)
+    assert costs.plain_step_s(16) == pytest.approx(CPU.plain_step_s(16))
+    assert costs.verify_s(3) == pytest.approx(CPU.verify_s(3))
+    assert costs.per_decode_s == pytest.approx(UNDERPRICED.per_token_s)  # the split of a plain step: the fit's slope
+
+
+def test_settle_keeps_only_the_planned_decode_step():
+    cost_model = OnlineStepCostModel(UNDERPRICED)
+    meter = DraftCostMeter(cost_model, DraftCostConfig(min_steps_to_fit=1, refit_every_steps=1))
+    meter.planned(4, 1, 3)
+    cost_model.observe(4 + 3 + 100, 0, 0.5)  # a prefill chunk joined: not a decode step
+    meter.settle()
+    meter.planned(4, 0, 0)
+    cost_model.observe(4, 0, 0.1)
+    cost_model.observe(4, 0, 0.1)  # two steps since the plan: which one was planned is unknown
+    meter.settle()
+    meter.settle()  # nothing planned
+    assert not meter._steps
+    meter.planned(4, 1, 3)
+    cost_model.observe(7, 0, 0.2)
+    meter.settle()
+    assert list(meter._steps) == [(4, 1, 3, 0.2)]
+
+
+def test_drafts_pay_at_batch_1_and_not_at_batch_16_unless_copies_run_long():
+    assert num_drafts_worth(CPU, 1, 0.5, 0.9, 16) >= 8  # a decode's share is a whole step
+    assert num_drafts_worth(CPU, 16, 0.5, 0.6, 16) == 0  # a sixteenth of a step: a verify costs more
+    assert num_drafts_worth(CPU, 16, 0.9, 0.97, 16) > 0  # a long copy still pays
+    # the step-cost fit's prices would have drafted at batch 16 (the slowdown this replaces)
+    underpriced = DraftCosts(UNDERPRICED.base_s, UNDERPRICED.per_token_s, 0.0, UNDERPRICED.per_token_s)
+    assert num_drafts_worth(underpriced, 16, 0.5, 0.6, 16) > 0
+    savings = expected_savings_s(CPU, 0.5, 0.9, 16, s_per_token=0.070)
+    assert savings[0] == 0.0 and savings[1] == pytest.approx(0.5 * 0.070 - 0.016)
+
+
+def _decoding(request_id: str, copies: bool = True) -> Request:
+    """A decoding request; with copies, a 13-token match lets n-gram draft 16 tokens of a copy, else no
+    suffix recurs and nothing is drafted."""
+    copy = (
+        list(range(100, 160))
+        if copies
+        else list(range(1000 + 100 * int(request_id[1:]), 1060 + 100 * int(request_id[1:])))
+    )
+    prompt = copy + [1] + copy[:12] if copies else copy
+    request = Request(
+        request_id,
+        prompt,
+        SamplingOptions(max_tokens=400, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True),
+        0.0,
+        400.0,
+    )
+    request.output_token_ids.append(copy[12] if copies else 7)
+    request.num_computed_tokens = request.num_tokens - 1
+    return request
+
+
+def _speculator(probe_every_steps: int = 8) -> tuple[Speculator, OnlineStepCostModel]:
+    cost_model = OnlineStepCostModel(UNDERPRICED)
+    config = DraftCostConfig(min_steps_to_fit=16, refit_every_steps=4, probe_every_steps=probe_every_steps)
+    speculator = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), cost_model, 4096, draft_costs=config)
+    return speculator, cost_model
+
+
+def _step(speculator: Speculator, cost_model: OnlineStepCostModel, running: list[Request]) -> int:
+    """Plans, 'runs' the step at the CPU-shaped cost, accepts 2 drafts of each verify; the drafts verified."""
+    speculator.plan(running)
+    verifying = [request for request in running if request.num_draft_slots]
+    num_drafts = sum(request.num_draft_slots for request in verifying)
+    cost_model.observe(len(running) + num_drafts, 0, _measured_step_s(len(running), len(verifying), num_drafts))
+    chunks = [ScheduledChunk(r, r.num_draft_slots + 1, True, r.num_tokens + r.num_draft_slots, r.num_draft_slots)
+              for r in verifying]  # fmt: skip
+    if chunks:
+        speculator.observe(
+            SchedulerOutput(chunks), {r.request_id: [0] * (1 + min(2, r.num_draft_slots)) for r in verifying}
+        )
+    return num_drafts
+
+
+def test_a_batch_stops_drafting_where_verifies_cost_more_probes_and_starts_again_when_it_shrinks():
+    speculator, cost_model = _speculator(probe_every_steps=8)
+    copies = [_decoding(f"c{i}") for i in range(16)]
+    plain = [_decoding(f"p{i}", copies=False) for i in range(16)]
+    # the step-cost fit underprices drafts: the batch drafts at first, and so the meter measures
+    # (steps with 0, 4, 8 and 16 copying requests in a batch of 16)
+    drafted = [_step(speculator, cost_model, copies[: 4 * (step % 5)] + plain[4 * (step % 5) :]) for step in range(40)]
+    assert sum(drafted[:5]) > 0 and speculator.meter.fitted
+    # measured: at batch 16 a verify costs more than its drafts save (first drafts pass, the rest mostly
+    # not): turned down, one proposal probed every 8 steps
+    drafted = [_step(speculator, cost_model, copies) for _ in range(32)]
+    probes = [num for num in drafted if num]
+    assert len(probes) == 4 and all(num <= 16 for num in probes)
+    # the batch shrinks to one request: drafting starts again at once
+    assert _step(speculator, cost_model, copies[:1]) > 0
