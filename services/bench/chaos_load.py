@@ -161,3 +161,26 @@ def count_refusals(outcomes: list[StreamOutcome]) -> dict[str, int]:
             key = f"{outcome.code}/{outcome.refusal_reason or '-'}"
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def failure_samples(outcomes: list[StreamOutcome], began_s: float, per_key: int = 3) -> dict[str, list[dict]]:
+    """The first `per_key` failed streams of each status/refusal key (count_refusals' keys), each with
+    what tells who ended it: its message, when it started in the run, how long it lasted, whether a
+    token had come. A first-N list of distinct messages hides a rare class behind a frequent one."""
+    samples: dict[str, list[dict]] = {}
+    for outcome in outcomes:
+        if outcome.code == "OK":
+            continue
+        key = f"{outcome.code}/{outcome.refusal_reason or '-'}"
+        kept = samples.setdefault(key, [])
+        if len(kept) < per_key:
+            kept.append(
+                {
+                    "details": outcome.details,
+                    "started_at_s": round(outcome.started_s - began_s, 3),
+                    "duration_s": round(outcome.duration_s, 3),
+                    "num_tokens": len(outcome.token_ids),
+                    "max_tokens": outcome.max_tokens,
+                }
+            )
+    return samples

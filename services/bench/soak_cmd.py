@@ -26,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="streams kept in flight")
     parser.add_argument("--burst-every-s", type=float, default=10.0)
     parser.add_argument("--burst-size", type=int, default=64, help="extra streams per burst")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="each stream's deadline")
     parser.add_argument("--num-kv-blocks", type=int, default=64, help="per engine: small, so swaps happen")
     parser.add_argument("--rss-every-s", type=float, default=10.0, help="RSS sampling period of every service")
     parser.add_argument(
@@ -50,7 +51,7 @@ async def _run(args: argparse.Namespace) -> dict:
     )
     await stack.start()
     try:
-        shape = LoadShape(concurrency=args.concurrency, min_tokens=8, max_tokens=64, timeout_s=300.0)
+        shape = LoadShape(concurrency=args.concurrency, min_tokens=8, max_tokens=64, timeout_s=args.timeout_s)
         result = await soak(
             stack,
             duration_s=args.duration_s,

@@ -28,6 +28,7 @@ from services.bench.chaos_load import (
     StreamOutcome,
     count_codes,
     count_refusals,
+    failure_samples,
     run_stream,
 )
 from services.bench.chaos_stack import ChaosStack
@@ -48,6 +49,7 @@ class SoakResult:
     codes: dict[str, int]
     failures: dict[str, int]  # the streams not OK, by status and refusal reason (e.g. RESOURCE_EXHAUSTED/QUEUE_FULL)
     sample_failures: list[str]  # the first few distinct failure messages, verbatim
+    failure_samples: dict[str, list[dict]]  # failures key -> the first few such streams (message, timing, tokens)
     num_tokens: int  # tokens received, all streams
     num_replayed: int
     num_mismatched: int  # replays whose tokens differ from the original
@@ -118,6 +120,7 @@ async def soak(
     pids = {name: child.pid for name, child in stack.children.items() if child.returncode is None}
     sampler = RssSampler({**pids, BENCH_PROCESS: os.getpid()}, rss_every_s).start()
     before = {name: await stack.engine_stats(name) for name in stack.engine_names}
+    began_s = time.monotonic()
     load = ClosedLoopLoad(stub, shape, seed).start()
     stop = asyncio.Event()
     bursts = asyncio.create_task(_bursts(stub, load, shape, burst_every_s, burst_size, stop))
@@ -150,6 +153,7 @@ async def soak(
         codes=count_codes(outcomes),
         failures=count_refusals(outcomes),
         sample_failures=list(dict.fromkeys(o.details for o in outcomes if o.code != "OK"))[:5],
+        failure_samples=failure_samples(outcomes, began_s),
         num_tokens=sum(len(o.token_ids) for o in outcomes),
         num_replayed=len(pairs),
         num_mismatched=len(mismatched),

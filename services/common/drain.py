@@ -13,6 +13,14 @@ would end silently, its client told only by gRPC's "Cancelling all calls" when t
 ran out, its servicer closed only when the generator was collected (seen in ~2 of 12 drains on a
 busy machine). Such a call is marked instead and ends UNAVAILABLE as soon as the send completes.
 
+A handler can also end with a CancelledError that nothing cancelled it with: a call it awaits was
+cancelled on its side (a channel closed under it, a cancelled inner task), while its own client
+still waits. Re-raised, gRPC ends such a call CANCELLED with no message and logs nothing, and the
+client cannot tell it from its own cancellation. It ends UNAVAILABLE with INTERNAL_CANCEL_MESSAGE
+instead, and the server logs a warning with the trace of where the cancellation came from. A
+handler cancelled by its client leaving or its deadline passing (gRPC cancels its task: the task
+is `cancelling()`) stays cancelled.
+
 Invariant: a task is in `_calls` exactly while its handler runs.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -28,6 +37,9 @@ import grpc
 from services.common.refusal import RefusalReason
 
 DRAIN_DEADLINE_MESSAGE = "server is shutting down: the call did not finish within the drain deadline; retry"
+INTERNAL_CANCEL_MESSAGE = "the call was cancelled inside the server, not by the client (see the server's log); retry"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,15 +72,21 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
                 task.cancel()
         return len(calls)
 
-    async def _on_cancel(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """In a cancelled handler: UNAVAILABLE when the drain cancelled it, else stay cancelled."""
+    async def _on_cancel(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        """In a handler that caught CancelledError: UNAVAILABLE when the drain cancelled it or nothing
+        cancelled its task (a call inside it was cancelled), else (client gone, deadline) stay cancelled."""
         task = asyncio.current_task()
-        if not self._aborting or task is None:
+        if task is None:
+            raise asyncio.CancelledError
+        if task.cancelling() == 0:
+            log.warning("%s: a call inside the handler was cancelled; ending it UNAVAILABLE", method, exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, INTERNAL_CANCEL_MESSAGE)
+        if not self._aborting:
             raise asyncio.CancelledError
         task.uncancel()
         await _abort_unavailable(context)
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             task = asyncio.current_task()
             assert task is not None  # a handler runs in a task
@@ -76,13 +94,13 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
             try:
                 return await behavior(request, context)
             except asyncio.CancelledError:
-                await self._on_cancel(context)
+                await self._on_cancel(context, method)
             finally:
                 self._calls.pop(task, None)
 
         return handler
 
-    def _wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
         """behavior is an async generator (grpc's stubs type a method handler's stream as a sync iterator)."""
 
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -100,7 +118,7 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
                 if call.abort_requested:
                     await _abort_unavailable(context)
             except asyncio.CancelledError:
-                await self._on_cancel(context)
+                await self._on_cancel(context, method)
             finally:
                 self._calls.pop(task, None)
 
@@ -115,15 +133,22 @@ class InFlightCalls(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
+        method = handler_call_details.method  # named in the log of an internal cancellation
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(handler.unary_unary), deserialize, serialize)
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method), deserialize, serialize
+            )
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream), deserialize, serialize)
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method), deserialize, serialize
+            )
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary), deserialize, serialize)
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method), deserialize, serialize
+            )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(handler.stream_stream), deserialize, serialize
+                self._wrap_stream(handler.stream_stream, method), deserialize, serialize
             )
         return handler
 
