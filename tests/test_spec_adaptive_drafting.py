@@ -199,3 +199,17 @@ def test_a_high_continuation_rate_lengthens_the_batch_k():
     assert two_rate == int(np.argmax(per_s))
     with pytest.raises(ValueError):
         batch_num_drafts(2, 0.5, 4, coefficients, continuation_rate=[0.5, 0.5, 0.5])
+
+
+def test_a_request_s_own_acceptance_is_shrunk_toward_the_batch_s():
+    tracker = AcceptanceTracker(AdaptiveDraftingConfig(min_verifies=100, prior_weight_trials=2.0, ema_weight=0.25))
+    for _ in range(8):
+        tracker.record("copy", 8, 8)  # every draft accepted: a1 1, c 1
+    tracker.record("new", 4, 0)  # one verify, first draft rejected
+    first, later = tracker.request_acceptance_models(["copy", "new", "unknown"], pooled=(0.5, 0.5))
+    # copy: 4 verifies' worth of its own (the EMA's reach) against 2 of the pool's
+    assert first[0] == pytest.approx((4 * 1.0 + 2 * 0.5) / 6) and later[0] == pytest.approx(
+        (4 * 7 + 2 * 0.5) / (4 * 7 + 2)
+    )
+    assert first[1] == pytest.approx((1 * 0.0 + 2 * 0.5) / 3) and later[1] == pytest.approx(0.5)  # no later trials
+    assert (first[2], later[2]) == (0.5, 0.5)  # no estimate: the pool's

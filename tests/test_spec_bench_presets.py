@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.spec_bench import previous_ngram_speculator
+from services.bench.spec_bench import fitted_turn_down_speculator, previous_ngram_speculator
 from services.bench.spec_report import BenchMethod, BenchPreset
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.spec.method import SpeculativeMethod
@@ -39,3 +39,11 @@ def test_the_prev_preset_restores_the_earlier_rules_and_keeps_the_rest():
     assert (ngram.min_n, ngram.max_n, ngram.drafts_per_matched_token) == (2, 4, 2)
     assert previous.config.num_speculative_tokens == 4 and previous.cost_model is current.cost_model
     assert previous.max_model_len == 2048
+
+
+def test_the_fit_preset_turns_drafting_down_on_the_step_cost_fit_and_keeps_the_drafting_rules():
+    current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), OnlineStepCostModel(), 2048)
+    assert BenchMethod("ngram@fit").preset is BenchPreset.FIT and current.meter.config.measured
+    fitted = fitted_turn_down_speculator(current)
+    assert not fitted.meter.config.measured and fitted.config == current.config
+    assert fitted.cost_model is current.cost_model and fitted.two_rate_model

@@ -6,7 +6,8 @@ from __future__ import annotations
 from services.engine.request import Request, SamplingOptions
 from services.engine.scheduler.cost_model import OnlineStepCostModel, StepCostCoefficients
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput
-from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig, batch_num_drafts
+from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig
+from services.engine.spec.draft_cost import num_drafts_worth
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
 from services.engine.spec.speculator import Speculator
@@ -61,11 +62,10 @@ def test_a_copy_drafts_longer_once_its_drafts_pass():
     _verify(speculator, request, 4)  # all 4 accepted: the continuation estimate rises
     request.output_token_ids.extend(copy[13:18])
     request.num_computed_tokens = request.num_tokens - 1
-    first, later = speculator.tracker.batch_acceptance_model()
-    assert later > 0.75 and first > 0.6
+    first, later = speculator.tracker.request_acceptance_models(["c"], speculator.tracker.batch_acceptance_model())
+    assert later[0] > 0.75 and first[0] > 0.6
     speculator.plan([request])
-    k = batch_num_drafts(1, first, 16, speculator.cost_model.coefficients, num_kv_tokens_read=request.num_tokens,
-                         continuation_rate=later)  # fmt: skip
+    k = int(num_drafts_worth(speculator.meter.costs(1, request.num_tokens), 1, first, later, 16)[0])
     assert k >= 8 and request.draft_token_ids == copy[18 : 18 + k]  # longer than the prior's 4
 
 

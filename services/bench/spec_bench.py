@@ -27,7 +27,7 @@ import math
 import os
 import pathlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from services.bench.results import build_report, write_report
@@ -115,6 +115,8 @@ def build_engines(config: SpecBenchConfig):
     for method, core in engines.items():
         if method.preset is BenchPreset.PREV:
             core.speculator = previous_ngram_speculator(core.speculator)
+        elif method.preset is BenchPreset.FIT:
+            core.speculator = fitted_turn_down_speculator(core.speculator)
     return loaded, engines, str(dtype).removeprefix("torch.")
 
 
@@ -131,6 +133,16 @@ def previous_ngram_speculator(speculator: "Speculator") -> "Speculator":
     return Speculator(replace(config, ngram=ngram), speculator.cost_model, speculator.max_model_len, adaptive)
 
 
+def fitted_turn_down_speculator(speculator: "Speculator") -> "Speculator":
+    """The same engine's speculator with the batch-level turn-down before the measured draft costs (the
+    "@fit" preset): one k for the batch from batch_num_drafts on the step-cost fit, no probe."""
+    from services.engine.spec.draft_cost import DraftCostConfig
+    from services.engine.spec.speculator import Speculator
+
+    costs = DraftCostConfig(measured=False)
+    return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
+
+
 def engine_facts(engines) -> dict:
     """What each engine drafts with (the early-exit layer actually chosen, and whether its head is trained)."""
     facts = {}
@@ -143,6 +155,21 @@ def engine_facts(engines) -> dict:
             "num_kv_blocks": core.runner.cache_shape.num_blocks,
         }
     return facts
+
+
+def draft_costs(engines) -> dict:
+    """Each drafting engine's measured draft costs (spec/draft_cost.py) as they stand, ms, by the smallest
+    batch size of each fitted batch-size class."""
+    costs = {}
+    for method, core in engines.items():
+        meter = getattr(core.speculator, "meter", None)
+        if meter is None:
+            continue
+        costs[method.value] = {
+            str(batch): {name.removesuffix("_s") + "_ms": 1e3 * value for name, value in asdict(fitted).items()}
+            for batch, fitted in meter.fitted.items()
+        }
+    return costs
 
 
 def run_sweep(
@@ -193,7 +220,7 @@ def run_benchmark(config: SpecBenchConfig, save: Callable[[dict], None] | None =
 
     def figures_of(records: list[GroupRecord]) -> dict:
         figures = summarise(records, config.methods)
-        figures["run"] = {**facts, "load_average_1_5_15_after": os.getloadavg(),
+        figures["run"] = {**facts, "load_average_1_5_15_after": os.getloadavg(), "draft_costs": draft_costs(engines),
                           "num_repeats_started": 1 + max(r.repeat for r in records)}  # fmt: skip
         return figures
 
@@ -224,7 +251,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
     parser.add_argument("--methods", type=_csv(BenchMethod), default=tuple(BenchMethod(m) for m in SpeculativeMethod),
                         help="comma-separated, off first (default: off,ngram,early-exit); METHOD:K = that method with "
-                             "its own k, METHOD:K@prev = n-gram with the previous rules, e.g. off,ngram,ngram:4@prev")  # fmt: skip
+                             "its own k, METHOD:K@prev = n-gram with the previous rules, ngram@fit = the turn-down on the step-cost fit, e.g. off,ngram,ngram:4@prev")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
     parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)

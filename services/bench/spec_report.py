@@ -22,6 +22,9 @@ class BenchPreset(StrEnum):
     """A method column's drafting rules other than the engine's current ones (after an '@')."""
 
     PREV = "prev"  # n-gram as before 2026-12-07's second pass: no past-end copy, no unigram fallback, one-rate k
+    # the turn-down before the measured draft costs (spec/draft_cost.py): one k for the batch, priced by the
+    # step-cost fit, pooled acceptance, no probe; the drafting rules otherwise the current ones
+    FIT = "fit"
 
 
 class BenchMethod(str):

@@ -197,6 +197,26 @@ class AcceptanceTracker:
         later_rate = (later + prior * weight) / (later_trials + weight) if later_trials + weight > 0 else prior
         return first_rate, later_rate
 
+    def request_acceptance_models(
+        self, request_ids: Sequence[Hashable], pooled: tuple[float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per request, (a1, c) of the two-rate model: its own estimates since drafting (re)started, shrunk
+        toward the batch's pooled (a1, c) as if the pool were prior_weight_trials verifies (a request with
+        no estimate gets the pool's). A request in a long copy then drafts where the batch's average
+        would not: at batch 16 on CPU a verify pays only for such copies (draft_cost.py)."""
+        config = self._config
+        weight, max_samples = config.prior_weight_trials, 1.0 / config.ema_weight  # an EMA holds ~1/w verifies
+        first, later = np.full(len(request_ids), pooled[0]), np.full(len(request_ids), pooled[1])
+        for index, request_id in enumerate(request_ids):
+            state = self._requests.get(request_id)
+            if state is None or state.ema_trials <= 0:
+                continue
+            samples = min(state.num_verifies, max_samples)
+            first[index] = (state.ema_first_accepted * samples + pooled[0] * weight) / (samples + weight)
+            later_trials = state.ema_later_trials * samples + weight
+            later[index] = (state.ema_later_successes * samples + pooled[1] * weight) / later_trials
+        return first, later
+
     def _drafting_states(self, request_ids: Iterable[Hashable] | None) -> Iterable[_RequestAcceptance]:
         """The given requests' (default: all tracked) states that draft now and have an estimate."""
         if request_ids is None:

@@ -12,9 +12,9 @@ So the meter fits decode-only steps (no prefill tokens) on their own terms:
 
     step_s = base_s + per_decode_s * decodes + per_verify_s * verifies + per_draft_s * drafts
 
-(non-negative least squares over a window of recent decode-only steps; a column that does not vary in
-the window is left out: while the batch holds its size, the step-cost fit's per-token slope splits the
-plain step into base and decodes). Until it has enough varied steps
+(non-negative least squares over a window of recent decode-only steps, one fit per batch-size class; a
+column that does not vary in the window is left out: while the batch holds its size, the step-cost fit's
+per-token slope splits the plain step into base and decodes). Until it has enough varied steps
 it reads the step-cost fit (per_verify_s 0, a draft priced as a fed token): the behaviour before, which
 drafts, and so measures.
 
@@ -26,8 +26,9 @@ accepted(m) (two-rate acceptance); k* maximises that decode's tokens per second,
 
 At batch 1 a decode's share is a whole step and drafts are nearly free; at batch 16 on CPU the share is a
 sixteenth of a step and a verify's own cost is of that order, so only long, likely copies pass. A request
-whose proposal is shorter than k* verifies it only if it is expected to save time at the batch's seconds
-per token (expected_savings_s).
+whose proposal is shorter than its k* verifies it only if that is expected to save time too (expected_savings_s).
+Acceptance is each request's own, shrunk toward the batch's (AcceptanceTracker.request_acceptance_models):
+a request in a long copy drafts where the batch's average would not.
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ from services.engine.scheduler.cost_model import OnlineStepCostModel, nonnegativ
 
 @dataclass(frozen=True)
 class DraftCostConfig:
-    window_steps: int = 256  # recent decode-only steps the fit covers
+    window_steps: int = 128  # recent decode-only steps each batch-size class's fit covers
     refit_every_steps: int = 8  # decode-only steps between refits
-    min_steps_to_fit: int = 16  # decode-only steps, some with drafts and some without, before the first fit
+    min_steps_to_fit: int = 16  # decode-only steps of a class, some with drafts and some without, before its fit
     # Steps in a row in which the cost rule turned every proposal down, before one probe step lets the
     # most promising proposal through anyway: costs and acceptance are re-measured, so a batch that stopped
     # drafting can start again (an earlier bug: a batch that stopped never re-measured).
     probe_every_steps: int = 32
+    # False: the turn-down before the meter (one k for the batch, batch_num_drafts on the step-cost fit,
+    # pooled acceptance, no probe), kept for `alise bench spec`'s "@fit" column to measure against.
+    measured: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps_to_fit <= self.window_steps:
@@ -75,25 +79,33 @@ class DraftCosts:
 
 
 class DraftCostMeter:
-    """Decode-only steps in (what the speculator knows of them, timed by the step-cost model), costs out."""
+    """Decode-only steps in (what the speculator knows of them, timed by the step-cost model), costs out.
+
+    One fit per batch-size class (1, 2-3, 4-7, 8-15, 16-31, ...: num_decodes.bit_length()): a verify's extra
+    cost depends on the batch it joins (it leaves the batched decode attention, whose per-request cost falls
+    as the batch grows), so one line over every size misprices the largest (measured on CPU, forced drafts:
+    ~0 ms per verify at batch 1, ~15 at 4, ~10 at 16, plus ~2 per draft). A class without a fit borrows the
+    nearest class's, and before any fit the step-cost fit's terms hold."""
 
     def __init__(self, cost_model: OnlineStepCostModel, config: DraftCostConfig | None = None) -> None:
         self.config = config or DraftCostConfig()
         self._cost_model = cost_model
-        self._steps: collections.deque[tuple[int, int, int, float]] = collections.deque(maxlen=self.config.window_steps)
-        self._since_refit = 0
-        self._fitted: DraftCosts | None = None
+        self._classes: dict[int, _SizeClass] = {}
         # The step planned last: (cost model's num_observed then, decodes, verifies, drafts), None if none
         self._pending: tuple[int, int, int, int] | None = None
 
     @property
-    def fitted(self) -> bool:
-        return self._fitted is not None
+    def fitted(self) -> dict[int, DraftCosts]:
+        """The fitted classes, by their smallest batch size."""
+        return {1 << (key - 1): size.fitted for key, size in sorted(self._classes.items()) if size.fitted is not None}
 
-    def costs(self, num_kv_tokens_read: int) -> DraftCosts:
-        """The fitted terms, or (before a fit) the step-cost fit's, with the decodes' KV read in the base."""
-        if self._fitted is not None:
-            return self._fitted
+    def costs(self, num_decodes: int, num_kv_tokens_read: int = 0) -> DraftCosts:
+        """The terms fitted for this batch size's class (or the nearest fitted class), or before any fit the
+        step-cost fit's, with the decodes' KV read in the base."""
+        key = max(num_decodes, 1).bit_length()
+        fitted = [(abs(other - key), other) for other, size in self._classes.items() if size.fitted is not None]
+        if fitted:
+            return self._classes[min(fitted)[1]].fitted  # type: ignore[return-value]
         fit = self._cost_model.coefficients
         base_s = fit.base_s + fit.per_kv_token_s * num_kv_tokens_read
         return DraftCosts(base_s, fit.per_token_s, 0.0, fit.per_token_s)
@@ -118,81 +130,97 @@ class DraftCostMeter:
         """One decode-only step: num_decodes requests fed, num_verifies of them with num_drafts drafts in all."""
         if step_s <= 0 or num_decodes <= 0:
             return
-        self._steps.append((num_decodes, num_verifies, num_drafts, step_s))
-        self._since_refit += 1
-        if self._since_refit >= self.config.refit_every_steps:
-            self._since_refit = 0
-            self._refit()
+        key = num_decodes.bit_length()
+        size = self._classes.get(key)
+        if size is None:
+            size = self._classes[key] = _SizeClass(collections.deque(maxlen=self.config.window_steps))
+        size.steps.append((num_decodes, num_verifies, num_drafts, step_s))
+        size.since_refit += 1
+        if size.since_refit >= self.config.refit_every_steps and len(size.steps) >= self.config.min_steps_to_fit:
+            size.since_refit = 0
+            size.fitted = _fit(size.steps, self._cost_model.coefficients.per_token_s) or size.fitted
 
-    def _refit(self) -> None:
-        if len(self._steps) < self.config.min_steps_to_fit:
-            return
-        data = np.asarray(self._steps, dtype=np.float64)
-        if not (np.any(data[:, 1] == 0) and np.any(data[:, 1] > 0)):
-            return  # steps with and without drafts both needed to tell a verify from a decode
-        full = np.column_stack([np.ones(len(data)), data[:, :3]])
-        columns = [0]
-        for column in (1, 2, 3):  # a column adds a term only where it varies apart from the others
-            if np.linalg.matrix_rank(full[:, columns + [column]]) == len(columns) + 1:
-                columns.append(column)
-        solution = nonnegative_least_squares(full[:, columns], data[:, 3])
-        if solution is None:
-            return
-        terms = np.zeros(4)
-        terms[columns] = solution
-        if 1 not in columns:  # one batch size n in the window: its plain step is known, not how it scales;
-            # the step-cost fit's per-token slope splits it (a batch that shrinks then values a token more)
-            num_decodes = data[0, 0]
-            terms[1] = min(self._cost_model.coefficients.per_token_s, terms[0] / num_decodes)
-            terms[0] -= terms[1] * num_decodes
-        fitted = DraftCosts(*(float(term) for term in terms))
-        if fitted.plain_step_s(int(data[-1, 0])) > 0.0:  # a plain step that costs nothing is no fit
-            self._fitted = fitted
+
+@dataclass
+class _SizeClass:
+    """One batch-size class's recent decode-only steps (decodes, verifies, drafts, seconds) and its fit."""
+
+    steps: collections.deque[tuple[int, int, int, float]]
+    since_refit: int = 0
+    fitted: DraftCosts | None = None
+
+
+def _fit(steps: collections.deque[tuple[int, int, int, float]], per_token_s: float) -> DraftCosts | None:
+    """Non-negative least squares of the steps' seconds on [1, decodes, verifies, drafts]; None without steps
+    both with and without drafts, or when a plain step would cost nothing."""
+    data = np.asarray(steps, dtype=np.float64)
+    if not (np.any(data[:, 1] == 0) and np.any(data[:, 1] > 0)):
+        return None  # steps with and without drafts both needed to tell a verify from a decode
+    full = np.column_stack([np.ones(len(data)), data[:, :3]])
+    columns = [0]
+    for column in (1, 2, 3):  # a column adds a term only where it varies apart from the others
+        if np.linalg.matrix_rank(full[:, columns + [column]]) == len(columns) + 1:
+            columns.append(column)
+    solution = nonnegative_least_squares(full[:, columns], data[:, 3])
+    if solution is None:
+        return None
+    terms = np.zeros(4)
+    terms[columns] = solution
+    if 1 not in columns:  # one batch size: its plain step is known, not how it scales;
+        # the step-cost fit's per-token slope splits it (a batch that shrinks then values a token more)
+        num_decodes = data[0, 0]
+        terms[1] = min(per_token_s, terms[0] / num_decodes)
+        terms[0] -= terms[1] * num_decodes
+    fitted = DraftCosts(*(float(term) for term in terms))
+    return fitted if fitted.plain_step_s(int(data[-1, 0])) > 0.0 else None
 
 
 def num_drafts_worth(
-    costs: DraftCosts, num_decodes: int, first_rate: float, continuation_rate: float, max_drafts: int
-) -> int:
-    """The k in [0, max_drafts] that maximises a decode's expected output tokens per second when every decode
-    of the batch verifies k drafts (the smallest k on ties; two-rate acceptance model, adaptive_drafting.py):
+    costs: DraftCosts,
+    num_decodes: int,
+    first_rate: float | np.ndarray,
+    continuation_rate: float | np.ndarray,
+    max_drafts: int,
+) -> np.ndarray:
+    """Per request (rates: one pair, or one per request), the k in [0, max_drafts] that maximises its decode's
+    expected output tokens per second in this batch (the smallest k on ties; two-rate acceptance model,
+    adaptive_drafting.py):
 
         k* = argmax_k (1 + accepted(k)) / (plain_step_s(n) / n + verify_s(k))
     """
+    first, later = np.broadcast_arrays(np.atleast_1d(first_rate), np.atleast_1d(continuation_rate))
     if num_decodes <= 0 or max_drafts <= 0:
-        return 0
-    tokens = 1.0 + _expected_accepted(first_rate, continuation_rate, max_drafts)
-    return int(np.argmax(tokens / _decode_s(costs, num_decodes, max_drafts)))
+        return np.zeros(len(first), dtype=np.int64)
+    tokens = 1.0 + _expected_accepted(first, later, max_drafts)  # [requests, max_drafts + 1]
+    return np.argmax(tokens / _decode_s(costs, num_decodes, max_drafts), axis=1)
 
 
-def seconds_per_token(
-    costs: DraftCosts, num_decodes: int, first_rate: float, continuation_rate: float, num_drafts: int
-) -> float:
-    """Expected seconds per output token of a decode that verifies num_drafts drafts in this batch."""
-    accepted = _expected_accepted(first_rate, continuation_rate, num_drafts)[num_drafts]
-    return float(_decode_s(costs, num_decodes, num_drafts)[num_drafts] / (1.0 + accepted))
+def share_s(costs: DraftCosts, num_decodes: int) -> float:
+    """One decode's share of a plain step of this batch: what one more output token is worth, seconds."""
+    return costs.plain_step_s(num_decodes) / max(num_decodes, 1)
 
 
 def expected_savings_s(
     costs: DraftCosts, first_rate: float, continuation_rate: float, max_drafts: int, s_per_token: float
 ) -> np.ndarray:
     """[max_drafts + 1] seconds m drafts of one request are expected to save, accepted(m) x s_per_token -
-    verify_s(m) (m = 0: 0). With s_per_token the batch's at its k*, m > 0 saves only if it raises the
-    batch's tokens per second: how a proposal shorter than k* is judged."""
+    verify_s(m) (m = 0: 0). With s_per_token = share_s, m > 0 saves iff the decode's tokens per second with m
+    drafts beat those without: how a proposal shorter than k* is judged."""
     cost_s = costs.per_verify_s + costs.per_draft_s * np.arange(max_drafts + 1)
     cost_s[0] = 0.0
-    return _expected_accepted(first_rate, continuation_rate, max_drafts) * s_per_token - cost_s
+    accepted = _expected_accepted(np.atleast_1d(first_rate), np.atleast_1d(continuation_rate), max_drafts)[0]
+    return accepted * s_per_token - cost_s
 
 
-def _expected_accepted(first_rate: float, continuation_rate: float, max_drafts: int) -> np.ndarray:
-    """[max_drafts + 1] expected accepted drafts of a verify of m drafts: a1 (1 + c + ... + c^(m-1))."""
-    first, later = min(max(first_rate, 0.0), 1.0), min(max(continuation_rate, 0.0), 1.0)
-    reached = first * later ** np.arange(max_drafts)  # P(draft i + 1 accepted)
-    return np.concatenate([[0.0], np.cumsum(reached)])
+def _expected_accepted(first_rate: np.ndarray, continuation_rate: np.ndarray, max_drafts: int) -> np.ndarray:
+    """[requests, max_drafts + 1] expected accepted drafts of a verify of m drafts: a1 (1 + c + ... + c^(m-1))."""
+    first, later = np.clip(first_rate, 0.0, 1.0)[:, None], np.clip(continuation_rate, 0.0, 1.0)[:, None]
+    reached = first * later ** np.arange(max_drafts)[None, :]  # P(draft i + 1 accepted)
+    return np.concatenate([np.zeros((len(reached), 1)), np.cumsum(reached, axis=1)], axis=1)
 
 
 def _decode_s(costs: DraftCosts, num_decodes: int, max_drafts: int) -> np.ndarray:
     """[max_drafts + 1] seconds one decode of the batch takes with m drafts: its share of a plain step + verify_s(m)."""
-    share_s = costs.plain_step_s(num_decodes) / num_decodes
     verify_s = costs.per_verify_s + costs.per_draft_s * np.arange(max_drafts + 1)
     verify_s[0] = 0.0
-    return np.maximum(share_s + verify_s, 1e-12)
+    return np.maximum(share_s(costs, num_decodes) + verify_s, 1e-12)

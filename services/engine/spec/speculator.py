@@ -6,15 +6,16 @@ slots within the step's token budget and free KV (Scheduler._grant_drafts), the 
 early-exit drafts inside the step and verifies all of them, and observe() records what was accepted.
 
 How many drafts, per step:
-    batch level:   num_drafts_worth picks k in [0, k_max] with the largest expected saving per verify,
-                   expected accepted drafts x seconds per output token of this batch - the verify's
-                   measured extra cost (draft_cost.py: a meter fitted on the engine's own decode steps,
-                   with and without drafts); a compute-bound step (large batch) makes a token worth
-                   little and a verify dear, so k falls to 0 there (acceptance: the first draft's rate
-                   and each next one's given the last, pooled over the batch; adaptive_drafting.py);
-                   a request whose proposal is shorter than k verifies it only if that saves too;
-                   after probe_every_steps steps turned down in a row, one proposal is verified
-                   anyway (costs and acceptance re-measured: a batch that stopped can start again);
+    batch level:   num_drafts_worth picks each decode's k in [0, k_max] maximising its expected output
+                   tokens per second in this batch: its share of a plain step yields one token, a verify
+                   of k drafts adds the verify's measured cost (draft_cost.py: a meter fitted on the
+                   engine's own decode steps, with and without drafts) and yields the accepted drafts
+                   (two-rate acceptance, the request's own estimate shrunk toward the batch's;
+                   adaptive_drafting.py); a compute-bound step (large batch) makes a token worth little
+                   and a verify dear, so k falls to 0 there except for long, likely copies; a proposal
+                   shorter than k is verified only if it too is expected to save time; after
+                   probe_every_steps steps without drafts one proposal is verified anyway (costs and
+                   acceptance re-measured: a batch that stopped can start again);
     request level: AcceptanceTracker stops a request whose drafts keep failing, for a backoff that
                    doubles, then probes it again; verifies of n-gram unigram-fallback drafts are not
                    judged (1-2 tokens, accepted ~35% of the time, they pulled a request's estimate
@@ -32,13 +33,14 @@ import numpy as np
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.output import SchedulerOutput
-from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig
+from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDraftingConfig, batch_num_drafts
 from services.engine.spec.draft_cost import (
     DraftCostConfig,
     DraftCostMeter,
+    DraftCosts,
     expected_savings_s,
     num_drafts_worth,
-    seconds_per_token,
+    share_s,
 )
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
@@ -84,48 +86,69 @@ class Speculator:
 
     def _plan_drafts(self, decodes: list[Request], num_decodes: int) -> list[Request]:
         """Drafts for the decodes that may draft, where they are expected to save time; the requests that got some."""
-        if self.two_rate_model:
-            first_rate, continuation_rate = self.tracker.batch_acceptance_model()
-        else:
-            first_rate = continuation_rate = self.tracker.batch_acceptance_rate()
-        # The decodes' KV read is part of the step-cost fit the meter reads before its own fit: on CPU that
-        # fit can put a step's fixed cost there (base_s ~ 0), and without it a draft looked as dear as a step.
-        costs = self.meter.costs(sum(request.num_tokens for request in decodes))
-        max_drafts = self.config.num_speculative_tokens
-        batch_k = num_drafts_worth(costs, num_decodes, first_rate, continuation_rate, max_drafts)
-        probe = batch_k == 0 and self._steps_turned_down + 1 >= self.meter.config.probe_every_steps
-        if batch_k == 0 and not probe:
+        first, later, worth, costs = self._drafts_worth(decodes, num_decodes)
+        measured = self.meter.config.measured
+        probe = measured and not worth.any() and self._steps_turned_down + 1 >= self.meter.config.probe_every_steps
+        if not (worth.any() or probe):
             self._steps_turned_down += 1
             return []
-        s_per_token = seconds_per_token(costs, num_decodes, first_rate, continuation_rate, batch_k)
-        savings_s = expected_savings_s(costs, first_rate, continuation_rate, max_drafts, s_per_token)
+        max_drafts = self.config.num_speculative_tokens
+        value_s = share_s(costs, num_decodes)
         drafting = []
-        for request in decodes:
+        for index, request in enumerate(decodes):
             limit = min(
-                batch_k or max_drafts,
+                max_drafts if probe else int(worth[index]),
                 request.sampling.max_tokens - request.num_output_tokens - 1,
                 self.max_model_len - request.num_tokens,
             )
             num_drafts = self.tracker.num_drafts(request.request_id, limit) if limit > 0 else 0
-            if num_drafts > 0 and self._set_drafts(request, num_drafts, savings_s, probe):
+            if num_drafts == 0:
+                continue
+            # a probe, or the turn-down before the meter, keeps every proposal
+            judged = measured and not probe
+            savings_s = expected_savings_s(costs, first[index], later[index], num_drafts, value_s) if judged else None
+            if self._set_drafts(request, num_drafts, savings_s):
                 drafting.append(request)
                 if probe:  # one proposal re-measures; the others stay turned down
                     break
         self._steps_turned_down = 0 if drafting else self._steps_turned_down + 1
         return drafting
 
+    def _drafts_worth(
+        self, decodes: list[Request], num_decodes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, DraftCosts]:
+        """Per decode that may draft: a1, c and the k worth drafting; and the costs they were judged by."""
+        if self.two_rate_model:
+            pooled = self.tracker.batch_acceptance_model()
+            first, later = self.tracker.request_acceptance_models([request.request_id for request in decodes], pooled)
+        else:  # the "@prev" rules: one pooled rate for every request
+            pooled = (self.tracker.batch_acceptance_rate(),) * 2
+            first = later = np.full(len(decodes), pooled[0])
+        # The decodes' KV read is part of the step-cost fit the meter reads before its own fit: on CPU that
+        # fit can put a step's fixed cost there (base_s ~ 0), and without it a draft looked as dear as a step.
+        num_kv_tokens_read = sum(request.num_tokens for request in decodes)
+        max_drafts = self.config.num_speculative_tokens
+        costs = self.meter.costs(num_decodes, num_kv_tokens_read)
+        if self.meter.config.measured:
+            return first, later, num_drafts_worth(costs, num_decodes, first, later, max_drafts), costs
+        # the turn-down before the meter (`alise bench spec`'s "@fit"): one k for the batch on the step-cost fit
+        k = batch_num_drafts(len(decodes), pooled[0], max_drafts, self.cost_model.coefficients,
+                             num_kv_tokens_read=num_kv_tokens_read, continuation_rate=pooled[1])  # fmt: skip
+        return first, later, np.full(len(decodes), k), costs
+
     def _may_draft(self, request: Request) -> bool:
         sampling = request.sampling
         return sampling.speculative and request.num_output_tokens >= sampling.min_tokens
 
-    def _set_drafts(self, request: Request, num_drafts: int, savings_s: np.ndarray, probe: bool) -> bool:
-        """Sets up to num_drafts drafts on the request if they are expected to save time (or probe); whether it did."""
+    def _set_drafts(self, request: Request, num_drafts: int, savings_s: np.ndarray | None) -> bool:
+        """Sets up to num_drafts drafts on the request if they are expected to save time (savings_s[m]: m drafts;
+        None: kept whatever their length); whether it did."""
         if self.config.method is SpeculativeMethod.EARLY_EXIT:  # the runner drafts in the step
             request.num_draft_slots = num_drafts
             return True
         tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
         drafts, matched = self.config.ngram.propose_with_source(tokens, num_drafts)
-        if not drafts or (savings_s[len(drafts)] <= 0.0 and not probe):  # a short proposal: the verify costs more
+        if not drafts or (savings_s is not None and savings_s[len(drafts)] <= 0.0):  # short: the verify costs more
             return False
         request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
         if not matched:
