@@ -15,6 +15,7 @@ from services.engine.spec.draft_cost import (
     DraftCosts,
     expected_savings_s,
     num_drafts_worth,
+    token_value_s,
 )
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
@@ -154,3 +155,33 @@ def test_a_batch_stops_drafting_where_verifies_cost_more_probes_and_starts_again
     assert len(probes) == 4 and all(num <= 16 for num in probes)
     # the batch shrinks to one request: drafting starts again at once
     assert _step(speculator, cost_model, copies[:1]) > 0
+
+
+def test_an_accepted_token_saves_the_base_only_as_far_as_the_whole_batch_drafts():
+    assert token_value_s(CPU, 1, 1.0) == pytest.approx(CPU.plain_step_s(1))  # batch 1: the whole step
+    assert token_value_s(CPU, 16, 1.0) == pytest.approx(CPU.plain_step_s(16) / 16)  # all draft: a decode's share
+    assert token_value_s(CPU, 16, 2 / 16) == pytest.approx(CPU.per_decode_s + CPU.base_s / 128)
+
+
+def _fitted_speculator() -> tuple[Speculator, OnlineStepCostModel]:
+    speculator, cost_model = _speculator()
+    for step in range(64):  # CPU-shaped decode steps at batch 1 and 16, with and without verifies
+        num_decodes, num_verifies = (1, step % 2) if step < 32 else (16, step % 3)
+        step_s = _measured_step_s(num_decodes, num_verifies, 4 * num_verifies)
+        speculator.meter.record(num_decodes, num_verifies, 4 * num_verifies, step_s)
+    return speculator, cost_model
+
+
+def test_a_few_copies_in_a_large_batch_do_not_draft_but_a_whole_batch_of_them_does():
+    speculator, _ = _fitted_speculator()
+    copies = [_decoding(f"c{i}") for i in range(16)]
+    plain = [_decoding(f"p{i}", copies=False) for i in range(14)]
+    for request in copies:  # copies so far: 3 of 8 drafts accepted per verify (a1 ~1, c ~0.67)
+        for _ in range(4):
+            speculator.tracker.record(request.request_id, 8, 3)
+    speculator.plan(copies[:2] + plain)  # 2 of 16 copy: an accepted token saves little more than a decode
+    assert not any(request.num_draft_slots for request in copies[:2])
+    speculator.plan(copies)  # every decode copies: the batch's steps fall, so its fixed cost is saved too
+    assert all(request.num_draft_slots > 0 for request in copies)
+    speculator.plan(copies[:1])  # batch 1: drafts
+    assert copies[0].num_draft_slots > 0

@@ -18,17 +18,18 @@ per-token slope splits the plain step into base and decodes). Until it has enoug
 it reads the step-cost fit (per_verify_s 0, a draft priced as a fed token): the behaviour before, which
 drafts, and so measures.
 
-How many drafts (num_drafts_worth): a decode's share of a plain step of this batch, plain_step_s(n) / n,
-yields one token; verifying m drafts adds verify_s(m) = per_verify_s + m per_draft_s and yields 1 +
-accepted(m) (two-rate acceptance); k* maximises that decode's tokens per second, so drafts pay only when
+How many drafts, in two passes (Speculator._plan_drafts):
+1. num_drafts_worth: a decode's share of a plain step of this batch, plain_step_s(n) / n, yields one token;
+   verifying m drafts adds verify_s(m) = per_verify_s + m per_draft_s and yields 1 + accepted(m) (two-rate
+   acceptance, each request's own shrunk toward the batch's: AcceptanceTracker.request_acceptance_models);
+   each decode's k* maximises its tokens per second, and the decodes with k* > 0 propose up to k* drafts.
+2. Each proposal is cut to the m that saves most, accepted(m) x token_value_s - verify_s(m), and dropped
+   where no m saves. An accepted token saves its request a later decode (per_decode_s), and the step's
+   fixed cost only as far as the whole batch speeds up (the fraction of decodes that proposed): a group's
+   steps last until its slowest request is done.
 
-    expected accepted drafts(k*) x seconds per output token  >  per_verify_s + k* per_draft_s
-
-At batch 1 a decode's share is a whole step and drafts are nearly free; at batch 16 on CPU the share is a
-sixteenth of a step and a verify's own cost is of that order, so only long, likely copies pass. A request
-whose proposal is shorter than its k* verifies it only if that is expected to save time too (expected_savings_s).
-Acceptance is each request's own, shrunk toward the batch's (AcceptanceTracker.request_acceptance_models):
-a request in a long copy drafts where the batch's average would not.
+At batch 1 a token is worth a whole step and drafts are nearly free; at batch 16 on CPU it is worth about
+one decode and a verify's own cost is of that order, so only long, likely copies pass.
 """
 
 from __future__ import annotations
@@ -196,16 +197,26 @@ def num_drafts_worth(
 
 
 def share_s(costs: DraftCosts, num_decodes: int) -> float:
-    """One decode's share of a plain step of this batch: what one more output token is worth, seconds."""
+    """One decode's share of a plain step of this batch, seconds."""
     return costs.plain_step_s(num_decodes) / max(num_decodes, 1)
+
+
+def token_value_s(costs: DraftCosts, num_decodes: int, drafting_fraction: float) -> float:
+    """What one accepted draft saves, seconds: its request one decode later on (per_decode_s), and the step's
+    fixed cost (base_s / n per token) only as far as the whole batch speeds up, here the fraction of its
+    decodes that verify. A batch holds its steps until its slowest request is done: where a few requests
+    draft, they finish early and the rest decode at a smaller, less efficient batch, so the base is not
+    saved (measured: 7 drafts per step at batch 16, 0.84x in a closed group where the share-valued rule
+    predicted a gain). At batch 1 (fraction 1) it is the whole step, as before."""
+    fraction = min(max(drafting_fraction, 0.0), 1.0)
+    return costs.per_decode_s + fraction * costs.base_s / max(num_decodes, 1)
 
 
 def expected_savings_s(
     costs: DraftCosts, first_rate: float, continuation_rate: float, max_drafts: int, s_per_token: float
 ) -> np.ndarray:
     """[max_drafts + 1] seconds m drafts of one request are expected to save, accepted(m) x s_per_token -
-    verify_s(m) (m = 0: 0). With s_per_token = share_s, m > 0 saves iff the decode's tokens per second with m
-    drafts beat those without: how a proposal shorter than k* is judged."""
+    verify_s(m) (m = 0: 0); s_per_token is what an accepted token saves (token_value_s)."""
     cost_s = costs.per_verify_s + costs.per_draft_s * np.arange(max_drafts + 1)
     cost_s[0] = 0.0
     accepted = _expected_accepted(np.atleast_1d(first_rate), np.atleast_1d(continuation_rate), max_drafts)[0]

@@ -6,16 +6,18 @@ slots within the step's token budget and free KV (Scheduler._grant_drafts), the 
 early-exit drafts inside the step and verifies all of them, and observe() records what was accepted.
 
 How many drafts, per step:
-    batch level:   num_drafts_worth picks each decode's k in [0, k_max] maximising its expected output
-                   tokens per second in this batch: its share of a plain step yields one token, a verify
-                   of k drafts adds the verify's measured cost (draft_cost.py: a meter fitted on the
-                   engine's own decode steps, with and without drafts) and yields the accepted drafts
+    batch level:   every decode's k in [0, k_max] maximises its expected output tokens per second in
+                   this batch: its share of a plain step yields one token, a verify of k drafts adds the
+                   verify's measured cost (draft_cost.py: a meter fitted on the engine's own decode
+                   steps, with and without drafts, per batch-size class) and yields the accepted drafts
                    (two-rate acceptance, the request's own estimate shrunk toward the batch's;
-                   adaptive_drafting.py); a compute-bound step (large batch) makes a token worth little
-                   and a verify dear, so k falls to 0 there except for long, likely copies; a proposal
-                   shorter than k is verified only if it too is expected to save time; after
-                   probe_every_steps steps without drafts one proposal is verified anyway (costs and
-                   acceptance re-measured: a batch that stopped can start again);
+                   adaptive_drafting.py); the decodes with k > 0 propose, and each proposal is cut to
+                   the length that saves most at what an accepted token is worth in this batch (a
+                   later decode of its request, plus the step's fixed cost only as far as the whole
+                   batch drafts), or dropped; a compute-bound step (large batch) makes a token worth
+                   little and a verify dear, so drafting stops there except for long, likely copies;
+                   after probe_every_steps steps without drafts one proposal is verified anyway (costs
+                   and acceptance re-measured: a batch that stopped can start again);
     request level: AcceptanceTracker stops a request whose drafts keep failing, for a backoff that
                    doubles, then probes it again; verifies of n-gram unigram-fallback drafts are not
                    judged (1-2 tokens, accepted ~35% of the time, they pulled a request's estimate
@@ -40,7 +42,7 @@ from services.engine.spec.draft_cost import (
     DraftCosts,
     expected_savings_s,
     num_drafts_worth,
-    share_s,
+    token_value_s,
 )
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
@@ -85,7 +87,11 @@ class Speculator:
         self.meter.planned(num_decodes, len(drafting), sum(request.num_draft_slots for request in drafting))
 
     def _plan_drafts(self, decodes: list[Request], num_decodes: int) -> list[Request]:
-        """Drafts for the decodes that may draft, where they are expected to save time; the requests that got some."""
+        """Drafts for the decodes that may draft, where they are expected to save time; the requests that got some.
+
+        First every decode with k > 0 proposes (k from its tokens per second at a decode's full share);
+        then each proposal is cut to the length that saves most at the value of an accepted token given the
+        share of the batch that proposed (token_value_s), and dropped where none saves."""
         first, later, worth, costs = self._drafts_worth(decodes, num_decodes)
         measured = self.meter.config.measured
         probe = measured and not worth.any() and self._steps_turned_down + 1 >= self.meter.config.probe_every_steps
@@ -93,8 +99,7 @@ class Speculator:
             self._steps_turned_down += 1
             return []
         max_drafts = self.config.num_speculative_tokens
-        value_s = share_s(costs, num_decodes)
-        drafting = []
+        proposing = []
         for index, request in enumerate(decodes):
             limit = min(
                 max_drafts if probe else int(worth[index]),
@@ -102,17 +107,31 @@ class Speculator:
                 self.max_model_len - request.num_tokens,
             )
             num_drafts = self.tracker.num_drafts(request.request_id, limit) if limit > 0 else 0
-            if num_drafts == 0:
-                continue
-            # a probe, or the turn-down before the meter, keeps every proposal
-            judged = measured and not probe
-            savings_s = expected_savings_s(costs, first[index], later[index], num_drafts, value_s) if judged else None
-            if self._set_drafts(request, num_drafts, savings_s):
-                drafting.append(request)
+            if num_drafts > 0 and self._propose(request, num_drafts):
+                proposing.append(index)
                 if probe:  # one proposal re-measures; the others stay turned down
                     break
+        if measured and not probe:  # a probe, or the turn-down before the meter, keeps every proposal
+            value_s = token_value_s(costs, num_decodes, len(proposing) / num_decodes)
+            proposing = [
+                index for index in proposing if self._cut(decodes[index], costs, first[index], later[index], value_s)
+            ]
+        drafting = [decodes[index] for index in proposing]
         self._steps_turned_down = 0 if drafting else self._steps_turned_down + 1
         return drafting
+
+    def _cut(self, request: Request, costs: DraftCosts, first: float, later: float, value_s: float) -> bool:
+        """Cuts the request's proposal to the length that saves most (none: cleared); whether any is left."""
+        savings_s = expected_savings_s(costs, first, later, request.num_draft_slots, value_s)
+        keep = int(np.argmax(savings_s))
+        if keep == 0:
+            request.num_draft_slots, request.draft_token_ids = 0, None
+            self._unjudged.discard(request.request_id)
+            return False
+        request.num_draft_slots = keep
+        if request.draft_token_ids is not None:
+            request.draft_token_ids = request.draft_token_ids[:keep]
+        return True
 
     def _drafts_worth(
         self, decodes: list[Request], num_decodes: int
@@ -140,15 +159,14 @@ class Speculator:
         sampling = request.sampling
         return sampling.speculative and request.num_output_tokens >= sampling.min_tokens
 
-    def _set_drafts(self, request: Request, num_drafts: int, savings_s: np.ndarray | None) -> bool:
-        """Sets up to num_drafts drafts on the request if they are expected to save time (savings_s[m]: m drafts;
-        None: kept whatever their length); whether it did."""
+    def _propose(self, request: Request, num_drafts: int) -> bool:
+        """Sets up to num_drafts drafts (or early-exit draft slots) on the request; whether it got any."""
         if self.config.method is SpeculativeMethod.EARLY_EXIT:  # the runner drafts in the step
             request.num_draft_slots = num_drafts
             return True
         tokens = np.array(request.prompt_token_ids + request.output_token_ids, dtype=np.int64)
         drafts, matched = self.config.ngram.propose_with_source(tokens, num_drafts)
-        if not drafts or (savings_s is not None and savings_s[len(drafts)] <= 0.0):  # short: the verify costs more
+        if not drafts:
             return False
         request.num_draft_slots, request.draft_token_ids = len(drafts), drafts
         if not matched:
