@@ -31,9 +31,10 @@ and the next request admitted waited 0.6 s for the first of them to end, while t
     capacity        the replica's running batch capacity (GetStats max_num_seqs; 0 = not reported: no
                     figure). Not learned from the largest batch seen: a replica that never ran more than
                     3 requests would then look full at 3 and refuse under light load.
-    j               = running + waiting - capacity   (running requests that end before a place is free
-                                                      for the new one, minus one; < 0: room now)
-    wait_s          = j-th smallest remaining tokens of the running ones * step_s,
+    places          each running request's remaining tokens (when its place frees, in steps); places
+                    not taken free now; the waiting requests, in the order sent, each take the
+                    earliest place and hold it for their own remaining tokens
+    wait_s          = the earliest place left after that * step_s (0 while running + waiting < capacity)
     step_s          = seconds_per_token * capacity   (a full batch's step makes one token per request)
 
 Only this gateway's requests are counted: with several gateways on one replica none of them sees a
@@ -44,6 +45,7 @@ batch limited by KV blocks before max_num_seqs is not seen as full either.
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import statistics
 from dataclasses import dataclass
@@ -104,15 +106,22 @@ class ReplicaLoadTracker:
         return sum(request.remaining_tokens for request in self._live.values() if request.num_received_tokens == 0)
 
     def first_slot_wait_s(self, seconds_per_token: float) -> float:
-        """Predicted seconds until the replica's running batch has a place for one more request (0: room now)."""
+        """Predicted seconds until the replica's running batch has a place for one more request (0: room now).
+
+        Places free as running requests end; the requests waiting ahead (no token yet, in the order sent)
+        take them first and each holds its place for its own predicted tokens, so the new request's place is
+        the (num_waiting + 1)-th to free: replayed below in full-batch steps. (Taking the j-th running end
+        alone, capped at the last, said at most one batch's wait however deep the queue.)"""
         capacity = self.batch_capacity
         if capacity <= 0 or len(self._live) < capacity:
             return 0.0
-        running = sorted(r.remaining_tokens for r in self._live.values() if r.num_received_tokens > 0)
-        num_ahead = len(self._live) - capacity  # running + waiting - capacity
-        if not running:
-            return 0.0
-        return running[min(num_ahead, len(running) - 1)] * seconds_per_token * capacity
+        ends = [r.remaining_tokens for r in self._live.values() if r.num_received_tokens > 0]  # in steps from now
+        ends += [0.0] * (capacity - len(ends))  # places free now (or taken by requests not yet seen running)
+        heapq.heapify(ends)
+        for request in self._live.values():  # insertion order: the order sent
+            if request.num_received_tokens == 0:
+                heapq.heappush(ends, heapq.heappop(ends) + request.remaining_tokens)
+        return ends[0] * seconds_per_token * capacity
 
     def on_stats(
         self,

@@ -153,6 +153,8 @@ class EnginePool:
         refused = replica.queue_full.full_reason()
         if refused is not None:
             return RefusalReason.QUEUE_FULL, refused
+        if self._settings.max_queued_work_s <= 0:  # no bound: nothing to predict
+            return None
         rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
         if rate is None:  # no rate measured yet: its work in seconds is unknown, not large
             return None

@@ -210,3 +210,15 @@ def test_no_slot_wait_below_the_batch_capacity_or_when_the_engine_does_not_repor
     assert load.first_slot_wait_s(0.002) == pytest.approx(7 * 0.002 * 4)  # the next one waits for the first end
     load.on_stats(polled_tokens=0.0, polled_work_s=0.0, mine_at_poll=0.0, polled_max_num_seqs=16)
     assert load.first_slot_wait_s(0.002) == 0.0  # room in a batch of 16
+
+
+def test_requests_waiting_beyond_one_batch_push_the_slot_wait_past_the_last_running_end():
+    """Each request waiting ahead takes the earliest place and holds it for its own tokens; the figure
+    used to stop at the last running request's end however deep the queue (here 8 steps, not 16)."""
+    load = ReplicaLoadTracker()
+    load.on_stats(polled_tokens=0.0, polled_work_s=0.0, mine_at_poll=0.0, polled_max_num_seqs=4)
+    for generated in (30, 28, 26, 24):  # running, 2 / 4 / 6 / 8 tokens left
+        load.begin(32.0, 32).num_received_tokens = generated
+    for _ in range(6):
+        load.begin(10.0, 10)  # waiting, 10 tokens each: they free places at 12, 14, 16, 18, 22, 24
+    assert load.first_slot_wait_s(0.001) == pytest.approx(16 * 0.001 * 4)
