@@ -231,3 +231,21 @@ def test_the_victim_rank_counts_the_recompute_a_preemption_would_waste():
         assert policy.remaining_s(deep) > policy.remaining_s(fresh) or policy.name == "srpt-oracle"
         assert keys[0] > keys[1]  # the fresh request is the first victim, though it has less work left
         assert min(keys) >= 0.0  # ranks stay above the promoted ones (policy.py)
+
+
+@pytest.mark.parametrize("num_backlog, displaced", [(1, True), (5, False)])
+def test_a_displacement_never_sends_its_victim_behind_a_backlog(num_backlog, displaced):
+    # One seat. The victim (~44 tokens predicted) is clearly longer than each waiting request (~22):
+    # with one waiting, it resumes after ~22 steps, within its allowance of one decode step per
+    # output token (~45); behind five it would wait ~110 steps mid-output, so it keeps its seat.
+    from services.engine.scheduler.displacement import MAX_DEFERRAL_STEPS_PER_TOKEN
+
+    assert MAX_DEFERRAL_STEPS_PER_TOKEN == 1.0  # the figures above
+    scheduler = make_scheduler(policy="alise", max_num_seqs=1, num_blocks=128)
+    scheduler.add(make_predicted_request("victim", 4, max_tokens=400, predicted_tokens=40))
+    run_step(scheduler)
+    for index in range(num_backlog):
+        scheduler.add(make_predicted_request(f"waiting-{index}", 4, max_tokens=400, predicted_tokens=20))
+    output, _ = run_step(scheduler)
+    assert output.preempted_request_ids == (["victim"] if displaced else [])
+    assert _ids(c.request for c in output.chunks) == (["waiting-0"] if displaced else ["victim"])

@@ -61,6 +61,13 @@ class SchedulingPolicy(Protocol):
         back when the eviction handler would save it more cheaply."""
         ...
 
+    def requeue_key(self, running: Request, now_s: float, victim_cost_s: float) -> PriorityKey:
+        """The waiting-queue key `running` would get if it were preempted now (victim_cost_s as in
+        displaces): the scheduler estimates from it how long the victim would wait to resume
+        (displacement.py's deferral bound). The default suits keys that do not depend on when the
+        request starts waiting."""
+        return self.priority_key(running)
+
 
 class FcfsPolicy(SchedulingPolicy):
     """First come, first served: the vLLM default. Preempted requests keep their arrival time, so

@@ -64,7 +64,7 @@ class PreemptedKv:
         self, waiting: WaitingQueue, num_running: int, request: Request, block_ids: list[int], num_kv_tokens: int
     ) -> EvictedKv:
         prefill_s = self._cost_model.prefill_s_per_token
-        wait_s = expected_wait_s(request.rank_key, waiting, self._remaining_s, num_running)
+        wait_s = expected_wait_s(request.rank_key, waiting, self.remaining_s, num_running)
         return EvictedKv(request, block_ids, num_kv_tokens, prefill_s * num_kv_tokens, wait_s)
 
     def preemption_cost_s(self, request: Request, num_blocks: int) -> float:
@@ -75,7 +75,7 @@ class PreemptedKv:
             return recompute_s
         return min(recompute_s, self.handler.preemption_cost_s(request.num_computed_tokens, num_blocks, recompute_s))
 
-    def _remaining_s(self, request: Request) -> float:
+    def remaining_s(self, request: Request) -> float:
         """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""
         cost = self._cost_model
         return (

@@ -5,7 +5,7 @@ Every step:
      ahead of all others (among themselves, in promotion order) and are never displaced;
   1. displacement (policies with preempts_for_waiting): while the best waiting request cannot get a
      batch seat or KV blocks, and the policy says it displaces the worst running request, that one
-     is preempted to make room;
+     is preempted to make room, unless it would then wait too long to resume (displacement.py);
   2. running requests get the tokens they need within the token budget: decodes first (1 token
      each), then prompt chunks, each group best first; if KV blocks run out, the worst running
      request not yet scheduled this step is preempted until the request fits (or the request itself);

@@ -14,6 +14,9 @@ Hysteresis (no thrash): a waiting request displaces a running one only if
     remaining_s(running) - remaining_s(waiting) > victim_cost_s(running) + MIN_GAIN_STEPS * decode_step_s
 i.e. it must be clearly shorter, and the time saved must pay for setting the victim's KV aside:
 recomputing it, or swapping it out and back where the memory manager would do that more cheaply.
+The scheduler adds a bound of its own: the victim's wait to resume, from the rank it re-enters the
+queue with (requeue_key), must stay within about one decode step per output token of the victim's
+(displacement.py's deferral bound).
 Victims (the running batch's rank, priority_keys): when KV runs short the scheduler preempts the
 worst-ranked running request, and under recompute its computed KV is thrown away and computed
 again: GPU time taken from every request in the batch. So a running request ranks by
@@ -118,6 +121,15 @@ class AlisePolicy(SchedulingPolicy):
         if waiting_s >= (1.0 - MIN_RELATIVE_GAIN) * running_s:
             return False
         return running_s - waiting_s > victim_cost_s + MIN_GAIN_STEPS * self.cost_model.decode_step_s
+
+    def requeue_key(self, running: Request, now_s: float, victim_cost_s: float) -> float:
+        """priority_key of `running` re-entering the queue now, its setting-aside cost added to its
+        remaining time (a recompute victim's KV is all to compute again)."""
+        remaining_s = self.remaining_s(running) + victim_cost_s
+        horizon = self.aging_horizon_s
+        if horizon == math.inf:
+            return remaining_s
+        return now_s + (remaining_s if remaining_s < horizon else horizon)
 
 
 class SrptOraclePolicy(AlisePolicy):
