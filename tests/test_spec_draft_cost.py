@@ -3,6 +3,8 @@ stops at a batch whose verifies cost more than they save, probes now and then, a
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from services.engine.spec.draft_cost import (
     DraftCostConfig,
     DraftCostMeter,
     DraftCosts,
+    StepClock,
     expected_savings_s,
     num_drafts_worth,
     token_value_s,
@@ -185,3 +188,18 @@ def test_a_few_copies_in_a_large_batch_do_not_draft_but_a_whole_batch_of_them_do
     assert all(request.num_draft_slots > 0 for request in copies)
     speculator.plan(copies[:1])  # batch 1: drafts
     assert copies[0].num_draft_slots > 0
+
+
+def test_on_cpu_a_step_is_timed_on_process_cpu_time_from_its_plan_to_its_end():
+    cost_model = OnlineStepCostModel(UNDERPRICED)
+    config = DraftCostConfig(min_steps_to_fit=1, refit_every_steps=1, clock=StepClock.PROCESS_CPU)
+    meter = DraftCostMeter(cost_model, config)
+    meter.settle()  # the plan of the coming step starts its clock
+    meter.planned(4, 1, 3)
+    started = time.process_time()
+    while time.process_time() - started < 0.02:  # the step's work
+        pass
+    cost_model.observe(7, 0, 5.0)  # its wall time (a loaded machine) is not what the meter records
+    meter.settle()
+    (step,) = meter._classes[(4).bit_length()].steps
+    assert step[:3] == (4, 1, 3) and 0.02 <= step[3] < 1.0

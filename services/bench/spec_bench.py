@@ -130,16 +130,17 @@ def previous_ngram_speculator(speculator: "Speculator") -> "Speculator":
     config = speculator.config
     ngram = replace(config.ngram, copy_past_end=False, num_unigram_drafts=0)
     adaptive = AdaptiveDraftingConfig(two_rate_model=False)
-    return Speculator(replace(config, ngram=ngram), speculator.cost_model, speculator.max_model_len, adaptive)
+    return Speculator(
+        replace(config, ngram=ngram), speculator.cost_model, speculator.max_model_len, adaptive, speculator.meter.config
+    )
 
 
 def fitted_turn_down_speculator(speculator: "Speculator") -> "Speculator":
     """The same engine's speculator with the batch-level turn-down before the measured draft costs (the
     "@fit" preset): one k for the batch from batch_num_drafts on the step-cost fit, no probe."""
-    from services.engine.spec.draft_cost import DraftCostConfig
     from services.engine.spec.speculator import Speculator
 
-    costs = DraftCostConfig(measured=False)
+    costs = replace(speculator.meter.config, measured=False)
     return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
 
 

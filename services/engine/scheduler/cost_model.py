@@ -25,6 +25,7 @@ not re-rank 1,000 waiting requests for a 1% wobble. Plain Python + numpy.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,9 +72,11 @@ class OnlineStepCostModel:
         self._smoothing = step_time_smoothing  # weight of the newest step in the mean step time
         self._since_refit = 0
         # The last step observed and how many were, for readers that pair a step with what they know of it
-        # (the speculator's draft-cost meter: which of the step's tokens were drafts). Not used by the fit.
+        # (the speculator's draft-cost meter: which of the step's tokens were drafts; on CPU it times steps
+        # on process CPU time, robust to other jobs on the machine). Not used by the fit.
         self.num_observed = 0
         self.last_observed: tuple[int, int, float] | None = None
+        self.last_observed_cpu_s = 0.0  # the process's CPU time when the last step was observed (its end)
         self.mean_step_s = prior.step_time_s(1, 0)  # exponentially weighted mean of measured steps
         # The two rates policies read, as plain attributes (read for every request every step);
         # they change only at a refit, together with `version`.
@@ -91,6 +94,7 @@ class OnlineStepCostModel:
             return
         self.num_observed += 1
         self.last_observed = (num_batched_tokens, num_kv_tokens_read, step_s)
+        self.last_observed_cpu_s = time.process_time()
         self._steps.append(self.last_observed)
         self.mean_step_s += self._smoothing * (step_s - self.mean_step_s)
         self._since_refit += 1

@@ -35,11 +35,22 @@ one decode and a verify's own cost is of that order, so only long, likely copies
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from services.engine.scheduler.cost_model import OnlineStepCostModel, nonnegative_least_squares
+
+
+class StepClock(StrEnum):
+    """What the meter times a step with."""
+
+    WALL = "wall"  # the step-cost model's model time (forward + update; GPUs, where the host waits on the device)
+    # the process's CPU time from the start of plan() (drafting included) to the step's end: a CPU engine's
+    # steps, robust to other jobs sharing the cores (wall time on a loaded machine swings by 2-5x)
+    PROCESS_CPU = "process-cpu"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class DraftCostConfig:
     # False: the turn-down before the meter (one k for the batch, batch_num_drafts on the step-cost fit,
     # pooled acceptance, no probe), kept for `alise bench spec`'s "@fit" column to measure against.
     measured: bool = True
+    clock: StepClock = StepClock.WALL
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps_to_fit <= self.window_steps:
@@ -92,8 +104,10 @@ class DraftCostMeter:
         self.config = config or DraftCostConfig()
         self._cost_model = cost_model
         self._classes: dict[int, _SizeClass] = {}
-        # The step planned last: (cost model's num_observed then, decodes, verifies, drafts), None if none
-        self._pending: tuple[int, int, int, int] | None = None
+        # The step planned last: (cost model's num_observed then, decodes, verifies, drafts, process CPU time at
+        # the start of its plan), None if none
+        self._pending: tuple[int, int, int, int, float] | None = None
+        self._plan_started_cpu_s = 0.0
 
     @property
     def fitted(self) -> dict[int, DraftCosts]:
@@ -113,19 +127,26 @@ class DraftCostMeter:
 
     def planned(self, num_decodes: int, num_verifies: int, num_drafts: int) -> None:
         """What the coming step will feed if scheduled as planned (called before the step runs)."""
-        self._pending = (self._cost_model.num_observed, num_decodes, num_verifies, num_drafts)
+        started_s = self._plan_started_cpu_s
+        self._pending = (self._cost_model.num_observed, num_decodes, num_verifies, num_drafts, started_s)
 
     def settle(self) -> None:
-        """Pairs the planned step with its measured time, if it ran as planned: exactly one step was
-        observed since, and it fed the decodes and drafts only (no prefill chunk, no draft cut)."""
+        """Called at the start of each plan: pairs the step planned last with its measured time, if it ran as
+        planned (exactly one step observed since, feeding the decodes and drafts only: no prefill chunk, no
+        draft cut), and starts the CPU clock of the coming one."""
+        if self.config.clock is StepClock.PROCESS_CPU:
+            self._plan_started_cpu_s = time.process_time()
         pending, self._pending = self._pending, None
-        observed = self._cost_model.last_observed
-        if pending is None or observed is None or self._cost_model.num_observed != pending[0] + 1:
+        cost_model = self._cost_model
+        observed = cost_model.last_observed
+        if pending is None or observed is None or cost_model.num_observed != pending[0] + 1:
             return
-        _, num_decodes, num_verifies, num_drafts = pending
+        _, num_decodes, num_verifies, num_drafts, started_cpu_s = pending
         if observed[0] != num_decodes + num_drafts:
             return
-        self.record(num_decodes, num_verifies, num_drafts, observed[2])
+        cpu = self.config.clock is StepClock.PROCESS_CPU
+        step_s = cost_model.last_observed_cpu_s - started_cpu_s if cpu else observed[2]
+        self.record(num_decodes, num_verifies, num_drafts, step_s)
 
     def record(self, num_decodes: int, num_verifies: int, num_drafts: int, step_s: float) -> None:
         """One decode-only step: num_decodes requests fed, num_verifies of them with num_drafts drafts in all."""

@@ -10,6 +10,7 @@ import torch
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig
+from services.engine.spec.draft_cost import DraftCostConfig, StepClock
 from services.engine.spec.early_exit_drafter import EarlyExitDrafter
 from services.engine.spec.exit_heads import ExitHeadSet, ExitHeadsUnavailable, load_exit_heads, untrained_exit_heads
 from services.engine.spec.method import SpeculativeMethod
@@ -36,7 +37,8 @@ def make_speculator(
         runner.early_exit = EarlyExitDrafter(heads.head(layer))
         adaptive = _paying_acceptance(heads, layer, config.num_speculative_tokens, adaptive)
     log.info("speculative decoding: %s, up to %d draft tokens per step", config.method, config.num_speculative_tokens)
-    return Speculator(config, cost_model, max_model_len, adaptive)
+    clock = StepClock.PROCESS_CPU if runner.device.type == "cpu" else StepClock.WALL
+    return Speculator(config, cost_model, max_model_len, adaptive, DraftCostConfig(clock=clock))
 
 
 def _paying_acceptance(
