@@ -191,11 +191,18 @@ def _rss_figure(soak: dict) -> str:
     return "; ".join(parts) + f" (warm-up: the first {mark:.0f} %)"
 
 
+def _failure_reasons(soak: dict) -> str:
+    """Each failure's status and refusal reason, e.g. " (failed: 294 RESOURCE_EXHAUSTED/DEADLINE_UNMEETABLE)"."""
+    failures = soak.get("failures") or {}
+    return f" (failed: {_codes(failures)})" if failures else ""
+
+
 def _soak_row(soak: dict) -> Row:
     leaked = sum(soak["engine_blocks_used_after"].values()) + soak["host_blocks_used_after"]
     return (
         f"soak {soak['duration_s'] / 60:.1f} min, {soak['concurrency']} streams + bursts",
-        f"{_codes(soak['codes'])}; every stream exactly max_tokens long in {soak['num_wrong_length']} exceptions; "
+        f"{_codes(soak['codes'])}{_failure_reasons(soak)}; every stream exactly max_tokens long in "
+        f"{soak['num_wrong_length']} exceptions; "
         f"{soak['num_replayed']:,} seeded replays, {soak['num_mismatched']} diverge from some token on",
         f"{soak['num_tokens']:,} tokens, {soak['num_preemptions']} preemptions, {soak['num_swapped_out']} "
         f"swap-outs; {_rss_figure(soak)}",
