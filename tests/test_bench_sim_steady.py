@@ -15,6 +15,7 @@ from services.bench.sim.simulator import EngineShape, simulate
 from services.bench.sim.steady_report import plot_steady, table_lines
 from services.bench.sim.steady_sweep import GAMMA_CV2, POISSON, SteadyConfig, run_steady
 from services.bench.workload import TraceRequest
+from tests.shared_data import requires_shared_data
 
 COST = PRESETS["llama2-13b-a100-40g"]  # a small KV pool: preemption happens under load
 
@@ -96,3 +97,27 @@ def test_cli_refuses_bad_steady_state_flags(capsys, flags, message):
     args = parser.parse_args(["sim", *flags])
     assert args.handler(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_length_divisor_on_the_heldout_trace(capsys):
+    parser = argparse.ArgumentParser()
+    sim_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sim", "--trace", "smollm2-heldout", "--length-divisor", "8"])
+    assert args.handler(args) == 2
+    assert "apply to the dataset traces" in capsys.readouterr().err
+
+
+@requires_shared_data
+def test_the_length_divisor_gives_the_cpu_stacks_shape():
+    from services.bench.sim import cli_inputs
+
+    parser = argparse.ArgumentParser()
+    sim_cli.add_parser(parser.add_subparsers())
+    flags = ["sim", "--num-requests", "200", "--length-divisor", "8", "--max-prompt-tokens", "64"]
+    args = parser.parse_args([*flags, "--max-output-tokens", "64"])
+    scaled, _, _ = cli_inputs.workload(args, 0)
+    full, _, _ = cli_inputs.workload(parser.parse_args(["sim", "--num-requests", "200"]), 0)
+    assert [t.request_id for t in scaled] == [t.request_id for t in full]
+    for small, big in zip(scaled, full, strict=True):
+        assert small.num_prompt_tokens == min(64, -(-big.num_prompt_tokens // 8))
+        assert small.num_output_tokens == min(64, -(-big.num_output_tokens // 8))

@@ -29,6 +29,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help=f"{TRACE_NAME}: SmolLM2's own lengths on the prompts the shipped predictor held out (model_predictions.py)",
     )
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
+    parser.add_argument(
+        "--length-divisor",
+        type=float,
+        default=1.0,
+        help="lengths / this, as `alise bench serve --length-divisor` (the CPU stack's shape); 1 = as recorded",
+    )
+    parser.add_argument("--max-prompt-tokens", type=arg_types.positive_int, help="after division (default: no cap)")
+    parser.add_argument("--max-output-tokens", type=arg_types.positive_int, help="after division (default: no cap)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b-h100")
     parser.add_argument(
         "--kv-cache-gb", type=arg_types.positive_float, help="KV pool size (default: what the card holds)"

@@ -20,7 +20,7 @@ from services.bench.sim.model_predictions import (
 )
 from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
 from services.bench.sim.simulator import EngineShape
-from services.bench.workload import load_trace
+from services.bench.workload import load_trace, scale_trace
 from services.common.arg_types import comma_list
 from services.engine.scheduler import StepCostCoefficients
 from services.memory.eviction_policy import KvCodec
@@ -112,6 +112,8 @@ def cost_model(args):
 def workload(args, seed: int):
     """(trace, predictions, Kendall's tau of the predicted means) for --trace, --prediction and seed."""
     if args.trace == TRACE_NAME:
+        if args.length_divisor != 1.0 or args.max_prompt_tokens or args.max_output_tokens:
+            raise ValueError(f"--length-divisor and the token caps apply to the dataset traces, not {TRACE_NAME}")
         heldout = load_heldout_set(DEFAULT_MODEL_DIR, args.feedback_file or DEFAULT_FEEDBACK_FILES)
         trace, shipped = heldout_workload(
             heldout, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len
@@ -123,6 +125,13 @@ def workload(args, seed: int):
         raise ValueError(f"--prediction shipped-predictor needs --trace {TRACE_NAME} (its prompts were predicted)")
     else:
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
+        if args.length_divisor != 1.0 or args.max_prompt_tokens or args.max_output_tokens:
+            trace = scale_trace(
+                trace,
+                divisor=args.length_divisor,
+                max_prompt_tokens=args.max_prompt_tokens or args.max_model_len,
+                max_output_tokens=args.max_output_tokens or args.max_model_len,
+            )
     if args.prediction == "none":
         mean = sum(t.num_output_tokens for t in trace) / len(trace)
         return trace, constant_distributions(len(trace), mean), 0.0
