@@ -1,6 +1,8 @@
 """The scheduler's side of swapping: one eviction event per step, saved KV kept across the wait and
 handed back at admission, lost KV recomputed, discarded on abort (fake handler, fake model)."""
 
+import pytest
+
 from services.engine.request import RequestStatus
 from services.engine.scheduler import OnlineStepCostModel
 from services.engine.scheduler.kv_eviction import EvictedKv, KvRestore
@@ -139,3 +141,50 @@ def test_alise_displacement_weighs_what_setting_the_victim_aside_costs():
     assert 0 < margin_s < recompute_s  # recomputing 2,000 tokens costs more than the waiting one saves
     assert not policy.displaces(waiting, running, recompute_s)
     assert policy.displaces(waiting, running, margin_s * 0.5)  # a swap costing half the margin pays
+
+
+class SlowHandler(RecordingHandler):
+    """Saves every victim, holding the engine thread for stall_s of the scheduler's clock per event."""
+
+    def __init__(self, clock, stall_s: float) -> None:
+        super().__init__()
+        self.clock, self.stall_s = clock, stall_s
+
+    def evict(self, victims):
+        self.clock.now_s += self.stall_s
+        return super().evict(victims)
+
+
+def test_the_eviction_events_measured_stall_is_charged_to_a_displacement_once_per_running_request():
+    from services.engine.scheduler.preempted_kv import STALL_SMOOTHING
+    from tests.engine_factories import FakeClock
+
+    clock = FakeClock()
+    scheduler = make_scheduler(policy="alise", max_num_seqs=1, num_blocks=128, clock=clock)
+    handler = SlowHandler(clock, stall_s=0.05)
+    scheduler.eviction = handler
+    kv = scheduler.preempted_kv
+    assert kv.mean_evict_stall_s == 0.0 and kv.eviction_stall_s(8) == 0.0  # nothing measured yet
+    for index in range(3):  # three eviction events, each holding the engine thread 50 ms
+        scheduler.add(make_predicted_request(f"long-{index}", 4, max_tokens=400, predicted_tokens=300))
+        run_step(scheduler)
+        scheduler.add(make_predicted_request(f"short-{index}", 4, max_tokens=400, predicted_tokens=10))
+        output, _ = run_step(scheduler)
+        assert output.preempted_request_ids, "a clearly longer running request is displaced"
+        for request_id in list(scheduler.requests):
+            scheduler.abort(request_id)
+    expected_s = 0.05 * (1 - (1 - STALL_SMOOTHING) ** 3)
+    assert len(handler.events) == 3 and kv.mean_evict_stall_s == pytest.approx(expected_s)
+    assert kv.eviction_stall_s(8) == pytest.approx(8 * expected_s)
+    # The policy weighs the stall of the whole batch: enough running requests make a gain too small.
+    policy = scheduler.policy
+    running = make_predicted_request("running", 4, max_tokens=400, predicted_tokens=60)
+    waiting = make_predicted_request("waiting", 4, max_tokens=400, predicted_tokens=10)
+    gain_s = policy.remaining_s(running) - policy.remaining_s(waiting)
+    assert policy.displaces(waiting, running, kv.eviction_stall_s(1))
+    assert not policy.displaces(waiting, running, kv.eviction_stall_s(int(gain_s / expected_s) + 1))
+
+
+def test_without_a_saving_handler_no_stall_is_charged():
+    scheduler = make_scheduler(policy="alise")
+    assert scheduler.preempted_kv.eviction_stall_s(8) == 0.0

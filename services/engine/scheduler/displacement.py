@@ -120,13 +120,14 @@ def displace(scheduler: Scheduler, preempted: list[str], now_s: float) -> None:
 
 def _pays(scheduler: Scheduler, waiting: Request, victim: Request, num_victim_blocks: int, now_s: float) -> bool:
     """Whether `waiting` may displace `victim`: the policy judges the time saved against the
-    victim's cost, and the victim's expected wait to resume (behind the requests its re-entry
+    victim's cost (setting its KV aside, plus the eviction event's measured stall of the running
+    batch, preempted_kv.py), and the victim's expected wait to resume (behind the requests its re-entry
     rank puts ahead of it) stays within MAX_DEFERRAL_STEPS_PER_TOKEN decode steps per output
     token of its own (see the module docstring)."""
     preempted_kv = scheduler.preempted_kv
     cost_s = preempted_kv.preemption_cost_s(victim, num_victim_blocks)
     policy = scheduler.policy
-    if not policy.displaces(waiting, victim, cost_s):
+    if not policy.displaces(waiting, victim, cost_s + preempted_kv.eviction_stall_s(len(scheduler.running))):
         return False
     requeue_key = policy.requeue_key(victim, now_s, cost_s)
     wait_s = expected_wait_s(requeue_key, scheduler.waiting, preempted_kv.remaining_s, len(scheduler.running))

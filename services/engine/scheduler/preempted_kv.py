@@ -4,9 +4,21 @@ back at admission (see kv_eviction.py for the whole life cycle).
 Victims are collected while the step is planned and settled once at its end, so the handler sees
 one eviction event per step and a victim never re-enters the waiting queue in the step that evicted
 it. Plain Python, no torch.
+
+The handler's calls at an eviction event (the engine's: a PlanEviction round trip to the memory
+service, then the copies) run on the engine thread inside schedule(), so every running request
+waits for them, whichever victims end up saved. Their time is measured on the scheduler's clock
+(`mean_evict_stall_s`), and a displacement is charged it once per running request
+(`eviction_stall_s`): on the CPU stack under a load average of ~6 it was 5.4 ms per event (issue
+19), and it grows with the machine's load, as the memory service must get a core to answer. The
+simulator's handler takes no time on that clock (it charges its stalls to the step), so there it
+is 0.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 from services.engine.block_pool import num_blocks_for
 from services.engine.request import Request
@@ -20,14 +32,22 @@ from services.engine.scheduler.kv_eviction import (
 )
 from services.engine.scheduler.waiting_queue import WaitingQueue
 
+STALL_SMOOTHING = 0.1  # weight of the newest eviction event in mean_evict_stall_s
+
 
 class PreemptedKv:
     """Victims of the current step and the counters of where preempted KV went."""
 
-    def __init__(self, cost_model: OnlineStepCostModel, block_size: int) -> None:
+    def __init__(
+        self, cost_model: OnlineStepCostModel, block_size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.handler: KvEvictionHandler = RecomputeOnly()
         self._cost_model = cost_model
         self._block_size = block_size
+        self._clock = clock
+        # Seconds the handler's calls of one eviction event hold the engine thread (exponentially
+        # weighted over events that called it; see the module docstring).
+        self.mean_evict_stall_s = 0.0
         self._victims: list[tuple[Request, list[int], int]] = []  # (request, its block ids, its KV tokens)
         self.num_swapped_out = 0  # preemptions whose KV the handler saved
         self.num_restored = 0  # resumes that got their saved KV back
@@ -51,7 +71,9 @@ class PreemptedKv:
         saved: set[str] = set()
         if self.handler.saves_kv and any(num_kv for _, _, num_kv in victims):
             evicted = [self._evicted_kv(waiting, num_running, *victim) for victim in victims if victim[2]]
+            started_s = self._clock()
             saved = self.handler.evict(evicted)
+            self.mean_evict_stall_s += STALL_SMOOTHING * (self._clock() - started_s - self.mean_evict_stall_s)
         for request, _, num_kv_tokens in victims:
             if request.request_id in saved:
                 request.num_host_kv_tokens = request.num_computed_tokens = num_kv_tokens
@@ -74,6 +96,11 @@ class PreemptedKv:
         if not self.handler.saves_kv or not request.num_computed_tokens:
             return recompute_s
         return min(recompute_s, self.handler.preemption_cost_s(request.num_computed_tokens, num_blocks, recompute_s))
+
+    def eviction_stall_s(self, num_running: int) -> float:
+        """What one more eviction event costs the running batch: the measured stall, once per running
+        request (0 when the handler saves nothing: then settle() never calls it)."""
+        return num_running * self.mean_evict_stall_s if self.handler.saves_kv else 0.0
 
     def remaining_s(self, request: Request) -> float:
         """Estimated seconds of work left, whatever the policy ranks by (for wait estimates)."""

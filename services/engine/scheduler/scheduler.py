@@ -72,7 +72,7 @@ class Scheduler:
         self.num_preemptions_by_cause = dict.fromkeys(PreemptionCause, 0)  # the same, split by cause
         self.max_wait_s = 0.0  # longest completed wait (arrival or preemption until running), seconds
         # Where preempted KV goes (saved by the eviction handler, or recomputed) and its counters.
-        self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size)
+        self.preempted_kv = PreemptedKv(self.cost_model, kv.block_size, clock)
         if eviction is not None:
             self.preempted_kv.handler = eviction
         self._ranked_version = self.cost_model.version
