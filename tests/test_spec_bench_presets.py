@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.spec_bench import fitted_turn_down_speculator, previous_ngram_speculator
+from services.bench.spec_bench import fitted_turn_down_speculator, previous_ngram_speculator, share_valued_speculator
 from services.bench.spec_report import BenchMethod, BenchPreset
 from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.spec.method import SpeculativeMethod
@@ -47,3 +47,11 @@ def test_the_fit_preset_turns_drafting_down_on_the_step_cost_fit_and_keeps_the_d
     fitted = fitted_turn_down_speculator(current)
     assert not fitted.meter.config.measured and fitted.config == current.config
     assert fitted.cost_model is current.cost_model and fitted.two_rate_model
+
+
+def test_the_share_preset_values_a_token_at_a_decode_s_full_share():
+    current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), OnlineStepCostModel(), 2048)
+    shared = share_valued_speculator(current)
+    assert BenchMethod("ngram@share").preset is BenchPreset.SHARE and current.meter.config.closed_batch_value
+    assert not shared.meter.config.closed_batch_value and shared.meter.config.measured
+    assert shared.config == current.config and shared.cost_model is current.cost_model

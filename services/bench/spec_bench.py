@@ -117,6 +117,8 @@ def build_engines(config: SpecBenchConfig):
             core.speculator = previous_ngram_speculator(core.speculator)
         elif method.preset is BenchPreset.FIT:
             core.speculator = fitted_turn_down_speculator(core.speculator)
+        elif method.preset is BenchPreset.SHARE:
+            core.speculator = share_valued_speculator(core.speculator)
     return loaded, engines, str(dtype).removeprefix("torch.")
 
 
@@ -141,6 +143,15 @@ def fitted_turn_down_speculator(speculator: "Speculator") -> "Speculator":
     from services.engine.spec.speculator import Speculator
 
     costs = replace(speculator.meter.config, measured=False)
+    return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
+
+
+def share_valued_speculator(speculator: "Speculator") -> "Speculator":
+    """The same engine's speculator valuing an accepted token at a decode's full share of a step (the
+    "@share" preset)."""
+    from services.engine.spec.speculator import Speculator
+
+    costs = replace(speculator.meter.config, closed_batch_value=False)
     return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
 
 

@@ -25,6 +25,9 @@ class BenchPreset(StrEnum):
     # the turn-down before the measured draft costs (spec/draft_cost.py): one k for the batch, priced by the
     # step-cost fit, pooled acceptance, no probe; the drafting rules otherwise the current ones
     FIT = "fit"
+    # the measured turn-down with an accepted token worth a decode's full share of a step (not only as far
+    # as the whole batch drafts)
+    SHARE = "share"
 
 
 class BenchMethod(str):

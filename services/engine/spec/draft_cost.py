@@ -66,6 +66,9 @@ class DraftCostConfig:
     # pooled acceptance, no probe), kept for `alise bench spec`'s "@fit" column to measure against.
     measured: bool = True
     clock: StepClock = StepClock.WALL
+    # False: an accepted token is worth a decode's full share of a plain step whatever share of the batch
+    # drafts (as if every request drafted; `alise bench spec`'s "@share" column), not token_value_s's.
+    closed_batch_value: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps_to_fit <= self.window_steps:

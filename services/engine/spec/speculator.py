@@ -112,7 +112,8 @@ class Speculator:
                 if probe:  # one proposal re-measures; the others stay turned down
                     break
         if measured and not probe:  # a probe, or the turn-down before the meter, keeps every proposal
-            value_s = token_value_s(costs, num_decodes, len(proposing) / num_decodes)
+            fraction = len(proposing) / num_decodes if self.meter.config.closed_batch_value else 1.0
+            value_s = token_value_s(costs, num_decodes, fraction)
             proposing = [
                 index for index in proposing if self._cut(decodes[index], costs, first[index], later[index], value_s)
             ]
