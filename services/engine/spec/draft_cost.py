@@ -228,10 +228,11 @@ def share_s(costs: DraftCosts, num_decodes: int) -> float:
 def token_value_s(costs: DraftCosts, num_decodes: int, drafting_fraction: float) -> float:
     """What one accepted draft saves, seconds: its request one decode later on (per_decode_s), and the step's
     fixed cost (base_s / n per token) only as far as the whole batch speeds up, here the fraction of its
-    decodes that verify. A batch holds its steps until its slowest request is done: where a few requests
-    draft, they finish early and the rest decode at a smaller, less efficient batch, so the base is not
-    saved (measured: 7 drafts per step at batch 16, 0.84x in a closed group where the share-valued rule
-    predicted a gain). At batch 1 (fraction 1) it is the whole step, as before."""
+    decodes that proposed drafts. A batch holds its steps until its slowest request is done: where a few
+    requests draft, they finish early and the rest decode on at a smaller, less efficient batch, so the
+    base is not saved; where all draft alike, the batch's steps fall and it is. At batch 1 (fraction 1)
+    it is the whole step, as before. A server whose freed slots are refilled at once gains the full share
+    (DraftCostConfig.closed_batch_value False)."""
     fraction = min(max(drafting_fraction, 0.0), 1.0)
     return costs.per_decode_s + fraction * costs.base_s / max(num_decodes, 1)
 
