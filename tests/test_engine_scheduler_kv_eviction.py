@@ -188,3 +188,22 @@ def test_the_eviction_events_measured_stall_is_charged_to_a_displacement_once_pe
 def test_without_a_saving_handler_no_stall_is_charged():
     scheduler = make_scheduler(policy="alise")
     assert scheduler.preempted_kv.eviction_stall_s(8) == 0.0
+
+
+def test_expected_wait_stops_reading_the_queue_once_it_exceeds_the_asked_bound():
+    from services.engine.scheduler.kv_eviction import expected_wait_s
+
+    queue = [make_request(f"w{index}", 4) for index in range(100)]
+    for index, request in enumerate(queue):
+        request.rank_key = float(index)
+    read: list[str] = []
+
+    def remaining_s_of(request):
+        read.append(request.request_id)
+        return 1.0
+
+    assert expected_wait_s(1000.0, queue, remaining_s_of, num_seats=2) == 50.0
+    read.clear()
+    assert expected_wait_s(1000.0, queue, remaining_s_of, num_seats=2, stop_above_s=5.0) > 5.0
+    assert len(read) == 11  # 11 x 1 s over 2 seats is the first sum above 5 s
+    assert expected_wait_s(50.0, queue, remaining_s_of, num_seats=2, stop_above_s=100.0) == 25.0

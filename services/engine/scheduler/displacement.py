@@ -129,10 +129,11 @@ def _pays(scheduler: Scheduler, waiting: Request, victim: Request, num_victim_bl
     policy = scheduler.policy
     if not policy.displaces(waiting, victim, cost_s + preempted_kv.eviction_stall_s(len(scheduler.running))):
         return False
-    requeue_key = policy.requeue_key(victim, now_s, cost_s)
-    wait_s = expected_wait_s(requeue_key, scheduler.waiting, preempted_kv.remaining_s, len(scheduler.running))
     num_output_tokens = len(victim.output_token_ids) + victim.predicted_remaining_tokens
-    return wait_s <= MAX_DEFERRAL_STEPS_PER_TOKEN * scheduler.cost_model.decode_step_s * num_output_tokens
+    allowed_s = MAX_DEFERRAL_STEPS_PER_TOKEN * scheduler.cost_model.decode_step_s * num_output_tokens
+    requeue_key = policy.requeue_key(victim, now_s, cost_s)
+    num_seats = len(scheduler.running)
+    return expected_wait_s(requeue_key, scheduler.waiting, preempted_kv.remaining_s, num_seats, allowed_s) <= allowed_s
 
 
 def make_room(

@@ -23,6 +23,7 @@ Plain Python, no torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -99,16 +100,24 @@ class RecomputeOnly:
 
 
 def expected_wait_s(
-    victim_rank_key: float, waiting: Iterable[Request], remaining_s_of: Callable[[Request], float], num_seats: int
+    victim_rank_key: float,
+    waiting: Iterable[Request],
+    remaining_s_of: Callable[[Request], float],
+    num_seats: int,
+    stop_above_s: float = math.inf,
 ) -> float:
     """Time until a victim runs again, if the requests ranked ahead of it run first, `num_seats`
     at a time (the scheduler passes the running batch's size: in the memory-bound regime KV, not
     max_num_seqs, caps it): the sum of their remaining times divided by the seats. Crude (it
     ignores who is running now and future arrivals) but monotone in rank, which is what the memory
-    manager's choices (prefetch lead time, who keeps host space) need."""
+    manager's choices (prefetch lead time, who keeps host space) need. A caller that only asks
+    whether the wait exceeds stop_above_s gets a value above it as soon as the sum shows that,
+    without reading the rest of the queue."""
+    seats = max(1, num_seats)
+    stop_above_ahead_s = stop_above_s * seats
     ahead_s = 0.0
     for request in waiting:  # best first
-        if request.rank_key >= victim_rank_key:
+        if request.rank_key >= victim_rank_key or ahead_s > stop_above_ahead_s:
             break
         ahead_s += remaining_s_of(request)
-    return ahead_s / max(1, num_seats)
+    return ahead_s / seats
