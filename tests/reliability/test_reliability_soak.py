@@ -42,9 +42,11 @@ async def test_soak_every_token_replays_exactly_and_nothing_leaks(stack):
     assert result.num_wrong_length == 0, result  # no stream lost or duplicated a token
     # Swaps are lossless here (--max-kv-relative-error 0): with int8/int4 swaps ~6% of replays
     # diverged (the codec's bounded error moves a sample). What remains is batch numerics: the CPU
-    # logits of a row are not batch-invariant, which may flip one sampled token very rarely (0 of
-    # 473 streams when measured); more than one divergent stream is a real loss or reorder.
-    assert result.num_mismatched <= 1, result
+    # logits of a row are not batch-invariant, which flips a sampled token now and then: 55 of
+    # 15,991 streams (0.34%) in the 30-minute soak, 0 of 473 and 2 of 546 in runs of this test. A
+    # lossy swap or a lost/reordered token would hit the swapped or preempted streams (~25-30 here)
+    # wholesale, so more than 1% of the streams (at least 2 allowed) is a real defect.
+    assert result.num_mismatched <= max(2, result.num_streams // 100), result
     assert result.num_replayed == result.num_streams
     assert not any(result.engine_blocks_used_after.values()) and result.host_blocks_used_after == 0, result
     assert result.ledger_consistent
