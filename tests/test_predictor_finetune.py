@@ -93,6 +93,33 @@ def test_bottom_graph_matches_the_packaged_model(bottom, base):
         assert np.corrcoef(served.ravel(), reference.ravel())[0, 1] > 0.98
 
 
+def test_the_frozen_layer_count_names_the_bottom_graph_and_round_trips():
+    all_retrained = EncoderSpec(num_frozen_layers=0)
+    assert "-bottom0-" in all_retrained.version and all_retrained.graph_name != EncoderSpec().graph_name
+    assert EncoderSpec.from_version(all_retrained.version) == all_retrained
+    assert EncoderSpec.from_version(EncoderSpec().version) == EncoderSpec()
+    for invalid in (-1, 6):  # MiniLM-L6: at least one layer must be left to retrain
+        with pytest.raises(ValueError, match="num_frozen_layers"):
+            EncoderSpec(num_frozen_layers=invalid)
+        with pytest.raises(ValueError, match="num_frozen_layers"):
+            FinetuneSettings(num_frozen_layers=invalid)
+
+
+def test_moving_the_split_leaves_the_untrained_encoder_unchanged(base):
+    """Bottom of embeddings only + all six layers retrainable = the default split, before training:
+    the same packaged layers run in the same order, and the seeded head is the same."""
+    ids = torch.tensor([[101, 7592, 2045, 2003, 1037, 3231, 102]])
+    mask = torch.ones_like(ids)
+    scores = []
+    with torch.no_grad():
+        for num_frozen_layers in (0, 4):
+            settings = FinetuneSettings(num_frozen_layers=num_frozen_layers)
+            top = new_top_encoder(base, 2, settings, initial_bias=np.array([1.0, 2.0])).eval()
+            assert len(top.layers) == 6 - num_frozen_layers
+            scores.append(top(bottom_module(base, num_frozen_layers)(ids, mask), mask).numpy())
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)
+
+
 def test_top_graph_onnx_equals_torch(bottom, base):
     top = new_top_encoder(base, 3, FinetuneSettings(), initial_bias=np.array([5.0, 4.0, 3.0])).eval()
     states = [bottom.hidden_states(text) for text in PROMPTS]
@@ -185,7 +212,8 @@ def _write_sharegpt(data_dir: Path, examples: list[LengthExample]) -> None:
             )
 
 
-def test_train_command_ships_and_serves_the_encoder(tmp_path):
+@pytest.mark.parametrize("num_frozen_layers", [4, 0])  # the default split; all six layers retrained
+def test_train_command_ships_and_serves_the_encoder(tmp_path, num_frozen_layers):
     _write_sharegpt(tmp_path / "data", _examples(120))
     argv = [
         "train",
@@ -201,11 +229,14 @@ def test_train_command_ships_and_serves_the_encoder(tmp_path):
         "2",
         "--cache-dir",
         str(default_cache_dir()),
+        "--finetune-frozen-layers",
+        str(num_frozen_layers),
     ]
     assert cli.main(argv) == 0
     model_dir = tmp_path / "m"
     metadata = read_metadata(model_dir)
-    assert metadata.encoder_version == EncoderSpec().version and metadata.embedding_version == ""
+    spec = EncoderSpec(num_frozen_layers=num_frozen_layers)
+    assert metadata.encoder_version == spec.version and metadata.embedding_version == ""
     assert metadata.feature_names[-3:] == ("text_head_tfidf", "text_head_encoder", "generator=sharegpt")
     encoder_bytes = (model_dir / ENCODER_FILE_NAME).read_bytes()
     assert hashlib.sha256(encoder_bytes).hexdigest() == metadata.encoder_sha256

@@ -2,7 +2,7 @@
 
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
-          [--finetune-folds 3] [--max-examples N] [--no-calibration] [--ranking-weight 1.0]
+          [--finetune-folds 3] [--finetune-frozen-layers 4] [--max-examples N] [--no-calibration] [--ranking-weight 1.0]
           [--soft-pair-weight 1.0] [--content-features]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from services.common.cache_dir import default_cache_dir
 from services.common.cli_errors import print_error
+from services.predictor.finetune_model import NUM_FROZEN_LAYERS
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -57,6 +58,12 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--finetune-folds", type=int, default=3, help="out-of-fold fine-tuned encoders that score the training rows"
+    )
+    train.add_argument(
+        "--finetune-frozen-layers",
+        type=int,
+        default=NUM_FROZEN_LAYERS,
+        help="MiniLM layers left frozen under the fine-tuned encoder (0 = retrain all six: better, ~3x the training)",
     )
     train.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     train.add_argument("--heldout-fraction", type=float, default=0.2, help="share of prompts held out")
@@ -126,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         finetune_encoder=not args.frozen_embedding,
         finetune_folds=args.finetune_folds,
+        finetune_frozen_layers=args.finetune_frozen_layers,
         heldout_fraction=args.heldout_fraction,
         max_examples=args.max_examples,
         num_threads=args.threads,
@@ -143,13 +151,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export_embedding(args: argparse.Namespace) -> int:
+    from services.predictor.artifact import read_metadata
+    from services.predictor.config import DEFAULT_MODEL_DIR
     from services.predictor.embedding import ensure_embedding_model
     from services.predictor.finetune_encoder import EncoderSpec, ensure_bottom_graph
 
     cache_dir = args.cache_dir or default_cache_dir()
     path = ensure_embedding_model(cache_dir, progress=lambda line: print(line, flush=True))
     print(f"embedding graph: {path}")
-    bottom = ensure_bottom_graph(cache_dir, EncoderSpec(), progress=lambda line: print(line, flush=True))
+    # the bottom graph the shipped default model reads (its split of MiniLM's layers), else the default split
+    version = read_metadata(DEFAULT_MODEL_DIR).encoder_version
+    spec = EncoderSpec.from_version(version) if version else EncoderSpec()
+    bottom = ensure_bottom_graph(cache_dir, spec, progress=lambda line: print(line, flush=True))
     print(f"fine-tuned encoder's bottom graph: {bottom}")
     return 0
 

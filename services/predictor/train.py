@@ -28,6 +28,7 @@ from services.predictor.baselines import Baselines, fit_prompt_length_bins
 from services.predictor.embedding import EmbeddingSpec, PromptEmbedder, default_cache_dir
 from services.predictor.embedding_cache import EmbeddingCache
 from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
+from services.predictor.finetune_model import NUM_FROZEN_LAYERS
 from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, fit_heads
 from services.predictor.model_inputs import InputLayout
 from services.predictor.train_metadata import training_metadata
@@ -59,6 +60,9 @@ class TrainSettings:
     ranking_weight: float = 1.0  # encoder: pairwise ranking next to regression (finetune_loss.py)
     soft_pair_weight: float = 1.0  # encoder: soft pairs from AlpacaEval's 227 generators (with --generator only)
     content_features: bool = False  # add the content columns (content_features.py: code, URLs, tables, pastes)
+    finetune_frozen_layers: int = (
+        NUM_FROZEN_LAYERS  # encoder: MiniLM layers left frozen (0 = retrain all six; finetune_model.py)
+    )
 
     def __post_init__(self) -> None:
         if not self.use_sharegpt and not self.generators and self.feedback_dir is None:
@@ -147,9 +151,8 @@ def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], def
     if settings.use_embedding and settings.finetune_encoder:
         from services.predictor.finetune_encoder import EncoderSpec
 
-        return InputLayout(
-            "", generators, encoder_version=EncoderSpec().version, content_features=settings.content_features
-        )
+        spec = EncoderSpec(num_frozen_layers=settings.finetune_frozen_layers)
+        return InputLayout("", generators, encoder_version=spec.version, content_features=settings.content_features)
     version = EmbeddingSpec().version if settings.use_embedding else ""
     return InputLayout(version, generators, content_features=settings.content_features)
 
@@ -165,6 +168,7 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
         num_folds=settings.finetune_folds,
         ranking_weight=settings.ranking_weight,
         soft_pair_weight=settings.soft_pair_weight,
+        num_frozen_layers=settings.finetune_frozen_layers,
     )
     soft_lengths = None
     if _uses_soft_pairs(settings):  # training instructions only: held-out texts never lend lengths
