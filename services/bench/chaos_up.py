@@ -150,7 +150,10 @@ async def kill_gateway_under_load(
     finally:
         outcomes = await load.stop()
         await channel.close()
-    new = [o for o in outcomes[num_before:] if o.started_s < recovered.started_s]
+    # Streams started while it was down: those started before the first one that got a token (by start,
+    # not by first token: a stream started just before it may be answered just after it, by the new gateway).
+    first_served = min((o for o in outcomes[num_before:] if o.first_token_s is not None), key=lambda o: o.started_s)
+    new = [o for o in outcomes[num_before:] if o.started_s < first_served.started_s]
     failed = [o for o in in_flight if o.code != "OK"]
     return GatewayRestartResult(
         in_flight_codes=count_codes(in_flight),
