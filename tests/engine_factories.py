@@ -22,6 +22,15 @@ def make_request(
     return Request(request_id, list(range(10, 10 + num_prompt_tokens)), sampling, arrival, float(max_tokens))
 
 
+def make_decoding_request(request_id: str, prompt: list[int], output: list[int], max_tokens: int) -> Request:
+    """A greedy request (EOS ignored) that has produced `output` and has one token left to feed: a decode."""
+    sampling = SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True)
+    request = Request(request_id, prompt, sampling, 0.0, float(max_tokens))
+    request.output_token_ids.extend(output)
+    request.num_computed_tokens = request.num_tokens - 1
+    return request
+
+
 def make_predicted_request(
     request_id: str,
     num_prompt_tokens: int,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from services.engine.request import Request, SamplingOptions
+from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel, StepCostCoefficients
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput
 from services.engine.spec.draft_cost import (
@@ -23,6 +23,7 @@ from services.engine.spec.draft_cost import (
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
 from services.engine.spec.speculator import Speculator
+from tests.engine_factories import make_decoding_request
 
 # Shaped like SmolLM2-135M on one CPU thread (bf16): a decode step ~70 ms + ~10 ms per decode, a verify's own
 # attention pass ~12 ms, a draft ~4 ms (a fed token's matmuls and LM head).
@@ -109,16 +110,7 @@ def _decoding(request_id: str, copies: bool = True) -> Request:
         else list(range(1000 + 100 * int(request_id[1:]), 1060 + 100 * int(request_id[1:])))
     )
     prompt = copy + [1] + copy[:12] if copies else copy
-    request = Request(
-        request_id,
-        prompt,
-        SamplingOptions(max_tokens=400, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True),
-        0.0,
-        400.0,
-    )
-    request.output_token_ids.append(copy[12] if copies else 7)
-    request.num_computed_tokens = request.num_tokens - 1
-    return request
+    return make_decoding_request(request_id, prompt, [copy[12] if copies else 7], max_tokens=400)
 
 
 def _speculator(probe_every_steps: int = 8) -> tuple[Speculator, OnlineStepCostModel]:

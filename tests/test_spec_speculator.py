@@ -3,7 +3,7 @@ unigram fallback are counted in the stats but not judged by the per-request paus
 
 from __future__ import annotations
 
-from services.engine.request import Request, SamplingOptions
+from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel, StepCostCoefficients
 from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput
 from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig
@@ -11,21 +11,13 @@ from services.engine.spec.draft_cost import num_drafts_worth
 from services.engine.spec.method import SpeculativeMethod
 from services.engine.spec.spec_config import SpeculativeConfig
 from services.engine.spec.speculator import Speculator
+from tests.engine_factories import make_decoding_request
 
 STRICT = AdaptiveDraftingConfig(min_acceptance_rate=0.5, min_verifies=1, initial_backoff_steps=4)
 
 
 def _decoding(request_id: str, prompt: list[int], output: list[int]) -> Request:
-    request = Request(
-        request_id,
-        prompt,
-        SamplingOptions(max_tokens=200, temperature=0.0, top_p=1.0, top_k=0, seed=0, ignore_eos=True),
-        0.0,
-        200.0,
-    )
-    request.output_token_ids.extend(output)
-    request.num_computed_tokens = request.num_tokens - 1  # decoding: one token to feed
-    return request
+    return make_decoding_request(request_id, prompt, output, max_tokens=200)
 
 
 def _speculator() -> Speculator:
