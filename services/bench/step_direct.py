@@ -24,8 +24,8 @@ import numpy as np
 from services.bench import step_host
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-# HEAD before the steady-decode (columnar) pass of issue 17: the "before" of docs/benchmarks/step_overhead.json.
-BASELINE_COMMIT = "7d7f678eb5af59a6dd97f761618920ebccf41a7c"
+# HEAD before the in-place steady-decode pass of issue 17: the "before" of docs/benchmarks/step_overhead.json.
+BASELINE_COMMIT = "8ad257853b76e0d56ed6fe97724e08837359ccb7"
 METHOD = (
     "host ms = thread CPU time of one EngineCore.step() (schedule, prepare, launch, sample, update, and the "
     "engine core around them) with a decoder whose operators cost next to nothing (no layers, hidden 8, vocab "
