@@ -8,7 +8,8 @@ through its block table, positions [0, context_len). Query i may attend to key p
 `paged_attention_reference` runs one SDPA per request (the oracle). `decode_attention_reference`
 runs the single-token requests of a step together over their gathered, padded KV (masked past
 each context), in groups sorted by context length: on CPU a step of 16 decodes spends ~3x less in
-attention than one call per request.
+attention than one call per request. Verifies and short prefill chunks (2..32 tokens) are batched the
+same way with a per-row causal mask (short_query_attention.py); longer chunks take one SDPA each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from services.engine.short_query_attention import (
+    MAX_ROWS_PER_GATHER,
+    ShortQueryBatch,
+    grouped_attention,
+    is_reduced_precision_on_cpu,
+    short_query_attention,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class AttentionMetadata:
     max_query_len: int  # largest query length of the step
     max_seq_len: int  # largest of seq_lens
     decode_batch: DecodeBatch | None = None  # the single-token rows, set by the reference backend only
+    short_queries: ShortQueryBatch | None = None  # the 2..32-token rows, set by the reference backend only
     kernel_plan: object | None = None  # the launch plan (kernels/ops.AttentionPlan), set by the CUDA backend only
 
     @property
@@ -138,7 +148,7 @@ def attend_request(
     key_positions = torch.arange(context_len, device=query.device)
     mask = key_positions[None, :] <= query_positions[:, None]  # [num_queries, context_len]
     q = query.transpose(0, 1)  # [heads, q, d]
-    if _is_reduced_precision_on_cpu(query):  # CPU SDPA is fast in fp32 only: run it there
+    if is_reduced_precision_on_cpu(query):  # CPU SDPA is fast in fp32 only: run it there
         k, v = keys.transpose(0, 1).float(), values.transpose(0, 1).float()
         attended = F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)
         return attended.to(query.dtype).transpose(0, 1)
@@ -146,38 +156,6 @@ def attend_request(
     v = values.transpose(0, 1).repeat_interleave(group, dim=0)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return attended.transpose(0, 1)
-
-
-def _is_reduced_precision_on_cpu(query: torch.Tensor) -> bool:
-    """CPU SDPA has no fast bf16 kernel. Measured (GQA 9/3, head dim 64, 1 thread): 64 decodes x 800
-    keys: SDPA bf16 ~20x slower than grouped_attention, fp32 SDPA 10x slower; a 512-token chunk over
-    1,000 keys: fp32 SDPA (after upcasting) 17 ms, grouped_attention 42 ms. So decodes take
-    grouped_attention and prefill chunks fp32 SDPA. In fp32 SDPA is used throughout (the oracle)."""
-    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
-
-
-def grouped_attention(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Attention with KV heads shared by groups of query heads, without copying K/V per query head.
-
-    query [B, heads, Q, d]; keys, values [B, kv_heads, L, d]; keep broadcastable to [B, 1, Q, L]
-    (True = attend). Query head h reads KV head h // (heads / kv_heads), as repeat_interleave would.
-
-        query [B, kv_heads, group * Q, d] @ keys^T [B, kv_heads, d, L] -> scores [B, kv_heads, group * Q, L]
-
-    Scores and softmax run in fp32; returns [B, heads, Q, d] in the query's dtype.
-    """
-    batch, num_heads, num_queries, head_dim = query.shape
-    num_kv_heads, length = keys.shape[1], keys.shape[2]
-    group = num_heads // num_kv_heads
-    grouped = query.reshape(batch, num_kv_heads, group * num_queries, head_dim)
-    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale
-    keep = keep.expand(batch, 1, num_queries, length).repeat(1, 1, group, 1)  # rows ordered (group, query)
-    scores = scores.masked_fill(~keep, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).to(values.dtype)
-    attended = torch.matmul(weights, values)  # [B, kv_heads, group * Q, d]
-    return attended.reshape(batch, num_heads, num_queries, head_dim)
 
 
 def decode_batch_of(metadata: AttentionMetadata) -> DecodeBatch | None:
@@ -213,18 +191,22 @@ def attend_mixed(
     scale: float,
     decode_attention: DecodeAttention,
 ) -> torch.Tensor:
-    """Decode rows in one batched call, prefill chunks one request at a time (SDPA)."""
-    batch = metadata.decode_batch
+    """Decode rows in one batched call, short queries (verifies, short chunks: metadata.short_queries) in
+    batched groups, longer prefill chunks one request at a time (SDPA)."""
+    batch, short = metadata.decode_batch, metadata.short_queries
     if batch is not None and batch.token_rows is None:  # every request decodes: no prefill rows
         return decode_attention(query, key_cache, value_cache, batch, scale)
     output = torch.empty_like(query)
-    decodes = set(batch.request_indices) if batch is not None else set()
+    batched = set(batch.request_indices) if batch is not None else set()
     if batch is not None:
         rows = query.index_select(0, batch.token_rows)
         output.index_copy_(0, batch.token_rows, decode_attention(rows, key_cache, value_cache, batch, scale))
+    if short is not None:
+        short_query_attention(query, key_cache, value_cache, short, scale, output)
+        batched.update(short.request_indices)
     starts, block_size = metadata.query_start_loc_host, key_cache.shape[1]
     for r, context_len in enumerate(metadata.seq_lens_host):
-        if r not in decodes:
+        if r not in batched:
             output[starts[r] : starts[r + 1]] = attend_request(
                 query[starts[r] : starts[r + 1]],
                 key_cache,
@@ -234,9 +216,6 @@ def attend_mixed(
                 scale,
             )
     return output
-
-
-MAX_ROWS_PER_GATHER = 8  # decodes gathered together; rows are grouped by context length
 
 
 def decode_attention_reference(
@@ -293,7 +272,7 @@ def _decode_group(
     values = value_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
     positions = torch.arange(length, device=query.device)
     mask = (positions[None, :] < context_lens[:, None].long())[:, None, None, :]  # [B, 1, 1, L]
-    if _is_reduced_precision_on_cpu(query):
+    if is_reduced_precision_on_cpu(query):
         return grouped_attention(query[:, :, None, :], keys, values, mask, scale)[:, :, 0, :]
     attended = F.scaled_dot_product_attention(
         query[:, :, None, :], keys, values, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads

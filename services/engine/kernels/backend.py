@@ -1,7 +1,7 @@
 """Chooses the engine's attention implementation and runs it for the model runner.
 
     torch-reference  the step's decodes batched over their gathered paged KV (in groups sorted by
-                     context length), prefill chunks and verify queries one SDPA per request
+                     context length), verify queries and short chunks likewise, longer prefill chunks one SDPA per request
                      (attention.py); an int8 pool is dequantized as it is gathered. The CPU path,
                      used wherever the CUDA kernels cannot run (paged_attention_reference stays
                      the per-request oracle)
@@ -27,6 +27,7 @@ from services.engine.attention import AttentionMetadata, attend_mixed, decode_at
 from services.engine.kernels import ops
 from services.engine.kernels.loader import KernelUnavailable, load_kernels
 from services.engine.kv_cache import PagedKvCache
+from services.engine.short_query_attention import short_query_batch_of
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,13 @@ def choose_backend(
 
 
 class ReferenceAttention:
-    """Torch everywhere: the cache's own write, decodes batched, prefill chunks per request."""
+    """Torch everywhere: the cache's own write, decodes and short queries (verifies) batched, longer prefill
+    chunks per request."""
 
     kind = AttentionBackendKind.TORCH_REFERENCE
 
     def prepare(self, metadata: AttentionMetadata) -> AttentionMetadata:
-        return replace(metadata, decode_batch=decode_batch_of(metadata))
+        return replace(metadata, decode_batch=decode_batch_of(metadata), short_queries=short_query_batch_of(metadata))
 
     def write(self, cache: PagedKvCache, layer: int, slot_mapping: torch.Tensor, key, value) -> None:
         cache.write(layer, slot_mapping, key, value)
