@@ -160,13 +160,18 @@ def test_the_eviction_events_measured_stall_is_charged_to_a_displacement_once_pe
     from tests.engine_factories import FakeClock
 
     clock = FakeClock()
-    scheduler = make_scheduler(policy="alise", max_num_seqs=1, num_blocks=128, clock=clock)
+    scheduler = make_scheduler(
+        policy="alise", max_num_seqs=1, num_blocks=256, token_budget=512, max_model_len=1024, clock=clock
+    )
     handler = SlowHandler(clock, stall_s=0.05)
     scheduler.eviction = handler
     kv = scheduler.preempted_kv
-    assert kv.mean_evict_stall_s == 0.0 and kv.eviction_stall_s(8) == 0.0  # nothing measured yet
+    # victims of 400 prompt tokens: 40 ms to recompute, above the stall measured so far (handler_pays)
+    victim = make_predicted_request("victim", 400, max_tokens=400, predicted_tokens=300)
+    victim.num_computed_tokens = 400
+    assert kv.mean_evict_stall_s == 0.0 and kv.eviction_stall_s(8, victim) == 0.0  # nothing measured yet
     for index in range(3):  # three eviction events, each holding the engine thread 50 ms
-        scheduler.add(make_predicted_request(f"long-{index}", 4, max_tokens=400, predicted_tokens=300))
+        scheduler.add(make_predicted_request(f"long-{index}", 400, max_tokens=400, predicted_tokens=300))
         run_step(scheduler)
         scheduler.add(make_predicted_request(f"short-{index}", 4, max_tokens=400, predicted_tokens=10))
         output, _ = run_step(scheduler)
@@ -175,19 +180,61 @@ def test_the_eviction_events_measured_stall_is_charged_to_a_displacement_once_pe
             scheduler.abort(request_id)
     expected_s = 0.05 * (1 - (1 - STALL_SMOOTHING) ** 3)
     assert len(handler.events) == 3 and kv.mean_evict_stall_s == pytest.approx(expected_s)
-    assert kv.eviction_stall_s(8) == pytest.approx(8 * expected_s)
+    assert kv.eviction_stall_s(8, victim) == pytest.approx(8 * expected_s)
     # The policy weighs the stall of the whole batch: enough running requests make a gain too small.
     policy = scheduler.policy
     running = make_predicted_request("running", 4, max_tokens=400, predicted_tokens=60)
     waiting = make_predicted_request("waiting", 4, max_tokens=400, predicted_tokens=10)
     gain_s = policy.remaining_s(running) - policy.remaining_s(waiting)
-    assert policy.displaces(waiting, running, kv.eviction_stall_s(1))
-    assert not policy.displaces(waiting, running, kv.eviction_stall_s(int(gain_s / expected_s) + 1))
+    assert policy.displaces(waiting, running, kv.eviction_stall_s(1, victim))
+    assert not policy.displaces(waiting, running, kv.eviction_stall_s(int(gain_s / expected_s) + 1, victim))
 
 
 def test_without_a_saving_handler_no_stall_is_charged():
     scheduler = make_scheduler(policy="alise")
-    assert scheduler.preempted_kv.eviction_stall_s(8) == 0.0
+    victim = make_request("victim", 400)
+    victim.num_computed_tokens = 400
+    assert scheduler.preempted_kv.eviction_stall_s(8, victim) == 0.0
+
+
+def _settle_one_victim(scheduler, request_id: str, num_kv_tokens: int) -> None:
+    """One eviction event with one victim holding num_kv_tokens of KV (its blocks as the pool gave them)."""
+    request = make_request(request_id, num_kv_tokens)
+    scheduler.requests[request_id] = request
+    assert scheduler.kv.allocate_slots(request_id, num_kv_tokens)
+    request.num_computed_tokens = num_kv_tokens
+    scheduler.preempted_kv.add_victim(request, list(scheduler.kv.block_table(request_id)))
+    scheduler.kv.free(request_id)
+    scheduler.preempted_kv.settle(scheduler.waiting, 0.0, 1)
+
+
+def test_no_swap_where_recompute_is_cheaper_than_the_handlers_stall():
+    """Issue 19: once an event's measured stall exceeds what recomputing the victims costs, later such
+    events skip the handler (victims recompute, no stall charged, priced as a recompute); every
+    REPROBE_EVERY_SKIPS-th skip asks it anyway, and victims worth more than the stall still swap."""
+    from services.engine.scheduler.preempted_kv import REPROBE_EVERY_SKIPS
+    from tests.engine_factories import FakeClock
+
+    clock = FakeClock()
+    scheduler = make_scheduler(policy="alise", num_blocks=256, clock=clock)
+    handler = SlowHandler(clock, stall_s=0.05)
+    scheduler.eviction = handler
+    kv = scheduler.preempted_kv
+    _settle_one_victim(scheduler, "first", 8)  # nothing measured yet: asked (and saved)
+    assert len(handler.events) == 1 and kv.num_swapped_out == 1 and kv.mean_evict_stall_s > 8 * 1e-4
+    small = make_request("small", 8)
+    small.num_computed_tokens = 8  # 0.8 ms to recompute against a ~5 ms stall
+    assert not kv.handler_pays(8 * 1e-4)
+    assert kv.eviction_stall_s(8, small) == 0.0
+    assert kv.preemption_cost_s(small, 2) == pytest.approx(8 * 1e-4)  # not the handler's 1/10 of it
+    for index in range(REPROBE_EVERY_SKIPS - 1):
+        _settle_one_victim(scheduler, f"skipped-{index}", 8)
+    assert len(handler.events) == 1 and kv.num_events_skipped == REPROBE_EVERY_SKIPS - 1
+    assert kv.num_swapped_out == 1 and kv.num_recomputed_tokens == 8 * (REPROBE_EVERY_SKIPS - 1)
+    _settle_one_victim(scheduler, "probe", 8)  # the periodic probe of the stall
+    assert len(handler.events) == 2 and kv.num_swapped_out == 2
+    _settle_one_victim(scheduler, "large", 200)  # 20 ms of recompute > the ~9.5 ms stall: worth asking
+    assert len(handler.events) == 3 and kv.num_swapped_out == 3
 
 
 def test_expected_wait_stops_reading_the_queue_once_it_exceeds_the_asked_bound():

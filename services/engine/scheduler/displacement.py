@@ -127,7 +127,7 @@ def _pays(scheduler: Scheduler, waiting: Request, victim: Request, num_victim_bl
     preempted_kv = scheduler.preempted_kv
     cost_s = preempted_kv.preemption_cost_s(victim, num_victim_blocks)
     policy = scheduler.policy
-    if not policy.displaces(waiting, victim, cost_s + preempted_kv.eviction_stall_s(len(scheduler.running))):
+    if not policy.displaces(waiting, victim, cost_s + preempted_kv.eviction_stall_s(len(scheduler.running), victim)):
         return False
     num_output_tokens = len(victim.output_token_ids) + victim.predicted_remaining_tokens
     allowed_s = MAX_DEFERRAL_STEPS_PER_TOKEN * scheduler.cost_model.decode_step_s * num_output_tokens
