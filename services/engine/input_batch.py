@@ -25,7 +25,6 @@ gather by row. The owner removes a row when its request finishes, is aborted or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Callable
 
@@ -34,6 +33,8 @@ import torch
 
 from services.engine.request import Request
 from services.engine.scheduler.output import DecodeColumns, ScheduledChunk
+from services.engine.steady_staging import SteadyStaging
+from services.engine.step_arrays import StepArrays
 
 _num_preemptions = attrgetter("num_preemptions")
 _request_id = attrgetter("request_id")
@@ -53,26 +54,6 @@ ROW_ARRAYS = (
     "seed",
     "min_tokens",
 )
-
-
-@dataclass(frozen=True)
-class StepArrays:
-    """One step's inputs: device tensors (views of one copied buffer) and their host twins."""
-
-    input_ids: torch.Tensor  # int32 [num_tokens]
-    positions: torch.Tensor  # int32 [num_tokens]
-    slot_mapping: torch.Tensor  # int64 [num_tokens]
-    query_start_loc: torch.Tensor  # int32 [num_reqs + 1]
-    seq_lens: torch.Tensor  # int32 [num_reqs]
-    block_tables: torch.Tensor  # int32 [num_reqs, max_blocks], rows padded with their first block
-    query_start_loc_host: list[int]
-    seq_lens_host: list[int]
-    max_query_len: int
-    max_seq_len: int
-    rows: np.ndarray  # int64 [num_reqs]: the batch row of each request, in step order
-    sample_indices: list[int]  # step request indices that sample a token, ascending
-    sample_rows: np.ndarray  # int64: rows[sample_indices] (rows itself when every request samples)
-    sample_seq_lens: np.ndarray  # int64: seq_lens[sample_indices], where each sampled token goes
 
 
 class InputBatch:
@@ -102,6 +83,7 @@ class InputBatch:
         self._last_preemption_counts: list[int] = []
         self._last_rows: tuple[list[int], np.ndarray] = ([], np.zeros(0, dtype=np.int64))
         self._rows_changed = False
+        self._steady = SteadyStaging(block_size, device, self._pin)  # decode-only steps' buffer, advanced in place
 
     # -- rows ----------------------------------------------------------------------------
 
@@ -227,6 +209,9 @@ class InputBatch:
         The per-request work is a few list comprehensions over the chunks (one attribute each; the decode
         columns need none) and two map()s over the requests; which rows need a fresh row or a sync is
         decided for all rows at once with numpy, and only those rows are visited one by one."""
+        if decodes is not None and not chunks:  # the steady decode step: last step's buffer advanced
+            return self._prepare_decodes(decodes, block_table_of)
+        self._steady.drop()
         requests = [chunk.request for chunk in chunks]
         seq_lens_list = [chunk.num_context_tokens for chunk in chunks]
         counts = [chunk.num_new_tokens for chunk in chunks]
@@ -239,10 +224,7 @@ class InputBatch:
             requests, seq_lens_list = decodes.requests + requests, decodes.seq_lens_list + seq_lens_list
             counts, samples = [1] * num_decodes + counts, [True] * num_decodes + samples
         rows_list, rows = self._rows_of(requests)
-        stale = (self._num_tokens[rows] < seq_lens) | (self._num_blocks[rows] * self.block_size < seq_lens)
-        for index in np.flatnonzero(stale).tolist():
-            request = requests[index]
-            self._sync_row(rows_list[index], request, block_table_of(request.request_id))
+        self._sync_stale(requests, rows_list, rows, seq_lens, block_table_of)
         if len(counts) != sum(counts):  # some chunk feeds more than one token: a prefill chunk or a verify
             for index in [i for i, chunk in enumerate(chunks, num_decodes) if chunk.num_draft_tokens]:
                 drafts = requests[index].draft_token_ids
@@ -250,6 +232,26 @@ class InputBatch:
                 self.write_drafts(rows_list[index], drafts[:num_drafts])  # type: ignore[index]
         sample_indices = list(range(len(samples))) if all(samples) else [i for i, s in enumerate(samples) if s]
         return self._build(rows, seq_lens, seq_lens_list, counts, sample_indices)
+
+    def _prepare_decodes(self, decodes: DecodeColumns, block_table_of: Callable[[str], list[int]]) -> StepArrays:
+        """prepare() of a step that is decode columns only: rows synced, then steady_staging.py's buffer."""
+        rows_list, rows = self._rows_of(decodes.requests)
+        self._sync_stale(decodes.requests, rows_list, rows, decodes.seq_lens, block_table_of)
+        return self._steady.arrays(rows, decodes.seq_lens, decodes.seq_lens_list, self.token_ids, self.block_table)
+
+    def _sync_stale(
+        self,
+        requests: list[Request],
+        rows_list: list[int],
+        rows: np.ndarray,
+        seq_lens: np.ndarray,
+        block_table_of: Callable[[str], list[int]],
+    ) -> None:
+        """Syncs the rows that lack tokens or blocks the step reads (all rows checked at once)."""
+        stale = (self._num_tokens[rows] < seq_lens) | (self._num_blocks[rows] * self.block_size < seq_lens)
+        for index in np.flatnonzero(stale).tolist():
+            request = requests[index]
+            self._sync_row(rows_list[index], request, block_table_of(request.request_id))
 
     def _rows_of(self, requests: list[Request]) -> tuple[list[int], np.ndarray]:
         """Each request's row (a fresh one for a request without a row or preempted since its row was
