@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from services.engine.short_query_attention import (
     MAX_ROWS_PER_GATHER,
     ShortQueryBatch,
+    gather_kv,
     grouped_attention,
     is_reduced_precision_on_cpu,
     short_query_attention,
@@ -268,8 +269,8 @@ def _decode_group(
     num_blocks = -(-max_context_len // block_size)
     tables = block_tables[:, :num_blocks].long()
     length = num_blocks * block_size
-    keys = key_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
-    values = value_cache[tables].reshape(num_decodes, length, num_kv_heads, head_dim).transpose(1, 2)
+    keys = gather_kv(key_cache, tables, num_kv_heads, head_dim)
+    values = gather_kv(value_cache, tables, num_kv_heads, head_dim)
     positions = torch.arange(length, device=query.device)
     mask = (positions[None, :] < context_lens[:, None].long())[:, None, None, :]  # [B, 1, 1, L]
     if is_reduced_precision_on_cpu(query):
