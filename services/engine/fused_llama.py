@@ -132,6 +132,11 @@ class FusedLlama:
         body = model.model
         parameter = next(model.parameters())
         self.embed_tokens = body.embed_tokens
+        self._head = model.lm_head
+        # Plain Embedding / Linear modules are called as their functional op: a module call's Python costs
+        # about as much as the op itself on a decode step (their parameters are read at each call).
+        self._plain_embedding = type(body.embed_tokens) is torch.nn.Embedding and body.embed_tokens.max_norm is None
+        self._plain_head = type(model.lm_head) is torch.nn.Linear
         self.final_norm = body.norm.weight.detach()
         self.eps = body.norm.variance_epsilon
         self.layers = [fuse_layer(layer) for layer in body.layers]
@@ -152,6 +157,11 @@ class FusedLlama:
         hidden = self.forward_layers(input_ids, positions, metadata, attention, cache, scale, len(self.layers))
         return F.rms_norm(hidden, self.final_norm.shape, self.final_norm, self.eps)
 
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's LM head on hidden states [rows, hidden] -> logits [rows, vocab]."""
+        head = self._head
+        return F.linear(hidden, head.weight, head.bias) if self._plain_head else head(hidden)
+
     def forward_layers(
         self,
         input_ids: torch.Tensor,
@@ -166,7 +176,8 @@ class FusedLlama:
         norm (an early exit's input); only those layers' KV is written."""
         self.rope.ensure(metadata.max_seq_len)
         rope_rows = self.rope.rows(positions)
-        hidden = self.embed_tokens(input_ids)
+        embed = self.embed_tokens
+        hidden = F.embedding(input_ids, embed.weight) if self._plain_embedding else embed(input_ids)
         for index, layer in enumerate(self.layers[:num_layers]):
             hidden = self._layer(index, layer, hidden, rope_rows, metadata, attention, cache, scale)
         return hidden

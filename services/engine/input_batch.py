@@ -174,14 +174,16 @@ class InputBatch:
         if self._num_blocks.item(row) > kept:
             self._num_blocks[row] = kept
 
-    def record_sampled(self, arrays: StepArrays, token_ids: list[int], picked: np.ndarray | None = None) -> None:
+    def record_sampled(
+        self, arrays: StepArrays, token_ids: list[int] | np.ndarray, picked: np.ndarray | None = None
+    ) -> None:
         """Writes each sampled token (sample_indices order; only the picked ones of them, a boolean mask,
         when given) after its request's tokens.
 
         A sampling chunk catches its request up, and prepare() synced the row to it, so the row holds
         exactly seq_len tokens: the token goes at position seq_len (a row never runs ahead). Verify
         chunks are not recorded here (append_tokens)."""
-        if not token_ids:
+        if len(token_ids) == 0:
             return
         rows, positions = arrays.sample_rows, arrays.sample_seq_lens
         if picked is not None:

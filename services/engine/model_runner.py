@@ -79,6 +79,9 @@ class ModelRunner:
         self.graphs = DecodeGraphs.create(self, max_num_seqs, max_model_len, enforce_eager)
         # Makes the drafts of verify chunks inside the step (--speculative early-exit); None otherwise.
         self.early_exit: EarlyExitDrafter | None = None
+        # The input batch's rows array of the last step whose every sampling row was greedy without min_tokens:
+        # while the same array comes back (no row added, removed or reassigned), sampling is one argmax.
+        self._argmax_rows: np.ndarray | None = None
 
     def forget(self, request_id: str) -> None:
         """Drops the request's row once it finished or was aborted (or lost its KV)."""
@@ -109,13 +112,13 @@ class ModelRunner:
         """LM-head logits [num_sampling_rows, vocab] at the last position of each sampling request."""
         every_row_samples = len(arrays.sample_indices) == len(arrays.seq_lens_host)
         if every_row_samples and arrays.max_query_len == 1:  # decodes only: hidden's rows are the last positions
-            return self.model.lm_head(hidden)
+            return self.decoder.lm_head(hidden)
         if every_row_samples:  # no host list
             last_rows = arrays.query_start_loc[1:] - 1
         else:
             starts = arrays.query_start_loc_host
             last_rows = torch.tensor([starts[index + 1] - 1 for index in arrays.sample_indices]).to(self.device)
-        return self.model.lm_head(hidden.index_select(0, last_rows))
+        return self.decoder.lm_head(hidden.index_select(0, last_rows))
 
     def sample(self, step: SchedulerOutput, arrays: StepArrays, logits: torch.Tensor) -> Mapping[str, int]:
         """min_tokens masking, then every row sampled at once; the tokens are recorded in the batch rows.
@@ -124,6 +127,8 @@ class ModelRunner:
         per-request lists are built only when a row needs them (min_tokens or a sampled row), decided
         from the batch rows' arrays."""
         decodes = step.decodes
+        if decodes is not None and not step.tail:  # the steady decode step: every request samples, in order
+            return SampledTokens(decodes.request_ids, self._sample_rows(arrays, logits, decodes.requests, None), {})
         requests = [chunk.request for chunk in step.tail]
         if decodes is not None:
             requests = decodes.requests + requests
@@ -142,10 +147,19 @@ class ModelRunner:
         """Samples the given requests' rows (all sampling rows, or the `picked` mask of them) and records
         the tokens in the batch rows; the tokens in the same order."""
         rows = arrays.sample_rows if picked is None else arrays.sample_rows[picked]
-        if self.batch.min_tokens[rows].any():
-            logits = apply_min_tokens(logits, requests, self.stop_token_ids)
-        tokens = sample_tokens(logits, self.sampling_params(rows, requests)).tolist()
-        self.batch.record_sampled(arrays, tokens, picked)
+        if rows is self._argmax_rows:  # the same rows as a step that found them all greedy without min_tokens
+            drawn = logits.argmax(dim=-1)
+        else:
+            min_tokens = self.batch.min_tokens[rows].any()
+            if min_tokens:
+                logits = apply_min_tokens(logits, requests, self.stop_token_ids)
+            params = self.sampling_params(rows, requests)
+            drawn = sample_tokens(logits, params)
+            if picked is None and not min_tokens and not params.temperature.any():
+                self._argmax_rows = rows  # a row's parameters are fixed while it keeps its row (input_batch.py)
+        host = drawn.cpu()  # one copy for both: the scheduler's list and the batch rows' array
+        tokens = host.tolist()
+        self.batch.record_sampled(arrays, host.numpy(), picked)
         return tokens
 
     def _sample_and_verify(
