@@ -7,7 +7,7 @@ threaded loop (engine_loop.py) calls `step()` repeatedly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,8 +67,9 @@ class EngineCore:
         if self.speculator is not None:
             self.speculator.forget(request_id)
 
-    def step(self) -> list[StepResult]:
-        """Runs one iteration; returns per-request new tokens and finishes (may be empty)."""
+    def step(self) -> Sequence[StepResult]:
+        """Runs one iteration; returns per-request new tokens and finishes (may be empty). A steady decode
+        step's results stay columns (scheduler/steady.py StepResults; the engine loop reads them so)."""
         started = time.perf_counter()
         speculator = self.speculator
         if speculator is not None:

@@ -17,13 +17,17 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable
+from itertools import compress
+from typing import Callable, NamedTuple
 
 from services.engine.admission_control import EMPTY_PROFILE, PROFILE_INTERVAL_S, QueueProfile, take_queue_profile
 from services.engine.drain_rate import DrainRate
 from services.engine.engine_core import EngineCore
 from services.engine.request import FinishReason, Request
+from services.engine.scheduler import StepResult
+from services.engine.scheduler.steady import StepResults
 from services.engine.stats import EngineSnapshot, take_snapshot
 
 log = logging.getLogger(__name__)
@@ -62,9 +66,9 @@ class RequestTimings:
     num_preemptions: int
 
 
-@dataclass(frozen=True)
-class EngineEvent:
-    """New tokens for one request; the last event of a request carries finish_reason and timings."""
+class EngineEvent(NamedTuple):
+    """New tokens for one request; the last event of a request carries finish_reason and timings. A tuple:
+    a busy engine makes one per running request per step (on the asyncio thread, see _deliver_tokens)."""
 
     request_id: str
     new_token_ids: list[int]
@@ -131,8 +135,7 @@ class EngineLoop:
                 self._fail_all("engine step failed")
                 continue
             self.drain_rate.on_step(self.core.last_step)
-            for result in results:
-                self._emit(result.request_id, result.new_token_ids, result.finish_reason)
+            self._emit_step(results)
             if not self.core.scheduler.has_work or time.monotonic() - self._snapshot_at_s >= SNAPSHOT_INTERVAL_S:
                 self._take_snapshot()
             self._refresh_queue_profile()
@@ -183,6 +186,33 @@ class EngineLoop:
             self.core.abort(request_id)
             self._publish(request_id, EngineEvent(request_id, [], FinishReason.ABORTED, error=message))
 
+    def _emit_step(self, results: Sequence[StepResult]) -> None:
+        """Streams a step's results: the steady decode columns (StepResults) as one hand-off to the asyncio
+        thread instead of one call_soon_threadsafe per request (a lock and a self-pipe write each), the
+        requests that finished one by one (their last event carries timings), then the other results."""
+        if isinstance(results, StepResults):
+            if results.decode_ids:
+                self._emit_columns(results.decode_ids, results.decode_tokens, results.decode_reasons)
+            results = results.others
+        for result in results:
+            self._emit(result.request_id, result.new_token_ids, result.finish_reason)
+
+    def _emit_columns(self, request_ids: list[str], tokens: list[int], reasons: list[FinishReason | None] | None):
+        """One token per request; a finished request's token goes with its final event (_emit), not twice."""
+        going_on_ids, going_on_tokens = request_ids, tokens
+        if reasons is not None:
+            going_on = [reason is None for reason in reasons]
+            going_on_ids, going_on_tokens = list(compress(request_ids, going_on)), list(compress(tokens, going_on))
+        # The sinks are looked up here, on the engine thread that owns them (a request finished next step
+        # drops its sink before this hand-off runs on the asyncio thread).
+        sinks = list(map(self._sinks.get, going_on_ids))
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver_tokens, going_on_ids, going_on_tokens, sinks)
+        if reasons is not None:
+            for request_id, token, reason in zip(request_ids, tokens, reasons):
+                if reason is not None:
+                    self._emit(request_id, [token], reason)
+
     def _emit(self, request_id: str, token_ids: list[int], reason: FinishReason | None) -> None:
         timings = None
         if reason is not None:
@@ -199,6 +229,13 @@ class EngineLoop:
             self._requests.pop(request_id, None)
         if sink is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(sink.put_nowait, event)
+
+
+def _deliver_tokens(request_ids: list[str], tokens: list[int], sinks: list[asyncio.Queue | None]) -> None:
+    """On the asyncio thread: one token event per request of a step's decode columns, in their order."""
+    for request_id, token, sink in zip(request_ids, tokens, sinks):
+        if sink is not None:
+            sink.put_nowait(EngineEvent(request_id, [token]))
 
 
 def _timings_of(request: Request, now_s: float) -> RequestTimings:

@@ -38,7 +38,7 @@ from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, St
 from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
-from services.engine.scheduler.steady import SteadyDecodes
+from services.engine.scheduler.steady import SteadyDecodes, StepResults
 from services.engine.scheduler.verified_update import apply_verified
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
 
@@ -285,9 +285,10 @@ class Scheduler:
 
     def update(
         self, output: SchedulerOutput, sampled: Mapping[str, int], verified: dict[str, list[int]] | None = None
-    ) -> list[StepResult]:
+    ) -> StepResults:
         """Advances computed counts, appends sampled tokens, finishes requests that are done (their ids
-        in finished_request_ids). Decode columns go through steady.py when they are its own.
+        in finished_request_ids). Decode columns go through steady.py when they are its own (their results
+        stay columns: StepResults).
 
         sampled: the token of each request that samples this step; verified: for each verify chunk
         (num_draft_tokens > 0) its accepted drafts followed by one token (spec/verification.py)."""

@@ -25,10 +25,11 @@ reads the requests.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, overload
 
 import numpy as np
 
@@ -50,6 +51,61 @@ _request_id = attrgetter("request_id")
 _first_scheduled = attrgetter("first_scheduled_time_s")
 _max_tokens = attrgetter("sampling.max_tokens")
 _new_tuple: Callable[..., StepResult] = tuple.__new__
+
+
+class StepResults(Sequence[StepResult]):
+    """What Scheduler.update returns: the steady decode columns' results as columns (request ids, one
+    token each, finish reasons where the step finished any) followed by the other requests' StepResults
+    (`others`, appended by Scheduler.update). Reads as a sequence of StepResult, the columns' built on
+    first read; the engine loop reads the columns (engine_loop.py), so a steady step builds no object per
+    request on the engine thread. Read it after update() returned: appending invalidates what was built."""
+
+    def __init__(
+        self,
+        decode_ids: list[str] | None = None,
+        decode_tokens: list[int] | None = None,
+        decode_reasons: list[FinishReason | None] | None = None,
+    ) -> None:
+        self.decode_ids: list[str] = decode_ids if decode_ids is not None else []
+        self.decode_tokens: list[int] = decode_tokens if decode_tokens is not None else []
+        self.decode_reasons = decode_reasons  # None: no decode column finished this step
+        self.others: list[StepResult] = []
+        self.append: Callable[[StepResult], None] = self.others.append
+        self._built: list[StepResult] | None = None
+
+    def as_list(self) -> list[StepResult]:
+        """Every result as a StepResult, the columns' first (batch order)."""
+        built = self._built
+        if built is None or len(built) != len(self):
+            reasons: Sequence[FinishReason | None] | repeat[None] = self.decode_reasons or repeat(None)
+            new_token_ids = [[token] for token in self.decode_tokens]
+            built = list(map(_new_tuple, repeat(StepResult), zip(self.decode_ids, new_token_ids, reasons)))
+            built += self.others
+            self._built = built
+        return built
+
+    def __len__(self) -> int:
+        return len(self.decode_ids) + len(self.others)
+
+    @overload
+    def __getitem__(self, index: int) -> StepResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StepResult]: ...
+
+    def __getitem__(self, index: int | slice) -> StepResult | list[StepResult]:
+        return self.as_list()[index]
+
+    def __iter__(self) -> Iterator[StepResult]:
+        return iter(self.as_list())
+
+    def __eq__(self, other: object) -> bool:
+        return self.as_list() == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StepResults({self.as_list()!r})"
 
 
 @dataclass(frozen=True)
@@ -115,22 +171,22 @@ class SteadyDecodes:
 
     def update_output(
         self, scheduler: Scheduler, output: SchedulerOutput, sampled: Mapping[str, int], now_s: float
-    ) -> tuple[list[StepResult], list[ScheduledChunk]]:
+    ) -> tuple[StepResults, list[ScheduledChunk]]:
         """(results of the decode columns, the chunks Scheduler.update still walks): the columns at once
         when they are this path's, else every chunk is walked."""
         decodes = output.decodes
         if decodes is None:
-            return [], output.chunks
+            return StepResults(), output.chunks
         if isinstance(sampled, SampledTokens) and sampled.decode_ids is decodes.request_ids:
             tokens = sampled.decode_tokens
         else:
             tokens = [sampled[request_id] for request_id in decodes.request_ids]
         results = self.update(scheduler, decodes, tokens, now_s)
-        return (results, output.tail) if results is not None else ([], output.chunks)
+        return (results, output.tail) if results is not None else (StepResults(), output.chunks)
 
     def update(
         self, scheduler: Scheduler, columns: DecodeColumns, tokens: list[int], now_s: float
-    ) -> list[StepResult] | None:
+    ) -> StepResults | None:
         """Applies the decodes' sampled tokens (in column order); None: not this path's columns, or a
         request changed status while the step ran (the caller then walks them one by one)."""
         pending, self._pending = self._pending, None
@@ -146,15 +202,15 @@ class SteadyDecodes:
                 if requests[index].first_token_time_s is None:
                     requests[index].first_token_time_s = now_s
         flagged = (num_output >= running_set.max_tokens) | (columns.seq_lens >= scheduler.limits.max_model_len - 1)
-        if scheduler.eos_token_id is not None:
-            flagged |= np.array(tokens, dtype=np.int64) == scheduler.eos_token_id
-        reasons: list[FinishReason | None] | repeat[None] = repeat(None)
+        eos_token_id = scheduler.eos_token_id
+        if eos_token_id is not None and eos_token_id in tokens:  # a C-level scan; the array only when it is there
+            flagged |= np.array(tokens, dtype=np.int64) == eos_token_id
+        reasons = None
         if flagged.any():
             reasons = self._finish_flagged(scheduler, requests, tokens, np.flatnonzero(flagged).tolist())
         else:
             self._after = _AfterUpdate(running_set, columns.seq_lens, num_output)
-        new_token_ids = [[token] for token in tokens]
-        return list(map(_new_tuple, repeat(StepResult), zip(columns.request_ids, new_token_ids, reasons)))
+        return StepResults(columns.request_ids, tokens, reasons)
 
     @staticmethod
     def _finish_flagged(
