@@ -25,17 +25,30 @@ Predicted completion of a request r (seconds), from a `QueueProfile` the engine 
 Under shortest-first service every request ranked ahead finishes before r, so the tokens ahead and
 r's own are all produced before r ends, at most at the batch's measured throughput. Until the engine
 has measured a decode step the check is skipped (no figures to predict with).
+
+Shorter requests that arrive while r waits also go ahead of it (admission_inflow.py: the minute-23
+burst of the 30-minute soak passed the check above and then starved behind them). They are counted
+at the rate they were admitted lately, rho = seconds of such work admitted per second, for as long
+as the policy lets newcomers overtake r (`overtake_horizon_s`: alise's TTFT aging horizon, after
+which later arrivals rank behind r; else the scheduler's starvation promotion):
+
+    base_s   = finish_s above
+    total_s  = base_s / (1 - rho)        when rho < 1 and that is within the horizon H
+             = base_s + rho * H          otherwise (infinite when H is: never served for sure)
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from services.common.errors import Overloaded
 from services.common.refusal import RefusalReason
+from services.engine.admission_inflow import AdmittedInflow
 from services.engine.scheduler.policy import PolicyName
 
 # Policies that serve shorter predicted remaining work first (the others are treated as fcfs).
@@ -63,6 +76,8 @@ class QueueProfile:
     decode_step_s: float  # one request's time per output token while it runs
     prefill_s_per_token: float  # marginal step time of one more prompt token
     taken_at_s: float  # time.monotonic() when taken
+    # how long after a request starts waiting later arrivals may still overtake it, seconds (inf: always)
+    overtake_horizon_s: float = math.inf
 
     def tokens_ahead(self, own_tokens: float) -> float:
         """Predicted tokens of the live requests ranked ahead of a request predicted to need own_tokens."""
@@ -82,6 +97,16 @@ class QueueProfile:
         total_s = max(own_tokens * self.decode_step_s, (ahead_tokens + own_tokens) * self.s_per_output_token)
         total_s += num_prompt_tokens * self.prefill_s_per_token
         return max(0.0, total_s - own_s), own_s
+
+    def with_arrivals_ahead_s(self, base_s: float, arrivals_ahead_per_s: float) -> float:
+        """Predicted completion once the work that arrives while r waits and ranks ahead of it is counted
+        (arrivals_ahead_per_s: seconds of such work admitted per second lately; see the module docstring)."""
+        rho, horizon_s = arrivals_ahead_per_s, self.overtake_horizon_s
+        if rho <= 0:
+            return base_s
+        if rho < 1 and base_s / (1 - rho) <= horizon_s:
+            return base_s / (1 - rho)
+        return base_s + rho * horizon_s  # inf when the horizon is
 
 
 EMPTY_PROFILE = QueueProfile((), (), True, 0.0, 0.0, 0.0, 0.0)
@@ -103,14 +128,22 @@ def take_queue_profile(core, s_per_token: float) -> QueueProfile:
         decode_step_s=cost.decode_step_s,
         prefill_s_per_token=cost.prefill_s_per_token,
         taken_at_s=time.monotonic(),
+        overtake_horizon_s=_overtake_horizon_s(scheduler),
     )
+
+
+def _overtake_horizon_s(scheduler) -> float:
+    """The policy's TTFT aging horizon when it has a finite one, else the starvation promotion's wait."""
+    aging_horizon_s = getattr(scheduler.policy, "aging_horizon_s", math.inf)
+    return min(aging_horizon_s, scheduler.limits.max_wait_s)
 
 
 class AdmissionControl:
     """Counts live requests and their prompt tokens (asyncio thread only) and decides admission."""
 
-    def __init__(self, limits: AdmissionLimits) -> None:
+    def __init__(self, limits: AdmissionLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
+        self.inflow = AdmittedInflow(clock=clock)  # the admissions' predicted tokens, lately
         self._prompt_tokens_by_id: dict[str, int] = {}
         self.num_live_prompt_tokens = 0
         self.num_rejected_deadline = 0  # since start
@@ -136,6 +169,7 @@ class AdmissionControl:
         self._check_deadline(num_prompt_tokens, predicted_output_tokens, time_left_s, profile)
         self._prompt_tokens_by_id[request_id] = num_prompt_tokens
         self.num_live_prompt_tokens += num_prompt_tokens
+        self.inflow.on_admitted(predicted_output_tokens)
 
     def release(self, request_id: str) -> None:
         """The request finished, failed or was cancelled (idempotent)."""
@@ -166,11 +200,16 @@ class AdmissionControl:
         if predicted is None:
             return
         ahead_s, own_s = predicted
-        if ahead_s + own_s > self.limits.deadline_slack * time_left_s:
+        arrivals_per_s = 0.0  # under fcfs later arrivals never go ahead
+        if profile.shortest_first:
+            arrivals_per_s = self.inflow.tokens_per_s_at_most(predicted_output_tokens) * profile.s_per_output_token
+        total_s = profile.with_arrivals_ahead_s(ahead_s + own_s, arrivals_per_s)
+        if total_s > self.limits.deadline_slack * time_left_s:
             self.num_rejected_deadline += 1
             raise Overloaded(
-                f"deadline cannot be met: predicted completion in {ahead_s + own_s:.2f} s ({ahead_s:.2f} s of "
-                f"work ranked ahead, {own_s:.2f} s its own) but the deadline is in {time_left_s:.2f} s; "
+                f"deadline cannot be met: predicted completion in {total_s:.2f} s ({ahead_s:.2f} s of work ranked "
+                f"ahead, {own_s:.2f} s its own, {total_s - ahead_s - own_s:.2f} s of shorter work arriving meanwhile "
+                f"at {arrivals_per_s:.2f} s per s) but the deadline is in {time_left_s:.2f} s; "
                 "rejected at once instead of timing out later",
                 refusal_reason=RefusalReason.DEADLINE_UNMEETABLE,
             )

@@ -192,7 +192,7 @@ def _build_pipeline(
         max_stop_string_chars=config.max_stop_string_chars,
         max_request_id_chars=config.max_request_id_chars,
     )
-    admission = InFlightLimit(config.max_in_flight_requests)
+    admission = InFlightLimit(config.max_in_flight_requests, config.max_in_flight_request_bytes)
     return GenerationPipeline(served_models, estimator, engine, limits, feedback, metrics, admission)
 
 

@@ -57,6 +57,11 @@ class GatewayConfig:
     max_in_flight_requests: int = setting(
         4096, "generations in flight at once (gRPC and HTTP together); more get RESOURCE_EXHAUSTED (HTTP 429) at once"
     )
+    max_in_flight_request_bytes: int = setting(
+        64 * 1024 * 1024,
+        "serialized request bytes (the prompts, mostly) of the generations in flight at once; a request that would "
+        "pass it gets RESOURCE_EXHAUSTED (HTTP 429) at once, before tokenizing",
+    )
     max_queued_work_s: float = setting(
         0.0,
         "predicted wait of a new request for its first token on an engine replica (the work of this gateway's "
@@ -106,6 +111,7 @@ class GatewayConfig:
             "max_request_id_chars",
             "fallback_output_tokens",
             "max_in_flight_requests",
+            "max_in_flight_request_bytes",
         ):
             value = getattr(self, name)
             if value <= 0:

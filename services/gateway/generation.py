@@ -96,9 +96,10 @@ class GenerationPipeline:
 
         Records it in the gateway's metrics (the chunks as the client gets them, and how it ended)."""
         recorder = self.metrics.start_request()
-        admission = self.admission.admit() if self.admission is not None else contextlib.nullcontext()
+        # the request's serialized size: what its prompt weighs while held (cheap: computed in C, no copy)
+        admitted = self.admission.admit(request.ByteSize()) if self.admission is not None else contextlib.nullcontext()
         try:
-            with admission:  # RESOURCE_EXHAUSTED at once when the gateway is at its in-flight limit
+            with admitted:  # RESOURCE_EXHAUSTED at once when the gateway is at an in-flight limit
                 async with contextlib.aclosing(self._generate(request, time_remaining_s, recorder)) as chunks:
                     async for chunk in chunks:
                         recorder.on_chunk(len(chunk.token_ids))

@@ -49,7 +49,9 @@ def test_in_flight_limit_rejects_at_once_and_gives_places_back_on_any_exit():
     assert limit.num_in_flight == 0 and limit.num_rejected == 1
 
 
-def _profile(remaining: list[float], *, shortest_first: bool = True, s_per_token: float = 0.01) -> QueueProfile:
+def _profile(
+    remaining: list[float], *, shortest_first: bool = True, s_per_token: float = 0.01, horizon_s: float = 30.0
+) -> QueueProfile:
     remaining = sorted(remaining)
     return QueueProfile(
         tuple(remaining),
@@ -59,6 +61,7 @@ def _profile(remaining: list[float], *, shortest_first: bool = True, s_per_token
         decode_step_s=0.05,
         prefill_s_per_token=0.0,
         taken_at_s=0.0,
+        overtake_horizon_s=horizon_s,
     )
 
 
@@ -89,6 +92,40 @@ def test_admission_caps_requests_and_prompt_tokens_and_refuses_hopeless_deadline
     with pytest.raises(Overloaded, match="deadline cannot be met"):
         control.admit("d", 10, 10.0, 5.0, busy)
     control.admit("e", 10, 10.0, 60.0, busy)  # 50.1 s of work fits a 60 s deadline
+
+
+def test_shorter_work_arriving_while_a_request_waits_counts_against_its_deadline():
+    """The soak's minute-23 case: a request whose queue ahead fits its deadline now, while shorter work
+    keeps arriving faster than the engine drains it, is refused at once (it would starve behind the
+    newcomers until the policy's aging horizon); the same inflow of longer work, or under fcfs, is not
+    ahead of it and leaves it admitted."""
+    now = [0.0]
+    limits = AdmissionLimits(max_live_requests=10_000, max_live_prompt_tokens=10**9, deadline_slack=1.0)
+    queue = _profile([20.0] * 5)  # 100 tokens ahead: 2.5 s with its own 50 (one token per 0.05 s step)
+    for predicted_tokens, policy_fcfs, admitted in ((30.0, False, False), (100.0, False, True), (30.0, True, True)):
+        control = AdmissionControl(limits, clock=lambda: now[0])
+        for index in range(300):  # 9,000 predicted tokens in 60 s: 150 tokens/s = 1.5 s of work per s
+            now[0] = index * 0.2
+            control.admit(f"r{index}", 4, predicted_tokens, None, queue)
+        profile = _profile([20.0] * 5, shortest_first=not policy_fcfs)
+        if admitted:
+            control.admit("probe", 4, 50.0, 20.0, profile)
+            continue
+        with pytest.raises(Overloaded, match="shorter work arriving meanwhile") as refused:
+            control.admit("probe", 4, 50.0, 20.0, profile)  # 2.5 s + 1.5 x the 30 s horizon = 47.5 s > 20 s
+        assert refused.value.refusal_reason == RefusalReason.DEADLINE_UNMEETABLE
+        assert "predicted completion in 47.50 s" in str(refused.value)
+    now[0] += 61.0  # the inflow has left the window: admitted again
+    control.admit("later", 4, 50.0, 20.0, _profile([20.0] * 5))
+
+
+def test_arrivals_ahead_stretch_the_wait_up_to_the_overtake_horizon():
+    profile = _profile([], horizon_s=30.0)
+    assert profile.with_arrivals_ahead_s(2.0, 0.0) == 2.0
+    assert profile.with_arrivals_ahead_s(2.0, 0.5) == pytest.approx(4.0)  # base / (1 - rho)
+    assert profile.with_arrivals_ahead_s(20.0, 0.5) == pytest.approx(35.0)  # 40 s > 30 s: base + rho * H
+    assert profile.with_arrivals_ahead_s(2.0, 2.0) == pytest.approx(62.0)  # overloaded: newcomers for H
+    assert _profile([], horizon_s=float("inf")).with_arrivals_ahead_s(2.0, 1.0) == float("inf")
 
 
 def test_the_ledger_names_engines_silent_for_too_long():
