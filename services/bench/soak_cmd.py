@@ -30,6 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-kv-blocks", type=int, default=64, help="per engine: small, so swaps happen")
     parser.add_argument("--rss-every-s", type=float, default=10.0, help="RSS sampling period of every service")
     parser.add_argument(
+        "--gateway-max-in-flight",
+        type=int,
+        default=192,
+        help="the gateway's --max-in-flight-requests: its RSS grows ~70 KiB per stream it holds (soak_backlog.py), "
+        "so a backlog behind starved engines stops here (192: the 64 streams + a burst in flight + one burst more)",
+    )
+    parser.add_argument(
         "--warmup-fraction", type=float, default=0.1, help="RSS growth is also reported from this mark of the run on"
     )
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
@@ -47,6 +54,7 @@ async def _run(args: argparse.Namespace) -> dict:
             engine_args=(*ENGINE_ARGS, "--num-kv-blocks", str(args.num_kv_blocks)),
             memory_args=(*MEMORY_ARGS, "--max-kv-relative-error", "0"),
             gateway_in_process=False,  # its own process: its RSS is sampled apart from the load generator's
+            gateway_args=("--max-in-flight-requests", str(args.gateway_max_in_flight)),
         )
     )
     await stack.start()
