@@ -129,9 +129,9 @@ class HostPath:
             sampled = runner.sample(output, arrays, logits)
             figures["sample"] = clock() - started
             started = clock()
-            for result in scheduler.update(output, sampled):
-                if result.finish_reason is not None:
-                    runner.forget(result.request_id)
+            scheduler.update(output, sampled)
+            for request_id in scheduler.finished_request_ids:  # as EngineCore.step forgets rows
+                runner.forget(request_id)
             figures["update"] = clock() - started
         return figures
 

@@ -137,6 +137,10 @@ class InputBatch:
                 have = 0
             self.token_ids[row, have:num_tokens] = request.token_ids_slice(have, num_tokens)
             self._num_tokens[row] = num_tokens
+        self._sync_blocks(row, table)
+
+    def _sync_blocks(self, row: int, table: list[int]) -> None:
+        """Copies the blocks the row lacks (only the new ones)."""
         num_blocks, have = len(table), self._num_blocks.item(row)
         if num_blocks != have:
             if num_blocks > self.block_table.shape[1]:
@@ -238,8 +242,33 @@ class InputBatch:
     def _prepare_decodes(self, decodes: DecodeColumns, block_table_of: Callable[[str], list[int]]) -> StepArrays:
         """prepare() of a step that is decode columns only: rows synced, then steady_staging.py's buffer."""
         rows_list, rows = self._rows_of(decodes.requests)
-        self._sync_stale(decodes.requests, rows_list, rows, decodes.seq_lens, block_table_of)
+        seq_lens, num_blocks = decodes.seq_lens, self._num_blocks[rows]
+        opens_block = num_blocks * self.block_size < seq_lens  # a 1 / block_size share of the rows, each step
+        if (self._num_tokens[rows] < seq_lens).any():
+            self._sync_stale(decodes.requests, rows_list, rows, seq_lens, block_table_of)
+        elif opens_block.any():
+            self._add_opened_blocks(decodes.request_ids, rows, num_blocks, np.flatnonzero(opens_block), block_table_of)
         return self._steady.arrays(rows, decodes.seq_lens, decodes.seq_lens_list, self.token_ids, self.block_table)
+
+    def _add_opened_blocks(
+        self,
+        request_ids: list[str],
+        rows: np.ndarray,
+        num_blocks: np.ndarray,
+        indices: np.ndarray,
+        block_table_of: Callable[[str], list[int]],
+    ) -> None:
+        """_sync_row for decodes whose rows lack exactly their table's last block (their position opened
+        it): one array write for all of them; any other shortfall is synced row by row."""
+        tables = [block_table_of(request_ids[index]) for index in indices.tolist()]
+        lengths = np.fromiter(map(len, tables), np.int64, len(tables))
+        have, short_rows = num_blocks[indices], rows[indices]
+        if not (lengths == have + 1).all() or int(lengths.max()) > self.block_table.shape[1]:
+            for row, table in zip(short_rows.tolist(), tables):
+                self._sync_blocks(row, table)
+            return
+        self.block_table[short_rows, have] = [table[-1] for table in tables]
+        self._num_blocks[short_rows] = lengths
 
     def _sync_stale(
         self,
