@@ -38,6 +38,7 @@ from services.engine.kv_cache import KvCacheShape, PagedKvCache
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 # case name -> (query tokens, context tokens) per request
 CASES = {
+    "16 decodes, ctx 800 (no verify)": [(1, 800)] * 16,
     "16 verifies x 9 queries, ctx 800": [(9, 800)] * 16,
     "16 verifies x 17 queries, ctx 800": [(17, 800)] * 16,
     "12 decodes + 4 verifies x 9, ctx 800": [(1, 800)] * 12 + [(9, 800)] * 4,
