@@ -2,11 +2,12 @@
 
 Why not the step-cost fit (scheduler/cost_model.py): it prices a step by its fed tokens, and its per-token
 slope is set mostly by prefill chunks (hundreds of tokens, only the last one through the LM head). A verify
-is dearer than that on CPU: each verifying request leaves the batched decode attention for its own
-per-request SDPA pass over its whole context (attention.attend_mixed), and every draft goes through the
-LM head. Measured on SmolLM2-135M (bf16, 1 thread, batch 16; docs/benchmarks/spec/README.md): the fit
-priced the verify drafts of a batch-16 step at a fraction of what they added, so the batch-level turn-down
-never set k to 0 there, and drafting slowed decoding to 0.74x.
+is dearer than that on CPU: every draft goes through the LM head, and until session 11 each verifying
+request also left the batched decode attention for its own per-request SDPA pass over its whole context
+(~10-12 ms per verify and step on SmolLM2-135M, bf16, 1 thread; now batched, short_query_attention.py:
+~0 per verify, ~2.2 ms per draft at batch 16, services/bench/spec_verify_cost.py). The fit priced the
+verify drafts of a batch-16 step at a fraction of what they added, so the batch-level turn-down never set
+k to 0 there, and drafting slowed decoding to 0.74x (docs/benchmarks/spec/README.md).
 
 So the meter fits decode-only steps (no prefill tokens) on their own terms:
 
@@ -98,9 +99,10 @@ class DraftCostMeter:
     """Decode-only steps in (what the speculator knows of them, timed by the step-cost model), costs out.
 
     One fit per batch-size class (1, 2-3, 4-7, 8-15, 16-31, ...: num_decodes.bit_length()): a verify's extra
-    cost depends on the batch it joins (it leaves the batched decode attention, whose per-request cost falls
-    as the batch grows), so one line over every size misprices the largest (measured on CPU, forced drafts:
-    ~0 ms per verify at batch 1, ~15 at 4, ~10 at 16, plus ~2 per draft). A class without a fit borrows the
+    cost depends on the batch it joins (a decode's share of the batched work falls as the batch grows), so
+    one line over every size misprices the largest (measured on CPU, forced drafts, verifies one SDPA each:
+    ~0 ms per verify at batch 1, ~15 at 4, ~10 at 16, plus ~2 per draft; with verifies batched ~0 per verify
+    at every size). A class without a fit borrows the
     nearest class's, and before any fit the step-cost fit's terms hold."""
 
     def __init__(self, cost_model: OnlineStepCostModel, config: DraftCostConfig | None = None) -> None:
