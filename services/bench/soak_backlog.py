@@ -118,7 +118,11 @@ def _summarize(stack, outcomes, samples, rate_per_s, duration_s, loads) -> Backl
 async def _run_variant(args: argparse.Namespace, gateway_args: tuple[str, ...]) -> BacklogResult:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-backlog-"))
     config = ChaosStackConfig(
-        log_dir=log_dir, with_predictor=False, gateway_in_process=False, gateway_args=gateway_args
+        log_dir=log_dir,
+        with_predictor=False,
+        gateway_in_process=False,
+        gateway_args=gateway_args,
+        startup_timeout_s=300.0,  # a loaded shared machine (load 20-30) took over 120 s to start the engines
     )
     stack = ChaosStack(config)
     await stack.start()
