@@ -93,6 +93,7 @@ async def run(rounds: int, duration_s: float, log_dir: pathlib.Path) -> dict:
         gateway_in_process=False,
         gateway_args=("--max-in-flight-requests", "256", "--max-queued-work-s", repr(OVERLOAD_MAX_QUEUED_WORK_S)),
         engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
+        startup_timeout_s=300.0,  # a loaded shared machine took over 120 s to start an engine
     )
     stack = ChaosStack(config)
     await stack.start()
