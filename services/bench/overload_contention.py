@@ -29,7 +29,7 @@ import time
 import grpc
 
 from services.bench.chaos_contention import ContentionProbe
-from services.bench.chaos_overload import paced_overload
+from services.bench.chaos_overload import burst, paced_overload
 from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, OVERLOAD_TOKENS, _capacity
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
 from services.common.contracts import common_pb2, gateway_service_pb2
@@ -98,7 +98,10 @@ async def run(rounds: int, duration_s: float, log_dir: pathlib.Path) -> dict:
     stack = ChaosStack(config)
     await stack.start()
     try:
+        await burst(stack.gateway_stub(), 16, max_tokens=OVERLOAD_TOKENS, timeout_s=120.0)  # first steps, rates
         capacity = await _capacity(stack, 10.0)
+        if capacity <= 0:
+            raise RuntimeError("no request completed while measuring capacity: the machine is too loaded to measure")
         runs = []
         for _ in range(rounds):
             for level in LEVELS:
