@@ -55,6 +55,7 @@ async def _run(args: argparse.Namespace) -> dict:
             memory_args=(*MEMORY_ARGS, "--max-kv-relative-error", "0"),
             gateway_in_process=False,  # its own process: its RSS is sampled apart from the load generator's
             gateway_args=("--max-in-flight-requests", str(args.gateway_max_in_flight)),
+            startup_timeout_s=300.0,  # a loaded shared machine (load 10-30) took over 120 s to start an engine
         )
     )
     await stack.start()
