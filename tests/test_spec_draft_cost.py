@@ -37,7 +37,8 @@ def _measured_step_s(num_decodes: int, num_verifies: int, num_drafts: int) -> fl
 
 
 def test_the_meter_recovers_a_verify_and_a_draft_cost_from_decode_steps():
-    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), DraftCostConfig(min_steps_to_fit=32))
+    config = DraftCostConfig(min_steps_to_fit=32, fit_per_verify=True)
+    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), config)
     assert meter.costs(16) == DraftCosts(0.060, 0.002, 0.0, 0.002)  # before a fit: the step-cost fit's terms
     rng = np.random.default_rng(0)
     for _ in range(128):
@@ -60,7 +61,8 @@ def test_the_meter_recovers_a_verify_and_a_draft_cost_from_decode_steps():
 
 
 def test_one_batch_size_puts_the_decodes_in_the_base_and_steps_without_drafts_are_needed():
-    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), DraftCostConfig(min_steps_to_fit=8, refit_every_steps=8))
+    config = DraftCostConfig(min_steps_to_fit=8, refit_every_steps=8, fit_per_verify=True)
+    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), config)
     for _ in range(16):  # every step verifies: a verify cannot be told from a decode
         meter.record(16, 16, 32, _measured_step_s(16, 16, 32))
     assert not meter.fitted
@@ -70,6 +72,30 @@ def test_one_batch_size_puts_the_decodes_in_the_base_and_steps_without_drafts_ar
     assert costs.plain_step_s(16) == pytest.approx(CPU.plain_step_s(16))
     assert costs.verify_s(3) == pytest.approx(CPU.verify_s(3))
     assert costs.per_decode_s == pytest.approx(UNDERPRICED.per_token_s)  # the split of a plain step: the fit's slope
+
+
+def test_without_a_verify_term_drafts_carry_the_cost_that_verifies_and_drafts_add_together():
+    """Verifies attended in the batch add only their drafts. Real steps' verifies and drafts rise together
+    (about k drafts per verify), so a fit with both columns may put their joint cost on either; at batch 16 it
+    once priced drafts at 0 and every verify then drafted the full k. By default there is no verify column."""
+    batched = DraftCosts(base_s=0.060, per_decode_s=0.010, per_verify_s=0.0, per_draft_s=0.004)
+
+    def fitted(fit_per_verify: bool) -> DraftCosts:
+        rng = np.random.default_rng(9)
+        config = DraftCostConfig(min_steps_to_fit=32, fit_per_verify=fit_per_verify)
+        meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), config)
+        for _ in range(64):
+            num_verifies = int(rng.integers(0, 17))
+            num_drafts = 8 * num_verifies + int(rng.integers(-1, 2)) * (num_verifies > 0)  # nearly collinear
+            step_s = batched.plain_step_s(16) + batched.per_draft_s * num_drafts
+            meter.record(16, num_verifies, num_drafts, step_s * (1 + rng.normal(0, 0.05)))
+        return meter.costs(16)
+
+    costs = fitted(fit_per_verify=False)
+    assert costs.per_verify_s == 0.0
+    assert costs.per_draft_s == pytest.approx(batched.per_draft_s, rel=0.15)
+    with_verify_term = fitted(fit_per_verify=True)  # the same steps: the joint cost lands on the verifies
+    assert with_verify_term.per_draft_s < batched.per_draft_s / 2 < with_verify_term.per_verify_s / 8
 
 
 def test_settle_keeps_only_the_planned_decode_step():
@@ -115,7 +141,10 @@ def _decoding(request_id: str, copies: bool = True) -> Request:
 
 def _speculator(probe_every_steps: int = 8) -> tuple[Speculator, OnlineStepCostModel]:
     cost_model = OnlineStepCostModel(UNDERPRICED)
-    config = DraftCostConfig(min_steps_to_fit=16, refit_every_steps=4, probe_every_steps=probe_every_steps)
+    # CPU-shaped steps with a verify's own attention pass (per_verify_s 12 ms): the meter fits that term
+    config = DraftCostConfig(
+        min_steps_to_fit=16, refit_every_steps=4, probe_every_steps=probe_every_steps, fit_per_verify=True
+    )
     speculator = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), cost_model, 4096, draft_costs=config)
     return speculator, cost_model
 

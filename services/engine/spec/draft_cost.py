@@ -13,8 +13,8 @@ So the meter fits decode-only steps (no prefill tokens) on their own terms:
 
     step_s = base_s + per_decode_s * decodes + per_verify_s * verifies + per_draft_s * drafts
 
-(non-negative least squares over a window of recent decode-only steps, one fit per batch-size class; a
-column that does not vary in the window is left out: while the batch holds its size, the step-cost fit's
+(per_verify_s is fitted only with DraftCostConfig.fit_per_verify, else 0: see there; non-negative least
+squares over a window of recent decode-only steps, one fit per batch-size class; a column that does not vary in the window is left out: while the batch holds its size, the step-cost fit's
 per-token slope splits the plain step into base and decodes). Until it has enough varied steps
 it reads the step-cost fit (per_verify_s 0, a draft priced as a fed token): the behaviour before, which
 drafts, and so measures.
@@ -70,6 +70,12 @@ class DraftCostConfig:
     # False: an accepted token is worth a decode's full share of a plain step whatever share of the batch
     # drafts (as if every request drafted; `alise bench spec`'s "@share" column), not token_value_s's.
     closed_batch_value: bool = True
+    # Fit a per-verifying-request term. Off: since verifies are attended in the batch
+    # (short_query_attention.py) a verify adds only its drafts (measured ~0 per verify at batch 1, 4 and
+    # 16), and verifies and drafts rise together in real steps, so a fit with both columns could put their
+    # joint cost on either: at batch 16 it priced drafts at 0 and every verify drafted the full k (0.83-0.96x
+    # of off). On: for a path where a verify has its own cost (one attention pass per request).
+    fit_per_verify: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps_to_fit <= self.window_steps:
@@ -165,7 +171,8 @@ class DraftCostMeter:
         size.since_refit += 1
         if size.since_refit >= self.config.refit_every_steps and len(size.steps) >= self.config.min_steps_to_fit:
             size.since_refit = 0
-            size.fitted = _fit(size.steps, self._cost_model.coefficients.per_token_s) or size.fitted
+            per_token_s = self._cost_model.coefficients.per_token_s
+            size.fitted = _fit(size.steps, per_token_s, self.config.fit_per_verify) or size.fitted
 
 
 @dataclass
@@ -177,15 +184,18 @@ class _SizeClass:
     fitted: DraftCosts | None = None
 
 
-def _fit(steps: collections.deque[tuple[int, int, int, float]], per_token_s: float) -> DraftCosts | None:
-    """Non-negative least squares of the steps' seconds on [1, decodes, verifies, drafts]; None without steps
-    both with and without drafts, or when a plain step would cost nothing."""
+def _fit(
+    steps: collections.deque[tuple[int, int, int, float]], per_token_s: float, fit_per_verify: bool
+) -> DraftCosts | None:
+    """Non-negative least squares of the steps' seconds on [1, decodes, verifies, drafts] (verifies only with
+    fit_per_verify, else their term is 0); None without steps both with and without drafts, or when a plain
+    step would cost nothing."""
     data = np.asarray(steps, dtype=np.float64)
     if not (np.any(data[:, 1] == 0) and np.any(data[:, 1] > 0)):
         return None  # steps with and without drafts both needed to tell a verify from a decode
     full = np.column_stack([np.ones(len(data)), data[:, :3]])
     columns = [0]
-    for column in (1, 2, 3):  # a column adds a term only where it varies apart from the others
+    for column in (1, 2, 3) if fit_per_verify else (1, 3):  # a column adds a term only where it varies apart
         if np.linalg.matrix_rank(full[:, columns + [column]]) == len(columns) + 1:
             columns.append(column)
     solution = nonnegative_least_squares(full[:, columns], data[:, 3])
