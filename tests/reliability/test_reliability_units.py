@@ -14,6 +14,7 @@ from services.cli.stack_plan import ChildSpec, with_port
 from services.common.errors import Overloaded
 from services.common.refusal import RefusalReason
 from services.engine.admission_control import AdmissionControl, AdmissionLimits, QueueProfile
+from services.engine.admission_inflow import AdmittedInflow
 from services.engine.drain_rate import DrainRate
 from services.engine.engine_core import StepTiming
 from services.gateway.admission import InFlightLimit
@@ -104,8 +105,10 @@ def test_shorter_work_arriving_while_a_request_waits_counts_against_its_deadline
     queue = _profile([20.0] * 5)  # 100 tokens ahead: 2.5 s with its own 50 (one token per 0.05 s step)
     for predicted_tokens, policy_fcfs, admitted in ((30.0, False, False), (100.0, False, True), (30.0, True, True)):
         control = AdmissionControl(limits, clock=lambda: now[0])
+        now[0] = 0.0
+        control.admit("first", 4, predicted_tokens, 20.0, queue)  # the first window: no arrival term yet
         for index in range(300):  # 9,000 predicted tokens in 60 s: 150 tokens/s = 1.5 s of work per s
-            now[0] = index * 0.2
+            now[0] = 0.5 + index * 0.2
             control.admit(f"r{index}", 4, predicted_tokens, None, queue)
         profile = _profile([20.0] * 5, shortest_first=not policy_fcfs)
         if admitted:
@@ -117,6 +120,18 @@ def test_shorter_work_arriving_while_a_request_waits_counts_against_its_deadline
         assert "predicted completion in 47.50 s" in str(refused.value)
     now[0] += 61.0  # the inflow has left the window: admitted again
     control.admit("later", 4, 50.0, 20.0, _profile([20.0] * 5))
+
+
+def test_the_inflow_is_not_read_as_a_rate_before_a_whole_window_has_passed():
+    now = [0.0]
+    inflow = AdmittedInflow(window_s=60.0, clock=lambda: now[0])
+    for _ in range(64):  # the queue filling at start
+        inflow.on_admitted(30.0)
+    now[0] = 59.0
+    assert inflow.tokens_per_s_at_most(50.0) == 0.0
+    now[0] = 60.0
+    assert inflow.tokens_per_s_at_most(50.0) == pytest.approx(64 * 30.0 / 60.0)
+    assert inflow.tokens_per_s_at_most(10.0) == 0.0  # longer work does not rank ahead
 
 
 def test_arrivals_ahead_stretch_the_wait_up_to_the_overtake_horizon():
