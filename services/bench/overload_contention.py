@@ -76,7 +76,7 @@ async def _level(stack: ChaosStack, level: str, capacity: float, duration_s: flo
         result = await streams
     keys = ("codes", "admitted_ttft_p50_s", "admitted_ttft_p90_s", "admitted_ttft_p99_s", "rejection_p99_s")
     keys += ("admitted_engine_queue_p50_s", "admitted_first_step_p50_s", "admitted_first_step_p90_s")
-    keys += ("admitted_engine_ttft_p99_s", "admitted_outside_engine_p99_s")
+    keys += ("admitted_engine_ttft_p99_s", "admitted_outside_engine_p99_s", "refusal_reasons", "sample_rejection")
     return {
         "level": level,
         **{key: getattr(result, key) for key in keys},
