@@ -10,9 +10,9 @@ import random
 import pytest
 import torch
 
-from services.engine.attention import make_metadata, paged_attention_reference
+from services.bench.attention_steps import random_attention_step
+from services.engine.attention import paged_attention_reference
 from services.engine.kernels.backend import ReferenceAttention
-from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.short_query_attention import MAX_ROWS_PER_GATHER, MAX_SHORT_QUERY_TOKENS
 
 HEAD_DIM = 32
@@ -36,20 +36,16 @@ def _random_requests(rng: random.Random, num_requests: int, block_size: int) -> 
 
 
 def _step(requests, num_heads: int, num_kv_heads: int, block_size: int, dtype: torch.dtype, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    num_blocks = sum(-(-context // block_size) for _, context in requests) + 4
-    shape = KvCacheShape(1, num_blocks, block_size, num_kv_heads, HEAD_DIM)
-    cache = PagedKvCache(shape, dtype, torch.device("cpu"))
-    cache.key_cache[0].copy_(torch.randn(cache.key_cache[0].shape, generator=generator, dtype=torch.float64))
-    cache.value_cache[0].copy_(torch.randn(cache.value_cache[0].shape, generator=generator, dtype=torch.float64))
-    permutation = torch.randperm(num_blocks, generator=generator).tolist()
-    tables, starts = [], [0]
-    for num_queries, context in requests:
-        tables.append([permutation.pop() for _ in range(-(-context // block_size))])
-        starts.append(starts[-1] + num_queries)
-    metadata = make_metadata(torch.zeros(starts[-1], dtype=torch.long), starts, [c for _, c in requests], tables)
-    query = torch.randn(starts[-1], num_heads, HEAD_DIM, generator=generator, dtype=torch.float64).to(dtype)
-    return query, cache, metadata
+    return random_attention_step(
+        requests,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=HEAD_DIM,
+        block_size=block_size,
+        dtype=dtype,
+        seed=seed,
+        num_spare_blocks=4,
+    )
 
 
 def _check_against_float64_oracle(requests, num_heads, num_kv_heads, block_size, dtype, seed):

@@ -53,6 +53,18 @@ def _check(arrays, expected) -> None:
         assert row[: len(table)] == table
 
 
+def _sample_and_update(scheduler, batch: InputBatch, output: SchedulerOutput, arrays, rng, max_token: int) -> None:
+    """Random tokens for the step's sampled rows, recorded in the batch and applied by the scheduler; rows of
+    requests that finished are removed (as the runner and the engine core do)."""
+    tokens = [rng.randrange(3, max_token) for _ in arrays.sample_indices]
+    batch.record_sampled(arrays, tokens)
+    requests = [output.chunks[i].request for i in arrays.sample_indices]
+    sampled = {r.request_id: t for r, t in zip(requests, tokens, strict=True)}
+    for result in scheduler.update(output, sampled):
+        if result.finish_reason is not None:
+            batch.remove(result.request_id)
+
+
 def _drive(scheduler, batch: InputBatch, arrivals: dict[int, list[Request]], abort_at: dict[int, str], rng):
     """Steps to completion, checking every step; returns the number of preemptions seen."""
     for step in range(400):
@@ -67,13 +79,7 @@ def _drive(scheduler, batch: InputBatch, arrivals: dict[int, list[Request]], abo
             expected = _reference(output, scheduler.kv.block_table, scheduler.kv.block_size)
             arrays = batch.prepare(output.chunks, scheduler.kv.block_table)
             _check(arrays, expected)
-            tokens = [rng.randrange(3, 1000) for _ in arrays.sample_indices]
-            batch.record_sampled(arrays, tokens)
-            requests = [output.chunks[i].request for i in arrays.sample_indices]
-            sampled = {r.request_id: t for r, t in zip(requests, tokens, strict=True)}
-            for result in scheduler.update(output, sampled):
-                if result.finish_reason is not None:
-                    batch.remove(result.request_id)
+            _sample_and_update(scheduler, batch, output, arrays, rng, max_token=1000)
         live = {r.request_id for r in scheduler.running}
         assert set(batch._row_of) <= live | set(scheduler.requests), "a row outlived its request"
         assert batch.num_rows <= len(scheduler.running)

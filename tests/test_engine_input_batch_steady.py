@@ -13,7 +13,7 @@ import torch
 from services.engine.input_batch import InputBatch
 from services.engine.steady_staging import SteadyStaging
 from tests.engine_factories import make_scheduler
-from tests.test_engine_input_batch import _check, _reference, _request
+from tests.test_engine_input_batch import _check, _reference, _request, _sample_and_update
 
 CPU = torch.device("cpu")
 
@@ -55,13 +55,7 @@ def test_steady_steps_match_the_reference_through_new_blocks_arrivals_finishes_a
         if previous is not None and _CountingStaging.num_advanced > num_advanced:  # the same tensors, rewritten
             assert arrays.input_ids is previous.input_ids and arrays.slot_mapping is previous.slot_mapping
         previous, num_advanced = arrays, _CountingStaging.num_advanced
-        tokens = [rng.randrange(3, 900) for _ in arrays.sample_indices]
-        batch.record_sampled(arrays, tokens)
-        requests = [output.chunks[i].request for i in arrays.sample_indices]
-        sampled = {r.request_id: t for r, t in zip(requests, tokens, strict=True)}
-        for result in scheduler.update(output, sampled):
-            if result.finish_reason is not None:
-                batch.remove(result.request_id)
+        _sample_and_update(scheduler, batch, output, arrays, rng, max_token=900)
     assert _CountingStaging.num_advanced > 30, "the steady steps were meant to advance in place"
     assert _CountingStaging.num_built > 3, "arrivals, finishes, the abort and wider tables rebuild"
 

@@ -30,10 +30,9 @@ from types import ModuleType
 
 import torch
 
+from services.bench.attention_steps import random_attention_step
 from services.bench.results import build_report, write_report
-from services.engine.attention import make_metadata
 from services.engine.kernels.backend import ReferenceAttention
-from services.engine.kv_cache import KvCacheShape, PagedKvCache
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 # case name -> (query tokens, context tokens) per request
@@ -60,21 +59,15 @@ class CaseResult:
 
 
 def _step(requests: list[tuple[int, int]], seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    num_blocks = sum(-(-context // BLOCK_SIZE) for _, context in requests) + 1
-    cache = PagedKvCache(
-        KvCacheShape(1, num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), torch.bfloat16, torch.device("cpu")
+    return random_attention_step(
+        requests,
+        num_heads=NUM_HEADS,
+        num_kv_heads=NUM_KV_HEADS,
+        head_dim=HEAD_DIM,
+        block_size=BLOCK_SIZE,
+        dtype=torch.bfloat16,
+        seed=seed,
     )
-    cache.key_cache[0].copy_(torch.randn(cache.key_cache[0].shape, generator=generator))
-    cache.value_cache[0].copy_(torch.randn(cache.value_cache[0].shape, generator=generator))
-    blocks = torch.randperm(num_blocks, generator=generator).tolist()
-    tables, starts = [], [0]
-    for num_queries, context in requests:
-        tables.append([blocks.pop() for _ in range(-(-context // BLOCK_SIZE))])
-        starts.append(starts[-1] + num_queries)
-    metadata = make_metadata(torch.zeros(starts[-1], dtype=torch.long), starts, [c for _, c in requests], tables)
-    query = torch.randn(starts[-1], NUM_HEADS, HEAD_DIM, generator=generator).to(torch.bfloat16)
-    return query, cache, metadata
 
 
 def load_baseline(commit: str) -> ModuleType:
