@@ -114,6 +114,8 @@ class DraftCostMeter:
     def __init__(self, cost_model: OnlineStepCostModel, config: DraftCostConfig | None = None) -> None:
         self.config = config or DraftCostConfig()
         self._cost_model = cost_model
+        if self.config.clock is StepClock.PROCESS_CPU:
+            cost_model.records_cpu_time = True  # the step ends this meter times on CPU
         self._classes: dict[int, _SizeClass] = {}
         # The step planned last: (cost model's num_observed then, decodes, verifies, drafts, process CPU time at
         # the start of its plan), None if none
