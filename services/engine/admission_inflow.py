@@ -18,8 +18,13 @@ rho(x) is measured here: the predicted output tokens of the requests admitted ov
 `window_s` seconds whose prediction is at most x's (those rank ahead of x), per second, times the
 engine's drain rate (seconds per output token). Under fcfs later arrivals never go ahead: rho = 0.
 
+The sum is asked for on every deadline check; summing the window each time cost O(admissions in the
+window) per request. The window's predictions also live in a PrefixSums (a Fenwick tree over the
+values' order, admission_prefix_sums), so both the check and an admission take a fixed <= 64 steps.
+
 Invariant: `_admitted` holds (time, predicted tokens) of the admissions of the last window_s only,
-oldest first; everything runs on the engine's asyncio thread (no lock).
+oldest first, and `_by_tokens` holds exactly their predicted tokens; everything runs on the engine's
+asyncio thread (no lock).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import collections
 import time
 from typing import Callable
+
+from services.engine.admission_prefix_sums import PrefixSums
 
 # Long enough that one burst (e.g. a queue filling at once) does not read as a sustained rate: with 10 s,
 # 64 requests admitted at once under a 64-request cap read as rho ~1.5 and refused requests of a 60 s
@@ -43,6 +50,7 @@ class AdmittedInflow:
         self.window_s = window_s
         self._clock = clock
         self._admitted: collections.deque[tuple[float, float]] = collections.deque()
+        self._by_tokens = PrefixSums()  # the same admissions' predicted tokens, for sums by size
         self._first_admitted_s: float | None = None  # time of the first admission ever
 
     def on_admitted(self, predicted_output_tokens: float) -> None:
@@ -51,6 +59,7 @@ class AdmittedInflow:
             self._first_admitted_s = now_s
         self._forget_before(now_s - self.window_s)
         self._admitted.append((now_s, predicted_output_tokens))
+        self._by_tokens.add(predicted_output_tokens)
 
     def tokens_per_s_at_most(self, own_tokens: float) -> float:
         """Predicted output tokens per second admitted lately by requests predicted to need <= own_tokens;
@@ -61,8 +70,8 @@ class AdmittedInflow:
         if self._first_admitted_s is None or now_s - self._first_admitted_s < self.window_s:
             return 0.0
         self._forget_before(now_s - self.window_s)
-        return sum(tokens for _, tokens in self._admitted if tokens <= own_tokens) / self.window_s
+        return self._by_tokens.sum_at_most(own_tokens) / self.window_s
 
     def _forget_before(self, oldest_s: float) -> None:
         while self._admitted and self._admitted[0][0] < oldest_s:
-            self._admitted.popleft()
+            self._by_tokens.remove(self._admitted.popleft()[1])
