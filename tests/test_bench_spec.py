@@ -157,7 +157,11 @@ def test_bench_spec_runs_end_to_end_on_the_tiny_model(tmp_path: pathlib.Path, ca
         "ngram_summarise_rewrite_batch1",
         "ngram_open_chat_batch1",
         "early_exit_best_set_batch1",
+        *(f"ngram_{name.value.replace('-', '_')}_batch16" for name in PromptSetName),
     }
+    assert report["goals"]["ngram_open_chat_batch16"]["measured"] is None  # batch 16 not run
+    whole = report["cells"]["open-chat"]["2"]["ngram"]
+    assert whole["group_tokens_per_cpu_s"]["median"] > 0 and whole["group_cpu_s"] >= whole["decode_cpu_s"]
     assert "exactness ngram:" in capsys.readouterr().out
 
 
@@ -180,7 +184,11 @@ def test_sweep_interleaves_every_method_per_group_in_rotated_order(monkeypatch):
         calls.append((core, tag))
         return _run(10.0, {p.prompt_id: (1,) for p in prompts}, SpecCounters(0, 0, 0))
 
+    def fake_run_groups(cores, prompts, max_tokens, tag):  # the methods stepped in turn, in the dict's order
+        return {method: fake_run_group(core, prompts, max_tokens, tag) for method, core in cores.items()}
+
     monkeypatch.setattr(spec_bench, "run_group", fake_run_group)
+    monkeypatch.setattr(spec_bench, "run_groups", fake_run_groups)
     methods = tuple(SpeculativeMethod)
     config = spec_bench.SpecBenchConfig(
         "dummy-llama-tiny", spec_bench.Dtype.AUTO, methods, (1,), 2, 4, 2, 2, NgramConfig(), 0, 64, 0, None

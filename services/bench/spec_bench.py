@@ -8,7 +8,8 @@ to completion; what is timed is said there). Side by side, in one run:
 
     for each repeat r:
       for each set, batch size b, group g:
-        every method runs group g, in an order rotated by r + g      (methods interleaved per group,
+        every method runs group g at once, one step of each in turn, in an order rotated by r + g
+                                                                     (methods interleaved step by step,
                                                                       so machine drift hits all alike)
 
     tokens/s of (set, b, method, r) = decode tokens of its groups / their decode wall time
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 from services.bench.results import build_report, write_report
 from services.bench.spec_prompts import PromptSetName, SpecPrompt, read_sharegpt, select_prompt_sets
 from services.bench.spec_report import BenchMethod, BenchPreset, GroupRecord, plot_speedups, print_table, summarise
-from services.bench.spec_run import run_group
+from services.bench.spec_run import run_group, run_groups
 from services.common import arg_types
 from services.common.cli_errors import print_error
 from services.common.model_catalog import DEFAULT_MODEL
@@ -63,6 +64,10 @@ class SpecBenchConfig:
     max_prompt_tokens: int  # chat-templated prompt tokens at most
     seed: int  # prompt selection
     data_dir: pathlib.Path | None  # ../shared/data when None ($ALISE_SHARED_DATA overrides)
+    # the engines' per-step token budget; 0 = the engine's default (512: a batch-16 group prefills over ~10
+    # steps, decoding the prompts prefilled first meanwhile); one large enough for every prompt of a group
+    # starts all its requests decoding at the same step
+    max_num_batched_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(BenchMethod(method) for method in self.methods))
@@ -75,6 +80,8 @@ class SpecBenchConfig:
         for name in ("num_prompts", "max_tokens", "num_repeats", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_num_batched_tokens < 0:
+            raise ValueError(f"max_num_batched_tokens must be >= 0, got {self.max_num_batched_tokens}")
 
     @property
     def pool_size(self) -> int:
@@ -105,6 +112,7 @@ def build_engines(config: SpecBenchConfig):
             ngram_min=config.ngram.min_n,
             ngram_max=config.ngram.max_n,
             early_exit_layer=config.early_exit_layer,
+            **({"max_num_batched_tokens": config.max_num_batched_tokens} if config.max_num_batched_tokens else {}),
         )
         for method in config.methods
     }
@@ -204,10 +212,10 @@ def run_sweep(
                 for group_index, group in enumerate(groups_of(pool, batch_size, config.num_prompts)):
                     shift = (repeat + group_index) % len(config.methods)
                     order = config.methods[shift:] + config.methods[:shift]
+                    tag = f"r{repeat}-{prompt_set.value}-b{batch_size}-g{group_index}"
+                    runs = run_groups({method: engines[method] for method in order}, group, config.max_tokens, tag)
                     for method in order:
-                        tag = f"r{repeat}-{prompt_set.value}-b{batch_size}-g{group_index}-{method.value}"
-                        run = run_group(engines[method], group, config.max_tokens, tag)
-                        records.append(GroupRecord(repeat, prompt_set, batch_size, group_index, method, run))
+                        records.append(GroupRecord(repeat, prompt_set, batch_size, group_index, method, runs[method]))
                     print(f"  repeat {repeat} {prompt_set.value} b={batch_size} group {group_index} done", flush=True)
                 if on_progress is not None:
                     on_progress(records)
@@ -280,6 +288,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-prompt-tokens", type=arg_types.positive_int, default=1024)
     parser.add_argument("--seed", type=arg_types.seed, default=0)
     parser.add_argument("--data-dir", type=pathlib.Path, default=None, help="default: ../shared/data")
+    parser.add_argument("--max-num-batched-tokens", type=arg_types.non_negative_int, default=0,
+                        help="the engines' per-step token budget (0 = the engine's default)")  # fmt: skip
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/benchmarks/spec/spec_bench.json"))
     parser.set_defaults(handler=run)
 
@@ -289,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         config = SpecBenchConfig(
             args.model, args.dtype, args.methods, args.batch_sizes, args.num_prompts, args.max_tokens, args.repeats,
             args.num_speculative_tokens, NgramConfig(args.ngram_min, args.ngram_max), args.early_exit_layer,
-            args.max_prompt_tokens, args.seed, args.data_dir,
+            args.max_prompt_tokens, args.seed, args.data_dir, args.max_num_batched_tokens,
         )  # fmt: skip
     except ValueError as error:
         print_error("alise bench spec", str(error))
