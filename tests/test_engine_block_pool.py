@@ -72,3 +72,30 @@ def test_random_allocations_never_share_or_leak_blocks():
     for request_id in list(sizes):
         kv.free(request_id)
     assert kv.pool.num_free_blocks == 50
+
+
+def test_allocating_for_many_requests_at_once_gives_what_one_call_each_gives():
+    rng = random.Random(3)
+    for _ in range(50):
+        one_by_one, at_once = KvBlockManager(64, 4), KvBlockManager(64, 4)
+        for kv in (one_by_one, at_once):  # the same history: some tables, some blocks freed
+            for index in range(6):
+                kv.allocate_slots(f"r{index}", 1 + 3 * index)
+            kv.free("r2")
+        ids = [f"r{index}" for index in rng.sample(range(8), 5)]  # r6, r7: no table yet; r2: freed
+        counts = [rng.randint(1, 24) for _ in ids]
+        assert at_once.allocate_slots_for_all(ids, counts)
+        for request_id, count in zip(ids, counts):
+            assert one_by_one.allocate_slots(request_id, count)
+        assert {r: at_once.block_table(r) for r in ids} == {r: one_by_one.block_table(r) for r in ids}
+        assert at_once.pool._free_block_ids == one_by_one.pool._free_block_ids
+
+
+def test_allocating_for_many_requests_is_all_or_nothing():
+    kv = KvBlockManager(5, 4)
+    kv.allocate_slots("a", 8)  # 2 blocks, 3 free
+    free_before, table_before = list(kv.pool._free_block_ids), list(kv.block_table("a"))
+    assert not kv.allocate_slots_for_all(["a", "b", "c"], [12, 4, 8])  # needs 1 + 1 + 2 = 4
+    assert kv.pool._free_block_ids == free_before and kv.block_table("a") == table_before
+    assert kv.num_requests_holding_blocks == 1  # no empty table left for b or c
+    assert kv.allocate_slots_for_all(["a", "b", "c"], [12, 4, 4]) and kv.pool.num_free_blocks == 0

@@ -187,3 +187,18 @@ def test_the_engine_leaves_no_row_behind_after_finishes_preemptions_and_aborts()
             break
     assert core.scheduler.num_preemptions > 0
     assert core.runner.batch.num_rows == 0 and core.scheduler.kv.pool.num_free_blocks == 12
+
+
+def test_decode_columns_skip_the_preemption_scan_only_while_the_schedulers_count_stands_still():
+    """_rows_of with a status-change count: an equal count reuses the rows without reading each request's
+    preemption count; a moved count (a preemption since) finds the request preempted behind the batch's back."""
+    batch = InputBatch(4, CPU)
+    requests = [_request(name, [3, 4, 5], 8) for name in "abc"]
+    first, _ = batch._rows_of(requests, 5)
+    requests[1].num_preemptions += 1  # preempted and re-admitted without the batch being told
+    assert batch._rows_of(requests, 5)[0] is first  # same count: no scan (the scheduler says nothing changed)
+    assert batch._epoch[first[1]] == 0  # the row was not renewed
+    moved, rows = batch._rows_of(requests, 6)
+    assert moved is not first and rows.tolist() == moved
+    assert batch._epoch[moved[1]] == 1 and batch._epoch[moved[0]] == batch._epoch[moved[2]] == 0  # a fresh row
+    assert batch._rows_of(requests, -1)[0] == moved  # unknown count: the scan, which finds nothing new

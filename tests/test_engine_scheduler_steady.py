@@ -116,3 +116,19 @@ def test_small_batches_take_the_general_path():
     scheduler.add(make_request("a", 3, max_tokens=20))
     scheduler.update(output := scheduler.schedule(), _sampled(output, 10**9, True))
     assert scheduler.schedule().decodes is None  # one decode: below MIN_COLUMN_DECODES
+
+
+def test_draft_slots_are_looked_for_only_where_a_speculator_may_set_them():
+    """A scheduler looks for draft slots before taking the columns (a request holding some takes the general
+    path); an engine core without a speculator tells its scheduler no request can hold any."""
+    from services.engine.engine_core import EngineCore
+
+    scheduler = make_scheduler(token_budget=256, max_num_seqs=64, num_blocks=512)
+    scheduler.steady.min_decodes = 2
+    for index in range(4):
+        scheduler.add(make_request(f"r{index}", 3, max_tokens=50))
+    scheduler.update(output := scheduler.schedule(), _sampled(output, 10**9, True))
+    scheduler.running[0].num_draft_slots, scheduler.running[0].draft_token_ids = 2, [5, 6]
+    assert scheduler.drafts_possible and scheduler.schedule().decodes is None
+    EngineCore(scheduler, runner=None)  # type: ignore[arg-type]
+    assert not scheduler.drafts_possible

@@ -82,6 +82,29 @@ class KvBlockManager:
         table.extend(self.pool.allocate(missing))
         return True
 
+    def allocate_slots_for_all(self, request_ids: list[str], num_tokens: list[int]) -> bool:
+        """allocate_slots for every (request, num_tokens) pair, all or nothing: False (no change) when the
+        pool cannot cover them all. Each table gets the block ids one allocate_slots call per pair, in
+        order, would give it, taken off the free list in one slice (the steady decode step: the ~1 / block
+        size of running decodes whose next position opens a block)."""
+        tables, block_size, short = self._block_tables, self.block_size, []
+        for request_id, count in zip(request_ids, num_tokens, strict=True):
+            table = tables.setdefault(request_id, [])
+            missing = -(-count // block_size) - len(table)
+            if missing > 0:
+                short.append((table, missing))
+        total = sum(missing for _, missing in short)
+        if total > self.pool.num_free_blocks:
+            for request_id in request_ids:  # as allocate_slots: no empty table left behind
+                if not tables[request_id]:
+                    del tables[request_id]
+            return False
+        taken, end = self.pool.allocate(total), total
+        for table, missing in short:  # one allocate() each would take the tail's last `missing` ids, in order
+            table.extend(taken[end - missing : end])
+            end -= missing
+        return True
+
     def trim(self, request_id: str, num_tokens: int) -> int:
         """Keeps the blocks holding positions < num_tokens and returns the rest to the pool (a verify's
         rejected draft positions); the number freed."""

@@ -43,6 +43,7 @@ class EngineCore:
         self.scheduler = scheduler
         self.runner = runner
         self.speculator = speculator  # speculative decoding (spec/speculator.py); None = off
+        scheduler.drafts_possible = speculator is not None  # only the speculator sets draft slots
         # The model time of the step just run, if the runner reports it (the simulator's: its cost
         # model's time as computed; a difference of virtual clock readings would round it). None: the
         # wall time of forward + update, measured here.

@@ -81,6 +81,7 @@ class InputBatch:
         # and no row was added or removed since (the steady decode step): see _rows_of.
         self._last_requests: list[Request] = []
         self._last_preemption_counts: list[int] = []
+        self._last_status_changes = -1  # the decode columns' scheduler count at the last prepare (-1: unknown)
         self._last_rows: tuple[list[int], np.ndarray] = ([], np.zeros(0, dtype=np.int64))
         self._rows_changed = False
         self._steady = SteadyStaging(block_size, device, self._pin)  # decode-only steps' buffer, advanced in place
@@ -241,7 +242,7 @@ class InputBatch:
 
     def _prepare_decodes(self, decodes: DecodeColumns, block_table_of: Callable[[str], list[int]]) -> StepArrays:
         """prepare() of a step that is decode columns only: rows synced, then steady_staging.py's buffer."""
-        rows_list, rows = self._rows_of(decodes.requests)
+        rows_list, rows = self._rows_of(decodes.requests, decodes.num_status_changes)
         seq_lens, num_blocks = decodes.seq_lens, self._num_blocks[rows]
         opens_block = num_blocks * self.block_size < seq_lens  # a 1 / block_size share of the rows, each step
         if (self._num_tokens[rows] < seq_lens).any():
@@ -284,11 +285,21 @@ class InputBatch:
             request = requests[index]
             self._sync_row(rows_list[index], request, block_table_of(request.request_id))
 
-    def _rows_of(self, requests: list[Request]) -> tuple[list[int], np.ndarray]:
+    def _rows_of(self, requests: list[Request], num_status_changes: int = -1) -> tuple[list[int], np.ndarray]:
         """Each request's row (a fresh one for a request without a row or preempted since its row was
         filled), as a list and an array. The same requests in the same order as the last call, none
         preempted since (the same preemption counts), with no row added or removed since, have the same
-        rows: two list comparisons in C instead of a dict lookup per request."""
+        rows: two list comparisons in C instead of a dict lookup per request. A known scheduler status-change
+        count (decode columns) equal to the last call's says no request was preempted since, without reading
+        every request's count."""
+        if (
+            num_status_changes >= 0
+            and num_status_changes == self._last_status_changes
+            and not self._rows_changed
+            and requests == self._last_requests
+        ):
+            return self._last_rows
+        self._last_status_changes = num_status_changes
         preemption_counts = list(map(_num_preemptions, requests))
         if (
             requests == self._last_requests  # identity comparisons (Request compares by identity)

@@ -42,6 +42,9 @@ class DecodeColumns:
     seq_lens: np.ndarray  # int64: each decode's context length (its num_context_tokens)
     seq_lens_list: list[int]
     num_output_tokens: np.ndarray  # int64: output tokens before this step's
+    # The scheduler's status-change count (preemptions and finishes) when the columns were scheduled; -1:
+    # unknown. Two steps with the same count have no preemption between them (InputBatch._rows_of).
+    num_status_changes: int = -1
 
     def __len__(self) -> int:
         return len(self.requests)

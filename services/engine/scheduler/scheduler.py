@@ -82,6 +82,9 @@ class Scheduler:
         # The steady decode step as columns (steady.py); it trusts no count across a status change.
         self.steady = SteadyDecodes(kv.block_size)
         self.num_status_changes = 0  # preemptions and finishes so far
+        # Whether running requests may carry draft slots (set before schedule() by a speculator): an engine
+        # without one says False, and its steady decode step skips the per-request look for drafts.
+        self.drafts_possible = True
         self.finished_request_ids: list[str] = []  # those the last update() finished
 
     # -- admission and abort -------------------------------------------------------------

@@ -141,10 +141,10 @@ class SteadyDecodes:
 
     def schedule(self, scheduler: Scheduler) -> DecodeColumns | None:
         """Every running request's decode as columns, its blocks allocated; None: take the general path
-        (nothing has changed then, besides allocations the general path repeats)."""
+        (nothing has changed then: the opened blocks are allocated all or nothing)."""
         running = scheduler.running
         after, self._after, self._pending = self._after, None, None
-        if len(running) < self.min_decodes or any(map(_draft_slots, running)):
+        if len(running) < self.min_decodes or (scheduler.drafts_possible and any(map(_draft_slots, running))):
             return None
         if after is not None and after.running.requests == running:  # identity comparisons, in C
             running_set, computed, num_output = after.running, after.num_computed, after.num_output
@@ -161,11 +161,15 @@ class SteadyDecodes:
                 np.array(list(map(_max_tokens, running)), dtype=np.int64),
             )
         seq_lens = computed + 1
-        allocate_slots, request_ids = scheduler.kv.allocate_slots, running_set.request_ids
-        for index in np.flatnonzero(computed % self.block_size == 0).tolist():  # position starts a block
-            if not allocate_slots(request_ids[index], int(seq_lens[index])):
-                return None  # KV short: the general path preempts (make_room) exactly as it would have
-        columns = DecodeColumns(running_set.requests, request_ids, seq_lens, seq_lens.tolist(), num_output)
+        request_ids = running_set.request_ids
+        opening = np.flatnonzero(computed % self.block_size == 0)  # their positions start a block
+        if len(opening) and not scheduler.kv.allocate_slots_for_all(
+            [request_ids[index] for index in opening.tolist()], seq_lens[opening].tolist()
+        ):
+            return None  # KV short: nothing allocated, the general path preempts (make_room) as it always did
+        columns = DecodeColumns(
+            running_set.requests, request_ids, seq_lens, seq_lens.tolist(), num_output, scheduler.num_status_changes
+        )
         self._pending = (columns, running_set, scheduler.num_status_changes)
         return columns
 
