@@ -37,6 +37,14 @@ DEFAULT_MAX_CONCURRENT_RPCS = 16_384
 # Python, where the concurrency limit and admission answer RESOURCE_EXHAUSTED with a message,
 # makes overload visible to the client.
 MAX_PENDING_CALLS = 1_000_000
+# gRPC core also cancels a call that waits unpicked in that queue for 30 s (its default of
+# grpc.server_max_unrequested_time_in_server), again with no message: the client gets CANCELLED
+# "CANCELLED", which it cannot tell from its own cancellation. The Python server picks calls up one
+# at a time on its event loop, so a starved process (a shared machine at load 10-15) fell behind: a
+# 5-minute soak had 134 streams of one burst end that way after 30.9 s with 0 tokens while the
+# gateway's QUEUE_FULL refusals took 28 s to arrive. A day instead: a call waits until the server
+# takes it (and answers it, e.g. with a refusal that says why) or until its own deadline.
+MAX_UNPICKED_CALL_WAIT_S = 24 * 3600
 # After the drain deadline, time for the UNAVAILABLE statuses to go out before gRPC cancels the rest.
 DRAIN_ABORT_MARGIN_S = 3.0  # stop() returns as soon as the aborted calls end; a busy loop may need seconds
 # Channels between services: reconnect to a restarted peer within ~0.5 s. gRPC's default backoff
@@ -51,6 +59,7 @@ SERVER_OPTIONS = (
     *GRPC_OPTIONS,
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+    ("grpc.server_max_unrequested_time_in_server", MAX_UNPICKED_CALL_WAIT_S),
     # gRPC sets SO_REUSEPORT by default on Linux: a second server on a busy port then binds silently
     # and the kernel spreads connections over both (two `alise up` stacks served each other's clients).
     ("grpc.so_reuseport", 0),
