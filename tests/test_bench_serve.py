@@ -327,3 +327,42 @@ def test_policies_at_once_are_probed_and_run_side_by_side(tmp_path, capsys):
     assert fcfs["num_failed"] == alise["num_failed"] == 0
     overlap_s = min(fcfs["span_s"][1], alise["span_s"][1]) - max(fcfs["span_s"][0], alise["span_s"][0])
     assert overlap_s > 0.5 * (fcfs["span_s"][1] - fcfs["span_s"][0])  # they ran at the same time
+
+
+def test_a_load_worker_dies_with_the_bench_that_started_it(tmp_path):
+    """A bench killed without its cleanup (SIGKILL) must not leave load workers behind: the worker asks for
+    SIGTERM on its parent's death. Here it waits to connect to a gateway that never comes (up to its
+    connect timeout) when the bench dies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    bench = (
+        "import json, subprocess, sys, time\n"
+        "worker = subprocess.Popen([sys.executable, '-m', 'services.bench.serve_worker'], stdin=subprocess.PIPE)\n"
+        "job = {'gateway_address': '127.0.0.1:9', 'timeout_s': 5.0, 'requests': []}\n"
+        "worker.stdin.write((json.dumps(job) + '\\n').encode()); worker.stdin.flush()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", bench])
+    deadline_s = time.monotonic() + 20.0
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline_s and parent.poll() is None, "the bench did not start its worker"
+        time.sleep(0.05)
+    worker_pid = int(pid_file.read_text())
+    time.sleep(1.0)  # the worker is past its start, waiting to connect
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline_s = time.monotonic() + 5.0
+    while time.monotonic() < deadline_s:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail("the load worker outlived its bench")

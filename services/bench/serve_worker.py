@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
 
 import grpc
 
+from services.cli.child_exec import die_with_parent
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.server import GRPC_OPTIONS
 
@@ -135,6 +137,10 @@ async def _serve_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    parent_pid = os.getppid()
+    die_with_parent()  # a bench killed without its cleanup (SIGTERM, SIGKILL) takes its load workers along
+    if os.getppid() != parent_pid:  # the bench died before the signal was armed
+        sys.exit(1)
     job = json.loads(sys.stdin.readline())
     report = asyncio.run(_serve_job(job))
     sys.stdout.write(json.dumps(report) + "\n")

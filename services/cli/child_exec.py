@@ -21,7 +21,8 @@ import sys
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Asks the kernel to SIGTERM this process when its parent dies (Linux; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
         return
     libc_name = ctypes.util.find_library("c")
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python -m services.cli.child_exec PROGRAM [ARGS...]")
     os.setpgid(0, 0)
     parent_pid = os.getppid()
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent_pid:  # the launcher died before the death signal was armed
         sys.exit(1)
     os.execv(argv[0], argv)
