@@ -49,6 +49,16 @@ def test_the_fit_preset_turns_drafting_down_on_the_step_cost_fit_and_keeps_the_d
     assert fitted.cost_model is current.cost_model and fitted.two_rate_model
 
 
+def test_the_batch_preset_values_every_decode_s_token_alike():
+    from services.bench.spec_bench import batch_valued_speculator
+
+    current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), OnlineStepCostModel(), 2048)
+    batch = batch_valued_speculator(current)
+    assert BenchMethod("ngram@batch").preset is BenchPreset.BATCH and current.meter.config.critical_path
+    assert not batch.meter.config.critical_path and batch.meter.config.closed_batch_value
+    assert batch.config == current.config and batch.cost_model is current.cost_model
+
+
 def test_the_share_preset_values_a_token_at_a_decode_s_full_share():
     current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), OnlineStepCostModel(), 2048)
     shared = share_valued_speculator(current)

@@ -16,6 +16,7 @@ from services.engine.spec.draft_cost import (
     DraftCostMeter,
     DraftCosts,
     StepClock,
+    critical_token_value_s,
     expected_savings_s,
     num_drafts_worth,
     token_value_s,
@@ -139,12 +140,11 @@ def _decoding(request_id: str, copies: bool = True) -> Request:
     return make_decoding_request(request_id, prompt, [copy[12] if copies else 7], max_tokens=400)
 
 
-def _speculator(probe_every_steps: int = 8) -> tuple[Speculator, OnlineStepCostModel]:
+def _speculator(probe_every_steps: int = 8, critical_path: bool = True) -> tuple[Speculator, OnlineStepCostModel]:
     cost_model = OnlineStepCostModel(UNDERPRICED)
     # CPU-shaped steps with a verify's own attention pass (per_verify_s 12 ms): the meter fits that term
-    config = DraftCostConfig(
-        min_steps_to_fit=16, refit_every_steps=4, probe_every_steps=probe_every_steps, fit_per_verify=True
-    )
+    config = DraftCostConfig(min_steps_to_fit=16, refit_every_steps=4, probe_every_steps=probe_every_steps,
+                             fit_per_verify=True, critical_path=critical_path)  # fmt: skip
     speculator = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), cost_model, 4096, draft_costs=config)
     return speculator, cost_model
 
@@ -187,8 +187,8 @@ def test_an_accepted_token_saves_the_base_only_as_far_as_the_whole_batch_drafts(
     assert token_value_s(CPU, 16, 2 / 16) == pytest.approx(CPU.per_decode_s + CPU.base_s / 128)
 
 
-def _fitted_speculator() -> tuple[Speculator, OnlineStepCostModel]:
-    speculator, cost_model = _speculator()
+def _fitted_speculator(critical_path: bool = True) -> tuple[Speculator, OnlineStepCostModel]:
+    speculator, cost_model = _speculator(critical_path=critical_path)
     for step in range(64):  # CPU-shaped decode steps at batch 1 and 16, with and without verifies
         num_decodes, num_verifies = (1, step % 2) if step < 32 else (16, step % 3)
         step_s = _measured_step_s(num_decodes, num_verifies, 4 * num_verifies)
@@ -209,6 +209,42 @@ def test_a_few_copies_in_a_large_batch_do_not_draft_but_a_whole_batch_of_them_do
     assert all(request.num_draft_slots > 0 for request in copies)
     speculator.plan(copies[:1])  # batch 1: drafts
     assert copies[0].num_draft_slots > 0
+
+
+def test_only_the_requests_with_the_most_output_left_save_the_step_s_fixed_cost():
+    """A closed batch of 16 copies whose steps last until its last request is done (batch 16 on SmolLM2: n-gram
+    emitted a third of the summarise tokens while the last prompt prefilled, then took as many steps as off):
+    the requests ahead of the last one draft only where a decode's saving pays, the last one drafts long; the
+    rule before (every decode's token alike) drafts every copy."""
+    copies = [_decoding(f"c{i}") for i in range(16)]
+    for request in copies[:15]:  # 300 output tokens ahead of the last one (max_tokens 400)
+        request.output_token_ids.extend([7] * 300)
+        request.num_computed_tokens = request.num_tokens - 1
+    for preset in (True, False):
+        speculator, _ = _fitted_speculator(critical_path=preset)
+        for request in copies:  # copies so far: 3 of 8 drafts accepted per verify (a1 ~1, c ~0.67)
+            for _ in range(4):
+                speculator.tracker.record(request.request_id, 8, 3)
+        speculator.plan(copies)
+        drafting = [request.request_id for request in copies if request.num_draft_slots]
+        assert drafting == (["c15"] if preset else [request.request_id for request in copies])
+    assert critical_token_value_s(CPU, True, 1, 1) == pytest.approx(CPU.plain_step_s(1))  # alone: the whole step
+    assert critical_token_value_s(CPU, False, 1, 1) == CPU.per_decode_s
+    assert critical_token_value_s(CPU, True, 16, 2) == pytest.approx(token_value_s(CPU, 16, 2 / 16))
+
+
+def test_a_request_still_prefilling_holds_the_critical_path():
+    speculator, _ = _fitted_speculator()
+    copies = [_decoding(f"c{i}") for i in range(16)]
+    for request in copies:
+        for _ in range(4):
+            speculator.tracker.record(request.request_id, 8, 3)
+    speculator.plan(copies)
+    assert all(request.num_draft_slots > 0 for request in copies)  # all alike: every decode drafts
+    prefilling = make_decoding_request("p", list(range(2000, 2100)), [], max_tokens=400)
+    prefilling.num_computed_tokens = 50
+    speculator.plan(copies[:15] + [prefilling])  # its first token is a step away: no decode's token saves the base
+    assert not any(request.num_draft_slots for request in copies[:15])
 
 
 def test_on_cpu_a_step_is_timed_on_process_cpu_time_from_its_plan_to_its_end():

@@ -127,6 +127,8 @@ def build_engines(config: SpecBenchConfig):
             core.speculator = fitted_turn_down_speculator(core.speculator)
         elif method.preset is BenchPreset.SHARE:
             core.speculator = share_valued_speculator(core.speculator)
+        elif method.preset is BenchPreset.BATCH:
+            core.speculator = batch_valued_speculator(core.speculator)
     return loaded, engines, str(dtype).removeprefix("torch.")
 
 
@@ -160,6 +162,15 @@ def share_valued_speculator(speculator: "Speculator") -> "Speculator":
     from services.engine.spec.speculator import Speculator
 
     costs = replace(speculator.meter.config, closed_batch_value=False)
+    return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
+
+
+def batch_valued_speculator(speculator: "Speculator") -> "Speculator":
+    """The same engine's speculator valuing every decode's accepted token alike, not by the batch's critical
+    path (the "@batch" preset: the rule before 2026-12-07's session 12)."""
+    from services.engine.spec.speculator import Speculator
+
+    costs = replace(speculator.meter.config, critical_path=False)
     return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
 
 
@@ -271,7 +282,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
     parser.add_argument("--methods", type=_csv(BenchMethod), default=tuple(BenchMethod(m) for m in SpeculativeMethod),
                         help="comma-separated, off first (default: off,ngram,early-exit); METHOD:K = that method with "
-                             "its own k, METHOD:K@prev = n-gram with the previous rules, ngram@fit = the turn-down on the step-cost fit, e.g. off,ngram,ngram:4@prev")  # fmt: skip
+                             "its own k, METHOD:K@prev = n-gram with the previous rules, ngram@fit = the turn-down on the step-cost fit, ngram@batch = every decode's token valued alike (no critical path), e.g. off,ngram,ngram:4@prev")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
     parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)

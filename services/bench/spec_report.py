@@ -28,6 +28,9 @@ class BenchPreset(StrEnum):
     # the measured turn-down with an accepted token worth a decode's full share of a step (not only as far
     # as the whole batch drafts)
     SHARE = "share"
+    # the measured turn-down valuing every decode's accepted token alike (the step's fixed cost as far as the
+    # batch's decodes propose), not by the batch's critical path (DraftCostConfig.critical_path)
+    BATCH = "batch"
 
 
 class BenchMethod(str):

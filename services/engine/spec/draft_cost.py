@@ -70,6 +70,10 @@ class DraftCostConfig:
     # False: an accepted token is worth a decode's full share of a plain step whatever share of the batch
     # drafts (as if every request drafted; `alise bench spec`'s "@share" column), not token_value_s's.
     closed_batch_value: bool = True
+    # With closed_batch_value: the step's fixed cost is saved only by accepted tokens of the requests with the
+    # most output left (the batch's critical path, critical_token_value_s); the others' tokens save a decode.
+    # False: by every decode's alike, as far as the batch's decodes propose (token_value_s; "@batch" column).
+    critical_path: bool = True
     # Fit a per-verifying-request term. Off: since verifies are attended in the batch
     # (short_query_attention.py) a verify adds only its drafts (measured ~0 per verify at batch 1, 4 and
     # 16), and verifies and drafts rise together in real steps, so a fit with both columns could put their
@@ -249,6 +253,22 @@ def token_value_s(costs: DraftCosts, num_decodes: int, drafting_fraction: float)
     (DraftCostConfig.closed_batch_value False)."""
     fraction = min(max(drafting_fraction, 0.0), 1.0)
     return costs.per_decode_s + fraction * costs.base_s / max(num_decodes, 1)
+
+
+def critical_token_value_s(costs: DraftCosts, critical: bool, num_critical: int, num_critical_drafting: int) -> float:
+    """What one accepted draft saves in a closed batch, by whether its request is on the critical path: among
+    the num_critical running requests (decoding or still prefilling) with the most output left, of which
+    num_critical_drafting proposed drafts. The batch's steps last until its last request is done, so they
+    fall by one when each critical request gains a token: a critical token saves base_s / num_critical, as
+    far as the critical requests draft (a critical request that does not holds the batch), besides its own
+    later decode; a token of a request ahead of them saves only that decode (its request finishes sooner
+    and later steps are smaller by one). Measured at batch 16 (512-token budget; spec_step_profile.py):
+    n-gram emitted 287 of 768 summarise tokens while the last prompts prefilled, yet the batch took as many
+    steps as off's, held by the request prefilled last. With every request critical it is token_value_s."""
+    if not critical or num_critical <= 0:
+        return costs.per_decode_s
+    fraction = min(max(num_critical_drafting / num_critical, 0.0), 1.0)
+    return costs.per_decode_s + fraction * costs.base_s / num_critical
 
 
 def expected_savings_s(

@@ -13,8 +13,9 @@ How many drafts, per step:
                    (two-rate acceptance, the request's own estimate shrunk toward the batch's;
                    adaptive_drafting.py); the decodes with k > 0 propose, and each proposal is cut to
                    the length that saves most at what an accepted token is worth in this batch (a
-                   later decode of its request, plus the step's fixed cost only as far as the whole
-                   batch drafts), or dropped; a compute-bound step (large batch) makes a token worth
+                   later decode of its request, plus the step's fixed cost only for the requests with
+                   the most output left, as far as they draft: a batch's steps last until its last
+                   request is done), or dropped; a compute-bound step (large batch) makes a token worth
                    little and a verify dear, so drafting stops there except for long, likely copies;
                    after probe_every_steps steps without drafts one proposal is verified anyway (costs
                    and acceptance re-measured: a batch that stopped can start again);
@@ -40,6 +41,7 @@ from services.engine.spec.draft_cost import (
     DraftCostConfig,
     DraftCostMeter,
     DraftCosts,
+    critical_token_value_s,
     expected_savings_s,
     num_drafts_worth,
     token_value_s,
@@ -71,6 +73,7 @@ class Speculator:
         self.meter = DraftCostMeter(cost_model, draft_costs)
         self._unjudged: set[str] = set()  # requests whose drafts this step are the unigram fallback's
         self._steps_turned_down = 0  # steps in a row in which no request drafted (the probe's count)
+        self._critical: set[str] = set()  # this step's critical path (_critical_path), request ids
 
     def plan(self, running: list[Request]) -> None:
         """Sets num_draft_slots (and n-gram drafts) on every running request for the coming step."""
@@ -83,6 +86,7 @@ class Speculator:
                 num_decodes += 1
                 if self._may_draft(request):
                     decodes.append(request)
+        self._critical = _critical_path(running) if decodes else set()
         drafting = self._plan_drafts(decodes, num_decodes) if decodes else []
         self.meter.planned(num_decodes, len(drafting), sum(request.num_draft_slots for request in drafting))
 
@@ -112,14 +116,27 @@ class Speculator:
                 if probe:  # one proposal re-measures; the others stay turned down
                     break
         if measured and not probe:  # a probe, or the turn-down before the meter, keeps every proposal
-            fraction = len(proposing) / num_decodes if self.meter.config.closed_batch_value else 1.0
-            value_s = token_value_s(costs, num_decodes, fraction)
+            values_s = self._token_values_s([decodes[index] for index in proposing], costs, num_decodes)
             proposing = [
-                index for index in proposing if self._cut(decodes[index], costs, first[index], later[index], value_s)
+                index
+                for index, value_s in zip(proposing, values_s)
+                if self._cut(decodes[index], costs, first[index], later[index], value_s)
             ]
         drafting = [decodes[index] for index in proposing]
         self._steps_turned_down = 0 if drafting else self._steps_turned_down + 1
         return drafting
+
+    def _token_values_s(self, proposing: list[Request], costs: DraftCosts, num_decodes: int) -> list[float]:
+        """What an accepted draft of each proposing request saves (draft_cost.py: critical_token_value_s, or
+        token_value_s without the critical path)."""
+        config = self.meter.config
+        if not config.closed_batch_value:
+            return [token_value_s(costs, num_decodes, 1.0)] * len(proposing)
+        if not config.critical_path:
+            return [token_value_s(costs, num_decodes, len(proposing) / num_decodes)] * len(proposing)
+        critical = self._critical
+        num_drafting = sum(request.request_id in critical for request in proposing)
+        return [critical_token_value_s(costs, r.request_id in critical, len(critical), num_drafting) for r in proposing]
 
     def _cut(self, request: Request, costs: DraftCosts, first: float, later: float, value_s: float) -> bool:
         """Cuts the request's proposal to the length that saves most (none: cleared); whether any is left."""
@@ -194,3 +211,22 @@ class Speculator:
 
     def forget(self, request_id: str) -> None:
         self.tracker.forget(request_id)
+
+
+def _critical_path(running: list[Request]) -> set[str]:
+    """The running requests with the most output left (ties within half a token): the batch's critical path.
+
+    Output left: at most max_tokens - output, and sooner the predicted length's expected remainder, unless
+    EOS is ignored (exact for a closed benchmark group whose prediction is max_tokens; with uncertain
+    predictions requests look alike and more of them share the path); plus one while still prefilling (a
+    step before its first token)."""
+    left = {}
+    for request in running:
+        num_output = request.num_output_tokens
+        remaining = float(request.sampling.max_tokens - num_output)
+        if not request.sampling.ignore_eos and request.length_distribution is not None:
+            remaining = min(remaining, request.length_distribution.expected_remaining_tokens(num_output))
+        prefilling = request.num_tokens - request.num_computed_tokens > 1 or not num_output
+        left[request.request_id] = remaining + (1.0 if prefilling else 0.0)
+    most = max(left.values(), default=0.0)
+    return {request_id for request_id, remaining in left.items() if remaining >= most - 0.5}
