@@ -179,7 +179,7 @@ class ChaosStack:
         options.update(self.config.gateway_options)
         self.gateway = await gateway_app.start(GatewayConfig(**options))
 
-    async def _start_gateway_process(self) -> None:
+    async def _start_gateway_process(self, name: str = "gateway", extra_args: tuple[str, ...] | None = None) -> None:
         argv = self._argv(
             "gateway",
             "--http-port",
@@ -193,10 +193,18 @@ class ChaosStack:
             "--health-check-timeout-s",
             "2.0",
             *(("--predictor-address", self.addresses["predictor"]) if "predictor" in self.addresses else ()),
-            *self.config.gateway_args,
+            *(self.config.gateway_args if extra_args is None else extra_args),
         )
-        self._specs["gateway"] = ChildSpec("gateway", argv)
-        await self._start_child("gateway")
+        self._specs[name] = ChildSpec(name, argv)
+        await self._start_child(name)
+
+    async def add_gateway(self, name: str, extra_args: tuple[str, ...]) -> None:
+        """One more gateway process on the same engines, with its own flags (A/B runs of gateway settings on
+        one engine: use one gateway at a time, since each counts only its own requests); `channel(name)`
+        reaches it and `stop()` stops it."""
+        if name in self._specs:
+            raise ValueError(f"a service named {name!r} is already part of the stack")
+        await self._start_gateway_process(name, extra_args)
 
     @property
     def gateway_address(self) -> str:

@@ -69,6 +69,13 @@ class GatewayConfig:
         "which new requests go elsewhere, or get RESOURCE_EXHAUSTED (HTTP 429) at once before tokenizing when "
         "every replica is over it (0 = no bound)",
     )
+    max_queued_steps: float = setting(
+        0.0,
+        "when an engine replica's running batch is full: the predicted number of its steps until a place frees "
+        "for a new request (places are taken by this gateway's waiting requests first) beyond which new requests "
+        "go elsewhere, or get RESOURCE_EXHAUSTED (HTTP 429) at once; 1 = only when a place frees at the end of the "
+        "step under way (0 = no bound)",
+    )
     # None = DEFAULT_HTTP_PORT, or 0 (any free port) when `port` is 0: several gateways on one host
     # (tests, benchmarks, `alise bench serve --start-stack`) then never fight over port 8000
     http_port: int | None = setting(
@@ -135,6 +142,8 @@ class GatewayConfig:
             raise ValueError("api_keys must be non-empty strings")
         if not self.max_queued_work_s >= 0:
             raise ValueError(f"max_queued_work_s must be >= 0, got {self.max_queued_work_s}")
+        if not self.max_queued_steps >= 0:
+            raise ValueError(f"max_queued_steps must be >= 0, got {self.max_queued_steps}")
         if self.feedback_queue_size < 0:
             raise ValueError(f"feedback_queue_size must be >= 0, got {self.feedback_queue_size}")
 

@@ -106,7 +106,13 @@ class ReplicaLoadTracker:
         return sum(request.remaining_tokens for request in self._live.values() if request.num_received_tokens == 0)
 
     def first_slot_wait_s(self, seconds_per_token: float) -> float:
-        """Predicted seconds until the replica's running batch has a place for one more request (0: room now).
+        """Predicted seconds until the replica's running batch has a place for one more request (0: room now):
+        first_slot_wait_steps() full-batch steps of seconds_per_token x capacity each."""
+        return self.first_slot_wait_steps() * seconds_per_token * self.batch_capacity
+
+    def first_slot_wait_steps(self) -> float:
+        """Predicted engine steps until the replica's running batch has a place for one more request (0: room
+        now; 1: a running request makes its last token in the step under way, as far as this gateway has seen).
 
         Places free as running requests end; the requests waiting ahead (no token yet, in the order sent)
         take them first and each holds its place for its own predicted tokens, so the new request's place is
@@ -121,7 +127,7 @@ class ReplicaLoadTracker:
         for request in self._live.values():  # insertion order: the order sent
             if request.num_received_tokens == 0:
                 heapq.heappush(ends, heapq.heappop(ends) + request.remaining_tokens)
-        return ends[0] * seconds_per_token * capacity
+        return ends[0]
 
     def on_stats(
         self,

@@ -12,7 +12,8 @@ After the first message an error ends the client's stream with that error's stat
 
 `check_room` is the cheap refusal before any of that (engine_saturation): when every candidate is
 known to be full (a new request's predicted wait for its first token over max_queued_work_s: the work waiting
-to start, or the time until a full batch frees a place; or a recent queue-full refusal), the
+to start, or the time until a full batch frees a place; that place's wait over max_queued_steps of the
+replica's steps; or a recent queue-full refusal), the
 request is refused at once, before the gateway tokenizes it; a full replica is also routed to last.
 
 A stream on a replica that goes DOWN (engine_replica) is aborted when its channel is replaced; the
@@ -34,7 +35,7 @@ from services.common.errors import AliseError, DeadlineExceeded, NotReady, Overl
 from services.common.refusal import RefusalReason
 from services.gateway.engine_client import EngineQueueFull
 from services.gateway.engine_replica import ChannelFactory, EngineReplica, ReplicaReport
-from services.gateway.engine_saturation import REFUSED_BEFORE_WORK, queued_work_reason
+from services.gateway.engine_saturation import REFUSED_BEFORE_WORK, queued_steps_reason, queued_work_reason
 from services.gateway.model_info import ModelInfo
 from services.gateway.replica_discovery import Resolve, resolve_target
 from services.gateway.replica_health import HealthSettings, ReplicaState
@@ -61,6 +62,8 @@ class EnginePoolSettings:
     max_attempts: int  # replicas tried per request before its first message (>= 1)
     # predicted seconds of work waiting to start on a replica beyond which it takes no new request (0 = no bound)
     max_queued_work_s: float = 0.0
+    # predicted full-batch steps until a place frees beyond which a replica takes no new request (0 = no bound)
+    max_queued_steps: float = 0.0
 
 
 class EnginePool:
@@ -153,7 +156,14 @@ class EnginePool:
         refused = replica.queue_full.full_reason()
         if refused is not None:
             return RefusalReason.QUEUE_FULL, refused
-        if self._settings.max_queued_work_s <= 0:  # no bound: nothing to predict
+        settings = self._settings
+        if settings.max_queued_steps > 0:  # counted in steps: no rate needed to decide, only for the message
+            steps = replica.load.first_slot_wait_steps()
+            step_s = (replica.load.seconds_per_token or 0.0) * replica.load.batch_capacity
+            text = queued_steps_reason(replica.address, steps, settings.max_queued_steps, step_s)
+            if text is not None:
+                return RefusalReason.QUEUED_WORK_LIMIT, text
+        if settings.max_queued_work_s <= 0:  # no bound: nothing to predict
             return None
         rate = replica.load.seconds_per_token or self._measured_default_seconds_per_token()
         if rate is None:  # no rate measured yet: its work in seconds is unknown, not large

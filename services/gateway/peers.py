@@ -55,6 +55,7 @@ def build_peers(config: GatewayConfig, make_channel: ChannelFactory) -> GatewayP
             discovery_interval_s=config.discovery_interval_s,
             max_attempts=config.max_engine_attempts,
             max_queued_work_s=config.max_queued_work_s,
+            max_queued_steps=config.max_queued_steps,
         ),
         make_channel,
     )

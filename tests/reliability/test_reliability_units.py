@@ -20,7 +20,7 @@ from services.engine.engine_core import StepTiming
 from services.gateway.admission import InFlightLimit
 from services.gateway.engine_client import EngineClient, EngineQueueFull
 from services.gateway.engine_load import ReplicaLoadTracker
-from services.gateway.engine_saturation import QueueFullMemory, queued_work_reason
+from services.gateway.engine_saturation import QueueFullMemory, queued_steps_reason, queued_work_reason
 from services.memory.ledger import EngineRegistration, KvBlockLayout, KvDtype, KvLedger
 
 
@@ -274,3 +274,29 @@ def test_requests_waiting_beyond_one_batch_push_the_slot_wait_past_the_last_runn
     for _ in range(6):
         load.begin(10.0, 10)  # waiting, 10 tokens each: they free places at 12, 14, 16, 18, 22, 24
     assert load.first_slot_wait_s(0.001) == pytest.approx(16 * 0.001 * 4)
+
+
+def test_a_bound_of_one_step_sends_a_request_only_when_a_place_frees_in_the_step_under_way():
+    """--max-queued-steps 1: at 20x a request is sent only when it will find a place at the next step boundary,
+    so it waits at most the rest of the step under way (with 0.05 s, ~2 steps, requests waited ~1.5 steps)."""
+    load = ReplicaLoadTracker()
+    load.on_stats(
+        polled_tokens=0.0, polled_work_s=0.0, mine_at_poll=0.0, polled_s_per_token=0.0015, polled_max_num_seqs=4
+    )
+    running = [load.begin(32.0, 32) for _ in range(4)]
+    for request, generated in zip(running, (30, 31, 20, 10)):  # 2 / 1 / 12 / 22 tokens left
+        request.num_received_tokens = generated
+    assert load.first_slot_wait_steps() == 1.0  # the second makes its last token in the step under way
+    assert queued_steps_reason("e:1", load.first_slot_wait_steps(), 1.0, 0.006) is None  # sent
+    waiting = load.begin(8.0, 8)  # sent: it takes that place
+    assert load.first_slot_wait_steps() == 2.0  # the next place frees a step later: refused at a bound of 1
+    reason = queued_steps_reason("e:1", load.first_slot_wait_steps(), 1.0, 0.006)
+    assert reason == (
+        "engine e:1's running batch is full and no place frees within 1 step(s): the next in 2 steps "
+        "(~0.012 s, predicted) (--max-queued-steps)"
+    )
+    assert queued_steps_reason("e:1", 2.0, 0.0, 0.006) is None  # 0 = no bound
+    assert load.first_slot_wait_s(0.0015) == pytest.approx(2.0 * 0.0015 * 4)  # the same wait in seconds
+    load.end(waiting)
+    load.end(running[1])  # a place is free now
+    assert load.first_slot_wait_steps() == 0.0
