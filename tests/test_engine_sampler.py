@@ -84,3 +84,17 @@ def test_a_mixed_batch_keeps_greedy_rows_greedy():
     assert tokens[[0, 2, 5]].tolist() == greedy[[0, 2, 5]].tolist()
     top5 = torch.topk(logits[4], 5).indices.tolist()
     assert int(tokens[4]) in top5
+
+
+def test_greedy_argmax_is_torchs_argmax_on_every_dtype_ties_first():
+    from services.engine.sampler import greedy_argmax
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 1000, generator=generator)
+    logits[3, 10] = logits[3, 900] = logits[3].max() + 1  # a tie: the first index wins, as torch's
+    logits[7] = 0.0  # all tied
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        rows = logits.to(dtype)
+        tokens = greedy_argmax(rows)
+        assert tokens.dtype == np.int64 and tokens.tolist() == rows.argmax(dim=-1).tolist()
+    assert greedy_argmax(logits)[3] == 10 and greedy_argmax(logits)[7] == 0

@@ -30,7 +30,7 @@ from services.engine.input_batch import InputBatch, StepArrays
 from services.engine.kernels.backend import make_attention
 from services.engine.kv_cache import KvCacheShape, PagedKvCache
 from services.engine.min_tokens import apply_min_tokens, model_stop_token_ids, stop_token_tensor
-from services.engine.sampler import SamplingParams, sample_tokens
+from services.engine.sampler import SamplingParams, greedy_argmax, sample_tokens
 from services.engine.scheduler.output import SampledTokens, SchedulerOutput, StepSamples
 from services.engine.spec.early_exit_drafter import EarlyExitDrafter
 from services.engine.spec.verification import verify_drafts
@@ -148,18 +148,17 @@ class ModelRunner:
         the tokens in the batch rows; the tokens in the same order."""
         rows = arrays.sample_rows if picked is None else arrays.sample_rows[picked]
         if rows is self._argmax_rows:  # the same rows as a step that found them all greedy without min_tokens
-            drawn = logits.argmax(dim=-1)
+            host = greedy_argmax(logits)
         else:
             min_tokens = self.batch.min_tokens[rows].any()
             if min_tokens:
                 logits = apply_min_tokens(logits, requests, self.stop_token_ids)
             params = self.sampling_params(rows, requests)
-            drawn = sample_tokens(logits, params)
+            host = sample_tokens(logits, params).cpu().numpy()
             if picked is None and not min_tokens and not params.temperature.any():
                 self._argmax_rows = rows  # a row's parameters are fixed while it keeps its row (input_batch.py)
-        host = drawn.cpu()  # one copy for both: the scheduler's list and the batch rows' array
-        tokens = host.tolist()
-        self.batch.record_sampled(arrays, host.numpy(), picked)
+        tokens = host.tolist()  # one host copy for both: the scheduler's list and the batch rows' array
+        self.batch.record_sampled(arrays, host, picked)
         return tokens
 
     def _sample_and_verify(

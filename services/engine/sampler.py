@@ -55,18 +55,27 @@ class SamplingParams:
         return cls(temperature, top_p, top_k, uniform_draws(seeds, counters))
 
 
+def greedy_argmax(logits: torch.Tensor) -> np.ndarray:
+    """int64 [rows] on the host: each row's argmax, the first on ties (as torch.argmax). On CPU through
+    NumPy over float32: torch's CPU argmax over SmolLM2's 49k vocabulary takes ~0.18 ms a row on bf16
+    logits (~3 ms for a batch of 16, 12 ms for 64) and ~0.05 ms on float32, NumPy ~0.02 ms with the upcast."""
+    if logits.device.type != "cpu":
+        return logits.argmax(dim=-1).cpu().numpy()
+    return logits.float().numpy().argmax(axis=-1).astype(np.int64, copy=False)
+
+
 def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """logits [rows, vocab] (any float dtype) -> int64 [rows] token ids, on the logits' device."""
     logits = logits.float()
     sampled_rows = params.temperature > 0.0
-    if not sampled_rows.any():
-        return logits.argmax(dim=-1)
     device, vocab = logits.device, logits.shape[-1]
+    if not sampled_rows.any():
+        return torch.from_numpy(greedy_argmax(logits)).to(device)
     # The argmax only where a row is greedy (on CPU it costs as much as the softmax).
     tokens = torch.empty(len(sampled_rows), dtype=torch.long, device=device)
     if not sampled_rows.all():
         greedy = torch.from_numpy(np.flatnonzero(~sampled_rows)).to(device)
-        tokens.index_copy_(0, greedy, logits.index_select(0, greedy).argmax(dim=-1))
+        tokens.index_copy_(0, greedy, torch.from_numpy(greedy_argmax(logits.index_select(0, greedy))).to(device))
     limited = (params.top_k > 0) & (params.top_k <= vocab)
     plain = sampled_rows & ~limited & (params.top_p >= 1.0)  # no filter: the whole distribution
     filtered = sampled_rows & ~plain
