@@ -35,6 +35,14 @@ which later arrivals rank behind r; else the scheduler's starvation promotion):
     base_s   = finish_s above
     total_s  = base_s / (1 - rho)        when rho < 1 and that is within the horizon H
              = base_s + rho * H          otherwise (infinite when H is: never served for sure)
+
+Only while some live work is ranked ahead of r: with none, the shorter work admitted lately has been
+served as it came (a rate r would starve behind leaves a queue of it), and the window still holds
+the admissions of load that has ended. Counted regardless, an idle engine refused 32-token requests
+with 60 s deadlines for the rest of the minute after a 20x burst ("0.00 s of work ranked ahead, 12.72 s
+its own, 154.69 s of shorter work arriving meanwhile at 5.16 s per s"; overload_steps_bound, load 11),
+and a contention run's second round had the gateway refuse all but 2 requests for ~30 s with the
+engine idle (overload_contention.json).
 """
 
 from __future__ import annotations
@@ -201,7 +209,9 @@ class AdmissionControl:
             return
         ahead_s, own_s = predicted
         arrivals_per_s = 0.0  # under fcfs later arrivals never go ahead
-        if profile.shortest_first:
+        # Nothing ranked ahead now: the shorter work admitted lately was served as it came, so its rate
+        # says nothing about a queue r would starve behind (see the module docstring)
+        if profile.shortest_first and profile.tokens_ahead(predicted_output_tokens) > 0:
             arrivals_per_s = self.inflow.tokens_per_s_at_most(predicted_output_tokens) * profile.s_per_output_token
         total_s = profile.with_arrivals_ahead_s(ahead_s + own_s, arrivals_per_s)
         if total_s > self.limits.deadline_slack * time_left_s:

@@ -122,6 +122,21 @@ def test_shorter_work_arriving_while_a_request_waits_counts_against_its_deadline
     control.admit("later", 4, 50.0, 20.0, _profile([20.0] * 5))
 
 
+def test_with_nothing_ranked_ahead_the_inflow_of_the_last_minute_refuses_nothing():
+    """After a 20x burst an idle engine refused 32-token requests with 60 s deadlines for the rest of the
+    minute: the burst's admissions read as shorter work still arriving, though all of it had been served."""
+    now = [0.0]
+    limits = AdmissionLimits(max_live_requests=10_000, max_live_prompt_tokens=10**9, deadline_slack=1.0)
+    control = AdmissionControl(limits, clock=lambda: now[0])
+    for index in range(600):  # 19,200 tokens in 60 s: 320 tokens/s = 3.2 s of work per s at 0.01 s per token
+        now[0] = index * 0.1
+        control.admit(f"r{index}", 4, 32.0, None, _profile([]))
+    now[0] = 61.0  # the burst is over and served: nothing live
+    control.admit("after", 4, 32.0, 60.0, _profile([]))  # 1.6 s of its own work fits 60 s
+    with pytest.raises(Overloaded, match="shorter work arriving meanwhile"):  # with shorter work queued: counted
+        control.admit("behind", 4, 32.0, 60.0, _profile([8.0]))
+
+
 def test_the_inflow_is_not_read_as_a_rate_before_a_whole_window_has_passed():
     now = [0.0]
     inflow = AdmittedInflow(window_s=60.0, clock=lambda: now[0])
