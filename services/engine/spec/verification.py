@@ -91,7 +91,9 @@ def verify_drafts(
     argmax = np.full(len(layout.position) + len(layout.num_drafts), -1, dtype=np.int64)
     greedy_rows = np.flatnonzero(np.repeat(~sampled, layout.num_drafts + 1))
     if len(greedy_rows):
-        argmax[greedy_rows] = greedy_argmax(logits.index_select(0, torch.from_numpy(greedy_rows).to(logits.device)))
+        every_row = len(greedy_rows) == len(argmax)  # no sampled request: no copy of the greedy rows
+        rows = logits if every_row else logits.index_select(0, torch.from_numpy(greedy_rows).to(logits.device))
+        argmax[greedy_rows] = greedy_argmax(rows)
         greedy = np.flatnonzero(~sampled[layout.request_of])
         accepted[greedy] = argmax[layout.position[greedy]] == layout.drafts[greedy]
     sampled_drafts = np.flatnonzero(sampled[layout.request_of])
