@@ -37,6 +37,7 @@ def make_config(**overrides) -> ServeConfig:
         policies=("test",),
         engine_args=(),
         with_predictor=False,
+        with_memory=True,
         trace="alpaca",
         num_requests=6,
         seed=0,

@@ -106,6 +106,17 @@ def test_plan_without_predictor():
     assert plan[-1].peer_flags == (("--engine-address", "engine"),)
 
 
+def test_up_without_memory_service_gives_the_engine_no_memory_address():
+    from services.cli.up_cmd import config_from_args
+
+    config = config_from_args(cli_main.build_parser().parse_args(["up", "--no-memory-service"]))
+    assert not config.with_memory and config.with_predictor
+    plan = build_stack_plan(config, python="/py")
+    assert [spec.name for spec in plan] == ["predictor", "engine", "gateway"]
+    assert plan[1].peer_flags == () and "--memory-address" not in plan[1].argv
+    assert UpConfig(with_memory=False, memory_port=6001, engine_port=6001).engine_port == 6001  # absent: no clash
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

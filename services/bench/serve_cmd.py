@@ -70,6 +70,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
         "requests at the same times (the capacity probe too), so the shared machine's drift hits them alike",
     )
     target.add_argument("--no-predictor", action="store_true", help="started stacks run without the predictor")
+    target.add_argument(
+        "--no-memory-service", action="store_true", help="started stacks run without the memory service (recompute)"
+    )
     target.add_argument("--log-dir", type=pathlib.Path, help="started stacks' logs (default: a new temp dir)")
     work = parser.add_argument_group("workload")
     work.add_argument("--trace", choices=TRACE_NAMES, default="sharegpt")
@@ -137,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         policies=policies,
         engine_args=tuple(args.engine_arg),
         with_predictor=not args.no_predictor,
+        with_memory=not args.no_memory_service,
         trace=args.trace,
         num_requests=args.num_requests,
         seed=args.seed,

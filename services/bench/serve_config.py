@@ -40,6 +40,7 @@ class ServeConfig:
     policies: tuple[str, ...]  # engine --scheduler-policy per stack; one label without start_stack
     engine_args: tuple[str, ...]  # extra engine flags for started stacks (e.g. --max-num-seqs=16)
     with_predictor: bool  # started stacks run the predictor service
+    with_memory: bool  # started stacks run the memory service (else the engines recompute every preemption)
     trace: str  # a workload.TRACE_NAMES entry
     num_requests: int  # requests per rate point (the same requests at every rate)
     seed: int  # trace sampling, arrivals and sampling seeds

@@ -94,6 +94,7 @@ async def gateway_for(policy: str, config: ServeConfig, log_dir: pathlib.Path) -
         policy,
         engine_args=config.engine_args,
         with_predictor=config.with_predictor,
+        with_memory=config.with_memory,
         startup_timeout_s=config.startup_timeout_s,
         model=config.model,
     )

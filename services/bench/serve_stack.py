@@ -28,7 +28,13 @@ class StackStartError(RuntimeError):
 
 
 def stack_config(
-    policy: str, *, engine_args: tuple[str, ...], with_predictor: bool, startup_timeout_s: float, model: str = ""
+    policy: str,
+    *,
+    engine_args: tuple[str, ...],
+    with_predictor: bool,
+    startup_timeout_s: float,
+    model: str = "",
+    with_memory: bool = True,
 ) -> UpConfig:
     """An `alise up` configuration on OS-chosen ports whose engine runs `policy` (and `model`, if given)."""
     return UpConfig(
@@ -39,6 +45,7 @@ def stack_config(
         # without error and the kernel spreads the gateways' connections over both engines (policies mixed)
         engine_port=0,
         with_predictor=with_predictor,
+        with_memory=with_memory,
         log_level="WARNING",
         drain_s=0.0,
         stop_grace_s=10.0,

@@ -56,6 +56,7 @@ class UpConfig:
     memory_port: int = 0  # 0 = the OS picks
     model: str = DEFAULT_MODEL  # passed to the engine as --model
     with_predictor: bool = True  # False: no predictor; the gateway falls back to its prior
+    with_memory: bool = True  # False: no memory service; the engine recomputes every preempted request
     log_level: str = "INFO"  # passed to every child as --log-level
     drain_s: float = 5.0  # passed to every child as --drain-seconds
     stop_grace_s: float = 10.0  # after SIGTERM, wait drain_s + this before SIGKILL
@@ -74,8 +75,10 @@ class UpConfig:
             if not 0 <= value <= 65535:
                 raise ValueError(f"--{name}-port must be in [0, 65535], got {value}")
         fixed = [(name, value) for name, value in ports.items() if value != 0]
-        if not self.with_predictor:
-            fixed = [(name, value) for name, value in fixed if name != "predictor"]
+        absent = {
+            name for name, present in (("predictor", self.with_predictor), ("memory", self.with_memory)) if not present
+        }
+        fixed = [(name, value) for name, value in fixed if name not in absent]
         values = [value for _, value in fixed]
         if len(set(values)) != len(values):
             raise ValueError(f"two services cannot share a port: {dict(fixed)}")
@@ -105,12 +108,14 @@ def _service_argv(
 
 def build_stack_plan(config: UpConfig, *, python: str = sys.executable) -> list[ChildSpec]:
     """The children to start, dependencies first; stopping goes in reverse order."""
-    plan = [
-        ChildSpec(
-            ServiceName.MEMORY.value,
-            _service_argv(config, ServiceName.MEMORY, LOOPBACK_HOST, config.memory_port, python),
+    plan = []
+    if config.with_memory:
+        plan.append(
+            ChildSpec(
+                ServiceName.MEMORY.value,
+                _service_argv(config, ServiceName.MEMORY, LOOPBACK_HOST, config.memory_port, python),
+            )
         )
-    ]
     gateway_peers = [("--engine-address", ServiceName.ENGINE.value)]
     if config.with_predictor:
         plan.append(
@@ -123,7 +128,8 @@ def build_stack_plan(config: UpConfig, *, python: str = sys.executable) -> list[
     engine_argv = _service_argv(
         config, ServiceName.ENGINE, LOOPBACK_HOST, config.engine_port, python, "--model", config.model
     )
-    plan.append(ChildSpec(ServiceName.ENGINE.value, engine_argv, (("--memory-address", ServiceName.MEMORY.value),)))
+    engine_peers = (("--memory-address", ServiceName.MEMORY.value),) if config.with_memory else ()
+    plan.append(ChildSpec(ServiceName.ENGINE.value, engine_argv, engine_peers))
     gateway_argv = _service_argv(
         config,
         ServiceName.GATEWAY,

@@ -50,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "dummy:<preset|dir>; or a local Hugging Face directory)",
     )
     parser.add_argument("--no-predictor", action="store_true", help="run without the predictor service")
+    parser.add_argument(
+        "--no-memory-service",
+        action="store_true",
+        help="run without the KV memory service: preempted requests are recomputed, never swapped",
+    )
     parser.add_argument("--log-dir", type=pathlib.Path, help="children's logs (default: a new temp dir)")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="children's log level")
     parser.add_argument("--drain-seconds", type=arg_types.non_negative_float, default=5.0, help="children's drain")
@@ -89,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> UpConfig:
         memory_port=args.memory_port,
         model=args.model,
         with_predictor=not args.no_predictor,
+        with_memory=not args.no_memory_service,
         log_level=args.log_level,
         drain_s=args.drain_seconds,
         stop_grace_s=args.stop_grace_s,
