@@ -12,6 +12,7 @@ from services.bench.sim.gpu_presets import GB, PRESETS, KvDtype
 from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR
 from services.bench.sim.kv_offload import DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, OffloadMode
 from services.bench.sim.model_predictions import TRACE_NAME
+from services.bench.sim.sharegpt_predictions import TRACE_NAME as SHAREGPT_HELDOUT
 from services.bench.workload import TRACE_NAMES
 from services.common import arg_types
 
@@ -24,9 +25,10 @@ DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace",
-        choices=(*TRACE_NAMES, TRACE_NAME),
+        choices=(*TRACE_NAMES, TRACE_NAME, SHAREGPT_HELDOUT),
         default="sharegpt",
-        help=f"{TRACE_NAME}: SmolLM2's own lengths on the prompts the shipped predictor held out (model_predictions.py)",
+        help=f"{TRACE_NAME}: SmolLM2's own lengths on the prompts the shipped predictor held out (model_predictions.py); "
+        f"{SHAREGPT_HELDOUT}: the sharegpt trace on those prompts (sharegpt_predictions.py)",
     )
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument(
@@ -63,13 +65,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--prediction",
         choices=PREDICTION_MODES,
         default="noisy-oracle",
-        help=f"shipped-predictor: the shipped default predictor's own predictions (needs --trace {TRACE_NAME})",
+        help=f"shipped-predictor: the shipped default predictor's own predictions (needs --trace {TRACE_NAME} "
+        f"or {SHAREGPT_HELDOUT})",
     )
     parser.add_argument(
         "--feedback-file",
         type=pathlib.Path,
         action="append",
-        help=f"{TRACE_NAME}: feedback JSONL the predictor trained on (repeatable; default: the shipped model's)",
+        help=f"{TRACE_NAME}, {SHAREGPT_HELDOUT}: feedback JSONL the predictor trained on (repeatable; default: "
+        "the shipped model's)",
     )
     parser.add_argument("--tau", type=float, default=0.6, help="Kendall's tau of the noisy oracle")
     parser.add_argument("--bounds", default="2,4,8", help="latency bounds, multiples of the unloaded mean")

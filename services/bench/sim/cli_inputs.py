@@ -19,6 +19,8 @@ from services.bench.sim.model_predictions import (
     load_heldout_set,
 )
 from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
+from services.bench.sim.sharegpt_predictions import TRACE_NAME as SHAREGPT_HELDOUT
+from services.bench.sim.sharegpt_predictions import load_sharegpt_heldout, sharegpt_heldout_workload
 from services.bench.sim.simulator import EngineShape
 from services.bench.workload import load_trace, scale_trace
 from services.common.arg_types import comma_list
@@ -111,18 +113,17 @@ def cost_model(args):
 
 def workload(args, seed: int):
     """(trace, predictions, Kendall's tau of the predicted means) for --trace, --prediction and seed."""
-    if args.trace == TRACE_NAME:
+    if args.trace in (TRACE_NAME, SHAREGPT_HELDOUT):
         if args.length_divisor != 1.0 or args.max_prompt_tokens or args.max_output_tokens:
-            raise ValueError(f"--length-divisor and the token caps apply to the dataset traces, not {TRACE_NAME}")
-        heldout = load_heldout_set(DEFAULT_MODEL_DIR, args.feedback_file or DEFAULT_FEEDBACK_FILES)
-        trace, shipped = heldout_workload(
-            heldout, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len
-        )
+            raise ValueError(f"--length-divisor and the token caps apply to the dataset traces, not {args.trace}")
+        trace, shipped = _heldout_trace(args, seed)
         if args.prediction == "shipped-predictor":
             truth = [t.num_output_tokens for t in trace]
             return trace, shipped, kendall_tau([d.mean_tokens for d in shipped], truth)
     elif args.prediction == "shipped-predictor":
-        raise ValueError(f"--prediction shipped-predictor needs --trace {TRACE_NAME} (its prompts were predicted)")
+        raise ValueError(
+            f"--prediction shipped-predictor needs --trace {TRACE_NAME} or {SHAREGPT_HELDOUT} (their prompts were predicted)"
+        )
     else:
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
         if args.length_divisor != 1.0 or args.max_prompt_tokens or args.max_output_tokens:
@@ -139,3 +140,12 @@ def workload(args, seed: int):
         [t.num_output_tokens for t in trace], target_tau=args.tau, seed=seed
     )
     return trace, predictions, reached_tau
+
+
+def _heldout_trace(args, seed: int):
+    """A held-out trace (SmolLM2's lengths or ShareGPT's) with the shipped predictor's distributions."""
+    sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
+    feedback_files = args.feedback_file or DEFAULT_FEEDBACK_FILES
+    if args.trace == SHAREGPT_HELDOUT:
+        return sharegpt_heldout_workload(load_sharegpt_heldout(DEFAULT_MODEL_DIR, feedback_files), **sizes)
+    return heldout_workload(load_heldout_set(DEFAULT_MODEL_DIR, feedback_files), **sizes)

@@ -87,10 +87,11 @@ def load_heldout_set(
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model_version": metadata["model_version"], "files": [str(p) for p in files], "rows": rows}
         cache_path.write_text(json.dumps(payload, default=asdict))
-    return _read_cache(cache_path)
+    return read_heldout_cache(cache_path)
 
 
-def _read_cache(path: pathlib.Path) -> HeldoutSet:
+def read_heldout_cache(path: pathlib.Path) -> HeldoutSet:
+    """A cached prediction set (rows, no prompt text); Kendall's tau over its rows."""
     payload = json.loads(path.read_text())
     rows = tuple(
         HeldoutRow(
@@ -108,11 +109,21 @@ def _read_cache(path: pathlib.Path) -> HeldoutSet:
 
 
 def heldout_examples(files: Sequence[pathlib.Path], data_dir: pathlib.Path, metadata: dict) -> list:
-    """The feedback rows whose normalized prompt text no training row of the model holds, under the
+    """The feedback rows whose normalized prompt text no training row of the model holds (`trained_prompt_keys`)."""
+    from services.predictor import data
+
+    trained = trained_prompt_keys(files, data_dir, metadata)
+    feedback = [example for path in files for example in data.load_file(path)]
+    return [example for example in feedback if data.prompt_key(example.prompt_text) not in trained]
+
+
+def trained_prompt_keys(files: Sequence[pathlib.Path], data_dir: pathlib.Path, metadata: dict) -> set[str]:
+    """The normalized prompt texts (`data.prompt_key`) of every training row of the model, under the
     per-source groups the model was trained with before `data.canonical_groups` (feedback: prompt
     text; ShareGPT: conversation; AlpacaEval: instruction) and under the canonical groups since: a
     text counts as held out only when every row carrying it, in any source file the model trained
-    on, is on the held-out side of both splits (the model's seed and held-out fraction)."""
+    on (ShareGPT, AlpacaEval and the feedback `files`), is on the held-out side of both splits (the
+    model's seed and held-out fraction)."""
     from services.predictor import data
 
     seed, fraction = int(metadata["seed"]), float(metadata["training"].get("heldout_fraction", 0.2))
@@ -126,7 +137,7 @@ def heldout_examples(files: Sequence[pathlib.Path], data_dir: pathlib.Path, meta
     for grouping in (everything, data.canonical_groups(everything)):
         train, _ = data.split_by_group(grouping, heldout_fraction=fraction, seed=seed)
         trained |= {data.prompt_key(example.prompt_text) for example in train}
-    return [example for example in feedback if data.prompt_key(example.prompt_text) not in trained]
+    return trained
 
 
 def _predict_heldout(
