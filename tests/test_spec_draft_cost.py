@@ -230,7 +230,8 @@ def test_only_the_requests_with_the_most_output_left_save_the_step_s_fixed_cost(
         assert drafting == (["c15"] if preset else [request.request_id for request in copies])
     assert critical_token_value_s(CPU, True, 1, 1) == pytest.approx(CPU.plain_step_s(1))  # alone: the whole step
     assert critical_token_value_s(CPU, False, 1, 1) == CPU.per_decode_s
-    assert critical_token_value_s(CPU, True, 16, 2) == pytest.approx(token_value_s(CPU, 16, 2 / 16))
+    assert critical_token_value_s(CPU, True, 16, 16) == pytest.approx(token_value_s(CPU, 16, 1.0))  # all draft
+    assert critical_token_value_s(CPU, True, 16, 15) == CPU.per_decode_s  # one holds the batch
 
 
 def test_a_request_still_prefilling_holds_the_critical_path():

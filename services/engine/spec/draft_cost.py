@@ -24,10 +24,12 @@ How many drafts, in two passes (Speculator._plan_drafts):
    verifying m drafts adds verify_s(m) = per_verify_s + m per_draft_s and yields 1 + accepted(m) (two-rate
    acceptance, each request's own shrunk toward the batch's: AcceptanceTracker.request_acceptance_models);
    each decode's k* maximises its tokens per second, and the decodes with k* > 0 propose up to k* drafts.
-2. Each proposal is cut to the m that saves most, accepted(m) x token_value_s - verify_s(m), and dropped
-   where no m saves. An accepted token saves its request a later decode (per_decode_s), and the step's
-   fixed cost only as far as the whole batch speeds up (the fraction of decodes that proposed): a group's
-   steps last until its slowest request is done.
+2. Each proposal is cut to the m that saves most, accepted(m) x value - verify_s(m), and dropped where no
+   m saves. An accepted token saves its request a later decode (per_decode_s), and the step's fixed cost
+   only where it shortens the batch: a group's steps last until its slowest request is done, so only the
+   requests with the most output left (the critical path) save it, and only while all of them draft
+   (critical_token_value_s; before session 12, and with DraftCostConfig.critical_path off, every decode
+   saved it as far as the batch's decodes proposed: token_value_s).
 
 At batch 1 a token is worth a whole step and drafts are nearly free; at batch 16 on CPU it is worth about
 one decode and a verify's own cost is of that order, so only long, likely copies pass.
@@ -71,7 +73,8 @@ class DraftCostConfig:
     # drafts (as if every request drafted; `alise bench spec`'s "@share" column), not token_value_s's.
     closed_batch_value: bool = True
     # With closed_batch_value: the step's fixed cost is saved only by accepted tokens of the requests with the
-    # most output left (the batch's critical path, critical_token_value_s); the others' tokens save a decode.
+    # most output left (the batch's critical path), while all of them draft (critical_token_value_s); the
+    # others' tokens save a decode.
     # False: by every decode's alike, as far as the batch's decodes propose (token_value_s; "@batch" column).
     critical_path: bool = True
     # Fit a per-verifying-request term. Off: since verifies are attended in the batch
@@ -259,16 +262,18 @@ def critical_token_value_s(costs: DraftCosts, critical: bool, num_critical: int,
     """What one accepted draft saves in a closed batch, by whether its request is on the critical path: among
     the num_critical running requests (decoding or still prefilling) with the most output left, of which
     num_critical_drafting proposed drafts. The batch's steps last until its last request is done, so they
-    fall by one when each critical request gains a token: a critical token saves base_s / num_critical, as
-    far as the critical requests draft (a critical request that does not holds the batch), besides its own
-    later decode; a token of a request ahead of them saves only that decode (its request finishes sooner
-    and later steps are smaller by one). Measured at batch 16 (512-token budget; spec_step_profile.py):
-    n-gram emitted 287 of 768 summarise tokens while the last prompts prefilled, yet the batch took as many
-    steps as off's, held by the request prefilled last. With every request critical it is token_value_s."""
-    if not critical or num_critical <= 0:
+    fall by one only when every critical request gains a token: while each of them drafts, a critical token
+    saves base_s / num_critical besides its own later decode; where one of them does not (no match, paused,
+    still prefilling), it holds the batch, and like a token of a request ahead of the critical ones a token
+    saves only that decode (its request finishes sooner and later steps are smaller by one). Measured at
+    batch 16 (spec_step_profile.py, 512-token budget): n-gram emitted 287 of 768 summarise tokens while the
+    last prompts prefilled, yet the batch took as many steps as off's, held by the request prefilled last;
+    with all prompts prefilled in one step, valuing critical tokens as far as the critical requests drafted
+    (base_s x drafting / critical^2) drafted 178 code-edit tokens and saved no step (0.93x of off).
+    With every request critical and drafting it is token_value_s's value for a whole batch that drafts."""
+    if not critical or num_critical <= 0 or num_critical_drafting < num_critical:
         return costs.per_decode_s
-    fraction = min(max(num_critical_drafting / num_critical, 0.0), 1.0)
-    return costs.per_decode_s + fraction * costs.base_s / num_critical
+    return costs.per_decode_s + costs.base_s / num_critical
 
 
 def expected_savings_s(

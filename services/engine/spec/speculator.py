@@ -14,8 +14,8 @@ How many drafts, per step:
                    adaptive_drafting.py); the decodes with k > 0 propose, and each proposal is cut to
                    the length that saves most at what an accepted token is worth in this batch (a
                    later decode of its request, plus the step's fixed cost only for the requests with
-                   the most output left, as far as they draft: a batch's steps last until its last
-                   request is done), or dropped; a compute-bound step (large batch) makes a token worth
+                   the most output left, and only while all of them draft: a batch's steps last until
+                   its last request is done), or dropped; a compute-bound step (large batch) makes a token worth
                    little and a verify dear, so drafting stops there except for long, likely copies;
                    after probe_every_steps steps without drafts one proposal is verified anyway (costs
                    and acceptance re-measured: a batch that stopped can start again);
