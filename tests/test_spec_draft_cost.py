@@ -99,6 +99,21 @@ def test_without_a_verify_term_drafts_carry_the_cost_that_verifies_and_drafts_ad
     assert with_verify_term.per_draft_s < batched.per_draft_s / 2 < with_verify_term.per_verify_s / 8
 
 
+def test_a_fit_that_prices_drafting_at_nothing_is_not_taken():
+    """Steps with drafts that ran no dearer than those without (noise at one batch size) would fit 0 per draft,
+    and every proposal would look free: the class keeps its previous fit instead."""
+    config = DraftCostConfig(window_steps=8, min_steps_to_fit=8, refit_every_steps=8)
+    meter = DraftCostMeter(OnlineStepCostModel(UNDERPRICED), config)
+    for num_verifies in [0, 4, 0, 8, 0, 2, 16, 0]:
+        meter.record(16, num_verifies, 3 * num_verifies, _measured_step_s(16, 0, 3 * num_verifies))
+    before = meter.costs(16)
+    assert before.per_draft_s == pytest.approx(CPU.per_draft_s)
+    for num_verifies in [0, 4, 0, 8, 0, 2, 16, 0]:  # the next window: drafted steps ran cheaper than plain ones
+        meter.record(16, num_verifies, 3 * num_verifies, 0.9 * _measured_step_s(16, 0, 0) if num_verifies else
+                     _measured_step_s(16, 0, 0))  # fmt: skip
+    assert meter.costs(16) == before
+
+
 def test_settle_keeps_only_the_planned_decode_step():
     cost_model = OnlineStepCostModel(UNDERPRICED)
     meter = DraftCostMeter(cost_model, DraftCostConfig(min_steps_to_fit=1, refit_every_steps=1))
