@@ -47,9 +47,9 @@ def test_goals_are_paired_per_seed_differences(tmp_path: pathlib.Path) -> None:
     assert margin.mean == pytest.approx(((0.07 - 0.072) + (0.06 - 0.0585) + (0.15 - 0.153)) / 3)
     assert margin.num_samples == 3 and margin.half_width > 0
     row = steady_goals.goal_rows(runs, "alise", 0.25, "0.95")
-    assert row[:3] == ["gamma CV 2", "95%", "alise"]
-    assert row[4] == f"{(0.14 / 3) / (0.11 / 3):.2f}x"
-    assert row[6] == f"{(0.28 / 3) / (0.315 / 3):.0%}"
+    assert row[:4] == ["gamma CV 2", "95%", "3", "alise"]
+    assert row[5] == f"{(0.14 / 3) / (0.11 / 3):.2f}x"
+    assert row[7] == f"{(0.28 / 3) / (0.315 / 3):.0%}"
 
 
 def test_other_predictions_merge_only_on_the_same_arrivals(tmp_path: pathlib.Path) -> None:
@@ -57,7 +57,21 @@ def test_other_predictions_merge_only_on_the_same_arrivals(tmp_path: pathlib.Pat
     other = steady_goals.read_runs(_report(tmp_path / "o.json", ("alise",), shift=0.01), policy_label={"alise": "o"})
     merged = steady_goals.merge(base, other)
     assert ("o", 0.25, "0.95") in merged and ("alise", 0.25, "0.95") in merged
-    assert "| gamma CV 2 | 95% | o |" in steady_goals.goal_table(merged, ["alise", "o"])
+    assert "| gamma CV 2 | 95% | 3 | o |" in steady_goals.goal_table(merged, ["alise", "o"])
     moved = steady_goals.read_runs(_report(tmp_path / "m.json", ("alise",), rate=20.5), policy_label={"alise": "m"})
     with pytest.raises(ValueError, match="not the base's"):
         steady_goals.merge(base, moved)
+
+
+def test_more_seeds_unite_and_a_seed_twice_is_refused(tmp_path: pathlib.Path) -> None:
+    policies = ("fcfs", "alise", "srpt-oracle")
+    base = steady_goals.read_runs(_report(tmp_path / "base.json", policies))
+    later = json.loads(_report(tmp_path / "later.json", policies).read_text())
+    for run in later["result"]["runs"]:
+        run["seed"] += 10
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    merged = steady_goals.merge(base, steady_goals.read_runs(tmp_path / "later.json"))
+    assert sorted(merged[("alise", 0.25, "0.95")]) == [0, 1, 2, 10, 11, 12]
+    assert steady_goals.goal_rows(merged, "alise", 0.25, "0.95")[2] == "6"
+    with pytest.raises(ValueError, match="in two reports"):
+        steady_goals.merge(merged, base)

@@ -1,12 +1,14 @@
 """Issue 19's simulator goals read off saved steady-state reports, seed by seed.
 
-    python -m services.bench.sim.steady_goals BASE.json [--alise LABEL=OTHER.json ...] [--out goals.md]
+    python -m services.bench.sim.steady_goals BASE.json [BASE2.json ...] [--alise LABEL=OTHER.json ...] [--out goals.md]
 
-BASE holds fcfs, alise and srpt-oracle runs (`alise bench sim` steady-state JSON); each --alise report
-holds alise runs with other predictions on the same traces and arrivals (same --seeds, --loads,
---arrivals and --base-capacity-per-s = BASE's fcfs capacity; checked: the rates must match). Every
-goal is tested as a paired per-seed difference with its 95% Student-t interval (steady_state.mean_ci),
-so the interval answers "is the goal met" rather than overlapping two wide per-policy intervals:
+Each BASE holds fcfs, alise and srpt-oracle runs (`alise bench sim` steady-state JSON; several BASEs
+add seeds, e.g. a run of --seeds 4,5,6,7 with --base-capacity-per-s = the first's fcfs capacity);
+each --alise report holds alise runs with other predictions on the same traces and arrivals (same
+seeds, --loads, --arrivals and --base-capacity-per-s; checked: the rates must match, and no seed
+may come twice). A load's figures use the seeds its reports hold (the `seeds` column). Every goal
+is tested as a paired per-seed difference with its 95% Student-t interval (steady_state.mean_ci), so
+the interval answers "is the goal met" rather than two wide per-policy intervals overlapping:
 
 - SLO misses: alise's share of requests missing the SLO minus 1.1x the oracle's (goal: <= 0);
 - p99 normalized latency: alise's gain over fcfs minus 0.9x the oracle's gain (goal: >= 0);
@@ -42,14 +44,19 @@ def read_runs(path: pathlib.Path, *, policy_label: dict[str, str] | None = None)
 
 
 def merge(base: Runs, extra: Runs) -> Runs:
-    """base plus extra's runs; ValueError when a run's rate differs from base's at the same seed and load."""
+    """base plus extra's runs (seeds of a key united); ValueError when extra repeats a seed of base, or when a
+    run's rate differs from base's at the same seed and load (other arrivals)."""
     rates = {(b, load, seed): run["rate_per_s"] for (_, b, load), seeds in base.items() for seed, run in seeds.items()}
+    merged: Runs = defaultdict(dict, {key: dict(seeds) for key, seeds in base.items()})
     for (label, burstiness, load), seeds in extra.items():
         for seed, run in seeds.items():
             expected = rates.get((burstiness, load, seed))
-            if expected is None or abs(expected - run["rate_per_s"]) > 1e-9 * expected:
+            if expected is not None and abs(expected - run["rate_per_s"]) > 1e-9 * expected:
                 raise ValueError(f"{label} {load} seed {seed}: rate {run['rate_per_s']} is not the base's {expected}")
-    return {**base, **extra}
+            if seed in merged[(label, burstiness, load)]:
+                raise ValueError(f"{label} {load} seed {seed} is in two reports")
+            merged[(label, burstiness, load)][seed] = run
+    return merged
 
 
 def _miss(run: dict) -> float:
@@ -102,6 +109,7 @@ def goal_rows(runs: Runs, label: str, burstiness: float, load: str) -> list[str]
     return [
         label_of(burstiness),
         f"{float(load):.0%}",
+        str(len(runs[alise])),
         label,
         " / ".join(f"{m:.2f}" for m in misses),
         _ratio(misses[1], misses[2]),
@@ -114,10 +122,10 @@ def goal_rows(runs: Runs, label: str, burstiness: float, load: str) -> list[str]
 
 
 HEADER = (
-    "| arrivals | load | alise predictions | missing SLO %, fcfs / alise / oracle | alise / oracle misses "
+    "| arrivals | load | seeds | alise predictions | missing SLO %, fcfs / alise / oracle | alise / oracle misses "
     "| alise - 1.1x oracle misses, points (goal <= 0) | share of oracle's p99 normalized gain "
     "| alise gain - 0.9x oracle gain, ms/token (goal >= 0) | p99 TTFT s, fcfs / alise | alise - fcfs p99 TTFT, s "
-    "(goal <= 0) |\n|---|---|---|---|---|---|---|---|---|---|"
+    "(goal <= 0) |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -131,12 +139,14 @@ def goal_table(runs: Runs, labels: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("base", type=pathlib.Path, help="steady-state JSON with fcfs, alise and srpt-oracle")
+    parser.add_argument("base", type=pathlib.Path, nargs="+", help="steady-state JSONs with fcfs, alise, srpt-oracle")
     parser.add_argument("--base-label", default="alise", help="what alise's predictions in BASE are called")
     parser.add_argument("--alise", action="append", default=[], help="LABEL=JSON of alise runs with other predictions")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here")
     args = parser.parse_args(argv)
-    runs = read_runs(args.base, policy_label={"alise": args.base_label})
+    runs = read_runs(args.base[0], policy_label={"alise": args.base_label})
+    for path in args.base[1:]:
+        runs = merge(runs, read_runs(path, policy_label={"alise": args.base_label}))
     labels = [args.base_label]
     for item in args.alise:
         label, _, path = item.partition("=")
