@@ -33,7 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.engine.sampler import NUM_CANDIDATES, SamplingParams, kept_nucleus, sample_tokens, uniform_draws
+from services.engine.sampler import (
+    NUM_CANDIDATES,
+    SamplingParams,
+    greedy_argmax,
+    kept_nucleus,
+    sample_tokens,
+    uniform_draws,
+)
 
 RESAMPLE_STREAM = np.int64(1 << 62)  # OR-ed into a counter: a rejection's redraw, never a main-stream draw
 
@@ -109,15 +116,6 @@ def verify_drafts(
         [int(token) for token in layout.drafts[offset : offset + a]] + [int(token)]
         for offset, a, token in zip(layout.draft_offsets, num_accepted, final)
     ]
-
-
-def greedy_argmax(logits: torch.Tensor) -> np.ndarray:
-    """int64 [rows]: each row's argmax, the first on ties (as torch.argmax). On CPU through NumPy over float32:
-    torch's CPU argmax over SmolLM2's 49k vocabulary took ~0.18 ms a row on bf16 logits and ~0.05 on float32,
-    NumPy's ~0.02 with the upcast (1 thread), and a batch-16 verify step has ~150 such rows."""
-    if logits.device.type != "cpu":
-        return logits.argmax(dim=-1).cpu().numpy()
-    return logits.float().numpy().argmax(axis=-1).astype(np.int64, copy=False)
 
 
 def _validate(logits: torch.Tensor, layout: _Layout, params: list[np.ndarray]) -> None:
