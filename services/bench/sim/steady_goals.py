@@ -133,7 +133,8 @@ def goal_table(runs: Runs, labels: list[str]) -> str:
     keys = sorted({(b, load) for (policy, b, load) in runs if policy == "fcfs"}, key=lambda k: (-k[0], float(k[1])))
     lines = [HEADER]
     for burstiness, load in keys:
-        lines += ["| " + " | ".join(goal_rows(runs, label, burstiness, load)) + " |" for label in labels]
+        present = [label for label in labels if runs.get((label, burstiness, load))]
+        lines += ["| " + " | ".join(goal_rows(runs, label, burstiness, load)) + " |" for label in present]
     return "\n".join(lines)
 
 
@@ -141,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", type=pathlib.Path, nargs="+", help="steady-state JSONs with fcfs, alise, srpt-oracle")
     parser.add_argument("--base-label", default="alise", help="what alise's predictions in BASE are called")
-    parser.add_argument("--alise", action="append", default=[], help="LABEL=JSON of alise runs with other predictions")
+    parser.add_argument(
+        "--alise",
+        action="append",
+        default=[],
+        help="LABEL=JSON of alise runs with other predictions (a LABEL again adds seeds)",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here")
     args = parser.parse_args(argv)
     runs = read_runs(args.base[0], policy_label={"alise": args.base_label})
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.alise:
         label, _, path = item.partition("=")
         runs = merge(runs, read_runs(pathlib.Path(path), policy_label={"alise": label}))
-        labels.append(label)
+        labels += [] if label in labels else [label]  # a label twice: more seeds of the same predictions
     table = goal_table(runs, labels)
     print(table)
     if args.out:
