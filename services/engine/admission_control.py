@@ -36,13 +36,18 @@ which later arrivals rank behind r; else the scheduler's starvation promotion):
     total_s  = base_s / (1 - rho)        when rho < 1 and that is within the horizon H
              = base_s + rho * H          otherwise (infinite when H is: never served for sure)
 
-Only while some live work is ranked ahead of r: with none, the shorter work admitted lately has been
-served as it came (a rate r would starve behind leaves a queue of it), and the window still holds
-the admissions of load that has ended. Counted regardless, an idle engine refused 32-token requests
+Only while r would queue (a request is waiting, or the running batch is full) behind some live work
+ranked ahead of it: otherwise the shorter work admitted lately has been served as it came (a rate r
+would starve behind leaves a queue of it), and the window still holds the admissions of load that
+has ended; rho (tokens admitted per second x the drain rate at the current batch) also reads
+several times too high when the batch is below full, where each token drains slower than in the
+full batch more work would run in. Counted regardless, an idle engine refused 32-token requests
 with 60 s deadlines for the rest of the minute after a 20x burst ("0.00 s of work ranked ahead, 12.72 s
 its own, 154.69 s of shorter work arriving meanwhile at 5.16 s per s"; overload_steps_bound, load 11),
 and a contention run's second round had the gateway refuse all but 2 requests for ~30 s with the
-engine idle (overload_contention.json).
+engine idle (overload_contention.json). With work ahead but no queue, a quiet machine still refused
+263 of 289 requests at 1x (`0.00 s of work ranked ahead, 1.14 s its own, 63.28 s of shorter work
+arriving meanwhile at 2.11 s per s`, engine at 0.51 cores; overload_steps_bound_quiet.json).
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class QueueProfile:
     taken_at_s: float  # time.monotonic() when taken
     # how long after a request starts waiting later arrivals may still overtake it, seconds (inf: always)
     overtake_horizon_s: float = math.inf
+    # a new request would wait: some request is waiting, or the running batch is at max_num_seqs
+    has_queue: bool = True
 
     def tokens_ahead(self, own_tokens: float) -> float:
         """Predicted tokens of the live requests ranked ahead of a request predicted to need own_tokens."""
@@ -137,6 +144,7 @@ def take_queue_profile(core, s_per_token: float) -> QueueProfile:
         prefill_s_per_token=cost.prefill_s_per_token,
         taken_at_s=time.monotonic(),
         overtake_horizon_s=_overtake_horizon_s(scheduler),
+        has_queue=bool(scheduler.waiting) or len(scheduler.running) >= scheduler.limits.max_num_seqs,
     )
 
 
@@ -209,9 +217,9 @@ class AdmissionControl:
             return
         ahead_s, own_s = predicted
         arrivals_per_s = 0.0  # under fcfs later arrivals never go ahead
-        # Nothing ranked ahead now: the shorter work admitted lately was served as it came, so its rate
-        # says nothing about a queue r would starve behind (see the module docstring)
-        if profile.shortest_first and profile.tokens_ahead(predicted_output_tokens) > 0:
+        # No queue, or nothing ranked ahead in it: the shorter work admitted lately was served as it came,
+        # so its rate says nothing about a queue r would starve behind (see the module docstring)
+        if profile.shortest_first and profile.has_queue and profile.tokens_ahead(predicted_output_tokens) > 0:
             arrivals_per_s = self.inflow.tokens_per_s_at_most(predicted_output_tokens) * profile.s_per_output_token
         total_s = profile.with_arrivals_ahead_s(ahead_s + own_s, arrivals_per_s)
         if total_s > self.limits.deadline_slack * time_left_s:

@@ -4,6 +4,7 @@ expiry of silent engines."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import grpc
@@ -135,6 +136,8 @@ def test_with_nothing_ranked_ahead_the_inflow_of_the_last_minute_refuses_nothing
     control.admit("after", 4, 32.0, 60.0, _profile([]))  # 1.6 s of its own work fits 60 s
     with pytest.raises(Overloaded, match="shorter work arriving meanwhile"):  # with shorter work queued: counted
         control.admit("behind", 4, 32.0, 60.0, _profile([8.0]))
+    # shorter work live but no queue (batch below full, nothing waiting): r starts at once, not counted
+    control.admit("running", 4, 32.0, 60.0, dataclasses.replace(_profile([8.0]), has_queue=False))
 
 
 def test_the_inflow_is_not_read_as_a_rate_before_a_whole_window_has_passed():
