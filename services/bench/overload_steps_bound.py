@@ -35,6 +35,9 @@ VARIANTS = {
     "gateway": ("seconds", ("--max-queued-work-s", repr(OVERLOAD_MAX_QUEUED_WORK_S))),
     "gateway-steps": ("steps", ("--max-queued-steps", "1")),
 }
+# --variant both: the steps bound on top of the seconds bound (the queued-work term keeps a batch below
+# full from filling in one cohort)
+BOTH_VARIANT = ("steps+seconds", ("--max-queued-steps", "1", "--max-queued-work-s", repr(OVERLOAD_MAX_QUEUED_WORK_S)))
 MULTIPLES = {"1x": 1.0, "20x": 20.0}
 RESULT_KEYS = (
     "codes",
@@ -54,7 +57,7 @@ RESULT_KEYS = (
 )
 
 
-async def _level(stack: ChaosStack, gateway: str, level: str, capacity: float, duration_s: float) -> dict:
+async def _level(stack: ChaosStack, gateway: str, bound: str, level: str, capacity: float, duration_s: float) -> dict:
     stub = gateway_service_pb2_grpc.GatewayServiceStub(stack.channel(gateway))
     pids = {"gateway": stack.children[gateway].pid, "engine-0": stack.children["engine-0"].pid}
     probe = ContentionProbe({**pids, "client": os.getpid()}).start()
@@ -62,7 +65,7 @@ async def _level(stack: ChaosStack, gateway: str, level: str, capacity: float, d
         stub, rate_per_s=capacity * MULTIPLES[level], duration_s=duration_s, max_tokens=OVERLOAD_TOKENS, timeout_s=60.0
     )
     return {
-        "bound": VARIANTS[gateway][0],
+        "bound": bound,
         "level": level,
         **{key: getattr(result, key) for key in RESULT_KEYS},
         "contention": await probe.stop(),
@@ -71,25 +74,25 @@ async def _level(stack: ChaosStack, gateway: str, level: str, capacity: float, d
 
 def _order(round_index: int) -> list[tuple[str, str]]:
     """(gateway, level) pairs of one round: both bounds at 1x, then at 20x; the first bound alternates."""
-    gateways = list(VARIANTS) if round_index % 2 == 0 else list(reversed(VARIANTS))
+    gateways = ["gateway", "gateway-steps"] if round_index % 2 == 0 else ["gateway-steps", "gateway"]
     return [(gateway, level) for level in MULTIPLES for gateway in gateways]
 
 
-async def run(rounds: int, duration_s: float, log_dir: pathlib.Path) -> dict:
+async def run(rounds: int, duration_s: float, log_dir: pathlib.Path, variants: dict = VARIANTS) -> dict:
     config = ChaosStackConfig(
         log_dir=log_dir,
         num_engines=1,
         with_predictor=False,
         gateway_in_process=False,
-        gateway_args=(*BASE_GATEWAY_ARGS, *VARIANTS["gateway"][1]),
+        gateway_args=(*BASE_GATEWAY_ARGS, *variants["gateway"][1]),
         engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
         startup_timeout_s=300.0,  # a loaded shared machine took over 120 s to start an engine
     )
     stack = ChaosStack(config)
     await stack.start()
     try:
-        await stack.add_gateway("gateway-steps", (*BASE_GATEWAY_ARGS, *VARIANTS["gateway-steps"][1]))
-        for gateway in VARIANTS:  # first steps, rates and the batch capacity known to both gateways
+        await stack.add_gateway("gateway-steps", (*BASE_GATEWAY_ARGS, *variants["gateway-steps"][1]))
+        for gateway in variants:  # first steps, rates and the batch capacity known to both gateways
             stub = gateway_service_pb2_grpc.GatewayServiceStub(stack.channel(gateway))
             await burst(stub, 16, max_tokens=OVERLOAD_TOKENS, timeout_s=120.0)
         capacity = await _capacity(stack, 10.0)
@@ -98,12 +101,13 @@ async def run(rounds: int, duration_s: float, log_dir: pathlib.Path) -> dict:
         runs = []
         for round_index in range(rounds):
             for gateway, level in _order(round_index):
-                runs.append({"round": round_index, **await _level(stack, gateway, level, capacity, duration_s)})
+                bound = variants[gateway][0]
+                runs.append({"round": round_index, **await _level(stack, gateway, bound, level, capacity, duration_s)})
                 print({k: v for k, v in runs[-1].items() if k not in ("contention", "sample_rejection")}, flush=True)
                 await asyncio.sleep(2.0)  # the admitted streams of the level drain
         return {
             "capacity_requests_per_s": capacity,
-            "variants": {v[0]: list(v[1]) for v in VARIANTS.values()},
+            "variants": {v[0]: list(v[1]) for v in variants.values()},
             "runs": runs,
         }
     finally:
@@ -115,10 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration-s", type=float, default=20.0, help="seconds of each level")
     parser.add_argument("--output", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--steps-variant", choices=("steps", "both"), default="steps", help="both: steps bound + the seconds bound"
+    )
     args = parser.parse_args(argv)
+    variants = {**VARIANTS, "gateway-steps": BOTH_VARIANT} if args.steps_variant == "both" else VARIANTS
     from services.bench.results import build_report, write_report
 
-    figures = asyncio.run(run(args.rounds, args.duration_s, pathlib.Path(tempfile.mkdtemp(prefix="alise-steps-"))))
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-steps-"))
+    figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, variants))
     if args.output is not None:
         config = {key: value for key, value in vars(args).items() if key != "output"}
         print(f"saved {write_report(args.output, build_report('overload_steps_bound', config, figures))}")
