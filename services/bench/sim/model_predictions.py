@@ -150,31 +150,47 @@ def _predict_heldout(
     predictor = PredictorLoader(LoadSettings(model_dir, cache_root, 1, 1, allow_cuda=False)).load()
     examples = heldout_examples(files, data_dir, metadata)
     inputs = [PromptInput(e.prompt_text, max(e.num_prompt_tokens, 1), SERVED_MODEL) for e in examples]
-    predicted = predictor.predict(inputs)
+    lengths = [(max(example.num_prompt_tokens, 1), example.num_output_tokens) for example in examples]
+    return predicted_rows(lengths, predictor.predict(inputs))
+
+
+def predicted_rows(lengths: Sequence[tuple[int, int]], predicted: Sequence) -> list[HeldoutRow]:
+    """One row per (prompt tokens, output tokens) pair with its predicted distribution (same order)."""
     return [
         HeldoutRow(
-            max(example.num_prompt_tokens, 1),
-            example.num_output_tokens,
+            num_prompt,
+            num_output,
             distribution.mean_tokens,
             tuple((q.level, q.num_tokens) for q in distribution.quantiles),
         )
-        for example, distribution in zip(examples, predicted, strict=True)
+        for (num_prompt, num_output), distribution in zip(lengths, predicted, strict=True)
     ]
 
 
 def heldout_workload(
-    heldout: HeldoutSet, *, num_requests: int, seed: int, max_model_len: int
+    heldout: HeldoutSet,
+    *,
+    num_requests: int,
+    seed: int,
+    max_model_len: int,
+    trace_name: str = TRACE_NAME,
+    permute_while_enough: bool = False,
 ) -> tuple[list[TraceRequest], list[LengthDistribution]]:
-    """num_requests rows drawn with replacement (seeded) from the held-out set, in arrival order,
-    with the predictor's distribution of each; rows longer than max_model_len are left out."""
+    """num_requests held-out rows in arrival order with the predictor's distribution of each; rows longer
+    than max_model_len are left out. Drawn with replacement (seeded), or, with permute_while_enough, a seeded
+    permutation while the rows suffice."""
     if num_requests <= 0:
         raise ValueError(f"num_requests must be > 0, got {num_requests}")
     rows = [row for row in heldout.rows if row.num_prompt_tokens + row.num_output_tokens <= max_model_len]
     if not rows:
         raise ValueError(f"no held-out row fits max_model_len={max_model_len}")
-    picks = np.random.default_rng(seed).integers(0, len(rows), size=num_requests)
+    rng = np.random.default_rng(seed)
+    if permute_while_enough and num_requests <= len(rows):
+        picks = rng.permutation(len(rows))[:num_requests].tolist()
+    else:
+        picks = rng.integers(0, len(rows), size=num_requests).tolist()
     trace = [
-        TraceRequest(f"{TRACE_NAME}-{seed}-{i}", None, rows[pick].num_prompt_tokens, rows[pick].num_output_tokens)
+        TraceRequest(f"{trace_name}-{seed}-{i}", None, rows[pick].num_prompt_tokens, rows[pick].num_output_tokens)
         for i, pick in enumerate(picks)
     ]
     distributions = [LengthDistribution(rows[pick].mean_tokens, list(rows[pick].quantiles)) for pick in picks]

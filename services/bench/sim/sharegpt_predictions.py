@@ -23,13 +23,13 @@ import pathlib
 from dataclasses import asdict
 from typing import Sequence
 
-import numpy as np
-
 from services.bench.sim.model_predictions import (
     CACHE_SUBDIR,
     DEFAULT_FEEDBACK_FILES,
     HeldoutRow,
     HeldoutSet,
+    heldout_workload,
+    predicted_rows,
     read_heldout_cache,
     trained_prompt_keys,
 )
@@ -118,16 +118,8 @@ def predict_rows(
 
     predictor = PredictorLoader(LoadSettings(model_dir, cache_root, 1, 1, allow_cuda=False)).load()
     inputs = [PromptInput(r.prompt_text or "", r.num_prompt_tokens) for r in requests]
-    predicted = predictor.predict(inputs)
-    return [
-        HeldoutRow(
-            request.num_prompt_tokens,
-            request.num_output_tokens,
-            distribution.mean_tokens,
-            tuple((q.level, q.num_tokens) for q in distribution.quantiles),
-        )
-        for request, distribution in zip(requests, predicted, strict=True)
-    ]
+    lengths = [(request.num_prompt_tokens, request.num_output_tokens) for request in requests]
+    return predicted_rows(lengths, predictor.predict(inputs))
 
 
 def sharegpt_heldout_workload(
@@ -135,19 +127,11 @@ def sharegpt_heldout_workload(
 ) -> tuple[list[TraceRequest], list[LengthDistribution]]:
     """num_requests held-out rows in arrival order with the predictor's distribution of each: a seeded
     permutation while the rows that fit max_model_len suffice, drawn with replacement beyond."""
-    if num_requests <= 0:
-        raise ValueError(f"num_requests must be > 0, got {num_requests}")
-    rows = [row for row in heldout.rows if row.num_prompt_tokens + row.num_output_tokens <= max_model_len]
-    if not rows:
-        raise ValueError(f"no held-out row fits max_model_len={max_model_len}")
-    rng = np.random.default_rng(seed)
-    if num_requests <= len(rows):
-        picks = rng.permutation(len(rows))[:num_requests]
-    else:
-        picks = rng.integers(0, len(rows), size=num_requests)
-    trace = [
-        TraceRequest(f"{TRACE_NAME}-{seed}-{i}", None, rows[pick].num_prompt_tokens, rows[pick].num_output_tokens)
-        for i, pick in enumerate(picks.tolist())
-    ]
-    distributions = [LengthDistribution(rows[pick].mean_tokens, list(rows[pick].quantiles)) for pick in picks.tolist()]
-    return trace, distributions
+    return heldout_workload(
+        heldout,
+        num_requests=num_requests,
+        seed=seed,
+        max_model_len=max_model_len,
+        trace_name=TRACE_NAME,
+        permute_while_enough=True,
+    )
