@@ -55,13 +55,19 @@ class SamplingParams:
         return cls(temperature, top_p, top_k, uniform_draws(seeds, counters))
 
 
-def greedy_argmax(logits: torch.Tensor) -> np.ndarray:
-    """int64 [rows] on the host: each row's argmax, the first on ties (as torch.argmax). On CPU through
-    NumPy over float32: torch's CPU argmax over SmolLM2's 49k vocabulary takes ~0.18 ms a row on bf16
-    logits (~3 ms for a batch of 16, 12 ms for 64) and ~0.05 ms on float32, NumPy ~0.02 ms with the upcast."""
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """int64 [rows] on the logits' device: each row's argmax, the first on ties (as torch.argmax). On CPU
+    through NumPy over float32: torch's CPU argmax over SmolLM2's 49k vocabulary takes ~0.18 ms a row on
+    bf16 logits (~3 ms for a batch of 16, 12 ms for 64) and ~0.05 ms on float32, NumPy ~0.02 ms with the
+    upcast. Elsewhere torch's own (no round trip through the host)."""
     if logits.device.type != "cpu":
-        return logits.argmax(dim=-1).cpu().numpy()
-    return logits.float().numpy().argmax(axis=-1).astype(np.int64, copy=False)
+        return logits.argmax(dim=-1)
+    return torch.from_numpy(logits.float().numpy().argmax(axis=-1).astype(np.int64, copy=False))
+
+
+def greedy_argmax(logits: torch.Tensor) -> np.ndarray:
+    """argmax_rows on the host (the runner's and verification's token lists)."""
+    return argmax_rows(logits).cpu().numpy()
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -70,12 +76,12 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     sampled_rows = params.temperature > 0.0
     device, vocab = logits.device, logits.shape[-1]
     if not sampled_rows.any():
-        return torch.from_numpy(greedy_argmax(logits)).to(device)
+        return argmax_rows(logits)
     # The argmax only where a row is greedy (on CPU it costs as much as the softmax).
     tokens = torch.empty(len(sampled_rows), dtype=torch.long, device=device)
     if not sampled_rows.all():
         greedy = torch.from_numpy(np.flatnonzero(~sampled_rows)).to(device)
-        tokens.index_copy_(0, greedy, torch.from_numpy(greedy_argmax(logits.index_select(0, greedy))).to(device))
+        tokens.index_copy_(0, greedy, argmax_rows(logits.index_select(0, greedy)))
     limited = (params.top_k > 0) & (params.top_k <= vocab)
     plain = sampled_rows & ~limited & (params.top_p >= 1.0)  # no filter: the whole distribution
     filtered = sampled_rows & ~plain
