@@ -12,23 +12,24 @@ from services.bench.sim.gpu_presets import GB, PRESETS, KvDtype
 from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR
 from services.bench.sim.kv_offload import DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, OffloadMode
 from services.bench.sim.model_predictions import TRACE_NAME
-from services.bench.sim.sharegpt_predictions import TRACE_NAME as SHAREGPT_HELDOUT
+from services.bench.sim.reference_heldout import REFERENCE_TRACE_NAMES
 from services.bench.workload import TRACE_NAMES
 from services.common import arg_types
 
 PREDICTION_MODES = ("noisy-oracle", "none", "shipped-predictor")
 DEFAULT_HOST_TIER_GB = 64.0
 DEFAULT_LINK_GB_PER_S = DEFAULT_HOST_LINK_BYTES_PER_S / GB
+REFERENCE_TRACES = " or ".join(REFERENCE_TRACE_NAMES)
 DEFAULT_KV_ERROR_BUDGET = 0.1  # relative Frobenius error: admits int8 and int4 at their measured errors
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace",
-        choices=(*TRACE_NAMES, TRACE_NAME, SHAREGPT_HELDOUT),
+        choices=(*TRACE_NAMES, TRACE_NAME, *REFERENCE_TRACE_NAMES),
         default="sharegpt",
         help=f"{TRACE_NAME}: SmolLM2's own lengths on the prompts the shipped predictor held out (model_predictions.py); "
-        f"{SHAREGPT_HELDOUT}: the sharegpt trace on those prompts (sharegpt_predictions.py)",
+        f"{REFERENCE_TRACES}: the sharegpt / alpaca trace on the prompts it held out (reference_heldout.py)",
     )
     parser.add_argument("--num-requests", type=arg_types.positive_int, default=8000)
     parser.add_argument(
@@ -65,14 +66,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--prediction",
         choices=PREDICTION_MODES,
         default="noisy-oracle",
-        help=f"shipped-predictor: the shipped default predictor's own predictions (needs --trace {TRACE_NAME} "
-        f"or {SHAREGPT_HELDOUT})",
+        help=f"shipped-predictor: the shipped default predictor's own predictions (needs --trace {TRACE_NAME}, "
+        f"{REFERENCE_TRACES})",
     )
     parser.add_argument(
         "--feedback-file",
         type=pathlib.Path,
         action="append",
-        help=f"{TRACE_NAME}, {SHAREGPT_HELDOUT}: feedback JSONL the predictor trained on (repeatable; default: "
+        help=f"{TRACE_NAME}, {REFERENCE_TRACES}: feedback JSONL the predictor trained on (repeatable; default: "
         "the shipped model's)",
     )
     parser.add_argument("--tau", type=float, default=0.6, help="Kendall's tau of the noisy oracle")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from services.bench.sim.cli_flags import DEFAULT_LINK_GB_PER_S
+from services.bench.sim.cli_flags import DEFAULT_LINK_GB_PER_S, REFERENCE_TRACES
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDtype, LinearCostModel
 from services.bench.sim.kv_codecs import CodecTimes, KvLayout
 from services.bench.sim.kv_offload import KvOffloadConfig, OffloadMode
@@ -19,8 +19,12 @@ from services.bench.sim.model_predictions import (
     load_heldout_set,
 )
 from services.bench.sim.predictions import constant_distributions, kendall_tau, noisy_oracle_distributions
-from services.bench.sim.sharegpt_predictions import TRACE_NAME as SHAREGPT_HELDOUT
-from services.bench.sim.sharegpt_predictions import load_sharegpt_heldout, sharegpt_heldout_workload
+from services.bench.sim.reference_heldout import (
+    REFERENCE_TRACE_NAMES,
+    ReferenceTrace,
+    load_reference_heldout,
+    reference_heldout_workload,
+)
 from services.bench.sim.simulator import EngineShape
 from services.bench.workload import load_trace, scale_trace
 from services.common.arg_types import comma_list
@@ -113,7 +117,7 @@ def cost_model(args):
 
 def workload(args, seed: int):
     """(trace, predictions, Kendall's tau of the predicted means) for --trace, --prediction and seed."""
-    if args.trace in (TRACE_NAME, SHAREGPT_HELDOUT):
+    if args.trace == TRACE_NAME or args.trace in REFERENCE_TRACE_NAMES:
         if args.length_divisor != 1.0 or args.max_prompt_tokens or args.max_output_tokens:
             raise ValueError(f"--length-divisor and the token caps apply to the dataset traces, not {args.trace}")
         trace, shipped = _heldout_trace(args, seed)
@@ -122,7 +126,7 @@ def workload(args, seed: int):
             return trace, shipped, kendall_tau([d.mean_tokens for d in shipped], truth)
     elif args.prediction == "shipped-predictor":
         raise ValueError(
-            f"--prediction shipped-predictor needs --trace {TRACE_NAME} or {SHAREGPT_HELDOUT} (their prompts were predicted)"
+            f"--prediction shipped-predictor needs --trace {TRACE_NAME} or {REFERENCE_TRACES} (their prompts were predicted)"
         )
     else:
         trace = load_trace(args.trace, num_requests=args.num_requests, seed=seed, max_model_len=args.max_model_len)
@@ -143,9 +147,11 @@ def workload(args, seed: int):
 
 
 def _heldout_trace(args, seed: int):
-    """A held-out trace (SmolLM2's lengths or ShareGPT's) with the shipped predictor's distributions."""
+    """A held-out trace (SmolLM2's, ShareGPT's or Alpaca's lengths) with the shipped predictor's distributions."""
     sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
     feedback_files = args.feedback_file or DEFAULT_FEEDBACK_FILES
-    if args.trace == SHAREGPT_HELDOUT:
-        return sharegpt_heldout_workload(load_sharegpt_heldout(DEFAULT_MODEL_DIR, feedback_files), **sizes)
+    if args.trace != TRACE_NAME:
+        trace = ReferenceTrace(args.trace)
+        heldout = load_reference_heldout(trace, DEFAULT_MODEL_DIR, feedback_files)
+        return reference_heldout_workload(trace, heldout, **sizes)
     return heldout_workload(load_heldout_set(DEFAULT_MODEL_DIR, feedback_files), **sizes)
