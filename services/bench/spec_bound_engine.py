@@ -26,6 +26,9 @@ from services.engine.spec.adaptive_drafting import AcceptanceTracker, AdaptiveDr
 from services.engine.spec.ngram_drafter import NgramConfig
 
 REQUEST_ID = "replayed"
+# (context, how many drafts at most) -> (drafts, whether they come from an n-gram match): NgramConfig's
+# propose_with_source, or a variant's (spec_bound_variants.py); called every step, with 0 while not drafting
+Proposer = Callable[[np.ndarray, int], tuple[list[int], bool]]
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,11 @@ def coefficients_from_costs(decode_ms: float, verify_ms_by_num_drafts: dict[int,
     return StepCostCoefficients(base_s=decode_ms / 1e3, per_token_s=slope_ms / 1e3, per_kv_token_s=0.0)
 
 
-def engine_drafter(rules: EngineRules, coefficients: StepCostCoefficients) -> Drafter:
-    """A fresh stateful drafter for one replay (one prompt, one cost scale)."""
+def engine_drafter(rules: EngineRules, coefficients: StepCostCoefficients, propose: Proposer | None = None) -> Drafter:
+    """A fresh stateful drafter for one replay (one prompt, one cost scale); propose: the drafter itself
+    (default: rules.ngram.propose_with_source), told of every step, with 0 drafts while not drafting."""
     tracker = AcceptanceTracker(rules.adaptive)
+    propose = propose or rules.ngram.propose_with_source
     pending: list[tuple[int, int, bool]] = []  # (context length, drafts proposed, judged) of the last verify
 
     def draft(context: np.ndarray, last: tuple[int, int]) -> list[int]:
@@ -64,9 +69,7 @@ def engine_drafter(rules: EngineRules, coefficients: StepCostCoefficients) -> Dr
             continuation_rate=continuation_rate,
         )  # fmt: skip
         num_drafts = tracker.num_drafts(REQUEST_ID, k) if k > 0 else 0
-        if num_drafts == 0:
-            return []
-        drafts, matched = rules.ngram.propose_with_source(context, num_drafts)
+        drafts, matched = propose(context, num_drafts)
         if drafts:
             pending.append((len(context), len(drafts), matched or rules.judge_fallback))
         return drafts

@@ -203,13 +203,17 @@ def replay_all(
     scales: dict[str, CostScale],
     prefix_sizes: tuple[int, ...] = (4,),
     stateful: dict[str, Callable[[], Drafter]] | None = None,
+    *,
+    baseline_drafters: bool = True,
 ) -> dict:
     """{"sets": {set: {drafter: figures + speedup per scale}}} over generated = {set: [(id, prompt, output,
     ...)]}; "first_n_prompts": the same over each set's first n prompts (`alise bench spec --num-prompts n`
     selects exactly those), so a bench run compares with the replay of its own prompts. stateful: drafters
-    that keep state across steps, as factories (a fresh one per prompt and scale)."""
+    that keep state across steps, as factories (a fresh one per prompt and scale); baseline_drafters=False
+    leaves out drafters() (the oracles are always replayed)."""
+    fixed = drafters() if baseline_drafters else {}
     per_prompt = {
-        name: [_replay_prompt(prompt, output, scales, stateful or {}) for _, prompt, output, *_ in rows]
+        name: [_replay_prompt(prompt, output, scales, fixed, stateful or {}) for _, prompt, output, *_ in rows]
         for name, rows in generated.items()
     }
     result = {"sets": {name: _aggregate(tallies) for name, tallies in per_prompt.items()}}
@@ -219,7 +223,11 @@ def replay_all(
 
 
 def _replay_prompt(
-    prompt: list[int], output: list[int], scales: dict[str, CostScale], stateful: dict[str, Callable[[], Drafter]]
+    prompt: list[int],
+    output: list[int],
+    scales: dict[str, CostScale],
+    fixed: dict[str, Drafter],
+    stateful: dict[str, Callable[[], Drafter]],
 ) -> dict[str, dict[str, Tally]]:
     """{drafter or oracle: {scale: tally}} for one prompt."""
     tokens, prompt_len = np.array(prompt + output, dtype=np.int64), len(prompt)
@@ -227,7 +235,7 @@ def _replay_prompt(
     for label, (min_n, cap) in ORACLES.items():
         runs = oracle_run_lengths(tokens, prompt_len, min_n, cap)
         found[label] = {name: oracle_tally(runs, CostScale(scale.ratios[: cap + 1])) for name, scale in scales.items()}
-    for label, drafter in drafters().items():
+    for label, drafter in fixed.items():
         found[label] = {name: drafter_tally(tokens, prompt_len, drafter, scale) for name, scale in scales.items()}
     for label, make in stateful.items():
         found[label] = {name: drafter_tally(tokens, prompt_len, make(), scale) for name, scale in scales.items()}
