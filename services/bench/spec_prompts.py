@@ -15,8 +15,11 @@ at most one set, tried in this order:
 
 Selection is deterministic: each set's candidates in file order are permuted with
 numpy.default_rng(seed + set index); the first ones whose chat-templated prompt fits
-max_prompt_tokens (the served tokenizer's count) are taken. The data is read at run time only
-(research licence; ../shared/data/README.md), never copied into the repository.
+max_prompt_tokens (the served tokenizer's count) are taken, each prompt text once (ShareGPT holds
+some first turns twice under two ids: 3 of the 45 summarise-rewrite candidates; before session 13 the
+set's 6th prompt was its 1st again, a verbatim copy counted twice in every run of 6 or more prompts).
+The data is read at run time only (research licence; ../shared/data/README.md), never copied into the
+repository.
 """
 
 from __future__ import annotations
@@ -151,23 +154,36 @@ def select_prompt_sets(
     seed: int,
     max_prompt_tokens: int,
 ) -> dict[PromptSetName, list[SpecPrompt]]:
-    """num_prompts prompts per set, deterministic for seed; ValueError when a set has too few."""
+    """num_prompts prompts per set (distinct texts), deterministic for seed; ValueError when a set has too few."""
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
     selected = {}
     for index, (name, candidates) in enumerate(candidates_by_set(records).items()):
         order = np.random.default_rng(seed + index).permutation(len(candidates))
-        chosen: list[SpecPrompt] = []
-        for position in order.tolist():
-            record = candidates[position]
-            token_ids = encode_prompt(record["prompt"], tokenizer)
-            if len(token_ids) <= max_prompt_tokens:
-                chosen.append(SpecPrompt(str(record["id"]), name, tuple(token_ids)))
-            if len(chosen) == num_prompts:
-                break
+        chosen = _first_distinct_fitting(
+            (candidates[position] for position in order.tolist()), name, tokenizer, num_prompts, max_prompt_tokens
+        )
         if len(chosen) < num_prompts:
             raise ValueError(
                 f"prompt set {name.value}: {len(chosen)} prompts fit {max_prompt_tokens} tokens, {num_prompts} wanted"
             )
         selected[name] = chosen
     return selected
+
+
+def _first_distinct_fitting(
+    records: Iterable[Mapping[str, Any]], name: PromptSetName, tokenizer: Tokenizer, num_prompts: int, max_tokens: int
+) -> list[SpecPrompt]:
+    """Up to num_prompts of the records, in order: each text once, its chat-templated prompt <= max_tokens."""
+    chosen: list[SpecPrompt] = []
+    texts: set[str] = set()
+    for record in records:
+        if record["prompt"] in texts:
+            continue
+        texts.add(record["prompt"])
+        token_ids = encode_prompt(record["prompt"], tokenizer)
+        if len(token_ids) <= max_tokens:
+            chosen.append(SpecPrompt(str(record["id"]), name, tuple(token_ids)))
+        if len(chosen) == num_prompts:
+            break
+    return chosen
