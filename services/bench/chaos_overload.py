@@ -119,6 +119,17 @@ async def paced_overload(
     stub, *, rate_per_s: float, duration_s: float, max_tokens: int, timeout_s: float, seed: int = 0
 ) -> BurstResult:
     """Open-loop arrivals at a fixed rate (a multiple of capacity) for duration_s; waits for all."""
+    began_s = time.monotonic()
+    outcomes = await paced_outcomes(
+        stub, rate_per_s=rate_per_s, duration_s=duration_s, max_tokens=max_tokens, timeout_s=timeout_s, seed=seed
+    )
+    return summarize_burst(outcomes, time.monotonic() - began_s)
+
+
+async def paced_outcomes(
+    stub, *, rate_per_s: float, duration_s: float, max_tokens: int, timeout_s: float, seed: int = 0
+) -> list[StreamOutcome]:
+    """paced_overload's streams, each as the client saw it (for a split of each one's TTFT)."""
     rng = random.Random(seed)
     began_s = time.monotonic()
     tasks = []
@@ -128,8 +139,7 @@ async def paced_overload(
             await asyncio.sleep(delay_s)
         outcome = StreamOutcome(index, make_prompt(rng, 12), max_tokens, rng.getrandbits(32), time.monotonic())
         tasks.append(asyncio.create_task(run_stream(stub, outcome, timeout_s=timeout_s)))
-    outcomes = await asyncio.gather(*tasks)
-    return summarize_burst(list(outcomes), time.monotonic() - began_s)
+    return list(await asyncio.gather(*tasks))
 
 
 async def health_burst(channel: grpc.aio.Channel, num_calls: int) -> dict[str, int]:

@@ -87,6 +87,9 @@ class ChaosStackConfig:
     # then gateway_args are its extra flags
     gateway_in_process: bool = True
     gateway_args: tuple[str, ...] = ()
+    # the engines' module (`python -m`): another one wraps the engine for a bench, e.g.
+    # services.bench.overload_step_trace (then engine_args carry its own flags too)
+    engine_module: str = "services.engine"
 
     def __post_init__(self) -> None:
         if self.num_engines < 1:
@@ -108,12 +111,13 @@ class ChaosStack:
     def engine_names(self) -> list[str]:
         return [f"engine-{index}" for index in range(self.config.num_engines)]
 
-    def _argv(self, service: str, *extra: str) -> tuple[str, ...]:
-        """A child's command line: loopback, an OS-chosen port, the stack's drain time, then `extra`."""
+    def _argv(self, service: str, *extra: str, module: str = "") -> tuple[str, ...]:
+        """A child's command line: loopback, an OS-chosen port, the stack's drain time, then `extra`
+        (`python -m services.<service>`, or `module` when given)."""
         return (
             sys.executable,
             "-m",
-            f"services.{service}",
+            module or f"services.{service}",
             "--host",
             LOOPBACK_HOST,
             "--port",
@@ -131,7 +135,9 @@ class ChaosStack:
         if self.config.with_predictor:
             specs["predictor"] = ChildSpec("predictor", argv("predictor", *self.config.predictor_args))
         for name in self.engine_names:
-            engine_argv = argv("engine", *self.config.engine_args, "--engine-id", name)
+            engine_argv = argv(
+                "engine", *self.config.engine_args, "--engine-id", name, module=self.config.engine_module
+            )
             specs[name] = ChildSpec(name, engine_argv, (("--memory-address", "memory"),))
         return specs
 

@@ -1,11 +1,13 @@
 """Whether the engine takes a new request: queue caps, and a deadline it can still meet.
 
-Three checks, cheapest first, each answering RESOURCE_EXHAUSTED at once with a message:
+Four checks, cheapest first, each answering RESOURCE_EXHAUSTED at once with a message:
 
 1. live requests (admitted, not finished) <= max_live_requests;
 2. prompt tokens of the live requests <= max_live_prompt_tokens (a queue of few huge prompts is as
    deep as one of many small ones);
-3. deadline: the request's predicted completion time must fit in what is left of its deadline.
+3. the wait for a place in the running batch <= max_queue_wait_steps steps (admission_slot_wait.py;
+   off by default): under overload, admit only what starts in the next step or two;
+4. deadline: the request's predicted completion time must fit in what is left of its deadline.
 
 Why the deadline check lives in the engine and not the gateway: the engine alone knows the order its
 policy serves requests in, every request queued (from all gateways), and its own measured step
@@ -62,6 +64,7 @@ from typing import Callable
 from services.common.errors import Overloaded
 from services.common.refusal import RefusalReason
 from services.engine.admission_inflow import AdmittedInflow
+from services.engine.admission_slot_wait import EMPTY_PLACES, RunningPlaces, queue_wait_refusal, steps_until_place
 from services.engine.scheduler.policy import PolicyName
 
 # Policies that serve shorter predicted remaining work first (the others are treated as fcfs).
@@ -76,6 +79,8 @@ class AdmissionLimits:
     max_live_requests: int  # admitted-but-unfinished requests at most
     max_live_prompt_tokens: int  # their prompt tokens at most
     deadline_slack: float  # reject when predicted finish > slack * time left; 0 = no deadline check
+    # reject when no place in the running batch frees within this many steps (admission_slot_wait); 0 = off
+    max_queue_wait_steps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class QueueProfile:
     overtake_horizon_s: float = math.inf
     # a new request would wait: some request is waiting, or the running batch is at max_num_seqs
     has_queue: bool = True
+    # the running batch's places and when they free (admission_slot_wait)
+    places: RunningPlaces = EMPTY_PLACES
 
     def tokens_ahead(self, own_tokens: float) -> float:
         """Predicted tokens of the live requests ranked ahead of a request predicted to need own_tokens."""
@@ -145,6 +152,12 @@ def take_queue_profile(core, s_per_token: float) -> QueueProfile:
         taken_at_s=time.monotonic(),
         overtake_horizon_s=_overtake_horizon_s(scheduler),
         has_queue=bool(scheduler.waiting) or len(scheduler.running) >= scheduler.limits.max_num_seqs,
+        places=RunningPlaces(
+            running=tuple((request.request_id, request.predicted_remaining_tokens) for request in scheduler.running),
+            max_num_seqs=scheduler.limits.max_num_seqs,
+            num_steps=core.num_steps,
+            steps_now=lambda: core.num_steps,
+        ),
     )
 
 
@@ -182,6 +195,7 @@ class AdmissionControl:
     ) -> None:
         """Records the request as live, or raises Overloaded saying which limit refused it."""
         self._check_caps(num_prompt_tokens)
+        self._check_queue_wait(profile)
         self._check_deadline(num_prompt_tokens, predicted_output_tokens, time_left_s, profile)
         self._prompt_tokens_by_id[request_id] = num_prompt_tokens
         self.num_live_prompt_tokens += num_prompt_tokens
@@ -206,6 +220,17 @@ class AdmissionControl:
                 f"would exceed the cap of {limits.max_live_prompt_tokens}; retry later",
                 refusal_reason=RefusalReason.QUEUE_FULL,
             )
+
+    def _check_queue_wait(self, profile: QueueProfile) -> None:
+        max_wait_steps = self.limits.max_queue_wait_steps
+        if max_wait_steps <= 0:
+            return
+        wait_steps = steps_until_place(profile.places, self.num_live, self.__contains__)
+        step_s = profile.s_per_output_token * profile.places.max_num_seqs  # a full batch's step
+        message = queue_wait_refusal(wait_steps, max_wait_steps, step_s)
+        if message is not None:
+            self.num_rejected_full += 1
+            raise Overloaded(message, refusal_reason=RefusalReason.QUEUE_FULL)
 
     def _check_deadline(
         self, num_prompt_tokens: int, predicted_output_tokens: float, time_left_s: float | None, profile: QueueProfile

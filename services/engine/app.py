@@ -128,7 +128,10 @@ async def start(config: EngineConfig) -> ServiceHandle:
     metrics.watch(core, lambda: engine_loop.snapshot, offloader.measurements if offloader else None)
     engine_loop.start(asyncio.get_running_loop())
     limits = AdmissionLimits(
-        config.max_waiting_requests, config.max_waiting_prompt_tokens, config.deadline_admission_slack
+        config.max_waiting_requests,
+        config.max_waiting_prompt_tokens,
+        config.deadline_admission_slack,
+        config.max_queue_wait_steps,
     )
     servicer = EngineServicer(engine_loop, info, config.max_waiting_requests, limits, config.max_num_seqs)
     running = await start_server(

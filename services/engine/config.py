@@ -89,6 +89,11 @@ class EngineConfig:
     deadline_admission_slack: float = setting(
         1.0, "reject a request at once when its predicted completion > this x its deadline's time left (0 = never)"
     )
+    max_queue_wait_steps: float = setting(
+        0.0,
+        "reject a request at once when the running batch is full and no place frees for it within this many steps "
+        "(1: the end of the step under way; 0 = never): under overload admitted requests start at once",
+    )
     scheduler_policy: PolicyName = setting(
         DEFAULT_POLICY,
         "alise: shortest predicted remaining time; fcfs: vLLM-like; mlfq: FastServe-like; srpt-oracle: benchmarks only",
@@ -154,6 +159,8 @@ class EngineConfig:
             raise ValueError(f"drain_s must be >= 0, got {self.drain_s}")
         if not self.deadline_admission_slack >= 0:
             raise ValueError(f"deadline_admission_slack must be >= 0, got {self.deadline_admission_slack}")
+        if not self.max_queue_wait_steps >= 0:
+            raise ValueError(f"max_queue_wait_steps must be >= 0, got {self.max_queue_wait_steps}")
 
     def speculative_config(self) -> SpeculativeConfig:
         return SpeculativeConfig(
