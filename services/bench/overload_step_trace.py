@@ -84,7 +84,31 @@ def install(path: str) -> StepTraceRecorder:
         return results
 
     EngineCore.step = traced_step  # type: ignore[method-assign]
+    _trace_queue_wait_checks(sink)
     return recorder
+
+
+def _trace_queue_wait_checks(sink: IO[str]) -> None:
+    """Each --max-queue-wait-steps check as {"a": [at_s, steps_now, profile_steps, wait_steps, num_live, admitted]}
+    (asyncio thread: its lines go to the same buffered file between the engine thread's writes)."""
+    from services.engine import admission_control
+
+    untraced_check = admission_control.AdmissionControl._check_queue_wait
+
+    def traced_check(control, profile) -> None:
+        places = profile.places
+        wait_steps = admission_control.steps_until_place(places, control.num_live, control.__contains__)
+        record = [time.monotonic(), places.steps_now(), places.num_steps, wait_steps, control.num_live, True]
+        try:
+            untraced_check(control, profile)
+        except Exception:
+            record[-1] = False
+            raise
+        finally:
+            if control.limits.max_queue_wait_steps > 0:
+                sink.write(json.dumps({"a": record}) + "\n")
+
+    admission_control.AdmissionControl._check_queue_wait = traced_check  # type: ignore[method-assign]
 
 
 @dataclass
@@ -111,6 +135,7 @@ class StepTrace:
 
     steps: list[list[float]] = field(default_factory=list)  # the "s" records
     requests: dict[str, EngineRequestTimes] = field(default_factory=dict)
+    queue_wait_checks: list[list] = field(default_factory=list)  # the "a" records
 
     def by_timings(self) -> dict[tuple[float, float], EngineRequestTimes]:
         """The requests that made a token, by (queue time, TTFT) (see EngineRequestTimes.key)."""
@@ -130,6 +155,8 @@ def read_step_trace(path) -> StepTrace:
             elif "r" in record:
                 request_id, arrival_s, first_scheduled_s, index = record["r"]
                 trace.requests[request_id] = EngineRequestTimes(arrival_s, first_scheduled_s, index)
+            elif "a" in record:
+                trace.queue_wait_checks.append(record["a"])
             elif record["t"][0] in trace.requests:
                 request_id, first_token_s, index = record["t"]
                 trace.requests[request_id].first_token_s = first_token_s

@@ -31,10 +31,13 @@ from services.bench.overload_ttft_split import split_outcomes, summarize_splits
 BASE_GATEWAY_ARGS = ("--max-in-flight-requests", "256")
 GATEWAY_BOUND = ("--max-queued-work-s", repr(OVERLOAD_MAX_QUEUED_WORK_S))
 # variant name -> (the gateway's admission flags, the engine's extra flags); the first measures capacity
-VARIANTS = {
-    "gateway-bound": (GATEWAY_BOUND, ()),
-    "engine-wait-1": (GATEWAY_BOUND, ("--max-queue-wait-steps", "1")),
+ENGINE_BOUND = ("--max-queue-wait-steps", "1")
+ALL_VARIANTS = {
+    "gateway-bound": (GATEWAY_BOUND, ()),  # the overload bench's gateway until now
+    "engine-wait-1": (GATEWAY_BOUND, ENGINE_BOUND),  # both bounds
+    "engine-wait-1-only": ((), ENGINE_BOUND),  # the engine's bound alone (the gateway sheds on its refusals)
 }
+VARIANTS = {name: ALL_VARIANTS[name] for name in ("gateway-bound", "engine-wait-1")}
 MULTIPLES = {"1x": 1.0, "20x": 20.0}
 RESULT_KEYS = ("codes", "admitted_ttft_p50_s", "admitted_ttft_p90_s", "admitted_ttft_p99_s", "rejection_p99_s")
 RESULT_KEYS += ("refusal_reasons", "sample_rejection")
@@ -79,7 +82,14 @@ def _stack_config(log_dir: pathlib.Path, gateway_args: tuple, engine_args: tuple
         with_predictor=False,
         gateway_in_process=False,
         gateway_args=(*BASE_GATEWAY_ARGS, *gateway_args),
-        engine_args=(TRACE_FLAG, str(log_dir / "engine-0.steps.jsonl"), *ENGINE_ARGS, "--max-waiting-requests", "64"),
+        engine_args=(
+            TRACE_FLAG,
+            str(log_dir / "engine-0.steps.jsonl"),
+            *ENGINE_ARGS,
+            "--max-waiting-requests",
+            "64",
+            *engine_args,
+        ),
         engine_module="services.bench.overload_step_trace",
         startup_timeout_s=300.0,  # a loaded shared machine took over 120 s to start an engine
     )
@@ -125,11 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration-s", type=float, default=20.0, help="seconds of each level")
     parser.add_argument("--output", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, the first measures capacity: {list(ALL_VARIANTS)}",
+    )
     args = parser.parse_args(argv)
+    names = [name for name in args.variants.split(",") if name]
+    unknown = [name for name in names if name not in ALL_VARIANTS]
+    if unknown or not names:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(ALL_VARIANTS)}")
     from services.bench.results import build_report, write_report
 
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-ttft-split-"))
-    figures = asyncio.run(run(args.rounds, args.duration_s, log_dir))
+    figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, {name: ALL_VARIANTS[name] for name in names}))
     if args.output is not None:
         config = {key: value for key, value in vars(args).items() if key != "output"}
         print(f"saved {write_report(args.output, build_report('overload_ttft_split', config, figures))}")

@@ -134,12 +134,19 @@ def _step_summary(steps: list[list[float]]) -> dict:
         return {"num_steps": 0}
     durations = [s[STEP_ENDED] - s[STEP_STARTED] for s in steps]
     wall_s = steps[-1][STEP_ENDED] - steps[0][STEP_STARTED]
+    batch_sizes = [s[STEP_RUNNING] + s[STEP_FINISHED] for s in steps]
+    full = [duration for duration, size in zip(durations, batch_sizes) if size == max(batch_sizes)]
     return {
         "num_steps": len(steps),
         "duration_p50_s": round(nearest_rank_percentile(durations, 0.5), 5),
         "duration_p90_s": round(nearest_rank_percentile(durations, 0.9), 5),
-        "batch_size_p50": nearest_rank_percentile([s[STEP_RUNNING] + s[STEP_FINISHED] for s in steps], 0.5),
+        "batch_size_p50": nearest_rank_percentile(batch_sizes, 0.5),
         "num_waiting_p50": nearest_rank_percentile([s[STEP_WAITING] for s in steps], 0.5),
         "num_waiting_p90": nearest_rank_percentile([s[STEP_WAITING] for s in steps], 0.9),
+        # steps of the largest batch seen (the full batch at 20x; at 1x the same size where it happened):
+        # their duration at both levels tells the refusals' CPU apart from the batch's own size
+        "max_batch_size": max(batch_sizes),
+        "max_batch_duration_p50_s": round(nearest_rank_percentile(full, 0.5), 5),
+        "max_batch_duration_p90_s": round(nearest_rank_percentile(full, 0.9), 5),
         "busy_share": round(sum(durations) / wall_s, 3) if wall_s > 0 else None,
     }
