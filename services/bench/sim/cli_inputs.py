@@ -44,7 +44,13 @@ def parse_names(text: str, known, what: str = "policies") -> tuple[str, ...]:
 
 def shape(args: argparse.Namespace) -> EngineShape:
     return EngineShape(
-        args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len, args.max_wait_s, args.aging_horizon_s
+        args.max_num_seqs,
+        args.max_num_batched_tokens,
+        args.max_model_len,
+        args.max_wait_s,
+        args.aging_horizon_s,
+        args.ttft_target_s,
+        args.ttft_lead_s,
     )
 
 

@@ -43,7 +43,12 @@ from services.engine.scheduler import (
     SchedulerLimits,
     make_policy,
 )
-from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S, AlisePolicy
+from services.engine.scheduler.speculative_policy import (
+    DEFAULT_AGING_HORIZON_S,
+    DEFAULT_TTFT_LEAD_S,
+    DEFAULT_TTFT_TARGET_S,
+    AlisePolicy,
+)
 
 ORACLE_POLICY = "srpt-oracle"
 __all__ = ["EngineShape", "SimResult", "StepCost", "simulate"]  # StepCost: sim_runner.py's, re-exported
@@ -60,6 +65,8 @@ class EngineShape:
     aging_horizon_s: float = (
         DEFAULT_AGING_HORIZON_S  # alise / srpt-oracle TTFT aging (speculative_policy.py); inf = off
     )
+    ttft_target_s: float = DEFAULT_TTFT_TARGET_S  # alise / srpt-oracle TTFT-slack promotion; inf = off
+    ttft_lead_s: float = DEFAULT_TTFT_LEAD_S  # ... urgent from this long before the target
 
 
 @dataclass(frozen=True)
@@ -150,10 +157,11 @@ def _engine_core(
 
 
 def _make_policy(name: str, cost_model: OnlineStepCostModel, shape: EngineShape):
-    """The named policy; alise and srpt-oracle with the shape's TTFT aging horizon."""
+    """The named policy; alise and srpt-oracle with the shape's TTFT aging horizon and TTFT-slack promotion."""
     policy = make_policy(name, cost_model)
-    if isinstance(policy, AlisePolicy) and shape.aging_horizon_s != policy.aging_horizon_s:
-        policy = type(policy)(cost_model, aging_horizon_s=shape.aging_horizon_s)
+    if isinstance(policy, AlisePolicy):
+        lead_s = min(shape.ttft_lead_s, shape.ttft_target_s)
+        policy = type(policy)(cost_model, shape.aging_horizon_s, shape.ttft_target_s, lead_s)
     return policy
 
 

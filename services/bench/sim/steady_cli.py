@@ -20,7 +20,11 @@ from services.bench.slo_metrics import DEFAULT_TPOT_BOUND_S, DEFAULT_TTFT_BOUND_
 from services.bench.steady_state import DEFAULT_DRAIN_FRACTION, DEFAULT_WARMUP_FRACTION, SteadyStateWindow
 from services.common import arg_types
 from services.common.arg_types import comma_list
-from services.engine.scheduler.speculative_policy import DEFAULT_AGING_HORIZON_S
+from services.engine.scheduler.speculative_policy import (
+    DEFAULT_AGING_HORIZON_S,
+    DEFAULT_TTFT_LEAD_S,
+    DEFAULT_TTFT_TARGET_S,
+)
 
 ARRIVALS = {"poisson": POISSON, "gamma-cv2": GAMMA_CV2}
 MIN_REQUESTS, MIN_SEEDS = 8000, 4  # DESIGN.md section 3
@@ -65,6 +69,26 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_AGING_HORIZON_S,
         help="alise/srpt-oracle TTFT aging horizon, s (speculative_policy.py; inf = off)",
     )
+    parser.add_argument(
+        "--ttft-target-s",
+        type=_seconds_or_off,
+        default=DEFAULT_TTFT_TARGET_S,
+        help="alise/srpt-oracle TTFT-slack promotion: a request without a first token ranks ahead from "
+        "--ttft-lead-s before this TTFT target until it passes (speculative_policy.py; inf = off)",
+    )
+    parser.add_argument(
+        "--ttft-lead-s",
+        type=arg_types.positive_float,
+        default=DEFAULT_TTFT_LEAD_S,
+        help="TTFT-slack promotion's lead, s (capped at --ttft-target-s)",
+    )
+
+
+def _seconds_or_off(text: str) -> float:
+    """A number of seconds > 0, or inf (the rule off)."""
+    if text.strip().lower() in ("inf", "off"):
+        return float("inf")
+    return arg_types.positive_float(text)
 
 
 def steady_config(args: argparse.Namespace, policies: tuple[str, ...]) -> SteadyConfig:

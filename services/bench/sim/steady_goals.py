@@ -6,7 +6,8 @@ Each BASE holds fcfs, alise and srpt-oracle runs (`alise bench sim` steady-state
 add seeds, e.g. a run of --seeds 4,5,6,7 with --base-capacity-per-s = the first's fcfs capacity);
 each --alise report holds alise runs with other predictions on the same traces and arrivals (same
 seeds, --loads, --arrivals and --base-capacity-per-s; checked: the rates must match, and no seed
-may come twice). A load's figures use the seeds its reports hold (the `seeds` column). Every goal
+may come twice). --oracle reports replace the BASEs' srpt-oracle runs (the oracle under another rule, same
+arrivals; checked likewise). A load's figures use the seeds its reports hold (the `seeds` column). Every goal
 is tested as a paired per-seed difference with its 95% Student-t interval (steady_state.mean_ci), so
 the interval answers "is the goal met" rather than two wide per-policy intervals overlapping:
 
@@ -138,6 +139,15 @@ def goal_table(runs: Runs, labels: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _replace_oracle(runs: Runs, paths: list[pathlib.Path]) -> Runs:
+    """runs without their srpt-oracle runs, plus the srpt-oracle runs of `paths` (other policies there ignored)."""
+    kept: Runs = defaultdict(dict, {key: seeds for key, seeds in runs.items() if key[0] != ORACLE})
+    for path in paths:
+        oracle = {key: seeds for key, seeds in read_runs(path).items() if key[0] == ORACLE}
+        kept = merge(kept, defaultdict(dict, oracle))
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", type=pathlib.Path, nargs="+", help="steady-state JSONs with fcfs, alise, srpt-oracle")
@@ -148,11 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="LABEL=JSON of alise runs with other predictions (a LABEL again adds seeds)",
     )
+    parser.add_argument(
+        "--oracle",
+        type=pathlib.Path,
+        action="append",
+        default=[],
+        help="JSON of srpt-oracle runs that replace the BASEs' (repeatable: more seeds)",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here")
     args = parser.parse_args(argv)
     runs = read_runs(args.base[0], policy_label={"alise": args.base_label})
     for path in args.base[1:]:
         runs = merge(runs, read_runs(path, policy_label={"alise": args.base_label}))
+    if args.oracle:
+        runs = _replace_oracle(runs, args.oracle)
     labels = [args.base_label]
     for item in args.alise:
         label, _, path = item.partition("=")

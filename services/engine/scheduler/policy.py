@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 from services.engine.request import Request
 from services.engine.scheduler.cost_model import OnlineStepCostModel
+from services.engine.scheduler.waiting_queue import TtftWindow
 
 # One float, smaller runs first; >= 0 (the scheduler puts promoted requests below 0). A float, not a
 # tuple: sorting the running batch every step compares keys thousands of times. Ties keep queue order.
@@ -45,6 +46,8 @@ class SchedulingPolicy(Protocol):
     preempts_for_waiting: bool  # may a better-ranked waiting request displace a running one?
     # The cost model the policy ranks with; the scheduler shares it (None: the policy needs none)
     cost_model: OnlineStepCostModel | None = None
+    # TTFT-slack promotion of waiting requests (waiting_queue.py; None: the policy's order alone)
+    ttft_window: TtftWindow | None = None
 
     def priority_key(self, request: Request) -> PriorityKey:
         """Rank of a request now (smaller = served first, preempted last)."""

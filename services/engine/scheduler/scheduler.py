@@ -65,7 +65,7 @@ class Scheduler:
         self.eos_token_id = eos_token_id
         self.clock = clock
         self.cost_model = cost_model or policy.cost_model or OnlineStepCostModel()
-        self.waiting = WaitingQueue(self._rank_key)  # best first
+        self.waiting = WaitingQueue(self._rank_key, policy.ttft_window)  # best first
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0  # preemptions since start (KV shortage or displacement)
@@ -117,6 +117,8 @@ class Scheduler:
             self.waiting.rerank()
         if not math.isinf(self.limits.max_wait_s):
             self.waiting.promote_starved(now_s, self.limits.max_wait_s)
+        if self.waiting.ttft_window is not None and self.waiting:
+            self.waiting.update_urgency(now_s)
         self.ranks.new_step()
         preempted: list[str] = []
         if self.policy.preempts_for_waiting and self.waiting:
