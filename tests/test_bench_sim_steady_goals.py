@@ -75,3 +75,14 @@ def test_more_seeds_unite_and_a_seed_twice_is_refused(tmp_path: pathlib.Path) ->
     assert steady_goals.goal_rows(merged, "alise", 0.25, "0.95")[2] == "6"
     with pytest.raises(ValueError, match="in two reports"):
         steady_goals.merge(merged, base)
+
+
+def test_an_oracle_report_replaces_the_bases_oracle_runs(tmp_path: pathlib.Path) -> None:
+    base = steady_goals.read_runs(_report(tmp_path / "base.json", ("fcfs", "alise", "srpt-oracle")))
+    other = _report(tmp_path / "oracle.json", ("srpt-oracle", "alise"), shift=0.01)  # its alise runs are ignored
+    replaced = steady_goals._replace_oracle(base, [other])
+    oracle = replaced[("srpt-oracle", 0.25, "0.95")]
+    assert sorted(oracle) == [0, 1, 2] and oracle[0]["metrics"]["slo_attainment"] == pytest.approx(1 - 0.04 - 0.01)
+    assert replaced[("alise", 0.25, "0.95")] == base[("alise", 0.25, "0.95")]
+    with pytest.raises(ValueError, match="not the base's"):
+        steady_goals._replace_oracle(base, [_report(tmp_path / "moved.json", ("srpt-oracle",), rate=20.5)])
