@@ -65,3 +65,16 @@ def test_the_share_preset_values_a_token_at_a_decode_s_full_share():
     assert BenchMethod("ngram@share").preset is BenchPreset.SHARE and current.meter.config.closed_batch_value
     assert not shared.meter.config.closed_batch_value and shared.meter.config.measured
     assert shared.config == current.config and shared.cost_model is current.cost_model
+
+
+def test_the_lowpause_preset_pauses_requests_only_below_the_lower_acceptance():
+    from services.bench.spec_bench import LOW_PAUSE_ACCEPTANCE, low_pause_speculator
+
+    current = Speculator(SpeculativeConfig(SpeculativeMethod.NGRAM), OnlineStepCostModel(), 2048)
+    low = low_pause_speculator(current)
+    assert BenchMethod("ngram@lowpause").preset is BenchPreset.LOW_PAUSE
+    for accepted in (0, 0, 1, 0):  # 4 verifies of 8 drafts: an estimated acceptance of 0.16, judged after the 4th
+        current.tracker.record("r", 8, accepted)
+        low.tracker.record("r", 8, accepted)
+    assert current.tracker.num_drafts("r", 8) == 0 and low.tracker.num_drafts("r", 8) == 8
+    assert LOW_PAUSE_ACCEPTANCE < 0.15 and low.config == current.config and low.meter.config == current.meter.config

@@ -129,6 +129,8 @@ def build_engines(config: SpecBenchConfig):
             core.speculator = share_valued_speculator(core.speculator)
         elif method.preset is BenchPreset.BATCH:
             core.speculator = batch_valued_speculator(core.speculator)
+        elif method.preset is BenchPreset.LOW_PAUSE:
+            core.speculator = low_pause_speculator(core.speculator)
     return loaded, engines, str(dtype).removeprefix("torch.")
 
 
@@ -172,6 +174,20 @@ def batch_valued_speculator(speculator: "Speculator") -> "Speculator":
 
     costs = replace(speculator.meter.config, critical_path=False)
     return Speculator(speculator.config, speculator.cost_model, speculator.max_model_len, draft_costs=costs)
+
+
+LOW_PAUSE_ACCEPTANCE = 0.1  # the "@lowpause" preset's per-request pause threshold (the engine's: 0.2)
+
+
+def low_pause_speculator(speculator: "Speculator") -> "Speculator":
+    """The same engine's speculator whose requests pause drafting only below an estimated acceptance of
+    LOW_PAUSE_ACCEPTANCE (the "@lowpause" preset)."""
+    from services.engine.spec.adaptive_drafting import AdaptiveDraftingConfig
+    from services.engine.spec.speculator import Speculator
+
+    adaptive = replace(AdaptiveDraftingConfig(), min_acceptance_rate=LOW_PAUSE_ACCEPTANCE)
+    config = speculator.config
+    return Speculator(config, speculator.cost_model, speculator.max_model_len, adaptive, speculator.meter.config)
 
 
 def engine_facts(engines) -> dict:
@@ -282,7 +298,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", type=Dtype, choices=list(Dtype), default=Dtype.AUTO, help="as the engine's --dtype")
     parser.add_argument("--methods", type=_csv(BenchMethod), default=tuple(BenchMethod(m) for m in SpeculativeMethod),
                         help="comma-separated, off first (default: off,ngram,early-exit); METHOD:K = that method with "
-                             "its own k, METHOD:K@prev = n-gram with the previous rules, ngram@fit = the turn-down on the step-cost fit, ngram@batch = every decode's token valued alike (no critical path), e.g. off,ngram,ngram:4@prev")  # fmt: skip
+                             "its own k, METHOD:K@prev = n-gram with the previous rules, ngram@fit = the turn-down on the step-cost fit, ngram@batch = every decode's token valued alike (no critical path), ngram@lowpause = requests pause below 0.1 acceptance, not 0.2, e.g. off,ngram,ngram:4@prev")  # fmt: skip
     parser.add_argument("--batch-sizes", type=_csv(int), default=(1, 4, 16), help="comma-separated")
     parser.add_argument("--num-prompts", type=arg_types.positive_int, default=8, help="prompts per set and batch size")
     parser.add_argument("--max-tokens", type=arg_types.positive_int, default=128)

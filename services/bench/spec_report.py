@@ -31,6 +31,10 @@ class BenchPreset(StrEnum):
     # the measured turn-down valuing every decode's accepted token alike (the step's fixed cost as far as the
     # batch's decodes propose), not by the batch's critical path (DraftCostConfig.critical_path)
     BATCH = "batch"
+    # n-gram requests pause drafting below an estimated acceptance of LOW_PAUSE_ACCEPTANCE, not the engine's
+    # 0.2 (session 13: replayed under the engine's batch-1 rules, +0.03x on summarise-rewrite, 0 elsewhere;
+    # spec_bound_variants.json)
+    LOW_PAUSE = "lowpause"
 
 
 class BenchMethod(str):
