@@ -1,15 +1,22 @@
 """Where admitted requests' TTFT goes at 20x capacity vs 1x, per request, from the engine's step trace.
 
-    python -m services.bench.overload_ttft_bench [--rounds 2] [--duration-s 20] [--output FILE]
+    python -m services.bench.overload_ttft_bench [--rounds 2] [--duration-s 20] [--variants A,B] [--levels 1x,20x]
+        [--output FILE]
 
-One engine (recording every step: overload_step_trace) behind one gateway per variant (each a
-process with its own admission flags; only one is used at a time, since each counts only its own
-requests). Capacity is measured once (closed loop, 16 streams), then each round runs 1x and 20x
-open-loop arrivals through each variant, the order alternating between rounds. Every admitted
-request's TTFT is split into the way in (client -> gateway -> engine), the engine queue (with the
-steps it waited and where in a step it arrived), its first step (duration, batch, tokens, the
-cohort of other new requests in it) and the way out (overload_ttft_split). The CPU each process used
-and the load average are recorded per level.
+One stack per variant (memory, one engine recording every step: overload_step_trace, one gateway
+process), each with its own gateway and engine admission flags; only one is loaded at a time (an idle
+engine sleeps). Capacity is measured once on the first variant (closed loop, 16 streams), then each
+round runs every level through each variant, the variants' order alternating between rounds:
+
+    1x          capacity x 1 streams per second
+    20x         capacity x 20 streams per second
+    1x+decoys   1x's streams + capacity x 19 per second of requests the gateway refuses at once (an
+                empty prompt): 20x's refusal CPU in the gateway and the load generator, 1x's engine work
+
+Every admitted request's TTFT is split into the way in (client -> gateway -> engine), the engine queue
+(the steps it waited, where in a step it arrived), its first step (duration, batch, tokens, the cohort
+of other new requests in it) and the way out (overload_ttft_split). The CPU each process used, the
+load average and the duration of the largest batch's steps are recorded per level.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from services.bench.chaos_contention import ContentionProbe
 from services.bench.chaos_overload import burst, paced_outcomes, summarize_burst
 from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, OVERLOAD_TOKENS, _capacity
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
+from services.bench.overload_contention import _decoys
 from services.bench.overload_step_trace import FLUSH_INTERVAL_S, TRACE_FLAG, read_step_trace
 from services.bench.overload_ttft_split import split_outcomes, summarize_splits
 
@@ -38,7 +46,10 @@ ALL_VARIANTS = {
     "engine-wait-1-only": ((), ENGINE_BOUND),  # the engine's bound alone (the gateway sheds on its refusals)
 }
 VARIANTS = {name: ALL_VARIANTS[name] for name in ("gateway-bound", "engine-wait-1")}
-MULTIPLES = {"1x": 1.0, "20x": 20.0}
+# level -> (multiple of capacity of measured streams, multiple of capacity of decoys): requests the gateway
+# refuses at once (an empty prompt, overload_contention): 20x's refusal CPU in the gateway and the client
+# with exactly 1x's requests in the engine
+LEVELS = {"1x": (1.0, 0.0), "20x": (20.0, 0.0), "1x+decoys": (1.0, 19.0)}
 RESULT_KEYS = ("codes", "admitted_ttft_p50_s", "admitted_ttft_p90_s", "admitted_ttft_p99_s", "rejection_p99_s")
 RESULT_KEYS += ("refusal_reasons", "sample_rejection")
 
@@ -47,13 +58,21 @@ async def _level(stack: ChaosStack, trace_path: pathlib.Path, level: str, capaci
     pids = {"gateway": stack.children["gateway"].pid, "engine-0": stack.children["engine-0"].pid}
     probe = ContentionProbe({**pids, "client": os.getpid()}).start()
     began_s = time.monotonic()
-    outcomes = await paced_outcomes(
+    streams_multiple, decoys_multiple = LEVELS[level]
+    streams = paced_outcomes(
         stack.gateway_stub(),
-        rate_per_s=capacity * MULTIPLES[level],
+        rate_per_s=capacity * streams_multiple,
         duration_s=duration_s,
         max_tokens=OVERLOAD_TOKENS,
         timeout_s=60.0,
     )
+    decoy_codes: dict[str, int] = {}
+    if decoys_multiple > 0:
+        outcomes, decoy_codes = await asyncio.gather(
+            streams, _decoys(stack.gateway_stub(), capacity * decoys_multiple, duration_s)
+        )
+    else:
+        outcomes = await streams
     ended_s = time.monotonic()
     contention = await probe.stop()
     await asyncio.sleep(2 * FLUSH_INTERVAL_S + 0.5)  # the engine flushes its trace lines of the level
@@ -64,14 +83,15 @@ async def _level(stack: ChaosStack, trace_path: pathlib.Path, level: str, capaci
         "level": level,
         **{key: getattr(result, key) for key in RESULT_KEYS},
         "split": {**summarize_splits(splits, trace, began_s, ended_s), "num_not_found_in_trace": num_missing},
+        "decoy_codes": decoy_codes,
         "contention": contention,
     }
 
 
-def _order(variants: dict, round_index: int) -> list[tuple[str, str]]:
-    """(variant, level) pairs of one round: every variant at 1x, then at 20x; the variants' order alternates."""
+def _order(variants: dict, levels: list[str], round_index: int) -> list[tuple[str, str]]:
+    """(variant, level) pairs of one round: every variant at each level in turn; the variants' order alternates."""
     names = list(variants) if round_index % 2 == 0 else list(reversed(variants))
-    return [(name, level) for level in MULTIPLES for name in names]
+    return [(name, level) for level in levels for name in names]
 
 
 def _stack_config(log_dir: pathlib.Path, gateway_args: tuple, engine_args: tuple) -> ChaosStackConfig:
@@ -95,7 +115,9 @@ def _stack_config(log_dir: pathlib.Path, gateway_args: tuple, engine_args: tuple
     )
 
 
-async def run(rounds: int, duration_s: float, log_dir: pathlib.Path, variants: dict = VARIANTS) -> dict:
+async def run(
+    rounds: int, duration_s: float, log_dir: pathlib.Path, variants: dict = VARIANTS, levels: tuple = ("1x", "20x")
+) -> dict:
     stacks: dict[str, ChaosStack] = {}
     try:
         for name, (gateway_args, engine_args) in variants.items():
@@ -107,7 +129,7 @@ async def run(rounds: int, duration_s: float, log_dir: pathlib.Path, variants: d
             raise RuntimeError("no request completed while measuring capacity: the machine is too loaded to measure")
         runs = []
         for round_index in range(rounds):
-            for name, level in _order(variants, round_index):
+            for name, level in _order(variants, list(levels), round_index):
                 trace_path = log_dir / name / "engine-0.steps.jsonl"
                 figures = await _level(stacks[name], trace_path, level, capacity, duration_s)
                 runs.append({"round": round_index, "variant": name, **figures})
@@ -140,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(VARIANTS),
         help=f"comma-separated, the first measures capacity: {list(ALL_VARIANTS)}",
     )
+    parser.add_argument("--levels", default="1x,20x", help=f"comma-separated, of {list(LEVELS)}")
     args = parser.parse_args(argv)
+    levels = tuple(level for level in args.levels.split(",") if level)
+    if not levels or any(level not in LEVELS for level in levels):
+        parser.error(f"--levels: choose from {list(LEVELS)}")
     names = [name for name in args.variants.split(",") if name]
     unknown = [name for name in names if name not in ALL_VARIANTS]
     if unknown or not names:
@@ -148,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     from services.bench.results import build_report, write_report
 
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-ttft-split-"))
-    figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, {name: ALL_VARIANTS[name] for name in names}))
+    variants = {name: ALL_VARIANTS[name] for name in names}
+    figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, variants, levels))
     if args.output is not None:
         config = {key: value for key, value in vars(args).items() if key != "output"}
         print(f"saved {write_report(args.output, build_report('overload_ttft_split', config, figures))}")
