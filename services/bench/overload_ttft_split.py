@@ -1,8 +1,11 @@
 """Each admitted request's TTFT split into its parts, from the client's times and the engine's step trace.
 
-    client call ──way in──> engine arrival ──queue──> first scheduled step ──first step(s)──> first token
-        (gateway: check, tokenize, route,    (waits for a place:   (its prefill, in a batch of      ──way out──> client
-         the engine call; both event loops)   steps_waited steps)   batch_size requests, tokens)    (engine -> gateway -> client)
+    client call --way in--> engine arrival --queue--> first scheduled step --first step(s)--> first token
+                                                                                    --way out--> client
+    way in      the gateway (check, tokenize, route, the engine call) and both event loops
+    queue       the wait for a place: num_steps_waited steps ended meanwhile
+    first step  its prefill, in a batch of first_step_batch_size requests and first_step_num_tokens tokens
+    way out     engine -> gateway -> client
 
 All times are CLOCK_MONOTONIC (one clock for the client and the engine process), so the parts add up
 to the client's TTFT exactly. `arrival_phase` is where in the step under way the request arrived

@@ -1,16 +1,17 @@
 """Admission by the wait for a place in the running batch: admit only what can start within N steps.
 
 Why: at 20x capacity the gateway sends a request when its ledger says a place frees within
---max-queued-work-s (0.05 s, about two steps of the tiny model on 2 cores), so requests admitted at
-20x waited up to two steps for a place where at 1x they wait the rest of the step under way (the
-engine's step trace, `python -m services.bench.overload_ttft_bench`: 20x engine queue p99 0.085 s,
-2 steps waited, against 0.052 s and 1 step at 1x). The gateway cannot do better: it learns that a
-place freed when the finishing request's last token reaches it, after the engine could use it. The
-engine knows its running batch, so it refuses at once (RESOURCE_EXHAUSTED, QUEUE_FULL: any request
-would be refused now) a request that would not find a place within `max_queue_wait_steps` steps, and
-the gateway sheds the next ones before any work until one of its requests ends (engine_saturation).
-Under overload every admitted request then starts in the step after the one under way, as a request
-arriving at 1x into a batch with room does.
+--max-queued-work-s (0.05 s, about two steps of the tiny model on 2 cores), so some requests admitted
+at 20x waited two steps for a place where at 1x they wait the rest of the step under way (the
+engine's step trace, `python -m services.bench.overload_ttft_bench`: steps waited p99 2 in 7 of 11
+20x levels, 1x: 2 of 11). The gateway cannot do better: it learns that a place freed when the
+finishing request's last token reaches it, after the engine could use it. The engine knows its
+running batch, so it refuses at once (RESOURCE_EXHAUSTED, QUEUE_FULL: any request would be refused
+now) a request that would not find a place within `max_queue_wait_steps` steps, and the gateway sheds
+the next ones before any work until one of its requests there ends (engine_saturation). With 1 behind
+the gateway's bound, steps waited p99 was 1 at 20x as at 1x; the p99 TTFT in seconds did not move,
+being set there by the steps' duration (README, Reliability). Alone, without the gateway's bound,
+requests of one fixed length filled the batch in cohorts: off by default.
 
 The figures come from the queue profile (admission_control.QueueProfile: taken between steps, at
 most every PROFILE_INTERVAL_S) moved on by the steps the engine made since (its step counter, read
