@@ -86,3 +86,23 @@ def test_an_oracle_report_replaces_the_bases_oracle_runs(tmp_path: pathlib.Path)
     assert replaced[("alise", 0.25, "0.95")] == base[("alise", 0.25, "0.95")]
     with pytest.raises(ValueError, match="not the base's"):
         steady_goals._replace_oracle(base, [_report(tmp_path / "moved.json", ("srpt-oracle",), rate=20.5)])
+
+
+def test_the_same_rate_from_another_place_in_loads_is_other_arrivals_and_refused(tmp_path: pathlib.Path) -> None:
+    """The arrivals' seed is seed * 1000 + the load's index in --loads (steady_sweep.arrival_seed): a run of
+    --loads 0.95 alone is not on the arrivals of the 95% point of --loads 0.8,0.9,0.95,1 though the rates match."""
+    base_path = _report(tmp_path / "base.json", ("fcfs", "alise", "srpt-oracle"))
+    report = json.loads(base_path.read_text())
+    report["config"] = {"steady": {"load_fractions": [0.8, 0.9, 0.95, 1.0]}}
+    base_path.write_text(json.dumps(report))
+    base = steady_goals.read_runs(base_path)
+    assert base[("alise", 0.25, "0.95")][1]["arrival_seed"] == 1002
+    alone = _report(tmp_path / "alone.json", ("alise",))
+    report = json.loads(alone.read_text())
+    report["config"] = {"steady": {"load_fractions": [0.95]}}
+    alone.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="arrival seed 0 is not the base's 2"):
+        steady_goals.merge(base, steady_goals.read_runs(alone, policy_label={"alise": "o"}))
+    report["config"] = {"steady": {"load_fractions": [0.8, 0.9, 0.95, 1.0]}}
+    alone.write_text(json.dumps(report))
+    assert ("o", 0.25, "0.95") in steady_goals.merge(base, steady_goals.read_runs(alone, policy_label={"alise": "o"}))

@@ -5,11 +5,12 @@
 Each BASE holds fcfs, alise and srpt-oracle runs (`alise bench sim` steady-state JSON; several BASEs
 add seeds, e.g. a run of --seeds 4,5,6,7 with --base-capacity-per-s = the first's fcfs capacity);
 each --alise report holds alise runs with other predictions on the same traces and arrivals (same
-seeds, --loads, --arrivals and --base-capacity-per-s; checked: the rates must match, and no seed
-may come twice). --oracle reports replace the BASEs' srpt-oracle runs (the oracle under another rule, same
-arrivals; checked likewise). A load's figures use the seeds its reports hold (the `seeds` column). Every goal
-is tested as a paired per-seed difference with its 95% Student-t interval (steady_state.mean_ci), so
-the interval answers "is the goal met" rather than two wide per-policy intervals overlapping:
+seeds, --loads in the same order, --arrivals and --base-capacity-per-s; checked: the rates and the
+arrivals' seeds must match, and no seed may come twice). --oracle reports replace the BASEs'
+srpt-oracle runs (the oracle under another rule, same arrivals; checked likewise). A load's figures
+use the seeds its reports hold (the `seeds` column). Every goal is tested as a paired per-seed
+difference with its 95% Student-t interval (steady_state.mean_ci), so the interval answers "is the
+goal met" rather than two wide per-policy intervals overlapping:
 
 - SLO misses: alise's share of requests missing the SLO minus 1.1x the oracle's (goal: <= 0);
 - p99 normalized latency: alise's gain over fcfs minus 0.9x the oracle's gain (goal: >= 0);
@@ -24,6 +25,7 @@ import json
 import pathlib
 from collections import defaultdict
 
+from services.bench.sim.steady_sweep import arrival_seed
 from services.bench.steady_state import Estimate, mean_ci
 
 ORACLE = "srpt-oracle"
@@ -36,10 +38,16 @@ def label_of(burstiness: float) -> str:
 
 
 def read_runs(path: pathlib.Path, *, policy_label: dict[str, str] | None = None) -> Runs:
-    """The report's per-seed runs keyed by (label, burstiness, load as text); labels default to policy names."""
+    """The report's per-seed runs keyed by (label, burstiness, load as text); labels default to policy names.
+    Each run gets its arrivals' seed ("arrival_seed", from the load's place in the report's --loads) when the
+    report names its loads."""
+    report = json.loads(path.read_text())
+    loads = report.get("config", {}).get("steady", {}).get("load_fractions")
     runs: Runs = defaultdict(dict)
-    for run in json.loads(path.read_text())["result"]["runs"]:
+    for run in report["result"]["runs"]:
         label = (policy_label or {}).get(run["policy"], run["policy"])
+        if loads is not None:
+            run = {**run, "arrival_seed": arrival_seed(run["seed"], loads.index(run["load_fraction"]))}
         runs[(label, run["burstiness"], f"{run['load_fraction']:g}")][run["seed"]] = run
     return runs
 
@@ -47,13 +55,20 @@ def read_runs(path: pathlib.Path, *, policy_label: dict[str, str] | None = None)
 def merge(base: Runs, extra: Runs) -> Runs:
     """base plus extra's runs (seeds of a key united); ValueError when extra repeats a seed of base, or when a
     run's rate differs from base's at the same seed and load (other arrivals)."""
-    rates = {(b, load, seed): run["rate_per_s"] for (_, b, load), seeds in base.items() for seed, run in seeds.items()}
+    given = {(b, load, seed): run for (_, b, load), seeds in base.items() for seed, run in seeds.items()}
     merged: Runs = defaultdict(dict, {key: dict(seeds) for key, seeds in base.items()})
     for (label, burstiness, load), seeds in extra.items():
         for seed, run in seeds.items():
-            expected = rates.get((burstiness, load, seed))
+            other = given.get((burstiness, load, seed))
+            expected = None if other is None else other["rate_per_s"]
             if expected is not None and abs(expected - run["rate_per_s"]) > 1e-9 * expected:
                 raise ValueError(f"{label} {load} seed {seed}: rate {run['rate_per_s']} is not the base's {expected}")
+            seeds_of = (None, None) if other is None else (other.get("arrival_seed"), run.get("arrival_seed"))
+            if None not in seeds_of and seeds_of[0] != seeds_of[1]:  # reports that name their loads
+                raise ValueError(
+                    f"{label} {load} seed {seed}: arrival seed {run['arrival_seed']} is not the base's "
+                    f"{other['arrival_seed']} (the load's place in --loads differs: other arrivals at the same rate)"
+                )
             if seed in merged[(label, burstiness, load)]:
                 raise ValueError(f"{label} {load} seed {seed} is in two reports")
             merged[(label, burstiness, load)][seed] = run

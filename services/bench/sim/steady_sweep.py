@@ -165,7 +165,7 @@ def run_steady(
             for seed in config.seeds:
                 trace, predictions = loaded[seed]
                 rate = load * base
-                arrivals = arrival_times_s(len(trace), rate, seed=seed * 1000 + index, burstiness=burstiness)
+                arrivals = arrival_times_s(len(trace), rate, seed=arrival_seed(seed, index), burstiness=burstiness)
                 for policy in config.policies:
                     result = simulate(
                         trace, arrivals, predictions, policy=policy, cost=cost, shape=shape, offload=config.offload
@@ -188,6 +188,12 @@ def _capacity(trace, predictions, policy: str, cost: StepCost, shape: EngineShap
         closed_loop_concurrency=config.capacity_concurrency,
     )
     return closed_loop_capacity(result.records, config.window)
+
+
+def arrival_seed(seed: int, load_index: int) -> int:
+    """The arrivals' seed of a workload seed at the load_index-th of --loads: two runs share arrivals only if
+    both the seed and the load's place in --loads agree (steady_goals.py checks it), not the rate alone."""
+    return seed * 1000 + load_index
 
 
 def _run(policy: str, burstiness: float, load: float, seed: int, rate: float, result: SimResult, config) -> SteadyRun:
