@@ -106,3 +106,11 @@ def test_the_same_rate_from_another_place_in_loads_is_other_arrivals_and_refused
     report["config"] = {"steady": {"load_fractions": [0.8, 0.9, 0.95, 1.0]}}
     alone.write_text(json.dumps(report))
     assert ("o", 0.25, "0.95") in steady_goals.merge(base, steady_goals.read_runs(alone, policy_label={"alise": "o"}))
+
+
+def test_an_alise_report_contributes_only_its_alise_runs(tmp_path: pathlib.Path) -> None:
+    base = _report(tmp_path / "base.json", ("fcfs", "alise", "srpt-oracle"))
+    both = _report(tmp_path / "both.json", ("alise", "srpt-oracle"), shift=0.01)  # the oracle ran beside it
+    out = tmp_path / "goals.md"
+    assert steady_goals.main([str(base), "--alise", f"o={both}", "--out", str(out)]) == 0
+    assert "| gamma CV 2 | 95% | 3 | o |" in out.read_text()

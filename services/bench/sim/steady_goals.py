@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "--alise",
         action="append",
         default=[],
-        help="LABEL=JSON of alise runs with other predictions (a LABEL again adds seeds)",
+        help="LABEL=JSON of alise runs with other predictions (a LABEL again adds seeds; other policies there ignored)",
     )
     parser.add_argument(
         "--oracle",
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = [args.base_label]
     for item in args.alise:
         label, _, path = item.partition("=")
-        runs = merge(runs, read_runs(pathlib.Path(path), policy_label={"alise": label}))
+        other = read_runs(pathlib.Path(path), policy_label={"alise": label})
+        runs = merge(runs, defaultdict(dict, {key: seeds for key, seeds in other.items() if key[0] == label}))
         labels += [] if label in labels else [label]  # a label twice: more seeds of the same predictions
     table = goal_table(runs, labels)
     print(table)
