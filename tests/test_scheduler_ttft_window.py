@@ -154,3 +154,26 @@ def test_worst_case_wait_with_the_rule_on_overtaken_only_within_the_horizon_or_b
     late = [(now_s, arrival_s) for now_s, arrival_s in overtaken_by if arrival_s >= horizon_s]
     assert late  # the case the bound's second clause covers happens here
     assert all(target_s - lead_s - 1e-9 <= now_s - arrival_s < target_s for now_s, arrival_s in late)
+
+
+def test_the_engines_ttft_target_reaches_the_policy() -> None:
+    """--ttft-target-s sets the rule's target on alise and srpt-oracle (inf: off), leaves other policies
+    alone and keeps the policy's other settings; a target <= 0 is refused by the engine's config."""
+    import dataclasses
+
+    from services.engine.config import EngineConfig
+    from services.engine.scheduler import make_policy
+    from services.engine.scheduler.speculative_policy import with_ttft_target
+
+    for name in ("alise", "srpt-oracle"):
+        policy = with_ttft_target(make_policy(name), 2.0)
+        assert policy.name == name and policy.ttft_window is not None
+        assert (policy.ttft_window.target_s, policy.ttft_window.lead_s) == (2.0, 0.25)
+        assert with_ttft_target(make_policy(name), math.inf).ttft_window is None
+        assert with_ttft_target(make_policy(name), 0.1).ttft_window.lead_s == 0.1  # the lead fits the target
+    fcfs = make_policy("fcfs")
+    assert with_ttft_target(fcfs, 2.0) is fcfs
+    config = EngineConfig()
+    assert config.ttft_target_s == 1.0
+    with pytest.raises(ValueError, match="ttft_target_s"):
+        dataclasses.replace(config, ttft_target_s=0.0)

@@ -25,6 +25,7 @@ from services.engine.metrics import EngineMetrics
 from services.engine.model_loader import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner
 from services.engine.scheduler import OnlineStepCostModel, Scheduler, SchedulerLimits, make_policy
+from services.engine.scheduler.speculative_policy import with_ttft_target
 from services.engine.servicer import EngineServicer, ServedModelInfo
 from services.engine.spec.engine_setup import make_speculator
 
@@ -79,7 +80,7 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     kv = KvBlockManager(num_blocks, config.block_size_tokens)
     limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, max_model_len, config.max_wait_s)
     cost_model = OnlineStepCostModel()  # calibrated from this engine's measured steps
-    policy = make_policy(config.scheduler_policy, cost_model)
+    policy = with_ttft_target(make_policy(config.scheduler_policy, cost_model), config.ttft_target_s)
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)
     runner = ModelRunner(
         loaded.model,

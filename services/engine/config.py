@@ -101,6 +101,12 @@ class EngineConfig:
     max_wait_s: float = setting(
         60.0, "starvation bound: a request that waited this long is promoted ahead of all others, seconds"
     )
+    ttft_target_s: float = setting(
+        1.0,
+        "alise, srpt-oracle: a waiting request without a first token is served first (earliest deadline) from "
+        "0.25 s before this many seconds after its arrival until then; set it to the TTFT bound of your SLO "
+        "(inf = off)",
+    )
     memory_address: str = setting("", "memory service host:port ('' = run without one)")
     cpu_threads: int = setting(
         0, "torch CPU threads (0 = half the cores, at least 1): more threads than free cores makes OpenMP spin"
@@ -141,6 +147,8 @@ class EngineConfig:
         self.speculative_config()  # ValueError names a bad k, n-gram range or exit layer
         if not self.max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
+        if not self.ttft_target_s > 0:
+            raise ValueError(f"ttft_target_s must be > 0 seconds (inf = off), got {self.ttft_target_s}")
         for name in (
             "block_size_tokens",
             "max_num_seqs",

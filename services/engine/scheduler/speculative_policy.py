@@ -180,3 +180,11 @@ class SrptOraclePolicy(AlisePolicy):
     def priority_keys(self, requests: list[Request]) -> list[float]:
         waste_s_per_token = RECOMPUTE_WASTE_WEIGHT * len(requests) * self.cost_model.prefill_s_per_token
         return [max(0.0, self.remaining_s(r) - waste_s_per_token * r.num_computed_tokens) for r in requests]
+
+
+def with_ttft_target(policy: SchedulingPolicy, ttft_target_s: float) -> SchedulingPolicy:
+    """The policy with TTFT-slack promotion at ttft_target_s (inf: off), its other settings kept; policies
+    without the rule (fcfs, mlfq) as they are. The engine's --ttft-target-s; the simulator sets it per shape."""
+    if not isinstance(policy, AlisePolicy):
+        return policy
+    return type(policy)(policy.cost_model, policy.aging_horizon_s, ttft_target_s)
