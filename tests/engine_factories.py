@@ -86,3 +86,27 @@ def fake_model_outputs(output: SchedulerOutput, token_id: int = 7) -> dict[str, 
 def run_step(scheduler: Scheduler, token_id: int = 7):
     output = scheduler.schedule()
     return output, scheduler.update(output, fake_model_outputs(output, token_id))
+
+
+def run_short_overload(scheduler: Scheduler, clock, num_steps: int, step_s: float, long_arrival_s: float = 0.0):
+    """Two short arrivals per step (twice what two seats serve) behind one long request queued at
+    long_arrival_s, for the worst-case-wait tests; returns when the long one started (None: not within
+    num_steps) and (time, arrival) of every request that started before it."""
+    scheduler.add(make_predicted_request("long", 4, max_tokens=50, predicted_tokens=40, arrival_time_s=long_arrival_s))
+    started_at, overtaken_by = None, []
+    for step in range(num_steps):
+        for index in range(2):
+            scheduler.add(
+                make_predicted_request(
+                    f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s
+                )
+            )
+        output, _ = run_step(scheduler)
+        if started_at is None:
+            if any(c.request.request_id == "long" for c in output.chunks):
+                started_at = clock.now_s
+            else:
+                started = [c.request for c in output.chunks if c.request.first_scheduled_time_s == clock.now_s]
+                overtaken_by += [(clock.now_s, r.arrival_time_s) for r in started]
+        clock.now_s += step_s
+    return started_at, overtaken_by

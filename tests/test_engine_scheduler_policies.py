@@ -7,7 +7,14 @@ import pytest
 from services.engine.request import RequestStatus
 from services.engine.scheduler import POLICY_NAMES
 from services.engine.scheduler.preemption import PreemptionCause
-from tests.engine_factories import FakeClock, make_predicted_request, make_request, make_scheduler, run_step
+from tests.engine_factories import (
+    FakeClock,
+    make_predicted_request,
+    make_request,
+    make_scheduler,
+    run_short_overload,
+    run_step,
+)
 
 STEP_S = 0.01
 
@@ -174,22 +181,8 @@ def test_ttft_aging_a_long_job_is_overtaken_only_by_requests_that_came_within_it
     horizon_s = 0.3
     scheduler = make_scheduler(policy="alise", max_num_seqs=2, max_wait_s=math.inf, clock=clock, num_blocks=256)
     scheduler.policy = AlisePolicy(scheduler.cost_model, aging_horizon_s=horizon_s)
-    scheduler.add(make_predicted_request("long", 4, max_tokens=50, predicted_tokens=40, arrival_time_s=0.0))
-    started_at, overtaken_by = None, []
-    for step in range(200):  # two short arrivals per step, as in the promotion test above
-        for index in range(2):
-            scheduler.add(
-                make_predicted_request(
-                    f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s
-                )
-            )
-        output, _ = run_step(scheduler)
-        if started_at is None:
-            if any(c.request.request_id == "long" for c in output.chunks):
-                started_at = clock.now_s
-            else:
-                overtaken_by += [c.request.arrival_time_s for c in output.chunks]
-        clock.now_s += STEP_S
+    started_at, started_before = run_short_overload(scheduler, clock, 200, STEP_S)  # as in the promotion test above
+    overtaken_by = [arrival_s for _, arrival_s in started_before]
     assert started_at is not None  # without aging it starves (test_without_the_aging_bound_the_long_job_starves)
     assert max(overtaken_by) < horizon_s  # shortest-first within the horizon, never past it
     assert started_at > horizon_s  # and shortest-first, not FCFS, until then

@@ -9,7 +9,7 @@ from services.engine.scheduler.cost_model import OnlineStepCostModel
 from services.engine.scheduler.displacement import PROMOTED_BASE
 from services.engine.scheduler.speculative_policy import AlisePolicy
 from services.engine.scheduler.waiting_queue import URGENT_BASE, TtftWindow, WaitingQueue
-from tests.engine_factories import FakeClock, make_predicted_request, make_request, run_step
+from tests.engine_factories import FakeClock, make_request, run_short_overload
 
 STEP_S = 0.01
 WINDOW = TtftWindow(1.0, 0.5)
@@ -110,33 +110,10 @@ def _scheduler(clock, *, target_s, lead_s, max_wait_s, horizon_s=math.inf, max_n
     return Scheduler(policy, limits, KvBlockManager(256, 4), eos_token_id=EOS, clock=clock, cost_model=cost_model)
 
 
-def _overload(scheduler, clock, num_steps, long_arrival_s=0.0):
-    """Two short arrivals per step (twice what two seats serve) behind one long request queued at 0; returns
-    when the long one started and (time, arrival) of every request that started before it."""
-    scheduler.add(make_predicted_request("long", 4, max_tokens=50, predicted_tokens=40, arrival_time_s=long_arrival_s))
-    started_at, overtaken_by = None, []
-    for step in range(num_steps):
-        for index in range(2):
-            scheduler.add(
-                make_predicted_request(
-                    f"short{step}-{index}", 4, max_tokens=2, predicted_tokens=2, arrival_time_s=clock.now_s
-                )
-            )
-        output, _ = run_step(scheduler)
-        if started_at is None:
-            if any(c.request.request_id == "long" for c in output.chunks):
-                started_at = clock.now_s
-            else:
-                started = [c.request for c in output.chunks if c.request.first_scheduled_time_s == clock.now_s]
-                overtaken_by += [(clock.now_s, r.arrival_time_s) for r in started]
-        clock.now_s += STEP_S
-    return started_at, overtaken_by
-
-
 def test_a_long_job_is_promoted_in_its_window_and_starts_before_its_target():
     clock = FakeClock()
     scheduler = _scheduler(clock, target_s=0.3, lead_s=0.1, max_wait_s=math.inf)
-    started_at, overtaken_by = _overload(scheduler, clock, 60)
+    started_at, overtaken_by = run_short_overload(scheduler, clock, 60, STEP_S)
     assert started_at is not None and 0.2 - 1e-9 <= started_at < 0.3  # shortest first until 0.2 s, then urgent
 
 
@@ -149,7 +126,7 @@ def test_worst_case_wait_with_the_rule_on_overtaken_only_within_the_horizon_or_b
     clock = FakeClock()
     target_s, lead_s, horizon_s, max_wait_s = 0.1, 0.08, 0.1, 0.8
     scheduler = _scheduler(clock, target_s=target_s, lead_s=lead_s, max_wait_s=max_wait_s, horizon_s=horizon_s)
-    started_at, overtaken_by = _overload(scheduler, clock, 150, long_arrival_s=-1.0)
+    started_at, overtaken_by = run_short_overload(scheduler, clock, 150, STEP_S, long_arrival_s=-1.0)
     assert started_at is not None and max_wait_s - STEP_S <= started_at <= max_wait_s + STEP_S
     late = [(now_s, arrival_s) for now_s, arrival_s in overtaken_by if arrival_s >= horizon_s]
     assert late  # the case the bound's second clause covers happens here
