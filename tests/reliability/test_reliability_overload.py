@@ -78,9 +78,11 @@ async def test_a_bound_on_queued_work_sheds_in_the_gateway_and_keeps_admitted_re
     assert set(shed.codes) == {"OK", "RESOURCE_EXHAUSTED"}, shed
     assert shed.num_refused_by_gateway == shed.codes["RESOURCE_EXHAUSTED"], shed
     assert "--max-queued-work-s" in shed.sample_rejection, shed
-    # The median, not the p99: ~60-100 admitted requests give a p99 that one stalled process moves
-    # (2.59 s vs 3.87 s in one CI run on a loaded machine, while the medians were 0.92 s vs 3.42 s).
-    assert shed.admitted_ttft_p50_s < 0.6 * unbounded.admitted_ttft_p50_s, (shed, unbounded)
+    # The p90, neither the p99 nor the median: ~60-100 admitted requests give a p99 that one stalled process
+    # moves (2.59 s vs 3.87 s in one CI run on a loaded machine), and since TTFT-slack promotion the engine's
+    # own queue serves requests nearing their 1 s TTFT target first, which pulls its median to ~0.9 s (0.89
+    # vs 0.91 s in one CI run) while its tail still waits the deep queue out (engine queue p90 1.16 vs 4.97 s).
+    assert shed.admitted_ttft_p90_s < 0.6 * unbounded.admitted_ttft_p90_s, (shed, unbounded)
 
 
 async def test_five_thousand_health_checks_at_once_all_answer(stack):
