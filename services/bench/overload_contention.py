@@ -119,12 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=20.0, help="seconds of each level")
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    from services.bench.results import build_report, write_report
+    from services.bench.results import save_cli_report
 
     figures = asyncio.run(run(args.rounds, args.duration_s, pathlib.Path(tempfile.mkdtemp(prefix="alise-contention-"))))
-    if args.output is not None:
-        config = {key: value for key, value in vars(args).items() if key != "output"}
-        print(f"saved {write_report(args.output, build_report('overload_contention', config, figures))}")
+    save_cli_report(args, "overload_contention", figures)
     return 0
 
 

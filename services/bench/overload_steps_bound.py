@@ -124,13 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     variants = {**VARIANTS, "gateway-steps": BOTH_VARIANT} if args.steps_variant == "both" else VARIANTS
-    from services.bench.results import build_report, write_report
+    from services.bench.results import save_cli_report
 
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-steps-"))
     figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, variants))
-    if args.output is not None:
-        config = {key: value for key, value in vars(args).items() if key != "output"}
-        print(f"saved {write_report(args.output, build_report('overload_steps_bound', config, figures))}")
+    save_cli_report(args, "overload_steps_bound", figures)
     return 0
 
 

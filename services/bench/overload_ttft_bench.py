@@ -171,14 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in ALL_VARIANTS]
     if unknown or not names:
         parser.error(f"--variants: unknown {unknown}; choose from {list(ALL_VARIANTS)}")
-    from services.bench.results import build_report, write_report
+    from services.bench.results import save_cli_report
 
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="alise-ttft-split-"))
     variants = {name: ALL_VARIANTS[name] for name in names}
     figures = asyncio.run(run(args.rounds, args.duration_s, log_dir, variants, levels))
-    if args.output is not None:
-        config = {key: value for key, value in vars(args).items() if key != "output"}
-        print(f"saved {write_report(args.output, build_report('overload_ttft_split', config, figures))}")
+    save_cli_report(args, "overload_ttft_split", figures)
     return 0
 
 

@@ -54,3 +54,14 @@ def write_report(path: pathlib.Path, report: Mapping[str, Any]) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
+
+
+def save_cli_report(args: Any, benchmark: str, figures: Mapping[str, Any]) -> pathlib.Path | None:
+    """For a bench main whose flags carry `--output` (None: not saved): the report with every other flag as
+    its config, written there and announced; returns the path."""
+    if args.output is None:
+        return None
+    config = {key: value for key, value in vars(args).items() if key != "output"}
+    path = write_report(args.output, build_report(benchmark, config, figures))
+    print(f"saved {path}")
+    return path

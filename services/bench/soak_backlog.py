@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    from services.bench.results import build_report, write_report
+    from services.bench.results import save_cli_report
 
     runs = []
     for _ in range(args.rounds):
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = {key: value for key, value in result.to_json().items() if key != "samples"}
             print(json.dumps(summary), flush=True)
             runs.append(result.to_json())
-    if args.output is not None:
-        config = {key: value for key, value in vars(args).items() if key != "output"}
-        print(f"saved {write_report(args.output, build_report('soak_backlog', config, {'runs': runs}))}")
+    save_cli_report(args, "soak_backlog", {"runs": runs})
     return 0
 
 
