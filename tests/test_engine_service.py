@@ -8,10 +8,10 @@ import pytest
 import pytest_asyncio
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.app import start
 from services.engine.config import EngineConfig
 from services.engine.servicer import EngineServicer, ServedModelInfo
+from tests.engine_configs import tiny_engine_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 NUM_KV_BLOCKS = 100  # 1,600 token positions: less than the 2,048-token context
@@ -20,21 +20,13 @@ BLOCK_SIZE = 16
 
 def engine_config(**overrides) -> EngineConfig:
     fields = dict(
-        port=0,
-        drain_s=0.0,
         engine_id="test-engine",
-        model=DUMMY_TINY_MODEL,
-        dtype="float32",
-        device="cpu",
         block_size_tokens=BLOCK_SIZE,
         num_kv_blocks=NUM_KV_BLOCKS,
         max_num_seqs=16,
-        max_num_batched_tokens=256,
         max_waiting_requests=512,
-        cpu_threads=1,
     )
-    fields.update(overrides)
-    return EngineConfig(**fields)
+    return tiny_engine_config(**{**fields, **overrides})
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

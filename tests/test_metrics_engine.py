@@ -7,9 +7,9 @@ import pytest
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.metrics_server import MetricsPort
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.engine.app import start
 from services.engine.config import EngineConfig
+from tests.engine_configs import tiny_engine_config
 from tests.metrics_scrape import scrape, value, wait_for_value
 
 NUM_REQUESTS = 6
@@ -20,21 +20,13 @@ def engine_config(**overrides) -> EngineConfig:
     # 12 blocks of 16 positions: six requests of ~60 positions each cannot all hold their KV, so
     # fcfs preempts on KV shortage.
     fields = dict(
-        port=0,
-        drain_s=0.0,
         engine_id="metrics-engine",
-        model=DUMMY_TINY_MODEL,
-        dtype="float32",
-        device="cpu",
         num_kv_blocks=12,
         max_num_seqs=8,
-        max_num_batched_tokens=256,
-        cpu_threads=1,
         scheduler_policy="fcfs",
         metrics_port=MetricsPort(0),
     )
-    fields.update(overrides)
-    return EngineConfig(**fields)
+    return tiny_engine_config(**{**fields, **overrides})
 
 
 async def _generate(stub, request_id: str, prompt: list[int]) -> engine_service_pb2.EngineServiceGenerateResponse:

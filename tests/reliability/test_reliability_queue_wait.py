@@ -10,12 +10,12 @@ import pytest
 
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 from services.common.errors import Overloaded
-from services.common.model_catalog import DUMMY_TINY_MODEL
 from services.common.refusal import RefusalReason, refusal_reason_of
 from services.engine.admission_control import AdmissionControl, AdmissionLimits, QueueProfile
 from services.engine.admission_slot_wait import RunningPlaces, steps_until_place
 from services.engine.app import start
 from services.engine.config import EngineConfig
+from tests.engine_configs import tiny_engine_config
 
 
 def _places(remaining: dict[str, float], *, max_num_seqs: int = 4, steps_since: int = 0) -> RunningPlaces:
@@ -65,17 +65,10 @@ def test_admission_refuses_at_once_when_no_place_frees_within_the_bound_and_zero
 
 
 def _engine_config(max_queue_wait_steps: float) -> EngineConfig:
-    return EngineConfig(
-        port=0,
-        drain_s=0.0,
+    return tiny_engine_config(
         engine_id="queue-wait",
-        model=DUMMY_TINY_MODEL,
-        dtype="float32",
-        device="cpu",
         num_kv_blocks=64,
         max_num_seqs=2,
-        max_num_batched_tokens=256,
-        cpu_threads=1,
         max_queue_wait_steps=max_queue_wait_steps,
     )
 
