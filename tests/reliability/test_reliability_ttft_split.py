@@ -58,3 +58,49 @@ def test_a_request_that_waited_two_steps_is_split_into_parts_that_sum_to_its_ttf
     summary = summarize_splits([split], trace, 0.0, 1.0)
     assert summary["num_split"] == 1 and summary["tail_mean"]["num_steps_waited"] == 2
     assert summary["steps"]["num_steps"] == 4 and summary["steps"]["max_batch_size"] == 3
+
+
+def test_the_bench_takes_any_multiple_of_capacity_as_a_level_and_refuses_nonsense():
+    from services.bench.overload_ttft_bench import level_multiples, main
+
+    assert level_multiples("1.25x") == (1.25, 0.0) and level_multiples("20x") == (20.0, 0.0)
+    assert level_multiples("1x+decoys") == (1.0, 19.0)
+    for bad in ("0x", "x", "2", "-1x", "1.5xx"):
+        with pytest.raises(ValueError, match="multiple of capacity"):
+            level_multiples(bad)
+    with pytest.raises(SystemExit):
+        main(["--levels", "1x,fast"])
+
+
+def test_a_variant_with_the_own_core_suffix_pins_and_an_unknown_one_is_refused():
+    from services.bench.overload_ttft_bench import ALL_VARIANTS, resolve_variant
+
+    assert resolve_variant("engine-wait-1") == (*ALL_VARIANTS["engine-wait-1"], False)
+    assert resolve_variant("engine-wait-1@own-core") == (*ALL_VARIANTS["engine-wait-1"], True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        resolve_variant("fast@own-core")
+
+
+def test_own_core_gives_a_process_and_all_its_threads_one_cpu_and_the_others_the_rest():
+    import os
+    import subprocess
+    import sys
+
+    from services.bench.cpu_pinning import all_cpus, split_own_core
+
+    if len(all_cpus()) < 2:
+        pytest.skip("needs 2 CPUs")
+    script = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; time.sleep(30)"
+    owner, other = (subprocess.Popen([sys.executable, "-c", script]) for _ in range(2))
+    try:
+        import time
+
+        time.sleep(0.5)  # its threads started
+        own, rest = split_own_core(owner.pid, [other.pid])
+        assert own.isdisjoint(rest) and own | rest == all_cpus()
+        for pid, cpus in ((owner.pid, own), (other.pid, rest)):
+            tasks = os.listdir(f"/proc/{pid}/task")
+            assert len(tasks) >= 4 and all(os.sched_getaffinity(int(t)) == cpus for t in tasks)
+    finally:
+        owner.kill()
+        other.kill()
