@@ -4,7 +4,7 @@ Each phase starts the stack it needs (services/bench/chaos_stack.py), runs, and 
 
     kills     kill -9 predictor / memory / one of two engines under load; restart pickup; then
               kill -9 of the gateway behind a real `alise up` (its restart on the same port)
-    overload  capacity (closed loop), then open-loop load at 1x, 4x and 20x it; a 1,000-stream burst
+    overload  capacity (saturated), then open-loop load at 1x, 4x and 20x it; a 1,000-stream burst
     deadline  short-deadline requests behind queued work: refused at once?
     aborts    N streams cancelled at random points with swaps going on; leaks in every tier
     huge      8 MB and 60 MB prompts: refusal time, gateway RSS
@@ -48,6 +48,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=OVERLOAD_MAX_QUEUED_WORK_S,
         help="the overload phase gateway's --max-queued-work-s (compare values side by side)",
     )
+    parser.add_argument(
+        "--overload-max-queue-wait-steps",
+        type=float,
+        default=1.0,
+        help="the overload phase engine's --max-queue-wait-steps (0 = off)",
+    )
+    parser.add_argument(
+        "--overload-engine-own-core",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give the overload phase's engine a CPU core of its own, the other processes the rest, as "
+        "separate pods would run (needs 2 CPUs)",
+    )
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--update",
@@ -72,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "fuzz_cases": args.fuzz_cases,
         "overload_s": args.overload_s,
         "overload_max_queued_work_s": args.overload_max_queued_work_s,
+        "overload_max_queue_wait_steps": args.overload_max_queue_wait_steps,
+        "overload_engine_own_core": args.overload_engine_own_core,
     }
     figures: dict[str, object] = _existing_phases(args.output) if args.update else {}
     log_root = pathlib.Path(tempfile.mkdtemp(prefix="alise-chaos-"))

@@ -17,9 +17,10 @@ from services.bench.chaos_aborts import abort_storm
 from services.bench.chaos_contention import ContentionProbe
 from services.bench.chaos_faults import EngineRecovery, MemoryRecovery, PredictorRecovery, run_fault
 from services.bench.chaos_load import ClosedLoopLoad, LoadShape, StreamOutcome, count_codes, run_stream
-from services.bench.chaos_overload import burst, deadline_burst, health_burst, paced_overload
+from services.bench.chaos_overload import burst, deadline_burst, health_burst, paced_outcomes, paced_overload
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
 from services.bench.chaos_up import UpStack, kill_gateway_under_load
+from services.bench.cpu_pinning import all_cpus, own_core_split, pin_process, split_own_core
 from services.common.contracts import common_pb2, engine_service_pb2, engine_service_pb2_grpc
 
 OVERLOAD_TOKENS = 32  # max_tokens of every overload request (ignore_eos: each costs the same)
@@ -82,10 +83,32 @@ async def _capacity(stack: ChaosStack, duration_s: float) -> float:
     return rate
 
 
+async def saturated_capacity(stack: ChaosStack, closed_loop_per_s: float, duration_s: float = 12.0) -> float:
+    """Completions per second while 4x the closed-loop rate arrives and admission sheds the rest: the
+    engine's throughput with its batch kept full, the honest 100% load (the closed loop leaves seats idle
+    while its streams' requests travel). Counts completions from 2 s in to the last arrival."""
+    outcomes = await paced_outcomes(
+        stack.gateway_stub(),
+        rate_per_s=4.0 * closed_loop_per_s,
+        duration_s=duration_s,
+        max_tokens=OVERLOAD_TOKENS,
+        timeout_s=60.0,
+    )
+    began_s = min(o.started_s for o in outcomes) + 2.0
+    ended_s = max(o.started_s for o in outcomes)
+    done = sum(o.code == "OK" and began_s <= o.ended_s <= ended_s for o in outcomes)
+    return done / (ended_s - began_s)
+
+
 async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
     async def body(stack: ChaosStack) -> dict:
         stub = stack.gateway_stub()
-        capacity = await _capacity(stack, 10.0)
+        if args.overload_engine_own_core:  # as separate pods: the refusals' CPU is not the engine's
+            others = [child.pid for name, child in stack.children.items() if name != "engine-0"]
+            split_own_core(stack.children["engine-0"].pid, others)
+            pin_process(os.getpid(), own_core_split()[1])
+        closed_loop = await _capacity(stack, 10.0)
+        capacity = await saturated_capacity(stack, closed_loop) if closed_loop > 0 else 0.0
         levels = {}
         for multiple in (1.0, 4.0, 20.0):
             rss_before = stack.rss_bytes("engine-0")
@@ -109,8 +132,11 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
                 "gateway_cpu_ms_per_request": gateway_cpu_s * 1e3 / result.num_requests,
                 "contention": contention,
             }
+        pin_process(os.getpid(), all_cpus())  # the next phases' load generator runs anywhere again
         return {
-            "capacity_requests_per_s": capacity,
+            "capacity_requests_per_s": capacity,  # saturated: 1x = the engine's throughput with a full batch
+            "closed_loop_capacity_requests_per_s": closed_loop,
+            "engine_own_core": args.overload_engine_own_core,
             "levels": levels,
             "burst_1000": (await burst(stub, 1000, max_tokens=8, timeout_s=120.0)).to_json(),
             "health_checks_5000": await health_burst(stack.channel("gateway"), 5000),
@@ -122,7 +148,13 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
         with_predictor=False,
         gateway_in_process=False,
         gateway_args=("--max-in-flight-requests", "256", "--max-queued-work-s", repr(args.overload_max_queued_work_s)),
-        engine_args=(*ENGINE_ARGS, "--max-waiting-requests", "64"),
+        engine_args=(
+            *ENGINE_ARGS,
+            "--max-waiting-requests",
+            "64",
+            "--max-queue-wait-steps",
+            repr(args.overload_max_queue_wait_steps),
+        ),
     )
     return await _with_stack(config, body)
 

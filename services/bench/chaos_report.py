@@ -8,6 +8,7 @@ run are left out, so the table only ever shows measured figures.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
@@ -59,8 +60,8 @@ def _engine_part(figures: dict, base: dict) -> str:
     if "admitted_engine_ttft_p99_s" not in figures:
         return ""  # measured before the engine's timings were recorded
     return (
-        f", of it in the engine p99 {figures['admitted_engine_ttft_p99_s']:.2f} s "
-        f"(1x: {base.get('admitted_engine_ttft_p99_s', 0):.2f} s)"
+        f", of it in the engine p99 {figures['admitted_engine_ttft_p99_s']:.3f} s "
+        f"(1x: {base.get('admitted_engine_ttft_p99_s', 0):.3f} s)"
     )
 
 
@@ -76,11 +77,12 @@ def _overload_rows(overload: dict) -> list[Row]:
         by_gateway = figures.get("num_refused_by_gateway")
         rows.append(
             (
-                f"overload {level} capacity ({figures['rate_per_s']:.0f} req/s, open loop)",
+                f"overload {level} capacity ({figures['rate_per_s']:.0f} req/s, open loop"
+                + ("; the engine on a core of its own)" if overload.get("engine_own_core") else ")"),
                 f"{_codes(figures['codes'])}; rejections say which limit"
                 + (f" ({by_gateway} by the gateway before any work)" if by_gateway is not None else ""),
                 f"rejection p50 {figures['rejection_p50_s'] * 1e3:.0f} ms, p99 {figures['rejection_p99_s'] * 1e3:.0f} ms; "
-                f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.2f} s (1x: {base.get('admitted_ttft_p99_s', 0):.2f} s)"
+                f"admitted TTFT p99 {figures['admitted_ttft_p99_s']:.3f} s (1x: {base.get('admitted_ttft_p99_s', 0):.3f} s)"
                 + _engine_part(figures, base)
                 + "; "
                 f"engine RSS {figures['engine_rss_growth'] * 100:+.1f} %{on_load}",
@@ -236,9 +238,11 @@ def _load(path: pathlib.Path) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
-    chaos_path = pathlib.Path(argv[0]) if argv else DEFAULT_CHAOS
-    soak_path = pathlib.Path(argv[1]) if len(argv) > 1 else DEFAULT_SOAK
-    print(table(_load(chaos_path), _load(soak_path)))
+    parser = argparse.ArgumentParser(prog="python -m services.bench.chaos_report", description=__doc__)
+    parser.add_argument("chaos", nargs="?", type=pathlib.Path, default=DEFAULT_CHAOS, help="alise bench chaos --output")
+    parser.add_argument("soak", nargs="?", type=pathlib.Path, default=DEFAULT_SOAK, help="alise bench soak --output")
+    args = parser.parse_args(argv)
+    print(table(_load(args.chaos), _load(args.soak)))
     return 0
 
 

@@ -36,7 +36,7 @@ import time
 
 from services.bench.chaos_contention import ContentionProbe
 from services.bench.chaos_overload import burst, paced_outcomes, summarize_burst
-from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, OVERLOAD_TOKENS, _capacity
+from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, OVERLOAD_TOKENS, _capacity, saturated_capacity
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
 from services.bench.cpu_pinning import all_cpus, own_core_split, pin_process, split_own_core
 from services.bench.overload_contention import _decoys
@@ -122,23 +122,6 @@ def level_multiples(level: str) -> tuple[float, float]:
             f"level {level!r}: a positive multiple of capacity such as 1.5x, or one of {list(NAMED_LEVELS)}"
         )
     return float(match.group(1)), 0.0
-
-
-async def saturated_capacity(stack: ChaosStack, closed_loop_per_s: float, duration_s: float = 12.0) -> float:
-    """Completions per second while 4x the closed-loop rate arrives and admission sheds the rest: the
-    engine's throughput with its batch kept full, the honest 100% load (the closed loop leaves seats idle
-    while its streams' requests travel). Counts completions from 2 s in to the last arrival."""
-    outcomes = await paced_outcomes(
-        stack.gateway_stub(),
-        rate_per_s=4.0 * closed_loop_per_s,
-        duration_s=duration_s,
-        max_tokens=OVERLOAD_TOKENS,
-        timeout_s=60.0,
-    )
-    began_s = min(o.started_s for o in outcomes) + 2.0
-    ended_s = max(o.started_s for o in outcomes)
-    done = sum(o.code == "OK" and began_s <= o.ended_s <= ended_s for o in outcomes)
-    return done / (ended_s - began_s)
 
 
 def resolve_variant(name: str) -> tuple[tuple, tuple, bool]:
