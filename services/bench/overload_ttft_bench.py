@@ -71,7 +71,7 @@ OWN_CORE_SUFFIX = "@own-core"
 NAMED_LEVELS = {"1x+decoys": (1.0, 19.0)}
 MULTIPLE_LEVEL = re.compile(r"(\d+(?:\.\d+)?)x")
 RESULT_KEYS = ("codes", "admitted_ttft_p50_s", "admitted_ttft_p90_s", "admitted_ttft_p99_s", "rejection_p99_s")
-RESULT_KEYS += ("refusal_reasons", "sample_rejection")
+RESULT_KEYS += ("refusal_reasons", "sample_rejection", "admitted_engine_ttft_p99_s", "admitted_outside_engine_p99_s")
 
 
 async def _level(
