@@ -17,10 +17,12 @@ Every admitted request's TTFT is split into the way in (client -> gateway -> eng
 of other new requests in it) and the way out (overload_ttft_split). The CPU each process used, the
 load average and the duration of the largest batch's steps are recorded per level.
 
-Why levels between 1x and 20x: capacity is a closed loop of 16 streams, and a stream is idle while its
-request travels to the engine and back, so at 1x the engine runs about 11 of its 16 seats and admits
-~12% fewer requests per second than when overloaded. The load at which the engine's admitted rate and
-batch stop growing (its saturation, the honest "100% load") is what 20x should be compared with.
+Why 1x is the saturated throughput by default: a closed loop of 16 streams leaves seats idle while its
+streams' requests travel to the engine and back, so at that "1x" the engine ran about 11 of its 16 seats
+and admitted ~12% fewer requests per second than when overloaded. 100% load is the rate at which the
+engine's admitted rate and batch stop growing (levels between 1x and 20x show where), and that is what
+20x is compared with. `@own-core` variants keep the gateway's and the load generator's refusal CPU off
+the engine's core, as separate pods would (README, Reliability).
 """
 
 from __future__ import annotations
