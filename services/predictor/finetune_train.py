@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from services.predictor import data
+from services.predictor.embedding import DEFAULT_WORD_PIECES
 from services.predictor.finetune_encoder import FrozenBottom
 from services.predictor.finetune_model import HIDDEN_SIZE, FinetuneSettings, load_base_encoder, new_top_encoder
 
@@ -303,11 +304,13 @@ def encoder_columns(
     cache_dir: Path,
     progress: Progress,
     soft_lengths: dict[str, np.ndarray] | None = None,
+    word_pieces: int = DEFAULT_WORD_PIECES,
 ) -> EncoderColumns:
-    """Trains the encoder on train and scores held-out prompts through its exported graphs."""
+    """Trains the encoder on train and scores held-out prompts through its exported graphs
+    (both on the head + tail window of word_pieces)."""
     from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder
 
-    spec = EncoderSpec(num_frozen_layers=settings.num_frozen_layers)
+    spec = EncoderSpec(num_frozen_layers=settings.num_frozen_layers, max_tokens=word_pieces)
     bottom = FrozenBottom(spec, cache_dir=cache_dir, allow_cuda=False)
     trained = train_encoder(settings, train, generators, bottom, progress, soft_lengths)
     encoder = FinetunedEncoder(bottom, trained.top_graph, num_threads=settings.num_threads, allow_cuda=False)

@@ -25,7 +25,7 @@ import numpy as np
 from services.predictor import data
 from services.predictor.artifact import QUANTILE_LEVELS, ModelMetadata, write_artifact
 from services.predictor.baselines import Baselines, fit_prompt_length_bins
-from services.predictor.embedding import EmbeddingSpec, PromptEmbedder, default_cache_dir
+from services.predictor.embedding import DEFAULT_WORD_PIECES, EmbeddingSpec, PromptEmbedder, default_cache_dir
 from services.predictor.embedding_cache import EmbeddingCache
 from services.predictor.evaluate import EvalRows, metrics_by_split, predict_all
 from services.predictor.finetune_model import NUM_FROZEN_LAYERS
@@ -33,6 +33,8 @@ from services.predictor.heads import TreeSettings, check_onnx_matches_xgboost, f
 from services.predictor.model_inputs import InputLayout
 from services.predictor.train_metadata import training_metadata
 from services.predictor.train_rows import Progress, RawRows, concat_rows, raw_rows, stacked_rows
+
+MAX_WORD_PIECES = 512  # MiniLM's position embeddings
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class TrainSettings:
     finetune_frozen_layers: int = (
         NUM_FROZEN_LAYERS  # encoder: MiniLM layers left frozen (0 = retrain all six; finetune_model.py)
     )
+    # MiniLM's head + tail window (embedding.py), trained on and recorded in the encoder / embedding
+    # version, so the model serves with it; a longer one costs CPU per prompt (by-prompt-text README, 8)
+    word_pieces: int = DEFAULT_WORD_PIECES
 
     def __post_init__(self) -> None:
         if not self.use_sharegpt and not self.generators and self.feedback_dir is None:
@@ -71,6 +76,8 @@ class TrainSettings:
             raise ValueError("max_trees, max_depth and num_threads must be >= 1")
         if self.finetune_folds < 2:
             raise ValueError(f"finetune_folds must be >= 2, got {self.finetune_folds}")
+        if not 4 <= self.word_pieces <= MAX_WORD_PIECES:
+            raise ValueError(f"word_pieces must be in [4, {MAX_WORD_PIECES}], got {self.word_pieces}")
 
     def tree_settings(self) -> TreeSettings:
         return TreeSettings(self.seed, self.num_threads, self.max_trees, self.max_depth)
@@ -126,7 +133,8 @@ def embedding_source(settings: TrainSettings) -> EmbeddingCache | None:
     if not settings.use_embedding or settings.finetune_encoder:
         return None
     cache_dir = settings.cache_dir or default_cache_dir()
-    embedder = PromptEmbedder(EmbeddingSpec(), cache_dir=cache_dir, num_threads=settings.num_threads, allow_cuda=False)
+    spec = EmbeddingSpec(max_tokens=settings.word_pieces)
+    embedder = PromptEmbedder(spec, cache_dir=cache_dir, num_threads=settings.num_threads, allow_cuda=False)
     return EmbeddingCache(embedder, cache_dir)
 
 
@@ -151,9 +159,9 @@ def _layout(settings: TrainSettings, examples: Sequence[data.LengthExample], def
     if settings.use_embedding and settings.finetune_encoder:
         from services.predictor.finetune_encoder import EncoderSpec
 
-        spec = EncoderSpec(num_frozen_layers=settings.finetune_frozen_layers)
+        spec = EncoderSpec(num_frozen_layers=settings.finetune_frozen_layers, max_tokens=settings.word_pieces)
         return InputLayout("", generators, encoder_version=spec.version, content_features=settings.content_features)
-    version = EmbeddingSpec().version if settings.use_embedding else ""
+    version = EmbeddingSpec(max_tokens=settings.word_pieces).version if settings.use_embedding else ""
     return InputLayout(version, generators, content_features=settings.content_features)
 
 
@@ -183,6 +191,7 @@ def fit_encoder(settings: TrainSettings, train: RawRows, heldout: RawRows, layou
         settings.cache_dir or default_cache_dir(),
         progress,
         soft_lengths,
+        word_pieces=settings.word_pieces,
     )
     return (
         dataclasses.replace(train, embedding=columns.train_scores),
