@@ -12,6 +12,14 @@ Both are exported from eager attention and quantized like the embedding graph (d
 output channel; see embedding_export.py for why): a 4x smaller top graph (~3.6 MB) and ~2x
 faster CPU inference. The int8 top graph differs from torch's float scores by rounding only;
 `max_score_difference` measures it and tests bound it.
+
+The top graph's weights are 7-bit (ONNX Runtime's reduce_range). Why: on x86 CPUs without VNNI
+(AVX2 only, such as the AMD EPYC development machine of 2026-12-07) ONNX Runtime's u8 x s8 kernel adds
+pairs of products in int16, which saturates with 8-bit weights: a test graph's scores moved by 0.145
+log-tokens from torch's there, 0.055 with 7-bit weights (which cannot saturate: 2 x 255 x 63 < 2^15),
+and VNNI CPUs compute the same 7-bit sums exactly. Models trained before (up to `432bda9df892`) have
+8-bit top graphs. The bottom graph keeps 8-bit weights: installed models were trained on its bytes
+under its file name (a new recipe would need a new export_revision).
 """
 
 from __future__ import annotations
@@ -64,10 +72,12 @@ def _export(
     out_path: Path,
     quantize: bool,
     op_types: list[str] | None = None,
+    reduce_range: bool = False,
 ) -> None:
     """torch module -> ONNX file (dynamic batch and word-piece axes), int8 weights when quantize.
 
-    op_types: the node types to quantize (None: ONNX Runtime's default set).
+    op_types: the node types to quantize (None: ONNX Runtime's default set); reduce_range: 7-bit
+    weights (the module docstring's last paragraph).
     """
     import onnx
     import torch
@@ -101,6 +111,7 @@ def _export(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=op_types,
+                reduce_range=reduce_range,
             )
         os.replace(result, out_path)
 
@@ -141,7 +152,8 @@ def export_top_graph(top, *, quantize: bool = True) -> bytes:
     with tempfile.TemporaryDirectory(prefix="alise-top-") as work_dir:
         path = Path(work_dir) / "top.onnx"
         # The layers' MatMuls only: the head's Gemm (384 x G weights) stays float.
-        _export(top, example, [HIDDEN_STATES_NAME, ATTENTION_MASK_NAME], SCORES_NAME, path, quantize, ["MatMul"])
+        inputs = [HIDDEN_STATES_NAME, ATTENTION_MASK_NAME]
+        _export(top, example, inputs, SCORES_NAME, path, quantize, ["MatMul"], reduce_range=True)
         return path.read_bytes()
 
 
