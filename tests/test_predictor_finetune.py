@@ -212,26 +212,24 @@ def _write_sharegpt(data_dir: Path, examples: list[LengthExample]) -> None:
             )
 
 
-@pytest.mark.parametrize("num_frozen_layers", [4, 0])  # the default split; all six layers retrained
-def test_train_command_ships_and_serves_the_encoder(tmp_path, num_frozen_layers):
-    _write_sharegpt(tmp_path / "data", _examples(120))
-    argv = [
-        "train",
+def tiny_encoder_train_argv(tmp_path: Path, max_trees: int, *extra: str) -> list[str]:
+    """`alise predictor train` on tmp_path/data into tmp_path/m, small and fast: 2 encoder folds, 1 thread."""
+    common = ["--max-trees", str(max_trees), "--threads", "1", "--finetune-folds", "2"]
+    paths = [
         "--data-dir",
         str(tmp_path / "data"),
         "--out",
         str(tmp_path / "m"),
-        "--max-trees",
-        "20",
-        "--threads",
-        "1",
-        "--finetune-folds",
-        "2",
         "--cache-dir",
         str(default_cache_dir()),
-        "--finetune-frozen-layers",
-        str(num_frozen_layers),
     ]
+    return ["train", *paths, *common, *extra]
+
+
+@pytest.mark.parametrize("num_frozen_layers", [4, 0])  # the default split; all six layers retrained
+def test_train_command_ships_and_serves_the_encoder(tmp_path, num_frozen_layers):
+    _write_sharegpt(tmp_path / "data", _examples(120))
+    argv = tiny_encoder_train_argv(tmp_path, 20, "--finetune-frozen-layers", str(num_frozen_layers))
     assert cli.main(argv) == 0
     model_dir = tmp_path / "m"
     metadata = read_metadata(model_dir)

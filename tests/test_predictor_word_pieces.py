@@ -20,32 +20,14 @@ from services.predictor.embedding import default_cache_dir  # noqa: E402
 from services.predictor.finetune_encoder import EncoderSpec, FinetunedEncoder  # noqa: E402
 from services.predictor.reload import LoadSettings, PredictorLoader  # noqa: E402
 from services.predictor.train import TrainSettings  # noqa: E402
-from tests.test_predictor_finetune import _examples, _write_sharegpt  # noqa: E402
+from tests.test_predictor_finetune import _examples, _write_sharegpt, tiny_encoder_train_argv  # noqa: E402
 
 LONG_PROMPT = "Summarize the following report about the harbour's new cranes and their costs. " * 30
 
 
 def _train(tmp_path: Path, word_pieces: int) -> Path:
     _write_sharegpt(tmp_path / "data", _examples(80))
-    argv = [
-        "train",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "m"),
-        "--max-trees",
-        "10",
-        "--threads",
-        "1",
-        "--finetune-folds",
-        "2",
-        "--finetune-frozen-layers",
-        "0",
-        "--cache-dir",
-        str(default_cache_dir()),
-        "--word-pieces",
-        str(word_pieces),
-    ]
+    argv = tiny_encoder_train_argv(tmp_path, 10, "--finetune-frozen-layers", "0", "--word-pieces", str(word_pieces))
     assert cli.main(argv) == 0
     return tmp_path / "m"
 
