@@ -83,6 +83,13 @@ async def _capacity(stack: ChaosStack, duration_s: float) -> float:
     return rate
 
 
+def engine_on_own_core(stack: ChaosStack) -> None:
+    """The stack's engine-0 on a CPU core of its own, its other children on the rest (cpu_pinning);
+    the load generator (this process) pins itself to the rest where it needs to."""
+    others = [child.pid for name, child in stack.children.items() if name != "engine-0"]
+    split_own_core(stack.children["engine-0"].pid, others)
+
+
 async def saturated_capacity(stack: ChaosStack, closed_loop_per_s: float, duration_s: float = 12.0) -> float:
     """Completions per second while 4x the closed-loop rate arrives and admission sheds the rest: the
     engine's throughput with its batch kept full, the honest 100% load (the closed loop leaves seats idle
@@ -104,8 +111,7 @@ async def overload(args: argparse.Namespace, log_dir: pathlib.Path) -> dict:
     async def body(stack: ChaosStack) -> dict:
         stub = stack.gateway_stub()
         if args.overload_engine_own_core:  # as separate pods: the refusals' CPU is not the engine's
-            others = [child.pid for name, child in stack.children.items() if name != "engine-0"]
-            split_own_core(stack.children["engine-0"].pid, others)
+            engine_on_own_core(stack)
             pin_process(os.getpid(), own_core_split()[1])
         closed_loop = await _capacity(stack, 10.0)
         capacity = await saturated_capacity(stack, closed_loop) if closed_loop > 0 else 0.0

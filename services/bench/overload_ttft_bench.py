@@ -38,9 +38,15 @@ import time
 
 from services.bench.chaos_contention import ContentionProbe
 from services.bench.chaos_overload import burst, paced_outcomes, summarize_burst
-from services.bench.chaos_phases import OVERLOAD_MAX_QUEUED_WORK_S, OVERLOAD_TOKENS, _capacity, saturated_capacity
+from services.bench.chaos_phases import (
+    OVERLOAD_MAX_QUEUED_WORK_S,
+    OVERLOAD_TOKENS,
+    _capacity,
+    engine_on_own_core,
+    saturated_capacity,
+)
 from services.bench.chaos_stack import ENGINE_ARGS, ChaosStack, ChaosStackConfig
-from services.bench.cpu_pinning import all_cpus, own_core_split, pin_process, split_own_core
+from services.bench.cpu_pinning import all_cpus, own_core_split, pin_process
 from services.bench.overload_contention import _decoys
 from services.bench.overload_step_trace import FLUSH_INTERVAL_S, TRACE_FLAG, read_step_trace
 from services.bench.overload_ttft_split import split_outcomes, summarize_splits
@@ -178,8 +184,7 @@ async def run(
             stacks[name] = stack = ChaosStack(_stack_config(log_dir / name, gateway_args, engine_args))
             await stack.start()
             if own_core:
-                others = [child.pid for child_name, child in stack.children.items() if child_name != "engine-0"]
-                split_own_core(stack.children["engine-0"].pid, others)
+                engine_on_own_core(stack)
             await burst(stacks[name].gateway_stub(), 16, max_tokens=OVERLOAD_TOKENS, timeout_s=120.0)  # first steps
         first = next(iter(variants))
         pin_process(os.getpid(), own_core_split()[1] if variants[first][2] else all_cpus())
@@ -191,6 +196,8 @@ async def run(
             if capacity_method is CapacityMethod.CLOSED_LOOP
             else await saturated_capacity(stacks[first], closed_loop)
         )
+        if capacity <= 0:
+            raise RuntimeError("no request completed under 4x arrivals: the machine is too loaded to measure")
         runs = []
         for round_index in range(rounds):
             for name, level in _order(variants, list(levels), round_index):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.bench.results import build_report, write_report
 from services.predictor import data
 from services.predictor.cli import DEFAULT_DATA_DIR
 from services.predictor.embedding import DEFAULT_WORD_PIECES, default_cache_dir
@@ -110,7 +111,6 @@ def run(args: argparse.Namespace) -> dict:
         return np.array([scores[e.prompt_text][c] for e, c in zip(heldout, column)])
 
     return {
-        "config": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
         "encoder_version": spec.version,
         "num_train_prompts": len(table.texts),
         "num_heldout_rows": len(heldout),
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    config = {key: value for key, value in vars(args).items() if key != "out"}
+    write_report(args.out, build_report("predictor_encoder_proxy", config, report))  # + machine and commit
     print(json.dumps({key: report[key] for key in ("encoder_version", "fit_seconds", "total_seconds")}))
     print({split: value["kendall_tau"] for split, value in report["int8"].items()})
     return 0
