@@ -5,6 +5,7 @@
     eval              services/bench/predictor_eval.py
     bench             services/bench/predictor_bench.py
     ceiling           services/bench/predictor_ceiling.py
+    feedback-lengths  services/cli/feedback_lengths_cmd.py (feedback files without prompt texts, and back)
 
 The predictor package cannot import services.bench (tests/test_import_boundaries.py), so the
 command that joins both lives here. Flags, outputs and exit statuses are those of each module.
@@ -16,6 +17,7 @@ import argparse
 from typing import Sequence
 
 from services.bench import predictor_bench, predictor_ceiling, predictor_eval
+from services.cli import feedback_lengths_cmd
 from services.common.cache_dir import default_cache_dir
 from services.predictor import cli as predictor_cli
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictor_bench.add_parser(commands)
     predictor_ceiling.add_parser(commands)
     predictor_cli.add_export_parser(commands)
+    feedback_lengths_cmd.add_parser(commands)
     return parser
 
 
