@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "engine": shape,
         "sweep": config,
         "prediction": args.prediction,
+        "feedback_texts": args.feedback_texts,
         "target_tau": args.tau,
         "reached_tau": reached_tau,
     }
@@ -114,6 +115,7 @@ def _run_steady(args: argparse.Namespace, policies, cost, modes: tuple[str, ...]
         "cost_model": dataclasses.asdict(cost),
         "engine": cli_inputs.shape(args),
         "prediction": args.prediction,
+        "feedback_texts": args.feedback_texts,
         "target_tau": args.tau,
         "reached_tau_by_seed": workloads,
         "title": f"{args.trace} on {cost.name}, steady state ({args.prediction}, tau {args.tau:g})",
@@ -160,6 +162,7 @@ def _run_capacity(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "engine": cli_inputs.shape(args),
         "prediction": args.prediction,
+        "feedback_texts": args.feedback_texts,
         "reached_tau": reached_tau,
         "window": window,
         "fractions": fractions,

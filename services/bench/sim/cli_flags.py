@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from services.bench.sim.feedback_texts import FeedbackTexts
 from services.bench.sim.gpu_presets import GB, PRESETS, KvDtype
 from services.bench.sim.kv_codecs import INT4_RELATIVE_ERROR, INT8_RELATIVE_ERROR
 from services.bench.sim.kv_offload import DEFAULT_HOST_LINK_BYTES_PER_S, OFFLOAD_MODES, OffloadMode
@@ -75,6 +76,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         help=f"{TRACE_NAME}, {REFERENCE_TRACES}: feedback JSONL the predictor trained on (repeatable; default: "
         "the shipped model's)",
+    )
+    parser.add_argument(
+        "--feedback-texts",
+        choices=[t.value for t in FeedbackTexts],
+        default=FeedbackTexts.FILES.value,
+        help=f"{REFERENCE_TRACES}: which prompt texts count as the model's feedback when its held-out prompts "
+        "are found. files (default): the feedback files' rows, as the model split them. collect-list: needs no "
+        "feedback file; excludes every prompt of the list `alise collect-lengths` sent (--num-sharegpt 1150 "
+        "--num-alpaca 620 --max-prompt-chars 1500 --seed 0, docs/benchmarks/smollm2), trained on or not: a "
+        "superset of the feedback texts, so fewer prompts are held out",
     )
     parser.add_argument("--tau", type=float, default=0.6, help="Kendall's tau of the noisy oracle")
     parser.add_argument("--bounds", default="2,4,8", help="latency bounds, multiples of the unloaded mean")

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 
 from services.bench.sim.cli_flags import DEFAULT_LINK_GB_PER_S, REFERENCE_TRACES
+from services.bench.sim.feedback_texts import FeedbackTexts
 from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDtype, LinearCostModel
 from services.bench.sim.kv_codecs import CodecTimes, KvLayout
 from services.bench.sim.kv_offload import KvOffloadConfig, OffloadMode
@@ -156,8 +157,22 @@ def _heldout_trace(args, seed: int):
     """A held-out trace (SmolLM2's, ShareGPT's or Alpaca's lengths) with the shipped predictor's distributions."""
     sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
     feedback_files = args.feedback_file or DEFAULT_FEEDBACK_FILES
+    texts = feedback_texts(args)
     if args.trace != TRACE_NAME:
         trace = ReferenceTrace(args.trace)
-        heldout = load_reference_heldout(trace, DEFAULT_MODEL_DIR, feedback_files)
+        heldout = load_reference_heldout(trace, DEFAULT_MODEL_DIR, feedback_files, texts)
         return reference_heldout_workload(trace, heldout, **sizes)
     return heldout_workload(load_heldout_set(DEFAULT_MODEL_DIR, feedback_files), **sizes)
+
+
+def feedback_texts(args) -> FeedbackTexts:
+    """--feedback-texts; ValueError where it cannot apply: smollm2-heldout is made of the feedback files'
+    own rows, and collect-list reads no feedback file, so --feedback-file would be ignored."""
+    texts = FeedbackTexts(args.feedback_texts)
+    if texts is FeedbackTexts.COLLECT_LIST and args.trace == TRACE_NAME:
+        raise ValueError(
+            f"--feedback-texts {texts} applies to {REFERENCE_TRACES}; {TRACE_NAME} is the feedback files' rows"
+        )
+    if texts is FeedbackTexts.COLLECT_LIST and args.feedback_file:
+        raise ValueError(f"--feedback-file and --feedback-texts {texts} exclude each other (the list needs no file)")
+    return texts

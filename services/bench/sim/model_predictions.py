@@ -20,7 +20,7 @@ import hashlib
 import json
 import pathlib
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -126,13 +126,39 @@ def trained_prompt_keys(files: Sequence[pathlib.Path], data_dir: pathlib.Path, m
     model's seed and held-out fraction)."""
     from services.predictor import data
 
-    seed, fraction = int(metadata["seed"]), float(metadata["training"].get("heldout_fraction", 0.2))
     feedback = [example for path in files for example in data.load_file(path)]
+    return _trained_keys([*_reference_examples(data_dir, metadata), *feedback], metadata)
+
+
+def trained_prompt_keys_with_texts(texts: Iterable[str], data_dir: pathlib.Path, metadata: dict) -> set[str]:
+    """`trained_prompt_keys` with every text of `texts` counted as trained, whatever its split, in place of
+    the feedback files: the reference rows' trained keys, split without feedback, plus the texts' keys.
+
+    A superset of `trained_prompt_keys(files)` whenever every feedback text is among `texts`: feedback rows
+    never change how a reference row splits (a feedback group holds one text, `feedback_example`, and
+    `canonical_groups` gives a shared text the reference row's group, ranking feedback last; the split
+    hashes each group alone, `data.is_heldout`), and each feedback key is in the texts' keys."""
+    from services.predictor import data
+
+    return _trained_keys(_reference_examples(data_dir, metadata), metadata) | {data.prompt_key(t) for t in texts}
+
+
+def _reference_examples(data_dir: pathlib.Path, metadata: dict) -> list:
+    """The ShareGPT and AlpacaEval rows of the files the model trained on."""
+    from services.predictor import data
+
     references = []
     for name in (data.SHAREGPT_FILE, data.ALPACA_EVAL_FILE):
         if name in metadata["data_files_sha256"]:
             references += data.load_file(data_dir / name)
-    everything = [*references, *feedback]
+    return references
+
+
+def _trained_keys(everything: list, metadata: dict) -> set[str]:
+    """The keys of the rows on the training side of either grouping (the model's seed and fraction)."""
+    from services.predictor import data
+
+    seed, fraction = int(metadata["seed"]), float(metadata["training"].get("heldout_fraction", 0.2))
     trained = set()
     for grouping in (everything, data.canonical_groups(everything)):
         train, _ = data.split_by_group(grouping, heldout_fraction=fraction, seed=seed)

@@ -16,6 +16,11 @@ predictions, never prompt text: the data is research-licensed) are cached under
 ~/.cache/alise/sim-predictions keyed by the model's and the data files' hashes ($ALISE_CACHE_DIR
 overrides ~/.cache/alise, as for the predictor service).
 
+Which texts were feedback comes from the feedback files (`FeedbackTexts.FILES`, the default) or, where
+they are gone, from collect-lengths' prompt list (`FeedbackTexts.COLLECT_LIST`, feedback_texts.py: a
+superset, so fewer rows are held out); the choice is part of the cache key, so neither reads the other's
+rows.
+
 A trace of N requests samples the held-out rows as `load_trace` samples ShareGPT: without replacement
 while they suffice, with replacement (seeded) beyond, so a trace longer than the held-out set repeats
 prompts with the same length and the same prediction.
@@ -30,6 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+from services.bench.sim.feedback_texts import (
+    COLLECT_LIST_DATA_FILES,
+    RECORDED_COLLECT_FLAGS,
+    FeedbackTexts,
+    collect_list_texts,
+)
 from services.bench.sim.model_predictions import (
     CACHE_SUBDIR,
     DEFAULT_FEEDBACK_FILES,
@@ -39,6 +50,7 @@ from services.bench.sim.model_predictions import (
     predicted_rows,
     read_heldout_cache,
     trained_prompt_keys,
+    trained_prompt_keys_with_texts,
 )
 from services.bench.workload import (
     ALPACA_EVAL_FILE,
@@ -87,33 +99,23 @@ def load_reference_heldout(
     trace: ReferenceTrace,
     model_dir: pathlib.Path = DEFAULT_MODEL_DIR,
     feedback_files: Sequence[pathlib.Path] = DEFAULT_FEEDBACK_FILES,
+    feedback_texts: FeedbackTexts = FeedbackTexts.FILES,
     *,
     data_dir: pathlib.Path | None = None,
     cache_dir: pathlib.Path | None = None,
 ) -> HeldoutSet:
     """The trace's held-out rows with the shipped model's predictions: from the cache, else predicted
-    once and cached. FileNotFoundError names a missing file; ValueError when the dataset file or a
-    feedback file is not the one the model trained on (its held-out split would not be the model's)."""
+    once and cached. feedback_files are read only under FeedbackTexts.FILES. FileNotFoundError names a
+    missing file; ValueError when a dataset file or a feedback file is not the one the model trained on
+    (its held-out split would not be the model's)."""
     source = SOURCES[ReferenceTrace(trace)]
     root = resolve_data_dir(data_dir)
-    files = [pathlib.Path(path) for path in feedback_files]
+    texts = FeedbackTexts(feedback_texts)
+    files = [pathlib.Path(path) for path in feedback_files] if texts is FeedbackTexts.FILES else []
     metadata = json.loads((model_dir / "metadata.json").read_text())
-    key_text = json.dumps(
-        [
-            CACHE_FORMAT,
-            str(trace),
-            metadata["model_version"],
-            metadata.get("encoder_sha256"),
-            _trained_hashes(source, root, files, metadata),
-        ]
-    )
-    cache_path = (
-        (cache_dir or default_cache_dir())
-        / CACHE_SUBDIR
-        / f"{trace}-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.json"
-    )
+    cache_path = (cache_dir or default_cache_dir()) / CACHE_SUBDIR / _cache_name(trace, texts, root, files, metadata)
     if not cache_path.is_file():
-        requests = heldout_requests(trace, root, files, metadata)
+        requests = heldout_requests(trace, root, files, metadata, texts)
         rows = predict_rows(model_dir, default_cache_dir(), requests, source.generator)  # the service's graph cache
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model_version": metadata["model_version"], "trace": str(trace), "rows": rows}
@@ -121,15 +123,56 @@ def load_reference_heldout(
     return read_heldout_cache(cache_path)
 
 
+def _cache_name(
+    trace: ReferenceTrace, texts: FeedbackTexts, root: pathlib.Path, files: list[pathlib.Path], metadata: dict
+) -> str:
+    """The cache file's name: the trace, the model, and the sha256 of every file the held-out split reads
+    (files: the key as before collect-list existed, so existing caches stay valid; collect-list: its flags
+    and the list's data files, no feedback file, and its own name)."""
+    source = SOURCES[ReferenceTrace(trace)]
+    key: list = [CACHE_FORMAT, str(trace), metadata["model_version"], metadata.get("encoder_sha256")]
+    if texts is FeedbackTexts.FILES:
+        key.append(_trained_hashes(source, root, files, metadata))
+        return f"{trace}-{_digest(key)}.json"
+    paths = sorted({source.data_file, *COLLECT_LIST_DATA_FILES})
+    key += [str(texts), asdict(RECORDED_COLLECT_FLAGS), [_checked_sha(root, path, metadata) for path in paths]]
+    return f"{trace}-{texts}-{_digest(key)}.json"
+
+
+def _digest(key: list) -> str:
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
 def heldout_requests(
-    trace: ReferenceTrace, root: pathlib.Path, files: Sequence[pathlib.Path], metadata: dict
+    trace: ReferenceTrace,
+    root: pathlib.Path,
+    files: Sequence[pathlib.Path],
+    metadata: dict,
+    feedback_texts: FeedbackTexts = FeedbackTexts.FILES,
 ) -> list[TraceRequest]:
-    """The dataset trace's rows (any length) whose normalized prompt text no training row of the model holds."""
+    """The dataset trace's rows (any length) whose normalized prompt text no training row of the model holds
+    (FILES: the feedback `files`' rows as split; COLLECT_LIST: every text of collect-lengths' list)."""
     from services.predictor import data
 
-    trained = trained_prompt_keys(files, root, metadata)
+    if FeedbackTexts(feedback_texts) is FeedbackTexts.FILES:
+        trained = trained_prompt_keys(files, root, metadata)
+    else:
+        trained = trained_prompt_keys_with_texts(collect_list_texts(root), root, metadata)
     rows = SOURCES[ReferenceTrace(trace)].rows(root, UNBOUNDED_MODEL_LEN)
     return [row for row in rows if data.prompt_key(row.prompt_text or "") not in trained]
+
+
+def _checked_sha(root: pathlib.Path, relative: pathlib.PurePosixPath, metadata: dict) -> str:
+    """The sha256 of a dataset file; ValueError unless it is the file the model trained on."""
+    from services.predictor import data
+
+    path = root / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (datasets: ../shared/data)")
+    sha = data.file_sha256(path)
+    if metadata["data_files_sha256"].get(str(relative)) != sha:
+        raise ValueError(f"{path} is not the file {metadata['model_version']} trained on")
+    return sha
 
 
 def _trained_hashes(
@@ -138,17 +181,15 @@ def _trained_hashes(
     """The sha256 of the dataset file and the feedback files, each checked against the model's training files."""
     from services.predictor import data
 
-    trained = metadata["data_files_sha256"]
-    dataset_path = root / source.data_file
-    for path in [dataset_path, *files]:
+    for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (datasets: ../shared/data; feedback: `alise collect-lengths`)")
-    dataset_sha = data.file_sha256(dataset_path)
-    if trained.get(str(source.data_file)) != dataset_sha:
-        raise ValueError(f"{dataset_path} is not the file {metadata['model_version']} trained on")
+            raise FileNotFoundError(
+                f"{path} not found (feedback: `alise collect-lengths`; or --feedback-texts collect-list)"
+            )
+    dataset_sha = _checked_sha(root, source.data_file, metadata)
     hashes = [data.file_sha256(path) for path in files]
     for path, sha in zip(files, hashes, strict=True):
-        if sha not in trained.values():
+        if sha not in metadata["data_files_sha256"].values():
             raise ValueError(f"{path} is not among the model's training files: its held-out split is undefined")
     return [dataset_sha, *sorted(hashes)]
 

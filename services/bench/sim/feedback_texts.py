@@ -1,0 +1,56 @@
+"""Which prompt texts count as the shipped predictor's feedback when its held-out split is rebuilt.
+
+The shipped default trained on SmolLM2's answers recorded by `alise collect-lengths` (two feedback
+JSONL files, sha256s in its metadata.json). Its held-out prompts are those no training row carries,
+so rebuilding them needs to know which texts were feedback:
+
+    files          the feedback files themselves (sha256-checked against the model): exactly the
+                   texts it trained on, as `model_predictions.trained_prompt_keys` splits them
+    collect-list   every prompt of the list `alise collect-lengths` sends with the flags recorded in
+                   docs/benchmarks/smollm2/README.md (RECORDED_COLLECT_FLAGS). Both stacks answered that
+                   one list from its two ends and the gateway records a chat prompt as its message's
+                   text, so every feedback text is on it: a superset. Needs no feedback file (sampled
+                   answers cannot be re-made byte for byte), and holds out fewer rows: a list text is
+                   never held out, trained on or not.
+
+The list is built by collect-lengths' own `load_prompts` (same sampling, same dedup), never a copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from services.bench.workload import ALPACA_EVAL_FILE, SHAREGPT_FILE
+
+
+class FeedbackTexts(StrEnum):
+    """How the held-out traces learn which texts the model saw as feedback (`--feedback-texts`)."""
+
+    FILES = "files"
+    COLLECT_LIST = "collect-list"
+
+
+@dataclass(frozen=True)
+class CollectListFlags:
+    """`alise collect-lengths`' prompt-list flags (the answering flags do not change the list)."""
+
+    num_sharegpt: int  # ShareGPT first turns drawn (before dedup and the character cap)
+    num_alpaca: int  # AlpacaEval instructions drawn
+    max_prompt_chars: int  # longer prompts are left off the list
+    seed: int  # which prompts
+
+
+# docs/benchmarks/smollm2/README.md: the list the shipped model's feedback answered (1,644 prompts).
+RECORDED_COLLECT_FLAGS = CollectListFlags(num_sharegpt=1150, num_alpaca=620, max_prompt_chars=1500, seed=0)
+# The data files the list is drawn from (workload.load_trace's ShareGPT and Alpaca traces).
+COLLECT_LIST_DATA_FILES = (SHAREGPT_FILE, ALPACA_EVAL_FILE)
+
+
+def collect_list_texts(data_dir: pathlib.Path, flags: CollectListFlags = RECORDED_COLLECT_FLAGS) -> list[str]:
+    """The prompt texts `alise collect-lengths` sends with `flags`, in its order."""
+    from services.cli.collect_lengths import load_prompts
+
+    return [prompt.text for prompt in load_prompts(argparse.Namespace(**asdict(flags), data_dir=data_dir))]

@@ -1,0 +1,147 @@
+"""The held-out traces without the feedback files (`--feedback-texts collect-list`): every prompt of
+`alise collect-lengths`' list counts as trained, so a list text is never held out, the held-out rows are
+a subset of those the feedback files leave, and the two choices never share a prediction cache.
+
+On tiny synthetic data files laid out as ../shared/data (3,000 ShareGPT prompts, 800 AlpacaEval
+instructions: more than the recorded list draws, so rows stay off it) and a synthetic model metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import pathlib
+
+import pytest
+
+from services.bench.sim import cli as sim_cli
+from services.bench.sim import cli_inputs, reference_heldout
+from services.bench.sim.feedback_texts import FeedbackTexts, collect_list_texts
+from services.bench.sim.model_predictions import HeldoutRow, trained_prompt_keys, trained_prompt_keys_with_texts
+from services.bench.sim.reference_heldout import ReferenceTrace, heldout_requests, load_reference_heldout
+from services.predictor import data
+from services.predictor.feedback_store import FeedbackRecord
+
+NUM_SHAREGPT, NUM_INSTRUCTIONS = 3000, 800
+SHARED_TEXT = "Write a haiku about the sea."  # in both sources: canonical grouping gives it ShareGPT's group
+
+
+def _write_gz(path: pathlib.Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as stream:
+        stream.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def _sharegpt_record(index: int) -> dict:
+    prompt = SHARED_TEXT if index == 0 else f"ShareGPT question {index}: tell me about topic {index % 97}"
+    return {"id": f"c{index}_0", "prompt": prompt, "prompt_llama2_tokens": 10 + index % 40}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("data")
+    sharegpt = [{**_sharegpt_record(i), "response_llama2_tokens": 20 + i % 300} for i in range(NUM_SHAREGPT)]
+    _write_gz(root / data.SHAREGPT_FILE, sharegpt)
+    alpaca = [
+        {
+            "generator": generator,
+            "instruction_idx": index,
+            "instruction": SHARED_TEXT if index == 0 else f"Instruction {index}: list {index % 13} things",
+            "instruction_llama2_tokens": 8 + index % 20,
+            "output_llama2_tokens": 30 + (index * (g + 3)) % 400,
+        }
+        for index in range(NUM_INSTRUCTIONS)
+        for g, generator in enumerate(data.ALPACA_EVAL_GENERATORS)
+    ]
+    _write_gz(root / data.ALPACA_EVAL_FILE, alpaca)
+    return root
+
+
+@pytest.fixture(scope="module")
+def feedback_file(root: pathlib.Path) -> pathlib.Path:
+    """SmolLM2-like answers to the first 500 texts of the list (a stack stopped before the end, as the real one)."""
+    path = root.parent / "feedback" / "feedback-test.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    records = [
+        FeedbackRecord(f"r{i}", text, 12, 50 + i % 400, "smollm2", False, 512, None, None, None, "", 0.0)
+        for i, text in enumerate(collect_list_texts(root)[:500])
+    ]
+    path.write_text("".join(record.to_json() + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def metadata(root: pathlib.Path, feedback_file: pathlib.Path) -> dict:
+    files = {name: data.file_sha256(root / name) for name in (data.SHAREGPT_FILE, data.ALPACA_EVAL_FILE)}
+    files[f"feedback/{feedback_file.name}"] = data.file_sha256(feedback_file)
+    return {"model_version": "test-model", "seed": 0, "training": {"heldout_fraction": 0.5}, "data_files_sha256": files}
+
+
+def _keys(requests) -> set[str]:
+    return {data.prompt_key(request.prompt_text or "") for request in requests}
+
+
+@pytest.mark.parametrize("trace", list(ReferenceTrace))
+def test_a_text_on_the_list_is_never_held_out(root, feedback_file, metadata, trace) -> None:
+    listed = {data.prompt_key(text) for text in collect_list_texts(root)}
+    kept = heldout_requests(trace, root, [], metadata, FeedbackTexts.COLLECT_LIST)
+    from_files = heldout_requests(trace, root, [feedback_file], metadata, FeedbackTexts.FILES)
+    assert kept and not _keys(kept) & listed
+    assert _keys(kept) <= _keys(from_files)  # a superset of the feedback texts holds out a subset
+    assert _keys(from_files) & listed  # the files alone keep some list texts the model never trained on
+
+
+def test_the_list_counts_every_feedback_text_as_trained(root, feedback_file, metadata) -> None:
+    texts = collect_list_texts(root)
+    assert len(texts) == len({data.prompt_key(text) for text in texts}) > 1000  # deduplicated, as collect-lengths
+    from_files = trained_prompt_keys([feedback_file], root, metadata)
+    assert from_files <= trained_prompt_keys_with_texts(texts, root, metadata)
+    assert data.prompt_key(SHARED_TEXT) in trained_prompt_keys_with_texts([SHARED_TEXT], root, metadata)
+
+
+def test_the_two_choices_never_share_a_cache(root, feedback_file, metadata, tmp_path, monkeypatch) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "metadata.json").write_text(json.dumps(metadata))
+    calls = []
+
+    def predict(_model_dir, _cache_root, requests, _generator):
+        calls.append(len(requests))
+        return [
+            HeldoutRow(r.num_prompt_tokens, r.num_output_tokens, 1.0 + i, ((0.5, 1.0),)) for i, r in enumerate(requests)
+        ]
+
+    monkeypatch.setattr(reference_heldout, "predict_rows", predict)
+
+    def load(texts: FeedbackTexts, files=(feedback_file,)):
+        return load_reference_heldout(
+            ReferenceTrace.SHAREGPT_HELDOUT, model_dir, files, texts, data_dir=root, cache_dir=tmp_path
+        )
+
+    from_files, from_list = load(FeedbackTexts.FILES), load(FeedbackTexts.COLLECT_LIST)
+    assert from_files.cache_path != from_list.cache_path and len(calls) == 2  # the list did not read the files' cache
+    assert "collect-list" in from_list.cache_path.name and len(from_list.rows) < len(from_files.rows)
+    assert (
+        load(FeedbackTexts.FILES).rows == from_files.rows
+        and load(FeedbackTexts.COLLECT_LIST, files=()).rows == from_list.rows
+    )
+    assert len(calls) == 2  # both read back from their own caches; the list reads no feedback file
+
+
+def _args(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sim_cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(["sim", "--prediction", "shipped-predictor", *flags])
+
+
+def test_the_flag_defaults_to_files_and_refuses_what_it_cannot_apply_to() -> None:
+    assert cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout")) is FeedbackTexts.FILES
+    chosen = _args("--trace", "alpaca-heldout", "--feedback-texts", "collect-list")
+    assert cli_inputs.feedback_texts(chosen) is FeedbackTexts.COLLECT_LIST
+    with pytest.raises(ValueError, match="smollm2-heldout"):
+        cli_inputs.feedback_texts(_args("--trace", "smollm2-heldout", "--feedback-texts", "collect-list"))
+    with pytest.raises(ValueError, match="exclude each other"):
+        cli_inputs.feedback_texts(
+            _args("--trace", "sharegpt-heldout", "--feedback-texts", "collect-list", "--feedback-file", "x.jsonl")
+        )
