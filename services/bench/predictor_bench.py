@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from services.predictor.config import DEFAULT_MODEL_DIR
+from services.predictor.lone_prompt import AUTO
 
 # ~100 tokens of ordinary English request text: 103 MiniLM word pieces ([CLS], [SEP] included) and
 # 105 tokens of the served model's Mistral tokenizer.
@@ -46,6 +47,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--num-requests", type=int, default=300, help="calls per phase")
     bench.add_argument("--concurrency", type=int, default=32, help="concurrent callers in phase 2")
     bench.add_argument("--embedding-threads", type=int, default=2, help="in-process server: embedding threads")
+    bench.add_argument(
+        "--lone-prompt-threads",
+        type=int,
+        default=AUTO,
+        help="in-process server: threads of a lone prompt (0 = measured at load, as the service does)",
+    )
     bench.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/alise)")
     bench.add_argument("--out", type=Path, default=Path("runs") / "predictor" / "bench.json", help="JSON output")
     bench.set_defaults(handler=run_bench)
@@ -136,6 +143,7 @@ async def _bench_in_process(args: argparse.Namespace) -> dict:
         model_dir=args.model_dir,
         cache_dir=args.cache_dir,
         embedding_threads=args.embedding_threads,
+        lone_prompt_threads=args.lone_prompt_threads,
         reload_poll_interval_s=0,
     )
     handle = await app.start(config)
@@ -147,6 +155,7 @@ async def _bench_in_process(args: argparse.Namespace) -> dict:
     figures["stages"] = measure_stages(predictor, _PROMPT.format(index=0), 100, min(args.num_requests, 100))
     if predictor.embedder is not None:
         figures["embedding_version"] = predictor.embedder.spec.version
+        figures["lone_prompt_threads"] = predictor.embedder.lone_prompt_threads
     return figures
 
 
@@ -181,6 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "address": args.address or "in-process 127.0.0.1:0",
             "model_dir": str(args.model_dir),
             "embedding_threads": args.embedding_threads,
+            "lone_prompt_threads": args.lone_prompt_threads,
             "num_requests": args.num_requests,
         },
         "machine": machine_info(),

@@ -35,6 +35,7 @@ def _load_settings(config: PredictorConfig) -> LoadSettings:
         embedding_threads=config.embedding_threads,
         allow_cuda=config.allow_cuda,
         default_generator=config.default_generator,
+        lone_prompt_threads=config.lone_prompt_threads,
     )
 
 

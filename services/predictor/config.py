@@ -17,6 +17,7 @@ from services.common.metrics_server import (
 )
 from services.common.tls import TlsFiles, add_tls_flags, tls_from_args
 from services.predictor.embedding import default_cache_dir
+from services.predictor.lone_prompt import AUTO
 
 DEFAULT_PORT = 50053
 # The model shipped inside the package: a fresh clone predicts without ../shared.
@@ -35,7 +36,12 @@ class PredictorConfig:
     model_dir: Path = setting(DEFAULT_MODEL_DIR, "model directory (model.onnx + metadata.json)")
     cache_dir: Path | None = setting(None, "embedding graph cache (default $ALISE_CACHE_DIR or ~/.cache/alise)")
     intra_op_threads: int = setting(1, "ONNX Runtime threads of the tree graph (trees gain little from more)")
-    embedding_threads: int = setting(2, "prompts of a batch embedded at once, one core each (a lone prompt uses one)")
+    embedding_threads: int = setting(2, "prompts of a batch embedded at once, one core each")
+    lone_prompt_threads: int = setting(
+        AUTO,
+        "ONNX Runtime threads of a prompt that arrives alone: 0 = measured at load (embedding_threads where "
+        "that beats one thread on this CPU, else 1)",
+    )
     allow_cuda: bool = setting(True, "never use the CUDA execution provider", flag="--cpu-only", negate=True)
     default_generator: str = setting(
         "",
@@ -63,6 +69,8 @@ class PredictorConfig:
         for name in ("intra_op_threads", "embedding_threads", "max_inputs_per_request", "max_feedback_per_request"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lone_prompt_threads < 0:
+            raise ValueError(f"lone_prompt_threads must be >= 0 (0 = measured), got {self.lone_prompt_threads}")
         if self.max_batch_inputs < self.max_inputs_per_request:
             raise ValueError(
                 f"max_batch_inputs ({self.max_batch_inputs}) must be >= max_inputs_per_request "

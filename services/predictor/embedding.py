@@ -17,10 +17,11 @@ at a quarter of the CPU time of a 100-piece prompt.
 
 Invariants: `embed` is a pure function of the text for a given graph file: each prompt runs as its
 own ONNX call (batch of one, no padding), because dynamic int8 quantization scales activations per
-tensor, so padding or batch mates would change a prompt's vector. Every prompt runs on one core
-(one intra-op thread): at 32 word pieces the graph's matrices are too small to split across cores
-(measured: p50 8.2 ms on 1 thread, 9.0 ms on 2); a batch runs `num_threads` prompts at once, one
-per core. Both paths give the same bits (tests/test_predictor_embedding.py checks it). The graph file is found by
+tensor, so padding or batch mates would change a prompt's vector. A batch runs `num_threads` prompts
+at once, one core each; a prompt that arrives alone runs on one core or on `num_threads`, whichever
+this CPU runs faster (lone_prompt.py: on the first, VNNI, machine 8.2 ms on 1 thread, 9.0 ms on 2; on
+an AVX2-only one 2 threads win). All paths give the same bits (tests/test_predictor_embedding.py
+and tests/test_predictor_lone_prompt.py check it). The graph file is found by
 `EmbeddingSpec.graph_name` in a cache directory and created there on first use.
 """
 
@@ -37,6 +38,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from services.common.cache_dir import CACHE_DIR_ENV, default_cache_dir  # noqa: F401 - re-exported
+from services.predictor.lone_prompt import PROBE_TEXT, Session, lone_prompt_session
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,9 @@ class PromptEmbedder:
         cache_dir: Path,
         num_threads: int = 2,
         allow_cuda: bool = True,
+        lone_prompt_threads: int = 1,
     ) -> None:
+        """lone_prompt_threads: intra-op threads of a prompt that arrives alone (`lone_prompt.AUTO`: measured)."""
         from services.predictor.embedding_export import (
             ATTENTION_MASK_NAME,
             EMBEDDING_OUTPUT_NAME,
@@ -179,9 +183,22 @@ class PromptEmbedder:
             self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
         )
         self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core (None: one by one)
-        if num_threads > 1 and CUDA_PROVIDER not in self._session.get_providers():
+        on_cpu = CUDA_PROVIDER not in self._session.get_providers()
+        if num_threads > 1 and on_cpu:
             self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="embedding")
         self._names = (INPUT_IDS_NAME, ATTENTION_MASK_NAME, EMBEDDING_OUTPUT_NAME)
+        self._lone_session, self.lone_prompt_threads = lone_prompt_session(
+            self._session,
+            lambda threads: make_session(
+                self.graph_path,
+                intra_op_threads=threads,
+                allow_cuda=allow_cuda,
+                disabled_optimizers=DISABLED_OPTIMIZERS,
+            ),
+            lambda session: self._run_on(session, PROBE_TEXT),
+            requested_threads=lone_prompt_threads if on_cpu else 1,
+            max_threads=num_threads,
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -191,15 +208,21 @@ class PromptEmbedder:
         """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
         return self._word_pieces.ids(text)
 
-    def _run(self, text: str) -> np.ndarray:
-        """One prompt through the session: float32 [EMBEDDING_DIM]."""
+    def _run_on(self, session: Session, text: str) -> np.ndarray:
+        """One prompt through a session of the graph: float32 [EMBEDDING_DIM]."""
         input_name, mask_name, output_name = self._names
         ids = np.asarray([self.token_ids(text)], dtype=np.int64)
-        return self._session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
+        return session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
+
+    def _run(self, text: str) -> np.ndarray:
+        return self._run_on(self._session, text)
+
+    def _run_lone(self, text: str) -> np.ndarray:
+        return self._run_on(self._lone_session, text)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
-        return run_each(texts, self._run, self._pool, EMBEDDING_DIM)
+        return run_each(texts, self._run, self._pool, EMBEDDING_DIM, self._run_lone)
 
     def close(self) -> None:
         """Stops the batch workers (a later batch runs one prompt after another)."""
@@ -209,13 +232,20 @@ class PromptEmbedder:
 
 
 def run_each(
-    texts: Sequence[str], run: Callable[[str], np.ndarray], pool: ThreadPoolExecutor | None, width: int
+    texts: Sequence[str],
+    run: Callable[[str], np.ndarray],
+    pool: ThreadPoolExecutor | None,
+    width: int,
+    run_lone: Callable[[str], np.ndarray] | None = None,
 ) -> np.ndarray:
     """float32 [len(texts), width]: run(text) for each text, a batch spread over the pool's workers
-    (a lone text, or no pool, runs on the calling thread). The caller reads its pool attribute once
-    and passes it, since close() may drop it meanwhile."""
+    (no pool: on the calling thread); a lone text runs run_lone (default run) on the calling thread.
+    The caller reads its pool attribute once and passes it, since close() may drop it meanwhile."""
     result = np.zeros((len(texts), width), dtype=np.float32)
-    rows = map(run, texts) if len(texts) == 1 or pool is None else pool.map(run, texts)
+    if len(texts) == 1:
+        rows = map(run_lone or run, texts)
+    else:
+        rows = map(run, texts) if pool is None else pool.map(run, texts)
     for row, values in enumerate(rows):
         result[row] = values
     return result

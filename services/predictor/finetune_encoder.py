@@ -36,6 +36,7 @@ from services.predictor.embedding import (
     run_each,
 )
 from services.predictor.finetune_model import NUM_FROZEN_LAYERS, NUM_LAYERS, check_num_frozen_layers
+from services.predictor.lone_prompt import PROBE_TEXT, Session, lone_prompt_session
 from services.predictor.onnx_session import CUDA_PROVIDER, make_session
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,10 @@ class FinetunedEncoder:
         num_threads: int = 2,
         expected_sha256: str = "",
         allow_cuda: bool = True,
+        lone_prompt_threads: int = 1,
     ) -> None:
-        """top_graph: encoder.onnx (path or bytes); ValueError if its sha256 is not expected_sha256."""
+        """top_graph: encoder.onnx (path or bytes); ValueError if its sha256 is not expected_sha256.
+        lone_prompt_threads: intra-op threads of a prompt that arrives alone (`lone_prompt.AUTO`: measured)."""
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         payload = top_graph if isinstance(top_graph, bytes) else Path(top_graph).read_bytes()
@@ -147,8 +150,18 @@ class FinetunedEncoder:
         )
         self.num_scores = int(self._top.get_outputs()[0].shape[-1])  # G: generator columns scored
         self._pool: ThreadPoolExecutor | None = None
-        if num_threads > 1 and CUDA_PROVIDER not in self._top.get_providers():
+        on_cpu = CUDA_PROVIDER not in self._top.get_providers()
+        if num_threads > 1 and on_cpu:
             self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="encoder")
+        self._lone_top, self.lone_prompt_threads = lone_prompt_session(
+            self._top,
+            lambda threads: make_session(
+                payload, intra_op_threads=threads, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+            ),
+            lambda session: self._run_on(session, PROBE_TEXT),
+            requested_threads=lone_prompt_threads if on_cpu else 1,
+            max_threads=num_threads,
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -157,14 +170,20 @@ class FinetunedEncoder:
     def token_ids(self, text: str) -> list[int]:
         return self.bottom.token_ids(text)
 
-    def _run(self, text: str) -> np.ndarray:
+    def _run_on(self, top: Session, text: str) -> np.ndarray:
         states = self.bottom.hidden_states(text)[None]
         feeds = {HIDDEN_STATES_NAME: states, ATTENTION_MASK_NAME: np.ones(states.shape[:2], np.int64)}
-        return self._top.run([SCORES_NAME], feeds)[0][0]
+        return top.run([SCORES_NAME], feeds)[0][0]
+
+    def _run(self, text: str) -> np.ndarray:
+        return self._run_on(self._top, text)
+
+    def _run_lone(self, text: str) -> np.ndarray:
+        return self._run_on(self._lone_top, text)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 [len(texts), G], one bottom + top call per text."""
-        return run_each(texts, self._run, self._pool, self.num_scores)
+        """float32 [len(texts), G], one bottom + top call per text (a lone text on its session)."""
+        return run_each(texts, self._run, self._pool, self.num_scores, self._run_lone)
 
     def close(self) -> None:
         """Stops the batch workers (a later batch runs one prompt after another)."""

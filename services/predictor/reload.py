@@ -42,6 +42,7 @@ class LoadSettings:
     embedding_threads: int  # prompts of a batch embedded at once, one core each
     allow_cuda: bool  # use the CUDA execution provider when onnxruntime has it
     default_generator: str = ""  # generator column for requests that name none; "" = the model's default
+    lone_prompt_threads: int = 1  # intra-op threads of a prompt that arrives alone (lone_prompt.AUTO: measured)
 
 
 def spec_from_version(version: str) -> EmbeddingSpec:
@@ -91,6 +92,7 @@ class PredictorLoader:
                     cache_dir=settings.cache_dir,
                     num_threads=settings.embedding_threads,
                     allow_cuda=settings.allow_cuda,
+                    lone_prompt_threads=settings.lone_prompt_threads,
                 )
                 self._embedders = {version: embedder}  # an old version's session is released
         return LengthPredictor(model, embedder, settings.default_generator)
@@ -110,6 +112,7 @@ class PredictorLoader:
             num_threads=settings.embedding_threads,
             expected_sha256=model.metadata.encoder_sha256,
             allow_cuda=settings.allow_cuda,
+            lone_prompt_threads=settings.lone_prompt_threads,
         )
 
 
