@@ -10,6 +10,13 @@ Why through the stack and not a local generate() loop: the lengths recorded are 
 the served model produces under serving (its tokenizer, template, sampling and EOS), and the same
 path collects them in production. The command also writes its own JSONL (one line per answered
 prompt) and stops sending at --max-duration-s, so it is bounded in time; progress goes to stderr.
+
+--skip-answered FILE continues an earlier collection: the prompts FILE answered are left out, and
+every other prompt keeps its index in the full list, because its request seed is derived from that
+index (seed * 1_000_003 + index), so a continued run samples exactly what one full run would have:
+
+    list     0 1 2 3 4 5          answered in FILE: 1, 2, 4
+    sent     0     3   5          with seeds of indices 0, 3, 5 (not 0, 1, 2)
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.cli.answered_prompts import read_answered
 from services.common import arg_types
 from services.common.cli_errors import print_error
 from services.common.contracts import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc
@@ -69,6 +77,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="answer the list from its end: a second collector on another stack covers the same "
         "prompts without overlap until the two meet",
     )
+    parser.add_argument(
+        "--skip-answered",
+        type=pathlib.Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="repeatable: skip the prompts PATH answered (a lengths file, a feedback JSONL or a collect-lengths "
+        "--out JSONL); the others keep their list index and so their request seed",
+    )
     parser.add_argument("--out", type=pathlib.Path, required=True, help="JSONL of answered prompts")
     parser.add_argument("--data-dir", type=pathlib.Path, default=None, help="shared data (default ../shared/data)")
     parser.set_defaults(handler=run)
@@ -85,11 +102,26 @@ def load_prompts(args: argparse.Namespace) -> list[Prompt]:
     seen: set[str] = set()
     prompts = []
     for request in requests:
-        key = " ".join((request.prompt_text or "").lower().split())
+        key = prompt_key(request.prompt_text or "")
         if key and key not in seen and len(request.prompt_text) <= args.max_prompt_chars:
             seen.add(key)
             prompts.append(Prompt(request.request_id, request.prompt_text))
     return prompts
+
+
+def prompt_key(text: str) -> str:
+    """The text up to case and whitespace: the list's deduplication key, also matched by --skip-answered."""
+    return " ".join(text.lower().split())
+
+
+def unanswered(prompts: list[Prompt], skip_paths: list[pathlib.Path]) -> list[tuple[int, Prompt]]:
+    """(list index, prompt) of every prompt the files did not answer, in list order, indices unchanged."""
+    answered = read_answered(skip_paths, prompt_key)
+    return [
+        (index, prompt)
+        for index, prompt in enumerate(prompts)
+        if not answered.contains(prompt.prompt_id, prompt_key(prompt.text))
+    ]
 
 
 def _request(prompt: Prompt, args: argparse.Namespace, index: int) -> gateway_service_pb2.GenerateRequest:
@@ -115,11 +147,11 @@ async def _answer(stub, prompt: Prompt, request, timeout_s: float) -> dict:
     }
 
 
-async def collect(args: argparse.Namespace, prompts: list[Prompt]) -> tuple[int, int]:
-    """Answers prompts until all are done or the time is up; returns (answered, failed)."""
+async def collect(args: argparse.Namespace, prompts: list[tuple[int, Prompt]]) -> tuple[int, int]:
+    """Answers (list index, prompt) pairs until all are done or the time is up; returns (answered, failed)."""
     started = time.monotonic()
     deadline = started + args.max_duration_s
-    queue = collections.deque(reversed(list(enumerate(prompts))) if args.reverse else enumerate(prompts))
+    queue = collections.deque(reversed(prompts) if args.reverse else prompts)
     counts = {"answered": 0, "failed": 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     async with grpc.aio.insecure_channel(args.address, options=GRPC_OPTIONS) as channel:
@@ -159,8 +191,16 @@ def _progress(counts: dict, total: int, started: float) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         prompts = load_prompts(args)
-    except (FileNotFoundError, ValueError) as error:
+        remaining = unanswered(prompts, args.skip_answered)
+    except (FileNotFoundError, ValueError) as error:  # an unreadable --skip-answered file is a ValueError
         print_error("alise collect-lengths", str(error))
         return 2
-    answered, failed = asyncio.run(collect(args, prompts))
+    if args.skip_answered:
+        print(
+            f"collect-lengths: skipped {len(prompts) - len(remaining)} of {len(prompts)} prompts already answered "
+            f"in {', '.join(map(str, args.skip_answered))}; {len(remaining)} to send",
+            file=sys.stderr,
+            flush=True,
+        )
+    answered, failed = asyncio.run(collect(args, remaining))
     return 0 if answered and not failed else 1
