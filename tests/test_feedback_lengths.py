@@ -7,6 +7,7 @@ docs/benchmarks/smollm2/lengths against the real data and skips without it.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -14,7 +15,8 @@ import pathlib
 
 import pytest
 
-from services.cli.feedback_lengths_cmd import load_prompt_texts
+from services.cli import feedback_lengths_cmd
+from services.cli.collect_lengths_prompt_list import load_prompt_list
 from services.cli.predictor_cmd import main
 from services.predictor.feedback_lengths import (
     FeedbackLengthsError,
@@ -74,8 +76,8 @@ def _record(index: int, text: str, *, censored: bool = False) -> FeedbackRecord:
     )
 
 
-def _feedback_file(directory: pathlib.Path, texts: list[str]) -> pathlib.Path:
-    path = directory / "feedback-20261207.jsonl"
+def _feedback_file(directory: pathlib.Path, texts: list[str], name: str = "feedback-20261207.jsonl") -> pathlib.Path:
+    path = directory / name
     directory.mkdir(parents=True, exist_ok=True)
     records = [_record(index, text, censored=index % 2 == 1) for index, text in enumerate(texts)]
     path.write_text("".join(record.to_json() + "\n" for record in records), encoding="utf-8")
@@ -106,9 +108,34 @@ def test_export_then_restore_gives_the_same_bytes(tmp_path, data_dir, capsys):
     assert "exists with other contents" in capsys.readouterr().err
 
 
+def test_restore_builds_each_distinct_prompt_list_once(tmp_path, data_dir, monkeypatch):
+    built: list[PromptListSettings] = []
+
+    def counting_load(settings: PromptListSettings, directory: pathlib.Path | None) -> dict[str, str]:
+        built.append(settings)
+        return load_prompt_list(settings, directory)
+
+    other = dataclasses.replace(SETTINGS, seed=1)
+    argv = ["feedback-lengths", "restore", "--out-dir", str(tmp_path / "restored"), "--data-dir", str(data_dir)]
+    for name, settings in (("a", SETTINGS), ("b", other), ("c", SETTINGS)):
+        feedback = _feedback_file(tmp_path / "runs", [SHAREGPT_PROMPTS[0]], f"feedback-{name}.jsonl")
+        prompts = load_prompt_list(settings, data_dir)
+        lengths = export_lengths(
+            feedback.read_bytes(), feedback_file=feedback.name, prompts=prompts, prompt_list=settings
+        )
+        (tmp_path / f"{name}.lengths.jsonl").write_text(lengths.to_text(), encoding="utf-8")
+        argv += ["--lengths", str(tmp_path / f"{name}.lengths.jsonl")]
+    monkeypatch.setattr(feedback_lengths_cmd, "load_prompt_list", counting_load)
+    assert main(argv) == 0
+    assert built == [SETTINGS, other]  # the third file shares the first one's list
+    for name in "abc":
+        restored = (tmp_path / "restored" / f"feedback-{name}.jsonl").read_bytes()
+        assert restored == (tmp_path / "runs" / f"feedback-{name}.jsonl").read_bytes()
+
+
 def test_a_prompt_not_in_the_data_is_refused(tmp_path, data_dir, capsys):
     feedback = _feedback_file(tmp_path / "runs", [SHAREGPT_PROMPTS[0], "my own private question", "and another"])
-    prompts = load_prompt_texts(SETTINGS, data_dir)
+    prompts = load_prompt_list(SETTINGS, data_dir)
     with pytest.raises(FeedbackLengthsError) as refused:
         export_lengths(feedback.read_bytes(), feedback_file=feedback.name, prompts=prompts, prompt_list=SETTINGS)
     assert refused.value.problem is LengthsProblem.PROMPT_NOT_IN_LIST
@@ -121,12 +148,12 @@ def test_a_prompt_not_in_the_data_is_refused(tmp_path, data_dir, capsys):
 
 def test_changed_data_text_is_a_sha_mismatch_at_its_record(tmp_path, data_dir):
     feedback = _feedback_file(tmp_path / "runs", [ALPACA_PROMPTS[1], SHAREGPT_PROMPTS[2]])
-    prompts = load_prompt_texts(SETTINGS, data_dir)
+    prompts = load_prompt_list(SETTINGS, data_dir)
     lengths = export_lengths(feedback.read_bytes(), feedback_file=feedback.name, prompts=prompts, prompt_list=SETTINGS)
     parsed = parse_lengths(lengths.to_text())
     assert restore_feedback(parsed, prompts) == feedback.read_bytes()
     edited = [SHAREGPT_PROMPTS[0], SHAREGPT_PROMPTS[1], "What is 2 + 3?"]  # same id, other text
-    tampered = load_prompt_texts(SETTINGS, _write_data(tmp_path / "tampered", edited, ALPACA_PROMPTS))
+    tampered = load_prompt_list(SETTINGS, _write_data(tmp_path / "tampered", edited, ALPACA_PROMPTS))
     with pytest.raises(FeedbackLengthsError) as refused:
         restore_feedback(parsed, tampered)
     assert refused.value.problem is LengthsProblem.PROMPT_TEXT_CHANGED and "line 3" in str(refused.value)
@@ -136,7 +163,7 @@ def test_changed_data_text_is_a_sha_mismatch_at_its_record(tmp_path, data_dir):
 
 
 def test_lines_that_would_not_come_back_identical_are_refused(tmp_path, data_dir):
-    prompts = load_prompt_texts(SETTINGS, data_dir)
+    prompts = load_prompt_list(SETTINGS, data_dir)
     canonical = _record(1, SHAREGPT_PROMPTS[0]).to_json() + "\n"
     for broken in (
         canonical.replace(",", ", "),  # another writer's spacing

@@ -4,20 +4,21 @@ their prompt texts, rebuilt byte for byte from ../shared/data (services/predicto
     export  --feedback FILE --out LENGTHS_FILE --num-sharegpt N --num-alpaca N --max-prompt-chars N [--seed 0]
     restore --lengths LENGTHS_FILE [--lengths ...] --out-dir DIR      -> DIR/<original name>, same sha256
 
-The texts come from the collect-lengths prompt list (services/cli/collect_lengths.load_prompts: the
-same loading, deduplication and ids that sent the prompts), so export takes the collect-lengths
-flags the feedback was collected with and the lengths file records them for restore. It lives in
-services/cli because the predictor package may not import the workload loader (services.bench).
+The texts come from the collect-lengths prompt list (collect_lengths_prompt_list.py: the same
+loading, deduplication and ids that sent the prompts), so export takes the collect-lengths flags the
+feedback was collected with and the lengths file records them for restore; restore builds each
+distinct list once, however many files name it. It lives in services/cli because the predictor
+package may not import the workload loader (services.bench).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 from typing import Mapping
 
+from services.cli.collect_lengths_prompt_list import load_prompt_list
 from services.common import arg_types
 from services.predictor.feedback_lengths import (
     LengthsFile,
@@ -51,17 +52,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     restore.set_defaults(handler=run_restore)
 
 
-def load_prompt_texts(settings: PromptListSettings, data_dir: pathlib.Path | None) -> dict[str, str]:
-    """prompt id -> text of the collect-lengths list for these settings, in the list's order."""
-    from services.cli.collect_lengths import load_prompts
-
-    flags = argparse.Namespace(data_dir=data_dir, **dataclasses.asdict(settings))
-    return {prompt.prompt_id: prompt.text for prompt in load_prompts(flags)}
-
-
 def run_export(args: argparse.Namespace) -> int:
     settings = PromptListSettings(args.num_sharegpt, args.num_alpaca, args.max_prompt_chars, args.seed)
-    prompts = load_prompt_texts(settings, args.data_dir)
+    prompts = load_prompt_list(settings, args.data_dir)
     feedback = args.feedback.read_bytes()
     lengths = export_lengths(feedback, feedback_file=args.feedback.name, prompts=prompts, prompt_list=settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +68,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     files = [parse_lengths(path.read_text(encoding="utf-8")) for path in args.lengths]
+    lists: dict[PromptListSettings, dict[str, str]] = {}  # files collected from one list share it
     for path, lengths in zip(args.lengths, files):
-        prompts = load_prompt_texts(lengths.header.prompt_list, args.data_dir)
+        settings = lengths.header.prompt_list
+        if settings not in lists:
+            lists[settings] = load_prompt_list(settings, args.data_dir)
+        prompts = lists[settings]
         restored = restore_feedback(lengths, prompts)
         out = args.out_dir / lengths.header.feedback_file
         _write_new(out, restored)

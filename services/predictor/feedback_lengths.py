@@ -59,12 +59,15 @@ class FeedbackLengthsError(ValueError):
 
 @dataclass(frozen=True)
 class PromptListSettings:
-    """The collect-lengths flags that rebuild the prompt list (same prompts, same ids, same texts)."""
+    """The collect-lengths flags that rebuild the prompt list (same prompts, same ids, same texts);
+    its answering flags do not change the list. Built into the list by
+    services/cli/collect_lengths_prompt_list.py. The field names and their order are the header's
+    "prompt_list" layout, so lengths files already written keep parsing."""
 
-    num_sharegpt: int  # --num-sharegpt
-    num_alpaca: int  # --num-alpaca
-    max_prompt_chars: int  # --max-prompt-chars
-    seed: int  # --seed
+    num_sharegpt: int  # --num-sharegpt: ShareGPT first turns drawn (before dedup and the character cap)
+    num_alpaca: int  # --num-alpaca: AlpacaEval instructions drawn
+    max_prompt_chars: int  # --max-prompt-chars: longer prompts are left off the list
+    seed: int  # --seed: which prompts
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,18 @@ so rebuilding them needs to know which texts were feedback:
                    answers cannot be re-made byte for byte), and holds out fewer rows: a list text is
                    never held out, trained on or not.
 
-The list is built by collect-lengths' own `load_prompts` (same sampling, same dedup), never a copy.
+The list is built by collect-lengths' own `load_prompts` (same sampling, same dedup), never a copy
+(services/cli/collect_lengths_prompt_list.py, which feedback-lengths restore uses too).
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 from services.bench.workload import ALPACA_EVAL_FILE, SHAREGPT_FILE
+from services.cli.collect_lengths_prompt_list import load_prompt_list
+from services.predictor.feedback_lengths import PromptListSettings
 
 
 class FeedbackTexts(StrEnum):
@@ -33,24 +34,13 @@ class FeedbackTexts(StrEnum):
     COLLECT_LIST = "collect-list"
 
 
-@dataclass(frozen=True)
-class CollectListFlags:
-    """`alise collect-lengths`' prompt-list flags (the answering flags do not change the list)."""
-
-    num_sharegpt: int  # ShareGPT first turns drawn (before dedup and the character cap)
-    num_alpaca: int  # AlpacaEval instructions drawn
-    max_prompt_chars: int  # longer prompts are left off the list
-    seed: int  # which prompts
-
-
 # docs/benchmarks/smollm2/README.md: the list the shipped model's feedback answered (1,644 prompts).
-RECORDED_COLLECT_FLAGS = CollectListFlags(num_sharegpt=1150, num_alpaca=620, max_prompt_chars=1500, seed=0)
+# Its fields are part of the prediction cache's key (reference_heldout._cache_name).
+RECORDED_COLLECT_FLAGS = PromptListSettings(num_sharegpt=1150, num_alpaca=620, max_prompt_chars=1500, seed=0)
 # The data files the list is drawn from (workload.load_trace's ShareGPT and Alpaca traces).
 COLLECT_LIST_DATA_FILES = (SHAREGPT_FILE, ALPACA_EVAL_FILE)
 
 
-def collect_list_texts(data_dir: pathlib.Path, flags: CollectListFlags = RECORDED_COLLECT_FLAGS) -> list[str]:
+def collect_list_texts(data_dir: pathlib.Path, flags: PromptListSettings = RECORDED_COLLECT_FLAGS) -> list[str]:
     """The prompt texts `alise collect-lengths` sends with `flags`, in its order."""
-    from services.cli.collect_lengths import load_prompts
-
-    return [prompt.text for prompt in load_prompts(argparse.Namespace(**asdict(flags), data_dir=data_dir))]
+    return list(load_prompt_list(flags, data_dir).values())
