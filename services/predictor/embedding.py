@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -179,30 +180,20 @@ class PromptEmbedder:
         self.num_threads = num_threads  # prompts of one batch embedded at once, one core each
         self._word_pieces = HeadTailWordPieces(spec.max_tokens)
         self.graph_path = ensure_embedding_model(cache_dir, spec)  # the ONNX graph file in use
-        self._session = make_session(
-            self.graph_path, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
-        )
-        self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core (None: one by one)
-        on_cpu = CUDA_PROVIDER not in self._session.get_providers()
-        if num_threads > 1 and on_cpu:
-            self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="embedding")
         self._names = (INPUT_IDS_NAME, ATTENTION_MASK_NAME, EMBEDDING_OUTPUT_NAME)
-        self._lone_session, self.lone_prompt_threads = lone_prompt_session(
-            self._session,
-            lambda threads: make_session(
-                self.graph_path,
-                intra_op_threads=threads,
-                allow_cuda=allow_cuda,
-                disabled_optimizers=DISABLED_OPTIMIZERS,
-            ),
-            lambda session: self._run_on(session, PROBE_TEXT),
-            requested_threads=lone_prompt_threads if on_cpu else 1,
-            max_threads=num_threads,
+        self._sessions = PromptSessions(
+            self.graph_path,
+            self._run_on,
+            num_threads=num_threads,
+            allow_cuda=allow_cuda,
+            lone_prompt_threads=lone_prompt_threads,
+            thread_name_prefix="embedding",
         )
+        self.lone_prompt_threads = self._sessions.lone_prompt_threads  # intra-op threads a lone prompt runs on
 
     @property
     def providers(self) -> list[str]:
-        return list(self._session.get_providers())
+        return self._sessions.providers
 
     def token_ids(self, text: str) -> list[int]:
         """[CLS] + head and tail word pieces + [SEP], at most spec.max_tokens ids."""
@@ -214,38 +205,82 @@ class PromptEmbedder:
         ids = np.asarray([self.token_ids(text)], dtype=np.int64)
         return session.run([output_name], {input_name: ids, mask_name: np.ones_like(ids)})[0][0]
 
-    def _run(self, text: str) -> np.ndarray:
-        return self._run_on(self._session, text)
-
-    def _run_lone(self, text: str) -> np.ndarray:
-        return self._run_on(self._lone_session, text)
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), EMBEDDING_DIM], one ONNX call per text (see the module invariants)."""
-        return run_each(texts, self._run, self._pool, EMBEDDING_DIM, self._run_lone)
+        return self._sessions.run_each(texts, EMBEDDING_DIM)
+
+    def close(self) -> None:
+        """Stops the batch workers (a later batch runs one prompt after another)."""
+        self._sessions.close()
+
+
+class PromptSessions:
+    """One graph's sessions for prompts that each run alone (batch of one: the module invariants),
+    shared by PromptEmbedder and FinetunedEncoder so that each states only how one prompt goes
+    through a session (`run_on`) and how wide its row is:
+
+        a batch (n > 1)  ->  `session` (1 intra-op thread) on a pool of num_threads workers, one
+                             prompt each (CPU), or one prompt after another (CUDA, num_threads 1)
+        a lone prompt    ->  `lone_session` on the calling thread: `session` itself, or the same
+                             graph on more intra-op threads where lone_prompt.py chooses so
+
+    Every session runs the same graph with the same DISABLED_OPTIMIZERS, so every path gives the
+    same bits (tests/test_predictor_lone_prompt.py).
+    """
+
+    def __init__(
+        self,
+        graph: Path | bytes,
+        run_on: Callable[[Session, str], np.ndarray],
+        *,
+        num_threads: int,
+        allow_cuda: bool,
+        lone_prompt_threads: int,
+        thread_name_prefix: str,
+    ) -> None:
+        """graph: the ONNX file or its bytes. run_on(session, text): one prompt's row; it runs the lone
+        prompt's probe here already, so the owner sets up what run_on reads before building this."""
+
+        def session_on(threads: int) -> Session:
+            return make_session(
+                graph, intra_op_threads=threads, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+            )
+
+        self.session = session_on(1)  # the batches' session, shared by the pool's workers
+        self._run_on = run_on
+        self._pool: ThreadPoolExecutor | None = None  # batch workers, one per core (None: one by one)
+        on_cpu = CUDA_PROVIDER not in self.session.get_providers()
+        if num_threads > 1 and on_cpu:
+            self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix=thread_name_prefix)
+        self.lone_session, self.lone_prompt_threads = lone_prompt_session(
+            self.session,
+            session_on,
+            lambda session: run_on(session, PROBE_TEXT),
+            requested_threads=lone_prompt_threads if on_cpu else 1,
+            max_threads=num_threads,
+        )
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run_each(self, texts: Sequence[str], width: int) -> np.ndarray:
+        """float32 [len(texts), width]: run_on(session, text) for each text, a batch spread over the
+        pool's workers (no pool: on the calling thread); a lone text on lone_session, on the calling
+        thread. The pool is read once, since close() may drop it meanwhile."""
+        pool = self._pool
+        result = np.zeros((len(texts), width), dtype=np.float32)
+        if len(texts) == 1:
+            rows = map(functools.partial(self._run_on, self.lone_session), texts)
+        else:
+            run = functools.partial(self._run_on, self.session)
+            rows = map(run, texts) if pool is None else pool.map(run, texts)
+        for row, values in enumerate(rows):
+            result[row] = values
+        return result
 
     def close(self) -> None:
         """Stops the batch workers (a later batch runs one prompt after another)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-def run_each(
-    texts: Sequence[str],
-    run: Callable[[str], np.ndarray],
-    pool: ThreadPoolExecutor | None,
-    width: int,
-    run_lone: Callable[[str], np.ndarray] | None = None,
-) -> np.ndarray:
-    """float32 [len(texts), width]: run(text) for each text, a batch spread over the pool's workers
-    (no pool: on the calling thread); a lone text runs run_lone (default run) on the calling thread.
-    The caller reads its pool attribute once and passes it, since close() may drop it meanwhile."""
-    result = np.zeros((len(texts), width), dtype=np.float32)
-    if len(texts) == 1:
-        rows = map(run_lone or run, texts)
-    else:
-        rows = map(run, texts) if pool is None else pool.map(run, texts)
-    for row, values in enumerate(rows):
-        result[row] = values
-    return result

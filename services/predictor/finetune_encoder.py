@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,12 +31,12 @@ from services.predictor.embedding import (
     DEFAULT_WORD_PIECES,
     DISABLED_OPTIMIZERS,
     HeadTailWordPieces,
+    PromptSessions,
     file_lock,
-    run_each,
 )
 from services.predictor.finetune_model import NUM_FROZEN_LAYERS, NUM_LAYERS, check_num_frozen_layers
-from services.predictor.lone_prompt import PROBE_TEXT, Session, lone_prompt_session
-from services.predictor.onnx_session import CUDA_PROVIDER, make_session
+from services.predictor.lone_prompt import Session
+from services.predictor.onnx_session import make_session
 
 log = logging.getLogger(__name__)
 
@@ -145,27 +144,20 @@ class FinetunedEncoder:
         self.spec = bottom.spec
         self.num_threads = num_threads  # prompts of one batch encoded at once, one core each
         self.graph_path = None if isinstance(top_graph, bytes) else Path(top_graph)  # the model's encoder.onnx
-        self._top = make_session(
-            payload, intra_op_threads=1, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
+        self._tops = PromptSessions(
+            payload,
+            self._run_on,
+            num_threads=num_threads,
+            allow_cuda=allow_cuda,
+            lone_prompt_threads=lone_prompt_threads,
+            thread_name_prefix="encoder",
         )
-        self.num_scores = int(self._top.get_outputs()[0].shape[-1])  # G: generator columns scored
-        self._pool: ThreadPoolExecutor | None = None
-        on_cpu = CUDA_PROVIDER not in self._top.get_providers()
-        if num_threads > 1 and on_cpu:
-            self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="encoder")
-        self._lone_top, self.lone_prompt_threads = lone_prompt_session(
-            self._top,
-            lambda threads: make_session(
-                payload, intra_op_threads=threads, allow_cuda=allow_cuda, disabled_optimizers=DISABLED_OPTIMIZERS
-            ),
-            lambda session: self._run_on(session, PROBE_TEXT),
-            requested_threads=lone_prompt_threads if on_cpu else 1,
-            max_threads=num_threads,
-        )
+        self.num_scores = int(self._tops.session.get_outputs()[0].shape[-1])  # G: generator columns scored
+        self.lone_prompt_threads = self._tops.lone_prompt_threads  # intra-op threads a lone prompt runs on
 
     @property
     def providers(self) -> list[str]:
-        return list(self._top.get_providers())
+        return self._tops.providers
 
     def token_ids(self, text: str) -> list[int]:
         return self.bottom.token_ids(text)
@@ -175,18 +167,10 @@ class FinetunedEncoder:
         feeds = {HIDDEN_STATES_NAME: states, ATTENTION_MASK_NAME: np.ones(states.shape[:2], np.int64)}
         return top.run([SCORES_NAME], feeds)[0][0]
 
-    def _run(self, text: str) -> np.ndarray:
-        return self._run_on(self._top, text)
-
-    def _run_lone(self, text: str) -> np.ndarray:
-        return self._run_on(self._lone_top, text)
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), G], one bottom + top call per text (a lone text on its session)."""
-        return run_each(texts, self._run, self._pool, self.num_scores, self._run_lone)
+        return self._tops.run_each(texts, self.num_scores)
 
     def close(self) -> None:
         """Stops the batch workers (a later batch runs one prompt after another)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._tops.close()
