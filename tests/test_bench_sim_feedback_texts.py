@@ -1,4 +1,4 @@
-"""The held-out traces without the feedback files (`--feedback-texts collect-list`): every prompt of
+"""The held-out traces without the feedback files (`--feedback-texts collect-list`, the default): every prompt of
 `alise collect-lengths`' list counts as trained, so a list text is never held out, the held-out rows are
 a subset of those the feedback files leave, and the two choices never share a prediction cache.
 
@@ -135,13 +135,35 @@ def _args(*flags: str) -> argparse.Namespace:
     return parser.parse_args(["sim", "--prediction", "shipped-predictor", *flags])
 
 
-def test_the_flag_defaults_to_files_and_refuses_what_it_cannot_apply_to() -> None:
-    assert cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout")) is FeedbackTexts.FILES
-    chosen = _args("--trace", "alpaca-heldout", "--feedback-texts", "collect-list")
-    assert cli_inputs.feedback_texts(chosen) is FeedbackTexts.COLLECT_LIST
-    with pytest.raises(ValueError, match="smollm2-heldout"):
-        cli_inputs.feedback_texts(_args("--trace", "smollm2-heldout", "--feedback-texts", "collect-list"))
-    with pytest.raises(ValueError, match="exclude each other"):
-        cli_inputs.feedback_texts(
-            _args("--trace", "sharegpt-heldout", "--feedback-texts", "collect-list", "--feedback-file", "x.jsonl")
-        )
+def test_the_flag_defaults_to_the_list_and_refuses_a_file_it_would_ignore() -> None:
+    """collect-list is the default: the shipped model's feedback files are not in the repository."""
+    assert cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout")) is FeedbackTexts.COLLECT_LIST
+    chosen = _args("--trace", "alpaca-heldout", "--feedback-texts", "files")
+    assert cli_inputs.feedback_texts(chosen) is FeedbackTexts.FILES
+    for flags in ([], ["--feedback-texts", "collect-list"]):  # smollm2-heldout is the files' rows
+        assert cli_inputs.feedback_texts(_args("--trace", "smollm2-heldout", *flags)) is FeedbackTexts.FILES
+    with pytest.raises(ValueError, match="--feedback-file needs --feedback-texts files"):
+        cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout", "--feedback-file", "x.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("trace", "texts", "advice"),
+    [
+        ("sharegpt-heldout", "files", "use --feedback-texts collect-list (the default) for sharegpt-heldout"),
+        ("alpaca-heldout", "files", "use --feedback-texts collect-list (the default) for alpaca-heldout"),
+        ("smollm2-heldout", "collect-list", "smollm2-heldout is those files' rows and cannot be rebuilt without them"),
+    ],
+)
+def test_a_missing_feedback_file_is_one_error_line(tmp_path, capsys, trace, texts, advice) -> None:
+    """Exit 2 through the CLI's error path, before any dataset or model file is read: which file, why it
+    is missing, what to use instead."""
+    missing = tmp_path / "absent" / "feedback.jsonl"
+    flags = ["--trace", trace, "--feedback-texts", texts, "--feedback-file", str(missing), "--out-dir", str(tmp_path)]
+    for method in ("steady-state", "finite-sweep", "capacity"):
+        args = _args(*flags, "--method", method, "--num-requests", "10")
+        assert args.handler(args) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "Traceback" not in error
+        assert error.startswith(f"alise bench sim: error: feedback file {missing} not found: ")
+        shipped = "the shipped model's feedback files (feedback-20261206a.jsonl and feedback-20261206b.jsonl)"
+        assert f"{shipped} are not in the repository" in error and advice in error

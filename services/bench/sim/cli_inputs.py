@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 
 from services.bench.sim.cli_flags import DEFAULT_LINK_GB_PER_S, REFERENCE_TRACES
 from services.bench.sim.feedback_texts import FeedbackTexts
@@ -52,6 +53,7 @@ def shape(args: argparse.Namespace) -> EngineShape:
         args.aging_horizon_s,
         args.ttft_target_s,
         args.ttft_lead_s,
+        args.readmit_headroom_tokens,
     )
 
 
@@ -156,8 +158,10 @@ def workload(args, seed: int):
 def _heldout_trace(args, seed: int):
     """A held-out trace (SmolLM2's, ShareGPT's or Alpaca's lengths) with the shipped predictor's distributions."""
     sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
-    feedback_files = args.feedback_file or DEFAULT_FEEDBACK_FILES
+    feedback_files = [pathlib.Path(path) for path in args.feedback_file or DEFAULT_FEEDBACK_FILES]
     texts = feedback_texts(args)
+    if texts is FeedbackTexts.FILES:
+        require_feedback_files(feedback_files, args.trace)
     if args.trace != TRACE_NAME:
         trace = ReferenceTrace(args.trace)
         heldout = load_reference_heldout(trace, DEFAULT_MODEL_DIR, feedback_files, texts)
@@ -166,13 +170,36 @@ def _heldout_trace(args, seed: int):
 
 
 def feedback_texts(args) -> FeedbackTexts:
-    """--feedback-texts; ValueError where it cannot apply: smollm2-heldout is made of the feedback files'
-    own rows, and collect-list reads no feedback file, so --feedback-file would be ignored."""
+    """Which texts count as feedback for --trace. smollm2-heldout is the feedback files' own rows, so it
+    reads them whatever --feedback-texts says (FILES); ValueError where --feedback-file would be ignored
+    (collect-list, the default, reads no feedback file)."""
+    if args.trace == TRACE_NAME:
+        return FeedbackTexts.FILES
     texts = FeedbackTexts(args.feedback_texts)
-    if texts is FeedbackTexts.COLLECT_LIST and args.trace == TRACE_NAME:
-        raise ValueError(
-            f"--feedback-texts {texts} applies to {REFERENCE_TRACES}; {TRACE_NAME} is the feedback files' rows"
-        )
     if texts is FeedbackTexts.COLLECT_LIST and args.feedback_file:
-        raise ValueError(f"--feedback-file and --feedback-texts {texts} exclude each other (the list needs no file)")
+        raise ValueError(
+            f"--feedback-file needs --feedback-texts {FeedbackTexts.FILES} (--feedback-texts {texts}, the default, "
+            "reads no feedback file)"
+        )
     return texts
+
+
+def require_feedback_files(files: list[pathlib.Path], trace: str) -> None:
+    """ValueError (exit 2, one line) naming the first missing feedback file. The shipped model's files are
+    not in the repository and cannot be re-made (sampled answers), so the line says what runs without them:
+    collect-list for the reference traces; nothing for smollm2-heldout, which is those files' rows."""
+    missing = next((path for path in files if not path.is_file()), None)
+    if missing is None:
+        return
+    if trace == TRACE_NAME:
+        instead = (
+            f"{TRACE_NAME} is those files' rows and cannot be rebuilt without them; use --trace {REFERENCE_TRACES} "
+            f"(--feedback-texts {FeedbackTexts.COLLECT_LIST}, the default)"
+        )
+    else:
+        instead = f"use --feedback-texts {FeedbackTexts.COLLECT_LIST} (the default) for {trace}"
+    shipped = " and ".join(path.name for path in DEFAULT_FEEDBACK_FILES)
+    raise ValueError(
+        f"feedback file {missing} not found: the shipped model's feedback files ({shipped}) are not in the "
+        f"repository and cannot be re-made; {instead}"
+    )

@@ -13,6 +13,9 @@ so rebuilding them needs to know which texts were feedback:
                    answers cannot be re-made byte for byte), and holds out fewer rows: a list text is
                    never held out, trained on or not.
 
+`alise bench sim` defaults to collect-list: the shipped model's feedback files are not in the
+repository and are lost, so `files` runs only where someone still has them (--feedback-file).
+
 The list is built by collect-lengths' own `load_prompts` (same sampling, same dedup), never a copy
 (services/cli/collect_lengths_prompt_list.py, which feedback-lengths restore uses too).
 """
