@@ -1,8 +1,8 @@
 """Fingerprint of the scheduler's decisions: sha256 of the simulator's per-request results.
 
-Every policy, on a fixed synthetic trace (lognormal outputs, uniform prompts) and fixed seeds, in two
-engine shapes: the default, and a small batch with a token budget and max-wait promotion (preemption
-pressure). A refactor of scheduling code must leave the printed fingerprint unchanged; a change meant
+Every policy, on a fixed synthetic trace (lognormal outputs, uniform prompts) and fixed seeds, in three
+engine shapes: the default, a small batch with a token budget and max-wait promotion (preemption
+pressure), and the default with a 4 GB KV pool (KV shortage: victims, readmission). A refactor of scheduling code must leave the printed fingerprint unchanged; a change meant
 to alter decisions changes it, and its commit says so (old -> new).
 
     python scripts/sim_fingerprint.py [num_requests]      # default 250; alise installed (scripts/install.sh)
@@ -10,20 +10,27 @@ to alter decisions changes it, and its commit says so (old -> new).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 
 import numpy as np
 
 from services.bench.arrivals import arrival_times_s
-from services.bench.sim.gpu_presets import PRESETS
+from services.bench.sim.gpu_presets import GB, PRESETS
 from services.bench.sim.predictions import noisy_oracle_distributions
 from services.bench.sim.simulator import EngineShape, simulate
 from services.bench.workload import TraceRequest
 from services.engine.scheduler import POLICY_NAMES
 
 COST = PRESETS["llama2-13b-a100-40g"]
-SHAPES = ((3.0, EngineShape()), (6.0, EngineShape(max_num_seqs=64, max_num_batched_tokens=512, max_wait_s=5.0)))
+KV_SCARCE_COST = dataclasses.replace(COST, kv_cache_bytes_override=4 * GB)
+# (arrivals per s, engine shape, step cost)
+CASES = (
+    (3.0, EngineShape(), COST),
+    (6.0, EngineShape(max_num_seqs=64, max_num_batched_tokens=512, max_wait_s=5.0), COST),
+    (3.0, EngineShape(), KV_SCARCE_COST),
+)
 
 
 def synthetic_trace(num_requests: int, seed: int = 0) -> list[TraceRequest]:
@@ -38,9 +45,9 @@ def main(num_requests: int) -> str:
     trace = synthetic_trace(num_requests)
     predictions, _ = noisy_oracle_distributions([r.num_output_tokens for r in trace], target_tau=0.6, seed=0)
     for policy in POLICY_NAMES:
-        for rate, shape in SHAPES:
+        for rate, shape, cost in CASES:
             arrivals = arrival_times_s(len(trace), rate, seed=0)
-            result = simulate(trace, arrivals, predictions, policy=policy, cost=COST, shape=shape)
+            result = simulate(trace, arrivals, predictions, policy=policy, cost=cost, shape=shape)
             fields = (policy, rate, result.records, result.num_steps, result.num_preemptions)
             fields += (result.num_recomputed_tokens, result.max_wait_s, result.busy_s)
             digest.update(repr(fields).encode())

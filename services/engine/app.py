@@ -78,7 +78,13 @@ def build_engine(config: EngineConfig, loaded: LoadedModel) -> tuple[EngineCore,
     )
     max_model_len = min(config.max_model_len or loaded.max_context_tokens, loaded.max_context_tokens)
     kv = KvBlockManager(num_blocks, config.block_size_tokens)
-    limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, max_model_len, config.max_wait_s)
+    limits = SchedulerLimits(
+        config.max_num_seqs,
+        config.max_num_batched_tokens,
+        max_model_len,
+        config.max_wait_s,
+        config.readmit_headroom_tokens,
+    )
     cost_model = OnlineStepCostModel()  # calibrated from this engine's measured steps
     policy = with_ttft_target(make_policy(config.scheduler_policy, cost_model), config.ttft_target_s)
     scheduler = Scheduler(policy, limits, kv, loaded.eos_token_id, cost_model=cost_model)

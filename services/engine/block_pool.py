@@ -67,15 +67,16 @@ class KvBlockManager:
         """Whether a request of num_tokens positions could ever fit in the whole pool."""
         return num_blocks_for(num_tokens, self.block_size) <= self.pool.num_blocks_total
 
-    def allocate_slots(self, request_id: str, num_tokens: int) -> bool:
-        """Grows the request's table to hold num_tokens positions; False (no change) if short."""
+    def allocate_slots(self, request_id: str, num_tokens: int, keep_free_blocks: int = 0) -> bool:
+        """Grows the request's table to hold num_tokens positions; False (no change) if short, or if the
+        growth would leave fewer than keep_free_blocks blocks free (the scheduler's readmission headroom)."""
         table = self._block_tables.setdefault(request_id, [])
         if num_tokens <= len(table) * self.block_size:  # the common decode step: room in the last block
             return True
         missing = num_blocks_for(num_tokens, self.block_size) - len(table)
         if missing <= 0:
             return True
-        if missing > self.pool.num_free_blocks:
+        if missing + keep_free_blocks > self.pool.num_free_blocks:
             if not table:
                 del self._block_tables[request_id]
             return False

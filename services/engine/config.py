@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services.common.arg_types import non_negative_int
 from services.common.config_flags import add_config_flags, config_values, setting
 from services.common.flags import DRAIN_HELP, HOST_HELP, LOG_LEVEL_HELP, PORT_HELP, is_host_port, validate_port
 from services.common.metrics_server import (
@@ -107,6 +108,12 @@ class EngineConfig:
         "0.25 s before this many seconds after its arrival until then; set it to the TTFT bound of your SLO "
         "(inf = off)",
     )
+    readmit_headroom_tokens: int | None = setting(
+        None,
+        "a preempted request is readmitted only while this many tokens per running request stay free in the KV "
+        "pool (default: the policy's, alise and srpt-oracle 8, fcfs and mlfq 0 = as soon as it fits, as vLLM)",
+        type=non_negative_int,
+    )
     memory_address: str = setting("", "memory service host:port ('' = run without one)")
     cpu_threads: int = setting(
         0, "torch CPU threads (0 = half the cores, at least 1): more threads than free cores makes OpenMP spin"
@@ -149,6 +156,8 @@ class EngineConfig:
             raise ValueError(f"max_wait_s must be > 0, got {self.max_wait_s}")
         if not self.ttft_target_s > 0:
             raise ValueError(f"ttft_target_s must be > 0 seconds (inf = off), got {self.ttft_target_s}")
+        if self.readmit_headroom_tokens is not None and self.readmit_headroom_tokens < 0:
+            raise ValueError(f"readmit_headroom_tokens must be >= 0, got {self.readmit_headroom_tokens}")
         for name in (
             "block_size_tokens",
             "max_num_seqs",

@@ -67,6 +67,7 @@ class EngineShape:
     )
     ttft_target_s: float = DEFAULT_TTFT_TARGET_S  # alise / srpt-oracle TTFT-slack promotion; inf = off
     ttft_lead_s: float = DEFAULT_TTFT_LEAD_S  # ... urgent from this long before the target
+    readmit_headroom_tokens: int | None = None  # the scheduler's readmission headroom; None: the policy's
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,13 @@ def _engine_core(
     """The production EngineCore over a scheduler on the virtual clock and the simulated runner; the
     core's model timer is the runner's (the cost model's time as computed, see sim_runner.py)."""
     cost_model = OnlineStepCostModel(cost.linear_prior())
-    limits = SchedulerLimits(shape.max_num_seqs, shape.max_num_batched_tokens, shape.max_model_len, shape.max_wait_s)
+    limits = SchedulerLimits(
+        shape.max_num_seqs,
+        shape.max_num_batched_tokens,
+        shape.max_model_len,
+        shape.max_wait_s,
+        shape.readmit_headroom_tokens,
+    )
     kv = KvBlockManager(cost.num_kv_blocks, BLOCK_SIZE_TOKENS)
     handler = make_handler(offload, clock)
     scheduler = Scheduler(

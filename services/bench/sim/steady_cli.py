@@ -82,6 +82,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TTFT_LEAD_S,
         help="TTFT-slack promotion's lead, s (capped at --ttft-target-s)",
     )
+    parser.add_argument(
+        "--readmit-headroom-tokens",
+        type=arg_types.non_negative_int,
+        default=None,
+        help="a preempted request is readmitted only while this many tokens per running request stay free "
+        "(scheduler.py; default: the policy's, alise/srpt-oracle 8, fcfs/mlfq 0 = vLLM's)",
+    )
 
 
 def _seconds_or_off(text: str) -> float:

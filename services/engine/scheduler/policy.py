@@ -48,6 +48,9 @@ class SchedulingPolicy(Protocol):
     cost_model: OnlineStepCostModel | None = None
     # TTFT-slack promotion of waiting requests (waiting_queue.py; None: the policy's order alone)
     ttft_window: TtftWindow | None = None
+    # A preempted request is readmitted only while this many tokens per running request stay free
+    # (scheduler.py, step 3); 0: as soon as its own blocks fit (vLLM's behaviour, fcfs and mlfq)
+    readmit_headroom_tokens: int = 0
 
     def priority_key(self, request: Request) -> PriorityKey:
         """Rank of a request now (smaller = served first, preempted last)."""
