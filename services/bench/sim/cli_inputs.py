@@ -158,7 +158,7 @@ def workload(args, seed: int):
 def _heldout_trace(args, seed: int):
     """A held-out trace (SmolLM2's, ShareGPT's or Alpaca's lengths) with the shipped predictor's distributions."""
     sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
-    feedback_files = [pathlib.Path(path) for path in args.feedback_file or DEFAULT_FEEDBACK_FILES]
+    feedback_files = list(args.feedback_file or DEFAULT_FEEDBACK_FILES)  # pathlib.Path each (the flag's type)
     texts = feedback_texts(args)
     if texts is FeedbackTexts.FILES:
         require_feedback_files(feedback_files, args.trace)

@@ -13,7 +13,7 @@ class SchedulerLimits:
     max_num_batched_tokens: int  # tokens fed to the model per step at most (the token budget)
     max_model_len: int  # prompt + output tokens per request at most
     max_wait_s: float = 60.0  # a request waiting this long is promoted (math.inf disables)
-    # Readmission headroom of a preempted request, tokens per running request (scheduler.py); None: the
+    # Readmission headroom of a preempted request, tokens per running request (readmission.py); None: the
     # policy's own (SchedulingPolicy.readmit_headroom_tokens), 0: none (vLLM's behaviour)
     readmit_headroom_tokens: int | None = None
 

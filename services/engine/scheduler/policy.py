@@ -49,7 +49,7 @@ class SchedulingPolicy(Protocol):
     # TTFT-slack promotion of waiting requests (waiting_queue.py; None: the policy's order alone)
     ttft_window: TtftWindow | None = None
     # A preempted request is readmitted only while this many tokens per running request stay free
-    # (scheduler.py, step 3); 0: as soon as its own blocks fit (vLLM's behaviour, fcfs and mlfq)
+    # (readmission.py); 0: as soon as its own blocks fit (vLLM's behaviour, fcfs and mlfq)
     readmit_headroom_tokens: int = 0
 
     def priority_key(self, request: Request) -> PriorityKey:

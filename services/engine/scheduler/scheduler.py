@@ -11,14 +11,7 @@ Every step:
      request not yet scheduled this step is preempted until the request fits (or the request itself);
   3. unless step 2 ran short of KV, waiting requests are admitted best first while the budget, the
      seats and the free blocks allow (head-of-line: stop at the first misfit, so a big request is
-     not starved by smaller ones behind it). A preempted request that is not promoted fits only if
-     its blocks leave the readmission headroom free: ceil(running requests x H / block size) blocks,
-     room for every running request's next H tokens (H = readmit_headroom_tokens: the limit's, else
-     the policy's; 0 for fcfs and mlfq, as vLLM). Why: a victim readmitted as soon as its own blocks
-     fit took the blocks the running batch was about to grow into, and the next shortage evicted it
-     again (under alise the cheapest victim is a just-readmitted request predicted long): on
-     sharegpt-heldout at 95% load with the shipped predictor, 88% of the requests in alise's p99
-     normalized-latency tail had been preempted, ~6 times each, against 12% of all requests.
+     not starved by smaller ones behind it); a preempted request also needs the readmission headroom.
 Running decodes are served before any prompt chunk, so a long prompt never stalls them, whatever
 rank a policy gives the prompt's request. A preempted request's KV is saved (swapped) or dropped
 (recompute), for all of the step's victims at once at the end of the step (preempted_kv.py).
@@ -45,6 +38,7 @@ from services.engine.scheduler.output import ScheduledChunk, SchedulerOutput, St
 from services.engine.scheduler.policy import SchedulingPolicy
 from services.engine.scheduler.preempted_kv import PreemptedKv
 from services.engine.scheduler.preemption import PreemptionCause
+from services.engine.scheduler.readmission import headroom_blocks, readmit_headroom_tokens
 from services.engine.scheduler.steady import SteadyDecodes, StepResults
 from services.engine.scheduler.verified_update import apply_verified
 from services.engine.scheduler.waiting_queue import RANK, RankKey, WaitingQueue
@@ -86,8 +80,7 @@ class Scheduler:
         # The running batch's rank keys, computed at most once per step and only when a decision
         # reads them (displacement.py).
         self.ranks = RunningRanks(policy)
-        headroom = limits.readmit_headroom_tokens
-        self.readmit_headroom_tokens = policy.readmit_headroom_tokens if headroom is None else headroom
+        self.readmit_headroom_tokens = readmit_headroom_tokens(limits, policy)  # tokens per running request
         # The steady decode step as columns (steady.py); it trusts no count across a status change.
         self.steady = SteadyDecodes(kv.block_size)
         self.num_status_changes = 0  # preemptions and finishes so far
@@ -257,7 +250,7 @@ class Scheduler:
                 break
             self.preempted_kv.check_restorable(request)
             num_new = min(request.num_uncomputed_tokens, budget)
-            keep_free = self._readmission_headroom_blocks(request)
+            keep_free = headroom_blocks(request, self.readmit_headroom_tokens, len(self.running), self.kv.block_size)
             if not self.kv.allocate_slots(request.request_id, request.num_computed_tokens + num_new, keep_free):
                 break
             if request.num_host_kv_tokens:
@@ -269,14 +262,6 @@ class Scheduler:
             chunks.append(self._chunk(request, num_new, now_s))
             budget -= num_new
         self.waiting.pop_head(admitted)  # admitted requests are exactly the head of the queue
-
-    def _readmission_headroom_blocks(self, request: Request) -> int:
-        """Blocks that must stay free when `request` is admitted (step 3 in the module docstring): the
-        headroom for a preempted, unpromoted request, 0 for the others (a promoted one keeps its bound)."""
-        headroom = self.readmit_headroom_tokens
-        if not headroom or not request.num_preemptions or request.promoted_at_s is not None:
-            return 0
-        return -(-len(self.running) * headroom // self.kv.block_size)
 
     def _chunk(self, request: Request, num_new: int, now_s: float) -> ScheduledChunk:
         if request.first_scheduled_time_s is None:

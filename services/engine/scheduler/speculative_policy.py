@@ -34,7 +34,7 @@ at 8 (sharegpt-heldout, shipped predictor, 8,000 requests x 8 seeds, 95% load) a
 of the oracle's p99 normalized gain (Poisson / gamma CV 2) against 89% / 88% at 16, with the same
 SLO misses and closed-loop capacity (docs/benchmarks/sim/README.md). The waiting queue is unaffected.
 
-Readmission headroom (readmit_headroom_tokens = 8; the scheduler applies it, scheduler.py step 3): a
+Readmission headroom (readmit_headroom_tokens = 8; the scheduler applies it, readmission.py): a
 preempted request comes back only while the pool keeps 8 tokens per running request free. The victim rank
 above evicts, when KV runs short, the request predicted longest with the least computed KV: with the
 shipped predictor's compressed predictions (below), often a mid-length request just readmitted, which the
