@@ -32,9 +32,19 @@ import numpy as np
 from services.predictor import data
 from services.predictor.embedding import DEFAULT_WORD_PIECES
 from services.predictor.finetune_encoder import FrozenBottom
-from services.predictor.finetune_model import HIDDEN_SIZE, FinetuneSettings, load_base_encoder, new_top_encoder
+from services.predictor.finetune_model import (
+    HIDDEN_SIZE,
+    NUM_LAYERS,
+    FinetuneSettings,
+    load_base_encoder,
+    new_top_encoder,
+)
 
-MAX_ONNX_SCORE_DIFFERENCE = 0.25  # int8 top graph vs torch, log1p(tokens); a larger gap is a broken export
+# The int8 top graph vs torch, in log1p(tokens): each retrained layer quantized adds rounding. Measured max over
+# the check prompts: 0.08 with 2 layers (8-bit), 0.24 with 6 (8-bit), 0.28 with 6 (7-bit, the export since
+# 162afbb); a broken export (wrong weights or order) is off by more than 1. A larger gap fails the training.
+MAX_ONNX_SCORE_DIFFERENCE_BASE = 0.1
+MAX_ONNX_SCORE_DIFFERENCE_PER_LAYER = 0.05
 NUM_CHECK_PROMPTS = 64  # prompts on which the exported graph is compared with torch
 Progress = Callable[[str], None]
 
@@ -246,6 +256,12 @@ def out_of_fold_scores(
     return scores
 
 
+def max_onnx_score_difference(num_frozen_layers: int) -> float:
+    """The largest int8-vs-torch score gap a sound export shows with this many layers frozen (retrained ones are
+    quantized in the top graph): 0.2 for the top two, 0.4 for all six."""
+    return MAX_ONNX_SCORE_DIFFERENCE_BASE + MAX_ONNX_SCORE_DIFFERENCE_PER_LAYER * (NUM_LAYERS - num_frozen_layers)
+
+
 def train_encoder(
     settings: FinetuneSettings,
     examples: Sequence[data.LengthExample],
@@ -271,8 +287,9 @@ def train_encoder(
     top_graph = export_top_graph(final)
     check = np.arange(min(NUM_CHECK_PROMPTS, len(table.texts)))
     difference = max_score_difference(final, top_graph, [padded.states[row, : padded.lengths[row]] for row in check])
-    if difference > MAX_ONNX_SCORE_DIFFERENCE:
-        raise RuntimeError(f"exported encoder differs from torch by {difference:.3f} (log tokens)")
+    bound = max_onnx_score_difference(settings.num_frozen_layers)
+    if difference > bound:
+        raise RuntimeError(f"exported encoder differs from torch by {difference:.3f} (log tokens; bound {bound:.2f})")
     elapsed_s = time.perf_counter() - started
     progress(
         f"fine-tuned encoder: {len(table.texts)} prompts, {settings.num_folds} folds + final, "
