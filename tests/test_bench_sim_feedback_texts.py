@@ -136,7 +136,7 @@ def _args(*flags: str) -> argparse.Namespace:
 
 
 def test_the_flag_defaults_to_the_list_and_refuses_a_file_it_would_ignore() -> None:
-    """collect-list is the default: the shipped model's feedback files are not in the repository."""
+    """collect-list is the default: it runs for any model, even one whose feedback files are not restorable."""
     assert cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout")) is FeedbackTexts.COLLECT_LIST
     chosen = _args("--trace", "alpaca-heldout", "--feedback-texts", "files")
     assert cli_inputs.feedback_texts(chosen) is FeedbackTexts.FILES
@@ -146,17 +146,59 @@ def test_the_flag_defaults_to_the_list_and_refuses_a_file_it_would_ignore() -> N
         cli_inputs.feedback_texts(_args("--trace", "sharegpt-heldout", "--feedback-file", "x.jsonl"))
 
 
+LOST = {"feedback-20261206a.jsonl": "a" * 64, "feedback-20261206b.jsonl": "b" * 64}  # no lengths files
+RESTORABLE = {"feedback-20261207.jsonl": "3a81ffbb4df52882b680dbb45927ae2550b04a3b831ef862affa9e8f43733e09"}
+NOT_RESTORABLE = (
+    "the shipped model's feedback files are not restorable from the repository: feedback-20261206a.jsonl, "
+    "feedback-20261206b.jsonl have no lengths file in docs/benchmarks/smollm2/lengths; "
+)
+RESTORED = (
+    "leave out --feedback-file for the shipped model's (feedback-20261207.jsonl, restored from "
+    "docs/benchmarks/smollm2/lengths)"
+)
+
+
 @pytest.mark.parametrize(
-    ("trace", "texts", "advice"),
+    ("trace", "texts", "shipped", "advice"),
     [
-        ("sharegpt-heldout", "files", "use --feedback-texts collect-list (the default) for sharegpt-heldout"),
-        ("alpaca-heldout", "files", "use --feedback-texts collect-list (the default) for alpaca-heldout"),
-        ("smollm2-heldout", "collect-list", "smollm2-heldout is those files' rows and cannot be rebuilt without them"),
+        (
+            "sharegpt-heldout",
+            "files",
+            LOST,
+            f"{NOT_RESTORABLE}use --feedback-texts collect-list (the default) for sharegpt-heldout",
+        ),
+        (
+            "alpaca-heldout",
+            "files",
+            LOST,
+            f"{NOT_RESTORABLE}use --feedback-texts collect-list (the default) for alpaca-heldout",
+        ),
+        (
+            "smollm2-heldout",
+            "collect-list",
+            LOST,
+            f"{NOT_RESTORABLE}smollm2-heldout is those files' rows and cannot be rebuilt",
+        ),
+        (
+            "sharegpt-heldout",
+            "files",
+            RESTORABLE,
+            f"{RESTORED}, or use --feedback-texts collect-list (the default) for",
+        ),
+        ("smollm2-heldout", "files", RESTORABLE, RESTORED),
     ],
 )
-def test_a_missing_feedback_file_is_one_error_line(tmp_path, capsys, trace, texts, advice) -> None:
-    """Exit 2 through the CLI's error path, before any dataset or model file is read: which file, why it
-    is missing, what to use instead."""
+def test_a_missing_feedback_file_is_one_error_line(
+    tmp_path, capsys, monkeypatch, trace, texts, shipped, advice
+) -> None:
+    """Exit 2 through the CLI's error path, before any dataset or model file is read: which file, and what
+    runs instead: the shipped model's own files where the repository restores them (its metadata names
+    them; a synthetic one here, so the test holds whichever model is shipped), else which it lacks."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    trained = {f"feedback/{name}": sha for name, sha in shipped.items()}
+    (model_dir / "metadata.json").write_text(json.dumps({"data_files_sha256": trained}))
+    monkeypatch.setattr(cli_inputs, "DEFAULT_MODEL_DIR", model_dir)
     missing = tmp_path / "absent" / "feedback.jsonl"
     flags = ["--trace", trace, "--feedback-texts", texts, "--feedback-file", str(missing), "--out-dir", str(tmp_path)]
     for method in ("steady-state", "finite-sweep", "capacity"):
@@ -164,6 +206,4 @@ def test_a_missing_feedback_file_is_one_error_line(tmp_path, capsys, trace, text
         assert args.handler(args) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "Traceback" not in error
-        assert error.startswith(f"alise bench sim: error: feedback file {missing} not found: ")
-        shipped = "the shipped model's feedback files (feedback-20261206a.jsonl and feedback-20261206b.jsonl)"
-        assert f"{shipped} are not in the repository" in error and advice in error
+        assert error.startswith(f"alise bench sim: error: feedback file {missing} not found: {advice}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 from services.cli.collect_lengths_prompt_list import load_prompt_list
 from services.common import arg_types
@@ -68,18 +68,27 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     files = [parse_lengths(path.read_text(encoding="utf-8")) for path in args.lengths]
-    lists: dict[PromptListSettings, dict[str, str]] = {}  # files collected from one list share it
-    for path, lengths in zip(args.lengths, files):
-        settings = lengths.header.prompt_list
-        if settings not in lists:
-            lists[settings] = load_prompt_list(settings, args.data_dir)
-        prompts = lists[settings]
-        restored = restore_feedback(lengths, prompts)
+    for path, (lengths, restored, prompts) in zip(args.lengths, restore_each(files, args.data_dir), strict=True):
         out = args.out_dir / lengths.header.feedback_file
         _write_new(out, restored)
         print(f"{path} -> {out}: {lengths.header.num_records} records, sha256 {sha256_hex(restored)} (as recorded)")
         _print_coverage([lengths], prompts)
     return 0
+
+
+def restore_each(
+    files: Iterable[LengthsFile], data_dir: pathlib.Path | None
+) -> Iterator[tuple[LengthsFile, bytes, Mapping[str, str]]]:
+    """Each lengths file with its original feedback bytes (FeedbackLengthsError unless their sha256 is the
+    header's) and the prompt list its texts came from, in order. Lazy, and each distinct list is built once
+    however many files name it: files collected from one list share it, and building one reads the data.
+    The restore command and the simulator's shipped feedback (services/bench/sim/shipped_feedback.py) use it."""
+    lists: dict[PromptListSettings, dict[str, str]] = {}
+    for lengths in files:
+        settings = lengths.header.prompt_list
+        if settings not in lists:
+            lists[settings] = load_prompt_list(settings, data_dir)
+        yield lengths, restore_feedback(lengths, lists[settings]), lists[settings]
 
 
 def _write_new(path: pathlib.Path, data: bytes) -> None:

@@ -14,7 +14,6 @@ from services.bench.sim.gpu_presets import BLOCK_SIZE_TOKENS, GB, PRESETS, KvDty
 from services.bench.sim.kv_codecs import CodecTimes, KvLayout
 from services.bench.sim.kv_offload import KvOffloadConfig, OffloadMode
 from services.bench.sim.model_predictions import (
-    DEFAULT_FEEDBACK_FILES,
     DEFAULT_MODEL_DIR,
     TRACE_NAME,
     heldout_workload,
@@ -26,6 +25,13 @@ from services.bench.sim.reference_heldout import (
     ReferenceTrace,
     load_reference_heldout,
     reference_heldout_workload,
+)
+from services.bench.sim.shipped_feedback import (
+    LENGTHS_DIR_IN_REPO,
+    not_in_repository,
+    not_restorable_reason,
+    shipped_feedback_files,
+    trained_feedback_files,
 )
 from services.bench.sim.simulator import EngineShape
 from services.bench.workload import load_trace, scale_trace
@@ -158,15 +164,29 @@ def workload(args, seed: int):
 def _heldout_trace(args, seed: int):
     """A held-out trace (SmolLM2's, ShareGPT's or Alpaca's lengths) with the shipped predictor's distributions."""
     sizes = {"num_requests": args.num_requests, "seed": seed, "max_model_len": args.max_model_len}
-    feedback_files = list(args.feedback_file or DEFAULT_FEEDBACK_FILES)  # pathlib.Path each (the flag's type)
     texts = feedback_texts(args)
-    if texts is FeedbackTexts.FILES:
-        require_feedback_files(feedback_files, args.trace)
+    feedback_files = _feedback_files(args, texts)
     if args.trace != TRACE_NAME:
         trace = ReferenceTrace(args.trace)
         heldout = load_reference_heldout(trace, DEFAULT_MODEL_DIR, feedback_files, texts)
         return reference_heldout_workload(trace, heldout, **sizes)
     return heldout_workload(load_heldout_set(DEFAULT_MODEL_DIR, feedback_files), **sizes)
+
+
+def _feedback_files(args, texts: FeedbackTexts) -> list[pathlib.Path]:
+    """--feedback-file's files (each must exist); without it the shipped model's own, restored from the
+    repository; none under collect-list, which reads no feedback file. ValueError (exit 2, one line) when
+    they cannot be had."""
+    if texts is not FeedbackTexts.FILES:
+        return []
+    if args.feedback_file:
+        files = list(args.feedback_file)  # pathlib.Path each (the flag's type)
+        require_feedback_files(files, args.trace)
+        return files
+    try:
+        return shipped_feedback_files(DEFAULT_MODEL_DIR)
+    except FileNotFoundError as error:
+        raise ValueError(f"{error}; {_without_feedback_files(args.trace)}") from error
 
 
 def feedback_texts(args) -> FeedbackTexts:
@@ -185,21 +205,36 @@ def feedback_texts(args) -> FeedbackTexts:
 
 
 def require_feedback_files(files: list[pathlib.Path], trace: str) -> None:
-    """ValueError (exit 2, one line) naming the first missing feedback file. The shipped model's files are
-    not in the repository and cannot be re-made (sampled answers), so the line says what runs without them:
-    collect-list for the reference traces; nothing for smollm2-heldout, which is those files' rows."""
+    """ValueError (exit 2, one line) naming the first missing feedback file and what runs instead: the
+    shipped model's own files when the repository restores them all, else (naming those it cannot)
+    collect-list for the reference traces and nothing for smollm2-heldout, which is those files' rows."""
     missing = next((path for path in files if not path.is_file()), None)
     if missing is None:
         return
+    shipped = trained_feedback_files(DEFAULT_MODEL_DIR)
+    unrestorable = not_in_repository(shipped)
+    if not shipped:
+        instead = f"the shipped model trained on no feedback file; {_without_feedback_files(trace)}"
+    elif unrestorable:
+        instead = f"the shipped model's feedback files {not_restorable_reason(unrestorable)}; "
+        instead += _without_feedback_files(trace)
+    else:
+        names = ", ".join(file.name for file in shipped)
+        instead = f"leave out --feedback-file for the shipped model's ({names}, restored from {LENGTHS_DIR_IN_REPO})"
+        instead += "" if trace == TRACE_NAME else f", or {_collect_list_advice(trace)}"
+    raise ValueError(f"feedback file {missing} not found: {instead}")
+
+
+def _without_feedback_files(trace: str) -> str:
+    """What runs without any feedback file: collect-list for a reference trace; for smollm2-heldout, made of
+    the feedback files' rows, only another trace."""
     if trace == TRACE_NAME:
-        instead = (
+        return (
             f"{TRACE_NAME} is those files' rows and cannot be rebuilt without them; use --trace {REFERENCE_TRACES} "
             f"(--feedback-texts {FeedbackTexts.COLLECT_LIST}, the default)"
         )
-    else:
-        instead = f"use --feedback-texts {FeedbackTexts.COLLECT_LIST} (the default) for {trace}"
-    shipped = " and ".join(path.name for path in DEFAULT_FEEDBACK_FILES)
-    raise ValueError(
-        f"feedback file {missing} not found: the shipped model's feedback files ({shipped}) are not in the "
-        f"repository and cannot be re-made; {instead}"
-    )
+    return _collect_list_advice(trace)
+
+
+def _collect_list_advice(trace: str) -> str:
+    return f"use --feedback-texts {FeedbackTexts.COLLECT_LIST} (the default) for {trace}"

@@ -1,7 +1,7 @@
 """Which prompt texts count as the shipped predictor's feedback when its held-out split is rebuilt.
 
-The shipped default trained on SmolLM2's answers recorded by `alise collect-lengths` (two feedback
-JSONL files, sha256s in its metadata.json). Its held-out prompts are those no training row carries,
+The shipped default trained on SmolLM2's answers recorded by `alise collect-lengths` (feedback JSONL
+files, sha256s in its metadata.json). Its held-out prompts are those no training row carries,
 so rebuilding them needs to know which texts were feedback:
 
     files          the feedback files themselves (sha256-checked against the model): exactly the
@@ -9,12 +9,15 @@ so rebuilding them needs to know which texts were feedback:
     collect-list   every prompt of the list `alise collect-lengths` sends with the flags recorded in
                    docs/benchmarks/smollm2/README.md (RECORDED_COLLECT_FLAGS). Both stacks answered that
                    one list from its two ends and the gateway records a chat prompt as its message's
-                   text, so every feedback text is on it: a superset. Needs no feedback file (sampled
-                   answers cannot be re-made byte for byte), and holds out fewer rows: a list text is
-                   never held out, trained on or not.
+                   text, so every feedback text is on it: a superset. Needs no feedback file and no
+                   lengths file, and holds out fewer rows: a list text is never held out, trained on
+                   or not.
 
-`alise bench sim` defaults to collect-list: the shipped model's feedback files are not in the
-repository and are lost, so `files` runs only where someone still has them (--feedback-file).
+`files` without --feedback-file reads the model's own files, restored byte for byte from their
+text-free lengths files in docs/benchmarks/smollm2/lengths and ../shared/data (shipped_feedback.py),
+when the repository has one for each; a model trained on a file it has none for (the default trained on
+the lost 2026-12-06 files) runs `files` only with --feedback-file, where someone still has them.
+`alise bench sim` defaults to collect-list, which runs for any model.
 
 The list is built by collect-lengths' own `load_prompts` (same sampling, same dedup), never a copy
 (services/cli/collect_lengths_prompt_list.py, which feedback-lengths restore uses too).

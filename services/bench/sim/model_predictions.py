@@ -3,15 +3,19 @@
 The noisy oracle (predictions.py) dials prediction quality; this mode measures the quality users get.
 Its trace, `smollm2-heldout`, is built from the feedback files that `alise collect-lengths` recorded
 (SmolLM2-135M-Instruct's answers to ShareGPT and AlpacaEval prompts, `max_tokens` 512, censored
-answers counted as 512 as in training), keeping only the prompts the shipped default predictor
+answers counted as 512 as in training) and the model trained on: by default the ones its metadata.json
+names, restored from the repository's lengths files and ../shared/data (shipped_feedback.py; a model
+trained on a file the repository has no lengths file for, such as the lost feedback-20261206a/b, needs
+--feedback-file). It keeps only the prompts the shipped default predictor
 never trained on: no normalized prompt text that any of its training rows carries, in any source and
 under either grouping the code has used (`heldout_examples`). Each held-out prompt is predicted once,
 in-process through ONNX Runtime (1 thread), for the served model's column, and the rows (lengths and
 predictions, no prompt text) are cached under ~/.cache/alise/sim-predictions keyed by the model's
 and the files' hashes.
 
-Only 53 prompts are held out that way for the shipped model, so a trace of N requests resamples them
-with replacement (seeded): the same prompt recurs with the same length and the same prediction.
+Only a few dozen prompts are held out that way (53 for the default trained on the 2026-12-06 files), so
+a trace of N requests resamples them with replacement (seeded): the same prompt recurs with the same
+length and the same prediction.
 """
 
 from __future__ import annotations
@@ -24,15 +28,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from services.bench.sim.shipped_feedback import shipped_feedback_files
 from services.bench.workload import TraceRequest, resolve_data_dir
+from services.common.cache_dir import default_cache_dir
 from services.engine.length_distribution import LengthDistribution
 from services.predictor.config import DEFAULT_MODEL_DIR
 
 TRACE_NAME = "smollm2-heldout"
 SERVED_MODEL = "smollm2-135m-instruct"  # the default model; the predictor maps it to its feedback column
-# Where `alise collect-lengths`' stacks stored them (outside the repository, like ../shared/data).
-FEEDBACK_DIR = pathlib.Path(__file__).resolve().parents[4] / "runs" / "feedback-all"
-DEFAULT_FEEDBACK_FILES = (FEEDBACK_DIR / "feedback-20261206a.jsonl", FEEDBACK_DIR / "feedback-20261206b.jsonl")
 CACHE_SUBDIR = "sim-predictions"
 CACHE_FORMAT = 2
 
@@ -59,16 +62,20 @@ class HeldoutSet:
 
 def load_heldout_set(
     model_dir: pathlib.Path = DEFAULT_MODEL_DIR,
-    feedback_files: Sequence[pathlib.Path] = DEFAULT_FEEDBACK_FILES,
+    feedback_files: Sequence[pathlib.Path] | None = None,
     *,
     data_dir: pathlib.Path | None = None,
     cache_dir: pathlib.Path | None = None,
 ) -> HeldoutSet:
-    """The held-out rows with predictions: from the cache, else predicted once and cached.
+    """The held-out rows with predictions: from the cache, else predicted once and cached. feedback_files
+    None: the model's own, restored from the repository (`shipped_feedback_files`) under the same cache root.
     FileNotFoundError names a missing feedback file; ValueError when a file is not one the model trained on
     (then its held-out split would not be the model's)."""
     from services.predictor import data
 
+    root = cache_dir or default_cache_dir()
+    if feedback_files is None:
+        feedback_files = shipped_feedback_files(model_dir, data_dir=data_dir, cache_dir=root)
     files = [pathlib.Path(path) for path in feedback_files]
     for path in files:
         if not path.is_file():
@@ -80,7 +87,6 @@ def load_heldout_set(
         if sha not in trained:
             raise ValueError(f"{path} is not among {model_dir}'s training files: its held-out split is undefined")
     key_text = json.dumps([CACHE_FORMAT, metadata["model_version"], metadata.get("encoder_sha256"), sorted(hashes)])
-    root = cache_dir or pathlib.Path.home() / ".cache" / "alise"
     cache_path = root / CACHE_SUBDIR / f"{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.json"
     if not cache_path.is_file():
         rows = _predict_heldout(model_dir, files, resolve_data_dir(data_dir), root, metadata)

@@ -16,10 +16,11 @@ predictions, never prompt text: the data is research-licensed) are cached under
 ~/.cache/alise/sim-predictions keyed by the model's and the data files' hashes ($ALISE_CACHE_DIR
 overrides ~/.cache/alise, as for the predictor service).
 
-Which texts were feedback comes from the feedback files (`FeedbackTexts.FILES`, the default) or, where
-they are gone, from collect-lengths' prompt list (`FeedbackTexts.COLLECT_LIST`, feedback_texts.py: a
-superset, so fewer rows are held out); the choice is part of the cache key, so neither reads the other's
-rows.
+Which texts were feedback comes from the feedback files (`FeedbackTexts.FILES`, this module's default:
+the model's own, restored from the repository's lengths files when it has them, shipped_feedback.py) or
+from collect-lengths' prompt list (`FeedbackTexts.COLLECT_LIST`, feedback_texts.py: a superset, so fewer
+rows are held out; it needs no feedback file); the choice is part of the cache key, so neither reads the
+other's rows.
 
 A trace of N requests samples the held-out rows as `load_trace` samples ShareGPT: without replacement
 while they suffice, with replacement (seeded) beyond, so a trace longer than the held-out set repeats
@@ -43,7 +44,6 @@ from services.bench.sim.feedback_texts import (
 )
 from services.bench.sim.model_predictions import (
     CACHE_SUBDIR,
-    DEFAULT_FEEDBACK_FILES,
     HeldoutRow,
     HeldoutSet,
     heldout_workload,
@@ -52,6 +52,7 @@ from services.bench.sim.model_predictions import (
     trained_prompt_keys,
     trained_prompt_keys_with_texts,
 )
+from services.bench.sim.shipped_feedback import shipped_feedback_files
 from services.bench.workload import (
     ALPACA_EVAL_FILE,
     ALPACA_GENERATOR,
@@ -98,22 +99,24 @@ SOURCES = {
 def load_reference_heldout(
     trace: ReferenceTrace,
     model_dir: pathlib.Path = DEFAULT_MODEL_DIR,
-    feedback_files: Sequence[pathlib.Path] = DEFAULT_FEEDBACK_FILES,
+    feedback_files: Sequence[pathlib.Path] | None = None,
     feedback_texts: FeedbackTexts = FeedbackTexts.FILES,
     *,
     data_dir: pathlib.Path | None = None,
     cache_dir: pathlib.Path | None = None,
 ) -> HeldoutSet:
     """The trace's held-out rows with the shipped model's predictions: from the cache, else predicted
-    once and cached. feedback_files are read only under FeedbackTexts.FILES. FileNotFoundError names a
+    once and cached. feedback_files are read only under FeedbackTexts.FILES; None: the model's own, restored
+    from the repository (`shipped_feedback_files`) under the same cache root. FileNotFoundError names a
     missing file; ValueError when a dataset file or a feedback file is not the one the model trained on
     (its held-out split would not be the model's)."""
     source = SOURCES[ReferenceTrace(trace)]
     root = resolve_data_dir(data_dir)
     texts = FeedbackTexts(feedback_texts)
-    files = [pathlib.Path(path) for path in feedback_files] if texts is FeedbackTexts.FILES else []
+    cache_root = cache_dir or default_cache_dir()
+    files = _feedback_paths(model_dir, feedback_files, root, cache_root) if texts is FeedbackTexts.FILES else []
     metadata = json.loads((model_dir / "metadata.json").read_text())
-    cache_path = (cache_dir or default_cache_dir()) / CACHE_SUBDIR / _cache_name(trace, texts, root, files, metadata)
+    cache_path = cache_root / CACHE_SUBDIR / _cache_name(trace, texts, root, files, metadata)
     if not cache_path.is_file():
         requests = heldout_requests(trace, root, files, metadata, texts)
         rows = predict_rows(model_dir, default_cache_dir(), requests, source.generator)  # the service's graph cache
@@ -121,6 +124,18 @@ def load_reference_heldout(
         payload = {"model_version": metadata["model_version"], "trace": str(trace), "rows": rows}
         cache_path.write_text(json.dumps(payload, default=asdict))
     return read_heldout_cache(cache_path)
+
+
+def _feedback_paths(
+    model_dir: pathlib.Path,
+    feedback_files: Sequence[pathlib.Path] | None,
+    data_root: pathlib.Path,
+    cache_root: pathlib.Path,
+) -> list[pathlib.Path]:
+    """The given feedback files, or (None) the model's own restored from the repository."""
+    if feedback_files is None:
+        return shipped_feedback_files(model_dir, data_dir=data_root, cache_dir=cache_root)
+    return [pathlib.Path(path) for path in feedback_files]
 
 
 def _cache_name(
