@@ -75,19 +75,20 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         type=pathlib.Path,
         action="append",
         help=f"{TRACE_NAME}; {REFERENCE_TRACES} with --feedback-texts files: feedback JSONL the predictor trained "
-        "on (repeatable; default: the shipped model's, ../runs/feedback-all, not in the repository)",
+        "on (repeatable; default: the shipped model's own, restored from docs/benchmarks/smollm2/lengths and "
+        "../shared/data into the cache when the repository has their lengths files)",
     )
     parser.add_argument(
         "--feedback-texts",
         choices=[t.value for t in FeedbackTexts],
         default=FeedbackTexts.COLLECT_LIST.value,
         help=f"{REFERENCE_TRACES}: which prompt texts count as the model's feedback when its held-out prompts "
-        "are found. collect-list (default, because the shipped model's 2026-12-06 feedback files are not in the "
-        "repository and cannot be re-made: sampled answers): needs no feedback file; excludes every prompt of "
+        "are found. collect-list (default; the figures in docs/benchmarks/sim use it): needs no feedback file; "
+        "excludes every prompt of "
         "the list `alise collect-lengths` sent (--num-sharegpt 1150 --num-alpaca 620 --max-prompt-chars 1500 "
         "--seed 0, docs/benchmarks/smollm2), trained on or not: a superset of the feedback texts, so fewer "
-        "prompts are held out. files: the feedback files' rows, as the model split them (on a machine that has "
-        f"them, with --feedback-file). {TRACE_NAME} is those files' rows: it always reads them",
+        "prompts are held out. files: the feedback files' rows, as the model split them (the shipped model's, "
+        f"restored, or --feedback-file). {TRACE_NAME} is those files' rows: it always reads them",
     )
     parser.add_argument("--tau", type=float, default=0.6, help="Kendall's tau of the noisy oracle")
     parser.add_argument("--bounds", default="2,4,8", help="latency bounds, multiples of the unloaded mean")
