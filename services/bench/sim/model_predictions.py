@@ -13,7 +13,8 @@ in-process through ONNX Runtime (1 thread), for the served model's column, and t
 predictions, no prompt text) are cached under ~/.cache/alise/sim-predictions keyed by the model's
 and the files' hashes.
 
-Only a few dozen prompts are held out that way (53 for the default trained on the 2026-12-06 files), so
+Only a few dozen prompts are held out that way (53 for the default trained on the 2026-12-06 files, 64
+for `42ebaff76cc4`, whose tau on them is 0.18: too few to measure ranking by), so
 a trace of N requests resamples them with replacement (seeded): the same prompt recurs with the same
 length and the same prediction.
 """
