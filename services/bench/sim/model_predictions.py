@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from services.bench.sim.shipped_feedback import shipped_feedback_files
+from services.bench.sim.shipped_feedback import given_or_shipped
 from services.bench.workload import TraceRequest, resolve_data_dir
 from services.common.cache_dir import default_cache_dir
 from services.engine.length_distribution import LengthDistribution
@@ -75,9 +75,7 @@ def load_heldout_set(
     from services.predictor import data
 
     root = cache_dir or default_cache_dir()
-    if feedback_files is None:
-        feedback_files = shipped_feedback_files(model_dir, data_dir=data_dir, cache_dir=root)
-    files = [pathlib.Path(path) for path in feedback_files]
+    files = given_or_shipped(model_dir, feedback_files, data_dir=data_dir, cache_dir=root)
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"feedback file {path} not found (written by `alise collect-lengths`' stack)")

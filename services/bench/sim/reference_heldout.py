@@ -52,7 +52,7 @@ from services.bench.sim.model_predictions import (
     trained_prompt_keys,
     trained_prompt_keys_with_texts,
 )
-from services.bench.sim.shipped_feedback import shipped_feedback_files
+from services.bench.sim.shipped_feedback import given_or_shipped
 from services.bench.workload import (
     ALPACA_EVAL_FILE,
     ALPACA_GENERATOR,
@@ -114,7 +114,9 @@ def load_reference_heldout(
     root = resolve_data_dir(data_dir)
     texts = FeedbackTexts(feedback_texts)
     cache_root = cache_dir or default_cache_dir()
-    files = _feedback_paths(model_dir, feedback_files, root, cache_root) if texts is FeedbackTexts.FILES else []
+    files = []
+    if texts is FeedbackTexts.FILES:
+        files = given_or_shipped(model_dir, feedback_files, data_dir=root, cache_dir=cache_root)
     metadata = json.loads((model_dir / "metadata.json").read_text())
     cache_path = cache_root / CACHE_SUBDIR / _cache_name(trace, texts, root, files, metadata)
     if not cache_path.is_file():
@@ -124,18 +126,6 @@ def load_reference_heldout(
         payload = {"model_version": metadata["model_version"], "trace": str(trace), "rows": rows}
         cache_path.write_text(json.dumps(payload, default=asdict))
     return read_heldout_cache(cache_path)
-
-
-def _feedback_paths(
-    model_dir: pathlib.Path,
-    feedback_files: Sequence[pathlib.Path] | None,
-    data_root: pathlib.Path,
-    cache_root: pathlib.Path,
-) -> list[pathlib.Path]:
-    """The given feedback files, or (None) the model's own restored from the repository."""
-    if feedback_files is None:
-        return shipped_feedback_files(model_dir, data_dir=data_root, cache_dir=cache_root)
-    return [pathlib.Path(path) for path in feedback_files]
 
 
 def _cache_name(

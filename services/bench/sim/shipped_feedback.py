@@ -25,6 +25,7 @@ import os
 import pathlib
 import uuid
 from dataclasses import dataclass
+from typing import Sequence
 
 from services.cli.feedback_lengths_cmd import restore_each
 from services.common.cache_dir import default_cache_dir
@@ -102,6 +103,20 @@ def shipped_feedback_files(
             )
         _write_whole(folder / file.name, restored)
     return paths
+
+
+def given_or_shipped(
+    model_dir: pathlib.Path,
+    feedback_files: Sequence[pathlib.Path] | None,
+    *,
+    data_dir: pathlib.Path | None = None,
+    cache_dir: pathlib.Path | None = None,
+) -> list[pathlib.Path]:
+    """The given feedback files, or (None) the model's own restored from the repository (shipped_feedback_files):
+    what the held-out traces' loaders take as their feedback_files argument."""
+    if feedback_files is None:
+        return shipped_feedback_files(model_dir, data_dir=data_dir, cache_dir=cache_dir)
+    return [pathlib.Path(path) for path in feedback_files]
 
 
 def _is_cached(path: pathlib.Path, sha256: str) -> bool:
